@@ -1,0 +1,99 @@
+//! Business rules of each OSB call: validation against the catalog, idempotency, and the
+//! 409/410/422 decisions. No HTTP types here: `osb` turns [`BrokerError`] into responses.
+//!
+//! Every state change that starts work is one store transaction (record + operation + job), so
+//! a crash between the answer and the work leaves a job that the worker resumes.
+//! Imports `store`, `catalog`, `jobs` (its executor) and `domain`; never `osb`, `pg`, `runtime`.
+
+mod bindings;
+mod credentials;
+mod instances;
+mod supervisor;
+
+use std::sync::Arc;
+
+use crate::catalog::Catalog;
+use crate::jobs::Worker;
+use crate::store::{Store, StoreError};
+
+pub use bindings::{BindRequest, BindingView, Bound, Unbound};
+pub use credentials::{new_password, Credentials};
+pub use instances::{
+    Deprovisioned, InstanceView, LastOperation, ProvisionRequest, Provisioned, UpdateRequest,
+    Updated,
+};
+pub use supervisor::Supervisor;
+
+/// A refusal or failure, with what the user should do. `osb` maps each to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("gone")]
+    Gone,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("This service plan requires client support for asynchronous service operations.")]
+    AsyncRequired,
+    #[error("{0}")]
+    Concurrency(String),
+    #[error("{0}")]
+    MaintenanceInfoConflict(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("internal error: {0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for BrokerError {
+    fn from(e: StoreError) -> Self {
+        BrokerError::Internal(e.into())
+    }
+}
+
+/// The broker's business logic; cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    store: Store,
+    catalog: Arc<Catalog>,
+    worker: Worker,
+    external_url: String,
+    advertise_host: String,
+}
+
+impl Broker {
+    pub fn new(
+        store: Store,
+        catalog: Arc<Catalog>,
+        worker: Worker,
+        external_url: String,
+        advertise_host: String,
+    ) -> Self {
+        Self {
+            store,
+            catalog,
+            worker,
+            external_url: external_url.trim_end_matches('/').to_string(),
+            advertise_host,
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn dashboard_url(&self, instance: &crate::domain::InstanceId) -> String {
+        format!("{}/dashboard/instances/{}", self.external_url, instance)
+    }
+}
+
+/// A new operation id: opaque to the platform, unique, and safe in a URL.
+fn new_operation_id(kind: crate::domain::OperationKind) -> String {
+    format!("{}-{}", kind.as_str(), uuid::Uuid::new_v4())
+}

@@ -1,0 +1,451 @@
+//! Settings: compiled defaults → optional TOML file (`--config`) → environment → command line.
+//!
+//! Every setting has one environment variable, listed in [`ENV_VARS`] together with its TOML key,
+//! default and meaning; `wayback config-reference` prints that table, and the README's
+//! configuration reference is generated from it, so the docs cannot drift from the code.
+//! Secrets (`broker.password`, `database_url`) are [`SecretString`]s: they never reach `Debug`
+//! output or logs. Must not import anything but `domain`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// All of Wayback's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address the broker's HTTP server listens on.
+    pub listen: SocketAddr,
+    /// Root of everything the broker keeps on disk (state database, clusters, template).
+    pub data_dir: PathBuf,
+    /// A catalog file replacing the built-in `catalog.json`.
+    pub catalog: Option<PathBuf>,
+    /// State database: `sqlite://…` or `postgres://…`. Default: SQLite under `data_dir`.
+    pub database_url: Option<SecretString>,
+    /// The URL at which users reach this broker (used for `dashboard_url`).
+    pub external_url: Option<String>,
+    pub broker: BrokerSettings,
+    pub postgres: PostgresSettings,
+    pub jobs: JobSettings,
+    pub supervisor: SupervisorSettings,
+    pub log: LogSettings,
+    pub http: HttpSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// Basic-auth user name the platform uses for OSB calls.
+    pub username: String,
+    /// Basic-auth password. When unset, one is generated and kept in `<data_dir>/broker-password`.
+    pub password: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresSettings {
+    /// Directory with `initdb`, `pg_ctl`, `postgres`… Default: `/usr/lib/postgresql/15/bin`,
+    /// else the directory `pg_config --bindir` names.
+    pub bin_dir: Option<PathBuf>,
+    /// Unprivileged OS user that owns and runs the clusters (initdb and postgres refuse root).
+    /// Used when the broker runs as root; otherwise clusters run as the broker's own user.
+    pub os_user: String,
+    /// Address each cluster listens on.
+    pub listen_address: String,
+    /// Host name or address written into binding credentials. Default: `listen_address`
+    /// (or 127.0.0.1 when that is a wildcard).
+    pub advertise_host: Option<String>,
+    /// Lowest port handed to a cluster.
+    pub port_min: u16,
+    /// Highest port handed to a cluster.
+    pub port_max: u16,
+    /// How long a cluster may take to start or stop before the step fails.
+    pub start_timeout_secs: u64,
+    /// Copy a pre-initialised data directory (with a fresh system identifier) instead of
+    /// running initdb for every instance.
+    pub use_template: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobSettings {
+    /// How many operations run at the same time.
+    pub concurrency: usize,
+    /// How long a claimed job stays leased without a heartbeat before another worker may take it.
+    pub lease_secs: u64,
+    /// Attempts of one step before its operation fails.
+    pub max_attempts: u32,
+    /// How often an idle worker looks for jobs left by other brokers or by a restart.
+    pub poll_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisorSettings {
+    /// How often the broker checks that every live instance's cluster is running.
+    pub interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `plain` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter directive, e.g. `info` or `wayback=debug,info`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("static address"),
+            data_dir: PathBuf::from("wayback-data"),
+            catalog: None,
+            database_url: None,
+            external_url: None,
+            broker: BrokerSettings::default(),
+            postgres: PostgresSettings::default(),
+            jobs: JobSettings::default(),
+            supervisor: SupervisorSettings::default(),
+            log: LogSettings::default(),
+            http: HttpSettings::default(),
+        }
+    }
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            username: "admin".into(),
+            password: None,
+        }
+    }
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        Self {
+            bin_dir: None,
+            os_user: "wayback".into(),
+            listen_address: "127.0.0.1".into(),
+            advertise_host: None,
+            port_min: 40000,
+            port_max: 40999,
+            start_timeout_secs: 60,
+            use_template: true,
+        }
+    }
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            lease_secs: 15,
+            max_attempts: 5,
+            poll_interval_ms: 500,
+        }
+    }
+}
+
+impl Default for SupervisorSettings {
+    fn default() -> Self {
+        Self { interval_secs: 5 }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Plain,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// A configuration problem, named so that an operator can fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {name}={value:?} is not valid: {message}")]
+    Env {
+        name: &'static str,
+        value: String,
+        message: String,
+    },
+    #[error("invalid setting {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// One environment variable and the setting it overrides.
+pub struct EnvVar {
+    pub name: &'static str,
+    pub key: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+    apply: fn(&mut Settings, &str) -> Result<(), String>,
+}
+
+fn parse<T: std::str::FromStr>(v: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    v.trim().parse::<T>().map_err(|e| e.to_string())
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+fn non_empty(v: &str) -> Option<String> {
+    let v = v.trim();
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+macro_rules! env_var {
+    ($name:literal, $key:literal, $default:literal, $help:literal, |$s:ident, $v:ident| $body:expr) => {
+        EnvVar {
+            name: $name,
+            key: $key,
+            default: $default,
+            help: $help,
+            apply: |$s, $v| {
+                $body;
+                Ok(())
+            },
+        }
+    };
+}
+
+/// Every environment variable Wayback reads, in the order the reference lists them.
+pub const ENV_VARS: &[EnvVar] = &[
+    env_var!("WAYBACK_LISTEN", "listen", "127.0.0.1:8080", "Address and port of the broker's HTTP server (`--listen`).", |s, v| s.listen = parse(v)?),
+    env_var!("WAYBACK_DATA_DIR", "data_dir", "wayback-data", "Directory for the state database, clusters and template (`--data-dir`).", |s, v| s.data_dir = PathBuf::from(v)),
+    env_var!("WAYBACK_CATALOG", "catalog", "built-in catalog.json", "Path of a catalog file to use instead of the built-in one (`--catalog`).", |s, v| s.catalog = non_empty(v).map(PathBuf::from)),
+    env_var!("WAYBACK_DATABASE_URL", "database_url", "sqlite://<data_dir>/wayback.db", "State database URL: `sqlite://PATH` or `postgres://…` (several brokers may share one PostgreSQL database).", |s, v| s.database_url = non_empty(v).map(SecretString::from)),
+    env_var!("WAYBACK_EXTERNAL_URL", "external_url", "http://<listen>", "URL at which users reach the broker; used for instances' dashboard_url.", |s, v| s.external_url = non_empty(v)),
+    env_var!("WAYBACK_BROKER_USERNAME", "broker.username", "admin", "Basic-auth user name for OSB requests.", |s, v| s.broker.username = v.to_string()),
+    env_var!("WAYBACK_BROKER_PASSWORD", "broker.password", "generated into <data_dir>/broker-password", "Basic-auth password for OSB requests (secret).", |s, v| s.broker.password = non_empty(v).map(SecretString::from)),
+    env_var!("WAYBACK_PG_BIN_DIR", "postgres.bin_dir", "/usr/lib/postgresql/15/bin or `pg_config --bindir`", "Directory of the PostgreSQL 15 server binaries.", |s, v| s.postgres.bin_dir = non_empty(v).map(PathBuf::from)),
+    env_var!("WAYBACK_PG_OS_USER", "postgres.os_user", "wayback", "Unprivileged OS user that runs clusters when the broker runs as root.", |s, v| s.postgres.os_user = v.trim().to_string()),
+    env_var!("WAYBACK_PG_LISTEN_ADDRESS", "postgres.listen_address", "127.0.0.1", "Address every cluster listens on.", |s, v| s.postgres.listen_address = v.trim().to_string()),
+    env_var!("WAYBACK_PG_ADVERTISE_HOST", "postgres.advertise_host", "listen_address", "Host written into binding credentials.", |s, v| s.postgres.advertise_host = non_empty(v)),
+    env_var!("WAYBACK_PG_PORT_MIN", "postgres.port_min", "40000", "Lowest port handed to a cluster.", |s, v| s.postgres.port_min = parse(v)?),
+    env_var!("WAYBACK_PG_PORT_MAX", "postgres.port_max", "40999", "Highest port handed to a cluster.", |s, v| s.postgres.port_max = parse(v)?),
+    env_var!("WAYBACK_PG_START_TIMEOUT_SECS", "postgres.start_timeout_secs", "60", "Seconds a cluster may take to start or stop.", |s, v| s.postgres.start_timeout_secs = parse(v)?),
+    env_var!("WAYBACK_PG_USE_TEMPLATE", "postgres.use_template", "true", "Copy a pre-initialised data directory (new system identifier each) instead of running initdb per instance.", |s, v| s.postgres.use_template = parse_bool(v)?),
+    env_var!("WAYBACK_JOBS_CONCURRENCY", "jobs.concurrency", "8", "Operations that run at the same time.", |s, v| s.jobs.concurrency = parse(v)?),
+    env_var!("WAYBACK_JOBS_LEASE_SECS", "jobs.lease_secs", "15", "Seconds a job stays claimed without a heartbeat; after a crash, another broker (or the restarted one) resumes it after this.", |s, v| s.jobs.lease_secs = parse(v)?),
+    env_var!("WAYBACK_JOBS_MAX_ATTEMPTS", "jobs.max_attempts", "5", "Attempts of one step before its operation fails.", |s, v| s.jobs.max_attempts = parse(v)?),
+    env_var!("WAYBACK_JOBS_POLL_INTERVAL_MS", "jobs.poll_interval_ms", "500", "How often an idle worker looks for runnable jobs.", |s, v| s.jobs.poll_interval_ms = parse(v)?),
+    env_var!("WAYBACK_SUPERVISOR_INTERVAL_SECS", "supervisor.interval_secs", "5", "How often every live cluster is checked and restarted if it is down.", |s, v| s.supervisor.interval_secs = parse(v)?),
+    env_var!("WAYBACK_LOG_FORMAT", "log.format", "plain", "`plain` or `json`.", |s, v| s.log.format = match v.trim() { "plain" => LogFormat::Plain, "json" => LogFormat::Json, _ => return Err("expected plain or json".into()) }),
+    env_var!("WAYBACK_LOG", "log.level", "info", "Log filter, e.g. `info` or `wayback=debug,info`.", |s, v| s.log.level = v.trim().to_string()),
+    env_var!("WAYBACK_HTTP_MAX_BODY_BYTES", "http.max_body_bytes", "262144", "Largest request body the broker accepts.", |s, v| s.http.max_body_bytes = parse(v)?),
+];
+
+impl Settings {
+    /// Defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, |name| std::env::var(name).ok())
+    }
+
+    /// As [`Settings::load`], with the environment given as a lookup function (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut settings = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?
+            }
+            None => Settings::default(),
+        };
+        for var in ENV_VARS {
+            if let Some(value) = env(var.name) {
+                (var.apply)(&mut settings, &value).map_err(|message| ConfigError::Env {
+                    name: var.name,
+                    value: if var.name.ends_with("PASSWORD") || var.name.ends_with("URL") {
+                        "<redacted>".into()
+                    } else {
+                        value.clone()
+                    },
+                    message,
+                })?;
+            }
+        }
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        };
+        if self.broker.username.is_empty() {
+            return invalid("broker.username", "must not be empty");
+        }
+        if self.postgres.port_min == 0 || self.postgres.port_min > self.postgres.port_max {
+            return invalid(
+                "postgres.port_min",
+                "must be at least 1 and not above postgres.port_max",
+            );
+        }
+        if self.postgres.os_user.is_empty() {
+            return invalid("postgres.os_user", "must not be empty");
+        }
+        if self.jobs.concurrency == 0 {
+            return invalid("jobs.concurrency", "must be at least 1");
+        }
+        if self.jobs.max_attempts == 0 {
+            return invalid("jobs.max_attempts", "must be at least 1");
+        }
+        if self.jobs.lease_secs < 2 {
+            return invalid("jobs.lease_secs", "must be at least 2");
+        }
+        if self.http.max_body_bytes < 1024 {
+            return invalid("http.max_body_bytes", "must be at least 1024");
+        }
+        Ok(())
+    }
+
+    /// The host written into binding credentials.
+    pub fn advertise_host(&self) -> String {
+        if let Some(h) = &self.postgres.advertise_host {
+            return h.clone();
+        }
+        match self.postgres.listen_address.as_str() {
+            "*" | "0.0.0.0" | "::" | "" => "127.0.0.1".into(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Markdown table of every environment variable (the README's configuration reference).
+    pub fn reference_markdown() -> String {
+        let mut out = String::from(
+            "| environment variable | config file key | default | meaning |\n|---|---|---|---|\n",
+        );
+        for v in ENV_VARS {
+            out.push_str(&format!(
+                "| `{}` | `{}` | {} | {} |\n",
+                v.name, v.key, v.default, v.help
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn layers_defaults_file_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("wayback.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\n[postgres]\nport_min = 41000\nport_max = 41010\n[broker]\nusername = \"file-user\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(
+            Some(&file),
+            env(&[
+                ("WAYBACK_BROKER_USERNAME", "env-user"),
+                ("WAYBACK_BROKER_PASSWORD", "s3cret"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.listen.port(), 9000, "file overrides default");
+        assert_eq!(s.postgres.port_min, 41000);
+        assert_eq!(s.broker.username, "env-user", "env overrides file");
+        assert_eq!(s.broker.password.unwrap().expose_secret(), "s3cret");
+        assert_eq!(s.jobs.concurrency, 8, "default kept");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_hide_secrets() {
+        let e = Settings::load_from(None, env(&[("WAYBACK_PG_PORT_MIN", "lots")])).unwrap_err();
+        assert!(e.to_string().contains("WAYBACK_PG_PORT_MIN"), "{e}");
+        let e = Settings::load_from(None, env(&[("WAYBACK_LISTEN", "nowhere")])).unwrap_err();
+        assert!(e.to_string().contains("WAYBACK_LISTEN"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w.toml");
+        std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap();
+        let e = Settings::load_from(Some(&file), env(&[])).unwrap_err();
+        assert!(e.to_string().contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let s = Settings::load_from(None, env(&[("WAYBACK_BROKER_PASSWORD", "hunter2")])).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn validate_refuses_inverted_port_range() {
+        let mut s = Settings::default();
+        s.postgres.port_min = 5000;
+        s.postgres.port_max = 4000;
+        assert!(s.validate().is_err());
+        assert!(Settings::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,139 @@
+//! Validated identifiers.
+//!
+//! OSB lets the platform choose instance and binding ids; Cloud Foundry sends GUIDs. Wayback uses
+//! them in data directory names, object-store keys and log fields, so only a conservative
+//! alphabet is accepted: ASCII letters, digits, `-`, `_` and `.`, 1–64 characters, not starting
+//! with `.`. Anything else (slashes, percent-encoded bytes after decoding, spaces, NUL) is refused.
+
+use std::fmt;
+
+/// Why an identifier was refused; the message is shown to the user as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {value:?} is not valid: {reason}")]
+pub struct IdError {
+    pub what: &'static str,
+    pub value: String,
+    pub reason: &'static str,
+}
+
+const MAX_ID_LEN: usize = 64;
+
+fn validate(what: &'static str, value: &str) -> Result<(), IdError> {
+    let err = |reason| {
+        Err(IdError {
+            what,
+            value: value.chars().take(80).collect(),
+            reason,
+        })
+    };
+    if value.is_empty() {
+        return err("it must not be empty");
+    }
+    if value.len() > MAX_ID_LEN {
+        return err("it must be at most 64 characters long");
+    }
+    if value.starts_with('.') {
+        return err("it must not start with '.'");
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return err("use only letters, digits, '-', '_' and '.' (a GUID is typical)");
+    }
+    Ok(())
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(value: impl Into<String>) -> Result<Self, IdError> {
+                let value = value.into();
+                validate($what, &value)?;
+                Ok(Self(value))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A service instance id chosen by the platform (a GUID in Cloud Foundry).
+    InstanceId,
+    "instance id"
+);
+id_type!(
+    /// A service binding id chosen by the platform.
+    BindingId,
+    "binding id"
+);
+id_type!(
+    /// A Cloud Foundry space GUID.
+    SpaceGuid,
+    "space_guid"
+);
+id_type!(
+    /// A Cloud Foundry organization GUID.
+    OrgGuid,
+    "organization_guid"
+);
+id_type!(
+    /// A catalog service id.
+    ServiceId,
+    "service_id"
+);
+id_type!(
+    /// A catalog plan id.
+    PlanId,
+    "plan_id"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_guids_and_simple_ids() {
+        for ok in ["3f2a9c1e-0000-4000-8000-000000000001", "a", "db_1.2", "A-Z"] {
+            assert!(InstanceId::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn refuses_dangerous_ids_with_a_reason() {
+        let cases = [
+            ("", "empty"),
+            ("../etc", "starts with a dot"),
+            ("a/b", "slash"),
+            ("a b", "space"),
+            ("a%2Fb", "percent sign"),
+            ("a\0b", "NUL"),
+            ("é", "non-ascii"),
+        ];
+        for (bad, why) in cases {
+            assert!(InstanceId::parse(bad).is_err(), "{why}: {bad:?}");
+        }
+        let long = "x".repeat(65);
+        let e = InstanceId::parse(long).unwrap_err();
+        assert!(e.to_string().contains("at most 64"), "{e}");
+    }
+}

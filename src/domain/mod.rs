@@ -1,0 +1,10 @@
+//! Domain types shared by every layer: validated identifiers and lifecycle states.
+//!
+//! Must not import any other module of the crate. Identifiers are validated once, at the edge,
+//! so that the rest of the code can use them in file paths, object keys and log lines safely.
+
+mod ids;
+mod state;
+
+pub use ids::{BindingId, IdError, InstanceId, OrgGuid, PlanId, ServiceId, SpaceGuid};
+pub use state::{BindingState, InstanceState, OperationKind, OperationState};

@@ -1,0 +1,91 @@
+//! Durable asynchronous work: claim → run step → record; resumes after a restart.
+//!
+//! Every OSB operation that takes time is a job made of named steps. The worker claims a job
+//! with a lease, runs its current step, and records the next step before running it, so that a
+//! broker killed at any moment leaves a job whose current step is re-run — steps are idempotent.
+//! A heartbeat renews the lease while a step runs; a dead broker's lease runs out and any worker
+//! takes over. Tests drive the same code through [`Worker::run_next`] and [`Worker::run_job`].
+//!
+//! Must not import `osb`.
+
+mod steps;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::catalog::Catalog;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+use crate::store::{JobRecord, Store};
+
+pub use steps::{new_job, JobKind};
+pub use worker::Worker;
+
+/// What a job step needs.
+pub struct JobContext {
+    pub store: Store,
+    pub runtime: Runtime,
+    pub catalog: Arc<Catalog>,
+    pub settings: Arc<Settings>,
+    pub metrics: Metrics,
+}
+
+/// What a step asks the worker to do next.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Record this step as current and run it.
+    Next(&'static str),
+    /// The job is complete.
+    Done,
+    /// Not an error: run this step again after a while (e.g. waiting for another job).
+    Wait(Duration),
+    /// The job stops without success and without blaming anyone (e.g. a provision cancelled by
+    /// a delete); the operation is marked failed with this description.
+    Cancelled(String),
+}
+
+/// A step failure. Transient ones are retried with backoff up to `jobs.max_attempts`.
+#[derive(Debug)]
+pub enum StepError {
+    Transient(anyhow::Error),
+    /// Fails the operation at once. `user_message` is shown to the platform's user; the source
+    /// goes to the log only.
+    Permanent {
+        user_message: String,
+        source: anyhow::Error,
+    },
+}
+
+impl StepError {
+    pub fn transient(e: impl Into<anyhow::Error>) -> Self {
+        StepError::Transient(e.into())
+    }
+}
+
+impl From<crate::store::StoreError> for StepError {
+    fn from(e: crate::store::StoreError) -> Self {
+        StepError::Transient(e.into())
+    }
+}
+
+impl From<crate::runtime::RuntimeError> for StepError {
+    fn from(e: crate::runtime::RuntimeError) -> Self {
+        if e.is_permanent() {
+            StepError::Permanent {
+                user_message: "the database server could not be set up".into(),
+                source: e.into(),
+            }
+        } else {
+            StepError::Transient(e.into())
+        }
+    }
+}
+
+pub type StepResult = Result<Outcome, StepError>;
+
+/// Short helper for job payload fields.
+pub(crate) fn payload_str<'a>(job: &'a JobRecord, key: &str) -> Option<&'a str> {
+    job.payload.get(key).and_then(|v| v.as_str())
+}

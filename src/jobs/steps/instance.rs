@@ -1,0 +1,244 @@
+//! Provision, update and deprovision steps.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::JobKind;
+use crate::domain::InstanceState;
+use crate::jobs::{payload_str, JobContext, Outcome, StepError, StepResult};
+use crate::runtime::{ClusterSpec, RuntimeError};
+use crate::store::{InstanceRecord, JobRecord};
+
+pub const ALLOCATE_PORT: &str = "allocate_port";
+pub const CREATE_CLUSTER: &str = "create_cluster";
+pub const START: &str = "start";
+pub const CREATE_DATABASE: &str = "create_database";
+pub const APPLY_SETTINGS: &str = "apply_settings";
+pub const WAIT_EXCLUSIVE: &str = "wait_exclusive";
+pub const DESTROY: &str = "destroy";
+
+async fn load(ctx: &JobContext, job: &JobRecord) -> Result<InstanceRecord, StepError> {
+    ctx.store
+        .get_instance(&job.instance_id)
+        .await?
+        .ok_or_else(|| StepError::Permanent {
+            user_message: "the instance record is missing".into(),
+            source: anyhow::anyhow!("instance {} not in the store", job.instance_id),
+        })
+}
+
+fn spec(
+    ctx: &JobContext,
+    instance: &InstanceRecord,
+    plan_id: &str,
+) -> Result<ClusterSpec, StepError> {
+    let plan = ctx
+        .catalog
+        .plan(&instance.service_id, plan_id)
+        .ok_or_else(|| StepError::Permanent {
+            user_message: "the plan is no longer in the catalog".into(),
+            source: anyhow::anyhow!("plan {plan_id} not in catalog"),
+        })?;
+    let port = instance
+        .port
+        .ok_or_else(|| StepError::transient(anyhow::anyhow!("instance has no port yet")))?;
+    Ok(ClusterSpec {
+        instance: instance.id.clone(),
+        port,
+        settings: plan.settings.clone(),
+    })
+}
+
+pub async fn provision_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
+    let instance = load(ctx, job).await?;
+    // A DELETE during provisioning (orphan mitigation) moves the instance on; stop here and let
+    // the deprovision job clean up whatever exists.
+    if instance.state != InstanceState::Provisioning {
+        return Ok(Outcome::Cancelled(
+            "Provisioning was stopped because the instance is being deleted.".into(),
+        ));
+    }
+    match job.step.as_str() {
+        ALLOCATE_PORT => {
+            if instance.port.is_none() {
+                allocate_port(ctx, &instance).await?;
+            }
+            Ok(Outcome::Next(CREATE_CLUSTER))
+        }
+        CREATE_CLUSTER => {
+            let spec = spec(ctx, &instance, &instance.plan_id)?;
+            ctx.runtime.create_cluster(&spec).await?;
+            Ok(Outcome::Next(START))
+        }
+        START => match ctx.runtime.start(&instance.id).await {
+            Ok(()) => Ok(Outcome::Next(CREATE_DATABASE)),
+            Err(RuntimeError::PortInUse(port)) => {
+                // Someone outside Wayback took the port: take another and rewrite the config.
+                tracing::warn!(instance = %instance.id, port, "port taken by another process; choosing another");
+                ctx.store.set_instance_port(&instance.id, None).await?;
+                Ok(Outcome::Next(ALLOCATE_PORT))
+            }
+            Err(e) => Err(e.into()),
+        },
+        CREATE_DATABASE => {
+            ctx.runtime
+                .ensure_database(&instance.id, &instance.database_name, &instance.owner_role)
+                .await?;
+            Ok(Outcome::Done)
+        }
+        other => Err(unknown_step(other)),
+    }
+}
+
+pub async fn update_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
+    let instance = load(ctx, job).await?;
+    match job.step.as_str() {
+        APPLY_SETTINGS => {
+            let plan_id = payload_str(job, "plan_id")
+                .unwrap_or(&instance.plan_id)
+                .to_string();
+            let spec = spec(ctx, &instance, &plan_id)?;
+            let applied = ctx.runtime.apply_settings(&spec).await?;
+            tracing::info!(instance = %instance.id, restarted = applied.restarted, "plan settings applied");
+            Ok(Outcome::Done)
+        }
+        other => Err(unknown_step(other)),
+    }
+}
+
+pub async fn deprovision_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
+    let instance = load(ctx, job).await?;
+    match job.step.as_str() {
+        WAIT_EXCLUSIVE => {
+            // A provision or update still running must see the new state and stop first, or
+            // it could recreate what we are about to remove.
+            let others = ctx.store.other_pending_jobs(&instance.id, &job.id).await?;
+            if others.iter().any(|j| {
+                j.lease_until
+                    .is_some_and(|t| t > crate::store::now_millis())
+            }) {
+                return Ok(Outcome::Wait(Duration::from_millis(200)));
+            }
+            for other in others {
+                // Not running (waiting for a retry): it would stop at its next step anyway.
+                ctx.store
+                    .finish_job(
+                        &other.id,
+                        crate::store::JOB_FAILED,
+                        Some("superseded by deprovision"),
+                    )
+                    .await?;
+                if let Some(op) = &other.operation_id {
+                    ctx.store
+                        .update_operation(
+                            op,
+                            crate::domain::OperationState::Failed,
+                            "Stopped because the instance is being deleted.",
+                        )
+                        .await?;
+                }
+            }
+            Ok(Outcome::Next(DESTROY))
+        }
+        DESTROY => {
+            ctx.runtime.destroy(&instance.id).await?;
+            Ok(Outcome::Done)
+        }
+        other => Err(unknown_step(other)),
+    }
+}
+
+/// Applies a job's end to the instance record.
+pub async fn on_end(
+    kind: JobKind,
+    ctx: &JobContext,
+    job: &JobRecord,
+    succeeded: bool,
+) -> anyhow::Result<()> {
+    let store = &ctx.store;
+    let id = &job.instance_id;
+    let instance = store
+        .get_instance(id)
+        .await?
+        .context("instance record missing")?;
+    match (kind, succeeded) {
+        (JobKind::Provision, true) => store.set_instance_state(id, InstanceState::Ready).await?,
+        (JobKind::Provision, false) => {
+            // A cancelled provision leaves the instance to the deprovision that cancelled it.
+            if instance.state == InstanceState::Provisioning {
+                store.set_instance_state(id, InstanceState::Failed).await?;
+            }
+        }
+        (JobKind::Update, true) => {
+            if let Some(plan) = payload_str(job, "plan_id") {
+                store.set_instance_plan(id, plan).await?;
+            }
+            if instance.state == InstanceState::Updating {
+                store.set_instance_state(id, InstanceState::Ready).await?;
+            }
+        }
+        (JobKind::Update, false) => {
+            // Put the old plan's settings back so the cluster matches the recorded plan.
+            if let Ok(spec) = spec(ctx, &instance, &instance.plan_id) {
+                if let Err(e) = ctx.runtime.apply_settings(&spec).await {
+                    tracing::warn!(instance = %id, error = %e, "cannot restore the old plan's settings");
+                }
+            }
+            if instance.state == InstanceState::Updating {
+                store.set_instance_state(id, InstanceState::Ready).await?;
+            }
+        }
+        (JobKind::Deprovision, true) => {
+            store.delete_bindings_of(id).await?;
+            store.set_instance_state(id, InstanceState::Deleted).await?;
+        }
+        (JobKind::Deprovision, false) => {
+            store.set_instance_state(id, InstanceState::Failed).await?
+        }
+        (JobKind::Bind | JobKind::Unbind, _) => {}
+    }
+    Ok(())
+}
+
+/// Picks a port in the configured range that no instance holds and nothing listens on.
+async fn allocate_port(ctx: &JobContext, instance: &InstanceRecord) -> Result<u16, StepError> {
+    let pg = &ctx.settings.postgres;
+    let used = ctx.store.used_ports().await?;
+    let span = u32::from(pg.port_max - pg.port_min) + 1;
+    // Start at a random offset so that brokers sharing a range rarely race for one port.
+    let offset = rand::random::<u32>() % span;
+    for i in 0..span {
+        let port = pg.port_min + ((offset + i) % span) as u16;
+        if used.contains(&port) || !port_is_free(&pg.listen_address, port) {
+            continue;
+        }
+        match ctx.store.set_instance_port(&instance.id, Some(port)).await {
+            Ok(()) => return Ok(port),
+            Err(crate::store::StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StepError::Permanent {
+        user_message:
+            "no free port is left for a new database; ask your operator to widen the port range"
+                .into(),
+        source: anyhow::anyhow!("no free port in {}..={}", pg.port_min, pg.port_max),
+    })
+}
+
+fn port_is_free(address: &str, port: u16) -> bool {
+    let host = match address {
+        "*" | "" => "0.0.0.0",
+        other => other,
+    };
+    TcpListener::bind((host, port)).is_ok()
+}
+
+fn unknown_step(step: &str) -> StepError {
+    StepError::Permanent {
+        user_message: "internal error".into(),
+        source: anyhow::anyhow!("unknown step {step:?}"),
+    }
+}

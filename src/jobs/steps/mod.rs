@@ -1,0 +1,150 @@
+//! The steps of each job kind, and what the user reads while each runs.
+
+mod binding;
+mod instance;
+
+use std::str::FromStr;
+
+use serde_json::{json, Value};
+
+use super::{JobContext, StepResult};
+use crate::domain::{BindingId, InstanceId};
+use crate::store::{now_millis, JobRecord, NewJob};
+
+/// The kinds of job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Provision,
+    Update,
+    Deprovision,
+    Bind,
+    Unbind,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Provision => "provision",
+            JobKind::Update => "update",
+            JobKind::Deprovision => "deprovision",
+            JobKind::Bind => "bind",
+            JobKind::Unbind => "unbind",
+        }
+    }
+
+    pub fn first_step(self) -> &'static str {
+        match self {
+            JobKind::Provision => instance::ALLOCATE_PORT,
+            JobKind::Update => instance::APPLY_SETTINGS,
+            JobKind::Deprovision => instance::WAIT_EXCLUSIVE,
+            JobKind::Bind => binding::CREATE_ROLE,
+            JobKind::Unbind => binding::DROP_ROLE,
+        }
+    }
+
+    /// What the platform's user reads while `step` runs.
+    pub fn describe(self, step: &str) -> String {
+        let text = match step {
+            instance::ALLOCATE_PORT => "Provisioning: allocating a port",
+            instance::CREATE_CLUSTER => "Provisioning: initialising the database cluster",
+            instance::START => "Provisioning: starting PostgreSQL",
+            instance::CREATE_DATABASE => {
+                "Provisioning: creating the application database and its owner role"
+            }
+            instance::APPLY_SETTINGS => "Updating: applying the new plan's PostgreSQL settings",
+            instance::WAIT_EXCLUSIVE => {
+                "Deleting: waiting for the running operation on this instance to stop"
+            }
+            instance::DESTROY => "Deleting: stopping PostgreSQL and removing its data directory",
+            binding::CREATE_ROLE => "Binding: creating a login role with a new password",
+            binding::DROP_ROLE => "Unbinding: ending the role's sessions and dropping it",
+            _ => "Working",
+        };
+        text.to_string()
+    }
+
+    pub fn success_text(self) -> &'static str {
+        match self {
+            JobKind::Provision => {
+                "The PostgreSQL instance is ready. Bind it to an app to get credentials."
+            }
+            JobKind::Update => "The new plan's settings are in effect.",
+            JobKind::Deprovision => {
+                "The instance was deleted. Its history is kept so it can be restored."
+            }
+            JobKind::Bind => "The binding's credentials are ready.",
+            JobKind::Unbind => {
+                "The binding's role was dropped; its objects belong to the instance's owner role."
+            }
+        }
+    }
+
+    pub(crate) async fn run_step(self, ctx: &JobContext, job: &JobRecord) -> StepResult {
+        match self {
+            JobKind::Provision => instance::provision_step(ctx, job).await,
+            JobKind::Update => instance::update_step(ctx, job).await,
+            JobKind::Deprovision => instance::deprovision_step(ctx, job).await,
+            JobKind::Bind => binding::bind_step(ctx, job).await,
+            JobKind::Unbind => binding::unbind_step(ctx, job).await,
+        }
+    }
+
+    /// Records the effect of a successful job on the instance or binding.
+    pub(crate) async fn on_success(self, ctx: &JobContext, job: &JobRecord) -> anyhow::Result<()> {
+        match self {
+            JobKind::Provision | JobKind::Update | JobKind::Deprovision => {
+                instance::on_end(self, ctx, job, true).await
+            }
+            JobKind::Bind | JobKind::Unbind => binding::on_end(self, ctx, job, true).await,
+        }
+    }
+
+    /// Records the effect of a failed job, leaving a state the platform can delete.
+    pub(crate) async fn on_failure(self, ctx: &JobContext, job: &JobRecord) -> anyhow::Result<()> {
+        match self {
+            JobKind::Provision | JobKind::Update | JobKind::Deprovision => {
+                instance::on_end(self, ctx, job, false).await
+            }
+            JobKind::Bind | JobKind::Unbind => binding::on_end(self, ctx, job, false).await,
+        }
+    }
+}
+
+impl FromStr for JobKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [
+            JobKind::Provision,
+            JobKind::Update,
+            JobKind::Deprovision,
+            JobKind::Bind,
+            JobKind::Unbind,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .ok_or_else(|| format!("unknown job kind {s:?}"))
+    }
+}
+
+/// A new job for an operation. `extra` is merged into the payload.
+pub fn new_job(
+    kind: JobKind,
+    operation_id: &str,
+    instance: &InstanceId,
+    binding: Option<&BindingId>,
+    extra: Value,
+) -> NewJob {
+    let mut payload = json!({ "requested_at": now_millis() });
+    if let (Some(p), Value::Object(extra)) = (payload.as_object_mut(), extra) {
+        p.extend(extra);
+    }
+    NewJob {
+        id: operation_id.to_string(),
+        kind: kind.as_str().to_string(),
+        instance_id: instance.clone(),
+        binding_id: binding.cloned(),
+        operation_id: Some(operation_id.to_string()),
+        payload,
+        first_step: kind.first_step().to_string(),
+    }
+}

@@ -1,0 +1,339 @@
+//! The worker loop: bounded concurrency, leases with heartbeats, backoff, shutdown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::{JobContext, JobKind, Outcome, StepError};
+use crate::domain::OperationState;
+use crate::store::{now_millis, JobRecord};
+
+/// Runs jobs. Cheap to clone; clones share the wake-up signal.
+#[derive(Clone)]
+pub struct Worker {
+    ctx: Arc<JobContext>,
+    owner: String,
+    wake: Arc<Notify>,
+}
+
+/// Waits shorter than this are slept through while holding the lease; longer ones release it.
+const SHORT_WAIT: Duration = Duration::from_secs(3);
+
+impl Worker {
+    pub fn new(ctx: Arc<JobContext>) -> Self {
+        Self {
+            ctx,
+            owner: format!("broker-{}", uuid::Uuid::new_v4()),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn context(&self) -> &Arc<JobContext> {
+        &self.ctx
+    }
+
+    /// Tells the loop that a new job is waiting.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn lease_until(&self) -> i64 {
+        now_millis() + (self.ctx.settings.jobs.lease_secs as i64) * 1000
+    }
+
+    /// Claims and runs the next runnable job, if any. Returns whether one ran.
+    pub async fn run_next(&self) -> anyhow::Result<bool> {
+        match self
+            .ctx
+            .store
+            .claim_job(&self.owner, self.lease_until(), None)
+            .await?
+        {
+            Some(job) => {
+                self.run_claimed(job).await;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Runs job `id` to its end (or until `timeout`), retrying transient failures in place.
+    /// Used for synchronous OSB requests. Returns the job as it ended.
+    pub async fn run_job(&self, id: &str, timeout: Duration) -> anyhow::Result<JobRecord> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(job) = self
+                .ctx
+                .store
+                .claim_job(&self.owner, self.lease_until(), Some(id))
+                .await?
+            {
+                self.run_claimed(job).await;
+            }
+            let job = self
+                .ctx
+                .store
+                .get_job(id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("job {id} vanished"))?;
+            if job.state != crate::store::JOB_PENDING || Instant::now() >= deadline {
+                return Ok(job);
+            }
+            let until_ready =
+                Duration::from_millis((job.run_after - now_millis()).clamp(20, 1000) as u64);
+            tokio::time::sleep(until_ready.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+        }
+    }
+
+    /// Runs jobs until `shutdown` fires, at most `jobs.concurrency` at a time; then waits for
+    /// running steps to end (their leases let another broker resume anything left).
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+        let limit = self.ctx.settings.jobs.concurrency;
+        let slots = Arc::new(Semaphore::new(limit));
+        let poll = Duration::from_millis(self.ctx.settings.jobs.poll_interval_ms);
+        loop {
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+                _ = shutdown.cancelled() => break,
+            };
+            let claimed = match self
+                .ctx
+                .store
+                .claim_job(&self.owner, self.lease_until(), None)
+                .await
+            {
+                Ok(job) => job,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim jobs; retrying");
+                    None
+                }
+            };
+            match claimed {
+                Some(job) => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.run_claimed(job).await;
+                        drop(permit);
+                        me.wake.notify_one();
+                    });
+                }
+                None => {
+                    drop(permit);
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(poll) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+        // Wait for in-flight steps (bounded by their own timeouts).
+        let _ = slots.acquire_many(limit as u32).await;
+    }
+
+    /// Runs a claimed job step by step until it ends, waits, or must be retried later.
+    async fn run_claimed(&self, mut job: JobRecord) {
+        let Ok(kind) = job.kind.parse::<JobKind>() else {
+            tracing::error!(job = %job.id, kind = %job.kind, "unknown job kind; failing it");
+            let _ = self
+                .ctx
+                .store
+                .finish_job(&job.id, crate::store::JOB_FAILED, Some("unknown job kind"))
+                .await;
+            return;
+        };
+        let span = tracing::info_span!("job", job = %job.id, kind = %job.kind, instance = %job.instance_id);
+        let _enter = span.enter();
+        drop(_enter);
+        loop {
+            if let Some(op) = &job.operation_id {
+                let text = kind.describe(&job.step);
+                if let Err(e) = self
+                    .ctx
+                    .store
+                    .update_operation(op, OperationState::InProgress, &text)
+                    .await
+                {
+                    tracing::warn!(parent: &span, error = %e, "cannot record progress");
+                }
+            }
+            let result = self
+                .with_heartbeat(&job, kind.run_step(&self.ctx, &job))
+                .await;
+            match result {
+                Ok(Outcome::Next(step)) => {
+                    match self.ctx.store.advance_job(&job.id, &self.owner, step).await {
+                        Ok(true) => job.step = step.to_string(),
+                        Ok(false) => {
+                            tracing::warn!(parent: &span, "lost the job's lease; another worker has it");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(parent: &span, error = %e, "cannot record step; will retry");
+                            self.release(
+                                &job,
+                                job.attempts,
+                                Duration::from_secs(1),
+                                &e.to_string(),
+                            )
+                            .await;
+                            return;
+                        }
+                    }
+                }
+                Ok(Outcome::Done) => {
+                    self.finish(&job, kind, OperationState::Succeeded, None)
+                        .await;
+                    return;
+                }
+                Ok(Outcome::Cancelled(why)) => {
+                    self.finish(&job, kind, OperationState::Failed, Some(why))
+                        .await;
+                    return;
+                }
+                Ok(Outcome::Wait(d)) if d <= SHORT_WAIT => tokio::time::sleep(d).await,
+                Ok(Outcome::Wait(d)) => {
+                    self.release(&job, job.attempts, d, "waiting").await;
+                    return;
+                }
+                Err(StepError::Transient(e)) => {
+                    let attempts = job.attempts + 1;
+                    if attempts >= self.ctx.settings.jobs.max_attempts {
+                        tracing::error!(parent: &span, step = %job.step, error = format!("{e:#}"), "step failed {attempts} times; giving up");
+                        let msg = format!("{} failed repeatedly", kind.describe(&job.step));
+                        self.finish(&job, kind, OperationState::Failed, Some(msg))
+                            .await;
+                        return;
+                    }
+                    let backoff = Duration::from_millis((500u64 << attempts.min(6)).min(30_000));
+                    tracing::warn!(parent: &span, step = %job.step, attempt = attempts, retry_in_ms = backoff.as_millis() as u64, error = format!("{e:#}"), "step failed; will retry");
+                    self.release(&job, attempts, backoff, &format!("{e:#}"))
+                        .await;
+                    return;
+                }
+                Err(StepError::Permanent {
+                    user_message,
+                    source,
+                }) => {
+                    tracing::error!(parent: &span, step = %job.step, error = format!("{source:#}"), "step failed permanently");
+                    let msg = format!("{}: {user_message}", kind.describe(&job.step));
+                    self.finish(&job, kind, OperationState::Failed, Some(msg))
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs `fut` while renewing the job's lease.
+    async fn with_heartbeat<T>(
+        &self,
+        job: &JobRecord,
+        fut: impl std::future::Future<Output = T>,
+    ) -> T {
+        let every = Duration::from_millis((self.ctx.settings.jobs.lease_secs * 1000 / 3).max(300));
+        let store = self.ctx.store.clone();
+        let (id, owner) = (job.id.clone(), self.owner.clone());
+        let lease_secs = self.ctx.settings.jobs.lease_secs as i64;
+        let beat = async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = store
+                    .renew_lease(&id, &owner, now_millis() + lease_secs * 1000)
+                    .await
+                {
+                    tracing::warn!(error = %e, job = %id, "cannot renew lease");
+                }
+            }
+        };
+        tokio::select! {
+            out = fut => out,
+            _ = beat => unreachable!("heartbeat loop never ends"),
+        }
+    }
+
+    async fn release(&self, job: &JobRecord, attempts: u32, after: Duration, why: &str) {
+        let run_after = now_millis() + after.as_millis() as i64;
+        if let Err(e) = self
+            .ctx
+            .store
+            .retry_job(&job.id, &self.owner, attempts, run_after, why)
+            .await
+        {
+            tracing::warn!(job = %job.id, error = %e, "cannot release job; its lease will expire");
+        }
+    }
+
+    async fn finish(
+        &self,
+        job: &JobRecord,
+        kind: JobKind,
+        state: OperationState,
+        message: Option<String>,
+    ) {
+        let store = &self.ctx.store;
+        let succeeded = state == OperationState::Succeeded;
+        let hook = if succeeded {
+            kind.on_success(&self.ctx, job).await
+        } else {
+            kind.on_failure(&self.ctx, job).await
+        };
+        if let Err(e) = hook {
+            tracing::warn!(job = %job.id, error = format!("{e:#}"), "cannot record the job's end; will retry");
+            self.release(
+                job,
+                job.attempts,
+                Duration::from_secs(1),
+                "recording the end",
+            )
+            .await;
+            return;
+        }
+        let description = message.unwrap_or_else(|| kind.success_text().to_string());
+        if let Some(op) = &job.operation_id {
+            if let Err(e) = store.update_operation(op, state, &description).await {
+                tracing::warn!(job = %job.id, error = %e, "cannot record the operation's end; will retry");
+                self.release(
+                    job,
+                    job.attempts,
+                    Duration::from_secs(1),
+                    "recording the end",
+                )
+                .await;
+                return;
+            }
+        }
+        let job_state = if succeeded {
+            crate::store::JOB_DONE
+        } else {
+            crate::store::JOB_FAILED
+        };
+        if let Err(e) = store
+            .finish_job(
+                &job.id,
+                job_state,
+                (!succeeded).then_some(description.as_str()),
+            )
+            .await
+        {
+            tracing::warn!(job = %job.id, error = %e, "cannot mark job finished");
+        }
+        let elapsed = (now_millis() - job_created(job)).max(0) as f64 / 1000.0;
+        self.ctx.metrics.operation_finished(
+            kind.as_str(),
+            if succeeded { "succeeded" } else { "failed" },
+            elapsed,
+        );
+        tracing::info!(job = %job.id, kind = kind.as_str(), instance = %job.instance_id, outcome = state.as_str(), "operation finished");
+    }
+}
+
+fn job_created(job: &JobRecord) -> i64 {
+    job.payload
+        .get("requested_at")
+        .and_then(|v| v.as_i64())
+        .unwrap_or_else(now_millis)
+}

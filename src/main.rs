@@ -1,0 +1,126 @@
+//! `wayback`: thin entry point. Parses the command line, sets up logging, dispatches, and maps
+//! errors to exit codes. Everything else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wayback::config::Settings;
+use wayback::startup::Application;
+
+#[derive(Parser)]
+#[command(
+    name = "wayback",
+    version,
+    about = "PostgreSQL for Cloud Foundry with undo: an Open Service Broker"
+)]
+struct Cli {
+    /// TOML config file (settings from the environment override it).
+    #[arg(long, global = true, env = "WAYBACK_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve {
+        /// Address and port to listen on, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Directory for state, clusters and the template.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Catalog file replacing the built-in one.
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
+    /// Load and validate the configuration (and catalog), then exit.
+    CheckConfig,
+    /// Print every setting: environment variable, config key, default, meaning (Markdown).
+    ConfigReference,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wayback: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::ConfigReference => {
+            print!("{}", Settings::reference_markdown());
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig => {
+            let checked = settings
+                .validate()
+                .map_err(anyhow::Error::from)
+                .and_then(|()| {
+                    wayback::catalog::Catalog::load(settings.catalog.as_deref()).map_err(Into::into)
+                });
+            match checked {
+                Ok(_) => {
+                    println!("configuration is valid");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("wayback: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Serve {
+            listen,
+            data_dir,
+            catalog,
+        } => {
+            let mut settings = settings;
+            if let Some(l) = listen {
+                settings.listen = l;
+            }
+            if let Some(d) = data_dir {
+                settings.data_dir = d;
+            }
+            if let Some(c) = catalog {
+                settings.catalog = Some(c);
+            }
+            wayback::telemetry::init(&settings.log);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("wayback: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(settings)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "wayback stopped with an error");
+                    eprintln!("wayback: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let app = Application::build(settings).await?;
+    let shutdown = app.shutdown_token();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested");
+        shutdown.cancel();
+    });
+    app.run_until_stopped().await
+}

@@ -1,0 +1,80 @@
+//! Catalog, health, metrics, the instance dashboard page, and the JSON 404.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::State;
+use crate::domain::InstanceId;
+use crate::osb::OsbError;
+
+pub async fn catalog(state: State) -> HttpResponse {
+    HttpResponse::Ok().json(state.broker.catalog().document())
+}
+
+/// Liveness and readiness: 200 when the state database answers.
+pub async fn health(state: State) -> HttpResponse {
+    match state.broker.store().ping().await {
+        Ok(()) => HttpResponse::Ok().json(json!({ "status": "ok" })),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check: state database unreachable");
+            HttpResponse::ServiceUnavailable().json(json!({ "status": "unavailable", "description": "the state database does not answer" }))
+        }
+    }
+}
+
+pub async fn metrics(state: State) -> Result<HttpResponse, OsbError> {
+    let store = state.broker.store();
+    let (instances, operations) = match (
+        store.instance_counts().await,
+        store.operation_counts().await,
+    ) {
+        (Ok(i), Ok(o)) => (i, o),
+        (Err(e), _) | (_, Err(e)) => return Err(crate::broker::BrokerError::from(e).into()),
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render(&instances, &operations)))
+}
+
+/// The page behind `dashboard_url`: state only, nothing secret.
+pub async fn dashboard(state: State, path: web::Path<String>) -> Result<HttpResponse, OsbError> {
+    let Ok(id) = InstanceId::parse(path.into_inner()) else {
+        return Err(OsbError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "No such instance.",
+        ));
+    };
+    let Some(instance) = state
+        .broker
+        .store()
+        .get_instance(&id)
+        .await
+        .map_err(crate::broker::BrokerError::from)?
+    else {
+        return Err(OsbError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "No such instance.",
+        ));
+    };
+    let body = format!(
+        "<!doctype html><meta charset=utf-8><title>Wayback PostgreSQL</title>\
+         <h1>Wayback PostgreSQL</h1><p>Instance <code>{}</code> is <b>{}</b>.</p>\
+         <p>Bind it to an app with <code>cf bind-service</code>. Deleted by mistake? \
+         <code>cf create-service … -c '{{\"clone-from\":\"NAME\"}}'</code> brings it back.</p>",
+        instance.id, instance.state
+    );
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(body))
+}
+
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, OsbError> {
+    Err(OsbError::new(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("No such endpoint: {} {}.", req.method(), req.path()),
+    ))
+}

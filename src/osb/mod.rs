@@ -1,0 +1,72 @@
+//! The HTTP edge: actix-web routes, extractors, wire types and the one error type.
+//!
+//! Checks happen here, in this order, before any business code runs: route, basic auth (401),
+//! `X-Broker-API-Version` (412), ids and query parameters (400), body size (413) and JSON shape
+//! (400). Handlers then call [`crate::broker::Broker`] with domain types. Imports `broker`,
+//! `domain`, `metrics` and `catalog` only — never `store`, `pg`, `runtime`.
+
+mod auth;
+mod body;
+mod error;
+mod handlers;
+mod middleware;
+mod wire;
+
+use actix_web::web;
+
+pub use auth::BasicAuth;
+pub use error::OsbError;
+pub use middleware::request_context;
+
+use crate::broker::Broker;
+use crate::metrics::Metrics;
+
+/// What handlers share.
+pub struct AppState {
+    pub broker: Broker,
+    pub auth: BasicAuth,
+    pub metrics: Metrics,
+    pub max_body_bytes: usize,
+}
+
+/// The OSB versions this broker speaks.
+pub const MIN_MINOR: u32 = 13;
+pub const MAX_MINOR: u32 = 17;
+
+/// Registers every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    use handlers::{bindings, instances, misc};
+    cfg.route("/health", web::get().to(misc::health))
+        .route("/metrics", web::get().to(misc::metrics))
+        .route(
+            "/dashboard/instances/{instance_id}",
+            web::get().to(misc::dashboard),
+        )
+        .service(
+            web::scope("/v2")
+                .wrap(actix_web::middleware::from_fn(middleware::osb_guard))
+                .route("/catalog", web::get().to(misc::catalog))
+                .service(
+                    web::resource("/service_instances/{instance_id}")
+                        .route(web::put().to(instances::provision))
+                        .route(web::patch().to(instances::update))
+                        .route(web::delete().to(instances::deprovision))
+                        .route(web::get().to(instances::fetch)),
+                )
+                .route(
+                    "/service_instances/{instance_id}/last_operation",
+                    web::get().to(instances::last_operation),
+                )
+                .service(
+                    web::resource("/service_instances/{instance_id}/service_bindings/{binding_id}")
+                        .route(web::put().to(bindings::bind))
+                        .route(web::delete().to(bindings::unbind))
+                        .route(web::get().to(bindings::fetch)),
+                )
+                .route(
+                    "/service_instances/{instance_id}/service_bindings/{binding_id}/last_operation",
+                    web::get().to(bindings::last_operation),
+                ),
+        )
+        .default_service(web::to(misc::not_found));
+}

@@ -1,0 +1,133 @@
+//! Where clusters live. Today: [`LocalRuntime`], clusters on this machine run by the `pg`
+//! driver. Later a remote runtime (agents over HTTP) implements the same calls.
+//!
+//! Every call is idempotent — a job step that crashed half-way is simply run again — and takes
+//! only domain types. Must not import `osb`, `broker`, `store` or `jobs`.
+
+mod local;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use secrecy::SecretString;
+
+use crate::domain::InstanceId;
+pub use local::LocalRuntime;
+
+/// What a cluster should look like.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub instance: InstanceId,
+    pub port: u16,
+    /// Plan settings (name → value), already validated by the catalog.
+    pub settings: BTreeMap<String, String>,
+}
+
+/// Whether an instance's cluster exists and runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterStatus {
+    /// No data directory.
+    Absent,
+    /// Data directory present, no live postmaster.
+    Stopped,
+    /// A live postmaster that answers `pg_isready`.
+    Running,
+}
+
+/// Result of applying new settings to a running cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// True when a setting needed a restart and the cluster was restarted.
+    pub restarted: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The cluster's port is taken by another process; the caller picks another port.
+    #[error("port {0} is already in use")]
+    PortInUse(u16),
+    #[error(transparent)]
+    Pg(#[from] crate::pg::PgError),
+}
+
+impl RuntimeError {
+    /// Permanent errors fail the operation at once; others are retried with backoff.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            RuntimeError::PortInUse(_) => false,
+            RuntimeError::Pg(e) => e.is_permanent(),
+        }
+    }
+}
+
+/// The runtime the broker uses.
+#[derive(Clone)]
+pub enum Runtime {
+    Local(Arc<LocalRuntime>),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $rt:ident => $call:expr) => {
+        match $self {
+            Runtime::Local($rt) => $call,
+        }
+    };
+}
+
+impl Runtime {
+    /// Start-up checks and preparation (binaries, OS user, directories, template).
+    pub async fn prepare(&self) -> Result<(), RuntimeError> {
+        dispatch!(self, rt => rt.prepare().await)
+    }
+    /// Creates the data directory (or leaves an existing one) and writes the configuration.
+    pub async fn create_cluster(&self, spec: &ClusterSpec) -> Result<(), RuntimeError> {
+        dispatch!(self, rt => rt.create_cluster(spec).await)
+    }
+    /// Starts the cluster and waits until it accepts connections.
+    pub async fn start(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        dispatch!(self, rt => rt.start(id).await)
+    }
+    /// Stops the cluster (fast shutdown); a stopped or absent cluster is fine.
+    pub async fn stop(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        dispatch!(self, rt => rt.stop(id).await)
+    }
+    pub async fn status(&self, id: &InstanceId) -> Result<ClusterStatus, RuntimeError> {
+        dispatch!(self, rt => rt.status(id).await)
+    }
+    /// Stops the cluster and removes every file of it.
+    pub async fn destroy(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        dispatch!(self, rt => rt.destroy(id).await)
+    }
+    /// Rewrites the configuration for `spec`, reloads, and restarts if a setting needs it.
+    pub async fn apply_settings(&self, spec: &ClusterSpec) -> Result<Applied, RuntimeError> {
+        dispatch!(self, rt => rt.apply_settings(spec).await)
+    }
+    /// Creates the NOLOGIN owner role and the application database it owns.
+    pub async fn ensure_database(
+        &self,
+        id: &InstanceId,
+        database: &str,
+        owner_role: &str,
+    ) -> Result<(), RuntimeError> {
+        dispatch!(self, rt => rt.ensure_database(id, database, owner_role).await)
+    }
+    /// Creates (or resets the password of) a login role that is a member of `owner_role`.
+    pub async fn create_login_role(
+        &self,
+        id: &InstanceId,
+        role: &str,
+        password: &SecretString,
+        owner_role: &str,
+    ) -> Result<(), RuntimeError> {
+        dispatch!(self, rt => rt.create_login_role(id, role, password, owner_role).await)
+    }
+    /// Ends the role's sessions, gives what it owns to `owner_role`, and drops it.
+    pub async fn drop_login_role(
+        &self,
+        id: &InstanceId,
+        role: &str,
+        owner_role: &str,
+    ) -> Result<(), RuntimeError> {
+        dispatch!(self, rt => rt.drop_login_role(id, role, owner_role).await)
+    }
+}

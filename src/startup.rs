@@ -1,0 +1,201 @@
+//! The one place everything is wired: [`Application::build`] then
+//! [`Application::run_until_stopped`]. Tests build the same `Application` the binary runs.
+
+use std::net::TcpListener;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, Supervisor};
+use crate::catalog::Catalog;
+use crate::config::Settings;
+use crate::jobs::{JobContext, Worker};
+use crate::metrics::Metrics;
+use crate::osb::{self, AppState, BasicAuth};
+use crate::runtime::{LocalRuntime, Runtime};
+use crate::store::Store;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    handle: ServerHandle,
+    worker: Worker,
+    supervisor: Supervisor,
+    store: Store,
+    runtime: Runtime,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Validates settings, opens the store (running migrations), prepares the runtime and
+    /// binds the listener. Nothing runs until [`Application::run_until_stopped`].
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        settings.validate()?;
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("create data directory {}", settings.data_dir.display()))?;
+        let data_dir = std::fs::canonicalize(&settings.data_dir)?;
+        let catalog = Arc::new(Catalog::load(settings.catalog.as_deref())?);
+        let password = broker_password(&settings, &data_dir)?;
+        let database_url = settings
+            .database_url
+            .as_ref()
+            .map(|u| u.expose_secret().to_string())
+            .unwrap_or_else(|| Store::default_sqlite_url(&data_dir));
+        let store = Store::connect(&database_url)
+            .await
+            .context("open the state database")?;
+        let runtime = Runtime::Local(Arc::new(LocalRuntime::new(
+            data_dir.clone(),
+            settings.postgres.clone(),
+        )));
+        runtime
+            .prepare()
+            .await
+            .context("prepare the PostgreSQL runtime")?;
+        let metrics = Metrics::default();
+
+        let listener = TcpListener::bind(settings.listen)
+            .with_context(|| format!("listen on {}", settings.listen))?;
+        let port = listener.local_addr()?.port();
+        let external_url = settings
+            .external_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}:{port}", settings.listen.ip()));
+        let settings = Arc::new(settings);
+        let ctx = Arc::new(JobContext {
+            store: store.clone(),
+            runtime: runtime.clone(),
+            catalog: catalog.clone(),
+            settings: settings.clone(),
+            metrics: metrics.clone(),
+        });
+        let worker = Worker::new(ctx);
+        let broker = Broker::new(
+            store.clone(),
+            catalog,
+            worker.clone(),
+            external_url,
+            settings.advertise_host(),
+        );
+        let supervisor = Supervisor::new(
+            store.clone(),
+            runtime.clone(),
+            metrics.clone(),
+            Duration::from_secs(settings.supervisor.interval_secs),
+        );
+        let state = web::Data::new(AppState {
+            broker,
+            auth: BasicAuth::new(&settings.broker.username, &password),
+            metrics,
+            max_body_bytes: settings.http.max_body_bytes,
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(actix_web::middleware::from_fn(osb::request_context))
+                .configure(osb::configure)
+        })
+        .listen(listener)?
+        .disable_signals()
+        .shutdown_timeout(10)
+        .run();
+        let handle = server.handle();
+        tracing::info!(port, data_dir = %data_dir.display(), "wayback broker ready");
+        Ok(Application {
+            port,
+            server,
+            handle,
+            worker,
+            supervisor,
+            store,
+            runtime,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The job worker (tests may drive it directly).
+    pub fn worker(&self) -> Worker {
+        self.worker.clone()
+    }
+
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
+    pub fn runtime(&self) -> Runtime {
+        self.runtime.clone()
+    }
+
+    /// Cancelling this token stops the application gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves HTTP, runs jobs and supervises clusters until the shutdown token is cancelled.
+    /// Clusters keep running after the broker stops: they are the users' databases.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Application {
+            server,
+            handle,
+            worker,
+            supervisor,
+            store,
+            shutdown,
+            ..
+        } = self;
+        let jobs = tokio::spawn(worker.run_until_stopped(shutdown.clone()));
+        let supervise = tokio::spawn(supervisor.run_until_stopped(shutdown.clone()));
+        let stopper = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                handle.stop(true).await;
+            })
+        };
+        let served = server.await;
+        shutdown.cancel();
+        let _ = tokio::join!(jobs, supervise, stopper);
+        store.close().await;
+        tracing::info!("wayback broker stopped");
+        served.context("HTTP server")
+    }
+}
+
+/// The configured broker password, or one generated once into `<data_dir>/broker-password`
+/// (mode 0600). The password itself is never logged; its file is named instead.
+fn broker_password(settings: &Settings, data_dir: &Path) -> anyhow::Result<SecretString> {
+    if let Some(p) = &settings.broker.password {
+        return Ok(p.clone());
+    }
+    let path = data_dir.join("broker-password");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim().to_string();
+        if !existing.is_empty() {
+            return Ok(SecretString::from(existing));
+        }
+    }
+    let password = crate::broker::new_password();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("write {}", path.display()))?;
+    std::io::Write::write_all(&mut file, password.expose_secret().as_bytes())?;
+    file.sync_all()?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    tracing::info!(user = %settings.broker.username, file = %path.display(), "no broker password configured; generated one into this file");
+    Ok(password)
+}

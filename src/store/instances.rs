@@ -1,0 +1,265 @@
+//! Instances and their name history.
+
+use sqlx::{Any, Transaction};
+
+use super::{
+    conflict_on_unique, now_millis, InstanceRecord, NameRecord, NewJob, OperationRecord, Store,
+    StoreError,
+};
+use crate::domain::{InstanceId, InstanceState};
+
+impl Store {
+    /// Writes a new instance, its first name (if known), its provision operation and the job
+    /// that will do the work, in one transaction. `Conflict` if the id exists (even deleted).
+    pub async fn insert_instance(
+        &self,
+        instance: &InstanceRecord,
+        name: Option<&str>,
+        operation: &OperationRecord,
+        job: &NewJob,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO instances (id, service_id, plan_id, organization_guid, space_guid, \
+             parameters, context, state, port, database_name, owner_role, created_at, updated_at, \
+             deleted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(instance.id.as_str())
+        .bind(&instance.service_id)
+        .bind(&instance.plan_id)
+        .bind(&instance.organization_guid)
+        .bind(&instance.space_guid)
+        .bind(instance.parameters.to_string())
+        .bind(instance.context.to_string())
+        .bind(instance.state.as_str())
+        .bind(instance.port.map(i64::from))
+        .bind(&instance.database_name)
+        .bind(&instance.owner_role)
+        .bind(instance.created_at)
+        .bind(instance.updated_at)
+        .bind(instance.deleted_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(conflict_on_unique(instance.id.as_str()))?;
+        if let Some(name) = name {
+            record_name_tx(
+                &mut tx,
+                &instance.id,
+                name,
+                "provision",
+                instance.created_at,
+            )
+            .await?;
+        }
+        Self::insert_operation_tx(&mut tx, operation).await?;
+        Self::insert_job_tx(&mut tx, job).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get_instance(
+        &self,
+        id: &InstanceId,
+    ) -> Result<Option<InstanceRecord>, StoreError> {
+        sqlx::query("SELECT * FROM instances WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| InstanceRecord::from_row(&row))
+            .transpose()
+    }
+
+    /// Instances in any of `states`, oldest first.
+    pub async fn instances_in_states(
+        &self,
+        states: &[InstanceState],
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM instances ORDER BY created_at")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let record = InstanceRecord::from_row(&row)?;
+            if states.contains(&record.state) {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Counts of instances by state, for metrics.
+    pub async fn instance_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM instances GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows)
+    }
+
+    /// Moves an instance from one of `from` to `to` and starts an operation with its job, in
+    /// one transaction. Returns false (and changes nothing) when the instance was not in `from`:
+    /// another request got there first.
+    pub async fn transition_instance(
+        &self,
+        id: &InstanceId,
+        from: &[InstanceState],
+        to: InstanceState,
+        operation: &OperationRecord,
+        job: &NewJob,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let current: Option<(String,)> =
+            sqlx::query_as("SELECT state FROM instances WHERE id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((current,)) = current else {
+            return Ok(false);
+        };
+        if !from.iter().any(|s| s.as_str() == current) {
+            return Ok(false);
+        }
+        // The state in the WHERE makes this a compare-and-set on PostgreSQL, where two brokers
+        // may race; SQLite serialises writers anyway.
+        let done = sqlx::query(
+            "UPDATE instances SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4",
+        )
+        .bind(to.as_str())
+        .bind(now_millis())
+        .bind(id.as_str())
+        .bind(&current)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        Self::insert_operation_tx(&mut tx, operation).await?;
+        Self::insert_job_tx(&mut tx, job).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn set_instance_state(
+        &self,
+        id: &InstanceId,
+        state: InstanceState,
+    ) -> Result<(), StoreError> {
+        let deleted_at = (state == InstanceState::Deleted).then(now_millis);
+        sqlx::query(
+            "UPDATE instances SET state = $1, updated_at = $2, \
+             deleted_at = COALESCE($3, deleted_at), \
+             port = CASE WHEN $1 = 'deleted' THEN NULL ELSE port END WHERE id = $4",
+        )
+        .bind(state.as_str())
+        .bind(now_millis())
+        .bind(deleted_at)
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_instance_plan(
+        &self,
+        id: &InstanceId,
+        plan_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE instances SET plan_id = $1, updated_at = $2 WHERE id = $3")
+            .bind(plan_id)
+            .bind(now_millis())
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores the instance's port; `Conflict` if another instance holds it.
+    pub async fn set_instance_port(
+        &self,
+        id: &InstanceId,
+        port: Option<u16>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE instances SET port = $1, updated_at = $2 WHERE id = $3")
+            .bind(port.map(i64::from))
+            .bind(now_millis())
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(conflict_on_unique(id.as_str()))?;
+        Ok(())
+    }
+
+    /// Ports held by instances (live or in flight).
+    pub async fn used_ports(&self) -> Result<Vec<u16>, StoreError> {
+        let rows: Vec<(i64,)> = sqlx::query_as("SELECT port FROM instances WHERE port IS NOT NULL")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(p,)| u16::try_from(p).ok())
+            .collect())
+    }
+
+    /// Records `name` as the instance's current name unless it already is.
+    /// Returns true when a new entry was written.
+    pub async fn record_name(
+        &self,
+        id: &InstanceId,
+        name: &str,
+        source: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let written = record_name_tx(&mut tx, id, name, source, now_millis()).await?;
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    /// Every name the instance had, oldest first.
+    pub async fn instance_names(&self, id: &InstanceId) -> Result<Vec<NameRecord>, StoreError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT name, source, recorded_at FROM instance_names WHERE instance_id = $1 ORDER BY seq",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, source, recorded_at)| NameRecord {
+                name,
+                source,
+                recorded_at,
+            })
+            .collect())
+    }
+}
+
+async fn record_name_tx(
+    tx: &mut Transaction<'_, Any>,
+    id: &InstanceId,
+    name: &str,
+    source: &str,
+    at: i64,
+) -> Result<bool, StoreError> {
+    let last: Option<(i64, String)> = sqlx::query_as(
+        "SELECT seq, name FROM instance_names WHERE instance_id = $1 ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(id.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
+    if matches!(&last, Some((_, current)) if current == name) {
+        return Ok(false);
+    }
+    let seq = last.map_or(1, |(seq, _)| seq + 1);
+    sqlx::query(
+        "INSERT INTO instance_names (instance_id, seq, name, source, recorded_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id.as_str())
+    .bind(seq)
+    .bind(name)
+    .bind(source)
+    .bind(at)
+    .execute(&mut **tx)
+    .await
+    .map_err(conflict_on_unique(id.as_str()))?;
+    Ok(true)
+}

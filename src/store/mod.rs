@@ -1,0 +1,123 @@
+//! The broker's durable state, through sqlx's `Any` driver: a SQLite file by default, or a
+//! PostgreSQL database given by URL (several brokers may share one).
+//!
+//! All SQL is written once, portable to both (TEXT and BIGINT columns, `$n` placeholders, times
+//! in Unix milliseconds), so the same test suite proves both backends. Migrations are embedded
+//! and run at start-up. Must not import `osb`, `broker`, `runtime` or `pg`.
+
+mod bindings;
+mod instances;
+mod jobs;
+mod operations;
+mod records;
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, ConnectOptions};
+
+pub use jobs::{JOB_DONE, JOB_FAILED, JOB_PENDING};
+pub use records::{BindingRecord, InstanceRecord, JobRecord, NameRecord, NewJob, OperationRecord};
+
+/// A store failure. `Conflict` is the one callers act on (a row with that id exists already).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("a record with id {0} already exists")]
+    Conflict(String),
+    #[error("stored record {id} is corrupt: {message}")]
+    Corrupt { id: String, message: String },
+    #[error("state database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("state database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, StoreError::Conflict(_) | StoreError::Corrupt { .. })
+    }
+}
+
+/// Maps a unique-key violation to `Conflict(id)`.
+fn conflict_on_unique(id: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
+    move |e| match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(id.into()),
+        _ => StoreError::Database(e),
+    }
+}
+
+/// The current time in Unix milliseconds, the unit of every stored time.
+pub fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn migrator() -> Migrator {
+    let migrations = vec![Migration::new(
+        1,
+        Cow::Borrowed("init"),
+        MigrationType::Simple,
+        Cow::Borrowed(include_str!("../../migrations/0001_init.sql")),
+        false,
+    )];
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
+}
+
+/// Handle to the state database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+impl Store {
+    /// Connects (creating a SQLite file if needed) and runs migrations.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let is_sqlite = url.starts_with("sqlite:");
+        let options = AnyConnectOptions::from_str(url)?.disable_statement_logging();
+        let mut pool = AnyPoolOptions::new()
+            .max_connections(if is_sqlite { 4 } else { 10 })
+            .acquire_timeout(Duration::from_secs(30));
+        if is_sqlite {
+            // WAL lets the worker and the HTTP handlers read while one writes; busy_timeout
+            // waits for the writer instead of failing with SQLITE_BUSY.
+            pool = pool.after_connect(|conn: &mut sqlx::AnyConnection, _| {
+                Box::pin(async move {
+                    use sqlx::Executor;
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+                         PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool.connect_with(options).await?;
+        migrator().run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// The SQLite URL used when none is configured.
+    pub fn default_sqlite_url(data_dir: &std::path::Path) -> String {
+        format!(
+            "sqlite://{}?mode=rwc",
+            data_dir.join("wayback.db").display()
+        )
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A cheap liveness query for `/health`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
