@@ -1,0 +1,282 @@
+//! Test harness: `spawn_app()` builds the same `Application` the binary runs, on a random port,
+//! with a fresh data directory (SQLite state, real PostgreSQL clusters) and typed OSB helpers.
+//! Dropping the `TestApp` stops the application and every cluster it started.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use wayback::config::Settings;
+use wayback::startup::Application;
+
+pub const SERVICE_ID: &str = "5f6b3c1e-8a43-4f0e-9d7c-6a1b2c3d4e5f";
+pub const SMALL: &str = "0d2e9a44-1c3b-4b55-8f6e-2a7d9c0b1e01";
+pub const MEDIUM: &str = "0d2e9a44-1c3b-4b55-8f6e-2a7d9c0b1e02";
+pub const ORG: &str = "c0ffee00-0000-4000-8000-000000000001";
+pub const SPACE: &str = "5ace0000-0000-4000-8000-000000000002";
+pub const USER: &str = "broker-admin";
+
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    _root: tempfile::TempDir,
+    pub password: String,
+    pub client: reqwest::Client,
+    pub store: wayback::store::Store,
+    pub worker: wayback::jobs::Worker,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Fails loudly when the test script drives the run and a prerequisite is missing; otherwise
+/// says why the test is skipped.
+pub fn require(what: &str, present: bool) -> bool {
+    if present {
+        return true;
+    }
+    if std::env::var("WAYBACK_TEST_DRIVEN").is_ok() {
+        panic!("{what} is required (run the tests through scripts/test)");
+    }
+    eprintln!("SKIPPED: {what} is missing; run the tests through scripts/test");
+    false
+}
+
+/// A fresh, cluster-user-traversable directory for a test.
+pub fn test_root() -> tempfile::TempDir {
+    let root = tempfile::Builder::new().prefix("wayback-test-").tempdir().expect("tempdir");
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    root
+}
+
+/// Settings for a test app in `data_dir`: random HTTP port, a random slice of cluster ports
+/// (tests run in parallel processes), short leases so restarts resume quickly.
+pub fn test_settings(data_dir: &Path, password: &str) -> Settings {
+    let mut s = Settings::default();
+    s.listen = "127.0.0.1:0".parse().unwrap();
+    s.data_dir = data_dir.to_path_buf();
+    s.broker.username = USER.into();
+    s.broker.password = Some(password.to_string().into());
+    let base = 20000 + (rand::random::<u16>() % 400) * 100;
+    s.postgres.port_min = base;
+    s.postgres.port_max = base + 99;
+    if let Ok(user) = std::env::var("WAYBACK_PG_OS_USER") {
+        s.postgres.os_user = user;
+    }
+    s.jobs.lease_secs = 3;
+    s.jobs.poll_interval_ms = 100;
+    s.supervisor.interval_secs = 1;
+    s.log.level = std::env::var("WAYBACK_TEST_LOG").unwrap_or_else(|_| "warn".into());
+    s
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
+    let root = test_root();
+    let data_dir = root.path().join("data");
+    let password = format!("pw-{}", uuid::Uuid::new_v4());
+    let mut settings = test_settings(&data_dir, &password);
+    customise(&mut settings);
+    wayback::telemetry::init(&settings.log);
+    let app = Application::build(settings).await.expect("application builds");
+    let port = app.port();
+    let shutdown = app.shutdown_token();
+    let store = app.store();
+    let worker = app.worker();
+    let task = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        data_dir,
+        _root: root,
+        password,
+        client: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+        store,
+        worker,
+        shutdown,
+        task: Some(task),
+    }
+}
+
+/// A provision body as the Cloud Controller sends it (shape from the CC source).
+pub fn provision_body(plan: &str, name: &str) -> Value {
+    json!({
+        "service_id": SERVICE_ID,
+        "plan_id": plan,
+        "organization_guid": ORG,
+        "space_guid": SPACE,
+        "context": {
+            "platform": "cloudfoundry",
+            "organization_guid": ORG,
+            "space_guid": SPACE,
+            "instance_name": name,
+            "organization_name": "org",
+            "space_name": "space",
+        },
+        "maintenance_info": null
+    })
+}
+
+pub fn bind_body() -> Value {
+    json!({
+        "service_id": SERVICE_ID,
+        "plan_id": SMALL,
+        "app_guid": "a9900000-0000-4000-8000-000000000003",
+        "bind_resource": { "app_guid": "a9900000-0000-4000-8000-000000000003" },
+        "context": { "platform": "cloudfoundry", "organization_guid": ORG, "space_guid": SPACE }
+    })
+}
+
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+impl TestApp {
+    /// An authenticated OSB request with the API version header.
+    pub fn osb(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, format!("{}{}", self.address, path))
+            .basic_auth(USER, Some(&self.password))
+            .header("X-Broker-API-Version", "2.17")
+    }
+
+    pub async fn put_instance(&self, id: &str, body: &Value) -> Response {
+        self.osb(Method::PUT, &format!("/v2/service_instances/{id}?accepts_incomplete=true"))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete_instance(&self, id: &str) -> Response {
+        self.osb(
+            Method::DELETE,
+            &format!("/v2/service_instances/{id}?accepts_incomplete=true&service_id={SERVICE_ID}&plan_id={SMALL}"),
+        )
+        .send()
+        .await
+        .unwrap()
+    }
+
+    pub async fn put_binding(&self, instance: &str, binding: &str, accepts_incomplete: bool) -> Response {
+        let q = if accepts_incomplete { "?accepts_incomplete=true" } else { "" };
+        self.osb(Method::PUT, &format!("/v2/service_instances/{instance}/service_bindings/{binding}{q}"))
+            .json(&bind_body())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete_binding(&self, instance: &str, binding: &str, accepts_incomplete: bool) -> Response {
+        let q = if accepts_incomplete { "&accepts_incomplete=true" } else { "" };
+        self.osb(
+            Method::DELETE,
+            &format!("/v2/service_instances/{instance}/service_bindings/{binding}?service_id={SERVICE_ID}&plan_id={SMALL}{q}"),
+        )
+        .send()
+        .await
+        .unwrap()
+    }
+
+    /// Polls a last_operation URL until the state is terminal (or 410), with a deadline.
+    /// Returns (status, body).
+    pub async fn poll(&self, path: &str, operation: Option<&str>) -> (StatusCode, Value) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut url = format!("{path}?service_id={SERVICE_ID}&plan_id={SMALL}");
+        if let Some(op) = operation {
+            url.push_str(&format!("&operation={op}"));
+        }
+        loop {
+            let r = self.osb(Method::GET, &url).send().await.unwrap();
+            let status = r.status();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            let terminal = status != StatusCode::OK || body["state"] != "in progress";
+            if terminal {
+                return (status, body);
+            }
+            assert!(Instant::now() < deadline, "operation still in progress at the deadline: {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn poll_instance(&self, id: &str, operation: Option<&str>) -> (StatusCode, Value) {
+        self.poll(&format!("/v2/service_instances/{id}/last_operation"), operation).await
+    }
+
+    pub async fn poll_binding(&self, instance: &str, binding: &str, operation: Option<&str>) -> (StatusCode, Value) {
+        self.poll(&format!("/v2/service_instances/{instance}/service_bindings/{binding}/last_operation"), operation)
+            .await
+    }
+
+    /// Provisions an instance named `name` and waits until it is ready; returns its id.
+    pub async fn provision_ready(&self, name: &str) -> String {
+        let id = new_id();
+        let r = self.put_instance(&id, &provision_body(SMALL, name)).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let op: Value = r.json().await.unwrap();
+        let (status, body) = self.poll_instance(&id, op["operation"].as_str()).await;
+        assert_eq!((status, body["state"].as_str()), (StatusCode::OK, Some("succeeded")), "{body}");
+        id
+    }
+
+    /// Binds synchronously and returns the credentials.
+    pub async fn bind_sync(&self, instance: &str, binding: &str) -> Value {
+        let r = self.put_binding(instance, binding, false).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let body: Value = r.json().await.unwrap();
+        body["credentials"].clone()
+    }
+
+    /// The cluster directory of an instance.
+    pub fn cluster_dir(&self, instance: &str) -> PathBuf {
+        self.data_dir.join("clusters").join(instance)
+    }
+
+    /// Stops the application (HTTP, worker, supervisor); clusters keep running.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("app task").expect("app ran");
+        }
+    }
+}
+
+/// The postmaster pid of a cluster, if one is recorded.
+pub fn postmaster_pid(cluster_dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(cluster_dir.join("pgdata").join("postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// Stops every cluster under `data_dir` at once (immediate shutdown), so that no test leaves a
+/// server behind.
+pub fn stop_all_clusters(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("clusters")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if let Some(pid) = postmaster_pid(&entry.path()) {
+            // SIGQUIT = immediate shutdown; the postmaster takes its children with it.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGQUIT);
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        stop_all_clusters(&self.data_dir);
+    }
+}
+
+/// Connects to a binding's `uri` with sqlx.
+pub async fn connect(uri: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(uri).await
+}
