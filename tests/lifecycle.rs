@@ -142,7 +142,7 @@ async fn a_killed_postmaster_is_restarted_by_the_supervisor() {
     let creds = app.bind_sync(&id, &new_id()).await;
     let uri = creds["uri"].as_str().unwrap().to_string();
     let mut conn = connect(&uri).await.unwrap();
-    sqlx::query("CREATE TABLE t (x int); INSERT INTO t VALUES (42)").execute(&mut conn).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE t (x int); INSERT INTO t VALUES (42)").execute(&mut conn).await.unwrap();
     drop(conn);
 
     let pid = postmaster_pid(&app.cluster_dir(&id)).expect("postmaster.pid");
@@ -164,8 +164,16 @@ async fn a_killed_postmaster_is_restarted_by_the_supervisor() {
     }
     let new_pid = postmaster_pid(&app.cluster_dir(&id)).unwrap();
     assert_ne!(new_pid, pid, "a new postmaster runs");
-    let metrics = app.client.get(format!("{}/metrics", app.address)).send().await.unwrap().text().await.unwrap();
-    assert!(!metrics.contains("wayback_cluster_restarts_total 0"), "{metrics}");
+    // The supervisor counts the restart once start() has returned, a moment after readiness.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = app.client.get(format!("{}/metrics", app.address)).send().await.unwrap().text().await.unwrap();
+        if metrics.contains("wayback_cluster_restarts_total 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "restart not counted: {metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
