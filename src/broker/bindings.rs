@@ -106,6 +106,12 @@ impl Broker {
         if let Some(existing) = self.store.get_binding(&req.binding_id).await? {
             return self.bind_again(&req, &request, &instance, existing).await;
         }
+        if instance.state == InstanceState::Failed {
+            return Err(BrokerError::Unprocessable(format!(
+                "Service instance {} failed to provision and cannot be bound. Delete it and create it again.",
+                instance.id
+            )));
+        }
         if instance.state != InstanceState::Ready {
             return Err(BrokerError::Concurrency(format!(
                 "Service instance {} is not ready (it is {}); bind when its operation has finished.",

@@ -338,17 +338,14 @@ impl Broker {
                 )))
             }
         }
-        // A rename (`cf rename-service`) is context only: record the name and answer at once.
-        if let Some(name) = context_name(&req.context) {
-            if self.store.record_name(&existing.id, name, "update").await? {
-                tracing::info!(instance = %existing.id, name, "instance renamed");
-            }
-        }
-        if target_plan == existing.plan_id {
-            return Ok(Updated::Done { dashboard_url });
-        }
-        if !req.accepts_incomplete {
+        let plan_change = target_plan != existing.plan_id;
+        if plan_change && !req.accepts_incomplete {
             return Err(BrokerError::AsyncRequired);
+        }
+        if !plan_change {
+            // A rename (`cf rename-service`) is context only: record it and answer at once.
+            self.rename(&existing.id, &req.context).await?;
+            return Ok(Updated::Done { dashboard_url });
         }
         let now = now_millis();
         let operation = new_operation_id(OperationKind::Update);
@@ -386,12 +383,23 @@ impl Broker {
                 existing.id
             )));
         }
+        self.rename(&existing.id, &req.context).await?;
         tracing::info!(instance = %existing.id, plan = %plan.name, "plan change accepted");
         self.worker.wake();
         Ok(Updated::Accepted {
             operation,
             dashboard_url,
         })
+    }
+
+    /// Records `context.instance_name` as the instance's name if it is new.
+    async fn rename(&self, id: &InstanceId, context: &Value) -> Result<(), BrokerError> {
+        if let Some(name) = context_name(context) {
+            if self.store.record_name(id, name, "update").await? {
+                tracing::info!(instance = %id, name, "instance renamed");
+            }
+        }
+        Ok(())
     }
 
     pub async fn deprovision(
@@ -413,7 +421,7 @@ impl Broker {
         }
         if self.catalog.plan(service_id, plan_id).is_none() {
             return Err(BrokerError::BadRequest(format!(
-                "Unknown plan_id {plan_id:?} for this service."
+                                "Unknown plan_id {plan_id:?} for this service. Refresh the platform's copy of the catalog (cf update-service-broker)."
             )));
         }
         if !accepts_incomplete {

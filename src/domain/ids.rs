@@ -9,7 +9,7 @@ use std::fmt;
 
 /// Why an identifier was refused; the message is shown to the user as is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{what} {value:?} is not valid: {reason}")]
+#[error("the {what} {value:?} is not valid: {reason}")]
 pub struct IdError {
     pub what: &'static str,
     pub value: String,

@@ -275,23 +275,27 @@ impl Worker {
         message: Option<String>,
     ) {
         let store = &self.ctx.store;
-        let succeeded = state == OperationState::Succeeded;
-        let hook = if succeeded {
+        let hook = if state == OperationState::Succeeded {
             kind.on_success(&self.ctx, job).await
         } else {
             kind.on_failure(&self.ctx, job).await
         };
-        if let Err(e) = hook {
-            tracing::warn!(job = %job.id, error = format!("{e:#}"), "cannot record the job's end; will retry");
-            self.release(
-                job,
-                job.attempts,
-                Duration::from_secs(1),
-                "recording the end",
-            )
-            .await;
-            return;
-        }
+        let (state, message) = match hook {
+            Ok(Some(superseded)) => (OperationState::Failed, Some(superseded)),
+            Ok(None) => (state, message),
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = format!("{e:#}"), "cannot record the job's end; will retry");
+                self.release(
+                    job,
+                    job.attempts,
+                    Duration::from_secs(1),
+                    "recording the end",
+                )
+                .await;
+                return;
+            }
+        };
+        let succeeded = state == OperationState::Succeeded;
         let description = message.unwrap_or_else(|| kind.success_text().to_string());
         if let Some(op) = &job.operation_id {
             if let Err(e) = store.update_operation(op, state, &description).await {

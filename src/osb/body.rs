@@ -34,17 +34,27 @@ pub async fn json<T: DeserializeOwned>(
     } else {
         &bytes
     };
-    let de = &mut serde_json::Deserializer::from_slice(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value: serde_json::Value = serde_json::from_slice(text)
+        .map_err(|e| OsbError::bad_request(format!("The request body is not valid JSON: {e}.")))?;
+    // Checked before typed parsing: serde would otherwise map an array onto fields by position.
+    if !value.is_object() {
+        let what = match value {
+            serde_json::Value::Array(_) => "an array",
+            serde_json::Value::String(_) => "a string",
+            serde_json::Value::Number(_) => "a number",
+            serde_json::Value::Bool(_) => "a boolean",
+            _ => "null",
+        };
+        return Err(OsbError::bad_request(format!(
+            "The request body must be a JSON object, not {what}."
+        )));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            OsbError::bad_request(format!("The request body is not valid JSON: {inner}."))
-        } else if path == "." {
-            OsbError::bad_request(format!("The request body must be a JSON object: {inner}."))
-        } else {
-            OsbError::bad_request(format!("Field {path:?} has the wrong type: {inner}."))
-        }
+        OsbError::bad_request(format!(
+            "Field {path:?} has the wrong type: {}.",
+            e.into_inner()
+        ))
     })
 }
 

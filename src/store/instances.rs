@@ -108,26 +108,20 @@ impl Store {
         job: &NewJob,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let current: Option<(String,)> =
-            sqlx::query_as("SELECT state FROM instances WHERE id = $1")
-                .bind(id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((current,)) = current else {
-            return Ok(false);
-        };
-        if !from.iter().any(|s| s.as_str() == current) {
-            return Ok(false);
-        }
-        // The state in the WHERE makes this a compare-and-set on PostgreSQL, where two brokers
-        // may race; SQLite serialises writers anyway.
-        let done = sqlx::query(
-            "UPDATE instances SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4",
-        )
+        // A compare-and-set, and the transaction's first statement: on SQLite a transaction
+        // that reads first cannot wait for the write lock (SQLITE_BUSY at once), one that
+        // writes first waits out busy_timeout. States are our own constants, safe to inline.
+        let states = from
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let done = sqlx::query(&format!(
+            "UPDATE instances SET state = $1, updated_at = $2 WHERE id = $3 AND state IN ({states})"
+        ))
         .bind(to.as_str())
         .bind(now_millis())
         .bind(id.as_str())
-        .bind(&current)
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
@@ -157,6 +151,25 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Moves an instance from `from` to `to`; false (nothing changed) if it was not in `from`.
+    pub async fn set_instance_state_from(
+        &self,
+        id: &InstanceId,
+        from: InstanceState,
+        to: InstanceState,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE instances SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4",
+        )
+        .bind(to.as_str())
+        .bind(now_millis())
+        .bind(id.as_str())
+        .bind(from.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     pub async fn set_instance_plan(
@@ -209,6 +222,12 @@ impl Store {
         source: &str,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // Write first (see transition_instance): touch the instance, then read its names.
+        sqlx::query("UPDATE instances SET updated_at = $1 WHERE id = $2")
+            .bind(now_millis())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
         let written = record_name_tx(&mut tx, id, name, source, now_millis()).await?;
         tx.commit().await?;
         Ok(written)

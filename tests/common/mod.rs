@@ -48,7 +48,10 @@ pub fn require(what: &str, present: bool) -> bool {
 
 /// A fresh, cluster-user-traversable directory for a test.
 pub fn test_root() -> tempfile::TempDir {
-    let root = tempfile::Builder::new().prefix("wayback-test-").tempdir().expect("tempdir");
+    let root = tempfile::Builder::new()
+        .prefix("wayback-test-")
+        .tempdir()
+        .expect("tempdir");
     std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     root
 }
@@ -56,9 +59,11 @@ pub fn test_root() -> tempfile::TempDir {
 /// Settings for a test app in `data_dir`: random HTTP port, a random slice of cluster ports
 /// (tests run in parallel processes), short leases so restarts resume quickly.
 pub fn test_settings(data_dir: &Path, password: &str) -> Settings {
-    let mut s = Settings::default();
-    s.listen = "127.0.0.1:0".parse().unwrap();
-    s.data_dir = data_dir.to_path_buf();
+    let mut s = Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_path_buf(),
+        ..Settings::default()
+    };
     s.broker.username = USER.into();
     s.broker.password = Some(password.to_string().into());
     let base = 20000 + (rand::random::<u16>() % 400) * 100;
@@ -85,7 +90,9 @@ pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = test_settings(&data_dir, &password);
     customise(&mut settings);
     wayback::telemetry::init(&settings.log);
-    let app = Application::build(settings).await.expect("application builds");
+    let app = Application::build(settings)
+        .await
+        .expect("application builds");
     let port = app.port();
     let shutdown = app.shutdown_token();
     let store = app.store();
@@ -97,7 +104,10 @@ pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
         data_dir,
         _root: root,
         password,
-        client: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
         store,
         worker,
         shutdown,
@@ -148,11 +158,14 @@ impl TestApp {
     }
 
     pub async fn put_instance(&self, id: &str, body: &Value) -> Response {
-        self.osb(Method::PUT, &format!("/v2/service_instances/{id}?accepts_incomplete=true"))
-            .json(body)
-            .send()
-            .await
-            .unwrap()
+        self.osb(
+            Method::PUT,
+            &format!("/v2/service_instances/{id}?accepts_incomplete=true"),
+        )
+        .json(body)
+        .send()
+        .await
+        .unwrap()
     }
 
     pub async fn delete_instance(&self, id: &str) -> Response {
@@ -165,17 +178,38 @@ impl TestApp {
         .unwrap()
     }
 
-    pub async fn put_binding(&self, instance: &str, binding: &str, accepts_incomplete: bool) -> Response {
-        let q = if accepts_incomplete { "?accepts_incomplete=true" } else { "" };
-        self.osb(Method::PUT, &format!("/v2/service_instances/{instance}/service_bindings/{binding}{q}"))
-            .json(&bind_body())
-            .send()
-            .await
-            .unwrap()
+    pub async fn put_binding(
+        &self,
+        instance: &str,
+        binding: &str,
+        accepts_incomplete: bool,
+    ) -> Response {
+        let q = if accepts_incomplete {
+            "?accepts_incomplete=true"
+        } else {
+            ""
+        };
+        self.osb(
+            Method::PUT,
+            &format!("/v2/service_instances/{instance}/service_bindings/{binding}{q}"),
+        )
+        .json(&bind_body())
+        .send()
+        .await
+        .unwrap()
     }
 
-    pub async fn delete_binding(&self, instance: &str, binding: &str, accepts_incomplete: bool) -> Response {
-        let q = if accepts_incomplete { "&accepts_incomplete=true" } else { "" };
+    pub async fn delete_binding(
+        &self,
+        instance: &str,
+        binding: &str,
+        accepts_incomplete: bool,
+    ) -> Response {
+        let q = if accepts_incomplete {
+            "&accepts_incomplete=true"
+        } else {
+            ""
+        };
         self.osb(
             Method::DELETE,
             &format!("/v2/service_instances/{instance}/service_bindings/{binding}?service_id={SERVICE_ID}&plan_id={SMALL}{q}"),
@@ -201,18 +235,33 @@ impl TestApp {
             if terminal {
                 return (status, body);
             }
-            assert!(Instant::now() < deadline, "operation still in progress at the deadline: {body}");
+            assert!(
+                Instant::now() < deadline,
+                "operation still in progress at the deadline: {body}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub async fn poll_instance(&self, id: &str, operation: Option<&str>) -> (StatusCode, Value) {
-        self.poll(&format!("/v2/service_instances/{id}/last_operation"), operation).await
+        self.poll(
+            &format!("/v2/service_instances/{id}/last_operation"),
+            operation,
+        )
+        .await
     }
 
-    pub async fn poll_binding(&self, instance: &str, binding: &str, operation: Option<&str>) -> (StatusCode, Value) {
-        self.poll(&format!("/v2/service_instances/{instance}/service_bindings/{binding}/last_operation"), operation)
-            .await
+    pub async fn poll_binding(
+        &self,
+        instance: &str,
+        binding: &str,
+        operation: Option<&str>,
+    ) -> (StatusCode, Value) {
+        self.poll(
+            &format!("/v2/service_instances/{instance}/service_bindings/{binding}/last_operation"),
+            operation,
+        )
+        .await
     }
 
     /// Provisions an instance named `name` and waits until it is ready; returns its id.
@@ -222,7 +271,11 @@ impl TestApp {
         assert_eq!(r.status(), StatusCode::ACCEPTED);
         let op: Value = r.json().await.unwrap();
         let (status, body) = self.poll_instance(&id, op["operation"].as_str()).await;
-        assert_eq!((status, body["state"].as_str()), (StatusCode::OK, Some("succeeded")), "{body}");
+        assert_eq!(
+            (status, body["state"].as_str()),
+            (StatusCode::OK, Some("succeeded")),
+            "{body}"
+        );
         id
     }
 
@@ -263,7 +316,10 @@ pub fn stop_all_clusters(data_dir: &Path) {
     for entry in entries.flatten() {
         if let Some(pid) = postmaster_pid(&entry.path()) {
             // SIGQUIT = immediate shutdown; the postmaster takes its children with it.
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGQUIT);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGQUIT,
+            );
         }
     }
 }

@@ -87,7 +87,7 @@ pub async fn on_end(
     ctx: &JobContext,
     job: &JobRecord,
     succeeded: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<String>> {
     let id = job
         .binding_id
         .as_ref()
@@ -100,12 +100,12 @@ pub async fn on_end(
     let next = match (kind, succeeded) {
         (JobKind::Bind, true) => BindingState::Ready,
         // A bind cancelled by an unbind leaves the binding to the unbind.
-        (JobKind::Bind, false) if current.state != BindingState::Creating => return Ok(()),
+        (JobKind::Bind, false) if current.state != BindingState::Creating => return Ok(None),
         (JobKind::Bind, false) => BindingState::Failed,
         (JobKind::Unbind, true) => BindingState::Deleted,
         (JobKind::Unbind, false) => BindingState::Failed,
-        _ => return Ok(()),
+        _ => return Ok(None),
     };
     ctx.store.set_binding_state(id, next).await?;
-    Ok(())
+    Ok(None)
 }

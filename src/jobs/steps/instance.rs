@@ -150,13 +150,14 @@ pub async fn deprovision_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
     }
 }
 
-/// Applies a job's end to the instance record.
+/// Applies a job's end to the instance record. `Some(reason)` from a success means the job was
+/// superseded at the last moment (a DELETE during the last step): report it as failed.
 pub async fn on_end(
     kind: JobKind,
     ctx: &JobContext,
     job: &JobRecord,
     succeeded: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<String>> {
     let store = &ctx.store;
     let id = &job.instance_id;
     let instance = store
@@ -164,7 +165,16 @@ pub async fn on_end(
         .await?
         .context("instance record missing")?;
     match (kind, succeeded) {
-        (JobKind::Provision, true) => store.set_instance_state(id, InstanceState::Ready).await?,
+        (JobKind::Provision, true) => {
+            if !store
+                .set_instance_state_from(id, InstanceState::Provisioning, InstanceState::Ready)
+                .await?
+            {
+                return Ok(Some(
+                    "Provisioning was stopped because the instance is being deleted.".into(),
+                ));
+            }
+        }
         (JobKind::Provision, false) => {
             // A cancelled provision leaves the instance to the deprovision that cancelled it.
             if instance.state == InstanceState::Provisioning {
@@ -199,7 +209,7 @@ pub async fn on_end(
         }
         (JobKind::Bind | JobKind::Unbind, _) => {}
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Picks a port in the configured range that no instance holds and nothing listens on.

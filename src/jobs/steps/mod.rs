@@ -89,8 +89,13 @@ impl JobKind {
         }
     }
 
-    /// Records the effect of a successful job on the instance or binding.
-    pub(crate) async fn on_success(self, ctx: &JobContext, job: &JobRecord) -> anyhow::Result<()> {
+    /// Records the effect of a successful job on the instance or binding; `Some(reason)` when
+    /// it was superseded at the last moment and must be reported as failed.
+    pub(crate) async fn on_success(
+        self,
+        ctx: &JobContext,
+        job: &JobRecord,
+    ) -> anyhow::Result<Option<String>> {
         match self {
             JobKind::Provision | JobKind::Update | JobKind::Deprovision => {
                 instance::on_end(self, ctx, job, true).await
@@ -100,7 +105,11 @@ impl JobKind {
     }
 
     /// Records the effect of a failed job, leaving a state the platform can delete.
-    pub(crate) async fn on_failure(self, ctx: &JobContext, job: &JobRecord) -> anyhow::Result<()> {
+    pub(crate) async fn on_failure(
+        self,
+        ctx: &JobContext,
+        job: &JobRecord,
+    ) -> anyhow::Result<Option<String>> {
         match self {
             JobKind::Provision | JobKind::Update | JobKind::Deprovision => {
                 instance::on_end(self, ctx, job, false).await

@@ -46,7 +46,7 @@ pub async fn provision(
         if let Some(c) = from_context(key) {
             if &c != top {
                 return Err(OsbError::bad_request(format!(
-                    "Field {key:?} differs from context.{key}."
+                    "Field {key:?} differs from context.{key}; send the same value in both."
                 )));
             }
         }
