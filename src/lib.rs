@@ -23,6 +23,8 @@ pub mod pg;
 pub mod runtime;
 /// The one place everything is wired: `Application::build` / `run_until_stopped`.
 pub mod startup;
+/// Object storage: S3 (aws-sdk-s3), a local directory and a fault injector behind one handle.
+pub mod storage;
 /// sqlx store (SQLite by default, PostgreSQL by URL): instances, names, bindings, operations, jobs.
 pub mod store;
 /// Logging set-up (plain or JSON) with tracing.

@@ -18,7 +18,8 @@ async fn query_i64(uri: &str, sql: &str) -> i64 {
 }
 
 fn port_open(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300)).is_ok()
+    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300))
+        .is_ok()
 }
 
 #[tokio::test]
@@ -31,11 +32,23 @@ async fn provision_bind_write_unbind_deprovision() {
     let r = app.put_binding(&id, &b1, true).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let accepted: Value = r.json().await.unwrap();
-    assert!(accepted.get("credentials").is_none(), "202 must not carry credentials: {accepted}");
-    let (status, last) = app.poll_binding(&id, &b1, accepted["operation"].as_str()).await;
-    assert_eq!((status, last["state"].as_str()), (StatusCode::OK, Some("succeeded")), "{last}");
+    assert!(
+        accepted.get("credentials").is_none(),
+        "202 must not carry credentials: {accepted}"
+    );
+    let (status, last) = app
+        .poll_binding(&id, &b1, accepted["operation"].as_str())
+        .await;
+    assert_eq!(
+        (status, last["state"].as_str()),
+        (StatusCode::OK, Some("succeeded")),
+        "{last}"
+    );
     let got: Value = app
-        .osb(Method::GET, &format!("/v2/service_instances/{id}/service_bindings/{b1}"))
+        .osb(
+            Method::GET,
+            &format!("/v2/service_instances/{id}/service_bindings/{b1}"),
+        )
         .send()
         .await
         .unwrap()
@@ -43,23 +56,38 @@ async fn provision_bind_write_unbind_deprovision() {
         .await
         .unwrap();
     let c1 = got["credentials"].clone();
-    for key in ["uri", "jdbcUrl", "host", "port", "name", "database", "username", "password"] {
+    for key in [
+        "uri", "jdbcUrl", "host", "port", "name", "database", "username", "password",
+    ] {
         assert!(!c1[key].is_null(), "credentials lack {key}: {c1}");
     }
     let uri1 = c1["uri"].as_str().unwrap().to_string();
 
     // Write and read a row with the binding's credentials.
     let mut conn = connect(&uri1).await.expect("binding can log in");
-    sqlx::query("CREATE TABLE orders (id int primary key, item text)").execute(&mut conn).await.unwrap();
-    sqlx::query("INSERT INTO orders VALUES (1, 'tea')").execute(&mut conn).await.unwrap();
-    let item: String = sqlx::query("SELECT item FROM orders WHERE id = 1").fetch_one(&mut conn).await.unwrap().get(0);
+    sqlx::query("CREATE TABLE orders (id int primary key, item text)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO orders VALUES (1, 'tea')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let item: String = sqlx::query("SELECT item FROM orders WHERE id = 1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(item, "tea");
     conn.close().await.unwrap();
 
     // A second, synchronous binding: its own role and password, same data.
     let b2 = new_id();
     let c2 = app.bind_sync(&id, &b2).await;
-    assert_ne!(c1["password"], c2["password"], "no two bindings share a password");
+    assert_ne!(
+        c1["password"], c2["password"],
+        "no two bindings share a password"
+    );
     assert_ne!(c1["username"], c2["username"]);
     let uri2 = c2["uri"].as_str().unwrap().to_string();
     assert_eq!(query_i64(&uri2, "SELECT count(*) FROM orders").await, 1);
@@ -70,9 +98,19 @@ async fn provision_bind_write_unbind_deprovision() {
     let op: Value = r.json().await.unwrap();
     let (status, _) = app.poll_binding(&id, &b1, op["operation"].as_str()).await;
     assert_eq!(status, StatusCode::GONE);
-    let refused = connect(&uri1).await.expect_err("an unbound role must not log in");
-    assert!(refused.to_string().contains("authentication") || refused.to_string().contains("does not exist"), "{refused}");
-    assert_eq!(query_i64(&uri2, "SELECT count(*) FROM orders").await, 1, "objects outlive the binding");
+    let refused = connect(&uri1)
+        .await
+        .expect_err("an unbound role must not log in");
+    assert!(
+        refused.to_string().contains("authentication")
+            || refused.to_string().contains("does not exist"),
+        "{refused}"
+    );
+    assert_eq!(
+        query_i64(&uri2, "SELECT count(*) FROM orders").await,
+        1,
+        "objects outlive the binding"
+    );
 
     // Synchronous unbind of the second.
     let r = app.delete_binding(&id, &b2, false).await;
@@ -88,15 +126,26 @@ async fn provision_bind_write_unbind_deprovision() {
     let (status, body) = app.poll_instance(&id, op["operation"].as_str()).await;
     assert_eq!(status, StatusCode::GONE, "{body}");
     assert!(!port_open(port), "the cluster's port must be closed");
-    assert!(!app.cluster_dir(&id).exists(), "the data directory must be gone");
+    assert!(
+        !app.cluster_dir(&id).exists(),
+        "the data directory must be gone"
+    );
     let iid = InstanceId::parse(id.clone()).unwrap();
-    let record = app.store.get_instance(&iid).await.unwrap().expect("record kept");
+    let record = app
+        .store
+        .get_instance(&iid)
+        .await
+        .unwrap()
+        .expect("record kept");
     assert_eq!(record.state, InstanceState::Deleted);
     assert!(record.deleted_at.is_some());
     assert_eq!(record.space_guid, SPACE);
     assert_eq!(record.organization_guid, ORG);
     let names = app.store.instance_names(&iid).await.unwrap();
-    assert_eq!(names.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["orders"]);
+    assert_eq!(
+        names.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+        ["orders"]
+    );
     // A second DELETE: gone.
     assert_eq!(app.delete_instance(&id).await.status(), StatusCode::GONE);
 }
@@ -115,10 +164,16 @@ async fn instances_are_isolated_from_each_other() {
         ca["password"].as_str().unwrap(),
         cb["port"]
     );
-    assert!(connect(&crossed).await.is_err(), "A's credentials must not open B");
+    assert!(
+        connect(&crossed).await.is_err(),
+        "A's credentials must not open B"
+    );
     // And A's data is not visible from B.
     let mut conn = connect(ca["uri"].as_str().unwrap()).await.unwrap();
-    sqlx::query("CREATE TABLE secret_a (x int)").execute(&mut conn).await.unwrap();
+    sqlx::query("CREATE TABLE secret_a (x int)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let mut conn_b = connect(cb["uri"].as_str().unwrap()).await.unwrap();
     let seen: i64 = sqlx::query("SELECT count(*) FROM pg_tables WHERE tablename = 'secret_a'")
         .fetch_one(&mut conn_b)
@@ -129,10 +184,17 @@ async fn instances_are_isolated_from_each_other() {
     // Each instance has its own system identifier (templates must not share one).
     let sys = |uri: String| async move {
         let mut c = connect(&uri).await.unwrap();
-        let id: i64 = sqlx::query("SELECT system_identifier FROM pg_control_system()").fetch_one(&mut c).await.unwrap().get(0);
+        let id: i64 = sqlx::query("SELECT system_identifier FROM pg_control_system()")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+            .get(0);
         id
     };
-    assert_ne!(sys(ca["uri"].as_str().unwrap().into()).await, sys(cb["uri"].as_str().unwrap().into()).await);
+    assert_ne!(
+        sys(ca["uri"].as_str().unwrap().into()).await,
+        sys(cb["uri"].as_str().unwrap().into()).await
+    );
 }
 
 #[tokio::test]
@@ -142,16 +204,26 @@ async fn a_killed_postmaster_is_restarted_by_the_supervisor() {
     let creds = app.bind_sync(&id, &new_id()).await;
     let uri = creds["uri"].as_str().unwrap().to_string();
     let mut conn = connect(&uri).await.unwrap();
-    sqlx::raw_sql("CREATE TABLE t (x int); INSERT INTO t VALUES (42)").execute(&mut conn).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE t (x int); INSERT INTO t VALUES (42)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     drop(conn);
 
     let pid = postmaster_pid(&app.cluster_dir(&id)).expect("postmaster.pid");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(n) = tokio::time::timeout(Duration::from_secs(5), async {
             let mut c = connect(&uri).await?;
-            sqlx::query("SELECT x FROM t").fetch_one(&mut c).await.map(|r| r.get::<i32, _>(0))
+            sqlx::query("SELECT x FROM t")
+                .fetch_one(&mut c)
+                .await
+                .map(|r| r.get::<i32, _>(0))
         })
         .await
         .unwrap_or(Err(sqlx::Error::PoolTimedOut))
@@ -159,7 +231,10 @@ async fn a_killed_postmaster_is_restarted_by_the_supervisor() {
             assert_eq!(n, 42);
             break;
         }
-        assert!(Instant::now() < deadline, "cluster not restarted within 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "cluster not restarted within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let new_pid = postmaster_pid(&app.cluster_dir(&id)).unwrap();
@@ -167,7 +242,15 @@ async fn a_killed_postmaster_is_restarted_by_the_supervisor() {
     // The supervisor counts the restart once start() has returned, a moment after readiness.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let metrics = app.client.get(format!("{}/metrics", app.address)).send().await.unwrap().text().await.unwrap();
+        let metrics = app
+            .client
+            .get(format!("{}/metrics", app.address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         if metrics.contains("wayback_cluster_restarts_total 1") {
             break;
         }
@@ -200,7 +283,10 @@ async fn a_restarted_broker_starts_its_stopped_clusters() {
     .await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while connect(creds["uri"].as_str().unwrap()).await.is_err() {
-        assert!(Instant::now() < deadline, "cluster not started by the new broker");
+        assert!(
+            Instant::now() < deadline,
+            "cluster not started by the new broker"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(app2);
@@ -216,7 +302,11 @@ async fn a_plan_change_applies_the_new_settings_and_a_rename_is_recorded() {
         let uri = uri.clone();
         async move {
             let mut c = connect(&uri).await.unwrap();
-            let v: String = sqlx::query(&format!("SHOW {setting}")).fetch_one(&mut c).await.unwrap().get(0);
+            let v: String = sqlx::query(&format!("SHOW {setting}"))
+                .fetch_one(&mut c)
+                .await
+                .unwrap()
+                .get(0);
             v
         }
     };
@@ -230,8 +320,15 @@ async fn a_plan_change_applies_the_new_settings_and_a_rename_is_recorded() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let names = app.store.instance_names(&InstanceId::parse(id.clone()).unwrap()).await.unwrap();
-    assert_eq!(names.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["growing", "grown"]);
+    let names = app
+        .store
+        .instance_names(&InstanceId::parse(id.clone()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        names.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+        ["growing", "grown"]
+    );
     assert!(names[0].recorded_at <= names[1].recorded_at);
 
     // Plan change: shared_buffers needs a restart, work_mem a reload.
@@ -244,10 +341,21 @@ async fn a_plan_change_applies_the_new_settings_and_a_rename_is_recorded() {
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let op: Value = r.json().await.unwrap();
     let (status, body) = app.poll_instance(&id, op["operation"].as_str()).await;
-    assert_eq!((status, body["state"].as_str()), (StatusCode::OK, Some("succeeded")), "{body}");
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (StatusCode::OK, Some("succeeded")),
+        "{body}"
+    );
     assert_eq!(show("shared_buffers").await, "512MB");
     assert_eq!(show("max_connections").await, "200");
     assert_eq!(show("work_mem").await, "8MB");
-    let got: Value = app.osb(Method::GET, &format!("/v2/service_instances/{id}")).send().await.unwrap().json().await.unwrap();
+    let got: Value = app
+        .osb(Method::GET, &format!("/v2/service_instances/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(got["plan_id"], MEDIUM);
 }

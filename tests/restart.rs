@@ -17,23 +17,30 @@ struct Broker {
 impl Broker {
     fn start(data_dir: &std::path::Path, port: u16, pg_base: u16, password: &str) -> Broker {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wayback"));
-        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(data_dir)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("WAYBACK_BROKER_USERNAME", USER)
-            .env("WAYBACK_BROKER_PASSWORD", password)
-            .env("WAYBACK_PG_PORT_MIN", pg_base.to_string())
-            .env("WAYBACK_PG_PORT_MAX", (pg_base + 99).to_string())
-            .env("WAYBACK_JOBS_LEASE_SECS", "2")
-            .env("WAYBACK_JOBS_POLL_INTERVAL_MS", "100")
-            .env("WAYBACK_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+        cmd.args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("WAYBACK_BROKER_USERNAME", USER)
+        .env("WAYBACK_BROKER_PASSWORD", password)
+        .env("WAYBACK_PG_PORT_MIN", pg_base.to_string())
+        .env("WAYBACK_PG_PORT_MAX", (pg_base + 99).to_string())
+        .env("WAYBACK_JOBS_LEASE_SECS", "2")
+        .env("WAYBACK_JOBS_POLL_INTERVAL_MS", "100")
+        .env("WAYBACK_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
         if let Ok(user) = std::env::var("WAYBACK_PG_OS_USER") {
             cmd.env("WAYBACK_PG_OS_USER", user);
         }
-        Broker { child: cmd.spawn().expect("start wayback serve") }
+        Broker {
+            child: cmd.spawn().expect("start wayback serve"),
+        }
     }
 
     fn kill9(&mut self) {
@@ -51,7 +58,12 @@ impl Drop for Broker {
 
 /// A TestApp-like client for a broker running as a separate process.
 fn client_for(port: u16, password: &str, data_dir: std::path::PathBuf) -> Client {
-    Client { address: format!("http://127.0.0.1:{port}"), password: password.to_string(), data_dir, http: reqwest::Client::new() }
+    Client {
+        address: format!("http://127.0.0.1:{port}"),
+        password: password.to_string(),
+        data_dir,
+        http: reqwest::Client::new(),
+    }
 }
 
 struct Client {
@@ -65,7 +77,12 @@ impl Client {
     async fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(r) = self.http.get(format!("{}/health", self.address)).send().await {
+            if let Ok(r) = self
+                .http
+                .get(format!("{}/health", self.address))
+                .send()
+                .await
+            {
                 if r.status() == StatusCode::OK {
                     return;
                 }
@@ -84,7 +101,10 @@ impl Client {
 
     async fn last_operation(&self, id: &str, op: &str) -> (StatusCode, Value) {
         let r = self
-            .req(reqwest::Method::GET, &format!("/v2/service_instances/{id}/last_operation?operation={op}"))
+            .req(
+                reqwest::Method::GET,
+                &format!("/v2/service_instances/{id}/last_operation?operation={op}"),
+            )
             .send()
             .await
             .unwrap();
@@ -112,7 +132,11 @@ impl Drop for Client {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test]
@@ -128,13 +152,19 @@ async fn a_broker_killed_mid_provision_finishes_the_provision_after_restart() {
 
     let id = new_id();
     let r = client
-        .req(reqwest::Method::PUT, &format!("/v2/service_instances/{id}?accepts_incomplete=true"))
+        .req(
+            reqwest::Method::PUT,
+            &format!("/v2/service_instances/{id}?accepts_incomplete=true"),
+        )
         .json(&provision_body(SMALL, "phoenix"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let op = r.json::<Value>().await.unwrap()["operation"].as_str().unwrap().to_string();
+    let op = r.json::<Value>().await.unwrap()["operation"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // Kill as soon as the work has visibly started (or at once if it is still queued): either
     // way the provision was accepted and is not finished.
     let (_, before) = client.last_operation(&id, &op).await;
@@ -144,19 +174,28 @@ async fn a_broker_killed_mid_provision_finishes_the_provision_after_restart() {
     let mut broker = Broker::start(&data_dir, port, pg_base, &password);
     client.wait_healthy().await;
     let (status, body) = client.wait_done(&id, &op).await;
-    assert_eq!((status, body["state"].as_str()), (StatusCode::OK, Some("succeeded")), "{body}");
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (StatusCode::OK, Some("succeeded")),
+        "{body}"
+    );
 
     // The instance works: bind and connect.
     let b = new_id();
     let r = client
-        .req(reqwest::Method::PUT, &format!("/v2/service_instances/{id}/service_bindings/{b}"))
+        .req(
+            reqwest::Method::PUT,
+            &format!("/v2/service_instances/{id}/service_bindings/{b}"),
+        )
         .json(&bind_body())
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let creds: Value = r.json().await.unwrap();
-    assert!(connect(creds["credentials"]["uri"].as_str().unwrap()).await.is_ok());
+    assert!(connect(creds["credentials"]["uri"].as_str().unwrap())
+        .await
+        .is_ok());
 
     // Kill again in the middle of the deprovision; the restarted broker finishes it.
     let r = client
@@ -168,7 +207,10 @@ async fn a_broker_killed_mid_provision_finishes_the_provision_after_restart() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let op = r.json::<Value>().await.unwrap()["operation"].as_str().unwrap().to_string();
+    let op = r.json::<Value>().await.unwrap()["operation"]
+        .as_str()
+        .unwrap()
+        .to_string();
     broker.kill9();
     let _broker = Broker::start(&data_dir, port, pg_base, &password);
     client.wait_healthy().await;

@@ -5,8 +5,12 @@ mod common;
 
 use serde_json::json;
 use sqlx::Connection;
-use wayback::domain::{BindingId, BindingState, InstanceId, InstanceState, OperationKind, OperationState};
-use wayback::store::{now_millis, BindingRecord, InstanceRecord, NewJob, OperationRecord, Store, StoreError, JOB_DONE};
+use wayback::domain::{
+    BindingId, BindingState, InstanceId, InstanceState, OperationKind, OperationState,
+};
+use wayback::store::{
+    now_millis, BindingRecord, InstanceRecord, NewJob, OperationRecord, Store, StoreError, JOB_DONE,
+};
 
 fn instance(id: &str) -> InstanceRecord {
     let now = now_millis();
@@ -28,7 +32,12 @@ fn instance(id: &str) -> InstanceRecord {
     }
 }
 
-fn operation(id: &str, instance: &str, binding: Option<&str>, kind: OperationKind) -> OperationRecord {
+fn operation(
+    id: &str,
+    instance: &str,
+    binding: Option<&str>,
+    kind: OperationKind,
+) -> OperationRecord {
     let now = now_millis();
     OperationRecord {
         id: id.into(),
@@ -58,56 +67,192 @@ fn job(id: &str, instance: &str, binding: Option<&str>) -> NewJob {
 async fn suite(store: Store) {
     // Insert: instance + first name + operation + job, atomically; a second insert conflicts.
     let i1 = instance("i-1");
-    store.insert_instance(&i1, Some("orders"), &operation("op-1", "i-1", None, OperationKind::Provision), &job("op-1", "i-1", None)).await.unwrap();
-    let again = store.insert_instance(&i1, Some("x"), &operation("op-x", "i-1", None, OperationKind::Provision), &job("op-x", "i-1", None)).await;
+    store
+        .insert_instance(
+            &i1,
+            Some("orders"),
+            &operation("op-1", "i-1", None, OperationKind::Provision),
+            &job("op-1", "i-1", None),
+        )
+        .await
+        .unwrap();
+    let again = store
+        .insert_instance(
+            &i1,
+            Some("x"),
+            &operation("op-x", "i-1", None, OperationKind::Provision),
+            &job("op-x", "i-1", None),
+        )
+        .await;
     assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
-    assert!(store.get_operation("op-x").await.unwrap().is_none(), "a failed insert leaves nothing");
+    assert!(
+        store.get_operation("op-x").await.unwrap().is_none(),
+        "a failed insert leaves nothing"
+    );
     let got = store.get_instance(&i1.id).await.unwrap().unwrap();
     assert_eq!(got, i1);
 
     // Names: a repeat is not recorded; a new one is, in order.
     assert!(!store.record_name(&i1.id, "orders", "update").await.unwrap());
-    assert!(store.record_name(&i1.id, "orders-v2", "update").await.unwrap());
+    assert!(store
+        .record_name(&i1.id, "orders-v2", "update")
+        .await
+        .unwrap());
     let names = store.instance_names(&i1.id).await.unwrap();
-    assert_eq!(names.iter().map(|n| (n.name.as_str(), n.source.as_str())).collect::<Vec<_>>(), [("orders", "provision"), ("orders-v2", "update")]);
+    assert_eq!(
+        names
+            .iter()
+            .map(|n| (n.name.as_str(), n.source.as_str()))
+            .collect::<Vec<_>>(),
+        [("orders", "provision"), ("orders-v2", "update")]
+    );
 
     // Ports are unique among instances.
     let i2 = instance("i-2");
-    store.insert_instance(&i2, None, &operation("op-2", "i-2", None, OperationKind::Provision), &job("op-2", "i-2", None)).await.unwrap();
+    store
+        .insert_instance(
+            &i2,
+            None,
+            &operation("op-2", "i-2", None, OperationKind::Provision),
+            &job("op-2", "i-2", None),
+        )
+        .await
+        .unwrap();
     store.set_instance_port(&i1.id, Some(41000)).await.unwrap();
-    assert!(matches!(store.set_instance_port(&i2.id, Some(41000)).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        store.set_instance_port(&i2.id, Some(41000)).await,
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(store.used_ports().await.unwrap(), vec![41000]);
 
     // Jobs: one claimer at a time; the lease excludes others until it lapses.
-    let a = store.claim_job("worker-a", now_millis() + 60_000, Some("op-1")).await.unwrap().expect("claimable");
-    assert_eq!((a.step.as_str(), a.payload["k"].as_str()), ("first", Some("v")));
-    assert!(store.claim_job("worker-b", now_millis() + 60_000, Some("op-1")).await.unwrap().is_none(), "leased job");
-    assert!(store.advance_job("op-1", "worker-a", "second").await.unwrap());
-    assert!(!store.advance_job("op-1", "worker-b", "third").await.unwrap(), "not b's lease");
-    assert!(store.renew_lease("op-1", "worker-a", now_millis() - 1).await.unwrap());
-    let b = store.claim_job("worker-b", now_millis() + 60_000, Some("op-1")).await.unwrap().expect("lapsed lease is claimable");
+    let a = store
+        .claim_job("worker-a", now_millis() + 60_000, Some("op-1"))
+        .await
+        .unwrap()
+        .expect("claimable");
+    assert_eq!(
+        (a.step.as_str(), a.payload["k"].as_str()),
+        ("first", Some("v"))
+    );
+    assert!(
+        store
+            .claim_job("worker-b", now_millis() + 60_000, Some("op-1"))
+            .await
+            .unwrap()
+            .is_none(),
+        "leased job"
+    );
+    assert!(store
+        .advance_job("op-1", "worker-a", "second")
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .advance_job("op-1", "worker-b", "third")
+            .await
+            .unwrap(),
+        "not b's lease"
+    );
+    assert!(store
+        .renew_lease("op-1", "worker-a", now_millis() - 1)
+        .await
+        .unwrap());
+    let b = store
+        .claim_job("worker-b", now_millis() + 60_000, Some("op-1"))
+        .await
+        .unwrap()
+        .expect("lapsed lease is claimable");
     assert_eq!(b.step, "second", "resumes at the recorded step");
-    assert!(!store.renew_lease("op-1", "worker-a", now_millis() + 60_000).await.unwrap(), "a lost its lease");
-    store.retry_job("op-1", "worker-b", 1, now_millis() + 60_000, "boom").await.unwrap();
-    assert!(store.claim_job("worker-b", now_millis() + 60_000, None).await.unwrap().is_some_and(|j| j.id == "op-2"), "op-1 waits for run_after");
+    assert!(
+        !store
+            .renew_lease("op-1", "worker-a", now_millis() + 60_000)
+            .await
+            .unwrap(),
+        "a lost its lease"
+    );
+    store
+        .retry_job("op-1", "worker-b", 1, now_millis() + 60_000, "boom")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_job("worker-b", now_millis() + 60_000, None)
+            .await
+            .unwrap()
+            .is_some_and(|j| j.id == "op-2"),
+        "op-1 waits for run_after"
+    );
     store.finish_job("op-1", JOB_DONE, None).await.unwrap();
     let done = store.get_job("op-1").await.unwrap().unwrap();
-    assert_eq!((done.state.as_str(), done.attempts, done.last_error.as_deref()), ("done", 1, Some("boom")));
-    assert_eq!(store.other_pending_jobs(&i1.id, "none").await.unwrap().len(), 0);
+    assert_eq!(
+        (
+            done.state.as_str(),
+            done.attempts,
+            done.last_error.as_deref()
+        ),
+        ("done", 1, Some("boom"))
+    );
+    assert_eq!(
+        store
+            .other_pending_jobs(&i1.id, "none")
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
 
     // Transitions are compare-and-set.
-    store.set_instance_state(&i1.id, InstanceState::Ready).await.unwrap();
+    store
+        .set_instance_state(&i1.id, InstanceState::Ready)
+        .await
+        .unwrap();
     let op3 = operation("op-3", "i-1", None, OperationKind::Deprovision);
-    assert!(!store.transition_instance(&i1.id, &[InstanceState::Updating], InstanceState::Deprovisioning, &op3, &job("op-3", "i-1", None)).await.unwrap());
+    assert!(!store
+        .transition_instance(
+            &i1.id,
+            &[InstanceState::Updating],
+            InstanceState::Deprovisioning,
+            &op3,
+            &job("op-3", "i-1", None)
+        )
+        .await
+        .unwrap());
     assert!(store.get_operation("op-3").await.unwrap().is_none());
-    assert!(store.transition_instance(&i1.id, &[InstanceState::Ready], InstanceState::Deprovisioning, &op3, &job("op-3", "i-1", None)).await.unwrap());
-    assert_eq!(store.latest_operation(&i1.id, None).await.unwrap().unwrap().id, "op-3");
+    assert!(store
+        .transition_instance(
+            &i1.id,
+            &[InstanceState::Ready],
+            InstanceState::Deprovisioning,
+            &op3,
+            &job("op-3", "i-1", None)
+        )
+        .await
+        .unwrap());
+    assert_eq!(
+        store
+            .latest_operation(&i1.id, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "op-3"
+    );
 
     // Operations: terminal states stick.
-    store.update_operation("op-3", OperationState::Succeeded, "done").await.unwrap();
-    store.update_operation("op-3", OperationState::InProgress, "again?").await.unwrap();
+    store
+        .update_operation("op-3", OperationState::Succeeded, "done")
+        .await
+        .unwrap();
+    store
+        .update_operation("op-3", OperationState::InProgress, "again?")
+        .await
+        .unwrap();
     let op = store.get_operation("op-3").await.unwrap().unwrap();
-    assert_eq!((op.state, op.description.as_str()), (OperationState::Succeeded, "done"));
+    assert_eq!(
+        (op.state, op.description.as_str()),
+        (OperationState::Succeeded, "done")
+    );
     assert!(op.finished_at.is_some());
 
     // Bindings.
@@ -122,25 +267,74 @@ async fn suite(store: Store) {
         updated_at: now_millis(),
         deleted_at: None,
     };
-    store.insert_binding(&binding, &operation("op-b1", "i-1", Some("b-1"), OperationKind::Bind), &job("op-b1", "i-1", Some("b-1"))).await.unwrap();
+    store
+        .insert_binding(
+            &binding,
+            &operation("op-b1", "i-1", Some("b-1"), OperationKind::Bind),
+            &job("op-b1", "i-1", Some("b-1")),
+        )
+        .await
+        .unwrap();
     assert!(matches!(
-        store.insert_binding(&binding, &operation("op-b2", "i-1", Some("b-1"), OperationKind::Bind), &job("op-b2", "i-1", Some("b-1"))).await,
+        store
+            .insert_binding(
+                &binding,
+                &operation("op-b2", "i-1", Some("b-1"), OperationKind::Bind),
+                &job("op-b2", "i-1", Some("b-1"))
+            )
+            .await,
         Err(StoreError::Conflict(_))
     ));
     let got = store.get_binding(&binding.id).await.unwrap().unwrap();
-    assert_eq!((got.role_name.as_str(), got.state), ("u_x", BindingState::Creating));
-    assert!(!format!("{got:?}").contains("secret"), "Debug hides the password");
-    assert_eq!(store.latest_operation(&i1.id, Some(&binding.id)).await.unwrap().unwrap().id, "op-b1");
-    assert_eq!(store.latest_operation(&i1.id, None).await.unwrap().unwrap().id, "op-3", "binding ops are separate");
+    assert_eq!(
+        (got.role_name.as_str(), got.state),
+        ("u_x", BindingState::Creating)
+    );
+    assert!(
+        !format!("{got:?}").contains("secret"),
+        "Debug hides the password"
+    );
+    assert_eq!(
+        store
+            .latest_operation(&i1.id, Some(&binding.id))
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "op-b1"
+    );
+    assert_eq!(
+        store
+            .latest_operation(&i1.id, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "op-3",
+        "binding ops are separate"
+    );
 
     // Deletion keeps the record, frees the port, and deletes the bindings.
     store.delete_bindings_of(&i1.id).await.unwrap();
-    store.set_instance_state(&i1.id, InstanceState::Deleted).await.unwrap();
+    store
+        .set_instance_state(&i1.id, InstanceState::Deleted)
+        .await
+        .unwrap();
     let deleted = store.get_instance(&i1.id).await.unwrap().unwrap();
-    assert_eq!((deleted.state, deleted.port), (InstanceState::Deleted, None));
+    assert_eq!(
+        (deleted.state, deleted.port),
+        (InstanceState::Deleted, None)
+    );
     assert!(deleted.deleted_at.is_some());
-    assert_eq!(store.get_binding(&binding.id).await.unwrap().unwrap().state, BindingState::Deleted);
-    assert_eq!(store.instance_names(&i1.id).await.unwrap().len(), 2, "names outlive the instance");
+    assert_eq!(
+        store.get_binding(&binding.id).await.unwrap().unwrap().state,
+        BindingState::Deleted
+    );
+    assert_eq!(
+        store.instance_names(&i1.id).await.unwrap().len(),
+        2,
+        "names outlive the instance"
+    );
     let counts = store.instance_counts().await.unwrap();
     assert!(counts.contains(&("deleted".to_string(), 1)), "{counts:?}");
 }
@@ -152,7 +346,11 @@ async fn sqlite_store() {
     suite(Store::connect(&url).await.unwrap()).await;
     // Reopening runs migrations idempotently and keeps data.
     let reopened = Store::connect(&url).await.unwrap();
-    assert!(reopened.get_instance(&InstanceId::parse("i-1").unwrap()).await.unwrap().is_some());
+    assert!(reopened
+        .get_instance(&InstanceId::parse("i-1").unwrap())
+        .await
+        .unwrap()
+        .is_some());
 }
 
 #[tokio::test]
@@ -163,12 +361,20 @@ async fn postgres_store() {
     }
     let base = base.unwrap();
     let db = format!("store_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(&base).await.expect("connect to the test server");
-    sqlx::query(&format!("CREATE DATABASE {db}")).execute(&mut admin).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("connect to the test server");
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
     let (prefix, _) = base.rsplit_once('/').unwrap();
     let url = format!("{prefix}/{db}");
     suite(Store::connect(&url).await.unwrap()).await;
     // Two brokers sharing the database: migrations are idempotent.
     Store::connect(&url).await.unwrap();
-    sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)")).execute(&mut admin).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
 }
