@@ -1,0 +1,264 @@
+//! Rendering `postgresql.conf` and `pg_hba.conf` — pure functions, so every byte we hand the
+//! server is unit-tested.
+//!
+//! We own `postgresql.conf` whole (initdb's is replaced). It has three tiers, in this order:
+//! settings Wayback manages (addresses, sockets, auth, WAL level, logging — a plan may not touch
+//! them, and one that tries is refused rather than silently ignored), defaults a plan may override,
+//! then the plan's settings. Every value is written as a quoted string literal: the server accepts
+//! quotes for every type, and quoting means no plan value can end the line or start an `include`.
+//! Last comes `include_if_exists = 'wayback-archive.conf'`, the one file the archive subsystem
+//! writes (archive/restore settings), so it never has to edit ours. Imports only `pg` siblings.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::PgError;
+
+/// Settings a plan must not set: they are Wayback's to choose, or would let a plan read files,
+/// load code paths, or move the cluster's addresses and archive.
+const MANAGED: &[&str] = &[
+    "listen_addresses",
+    "port",
+    "unix_socket_directories",
+    "unix_socket_group",
+    "unix_socket_permissions",
+    "password_encryption",
+    "wal_level",
+    "cluster_name",
+    "data_directory",
+    "config_file",
+    "hba_file",
+    "ident_file",
+    "external_pid_file",
+    "include",
+    "include_dir",
+    "include_if_exists",
+    "logging_collector",
+    "log_destination",
+    "log_line_prefix",
+    "log_statement",
+    "lc_messages",
+    "dynamic_library_path",
+    "restore_command",
+    "promote_trigger_file",
+];
+
+/// Prefixes of managed families (archiving, recovery targets, replication source, TLS files).
+const MANAGED_PREFIXES: &[&str] = &["archive_", "recovery_", "primary_", "ssl"];
+
+/// The file the archive subsystem owns, included last.
+pub const ARCHIVE_INCLUDE: &str = "wayback-archive.conf";
+
+/// Defaults a plan may override. `log_min_error_statement = panic` keeps the text of failed
+/// statements (which may hold an app's cleartext `PASSWORD '…'`) out of the server log.
+const DEFAULTS: &[(&str, &str)] = &[
+    ("max_connections", "100"),
+    ("shared_buffers", "128MB"),
+    ("dynamic_shared_memory_type", "posix"),
+    ("max_wal_size", "1GB"),
+    ("min_wal_size", "80MB"),
+    ("timezone", "UTC"),
+    ("log_timezone", "UTC"),
+    ("datestyle", "iso, mdy"),
+    ("lc_monetary", "C"),
+    ("lc_numeric", "C"),
+    ("lc_time", "C"),
+    ("default_text_search_config", "pg_catalog.english"),
+    ("log_min_error_statement", "panic"),
+];
+
+/// What the managed tier needs to know.
+#[derive(Debug, Clone)]
+pub struct ConfInput<'a> {
+    pub listen_address: &'a str,
+    pub port: u16,
+    pub socket_dir: &'a Path,
+    /// Shown in `ps` output next to every server process; the instance id.
+    pub cluster_name: &'a str,
+    pub settings: &'a BTreeMap<String, String>,
+}
+
+/// Quotes `value` as a postgresql.conf string literal. Control characters (newlines above all)
+/// are refused: they cannot be written safely and no setting needs them.
+pub fn quote_value(name: &str, value: &str) -> Result<String, PgError> {
+    if value.chars().any(char::is_control) {
+        return Err(PgError::InvalidSetting {
+            name: name.into(),
+            reason: "the value contains a control character".into(),
+        });
+    }
+    Ok(format!(
+        "'{}'",
+        value.replace('\\', "\\\\").replace('\'', "''")
+    ))
+}
+
+fn check_plan_setting(name: &str) -> Result<(), PgError> {
+    let refuse = |reason: &str| {
+        Err(PgError::InvalidSetting {
+            name: name.into(),
+            reason: reason.into(),
+        })
+    };
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        return refuse("a setting name is lower-case letters and '_' only");
+    }
+    if MANAGED.contains(&name) || MANAGED_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        return refuse("Wayback manages this setting; a plan may not set it");
+    }
+    Ok(())
+}
+
+/// The whole `postgresql.conf`.
+pub fn render_postgresql_conf(input: &ConfInput<'_>) -> Result<String, PgError> {
+    for name in input.settings.keys() {
+        check_plan_setting(name)?;
+    }
+    let socket_dir = input
+        .socket_dir
+        .to_str()
+        .ok_or_else(|| PgError::InvalidSetting {
+            name: "unix_socket_directories".into(),
+            reason: "the socket directory is not valid UTF-8".into(),
+        })?;
+    let mut out = String::from(
+        "# Written by Wayback; edits are overwritten. Plan settings come from the catalog.\n\n\
+         # Managed by Wayback\n",
+    );
+    let mut line = |name: &str, value: &str| -> Result<(), PgError> {
+        out.push_str(&format!("{name} = {}\n", quote_value(name, value)?));
+        Ok(())
+    };
+    line("listen_addresses", input.listen_address)?;
+    line("port", &input.port.to_string())?;
+    line("unix_socket_directories", socket_dir)?;
+    line("password_encryption", "scram-sha-256")?;
+    line("wal_level", "replica")?;
+    line("cluster_name", input.cluster_name)?;
+    line("logging_collector", "off")?;
+    line("log_destination", "stderr")?;
+    line("log_line_prefix", "%m [%p] %q%u@%d ")?;
+    line("log_statement", "none")?;
+    line("lc_messages", "C")?;
+    out.push_str("\n# Defaults (a plan may override)\n");
+    for (name, value) in DEFAULTS {
+        if !input.settings.contains_key(*name) {
+            out.push_str(&format!("{name} = {}\n", quote_value(name, value)?));
+        }
+    }
+    out.push_str("\n# Plan settings\n");
+    for (name, value) in input.settings {
+        out.push_str(&format!("{name} = {}\n", quote_value(name, value)?));
+    }
+    out.push_str(&format!(
+        "\n# Archiving and recovery, written by the archive subsystem when enabled\n\
+         include_if_exists = '{ARCHIVE_INCLUDE}'\n"
+    ));
+    Ok(out)
+}
+
+/// The whole `pg_hba.conf`: SCRAM everywhere, nothing trusted, no cleartext or md5. Local
+/// replication is for base backups taken over the unix socket by the superuser.
+pub fn render_pg_hba() -> String {
+    "# Written by Wayback; edits are overwritten.\n\
+     # TYPE  DATABASE     USER  ADDRESS    METHOD\n\
+     local   all          all              scram-sha-256\n\
+     local   replication  all              scram-sha-256\n\
+     host    all          all   0.0.0.0/0  scram-sha-256\n\
+     host    all          all   ::/0       scram-sha-256\n"
+        .to_string()
+}
+
+/// The port a rendered `postgresql.conf` sets (our `port = 'N'` line).
+pub fn configured_port(conf: &str) -> Option<u16> {
+    conf.lines().find_map(|l| {
+        let (name, value) = l.split_once('=')?;
+        (name.trim() == "port").then(|| value.trim().trim_matches('\'').parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(settings: &BTreeMap<String, String>) -> ConfInput<'_> {
+        ConfInput {
+            listen_address: "127.0.0.1",
+            port: 40001,
+            socket_dir: Path::new("/data/clusters/i-1/run"),
+            cluster_name: "i-1",
+            settings,
+        }
+    }
+
+    fn plan(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn renders_managed_then_defaults_then_plan() {
+        let settings = plan(&[("shared_buffers", "256MB"), ("work_mem", "8MB")]);
+        let conf = render_postgresql_conf(&input(&settings)).unwrap();
+        assert!(conf.contains("listen_addresses = '127.0.0.1'\n"));
+        assert!(conf.contains("port = '40001'\n"));
+        assert!(conf.contains("unix_socket_directories = '/data/clusters/i-1/run'\n"));
+        assert!(conf.contains("password_encryption = 'scram-sha-256'\n"));
+        assert!(conf.contains("wal_level = 'replica'\n"));
+        assert_eq!(
+            conf.matches("shared_buffers").count(),
+            1,
+            "plan replaces the default"
+        );
+        let (defaults, plan_part) = conf.split_once("# Plan settings").unwrap();
+        assert!(defaults.contains("max_connections = '100'"));
+        assert!(plan_part.contains("shared_buffers = '256MB'\nwork_mem = '8MB'\n"));
+        assert!(conf.ends_with("include_if_exists = 'wayback-archive.conf'\n"));
+        assert_eq!(configured_port(&conf), Some(40001));
+    }
+
+    #[test]
+    fn quotes_values_as_string_literals() {
+        assert_eq!(quote_value("x", "it's").unwrap(), "'it''s'");
+        assert_eq!(quote_value("x", r"a\b").unwrap(), r"'a\\b'");
+        assert_eq!(quote_value("x", "").unwrap(), "''");
+        let err = quote_value("x", "a'\ninclude = '/etc/passwd").unwrap_err();
+        assert!(err.is_permanent());
+    }
+
+    #[test]
+    fn refuses_managed_and_malformed_names() {
+        for (name, why) in [
+            ("port", "managed"),
+            ("listen_addresses", "managed"),
+            ("archive_command", "archive family"),
+            ("recovery_target_time", "recovery family"),
+            ("ssl_key_file", "TLS files"),
+            ("include", "a directive, not a setting"),
+            ("Work_mem", "upper case"),
+            ("work-mem", "dash"),
+            ("work_mem ", "space"),
+            ("pg_stat_statements.max", "dot"),
+            ("", "empty"),
+        ] {
+            let settings = plan(&[(name, "1")]);
+            let err = render_postgresql_conf(&input(&settings)).expect_err(why);
+            assert!(
+                matches!(err, PgError::InvalidSetting { .. }),
+                "{why}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn hba_is_scram_only() {
+        let hba = render_pg_hba();
+        for line in hba.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.ends_with("scram-sha-256"), "{line}");
+        }
+        assert!(!hba.contains("trust") && !hba.contains("md5") && !hba.contains("password "));
+        assert!(hba.contains("0.0.0.0/0") && hba.contains("::/0"));
+    }
+}

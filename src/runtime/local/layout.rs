@@ -1,0 +1,117 @@
+//! Where the local runtime keeps things under `data_dir` — pure path arithmetic, no I/O.
+//!
+//! ```text
+//! <data_dir>/template/pg15/pgdata         the template data directory (made once)
+//! <data_dir>/clusters/<instance>/          root-owned 0711 when the broker is root
+//!     pgdata/                              0700, the cluster user's
+//!     pgdata.partial/                      a data directory being made; renamed to pgdata
+//!     run/                                 unix socket directory, 0700, the cluster user's
+//!     postgres.log                         server stderr (pg_ctl -l)
+//!     admin-password                       superuser password, 0600, the broker's user only
+//! ```
+//!
+//! Instance ids are validated (`[A-Za-z0-9._-]`, no leading dot), so they are safe as a path
+//! component. Must not import anything beyond `pg`, `domain`.
+
+use std::path::{Path, PathBuf};
+
+use crate::domain::InstanceId;
+use crate::pg::{binaries::MAJOR, ClusterDirs};
+
+/// `sun_path` holds 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn clusters(&self) -> PathBuf {
+        self.root.join("clusters")
+    }
+    pub fn templates(&self) -> PathBuf {
+        self.root.join("template")
+    }
+    /// The template directory for this major version; its data directory is `pgdata/` inside.
+    pub fn template(&self) -> PathBuf {
+        self.templates().join(format!("pg{MAJOR}"))
+    }
+    pub fn template_pgdata(&self) -> PathBuf {
+        self.template().join("pgdata")
+    }
+    pub fn cluster(&self, id: &InstanceId) -> PathBuf {
+        self.clusters().join(id.as_str())
+    }
+    pub fn dirs(&self, id: &InstanceId) -> ClusterDirs {
+        let c = self.cluster(id);
+        ClusterDirs {
+            pgdata: c.join("pgdata"),
+            socket_dir: c.join("run"),
+            log_file: c.join("postgres.log"),
+        }
+    }
+    pub fn partial(&self, id: &InstanceId) -> PathBuf {
+        self.cluster(id).join("pgdata.partial")
+    }
+    pub fn password_file(&self, id: &InstanceId) -> PathBuf {
+        self.cluster(id).join("admin-password")
+    }
+    /// The server's socket path; an error message if it is too long for a unix socket.
+    pub fn check_socket_path(&self, id: &InstanceId, port: u16) -> Result<(), String> {
+        let path = self.dirs(id).socket_dir.join(format!(".s.PGSQL.{port}"));
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(format!(
+                "the unix socket path {} is {len} bytes long, more than the {MAX_SOCKET_PATH} \
+                 a unix socket allows; use a shorter data_dir",
+                path.display()
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_nest_under_the_instance() {
+        let l = Layout::new("/var/lib/wayback".into());
+        let id = InstanceId::parse("6f1c2a").unwrap();
+        let d = l.dirs(&id);
+        assert_eq!(
+            d.pgdata,
+            Path::new("/var/lib/wayback/clusters/6f1c2a/pgdata")
+        );
+        assert_eq!(
+            d.socket_dir,
+            Path::new("/var/lib/wayback/clusters/6f1c2a/run")
+        );
+        assert_eq!(
+            l.template_pgdata(),
+            Path::new("/var/lib/wayback/template/pg15/pgdata")
+        );
+        assert_eq!(
+            l.password_file(&id),
+            Path::new("/var/lib/wayback/clusters/6f1c2a/admin-password")
+        );
+    }
+
+    #[test]
+    fn long_socket_paths_are_refused_with_the_path() {
+        let l = Layout::new("/var/vcap/store/wayback".into());
+        let guid = InstanceId::parse("0b6c1f3e-8d4a-4c2b-9f1e-2a3b4c5d6e7f").unwrap();
+        assert!(l.check_socket_path(&guid, 40000).is_ok());
+        let long = InstanceId::parse("x".repeat(64)).unwrap();
+        let msg = l.check_socket_path(&long, 40000).unwrap_err();
+        assert!(msg.contains("shorter data_dir"), "{msg}");
+    }
+}

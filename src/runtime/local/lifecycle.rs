@@ -1,0 +1,162 @@
+//! The local runtime's lifecycle calls: start, stop, status, destroy, apply_settings.
+//!
+//! Each looks before it acts, so that running it twice is harmless: a running server is not
+//! started again, a stopped one not stopped, an absent one not destroyed. `destroy` escalates
+//! from a fast shutdown to an immediate one to SIGKILL, because a cluster that will not stop must
+//! still go. Must not import `osb`, `broker`, `store` or `jobs`.
+
+use std::time::Duration;
+
+use super::{fsutil, io, rt, LocalRuntime};
+use crate::domain::InstanceId;
+use crate::pg::ctl::{self, StopMode};
+use crate::pg::{conf, sql, ClusterDirs, PgError, Tools};
+use crate::runtime::{Applied, ClusterSpec, ClusterStatus, RuntimeError};
+
+impl LocalRuntime {
+    /// The port in the cluster's `postgresql.conf`.
+    pub(super) fn configured_port(&self, dirs: &ClusterDirs) -> Result<u16, RuntimeError> {
+        let path = dirs.pgdata.join("postgresql.conf");
+        let text =
+            std::fs::read_to_string(&path).map_err(io(format!("read {}", path.display())))?;
+        conf::configured_port(&text)
+            .ok_or_else(|| rt(PgError::Setup(format!("{} sets no port", path.display()))))
+    }
+
+    pub(super) fn existing(&self, id: &InstanceId) -> Result<ClusterDirs, RuntimeError> {
+        let dirs = self.layout.dirs(id);
+        if !dirs.exists() {
+            return Err(rt(PgError::NoCluster {
+                instance: id.to_string(),
+            }));
+        }
+        Ok(dirs)
+    }
+
+    pub(super) async fn start_unlocked(
+        &self,
+        tools: &Tools,
+        id: &InstanceId,
+    ) -> Result<(), RuntimeError> {
+        let dirs = self.existing(id)?;
+        if ctl::live_postmaster(&dirs.pgdata).map_err(rt)?.is_some()
+            && ctl::wait_ready(tools, &dirs, self.timeout())
+                .await
+                .map_err(rt)?
+        {
+            return Ok(());
+        }
+        ctl::clear_stale_locks(&dirs, self.timeout())
+            .await
+            .map_err(rt)?;
+        let port = self.configured_port(&dirs)?;
+        ctl::start(tools, &dirs, port, self.timeout())
+            .await
+            .map_err(rt)
+    }
+
+    pub async fn start(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        let _guard = self.lock(id).await;
+        let tools = self.tools().await?;
+        self.start_unlocked(tools, id).await
+    }
+
+    pub async fn stop(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        let _guard = self.lock(id).await;
+        let tools = self.tools().await?;
+        let dirs = self.layout.dirs(id);
+        if !dirs.exists() {
+            return Ok(());
+        }
+        ctl::stop(tools, &dirs.pgdata, StopMode::Fast, self.timeout())
+            .await
+            .map_err(rt)
+    }
+
+    pub async fn status(&self, id: &InstanceId) -> Result<ClusterStatus, RuntimeError> {
+        let tools = self.tools().await?;
+        let dirs = self.layout.dirs(id);
+        if !dirs.exists() {
+            return Ok(ClusterStatus::Absent);
+        }
+        let Some(pm) = ctl::live_postmaster(&dirs.pgdata).map_err(rt)? else {
+            return Ok(ClusterStatus::Stopped);
+        };
+        let port = match pm.port {
+            Some(p) => p,
+            None => return Ok(ClusterStatus::Stopped), // still initialising
+        };
+        let socket_dir = pm.socket_dir.unwrap_or(dirs.socket_dir);
+        match ctl::is_ready(tools, &socket_dir, port).await.map_err(rt)? {
+            true => Ok(ClusterStatus::Running),
+            false => Ok(ClusterStatus::Stopped),
+        }
+    }
+
+    pub async fn destroy(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        let _guard = self.lock(id).await;
+        let tools = self.tools().await?;
+        let cluster = self.layout.cluster(id);
+        if !cluster.exists() {
+            return Ok(());
+        }
+        let pgdata = self.layout.dirs(id).pgdata;
+        if pgdata.exists() {
+            let fast = ctl::stop(tools, &pgdata, StopMode::Fast, self.timeout()).await;
+            if let Err(e) = fast {
+                tracing::warn!(instance = %id, error = %e, "fast shutdown failed; trying immediate");
+                let immediate =
+                    ctl::stop(tools, &pgdata, StopMode::Immediate, Duration::from_secs(10)).await;
+                if immediate.is_err() {
+                    ctl::kill_postmaster(&pgdata, Duration::from_secs(10))
+                        .await
+                        .map_err(rt)?;
+                }
+            }
+        }
+        std::fs::remove_dir_all(&cluster).map_err(io(format!("remove {}", cluster.display())))?;
+        let clusters = self.layout.clusters();
+        fsutil::fsync_dir(&clusters).map_err(io(format!("fsync {}", clusters.display())))
+    }
+
+    pub async fn apply_settings(&self, spec: &ClusterSpec) -> Result<Applied, RuntimeError> {
+        let id = &spec.instance;
+        let _guard = self.lock(id).await;
+        let tools = self.tools().await?;
+        let dirs = self.existing(id)?;
+        self.layout
+            .check_socket_path(id, spec.port)
+            .map_err(|m| rt(PgError::Setup(m)))?;
+        let conf_path = dirs.pgdata.join("postgresql.conf");
+        let previous =
+            std::fs::read(&conf_path).map_err(io(format!("read {}", conf_path.display())))?;
+        self.write_confs(tools, &dirs.pgdata, spec, true)?;
+        if let Err(e) = ctl::check_config(tools, &dirs.pgdata).await {
+            // Put the old file back: a bad value must not break the next restart.
+            let owner = tools.run_as.owner();
+            fsutil::write_atomic(&conf_path, &previous, 0o600, owner)
+                .map_err(io(format!("restore {}", conf_path.display())))?;
+            return Err(rt(e));
+        }
+        let Some(pm) = ctl::live_postmaster(&dirs.pgdata).map_err(rt)? else {
+            // Stopped: the next start reads the new files.
+            return Ok(Applied { restarted: false });
+        };
+        let mut restart = pm.port != Some(spec.port);
+        if !restart {
+            let opts = self.admin_options_at(&dirs, pm.port.unwrap_or(spec.port))?;
+            let pending = sql::reload(&opts).await.map_err(rt)?;
+            restart = !pending.is_empty();
+            if restart {
+                tracing::info!(instance = %id, settings = ?pending, "new settings need a restart");
+            }
+        }
+        if restart {
+            ctl::stop(tools, &dirs.pgdata, StopMode::Fast, self.timeout())
+                .await
+                .map_err(rt)?;
+            self.start_unlocked(tools, id).await?;
+        }
+        Ok(Applied { restarted: restart })
+    }
+}
