@@ -32,6 +32,42 @@ pub struct Settings {
     pub supervisor: SupervisorSettings,
     pub log: LogSettings,
     pub http: HttpSettings,
+    /// Where WAL and base backups go (`url` = `s3://bucket/prefix` or `file:///dir`).
+    pub archive: crate::storage::StorageSettings,
+    pub wal: WalSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WalSettings {
+    /// zstd level for archived WAL (0 = store uncompressed).
+    pub compression_level: i32,
+    /// Ready segments `wal-push` uploads in parallel with the one PostgreSQL asked for.
+    pub push_ahead: usize,
+    /// Segments `wal-fetch` downloads in parallel with the one PostgreSQL asked for.
+    pub fetch_ahead: usize,
+    /// Seconds after which PostgreSQL switches to a new segment when there was activity:
+    /// the longest time a commit can wait before it is archived.
+    pub archive_timeout_secs: u64,
+    /// How long a deprovision waits for its final WAL to be archived before it gives up
+    /// (and keeps the instance).
+    pub final_archive_timeout_secs: u64,
+    /// The `wayback` binary PostgreSQL runs for archive_command/restore_command.
+    /// Default: this executable.
+    pub wayback_bin: Option<PathBuf>,
+}
+
+impl Default for WalSettings {
+    fn default() -> Self {
+        Self {
+            compression_level: 1,
+            push_ahead: 4,
+            fetch_ahead: 8,
+            archive_timeout_secs: 60,
+            final_archive_timeout_secs: 120,
+            wayback_bin: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,6 +161,8 @@ impl Default for Settings {
             supervisor: SupervisorSettings::default(),
             log: LogSettings::default(),
             http: HttpSettings::default(),
+            archive: crate::storage::StorageSettings::default(),
+            wal: WalSettings::default(),
         }
     }
 }
@@ -273,6 +311,13 @@ pub const ENV_VARS: &[EnvVar] = &[
     env_var!("WAYBACK_JOBS_MAX_ATTEMPTS", "jobs.max_attempts", "5", "Attempts of one step before its operation fails.", |s, v| s.jobs.max_attempts = parse(v)?),
     env_var!("WAYBACK_JOBS_POLL_INTERVAL_MS", "jobs.poll_interval_ms", "500", "How often an idle worker looks for runnable jobs.", |s, v| s.jobs.poll_interval_ms = parse(v)?),
     env_var!("WAYBACK_SUPERVISOR_INTERVAL_SECS", "supervisor.interval_secs", "5", "How often every live cluster is checked and restarted if it is down.", |s, v| s.supervisor.interval_secs = parse(v)?),
+        env_var!("WAYBACK_ARCHIVE_URL", "archive.url", "file://<data_dir>/archive", "Where WAL and base backups are archived: `s3://bucket/prefix` or `file:///dir` (`--archive-url`). S3 endpoint, region and keys: `archive.endpoint`, `archive.region`, `archive.access_key_id`, `archive.secret_access_key`, else `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`.", |s, v| s.archive.url = v.trim().to_string()),
+    env_var!("WAYBACK_WAL_COMPRESSION_LEVEL", "wal.compression_level", "1", "zstd level for archived WAL (0: uncompressed).", |s, v| s.wal.compression_level = parse(v)?),
+    env_var!("WAYBACK_WAL_PUSH_AHEAD", "wal.push_ahead", "4", "Ready WAL segments uploaded in parallel with the one PostgreSQL asked for.", |s, v| s.wal.push_ahead = parse(v)?),
+    env_var!("WAYBACK_WAL_FETCH_AHEAD", "wal.fetch_ahead", "8", "WAL segments downloaded in parallel with the one recovery asked for.", |s, v| s.wal.fetch_ahead = parse(v)?),
+    env_var!("WAYBACK_WAL_ARCHIVE_TIMEOUT_SECS", "wal.archive_timeout_secs", "60", "Longest time a commit waits before its segment is archived (PostgreSQL's archive_timeout).", |s, v| s.wal.archive_timeout_secs = parse(v)?),
+    env_var!("WAYBACK_WAL_FINAL_ARCHIVE_TIMEOUT_SECS", "wal.final_archive_timeout_secs", "120", "How long a deprovision waits for the final WAL to reach the archive before failing (the instance is then kept).", |s, v| s.wal.final_archive_timeout_secs = parse(v)?),
+    env_var!("WAYBACK_WAL_BIN", "wal.wayback_bin", "this executable", "The wayback binary PostgreSQL runs as archive_command and restore_command.", |s, v| s.wal.wayback_bin = non_empty(v).map(PathBuf::from)),
     env_var!("WAYBACK_LOG_FORMAT", "log.format", "plain", "`plain` or `json`.", |s, v| s.log.format = match v.trim() { "plain" => LogFormat::Plain, "json" => LogFormat::Json, _ => return Err("expected plain or json".into()) }),
     env_var!("WAYBACK_LOG", "log.level", "info", "Log filter, e.g. `info` or `wayback=debug,info`.", |s, v| s.log.level = v.trim().to_string()),
     env_var!("WAYBACK_HTTP_MAX_BODY_BYTES", "http.max_body_bytes", "262144", "Largest request body the broker accepts.", |s, v| s.http.max_body_bytes = parse(v)?),
@@ -346,6 +391,12 @@ impl Settings {
         }
         if self.jobs.lease_secs < 2 {
             return invalid("jobs.lease_secs", "must be at least 2");
+        }
+        if !(0..=19).contains(&self.wal.compression_level) {
+            return invalid("wal.compression_level", "must be between 0 and 19");
+        }
+        if self.wal.archive_timeout_secs == 0 {
+            return invalid("wal.archive_timeout_secs", "must be at least 1");
         }
         if self.http.max_body_bytes < 1024 {
             return invalid("http.max_body_bytes", "must be at least 1024");

@@ -35,6 +35,27 @@ enum Command {
         /// Catalog file replacing the built-in one.
         #[arg(long)]
         catalog: Option<PathBuf>,
+        /// Where to archive WAL: s3://bucket/prefix or file:///dir.
+        #[arg(long)]
+        archive_url: Option<String>,
+    },
+    /// Archive one WAL file (PostgreSQL's archive_command): exits 0 only once it is durable.
+    WalPush {
+        /// The instance's archive target file.
+        #[arg(long)]
+        target: PathBuf,
+        /// %p: the WAL file to archive.
+        path: PathBuf,
+    },
+    /// Restore one WAL file (PostgreSQL's restore_command): exit 1 means "not in the archive",
+    /// 126 means "cannot tell" (recovery must stop rather than end early).
+    WalFetch {
+        #[arg(long)]
+        target: PathBuf,
+        /// %f: the file name PostgreSQL wants.
+        name: String,
+        /// %p: where to put it.
+        path: PathBuf,
     },
     /// Load and validate the configuration (and catalog), then exit.
     CheckConfig,
@@ -74,10 +95,19 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::WalPush { target, path } => {
+            wayback::telemetry::init_for_postgres();
+            ExitCode::from(wayback::archive::wal_push_main(&target, &path))
+        }
+        Command::WalFetch { target, name, path } => {
+            wayback::telemetry::init_for_postgres();
+            ExitCode::from(wayback::archive::wal_fetch_main(&target, &name, &path))
+        }
         Command::Serve {
             listen,
             data_dir,
             catalog,
+            archive_url,
         } => {
             let mut settings = settings;
             if let Some(l) = listen {
@@ -88,6 +118,9 @@ fn main() -> ExitCode {
             }
             if let Some(c) = catalog {
                 settings.catalog = Some(c);
+            }
+            if let Some(a) = archive_url {
+                settings.archive.url = a;
             }
             wayback::telemetry::init(&settings.log);
             let runtime = match tokio::runtime::Runtime::new() {

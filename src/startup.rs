@@ -68,6 +68,25 @@ impl Application {
             .external_url
             .clone()
             .unwrap_or_else(|| format!("http://{}:{port}", settings.listen.ip()));
+        let mut settings = settings;
+        if settings.archive.url.trim().is_empty() {
+            settings.archive.url =
+                crate::storage::StorageSettings::default_url(&data_dir, "archive");
+        }
+        let archive =
+            crate::storage::ObjectStore::open(&settings.archive).context("open the archive")?;
+        archive
+            .check()
+            .await
+            .with_context(|| format!("reach the archive at {}", archive.location("")))?;
+        let archive_command = crate::runtime::ArchiveCommand {
+            wayback_bin: match &settings.wal.wayback_bin {
+                Some(p) => p.clone(),
+                None => std::env::current_exe()
+                    .context("find the wayback binary for archive_command")?,
+            },
+            archive_timeout_secs: settings.wal.archive_timeout_secs,
+        };
         let settings = Arc::new(settings);
         let ctx = Arc::new(JobContext {
             store: store.clone(),
@@ -75,6 +94,8 @@ impl Application {
             catalog: catalog.clone(),
             settings: settings.clone(),
             metrics: metrics.clone(),
+            archive,
+            archive_command,
         });
         let worker = Worker::new(ctx);
         let broker = Broker::new(

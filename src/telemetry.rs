@@ -23,3 +23,17 @@ pub fn init(settings: &LogSettings) {
         LogFormat::Plain => builder.try_init(),
     };
 }
+
+/// Logging for `wal-push` / `wal-fetch`: plain lines on stderr, which PostgreSQL copies into its
+/// own log; `WAYBACK_LOG` may raise the level.
+pub fn init_for_postgres() {
+    let level = std::env::var("WAYBACK_LOG").unwrap_or_else(|_| "info".into());
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .with_ansi(false)
+        .try_init();
+}

@@ -33,6 +33,7 @@ impl Broker {
         .env("WAYBACK_JOBS_LEASE_SECS", "2")
         .env("WAYBACK_JOBS_POLL_INTERVAL_MS", "100")
         .env("WAYBACK_LOG", "warn")
+        .env("WAYBACK_WAL_FINAL_ARCHIVE_TIMEOUT_SECS", "60")
         .stdin(Stdio::null())
         .stdout(Stdio::null());
         if let Ok(user) = std::env::var("WAYBACK_PG_OS_USER") {

@@ -30,6 +30,10 @@ pub struct JobContext {
     pub catalog: Arc<Catalog>,
     pub settings: Arc<Settings>,
     pub metrics: Metrics,
+    /// The archive (WAL, base backups, instance.json).
+    pub archive: crate::storage::ObjectStore,
+    /// How clusters run the archiver.
+    pub archive_command: crate::runtime::ArchiveCommand,
 }
 
 /// What a step asks the worker to do next.

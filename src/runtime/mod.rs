@@ -34,6 +34,15 @@ pub enum ClusterStatus {
     Running,
 }
 
+/// How PostgreSQL runs the archiver.
+#[derive(Debug, Clone)]
+pub struct ArchiveCommand {
+    /// The `wayback` binary (its `wal-push` / `wal-fetch` subcommands).
+    pub wayback_bin: std::path::PathBuf,
+    /// PostgreSQL's `archive_timeout`, in seconds.
+    pub archive_timeout_secs: u64,
+}
+
 /// Result of applying new settings to a running cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
@@ -82,6 +91,32 @@ impl Runtime {
     /// Creates the data directory (or leaves an existing one) and writes the configuration.
     pub async fn create_cluster(&self, spec: &ClusterSpec) -> Result<(), RuntimeError> {
         dispatch!(self, rt => rt.create_cluster(spec).await)
+    }
+    /// Points the cluster's archiver at `target` (effective from the next start).
+    pub async fn configure_archive(
+        &self,
+        id: &InstanceId,
+        target: &crate::archive::ArchiveTarget,
+        command: &ArchiveCommand,
+    ) -> Result<(), RuntimeError> {
+        dispatch!(self, rt => rt.configure_archive(id, target, command).await)
+    }
+    /// Closes `database`, ends sessions and switches WAL; (LSN, last segment) or None if the
+    /// cluster does not archive.
+    pub async fn seal_wal(
+        &self,
+        id: &InstanceId,
+        database: &str,
+    ) -> Result<Option<(String, String)>, RuntimeError> {
+        dispatch!(self, rt => rt.seal_wal(id, database).await)
+    }
+    /// Opens `database` to connections again.
+    pub async fn reopen_database(
+        &self,
+        id: &InstanceId,
+        database: &str,
+    ) -> Result<(), RuntimeError> {
+        dispatch!(self, rt => rt.reopen_database(id, database).await)
     }
     /// Starts the cluster and waits until it accepts connections.
     pub async fn start(&self, id: &InstanceId) -> Result<(), RuntimeError> {

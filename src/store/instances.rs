@@ -172,6 +172,38 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Records where a deleted instance's history ends.
+    pub async fn set_instance_final(
+        &self,
+        id: &InstanceId,
+        lsn: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE instances SET final_lsn = $1, final_at = $2, updated_at = $3 WHERE id = $4",
+        )
+        .bind(lsn)
+        .bind(at)
+        .bind(now_millis())
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Where a deleted instance's history ends: (final LSN, time).
+    pub async fn instance_final(
+        &self,
+        id: &InstanceId,
+    ) -> Result<Option<(String, i64)>, StoreError> {
+        let row: Option<(Option<String>, Option<i64>)> =
+            sqlx::query_as("SELECT final_lsn, final_at FROM instances WHERE id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.and_then(|(l, t)| Some((l?, t?))))
+    }
+
     pub async fn set_instance_plan(
         &self,
         id: &InstanceId,

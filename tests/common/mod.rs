@@ -73,6 +73,9 @@ pub fn test_settings(data_dir: &Path, password: &str) -> Settings {
         s.postgres.os_user = user;
     }
     s.jobs.lease_secs = 3;
+    // PostgreSQL must run the real binary for archive_command, not this test executable.
+    s.wal.wayback_bin = Some(env!("CARGO_BIN_EXE_wayback").into());
+    s.wal.archive_timeout_secs = 2;
     s.jobs.poll_interval_ms = 100;
     s.supervisor.interval_secs = 1;
     s.log.level = std::env::var("WAYBACK_TEST_LOG").unwrap_or_else(|_| "warn".into());

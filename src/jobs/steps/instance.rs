@@ -13,10 +13,12 @@ use crate::store::{InstanceRecord, JobRecord};
 
 pub const ALLOCATE_PORT: &str = "allocate_port";
 pub const CREATE_CLUSTER: &str = "create_cluster";
+pub const CONFIGURE_ARCHIVE: &str = "configure_archive";
 pub const START: &str = "start";
 pub const CREATE_DATABASE: &str = "create_database";
 pub const APPLY_SETTINGS: &str = "apply_settings";
 pub const WAIT_EXCLUSIVE: &str = "wait_exclusive";
+pub const FINAL_WAL: &str = "final_wal";
 pub const DESTROY: &str = "destroy";
 
 async fn load(ctx: &JobContext, job: &JobRecord) -> Result<InstanceRecord, StepError> {
@@ -70,6 +72,16 @@ pub async fn provision_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
         CREATE_CLUSTER => {
             let spec = spec(ctx, &instance, &instance.plan_id)?;
             ctx.runtime.create_cluster(&spec).await?;
+            Ok(Outcome::Next(CONFIGURE_ARCHIVE))
+        }
+        CONFIGURE_ARCHIVE => {
+            let space = crate::domain::SpaceGuid::parse(instance.space_guid.clone())
+                .map_err(StepError::transient)?;
+            let target =
+                crate::archive::ArchiveTarget::for_instance(&ctx.settings, &space, &instance.id);
+            ctx.runtime
+                .configure_archive(&instance.id, &target, &ctx.archive_command)
+                .await?;
             Ok(Outcome::Next(START))
         }
         START => match ctx.runtime.start(&instance.id).await {
@@ -140,6 +152,10 @@ pub async fn deprovision_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
                         .await?;
                 }
             }
+            Ok(Outcome::Next(FINAL_WAL))
+        }
+        FINAL_WAL => {
+            super::final_wal::archive_final_wal(ctx, &instance).await?;
             Ok(Outcome::Next(DESTROY))
         }
         DESTROY => {
@@ -205,7 +221,18 @@ pub async fn on_end(
             store.set_instance_state(id, InstanceState::Deleted).await?;
         }
         (JobKind::Deprovision, false) => {
-            store.set_instance_state(id, InstanceState::Failed).await?
+            // Still there (e.g. the final WAL could not be archived): keep serving it.
+            if matches!(
+                ctx.runtime.status(id).await,
+                Ok(crate::runtime::ClusterStatus::Running)
+            ) {
+                ctx.runtime
+                    .reopen_database(id, &instance.database_name)
+                    .await?;
+                store.set_instance_state(id, InstanceState::Ready).await?;
+            } else {
+                store.set_instance_state(id, InstanceState::Failed).await?;
+            }
         }
         (JobKind::Bind | JobKind::Unbind, _) => {}
     }

@@ -1,6 +1,7 @@
 //! The steps of each job kind, and what the user reads while each runs.
 
 mod binding;
+mod final_wal;
 mod instance;
 
 use std::str::FromStr;
@@ -47,6 +48,7 @@ impl JobKind {
         let text = match step {
             instance::ALLOCATE_PORT => "Provisioning: allocating a port",
             instance::CREATE_CLUSTER => "Provisioning: initialising the database cluster",
+                        instance::CONFIGURE_ARCHIVE => "Provisioning: setting up continuous WAL archiving",
             instance::START => "Provisioning: starting PostgreSQL",
             instance::CREATE_DATABASE => {
                 "Provisioning: creating the application database and its owner role"
@@ -55,6 +57,7 @@ impl JobKind {
             instance::WAIT_EXCLUSIVE => {
                 "Deleting: waiting for the running operation on this instance to stop"
             }
+                        instance::FINAL_WAL => "Deleting: closing connections and archiving the last WAL, so that no commit is lost",
             instance::DESTROY => "Deleting: stopping PostgreSQL and removing its data directory",
             binding::CREATE_ROLE => "Binding: creating a login role with a new password",
             binding::DROP_ROLE => "Unbinding: ending the role's sessions and dropping it",

@@ -1,0 +1,222 @@
+//! `wal-fetch`: restore one WAL file for recovery, fetching the next ones ahead in parallel.
+//!
+//! Exit statuses carry meaning to PostgreSQL: 0 restored; 1 "not in the archive" — recovery
+//! then ends (or tries another timeline) — so it is said only on a definite 404; anything we
+//! cannot be sure of (a storage error that outlasts the retries, a corrupt object, WAL of
+//! another cluster) is 126, which makes the startup process stop instead of promoting at a
+//! point earlier than the user asked for.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::frame;
+use super::layout::{WalFileKind, WalFileName};
+use super::target::ArchiveTarget;
+use super::ArchiveError;
+use crate::storage::ObjectStore;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetched {
+    Restored,
+    Absent,
+}
+
+/// The exit status that aborts recovery.
+pub const EXIT_ABORT: u8 = 126;
+
+fn source(target: &ArchiveTarget) -> (&str, u64) {
+    match &target.restore_from {
+        Some(s) => (&s.prefix, s.system_identifier),
+        None => (&target.prefix, target.system_identifier),
+    }
+}
+
+/// Downloads, verifies and unframes one file; None when definitely absent. Transient errors
+/// are retried for up to `fetch_retry_secs`.
+async fn download(
+    target: &ArchiveTarget,
+    store: &ObjectStore,
+    name: &WalFileName,
+) -> Result<Option<Vec<u8>>, ArchiveError> {
+    let (prefix, sysid) = source(target);
+    let key = format!("{prefix}/wal/{}", name.as_str());
+    let deadline = Instant::now() + Duration::from_secs(target.fetch_retry_secs);
+    let mut delay = Duration::from_millis(250);
+    let bytes = loop {
+        match store.get(&key).await {
+            Ok(found) => break found,
+            Err(e) if !e.is_permanent() && Instant::now() + delay < deadline => {
+                tracing::warn!(file = name.as_str(), error = %e, "archive unavailable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let Some(bytes) = bytes else { return Ok(None) };
+    let (header, raw) = tokio::task::spawn_blocking(move || frame::decode(&bytes))
+        .await
+        .map_err(|e| ArchiveError::Io(format!("decompress: {e}")))?
+        .map_err(|e| ArchiveError::Corrupt {
+            key: key.clone(),
+            detail: e.to_string(),
+        })?;
+    if matches!(name.kind(), WalFileKind::Segment | WalFileKind::Partial)
+        && header.system_identifier != sysid
+    {
+        return Err(ArchiveError::Refused(format!(
+            "{key} belongs to database system {}, not {sysid}; refusing to replay foreign WAL",
+            header.system_identifier
+        )));
+    }
+    Ok(Some(raw))
+}
+
+/// Writes `raw` to `dest` through a temporary file in the same directory.
+async fn write_file(dest: &Path, raw: &[u8]) -> Result<(), ArchiveError> {
+    let tmp = dest.with_extension("wayback-tmp");
+    tokio::fs::write(&tmp, raw)
+        .await
+        .map_err(|e| ArchiveError::io(format!("write {}", tmp.display()), e))?;
+    tokio::fs::rename(&tmp, dest)
+        .await
+        .map_err(|e| ArchiveError::io(format!("rename to {}", dest.display()), e))
+}
+
+/// Restores `name` to `dest`.
+pub async fn fetch(
+    target: &ArchiveTarget,
+    store: &ObjectStore,
+    name: &str,
+    dest: &Path,
+) -> Result<Fetched, ArchiveError> {
+    let name = WalFileName::parse(name).map_err(ArchiveError::Target)?;
+    match download(target, store, &name).await? {
+        Some(raw) => {
+            write_file(dest, &raw).await?;
+            Ok(Fetched::Restored)
+        }
+        None => Ok(Fetched::Absent),
+    }
+}
+
+/// The next `n` segment names after `name` on its timeline (16 MiB segments).
+fn following(name: &WalFileName, n: usize) -> Vec<WalFileName> {
+    let Some((tli, log, seg)) = name.segment_parts() else {
+        return Vec::new();
+    };
+    let per_log = 0x1_0000_0000u64 / (16 << 20);
+    let start = u64::from(log) * per_log + u64::from(seg);
+    (1..=n as u64)
+        .filter_map(|i| {
+            let no = start + i;
+            WalFileName::parse(&format!(
+                "{tli:08X}{:08X}{:08X}",
+                no / per_log,
+                no % per_log
+            ))
+            .ok()
+        })
+        .collect()
+}
+
+fn cache_dir(target_path: &Path) -> PathBuf {
+    target_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("wal-prefetch")
+}
+
+/// The `wal-fetch` command: exit status for PostgreSQL.
+pub fn wal_fetch_main(target_path: &Path, name: &str, dest: &Path) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return EXIT_ABORT;
+        }
+    };
+    match runtime.block_on(fetch_main(target_path, name, dest)) {
+        Ok(Fetched::Restored) => 0,
+        Ok(Fetched::Absent) => 1,
+        Err(e) => {
+            tracing::error!(file = name, error = %e, "wal-fetch failed; stopping recovery rather than ending it early");
+            EXIT_ABORT
+        }
+    }
+}
+
+async fn fetch_main(target_path: &Path, name: &str, dest: &Path) -> Result<Fetched, ArchiveError> {
+    let target = ArchiveTarget::load(target_path)?;
+    let wal = WalFileName::parse(name).map_err(ArchiveError::Target)?;
+    let cache = cache_dir(target_path);
+    // Fetched ahead by an earlier call (verified then): move it into place.
+    let cached = cache.join(wal.as_str());
+    if tokio::fs::rename(&cached, dest).await.is_ok() {
+        clean_cache(&cache, wal.as_str()).await;
+        return Ok(Fetched::Restored);
+    }
+    let store = target.open_store()?;
+    if wal.kind() != WalFileKind::Segment || target.fetch_ahead == 0 {
+        return fetch(&target, &store, name, dest).await;
+    }
+    clean_cache(&cache, wal.as_str()).await;
+    let ahead = following(&wal, target.fetch_ahead);
+    let prefetch = ahead.iter().map(|n| {
+        let (target, store, cache) = (&target, &store, &cache);
+        async move {
+            if let Ok(Some(raw)) = download(target, store, n).await {
+                let _ = tokio::fs::create_dir_all(cache).await;
+                let _ = write_file(&cache.join(n.as_str()), &raw).await;
+            }
+        }
+    });
+    let (current, _) = tokio::join!(
+        download(&target, &store, &wal),
+        futures::future::join_all(prefetch)
+    );
+    match current? {
+        Some(raw) => {
+            write_file(dest, &raw).await?;
+            Ok(Fetched::Restored)
+        }
+        None => Ok(Fetched::Absent),
+    }
+}
+
+async fn clean_cache(dir: &Path, current: &str) {
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    while let Ok(Some(e)) = entries.next_entry().await {
+        if e.file_name().to_str().is_some_and(|n| n <= current) {
+            let _ = tokio::fs::remove_file(e.path()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn following_segments_cross_log_boundaries() {
+        let n = WalFileName::parse("0000000200000001000000FE").unwrap();
+        let next: Vec<String> = following(&n, 3)
+            .iter()
+            .map(|w| w.as_str().to_string())
+            .collect();
+        assert_eq!(
+            next,
+            [
+                "0000000200000001000000FF",
+                "000000020000000200000000",
+                "000000020000000200000001"
+            ]
+        );
+    }
+}

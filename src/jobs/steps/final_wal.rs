@@ -1,0 +1,64 @@
+//! A deprovision loses nothing: before the cluster is destroyed its database is closed, WAL is
+//! switched, and the step waits until that last segment is in the archive. If the archive
+//! cannot take it in time, the step fails and the instance is kept (and reopened), so that the
+//! delete can be retried once storage is back.
+
+use std::time::{Duration, Instant};
+
+use crate::archive::layout::{InstancePrefix, WalFileName};
+use crate::domain::SpaceGuid;
+use crate::jobs::{JobContext, StepError};
+use crate::runtime::ClusterStatus;
+use crate::store::{now_millis, InstanceRecord};
+
+pub async fn archive_final_wal(
+    ctx: &JobContext,
+    instance: &InstanceRecord,
+) -> Result<(), StepError> {
+    match ctx.runtime.status(&instance.id).await? {
+        // A provision that failed before the cluster existed: nothing was ever committed.
+        ClusterStatus::Absent => return Ok(()),
+        // Down (crashed, or the machine restarted): start it so the archiver pushes what is left.
+        ClusterStatus::Stopped => ctx.runtime.start(&instance.id).await?,
+        ClusterStatus::Running => {}
+    }
+    let Some((lsn, walfile)) = ctx
+        .runtime
+        .seal_wal(&instance.id, &instance.database_name)
+        .await?
+    else {
+        tracing::info!(instance = %instance.id, "cluster never archived; nothing to seal");
+        return Ok(());
+    };
+    let space = SpaceGuid::parse(instance.space_guid.clone()).map_err(StepError::transient)?;
+    let name =
+        WalFileName::parse(&walfile).map_err(|e| StepError::transient(anyhow::anyhow!(e)))?;
+    let key = InstancePrefix::new(&space, &instance.id).wal(&name);
+    let deadline =
+        Instant::now() + Duration::from_secs(ctx.settings.wal.final_archive_timeout_secs);
+    loop {
+        match ctx.archive.head(&key).await {
+            Ok(Some(_)) => break,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(instance = %instance.id, error = %e, "cannot check the archive; still waiting")
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(StepError::Permanent {
+                user_message: format!(
+                    "the last WAL ({walfile}) could not be archived within {} s, so the instance was NOT deleted and keeps running. \
+                     Check the archive storage, then delete the instance again",
+                    ctx.settings.wal.final_archive_timeout_secs
+                ),
+                source: anyhow::anyhow!("{key} not in the archive at the deadline"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ctx.store
+        .set_instance_final(&instance.id, &lsn, now_millis())
+        .await?;
+    tracing::info!(instance = %instance.id, lsn, walfile, "final WAL archived");
+    Ok(())
+}
