@@ -110,6 +110,7 @@ impl Application {
             runtime.clone(),
             metrics.clone(),
             Duration::from_secs(settings.supervisor.interval_secs),
+            Duration::from_secs(settings.wal.archive_timeout_secs),
         );
         let state = web::Data::new(AppState {
             broker,

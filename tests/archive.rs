@@ -322,3 +322,47 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+#[tokio::test]
+async fn a_commit_reaches_the_archive_within_the_archive_interval() {
+    // Tests use a 2 s interval; no manual WAL switch anywhere.
+    let app = spawn_app().await;
+    let id = app.provision_ready("steady").await;
+    let creds = app.bind_sync(&id, &new_id()).await;
+    let mut conn = connect(creds["uri"].as_str().unwrap()).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE t (n int); INSERT INTO t VALUES (1)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let committed_us = (sqlx::query("SELECT extract(epoch FROM clock_timestamp())::float8")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get::<f64, _>(0)
+        * 1e6) as i64;
+    let store = ObjectStore::local(&app.data_dir.join("archive")).unwrap();
+    let prefix = format!("spaces/{SPACE}/instances/{id}/wal/");
+    let started = Instant::now();
+    loop {
+        let mut newest = 0i64;
+        for o in store.list(&prefix).await.unwrap() {
+            if let Some(h) = store
+                .get_range(&o.key, 0..frame::HEADER_LEN as u64)
+                .await
+                .unwrap()
+            {
+                if let Some((_, last)) = frame::header(&h).unwrap().commits {
+                    newest = newest.max(last);
+                }
+            }
+        }
+        if newest >= committed_us - 1_000_000 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the commit was not archived within 30 s (interval 2 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

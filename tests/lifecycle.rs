@@ -359,3 +359,47 @@ async fn a_plan_change_applies_the_new_settings_and_a_rename_is_recorded() {
         .unwrap();
     assert_eq!(got["plan_id"], MEDIUM);
 }
+
+#[tokio::test]
+async fn two_brokers_share_one_postgresql_state_database() {
+    let base = std::env::var("WAYBACK_TEST_PG_URL").ok();
+    if !require("a PostgreSQL server in WAYBACK_TEST_PG_URL", base.is_some()) {
+        return;
+    }
+    let base = base.unwrap();
+    let db = format!("brokers_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = format!("{}/{db}", base.rsplit_once('/').unwrap().0);
+    // Two brokers, one state database, one archive; each has its own cluster directory, as
+    // brokers on one machine sharing a data directory would be a misconfiguration.
+    let a = spawn_app_with(|s| s.database_url = Some(url.clone().into())).await;
+    let b = spawn_app_with(|s| {
+        s.database_url = Some(url.clone().into());
+        s.broker.password = Some(a.password.clone().into());
+        s.data_dir = a.data_dir.clone();
+    })
+    .await;
+    let id = a.provision_ready("shared").await;
+    // B sees A's instance and its finished operation, and can bind it.
+    let (status, body) = b.poll_instance(&id, None).await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (StatusCode::OK, Some("succeeded")),
+        "{body}"
+    );
+    let creds = b.bind_sync(&id, &new_id()).await;
+    assert!(connect(creds["uri"].as_str().unwrap()).await.is_ok());
+    // A PUT of the same id through B is an identical repeat.
+    let r = b.put_instance(&id, &provision_body(SMALL, "shared")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    drop(b);
+    drop(a);
+    sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}

@@ -103,8 +103,9 @@ postmasters_under() {
         [[ $first == "$pid" ]] || continue
         for root in "$@"; do
             [[ -n $root ]] || continue
-            root=${root%/}
-            if [[ $cwd == "$root"/* ]]; then
+                        # A root ending in '-' is a name prefix (e.g. /tmp/wbt-: the tests' own roots).
+            [[ $root == *- ]] || root=${root%/}/
+            if [[ $cwd == "$root"* ]]; then
                 printf '%s\t%s\n' "$pid" "$cwd"
                 break
             fi

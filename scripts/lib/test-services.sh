@@ -197,7 +197,10 @@ test_services_stop() {
     test_pg_stop || true
     uid=$(id -u "$(cluster_user_name)" 2>/dev/null) || uid=
     if [[ -n $uid ]]; then
-        stop_postmasters_under "$uid" /tmp "$TEST_ORIG_TMPDIR" "$TEST_ROOT" || true
+                # Only directories the tests make: their roots (tests/common: /tmp/wbt-*) and this
+        # run's TEST_ROOT (TMPDIR points inside it). Never other /tmp clusters: a developer's
+        # benchmark or broker may be running beside the tests.
+        stop_postmasters_under "$uid" /tmp/wbt- "$TEST_ROOT" || true
     fi
     if [[ -n $TEST_ROOT && -d $TEST_ROOT ]]; then
         if [[ ${WAYBACK_KEEP_TEST_ROOT:-0} == 1 ]]; then

@@ -110,6 +110,10 @@ impl Runtime {
     ) -> Result<Option<(String, String)>, RuntimeError> {
         dispatch!(self, rt => rt.seal_wal(id, database).await)
     }
+    /// Completes the current WAL segment (a no-op when nothing was written since the last one).
+    pub async fn switch_wal(&self, id: &InstanceId) -> Result<String, RuntimeError> {
+        dispatch!(self, rt => rt.switch_wal(id).await)
+    }
     /// Opens `database` to connections again.
     pub async fn reopen_database(
         &self,

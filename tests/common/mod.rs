@@ -46,11 +46,13 @@ pub fn require(what: &str, present: bool) -> bool {
     false
 }
 
-/// A fresh, cluster-user-traversable directory for a test.
+/// A fresh, cluster-user-traversable directory for a test. Always directly under /tmp, not
+/// under $TMPDIR: a cluster's unix socket path (data dir + instance GUID + `.s.PGSQL.port`)
+/// must stay under the 107 bytes a socket address holds.
 pub fn test_root() -> tempfile::TempDir {
     let root = tempfile::Builder::new()
-        .prefix("wayback-test-")
-        .tempdir()
+        .prefix("wbt-")
+        .tempdir_in("/tmp")
         .expect("tempdir");
     std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     root
@@ -92,6 +94,12 @@ pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
     let password = format!("pw-{}", uuid::Uuid::new_v4());
     let mut settings = test_settings(&data_dir, &password);
     customise(&mut settings);
+    let password = settings
+        .broker
+        .password
+        .as_ref()
+        .map(|p| secrecy::ExposeSecret::expose_secret(p).to_string())
+        .unwrap_or(password);
     wayback::telemetry::init(&settings.log);
     let app = Application::build(settings)
         .await

@@ -161,6 +161,17 @@ impl LocalRuntime {
         Ok(Some((row[0].clone(), row[1].clone())))
     }
 
+    /// Completes the current WAL segment so the archiver takes it (PostgreSQL does nothing when
+    /// no WAL was written since the last switch). Returns the LSN after the switch.
+    pub async fn switch_wal(&self, id: &InstanceId) -> Result<String, RuntimeError> {
+        let options = self.admin_options(id).await?;
+        let mut conn = crate::pg::sql::connect(&options, "template1")
+            .await
+            .map_err(rt)?;
+        let row = fetch_strings(&mut conn, "SELECT pg_switch_wal()::text", "switch WAL").await?;
+        Ok(row[0].clone())
+    }
+
     /// Opens `database` to connections again (a deprovision that could not archive gave up).
     pub async fn reopen_database(
         &self,
