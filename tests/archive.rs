@@ -282,7 +282,7 @@ async fn wal_push_and_fetch_keep_the_archive_rules() {
     down.storage.url = "s3://wayback/none".into();
     down.storage.endpoint = Some(format!("http://127.0.0.1:{}", free_port()));
     down.storage.access_key_id = Some("k".into());
-    down.storage.secret_access_key = Some("s".into());
+    down.storage.secret_access_key = Some("s".to_string().into());
     down.fetch_retry_secs = 2;
     let td = write_target(dir, "down.json", &down);
     let started = Instant::now();

@@ -4,16 +4,17 @@
 
 use std::path::Path;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use super::ArchiveError;
 use crate::storage::StorageSettings;
 
 /// Where an instance archives, and (while it restores) where it reads from.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ArchiveTarget {
-    pub storage: StorageFile,
+    /// Where the archive is (the secret written in clear: the file is private).
+    pub storage: StorageSettings,
     /// This instance's prefix (`spaces/<space>/instances/<id>`): the only one it writes.
     pub prefix: String,
     /// The cluster's system identifier: WAL of any other cluster is refused.
@@ -39,74 +40,24 @@ pub struct RestoreSource {
     pub system_identifier: u64,
 }
 
-/// The storage settings as written to the target file (the secret in clear: the file is
-/// private to the cluster's OS user).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct StorageFile {
-    pub url: String,
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
-    pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
-    pub force_path_style: bool,
-    pub allow_http: bool,
-    pub connect_timeout_ms: u64,
-    pub attempt_timeout_secs: u64,
-    pub max_attempts: u32,
-    pub part_size_mib: usize,
-    pub upload_concurrency: usize,
-}
-
-impl StorageFile {
-    /// Captures settings, with the AWS_* environment resolved now: PostgreSQL runs the
-    /// archiver with its own environment, not the broker's.
-    pub fn from_settings(s: &StorageSettings) -> Self {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        Self {
-            url: s.url.clone(),
-            endpoint: s
-                .endpoint
-                .clone()
-                .or_else(|| env("AWS_ENDPOINT_URL_S3"))
-                .or_else(|| env("AWS_ENDPOINT_URL")),
-            region: s
-                .region
-                .clone()
-                .or_else(|| env("AWS_REGION"))
-                .or_else(|| env("AWS_DEFAULT_REGION")),
-            access_key_id: s.access_key_id.clone().or_else(|| env("AWS_ACCESS_KEY_ID")),
-            secret_access_key: s
-                .secret_access_key
-                .as_ref()
-                .map(|k| k.expose_secret().to_string())
-                .or_else(|| env("AWS_SECRET_ACCESS_KEY")),
-            force_path_style: s.force_path_style,
-            allow_http: s.allow_http,
-            connect_timeout_ms: s.connect_timeout_ms,
-            attempt_timeout_secs: s.attempt_timeout_secs,
-            max_attempts: s.max_attempts,
-            part_size_mib: s.part_size_mib,
-            upload_concurrency: s.upload_concurrency,
-        }
-    }
-
-    pub fn to_settings(&self) -> StorageSettings {
-        StorageSettings {
-            url: self.url.clone(),
-            endpoint: self.endpoint.clone(),
-            region: self.region.clone(),
-            access_key_id: self.access_key_id.clone(),
-            secret_access_key: self.secret_access_key.clone().map(SecretString::from),
-            force_path_style: self.force_path_style,
-            allow_http: self.allow_http,
-            connect_timeout_ms: self.connect_timeout_ms,
-            attempt_timeout_secs: self.attempt_timeout_secs,
-            max_attempts: self.max_attempts,
-            part_size_mib: self.part_size_mib,
-            upload_concurrency: self.upload_concurrency,
-            ..StorageSettings::default()
-        }
-    }
+/// The storage settings with the AWS_* environment captured now: PostgreSQL runs the archiver
+/// with its own environment, not the broker's.
+pub fn capture_environment(s: &StorageSettings) -> StorageSettings {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let mut s = s.clone();
+    s.endpoint = s
+        .endpoint
+        .or_else(|| env("AWS_ENDPOINT_URL_S3"))
+        .or_else(|| env("AWS_ENDPOINT_URL"));
+    s.region = s
+        .region
+        .or_else(|| env("AWS_REGION"))
+        .or_else(|| env("AWS_DEFAULT_REGION"));
+    s.access_key_id = s.access_key_id.or_else(|| env("AWS_ACCESS_KEY_ID"));
+    s.secret_access_key = s
+        .secret_access_key
+        .or_else(|| env("AWS_SECRET_ACCESS_KEY").map(SecretString::from));
+    s
 }
 
 impl ArchiveTarget {
@@ -117,7 +68,7 @@ impl ArchiveTarget {
         id: &crate::domain::InstanceId,
     ) -> Self {
         Self {
-            storage: StorageFile::from_settings(&settings.archive),
+            storage: capture_environment(&settings.archive),
             prefix: super::layout::InstancePrefix::new(space, id)
                 .as_str()
                 .to_string(),
@@ -159,8 +110,6 @@ impl ArchiveTarget {
     }
 
     pub fn open_store(&self) -> Result<crate::storage::ObjectStore, ArchiveError> {
-        Ok(crate::storage::ObjectStore::open(
-            &self.storage.to_settings(),
-        )?)
+        Ok(crate::storage::ObjectStore::open(&self.storage)?)
     }
 }

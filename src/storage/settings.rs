@@ -15,14 +15,23 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secrecy::SecretString;
-use serde::Deserialize;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::error::StorageError;
 use super::key::normalize_root_prefix;
 
+/// Writes the secret in clear. Used only for the archive target file, which is private (0600)
+/// to the cluster's OS user: PostgreSQL's archiver must be able to read the key.
+fn expose<S: Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    secret
+        .as_ref()
+        .map(|k| k.expose_secret().to_string())
+        .serialize(s)
+}
+
 /// How to reach object storage.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageSettings {
     /// `s3://bucket/prefix` or `file:///absolute/dir`. The broker defaults it with
@@ -36,6 +45,7 @@ pub struct StorageSettings {
     /// Default: `AWS_ACCESS_KEY_ID`.
     pub access_key_id: Option<String>,
     /// Default: `AWS_SECRET_ACCESS_KEY`.
+    #[serde(serialize_with = "expose")]
     pub secret_access_key: Option<SecretString>,
     /// Address buckets as `endpoint/bucket/key` rather than `bucket.endpoint/key`. Garage,
     /// MinIO and s3s-fs need it; AWS accepts it.
