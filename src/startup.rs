@@ -79,12 +79,14 @@ impl Application {
             .check()
             .await
             .with_context(|| format!("reach the archive at {}", archive.location("")))?;
+        let wayback_bin = match &settings.wal.wayback_bin {
+            Some(p) => p.clone(),
+            None => {
+                std::env::current_exe().context("find the wayback binary for archive_command")?
+            }
+        };
         let archive_command = crate::runtime::ArchiveCommand {
-            wayback_bin: match &settings.wal.wayback_bin {
-                Some(p) => p.clone(),
-                None => std::env::current_exe()
-                    .context("find the wayback binary for archive_command")?,
-            },
+            wayback_bin: stage_binary(&wayback_bin, &data_dir)?,
             archive_timeout_secs: settings.wal.archive_timeout_secs,
         };
         let settings = Arc::new(settings);
@@ -192,6 +194,27 @@ impl Application {
         tracing::info!("wayback broker stopped");
         served.context("HTTP server")
     }
+}
+
+/// Puts the `wayback` binary where the clusters' OS user can run it: `<data_dir>/bin/wayback`
+/// (a hard link, or a copy across file systems). PostgreSQL runs archive_command as that user,
+/// and the binary's own location (a build tree under /root, say) may be closed to it. Renewed
+/// at every start, so an upgraded broker archives with the new binary.
+fn stage_binary(binary: &Path, data_dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let dir = data_dir.join("bin");
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    let staged = dir.join("wayback");
+    // A name of our own: another broker sharing the directory may be staging at the same time,
+    // and copying onto a link to the source would truncate the source.
+    let tmp = dir.join(format!("wayback.new.{}", uuid::Uuid::new_v4().simple()));
+    if std::fs::hard_link(binary, &tmp).is_err() {
+        std::fs::copy(binary, &tmp)
+            .with_context(|| format!("copy {} to {}", binary.display(), tmp.display()))?;
+    }
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, &staged).with_context(|| format!("install {}", staged.display()))?;
+    Ok(staged)
 }
 
 /// The configured broker password, or one generated once into `<data_dir>/broker-password`
