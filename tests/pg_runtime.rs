@@ -47,7 +47,7 @@ async fn admin(t: &TestRuntime, id: &InstanceId, db: &str) -> PgConnection {
 }
 
 async fn show(t: &TestRuntime, id: &InstanceId, name: &str) -> String {
-    let mut c = admin(t, id, "postgres").await;
+    let mut c = admin(t, id, "template1").await;
     sqlx::query_scalar(&format!("SHOW {name}"))
         .fetch_one(&mut c)
         .await
@@ -231,18 +231,26 @@ async fn template_copies_have_their_own_identity() {
         spec("copy-a", free_port(), &[]),
         spec("copy-b", free_port(), &[]),
     );
+    // A template of an earlier revision is not used, and goes.
+    let old = t.data_dir().join("template/pg15/pgdata");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("PG_VERSION"), "15\n").unwrap();
     // Concurrent creates: the template is made once.
     let (ra, rb) = tokio::join!(t.runtime.create_cluster(&a), t.runtime.create_cluster(&b));
     ra.unwrap();
     rb.unwrap();
-    let template =
-        std::fs::read(t.data_dir().join("template/pg15/pgdata/global/pg_control")).unwrap();
+    assert!(!t.data_dir().join("template/pg15").exists());
+    let template = std::fs::read(
+        t.data_dir()
+            .join("template/pg15-r2/pgdata/global/pg_control"),
+    )
+    .unwrap();
     let template_id = u64::from_ne_bytes(template[..8].try_into().unwrap());
     let mut ids = vec![template_id];
     for s in [&a, &b] {
         t.runtime.start(&s.instance).await.unwrap();
         let on_disk = t.local.system_identifier(&s.instance).unwrap();
-        let mut c = admin(&t, &s.instance, "postgres").await;
+        let mut c = admin(&t, &s.instance, "template1").await;
         let live: i64 = sqlx::query_scalar("SELECT system_identifier FROM pg_control_system()")
             .fetch_one(&mut c)
             .await
@@ -258,6 +266,168 @@ async fn template_copies_have_their_own_identity() {
         std::fs::read_to_string(t.data_dir().join(format!("clusters/{id}/admin-password"))).unwrap()
     };
     assert_ne!(pw("copy-a"), pw("copy-b"));
+}
+
+/// What `ensure_database` promises, comparable across clusters: who owns the database and may
+/// connect to it, what the owner role may do, and who owns `public` in it.
+async fn app_state(t: &TestRuntime, id: &InstanceId, db: &str, owner: &str) -> Vec<String> {
+    let mut c = admin(t, id, "template1").await;
+    let (dba, acl): (String, String) = sqlx::query_as(
+        "SELECT pg_get_userbyid(datdba)::text, datacl::text FROM pg_database WHERE datname = $1",
+    )
+    .bind(db)
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    let role: String = sqlx::query_scalar(
+        "SELECT format('login=%s super=%s createdb=%s createrole=%s inherit=%s',
+                rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolinherit)
+         FROM pg_roles WHERE rolname = $1",
+    )
+    .bind(owner)
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    let mut c = admin(t, id, db).await;
+    let (nsp_owner, nsp_acl): (String, String) = sqlx::query_as(
+        "SELECT pg_get_userbyid(nspowner)::text, coalesce(nspacl::text, '')
+         FROM pg_namespace WHERE nspname = 'public'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    // The ACLs name the owner by name, which is the same in both clusters.
+    vec![dba, acl, role, nsp_owner, nsp_acl]
+}
+
+async fn databases(t: &TestRuntime, id: &InstanceId) -> Vec<String> {
+    let mut c = admin(t, id, "template1").await;
+    sqlx::query_scalar("SELECT datname::text FROM pg_database ORDER BY datname")
+        .fetch_all(&mut c)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_template_copy_comes_with_the_app_database_made_as_ensure_database_makes_it() {
+    use wayback::pg::{APP_DATABASE, APP_OWNER};
+    if !pg_available() {
+        return;
+    }
+    // The reference: a plain initdb cluster, where ensure_database does all the work over SQL.
+    let plain = TestRuntime::new(false);
+    let p = spec("app-plain", free_port(), &[]);
+    plain.runtime.create_cluster(&p).await.unwrap();
+    plain.runtime.start(&p.instance).await.unwrap();
+    plain
+        .runtime
+        .ensure_database(&p.instance, APP_DATABASE, APP_OWNER)
+        .await
+        .unwrap();
+    let expected = app_state(&plain, &p.instance, APP_DATABASE, APP_OWNER).await;
+    assert!(
+        expected[1].contains("app_owner=CTc/app_owner"),
+        "{expected:?}"
+    );
+    assert!(
+        !expected[1].contains("=Tc/"),
+        "PUBLIC may not connect: {expected:?}"
+    );
+
+    let t = TestRuntime::new(true);
+    let s = spec("app-copy", free_port(), &[]);
+    let id = s.instance.clone();
+    t.runtime.create_cluster(&s).await.unwrap();
+    t.runtime.start(&id).await.unwrap();
+    assert_eq!(
+        databases(&t, &id).await,
+        ["app", "template0", "template1"],
+        "no postgres database in a template copy"
+    );
+    assert_eq!(app_state(&t, &id, APP_DATABASE, APP_OWNER).await, expected);
+    // Found made, so left alone: a GRANT or REVOKE would give the catalog row a new xmin.
+    let row_version = || async {
+        let mut c = admin(&t, &id, "template1").await;
+        sqlx::query_scalar::<_, String>("SELECT xmin::text FROM pg_database WHERE datname = 'app'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    };
+    let before = row_version().await;
+    for _ in 0..2 {
+        t.runtime
+            .ensure_database(&id, APP_DATABASE, APP_OWNER)
+            .await
+            .unwrap();
+        assert_eq!(app_state(&t, &id, APP_DATABASE, APP_OWNER).await, expected);
+    }
+    assert_eq!(
+        row_version().await,
+        before,
+        "ensure_database changed nothing"
+    );
+
+    // Anything found different is put right, not taken as made.
+    let mut su = admin(&t, &id, "template1").await;
+    sqlx::query("GRANT CONNECT ON DATABASE app TO PUBLIC")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    t.runtime
+        .ensure_database(&id, APP_DATABASE, APP_OWNER)
+        .await
+        .unwrap();
+    assert_eq!(app_state(&t, &id, APP_DATABASE, APP_OWNER).await, expected);
+    let mut app = admin(&t, &id, APP_DATABASE).await;
+    sqlx::query("ALTER SCHEMA public OWNER TO wayback_admin")
+        .execute(&mut app)
+        .await
+        .unwrap();
+    t.runtime
+        .ensure_database(&id, APP_DATABASE, APP_OWNER)
+        .await
+        .unwrap();
+    assert_eq!(app_state(&t, &id, APP_DATABASE, APP_OWNER).await, expected);
+
+    // Other names still work on a copy: made over SQL, the same way.
+    t.runtime
+        .ensure_database(&id, "other", "other_owner")
+        .await
+        .unwrap();
+    let other = app_state(&t, &id, "other", "other_owner").await;
+    let renamed: Vec<String> = expected
+        .iter()
+        .map(|v| v.replace("app_owner", "other_owner"))
+        .collect();
+    assert_eq!(other, renamed);
+}
+
+#[tokio::test]
+async fn a_refused_plan_setting_fails_a_template_copy_permanently() {
+    if !pg_available() {
+        return;
+    }
+    let t = TestRuntime::new(true);
+    // shared_buffers is overridden for the single-user run, and must be checked all the same.
+    for (name, value) in [
+        ("work_mem", "lots"),
+        ("shared_buffers", "lots"),
+        ("no_such_setting", "1"),
+    ] {
+        let s = spec("refused-1", free_port(), &[(name, value)]);
+        let err = t.runtime.create_cluster(&s).await.unwrap_err();
+        assert!(err.is_permanent(), "{name}: {err}");
+        assert!(err.to_string().contains(name), "{name}: {err}");
+        assert_eq!(
+            t.runtime.status(&s.instance).await.unwrap(),
+            ClusterStatus::Absent,
+            "{name}"
+        );
+    }
+    let s = spec("refused-1", free_port(), &[("work_mem", "8MB")]);
+    t.runtime.create_cluster(&s).await.unwrap();
+    t.runtime.start(&s.instance).await.unwrap();
+    assert_eq!(show(&t, &s.instance, "work_mem").await, "8MB");
 }
 
 #[tokio::test]
@@ -311,7 +481,11 @@ async fn plain_initdb_works_and_bad_plans_are_refused() {
     t.runtime.start(&s.instance).await.unwrap();
     assert_eq!(show(&t, &s.instance, "max_connections").await, "50");
     assert!(
-        !t.data_dir().join("template/pg15").exists(),
+        !t.data_dir()
+            .join("template")
+            .read_dir()
+            .unwrap()
+            .any(|_| true),
         "no template without use_template"
     );
 }

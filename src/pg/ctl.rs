@@ -40,23 +40,27 @@ pub async fn check_config(tools: &Tools, pgdata: &Path) -> Result<(), PgError> {
     if out.success {
         return Ok(());
     }
-    let complaints: Vec<&str> = out
-        .stderr
+    Err(
+        refused_settings(&out.stderr).unwrap_or_else(|| PgError::Command {
+            what: format!("check the configuration of {}", pgdata.display()),
+            command: format!("postgres -D {} -C port", pgdata.display()),
+            status: out.status.clone(),
+            output: out.tail(),
+        }),
+    )
+}
+
+/// The [`PgError::InvalidSetting`] that quotes what a server which would not start said about
+/// its configuration files, if that is why (`output` is its stderr).
+pub fn refused_settings(output: &str) -> Option<PgError> {
+    let complaints: Vec<&str> = output
         .lines()
         .filter(|l| {
             l.contains("invalid value for parameter") || l.contains("configuration parameter")
         })
         .map(|l| l.split_once("LOG:").map_or(l, |(_, msg)| msg).trim())
         .collect();
-    if complaints.is_empty() {
-        return Err(PgError::Command {
-            what: format!("check the configuration of {}", pgdata.display()),
-            command: format!("postgres -D {} -C port", pgdata.display()),
-            status: out.status.clone(),
-            output: out.tail(),
-        });
-    }
-    Err(PgError::InvalidSetting {
+    (!complaints.is_empty()).then(|| PgError::InvalidSetting {
         name: "plan settings".into(),
         reason: format!("PostgreSQL refuses them: {}", complaints.join("; ")),
     })
@@ -77,7 +81,7 @@ pub async fn is_ready(tools: &Tools, socket_dir: &Path, port: u16) -> Result<boo
             "-U",
             SUPERUSER,
             "-d",
-            "postgres",
+            super::sql::ADMIN_DATABASE,
         ])
         .timeout(Duration::from_secs(10))
         .output()

@@ -161,6 +161,38 @@ pub fn sync_filesystem(path: &Path) -> io::Result<()> {
     nix::unistd::syncfs(f.as_raw_fd()).map_err(io::Error::from)
 }
 
+/// Marks `dir` as the top of unrelated directory trees (`chattr +T`, `FS_TOPDIR_FL`): ext2/3/4's
+/// Orlov allocator then puts each new subdirectory (one cluster) in a block group of its own
+/// instead of next to its siblings. Why: ext4 without a journal skips, inode by inode, every inode
+/// of a group freed in the last minutes (`recently_deleted()`), so where clusters are made and
+/// removed side by side one file creation cost 0.35 ms instead of 0.015 ms (BENCHMARKS.md).
+/// Returns `Ok(false)` where the file system has no such flag (XFS, btrfs, tmpfs).
+pub fn mark_top_directory(dir: &Path) -> io::Result<bool> {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
+    let unsupported = |e: io::Error| match e.raw_os_error() {
+        Some(libc::ENOTTY | libc::EOPNOTSUPP | libc::EINVAL) => Ok(false),
+        _ => Err(e),
+    };
+    let dir = File::open(dir)?;
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int through the pointer, which outlives the call
+    // (the kernel's ext4/xfs/btrfs handlers all use an int despite the ioctl's declared long).
+    if unsafe { libc::ioctl(dir.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) } != 0 {
+        return unsupported(io::Error::last_os_error());
+    }
+    if flags & FS_TOPDIR_FL != 0 {
+        return Ok(true);
+    }
+    flags |= FS_TOPDIR_FL;
+    // SAFETY: FS_IOC_SETFLAGS reads one int through the pointer, which outlives the call.
+    if unsafe { libc::ioctl(dir.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) } != 0 {
+        return unsupported(io::Error::last_os_error());
+    }
+    Ok(true)
+}
+
 /// The first directory from the root down to `dir` that `uid`/`gid` cannot enter, if any.
 /// Only the "other" and matching owner/group execute bits are considered (no ACLs).
 pub fn first_untraversable(

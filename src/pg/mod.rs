@@ -32,6 +32,12 @@ pub use process::{RunAs, Tools};
 /// per instance in a file only the broker's user can read.
 pub const SUPERUSER: &str = "wayback_admin";
 
+/// The application database a new instance gets and its NOLOGIN owner role: the template is made
+/// with them ([`initdb::build_template`]). Other names work too, at the cost of a `CREATE
+/// DATABASE` per instance ([`sql::ensure_database`]).
+pub const APP_DATABASE: &str = "app";
+pub const APP_OWNER: &str = "app_owner";
+
 /// Where one cluster's files are; the runtime decides the layout.
 #[derive(Debug, Clone)]
 pub struct ClusterDirs {

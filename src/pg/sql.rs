@@ -1,6 +1,11 @@
 //! SQL administration of a cluster, as its superuser over the unix socket: the app database and
 //! its NOLOGIN owner role, login roles for bindings, reloading settings.
 //!
+//! Administrative sessions use `template1` ([`ADMIN_DATABASE`]): it exists in every cluster,
+//! while a template copy has no `postgres` database (see [`initdb`](super::initdb)). Databases we
+//! create are copied from `template0`, so a session in `template1` never makes `CREATE DATABASE`
+//! fail with "source database is being accessed by other users".
+//!
 //! The model: an instance's objects belong to one NOLOGIN *owner role*. Each binding gets a LOGIN
 //! role that is a member of it and whose sessions start with `SET ROLE owner` (a per-role
 //! setting), so tables an app creates are owned by the owner role and survive unbind. Passwords
@@ -19,6 +24,9 @@ use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
 use super::{scram, PgError, SUPERUSER};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The database administrative sessions connect to; present in every cluster.
+pub const ADMIN_DATABASE: &str = "template1";
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connection options for the superuser over the unix socket in `socket_dir`.
@@ -28,7 +36,7 @@ pub fn admin_options(socket_dir: &Path, port: u16, password: &SecretString) -> P
         .port(port)
         .username(SUPERUSER)
         .password(password.expose_secret())
-        .database("postgres")
+        .database(ADMIN_DATABASE)
         .ssl_mode(PgSslMode::Disable)
         .application_name("wayback")
         .disable_statement_logging()
@@ -66,7 +74,8 @@ pub fn quote_ident(what: &'static str, name: &str) -> Result<String, PgError> {
     if name.contains('\0') {
         return bad("it must not contain NUL");
     }
-    if name == SUPERUSER || name.starts_with("pg_") || name == "postgres" || name == "public" {
+    let reserved = [SUPERUSER, "postgres", "public", "template0", "template1"];
+    if reserved.contains(&name) || name.starts_with("pg_") {
         return bad("the name is reserved");
     }
     Ok(quote_ident_unchecked(name))
@@ -118,72 +127,114 @@ async fn role_exists(conn: &mut PgConnection, role: &str) -> Result<bool, PgErro
         .map_err(sql_err(format!("look up role {role:?}")))
 }
 
-/// Creates the NOLOGIN `owner` role and `database` owned by it; only the owner (and so its
-/// members) may connect, and it owns the `public` schema.
+/// The statements that make `database` and its NOLOGIN `owner` role: `shared` run in another
+/// database of the cluster (roles and databases are cluster-wide), `local` inside `database`.
+/// The template is made with them ([`initdb::build_template`](super::initdb::build_template)),
+/// and [`ensure_database`] runs them where they are missing, so the two cannot drift apart.
+#[derive(Debug, Clone)]
+pub struct AppDatabaseSql {
+    pub create_role: String,
+    pub create_database: String,
+    pub shared: Vec<String>,
+    pub local: Vec<String>,
+}
+
+/// See [`AppDatabaseSql`]. Only the owner (and so its members) may connect; it owns `public`.
+pub fn app_database_sql(database: &str, owner: &str) -> Result<AppDatabaseSql, PgError> {
+    let (db_q, owner_q) = (
+        quote_ident("database", database)?,
+        quote_ident("role", owner)?,
+    );
+    Ok(AppDatabaseSql {
+        create_role: format!("CREATE ROLE {owner_q} NOLOGIN"),
+        create_database: format!("CREATE DATABASE {db_q} OWNER {owner_q} TEMPLATE template0"),
+        shared: vec![
+            format!("ALTER DATABASE {db_q} OWNER TO {owner_q}"),
+            format!("REVOKE CONNECT, TEMPORARY ON DATABASE {db_q} FROM PUBLIC"),
+            format!("GRANT CONNECT, TEMPORARY ON DATABASE {db_q} TO {owner_q}"),
+        ],
+        local: vec![format!("ALTER SCHEMA public OWNER TO {owner_q}")],
+    })
+}
+
+/// True when, seen from a session in `database`, everything [`app_database_sql`] makes is in
+/// place: the role, the database owned by it, no CONNECT or TEMPORARY for PUBLIC but both for
+/// the owner, and `public` owned by the owner. (`has_database_privilege` is true if *any* listed
+/// privilege is held, hence one call per privilege.)
+async fn app_database_ready(
+    conn: &mut PgConnection,
+    database: &str,
+    owner: &str,
+) -> Result<bool, PgError> {
+    sqlx::query_scalar::<_, bool>(
+        "SELECT coalesce((
+             SELECT d.datdba = r.oid
+                AND NOT has_database_privilege('public', d.oid, 'CONNECT')
+                AND NOT has_database_privilege('public', d.oid, 'TEMPORARY')
+                AND has_database_privilege(r.oid, d.oid, 'CONNECT')
+                AND has_database_privilege(r.oid, d.oid, 'TEMPORARY')
+                AND (SELECT nspowner FROM pg_namespace WHERE nspname = 'public') = r.oid
+             FROM pg_database d, pg_roles r
+             WHERE d.datname = $1 AND r.rolname = $2 AND d.datname = current_database()
+         ), false)",
+    )
+    .bind(database)
+    .bind(owner)
+    .fetch_one(conn)
+    .await
+    .map_err(sql_err(format!("check database {database:?}")))
+}
+
+/// Makes `database` and its NOLOGIN `owner` role as [`app_database_sql`] says, or finds them
+/// made. A template copy already has them, so the common case is one connection and one query,
+/// with no DDL and so no WAL; anything missing or different is (re)done, idempotently.
 pub async fn ensure_database(
     opts: &PgConnectOptions,
     database: &str,
     owner: &str,
 ) -> Result<(), PgError> {
-    let (db_q, owner_q) = (
-        quote_ident("database", database)?,
-        quote_ident("role", owner)?,
-    );
-    let mut conn = connect(opts, "postgres").await?;
+    let sql = app_database_sql(database, owner)?;
+    match connect(opts, database).await {
+        Ok(mut conn) => {
+            let ready = app_database_ready(&mut conn, database, owner).await;
+            let _ = conn.close().await;
+            if ready? {
+                return Ok(());
+            }
+        }
+        // 3D000: no such database yet. Anything else (e.g. connections not allowed) is
+        // reported by the full path below, which also connects to it.
+        Err(PgError::Sql {
+            source: sqlx::Error::Database(e),
+            ..
+        }) if e.code().as_deref() == Some("3D000") => {}
+        Err(e) => return Err(e),
+    }
+    let mut conn = connect(opts, ADMIN_DATABASE).await?;
     if !role_exists(&mut conn, owner).await? {
-        exec_create(
+        exec_create(&mut conn, &sql.create_role, "create owner role").await?;
+    }
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(database)
+        .fetch_optional(&mut conn)
+        .await
+        .map_err(sql_err(format!("look up database {database:?}")))?;
+    if exists.is_none() {
+        exec_create(&mut conn, &sql.create_database, "create database").await?;
+    }
+    for statement in &sql.shared {
+        exec(
             &mut conn,
-            &format!("CREATE ROLE {owner_q} NOLOGIN"),
-            "create owner role",
+            statement,
+            "set the database's owner and privileges",
         )
         .await?;
     }
-    let current: Option<String> = sqlx::query_scalar(
-        "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
-    )
-    .bind(database)
-    .fetch_optional(&mut conn)
-    .await
-    .map_err(sql_err(format!("look up database {database:?}")))?;
-    match current {
-        None => {
-            exec_create(
-                &mut conn,
-                &format!("CREATE DATABASE {db_q} OWNER {owner_q}"),
-                "create database",
-            )
-            .await?
-        }
-        Some(o) if o != owner => {
-            exec(
-                &mut conn,
-                &format!("ALTER DATABASE {db_q} OWNER TO {owner_q}"),
-                "change database owner",
-            )
-            .await?
-        }
-        Some(_) => {}
-    }
-    exec(
-        &mut conn,
-        &format!("REVOKE CONNECT, TEMPORARY ON DATABASE {db_q} FROM PUBLIC"),
-        "revoke connect",
-    )
-    .await?;
-    exec(
-        &mut conn,
-        &format!("GRANT CONNECT, TEMPORARY ON DATABASE {db_q} TO {owner_q}"),
-        "grant connect",
-    )
-    .await?;
     let _ = conn.close().await;
     let mut conn = connect(opts, database).await?;
-    exec(
-        &mut conn,
-        &format!("ALTER SCHEMA public OWNER TO {owner_q}"),
-        "give the public schema to the owner",
-    )
-    .await?;
+    for statement in &sql.local {
+        exec(&mut conn, statement, "give the public schema to the owner").await?;
+    }
     let _ = conn.close().await;
     Ok(())
 }
@@ -197,7 +248,7 @@ pub async fn create_login_role(
 ) -> Result<(), PgError> {
     let (role_q, owner_q) = (quote_ident("role", role)?, quote_ident("role", owner)?);
     let pw = quote_literal(&scram::verifier(password)?);
-    let mut conn = connect(opts, "postgres").await?;
+    let mut conn = connect(opts, ADMIN_DATABASE).await?;
     let alter = format!("ALTER ROLE {role_q} WITH LOGIN INHERIT PASSWORD {pw}");
     if role_exists(&mut conn, role).await? {
         exec(&mut conn, &alter, "reset the login role's password").await?;
@@ -234,7 +285,7 @@ pub async fn drop_login_role(
     owner: &str,
 ) -> Result<(), PgError> {
     let (role_q, owner_q) = (quote_ident("role", role)?, quote_ident("role", owner)?);
-    let mut conn = connect(opts, "postgres").await?;
+    let mut conn = connect(opts, ADMIN_DATABASE).await?;
     if !role_exists(&mut conn, role).await? {
         return Ok(());
     }
@@ -282,7 +333,7 @@ pub async fn drop_login_role(
 /// files (its `pg_conf_load_time()` moves) before reading `pending_restart`, else we could read
 /// the state from before the reload.
 pub async fn reload(opts: &PgConnectOptions) -> Result<Vec<String>, PgError> {
-    let mut conn = connect(opts, "postgres").await?;
+    let mut conn = connect(opts, ADMIN_DATABASE).await?;
     let before: String = sqlx::query_scalar("SELECT pg_conf_load_time()::text")
         .fetch_one(&mut conn)
         .await

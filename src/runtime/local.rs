@@ -117,7 +117,7 @@ impl LocalRuntime {
         // A placement hint that makes creating a cluster's ~1000 files much cheaper on some
         // file systems (see `mark_top_directory`); clusters work the same without it.
         let clusters = self.layout.clusters();
-        if std::env::var_os("WB_NO_TOPDIR").is_some() { /* EXPERIMENT */ } else if let Err(e) = fsutil::mark_top_directory(&clusters) {
+        if let Err(e) = fsutil::mark_top_directory(&clusters) {
             tracing::warn!(dir = %clusters.display(), error = %e, "cannot mark the clusters directory as a top directory (chattr +T); creating clusters may be slower");
         }
         if run_as.switch {
@@ -153,6 +153,14 @@ impl LocalRuntime {
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "made the template data directory"
                     );
+                }
+                for old in self.layout.obsolete_templates() {
+                    if old.exists() {
+                        match std::fs::remove_dir_all(&old) {
+                            Ok(()) => tracing::info!(dir = %old.display(), "removed an obsolete template"),
+                            Err(e) => tracing::warn!(dir = %old.display(), error = %e, "cannot remove an obsolete template"),
+                        }
+                    }
                 }
                 Ok::<(), PgError>(())
             })

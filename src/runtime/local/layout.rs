@@ -1,7 +1,7 @@
 //! Where the local runtime keeps things under `data_dir` — pure path arithmetic, no I/O.
 //!
 //! ```text
-//! <data_dir>/template/pg15/pgdata         the template data directory (made once)
+//! <data_dir>/template/pg15-r2/pgdata      the template data directory (made once per revision)
 //! <data_dir>/clusters/<instance>/          root-owned 0711 when the broker is root
 //!     pgdata/                              0700, the cluster user's
 //!     pgdata.partial/                      a data directory being made; renamed to pgdata
@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::domain::InstanceId;
-use crate::pg::{binaries::MAJOR, ClusterDirs};
+use crate::pg::{binaries::MAJOR, initdb::TEMPLATE_REVISION, ClusterDirs};
 
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -39,9 +39,19 @@ impl Layout {
     pub fn templates(&self) -> PathBuf {
         self.root.join("template")
     }
-    /// The template directory for this major version; its data directory is `pgdata/` inside.
+    /// The template directory for this major version and template revision; its data directory
+    /// is `pgdata/` inside.
     pub fn template(&self) -> PathBuf {
-        self.templates().join(format!("pg{MAJOR}"))
+        self.templates()
+            .join(format!("pg{MAJOR}-r{TEMPLATE_REVISION}"))
+    }
+    /// Templates of earlier revisions this version no longer uses (revision 1 had no suffix).
+    pub fn obsolete_templates(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![self.templates().join(format!("pg{MAJOR}"))];
+        dirs.extend(
+            (2..TEMPLATE_REVISION).map(|r| self.templates().join(format!("pg{MAJOR}-r{r}"))),
+        );
+        dirs
     }
     pub fn template_pgdata(&self) -> PathBuf {
         self.template().join("pgdata")
@@ -97,7 +107,11 @@ mod tests {
         );
         assert_eq!(
             l.template_pgdata(),
-            Path::new("/var/lib/wayback/template/pg15/pgdata")
+            Path::new("/var/lib/wayback/template/pg15-r2/pgdata")
+        );
+        assert_eq!(
+            l.obsolete_templates(),
+            [Path::new("/var/lib/wayback/template/pg15")]
         );
         assert_eq!(
             l.password_file(&id),
