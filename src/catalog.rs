@@ -78,6 +78,73 @@ pub struct Plan {
     pub settings: BTreeMap<String, String>,
     /// The plan's `maintenance_info.version`, if it declares one.
     pub maintenance_version: Option<String>,
+    /// How the plan's instances are archived (`metadata.wayback.archive`).
+    pub archive: ArchivePolicy,
+}
+
+/// A plan's archive policy, from `metadata.wayback.archive`; every field is optional.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchivePolicy {
+    /// A commit reaches the archive within this many seconds; absent: the broker's
+    /// `wal.archive_timeout_secs`.
+    pub archive_interval_secs: Option<u64>,
+    /// A base backup is taken when the newest is this old.
+    pub base_backup_every_hours: u64,
+    /// A base backup is also taken once the WAL archived since the newest one passes this share
+    /// of the database's size, so that a restore never replays much more than it copies.
+    pub base_backup_wal_share: f64,
+    /// Point-in-time restore reaches back this many days; older backups and WAL are pruned.
+    pub recovery_window_days: u64,
+}
+
+impl Default for ArchivePolicy {
+    fn default() -> Self {
+        Self {
+            archive_interval_secs: None,
+            base_backup_every_hours: 24,
+            base_backup_wal_share: 0.5,
+            recovery_window_days: 7,
+        }
+    }
+}
+
+impl ArchivePolicy {
+    fn validate(&self) -> Result<(), String> {
+        let p = "metadata.wayback.archive";
+        if self
+            .archive_interval_secs
+            .is_some_and(|s| !(1..=3600).contains(&s))
+        {
+            return Err(format!("{p}.archive_interval_secs must be 1 to 3600"));
+        }
+        if !(1..=24 * 31).contains(&self.base_backup_every_hours) {
+            return Err(format!("{p}.base_backup_every_hours must be 1 to 744"));
+        }
+        if !(self.base_backup_wal_share > 0.0 && self.base_backup_wal_share <= 100.0) {
+            return Err(format!(
+                "{p}.base_backup_wal_share must be more than 0 and at most 100"
+            ));
+        }
+        if !(1..=3650).contains(&self.recovery_window_days) {
+            return Err(format!("{p}.recovery_window_days must be 1 to 3650"));
+        }
+        Ok(())
+    }
+}
+
+/// Reads `metadata.wayback.archive`.
+fn plan_archive_policy(metadata: Option<&Value>) -> Result<ArchivePolicy, String> {
+    let Some(v) = metadata
+        .and_then(|m| m.get("wayback"))
+        .and_then(|w| w.get("archive"))
+    else {
+        return Ok(ArchivePolicy::default());
+    };
+    let policy: ArchivePolicy =
+        serde_json::from_value(v.clone()).map_err(|e| format!("metadata.wayback.archive: {e}"))?;
+    policy.validate()?;
+    Ok(policy)
 }
 
 #[derive(Deserialize)]
@@ -183,10 +250,13 @@ impl Catalog {
                 }
                 let settings = plan_settings(p.metadata.as_ref())
                     .map_err(|m| invalid(format!("{where_}: {m}")))?;
+                let archive = plan_archive_policy(p.metadata.as_ref())
+                    .map_err(|m| invalid(format!("{where_}: {m}")))?;
                 plans.push(Plan {
                     id: p.id,
                     name: p.name,
                     settings,
+                    archive,
                     maintenance_version: p.maintenance_info.map(|m| m.version),
                 });
             }

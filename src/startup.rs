@@ -102,7 +102,7 @@ impl Application {
         let worker = Worker::new(ctx);
         let broker = Broker::new(
             store.clone(),
-            catalog,
+            catalog.clone(),
             worker.clone(),
             external_url,
             settings.advertise_host(),
@@ -111,6 +111,7 @@ impl Application {
             store.clone(),
             runtime.clone(),
             metrics.clone(),
+            catalog,
             Duration::from_secs(settings.supervisor.interval_secs),
             Duration::from_secs(settings.wal.archive_timeout_secs),
         );

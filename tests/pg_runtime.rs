@@ -403,6 +403,46 @@ async fn a_template_copy_comes_with_the_app_database_made_as_ensure_database_mak
 }
 
 #[tokio::test]
+async fn a_copy_makes_the_free_space_and_visibility_maps_it_was_not_given() {
+    if !pg_available() {
+        return;
+    }
+    let t = TestRuntime::new(true);
+    let s = spec("maps-1", free_port(), &[]);
+    let id = s.instance.clone();
+    t.runtime.create_cluster(&s).await.unwrap();
+    let global = t.local.cluster_dirs(&id).pgdata.join("global");
+    assert!(!std::fs::read_dir(&global).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with("_vm")));
+    t.runtime.start(&id).await.unwrap();
+    let mut c = admin(&t, &id, "app").await;
+    let sizes =
+        "SELECT pg_relation_size('pg_class', 'fsm') > 0, pg_relation_size('pg_class', 'vm') > 0";
+    let before: (bool, bool) = sqlx::query_as(sizes).fetch_one(&mut c).await.unwrap();
+    assert_eq!(before, (false, false), "copied without them");
+    // Catalog inserts into pages initdb marked all-visible, table data, then VACUUM.
+    for sql in [
+        "CREATE TABLE t AS SELECT i FROM generate_series(1, 10000) i",
+        "CREATE INDEX ON t (i)",
+        "DELETE FROM t WHERE i % 2 = 0",
+        "VACUUM pg_class",
+        "VACUUM t",
+    ] {
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    }
+    let after: (bool, bool) = sqlx::query_as(sizes).fetch_one(&mut c).await.unwrap();
+    assert_eq!(after, (true, true), "made again when needed");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t WHERE i > 5000")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 2500);
+}
+
+#[tokio::test]
 async fn a_refused_plan_setting_fails_a_template_copy_permanently() {
     if !pg_available() {
         return;

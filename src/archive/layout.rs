@@ -3,9 +3,9 @@
 //! ```text
 //! spaces/<space>/instances/<instance>/instance.json        the instance's self-description
 //! spaces/<space>/instances/<instance>/wal/<walfile>        WAL segments, .history, .backup, .partial
-//! spaces/<space>/instances/<instance>/base/<id>/data.tar.zst  a base backup
-//! spaces/<space>/instances/<instance>/base/<id>/manifest.json written last: a backup without
-//!                                                          one is incomplete and ignored
+//! spaces/<space>/instances/<instance>/base/<id>/data/NNNNN.tar.zst  a base backup, in parts
+//! spaces/<space>/instances/<instance>/base/<id>/manifest.json  written last: a backup without
+//!                                                    one is incomplete and ignored (manifest.rs)
 //! ```
 //!
 //! One prefix per instance, never shared: a clone reads its source's prefix and writes only
@@ -53,10 +53,6 @@ impl InstancePrefix {
 
     pub fn base_dir(&self) -> String {
         format!("{}/base/", self.0)
-    }
-
-    pub fn base_data(&self, backup_id: &str) -> String {
-        format!("{}/base/{backup_id}/data.tar.zst", self.0)
     }
 
     pub fn base_manifest(&self, backup_id: &str) -> String {

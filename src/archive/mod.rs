@@ -15,6 +15,7 @@
 mod fetch;
 pub mod frame;
 pub mod layout;
+pub mod manifest;
 mod push;
 pub mod target;
 pub mod walscan;

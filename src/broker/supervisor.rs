@@ -1,8 +1,8 @@
 //! Keeps every ready instance's cluster running: after a broker restart, and when a postmaster
 //! dies. Instances in the middle of an operation are left to that operation's job.
 //!
-//! It also enforces the archive interval: every `wal.archive_timeout_secs` it completes each
-//! ready instance's current WAL segment, so that a commit reaches the archive within the
+//! It also enforces the archive interval: every plan's `archive_interval_secs` (default
+//! `wal.archive_timeout_secs`) it completes each ready instance's current WAL segment, so that a commit reaches the archive within the
 //! interval even on a quiet instance. PostgreSQL's own `archive_timeout` is set as well, but on
 //! the machines we test on its checkpointer was seen never to act on it (no switch after 60 s
 //! with a 10 s timeout, on a bare cluster), so the broker does not rely on it.
@@ -24,6 +24,7 @@ pub struct Supervisor {
     store: Store,
     runtime: Runtime,
     metrics: Metrics,
+    catalog: std::sync::Arc<crate::catalog::Catalog>,
     interval: Duration,
     archive_interval: Duration,
     last_switch: Mutex<HashMap<crate::domain::InstanceId, Instant>>,
@@ -34,6 +35,7 @@ impl Supervisor {
         store: Store,
         runtime: Runtime,
         metrics: Metrics,
+        catalog: std::sync::Arc<crate::catalog::Catalog>,
         interval: Duration,
         archive_interval: Duration,
     ) -> Self {
@@ -41,18 +43,28 @@ impl Supervisor {
             store,
             runtime,
             metrics,
+            catalog,
             interval,
             archive_interval,
             last_switch: Mutex::new(HashMap::new()),
         }
     }
 
+    /// The archive interval of `instance`'s plan (the broker's default if the plan has none).
+    fn archive_interval_of(&self, instance: &crate::store::InstanceRecord) -> Duration {
+        self.catalog
+            .plan(&instance.service_id, &instance.plan_id)
+            .and_then(|p| p.archive.archive_interval_secs)
+            .map(Duration::from_secs)
+            .unwrap_or(self.archive_interval)
+    }
+
     /// True when `id`'s segment is due to be completed (and records that it now is).
-    fn switch_due(&self, id: &crate::domain::InstanceId) -> bool {
+    fn switch_due(&self, id: &crate::domain::InstanceId, interval: Duration) -> bool {
         let mut map = self.last_switch.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         match map.get(id) {
-            Some(last) if now.duration_since(*last) < self.archive_interval => false,
+            Some(last) if now.duration_since(*last) < interval => false,
             _ => {
                 map.insert(id.clone(), now);
                 true
@@ -71,7 +83,7 @@ impl Supervisor {
         {
             match self.runtime.status(&instance.id).await {
                 Ok(ClusterStatus::Running) => {
-                    if self.switch_due(&instance.id) {
+                    if self.switch_due(&instance.id, self.archive_interval_of(&instance)) {
                         if let Err(e) = self.runtime.switch_wal(&instance.id).await {
                             tracing::warn!(instance = %instance.id, error = %e, "cannot complete the WAL segment for archiving");
                         }

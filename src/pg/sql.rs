@@ -23,10 +23,10 @@ use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
 
 use super::{scram, PgError, SUPERUSER};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The database administrative sessions connect to; present in every cluster.
 pub const ADMIN_DATABASE: &str = "template1";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connection options for the superuser over the unix socket in `socket_dir`.
@@ -202,8 +202,8 @@ pub async fn ensure_database(
                 return Ok(());
             }
         }
-        // 3D000: no such database yet. Anything else (e.g. connections not allowed) is
-        // reported by the full path below, which also connects to it.
+        // 3D000: no such database yet, so it is made below. Any other failure (connections not
+        // allowed, a wrong password) is the caller's to see.
         Err(PgError::Sql {
             source: sqlx::Error::Database(e),
             ..

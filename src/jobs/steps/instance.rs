@@ -79,8 +79,16 @@ pub async fn provision_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
                 .map_err(StepError::transient)?;
             let target =
                 crate::archive::ArchiveTarget::for_instance(&ctx.settings, &space, &instance.id);
+            let mut command = ctx.archive_command.clone();
+            if let Some(secs) = ctx
+                .catalog
+                .plan(&instance.service_id, &instance.plan_id)
+                .and_then(|p| p.archive.archive_interval_secs)
+            {
+                command.archive_timeout_secs = secs;
+            }
             ctx.runtime
-                .configure_archive(&instance.id, &target, &ctx.archive_command)
+                .configure_archive(&instance.id, &target, &command)
                 .await?;
             Ok(Outcome::Next(START))
         }
