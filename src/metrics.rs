@@ -23,6 +23,40 @@ struct Inner {
     durations: BTreeMap<(String, String), Histogram>,
     cluster_restarts: u64,
     http: BTreeMap<(String, u16), u64>,
+    /// Per instance, refreshed by the supervisor; dropped when the instance leaves `ready`.
+    archivers: BTreeMap<String, crate::runtime::ArchiverStats>,
+    /// Per instance: (finished at, Unix seconds; stored bytes) of the newest base backup.
+    backups: BTreeMap<String, (f64, u64)>,
+    /// Restores by outcome.
+    restores: BTreeMap<String, Histogram>,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; BUCKETS.len()];
+        }
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += seconds;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
+            self.count
+        );
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
 }
 
 /// In-process metrics; cheap to clone.
@@ -33,20 +67,42 @@ impl Metrics {
     /// Records a finished operation and how long it took from request to end.
     pub fn operation_finished(&self, kind: &str, outcome: &str, seconds: f64) {
         let mut inner = self.0.lock().expect("metrics lock");
-        let h = inner
+        inner
             .durations
             .entry((kind.into(), outcome.into()))
-            .or_default();
-        if h.counts.is_empty() {
-            h.counts = vec![0; BUCKETS.len()];
-        }
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                h.counts[i] += 1;
-            }
-        }
-        h.sum += seconds;
-        h.count += 1;
+            .or_default()
+            .observe(seconds);
+    }
+
+    /// The archiver's latest statistics of a ready instance.
+    pub fn archiver_observed(&self, instance: &str, stats: crate::runtime::ArchiverStats) {
+        let mut inner = self.0.lock().expect("metrics lock");
+        inner.archivers.insert(instance.into(), stats);
+    }
+
+    /// Keeps per-instance archive figures only for `live` instances.
+    pub fn retain_instances(&self, live: &std::collections::HashSet<String>) {
+        let mut inner = self.0.lock().expect("metrics lock");
+        inner.archivers.retain(|k, _| live.contains(k));
+        inner.backups.retain(|k, _| live.contains(k));
+    }
+
+    /// A base backup of `instance` finished at `finished_at` (Unix seconds).
+    pub fn backup_finished(&self, instance: &str, finished_at: f64, stored_bytes: u64) {
+        let mut inner = self.0.lock().expect("metrics lock");
+        inner
+            .backups
+            .insert(instance.into(), (finished_at, stored_bytes));
+    }
+
+    /// A restore (a clone, or the operator's `wayback restore`) ended.
+    pub fn restore_finished(&self, outcome: &str, seconds: f64) {
+        let mut inner = self.0.lock().expect("metrics lock");
+        inner
+            .restores
+            .entry(outcome.into())
+            .or_default()
+            .observe(seconds);
     }
 
     pub fn cluster_restarted(&self) {
@@ -98,27 +154,7 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE wayback_operation_duration_seconds histogram");
         for ((kind, outcome), h) in &inner.durations {
             let labels = format!("kind=\"{kind}\",outcome=\"{outcome}\"");
-            for (bound, count) in BUCKETS.iter().zip(&h.counts) {
-                let _ = writeln!(
-                    out,
-                    "wayback_operation_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "wayback_operation_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "wayback_operation_duration_seconds_sum{{{labels}}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "wayback_operation_duration_seconds_count{{{labels}}} {}",
-                h.count
-            );
+            h.render(&mut out, "wayback_operation_duration_seconds", &labels);
         }
         let _ = writeln!(out, "# HELP wayback_cluster_restarts_total Clusters found down and started again by the supervisor.");
         let _ = writeln!(out, "# TYPE wayback_cluster_restarts_total counter");
@@ -138,7 +174,54 @@ impl Metrics {
                 "wayback_http_responses_total{{route=\"{route}\",status=\"{status}\"}} {n}"
             );
         }
+        render_archive(&mut out, &inner);
         out
+    }
+}
+
+/// Per-instance archive figures and restore durations.
+fn render_archive(out: &mut String, inner: &Inner) {
+    type Gauge = fn(&crate::runtime::ArchiverStats) -> Option<f64>;
+    let gauges: [(&str, &str, &str, Gauge); 5] = [
+        ("wayback_archive_lag_segments", "gauge", "WAL files completed but not yet archived.", |a| Some(a.ready_segments as f64)),
+        ("wayback_archive_lag_seconds", "gauge", "How long the oldest WAL file not yet archived has waited (0: none waits).", |a| Some(a.oldest_ready_age_secs)),
+        ("wayback_archive_last_archived_timestamp_seconds", "gauge", "When the instance last archived a WAL file (Unix time).", |a| a.last_archived_at),
+        ("wayback_archive_push_failures_total", "counter", "Failed wal-push attempts since the cluster's statistics were reset (PostgreSQL retries them).", |a| Some(a.failed_count as f64)),
+        ("wayback_archive_last_failure_timestamp_seconds", "gauge", "When wal-push last failed (Unix time).", |a| a.last_failed_at),
+    ];
+    for (name, kind, help, get) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (instance, a) in &inner.archivers {
+            if let Some(v) = get(a) {
+                let _ = writeln!(out, "{name}{{instance=\"{instance}\"}} {v}");
+            }
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let _ = writeln!(out, "# HELP wayback_base_backup_age_seconds Age of the instance's newest base backup taken by this broker.");
+    let _ = writeln!(out, "# TYPE wayback_base_backup_age_seconds gauge");
+    for (instance, (at, _)) in &inner.backups {
+        let _ = writeln!(
+            out,
+            "wayback_base_backup_age_seconds{{instance=\"{instance}\"}} {}",
+            (now - at).max(0.0)
+        );
+    }
+    let _ = writeln!(out, "# HELP wayback_base_backup_size_bytes Bytes stored for the instance's newest base backup.");
+    let _ = writeln!(out, "# TYPE wayback_base_backup_size_bytes gauge");
+    for (instance, (_, bytes)) in &inner.backups {
+        let _ = writeln!(
+            out,
+            "wayback_base_backup_size_bytes{{instance=\"{instance}\"}} {bytes}"
+        );
+    }
+    let _ = writeln!(out, "# HELP wayback_restore_duration_seconds Restores from the archive (clones and operator restores), from start to promoted.");
+    let _ = writeln!(out, "# TYPE wayback_restore_duration_seconds histogram");
+    for (outcome, h) in &inner.restores {
+        h.render(out, "wayback_restore_duration_seconds", &format!("outcome=\"{outcome}\""));
     }
 }
 

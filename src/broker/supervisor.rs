@@ -28,6 +28,27 @@ pub struct Supervisor {
     interval: Duration,
     archive_interval: Duration,
     last_switch: Mutex<HashMap<crate::domain::InstanceId, Instant>>,
+    last_stats: Mutex<HashMap<crate::domain::InstanceId, Instant>>,
+}
+
+/// How often each instance's archiver statistics are read for the metrics.
+const STATS_EVERY: Duration = Duration::from_secs(15);
+
+/// True when `id` last acted more than `every` ago in `map` (and records that it acts now).
+fn due(
+    map: &Mutex<HashMap<crate::domain::InstanceId, Instant>>,
+    id: &crate::domain::InstanceId,
+    every: Duration,
+) -> bool {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    match map.get(id) {
+        Some(last) if now.duration_since(*last) < every => false,
+        _ => {
+            map.insert(id.clone(), now);
+            true
+        }
+    }
 }
 
 impl Supervisor {
@@ -47,6 +68,7 @@ impl Supervisor {
             interval,
             archive_interval,
             last_switch: Mutex::new(HashMap::new()),
+            last_stats: Mutex::new(HashMap::new()),
         }
     }
 
@@ -61,14 +83,22 @@ impl Supervisor {
 
     /// True when `id`'s segment is due to be completed (and records that it now is).
     fn switch_due(&self, id: &crate::domain::InstanceId, interval: Duration) -> bool {
-        let mut map = self.last_switch.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        match map.get(id) {
-            Some(last) if now.duration_since(*last) < interval => false,
-            _ => {
-                map.insert(id.clone(), now);
-                true
+        due(&self.last_switch, id, interval)
+    }
+
+    /// Reads the archiver's statistics of a running instance into the metrics.
+    async fn observe_archiver(&self, id: &crate::domain::InstanceId) {
+        if !due(&self.last_stats, id, STATS_EVERY) {
+            return;
+        }
+        match self.runtime.archiver_stats(id).await {
+            Ok(stats) => {
+                if stats.ready_segments > 2 {
+                    tracing::warn!(instance = %id, waiting = stats.ready_segments, oldest_secs = stats.oldest_ready_age_secs, failures = stats.failed_count, "archiving is behind");
+                }
+                self.metrics.archiver_observed(id.as_str(), stats)
             }
+            Err(e) => tracing::debug!(instance = %id, error = %e, "cannot read archiver statistics"),
         }
     }
 
@@ -76,13 +106,16 @@ impl Supervisor {
     /// started.
     pub async fn check_all(&self) -> anyhow::Result<usize> {
         let mut started = 0;
-        for instance in self
+        let ready = self
             .store
             .instances_in_states(&[InstanceState::Ready])
-            .await?
-        {
+            .await?;
+        self.metrics
+            .retain_instances(&ready.iter().map(|i| i.id.to_string()).collect());
+        for instance in ready {
             match self.runtime.status(&instance.id).await {
                 Ok(ClusterStatus::Running) => {
+                    self.observe_archiver(&instance.id).await;
                     if self.switch_due(&instance.id, self.archive_interval_of(&instance)) {
                         if let Err(e) = self.runtime.switch_wal(&instance.id).await {
                             tracing::warn!(instance = %instance.id, error = %e, "cannot complete the WAL segment for archiving");

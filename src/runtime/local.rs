@@ -13,6 +13,7 @@ mod admin;
 mod archive;
 mod layout;
 mod lifecycle;
+mod stats;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -34,6 +34,20 @@ pub enum ClusterStatus {
     Running,
 }
 
+/// What a running cluster's archiver reports (`pg_stat_archiver` and `archive_status/`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ArchiverStats {
+    pub archived_count: i64,
+    /// Unix seconds.
+    pub last_archived_at: Option<f64>,
+    pub failed_count: i64,
+    pub last_failed_at: Option<f64>,
+    /// Completed segments (and other files) waiting to be archived.
+    pub ready_segments: i64,
+    /// How long the oldest of them has waited; 0 when none waits.
+    pub oldest_ready_age_secs: f64,
+}
+
 /// How PostgreSQL runs the archiver.
 #[derive(Debug, Clone)]
 pub struct ArchiveCommand {
@@ -132,6 +146,10 @@ impl Runtime {
     }
     pub async fn status(&self, id: &InstanceId) -> Result<ClusterStatus, RuntimeError> {
         dispatch!(self, rt => rt.status(id).await)
+    }
+    /// The archiver's statistics of a running cluster.
+    pub async fn archiver_stats(&self, id: &InstanceId) -> Result<ArchiverStats, RuntimeError> {
+        dispatch!(self, rt => rt.archiver_stats(id).await)
     }
     /// Stops the cluster and removes every file of it.
     pub async fn destroy(&self, id: &InstanceId) -> Result<(), RuntimeError> {

@@ -3,6 +3,8 @@
 //! Dropping the `TestApp` stops the application and every cluster it started.
 #![allow(dead_code)]
 
+pub mod s3_server;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -301,6 +303,23 @@ impl TestApp {
     /// The cluster directory of an instance.
     pub fn cluster_dir(&self, instance: &str) -> PathBuf {
         self.data_dir.join("clusters").join(instance)
+    }
+
+    /// A superuser session on an instance's running cluster (over its unix socket).
+    pub async fn admin(&self, instance: &str) -> sqlx::PgConnection {
+        use sqlx::ConnectOptions;
+        let dir = self.cluster_dir(instance);
+        let pid = std::fs::read_to_string(dir.join("pgdata/postmaster.pid")).expect("running");
+        let port: u16 = pid.lines().nth(3).unwrap().trim().parse().unwrap();
+        let password = std::fs::read_to_string(dir.join("admin-password")).unwrap();
+        wayback::pg::sql::admin_options(
+            &dir.join("run"),
+            port,
+            &secrecy::SecretString::from(password.trim().to_string()),
+        )
+        .connect()
+        .await
+        .expect("superuser session")
     }
 
     /// Stops the application (HTTP, worker, supervisor); clusters keep running.

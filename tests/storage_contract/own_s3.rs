@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -15,56 +14,44 @@ use wayback::storage::{ObjectStore, Op, StorageSettings};
 
 use super::support::{pseudo_random, require, ChunkedReader, FailingReader};
 
+#[path = "../common/s3_server.rs"]
+mod s3_server;
+
+use s3_server::S3Server;
+
 struct OwnS3 {
-    child: Child,
-    root: tempfile::TempDir,
+    server: S3Server,
+    root: RootPath,
     settings: StorageSettings,
 }
 
+/// The server's directory, named as the tests below use it (`s3.root.path()`).
+struct RootPath(PathBuf);
+
+impl RootPath {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
 impl OwnS3 {
-    const BUCKET: &'static str = "own-bucket";
+    const BUCKET: &'static str = S3Server::BUCKET;
 
     /// Starts s3s-fs on a free port with one bucket; `None` (after saying why) without the binary.
     async fn start() -> Option<Self> {
-        let bin = s3s_fs_binary();
-        require("the s3s-fs binary (scripts/setup --with-s3)", bin.is_some());
-        let bin = bin?;
-        let root = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(root.path().join(Self::BUCKET)).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", "own-access", "--secret-key", "own-secret"])
-            .arg(root.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn s3s-fs");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "s3s-fs did not listen on {port}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let server = S3Server::start().await;
+        require(
+            "the s3s-fs binary (scripts/setup --with-s3)",
+            server.is_some(),
+        );
+        let server = server?;
         let settings = StorageSettings {
-            url: format!("s3://{}/p/", Self::BUCKET),
-            endpoint: Some(format!("http://127.0.0.1:{port}")),
-            region: Some("us-east-1".into()),
-            access_key_id: Some("own-access".into()),
-            secret_access_key: Some(SecretString::from("own-secret")),
             part_size_mib: 5,
-            ..StorageSettings::default()
+            ..server.settings("p/")
         };
         Some(Self {
-            child,
-            root,
+            root: RootPath(server.root().to_path_buf()),
+            server,
             settings,
         })
     }
@@ -73,42 +60,13 @@ impl OwnS3 {
         ObjectStore::open(&self.settings).expect("open")
     }
 
-    /// s3s-fs keeps multipart state as `.upload_id-*` files in its root.
     fn pending_uploads(&self) -> Vec<String> {
-        std::fs::read_dir(self.root.path())
-            .unwrap()
-            .filter_map(|e| e.unwrap().file_name().into_string().ok())
-            .filter(|n| n.starts_with(".upload_id-"))
-            .collect()
+        self.server.pending_uploads()
     }
 
     fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.server.stop()
     }
-}
-
-impl Drop for OwnS3 {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn s3s_fs_binary() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("s3s-fs"))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-    on_path
-        .into_iter()
-        .chain(cargo_home.map(|c| c.join("bin/s3s-fs")))
-        .find(|p| p.is_file())
 }
 
 #[tokio::test]
