@@ -35,6 +35,32 @@ pub struct Settings {
     /// Where WAL and base backups go (`url` = `s3://bucket/prefix` or `file:///dir`).
     pub archive: crate::storage::StorageSettings,
     pub wal: WalSettings,
+    pub retention: RetentionSettings,
+    pub backup: BackupSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupSettings {
+    /// zstd level of base backup parts (1–19; low levels keep backups CPU-cheap).
+    pub compression_level: i32,
+    /// Parts compressed and uploaded at the same time (memory: about this many parts + 1).
+    pub uploads_in_flight: usize,
+    /// Raw tar bytes per part.
+    pub part_bytes: u64,
+    /// The longest `pg_basebackup` may stream before the backup fails.
+    pub stream_timeout_secs: u64,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        Self {
+            compression_level: 1,
+            uploads_in_flight: 3,
+            part_bytes: crate::archive::manifest::PART_RAW_BYTES,
+            stream_timeout_secs: 6 * 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,6 +173,25 @@ pub enum LogFormat {
     Json,
 }
 
+/// How long archives are kept beyond each plan's recovery window, and how often that is enforced.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Days a deleted instance keeps its whole archive before the reaper removes it.
+    pub deleted_days: u64,
+    /// How often backups and WAL are pruned and deleted instances reaped.
+    pub interval_secs: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            deleted_days: 14,
+            interval_secs: 3600,
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -163,6 +208,8 @@ impl Default for Settings {
             http: HttpSettings::default(),
             archive: crate::storage::StorageSettings::default(),
             wal: WalSettings::default(),
+            retention: RetentionSettings::default(),
+            backup: BackupSettings::default(),
         }
     }
 }
@@ -318,6 +365,12 @@ pub const ENV_VARS: &[EnvVar] = &[
     env_var!("WAYBACK_WAL_ARCHIVE_TIMEOUT_SECS", "wal.archive_timeout_secs", "60", "Longest time a commit waits before its segment is archived (PostgreSQL's archive_timeout).", |s, v| s.wal.archive_timeout_secs = parse(v)?),
     env_var!("WAYBACK_WAL_FINAL_ARCHIVE_TIMEOUT_SECS", "wal.final_archive_timeout_secs", "120", "How long a deprovision waits for the final WAL to reach the archive before failing (the instance is then kept).", |s, v| s.wal.final_archive_timeout_secs = parse(v)?),
     env_var!("WAYBACK_WAL_BIN", "wal.wayback_bin", "this executable", "The wayback binary PostgreSQL runs as archive_command and restore_command.", |s, v| s.wal.wayback_bin = non_empty(v).map(PathBuf::from)),
+    env_var!("WAYBACK_BACKUP_COMPRESSION_LEVEL", "backup.compression_level", "1", "zstd level of base backup parts (1–19).", |s, v| s.backup.compression_level = parse(v)?),
+    env_var!("WAYBACK_BACKUP_UPLOADS_IN_FLIGHT", "backup.uploads_in_flight", "3", "Base backup parts compressed and uploaded at the same time (memory: this many 64 MiB parts, plus one).", |s, v| s.backup.uploads_in_flight = parse(v)?),
+    env_var!("WAYBACK_BACKUP_PART_BYTES", "backup.part_bytes", "67108864", "Raw tar bytes per base backup part (each part is one zstd frame and one object).", |s, v| s.backup.part_bytes = parse(v)?),
+    env_var!("WAYBACK_BACKUP_STREAM_TIMEOUT_SECS", "backup.stream_timeout_secs", "21600", "The longest pg_basebackup may stream before a base backup fails.", |s, v| s.backup.stream_timeout_secs = parse(v)?),
+    env_var!("WAYBACK_RETENTION_DELETED_DAYS", "retention.deleted_days", "14", "Days a deleted instance keeps its whole archive (for undo) before the reaper removes all but its `instance.json`.", |s, v| s.retention.deleted_days = parse(v)?),
+    env_var!("WAYBACK_RETENTION_INTERVAL_SECS", "retention.interval_secs", "3600", "How often backups and WAL older than each plan's recovery window are pruned and expired deleted instances reaped (`wayback prune` does it once).", |s, v| s.retention.interval_secs = parse(v)?),
     env_var!("WAYBACK_LOG_FORMAT", "log.format", "plain", "`plain` or `json`.", |s, v| s.log.format = match v.trim() { "plain" => LogFormat::Plain, "json" => LogFormat::Json, _ => return Err("expected plain or json".into()) }),
     env_var!("WAYBACK_LOG", "log.level", "info", "Log filter, e.g. `info` or `wayback=debug,info`.", |s, v| s.log.level = v.trim().to_string()),
     env_var!("WAYBACK_HTTP_MAX_BODY_BYTES", "http.max_body_bytes", "262144", "Largest request body the broker accepts.", |s, v| s.http.max_body_bytes = parse(v)?),
@@ -397,6 +450,21 @@ impl Settings {
         }
         if self.wal.archive_timeout_secs == 0 {
             return invalid("wal.archive_timeout_secs", "must be at least 1");
+        }
+        if !(1..=19).contains(&self.backup.compression_level) {
+            return invalid("backup.compression_level", "must be between 1 and 19");
+        }
+        if !(1..=16).contains(&self.backup.uploads_in_flight) {
+            return invalid("backup.uploads_in_flight", "must be between 1 and 16");
+        }
+        if !((64 << 10)..=(1 << 30)).contains(&self.backup.part_bytes) {
+            return invalid("backup.part_bytes", "must be between 65536 and 1073741824");
+        }
+        if self.backup.stream_timeout_secs == 0 {
+            return invalid("backup.stream_timeout_secs", "must be at least 1");
+        }
+        if self.retention.interval_secs == 0 {
+            return invalid("retention.interval_secs", "must be at least 1");
         }
         if self.http.max_body_bytes < 1024 {
             return invalid("http.max_body_bytes", "must be at least 1024");

@@ -9,6 +9,8 @@ pub mod archive;
 pub mod broker;
 /// The OSB catalog: load and validate `catalog.json`, plan settings.
 pub mod catalog;
+/// Operator commands (`wayback prune`, …): open from settings, call the library, print.
+pub mod cli;
 /// Settings: compiled defaults → optional TOML file → environment; secrets typed as secrets.
 pub mod config;
 /// Newtypes and states shared by every layer; imports nothing else from the crate.

@@ -61,6 +61,11 @@ enum Command {
     CheckConfig,
     /// Print every setting: environment variable, config key, default, meaning (Markdown).
     ConfigReference,
+    /// Delete base backups and WAL older than each plan's recovery window, and reap deleted
+    /// instances' archives past retention.deleted_days; prints what was (or would be) deleted.
+    Prune(wayback::cli::prune::PruneArgs),
+    /// Take a base backup of one instance now (through the broker's backup job) and print it.
+    Backup(wayback::cli::backup::BackupArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +78,8 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Prune(args) => wayback::cli::prune::main(settings, args),
+        Command::Backup(args) => wayback::cli::backup::main(settings, args),
         Command::ConfigReference => {
             print!("{}", Settings::reference_markdown());
             ExitCode::SUCCESS

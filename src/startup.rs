@@ -13,7 +13,7 @@ use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, Supervisor};
+use crate::broker::{ArchiveMaintenance, Broker, Supervisor};
 use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::jobs::{JobContext, Worker};
@@ -28,6 +28,7 @@ pub struct Application {
     handle: ServerHandle,
     worker: Worker,
     supervisor: Supervisor,
+    maintenance: ArchiveMaintenance,
     store: Store,
     runtime: Runtime,
     shutdown: CancellationToken,
@@ -90,6 +91,14 @@ impl Application {
             archive_timeout_secs: settings.wal.archive_timeout_secs,
         };
         let settings = Arc::new(settings);
+        // Prunes and reaps archives and keeps instance.json current, next to the supervisor.
+        let maintenance = ArchiveMaintenance::new(
+            store.clone(),
+            catalog.clone(),
+            archive.clone(),
+            settings.retention.clone(),
+            Duration::from_secs(settings.supervisor.interval_secs),
+        );
         let ctx = Arc::new(JobContext {
             store: store.clone(),
             runtime: runtime.clone(),
@@ -139,6 +148,7 @@ impl Application {
             handle,
             worker,
             supervisor,
+            maintenance,
             store,
             runtime,
             shutdown: CancellationToken::new(),
@@ -175,12 +185,14 @@ impl Application {
             handle,
             worker,
             supervisor,
+            maintenance,
             store,
             shutdown,
             ..
         } = self;
         let jobs = tokio::spawn(worker.run_until_stopped(shutdown.clone()));
         let supervise = tokio::spawn(supervisor.run_until_stopped(shutdown.clone()));
+        let maintain = tokio::spawn(maintenance.run_until_stopped(shutdown.clone()));
         let stopper = {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -190,7 +202,7 @@ impl Application {
         };
         let served = server.await;
         shutdown.cancel();
-        let _ = tokio::join!(jobs, supervise, stopper);
+        let _ = tokio::join!(jobs, supervise, maintain, stopper);
         store.close().await;
         tracing::info!("wayback broker stopped");
         served.context("HTTP server")

@@ -12,14 +12,21 @@
 //!
 //! Must not import `osb`, `broker`, `store` or `jobs`.
 
+pub mod backup;
+mod backup_tar;
+mod backup_upload;
 mod fetch;
 pub mod frame;
+pub mod instance_doc;
 pub mod layout;
 pub mod manifest;
 mod push;
+pub mod retention;
 pub mod target;
 pub mod walscan;
+pub mod window;
 
+pub use backup::{take_backup, BackupOptions, BackupReport, BackupSource, BackupTimings};
 pub use fetch::{fetch, wal_fetch_main, Fetched};
 pub use push::{push, wal_push_main, Pushed};
 pub use target::{ArchiveTarget, RestoreSource};
@@ -38,6 +45,10 @@ pub enum ArchiveError {
     Corrupt { key: String, detail: String },
     #[error("invalid archive target: {0}")]
     Target(String),
+    /// A base backup failed (and was cleaned up); the message says what to do. `permanent`:
+    /// taking it again as it is cannot help (a refusal, bad credentials).
+    #[error("{message}")]
+    Backup { message: String, permanent: bool },
 }
 
 impl ArchiveError {

@@ -397,8 +397,29 @@ impl Broker {
         if let Some(name) = context_name(context) {
             if self.store.record_name(id, name, "update").await? {
                 tracing::info!(instance = %id, name, "instance renamed");
+                self.rewrite_instance_doc(id).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Rewrites `instance.json` in the background: a rename answers at once, and a storage
+    /// outage must not fail it. Marked stale first, so that the supervisor's maintenance pass
+    /// writes it if this attempt fails or the broker stops before it ends.
+    async fn rewrite_instance_doc(&self, id: &InstanceId) -> Result<(), BrokerError> {
+        self.store.set_instance_doc_hash(id, None).await?;
+        let ctx = self.worker.context().clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            crate::jobs::instance_doc::sync_instance_doc_or_mark_stale(
+                &ctx.store,
+                &ctx.catalog,
+                &ctx.archive,
+                &id,
+                "renamed",
+            )
+            .await;
+        });
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 mod bindings;
 mod credentials;
 mod instances;
+mod retention;
 mod supervisor;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ pub use instances::{
     Deprovisioned, InstanceView, LastOperation, ProvisionRequest, Provisioned, UpdateRequest,
     Updated,
 };
+pub use retention::{ArchiveMaintenance, InstanceReport, PassReport};
 pub use supervisor::Supervisor;
 
 /// A refusal or failure, with what the user should do. `osb` maps each to a status code.

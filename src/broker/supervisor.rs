@@ -8,6 +8,11 @@
 //! with a 10 s timeout, on a bare cluster), so the broker does not rely on it.
 //! `pg_switch_wal()` writes nothing when no WAL was written since the last switch, so idle
 //! instances do not fill the archive with empty segments.
+//!
+//! And it keeps base backups recent: at most once a minute per ready instance it asks whether
+//! one is due by the plan's schedule ([`crate::jobs::backup_due`]: none yet, the newest older
+//! than `base_backup_every_hours`, or more WAL since its end than `base_backup_wal_share` of the
+//! databases' size) and enqueues a `backup` job unless one is already pending.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -29,7 +34,11 @@ pub struct Supervisor {
     archive_interval: Duration,
     last_switch: Mutex<HashMap<crate::domain::InstanceId, Instant>>,
     last_stats: Mutex<HashMap<crate::domain::InstanceId, Instant>>,
+    last_backup_check: Mutex<HashMap<crate::domain::InstanceId, Instant>>,
 }
+
+/// How often one instance's base backup schedule is looked at.
+const BACKUP_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// How often each instance's archiver statistics are read for the metrics.
 const STATS_EVERY: Duration = Duration::from_secs(15);
@@ -69,7 +78,35 @@ impl Supervisor {
             archive_interval,
             last_switch: Mutex::new(HashMap::new()),
             last_stats: Mutex::new(HashMap::new()),
+            last_backup_check: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Enqueues a base backup of `instance` if its plan's schedule says one is due.
+    async fn schedule_backup(&self, instance: &crate::store::InstanceRecord) -> anyhow::Result<()> {
+        if !due(&self.last_backup_check, &instance.id, BACKUP_CHECK_EVERY) {
+            return Ok(());
+        }
+        let Some(plan) = self.catalog.plan(&instance.service_id, &instance.plan_id) else {
+            return Ok(());
+        };
+        if self.store.pending_backup_job(&instance.id).await?.is_some() {
+            return Ok(());
+        }
+        let newest = self.store.latest_backup(&instance.id).await?;
+        let position = match &newest {
+            Some(_) => Some(self.runtime.wal_position(&instance.id).await?),
+            None => None,
+        };
+        let now = crate::store::now_millis();
+        if let Some(reason) = crate::jobs::backup_due(&plan.archive, newest.as_ref(), now, position)
+        {
+            let job = crate::jobs::backup_job(&instance.id, reason);
+            if self.store.enqueue_backup(&job).await? {
+                tracing::info!(instance = %instance.id, reason, "base backup due; enqueued");
+            }
+        }
+        Ok(())
     }
 
     /// The archive interval of `instance`'s plan (the broker's default if the plan has none).
@@ -98,7 +135,9 @@ impl Supervisor {
                 }
                 self.metrics.archiver_observed(id.as_str(), stats)
             }
-            Err(e) => tracing::debug!(instance = %id, error = %e, "cannot read archiver statistics"),
+            Err(e) => {
+                tracing::debug!(instance = %id, error = %e, "cannot read archiver statistics")
+            }
         }
     }
 
@@ -120,6 +159,9 @@ impl Supervisor {
                         if let Err(e) = self.runtime.switch_wal(&instance.id).await {
                             tracing::warn!(instance = %instance.id, error = %e, "cannot complete the WAL segment for archiving");
                         }
+                    }
+                    if let Err(e) = self.schedule_backup(&instance).await {
+                        tracing::warn!(instance = %instance.id, error = format!("{e:#}"), "cannot check the base backup schedule");
                     }
                 }
                 Ok(ClusterStatus::Stopped) => {

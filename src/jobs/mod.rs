@@ -8,6 +8,7 @@
 //!
 //! Must not import `osb`.
 
+pub mod instance_doc;
 mod steps;
 mod worker;
 
@@ -20,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::store::{JobRecord, Store};
 
+pub use steps::backup::{backup_due, backup_job};
 pub use steps::{new_job, JobKind};
 pub use worker::Worker;
 

@@ -11,6 +11,7 @@
 
 mod admin;
 mod archive;
+mod backup;
 mod layout;
 mod lifecycle;
 mod stats;

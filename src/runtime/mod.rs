@@ -57,6 +57,15 @@ pub struct ArchiveCommand {
     pub archive_timeout_secs: u64,
 }
 
+/// Where a cluster's WAL is, for the backup schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalPosition {
+    /// `pg_current_wal_lsn()`.
+    pub current_lsn: u64,
+    /// The sum of `pg_database_size` over every database.
+    pub database_bytes: u64,
+}
+
 /// Result of applying new settings to a running cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
@@ -127,6 +136,17 @@ impl Runtime {
     /// Completes the current WAL segment (a no-op when nothing was written since the last one).
     pub async fn switch_wal(&self, id: &InstanceId) -> Result<String, RuntimeError> {
         dispatch!(self, rt => rt.switch_wal(id).await)
+    }
+    /// What the archive needs to take a base backup of the running cluster.
+    pub async fn backup_source(
+        &self,
+        id: &InstanceId,
+    ) -> Result<crate::archive::BackupSource, RuntimeError> {
+        dispatch!(self, rt => rt.backup_source(id).await)
+    }
+    /// The current WAL position and the databases' total size.
+    pub async fn wal_position(&self, id: &InstanceId) -> Result<WalPosition, RuntimeError> {
+        dispatch!(self, rt => rt.wal_position(id).await)
     }
     /// Opens `database` to connections again.
     pub async fn reopen_database(

@@ -5,6 +5,8 @@
 //! in Unix milliseconds), so the same test suite proves both backends. Migrations are embedded
 //! and run at start-up. Must not import `osb`, `broker`, `runtime` or `pg`.
 
+mod archive_docs;
+mod backups;
 mod bindings;
 mod instances;
 mod jobs;
@@ -19,6 +21,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, ConnectOptions};
 
+pub use backups::BackupRecord;
 pub use jobs::{JOB_DONE, JOB_FAILED, JOB_PENDING};
 pub use records::{BindingRecord, InstanceRecord, JobRecord, NameRecord, NewJob, OperationRecord};
 
@@ -68,6 +71,20 @@ fn migrator() -> Migrator {
             Cow::Borrowed("final wal"),
             MigrationType::Simple,
             Cow::Borrowed(include_str!("../../migrations/0002_final_wal.sql")),
+            false,
+        ),
+        Migration::new(
+            3,
+            Cow::Borrowed("backups"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0003_backups.sql")),
+            false,
+        ),
+        Migration::new(
+            4,
+            Cow::Borrowed("archive retention"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0004_archive_retention.sql")),
             false,
         ),
     ];

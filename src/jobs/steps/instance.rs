@@ -19,6 +19,7 @@ pub const CREATE_DATABASE: &str = "create_database";
 pub const APPLY_SETTINGS: &str = "apply_settings";
 pub const WAIT_EXCLUSIVE: &str = "wait_exclusive";
 pub const FINAL_WAL: &str = "final_wal";
+pub const WRITE_DOC: &str = "write_instance_doc";
 pub const DESTROY: &str = "destroy";
 
 async fn load(ctx: &JobContext, job: &JobRecord) -> Result<InstanceRecord, StepError> {
@@ -164,6 +165,24 @@ pub async fn deprovision_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
         }
         FINAL_WAL => {
             super::final_wal::archive_final_wal(ctx, &instance).await?;
+            Ok(Outcome::Next(WRITE_DOC))
+        }
+        WRITE_DOC => {
+            // Part of "loses nothing": the archive must describe itself (deleted, with its
+            // final LSN) before the cluster is gone. A failure here keeps the instance.
+            let deleted_at = chrono::Utc::now();
+            crate::jobs::instance_doc::write_instance_doc(
+                &ctx.store,
+                &ctx.catalog,
+                &ctx.archive,
+                &instance.id,
+                |doc| {
+                    doc.state = crate::domain::InstanceState::Deleted.as_str().into();
+                    doc.deleted_at.get_or_insert(deleted_at);
+                },
+            )
+            .await
+            .map_err(StepError::transient)?;
             Ok(Outcome::Next(DESTROY))
         }
         DESTROY => {
@@ -190,14 +209,14 @@ pub async fn on_end(
         .context("instance record missing")?;
     match (kind, succeeded) {
         (JobKind::Provision, true) => {
-            if !store
-                .set_instance_state_from(id, InstanceState::Provisioning, InstanceState::Ready)
-                .await?
-            {
+            // The first base backup is a job of its own, so provisioning does not wait for it.
+            let backup = super::backup::backup_job(id, "provision");
+            if !store.set_ready_with_backup(id, &backup).await? {
                 return Ok(Some(
                     "Provisioning was stopped because the instance is being deleted.".into(),
                 ));
             }
+            sync_doc(ctx, id, "provisioned").await;
         }
         (JobKind::Provision, false) => {
             // A cancelled provision leaves the instance to the deprovision that cancelled it.
@@ -208,6 +227,7 @@ pub async fn on_end(
         (JobKind::Update, true) => {
             if let Some(plan) = payload_str(job, "plan_id") {
                 store.set_instance_plan(id, plan).await?;
+                sync_doc(ctx, id, "plan changed").await;
             }
             if instance.state == InstanceState::Updating {
                 store.set_instance_state(id, InstanceState::Ready).await?;
@@ -227,6 +247,7 @@ pub async fn on_end(
         (JobKind::Deprovision, true) => {
             store.delete_bindings_of(id).await?;
             store.set_instance_state(id, InstanceState::Deleted).await?;
+            sync_doc(ctx, id, "deleted").await;
         }
         (JobKind::Deprovision, false) => {
             // Still there (e.g. the final WAL could not be archived): keep serving it.
@@ -241,10 +262,24 @@ pub async fn on_end(
             } else {
                 store.set_instance_state(id, InstanceState::Failed).await?;
             }
+            // The write_instance_doc step may have recorded it as deleted already.
+            sync_doc(ctx, id, "deletion failed").await;
         }
-        (JobKind::Bind | JobKind::Unbind, _) => {}
+        (JobKind::Bind | JobKind::Unbind | JobKind::Backup, _) => {}
     }
     Ok(None)
+}
+
+/// Brings `instance.json` up to date without failing the operation (retried by the supervisor).
+async fn sync_doc(ctx: &JobContext, id: &crate::domain::InstanceId, why: &str) {
+    crate::jobs::instance_doc::sync_instance_doc_or_mark_stale(
+        &ctx.store,
+        &ctx.catalog,
+        &ctx.archive,
+        id,
+        why,
+    )
+    .await;
 }
 
 /// Picks a port in the configured range that no instance holds and nothing listens on.

@@ -1,5 +1,6 @@
 //! The steps of each job kind, and what the user reads while each runs.
 
+pub mod backup;
 mod binding;
 mod final_wal;
 mod instance;
@@ -20,6 +21,8 @@ pub enum JobKind {
     Deprovision,
     Bind,
     Unbind,
+    /// A base backup (no OSB operation; see [`backup`]).
+    Backup,
 }
 
 impl JobKind {
@@ -30,6 +33,7 @@ impl JobKind {
             JobKind::Deprovision => "deprovision",
             JobKind::Bind => "bind",
             JobKind::Unbind => "unbind",
+            JobKind::Backup => "backup",
         }
     }
 
@@ -40,6 +44,7 @@ impl JobKind {
             JobKind::Deprovision => instance::WAIT_EXCLUSIVE,
             JobKind::Bind => binding::CREATE_ROLE,
             JobKind::Unbind => binding::DROP_ROLE,
+            JobKind::Backup => backup::TAKE_BACKUP,
         }
     }
 
@@ -58,9 +63,11 @@ impl JobKind {
                 "Deleting: waiting for the running operation on this instance to stop"
             }
                         instance::FINAL_WAL => "Deleting: closing connections and archiving the last WAL, so that no commit is lost",
+            instance::WRITE_DOC => "Deleting: recording the instance's history in its archive (instance.json)",
             instance::DESTROY => "Deleting: stopping PostgreSQL and removing its data directory",
             binding::CREATE_ROLE => "Binding: creating a login role with a new password",
             binding::DROP_ROLE => "Unbinding: ending the role's sessions and dropping it",
+            backup::TAKE_BACKUP => "Taking a base backup",
             _ => "Working",
         };
         text.to_string()
@@ -79,6 +86,7 @@ impl JobKind {
             JobKind::Unbind => {
                 "The binding's role was dropped; its objects belong to the instance's owner role."
             }
+            JobKind::Backup => "The base backup is in the archive.",
         }
     }
 
@@ -89,6 +97,7 @@ impl JobKind {
             JobKind::Deprovision => instance::deprovision_step(ctx, job).await,
             JobKind::Bind => binding::bind_step(ctx, job).await,
             JobKind::Unbind => binding::unbind_step(ctx, job).await,
+            JobKind::Backup => backup::backup_step(ctx, job).await,
         }
     }
 
@@ -104,6 +113,7 @@ impl JobKind {
                 instance::on_end(self, ctx, job, true).await
             }
             JobKind::Bind | JobKind::Unbind => binding::on_end(self, ctx, job, true).await,
+            JobKind::Backup => Ok(None),
         }
     }
 
@@ -118,6 +128,7 @@ impl JobKind {
                 instance::on_end(self, ctx, job, false).await
             }
             JobKind::Bind | JobKind::Unbind => binding::on_end(self, ctx, job, false).await,
+            JobKind::Backup => Ok(None),
         }
     }
 }
@@ -131,6 +142,7 @@ impl FromStr for JobKind {
             JobKind::Deprovision,
             JobKind::Bind,
             JobKind::Unbind,
+            JobKind::Backup,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

@@ -1,0 +1,146 @@
+//! Writes each instance's `instance.json` (`archive::instance_doc`) from the state database.
+//!
+//! The document is written when the instance becomes ready, on rename and plan change, on
+//! deprovision (a step of its own, before the cluster is destroyed, which fails the deprovision
+//! if the archive cannot take it) and when the reaper empties the archive. Apart from
+//! deprovision a failed write never fails the user's request: the instance's stored hash is
+//! cleared ("stale") and the broker's maintenance pass writes it again
+//! ([`write_stale_docs`]); a periodic sweep ([`sync_instance_doc`] for every instance) also
+//! repairs a document overwritten by a slower concurrent writer.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+
+use crate::archive::instance_doc::{self, InstanceDoc, NameEntry};
+use crate::archive::layout::InstancePrefix;
+use crate::catalog::Catalog;
+use crate::domain::{InstanceId, SpaceGuid};
+use crate::storage::ObjectStore;
+use crate::store::{InstanceRecord, Store};
+
+fn time(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// The archive prefix of a stored instance.
+pub fn instance_prefix(instance: &InstanceRecord) -> anyhow::Result<InstancePrefix> {
+    let space = SpaceGuid::parse(instance.space_guid.clone())
+        .with_context(|| format!("space guid of instance {}", instance.id))?;
+    Ok(InstancePrefix::new(&space, &instance.id))
+}
+
+/// The document the state database describes for `id`.
+pub async fn build_instance_doc(
+    store: &Store,
+    catalog: &Catalog,
+    id: &InstanceId,
+) -> anyhow::Result<(InstancePrefix, InstanceDoc)> {
+    let instance = store
+        .get_instance(id)
+        .await?
+        .with_context(|| format!("instance {id} is not in the state database"))?;
+    let names = store.instance_names(id).await?;
+    let final_ = store.instance_final(id).await?;
+    let reaped_at = store.instance_reaped_at(id).await?;
+    let doc = InstanceDoc {
+        format: instance_doc::FORMAT,
+        instance_id: instance.id.to_string(),
+        space_guid: instance.space_guid.clone(),
+        organization_guid: instance.organization_guid.clone(),
+        service_id: instance.service_id.clone(),
+        plan_id: instance.plan_id.clone(),
+        plan_name: catalog
+            .plan(&instance.service_id, &instance.plan_id)
+            .map(|p| p.name.clone()),
+        names: names
+            .into_iter()
+            .map(|n| NameEntry {
+                name: n.name,
+                source: n.source,
+                recorded_at: time(n.recorded_at),
+            })
+            .collect(),
+        created_at: time(instance.created_at),
+        deleted_at: instance.deleted_at.map(time),
+        state: instance.state.as_str().to_string(),
+        final_lsn: final_.as_ref().map(|(lsn, _)| lsn.clone()),
+        final_at: final_.map(|(_, at)| time(at)),
+        reaped_at: reaped_at.map(time),
+    };
+    Ok((instance_prefix(&instance)?, doc))
+}
+
+/// Builds the document, lets `adjust` change it (deprovision writes the deleted state before
+/// the record says so), writes it and records its hash.
+pub async fn write_instance_doc(
+    store: &Store,
+    catalog: &Catalog,
+    archive: &ObjectStore,
+    id: &InstanceId,
+    adjust: impl FnOnce(&mut InstanceDoc),
+) -> anyhow::Result<()> {
+    let (prefix, mut doc) = build_instance_doc(store, catalog, id).await?;
+    adjust(&mut doc);
+    instance_doc::write(archive, &prefix, &doc)
+        .await
+        .with_context(|| format!("write {}", archive.location(&prefix.instance_json())))?;
+    store
+        .set_instance_doc_hash(id, Some(&doc.content_hash()))
+        .await?;
+    Ok(())
+}
+
+/// Writes the document if the stored copy differs from what the database says. Returns
+/// whether it wrote.
+pub async fn sync_instance_doc(
+    store: &Store,
+    catalog: &Catalog,
+    archive: &ObjectStore,
+    id: &InstanceId,
+) -> anyhow::Result<bool> {
+    let (prefix, doc) = build_instance_doc(store, catalog, id).await?;
+    let hash = doc.content_hash();
+    if store.instance_doc_hash(id).await?.as_deref() == Some(hash.as_str()) {
+        return Ok(false);
+    }
+    instance_doc::write(archive, &prefix, &doc)
+        .await
+        .with_context(|| format!("write {}", archive.location(&prefix.instance_json())))?;
+    store.set_instance_doc_hash(id, Some(&hash)).await?;
+    Ok(true)
+}
+
+/// [`sync_instance_doc`] for a path that must not fail because of it (a rename, the end of
+/// an operation): on failure, logs, marks the document stale and returns.
+pub async fn sync_instance_doc_or_mark_stale(
+    store: &Store,
+    catalog: &Catalog,
+    archive: &ObjectStore,
+    id: &InstanceId,
+    why: &str,
+) {
+    if let Err(e) = sync_instance_doc(store, catalog, archive, id).await {
+        tracing::warn!(instance = %id, error = format!("{e:#}"), why, "cannot write instance.json now; the maintenance pass will retry");
+        if let Err(e) = store.set_instance_doc_hash(id, None).await {
+            tracing::warn!(instance = %id, error = %e, "cannot mark instance.json stale");
+        }
+    }
+}
+
+/// Writes every missing or stale document. Returns (written, failed); one instance's failure
+/// does not stop the others and is returned, not logged, so that the caller can log it once.
+pub async fn write_stale_docs(
+    store: &Store,
+    catalog: &Catalog,
+    archive: &ObjectStore,
+) -> anyhow::Result<(usize, Vec<(InstanceId, anyhow::Error)>)> {
+    let mut written = 0;
+    let mut failed = Vec::new();
+    for instance in store.instances_with_stale_doc().await? {
+        match sync_instance_doc(store, catalog, archive, &instance.id).await {
+            Ok(_) => written += 1,
+            Err(e) => failed.push((instance.id, e)),
+        }
+    }
+    Ok((written, failed))
+}

@@ -1,0 +1,82 @@
+//! What the archive needs to take a base backup of a local cluster, and what the schedule needs
+//! to decide when: the binaries, socket, live port and superuser password; the current WAL
+//! position and the databases' size.
+//!
+//! The system identifier handed over is the one the instance's archive target names (what its
+//! WAL is checked against, rule 8), so a backup can never land in an archive whose WAL belongs
+//! to another cluster. Must not import `osb`, `broker`, `store` or `jobs`.
+
+use secrecy::SecretString;
+
+use super::{io, rt, LocalRuntime};
+use crate::archive::{ArchiveTarget, BackupSource};
+use crate::domain::InstanceId;
+use crate::pg::{ctl, PgError};
+use crate::runtime::{RuntimeError, WalPosition};
+
+impl LocalRuntime {
+    /// How to reach the running cluster of `id` for a base backup.
+    pub async fn backup_source(&self, id: &InstanceId) -> Result<BackupSource, RuntimeError> {
+        let tools = self.tools().await?;
+        let dirs = self.existing(id)?;
+        let Some(pm) = ctl::live_postmaster(&dirs.pgdata).map_err(rt)? else {
+            return Err(rt(PgError::NotRunning {
+                instance: id.to_string(),
+            }));
+        };
+        let port = match pm.port {
+            Some(p) => p,
+            None => self.configured_port(&dirs)?,
+        };
+        let pw_file = self.layout.password_file(id);
+        let text =
+            std::fs::read_to_string(&pw_file).map_err(io(format!("read {}", pw_file.display())))?;
+        let target_file = self.layout.cluster(id).join("archive.json");
+        let system_identifier = if target_file.is_file() {
+            ArchiveTarget::load(&target_file)
+                .map_err(|e| rt(PgError::Setup(format!("read the archive target: {e}"))))?
+                .system_identifier
+        } else {
+            return Err(rt(PgError::Setup(format!(
+                "instance {id} does not archive (no {}); a base backup would not be restorable",
+                target_file.display()
+            ))));
+        };
+        Ok(BackupSource {
+            instance_id: id.to_string(),
+            pg_basebackup: tools.bin.path("pg_basebackup"),
+            socket_dir: dirs.socket_dir,
+            port,
+            password: SecretString::from(text.trim().to_string()),
+            system_identifier,
+        })
+    }
+
+    /// Where the cluster's WAL is now, and how large its databases are.
+    pub async fn wal_position(&self, id: &InstanceId) -> Result<WalPosition, RuntimeError> {
+        use sqlx::Row;
+        let options = self.admin_options(id).await?;
+        let mut conn = crate::pg::sql::connect(&options, crate::pg::sql::ADMIN_DATABASE)
+            .await
+            .map_err(rt)?;
+        let sql_err = |source| {
+            rt(PgError::Sql {
+                context: "read the WAL position and database size".into(),
+                source,
+            })
+        };
+        let row = sqlx::query(
+            "SELECT pg_current_wal_lsn()::text, \
+             (SELECT sum(pg_database_size(oid))::int8 FROM pg_database)",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .map_err(sql_err)?;
+        let lsn: String = row.try_get(0).map_err(sql_err)?;
+        let size: Option<i64> = row.try_get(1).map_err(sql_err)?;
+        Ok(WalPosition {
+            current_lsn: crate::archive::layout::parse_lsn(&lsn).unwrap_or(0),
+            database_bytes: size.unwrap_or(0).max(0) as u64,
+        })
+    }
+}
