@@ -66,6 +66,9 @@ enum Command {
     Prune(wayback::cli::prune::PruneArgs),
     /// Take a base backup of one instance now (through the broker's backup job) and print it.
     Backup(wayback::cli::backup::BackupArgs),
+    /// Restore an instance's archive into a new data directory, recover and promote it, and
+    /// print what it took (latest state, or --point-in-time).
+    Restore(wayback::cli::restore::RestoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Prune(args) => wayback::cli::prune::main(settings, args),
         Command::Backup(args) => wayback::cli::backup::main(settings, args),
+        Command::Restore(args) => wayback::cli::restore::main(settings, args),
         Command::ConfigReference => {
             print!("{}", Settings::reference_markdown());
             ExitCode::SUCCESS

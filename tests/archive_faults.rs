@@ -10,7 +10,7 @@ use common::s3_server::S3Server;
 use common::*;
 use sqlx::Row;
 use wayback::archive::frame;
-use wayback::archive::layout::WalFileName;
+use wayback::archive::layout::{WalFileKind, WalFileName};
 use wayback::storage::ObjectStore;
 
 /// (archived segments, failed pushes, ready files, last archived WAL) of an instance.
@@ -138,7 +138,7 @@ async fn storage_down_during_wal_push_loses_nothing_once_it_returns() {
         .into_iter()
         .filter_map(|o| {
             let name = WalFileName::parse(o.key.rsplit('/').next()?).ok()?;
-            name.segment_parts().map(|_| (name, o.key))
+            (name.kind() == WalFileKind::Segment).then_some((name, o.key))
         })
         .collect();
     let numbers: Vec<u64> = segments

@@ -21,6 +21,7 @@ pub mod instance_doc;
 pub mod layout;
 pub mod manifest;
 mod push;
+pub mod restore;
 pub mod retention;
 pub mod target;
 pub mod walscan;

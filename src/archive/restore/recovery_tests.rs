@@ -1,0 +1,77 @@
+use super::*;
+
+fn input<'a>(floors: &'a SettingFloors, recovery: bool, archiving: bool) -> ConfInput<'a> {
+    ConfInput {
+        listen_address: "127.0.0.1",
+        port: 5433,
+        socket_dir: "/tmp/wbt-x/run",
+        wayback_bin: "/opt/way back/wayback",
+        target_file: "/tmp/wbt-x/archive.json",
+        archiving,
+        archive_timeout_secs: 60,
+        recovery: recovery.then(|| {
+            (
+                RestoreTarget::PointInTime("2026-01-02T03:04:05.123456Z".parse().unwrap()),
+                floors,
+            )
+        }),
+    }
+}
+
+#[test]
+fn recovery_settings_read_the_source_and_promote() {
+    let floors = SettingFloors {
+        max_connections: 120,
+        ..SettingFloors::default()
+    };
+    let text = render_conf(&input(&floors, true, false)).unwrap();
+    for line in [
+        "port = '5433'",
+        "archive_mode = 'off'",
+        "restore_command = '''/opt/way back/wayback'' wal-fetch --target /tmp/wbt-x/archive.json %f %p'",
+        "recovery_target_action = 'promote'",
+        "recovery_target_timeline = 'latest'",
+        "recovery_target_time = '2026-01-02 03:04:05.123456+00'",
+        "max_connections = '120'",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} missing in\n{text}");
+    }
+    assert!(
+        !text.contains("max_wal_senders"),
+        "zero floors are not written"
+    );
+}
+
+#[test]
+fn once_promoted_only_ordinary_settings_remain() {
+    let floors = SettingFloors::default();
+    let text = render_conf(&input(&floors, false, true)).unwrap();
+    assert!(
+        !text.contains("restore_command") && !text.contains("recovery_target"),
+        "{text}"
+    );
+    assert!(text.contains("archive_mode = 'on'"), "{text}");
+    assert!(
+        text.contains("wal-push --target /tmp/wbt-x/archive.json %p"),
+        "{text}"
+    );
+}
+
+#[test]
+fn floors_are_at_least_the_source_configuration() {
+    let conf = "max_connections = '300'\nmax_wal_senders = '10' # comment\n";
+    let floors = SettingFloors {
+        max_connections: 100,
+        max_locks_per_transaction: 64,
+        ..SettingFloors::default()
+    };
+    let f = effective_floors(conf, &floors);
+    assert_eq!(
+        (
+            f.max_connections,
+            f.max_wal_senders,
+            f.max_locks_per_transaction
+        ),
+        (300, 10, 64)
+    );
+}
