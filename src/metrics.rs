@@ -49,11 +49,7 @@ impl Histogram {
         for (bound, count) in BUCKETS.iter().zip(&self.counts) {
             let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
         }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
-            self.count
-        );
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
         let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
         let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
     }
@@ -210,7 +206,10 @@ fn render_archive(out: &mut String, inner: &Inner) {
             (now - at).max(0.0)
         );
     }
-    let _ = writeln!(out, "# HELP wayback_base_backup_size_bytes Bytes stored for the instance's newest base backup.");
+    let _ = writeln!(
+        out,
+        "# HELP wayback_base_backup_size_bytes Bytes stored for the instance's newest base backup."
+    );
     let _ = writeln!(out, "# TYPE wayback_base_backup_size_bytes gauge");
     for (instance, (_, bytes)) in &inner.backups {
         let _ = writeln!(
@@ -221,7 +220,11 @@ fn render_archive(out: &mut String, inner: &Inner) {
     let _ = writeln!(out, "# HELP wayback_restore_duration_seconds Restores from the archive (clones and operator restores), from start to promoted.");
     let _ = writeln!(out, "# TYPE wayback_restore_duration_seconds histogram");
     for (outcome, h) in &inner.restores {
-        h.render(out, "wayback_restore_duration_seconds", &format!("outcome=\"{outcome}\""));
+        h.render(
+            out,
+            "wayback_restore_duration_seconds",
+            &format!("outcome=\"{outcome}\""),
+        );
     }
 }
 
