@@ -57,6 +57,12 @@ enum Command {
         /// %p: where to put it.
         path: PathBuf,
     },
+    /// Keeps the next WAL segments of a recovery downloaded (started by wal-fetch; internal).
+    #[command(hide = true)]
+    WalPrefetch {
+        #[arg(long)]
+        target: PathBuf,
+    },
     /// Load and validate the configuration (and catalog), then exit.
     CheckConfig,
     /// Print every setting: environment variable, config key, default, meaning (Markdown).
@@ -109,6 +115,9 @@ fn main() -> ExitCode {
         Command::WalPush { target, path } => {
             wayback::telemetry::init_for_postgres();
             ExitCode::from(wayback::archive::wal_push_main(&target, &path))
+        }
+        Command::WalPrefetch { target } => {
+            ExitCode::from(wayback::archive::wal_prefetch_main(&target))
         }
         Command::WalFetch { target, name, path } => {
             wayback::telemetry::init_for_postgres();

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::frame;
 use super::layout::{WalFileKind, WalFileName};
+use super::prefetch;
 use super::target::ArchiveTarget;
 use super::ArchiveError;
 use crate::storage::ObjectStore;
@@ -33,7 +34,7 @@ fn source(target: &ArchiveTarget) -> (&str, u64) {
 
 /// Downloads, verifies and unframes one file; None when definitely absent. Transient errors
 /// are retried for up to `fetch_retry_secs`.
-async fn download(
+pub(crate) async fn download(
     target: &ArchiveTarget,
     store: &ObjectStore,
     name: &WalFileName,
@@ -73,7 +74,7 @@ async fn download(
 }
 
 /// Writes `raw` to `dest` through a temporary file in the same directory.
-async fn write_file(dest: &Path, raw: &[u8]) -> Result<(), ArchiveError> {
+pub(crate) async fn write_file(dest: &Path, raw: &[u8]) -> Result<(), ArchiveError> {
     let tmp = dest.with_extension("wayback-tmp");
     tokio::fs::write(&tmp, raw)
         .await
@@ -101,7 +102,7 @@ pub async fn fetch(
 }
 
 /// The next `n` segment names after `name` on its timeline (16 MiB segments).
-fn following(name: &WalFileName, n: usize) -> Vec<WalFileName> {
+pub(crate) fn following(name: &WalFileName, n: usize) -> Vec<WalFileName> {
     let Some((tli, log, seg)) = name.segment_parts() else {
         return Vec::new();
     };
@@ -120,7 +121,7 @@ fn following(name: &WalFileName, n: usize) -> Vec<WalFileName> {
         .collect()
 }
 
-fn cache_dir(target_path: &Path) -> PathBuf {
+pub(crate) fn cache_dir(target_path: &Path) -> PathBuf {
     target_path
         .parent()
         .unwrap_or(Path::new("."))
@@ -154,46 +155,45 @@ async fn fetch_main(target_path: &Path, name: &str, dest: &Path) -> Result<Fetch
     let target = ArchiveTarget::load(target_path)?;
     let wal = WalFileName::parse(name).map_err(ArchiveError::Target)?;
     let cache = cache_dir(target_path);
-    // Fetched ahead by an earlier call (verified then): move it into place.
+    let ahead = wal.kind() == WalFileKind::Segment && target.fetch_ahead > 0;
+    if ahead && tokio::fs::create_dir_all(&cache).await.is_ok() {
+        prefetch::set_wanted(&cache, wal.as_str()).await;
+        prefetch::ensure_running(target_path, &cache);
+    }
     let cached = cache.join(wal.as_str());
+    if ahead {
+        // Being downloaded by the prefetcher: wait for it rather than download it twice.
+        let marker = prefetch::inflight_marker(&cache, wal.as_str());
+        let deadline = Instant::now() + Duration::from_secs(target.fetch_retry_secs.max(1));
+        while marker.exists() && !cached.exists() && Instant::now() < deadline {
+            if !prefetch::running(&cache) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // Fetched ahead (and verified then): move it into place.
     if tokio::fs::rename(&cached, dest).await.is_ok() {
         clean_cache(&cache, wal.as_str()).await;
         return Ok(Fetched::Restored);
     }
+    if ahead {
+        clean_cache(&cache, wal.as_str()).await;
+    }
     let store = target.open_store()?;
-    if wal.kind() != WalFileKind::Segment || target.fetch_ahead == 0 {
-        return fetch(&target, &store, name, dest).await;
-    }
-    clean_cache(&cache, wal.as_str()).await;
-    let ahead = following(&wal, target.fetch_ahead);
-    let prefetch = ahead.iter().map(|n| {
-        let (target, store, cache) = (&target, &store, &cache);
-        async move {
-            if let Ok(Some(raw)) = download(target, store, n).await {
-                let _ = tokio::fs::create_dir_all(cache).await;
-                let _ = write_file(&cache.join(n.as_str()), &raw).await;
-            }
-        }
-    });
-    let (current, _) = tokio::join!(
-        download(&target, &store, &wal),
-        futures::future::join_all(prefetch)
-    );
-    match current? {
-        Some(raw) => {
-            write_file(dest, &raw).await?;
-            Ok(Fetched::Restored)
-        }
-        None => Ok(Fetched::Absent),
-    }
+    fetch(&target, &store, name, dest).await
 }
 
+/// Removes cached segments recovery has gone past (names sort in WAL order on a timeline).
 async fn clean_cache(dir: &Path, current: &str) {
     let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
         return;
     };
     while let Ok(Some(e)) = entries.next_entry().await {
-        if e.file_name().to_str().is_some_and(|n| n <= current) {
+        let stale = e.file_name().to_str().is_some_and(|n| {
+            !n.starts_with('.') && !n.ends_with(".inflight") && n.len() >= 24 && &n[..24] <= current
+        });
+        if stale {
             let _ = tokio::fs::remove_file(e.path()).await;
         }
     }

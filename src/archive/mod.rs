@@ -20,6 +20,7 @@ pub mod frame;
 pub mod instance_doc;
 pub mod layout;
 pub mod manifest;
+mod prefetch;
 mod push;
 pub mod restore;
 pub mod retention;
@@ -29,6 +30,7 @@ pub mod window;
 
 pub use backup::{take_backup, BackupOptions, BackupReport, BackupSource, BackupTimings};
 pub use fetch::{fetch, wal_fetch_main, Fetched};
+pub use prefetch::wal_prefetch_main;
 pub use push::{push, wal_push_main, Pushed};
 pub use target::{ArchiveTarget, RestoreSource};
 
