@@ -1,0 +1,442 @@
+#!/usr/bin/env python3
+"""Helpers for scripts/bench-archive. Standard library only.
+
+    bench_archive.py s3-usage BUCKET [--group NAME=SUBSTRING ...] [--count NAME=REGEX ...]
+        Lists BUCKET with signed ListObjectsV2 requests (SigV4; endpoint, region and keys from
+        BENCH_S3_ENDPOINT, BENCH_S3_REGION, BENCH_S3_ACCESS_KEY, BENCH_S3_SECRET_KEY) and prints
+        {"bytes": N, "objects": N, "groups": {NAME: bytes}, "counts": {NAME: objects}} where an
+        object counts in the first group whose SUBSTRING its key contains ("other" if none);
+        each --count adds counts[NAME], the number of keys REGEX matches.
+    bench_archive.py provision --plan small --out FILE
+        Provisions and binds one instance through the broker (WAYBACK_BROKER_URL, _USERNAME,
+        _PASSWORD) and writes {"instance_id", "space_guid", "organization_guid", "binding_id",
+        "credentials"} to FILE (mode 0600).
+    bench_archive.py json-num FILE KEY_REGEX ...
+        Prints the first number in the JSON document FILE (the last JSON value in it if it holds
+        several lines) whose dotted key path matches one of the regexes, tried in order; prints
+        nothing and exits 1 when none does.
+    bench_archive.py backup-summary FILE
+        One line about the JSON report of `wayback backup --json` (reason, sizes, timings).
+    bench_archive.py wait-backups STATE_DB INSTANCE [--timeout 900]
+        Waits until the broker's SQLite state database has no unfinished backup job of INSTANCE;
+        prints the reasons of the backups taken so far.
+    bench_archive.py report RESULTS [--write-benchmarks BENCHMARKS_MD]
+        Prints the side-by-side table and one machine-readable line ("bench-archive-result
+        {json}") from RESULTS (key=value lines); optionally rewrites the generated block of the
+        "Archive: backup, restore, replay" section of BENCHMARKS_MD.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import re
+import textwrap
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+import xml.etree.ElementTree as ET
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+# pgBackRest 2.45 on Garage, measured before this script existed (issue 3): tuned
+# (--compress-type=lz4 --process-max=2) and defaults (gz, one process).
+ANCHOR_TUNED = {"backup_s": 7.9, "restore_s": 7.1, "replay_s": 8.4}
+ANCHOR_DEFAULTS = {"backup_s": 28.0, "restore_s": 13.0, "replay_s": 6.0}
+
+SECTION = "## Archive: backup, restore, replay"
+BEGIN = "<!-- bench-archive -->"
+END = "<!-- /bench-archive -->"
+
+
+# --- S3 listing -----------------------------------------------------------------------------
+
+def _sign(key: bytes, msg: str) -> bytes:
+    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+
+
+def _quote(s: str) -> str:
+    return urllib.parse.quote(s, safe="-_.~")
+
+
+def s3_get(endpoint: str, region: str, access: str, secret: str, path: str,
+           query: dict[str, str]) -> bytes:
+    parsed = urllib.parse.urlsplit(endpoint)
+    host = parsed.netloc
+    now = dt.datetime.now(dt.timezone.utc)
+    amz_date = now.strftime("%Y%m%dT%H%M%SZ")
+    day = now.strftime("%Y%m%d")
+    canonical_query = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query.items()))
+    payload = hashlib.sha256(b"").hexdigest()
+    headers = {"host": host, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
+    signed = ";".join(sorted(headers))
+    canonical_headers = "".join(f"{k}:{headers[k]}\n" for k in sorted(headers))
+    canonical_path = urllib.parse.quote(path, safe="/-_.~")
+    request = "\n".join(["GET", canonical_path, canonical_query, canonical_headers, signed, payload])
+    scope = f"{day}/{region}/s3/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,
+                         hashlib.sha256(request.encode()).hexdigest()])
+    key = _sign(_sign(_sign(_sign(("AWS4" + secret).encode(), day), region), "s3"), "aws4_request")
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    auth = (f"AWS4-HMAC-SHA256 Credential={access}/{scope}, SignedHeaders={signed}, "
+            f"Signature={signature}")
+    url = f"{parsed.scheme}://{host}{canonical_path}?{canonical_query}"
+    req = urllib.request.Request(url, headers={
+        "x-amz-content-sha256": payload, "x-amz-date": amz_date, "Authorization": auth})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return resp.read()
+
+
+def s3_usage(args: argparse.Namespace) -> int:
+    env = os.environ
+    endpoint, region = env["BENCH_S3_ENDPOINT"], env["BENCH_S3_REGION"]
+    access, secret = env["BENCH_S3_ACCESS_KEY"], env["BENCH_S3_SECRET_KEY"]
+    groups = []
+    for spec in args.group:
+        name, _, sub = spec.partition("=")
+        groups.append((name, sub))
+    total = objects = 0
+    by_group = {name: 0 for name, _ in groups}
+    counts = {name: 0 for name, _ in groups}
+    by_group["other"] = counts["other"] = 0
+    extra = []
+    for spec in args.count:
+        name, _, rx = spec.partition("=")
+        extra.append((name, re.compile(rx)))
+        counts[name] = 0
+    token = None
+    while True:
+        query = {"list-type": "2", "max-keys": "1000"}
+        if token:
+            query["continuation-token"] = token
+        body = s3_get(endpoint, region, access, secret, "/" + args.bucket, query)
+        root = ET.fromstring(body)
+        ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        for item in root.findall(f"{ns}Contents"):
+            key = item.findtext(f"{ns}Key") or ""
+            size = int(item.findtext(f"{ns}Size") or 0)
+            total += size
+            objects += 1
+            for name, rx in extra:
+                if rx.search(key):
+                    counts[name] += 1
+            for name, sub in groups:
+                if sub in key:
+                    by_group[name] += size
+                    counts[name] += 1
+                    break
+            else:
+                by_group["other"] += size
+                counts["other"] += 1
+        truncated = (root.findtext(f"{ns}IsTruncated") or "false").lower() == "true"
+        token = root.findtext(f"{ns}NextContinuationToken")
+        if not truncated or not token:
+            break
+    print(json.dumps({"bytes": total, "objects": objects, "groups": by_group, "counts": counts}))
+    return 0
+
+
+# --- provisioning ---------------------------------------------------------------------------
+
+def provision(args: argparse.Namespace) -> int:
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import osb  # noqa: E402  (scripts/osb.py)
+
+    client = osb.Client.from_env()
+    service_id, plan_id = osb.catalog_ids(os.path.join(REPO, "catalog.json"), args.plan)
+    ids = {"service_id": service_id, "plan_id": plan_id}
+    org, space, app = (str(uuid.uuid4()) for _ in range(3))
+    instance_id, binding_id = str(uuid.uuid4()), str(uuid.uuid4())
+    instance = f"/v2/service_instances/{instance_id}"
+    binding = f"{instance}/service_bindings/{binding_id}"
+    context = {"platform": "cloudfoundry", "organization_guid": org, "space_guid": space,
+               "instance_name": "bench-archive"}
+
+    def run(resp, path, *ok):
+        if resp.status not in ok:
+            raise SystemExit(f"bench_archive: {resp.describe()}")
+        if resp.status == 202:
+            op = resp.body.get("operation") if isinstance(resp.body, dict) else None
+            query = dict(ids, **({"operation": op} if op else {}))
+            try:
+                osb.poll_last_operation(client, f"{path}/last_operation", query, interval=0.2,
+                                        timeout=600)
+            except osb.OperationFailed as err:
+                raise SystemExit(f"bench_archive: {path}: {err}") from err
+
+    body = dict(ids, organization_guid=org, space_guid=space, context=context)
+    run(client.put(instance, body, {"accepts_incomplete": "true"}), instance, 201, 202)
+    body = dict(ids, bind_resource={"app_guid": app}, context=context)
+    run(client.put(binding, body, {"accepts_incomplete": "true"}), binding, 200, 201, 202)
+    resp = client.get(binding, ids)
+    if resp.status != 200:
+        raise SystemExit(f"bench_archive: {resp.describe()}")
+    creds = osb.lookup(resp.body, "credentials") or {}
+    out = {"instance_id": instance_id, "space_guid": space, "organization_guid": org,
+           "binding_id": binding_id, "credentials": creds}
+    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(out, f)
+    return 0
+
+
+# --- JSON reports of the wayback CLI --------------------------------------------------------
+
+def _flatten(value, prefix=""):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _flatten(v, f"{prefix}.{i}")
+    else:
+        yield prefix, value
+
+
+def load_json(path: str):
+    text = open(path, encoding="utf-8").read().strip()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        # Several JSON lines (progress, then the report): take the last that parses.
+        for line in reversed(text.splitlines()):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    raise SystemExit(f"bench_archive: no JSON in {path}")
+
+
+def json_num(args: argparse.Namespace) -> int:
+    flat = [(k, v) for k, v in _flatten(load_json(args.file))
+            if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    for pattern in args.keys:
+        rx = re.compile(pattern)
+        for k, v in flat:
+            if rx.search(k):
+                print(v)
+                return 0
+    return 1
+
+
+def backup_summary(args: argparse.Namespace) -> int:
+    doc = load_json(args.file)
+    m, t = doc.get("manifest", {}), doc.get("timings", {})
+    print(f"reason {m.get('reason')}, {m.get('raw_bytes', 0) / 1e6:.0f} MB raw, "
+          f"{m.get('stored_bytes', 0) / 1e6:.0f} MB stored in {len(m.get('parts', []))} parts; "
+          f"job {t.get('backup_ms')} ms = stream {t.get('stream_ms')} ms + archive wait "
+          f"{t.get('archive_wait_ms')} ms; command {t.get('command_ms')} ms")
+    return 0
+
+
+def wait_backups(args: argparse.Namespace) -> int:
+    """Waits until the broker has no unfinished backup job of the instance (an automatic one,
+    e.g. `wal-volume` after a large load), so a timed backup never overlaps or joins one."""
+    import sqlite3
+    import time
+    deadline = time.monotonic() + args.timeout
+    while True:
+        con = sqlite3.connect(f"file:{args.db}?mode=ro", uri=True, timeout=10)
+        try:
+            busy = con.execute(
+                "SELECT count(*) FROM jobs WHERE kind = 'backup' AND instance_id = ? "
+                "AND state NOT IN ('done', 'failed')", (args.instance,)).fetchone()[0]
+            reasons = [r[0] for r in con.execute(
+                "SELECT reason FROM backups WHERE instance_id = ? ORDER BY recorded_at",
+                (args.instance,))]
+        finally:
+            con.close()
+        if busy == 0:
+            print(", ".join(reasons) if reasons else "none")
+            return 0
+        if time.monotonic() >= deadline:
+            print(f"bench_archive: {busy} backup job(s) of {args.instance} still unfinished "
+                  f"after {args.timeout:g}s", file=sys.stderr)
+            return 1
+        time.sleep(0.2)
+
+
+# --- the report -----------------------------------------------------------------------------
+
+def _num(r: dict, key: str):
+    v = r.get(key, "")
+    try:
+        return float(v)
+    except ValueError:
+        return None
+
+
+def _secs(v) -> str:
+    return "—" if v is None else f"{v:.1f} s"
+
+
+def _mb(v) -> str:
+    return "—" if v is None else f"{v / 1e6:,.0f} MB"
+
+
+def _sum(*vals):
+    return None if any(v is None for v in vals) else round(sum(vals), 3)
+
+
+def build(r: dict) -> tuple[list[tuple[str, ...]], dict]:
+    tools = {}
+    for side in ("pgbr", "wb"):
+        t = {k: _num(r, f"{side}_{k}") for k in (
+            "backup_s", "restore_s", "replay_s", "restore_total_s", "catchup_s", "backlog_end",
+            "backlog_max", "wal_bytes", "tps", "stored_bytes", "stored_base_bytes",
+            "stored_wal_bytes", "base_backups", "db_bytes")}
+        t["restore_replay_s"] = _sum(t["restore_s"], t["replay_s"])
+        t["all_s"] = _sum(t["backup_s"], t["restore_s"], t["replay_s"])
+        tools[side] = t
+    anchor = dict(ANCHOR_TUNED)
+    anchor["restore_replay_s"] = round(anchor["restore_s"] + anchor["replay_s"], 3)
+    anchor["all_s"] = round(anchor["backup_s"] + anchor["restore_replay_s"], 3)
+    p, w = tools["pgbr"], tools["wb"]
+
+    def stored(t):
+        if t["stored_bytes"] is None:
+            return "—"
+        return (f"{_mb(t['stored_bytes'])} ({_mb(t['stored_base_bytes'])} base + "
+                f"{_mb(t['stored_wal_bytes'])} WAL)")
+
+    def count(v):
+        return "—" if v is None else f"{v:.0f}"
+
+    rows = [
+        ("", f"pgBackRest {r.get('pgbr_settings', '')}".strip(), "Wayback",
+         "anchor: pgBackRest tuned, Garage"),
+        ("base backup", _secs(p["backup_s"]), _secs(w["backup_s"]), _secs(anchor["backup_s"])),
+        ("restore (download + unpack)", _secs(p["restore_s"]), _secs(w["restore_s"]),
+         _secs(anchor["restore_s"])),
+        ("start → promoted (WAL replay)", _secs(p["replay_s"]), _secs(w["replay_s"]),
+         _secs(anchor["replay_s"])),
+        ("restore + replay", _secs(p["restore_replay_s"]), _secs(w["restore_replay_s"]),
+         _secs(anchor["restore_replay_s"])),
+        ("backup + restore + replay", _secs(p["all_s"]), _secs(w["all_s"]),
+         _secs(anchor["all_s"])),
+        ("archive catch-up after load", _secs(p["catchup_s"]), _secs(w["catchup_s"]), ""),
+        ("archive backlog at end of load / max (segments)",
+         f"{count(p['backlog_end'])} / {count(p['backlog_max'])}",
+         f"{count(w['backlog_end'])} / {count(w['backlog_max'])}", ""),
+        ("bytes stored", stored(p), stored(w), ""),
+        ("base backups in the bucket", count(p["base_backups"]), count(w["base_backups"]), ""),
+        ("database size", _mb(p["db_bytes"]), _mb(w["db_bytes"]), ""),
+        ("WAL written by the load", _mb(p["wal_bytes"]), _mb(w["wal_bytes"]), ""),
+        ("load tps", count(p["tps"]), count(w["tps"]), ""),
+    ]
+    machine = {k: v for k, v in r.items() if not k.startswith(("pgbr_", "wb_"))}
+    machine["pgbr_settings"] = r.get("pgbr_settings", "")
+    for side, name in (("pgbr", "pgbackrest"), ("wb", "wayback")):
+        extra = {k[len(side) + 1:]: _num(r, k) for k in r
+                 if k.startswith(side + "_") and k[len(side) + 1:] not in tools[side]
+                 and _num(r, k) is not None}
+        machine[name] = dict(tools[side], **extra)
+    machine["anchor_pgbackrest_tuned_garage"] = anchor
+    return rows, machine
+
+
+def render_text(rows) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render_markdown(rows, r: dict) -> str:
+    intro = (f"Generated by `{r.get('command', 'bash scripts/bench-archive')}` on "
+             f"{r.get('date', '?')}. S3 server: {r.get('s3_server', '?')}; "
+             f"{r.get('pgbackrest_version', 'pgBackRest')} ({r.get('pgbr_settings', '')}); "
+             f"wayback {r.get('wayback_version', '?')}. Data: `pgbench -i -s {r.get('scale', '?')}`, "
+             f"then `{r.get('load', '?')}`. Load average before the run: {r.get('loadavg', '?')}.")
+    # Keep `code spans` on one line: wrap with their spaces hidden.
+    intro = re.sub(r"`[^`]*`", lambda m: m.group(0).replace(" ", "\0"), intro)
+    lines = textwrap.wrap(intro, width=98, break_on_hyphens=False, break_long_words=False)
+    out = [line.replace("\0", " ") for line in lines] + [
+           "",
+           "| " + " | ".join(rows[0]) + " |",
+           "|" + "---|" * len(rows[0])]
+    for row in rows[1:]:
+        out.append("| " + " | ".join(c if c else "" for c in row) + " |")
+    return "\n".join(out)
+
+
+def write_benchmarks(path: str, block: str) -> None:
+    text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
+    generated = f"{BEGIN}\n{block}\n{END}"
+    if BEGIN in text and END in text:
+        start = text.index(BEGIN)
+        end = text.index(END) + len(END)
+        text = text[:start] + generated + text[end:]
+    elif SECTION in text:
+        # Section without a generated block: put the block right under its heading.
+        at = text.index(SECTION) + len(SECTION)
+        text = text[:at] + "\n\n" + generated + "\n" + text[at:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + SECTION + "\n\n" + generated + "\n"
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def report(args: argparse.Namespace) -> int:
+    r = {}
+    for line in open(args.results, encoding="utf-8"):
+        line = line.rstrip("\n")
+        if "=" in line:
+            k, _, v = line.partition("=")
+            r[k] = v
+    rows, machine = build(r)
+    print(render_text(rows))
+    print("bench-archive-result " + json.dumps(machine, sort_keys=True))
+    if args.write_benchmarks:
+        write_benchmarks(args.write_benchmarks, render_markdown(rows, r))
+        print(f"bench-archive: wrote the generated block of '{SECTION[3:]}' in "
+              f"{args.write_benchmarks}", file=sys.stderr)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("s3-usage")
+    p.add_argument("bucket")
+    p.add_argument("--group", action="append", default=[])
+    p.add_argument("--count", action="append", default=[])
+    p.set_defaults(func=s3_usage)
+    p = sub.add_parser("provision")
+    p.add_argument("--plan", default="small")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=provision)
+    p = sub.add_parser("json-num")
+    p.add_argument("file")
+    p.add_argument("keys", nargs="+")
+    p.set_defaults(func=json_num)
+    p = sub.add_parser("backup-summary")
+    p.add_argument("file")
+    p.set_defaults(func=backup_summary)
+    p = sub.add_parser("wait-backups")
+    p.add_argument("db")
+    p.add_argument("instance")
+    p.add_argument("--timeout", type=float, default=900)
+    p.set_defaults(func=wait_backups)
+    p = sub.add_parser("report")
+    p.add_argument("results")
+    p.add_argument("--write-benchmarks")
+    p.set_defaults(func=report)
+    args = parser.parse_args()
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
