@@ -20,7 +20,51 @@ use crate::jobs::{JobContext, Worker};
 use crate::metrics::Metrics;
 use crate::osb::{self, AppState, BasicAuth};
 use crate::runtime::{LocalRuntime, Runtime};
+use crate::storage::{ObjectStore, StorageSettings};
 use crate::store::Store;
+
+/// The state database's URL: `database_url` if the settings name one, else the SQLite file in
+/// `data_dir`.
+pub(crate) fn database_url(settings: &Settings, data_dir: &Path) -> String {
+    settings
+        .database_url
+        .as_ref()
+        .map(|u| u.expose_secret().to_string())
+        .unwrap_or_else(|| Store::default_sqlite_url(data_dir))
+}
+
+/// Opens the state database the settings name (running migrations); with its URL.
+pub(crate) async fn open_state_store(
+    settings: &Settings,
+    data_dir: &Path,
+) -> anyhow::Result<(Store, String)> {
+    let url = database_url(settings, data_dir);
+    let store = Store::connect(&url)
+        .await
+        .context("open the state database")?;
+    Ok((store, url))
+}
+
+/// The archive's settings, with `file://DATA_DIR/archive` when they name no URL.
+pub(crate) fn archive_settings(settings: &Settings, data_dir: &Path) -> StorageSettings {
+    let mut archive = settings.archive.clone();
+    if archive.url.trim().is_empty() {
+        archive.url = StorageSettings::default_url(data_dir, "archive");
+    }
+    archive
+}
+
+/// Opens the archive and checks that it can be reached.
+pub(crate) async fn open_reachable_archive(
+    storage: &StorageSettings,
+) -> anyhow::Result<ObjectStore> {
+    let archive = ObjectStore::open(storage).context("open the archive")?;
+    archive
+        .check()
+        .await
+        .with_context(|| format!("reach the archive at {}", archive.location("")))?;
+    Ok(archive)
+}
 
 pub struct Application {
     port: u16,
@@ -44,14 +88,7 @@ impl Application {
         let data_dir = std::fs::canonicalize(&settings.data_dir)?;
         let catalog = Arc::new(Catalog::load(settings.catalog.as_deref())?);
         let password = broker_password(&settings, &data_dir)?;
-        let database_url = settings
-            .database_url
-            .as_ref()
-            .map(|u| u.expose_secret().to_string())
-            .unwrap_or_else(|| Store::default_sqlite_url(&data_dir));
-        let store = Store::connect(&database_url)
-            .await
-            .context("open the state database")?;
+        let (store, _) = open_state_store(&settings, &data_dir).await?;
         let runtime = Runtime::Local(Arc::new(LocalRuntime::new(
             data_dir.clone(),
             settings.postgres.clone(),
@@ -70,16 +107,8 @@ impl Application {
             .clone()
             .unwrap_or_else(|| format!("http://{}:{port}", settings.listen.ip()));
         let mut settings = settings;
-        if settings.archive.url.trim().is_empty() {
-            settings.archive.url =
-                crate::storage::StorageSettings::default_url(&data_dir, "archive");
-        }
-        let archive =
-            crate::storage::ObjectStore::open(&settings.archive).context("open the archive")?;
-        archive
-            .check()
-            .await
-            .with_context(|| format!("reach the archive at {}", archive.location("")))?;
+        settings.archive = archive_settings(&settings, &data_dir);
+        let archive = open_reachable_archive(&settings.archive).await?;
         let wayback_bin = match &settings.wal.wayback_bin {
             Some(p) => p.clone(),
             None => {

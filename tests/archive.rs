@@ -11,30 +11,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use reqwest::StatusCode;
-use serde_json::Value;
 use sqlx::Row;
 use wayback::archive::{frame, ArchiveTarget};
 use wayback::domain::InstanceId;
-use wayback::storage::{ObjectStore, StorageSettings};
-
-fn s3_settings() -> Option<StorageSettings> {
-    let endpoint = std::env::var("WAYBACK_TEST_S3_ENDPOINT").ok()?;
-    Some(StorageSettings {
-        url: format!(
-            "s3://{}/archive-test-{}",
-            std::env::var("WAYBACK_TEST_S3_BUCKET").ok()?,
-            new_id()
-        ),
-        endpoint: Some(endpoint),
-        region: std::env::var("WAYBACK_TEST_S3_REGION").ok(),
-        access_key_id: std::env::var("WAYBACK_TEST_S3_ACCESS_KEY").ok(),
-        secret_access_key: std::env::var("WAYBACK_TEST_S3_SECRET_KEY")
-            .ok()
-            .map(Into::into),
-        ..StorageSettings::default()
-    })
-}
+use wayback::storage::ObjectStore;
 
 async fn wait_for_object(store: &ObjectStore, key: &str) -> bytes::Bytes {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -65,11 +45,7 @@ async fn deprovision_loses_nothing(app: TestApp, store: ObjectStore) {
         .get(0);
     drop(conn);
 
-    let r = app.delete_instance(&id).await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let op: Value = r.json().await.unwrap();
-    let (status, body) = app.poll_instance(&id, op["operation"].as_str()).await;
-    assert_eq!(status, StatusCode::GONE, "{body}");
+    app.deprovision_done(&id).await;
 
     let iid = InstanceId::parse(id.clone()).unwrap();
     let (final_lsn, _) = app
@@ -113,7 +89,7 @@ async fn deprovision_loses_nothing_on_a_local_archive() {
 
 #[tokio::test]
 async fn deprovision_loses_nothing_on_s3() {
-    let s3 = s3_settings();
+    let s3 = shared_s3_settings("archive");
     if !require("an S3 server in WAYBACK_TEST_S3_*", s3.is_some()) {
         return;
     }
@@ -313,14 +289,6 @@ async fn wal_push_and_fetch_keep_the_archive_rules() {
         assert_eq!(code, 126, "corruption must stop recovery: {err}");
         assert!(err.contains("corrupt"), "{err}");
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

@@ -52,10 +52,7 @@ async fn storage_down_during_wal_push_loses_nothing_once_it_returns() {
         require("the s3s-fs binary (scripts/setup --with-s3)", false);
         return;
     };
-    if !require(
-        "PostgreSQL 15 (scripts/setup)",
-        std::path::Path::new("/usr/lib/postgresql/15/bin/postgres").exists(),
-    ) {
+    if !pg_available() {
         return;
     }
     let settings = s3.settings("faults");
@@ -63,10 +60,11 @@ async fn storage_down_during_wal_push_loses_nothing_once_it_returns() {
     let store = ObjectStore::open(&settings).unwrap();
     let id = app.provision_ready("outage").await;
     let mut admin = app.admin(&id).await;
-    sqlx::raw_sql("CREATE TABLE t (n int); INSERT INTO t VALUES (0)")
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    exec(
+        &mut admin,
+        "CREATE TABLE t (n int); INSERT INTO t VALUES (0)",
+    )
+    .await;
 
     s3.stop();
     // Three completed segments while storage is down, each with a commit.

@@ -21,24 +21,6 @@ use wayback::storage::{ObjectStore, Op, StorageSettings};
 /// Parts of 1 MiB, so that even a fresh cluster's backup has dozens of part boundaries.
 const SMALL_PARTS: u64 = 1 << 20;
 
-fn s3_settings() -> Option<StorageSettings> {
-    let endpoint = std::env::var("WAYBACK_TEST_S3_ENDPOINT").ok()?;
-    Some(StorageSettings {
-        url: format!(
-            "s3://{}/bt-{}",
-            std::env::var("WAYBACK_TEST_S3_BUCKET").ok()?,
-            &new_id()[..8]
-        ),
-        endpoint: Some(endpoint),
-        region: std::env::var("WAYBACK_TEST_S3_REGION").ok(),
-        access_key_id: std::env::var("WAYBACK_TEST_S3_ACCESS_KEY").ok(),
-        secret_access_key: std::env::var("WAYBACK_TEST_S3_SECRET_KEY")
-            .ok()
-            .map(Into::into),
-        ..StorageSettings::default()
-    })
-}
-
 fn prefix(id: &str) -> InstancePrefix {
     InstancePrefix::new(
         &SpaceGuid::parse(SPACE).unwrap(),
@@ -270,7 +252,7 @@ async fn backups_on_a_local_archive() {
 
 #[tokio::test]
 async fn backups_on_s3() {
-    let s3 = s3_settings();
+    let s3 = shared_s3_settings("bt");
     if !require("an S3 server in WAYBACK_TEST_S3_*", s3.is_some()) {
         return;
     }

@@ -132,14 +132,6 @@ impl Drop for Client {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn a_broker_killed_mid_provision_finishes_the_provision_after_restart() {
     let root = test_root();

@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -26,33 +26,6 @@ use wayback::runtime::LocalRuntime;
 use wayback::storage::{ObjectStore, StorageSettings};
 
 const PASSWORD: &str = "restored-superuser-password";
-
-fn pg_available() -> bool {
-    require(
-        "PostgreSQL 15 (scripts/setup)",
-        Path::new("/usr/lib/postgresql/15/bin/postgres").exists(),
-    )
-}
-
-fn s3_settings() -> Option<StorageSettings> {
-    let endpoint = std::env::var("WAYBACK_TEST_S3_ENDPOINT").ok()?;
-    Some(StorageSettings {
-        // Short: s3s-fs keeps per-object metadata in a file named after the whole key, and a
-        // backup part's key under a long prefix passes the 255-byte file name limit (HTTP 500).
-        url: format!(
-            "s3://{}/r{}",
-            std::env::var("WAYBACK_TEST_S3_BUCKET").ok()?,
-            &new_id()[..8]
-        ),
-        endpoint: Some(endpoint),
-        region: std::env::var("WAYBACK_TEST_S3_REGION").ok(),
-        access_key_id: std::env::var("WAYBACK_TEST_S3_ACCESS_KEY").ok(),
-        secret_access_key: std::env::var("WAYBACK_TEST_S3_SECRET_KEY")
-            .ok()
-            .map(Into::into),
-        ..StorageSettings::default()
-    })
-}
 
 fn pg_settings() -> wayback::config::PostgresSettings {
     let mut pg = wayback::config::PostgresSettings::default();
@@ -142,55 +115,97 @@ impl Scratch {
     }
 }
 
+/// The app's local-directory archive: a handle on it and its settings.
+fn local_archive(app: &TestApp) -> (ObjectStore, StorageSettings) {
+    let dir = app.data_dir.join("archive");
+    (
+        ObjectStore::local(&dir).unwrap(),
+        StorageSettings {
+            url: format!("file://{}", dir.display()),
+            ..StorageSettings::default()
+        },
+    )
+}
+
+/// The instance a test restores from: its app, its archive and its id.
+struct Source {
+    app: TestApp,
+    store: ObjectStore,
+    storage: StorageSettings,
+    id: String,
+}
+
+/// What most tests start from: an app archiving to its local directory, a ready instance
+/// `name` on it and a superuser session on that; `None` (the test skips) without PostgreSQL.
+async fn source(name: &str) -> Option<(Source, sqlx::PgConnection)> {
+    if !pg_available() {
+        return None;
+    }
+    let app = spawn_app().await;
+    let (store, storage) = local_archive(&app);
+    let id = app.provision_ready(name).await;
+    let admin = app.admin(&id).await;
+    Some((
+        Source {
+            app,
+            store,
+            storage,
+            id,
+        },
+        admin,
+    ))
+}
+
+impl Source {
+    async fn backup(&self) -> BackupManifest {
+        backup(&self.app, &self.id, &self.store).await
+    }
+
+    async fn archive_now(&self, admin: &mut sqlx::PgConnection) {
+        archive_now(admin, &self.store, &self.id).await;
+    }
+
+    /// A restore of this instance's archive, from `manifest`'s system, into `scratch`.
+    async fn request(
+        &self,
+        scratch: &Scratch,
+        manifest: &BackupManifest,
+        target: RestoreTarget,
+    ) -> RestoreRequest {
+        let root = scratch.path();
+        RestoreRequest {
+            store: self.store.clone(),
+            storage: self.storage.clone(),
+            source: prefix_of(&self.id),
+            system_identifier: manifest.system_identifier,
+            target,
+            dirs: ClusterDirs {
+                pgdata: root.join("pgdata"),
+                socket_dir: root.join("run"),
+                log_file: root.join("postgres.log"),
+            },
+            port: free_port(),
+            listen_address: "127.0.0.1".into(),
+            tools: tools().await,
+            wayback_bin: env!("CARGO_BIN_EXE_wayback").into(),
+            target_file: root.join("archive.json"),
+            archive: None,
+            archive_timeout_secs: 2,
+            fetch_ahead: 8,
+            fetch_retry_secs: 10,
+            parallel: 4,
+            superuser_verifier: Some(SecretString::from(
+                wayback::pg::scram::verifier(&SecretString::from(PASSWORD)).unwrap(),
+            )),
+        }
+    }
+}
+
 async fn tools() -> Tools {
     let pg = pg_settings();
     Tools {
         bin: Binaries::discover(pg.bin_dir.as_deref()).await.unwrap(),
         run_as: RunAs::resolve(&pg.os_user).unwrap(),
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn request(
-    scratch: &Scratch,
-    store: &ObjectStore,
-    storage: &StorageSettings,
-    source_id: &str,
-    sysid: u64,
-    target: RestoreTarget,
-) -> RestoreRequest {
-    let root = scratch.path();
-    RestoreRequest {
-        store: store.clone(),
-        storage: storage.clone(),
-        source: prefix_of(source_id),
-        system_identifier: sysid,
-        target,
-        dirs: ClusterDirs {
-            pgdata: root.join("pgdata"),
-            socket_dir: root.join("run"),
-            log_file: root.join("postgres.log"),
-        },
-        port: free_port(),
-        listen_address: "127.0.0.1".into(),
-        tools: tools().await,
-        wayback_bin: env!("CARGO_BIN_EXE_wayback").into(),
-        target_file: root.join("archive.json"),
-        archive: None,
-        archive_timeout_secs: 2,
-        fetch_ahead: 8,
-        fetch_retry_secs: 10,
-        parallel: 4,
-        superuser_verifier: Some(SecretString::from(
-            wayback::pg::scram::verifier(&SecretString::from(PASSWORD)).unwrap(),
-        )),
     }
 }
 
@@ -222,23 +237,22 @@ async fn stop(req: &RestoreRequest) {
 /// the restore must match the source exactly.
 async fn round_trip(app: TestApp, store: ObjectStore, storage: StorageSettings) {
     let id = app.provision_ready("round-trip").await;
-    let mut admin = app.admin(&id).await;
-    let mut app_db = {
-        let dir = app.cluster_dir(&id);
-        let pid = std::fs::read_to_string(dir.join("pgdata/postmaster.pid")).unwrap();
-        let port: u16 = pid.lines().nth(3).unwrap().trim().parse().unwrap();
-        let pw = std::fs::read_to_string(dir.join("admin-password")).unwrap();
-        wayback::pg::sql::admin_options(
-            &dir.join("run"),
-            port,
-            &SecretString::from(pw.trim().to_string()),
-        )
-        .database("app")
-        .connect()
-        .await
-        .unwrap()
+    let src = Source {
+        app,
+        store,
+        storage,
+        id,
     };
-    sqlx::raw_sql(
+    let Source {
+        app,
+        store,
+        storage,
+        id,
+    } = &src;
+    let mut admin = app.admin(id).await;
+    let mut app_db = app.admin_on(id, "app").await;
+    exec(
+        &mut app_db,
         "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint, note text);
          INSERT INTO accounts SELECT g, g * 10, md5(g::text) FROM generate_series(1, 60000) g;
          CREATE TABLE history (id bigserial PRIMARY KEY, account int, delta bigint, at timestamptz);
@@ -246,28 +260,25 @@ async fn round_trip(app: TestApp, store: ObjectStore, storage: StorageSettings) 
            SELECT g % 1000, g, '2026-01-01'::timestamptz + g * interval '1 s'
            FROM generate_series(1, 40000) g;",
     )
-    .execute(&mut app_db)
-    .await
-    .unwrap();
-    let manifest = backup(&app, &id, &store).await;
+    .await;
+    let manifest = src.backup().await;
     assert!(
         manifest.parts.len() >= 2,
         "several parts: {:?}",
         manifest.parts.len()
     );
-    sqlx::raw_sql(
+    exec(
+        &mut app_db,
         "UPDATE accounts SET balance = balance + 1 WHERE id % 7 = 0;
          DELETE FROM history WHERE id % 11 = 0;
          CREATE TABLE after_backup AS SELECT g AS n, repeat('x', g % 50) AS s FROM generate_series(1, 30000) g;
          INSERT INTO accounts SELECT g, 0, 'late' FROM generate_series(60001, 61000) g;",
     )
-    .execute(&mut app_db)
-    .await
-    .unwrap();
+    .await;
     let want = checksums(&mut app_db).await;
-    archive_now(&mut admin, &store, &id).await;
+    src.archive_now(&mut admin).await;
     let source_keys_before: Vec<String> = store
-        .list(&format!("{}/", prefix_of(&id).as_str()))
+        .list(&format!("{}/", prefix_of(id).as_str()))
         .await
         .unwrap()
         .into_iter()
@@ -277,15 +288,9 @@ async fn round_trip(app: TestApp, store: ObjectStore, storage: StorageSettings) 
     // The clone archives into its own prefix (rule 4).
     let scratch = Scratch::new();
     let clone_id = new_id();
-    let mut req = request(
-        &scratch,
-        &store,
-        &storage,
-        &id,
-        manifest.system_identifier,
-        RestoreTarget::Latest,
-    )
-    .await;
+    let mut req = src
+        .request(&scratch, &manifest, RestoreTarget::Latest)
+        .await;
     let mut own = ArchiveTarget::for_instance(
         &wayback::config::Settings {
             archive: storage.clone(),
@@ -340,7 +345,7 @@ async fn round_trip(app: TestApp, store: ObjectStore, storage: StorageSettings) 
     }
     let tli = format!("{:08X}", report.timeline);
     let new_in_source: Vec<String> = store
-        .list(&format!("{}/", prefix_of(&id).as_str()))
+        .list(&format!("{}/", prefix_of(id).as_str()))
         .await
         .unwrap()
         .into_iter()
@@ -363,18 +368,13 @@ async fn round_trip_on_a_local_archive() {
         return;
     }
     let app = spawn_app().await;
-    let dir = app.data_dir.join("archive");
-    let store = ObjectStore::local(&dir).unwrap();
-    let storage = StorageSettings {
-        url: format!("file://{}", dir.display()),
-        ..StorageSettings::default()
-    };
+    let (store, storage) = local_archive(&app);
     round_trip(app, store, storage).await;
 }
 
 #[tokio::test]
 async fn round_trip_on_s3() {
-    let s3 = s3_settings();
+    let s3 = shared_s3_settings("r");
     if !require("an S3 server in WAYBACK_TEST_S3_*", s3.is_some()) || !pg_available() {
         return;
     }
@@ -382,17 +382,6 @@ async fn round_trip_on_s3() {
     let store = ObjectStore::open(&s3).unwrap();
     let app = spawn_app_with(|s| s.archive = s3.clone()).await;
     round_trip(app, store, s3).await;
-}
-
-fn local_archive(app: &TestApp) -> (ObjectStore, StorageSettings) {
-    let dir = app.data_dir.join("archive");
-    (
-        ObjectStore::local(&dir).unwrap(),
-        StorageSettings {
-            url: format!("file://{}", dir.display()),
-            ..StorageSettings::default()
-        },
-    )
 }
 
 /// The server's clock, to the microsecond.
@@ -408,40 +397,21 @@ async fn now(conn: &mut sqlx::PgConnection) -> DateTime<Utc> {
 
 #[tokio::test]
 async fn point_in_time_restores_only_what_was_committed_before() {
-    if !pg_available() {
+    let Some((src, mut admin)) = source("pitr").await else {
         return;
-    }
-    let app = spawn_app().await;
-    let (store, storage) = local_archive(&app);
-    let id = app.provision_ready("pitr").await;
-    let mut admin = app.admin(&id).await;
-    sqlx::raw_sql("CREATE TABLE events (what text)")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let manifest = backup(&app, &id, &store).await;
-    sqlx::query("INSERT INTO events VALUES ('T1')")
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    };
+    exec(&mut admin, "CREATE TABLE events (what text)").await;
+    let manifest = src.backup().await;
+    exec(&mut admin, "INSERT INTO events VALUES ('T1')").await;
     // Read after T1 committed and before T2 begins: T1 ≤ target < T2 on the server's clock.
     let target = now(&mut admin).await;
-    sqlx::query("INSERT INTO events VALUES ('T2')")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    archive_now(&mut admin, &store, &id).await;
+    exec(&mut admin, "INSERT INTO events VALUES ('T2')").await;
+    src.archive_now(&mut admin).await;
 
     let scratch = Scratch::new();
-    let req = request(
-        &scratch,
-        &store,
-        &storage,
-        &id,
-        manifest.system_identifier,
-        RestoreTarget::PointInTime(target),
-    )
-    .await;
+    let req = src
+        .request(&scratch, &manifest, RestoreTarget::PointInTime(target))
+        .await;
     let report = restore(&req).await.expect("restore to a point in time");
     assert_eq!(report.target_time, Some(target));
     let mut restored = restored_admin(&req, "template1").await;
@@ -455,45 +425,27 @@ async fn point_in_time_restores_only_what_was_committed_before() {
 
 #[tokio::test]
 async fn deprovision_then_restore_has_the_last_committed_row() {
-    if !pg_available() {
+    let Some((src, mut admin)) = source("doomed").await else {
         return;
-    }
-    let app = spawn_app().await;
-    let (store, storage) = local_archive(&app);
-    let id = app.provision_ready("doomed").await;
-    let mut admin = app.admin(&id).await;
-    sqlx::raw_sql("CREATE TABLE ledger (n int)")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let manifest = backup(&app, &id, &store).await;
-    sqlx::raw_sql(
+    };
+    exec(&mut admin, "CREATE TABLE ledger (n int)").await;
+    let manifest = src.backup().await;
+    exec(
+        &mut admin,
         "INSERT INTO ledger SELECT generate_series(1, 999); INSERT INTO ledger VALUES (1000)",
     )
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    .await;
     drop(admin);
-    let r = app.delete_instance(&id).await;
-    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
-    let op: serde_json::Value = r.json().await.unwrap();
-    let (status, body) = app.poll_instance(&id, op["operation"].as_str()).await;
-    assert_eq!(status, reqwest::StatusCode::GONE, "{body}");
+    src.app.deprovision_done(&src.id).await;
     assert!(
-        !app.cluster_dir(&id).join("pgdata").exists(),
+        !src.app.cluster_dir(&src.id).join("pgdata").exists(),
         "the source is gone"
     );
 
     let scratch = Scratch::new();
-    let req = request(
-        &scratch,
-        &store,
-        &storage,
-        &id,
-        manifest.system_identifier,
-        RestoreTarget::Latest,
-    )
-    .await;
+    let req = src
+        .request(&scratch, &manifest, RestoreTarget::Latest)
+        .await;
     restore(&req).await.expect("restore of a deleted instance");
     let mut restored = restored_admin(&req, "template1").await;
     let (count, last): (i64, Option<i32>) = sqlx::query_as("SELECT count(*), max(n) FROM ledger")
@@ -510,19 +462,16 @@ async fn deprovision_then_restore_has_the_last_committed_row() {
 
 #[tokio::test]
 async fn storage_errors_during_wal_fetch_abort_recovery_and_never_promote() {
-    if !pg_available() {
+    let Some((src, mut admin)) = source("unreachable").await else {
         return;
-    }
-    let app = spawn_app().await;
-    let (store, _) = local_archive(&app);
-    let id = app.provision_ready("unreachable").await;
-    let mut admin = app.admin(&id).await;
-    sqlx::raw_sql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS n")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let manifest = backup(&app, &id, &store).await;
-    archive_now(&mut admin, &store, &id).await;
+    };
+    exec(
+        &mut admin,
+        "CREATE TABLE t AS SELECT generate_series(1, 1000) AS n",
+    )
+    .await;
+    let manifest = src.backup().await;
+    src.archive_now(&mut admin).await;
 
     // The engine reads the backup; wal-fetch, in PostgreSQL's process, meets an S3 endpoint
     // that refuses every connection, retries for a few seconds, and exits 126.
@@ -535,15 +484,10 @@ async fn storage_errors_during_wal_fetch_abort_recovery_and_never_promote() {
         ..StorageSettings::default()
     };
     let scratch = Scratch::new();
-    let mut req = request(
-        &scratch,
-        &store,
-        &dead,
-        &id,
-        manifest.system_identifier,
-        RestoreTarget::Latest,
-    )
-    .await;
+    let mut req = src
+        .request(&scratch, &manifest, RestoreTarget::Latest)
+        .await;
+    req.storage = dead;
     req.fetch_retry_secs = 2;
     let started = Instant::now();
     let err = restore(&req).await.expect_err("recovery must abort");
@@ -582,21 +526,18 @@ async fn storage_errors_during_wal_fetch_abort_recovery_and_never_promote() {
 
 #[tokio::test]
 async fn a_target_outside_the_window_is_refused_and_nothing_is_created() {
-    if !pg_available() {
+    let Some((src, mut admin)) = source("window").await else {
         return;
-    }
-    let app = spawn_app().await;
-    let (store, storage) = local_archive(&app);
-    let id = app.provision_ready("window").await;
-    let mut admin = app.admin(&id).await;
-    let manifest = backup(&app, &id, &store).await;
-    sqlx::raw_sql("CREATE TABLE t (n int); INSERT INTO t VALUES (1)")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    archive_now(&mut admin, &store, &id).await;
+    };
+    let manifest = src.backup().await;
+    exec(
+        &mut admin,
+        "CREATE TABLE t (n int); INSERT INTO t VALUES (1)",
+    )
+    .await;
+    src.archive_now(&mut admin).await;
     // The provision's own backup may be the oldest: ask the window what it is.
-    let window = wayback::archive::window::restore_window(&store, &prefix_of(&id))
+    let window = wayback::archive::window::restore_window(&src.store, &prefix_of(&src.id))
         .await
         .unwrap();
     let (earliest, latest) = (window.earliest.unwrap(), window.latest.unwrap());
@@ -606,15 +547,9 @@ async fn a_target_outside_the_window_is_refused_and_nothing_is_created() {
         earliest - chrono::Duration::hours(1),
         latest + chrono::Duration::hours(1),
     ] {
-        let req = request(
-            &scratch,
-            &store,
-            &storage,
-            &id,
-            manifest.system_identifier,
-            RestoreTarget::PointInTime(target),
-        )
-        .await;
+        let req = src
+            .request(&scratch, &manifest, RestoreTarget::PointInTime(target))
+            .await;
         let err = restore(&req).await.expect_err("outside the window");
         let msg = err.to_string();
         assert!(matches!(err, RestoreError::OutsideWindow { .. }), "{msg}");
@@ -632,23 +567,21 @@ async fn a_target_outside_the_window_is_refused_and_nothing_is_created() {
 /// `wayback restore` finds the instance through the broker's database and prints its report.
 #[tokio::test]
 async fn the_restore_command_prints_a_json_report() {
-    if !pg_available() {
+    let Some((src, mut admin)) = source("cli").await else {
         return;
-    }
-    let app = spawn_app().await;
-    let (store, _) = local_archive(&app);
-    let id = app.provision_ready("cli").await;
-    let mut admin = app.admin(&id).await;
-    sqlx::raw_sql("CREATE TABLE t AS SELECT generate_series(1, 500) AS n")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    backup(&app, &id, &store).await;
-    archive_now(&mut admin, &store, &id).await;
+    };
+    exec(
+        &mut admin,
+        "CREATE TABLE t AS SELECT generate_series(1, 500) AS n",
+    )
+    .await;
+    src.backup().await;
+    src.archive_now(&mut admin).await;
+    let Source { app, id, .. } = &src;
     let scratch = Scratch::new();
     let dir = scratch.path().join("copy");
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wayback"))
-        .args(["restore", "--from-instance", &id, "--json", "--target-dir"])
+        .args(["restore", "--from-instance", id, "--json", "--target-dir"])
         .arg(&dir)
         .env("WAYBACK_DATA_DIR", &app.data_dir)
         .env("WAYBACK_PG_OS_USER", pg_settings().os_user)

@@ -26,25 +26,7 @@ use wayback::archive::window::restore_window;
 use wayback::broker::ArchiveMaintenance;
 use wayback::config::RetentionSettings;
 use wayback::domain::{InstanceId, SpaceGuid};
-use wayback::storage::{ObjectStore, StorageSettings};
-
-fn s3_settings() -> Option<StorageSettings> {
-    let endpoint = std::env::var("WAYBACK_TEST_S3_ENDPOINT").ok()?;
-    Some(StorageSettings {
-        url: format!(
-            "s3://{}/retention-test-{}",
-            std::env::var("WAYBACK_TEST_S3_BUCKET").ok()?,
-            new_id()
-        ),
-        endpoint: Some(endpoint),
-        region: std::env::var("WAYBACK_TEST_S3_REGION").ok(),
-        access_key_id: std::env::var("WAYBACK_TEST_S3_ACCESS_KEY").ok(),
-        secret_access_key: std::env::var("WAYBACK_TEST_S3_SECRET_KEY")
-            .ok()
-            .map(Into::into),
-        ..StorageSettings::default()
-    })
-}
+use wayback::storage::ObjectStore;
 
 fn prefix_of(space: &str, id: &str) -> InstancePrefix {
     InstancePrefix::new(
@@ -185,7 +167,7 @@ async fn retention_keeps_exactly_what_the_window_needs_on_a_local_archive() {
 
 #[tokio::test]
 async fn retention_keeps_exactly_what_the_window_needs_on_s3() {
-    let s3 = s3_settings();
+    let s3 = shared_s3_settings("retention");
     if !require("an S3 server in WAYBACK_TEST_S3_*", s3.is_some()) {
         return;
     }
@@ -220,15 +202,9 @@ async fn the_window_ends_at_the_last_commit_not_at_idle_segments() {
     let id = app.provision_ready("quiet").await;
     let creds = app.bind_sync(&id, &new_id()).await;
     let mut conn = connect(creds["uri"].as_str().unwrap()).await.unwrap();
-    sqlx::raw_sql("CREATE TABLE t (n int)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    exec(&mut conn, "CREATE TABLE t (n int)").await;
     let before = clock(&mut conn).await;
-    sqlx::raw_sql("INSERT INTO t VALUES (1)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    exec(&mut conn, "INSERT INTO t VALUES (1)").await;
     let after = clock(&mut conn).await;
     drop(conn);
 
@@ -238,7 +214,7 @@ async fn the_window_ends_at_the_last_commit_not_at_idle_segments() {
     let mut su = admin(&app, &id).await;
     let mut last_switched = String::new();
     for _ in 0..4 {
-        sqlx::raw_sql("CHECKPOINT").execute(&mut su).await.unwrap();
+        exec(&mut su, "CHECKPOINT").await;
         last_switched = sqlx::query("SELECT pg_walfile_name(pg_switch_wal())")
             .fetch_one(&mut su)
             .await
@@ -350,11 +326,7 @@ async fn instance_json_follows_the_instance_and_the_reaper_waits_for_its_days() 
     assert_eq!(names, [("orders", "provision"), ("orders-2025", "update")]);
 
     // Deprovision: written before the cluster is destroyed, with where the history ends.
-    let r = app.delete_instance(&id).await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let op: Value = r.json().await.unwrap();
-    let (status, _) = app.poll_instance(&id, op["operation"].as_str()).await;
-    assert_eq!(status, StatusCode::GONE);
+    app.deprovision_done(&id).await;
     let iid = InstanceId::parse(id.clone()).unwrap();
     let record = app.store.get_instance(&iid).await.unwrap().unwrap();
     let deleted_ms = record.deleted_at.expect("deleted_at recorded");

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use secrecy::ExposeSecret;
 
 use crate::archive::layout::InstancePrefix;
 use crate::archive::manifest::BackupManifest;
@@ -22,8 +21,7 @@ use crate::config::Settings;
 use crate::domain::{InstanceId, InstanceState, SpaceGuid};
 use crate::jobs::{JobContext, Worker};
 use crate::runtime::{ArchiveCommand, LocalRuntime, Runtime};
-use crate::storage::{ObjectStore, StorageSettings};
-use crate::store::Store;
+use crate::storage::ObjectStore;
 
 /// The command line of `wayback backup`.
 #[derive(Debug, Clone, clap::Args)]
@@ -61,19 +59,14 @@ pub struct Timings {
 
 /// Runs the command: 0 with a backup in the archive, 1 when it failed, 2 when it could not run.
 pub fn main(mut settings: Settings, args: BackupArgs) -> ExitCode {
-    if let Some(d) = args.data_dir.clone() {
-        settings.data_dir = d;
-    }
-    if let Some(a) = args.archive_url.clone() {
-        settings.archive.url = a;
-    }
+    super::override_locations(
+        &mut settings,
+        args.data_dir.clone(),
+        args.archive_url.clone(),
+    );
     crate::telemetry::init(&settings.log);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("wayback: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
-        }
+    let Some(runtime) = super::async_runtime() else {
+        return ExitCode::from(2);
     };
     match runtime.block_on(run(settings, &args.instance)) {
         Ok(outcome) => {
@@ -116,20 +109,11 @@ pub async fn run(settings: Settings, instance: &str) -> anyhow::Result<BackupOut
     settings.validate()?;
     let id = InstanceId::parse(instance.to_string())
         .map_err(|e| anyhow::anyhow!("{instance:?} is not an instance GUID: {e}"))?;
-    let data_dir = std::fs::canonicalize(&settings.data_dir).with_context(|| {
-        format!(
-            "data directory {} (backup works on an existing broker's state)",
-            settings.data_dir.display()
-        )
-    })?;
-    let database_url = settings
-        .database_url
-        .as_ref()
-        .map(|u| u.expose_secret().to_string())
-        .unwrap_or_else(|| Store::default_sqlite_url(&data_dir));
-    let store = Store::connect(&database_url)
-        .await
-        .context("open the state database")?;
+    let super::BrokerState {
+        data_dir,
+        store,
+        database_url,
+    } = super::open_broker_state(&settings, "backup").await?;
     let Some(record) = store.get_instance(&id).await? else {
         bail!("no instance {id} is known to this broker (state database {database_url})");
     };
@@ -140,9 +124,7 @@ pub async fn run(settings: Settings, instance: &str) -> anyhow::Result<BackupOut
         );
     }
     let mut settings = settings;
-    if settings.archive.url.trim().is_empty() {
-        settings.archive.url = StorageSettings::default_url(&data_dir, "archive");
-    }
+    settings.archive = crate::startup::archive_settings(&settings, &data_dir);
     let archive = ObjectStore::open(&settings.archive).context("open the archive")?;
     let wayback_bin = match &settings.wal.wayback_bin {
         Some(p) => p.clone(),

@@ -5,3 +5,60 @@
 pub mod backup;
 pub mod prune;
 pub mod restore;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::config::Settings;
+use crate::store::Store;
+
+/// Applies the `--data-dir` / `--archive-url` a command was given over the settings.
+fn override_locations(
+    settings: &mut Settings,
+    data_dir: Option<PathBuf>,
+    archive_url: Option<String>,
+) {
+    if let Some(d) = data_dir {
+        settings.data_dir = d;
+    }
+    if let Some(a) = archive_url {
+        settings.archive.url = a;
+    }
+}
+
+/// The async runtime a command runs on; `None`, said on stderr, when it cannot start.
+fn async_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Runtime::new() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("wayback: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+/// An existing broker's state, as a command that works on it opens it.
+struct BrokerState {
+    /// The data directory, canonical.
+    data_dir: PathBuf,
+    store: Store,
+    database_url: String,
+}
+
+/// Opens the state database of the broker whose (existing) data directory the settings name;
+/// `command` says who needs it in the error when the directory is not there.
+async fn open_broker_state(settings: &Settings, command: &str) -> anyhow::Result<BrokerState> {
+    let data_dir = std::fs::canonicalize(&settings.data_dir).with_context(|| {
+        format!(
+            "data directory {} ({command} works on an existing broker's state)",
+            settings.data_dir.display()
+        )
+    })?;
+    let (store, database_url) = crate::startup::open_state_store(settings, &data_dir).await?;
+    Ok(BrokerState {
+        data_dir,
+        store,
+        database_url,
+    })
+}

@@ -11,14 +11,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use secrecy::ExposeSecret;
-
 use crate::broker::{ArchiveMaintenance, PassReport};
 use crate::catalog::Catalog;
 use crate::config::Settings;
-use crate::storage::{ObjectStore, StorageSettings};
-use crate::store::Store;
 
 /// The command line of `wayback prune`.
 #[derive(Debug, Clone, clap::Args)]
@@ -43,22 +38,17 @@ pub struct PruneArgs {
 /// Runs the command; exit 0 when every instance was handled, 1 when some failed, 2 when the
 /// pass could not run at all.
 pub fn main(mut settings: Settings, args: PruneArgs) -> ExitCode {
-    if let Some(d) = args.data_dir.clone() {
-        settings.data_dir = d;
-    }
-    if let Some(a) = args.archive_url.clone() {
-        settings.archive.url = a;
-    }
+    super::override_locations(
+        &mut settings,
+        args.data_dir.clone(),
+        args.archive_url.clone(),
+    );
     if let Some(c) = args.catalog.clone() {
         settings.catalog = Some(c);
     }
     crate::telemetry::init(&settings.log);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("wayback: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
-        }
+    let Some(runtime) = super::async_runtime() else {
+        return ExitCode::from(2);
     };
     match runtime.block_on(run(settings, args.dry_run)) {
         Ok(report) => {
@@ -86,30 +76,14 @@ pub fn main(mut settings: Settings, args: PruneArgs) -> ExitCode {
 /// Opens the state database, catalog and archive the settings name, and runs one pass.
 pub async fn run(settings: Settings, dry_run: bool) -> anyhow::Result<PassReport> {
     settings.validate()?;
-    let data_dir = std::fs::canonicalize(&settings.data_dir).with_context(|| {
-        format!(
-            "data directory {} (prune works on an existing broker's state)",
-            settings.data_dir.display()
-        )
-    })?;
-    let database_url = settings
-        .database_url
-        .as_ref()
-        .map(|u| u.expose_secret().to_string())
-        .unwrap_or_else(|| Store::default_sqlite_url(&data_dir));
-    let store = Store::connect(&database_url)
-        .await
-        .context("open the state database")?;
+    let super::BrokerState {
+        data_dir, store, ..
+    } = super::open_broker_state(&settings, "prune").await?;
     let catalog = Arc::new(Catalog::load(settings.catalog.as_deref())?);
-    let mut archive_settings = settings.archive.clone();
-    if archive_settings.url.trim().is_empty() {
-        archive_settings.url = StorageSettings::default_url(&data_dir, "archive");
-    }
-    let archive = ObjectStore::open(&archive_settings).context("open the archive")?;
-    archive
-        .check()
-        .await
-        .with_context(|| format!("reach the archive at {}", archive.location("")))?;
+    let archive = crate::startup::open_reachable_archive(&crate::startup::archive_settings(
+        &settings, &data_dir,
+    ))
+    .await?;
     let maintenance = ArchiveMaintenance::new(
         store.clone(),
         catalog,

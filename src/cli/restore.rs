@@ -65,12 +65,8 @@ pub struct Outcome {
 /// The command: exit status 0 once restored (and stopped, unless `--keep-running`).
 pub fn main(settings: Settings, args: RestoreArgs) -> ExitCode {
     crate::telemetry::init(&settings.log);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("wayback: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = super::async_runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(run(&settings, &args)) {
         Ok(outcome) => {
@@ -99,10 +95,7 @@ pub async fn find_prefix(
 ) -> anyhow::Result<InstancePrefix> {
     let db_file = settings.data_dir.join("wayback.db");
     if settings.database_url.is_some() || db_file.is_file() {
-        let url = settings.database_url.as_ref().map_or_else(
-            || crate::store::Store::default_sqlite_url(&settings.data_dir),
-            |u| secrecy::ExposeSecret::expose_secret(u).to_string(),
-        );
+        let url = crate::startup::database_url(settings, &settings.data_dir);
         match crate::store::Store::connect(&url).await {
             Ok(db) => {
                 let found = db.get_instance(id).await;
@@ -153,12 +146,8 @@ fn work_dir(pgdata: &Path) -> anyhow::Result<PathBuf> {
 pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Outcome> {
     let id = InstanceId::parse(args.from_instance.clone())
         .map_err(|e| anyhow::anyhow!("--from-instance: {e}"))?;
-    let mut archive = settings.archive.clone();
-    if archive.url.trim().is_empty() {
-        let data_dir = std::path::absolute(&settings.data_dir).unwrap_or(settings.data_dir.clone());
-        archive.url = crate::storage::StorageSettings::default_url(&data_dir, "archive");
-    }
-    let storage = capture_environment(&archive);
+    let data_dir = std::path::absolute(&settings.data_dir).unwrap_or(settings.data_dir.clone());
+    let storage = capture_environment(&crate::startup::archive_settings(settings, &data_dir));
     let store = ObjectStore::open(&storage).context("open the archive")?;
     let source = find_prefix(settings, &store, &id).await?;
     let system_identifier = restore::source_system_identifier(&store, &source)

@@ -7,6 +7,11 @@
 
 use sqlx::Row;
 
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
+use sqlx::Any;
+
+use super::jobs::{insert_job, insert_job_sql};
 use super::{now_millis, JobRecord, NewJob, Store, StoreError};
 use crate::domain::{InstanceId, InstanceState};
 
@@ -30,21 +35,9 @@ pub struct BackupRecord {
     pub recorded_at: i64,
 }
 
-const INSERT_IF_IDLE: &str = "INSERT INTO jobs (id, kind, instance_id, binding_id, operation_id, \
-     payload, step, state, attempts, run_after, lease_owner, lease_until, last_error, created_at, \
-     updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, NULL, NULL, NULL, $8, $8) \
-     ON CONFLICT DO NOTHING";
-
-fn insert_if_idle(job: &NewJob) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
-    sqlx::query(INSERT_IF_IDLE)
-        .bind(&job.id)
-        .bind(&job.kind)
-        .bind(job.instance_id.as_str())
-        .bind(job.binding_id.as_ref().map(|b| b.as_str().to_string()))
-        .bind(job.operation_id.clone())
-        .bind(job.payload.to_string())
-        .bind(&job.first_step)
-        .bind(now_millis())
+/// Inserts `job` unless the partial unique index says one like it is pending already.
+fn insert_if_idle(job: &NewJob) -> Query<'_, Any, AnyArguments<'_>> {
+    insert_job(concat!(insert_job_sql!(), " ON CONFLICT DO NOTHING"), job)
 }
 
 impl Store {

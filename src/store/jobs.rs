@@ -5,6 +5,8 @@
 //! worker — the restarted broker or another one sharing the database — claims the job again and
 //! re-runs its current step (steps are idempotent).
 
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
 use sqlx::{Any, Transaction};
 
 use super::{now_millis, JobRecord, NewJob, Store, StoreError};
@@ -15,17 +17,20 @@ pub const JOB_PENDING: &str = "pending";
 pub const JOB_DONE: &str = "done";
 pub const JOB_FAILED: &str = "failed";
 
-impl Store {
-    pub(crate) async fn insert_job_tx(
-        tx: &mut Transaction<'_, Any>,
-        job: &NewJob,
-    ) -> Result<(), StoreError> {
-        let now = now_millis();
-        sqlx::query(
-            "INSERT INTO jobs (id, kind, instance_id, binding_id, operation_id, payload, step, \
-             state, attempts, run_after, lease_owner, lease_until, last_error, created_at, \
-             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, NULL, NULL, NULL, $8, $8)",
-        )
+/// The statement that inserts a new, runnable job, as a literal (so that it can be extended
+/// with `concat!`).
+macro_rules! insert_job_sql {
+    () => {
+        "INSERT INTO jobs (id, kind, instance_id, binding_id, operation_id, payload, step, \
+         state, attempts, run_after, lease_owner, lease_until, last_error, created_at, \
+         updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, NULL, NULL, NULL, $8, $8)"
+    };
+}
+pub(super) use insert_job_sql;
+
+/// `sql` (an [`insert_job_sql!`] statement) with `job` bound, runnable from now.
+pub(super) fn insert_job<'q>(sql: &'q str, job: &'q NewJob) -> Query<'q, Any, AnyArguments<'q>> {
+    sqlx::query(sql)
         .bind(&job.id)
         .bind(&job.kind)
         .bind(job.instance_id.as_str())
@@ -33,9 +38,17 @@ impl Store {
         .bind(job.operation_id.clone())
         .bind(job.payload.to_string())
         .bind(&job.first_step)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+        .bind(now_millis())
+}
+
+impl Store {
+    pub(crate) async fn insert_job_tx(
+        tx: &mut Transaction<'_, Any>,
+        job: &NewJob,
+    ) -> Result<(), StoreError> {
+        insert_job(insert_job_sql!(), job)
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
 

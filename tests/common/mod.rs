@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use wayback::config::Settings;
 use wayback::startup::Application;
+use wayback::storage::StorageSettings;
 
 pub const SERVICE_ID: &str = "5f6b3c1e-8a43-4f0e-9d7c-6a1b2c3d4e5f";
 pub const SMALL: &str = "0d2e9a44-1c3b-4b55-8f6e-2a7d9c0b1e01";
@@ -161,6 +162,45 @@ pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// The shared S3-compatible server the test script provides (`WAYBACK_TEST_S3_*`), under a
+/// fresh prefix `TAG-xxxxxxxx` of its own; `None` without one. Keep tags short and distinct
+/// per test file: s3s-fs keeps per-object metadata in a file named after the whole key, and a
+/// backup part's key under a long prefix passes the 255-byte file name limit (HTTP 500).
+pub fn shared_s3_settings(prefix_tag: &str) -> Option<StorageSettings> {
+    let var = |name: &str| std::env::var(format!("WAYBACK_TEST_S3_{name}")).ok();
+    let endpoint = var("ENDPOINT")?;
+    Some(StorageSettings {
+        url: format!("s3://{}/{prefix_tag}-{}", var("BUCKET")?, &new_id()[..8]),
+        endpoint: Some(endpoint),
+        region: var("REGION"),
+        access_key_id: var("ACCESS_KEY"),
+        secret_access_key: var("SECRET_KEY").map(Into::into),
+        ..StorageSettings::default()
+    })
+}
+
+/// PostgreSQL 15's binaries are installed (`scripts/setup`); see [`require`].
+pub fn pg_available() -> bool {
+    require(
+        "PostgreSQL 15 (scripts/setup)",
+        Path::new("/usr/lib/postgresql/15/bin/postgres").exists(),
+    )
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on (at the moment of asking).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs `sql` (one or more statements, no parameters) on `conn`.
+pub async fn exec(conn: &mut sqlx::PgConnection, sql: &str) {
+    sqlx::raw_sql(sql).execute(conn).await.unwrap();
+}
+
 impl TestApp {
     /// An authenticated OSB request with the API version header.
     pub fn osb(&self, method: Method, path: &str) -> RequestBuilder {
@@ -292,6 +332,15 @@ impl TestApp {
         id
     }
 
+    /// Deprovisions and waits until the instance is gone.
+    pub async fn deprovision_done(&self, id: &str) {
+        let r = self.delete_instance(id).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let op: Value = r.json().await.unwrap();
+        let (status, body) = self.poll_instance(id, op["operation"].as_str()).await;
+        assert_eq!(status, StatusCode::GONE, "{body}");
+    }
+
     /// Binds synchronously and returns the credentials.
     pub async fn bind_sync(&self, instance: &str, binding: &str) -> Value {
         let r = self.put_binding(instance, binding, false).await;
@@ -308,6 +357,23 @@ impl TestApp {
     /// A superuser session on an instance's running cluster (over its unix socket).
     pub async fn admin(&self, instance: &str) -> sqlx::PgConnection {
         use sqlx::ConnectOptions;
+        self.admin_options(instance)
+            .connect()
+            .await
+            .expect("superuser session")
+    }
+
+    /// As [`TestApp::admin`], on database `db`.
+    pub async fn admin_on(&self, instance: &str, db: &str) -> sqlx::PgConnection {
+        use sqlx::ConnectOptions;
+        self.admin_options(instance)
+            .database(db)
+            .connect()
+            .await
+            .expect("superuser session")
+    }
+
+    fn admin_options(&self, instance: &str) -> sqlx::postgres::PgConnectOptions {
         let dir = self.cluster_dir(instance);
         let pid = std::fs::read_to_string(dir.join("pgdata/postmaster.pid")).expect("running");
         let port: u16 = pid.lines().nth(3).unwrap().trim().parse().unwrap();
@@ -317,9 +383,6 @@ impl TestApp {
             port,
             &secrecy::SecretString::from(password.trim().to_string()),
         )
-        .connect()
-        .await
-        .expect("superuser session")
     }
 
     /// Stops the application (HTTP, worker, supervisor); clusters keep running.

@@ -26,19 +26,29 @@ impl LocalRuntime {
         Ok(sql::admin_options(&dirs.socket_dir, port, &password))
     }
 
-    /// Superuser connection options (unix socket) for a running cluster — for the archive
-    /// subsystem and for tests. The password inside never reaches `Debug` output of ours.
-    pub async fn admin_options(&self, id: &InstanceId) -> Result<PgConnectOptions, RuntimeError> {
-        let dirs = self.existing(id)?;
+    /// The port the running cluster of `id` listens on (as its postmaster recorded it, else as
+    /// configured); `NotRunning` when no postmaster is live.
+    pub(super) fn running_port(
+        &self,
+        id: &InstanceId,
+        dirs: &ClusterDirs,
+    ) -> Result<u16, RuntimeError> {
         let Some(pm) = ctl::live_postmaster(&dirs.pgdata).map_err(rt)? else {
             return Err(rt(PgError::NotRunning {
                 instance: id.to_string(),
             }));
         };
-        let port = match pm.port {
-            Some(p) => p,
-            None => self.configured_port(&dirs)?,
-        };
+        match pm.port {
+            Some(p) => Ok(p),
+            None => self.configured_port(dirs),
+        }
+    }
+
+    /// Superuser connection options (unix socket) for a running cluster — for the archive
+    /// subsystem and for tests. The password inside never reaches `Debug` output of ours.
+    pub async fn admin_options(&self, id: &InstanceId) -> Result<PgConnectOptions, RuntimeError> {
+        let dirs = self.existing(id)?;
+        let port = self.running_port(id, &dirs)?;
         self.admin_options_at(&dirs, port)
     }
 

@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use super::{io, rt, LocalRuntime};
 use crate::archive::{ArchiveTarget, BackupSource};
 use crate::domain::InstanceId;
-use crate::pg::{ctl, PgError};
+use crate::pg::PgError;
 use crate::runtime::{RuntimeError, WalPosition};
 
 impl LocalRuntime {
@@ -19,15 +19,7 @@ impl LocalRuntime {
     pub async fn backup_source(&self, id: &InstanceId) -> Result<BackupSource, RuntimeError> {
         let tools = self.tools().await?;
         let dirs = self.existing(id)?;
-        let Some(pm) = ctl::live_postmaster(&dirs.pgdata).map_err(rt)? else {
-            return Err(rt(PgError::NotRunning {
-                instance: id.to_string(),
-            }));
-        };
-        let port = match pm.port {
-            Some(p) => p,
-            None => self.configured_port(&dirs)?,
-        };
+        let port = self.running_port(id, &dirs)?;
         let pw_file = self.layout.password_file(id);
         let text =
             std::fs::read_to_string(&pw_file).map_err(io(format!("read {}", pw_file.display())))?;
