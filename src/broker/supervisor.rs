@@ -32,33 +32,26 @@ pub struct Supervisor {
     catalog: std::sync::Arc<crate::catalog::Catalog>,
     interval: Duration,
     archive_interval: Duration,
-    last_switch: Mutex<HashMap<crate::domain::InstanceId, Instant>>,
-    last_stats: Mutex<HashMap<crate::domain::InstanceId, Instant>>,
-    last_backup_check: Mutex<HashMap<crate::domain::InstanceId, Instant>>,
+    /// When each ready instance last had each periodic action; forgotten when it leaves `ready`.
+    timers: Mutex<HashMap<crate::domain::InstanceId, Timers>>,
 }
+
+/// The periodic actions the supervisor takes per instance.
+#[derive(Clone, Copy)]
+enum Action {
+    SwitchWal,
+    ReadStats,
+    CheckBackup,
+}
+
+#[derive(Default)]
+struct Timers([Option<Instant>; 3]);
 
 /// How often one instance's base backup schedule is looked at.
 const BACKUP_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// How often each instance's archiver statistics are read for the metrics.
 const STATS_EVERY: Duration = Duration::from_secs(15);
-
-/// True when `id` last acted more than `every` ago in `map` (and records that it acts now).
-fn due(
-    map: &Mutex<HashMap<crate::domain::InstanceId, Instant>>,
-    id: &crate::domain::InstanceId,
-    every: Duration,
-) -> bool {
-    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
-    let now = Instant::now();
-    match map.get(id) {
-        Some(last) if now.duration_since(*last) < every => false,
-        _ => {
-            map.insert(id.clone(), now);
-            true
-        }
-    }
-}
 
 impl Supervisor {
     pub fn new(
@@ -76,15 +69,27 @@ impl Supervisor {
             catalog,
             interval,
             archive_interval,
-            last_switch: Mutex::new(HashMap::new()),
-            last_stats: Mutex::new(HashMap::new()),
-            last_backup_check: Mutex::new(HashMap::new()),
+            timers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// True when `id` last took `action` more than `every` ago (and records that it does now).
+    fn due(&self, id: &crate::domain::InstanceId, action: Action, every: Duration) -> bool {
+        let mut timers = self.timers.lock().unwrap_or_else(|p| p.into_inner());
+        let last = &mut timers.entry(id.clone()).or_default().0[action as usize];
+        let now = Instant::now();
+        match last {
+            Some(at) if now.duration_since(*at) < every => false,
+            _ => {
+                *last = Some(now);
+                true
+            }
         }
     }
 
     /// Enqueues a base backup of `instance` if its plan's schedule says one is due.
     async fn schedule_backup(&self, instance: &crate::store::InstanceRecord) -> anyhow::Result<()> {
-        if !due(&self.last_backup_check, &instance.id, BACKUP_CHECK_EVERY) {
+        if !self.due(&instance.id, Action::CheckBackup, BACKUP_CHECK_EVERY) {
             return Ok(());
         }
         let Some(plan) = self.catalog.plan(&instance.service_id, &instance.plan_id) else {
@@ -118,14 +123,9 @@ impl Supervisor {
             .unwrap_or(self.archive_interval)
     }
 
-    /// True when `id`'s segment is due to be completed (and records that it now is).
-    fn switch_due(&self, id: &crate::domain::InstanceId, interval: Duration) -> bool {
-        due(&self.last_switch, id, interval)
-    }
-
     /// Reads the archiver's statistics of a running instance into the metrics.
     async fn observe_archiver(&self, id: &crate::domain::InstanceId) {
-        if !due(&self.last_stats, id, STATS_EVERY) {
+        if !self.due(id, Action::ReadStats, STATS_EVERY) {
             return;
         }
         match self.runtime.archiver_stats(id).await {
@@ -149,13 +149,22 @@ impl Supervisor {
             .store
             .instances_in_states(&[InstanceState::Ready])
             .await?;
-        self.metrics
-            .retain_instances(&ready.iter().map(|i| i.id.to_string()).collect());
+        let live: std::collections::HashSet<String> =
+            ready.iter().map(|i| i.id.to_string()).collect();
+        self.metrics.retain_instances(&live);
+        self.timers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| live.contains(id.as_str()));
         for instance in ready {
             match self.runtime.status(&instance.id).await {
                 Ok(ClusterStatus::Running) => {
                     self.observe_archiver(&instance.id).await;
-                    if self.switch_due(&instance.id, self.archive_interval_of(&instance)) {
+                    if self.due(
+                        &instance.id,
+                        Action::SwitchWal,
+                        self.archive_interval_of(&instance),
+                    ) {
                         if let Err(e) = self.runtime.switch_wal(&instance.id).await {
                             tracing::warn!(instance = %instance.id, error = %e, "cannot complete the WAL segment for archiving");
                         }
