@@ -2,12 +2,13 @@
 //! retention.
 //!
 //! A backup is the byte stream of `pg_basebackup -Ft -X none` (one tar: the data directory with
-//! its `backup_label`), cut into parts of at most [`PART_RAW_BYTES`] raw bytes, each compressed
+//! its `backup_label`), cut into parts of at most `backup.part_bytes` raw bytes (default
+//! [`PART_RAW_BYTES`]; a reader goes by each part's `raw_bytes`), each compressed
 //! as one independent zstd frame and stored as its own object:
 //!
 //! ```text
-//! base/<backup_id>/data/00000.tar.zst   tar bytes [0, PART_RAW_BYTES)
-//! base/<backup_id>/data/00001.tar.zst   tar bytes [PART_RAW_BYTES, 2·PART_RAW_BYTES)
+//! base/<backup_id>/data/00000.tar.zst   the first part_bytes of the tar
+//! base/<backup_id>/data/00001.tar.zst   the next part_bytes
 //! …
 //! base/<backup_id>/manifest.json        written last
 //! ```
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::layout::InstancePrefix;
 
-/// Raw tar bytes per part.
+/// Raw tar bytes per part, unless `backup.part_bytes` says otherwise.
 pub const PART_RAW_BYTES: u64 = 64 << 20;
 
 /// The manifest's format version; a restore refuses versions it does not know.
