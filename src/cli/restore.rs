@@ -148,6 +148,15 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Outc
         .map_err(|e| anyhow::anyhow!("--from-instance: {e}"))?;
     let data_dir = std::path::absolute(&settings.data_dir).unwrap_or(settings.data_dir.clone());
     let storage = capture_environment(&crate::startup::archive_settings(settings, &data_dir));
+    // Opening a local store creates its directory; a restore only reads, so a missing one is
+    // the operator's mistake (a wrong --data-dir or archive URL), not something to create.
+    if let Ok(crate::storage::Target::Local { dir }) = storage.resolve() {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "there is no archive at {} (check the data directory or the archive URL)",
+            dir.display()
+        );
+    }
     let store = ObjectStore::open(&storage).context("open the archive")?;
     let source = find_prefix(settings, &store, &id).await?;
     let system_identifier = restore::source_system_identifier(&store, &source)
