@@ -523,28 +523,34 @@ impl Broker {
         id: &InstanceId,
         operation: Option<&str>,
     ) -> Result<LastOperation, BrokerError> {
-        let instance = self.store.get_instance(id).await?;
-        let Some(instance) = instance else {
+        // The operation is read before the instance: a job records its effect on the instance
+        // before it marks the operation finished, so a succeeded deprovision read here always
+        // meets the instance already deleted (the other order could answer 200 instead of 410).
+        let op = match operation {
+            Some(op_id) => self
+                .store
+                .get_operation(op_id)
+                .await?
+                .filter(|op| op.instance_id == *id && op.binding_id.is_none()),
+            None => self.store.latest_operation(id, None).await?,
+        };
+        let Some(instance) = self.store.get_instance(id).await? else {
             return Err(BrokerError::NotFound(format!(
                 "Service instance {id} does not exist."
             )));
         };
-        let op = match operation {
-            Some(op_id) => match self.store.get_operation(op_id).await? {
-                Some(op) if op.instance_id == *id && op.binding_id.is_none() => op,
-                _ => {
-                    return Err(BrokerError::BadRequest(format!(
-                        "Operation {op_id:?} is not an operation of service instance {id}."
-                    )))
-                }
-            },
-            None => self
-                .store
-                .latest_operation(id, None)
-                .await?
-                .ok_or_else(|| {
-                    BrokerError::NotFound(format!("Service instance {id} has no operation."))
-                })?,
+        let op = match (op, operation) {
+            (Some(op), _) => op,
+            (None, Some(op_id)) => {
+                return Err(BrokerError::BadRequest(format!(
+                    "Operation {op_id:?} is not an operation of service instance {id}."
+                )))
+            }
+            (None, None) => {
+                return Err(BrokerError::NotFound(format!(
+                    "Service instance {id} has no operation."
+                )))
+            }
         };
         // A finished deprovision: the platform forgets the instance on 410.
         if op.kind == OperationKind::Deprovision
