@@ -3,7 +3,7 @@
 //! Every setting has one environment variable, listed in [`ENV_VARS`] together with its TOML key,
 //! default and meaning; `wayback config-reference` prints that table, and the README's
 //! configuration reference is generated from it, so the docs cannot drift from the code.
-//! Secrets (`broker.password`, `database_url`) are [`SecretString`]s: they never reach `Debug`
+//! Secrets (`broker.password`, `database_url`, `cc.client_secret`) are [`SecretString`]s: they never reach `Debug`
 //! output or logs. Must not import anything but `domain`.
 
 use std::net::SocketAddr;
@@ -37,6 +37,48 @@ pub struct Settings {
     pub wal: WalSettings,
     pub retention: RetentionSettings,
     pub backup: BackupSettings,
+    /// The Cloud Controller, asked for instance names the platform did not send.
+    pub cc: CcSettings,
+}
+
+/// The Cloud Controller v3 API and the UAA client it is reached with. Off while `api_url` is
+/// unset: names then come only from the OSB requests' `context`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CcSettings {
+    /// The CC API, e.g. `https://api.sys.example.com`.
+    pub api_url: Option<String>,
+    /// The UAA. Default: the `uaa` (else `login`) link of the CC root document `GET /`.
+    pub uaa_url: Option<String>,
+    /// UAA client (client-credentials grant) with `cloud_controller.admin_read_only` or
+    /// `cloud_controller.global_auditor`.
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    /// Accept any TLS certificate from the CC and UAA (labs with self-signed certificates only).
+    pub skip_tls_verify: bool,
+    pub connect_timeout_secs: u64,
+    /// The longest one request to the CC or UAA may take.
+    pub request_timeout_secs: u64,
+    /// Attempts of one call when the CC or UAA fails transiently (5xx, 429, timeouts).
+    pub attempts: u32,
+    /// How often the names of all live instances are compared with the CC's.
+    pub reconcile_interval_secs: u64,
+}
+
+impl Default for CcSettings {
+    fn default() -> Self {
+        Self {
+            api_url: None,
+            uaa_url: None,
+            client_id: String::new(),
+            client_secret: None,
+            skip_tls_verify: false,
+            connect_timeout_secs: 5,
+            request_timeout_secs: 15,
+            attempts: 3,
+            reconcile_interval_secs: 600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -210,6 +252,7 @@ impl Default for Settings {
             wal: WalSettings::default(),
             retention: RetentionSettings::default(),
             backup: BackupSettings::default(),
+            cc: CcSettings::default(),
         }
     }
 }
@@ -371,6 +414,15 @@ pub const ENV_VARS: &[EnvVar] = &[
     env_var!("WAYBACK_BACKUP_STREAM_TIMEOUT_SECS", "backup.stream_timeout_secs", "21600", "The longest pg_basebackup may stream before a base backup fails.", |s, v| s.backup.stream_timeout_secs = parse(v)?),
     env_var!("WAYBACK_RETENTION_DELETED_DAYS", "retention.deleted_days", "14", "Days a deleted instance keeps its whole archive (for undo) before the reaper removes all but its `instance.json`.", |s, v| s.retention.deleted_days = parse(v)?),
     env_var!("WAYBACK_RETENTION_INTERVAL_SECS", "retention.interval_secs", "3600", "How often backups and WAL older than each plan's recovery window are pruned and expired deleted instances reaped (`wayback prune` does it once).", |s, v| s.retention.interval_secs = parse(v)?),
+    env_var!("WAYBACK_CC_API_URL", "cc.api_url", "unset (no Cloud Controller lookups)", "Cloud Controller API URL, e.g. `https://api.sys.example.com`: instance names missing from a request's context are asked from its v3 API.", |s, v| s.cc.api_url = non_empty(v)),
+    env_var!("WAYBACK_CC_UAA_URL", "cc.uaa_url", "the CC root's `uaa` link", "UAA URL for the client-credentials token (found from the CC's `GET /` when unset).", |s, v| s.cc.uaa_url = non_empty(v)),
+    env_var!("WAYBACK_CC_CLIENT_ID", "cc.client_id", "none", "UAA client id; the client needs `cloud_controller.admin_read_only` or `cloud_controller.global_auditor`.", |s, v| s.cc.client_id = v.trim().to_string()),
+    env_var!("WAYBACK_CC_CLIENT_SECRET", "cc.client_secret", "none", "UAA client secret (secret).", |s, v| s.cc.client_secret = non_empty(v).map(SecretString::from)),
+    env_var!("WAYBACK_CC_SKIP_TLS_VERIFY", "cc.skip_tls_verify", "false", "Accept any TLS certificate from the CC and UAA. For labs with self-signed certificates only.", |s, v| s.cc.skip_tls_verify = parse_bool(v)?),
+    env_var!("WAYBACK_CC_CONNECT_TIMEOUT_SECS", "cc.connect_timeout_secs", "5", "Seconds to connect to the CC or UAA.", |s, v| s.cc.connect_timeout_secs = parse(v)?),
+    env_var!("WAYBACK_CC_REQUEST_TIMEOUT_SECS", "cc.request_timeout_secs", "15", "Seconds one request to the CC or UAA may take.", |s, v| s.cc.request_timeout_secs = parse(v)?),
+    env_var!("WAYBACK_CC_ATTEMPTS", "cc.attempts", "3", "Attempts of one CC or UAA call that fails transiently (5xx, 429, timeout), with jittered backoff between them.", |s, v| s.cc.attempts = parse(v)?),
+    env_var!("WAYBACK_CC_RECONCILE_INTERVAL_SECS", "cc.reconcile_interval_secs", "600", "How often the names of live instances are refreshed from the CC (a rename seen only there is recorded).", |s, v| s.cc.reconcile_interval_secs = parse(v)?),
     env_var!("WAYBACK_LOG_FORMAT", "log.format", "plain", "`plain` or `json`.", |s, v| s.log.format = match v.trim() { "plain" => LogFormat::Plain, "json" => LogFormat::Json, _ => return Err("expected plain or json".into()) }),
     env_var!("WAYBACK_LOG", "log.level", "info", "Log filter, e.g. `info` or `wayback=debug,info`.", |s, v| s.log.level = v.trim().to_string()),
     env_var!("WAYBACK_HTTP_MAX_BODY_BYTES", "http.max_body_bytes", "262144", "Largest request body the broker accepts.", |s, v| s.http.max_body_bytes = parse(v)?),
@@ -404,7 +456,10 @@ impl Settings {
             if let Some(value) = env(var.name) {
                 (var.apply)(&mut settings, &value).map_err(|message| ConfigError::Env {
                     name: var.name,
-                    value: if var.name.ends_with("PASSWORD") || var.name.ends_with("URL") {
+                    value: if var.name.ends_with("PASSWORD")
+                        || var.name.ends_with("URL")
+                        || var.name.ends_with("SECRET")
+                    {
                         "<redacted>".into()
                     } else {
                         value.clone()
@@ -468,6 +523,23 @@ impl Settings {
         }
         if self.http.max_body_bytes < 1024 {
             return invalid("http.max_body_bytes", "must be at least 1024");
+        }
+        if self.cc.api_url.is_some() {
+            if self.cc.client_id.is_empty() || self.cc.client_secret.is_none() {
+                return invalid(
+                    "cc.client_id",
+                    "cc.api_url is set: cc.client_id and cc.client_secret are needed too",
+                );
+            }
+            if self.cc.attempts == 0 {
+                return invalid("cc.attempts", "must be at least 1");
+            }
+            if self.cc.request_timeout_secs == 0 || self.cc.connect_timeout_secs == 0 {
+                return invalid("cc.request_timeout_secs", "timeouts must be at least 1");
+            }
+        }
+        if self.cc.reconcile_interval_secs == 0 {
+            return invalid("cc.reconcile_interval_secs", "must be at least 1");
         }
         Ok(())
     }

@@ -9,6 +9,8 @@ pub mod archive;
 pub mod broker;
 /// The OSB catalog: load and validate `catalog.json`, plan settings.
 pub mod catalog;
+/// Cloud Controller v3 client (UAA client-credentials token): instance names the platform did not send.
+pub mod cc;
 /// Operator commands (`wayback prune`, …): open from settings, call the library, print.
 pub mod cli;
 /// Settings: compiled defaults → optional TOML file → environment; secrets typed as secrets.

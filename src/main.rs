@@ -75,6 +75,9 @@ enum Command {
     /// Restore an instance's archive into a new data directory, recover and promote it, and
     /// print what it took (latest state, or --point-in-time).
     Restore(wayback::cli::restore::RestoreArgs),
+    /// Rebuild the index of instances and their names from the archive's instance.json files
+    /// (after the state database was lost); prints what was (or would be) added.
+    Reindex(wayback::cli::reindex::ReindexArgs),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
         Command::Prune(args) => wayback::cli::prune::main(settings, args),
         Command::Backup(args) => wayback::cli::backup::main(settings, args),
         Command::Restore(args) => wayback::cli::restore::main(settings, args),
+        Command::Reindex(args) => wayback::cli::reindex::main(settings, args),
         Command::ConfigReference => {
             print!("{}", Settings::reference_markdown());
             ExitCode::SUCCESS

@@ -29,6 +29,8 @@ struct Inner {
     backups: BTreeMap<String, (f64, u64)>,
     /// Restores by outcome.
     restores: BTreeMap<String, Histogram>,
+    /// Live instances whose name is not known yet, as the name resolver last counted them.
+    names_unknown: u64,
 }
 
 impl Histogram {
@@ -101,6 +103,11 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// How many live instances have no known name (set by the name resolver every pass).
+    pub fn names_unknown(&self, count: u64) {
+        self.0.lock().expect("metrics lock").names_unknown = count;
+    }
+
     pub fn cluster_restarted(&self) {
         self.0.lock().expect("metrics lock").cluster_restarts += 1;
     }
@@ -170,6 +177,13 @@ impl Metrics {
                 "wayback_http_responses_total{{route=\"{route}\",status=\"{status}\"}} {n}"
             );
         }
+        let _ = writeln!(out, "# HELP wayback_instances_name_unknown Live instances whose name neither the platform's requests nor the Cloud Controller has told yet (they cannot be cloned by name).");
+        let _ = writeln!(out, "# TYPE wayback_instances_name_unknown gauge");
+        let _ = writeln!(
+            out,
+            "wayback_instances_name_unknown {}",
+            inner.names_unknown
+        );
         render_archive(&mut out, &inner);
         out
     }
@@ -249,5 +263,10 @@ mod tests {
         assert!(text.contains(
             "wayback_operation_duration_seconds_count{kind=\"provision\",outcome=\"succeeded\"} 2"
         ));
+        assert!(text.contains("wayback_instances_name_unknown 0\n"));
+        m.names_unknown(3);
+        assert!(m
+            .render(&[], &[])
+            .contains("wayback_instances_name_unknown 3\n"));
     }
 }

@@ -13,7 +13,7 @@ use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{ArchiveMaintenance, Broker, Supervisor};
+use crate::broker::{ArchiveMaintenance, Broker, NameResolver, Supervisor};
 use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::jobs::{JobContext, Worker};
@@ -73,6 +73,7 @@ pub struct Application {
     worker: Worker,
     supervisor: Supervisor,
     maintenance: ArchiveMaintenance,
+    names: NameResolver,
     store: Store,
     runtime: Runtime,
     shutdown: CancellationToken,
@@ -137,6 +138,15 @@ impl Application {
             archive,
             archive_command,
         });
+        // Names the platform's requests did not carry come from the Cloud Controller.
+        let cc = crate::cc::CloudController::from_settings(&settings.cc)
+            .context("set up the Cloud Controller client")?
+            .map(Arc::new);
+        let names = NameResolver::new(
+            ctx.clone(),
+            cc,
+            Duration::from_secs(settings.cc.reconcile_interval_secs),
+        );
         let worker = Worker::new(ctx);
         let broker = Broker::new(
             store.clone(),
@@ -178,6 +188,7 @@ impl Application {
             worker,
             supervisor,
             maintenance,
+            names,
             store,
             runtime,
             shutdown: CancellationToken::new(),
@@ -215,6 +226,7 @@ impl Application {
             worker,
             supervisor,
             maintenance,
+            names,
             store,
             shutdown,
             ..
@@ -222,6 +234,7 @@ impl Application {
         let jobs = tokio::spawn(worker.run_until_stopped(shutdown.clone()));
         let supervise = tokio::spawn(supervisor.run_until_stopped(shutdown.clone()));
         let maintain = tokio::spawn(maintenance.run_until_stopped(shutdown.clone()));
+        let name = tokio::spawn(names.run_until_stopped(shutdown.clone()));
         let stopper = {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -231,7 +244,7 @@ impl Application {
         };
         let served = server.await;
         shutdown.cancel();
-        let _ = tokio::join!(jobs, supervise, maintain, stopper);
+        let _ = tokio::join!(jobs, supervise, maintain, name, stopper);
         store.close().await;
         tracing::info!("wayback broker stopped");
         served.context("HTTP server")

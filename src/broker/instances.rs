@@ -7,8 +7,8 @@ use crate::domain::{InstanceId, InstanceState, OperationKind, OperationState, Or
 use crate::jobs::{new_job, JobKind};
 use crate::store::{now_millis, InstanceRecord, OperationRecord, StoreError};
 
-/// Provision parameters this version accepts (`-c '{…}'`). None yet: undo adds `clone-from`.
-const PROVISION_PARAMETERS: &[&str] = &[];
+/// Provision parameters this version accepts (`-c '{…}'`): undo (see `clone`).
+const PROVISION_PARAMETERS: &[&str] = &[super::clone::CLONE_FROM, super::clone::POINT_IN_TIME];
 /// Update parameters this version accepts.
 const UPDATE_PARAMETERS: &[&str] = &[];
 
@@ -163,6 +163,10 @@ impl Broker {
             PROVISION_PARAMETERS,
             "this plan",
         )?);
+        let clone = match &parameters {
+            Value::Object(m) => super::clone::parse_params(m)?,
+            _ => None,
+        };
         if !req.accepts_incomplete {
             return Err(BrokerError::AsyncRequired);
         }
@@ -172,6 +176,16 @@ impl Broker {
                 .provision_again(&req, &parameters, existing, dashboard_url)
                 .await;
         }
+        let (job_payload, queued) = match &clone {
+            None => (json!({}), "Provisioning: queued".to_string()),
+            Some(c) => {
+                let payload = self
+                    .check_clone(&req.instance_id, &req.space_guid, plan, c)
+                    .await?;
+                let queued = format!("Cloning: queued ({})", super::clone::describe(&payload));
+                (payload, queued)
+            }
+        };
         let now = now_millis();
         let operation = new_operation_id(OperationKind::Provision);
         let record = InstanceRecord {
@@ -196,7 +210,7 @@ impl Broker {
             binding_id: None,
             kind: OperationKind::Provision,
             state: OperationState::InProgress,
-            description: "Provisioning: queued".into(),
+            description: queued,
             created_at: now,
             updated_at: now,
             finished_at: None,
@@ -206,7 +220,7 @@ impl Broker {
             &operation,
             &req.instance_id,
             None,
-            json!({}),
+            job_payload,
         );
         match self
             .store

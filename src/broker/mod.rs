@@ -3,11 +3,15 @@
 //!
 //! Every state change that starts work is one store transaction (record + operation + job), so
 //! a crash between the answer and the work leaves a job that the worker resumes.
-//! Imports `store`, `catalog`, `jobs` (its executor) and `domain`; never `osb`, `pg`, `runtime`.
+//! Imports `store`, `catalog`, `jobs` (its executor), `cc` (names) and `domain`; never `osb`,
+//! `pg`, `runtime`.
 
 mod bindings;
+mod clone;
 mod credentials;
 mod instances;
+mod names;
+pub mod reindex;
 mod retention;
 mod supervisor;
 
@@ -23,6 +27,7 @@ pub use instances::{
     Deprovisioned, InstanceView, LastOperation, ProvisionRequest, Provisioned, UpdateRequest,
     Updated,
 };
+pub use names::{NameResolver, ResolvePass, SOURCE_CLOUD_CONTROLLER};
 pub use retention::{ArchiveMaintenance, InstanceReport, PassReport};
 pub use supervisor::Supervisor;
 

@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod prune;
+pub mod reindex;
 pub mod restore;
 
 use std::path::PathBuf;

@@ -12,6 +12,7 @@
 mod admin;
 mod archive;
 mod backup;
+mod clone;
 mod layout;
 mod lifecycle;
 mod stats;
@@ -30,6 +31,7 @@ use crate::domain::InstanceId;
 use crate::pg::ctl;
 use crate::pg::fsutil::{self, Owner};
 use crate::pg::{conf, initdb, scram, Binaries, ClusterDirs, PgError, RunAs, Tools};
+pub use clone::RestoreSlot;
 use layout::Layout;
 
 fn rt(e: PgError) -> RuntimeError {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use secrecy::SecretString;
 
 use crate::domain::InstanceId;
-pub use local::LocalRuntime;
+pub use local::{LocalRuntime, RestoreSlot};
 
 /// What a cluster should look like.
 #[derive(Debug, Clone)]
@@ -197,6 +197,30 @@ impl Runtime {
         owner_role: &str,
     ) -> Result<(), RuntimeError> {
         dispatch!(self, rt => rt.create_login_role(id, role, password, owner_role).await)
+    }
+    /// An empty data directory for the restore engine, or None when a restore finished there.
+    pub async fn prepare_restore(
+        &self,
+        id: &InstanceId,
+        port: u16,
+        archive: &crate::archive::ArchiveTarget,
+    ) -> Result<Option<RestoreSlot>, RuntimeError> {
+        dispatch!(self, rt => rt.prepare_restore(id, port, archive).await)
+    }
+    /// Records that a restore into the instance's data directory finished.
+    pub fn mark_restored(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        dispatch!(self, rt => rt.mark_restored(id))
+    }
+    /// Switches WAL; (LSN, the segment to wait for in the archive).
+    pub async fn switch_wal_segment(
+        &self,
+        id: &InstanceId,
+    ) -> Result<(String, String), RuntimeError> {
+        dispatch!(self, rt => rt.switch_wal_segment(id).await)
+    }
+    /// Takes login and password from every role but the superuser (a clone's copied roles).
+    pub async fn revoke_copied_logins(&self, id: &InstanceId) -> Result<Vec<String>, RuntimeError> {
+        dispatch!(self, rt => rt.revoke_copied_logins(id).await)
     }
     /// Ends the role's sessions, gives what it owns to `owner_role`, and drops it.
     pub async fn drop_login_role(

@@ -8,6 +8,17 @@ use super::{
 };
 use crate::domain::{InstanceId, InstanceState};
 
+/// One name an instance of a space had (see [`Store::names_in_space`]).
+#[derive(Debug, Clone)]
+pub struct SpaceName {
+    pub instance_id: InstanceId,
+    pub name: String,
+    /// When the instance took the name (Unix ms).
+    pub recorded_at: i64,
+    pub state: InstanceState,
+    pub deleted_at: Option<i64>,
+}
+
 impl Store {
     /// Writes a new instance, its first name (if known), its provision operation and the job
     /// that will do the work, in one transaction. `Conflict` if the id exists (even deleted).
@@ -281,6 +292,35 @@ impl Store {
                 recorded_at,
             })
             .collect())
+    }
+
+    /// Every name of every instance in `space` (live or deleted), newest name first: what
+    /// `clone-from` resolves against. Nothing of another space is ever read.
+    pub async fn names_in_space(&self, space: &str) -> Result<Vec<SpaceName>, StoreError> {
+        let rows: Vec<(String, String, i64, String, Option<i64>)> = sqlx::query_as(
+            "SELECT n.instance_id, n.name, n.recorded_at, i.state, i.deleted_at \
+             FROM instance_names n JOIN instances i ON i.id = n.instance_id \
+             WHERE i.space_guid = $1 ORDER BY n.recorded_at DESC, n.seq DESC",
+        )
+        .bind(space)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, name, recorded_at, state, deleted_at)| {
+                let corrupt = |message: String| StoreError::Corrupt {
+                    id: id.clone(),
+                    message,
+                };
+                Ok(SpaceName {
+                    instance_id: InstanceId::parse(id.clone())
+                        .map_err(|e| corrupt(e.to_string()))?,
+                    name,
+                    recorded_at,
+                    state: state.parse::<InstanceState>().map_err(corrupt)?,
+                    deleted_at,
+                })
+            })
+            .collect()
     }
 }
 

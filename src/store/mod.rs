@@ -10,8 +10,10 @@ mod backups;
 mod bindings;
 mod instances;
 mod jobs;
+mod name_sources;
 mod operations;
 mod records;
+mod reindex;
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -22,8 +24,10 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, ConnectOptions};
 
 pub use backups::BackupRecord;
+pub use instances::SpaceName;
 pub use jobs::{JOB_DONE, JOB_FAILED, JOB_PENDING};
 pub use records::{BindingRecord, InstanceRecord, JobRecord, NameRecord, NewJob, OperationRecord};
+pub use reindex::{merge_names, IndexedInstance, MergeOutcome};
 
 /// A store failure. `Conflict` is the one callers act on (a row with that id exists already).
 #[derive(Debug, thiserror::Error)]

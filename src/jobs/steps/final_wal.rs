@@ -34,31 +34,43 @@ pub async fn archive_final_wal(
     let name =
         WalFileName::parse(&walfile).map_err(|e| StepError::transient(anyhow::anyhow!(e)))?;
     let key = InstancePrefix::new(&space, &instance.id).wal(&name);
-    let deadline =
-        Instant::now() + Duration::from_secs(ctx.settings.wal.final_archive_timeout_secs);
-    loop {
-        match ctx.archive.head(&key).await {
-            Ok(Some(_)) => break,
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(instance = %instance.id, error = %e, "cannot check the archive; still waiting")
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(StepError::Permanent {
-                user_message: format!(
-                    "the last WAL ({walfile}) could not be archived within {} s, so the instance was NOT deleted and keeps running. \
-                     Check the archive storage, then delete the instance again",
-                    ctx.settings.wal.final_archive_timeout_secs
-                ),
-                source: anyhow::anyhow!("{key} not in the archive at the deadline"),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if !wait_archived(ctx, &instance.id, &key).await {
+        return Err(StepError::Permanent {
+            user_message: format!(
+                "the last WAL ({walfile}) could not be archived within {} s, so the instance was NOT deleted and keeps running. \
+                 Check the archive storage, then delete the instance again",
+                ctx.settings.wal.final_archive_timeout_secs
+            ),
+            source: anyhow::anyhow!("{key} not in the archive at the deadline"),
+        });
     }
     ctx.store
         .set_instance_final(&instance.id, &lsn, now_millis())
         .await?;
     tracing::info!(instance = %instance.id, lsn, walfile, "final WAL archived");
     Ok(())
+}
+
+/// Waits until `key` is in the archive, for at most `wal.final_archive_timeout_secs`; false at
+/// the deadline. Also used by a fork (clone-from a live instance).
+pub(super) async fn wait_archived(
+    ctx: &JobContext,
+    instance: &crate::domain::InstanceId,
+    key: &str,
+) -> bool {
+    let deadline =
+        Instant::now() + Duration::from_secs(ctx.settings.wal.final_archive_timeout_secs);
+    loop {
+        match ctx.archive.head(key).await {
+            Ok(Some(_)) => return true,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(instance = %instance, error = %e, "cannot check the archive; still waiting")
+            }
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -63,12 +63,20 @@ pub async fn provision_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
             "Provisioning was stopped because the instance is being deleted.".into(),
         ));
     }
+    let clone = super::clone::is_clone(job);
+    if let Some(result) = super::clone::clone_step(ctx, job, &instance).await {
+        return result;
+    }
     match job.step.as_str() {
         ALLOCATE_PORT => {
             if instance.port.is_none() {
                 allocate_port(ctx, &instance).await?;
             }
-            Ok(Outcome::Next(CREATE_CLUSTER))
+            Ok(Outcome::Next(if clone {
+                super::clone::FORK
+            } else {
+                CREATE_CLUSTER
+            }))
         }
         CREATE_CLUSTER => {
             let spec = spec(ctx, &instance, &instance.plan_id)?;
@@ -91,9 +99,15 @@ pub async fn provision_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
             ctx.runtime
                 .configure_archive(&instance.id, &target, &command)
                 .await?;
-            Ok(Outcome::Next(START))
+            // A clone's restored server still runs with the restore's settings: restart it.
+            Ok(Outcome::Next(if clone {
+                super::clone::RESTART
+            } else {
+                START
+            }))
         }
         START => match ctx.runtime.start(&instance.id).await {
+            Ok(()) if clone => Ok(Outcome::Next(super::clone::ROTATE)),
             Ok(()) => Ok(Outcome::Next(CREATE_DATABASE)),
             Err(RuntimeError::PortInUse(port)) => {
                 // Someone outside Wayback took the port: take another and rewrite the config.

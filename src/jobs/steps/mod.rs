@@ -2,6 +2,7 @@
 
 pub mod backup;
 mod binding;
+mod clone;
 mod final_wal;
 mod instance;
 
@@ -58,6 +59,10 @@ impl JobKind {
             instance::CREATE_DATABASE => {
                 "Provisioning: creating the application database and its owner role"
             }
+            clone::FORK => "Cloning: archiving the source's latest WAL (fork)",
+            clone::RESTORE => "Cloning: restoring the source's base backup",
+            clone::RESTART => "Cloning: restarting with the plan's settings and its own archive",
+            clone::ROTATE => "Cloning: rotating every password copied from the source",
             instance::APPLY_SETTINGS => "Updating: applying the new plan's PostgreSQL settings",
             instance::WAIT_EXCLUSIVE => {
                 "Deleting: waiting for the running operation on this instance to stop"

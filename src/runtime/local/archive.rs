@@ -49,21 +49,7 @@ impl LocalRuntime {
                 .map_err(PgError::io(format!("create {}", dir.display())))
                 .map_err(rt)?;
         }
-        // A local archive is written by wal-push, which runs as the cluster's user: give it the
-        // instance's directories (the broker, as root, can write there anyway).
-        if let Some(dir) = target.storage.url.strip_prefix("file://") {
-            let mut path = std::path::PathBuf::from(dir);
-            fsutil::ensure_dir(&path, 0o711, None)
-                .or_else(|_| std::fs::create_dir_all(&path))
-                .map_err(PgError::io(format!("create {}", path.display())))
-                .map_err(rt)?;
-            for part in target.prefix.split('/').chain(["wal"]) {
-                path.push(part);
-                fsutil::ensure_dir(&path, 0o755, owner)
-                    .map_err(PgError::io(format!("create {}", path.display())))
-                    .map_err(rt)?;
-            }
-        }
+        prepare_local_archive(&target, owner)?;
         let bin = command.wayback_bin.display().to_string();
         let target_path = target_file.display().to_string();
         let conf = format!(
@@ -186,6 +172,28 @@ impl LocalRuntime {
         let open = format!("ALTER DATABASE {ident} WITH ALLOW_CONNECTIONS true");
         exec(&mut conn, &open, "reopen the database").await
     }
+}
+
+/// A local archive is written by wal-push, which runs as the cluster's user: give it the
+/// instance's directories (the broker, as root, can write there anyway).
+pub(super) fn prepare_local_archive(
+    target: &ArchiveTarget,
+    owner: Option<fsutil::Owner>,
+) -> Result<(), RuntimeError> {
+    if let Some(dir) = target.storage.url.strip_prefix("file://") {
+        let mut path = std::path::PathBuf::from(dir);
+        fsutil::ensure_dir(&path, 0o711, None)
+            .or_else(|_| std::fs::create_dir_all(&path))
+            .map_err(PgError::io(format!("create {}", path.display())))
+            .map_err(rt)?;
+        for part in target.prefix.split('/').chain(["wal"]) {
+            path.push(part);
+            fsutil::ensure_dir(&path, 0o755, owner)
+                .map_err(PgError::io(format!("create {}", path.display())))
+                .map_err(rt)?;
+        }
+    }
+    Ok(())
 }
 
 /// Quotes a path for the shell PostgreSQL runs archive_command with.

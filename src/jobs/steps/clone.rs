@@ -1,0 +1,268 @@
+//! The steps a clone-from provision adds to an ordinary one (DESIGN §5, "clone-from"):
+//!
+//! ```text
+//! allocate_port → clone_fork → clone_restore → create_cluster → configure_archive
+//!               → clone_restart → start → clone_rotate
+//! ```
+//!
+//! `clone_fork` matters for a live source: it switches the source's WAL and waits until that
+//! segment is in the archive (the deprovision's wait, without closing the database), so that the
+//! clone holds everything committed before the request. `clone_restore` runs the restore engine
+//! into the new instance's cluster directories: the source's prefix is only read, the promoted
+//! server archives into the clone's own prefix from its first moment, and the superuser gets a
+//! fresh password. The ordinary `create_cluster` then rewrites the configuration for the plan,
+//! `configure_archive` writes the clone's own archiving, and a restart applies both.
+//! `clone_rotate` takes login and password from every role copied from the source (its bindings
+//! and owner), so no credential of the source works on the clone.
+//!
+//! The resolved source is in the job payload under `clone` (written by the broker's check).
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::archive::layout::{InstancePrefix, WalFileName};
+use crate::archive::restore::{restore, RestoreError, RestoreRequest, RestoreTarget};
+use crate::archive::ArchiveTarget;
+use crate::domain::{InstanceId, OperationState, SpaceGuid};
+use crate::jobs::{JobContext, Outcome, StepError, StepResult};
+use crate::runtime::ClusterStatus;
+use crate::store::{InstanceRecord, JobRecord};
+
+pub const FORK: &str = "clone_fork";
+pub const RESTORE: &str = "clone_restore";
+pub const RESTART: &str = "clone_restart";
+pub const ROTATE: &str = "clone_rotate";
+
+/// Part of a clone's source, from the job payload.
+struct Source {
+    id: InstanceId,
+    live: bool,
+    target: RestoreTarget,
+    system_identifier: u64,
+    backup_stop_time: Option<DateTime<Utc>>,
+}
+
+/// True when this provision is a clone.
+pub fn is_clone(job: &JobRecord) -> bool {
+    job.payload.get("clone").is_some_and(|c| c.is_object())
+}
+
+fn source(job: &JobRecord) -> Result<Source, StepError> {
+    let bad = |what: &str| StepError::Permanent {
+        user_message: "internal error".into(),
+        source: anyhow::anyhow!("clone payload of job {}: {what}", job.id),
+    };
+    let c = &job.payload["clone"];
+    let id = c["source"]
+        .as_str()
+        .and_then(|s| InstanceId::parse(s).ok())
+        .ok_or_else(|| bad("source"))?;
+    let target = match c["target"].as_str() {
+        None => RestoreTarget::Latest,
+        Some(t) => RestoreTarget::PointInTime(
+            DateTime::parse_from_rfc3339(t)
+                .map_err(|_| bad("target"))?
+                .with_timezone(&Utc),
+        ),
+    };
+    Ok(Source {
+        id,
+        live: c["live"].as_bool().unwrap_or(false),
+        target,
+        system_identifier: c["system_identifier"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("system_identifier"))?,
+        backup_stop_time: c["backup_stop_time"]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc)),
+    })
+}
+
+fn when(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+fn target_text(t: RestoreTarget) -> String {
+    match t {
+        RestoreTarget::Latest => "latest".into(),
+        RestoreTarget::PointInTime(t) => when(t),
+    }
+}
+
+async fn progress(ctx: &JobContext, job: &JobRecord, text: &str) {
+    if let Some(op) = &job.operation_id {
+        if let Err(e) = ctx
+            .store
+            .update_operation(op, OperationState::InProgress, text)
+            .await
+        {
+            tracing::warn!(job = %job.id, error = %e, "cannot record progress");
+        }
+    }
+}
+
+/// Runs one clone step of a provision; `None` when `job.step` is not a clone step.
+pub async fn clone_step(
+    ctx: &JobContext,
+    job: &JobRecord,
+    instance: &InstanceRecord,
+) -> Option<StepResult> {
+    let result = match job.step.as_str() {
+        FORK => fork(ctx, job).await,
+        RESTORE => restore_step(ctx, job, instance).await,
+        RESTART => ctx
+            .runtime
+            .stop(&instance.id)
+            .await
+            .map(|()| Outcome::Next(super::instance::START))
+            .map_err(Into::into),
+        ROTATE => match ctx.runtime.revoke_copied_logins(&instance.id).await {
+            Ok(roles) => {
+                tracing::info!(instance = %instance.id, ?roles, "logins copied from the source revoked");
+                Ok(Outcome::Done)
+            }
+            Err(e) => Err(e.into()),
+        },
+        _ => return None,
+    };
+    Some(result)
+}
+
+async fn fork(ctx: &JobContext, job: &JobRecord) -> StepResult {
+    let src = source(job)?;
+    if !src.live {
+        return Ok(Outcome::Next(RESTORE));
+    }
+    let Some(record) = ctx.store.get_instance(&src.id).await? else {
+        return Ok(Outcome::Next(RESTORE));
+    };
+    // A source stopped or deleted since the PUT has archived what it had; restore that.
+    if !record.state.is_live() || ctx.runtime.status(&src.id).await? != ClusterStatus::Running {
+        return Ok(Outcome::Next(RESTORE));
+    }
+    progress(
+        ctx,
+        job,
+        "Cloning: archiving the source's latest WAL (fork)",
+    )
+    .await;
+    let (lsn, walfile) = ctx.runtime.switch_wal_segment(&src.id).await?;
+    let space = SpaceGuid::parse(record.space_guid.clone()).map_err(StepError::transient)?;
+    let name =
+        WalFileName::parse(&walfile).map_err(|e| StepError::transient(anyhow::anyhow!(e)))?;
+    let key = InstancePrefix::new(&space, &src.id).wal(&name);
+    if !super::final_wal::wait_archived(ctx, &src.id, &key).await {
+        return Err(StepError::Transient(anyhow::anyhow!(
+            "{key} (the source's WAL up to {lsn}) is not in the archive yet"
+        )));
+    }
+    tracing::info!(source = %src.id, lsn, walfile, "fork: source WAL archived");
+    Ok(Outcome::Next(RESTORE))
+}
+
+async fn restore_step(ctx: &JobContext, job: &JobRecord, instance: &InstanceRecord) -> StepResult {
+    let src = source(job)?;
+    let space = SpaceGuid::parse(instance.space_guid.clone()).map_err(StepError::transient)?;
+    let port = instance
+        .port
+        .ok_or_else(|| StepError::transient(anyhow::anyhow!("instance has no port yet")))?;
+    let own = ArchiveTarget::for_instance(&ctx.settings, &space, &instance.id);
+    let Some(slot) = ctx
+        .runtime
+        .prepare_restore(&instance.id, port, &own)
+        .await?
+    else {
+        return Ok(Outcome::Next(super::instance::CREATE_CLUSTER));
+    };
+    let base = src
+        .backup_stop_time
+        .map_or("the newest backup".to_string(), when);
+    progress(
+        ctx,
+        job,
+        &format!("Cloning: restoring base backup of {base}"),
+    )
+    .await;
+    let archive_timeout_secs = ctx
+        .catalog
+        .plan(&instance.service_id, &instance.plan_id)
+        .and_then(|p| p.archive.archive_interval_secs)
+        .unwrap_or(ctx.archive_command.archive_timeout_secs);
+    let req = RestoreRequest {
+        store: ctx.archive.clone(),
+        storage: crate::archive::target::capture_environment(&ctx.settings.archive),
+        source: InstancePrefix::new(&space, &src.id),
+        system_identifier: src.system_identifier,
+        target: src.target,
+        dirs: slot.dirs.clone(),
+        port,
+        listen_address: slot.listen_address.clone(),
+        tools: slot.tools.clone(),
+        wayback_bin: ctx.archive_command.wayback_bin.clone(),
+        target_file: slot.target_file.clone(),
+        archive: Some(own),
+        archive_timeout_secs,
+        fetch_ahead: ctx.settings.wal.fetch_ahead,
+        fetch_retry_secs: 60,
+        parallel: 4,
+        superuser_verifier: Some(slot.superuser_verifier.clone()),
+    };
+    let replaying = format!("Cloning: replaying WAL up to {}", target_text(src.target));
+    let watch = watch_phases(ctx, job, &slot.dirs.pgdata, &replaying);
+    // On a blocking thread of its own: the engine's future is not `Send` for every lifetime (a
+    // known compiler limit with borrowed streams), and the worker spawns its job futures.
+    let handle = tokio::runtime::Handle::current();
+    let run = tokio::task::spawn_blocking(move || handle.block_on(restore(&req)));
+    let result = tokio::select! {
+        r = run => r.map_err(|e| StepError::transient(anyhow::anyhow!("the restore task ended: {e}")))?,
+        () = watch => unreachable!("the watcher never ends"),
+    };
+    match result {
+        Ok(report) => {
+            tracing::info!(instance = %instance.id, source = %src.id, backup = %report.backup_id, timeline = report.timeline, secs = report.total_secs, "clone restored");
+            ctx.runtime.mark_restored(&instance.id)?;
+            Ok(Outcome::Next(super::instance::CREATE_CLUSTER))
+        }
+        Err(e @ (RestoreError::Storage(_) | RestoreError::Archive(_))) => {
+            Err(StepError::Transient(e.into()))
+        }
+        Err(e) => Err(StepError::Permanent {
+            user_message: user_message(&e),
+            source: e.into(),
+        }),
+    }
+}
+
+/// What the platform's user reads about a failed restore (no paths, no log).
+fn user_message(e: &RestoreError) -> String {
+    match e {
+        RestoreError::NoBackup { .. } | RestoreError::OutsideWindow { .. } => e.to_string(),
+        RestoreError::RecoveryFailed { .. } => {
+            "replaying the source's WAL failed; the operator's log has the server's messages".into()
+        }
+        _ => "the restore from the source's archive failed; the operator's log says why".into(),
+    }
+}
+
+/// Follows the restore's phases from its files (the engine has no progress callback): WAL
+/// replay starts once `recovery.signal` is written, promotion once the server removes it.
+async fn watch_phases(ctx: &JobContext, job: &JobRecord, pgdata: &Path, replaying: &str) {
+    let signal = pgdata.join("recovery.signal");
+    let mut seen = false;
+    let mut promoted = false;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let present = signal.exists();
+        if present && !seen {
+            seen = true;
+            progress(ctx, job, replaying).await;
+        } else if seen && !present && !promoted {
+            promoted = true;
+            progress(ctx, job, "Cloning: promoting").await;
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! Undo through the OSB API (`clone-from`, `point-in-time`) against real clusters and a real
+//! archive (the local directory, and the shared S3 server when the test script provides one):
+//! a deleted instance comes back by name with new credentials only, a live one is forked with
+//! everything committed before the request, a point in time splits two commits exactly, and the
+//! PUT refuses — before its 202 — another space's instance, unknown names (listing the
+//! candidates), malformed times and times outside the restore window.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::Row;
+use wayback::archive::layout::InstancePrefix;
+use wayback::archive::window::restore_window;
+use wayback::domain::{InstanceId, SpaceGuid};
+use wayback::storage::ObjectStore;
+
+const OTHER_SPACE: &str = "5ace0000-0000-4000-8000-0000000000ff";
+
+fn prefix_of(id: &str) -> InstancePrefix {
+    InstancePrefix::new(
+        &SpaceGuid::parse(SPACE).unwrap(),
+        &InstanceId::parse(id.to_string()).unwrap(),
+    )
+}
+
+fn local_store(app: &TestApp) -> ObjectStore {
+    ObjectStore::local(&app.data_dir.join("archive")).unwrap()
+}
+
+/// Waits until the instance's first base backup is complete (the broker takes it after
+/// provisioning), so that it can be cloned.
+async fn wait_for_backup(store: &ObjectStore, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let w = restore_window(store, &prefix_of(id)).await.unwrap();
+        if !w.backups.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no base backup of {id} in 120 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Switches WAL and waits until the completed segment is archived.
+async fn archive_now(admin: &mut sqlx::PgConnection, store: &ObjectStore, id: &str) {
+    let seg: String = sqlx::query("SELECT pg_walfile_name(pg_switch_wal())")
+        .fetch_one(&mut *admin)
+        .await
+        .unwrap()
+        .get(0);
+    let key = format!("{}/wal/{seg}", prefix_of(id).as_str());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while store.get(&key).await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "{key} not archived within 90 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn clone_body(name: &str, space: &str, parameters: Value) -> Value {
+    let mut body = provision_body(SMALL, name);
+    body["space_guid"] = json!(space);
+    body["context"]["space_guid"] = json!(space);
+    body["parameters"] = parameters;
+    body
+}
+
+/// PUTs a clone and waits for its provision; returns its id and the descriptions seen.
+async fn clone_ready(app: &TestApp, name: &str, parameters: Value) -> (String, Vec<String>) {
+    let id = new_id();
+    let r = app
+        .put_instance(&id, &clone_body(name, SPACE, parameters))
+        .await;
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let op = body["operation"].as_str().unwrap().to_string();
+    // Record the descriptions the platform would show while it runs.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let r = app
+            .osb(
+                reqwest::Method::GET,
+                &format!("/v2/service_instances/{id}/last_operation?operation={op}"),
+            )
+            .send()
+            .await
+            .unwrap();
+        let body: Value = r.json().await.unwrap();
+        let d = body["description"].as_str().unwrap_or("").to_string();
+        if seen.last() != Some(&d) {
+            seen.push(d);
+        }
+        match body["state"].as_str() {
+            Some("in progress") => {}
+            Some("succeeded") => return (id, seen),
+            _ => panic!("clone failed: {body}; seen: {seen:?}"),
+        }
+        assert!(Instant::now() < deadline, "clone still running: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn rows(conn: &mut sqlx::PgConnection, sql: &str) -> Vec<String> {
+    sqlx::query_scalar(sql).fetch_all(conn).await.unwrap()
+}
+
+/// `uri` pointed at another port (the clone's), keeping its user and password.
+fn at_port(uri: &str, port: u16) -> String {
+    let mut u = reqwest::Url::parse(uri).unwrap();
+    u.set_port(Some(port)).unwrap();
+    u.to_string()
+}
+
+/// The server's clock, to the microsecond.
+async fn now(conn: &mut sqlx::PgConnection) -> DateTime<Utc> {
+    let text: String = sqlx::query_scalar(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap();
+    text.parse().unwrap()
+}
+
+/// provision "production" → rows → delete → clone-from "production": the rows are back, the
+/// clone's credentials work, the source's are refused, and the clone archives on its own.
+async fn whole_story(app: TestApp, store: ObjectStore) {
+    let src = app.provision_ready("production").await;
+    wait_for_backup(&store, &src).await;
+    let mut admin = app.admin_on(&src, "app").await;
+    exec(
+        &mut admin,
+        "CREATE TABLE orders (what text); INSERT INTO orders VALUES ('one'), ('two')",
+    )
+    .await;
+    drop(admin);
+    let old = app.bind_sync(&src, &new_id()).await;
+    let old_admin = std::fs::read_to_string(app.cluster_dir(&src).join("admin-password")).unwrap();
+    app.deprovision_done(&src).await;
+
+    let (clone, seen) = clone_ready(&app, "production", json!({"clone-from": "production"})).await;
+    let all = seen.join(" | ");
+    assert!(all.contains(&src), "names the source: {all}");
+    assert!(all.contains("restoring base backup of"), "{all}");
+
+    let new = app.bind_sync(&clone, &new_id()).await;
+    let mut conn = connect(new["uri"].as_str().unwrap())
+        .await
+        .expect("the clone's own binding connects");
+    assert_eq!(
+        rows(&mut conn, "SELECT what FROM orders ORDER BY 1").await,
+        ["one", "two"]
+    );
+    // The source's binding, pointed at the clone: refused.
+    let port = reqwest::Url::parse(new["uri"].as_str().unwrap())
+        .unwrap()
+        .port()
+        .unwrap();
+    let stale = at_port(old["uri"].as_str().unwrap(), port);
+    assert!(
+        connect(&stale).await.is_err(),
+        "the source's binding must not log in to the clone"
+    );
+    // The source's superuser password: refused too.
+    let new_admin =
+        std::fs::read_to_string(app.cluster_dir(&clone).join("admin-password")).unwrap();
+    assert_ne!(old_admin, new_admin);
+    let stale_admin = format!(
+        "postgres://wayback_admin:{}@127.0.0.1:{port}/app",
+        old_admin.trim()
+    );
+    assert!(connect(&stale_admin).await.is_err());
+
+    // The clone archives into its own prefix (its new timeline's history file first).
+    let own = InstancePrefix::new(
+        &SpaceGuid::parse(SPACE).unwrap(),
+        &InstanceId::parse(clone.clone()).unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let keys = store.list(&format!("{}/wal/", own.as_str())).await.unwrap();
+        if keys.iter().any(|o| o.key.ends_with(".history")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the clone archives nothing");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn undo_a_deleted_instance_by_name_on_a_local_archive() {
+    if !pg_available() {
+        return;
+    }
+    let app = spawn_app().await;
+    let store = local_store(&app);
+    whole_story(app, store).await;
+}
+
+#[tokio::test]
+async fn undo_a_deleted_instance_by_name_on_s3() {
+    let s3 = shared_s3_settings("cl");
+    if !require("an S3 server in WAYBACK_TEST_S3_*", s3.is_some()) || !pg_available() {
+        return;
+    }
+    let s3 = s3.unwrap();
+    let store = ObjectStore::open(&s3).unwrap();
+    let app = spawn_app_with(|s| s.archive = s3.clone()).await;
+    whole_story(app, store).await;
+}
+
+#[tokio::test]
+async fn fork_of_a_live_instance_holds_what_was_committed_before_the_request() {
+    if !pg_available() {
+        return;
+    }
+    let app = spawn_app().await;
+    let store = local_store(&app);
+    let src = app.provision_ready("live").await;
+    wait_for_backup(&store, &src).await;
+    let mut admin = app.admin_on(&src, "app").await;
+    exec(
+        &mut admin,
+        "CREATE TABLE t AS SELECT generate_series(1, 500) AS n",
+    )
+    .await;
+    // No WAL switch here: the fork must do it.
+    let (clone, _) = clone_ready(&app, "live-fork", json!({"clone-from": src})).await;
+    let mut forked = app.admin_on(&clone, "app").await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+        .fetch_one(&mut forked)
+        .await
+        .unwrap();
+    assert_eq!(n, 500);
+    // The source still serves its database.
+    exec(&mut admin, "INSERT INTO t VALUES (501)").await;
+    let mut again = app.admin_on(&src, "app").await;
+    exec(&mut again, "SELECT 1").await;
+}
+
+#[tokio::test]
+async fn point_in_time_splits_two_commits() {
+    if !pg_available() {
+        return;
+    }
+    let app = spawn_app().await;
+    let store = local_store(&app);
+    let src = app.provision_ready("pitr").await;
+    wait_for_backup(&store, &src).await;
+    let mut admin = app.admin_on(&src, "app").await;
+    exec(&mut admin, "CREATE TABLE events (what text)").await;
+    exec(&mut admin, "INSERT INTO events VALUES ('T1')").await;
+    let target = now(&mut admin).await;
+    exec(&mut admin, "INSERT INTO events VALUES ('T2')").await;
+    archive_now(&mut admin, &store, &src).await;
+
+    let (clone, seen) = clone_ready(
+        &app,
+        "pitr-0930",
+        json!({"clone-from": "pitr", "point-in-time": target.to_rfc3339()}),
+    )
+    .await;
+    let mut restored = app.admin_on(&clone, "app").await;
+    assert_eq!(
+        rows(&mut restored, "SELECT what FROM events ORDER BY 1").await,
+        ["T1"]
+    );
+    let all = seen.join(" | ");
+    assert!(all.contains("restoring base backup of"), "{all}");
+}
+
+#[tokio::test]
+async fn refusals_come_before_the_202() {
+    if !pg_available() {
+        return;
+    }
+    let app = spawn_app().await;
+    let store = local_store(&app);
+    let src = app.provision_ready("production").await;
+    wait_for_backup(&store, &src).await;
+
+    let put = |space: &'static str, parameters: Value| {
+        let app = &app;
+        async move {
+            let r = app
+                .put_instance(&new_id(), &clone_body("x", space, parameters))
+                .await;
+            let status = r.status();
+            let body: Value = r.json().await.unwrap();
+            (
+                status,
+                body["description"].as_str().unwrap_or("").to_string(),
+            )
+        }
+    };
+    // Another space: by name and by GUID, refused like an unknown name, nothing leaked.
+    let (s1, d1) = put(OTHER_SPACE, json!({"clone-from": "production"})).await;
+    let (s2, d2) = put(OTHER_SPACE, json!({"clone-from": src})).await;
+    assert_eq!(s1, StatusCode::UNPROCESSABLE_ENTITY, "{d1}");
+    assert_eq!(s2, StatusCode::UNPROCESSABLE_ENTITY, "{d2}");
+    assert!(
+        d1.contains("no instance of this space can be cloned"),
+        "{d1}"
+    );
+    assert!(
+        !d2.contains("production") && !d1.contains(&src),
+        "{d1} / {d2}"
+    );
+    // Unknown name in the right space: the candidates are listed.
+    let (s, d) = put(SPACE, json!({"clone-from": "prodution"})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{d}");
+    assert!(
+        d.contains("can be cloned in this space are: production"),
+        "{d}"
+    );
+    // Malformed times: 400 with the format.
+    for bad in ["2026-11-21T09:30:00", "yesterday", "2026-11-21 09:30 UTC"] {
+        let (s, d) = put(
+            SPACE,
+            json!({"clone-from": "production", "point-in-time": bad}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {d}");
+        assert!(d.contains("RFC 3339"), "{d}");
+    }
+    // Outside the window: 422 saying the window.
+    let (s, d) = put(
+        SPACE,
+        json!({"clone-from": "production", "point-in-time": "2001-01-01T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{d}");
+    assert!(d.contains("restore window") && d.contains(" to "), "{d}");
+}
