@@ -77,6 +77,9 @@ fn actions(report: &Value, ids: &[&str]) -> Vec<(String, u64)> {
     ids.iter()
         .map(|id| {
             let l = line(report, id);
+            if let Some(e) = l["error"].as_str() {
+                eprintln!("reindex of {id} failed: {e}");
+            }
             (
                 l["action"].as_str().unwrap().to_string(),
                 l["names_added"].as_u64().unwrap(),
@@ -168,8 +171,6 @@ async fn database_lost_then_reindexed(archive: Option<StorageSettings>) {
     let want = facts(&old.store, &gone).await;
     assert_eq!(want["names"].as_array().unwrap().len(), 2, "{want}");
     let want_live = facts(&old.store, &live).await;
-    let mut old = old;
-    old.stop().await;
 
     // The old broker's own database has everything already: nothing to add or change.
     let report = wayback::broker::reindex::reindex(&old.store, &objects, false, false)
@@ -180,6 +181,8 @@ async fn database_lost_then_reindexed(archive: Option<StorageSettings>) {
         [("unchanged".into(), 0), ("unchanged".into(), 0)]
     );
     assert_eq!(facts(&old.store, &gone).await, want);
+    let mut old = old;
+    old.stop().await;
 
     // A new broker on an empty state database, the same archive.
     let new = spawn_app_with(|s| s.archive = archive.clone()).await;

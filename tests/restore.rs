@@ -17,7 +17,8 @@ use wayback::archive::backup::{take_backup, BackupOptions};
 use wayback::archive::layout::InstancePrefix;
 use wayback::archive::manifest::BackupManifest;
 use wayback::archive::restore::{
-    restore, RestoreError, RestoreReport, RestoreRequest, RestoreTarget,
+    restore, RestoreError, RestorePhase, RestoreProgress, RestoreReport, RestoreRequest,
+    RestoreTarget,
 };
 use wayback::archive::ArchiveTarget;
 use wayback::domain::{InstanceId, SpaceGuid};
@@ -197,6 +198,7 @@ impl Source {
             superuser_verifier: Some(SecretString::from(
                 wayback::pg::scram::verifier(&SecretString::from(PASSWORD)).unwrap(),
             )),
+            progress: None,
         }
     }
 }
@@ -301,8 +303,17 @@ async fn round_trip(app: TestApp, store: ObjectStore, storage: StorageSettings) 
     );
     own.storage = storage.clone();
     req.archive = Some(own);
+    let progress = std::sync::Arc::new(RestoreProgress::default());
+    req.progress = Some(progress.clone());
     let report: RestoreReport = restore(&req).await.expect("restore");
     eprintln!("report: {}", serde_json::to_string(&report).unwrap());
+    // What a watcher saw last: the whole backup unpacked, its stop time, the restore done.
+    assert_eq!(progress.phase(), RestorePhase::Done);
+    assert_eq!(progress.bytes(), (report.raw_bytes, report.raw_bytes));
+    assert_eq!(
+        progress.backup_stop_time(),
+        DateTime::from_timestamp(report.backup_stop_time.timestamp(), 0)
+    );
     // The newest complete backup: ours, or one the broker took since (its WAL-volume rule).
     assert!(report.backup_id >= manifest.backup_id, "{report:?}");
     assert!(report.timeline > manifest.timeline, "{report:?}");

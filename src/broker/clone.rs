@@ -154,7 +154,7 @@ pub(super) fn below_floors(plan: &Plan, floors: &SettingFloors) -> Vec<(&'static
 }
 
 /// "from "production" (GUID, deleted at …) as of <time|latest>", for last_operation (pure).
-pub(super) fn describe(payload: &Value) -> String {
+pub(crate) fn describe(payload: &Value) -> String {
     let c = &payload["clone"];
     let deleted = c["deleted_at"]
         .as_i64()

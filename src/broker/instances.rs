@@ -182,7 +182,7 @@ impl Broker {
                 let payload = self
                     .check_clone(&req.instance_id, &req.space_guid, plan, c)
                     .await?;
-                let queued = format!("Cloning: queued ({})", super::clone::describe(&payload));
+                let queued = format!("Cloning {}: queued", super::clone::describe(&payload));
                 (payload, queued)
             }
         };

@@ -7,7 +7,7 @@
 //! `pg`, `runtime`.
 
 mod bindings;
-mod clone;
+pub(crate) mod clone;
 mod credentials;
 mod instances;
 mod names;

@@ -214,6 +214,7 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Outc
         fetch_retry_secs: 60,
         parallel: 4,
         superuser_verifier: None,
+        progress: None,
     };
     let report = restore::restore(&request).await?;
     if !args.keep_running {

@@ -150,7 +150,7 @@ impl Worker {
         drop(_enter);
         loop {
             if let Some(op) = &job.operation_id {
-                let text = kind.describe(&job.step);
+                let text = kind.describe(&job);
                 if let Err(e) = self
                     .ctx
                     .store
@@ -203,7 +203,7 @@ impl Worker {
                     let attempts = job.attempts + 1;
                     if attempts >= self.ctx.settings.jobs.max_attempts {
                         tracing::error!(parent: &span, step = %job.step, error = format!("{e:#}"), "step failed {attempts} times; giving up");
-                        let msg = format!("{} failed repeatedly", kind.describe(&job.step));
+                        let msg = format!("{} failed repeatedly", kind.describe(&job));
                         self.finish(&job, kind, OperationState::Failed, Some(msg))
                             .await;
                         return;
@@ -219,7 +219,7 @@ impl Worker {
                     source,
                 }) => {
                     tracing::error!(parent: &span, step = %job.step, error = format!("{source:#}"), "step failed permanently");
-                    let msg = format!("{}: {user_message}", kind.describe(&job.step));
+                    let msg = format!("{}: {user_message}", kind.describe(&job));
                     self.finish(&job, kind, OperationState::Failed, Some(msg))
                         .await;
                     return;
@@ -296,7 +296,7 @@ impl Worker {
             }
         };
         let succeeded = state == OperationState::Succeeded;
-        let description = message.unwrap_or_else(|| kind.success_text().to_string());
+        let description = message.unwrap_or_else(|| kind.success_description(job));
         if let Some(op) = &job.operation_id {
             if let Err(e) = store.update_operation(op, state, &description).await {
                 tracing::warn!(job = %job.id, error = %e, "cannot record the operation's end; will retry");

@@ -106,6 +106,7 @@ pub(super) async fn download_and_unpack(
     pgdata: &Path,
     owner: Option<Owner>,
     parallel: usize,
+    progress: Option<&super::RestoreProgress>,
 ) -> Result<u64, RestoreError> {
     let mut parts = m.parts.clone();
     parts.sort_by_key(|p| p.index);
@@ -145,11 +146,16 @@ pub(super) async fn download_and_unpack(
                 break;
             }
         };
-        // A closed channel means the unpacker stopped: its error says why.
+        // A closed channel means the unpacker stopped: its error says why. Counted when handed
+        // over: the unpacker holds at most one part, so the figure is never far ahead.
+        let raw_len = part.len() as u64;
         let tx = tx.clone();
         let sent = tokio::task::spawn_blocking(move || tx.send(part)).await;
         if !matches!(sent, Ok(Ok(()))) {
             break;
+        }
+        if let Some(p) = progress {
+            p.add_bytes(raw_len);
         }
     }
     // Parts still in flight are aborted with the stream.

@@ -32,6 +32,8 @@ mod server;
 mod untar;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -88,6 +90,74 @@ pub struct RestoreRequest {
     /// When set, the superuser's password becomes this SCRAM verifier once promoted (a clone
     /// must not keep its source's secrets).
     pub superuser_verifier: Option<SecretString>,
+    /// Where the engine reports how far it got (the clone's last_operation reads it); None:
+    /// nobody is watching.
+    pub progress: Option<Arc<RestoreProgress>>,
+}
+
+/// A restore's phase and byte counts, updated by the engine as it goes and read by whoever
+/// shows progress. Plain atomics: readers poll, the engine never waits on them.
+#[derive(Debug, Default)]
+pub struct RestoreProgress {
+    phase: AtomicU8,
+    /// Raw (uncompressed) bytes of the base backup unpacked so far, and in all.
+    bytes_done: AtomicU64,
+    bytes_total: AtomicU64,
+    /// The chosen backup's stop time, Unix seconds (0 until chosen).
+    backup_stop: AtomicI64,
+}
+
+/// Where a restore is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestorePhase {
+    /// Reading manifests and WAL headers to choose a base backup.
+    Planning,
+    /// Downloading and unpacking the base backup.
+    Unpacking,
+    /// PostgreSQL replays WAL from the archive up to the target, then promotes.
+    Replaying,
+    Done,
+}
+
+impl RestoreProgress {
+    pub fn phase(&self) -> RestorePhase {
+        match self.phase.load(Ordering::Relaxed) {
+            0 => RestorePhase::Planning,
+            1 => RestorePhase::Unpacking,
+            2 => RestorePhase::Replaying,
+            _ => RestorePhase::Done,
+        }
+    }
+
+    /// (raw bytes unpacked, raw bytes of the whole backup).
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.bytes_done.load(Ordering::Relaxed),
+            self.bytes_total.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The stop time of the base backup being restored, once chosen.
+    pub fn backup_stop_time(&self) -> Option<DateTime<Utc>> {
+        match self.backup_stop.load(Ordering::Relaxed) {
+            0 => None,
+            t => DateTime::from_timestamp(t, 0),
+        }
+    }
+
+    fn set_phase(&self, phase: RestorePhase) {
+        let n = match phase {
+            RestorePhase::Planning => 0,
+            RestorePhase::Unpacking => 1,
+            RestorePhase::Replaying => 2,
+            RestorePhase::Done => 3,
+        };
+        self.phase.store(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_bytes(&self, n: u64) {
+        self.bytes_done.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 /// What a restore did.
@@ -195,6 +265,12 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport, RestoreError
     let plan = plan::plan(&req.store, &req.source, req.system_identifier, req.target).await?;
     let m = &plan.backup;
     tracing::info!(source = req.source.as_str(), backup = %m.backup_id, target = ?req.target, wal_segments = plan.wal_segments, "restoring");
+    if let Some(p) = &req.progress {
+        p.bytes_total.store(m.raw_bytes, Ordering::Relaxed);
+        p.backup_stop
+            .store(m.stop_time.timestamp(), Ordering::Relaxed);
+        p.set_phase(RestorePhase::Unpacking);
+    }
 
     let owner = req.tools.run_as.owner();
     let t0 = Instant::now();
@@ -205,12 +281,16 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport, RestoreError
         &req.dirs.pgdata,
         owner,
         req.parallel.max(1),
+        req.progress.as_deref(),
     )
     .await?;
     let download_unpack_secs = t0.elapsed().as_secs_f64();
     tracing::info!(backup = %m.backup_id, bytes = downloaded, secs = download_unpack_secs, "base backup unpacked");
 
     let files = recovery::write_recovery(req, &plan)?;
+    if let Some(p) = &req.progress {
+        p.set_phase(RestorePhase::Replaying);
+    }
     let t1 = Instant::now();
     let promoted = match server::recover(req, &plan).await {
         Ok(p) => p,
@@ -223,6 +303,9 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport, RestoreError
     recovery::finish(req, &files, m.system_identifier)?;
     server::reload(req).await?;
     tracing::info!(backup = %m.backup_id, timeline = promoted.timeline, secs = start_to_promoted_secs, "restored cluster promoted");
+    if let Some(p) = &req.progress {
+        p.set_phase(RestorePhase::Done);
+    }
     Ok(RestoreReport {
         backup_id: m.backup_id.clone(),
         backup_stop_time: m.stop_time,

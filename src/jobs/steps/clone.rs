@@ -18,12 +18,15 @@
 //! The resolved source is in the job payload under `clone` (written by the broker's check).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use crate::archive::layout::{InstancePrefix, WalFileName};
-use crate::archive::restore::{restore, RestoreError, RestoreRequest, RestoreTarget};
+use crate::archive::restore::{
+    restore, RestoreError, RestorePhase, RestoreProgress, RestoreRequest, RestoreTarget,
+};
 use crate::archive::ArchiveTarget;
 use crate::domain::{InstanceId, OperationState, SpaceGuid};
 use crate::jobs::{JobContext, Outcome, StepError, StepResult};
@@ -41,7 +44,6 @@ struct Source {
     live: bool,
     target: RestoreTarget,
     system_identifier: u64,
-    backup_stop_time: Option<DateTime<Utc>>,
 }
 
 /// True when this provision is a clone.
@@ -75,10 +77,6 @@ fn source(job: &JobRecord) -> Result<Source, StepError> {
             .as_str()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| bad("system_identifier"))?,
-        backup_stop_time: c["backup_stop_time"]
-            .as_str()
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc)),
     })
 }
 
@@ -93,7 +91,7 @@ fn target_text(t: RestoreTarget) -> String {
     }
 }
 
-async fn progress(ctx: &JobContext, job: &JobRecord, text: &str) {
+async fn progress_text(ctx: &JobContext, job: &JobRecord, text: &str) {
     if let Some(op) = &job.operation_id {
         if let Err(e) = ctx
             .store
@@ -120,16 +118,22 @@ pub async fn clone_step(
             .await
             .map(|()| Outcome::Next(super::instance::START))
             .map_err(Into::into),
-        ROTATE => match ctx.runtime.revoke_copied_logins(&instance.id).await {
-            Ok(roles) => {
-                tracing::info!(instance = %instance.id, ?roles, "logins copied from the source revoked");
-                Ok(Outcome::Done)
-            }
-            Err(e) => Err(e.into()),
-        },
+        ROTATE => rotate(ctx, instance).await,
         _ => return None,
     };
     Some(result)
+}
+
+/// Takes every copied login away and opens the app database again: a source that was
+/// deprovisioned was archived with its database closed to connections (the deprovision's seal),
+/// and a clone of it must be usable. Both statements are idempotent, so a retried step is safe.
+async fn rotate(ctx: &JobContext, instance: &InstanceRecord) -> StepResult {
+    let roles = ctx.runtime.revoke_copied_logins(&instance.id).await?;
+    tracing::info!(instance = %instance.id, ?roles, "logins copied from the source revoked");
+    ctx.runtime
+        .reopen_database(&instance.id, &instance.database_name)
+        .await?;
+    Ok(Outcome::Done)
 }
 
 async fn fork(ctx: &JobContext, job: &JobRecord) -> StepResult {
@@ -144,10 +148,13 @@ async fn fork(ctx: &JobContext, job: &JobRecord) -> StepResult {
     if !record.state.is_live() || ctx.runtime.status(&src.id).await? != ClusterStatus::Running {
         return Ok(Outcome::Next(RESTORE));
     }
-    progress(
+    progress_text(
         ctx,
         job,
-        "Cloning: archiving the source's latest WAL (fork)",
+        &format!(
+            "Cloning {}: archiving the source's latest WAL (fork)",
+            crate::broker::clone::describe(&job.payload)
+        ),
     )
     .await;
     let (lsn, walfile) = ctx.runtime.switch_wal_segment(&src.id).await?;
@@ -178,20 +185,12 @@ async fn restore_step(ctx: &JobContext, job: &JobRecord, instance: &InstanceReco
     else {
         return Ok(Outcome::Next(super::instance::CREATE_CLUSTER));
     };
-    let base = src
-        .backup_stop_time
-        .map_or("the newest backup".to_string(), when);
-    progress(
-        ctx,
-        job,
-        &format!("Cloning: restoring base backup of {base}"),
-    )
-    .await;
     let archive_timeout_secs = ctx
         .catalog
         .plan(&instance.service_id, &instance.plan_id)
         .and_then(|p| p.archive.archive_interval_secs)
         .unwrap_or(ctx.archive_command.archive_timeout_secs);
+    let progress = Arc::new(RestoreProgress::default());
     let req = RestoreRequest {
         store: ctx.archive.clone(),
         storage: crate::archive::target::capture_environment(&ctx.settings.archive),
@@ -210,9 +209,9 @@ async fn restore_step(ctx: &JobContext, job: &JobRecord, instance: &InstanceReco
         fetch_retry_secs: 60,
         parallel: 4,
         superuser_verifier: Some(slot.superuser_verifier.clone()),
+        progress: Some(progress.clone()),
     };
-    let replaying = format!("Cloning: replaying WAL up to {}", target_text(src.target));
-    let watch = watch_phases(ctx, job, &slot.dirs.pgdata, &replaying);
+    let watch = watch_phases(ctx, job, &slot.dirs.pgdata, &progress, src.target);
     // On a blocking thread of its own: the engine's future is not `Send` for every lifetime (a
     // known compiler limit with borrowed streams), and the worker spawns its job futures.
     let handle = tokio::runtime::Handle::current();
@@ -248,21 +247,81 @@ fn user_message(e: &RestoreError) -> String {
     }
 }
 
-/// Follows the restore's phases from its files (the engine has no progress callback): WAL
-/// replay starts once `recovery.signal` is written, promotion once the server removes it.
-async fn watch_phases(ctx: &JobContext, job: &JobRecord, pgdata: &Path, replaying: &str) {
+/// Follows the restore and shows where it is in last_operation, every half second when the
+/// text changes: the base backup's bytes while it unpacks, then WAL replay, then promotion (the
+/// server removes `recovery.signal` when it promotes). Every line names the source.
+async fn watch_phases(
+    ctx: &JobContext,
+    job: &JobRecord,
+    pgdata: &Path,
+    progress: &RestoreProgress,
+    target: RestoreTarget,
+) {
     let signal = pgdata.join("recovery.signal");
-    let mut seen = false;
-    let mut promoted = false;
+    let from = crate::broker::clone::describe(&job.payload);
+    let mut shown = String::new();
+    let mut replay_seen = false;
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let present = signal.exists();
-        if present && !seen {
-            seen = true;
-            progress(ctx, job, replaying).await;
-        } else if seen && !present && !promoted {
-            promoted = true;
-            progress(ctx, job, "Cloning: promoting").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let text = match progress.phase() {
+            RestorePhase::Planning => format!("Cloning {from}: choosing a base backup"),
+            RestorePhase::Unpacking => {
+                let (done, total) = progress.bytes();
+                let base = progress
+                    .backup_stop_time()
+                    .map_or("the newest backup".to_string(), when);
+                format!(
+                    "Cloning {from}: restoring base backup of {base} ({} of {})",
+                    human_bytes(done),
+                    human_bytes(total)
+                )
+            }
+            RestorePhase::Replaying | RestorePhase::Done => {
+                let present = signal.exists();
+                replay_seen |= present;
+                if replay_seen && !present {
+                    format!("Cloning {from}: promoting")
+                } else {
+                    format!(
+                        "Cloning {from}: replaying WAL up to {}",
+                        target_text(target)
+                    )
+                }
+            }
+        };
+        if text != shown {
+            progress_text(ctx, job, &text).await;
+            shown = text;
         }
+    }
+}
+
+/// "340 MB", "1.1 GB": decimal units, as storage consoles show them.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit + 1 < UNITS.len() {
+        v /= 1000.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{n} B"),
+        _ if v < 10.0 => format!("{v:.1} {}", UNITS[unit]),
+        _ => format!("{v:.0} {}", UNITS[unit]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_bytes;
+
+    #[test]
+    fn bytes_read_like_a_console() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(340_000_000), "340 MB");
+        assert_eq!(human_bytes(1_100_000_000), "1.1 GB");
+        assert_eq!(human_bytes(8_192), "8.2 kB");
     }
 }

@@ -49,9 +49,25 @@ impl JobKind {
         }
     }
 
-    /// What the platform's user reads while `step` runs.
-    pub fn describe(self, step: &str) -> String {
-        let text = match step {
+    /// What the platform's user reads while `job` is at its current step. Every line of a
+    /// clone names its source ("Cloning from "production" (GUID, deleted at …) as of …: …").
+    pub fn describe(self, job: &JobRecord) -> String {
+        let text = Self::step_text(&job.step);
+        if self == JobKind::Provision && clone::is_clone(job) {
+            let what = text
+                .strip_prefix("Provisioning: ")
+                .or_else(|| text.strip_prefix("Cloning: "))
+                .unwrap_or(text);
+            return format!(
+                "Cloning {}: {what}",
+                crate::broker::clone::describe(&job.payload)
+            );
+        }
+        text.to_string()
+    }
+
+    fn step_text(step: &str) -> &'static str {
+        match step {
             instance::ALLOCATE_PORT => "Provisioning: allocating a port",
             instance::CREATE_CLUSTER => "Provisioning: initialising the database cluster",
                         instance::CONFIGURE_ARCHIVE => "Provisioning: setting up continuous WAL archiving",
@@ -74,8 +90,20 @@ impl JobKind {
             binding::DROP_ROLE => "Unbinding: ending the role's sessions and dropping it",
             backup::TAKE_BACKUP => "Taking a base backup",
             _ => "Working",
-        };
-        text.to_string()
+        }
+    }
+
+    /// What last_operation says once `job` succeeded: a clone names its source for good (the
+    /// progress lines that named it are gone once it is done).
+    pub fn success_description(self, job: &JobRecord) -> String {
+        if self == JobKind::Provision && clone::is_clone(job) {
+            return format!(
+                "The PostgreSQL instance is ready, cloned {}. Bind it to an app to get new \
+                 credentials: none of the source's work on it.",
+                crate::broker::clone::describe(&job.payload)
+            );
+        }
+        self.success_text().to_string()
     }
 
     pub fn success_text(self) -> &'static str {
