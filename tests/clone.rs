@@ -61,51 +61,6 @@ async fn archive_now(admin: &mut sqlx::PgConnection, store: &ObjectStore, id: &s
     }
 }
 
-fn clone_body(name: &str, space: &str, parameters: Value) -> Value {
-    let mut body = provision_body(SMALL, name);
-    body["space_guid"] = json!(space);
-    body["context"]["space_guid"] = json!(space);
-    body["parameters"] = parameters;
-    body
-}
-
-/// PUTs a clone and waits for its provision; returns its id and the descriptions seen.
-async fn clone_ready(app: &TestApp, name: &str, parameters: Value) -> (String, Vec<String>) {
-    let id = new_id();
-    let r = app
-        .put_instance(&id, &clone_body(name, SPACE, parameters))
-        .await;
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let op = body["operation"].as_str().unwrap().to_string();
-    // Record the descriptions the platform would show while it runs.
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let r = app
-            .osb(
-                reqwest::Method::GET,
-                &format!("/v2/service_instances/{id}/last_operation?operation={op}"),
-            )
-            .send()
-            .await
-            .unwrap();
-        let body: Value = r.json().await.unwrap();
-        let d = body["description"].as_str().unwrap_or("").to_string();
-        if seen.last() != Some(&d) {
-            seen.push(d);
-        }
-        match body["state"].as_str() {
-            Some("in progress") => {}
-            Some("succeeded") => return (id, seen),
-            _ => panic!("clone failed: {body}; seen: {seen:?}"),
-        }
-        assert!(Instant::now() < deadline, "clone still running: {seen:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn rows(conn: &mut sqlx::PgConnection, sql: &str) -> Vec<String> {
     sqlx::query_scalar(sql).fetch_all(conn).await.unwrap()
 }
@@ -145,7 +100,9 @@ async fn whole_story(app: TestApp, store: ObjectStore) {
     let old_admin = std::fs::read_to_string(app.cluster_dir(&src).join("admin-password")).unwrap();
     app.deprovision_done(&src).await;
 
-    let (clone, seen) = clone_ready(&app, "production", json!({"clone-from": "production"})).await;
+    let (clone, seen) = app
+        .clone_ready("production", json!({"clone-from": "production"}))
+        .await;
     // Every line the platform showed names the source; the last one keeps naming it, with when
     // it was deleted (the progress lines themselves come and go too fast to assert on).
     assert_names_source(&seen, &src);
@@ -236,7 +193,9 @@ async fn fork_of_a_live_instance_holds_what_was_committed_before_the_request() {
     )
     .await;
     // No WAL switch here: the fork must do it.
-    let (clone, _) = clone_ready(&app, "live-fork", json!({"clone-from": src})).await;
+    let (clone, _) = app
+        .clone_ready("live-fork", json!({"clone-from": src}))
+        .await;
     let mut forked = app.admin_on(&clone, "app").await;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
         .fetch_one(&mut forked)
@@ -265,12 +224,12 @@ async fn point_in_time_splits_two_commits() {
     exec(&mut admin, "INSERT INTO events VALUES ('T2')").await;
     archive_now(&mut admin, &store, &src).await;
 
-    let (clone, seen) = clone_ready(
-        &app,
-        "pitr-0930",
-        json!({"clone-from": "pitr", "point-in-time": target.to_rfc3339()}),
-    )
-    .await;
+    let (clone, seen) = app
+        .clone_ready(
+            "pitr-0930",
+            json!({"clone-from": "pitr", "point-in-time": target.to_rfc3339()}),
+        )
+        .await;
     let mut restored = app.admin_on(&clone, "app").await;
     assert_eq!(
         rows(&mut restored, "SELECT what FROM events ORDER BY 1").await,
@@ -359,4 +318,68 @@ async fn refusals_come_before_the_202() {
     .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{d}");
     assert!(d.contains("restore window") && d.contains(" to "), "{d}");
+}
+
+/// Writes `value` into `orders` through a new binding (the table is created when missing).
+async fn write_through_binding(app: &TestApp, id: &str, value: &str) {
+    let creds = app.bind_sync(id, &new_id()).await;
+    let mut conn = connect(creds["uri"].as_str().unwrap()).await.unwrap();
+    exec(&mut conn, "CREATE TABLE IF NOT EXISTS orders (what text)").await;
+    exec(&mut conn, &format!("INSERT INTO orders VALUES ('{value}')")).await;
+}
+
+/// The rows of `orders` in a clone, read through its own new binding.
+async fn clone_rows(app: &TestApp, clone: &str) -> Vec<String> {
+    let creds = app.bind_sync(clone, &new_id()).await;
+    let mut conn = connect(creds["uri"].as_str().unwrap()).await.unwrap();
+    rows(&mut conn, "SELECT what FROM orders ORDER BY 1").await
+}
+
+/// A rename keeps the old name: "orders" renamed to "orders-2025" can be cloned by either name
+/// until another instance takes "orders"; then "orders" means the newest to have had it (live
+/// or deleted), and last_operation says which one it picked.
+#[tokio::test]
+async fn renamed_and_reused_names_pick_the_newest_holder() {
+    if !pg_available() {
+        return;
+    }
+    let app = spawn_app().await;
+    let store = local_store(&app);
+    let first = app.provision_ready("orders").await;
+    wait_for_backup(&store, &first).await;
+    write_through_binding(&app, &first, "first").await;
+    app.rename(&first, "orders-2025").await;
+
+    // By the new name and by the old one: the same instance.
+    for name in ["orders-2025", "orders"] {
+        let (clone, seen) = app
+            .clone_ready(&format!("{name}-copy"), json!({"clone-from": name}))
+            .await;
+        assert_names_source(&seen, &first);
+        assert_eq!(clone_rows(&app, &clone).await, ["first"], "by {name}");
+    }
+
+    // A second instance takes the name "orders": it is now the newest to have had it.
+    let second = app.provision_ready("orders").await;
+    wait_for_backup(&store, &second).await;
+    write_through_binding(&app, &second, "second").await;
+    let (clone, seen) = app
+        .clone_ready("orders-now", json!({"clone-from": "orders"}))
+        .await;
+    assert_names_source(&seen, &second);
+    assert_eq!(clone_rows(&app, &clone).await, ["second"]);
+
+    // Deleted, it is still the newest "orders"; the first stays reachable by its GUID.
+    app.deprovision_done(&second).await;
+    let (clone, seen) = app
+        .clone_ready("orders-undo", json!({"clone-from": "orders"}))
+        .await;
+    assert_names_source(&seen, &second);
+    assert!(seen.last().unwrap().contains("deleted at"), "{seen:?}");
+    assert_eq!(clone_rows(&app, &clone).await, ["second"]);
+    let (clone, seen) = app
+        .clone_ready("orders-by-guid", json!({"clone-from": first}))
+        .await;
+    assert_names_source(&seen, &first);
+    assert_eq!(clone_rows(&app, &clone).await, ["first"]);
 }

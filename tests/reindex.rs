@@ -12,7 +12,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use wayback::archive::layout::InstancePrefix;
 use wayback::archive::window::restore_window;
@@ -111,21 +110,6 @@ async fn facts(store: &Store, id: &str) -> Value {
     })
 }
 
-async fn rename(app: &TestApp, id: &str, name: &str) {
-    let body = json!({
-        "service_id": SERVICE_ID,
-        "context": { "platform": "cloudfoundry", "space_guid": SPACE, "instance_name": name },
-        "previous_values": { "plan_id": SMALL, "service_id": SERVICE_ID },
-    });
-    let r = app
-        .osb(Method::PATCH, &format!("/v2/service_instances/{id}"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-}
-
 /// Waits until the instance's archive holds a complete base backup and a commit.
 async fn wait_for_window(archive: &ObjectStore, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -165,7 +149,7 @@ async fn database_lost_then_reindexed(archive: Option<StorageSettings>) {
     )
     .await;
     drop(conn);
-    rename(&old, &gone, "orders-2025").await;
+    old.rename(&gone, "orders-2025").await;
     wait_for_window(&objects, &gone).await;
     old.deprovision_done(&gone).await;
     let want = facts(&old.store, &gone).await;
@@ -255,6 +239,20 @@ async fn database_lost_then_reindexed(archive: Option<StorageSettings>) {
         facts(&new.store, &live).await,
     );
     assert_eq!(before, after);
+
+    // And undo works on the new broker, by the name the instance had before its rename: the
+    // rows written on the old broker come back.
+    let (clone, seen) = new
+        .clone_ready("orders-back", json!({"clone-from": "orders"}))
+        .await;
+    assert!(seen.last().unwrap().contains(&gone), "{seen:?}");
+    let creds = new.bind_sync(&clone, &new_id()).await;
+    let mut conn = connect(creds["uri"].as_str().unwrap()).await.unwrap();
+    let n: i32 = sqlx::query_scalar("SELECT n FROM t")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
 }
 
 fn report_json(r: &wayback::broker::reindex::ReindexReport) -> Value {

@@ -148,6 +148,15 @@ pub fn provision_body(plan: &str, name: &str) -> Value {
     })
 }
 
+/// A provision body in `space` with `parameters` (a clone's `clone-from`, `point-in-time`).
+pub fn clone_body(name: &str, space: &str, parameters: Value) -> Value {
+    let mut body = provision_body(SMALL, name);
+    body["space_guid"] = json!(space);
+    body["context"]["space_guid"] = json!(space);
+    body["parameters"] = parameters;
+    body
+}
+
 pub fn bind_body() -> Value {
     json!({
         "service_id": SERVICE_ID,
@@ -330,6 +339,59 @@ impl TestApp {
             "{body}"
         );
         id
+    }
+
+    /// PUTs a clone named `name` (in SPACE) with `parameters` and waits for its provision;
+    /// returns its id and every distinct description last_operation showed on the way.
+    pub async fn clone_ready(&self, name: &str, parameters: Value) -> (String, Vec<String>) {
+        let id = new_id();
+        let r = self
+            .put_instance(&id, &clone_body(name, SPACE, parameters))
+            .await;
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let op = body["operation"].as_str().unwrap().to_string();
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let r = self
+                .osb(
+                    Method::GET,
+                    &format!("/v2/service_instances/{id}/last_operation?operation={op}"),
+                )
+                .send()
+                .await
+                .unwrap();
+            let body: Value = r.json().await.unwrap();
+            let d = body["description"].as_str().unwrap_or("").to_string();
+            if seen.last() != Some(&d) {
+                seen.push(d);
+            }
+            match body["state"].as_str() {
+                Some("in progress") => {}
+                Some("succeeded") => return (id, seen),
+                _ => panic!("clone failed: {body}; seen: {seen:?}"),
+            }
+            assert!(Instant::now() < deadline, "clone still running: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Renames an instance the way Cloud Foundry does (PATCH with the new context name).
+    pub async fn rename(&self, id: &str, name: &str) {
+        let body = json!({
+            "service_id": SERVICE_ID,
+            "context": { "platform": "cloudfoundry", "space_guid": SPACE, "instance_name": name },
+            "previous_values": { "plan_id": SMALL, "service_id": SERVICE_ID },
+        });
+        let r = self
+            .osb(Method::PATCH, &format!("/v2/service_instances/{id}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
     }
 
     /// Deprovisions and waits until the instance is gone.
