@@ -11,6 +11,8 @@ pub mod broker;
 pub mod catalog;
 /// Cloud Controller v3 client (UAA client-credentials token): instance names the platform did not send.
 pub mod cc;
+/// The cf CLI plugin protocol: Go gob + net/rpc client, `CliRpcCmd` calls, plugin arguments.
+pub mod cfplugin;
 /// Operator commands (`wayback prune`, …): open from settings, call the library, print.
 pub mod cli;
 /// Settings: compiled defaults → optional TOML file → environment; secrets typed as secrets.
