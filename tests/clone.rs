@@ -383,3 +383,22 @@ async fn renamed_and_reused_names_pick_the_newest_holder() {
     assert_names_source(&seen, &first);
     assert_eq!(clone_rows(&app, &clone).await, ["first"]);
 }
+
+/// Deleted right after provisioning, before the provision's base backup job ran: the delete
+/// takes a base backup itself, so even this instance can be undone.
+#[tokio::test]
+async fn an_instance_deleted_at_once_can_still_be_undone() {
+    if !pg_available() {
+        return;
+    }
+    let app = spawn_app().await;
+    let src = app.provision_ready("fleeting").await;
+    app.deprovision_done(&src).await;
+    let (clone, seen) = app
+        .clone_ready("fleeting", json!({"clone-from": "fleeting"}))
+        .await;
+    assert_names_source(&seen, &src);
+    let creds = app.bind_sync(&clone, &new_id()).await;
+    let mut conn = connect(creds["uri"].as_str().unwrap()).await.unwrap();
+    exec(&mut conn, "CREATE TABLE after_undo (n int)").await;
+}

@@ -91,7 +91,20 @@ pub async fn backup_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
     let Ok(_slot) = SLOTS.try_acquire() else {
         return Ok(Outcome::Wait(Duration::from_secs(5)));
     };
-    let report = take(ctx, job, &instance).await?;
+    let reason = payload_str(job, "reason").unwrap_or("manual");
+    take_and_record(ctx, &job.id, &instance, reason).await?;
+    Ok(Outcome::Done)
+}
+
+/// Takes a base backup of `instance` and records it (for the backup job, and for a deprovision
+/// that finds none).
+pub async fn take_and_record(
+    ctx: &JobContext,
+    job_id: &str,
+    instance: &InstanceRecord,
+    reason: &str,
+) -> Result<(), StepError> {
+    let report = take(ctx, instance, reason).await?;
     let m = &report.manifest;
     ctx.store
         .record_backup(&BackupRecord {
@@ -107,7 +120,7 @@ pub async fn backup_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
             duration_ms: report.timings.total_ms as i64,
             stream_ms: report.timings.stream_ms as i64,
             archive_wait_ms: report.timings.archive_wait_ms as i64,
-            job_id: job.id.clone(),
+            job_id: job_id.to_string(),
             recorded_at: now_millis(),
         })
         .await?;
@@ -129,7 +142,7 @@ pub async fn backup_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
         archive_wait_ms = report.timings.archive_wait_ms,
         "base backup taken"
     );
-    Ok(Outcome::Done)
+    Ok(())
 }
 
 /// The options the settings give.
@@ -147,13 +160,12 @@ pub fn options(ctx: &JobContext, reason: &str) -> BackupOptions {
 
 async fn take(
     ctx: &JobContext,
-    job: &JobRecord,
     instance: &InstanceRecord,
+    reason: &str,
 ) -> Result<BackupReport, StepError> {
     let space = SpaceGuid::parse(instance.space_guid.clone()).map_err(StepError::transient)?;
     let prefix = InstancePrefix::new(&space, &instance.id);
     let source = ctx.runtime.backup_source(&instance.id).await?;
-    let reason = payload_str(job, "reason").unwrap_or("manual");
     crate::archive::take_backup(&source, &ctx.archive, &prefix, &options(ctx, reason))
         .await
         .map_err(|e| {

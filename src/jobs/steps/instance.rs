@@ -18,6 +18,7 @@ pub const START: &str = "start";
 pub const CREATE_DATABASE: &str = "create_database";
 pub const APPLY_SETTINGS: &str = "apply_settings";
 pub const WAIT_EXCLUSIVE: &str = "wait_exclusive";
+pub const FINAL_BACKUP: &str = "final_backup";
 pub const FINAL_WAL: &str = "final_wal";
 pub const WRITE_DOC: &str = "write_instance_doc";
 pub const DESTROY: &str = "destroy";
@@ -174,6 +175,18 @@ pub async fn deprovision_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
                         )
                         .await?;
                 }
+            }
+            Ok(Outcome::Next(FINAL_BACKUP))
+        }
+        FINAL_BACKUP => {
+            // Deleted before its first base backup (the provision's backup job was still
+            // queued and has just been superseded): WAL alone cannot be restored, so take one
+            // now or nothing of it could be undone. Storage down: retried, then the delete
+            // fails and the instance is kept, as for the final WAL.
+            if ctx.store.latest_backup(&instance.id).await?.is_none()
+                && ctx.runtime.status(&instance.id).await? == crate::runtime::ClusterStatus::Running
+            {
+                super::backup::take_and_record(ctx, &job.id, &instance, "deprovision").await?;
             }
             Ok(Outcome::Next(FINAL_WAL))
         }

@@ -83,6 +83,9 @@ impl JobKind {
             instance::WAIT_EXCLUSIVE => {
                 "Deleting: waiting for the running operation on this instance to stop"
             }
+            instance::FINAL_BACKUP => {
+                "Deleting: taking a base backup first (the instance has none yet), so that it can be restored"
+            }
                         instance::FINAL_WAL => "Deleting: closing connections and archiving the last WAL, so that no commit is lost",
             instance::WRITE_DOC => "Deleting: recording the instance's history in its archive (instance.json)",
             instance::DESTROY => "Deleting: stopping PostgreSQL and removing its data directory",
