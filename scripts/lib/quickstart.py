@@ -7,10 +7,13 @@ on the first failure prints the broker's response and exits 1.
 
     catalog -> provision -> poll -> bind -> poll -> credentials -> psql -> unbind -> poll
             -> old credentials refused -> deprovision -> poll (410 counts as done)
+            -> undo: provision with clone-from the deleted instance's name -> poll (progress)
+            -> bind the clone -> psql: the row is back -> unbind -> deprovision the clone
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -129,7 +132,8 @@ def walk(client: osb.Client) -> None:
     done = psql(uri, sql)
     if done.returncode != 0:
         raise StepFailed(f"psql failed ({done.returncode}): {done.stderr.strip()}")
-    for line in done.stdout.strip().splitlines():
+    rows_before = done.stdout.strip().splitlines()
+    for line in rows_before:
         result(f"row: {line}")
 
     step(f"DELETE {binding}?accepts_incomplete=true")
@@ -155,6 +159,64 @@ def walk(client: osb.Client) -> None:
         query = dict(ids, **({"operation": operation} if operation else {}))
         wait(client, f"{instance}/last_operation", query, gone_ok=True)
 
+    undo(client, ids, org, space, app, rows_before)
+
+
+def undo(client: osb.Client, ids: dict[str, str], org: str, space: str, app: str,
+         rows_before: list[str]) -> None:
+    """Brings the deleted instance back by its name, as `cf create-service ... -c
+    '{"clone-from": "quickstart-db"}'` would, shows it has the row, and removes it again."""
+    instance_id, binding_id = str(uuid.uuid4()), str(uuid.uuid4())
+    instance = f"/v2/service_instances/{instance_id}"
+    binding = f"{instance}/service_bindings/{binding_id}"
+    context = {"platform": "cloudfoundry", "organization_guid": org, "space_guid": space,
+               "instance_name": INSTANCE_NAME}
+    parameters = {"clone-from": INSTANCE_NAME}
+
+    step(f"PUT {instance}?accepts_incomplete=true  (undo: parameters {json.dumps(parameters)})")
+    body = dict(ids, organization_guid=org, space_guid=space, context=context,
+                parameters=parameters)
+    resp = expect(client.put(instance, body, {"accepts_incomplete": "true"}), 202)
+    operation = resp.body.get("operation") if isinstance(resp.body, dict) else None
+    result(f"operation: {operation}")
+    step(f"GET {instance}/last_operation until it ends (restore, WAL replay, promotion)")
+    query = dict(ids, **({"operation": operation} if operation else {}))
+    wait(client, f"{instance}/last_operation", query)
+
+    step(f"PUT {binding}?accepts_incomplete=true  (the clone's own credentials)")
+    body = dict(ids, bind_resource={"app_guid": app}, context=context)
+    resp = expect(client.put(binding, body, {"accepts_incomplete": "true"}), 200, 201, 202)
+    if resp.status == 202:
+        operation = resp.body.get("operation") if isinstance(resp.body, dict) else None
+        query = dict(ids, **({"operation": operation} if operation else {}))
+        wait(client, f"{binding}/last_operation", query)
+    resp = expect(client.get(binding, ids), 200)
+    creds = osb.lookup(resp.body, "credentials") or {}
+    uri = creds["uri"]
+    result(f"username {creds['username']}, host {creds['host']}:{creds['port']}")
+
+    step("psql on the clone: the row written before the delete is back")
+    done = psql(uri, "SELECT id || ' | ' || note FROM quickstart ORDER BY id;")
+    if done.returncode != 0:
+        raise StepFailed(f"psql failed ({done.returncode}): {done.stderr.strip()}")
+    rows = done.stdout.strip().splitlines()
+    for line in rows:
+        result(f"row: {line}")
+    if rows != rows_before:
+        raise StepFailed(f"the clone has {rows}, the deleted instance had {rows_before}")
+
+    step(f"DELETE {binding} and {instance} (clean up the clone)")
+    resp = expect(client.delete(binding, dict(ids, accepts_incomplete="true")), 200, 202)
+    if resp.status == 202:
+        operation = resp.body.get("operation") if isinstance(resp.body, dict) else None
+        query = dict(ids, **({"operation": operation} if operation else {}))
+        wait(client, f"{binding}/last_operation", query, gone_ok=True)
+    resp = expect(client.delete(instance, dict(ids, accepts_incomplete="true")), 200, 202, 410)
+    if resp.status == 202:
+        operation = resp.body.get("operation") if isinstance(resp.body, dict) else None
+        query = dict(ids, **({"operation": operation} if operation else {}))
+        wait(client, f"{instance}/last_operation", query, gone_ok=True)
+
 
 def main() -> int:
     client = osb.Client.from_env()
@@ -168,7 +230,8 @@ def main() -> int:
     except (osb.OsbError, KeyError, ValueError, OSError) as err:
         print(f"\nFAILED at step {STEP}: {err}", file=sys.stderr)
         return 1
-    print("\nDone: provisioned, bound, used, unbound and deprovisioned one instance.")
+    print("\nDone: provisioned, bound, used, unbound and deprovisioned one instance, then brought\n"
+          "it back by name with clone-from and removed the clone.")
     return 0
 
 

@@ -122,8 +122,11 @@ pub(super) fn unknown(names: &[SpaceName], from: &str, requester: &InstanceId) -
     ))
 }
 
+/// "2026-11-21 09:42:07 UTC": what `cf service` users read.
 fn fmt_ms(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms).map_or(ms.to_string(), |t| t.to_rfc3339())
+    DateTime::<Utc>::from_timestamp_millis(ms).map_or(ms.to_string(), |t| {
+        t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+    })
 }
 
 /// A PostgreSQL default for a floor setting the plan does not set.
