@@ -20,6 +20,14 @@
     bench_archive.py wait-backups STATE_DB INSTANCE [--timeout 900]
         Waits until the broker's SQLite state database has no unfinished backup job of INSTANCE;
         prints the reasons of the backups taken so far.
+    bench_archive.py undo --instance-file FILE --scale N --psql PSQL --state-db DB
+            --results RESULTS [--name bench-archive] [--broker-log LOG] [--interval 0.1]
+        Unbinds and deprovisions the instance of FILE (what `provision` wrote) as Cloud Foundry
+        would, polling until 410; then, timed from the PUT, provisions "NAME-undo" with
+        {"clone-from": NAME}, polls last_operation every INTERVAL s (each new description
+        printed with its time), binds it and runs `SELECT count(*) FROM pgbench_accounts` with
+        the new credentials until it answers. Checks the clone's rows against the source's and
+        appends undo_* lines to RESULTS; exits 1 (after a loud message) when anything fails.
     bench_archive.py report RESULTS [--write-benchmarks BENCHMARKS_MD]
         Prints the side-by-side table and one machine-readable line ("bench-archive-result
         {json}") from RESULTS (key=value lines); optionally rewrites the generated block of the
@@ -187,6 +195,278 @@ def provision(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- undo: deprovision, then clone-from the deleted instance --------------------------------
+
+# What each last_operation text of a clone is, in the report's words (matched on the part after
+# "Cloning from "NAME" (GUID, deleted at …) as of …: "); the first match wins, anything else is
+# shown as the broker wrote it.
+UNDO_PHASES = [
+    (r"queued|allocating a port", "queued, port"),
+    (r"\(fork\)", "fork (live source only)"),
+    # The step's own text, shown until the restore's progress (polled every 0.5 s) replaces it.
+    (r"choosing a base backup|restoring the source's base backup$",
+     "restore starts (choosing a backup)"),
+    (r"restoring base backup of", "download + unpack"),
+    (r"replaying WAL", "WAL replay"),
+    (r"promoting", "promotion"),
+    (r"initialising the database cluster|setting up continuous WAL archiving",
+     "plan settings, own archive"),
+    (r"restarting|starting PostgreSQL", "restart"),
+    (r"rotating every password", "password rotation"),
+]
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _undo_phase(description: str) -> str:
+    tail = description
+    m = re.match(r'Cloning from ".*?" \(.*?\) as of .*?: (.*)$', description)
+    if m:
+        tail = m.group(1)
+    for rx, name in UNDO_PHASES:
+        if re.search(rx, tail):
+            return name
+    return re.sub(r"\([0-9.]+ [kMGT]?B of [0-9.]+ [kMGT]?B\)", "", tail).strip()
+
+
+def _psql(psql: str, uri: str, sql: str, timeout: float = 60) -> tuple[bool, str]:
+    import subprocess
+    try:
+        out = subprocess.run([psql, "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", uri,
+                              "-c", sql], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False, f"psql timed out after {timeout:g}s"
+    if out.returncode != 0:
+        return False, (out.stderr or out.stdout).strip()
+    return True, out.stdout.strip()
+
+
+def _newest_backup(db: str, instance: str):
+    import sqlite3
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return con.execute(
+            "SELECT backup_id, reason, stop_lsn FROM backups WHERE instance_id = ? "
+            "ORDER BY recorded_at DESC LIMIT 1", (instance,)).fetchone()
+    finally:
+        con.close()
+
+
+def _restore_log(path: str | None) -> dict[str, float]:
+    """The clone's restore engine figures from the broker's log (plain or JSON lines)."""
+    found: dict[str, float] = {}
+    if not path or not os.path.exists(path):
+        return found
+    for raw in open(path, encoding="utf-8", errors="replace"):
+        line = ANSI.sub("", raw)
+        for marker, key, field in (("base backup unpacked", "log_unpack_s", "secs"),
+                                   ("restored cluster promoted", "log_promoted_s", "secs"),
+                                   ("restoring", "log_wal_segments", "wal_segments"),
+                                   ("clone restored", "log_restore_total_s", "secs")):
+            if marker in line:
+                m = re.search(rf'\b{field}"?\s*[=:]\s*"?([0-9.]+)', line)
+                if m:
+                    found[key] = float(m.group(1))
+    return found
+
+
+def undo(args: argparse.Namespace) -> int:
+    """Deprovisions the benchmark's instance as Cloud Foundry would (unbind, then delete, polling
+    until 410), then times a clone-from provision of it: PUT → last_operation succeeded → bind →
+    first successful query. Prints the timeline; writes key=value lines to --results."""
+    import time
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import osb  # noqa: E402  (scripts/osb.py)
+
+    client = osb.Client.from_env()
+    service_id, plan_id = osb.catalog_ids(os.path.join(REPO, "catalog.json"), args.plan)
+    ids = {"service_id": service_id, "plan_id": plan_id}
+    src = json.load(open(args.instance_file, encoding="utf-8"))
+    source_id, org, space = src["instance_id"], src["organization_guid"], src["space_guid"]
+    source_uri = src["credentials"]["uri"]
+    results: list[tuple[str, object]] = []
+
+    def say(msg: str) -> None:
+        print(f"undo: {msg}", file=sys.stderr, flush=True)
+
+    def fail(msg: str) -> int:
+        bar = "!" * 78
+        print(f"\n{bar}\nUNDO FAILED: {msg}\n{bar}\n", file=sys.stderr, flush=True)
+        results.append(("undo_failed", msg.replace("\n", " ")[:300]))
+        write_results()
+        return 1
+
+    def write_results() -> None:
+        with open(args.results, "a", encoding="utf-8") as f:
+            for k, v in results:
+                f.write(f"{k}={v}\n")
+
+    # The source's state, before it goes: what the clone must hold.
+    expected_accounts = args.scale * 100000
+    t = time.monotonic()
+    ok, accounts = _psql(args.psql, source_uri, "SELECT count(*) FROM pgbench_accounts")
+    results.append(("undo_source_count_s", f"{time.monotonic() - t:.3f}"))
+    if not ok or int(accounts) != expected_accounts:
+        return fail(f"the source has {accounts!r} pgbench_accounts rows, expected {expected_accounts}")
+    ok, history = _psql(args.psql, source_uri, "SELECT count(*) FROM pgbench_history")
+    if not ok:
+        return fail(f"cannot count the source's pgbench_history: {history}")
+    newest = _newest_backup(args.state_db, source_id)
+    if newest:
+        ok, wal_after = _psql(args.psql, source_uri,
+                              f"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{newest[2]}')::bigint")
+        after = "? MB"
+        if ok:
+            results.append(("undo_wal_after_backup_bytes", wal_after))
+            after = f"{int(wal_after) / 1e6:.0f} MB"
+        results.append(("undo_newest_backup_reason", newest[1]))
+        say(f"source {source_id}: {accounts} accounts, {history} history rows; newest base "
+            f"backup {newest[0]} ({newest[1]}), {after} of WAL after it")
+
+    # Deprovision as the platform does: the binding first (cf delete-service refuses a bound
+    # instance), then the instance; both async, polled until 410 Gone.
+    t = time.monotonic()
+    binding = f"/v2/service_instances/{source_id}/service_bindings/{src['binding_id']}"
+    resp = client.delete(binding, dict(ids, accepts_incomplete="true"))
+    if resp.status == 202:
+        try:
+            osb.poll_last_operation(client, f"{binding}/last_operation", ids, interval=0.1,
+                                    timeout=args.timeout, gone_ok=True)
+        except osb.OperationFailed as err:
+            return fail(f"unbind: {err}")
+    elif resp.status not in (200, 410):
+        return fail(f"unbind: {resp.describe()}")
+    instance = f"/v2/service_instances/{source_id}"
+    resp = client.delete(instance, dict(ids, accepts_incomplete="true"))
+    if resp.status != 202:
+        return fail(f"deprovision: {resp.describe()}")
+    op = resp.body.get("operation") if isinstance(resp.body, dict) else None
+    try:
+        state, _ = osb.poll_last_operation(
+            client, f"{instance}/last_operation", dict(ids, **({"operation": op} if op else {})),
+            interval=0.1, timeout=args.timeout, gone_ok=True)
+    except osb.OperationFailed as err:
+        return fail(f"deprovision: {err}")
+    if state != "gone":
+        return fail(f"deprovision ended {state!r}, not 410 Gone")
+    deprovision_s = time.monotonic() - t
+    results.append(("undo_deprovision_s", f"{deprovision_s:.3f}"))
+    say(f"unbind + deprovision of {source_id}: 410 Gone after {deprovision_s:.1f}s")
+
+    # The undo, timed from the PUT.
+    clone_id, bind_id, app = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    clone = f"/v2/service_instances/{clone_id}"
+    context = {"platform": "cloudfoundry", "organization_guid": org, "space_guid": space,
+               "instance_name": f"{args.name}-undo"}
+    body = dict(ids, organization_guid=org, space_guid=space, context=context,
+                parameters={"clone-from": args.name})
+    say(f"PUT {clone} clone-from {args.name!r}")
+    t0 = time.monotonic()
+    resp = client.put(clone, body, {"accepts_incomplete": "true"})
+    put_s = time.monotonic() - t0
+    if resp.status != 202:
+        return fail(f"the clone's PUT: {resp.describe()}")
+    op = resp.body.get("operation") if isinstance(resp.body, dict) else None
+    query = dict(ids, **({"operation": op} if op else {}))
+    timeline: list[tuple[float, str]] = []
+    seen = None
+    deadline = t0 + args.timeout
+    while True:
+        r = client.get(f"{clone}/last_operation", query)
+        now = time.monotonic() - t0
+        if r.status != 200 or not isinstance(r.body, dict):
+            return fail(f"the clone's last_operation: {r.describe()}")
+        state, description = r.body.get("state", ""), r.body.get("description", "") or ""
+        if description != seen:
+            timeline.append((now, description))
+            say(f"+{now:6.2f}s {state}: {description}")
+            seen = description
+        if state == "succeeded":
+            ready_s = now
+            break
+        if state == "failed":
+            return fail(f"the clone failed after {now:.1f}s: {description}")
+        if time.monotonic() >= deadline:
+            return fail(f"the clone still in progress after {args.timeout:g}s: {description}")
+        time.sleep(args.interval)
+
+    bind_path = f"{clone}/service_bindings/{bind_id}"
+    bind_body = dict(ids, bind_resource={"app_guid": app}, context=context)
+    resp = client.put(bind_path, bind_body, {"accepts_incomplete": "false"})
+    if resp.status not in (200, 201):
+        return fail(f"binding the clone: {resp.describe()}")
+    bound_s = time.monotonic() - t0
+    uri = osb.lookup(resp.body, "credentials.uri")
+    if not uri:
+        return fail(f"the clone's binding has no credentials.uri: {resp.describe()}")
+    # A first connection with the new credentials (SELECT 1, retried every 0.1 s), then the
+    # query the clock stops at: the first read of the table since the restore.
+    attempts, first_error = 0, ""
+    while True:
+        attempts += 1
+        ok, out = _psql(args.psql, uri, "SELECT 1", timeout=30)
+        if ok:
+            connect_s = time.monotonic() - t0
+            break
+        first_error = first_error or out
+        if time.monotonic() >= deadline:
+            return fail(f"no connection to the clone succeeded in {args.timeout:g}s: {first_error}")
+        time.sleep(0.1)
+    ok, out = _psql(args.psql, uri, "SELECT count(*) FROM pgbench_accounts", timeout=args.timeout)
+    if not ok:
+        return fail(f"SELECT count(*) FROM pgbench_accounts on the clone: {out}")
+    query_s = time.monotonic() - t0
+    say(f"+{ready_s:6.2f}s succeeded; +{bound_s:6.2f}s bound (201); +{connect_s:6.2f}s first "
+        f"connection ({attempts} attempt{'s' if attempts > 1 else ''}"
+        f"{'; first error: ' + first_error if first_error else ''}); +{query_s:6.2f}s "
+        f"SELECT count(*) FROM pgbench_accounts answered")
+    t = time.monotonic()
+    ok2, again = _psql(args.psql, uri, "SELECT count(*) FROM pgbench_accounts")
+    if ok2:
+        results.append(("undo_second_count_s", f"{time.monotonic() - t:.3f}"))
+
+    # Phases: from each one's first description to the next one's (the last to succeeded).
+    phases: list[list] = []
+    for i, (at, description) in enumerate(timeline):
+        if i == len(timeline) - 1:
+            break  # the success text
+        end = timeline[i + 1][0]
+        name = _undo_phase(description)
+        if phases and phases[-1][0] == name:
+            phases[-1][1] += end - at
+        else:
+            phases.append([name, end - at])
+    phases.append(["bind (synchronous PUT)", bound_s - ready_s])
+    phases.append(["first connection (SELECT 1)", connect_s - bound_s])
+    phases.append(["SELECT count(*) FROM pgbench_accounts", query_s - connect_s])
+    results += [("undo_put_s", f"{put_s:.3f}"), ("undo_ready_s", f"{ready_s:.3f}"),
+                ("undo_bound_s", f"{bound_s:.3f}"), ("undo_connect_s", f"{connect_s:.3f}"),
+                ("undo_query_s", f"{query_s:.3f}"),
+                ("undo_query_attempts", attempts),
+                ("undo_phases", json.dumps([[n, round(s, 2)] for n, s in phases]))]
+    for k, v in _restore_log(args.broker_log).items():
+        results.append((f"undo_{k}", v))
+    base = next((m.group(1) for _, d in timeline
+                 for m in [re.search(r"restoring base backup of (.*?) \(", d)] if m), "")
+    results.append(("undo_base_backup_time", base))
+    say("phases: " + "; ".join(f"{n} {s:.1f}s" for n, s in phases))
+
+    # The clone's data (untimed): every account, every history row of the source.
+    accounts_clone = out
+    ok, history_clone = _psql(args.psql, uri, "SELECT count(*) FROM pgbench_history")
+    results += [("undo_accounts_rows", accounts_clone), ("undo_expected_accounts", expected_accounts),
+                ("undo_history_rows", history_clone if ok else "?"),
+                ("undo_source_history_rows", history)]
+    if accounts_clone != str(expected_accounts):
+        return fail(f"the clone has {accounts_clone} pgbench_accounts rows, the source had "
+                    f"{expected_accounts}")
+    if not ok or history_clone != history:
+        return fail(f"the clone has {history_clone} pgbench_history rows, the source had {history}")
+    say(f"the clone holds all {accounts_clone} accounts and {history} history rows of the source")
+    results.append(("undo_ok", 1))
+    write_results()
+    return 0
+
+
 # --- JSON reports of the wayback CLI --------------------------------------------------------
 
 def _flatten(value, prefix=""):
@@ -331,7 +611,11 @@ def build(r: dict) -> tuple[list[tuple[str, ...]], dict]:
         ("WAL written by the load", _mb(p["wal_bytes"]), _mb(w["wal_bytes"]), ""),
         ("load tps", count(p["tps"]), count(w["tps"]), ""),
     ]
-    machine = {k: v for k, v in r.items() if not k.startswith(("pgbr_", "wb_"))}
+    undo = undo_figures(r)
+    rows += undo_rows(undo, p, anchor)
+    machine = {k: v for k, v in r.items() if not k.startswith(("pgbr_", "wb_", "undo_"))}
+    if undo:
+        machine["undo"] = undo
     machine["pgbr_settings"] = r.get("pgbr_settings", "")
     for side, name in (("pgbr", "pgbackrest"), ("wb", "wayback")):
         extra = {k[len(side) + 1:]: _num(r, k) for k in r
@@ -340,6 +624,58 @@ def build(r: dict) -> tuple[list[tuple[str, ...]], dict]:
         machine[name] = dict(tools[side], **extra)
     machine["anchor_pgbackrest_tuned_garage"] = anchor
     return rows, machine
+
+
+def undo_figures(r: dict) -> dict:
+    """The undo_* results: numbers as numbers, the phases as [[name, secs], ...]."""
+    undo = {}
+    for k, v in r.items():
+        if not k.startswith("undo_"):
+            continue
+        key = k[len("undo_"):]
+        if key == "phases":
+            try:
+                undo[key] = json.loads(v)
+            except json.JSONDecodeError:
+                undo[key] = []
+        else:
+            n = _num(r, k)
+            undo[key] = v if n is None else n
+    return undo
+
+
+def undo_rows(u: dict, p: dict, anchor: dict) -> list[tuple[str, ...]]:
+    """Rows of the undo: PUT clone-from of the deleted instance → first query on a new binding,
+    next to pgBackRest's restore + start-to-promoted of the same run and the anchor."""
+    if not u:
+        return []
+    if "failed" in u:
+        return [("undo: PUT → clone accepts queries", "", f"FAILED: {u['failed']}", "")]
+    rows = [
+        ("undo: unbind + deprovision (→ 410 Gone, untimed)", "", _secs(u.get("deprovision_s")),
+         ""),
+        ("undo: PUT → last_operation succeeded", "", _secs(u.get("ready_s")), ""),
+        ("undo: PUT → first connection through a new binding", "", _secs(u.get("connect_s")),
+         ""),
+        ("undo: PUT → clone accepts queries (1 GiB + WAL)",
+         "—" if p["restore_replay_s"] is None else
+         f"{_secs(p['restore_replay_s'])} (restore + replay)", _secs(u.get("query_s")),
+         _secs(anchor["restore_replay_s"])),
+    ]
+    for name, secs in u.get("phases", []):
+        rows.append((f"  undo phase: {name}", "", _secs(secs), ""))
+    if isinstance(u.get("source_count_s"), float) and isinstance(u.get("second_count_s"), float):
+        rows.append(("  (the same count(*): on the source before / on the clone after)", "",
+                     f"{_secs(u['source_count_s'])} / {_secs(u['second_count_s'])}", ""))
+    wal = u.get("wal_after_backup_bytes")
+    if isinstance(wal, float):
+        reason = u.get("newest_backup_reason", "")
+        rows.append(("undo: WAL after the base backup it restores",
+                     "—" if p["wal_bytes"] is None else _mb(p["wal_bytes"]) + " (the load)",
+                     f"{_mb(wal)}" + (f" (backup: {reason})" if reason else ""), ""))
+    if u.get("ok") != 1.0:
+        rows.append(("undo: rows checked", "", "NOT VERIFIED", ""))
+    return rows
 
 
 def render_text(rows) -> str:
@@ -430,6 +766,18 @@ def main() -> int:
     p.add_argument("instance")
     p.add_argument("--timeout", type=float, default=900)
     p.set_defaults(func=wait_backups)
+    p = sub.add_parser("undo")
+    p.add_argument("--instance-file", required=True)
+    p.add_argument("--name", default="bench-archive")
+    p.add_argument("--plan", default="small")
+    p.add_argument("--scale", type=int, required=True)
+    p.add_argument("--psql", required=True)
+    p.add_argument("--state-db", required=True)
+    p.add_argument("--broker-log")
+    p.add_argument("--results", required=True)
+    p.add_argument("--interval", type=float, default=0.1)
+    p.add_argument("--timeout", type=float, default=900)
+    p.set_defaults(func=undo)
     p = sub.add_parser("report")
     p.add_argument("results")
     p.add_argument("--write-benchmarks")
