@@ -318,6 +318,19 @@ async fn refusals_come_before_the_202() {
     .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{d}");
     assert!(d.contains("restore window") && d.contains(" to "), "{d}");
+
+    // A plan below the source's hot-standby floors: a medium source (max_connections 200)
+    // cannot be restored into a small instance (50).
+    let big = new_id();
+    let r = app.put_instance(&big, &provision_body(MEDIUM, "big")).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let op: Value = r.json().await.unwrap();
+    let (_, body) = app.poll_instance(&big, op["operation"].as_str()).await;
+    assert_eq!(body["state"], "succeeded", "{body}");
+    wait_for_backup(&store, &big).await;
+    let (s, d) = put(SPACE, json!({"clone-from": "big"})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{d}");
+    assert!(d.contains("max_connections") && d.contains("200"), "{d}");
 }
 
 /// Writes `value` into `orders` through a new binding (the table is created when missing).
