@@ -3,6 +3,8 @@
 //! An Open Service Broker (OSB API v2.17) that gives every service instance its own PostgreSQL
 //! cluster. The crate map, one line per module (see `../shared/DESIGN.md` for the picture):
 
+/// Wayback's own read-only API (`/wayback/v1`) for the CLI: bearer UAA tokens, space checks.
+pub mod api;
 /// WAL archiving: `wal-push` / `wal-fetch`, the archive's layout and object format.
 pub mod archive;
 /// Business rules of each OSB call (idempotency, 409/410/422); no HTTP types.

@@ -142,6 +142,7 @@ impl Application {
         let cc = crate::cc::CloudController::from_settings(&settings.cc)
             .context("set up the Cloud Controller client")?
             .map(Arc::new);
+        let api_parts = (catalog.clone(), ctx.archive.clone(), cc.clone());
         let names = NameResolver::new(
             ctx.clone(),
             cc,
@@ -163,6 +164,16 @@ impl Application {
             Duration::from_secs(settings.supervisor.interval_secs),
             Duration::from_secs(settings.wal.archive_timeout_secs),
         );
+        let api = web::Data::new(crate::api::ApiState {
+            store: store.clone(),
+            catalog: api_parts.0,
+            archive: api_parts.1,
+            runtime: runtime.clone(),
+            auth: crate::api::Authenticator::new(
+                BasicAuth::new(&settings.broker.username, &password),
+                api_parts.2,
+            ),
+        });
         let state = web::Data::new(AppState {
             broker,
             auth: BasicAuth::new(&settings.broker.username, &password),
@@ -172,7 +183,9 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(api.clone())
                 .wrap(actix_web::middleware::from_fn(osb::request_context))
+                .configure(crate::api::configure)
                 .configure(osb::configure)
         })
         .listen(listener)?

@@ -14,6 +14,7 @@
 
 pub mod backoff;
 mod uaa;
+mod user;
 
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use tokio::sync::{Mutex, OnceCell};
 use crate::config::CcSettings;
 use crate::domain::InstanceId;
 use backoff::Backoff;
+pub use user::UaaKey;
 
 /// A failed Cloud Controller or UAA call, saying which call and why.
 #[derive(Debug, thiserror::Error)]

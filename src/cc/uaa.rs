@@ -87,6 +87,11 @@ impl CloudController {
             .map(String::as_str)
     }
 
+    /// The UAA's base URL (configured, or found from the CC root), without a trailing `/`.
+    pub async fn uaa_base_url(&self) -> Result<String, CcError> {
+        self.uaa_url().await.map(String::from)
+    }
+
     /// A token that is still good, fetched from the UAA when there is none.
     pub(super) async fn token(&self) -> Result<SecretString, CcError> {
         let mut cached = self.token.lock().await;

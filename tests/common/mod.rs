@@ -3,6 +3,7 @@
 //! Dropping the `TestApp` stops the application and every cluster it started.
 #![allow(dead_code)]
 
+pub mod fake_cf;
 pub mod s3_server;
 
 use std::os::unix::fs::PermissionsExt;

@@ -1,0 +1,86 @@
+//! `ApiError`: every refusal of `/wayback/v1` as `{"error", "description"}`, with the status
+//! table of `docs/wayback-api.md`. Descriptions say what to do and never name another space,
+//! another instance or a token.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub description: String,
+}
+
+impl ApiError {
+    pub fn unauthorized(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", description)
+    }
+
+    /// The one body for a space the caller may not see, whether it exists or not.
+    pub fn forbidden_space() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "You may not see this space: the Cloud Controller does not let your user read it. \
+             Check the space GUID (cf space SPACE --guid) and your role in it.",
+        )
+    }
+
+    /// The one body for an instance that is unknown or in a space the caller may not see.
+    pub fn instance_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "No such service instance in a space you may see. Check the instance GUID \
+             (cf service NAME --guid).",
+        )
+    }
+
+    pub fn unavailable(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", description)
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "The broker failed to answer; the operator will find the cause in its log.",
+        )
+    }
+
+    fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            description: description.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.description
+        )
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.insert_header(("WWW-Authenticate", "Bearer realm=\"wayback\""));
+        }
+        response.json(json!({ "error": self.code, "description": self.description }))
+    }
+}

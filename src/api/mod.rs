@@ -1,0 +1,202 @@
+//! Wayback's own read-only API, `/wayback/v1` (contract: `docs/wayback-api.md`): which
+//! instances of a space, live and deleted, can be restored and to when. The `cf-wayback` CLI
+//! reads it before it asks the Cloud Controller for a `clone-from` instance.
+//!
+//! Every handler authenticates first ([`auth`]: 401/503), then checks the space (403, or 404
+//! for an instance, so that an instance id says nothing about a foreign space), and only then
+//! reads the store, the archive (restore windows, [`crate::archive::window`]) and the running
+//! clusters (archiver statistics). Nothing here changes anything.
+//!
+//! Imports `store`, `archive`, `runtime`, `catalog`, `cc`, `domain` and `osb::BasicAuth`;
+//! never `broker` or `jobs`.
+
+pub mod auth;
+pub mod error;
+pub mod jwt;
+pub mod view;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::archive::layout::InstancePrefix;
+use crate::catalog::Catalog;
+use crate::domain::{InstanceId, InstanceState, SpaceGuid};
+use crate::runtime::Runtime;
+use crate::storage::ObjectStore;
+use crate::store::{InstanceRecord, Store};
+pub use auth::{Authenticator, Caller};
+pub use error::ApiError;
+use view::{InstanceView, Observed};
+
+/// Instances whose window and statistics are gathered at once for a space list.
+const GATHER_CONCURRENCY: usize = 4;
+/// The longest a cluster may take to report its archiver's statistics.
+const STATS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the API's handlers share.
+pub struct ApiState {
+    pub store: Store,
+    pub catalog: Arc<Catalog>,
+    pub archive: ObjectStore,
+    pub runtime: Runtime,
+    pub auth: Authenticator,
+}
+
+/// Registers `/wayback/v1`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/wayback/v1")
+            .route("/spaces/{space_guid}/instances", web::get().to(list_space))
+            .route("/instances/{instance_id}", web::get().to(get_instance)),
+    );
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    name: Option<String>,
+}
+
+fn authorization(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// `GET /wayback/v1/spaces/{space_guid}/instances[?name=NAME]`
+async fn list_space(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    space: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = state.auth.authenticate(authorization(&req)).await?;
+    let space = space.into_inner();
+    if !state.auth.may_see_space(&caller, &space).await? {
+        return Err(ApiError::forbidden_space());
+    }
+    // After authentication: a malformed query must not answer before a 401.
+    let name = web::Query::<ListQuery>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.into_inner().name);
+    let mut records: Vec<InstanceRecord> = state
+        .store
+        .instances_in_states(InstanceState::ALL)
+        .await
+        .map_err(internal("list the instances of a space"))?
+        .into_iter()
+        .filter(|r| r.space_guid == space)
+        .collect();
+    records.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+    let views: Vec<Result<Option<InstanceView>, ApiError>> = futures::stream::iter(records)
+        .map(|r| {
+            let state = state.clone();
+            let name = name.clone();
+            async move { gather(&state, r, name.as_deref()).await }
+        })
+        .buffered(GATHER_CONCURRENCY)
+        .collect()
+        .await;
+    let mut instances = Vec::new();
+    for view in views {
+        if let Some(v) = view? {
+            instances.push(v);
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({ "space_guid": space, "instances": instances })))
+}
+
+/// `GET /wayback/v1/instances/{instance_id}`
+async fn get_instance(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = state.auth.authenticate(authorization(&req)).await?;
+    let Ok(id) = InstanceId::parse(id.into_inner()) else {
+        return Err(ApiError::instance_not_found());
+    };
+    let record = state
+        .store
+        .get_instance(&id)
+        .await
+        .map_err(internal("read an instance"))?
+        .ok_or_else(ApiError::instance_not_found)?;
+    // A foreign space is a 403 from the CC but a 404 here: the id must not confirm anything.
+    if !state
+        .auth
+        .may_see_space(&caller, &record.space_guid)
+        .await?
+    {
+        return Err(ApiError::instance_not_found());
+    }
+    match gather(&state, record, None).await? {
+        Some(view) => Ok(HttpResponse::Ok().json(view)),
+        None => Err(ApiError::instance_not_found()),
+    }
+}
+
+/// The view of `record` (None if it never had the name `name`): its names from the store,
+/// its window from the archive, a live cluster's archiver statistics.
+async fn gather(
+    state: &ApiState,
+    record: InstanceRecord,
+    name: Option<&str>,
+) -> Result<Option<InstanceView>, ApiError> {
+    let names = state
+        .store
+        .instance_names(&record.id)
+        .await
+        .map_err(internal("read an instance's names"))?;
+    if let Some(name) = name {
+        if !names.iter().any(|n| n.name == name) {
+            return Ok(None);
+        }
+    }
+    let window = async {
+        let space = SpaceGuid::parse(record.space_guid.clone()).ok()?;
+        let prefix = InstancePrefix::new(&space, &record.id);
+        match crate::archive::window::restore_window(&state.archive, &prefix).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(instance = %record.id, error = %e, "cannot compute a restore window");
+                None
+            }
+        }
+    };
+    let stats = async {
+        if !view::is_live(record.state) {
+            return None;
+        }
+        match tokio::time::timeout(STATS_TIMEOUT, state.runtime.archiver_stats(&record.id)).await {
+            Ok(Ok(stats)) => Some(stats),
+            Ok(Err(e)) => {
+                tracing::info!(instance = %record.id, error = %e, "no archiver statistics");
+                None
+            }
+            Err(_) => {
+                tracing::info!(instance = %record.id, "archiver statistics timed out");
+                None
+            }
+        }
+    };
+    let (window, stats) = tokio::join!(window, stats);
+    let observed = Observed { window, stats };
+    Ok(Some(view::render(
+        &record,
+        &names,
+        &observed,
+        &state.catalog,
+    )))
+}
+
+/// Logs the cause (once, here) and answers a 500 that says nothing internal.
+fn internal<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> ApiError {
+    move |e| {
+        tracing::error!(error = %e, "{what}");
+        ApiError::internal()
+    }
+}
