@@ -14,8 +14,19 @@
 //!
 //! This module knows nothing of the broker: it imports nothing else from the crate.
 
+pub mod app;
+pub mod backups;
+pub mod broker_client;
+pub mod cc_client;
+pub mod cfconfig;
+pub mod cli_error;
+pub mod commands;
+pub mod discovery;
 pub mod gob;
+pub mod output;
 pub mod rpc;
+pub mod session;
+pub mod undo;
 
 pub use rpc::{Client, Command, Organization, PluginMetadata, RpcError, Space, Usage, VersionType};
 

@@ -1,0 +1,46 @@
+//! `backups [NAME] [--json] [--local-time]`: what can be restored in the targeted space.
+//! Imports nothing from the crate outside `cfplugin`.
+
+use super::cli_error::CliError;
+use super::commands::BackupsArgs;
+use super::output::{self, Zone};
+use super::session::Session;
+
+/// Prints the table or the JSON document. A NAME that matches nothing is exit 1 (the JSON
+/// document, with an empty list, is printed all the same).
+pub async fn run(session: &Session, args: &BackupsArgs) -> Result<(), CliError> {
+    let (broker, instances) = session
+        .broker_instances(args.broker.broker_url.as_deref(), args.name.as_deref())
+        .await?;
+    if args.json {
+        let doc = output::json_document(
+            &session.space_guid,
+            &session.space_name,
+            &broker,
+            &instances,
+        );
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("JSON serialises")
+        );
+    } else if instances.is_empty() {
+        print!(
+            "{}",
+            output::empty_message(&session.space_name, args.name.as_deref())
+        );
+    } else {
+        let zone = if args.local_time {
+            Zone::Local
+        } else {
+            Zone::Utc
+        };
+        print!("{}", output::render_table(&instances, zone));
+    }
+    match (&args.name, instances.is_empty()) {
+        (Some(name), true) => Err(CliError::Failed(format!(
+            "no instance named {name} in space {}; `{} backups` lists them all",
+            session.space_name, session.prefix
+        ))),
+        _ => Ok(()),
+    }
+}

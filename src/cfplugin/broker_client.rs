@@ -1,0 +1,206 @@
+//! The broker's own read-only API (`/wayback/v1`, docs/wayback-api.md), called with the
+//! user's UAA token, and the HTTP client every `cf-wayback` request goes through.
+//!
+//! Instances are handed on as JSON values: the table reads a few fields, `--json` passes them
+//! through whole, so fields the broker adds later reach scripts without a CLI release. The
+//! broker's error descriptions already say what to do; they are shown verbatim with a hint of
+//! which cf command helps. Imports nothing from the crate outside `cfplugin`.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+use super::cli_error::CliError;
+
+/// GETs are retried this often when the connection fails; each waits twice as long.
+const GET_ATTEMPTS: u32 = 3;
+const FIRST_BACKOFF: Duration = Duration::from_millis(300);
+
+/// The client for the broker, the Cloud Controller and the UAA: bounded connect and request
+/// times; certificate checks off only when cf itself runs with `--skip-ssl-validation`.
+pub fn http_client(ssl_disabled: bool) -> Result<reqwest::Client, CliError> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
+        .danger_accept_invalid_certs(ssl_disabled)
+        .user_agent(concat!("cf-wayback/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot build an HTTP client: {e}")))
+}
+
+/// A GET with bounded retries on connection failures (never on an HTTP answer).
+pub async fn get_with_retry(
+    http: &reqwest::Client,
+    url: &str,
+    query: &[(&str, &str)],
+    token: &SecretString,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        let sent = http
+            .get(url)
+            .query(query)
+            .header(
+                reqwest::header::AUTHORIZATION,
+                format!("bearer {}", token.expose_secret()),
+            )
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await;
+        match sent {
+            Err(e) if attempt < GET_ATTEMPTS && (e.is_connect() || e.is_timeout()) => {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Why a broker call failed: unreachable (so a remembered URL may be stale) or anything else.
+#[derive(Debug)]
+pub enum BrokerError {
+    Unreachable(CliError),
+    Other(CliError),
+}
+
+impl From<BrokerError> for CliError {
+    fn from(e: BrokerError) -> CliError {
+        match e {
+            BrokerError::Unreachable(e) | BrokerError::Other(e) => e,
+        }
+    }
+}
+
+/// The broker at `base` (its external URL, no trailing slash), as one user.
+pub struct BrokerApi<'a> {
+    pub http: &'a reqwest::Client,
+    pub base: &'a str,
+    pub token: &'a SecretString,
+}
+
+impl BrokerApi<'_> {
+    /// `GET /wayback/v1/spaces/{space}/instances[?name=]`: newest first, as the broker sorts.
+    pub async fn instances(
+        &self,
+        space_guid: &str,
+        space_name: &str,
+        name: Option<&str>,
+    ) -> Result<Vec<Value>, BrokerError> {
+        let url = format!("{}/wayback/v1/spaces/{space_guid}/instances", self.base);
+        let query: Vec<(&str, &str)> = name.map(|n| ("name", n)).into_iter().collect();
+        let resp = get_with_retry(self.http, &url, &query, self.token)
+            .await
+            .map_err(|e| {
+                BrokerError::Unreachable(CliError::transport(
+                    &format!("the Wayback broker at {} cannot be reached", self.base),
+                    &e,
+                ))
+            })?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status.is_success() {
+            return match body["instances"].as_array() {
+                Some(list) => Ok(list.clone()),
+                None => Err(BrokerError::Other(CliError::Failed(format!(
+                    "the broker at {} answered without an `instances` list; is that URL a \
+                     Wayback broker? (pass the right one with --broker-url)",
+                    self.base
+                )))),
+            };
+        }
+        Err(BrokerError::Other(broker_error(
+            status, &body, &text, space_name,
+        )))
+    }
+}
+
+/// The broker's `{"error", "description"}` verbatim, with what to do next.
+pub fn broker_error(
+    status: reqwest::StatusCode,
+    body: &Value,
+    text: &str,
+    space: &str,
+) -> CliError {
+    let description = body["description"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| text.chars().take(300).collect());
+    let said = format!("the broker answered {status}: {description}");
+    match status.as_u16() {
+        401 => CliError::Auth(format!("{said}\nLog in again with `cf login`.")),
+        403 => CliError::Auth(format!(
+            "{said}\nYou need a role in space {space} (ask a space or org manager), \
+             or target another space with `cf target -s SPACE`."
+        )),
+        404 => CliError::Failed(said),
+        502..=504 => CliError::Unreachable(said),
+        _ => CliError::Failed(said),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use wiremock::matchers::{header, method, path, query_param};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    #[tokio::test]
+    async fn lists_with_the_users_token_and_maps_errors() {
+        let broker = MockServer::start().await;
+        let space = "5ace0000-0000-4000-8000-000000000002";
+        Mock::given(method("GET"))
+            .and(path(format!("/wayback/v1/spaces/{space}/instances")))
+            .and(query_param("name", "production"))
+            .and(header("authorization", "bearer tok"))
+            .respond_with(
+                ResponseTemplate::new(200).set_body_json(
+                    json!({"space_guid": space, "instances": [{"instance_id": "x"}]}),
+                ),
+            )
+            .mount(&broker)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/wayback/v1/spaces/other/instances"))
+            .respond_with(ResponseTemplate::new(403).set_body_json(
+                json!({"error": "Forbidden", "description": "you may not see this space"}),
+            ))
+            .mount(&broker)
+            .await;
+        let http = http_client(false).unwrap();
+        let token = SecretString::from("tok".to_string());
+        let base = broker.uri();
+        let api = BrokerApi {
+            http: &http,
+            base: &base,
+            token: &token,
+        };
+        let list = api
+            .instances(space, "staging", Some("production"))
+            .await
+            .unwrap();
+        assert_eq!(list, vec![json!({"instance_id": "x"})]);
+
+        let err = CliError::from(api.instances("other", "dev", None).await.unwrap_err());
+        assert_eq!(err.exit_code(), 3);
+        assert!(
+            err.to_string().contains("you may not see this space"),
+            "{err}"
+        );
+
+        let gone = BrokerApi {
+            http: &http,
+            base: "http://127.0.0.1:9",
+            token: &token,
+        };
+        assert!(matches!(
+            gone.instances(space, "staging", None).await,
+            Err(BrokerError::Unreachable(e)) if e.exit_code() == 4
+        ));
+    }
+}

@@ -1,0 +1,213 @@
+//! What `cf backups` prints: the table and the `--json` document, as pure functions of the
+//! broker's answer, so that both are golden-tested (`tests/fixtures/cf-wayback/`).
+//!
+//! The table reads a few fields of each broker `INSTANCE` (docs/wayback-api.md) and shows "-"
+//! for anything missing, so a broker that adds fields, or lacks a window yet, never breaks it.
+//! The JSON document passes the broker's instance objects through untouched: scripts get every
+//! field the broker has, and the CLI never has to know them. Imports nothing from the crate.
+
+use chrono::{DateTime, FixedOffset, Local, Utc};
+use serde_json::{json, Value};
+
+/// The time zone the table shows times in.
+#[derive(Debug, Clone, Copy)]
+pub enum Zone {
+    Utc,
+    /// `--local-time`: the machine's zone, with its offset printed.
+    Local,
+    /// A fixed offset, for tests.
+    Fixed(FixedOffset),
+}
+
+/// `2026-11-21 09:42 UTC`, or with `--local-time` `2026-11-21 10:42 +01:00`.
+pub fn format_time(t: DateTime<Utc>, zone: Zone) -> String {
+    match zone {
+        Zone::Utc => t.format("%Y-%m-%d %H:%M UTC").to_string(),
+        Zone::Local => t
+            .with_timezone(&Local)
+            .format("%Y-%m-%d %H:%M %:z")
+            .to_string(),
+        Zone::Fixed(offset) => t
+            .with_timezone(&offset)
+            .format("%Y-%m-%d %H:%M %:z")
+            .to_string(),
+    }
+}
+
+/// An RFC 3339 time from the broker, formatted; "-" when absent or unreadable.
+fn time_cell(v: &Value, zone: Zone) -> String {
+    v.as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| format_time(t.with_timezone(&Utc), zone))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn text_cell(v: &Value) -> String {
+    match v.as_str() {
+        Some(s) if !s.is_empty() => s.to_string(),
+        _ => "-".into(),
+    }
+}
+
+const HEADER: [&str; 6] = [
+    "name",
+    "instance",
+    "state",
+    "restorable from",
+    "restorable to",
+    "last base backup",
+];
+
+/// One table row of a broker `INSTANCE`.
+pub fn row(instance: &Value, zone: Zone) -> [String; 6] {
+    let window = &instance["restore_window"];
+    let to = if window["to_now"].as_bool() == Some(true) {
+        "now".to_string()
+    } else {
+        time_cell(&window["to"], zone)
+    };
+    let id = text_cell(&instance["instance_id"]);
+    [
+        text_cell(&instance["name"]),
+        id.chars().take(8).collect(),
+        text_cell(&instance["state"]),
+        time_cell(&window["from"], zone),
+        to,
+        time_cell(&instance["last_base_backup"], zone),
+    ]
+}
+
+/// The table: a header, one line per instance in the broker's order (newest first), columns
+/// as wide as their widest cell and three spaces apart, no trailing blanks.
+pub fn render_table(instances: &[Value], zone: Zone) -> String {
+    let mut rows: Vec<[String; 6]> = vec![HEADER.map(String::from)];
+    rows.extend(instances.iter().map(|i| row(i, zone)));
+    let mut widths = [0usize; 6];
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let mut line = String::new();
+        for (i, cell) in r.iter().enumerate() {
+            if i > 0 {
+                line.push_str("   ");
+            }
+            line.push_str(cell);
+            if i + 1 < r.len() {
+                let pad = widths[i] - cell.chars().count();
+                line.extend(std::iter::repeat(' ').take(pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// What `backups` prints when the broker knows nothing matching.
+pub fn empty_message(space_name: &str, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("No instance named {n} in space {space_name}, live or deleted.\n"),
+        None => format!("No Wayback instances in space {space_name}, live or deleted.\n"),
+    }
+}
+
+/// The `--json` document: stable keys, the broker's instance objects as they came.
+pub fn json_document(
+    space_guid: &str,
+    space_name: &str,
+    broker: &str,
+    instances: &[Value],
+) -> Value {
+    json!({
+        "space": { "guid": space_guid, "name": space_name },
+        "broker": broker,
+        "instances": instances,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    fn fixture_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cf-wayback")
+    }
+
+    fn broker_instances() -> Vec<Value> {
+        let text = std::fs::read_to_string(fixture_dir().join("broker-instances.json")).unwrap();
+        let body: Value = serde_json::from_str(&text).unwrap();
+        body["instances"].as_array().unwrap().clone()
+    }
+
+    #[test]
+    fn the_table_matches_the_golden_file() {
+        let want = std::fs::read_to_string(fixture_dir().join("backups-table.txt")).unwrap();
+        assert_eq!(render_table(&broker_instances(), Zone::Utc), want);
+    }
+
+    #[test]
+    fn the_issue_example_renders_exactly() {
+        // The two rows of the issue, in the broker's shape.
+        let instances = vec![
+            json!({"instance_id": "3f2a9c1e-5b7d-4c1a-9e2f-000000000001", "name": "production",
+                   "state": "deleted",
+                   "restore_window": {"from": "2026-11-14T03:00:11Z", "to": "2026-11-21T09:42:30Z", "to_now": false},
+                   "last_base_backup": "2026-11-21T03:00:09Z"}),
+            json!({"instance_id": "a81c07d2-5b7d-4c1a-9e2f-000000000002", "name": "orders",
+                   "state": "live",
+                   "restore_window": {"from": "2026-11-14T03:00:00Z", "to": null, "to_now": true},
+                   "last_base_backup": "2026-11-21T03:00:59Z"}),
+        ];
+        assert_eq!(
+            render_table(&instances, Zone::Utc),
+            "name         instance   state     restorable from        restorable to          last base backup\n\
+             production   3f2a9c1e   deleted   2026-11-14 03:00 UTC   2026-11-21 09:42 UTC   2026-11-21 03:00 UTC\n\
+             orders       a81c07d2   live      2026-11-14 03:00 UTC   now                    2026-11-21 03:00 UTC\n"
+        );
+    }
+
+    #[test]
+    fn missing_fields_show_a_dash() {
+        let instances = vec![
+            json!({"instance_id": "c0ffee00", "name": null, "state": "provisioning",
+                                    "restore_window": {"from": null, "to": null, "to_now": false},
+                                    "last_base_backup": null}),
+        ];
+        let table = render_table(&instances, Zone::Utc);
+        let line = table.lines().nth(1).unwrap();
+        assert_eq!(
+            line.split_whitespace().collect::<Vec<_>>(),
+            ["-", "c0ffee00", "provisioning", "-", "-", "-"]
+        );
+    }
+
+    #[test]
+    fn local_time_prints_the_offset() {
+        let t = DateTime::parse_from_rfc3339("2026-11-21T09:42:30Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let cet = FixedOffset::east_opt(3600).unwrap();
+        assert_eq!(format_time(t, Zone::Fixed(cet)), "2026-11-21 10:42 +01:00");
+        assert_eq!(format_time(t, Zone::Utc), "2026-11-21 09:42 UTC");
+    }
+
+    #[test]
+    fn the_json_document_matches_the_golden_file() {
+        let want: Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture_dir().join("backups.json")).unwrap(),
+        )
+        .unwrap();
+        let got = json_document(
+            "5ace0000-0000-4000-8000-000000000002",
+            "staging",
+            "https://wayback.example.com",
+            &broker_instances(),
+        );
+        assert_eq!(got, want);
+    }
+}
