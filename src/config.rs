@@ -22,7 +22,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// A catalog file replacing the built-in `catalog.json`.
     pub catalog: Option<PathBuf>,
-    /// State database: `sqlite://…` or `postgres://…`. Default: SQLite under `data_dir`.
+    /// State database: `sqlite://…` or `postgres://…`. Default: the PostgreSQL service bound to
+    /// the app when `VCAP_SERVICES` is set (`startup::database_url`), else SQLite under `data_dir`.
     pub database_url: Option<SecretString>,
     /// The URL at which users reach this broker (used for `dashboard_url`).
     pub external_url: Option<String>,
@@ -384,7 +385,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     env_var!("WAYBACK_LISTEN", "listen", "127.0.0.1:8080", "Address and port of the broker's HTTP server (`--listen`).", |s, v| s.listen = parse(v)?),
     env_var!("WAYBACK_DATA_DIR", "data_dir", "wayback-data", "Directory for the state database, clusters and template (`--data-dir`).", |s, v| s.data_dir = PathBuf::from(v)),
     env_var!("WAYBACK_CATALOG", "catalog", "built-in catalog.json", "Path of a catalog file to use instead of the built-in one (`--catalog`).", |s, v| s.catalog = non_empty(v).map(PathBuf::from)),
-    env_var!("WAYBACK_DATABASE_URL", "database_url", "sqlite://<data_dir>/wayback.db", "State database URL: `sqlite://PATH` or `postgres://…` (several brokers may share one PostgreSQL database).", |s, v| s.database_url = non_empty(v).map(SecretString::from)),
+    env_var!("WAYBACK_DATABASE_URL", "database_url", "from `VCAP_SERVICES`, else sqlite://<data_dir>/wayback.db", "State database URL: `sqlite://PATH` or `postgres://…` (several brokers may share one PostgreSQL database). Unset and `VCAP_SERVICES` present (cf push): the `uri` (else `jdbcUrl`) of the bound service named or tagged `wayback-state`, else of one tagged or labelled postgres, else of the first with a PostgreSQL URL; the service used is logged.", |s, v| s.database_url = non_empty(v).map(SecretString::from)),
     env_var!("WAYBACK_EXTERNAL_URL", "external_url", "http://<listen>", "URL at which users reach the broker; used for instances' dashboard_url.", |s, v| s.external_url = non_empty(v)),
     env_var!("WAYBACK_BROKER_USERNAME", "broker.username", "admin", "Basic-auth user name for OSB requests.", |s, v| s.broker.username = v.to_string()),
     env_var!("WAYBACK_BROKER_PASSWORD", "broker.password", "generated into <data_dir>/broker-password", "Basic-auth password for OSB requests (secret).", |s, v| s.broker.password = non_empty(v).map(SecretString::from)),

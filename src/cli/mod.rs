@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod prune;
+pub mod register;
 pub mod reindex;
 pub mod restore;
 
