@@ -81,6 +81,9 @@ enum Command {
     /// Create or update this service broker in the Cloud Controller (v3 API, as the cc.* UAA
     /// client with cloud_controller.admin) and optionally enable access to its plans.
     RegisterBroker(wayback::cli::register::RegisterBrokerArgs),
+    /// Walk one instance's life against a running broker over OSB (provision, bind, write,
+    /// deprovision, clone-from, verify the rows, clean up); exits 1 naming the failing step.
+    SmokeTest(wayback::cli::smoke::SmokeTestArgs),
 }
 
 fn main() -> ExitCode {
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
         Command::Restore(args) => wayback::cli::restore::main(settings, args),
         Command::Reindex(args) => wayback::cli::reindex::main(settings, args),
         Command::RegisterBroker(args) => wayback::cli::register::main(settings, args),
+        Command::SmokeTest(args) => wayback::cli::smoke::main(settings, args),
         Command::ConfigReference => {
             print!("{}", Settings::reference_markdown());
             ExitCode::SUCCESS

@@ -7,6 +7,7 @@ pub mod prune;
 pub mod register;
 pub mod reindex;
 pub mod restore;
+pub mod smoke;
 
 use std::path::PathBuf;
 
@@ -38,6 +39,27 @@ fn async_runtime() -> Option<tokio::runtime::Runtime> {
             None
         }
     }
+}
+
+/// The start an operator command that talks to the platform shares: `--data-dir` over the
+/// settings, logging, what the command needs from the settings (`prepare`; an error there is
+/// exit 2, said on stderr as `wayback: COMMAND: …`) and the async runtime.
+fn start_command<T>(
+    settings: &mut Settings,
+    data_dir: Option<PathBuf>,
+    command: &str,
+    prepare: impl FnOnce(&Settings) -> anyhow::Result<T>,
+) -> Result<(T, tokio::runtime::Runtime), std::process::ExitCode> {
+    if let Some(d) = data_dir {
+        settings.data_dir = d;
+    }
+    crate::telemetry::init(&settings.log);
+    let prepared = prepare(settings).map_err(|e| {
+        eprintln!("wayback: {command}: {e:#}");
+        std::process::ExitCode::from(2)
+    })?;
+    let runtime = async_runtime().ok_or(std::process::ExitCode::from(2))?;
+    Ok((prepared, runtime))
 }
 
 /// An existing broker's state, as a command that works on it opens it.

@@ -107,19 +107,14 @@ pub struct OrgRef {
 /// Runs the command: 0 when registered (and access enabled), 1 when the Cloud Controller
 /// refused or failed, 2 when the settings do not allow a registration.
 pub fn main(mut settings: Settings, args: RegisterBrokerArgs) -> ExitCode {
-    if let Some(d) = args.data_dir.clone() {
-        settings.data_dir = d;
-    }
-    crate::telemetry::init(&settings.log);
-    let request = match Request::from_settings(&settings, &args) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("wayback: register-broker: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
-    let Some(runtime) = super::async_runtime() else {
-        return ExitCode::from(2);
+    let (request, runtime) = match super::start_command(
+        &mut settings,
+        args.data_dir.clone(),
+        "register-broker",
+        |s| Request::from_settings(s, &args),
+    ) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     match runtime.block_on(run(&settings.cc, &request)) {
         Ok(done) => {
