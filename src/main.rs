@@ -84,6 +84,9 @@ enum Command {
     /// Walk one instance's life against a running broker over OSB (provision, bind, write,
     /// deprovision, clone-from, verify the rows, clean up); exits 1 naming the failing step.
     SmokeTest(wayback::cli::smoke::SmokeTestArgs),
+    /// Before this machine stops: complete every running instance's current WAL segment and
+    /// wait until it is archived, so that everything committed so far is in the archive.
+    Drain(wayback::cli::drain::DrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         Command::Reindex(args) => wayback::cli::reindex::main(settings, args),
         Command::RegisterBroker(args) => wayback::cli::register::main(settings, args),
         Command::SmokeTest(args) => wayback::cli::smoke::main(settings, args),
+        Command::Drain(args) => wayback::cli::drain::main(settings, args),
         Command::ConfigReference => {
             print!("{}", Settings::reference_markdown());
             ExitCode::SUCCESS

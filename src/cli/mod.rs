@@ -3,6 +3,7 @@
 //! by design: the logic lives in the subsystems, so the broker and the command share it.
 
 pub mod backup;
+pub mod drain;
 pub mod prune;
 pub mod register;
 pub mod reindex;
