@@ -28,6 +28,15 @@ use crate::domain::InstanceId;
 use backoff::Backoff;
 pub use user::UaaKey;
 
+/// One answer of the Cloud Controller to [`CloudController::call`], read whole.
+#[derive(Debug)]
+pub struct CcAnswer {
+    pub status: u16,
+    /// The `Location` header (an asynchronous operation's job).
+    pub location: Option<String>,
+    pub body: String,
+}
+
 /// A failed Cloud Controller or UAA call, saying which call and why.
 #[derive(Debug, thiserror::Error)]
 pub enum CcError {
@@ -257,11 +266,113 @@ impl CloudController {
         }
     }
 
+    /// A call to the CC's API as the UAA client, for operator commands beyond the broker's own
+    /// lookups (`wayback register-broker`): `path` under `api_url` (or the path and query of a
+    /// URL the CC gave, so the token never goes to another host), the token attached and
+    /// renewed once on a 401, transient failures retried when `retry` (not for a create that
+    /// must not run twice). Every other status is the caller's, with its body.
+    pub async fn call(
+        &self,
+        what: &'static str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        retry: bool,
+    ) -> Result<CcAnswer, CcError> {
+        let url = match reqwest::Url::parse(path) {
+            Ok(u) => match u.query() {
+                Some(q) => format!("{}{}?{q}", self.api_url, u.path()),
+                None => format!("{}{}", self.api_url, u.path()),
+            },
+            Err(_) => format!("{}{path}", self.api_url),
+        };
+        let attempts = if retry { self.attempts } else { 1 };
+        let mut renewed = false;
+        loop {
+            let token = self.token().await?;
+            let response = self
+                .send_up_to(what, attempts, || {
+                    let r = self
+                        .http
+                        .request(method.clone(), &url)
+                        .bearer_auth(token.expose_secret());
+                    match body {
+                        Some(b) => r.json(b),
+                        None => r,
+                    }
+                })
+                .await?;
+            let status = response.status().as_u16();
+            if status == 401 && !renewed {
+                tracing::info!("the Cloud Controller refused the UAA token; renewing it");
+                self.forget_token(&token).await;
+                renewed = true;
+                continue;
+            }
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .map(String::from);
+            let body = response.text().await.unwrap_or_default();
+            return Ok(CcAnswer {
+                status,
+                location,
+                body,
+            });
+        }
+    }
+
+    /// Gets a client-credentials token now (a command checks its credentials before it acts).
+    pub async fn check_credentials(&self) -> Result<(), CcError> {
+        self.token().await.map(|_| ())
+    }
+
+    /// `GET url` (with `bearer`, if any) answered 200, its JSON body parsed.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        url: &str,
+        bearer: Option<&SecretString>,
+    ) -> Result<T, CcError> {
+        let response = self
+            .send(what, || {
+                let r = self.http.get(url);
+                match bearer {
+                    Some(t) => r.bearer_auth(t.expose_secret()),
+                    None => r,
+                }
+            })
+            .await?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let body = response.text().await.unwrap_or_default();
+            return Err(CcError::Status {
+                what,
+                status,
+                detail: error_detail(&body),
+            });
+        }
+        response.json().await.map_err(|e| CcError::Decode {
+            what,
+            message: e.to_string(),
+        })
+    }
+
     /// Sends the request `build` makes, again on transport errors and retryable statuses
     /// (jittered backoff), up to `attempts` times. Any other status is the caller's.
     async fn send(
         &self,
         what: &'static str,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, CcError> {
+        self.send_up_to(what, self.attempts, build).await
+    }
+
+    async fn send_up_to(
+        &self,
+        what: &'static str,
+        attempts: u32,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, CcError> {
         let mut attempt = 0;
@@ -283,7 +394,7 @@ impl CloudController {
                     source: e.without_url(),
                 },
             };
-            if attempt >= self.attempts {
+            if attempt >= attempts {
                 return Err(failure);
             }
             let wait = self.backoff.delay(attempt - 1);

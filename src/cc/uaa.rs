@@ -57,20 +57,7 @@ impl CloudController {
         self.uaa_url
             .get_or_try_init(|| async {
                 let url = format!("{}/", self.api_url);
-                let response = self.send(WHAT, || self.http.get(&url)).await?;
-                let status = response.status().as_u16();
-                if status != 200 {
-                    let body = response.text().await.unwrap_or_default();
-                    return Err(CcError::Status {
-                        what: WHAT,
-                        status,
-                        detail: error_detail(&body),
-                    });
-                }
-                let root: Root = response.json().await.map_err(|e| CcError::Decode {
-                    what: WHAT,
-                    message: e.to_string(),
-                })?;
+                let root: Root = self.get_json(WHAT, &url, None).await?;
                 let href = root
                     .links
                     .uaa

@@ -8,7 +8,7 @@
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::{error_detail, CcError, CloudController};
+use super::{CcError, CloudController};
 
 /// One entry of the UAA's `GET /token_keys` (`{"keys": [...]}`).
 #[derive(Debug, Clone, Deserialize)]
@@ -38,20 +38,7 @@ impl CloudController {
     pub async fn uaa_token_keys(&self) -> Result<Vec<UaaKey>, CcError> {
         const WHAT: &str = "get the UAA's token keys";
         let url = format!("{}/token_keys", self.uaa_base_url().await?);
-        let response = self.send(WHAT, || self.http.get(&url)).await?;
-        let status = response.status().as_u16();
-        if status != 200 {
-            let body = response.text().await.unwrap_or_default();
-            return Err(CcError::Status {
-                what: WHAT,
-                status,
-                detail: error_detail(&body),
-            });
-        }
-        let keys: UaaKeys = response.json().await.map_err(|e| CcError::Decode {
-            what: WHAT,
-            message: e.to_string(),
-        })?;
+        let keys: UaaKeys = self.get_json(WHAT, &url, None).await?;
         Ok(keys.keys)
     }
 

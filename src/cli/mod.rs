@@ -31,6 +31,19 @@ fn override_locations(
     }
 }
 
+/// Percent-encodes a query value (names may hold spaces, `&`, `,`…).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// The async runtime a command runs on; `None`, said on stderr, when it cannot start.
 fn async_runtime() -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Runtime::new() {

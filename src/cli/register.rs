@@ -29,8 +29,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::cc::backoff::Backoff;
-use crate::cc::CloudController;
+use super::encode;
+use crate::cc::{CcError, CloudController};
 use crate::config::{CcSettings, Settings};
 
 /// The command line of `wayback register-broker`.
@@ -409,86 +409,34 @@ fn join_errors(errors: &[WireJobError]) -> String {
         .join("; ")
 }
 
-/// The CC's v3 API as the UAA client of the `cc.*` settings.
+/// The CC's v3 API as the UAA client of the `cc.*` settings (`cc::CloudController`, which
+/// finds the UAA, keeps the token and retries transient failures).
 struct Api {
-    http: reqwest::Client,
-    api_url: String,
+    cc: CloudController,
     client_id: String,
-    token: SecretString,
-    attempts: u32,
-    backoff: Backoff,
 }
 
 impl Api {
-    /// Finds the UAA (as `cc` does) and gets a client-credentials token.
+    /// The client, with its token fetched now so that bad credentials are said first.
     async fn connect(settings: &CcSettings) -> anyhow::Result<Api> {
         let cc = CloudController::from_settings(settings)?
             .ok_or_else(|| anyhow!("cc.api_url is not set"))?;
-        let uaa = cc.uaa_base_url().await?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(settings.connect_timeout_secs))
-            .timeout(Duration::from_secs(settings.request_timeout_secs))
-            .danger_accept_invalid_certs(settings.skip_tls_verify)
-            .user_agent(concat!("wayback/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("build the HTTP client")?;
-        let mut api = Api {
-            http,
-            api_url: cc.api_url().to_string(),
+        match cc.check_credentials().await {
+            Ok(()) => {}
+            Err(CcError::Unauthorized { what, status }) => bail!(
+                "{what}: HTTP {status}; check cc.client_id ({}) and cc.client_secret",
+                settings.client_id
+            ),
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Api {
+            cc,
             client_id: settings.client_id.clone(),
-            token: SecretString::from(String::new()),
-            attempts: settings.attempts.max(1),
-            backoff: Backoff {
-                base: Duration::from_millis(200),
-                max: Duration::from_secs(5),
-            },
-        };
-        let secret = settings
-            .client_secret
-            .clone()
-            .unwrap_or_else(|| SecretString::from(String::new()));
-        let url = format!("{uaa}/oauth/token");
-        let answer = api
-            .send("get a client-credentials token from the UAA", true, || {
-                api.http
-                    .post(&url)
-                    .basic_auth(&api.client_id, Some(secret.expose_secret()))
-                    .header(reqwest::header::ACCEPT, "application/json")
-                    .form(&[("grant_type", "client_credentials")])
-            })
-            .await?;
-        if matches!(answer.status, 400 | 401 | 403) {
-            bail!(
-                "{}: HTTP {}: {}; check cc.client_id ({}) and cc.client_secret",
-                answer.what,
-                answer.status,
-                errors_text(&answer.body),
-                api.client_id
-            );
-        }
-        let answer = api.expect(answer, &[200])?;
-        #[derive(Deserialize)]
-        struct Token {
-            access_token: SecretString,
-        }
-        let token: Token = serde_json::from_str(&answer.body)
-            .map_err(|e| anyhow!("{}: unexpected response: {e}", answer.what))?;
-        api.token = token.access_token;
-        Ok(api)
+        })
     }
 
-    /// `path` (or the path and query of a URL the CC gave) under `cc.api_url`.
-    fn url(&self, path: &str) -> String {
-        match reqwest::Url::parse(path) {
-            Ok(u) => match u.query() {
-                Some(q) => format!("{}{}?{q}", self.api_url, u.path()),
-                None => format!("{}{}", self.api_url, u.path()),
-            },
-            Err(_) => format!("{}{path}", self.api_url),
-        }
-    }
-
-    /// One authenticated call with an optional JSON body.
+    /// One authenticated call with an optional JSON body; with `retry`, again on transient
+    /// failures.
     async fn call(
         &self,
         what: &'static str,
@@ -497,60 +445,13 @@ impl Api {
         body: Option<&Value>,
         retry: bool,
     ) -> anyhow::Result<Answer> {
-        let url = self.url(path);
-        self.send(what, retry, || {
-            let r = self
-                .http
-                .request(method.clone(), &url)
-                .bearer_auth(self.token.expose_secret());
-            match body {
-                Some(b) => r.json(b),
-                None => r,
-            }
+        let answer = self.cc.call(what, method, path, body, retry).await?;
+        Ok(Answer {
+            what,
+            status: answer.status,
+            location: answer.location,
+            body: answer.body,
         })
-        .await
-    }
-
-    /// Sends what `build` makes; with `retry`, again on transport errors and 5xx/429/408.
-    async fn send(
-        &self,
-        what: &'static str,
-        retry: bool,
-        build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> anyhow::Result<Answer> {
-        let attempts = if retry { self.attempts } else { 1 };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let failure = match build().send().await {
-                Ok(r) => {
-                    let status = r.status().as_u16();
-                    let location = r
-                        .headers()
-                        .get(reqwest::header::LOCATION)
-                        .and_then(|l| l.to_str().ok())
-                        .map(String::from);
-                    let body = r.text().await.unwrap_or_default();
-                    let answer = Answer {
-                        what,
-                        status,
-                        location,
-                        body,
-                    };
-                    if !(status >= 500 || status == 429 || status == 408) {
-                        return Ok(answer);
-                    }
-                    anyhow!("{what}: HTTP {status}: {}", errors_text(&answer.body))
-                }
-                Err(e) => anyhow!("{what}: {}", e.without_url()),
-            };
-            if attempt >= attempts {
-                return Err(failure);
-            }
-            let wait = self.backoff.delay(attempt - 1);
-            tracing::debug!(error = %failure, attempt, "Cloud Controller call failed; retrying");
-            tokio::time::sleep(wait).await;
-        }
     }
 
     /// The answer if its status is one of `ok`, else an error saying what to do about it.
@@ -710,19 +611,6 @@ impl Api {
         }
         Ok(done)
     }
-}
-
-/// Percent-encodes a query value (names may hold spaces, `&`, `,`…).
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]

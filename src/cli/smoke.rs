@@ -31,6 +31,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::encode;
 use crate::cc::backoff::Backoff;
 use crate::config::Settings;
 
@@ -763,19 +764,6 @@ fn operation_query(reply: &Value) -> String {
         Some(op) => format!("&operation={}", encode(op)),
         None => String::new(),
     }
-}
-
-/// Percent-encodes a query value.
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn path_only(path: &str) -> &str {
