@@ -59,13 +59,11 @@ pub struct Timings {
 
 /// Runs the command: 0 with a backup in the archive, 1 when it failed, 2 when it could not run.
 pub fn main(mut settings: Settings, args: BackupArgs) -> ExitCode {
-    super::override_locations(
+    let Some(runtime) = super::start_local(
         &mut settings,
         args.data_dir.clone(),
         args.archive_url.clone(),
-    );
-    crate::telemetry::init(&settings.log);
-    let Some(runtime) = super::async_runtime() else {
+    ) else {
         return ExitCode::from(2);
     };
     match runtime.block_on(run(settings, &args.instance)) {

@@ -63,13 +63,11 @@ pub struct DrainReport {
 /// could not run. The report goes to stderr unless `--json` (a BOSH drain script's stdout is
 /// its answer to the director).
 pub fn main(mut settings: Settings, args: DrainArgs) -> ExitCode {
-    super::override_locations(
+    let Some(runtime) = super::start_local(
         &mut settings,
         args.data_dir.clone(),
         args.archive_url.clone(),
-    );
-    crate::telemetry::init(&settings.log);
-    let Some(runtime) = super::async_runtime() else {
+    ) else {
         return ExitCode::from(2);
     };
     let timeout = Duration::from_secs(

@@ -31,6 +31,19 @@ fn override_locations(
     }
 }
 
+/// The start a command on this machine's broker state shares: `--data-dir` and
+/// `--archive-url` over the settings, logging, and the async runtime (`None`, said on stderr,
+/// when it cannot start).
+fn start_local(
+    settings: &mut Settings,
+    data_dir: Option<PathBuf>,
+    archive_url: Option<String>,
+) -> Option<tokio::runtime::Runtime> {
+    override_locations(settings, data_dir, archive_url);
+    crate::telemetry::init(&settings.log);
+    async_runtime()
+}
+
 /// Percent-encodes a query value (names may hold spaces, `&`, `,`…).
 fn encode(value: &str) -> String {
     value

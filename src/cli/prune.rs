@@ -38,16 +38,14 @@ pub struct PruneArgs {
 /// Runs the command; exit 0 when every instance was handled, 1 when some failed, 2 when the
 /// pass could not run at all.
 pub fn main(mut settings: Settings, args: PruneArgs) -> ExitCode {
-    super::override_locations(
-        &mut settings,
-        args.data_dir.clone(),
-        args.archive_url.clone(),
-    );
     if let Some(c) = args.catalog.clone() {
         settings.catalog = Some(c);
     }
-    crate::telemetry::init(&settings.log);
-    let Some(runtime) = super::async_runtime() else {
+    let Some(runtime) = super::start_local(
+        &mut settings,
+        args.data_dir.clone(),
+        args.archive_url.clone(),
+    ) else {
         return ExitCode::from(2);
     };
     match runtime.block_on(run(settings, args.dry_run)) {

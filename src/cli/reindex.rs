@@ -44,13 +44,11 @@ pub struct ReindexArgs {
 /// Runs the command: 0 when every document was merged, 1 when some were unreadable or failed,
 /// 2 when the archive or the state database could not be opened.
 pub fn main(mut settings: Settings, args: ReindexArgs) -> ExitCode {
-    super::override_locations(
+    let Some(runtime) = super::start_local(
         &mut settings,
         args.data_dir.clone(),
         args.archive_url.clone(),
-    );
-    crate::telemetry::init(&settings.log);
-    let Some(runtime) = super::async_runtime() else {
+    ) else {
         return ExitCode::from(2);
     };
     match runtime.block_on(run(settings, args.dry_run, args.windows)) {
