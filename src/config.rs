@@ -40,6 +40,106 @@ pub struct Settings {
     pub backup: BackupSettings,
     /// The Cloud Controller, asked for instance names the platform did not send.
     pub cc: CcSettings,
+    /// The broker's agents (VMs that run the clusters); none: clusters run on the broker's VM.
+    pub agents: AgentsSettings,
+    /// This process as an agent (`wayback agent`).
+    pub agent: AgentSettings,
+}
+
+/// The agents the broker places instances on. Empty `urls`: the local runtime (clusters on the
+/// broker's own machine).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentsSettings {
+    /// `name=https://host:port` entries, comma separated. The name is recorded with each
+    /// instance placed there, so it must stay the same when the agent's address changes.
+    pub urls: Vec<AgentEndpoint>,
+    /// Basic-auth user name every agent accepts.
+    pub username: String,
+    pub password: Option<SecretString>,
+    /// PEM file of the CA (or self-signed certificate) the agents' TLS certificates chain to.
+    pub ca_cert: Option<PathBuf>,
+    pub connect_timeout_secs: u64,
+    /// The longest one ordinary call to an agent may take (backups and restores are polled).
+    pub request_timeout_secs: u64,
+}
+
+/// One agent: its stable name and its base URL.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AgentEndpoint {
+    pub name: String,
+    pub url: String,
+}
+
+impl Default for AgentsSettings {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            username: "wayback-agent".into(),
+            password: None,
+            ca_cert: None,
+            connect_timeout_secs: 5,
+            request_timeout_secs: 60,
+        }
+    }
+}
+
+/// `wayback agent`: the clusters of this VM behind an authenticated HTTP(S) API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSettings {
+    pub listen: SocketAddr,
+    pub username: String,
+    pub password: Option<SecretString>,
+    /// PEM certificate chain and private key; both unset: plain HTTP (tests and labs only).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Most instances this agent takes (also bounded by the port range).
+    pub max_instances: u32,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8443".parse().expect("static address"),
+            username: "wayback-agent".into(),
+            password: None,
+            tls_cert: None,
+            tls_key: None,
+            max_instances: 50,
+        }
+    }
+}
+
+/// Parses `name=url[,name=url…]`.
+pub fn parse_agent_list(v: &str) -> Result<Vec<AgentEndpoint>, String> {
+    let mut out: Vec<AgentEndpoint> = Vec::new();
+    for entry in v.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, url) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("{entry:?} is not name=URL"))?;
+        let (name, url) = (name.trim(), url.trim().trim_end_matches('/'));
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(format!(
+                "agent name {name:?} must be letters, digits, '-', '_' or '.'"
+            ));
+        }
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(format!("agent {name}: {url:?} is not an http(s) URL"));
+        }
+        if out.iter().any(|a| a.name == name) {
+            return Err(format!("agent name {name:?} appears twice"));
+        }
+        out.push(AgentEndpoint {
+            name: name.to_string(),
+            url: url.to_string(),
+        });
+    }
+    Ok(out)
 }
 
 /// The Cloud Controller v3 API and the UAA client it is reached with. Off while `api_url` is
@@ -254,6 +354,8 @@ impl Default for Settings {
             retention: RetentionSettings::default(),
             backup: BackupSettings::default(),
             cc: CcSettings::default(),
+            agents: AgentsSettings::default(),
+            agent: AgentSettings::default(),
         }
     }
 }
@@ -424,6 +526,18 @@ pub const ENV_VARS: &[EnvVar] = &[
     env_var!("WAYBACK_CC_REQUEST_TIMEOUT_SECS", "cc.request_timeout_secs", "15", "Seconds one request to the CC or UAA may take.", |s, v| s.cc.request_timeout_secs = parse(v)?),
     env_var!("WAYBACK_CC_ATTEMPTS", "cc.attempts", "3", "Attempts of one CC or UAA call that fails transiently (5xx, 429, timeout), with jittered backoff between them.", |s, v| s.cc.attempts = parse(v)?),
     env_var!("WAYBACK_CC_RECONCILE_INTERVAL_SECS", "cc.reconcile_interval_secs", "600", "How often the names of live instances are refreshed from the CC (a rename seen only there is recorded).", |s, v| s.cc.reconcile_interval_secs = parse(v)?),
+    env_var!("WAYBACK_AGENTS", "agents.urls", "none (clusters run on the broker's machine)", "The agents instances are placed on: `name=https://host:port` entries, comma separated (in the TOML file: a list of `{ name, url }` tables). Each new instance goes to the reachable agent with the most free room; the name is recorded with the instance, so keep it when an address changes.", |s, v| s.agents.urls = parse_agent_list(v)?),
+    env_var!("WAYBACK_AGENTS_USERNAME", "agents.username", "wayback-agent", "Basic-auth user name the broker presents to its agents.", |s, v| s.agents.username = v.trim().to_string()),
+    env_var!("WAYBACK_AGENTS_PASSWORD", "agents.password", "none", "Basic-auth password the broker presents to its agents (secret).", |s, v| s.agents.password = non_empty(v).map(SecretString::from)),
+    env_var!("WAYBACK_AGENTS_CA_CERT", "agents.ca_cert", "the system's roots", "PEM file of the CA the agents' TLS certificates are issued by.", |s, v| s.agents.ca_cert = non_empty(v).map(PathBuf::from)),
+    env_var!("WAYBACK_AGENTS_CONNECT_TIMEOUT_SECS", "agents.connect_timeout_secs", "5", "Seconds to connect to an agent.", |s, v| s.agents.connect_timeout_secs = parse(v)?),
+    env_var!("WAYBACK_AGENTS_REQUEST_TIMEOUT_SECS", "agents.request_timeout_secs", "60", "Seconds one call to an agent may take (backups and restores run on the agent and are polled).", |s, v| s.agents.request_timeout_secs = parse(v)?),
+    env_var!("WAYBACK_AGENT_LISTEN", "agent.listen", "127.0.0.1:8443", "`wayback agent`: address and port of the agent's API.", |s, v| s.agent.listen = parse(v)?),
+    env_var!("WAYBACK_AGENT_USERNAME", "agent.username", "wayback-agent", "`wayback agent`: basic-auth user name the broker must present.", |s, v| s.agent.username = v.trim().to_string()),
+    env_var!("WAYBACK_AGENT_PASSWORD", "agent.password", "none (required)", "`wayback agent`: basic-auth password the broker must present (secret).", |s, v| s.agent.password = non_empty(v).map(SecretString::from)),
+    env_var!("WAYBACK_AGENT_TLS_CERT", "agent.tls_cert", "none (plain HTTP)", "`wayback agent`: PEM certificate chain served on `agent.listen`; with `agent.tls_key`.", |s, v| s.agent.tls_cert = non_empty(v).map(PathBuf::from)),
+    env_var!("WAYBACK_AGENT_TLS_KEY", "agent.tls_key", "none (plain HTTP)", "`wayback agent`: PEM private key of `agent.tls_cert`.", |s, v| s.agent.tls_key = non_empty(v).map(PathBuf::from)),
+    env_var!("WAYBACK_AGENT_MAX_INSTANCES", "agent.max_instances", "50", "`wayback agent`: most instances this agent takes (the broker places no more there); also bounded by the port range.", |s, v| s.agent.max_instances = parse(v)?),
     env_var!("WAYBACK_LOG_FORMAT", "log.format", "plain", "`plain` or `json`.", |s, v| s.log.format = match v.trim() { "plain" => LogFormat::Plain, "json" => LogFormat::Json, _ => return Err("expected plain or json".into()) }),
     env_var!("WAYBACK_LOG", "log.level", "info", "Log filter, e.g. `info` or `wayback=debug,info`.", |s, v| s.log.level = v.trim().to_string()),
     env_var!("WAYBACK_HTTP_MAX_BODY_BYTES", "http.max_body_bytes", "262144", "Largest request body the broker accepts.", |s, v| s.http.max_body_bytes = parse(v)?),
@@ -524,6 +638,29 @@ impl Settings {
         }
         if self.http.max_body_bytes < 1024 {
             return invalid("http.max_body_bytes", "must be at least 1024");
+        }
+        if !self.agents.urls.is_empty() {
+            if self.agents.password.is_none() {
+                return invalid(
+                    "agents.password",
+                    "agents.urls is set: the agents' basic-auth password is needed too",
+                );
+            }
+            if self.agents.username.is_empty() {
+                return invalid("agents.username", "must not be empty");
+            }
+            if self.agents.request_timeout_secs == 0 || self.agents.connect_timeout_secs == 0 {
+                return invalid("agents.request_timeout_secs", "timeouts must be at least 1");
+            }
+        }
+        if self.agent.tls_cert.is_some() != self.agent.tls_key.is_some() {
+            return invalid(
+                "agent.tls_cert",
+                "agent.tls_cert and agent.tls_key go together: set both or neither",
+            );
+        }
+        if self.agent.max_instances == 0 {
+            return invalid("agent.max_instances", "must be at least 1");
         }
         if self.cc.api_url.is_some() {
             if self.cc.client_id.is_empty() || self.cc.client_secret.is_none() {

@@ -73,6 +73,24 @@ impl LocalRuntime {
         self.layout.dirs(id)
     }
 
+    /// Every instance with a cluster directory on this machine (finished or not), sorted.
+    pub fn cluster_ids(&self) -> Vec<InstanceId> {
+        let mut ids: Vec<InstanceId> = std::fs::read_dir(self.layout.clusters())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| InstanceId::parse(e.file_name().to_string_lossy().as_ref()).ok())
+            .collect();
+        ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        ids
+    }
+
+    /// The archive target the cluster's `wal-push` uses (`<cluster>/archive.json`), if any.
+    pub fn archive_target(&self, id: &InstanceId) -> Option<crate::archive::ArchiveTarget> {
+        crate::archive::ArchiveTarget::load(&self.layout.cluster(id).join("archive.json")).ok()
+    }
+
     fn timeout(&self) -> Duration {
         Duration::from_secs(self.settings.start_timeout_secs.max(1))
     }
