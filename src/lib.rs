@@ -3,6 +3,8 @@
 //! An Open Service Broker (OSB API v2.17) that gives every service instance its own PostgreSQL
 //! cluster. The crate map, one line per module (see `../shared/DESIGN.md` for the picture):
 
+/// `wayback agent`: one VM's clusters behind an authenticated HTTP(S) API for the broker.
+pub mod agent;
 /// Wayback's own read-only API (`/wayback/v1`) for the CLI: bearer UAA tokens, space checks.
 pub mod api;
 /// WAL archiving: `wal-push` / `wal-fetch`, the archive's layout and object format.

@@ -87,6 +87,8 @@ enum Command {
     /// Before this machine stops: complete every running instance's current WAL segment and
     /// wait until it is archived, so that everything committed so far is in the archive.
     Drain(wayback::cli::drain::DrainArgs),
+    /// Run this VM's clusters for a broker: the agent API (agent.*) over the local runtime.
+    Agent,
 }
 
 fn main() -> ExitCode {
@@ -106,6 +108,7 @@ fn main() -> ExitCode {
         Command::RegisterBroker(args) => wayback::cli::register::main(settings, args),
         Command::SmokeTest(args) => wayback::cli::smoke::main(settings, args),
         Command::Drain(args) => wayback::cli::drain::main(settings, args),
+        Command::Agent => wayback::agent::main(settings),
         Command::ConfigReference => {
             print!("{}", Settings::reference_markdown());
             ExitCode::SUCCESS

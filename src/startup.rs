@@ -168,6 +168,37 @@ pub struct Application {
     shutdown: CancellationToken,
 }
 
+/// The runtime the settings ask for: agents when `agents.urls` lists any (instances not yet
+/// seen are looked up in `store`), else clusters on this machine under `data_dir`.
+pub fn build_runtime(
+    settings: &Settings,
+    data_dir: &std::path::Path,
+    store: &crate::store::Store,
+) -> anyhow::Result<Runtime> {
+    if settings.agents.urls.is_empty() {
+        return Ok(Runtime::Local(Arc::new(LocalRuntime::new(
+            data_dir.to_path_buf(),
+            settings.postgres.clone(),
+        ))));
+    }
+    let remote = crate::runtime::RemoteRuntime::new(&settings.agents)?;
+    let store = store.clone();
+    remote.set_resolver(Box::new(move |id| {
+        let store = store.clone();
+        Box::pin(async move {
+            match store.get_instance(&id).await {
+                Ok(record) => record.and_then(|r| r.agent),
+                Err(e) => {
+                    tracing::warn!(instance = %id, error = %e, "cannot look up the instance's agent");
+                    None
+                }
+            }
+        })
+    }));
+    tracing::info!(agents = ?remote.agent_names(), "clusters run on agents");
+    Ok(Runtime::Remote(Arc::new(remote)))
+}
+
 impl Application {
     /// Validates settings, opens the store (running migrations), prepares the runtime and
     /// binds the listener. Nothing runs until [`Application::run_until_stopped`].
@@ -179,10 +210,7 @@ impl Application {
         let catalog = Arc::new(Catalog::load(settings.catalog.as_deref())?);
         let password = broker_password(&settings, &data_dir)?;
         let (store, _) = open_state_store(&settings, &data_dir).await?;
-        let runtime = Runtime::Local(Arc::new(LocalRuntime::new(
-            data_dir.clone(),
-            settings.postgres.clone(),
-        )));
+        let runtime = build_runtime(&settings, &data_dir, &store)?;
         runtime
             .prepare()
             .await
@@ -357,7 +385,7 @@ impl Application {
 /// (a hard link, or a copy across file systems). PostgreSQL runs archive_command as that user,
 /// and the binary's own location (a build tree under /root, say) may be closed to it. Renewed
 /// at every start, so an upgraded broker archives with the new binary.
-fn stage_binary(binary: &Path, data_dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+pub(crate) fn stage_binary(binary: &Path, data_dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     let dir = data_dir.join("bin");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;

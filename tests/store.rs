@@ -29,6 +29,8 @@ fn instance(id: &str) -> InstanceRecord {
         created_at: now,
         updated_at: now,
         deleted_at: None,
+        agent: None,
+        agent_host: None,
     }
 }
 
@@ -123,7 +125,25 @@ async fn suite(store: Store) {
         store.set_instance_port(&i2.id, Some(41000)).await,
         Err(StoreError::Conflict(_))
     ));
-    assert_eq!(store.used_ports().await.unwrap(), vec![41000]);
+    assert_eq!(store.used_ports("").await.unwrap(), vec![41000]);
+    // Each agent has the whole range: the same port on another machine is no conflict.
+    store
+        .set_instance_agent(&i2.id, "agent-b", "10.0.0.7")
+        .await
+        .unwrap();
+    store.set_instance_port(&i2.id, Some(41000)).await.unwrap();
+    assert_eq!(store.used_ports("agent-b").await.unwrap(), vec![41000]);
+    let placed = store.get_instance(&i2.id).await.unwrap().unwrap();
+    assert_eq!(placed.agent.as_deref(), Some("agent-b"));
+    assert_eq!(placed.agent_host.as_deref(), Some("10.0.0.7"));
+    assert_eq!(
+        store.instances_per_agent().await.unwrap().get("agent-b"),
+        Some(&1)
+    );
+    assert_eq!(
+        store.instance_agents().await.unwrap(),
+        vec![(i2.id.clone(), "agent-b".to_string())]
+    );
 
     // Jobs: one claimer at a time; the lease excludes others until it lapses.
     let a = store

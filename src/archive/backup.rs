@@ -67,8 +67,22 @@ pub struct BackupOptions {
     pub reason: String,
 }
 
+impl BackupOptions {
+    /// The options the settings give, for a backup taken for `reason`.
+    pub fn from_settings(s: &crate::config::Settings, reason: &str) -> Self {
+        Self {
+            compression_level: s.backup.compression_level,
+            part_bytes: s.backup.part_bytes,
+            uploads_in_flight: s.backup.uploads_in_flight,
+            stream_timeout: Duration::from_secs(s.backup.stream_timeout_secs),
+            archive_wait: Duration::from_secs(s.wal.final_archive_timeout_secs),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// Where the time went, in milliseconds.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct BackupTimings {
     pub stream_ms: u64,
     pub archive_wait_ms: u64,

@@ -34,6 +34,14 @@ impl InstancePrefix {
         }
     }
 
+    /// The prefix an archive target names (`spaces/<space>/instances/<instance>`, nothing
+    /// more): `None` for anything else, so a key built from it cannot leave the prefix.
+    pub fn parse(prefix: &str) -> Option<Self> {
+        let (space, instance) = Self::from_key(prefix)?;
+        let parsed = Self::new(&space, &instance);
+        (parsed.0 == prefix).then_some(parsed)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -193,6 +201,25 @@ mod tests {
             ))
         );
         assert_eq!(InstancePrefix::from_key("other/s1/instances/i1/x"), None);
+    }
+
+    #[test]
+    fn a_prefix_parses_back_and_nothing_else_does() {
+        let p = InstancePrefix::new(
+            &SpaceGuid::parse("s1").unwrap(),
+            &InstanceId::parse("i1").unwrap(),
+        );
+        assert_eq!(InstancePrefix::parse(p.as_str()), Some(p));
+        for bad in [
+            "spaces/s1/instances/i1/",
+            "spaces/s1/instances/i1/wal",
+            "spaces/s1/instances",
+            "spaces/s1/instances/../x",
+            "other/s1/instances/i1",
+            "",
+        ] {
+            assert_eq!(InstancePrefix::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -64,8 +64,13 @@ impl Broker {
         let port = instance
             .port
             .ok_or_else(|| anyhow::anyhow!("ready instance {} without port", instance.id))?;
+        // On an agent, the host that agent advertises; else the broker's own.
+        let host = instance
+            .agent_host
+            .as_deref()
+            .unwrap_or(&self.advertise_host);
         Ok(Credentials::new(
-            &self.advertise_host,
+            host,
             port,
             &instance.database_name,
             &binding.role_name,

@@ -203,6 +203,8 @@ impl Broker {
             created_at: now,
             updated_at: now,
             deleted_at: None,
+            agent: None,
+            agent_host: None,
         };
         let op = OperationRecord {
             id: operation.clone(),

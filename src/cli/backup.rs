@@ -20,7 +20,7 @@ use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::domain::{InstanceId, InstanceState, SpaceGuid};
 use crate::jobs::{JobContext, Worker};
-use crate::runtime::{ArchiveCommand, LocalRuntime, Runtime};
+use crate::runtime::ArchiveCommand;
 use crate::storage::ObjectStore;
 
 /// The command line of `wayback backup`.
@@ -130,10 +130,7 @@ pub async fn run(settings: Settings, instance: &str) -> anyhow::Result<BackupOut
     };
     let ctx = Arc::new(JobContext {
         store: store.clone(),
-        runtime: Runtime::Local(Arc::new(LocalRuntime::new(
-            data_dir,
-            settings.postgres.clone(),
-        ))),
+        runtime: crate::startup::build_runtime(&settings, &data_dir, &store)?,
         catalog: Arc::new(Catalog::load(settings.catalog.as_deref())?),
         archive_command: ArchiveCommand {
             wayback_bin,

@@ -203,7 +203,17 @@ impl Worker {
                     let attempts = job.attempts + 1;
                     if attempts >= self.ctx.settings.jobs.max_attempts {
                         tracing::error!(parent: &span, step = %job.step, error = format!("{e:#}"), "step failed {attempts} times; giving up");
-                        let msg = format!("{} failed repeatedly", kind.describe(&job));
+                        let mut msg = format!("{} failed repeatedly", kind.describe(&job));
+                        // Which machine is missing is what the user and operator need to know
+                        // (nothing else of the error: it may hold paths).
+                        if let Some(crate::runtime::RuntimeError::Unreachable { agent, .. }) =
+                            e.downcast_ref::<crate::runtime::RuntimeError>()
+                        {
+                            msg.push_str(&format!(
+                                ": the database VM (agent {agent}) does not answer; ask your \
+                                 operator to bring it back, then try again"
+                            ));
+                        }
                         self.finish(&job, kind, OperationState::Failed, Some(msg))
                             .await;
                         return;

@@ -31,7 +31,8 @@ use crate::domain::InstanceId;
 use crate::pg::ctl;
 use crate::pg::fsutil::{self, Owner};
 use crate::pg::{conf, initdb, scram, Binaries, ClusterDirs, PgError, RunAs, Tools};
-pub use clone::RestoreSlot;
+pub use backup::BackupFailure;
+pub use clone::{CloneRestore, CloneRestoreError, RestoreSlot};
 use layout::Layout;
 
 fn rt(e: PgError) -> RuntimeError {

@@ -1,10 +1,13 @@
-//! Where clusters live. Today: [`LocalRuntime`], clusters on this machine run by the `pg`
-//! driver. Later a remote runtime (agents over HTTP) implements the same calls.
+//! Where clusters live: [`LocalRuntime`], clusters on this machine run by the `pg` driver, or
+//! [`RemoteRuntime`], clusters on agents (`wayback agent`, which runs a `LocalRuntime`) reached
+//! over their HTTP API ([`wire`]).
 //!
 //! Every call is idempotent — a job step that crashed half-way is simply run again — and takes
 //! only domain types. Must not import `osb`, `broker`, `store` or `jobs`.
 
 mod local;
+mod remote;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +15,8 @@ use std::sync::Arc;
 use secrecy::SecretString;
 
 use crate::domain::InstanceId;
-pub use local::{LocalRuntime, RestoreSlot};
+pub use local::{BackupFailure, CloneRestore, CloneRestoreError, LocalRuntime, RestoreSlot};
+pub use remote::{status_text, ArchiverStatsBody, BackupAnswer, Placement, RemoteRuntime};
 
 /// What a cluster should look like.
 #[derive(Debug, Clone)]
@@ -80,6 +84,19 @@ pub enum RuntimeError {
     PortInUse(u16),
     #[error(transparent)]
     Pg(#[from] crate::pg::PgError),
+    /// The agent answered with an error.
+    #[error("agent {agent}: {message}")]
+    Agent {
+        agent: String,
+        message: String,
+        permanent: bool,
+    },
+    /// The agent did not answer (down, unreachable, or too slow).
+    #[error("agent {agent} did not answer: {message}")]
+    Unreachable { agent: String, message: String },
+    /// Agents are configured, but no agent is recorded for the instance.
+    #[error("instance {0} is not placed on any agent")]
+    NotPlaced(String),
 }
 
 impl RuntimeError {
@@ -88,6 +105,9 @@ impl RuntimeError {
         match self {
             RuntimeError::PortInUse(_) => false,
             RuntimeError::Pg(e) => e.is_permanent(),
+            RuntimeError::Agent { permanent, .. } => *permanent,
+            RuntimeError::Unreachable { .. } => false,
+            RuntimeError::NotPlaced(_) => true,
         }
     }
 }
@@ -96,17 +116,25 @@ impl RuntimeError {
 #[derive(Clone)]
 pub enum Runtime {
     Local(Arc<LocalRuntime>),
+    Remote(Arc<RemoteRuntime>),
 }
 
 macro_rules! dispatch {
     ($self:ident, $rt:ident => $call:expr) => {
         match $self {
             Runtime::Local($rt) => $call,
+            Runtime::Remote($rt) => $call,
         }
     };
 }
 
 impl Runtime {
+    /// Records the agent an instance lives on (from its store record); nothing locally.
+    pub fn assign(&self, id: &InstanceId, agent: Option<&str>) {
+        if let (Runtime::Remote(r), Some(agent)) = (self, agent) {
+            r.assign(id, agent);
+        }
+    }
     /// Start-up checks and preparation (binaries, OS user, directories, template).
     pub async fn prepare(&self) -> Result<(), RuntimeError> {
         dispatch!(self, rt => rt.prepare().await)
@@ -136,13 +164,6 @@ impl Runtime {
     /// Completes the current WAL segment (a no-op when nothing was written since the last one).
     pub async fn switch_wal(&self, id: &InstanceId) -> Result<String, RuntimeError> {
         dispatch!(self, rt => rt.switch_wal(id).await)
-    }
-    /// What the archive needs to take a base backup of the running cluster.
-    pub async fn backup_source(
-        &self,
-        id: &InstanceId,
-    ) -> Result<crate::archive::BackupSource, RuntimeError> {
-        dispatch!(self, rt => rt.backup_source(id).await)
     }
     /// The current WAL position and the databases' total size.
     pub async fn wal_position(&self, id: &InstanceId) -> Result<WalPosition, RuntimeError> {
@@ -197,19 +218,6 @@ impl Runtime {
         owner_role: &str,
     ) -> Result<(), RuntimeError> {
         dispatch!(self, rt => rt.create_login_role(id, role, password, owner_role).await)
-    }
-    /// An empty data directory for the restore engine, or None when a restore finished there.
-    pub async fn prepare_restore(
-        &self,
-        id: &InstanceId,
-        port: u16,
-        archive: &crate::archive::ArchiveTarget,
-    ) -> Result<Option<RestoreSlot>, RuntimeError> {
-        dispatch!(self, rt => rt.prepare_restore(id, port, archive).await)
-    }
-    /// Records that a restore into the instance's data directory finished.
-    pub fn mark_restored(&self, id: &InstanceId) -> Result<(), RuntimeError> {
-        dispatch!(self, rt => rt.mark_restored(id))
     }
     /// Switches WAL; (LSN, the segment to wait for in the archive).
     pub async fn switch_wal_segment(

@@ -245,11 +245,66 @@ impl Store {
         Ok(())
     }
 
-    /// Ports held by instances (live or in flight).
-    pub async fn used_ports(&self) -> Result<Vec<u16>, StoreError> {
-        let rows: Vec<(i64,)> = sqlx::query_as("SELECT port FROM instances WHERE port IS NOT NULL")
-            .fetch_all(&self.pool)
-            .await?;
+    /// Records the agent an instance was placed on, and the host its bindings name.
+    pub async fn set_instance_agent(
+        &self,
+        id: &InstanceId,
+        agent: &str,
+        host: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE instances SET agent = $1, agent_host = $2, updated_at = $3 WHERE id = $4",
+        )
+        .bind(agent)
+        .bind(host)
+        .bind(now_millis())
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Instances per agent that hold (or are getting) a cluster there: every state but deleted.
+    pub async fn instances_per_agent(
+        &self,
+    ) -> Result<std::collections::HashMap<String, usize>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT agent, COUNT(*) FROM instances WHERE state <> 'deleted' AND agent <> '' GROUP BY agent",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(a, n)| (a, usize::try_from(n).unwrap_or(0)))
+            .collect())
+    }
+
+    /// (instance, agent) of every instance placed on an agent, deleted ones included (their
+    /// archive may still be read, and a deprovision in flight still reaches the agent).
+    pub async fn instance_agents(&self) -> Result<Vec<(InstanceId, String)>, StoreError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, agent FROM instances WHERE agent <> ''")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(id, agent)| {
+                InstanceId::parse(id.clone())
+                    .map(|i| (i, agent))
+                    .map_err(|e| StoreError::Corrupt {
+                        id: id.clone(),
+                        message: e.to_string(),
+                    })
+            })
+            .collect()
+    }
+
+    /// Ports held on one machine (`agent`; "" = the broker's own) by live or in-flight instances.
+    pub async fn used_ports(&self, agent: &str) -> Result<Vec<u16>, StoreError> {
+        let rows: Vec<(i64,)> =
+            sqlx::query_as("SELECT port FROM instances WHERE port IS NOT NULL AND agent = $1")
+                .bind(agent)
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows
             .into_iter()
             .filter_map(|(p,)| u16::try_from(p).ok())

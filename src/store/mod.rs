@@ -91,6 +91,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed(include_str!("../../migrations/0004_archive_retention.sql")),
             false,
         ),
+        Migration::new(
+            5,
+            Cow::Borrowed("agents"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0005_agents.sql")),
+            false,
+        ),
     ];
     Migrator {
         migrations: Cow::Owned(migrations),

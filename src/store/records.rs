@@ -26,6 +26,10 @@ pub struct InstanceRecord {
     pub created_at: i64,
     pub updated_at: i64,
     pub deleted_at: Option<i64>,
+    /// The agent running the cluster (None: the broker's own machine) and the host binding
+    /// credentials name there.
+    pub agent: Option<String>,
+    pub agent_host: Option<String>,
 }
 
 /// One name an instance had, from `recorded_at` on.
@@ -155,6 +159,8 @@ impl InstanceRecord {
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
             deleted_at: row.try_get("deleted_at")?,
+            agent: Some(row.try_get::<String, _>("agent")?).filter(|a| !a.is_empty()),
+            agent_host: row.try_get("agent_host")?,
             id: instance_id(&id, id.clone())?,
         })
     }

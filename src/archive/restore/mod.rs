@@ -230,6 +230,25 @@ pub enum RestoreError {
     Verify { pgdata: String, detail: String },
 }
 
+impl RestoreError {
+    /// Storage trouble may pass (the restore is tried again); nothing else will.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, RestoreError::Storage(_) | RestoreError::Archive(_))
+    }
+
+    /// What the platform's user reads about it (no paths, no server log).
+    pub fn user_message(&self) -> String {
+        match self {
+            RestoreError::NoBackup { .. } | RestoreError::OutsideWindow { .. } => self.to_string(),
+            RestoreError::RecoveryFailed { .. } => {
+                "replaying the source's WAL failed; the operator's log has the server's messages"
+                    .into()
+            }
+            _ => "the restore from the source's archive failed; the operator's log says why".into(),
+        }
+    }
+}
+
 fn fmt_window(earliest: &DateTime<Utc>, latest: &Option<DateTime<Utc>>) -> String {
     match latest {
         Some(l) if l >= earliest => format!(

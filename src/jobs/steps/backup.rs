@@ -19,7 +19,7 @@ use crate::archive::{ArchiveError, BackupOptions, BackupReport};
 use crate::catalog::ArchivePolicy;
 use crate::domain::{InstanceId, InstanceState, SpaceGuid};
 use crate::jobs::{payload_str, JobContext, Outcome, StepError, StepResult};
-use crate::runtime::WalPosition;
+use crate::runtime::{BackupFailure, Runtime, RuntimeError, WalPosition};
 use crate::store::{now_millis, BackupRecord, InstanceRecord, JobRecord, NewJob};
 
 pub const TAKE_BACKUP: &str = "take_backup";
@@ -147,15 +147,7 @@ pub async fn take_and_record(
 
 /// The options the settings give.
 pub fn options(ctx: &JobContext, reason: &str) -> BackupOptions {
-    let s = &ctx.settings;
-    BackupOptions {
-        compression_level: s.backup.compression_level,
-        part_bytes: s.backup.part_bytes,
-        uploads_in_flight: s.backup.uploads_in_flight,
-        stream_timeout: Duration::from_secs(s.backup.stream_timeout_secs),
-        archive_wait: Duration::from_secs(s.wal.final_archive_timeout_secs),
-        reason: reason.to_string(),
-    }
+    BackupOptions::from_settings(&ctx.settings, reason)
 }
 
 async fn take(
@@ -165,26 +157,56 @@ async fn take(
 ) -> Result<BackupReport, StepError> {
     let space = SpaceGuid::parse(instance.space_guid.clone()).map_err(StepError::transient)?;
     let prefix = InstancePrefix::new(&space, &instance.id);
-    let source = ctx.runtime.backup_source(&instance.id).await?;
-    crate::archive::take_backup(&source, &ctx.archive, &prefix, &options(ctx, reason))
-        .await
-        .map_err(|e| {
-            let permanent = matches!(
-                e,
-                ArchiveError::Backup {
-                    permanent: true,
-                    ..
-                }
-            );
-            if permanent {
-                StepError::Permanent {
-                    user_message: e.to_string(),
-                    source: e.into(),
-                }
-            } else {
-                StepError::Transient(e.into())
-            }
-        })
+    let options = options(ctx, reason);
+    match &ctx.runtime {
+        Runtime::Local(rt) => rt
+            .take_backup(&instance.id, &ctx.archive, &prefix, &options)
+            .await
+            .map_err(|e| match e {
+                BackupFailure::Runtime(e) => e.into(),
+                BackupFailure::Archive(e) => archive_error(e),
+            }),
+        Runtime::Remote(remote) => {
+            // The agent streams, uploads and waits for the end segment itself.
+            let timeout = options.stream_timeout + options.archive_wait + Duration::from_secs(60);
+            let answer = remote
+                .take_backup(&instance.id, prefix.as_str(), reason, timeout)
+                .await
+                .map_err(|e| match e {
+                    RuntimeError::Agent {
+                        permanent: true,
+                        ref message,
+                        ..
+                    } => StepError::Permanent {
+                        user_message: message.clone(),
+                        source: e.into(),
+                    },
+                    other => other.into(),
+                })?;
+            Ok(BackupReport {
+                manifest: answer.manifest,
+                timings: answer.timings,
+            })
+        }
+    }
+}
+
+fn archive_error(e: ArchiveError) -> StepError {
+    let permanent = matches!(
+        e,
+        ArchiveError::Backup {
+            permanent: true,
+            ..
+        }
+    );
+    if permanent {
+        StepError::Permanent {
+            user_message: e.to_string(),
+            source: e.into(),
+        }
+    } else {
+        StepError::Transient(e.into())
+    }
 }
 
 #[cfg(test)]

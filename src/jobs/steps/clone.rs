@@ -17,20 +17,20 @@
 //!
 //! The resolved source is in the job payload under `clone` (written by the broker's check).
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use crate::archive::layout::{InstancePrefix, WalFileName};
-use crate::archive::restore::{
-    restore, RestoreError, RestorePhase, RestoreProgress, RestoreRequest, RestoreTarget,
-};
+use crate::archive::restore::{RestoreError, RestorePhase, RestoreProgress, RestoreTarget};
 use crate::archive::ArchiveTarget;
 use crate::domain::{InstanceId, OperationState, SpaceGuid};
 use crate::jobs::{JobContext, Outcome, StepError, StepResult};
-use crate::runtime::ClusterStatus;
+use crate::runtime::wire::RestoreBody;
+use crate::runtime::{
+    CloneRestore, CloneRestoreError, ClusterStatus, RemoteRuntime, Runtime, RuntimeError,
+};
 use crate::store::{InstanceRecord, JobRecord};
 
 pub const FORK: &str = "clone_fork";
@@ -144,9 +144,29 @@ async fn fork(ctx: &JobContext, job: &JobRecord) -> StepResult {
     let Some(record) = ctx.store.get_instance(&src.id).await? else {
         return Ok(Outcome::Next(RESTORE));
     };
+    ctx.runtime.assign(&src.id, record.agent.as_deref());
     // A source stopped or deleted since the PUT has archived what it had; restore that.
-    if !record.state.is_live() || ctx.runtime.status(&src.id).await? != ClusterStatus::Running {
+    if !record.state.is_live() {
         return Ok(Outcome::Next(RESTORE));
+    }
+    match ctx.runtime.status(&src.id).await {
+        Ok(ClusterStatus::Running) => {}
+        Ok(_) => return Ok(Outcome::Next(RESTORE)),
+        // The source's agent is gone (its VM lost, say): what it archived is all there is.
+        Err(e @ (RuntimeError::Unreachable { .. } | RuntimeError::NotPlaced(_))) => {
+            tracing::warn!(source = %src.id, error = %e, "the source's cluster cannot be reached; cloning what its archive holds");
+            progress_text(
+                ctx,
+                job,
+                &format!(
+                    "Cloning {}: the source's agent does not answer; restoring everything it archived",
+                    crate::broker::clone::describe(&job.payload)
+                ),
+            )
+            .await;
+            return Ok(Outcome::Next(RESTORE));
+        }
+        Err(e) => return Err(e.into()),
     }
     progress_text(
         ctx,
@@ -177,121 +197,215 @@ async fn restore_step(ctx: &JobContext, job: &JobRecord, instance: &InstanceReco
     let port = instance
         .port
         .ok_or_else(|| StepError::transient(anyhow::anyhow!("instance has no port yet")))?;
-    let own = ArchiveTarget::for_instance(&ctx.settings, &space, &instance.id);
-    let Some(slot) = ctx
-        .runtime
-        .prepare_restore(&instance.id, port, &own)
-        .await?
-    else {
-        return Ok(Outcome::Next(super::instance::CREATE_CLUSTER));
-    };
     let archive_timeout_secs = ctx
         .catalog
         .plan(&instance.service_id, &instance.plan_id)
         .and_then(|p| p.archive.archive_interval_secs)
         .unwrap_or(ctx.archive_command.archive_timeout_secs);
+    let source_prefix = InstancePrefix::new(&space, &src.id);
+    let from = crate::broker::clone::describe(&job.payload);
+    let rt = match &ctx.runtime {
+        Runtime::Local(rt) => rt.clone(),
+        Runtime::Remote(remote) => {
+            return restore_on_agent(
+                ctx,
+                job,
+                instance,
+                remote,
+                RestoreBody {
+                    port,
+                    prefix: InstancePrefix::new(&space, &instance.id)
+                        .as_str()
+                        .to_string(),
+                    source_prefix: source_prefix.as_str().to_string(),
+                    source_system_identifier: src.system_identifier,
+                    point_in_time: match src.target {
+                        RestoreTarget::Latest => None,
+                        RestoreTarget::PointInTime(t) => Some(t),
+                    },
+                    archive_timeout_secs,
+                },
+                src.target,
+            )
+            .await
+        }
+    };
     let progress = Arc::new(RestoreProgress::default());
-    let req = RestoreRequest {
+    let c = CloneRestore {
         store: ctx.archive.clone(),
         storage: crate::archive::target::capture_environment(&ctx.settings.archive),
-        source: InstancePrefix::new(&space, &src.id),
+        source: source_prefix,
         system_identifier: src.system_identifier,
         target: src.target,
-        dirs: slot.dirs.clone(),
         port,
-        listen_address: slot.listen_address.clone(),
-        tools: slot.tools.clone(),
+        own: ArchiveTarget::for_instance(&ctx.settings, &space, &instance.id),
         wayback_bin: ctx.archive_command.wayback_bin.clone(),
-        target_file: slot.target_file.clone(),
-        archive: Some(own),
         archive_timeout_secs,
         fetch_ahead: ctx.settings.wal.fetch_ahead,
-        fetch_retry_secs: 60,
-        parallel: 4,
-        superuser_verifier: Some(slot.superuser_verifier.clone()),
-        progress: Some(progress.clone()),
+        progress: progress.clone(),
     };
-    let watch = watch_phases(ctx, job, &slot.dirs.pgdata, &progress, src.target);
-    // On a blocking thread of its own: the engine's future is not `Send` for every lifetime (a
-    // known compiler limit with borrowed streams), and the worker spawns its job futures.
-    let handle = tokio::runtime::Handle::current();
-    let run = tokio::task::spawn_blocking(move || handle.block_on(restore(&req)));
+    let watch = async {
+        let mut shown = String::new();
+        let mut replay_seen = false;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let view = RestoreView::of(&progress, rt.recovering(&instance.id));
+            let text = phase_text(&from, &view, &mut replay_seen, src.target);
+            if text != shown {
+                progress_text(ctx, job, &text).await;
+                shown = text;
+            }
+        }
+    };
     let result = tokio::select! {
-        r = run => r.map_err(|e| StepError::transient(anyhow::anyhow!("the restore task ended: {e}")))?,
+        r = rt.restore_clone(&instance.id, c) => r,
         () = watch => unreachable!("the watcher never ends"),
     };
     match result {
-        Ok(report) => {
+        Ok(Some(report)) => {
             tracing::info!(instance = %instance.id, source = %src.id, backup = %report.backup_id, timeline = report.timeline, secs = report.total_secs, "clone restored");
-            ctx.runtime.mark_restored(&instance.id)?;
             Ok(Outcome::Next(super::instance::CREATE_CLUSTER))
         }
-        Err(e @ (RestoreError::Storage(_) | RestoreError::Archive(_))) => {
-            Err(StepError::Transient(e.into()))
-        }
-        Err(e) => Err(StepError::Permanent {
-            user_message: user_message(&e),
+        Ok(None) => Ok(Outcome::Next(super::instance::CREATE_CLUSTER)),
+        Err(CloneRestoreError::Runtime(e)) => Err(e.into()),
+        Err(CloneRestoreError::Restore(e)) => Err(restore_error(e)),
+    }
+}
+
+/// A restore error as the step reports it: storage trouble is retried, the rest fails the
+/// operation with what the user may read.
+fn restore_error(e: RestoreError) -> StepError {
+    if e.is_transient() {
+        StepError::Transient(e.into())
+    } else {
+        StepError::Permanent {
+            user_message: e.user_message(),
             source: e.into(),
-        }),
-    }
-}
-
-/// What the platform's user reads about a failed restore (no paths, no log).
-fn user_message(e: &RestoreError) -> String {
-    match e {
-        RestoreError::NoBackup { .. } | RestoreError::OutsideWindow { .. } => e.to_string(),
-        RestoreError::RecoveryFailed { .. } => {
-            "replaying the source's WAL failed; the operator's log has the server's messages".into()
         }
-        _ => "the restore from the source's archive failed; the operator's log says why".into(),
     }
 }
 
-/// Follows the restore and shows where it is in last_operation, every half second when the
-/// text changes: the base backup's bytes while it unpacks, then WAL replay, then promotion (the
-/// server removes `recovery.signal` when it promotes). Every line names the source.
-async fn watch_phases(
+/// The restore runs on the instance's agent: start (or join) it, then poll its status every
+/// half second and show it like a local one.
+async fn restore_on_agent(
     ctx: &JobContext,
     job: &JobRecord,
-    pgdata: &Path,
-    progress: &RestoreProgress,
+    instance: &InstanceRecord,
+    remote: &RemoteRuntime,
+    body: RestoreBody,
     target: RestoreTarget,
-) {
-    let signal = pgdata.join("recovery.signal");
+) -> StepResult {
     let from = crate::broker::clone::describe(&job.payload);
+    let mut status = remote.start_restore(&instance.id, &body).await?;
     let mut shown = String::new();
     let mut replay_seen = false;
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let text = match progress.phase() {
-            RestorePhase::Planning => format!("Cloning {from}: choosing a base backup"),
-            RestorePhase::Unpacking => {
-                let (done, total) = progress.bytes();
-                let base = progress
-                    .backup_stop_time()
-                    .map_or("the newest backup".to_string(), when);
-                format!(
-                    "Cloning {from}: restoring base backup of {base} ({} of {})",
-                    human_bytes(done),
-                    human_bytes(total)
-                )
+        match status.state.as_str() {
+            "succeeded" => {
+                tracing::info!(instance = %instance.id, backup = ?status.backup_id, timeline = ?status.timeline, secs = ?status.total_secs, "clone restored on its agent");
+                return Ok(Outcome::Next(super::instance::CREATE_CLUSTER));
             }
-            RestorePhase::Replaying | RestorePhase::Done => {
-                let present = signal.exists();
-                replay_seen |= present;
-                if replay_seen && !present {
-                    format!("Cloning {from}: promoting")
+            "failed" => {
+                let e = status
+                    .error
+                    .unwrap_or_else(|| crate::runtime::wire::WireError {
+                        message: "the agent's restore failed".into(),
+                        permanent: false,
+                        port_in_use: None,
+                        user_message: None,
+                    });
+                let source = anyhow::anyhow!("restore on the agent failed: {}", e.message);
+                return Err(if e.permanent {
+                    StepError::Permanent {
+                        user_message: e.user_message.unwrap_or(e.message),
+                        source,
+                    }
                 } else {
-                    format!(
-                        "Cloning {from}: replaying WAL up to {}",
-                        target_text(target)
-                    )
-                }
+                    StepError::Transient(source)
+                });
             }
+            "running" => {}
+            // The agent restarted and lost the restore: start it again.
+            _ => {
+                status = remote.start_restore(&instance.id, &body).await?;
+                continue;
+            }
+        }
+        let view = RestoreView {
+            phase: match status.phase.as_str() {
+                "unpacking" => RestorePhase::Unpacking,
+                "replaying" => RestorePhase::Replaying,
+                "done" => RestorePhase::Done,
+                _ => RestorePhase::Planning,
+            },
+            bytes: (status.bytes_done, status.bytes_total),
+            backup_stop: status
+                .backup_stop
+                .and_then(|t| DateTime::from_timestamp(t, 0)),
+            recovering: status.recovering,
         };
+        let text = phase_text(&from, &view, &mut replay_seen, target);
         if text != shown {
             progress_text(ctx, job, &text).await;
             shown = text;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        status = remote.restore_status(&instance.id).await?;
+    }
+}
+
+/// Where a restore is, wherever it runs.
+struct RestoreView {
+    phase: RestorePhase,
+    bytes: (u64, u64),
+    backup_stop: Option<DateTime<Utc>>,
+    /// `recovery.signal` is still there.
+    recovering: bool,
+}
+
+impl RestoreView {
+    fn of(p: &RestoreProgress, recovering: bool) -> Self {
+        Self {
+            phase: p.phase(),
+            bytes: p.bytes(),
+            backup_stop: p.backup_stop_time(),
+            recovering,
+        }
+    }
+}
+
+/// The line last_operation shows: the base backup's bytes while it unpacks, then WAL replay,
+/// then promotion (the server removes `recovery.signal` when it promotes). Every line names
+/// the source.
+fn phase_text(
+    from: &str,
+    view: &RestoreView,
+    replay_seen: &mut bool,
+    target: RestoreTarget,
+) -> String {
+    match view.phase {
+        RestorePhase::Planning => format!("Cloning {from}: choosing a base backup"),
+        RestorePhase::Unpacking => {
+            let (done, total) = view.bytes;
+            let base = view
+                .backup_stop
+                .map_or("the newest backup".to_string(), when);
+            format!(
+                "Cloning {from}: restoring base backup of {base} ({} of {})",
+                human_bytes(done),
+                human_bytes(total)
+            )
+        }
+        RestorePhase::Replaying | RestorePhase::Done => {
+            *replay_seen |= view.recovering;
+            if *replay_seen && !view.recovering {
+                format!("Cloning {from}: promoting")
+            } else {
+                format!(
+                    "Cloning {from}: replaying WAL up to {}",
+                    target_text(target)
+                )
+            }
         }
     }
 }

@@ -312,13 +312,18 @@ async fn sync_doc(ctx: &JobContext, id: &crate::domain::InstanceId, why: &str) {
 /// Picks a port in the configured range that no instance holds and nothing listens on.
 async fn allocate_port(ctx: &JobContext, instance: &InstanceRecord) -> Result<u16, StepError> {
     let pg = &ctx.settings.postgres;
-    let used = ctx.store.used_ports().await?;
+    let agent = match (&ctx.runtime, &instance.agent) {
+        (crate::runtime::Runtime::Remote(remote), None) => place(ctx, remote, instance).await?,
+        (_, agent) => agent.clone().unwrap_or_default(),
+    };
+    let used = ctx.store.used_ports(&agent).await?;
     let span = u32::from(pg.port_max - pg.port_min) + 1;
     // Start at a random offset so that brokers sharing a range rarely race for one port.
     let offset = rand::random::<u32>() % span;
     for i in 0..span {
         let port = pg.port_min + ((offset + i) % span) as u16;
-        if used.contains(&port) || !port_is_free(&pg.listen_address, port) {
+        // On an agent's machine the agent finds out at start (PortInUse: another port).
+        if used.contains(&port) || (agent.is_empty() && !port_is_free(&pg.listen_address, port)) {
             continue;
         }
         match ctx.store.set_instance_port(&instance.id, Some(port)).await {
@@ -333,6 +338,24 @@ async fn allocate_port(ctx: &JobContext, instance: &InstanceRecord) -> Result<u1
                 .into(),
         source: anyhow::anyhow!("no free port in {}..={}", pg.port_min, pg.port_max),
     })
+}
+
+/// Chooses the agent with the most room for a new instance and records it (under the
+/// runtime's placement lock, so that concurrent provisions count each other).
+async fn place(
+    ctx: &JobContext,
+    remote: &crate::runtime::RemoteRuntime,
+    instance: &InstanceRecord,
+) -> Result<String, StepError> {
+    let _placing = remote.placing().await;
+    let counts = ctx.store.instances_per_agent().await?;
+    let placement = remote.place(&counts).await?;
+    ctx.store
+        .set_instance_agent(&instance.id, &placement.agent, &placement.host)
+        .await?;
+    remote.assign(&instance.id, &placement.agent);
+    tracing::info!(instance = %instance.id, agent = %placement.agent, host = %placement.host, "instance placed");
+    Ok(placement.agent)
 }
 
 fn port_is_free(address: &str, port: u16) -> bool {

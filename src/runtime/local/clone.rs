@@ -168,3 +168,78 @@ fn sql_err(context: &'static str) -> impl FnOnce(sqlx::Error) -> RuntimeError {
         })
     }
 }
+
+/// A clone's restore, as the job (local runtime) or an agent runs it.
+pub struct CloneRestore {
+    /// The archive, for the engine's reads, and as settings for `wal-fetch`.
+    pub store: crate::storage::ObjectStore,
+    pub storage: crate::storage::StorageSettings,
+    pub source: crate::archive::layout::InstancePrefix,
+    pub system_identifier: u64,
+    pub target: crate::archive::restore::RestoreTarget,
+    pub port: u16,
+    /// The new instance's own archive (it archives there from its first moment).
+    pub own: ArchiveTarget,
+    pub wayback_bin: PathBuf,
+    pub archive_timeout_secs: u64,
+    pub fetch_ahead: usize,
+    pub progress: std::sync::Arc<crate::archive::restore::RestoreProgress>,
+}
+
+/// Why a clone's restore failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CloneRestoreError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Restore(#[from] crate::archive::restore::RestoreError),
+}
+
+impl LocalRuntime {
+    /// Restores `c.source` into the instance's data directory, recovers and promotes it, and
+    /// records that it did. None: an earlier run already finished the restore.
+    pub async fn restore_clone(
+        &self,
+        id: &InstanceId,
+        c: CloneRestore,
+    ) -> Result<Option<crate::archive::restore::RestoreReport>, CloneRestoreError> {
+        let Some(slot) = self.prepare_restore(id, c.port, &c.own).await? else {
+            return Ok(None);
+        };
+        let req = crate::archive::restore::RestoreRequest {
+            store: c.store,
+            storage: c.storage,
+            source: c.source,
+            system_identifier: c.system_identifier,
+            target: c.target,
+            dirs: slot.dirs.clone(),
+            port: c.port,
+            listen_address: slot.listen_address.clone(),
+            tools: slot.tools.clone(),
+            wayback_bin: c.wayback_bin,
+            target_file: slot.target_file.clone(),
+            archive: Some(c.own),
+            archive_timeout_secs: c.archive_timeout_secs,
+            fetch_ahead: c.fetch_ahead,
+            fetch_retry_secs: 60,
+            parallel: 4,
+            superuser_verifier: Some(slot.superuser_verifier.clone()),
+            progress: Some(c.progress),
+        };
+        // On a blocking thread of its own: the engine's future is not `Send` for every lifetime
+        // (a known compiler limit with borrowed streams), and callers spawn their futures.
+        let handle = tokio::runtime::Handle::current();
+        let report = tokio::task::spawn_blocking(move || {
+            handle.block_on(crate::archive::restore::restore(&req))
+        })
+        .await
+        .map_err(|e| RuntimeError::Pg(PgError::Setup(format!("the restore task ended: {e}"))))??;
+        self.mark_restored(id)?;
+        Ok(Some(report))
+    }
+
+    /// True while the instance's cluster is still in recovery (`recovery.signal` present).
+    pub fn recovering(&self, id: &InstanceId) -> bool {
+        self.layout.dirs(id).pgdata.join("recovery.signal").exists()
+    }
+}

@@ -1,0 +1,250 @@
+//! `wayback agent`: the clusters of one VM (a [`LocalRuntime`]) behind an HTTP API that the
+//! broker's [`crate::runtime::RemoteRuntime`] calls: basic auth on every path but
+//! `/v1/health`, TLS when `agent.tls_cert`/`agent.tls_key` are set. Bodies are in
+//! [`crate::runtime::wire`]; routes in [`handlers`].
+//!
+//! The agent keeps no state of its own beyond its clusters: each call is the local runtime's
+//! idempotent call, so a broker that retries a step after a timeout, or an agent restarted in the
+//! middle of one, ends where a single run would. Base backups and restores run here, straight
+//! between the clusters and the object storage (the agent's own `archive.*` settings), so any
+//! agent can restore any instance's archive. Restores run in the background and are polled;
+//! an agent restarted during one starts it again from nothing when the broker asks.
+
+mod handlers;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::archive::restore::RestoreProgress;
+use crate::config::Settings;
+use crate::domain::InstanceId;
+use crate::osb::BasicAuth;
+use crate::runtime::wire::WireError;
+use crate::runtime::LocalRuntime;
+use crate::storage::ObjectStore;
+
+/// What every handler shares.
+pub struct AgentState {
+    pub runtime: Arc<LocalRuntime>,
+    pub settings: Arc<Settings>,
+    pub archive: ObjectStore,
+    /// The staged `wayback` binary clusters run as archive_command / restore_command.
+    pub wayback_bin: PathBuf,
+    auth: BasicAuth,
+    restores: Mutex<HashMap<InstanceId, Arc<RestoreTask>>>,
+}
+
+/// A restore running (or finished) on this agent.
+pub struct RestoreTask {
+    progress: Arc<RestoreProgress>,
+    /// None while it runs.
+    outcome: Mutex<Option<Result<RestoreDone, WireError>>>,
+}
+
+#[derive(Clone)]
+struct RestoreDone {
+    backup_id: Option<String>,
+    timeline: Option<u32>,
+    total_secs: Option<f64>,
+}
+
+/// A bound agent, ready to run.
+pub struct Agent {
+    server: actix_web::dev::Server,
+    handle: actix_web::dev::ServerHandle,
+    port: u16,
+    shutdown: CancellationToken,
+}
+
+impl Agent {
+    /// Checks the settings, prepares the runtime (binaries, OS user, template) and binds.
+    pub async fn build(settings: Settings) -> anyhow::Result<Agent> {
+        settings.validate()?;
+        let password = settings.agent.password.clone().context(
+            "agent.password (WAYBACK_AGENT_PASSWORD) must be set: the broker authenticates with it",
+        )?;
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("create data directory {}", settings.data_dir.display()))?;
+        let data_dir = std::fs::canonicalize(&settings.data_dir)?;
+        let runtime = Arc::new(LocalRuntime::new(
+            data_dir.clone(),
+            settings.postgres.clone(),
+        ));
+        runtime
+            .prepare()
+            .await
+            .context("prepare the PostgreSQL runtime")?;
+        let mut settings = settings;
+        settings.archive = crate::startup::archive_settings(&settings, &data_dir);
+        let archive = crate::startup::open_reachable_archive(&settings.archive).await?;
+        let wayback_bin = match &settings.wal.wayback_bin {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().context("find the wayback binary")?,
+        };
+        let wayback_bin = crate::startup::stage_binary(&wayback_bin, &data_dir)?;
+        let state = web::Data::new(AgentState {
+            runtime: runtime.clone(),
+            auth: BasicAuth::new(&settings.agent.username, &password),
+            settings: Arc::new(settings.clone()),
+            archive,
+            wayback_bin,
+            restores: Mutex::new(HashMap::new()),
+        });
+        // Clusters that were running when the agent (or its VM) stopped come back now; the
+        // broker's supervisor would start them too, but only once it can reach us.
+        start_existing(&runtime).await;
+        let listener = std::net::TcpListener::bind(settings.agent.listen)
+            .with_context(|| format!("listen on {}", settings.agent.listen))?;
+        let port = listener.local_addr()?.port();
+        let body_limit = settings.http.max_body_bytes;
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::JsonConfig::default().limit(body_limit))
+                .configure(handlers::configure)
+        })
+        .disable_signals()
+        .shutdown_timeout(10);
+        let tls = match (&settings.agent.tls_cert, &settings.agent.tls_key) {
+            (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
+            _ => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let server = match tls {
+            Some(config) => server.listen_rustls_0_23(listener, config)?,
+            None => {
+                tracing::warn!("agent.tls_cert is not set: the agent API is plain HTTP (use TLS outside tests and labs)");
+                server.listen(listener)?
+            }
+        }
+        .run();
+        let handle = server.handle();
+        tracing::info!(port, scheme, data_dir = %data_dir.display(), clusters = runtime.cluster_ids().len(), "wayback agent ready");
+        Ok(Agent {
+            server,
+            handle,
+            port,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the token is cancelled. Clusters keep running: stopping them is the
+    /// drain's job (`wayback drain --agent`), so an agent restart never interrupts a database.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Agent {
+            server,
+            handle,
+            shutdown,
+            ..
+        } = self;
+        let stopper = tokio::spawn(async move {
+            shutdown.cancelled().await;
+            handle.stop(true).await;
+        });
+        let served = server.await;
+        stopper.abort();
+        tracing::info!("wayback agent stopped");
+        served.context("agent HTTP server")
+    }
+}
+
+/// Starts every complete cluster that is stopped (a VM reboot); problems are logged.
+async fn start_existing(runtime: &LocalRuntime) {
+    for id in runtime.cluster_ids() {
+        match runtime.status(&id).await {
+            Ok(crate::runtime::ClusterStatus::Stopped) => match runtime.start(&id).await {
+                Ok(()) => tracing::info!(instance = %id, "cluster started"),
+                Err(e) => tracing::warn!(instance = %id, error = %e, "cannot start the cluster"),
+            },
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(instance = %id, error = %e, "cannot read the cluster's status")
+            }
+        }
+    }
+}
+
+fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("read agent.tls_cert {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| {
+            format!(
+                "agent.tls_cert {} is not a PEM certificate chain",
+                cert.display()
+            )
+        })?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "agent.tls_cert {} holds no certificate",
+        cert.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("agent.tls_key {} is not a PEM private key", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS protocol versions")?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .context("agent.tls_cert and agent.tls_key do not go together")?;
+    Ok(config)
+}
+
+/// `wayback agent`: runs until SIGTERM or Ctrl-C.
+pub fn main(settings: Settings) -> std::process::ExitCode {
+    crate::telemetry::init(&settings.log);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("wayback: agent: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let agent = Agent::build(settings).await?;
+        let shutdown = agent.shutdown_token();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutdown requested");
+            shutdown.cancel();
+        });
+        agent.run_until_stopped().await
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "wayback agent stopped with an error"
+            );
+            eprintln!("wayback: agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
