@@ -12,13 +12,19 @@
 #     properties: {broker: {password: secret}}
 #     json_files: {catalog: catalog.json}     # property set from a JSON file (repo-relative)
 #     links: {wayback-broker: broker}          # link name => providing case
+#     instances:                               # as a link provider: its instances (default:
+#     - {id: 3c1e…, address: 10.0.0.6, index: 0}  # one, the case's own spec)
 #
 # Each case's files land in OUT_DIR/CASE/<destination in the job's spec>, mirroring
 # /var/vcap/jobs/JOB/. One line per file goes to stdout: CASE<TAB>JOB<TAB>PATH.
 #
 # The shim offers what bosh-template offers (p, if_p, link(..).p/.if_p/.address/.instances,
-# if_link, spec.*) and is stricter than a director in one way on purpose: using a property the
-# job's spec does not declare, or a link property the provider does not expose, is an error.
+# each instance's id/address/index/name/az/bootstrap, if_link, spec.*) and is stricter than a
+# director in one way on purpose: using a property the job's spec does not declare, or a link
+# property the provider does not expose, is an error. Like a director, it refuses a provider
+# that exposes a property which is neither set nor declared in its spec (e.g. a key inside an
+# unset certificate-type property). A consumed link the fixture does not give is absent:
+# if_link skips it, link() fails.
 # Rendered .yml files must parse as YAML and .json files as JSON; every job of the release must
 # be rendered by some case, and every file under a job's templates/ must be in its spec.
 # Exit status: 0 all rendered, 1 a problem (named on stderr).
@@ -190,7 +196,7 @@ end
 
 def main(release_dir, fixture_path, out_dir)
   repo_dir = File.expand_path('..', release_dir)
-  fixture = YAML.safe_load(File.read(fixture_path))
+  fixture = YAML.safe_load(File.read(fixture_path), aliases: true)
   cases = fixture.fetch('cases')
   jobs = Dir.children(File.join(release_dir, 'jobs')).sort
   specs = jobs.to_h { |j| [j, YAML.safe_load(File.read(File.join(release_dir, 'jobs', j, 'spec')))] }
@@ -223,8 +229,18 @@ def main(release_dir, fixture_path, out_dir)
       provides = (specs[provider['job']]['provides'] || []).find { |l| l['name'] == link_name }
       raise RenderError, "case #{c['name']}: job #{provider['job']} provides no link #{link_name}" unless provides
 
-      ispec = instance_spec(provider['job'], provider['spec'])
-      [link_name, Link.new(link_name, provides['properties'] || [], properties_of.call(provider), [ispec])]
+      exposed = provides['properties'] || []
+      provider_properties = properties_of.call(provider)
+      exposed.each do |name|
+        found, = provider_properties.lookup(name)
+        next if found || provider_properties.declared?(name)
+
+        raise RenderError, "case #{c['name']}: link #{link_name} from case #{provider_case}: property #{name} is neither set nor declared in #{provider['job']}'s spec (a director refuses this)"
+      end
+      instances = (provider['instances'] || [provider['spec'] || {}]).map do |fields|
+        instance_spec(provider['job'], (provider['spec'] || {}).merge(fields))
+      end
+      [link_name, Link.new(link_name, exposed, provider_properties, instances)]
     end
     consumes = (spec['consumes'] || []).map { |l| l['name'] }
     context = Context.new(job, properties_of.call(c), instance_spec(job, c['spec']), links, consumes)

@@ -1,8 +1,10 @@
 //! The BOSH release's templates, rendered without a director: `scripts/render-bosh-templates.rb`
 //! runs every template of every job through Ruby's ERB with a `p()`/`link()` shim, using the
 //! representative properties of `bosh-release/tests/properties.yml`. Rendered scripts must pass
-//! `bash -n`, and `wayback check-config` must accept every rendered `wayback.toml`. The shim
-//! refuses properties a job's spec does not declare; the last tests prove that it does.
+//! `bash -n`, and `wayback check-config` must accept every rendered `wayback.toml` (brokers with
+//! and without agents, agents, errands). The shim refuses properties a job's spec does not
+//! declare; the last tests prove that it does, and that the templates refuse what a deployment
+//! must not do (an agent without TLS, agents without a shared archive).
 
 mod common;
 
@@ -25,10 +27,18 @@ fn ruby_available() -> bool {
 
 /// Runs the renderer on `release` with the repository's fixture; `out` receives the files.
 fn render(release: &Path, out: &Path) -> Output {
+    render_fixture(
+        release,
+        &repo().join("bosh-release/tests/properties.yml"),
+        out,
+    )
+}
+
+fn render_fixture(release: &Path, fixture: &Path, out: &Path) -> Output {
     Command::new("ruby")
         .arg(repo().join("scripts/render-bosh-templates.rb"))
         .arg(release)
-        .arg(repo().join("bosh-release/tests/properties.yml"))
+        .arg(fixture)
         .arg(out)
         .stdin(Stdio::null())
         .output()
@@ -104,7 +114,8 @@ fn every_template_renders_and_every_config_is_accepted() {
     let jobs_rendered: BTreeSet<String> = files.iter().map(|f| f.job.clone()).collect();
     assert_eq!(jobs_rendered, jobs_in_release, "every job is rendered");
 
-    let (mut scripts, mut configs) = (0, 0);
+    let mut scripts = 0;
+    let mut configs = BTreeSet::new();
     for file in &files {
         let text = std::fs::read_to_string(&file.path).unwrap();
         assert!(
@@ -133,7 +144,7 @@ fn every_template_renders_and_every_config_is_accepted() {
             );
         }
         if file.path.file_name().unwrap() == "wayback.toml" {
-            configs += 1;
+            configs.insert(file.case.as_str());
             let case_dir = out.path().join(&file.case);
             let local = case_dir.join("wayback.local.toml");
             std::fs::write(&local, localise(&text, &case_dir, &file.job)).unwrap();
@@ -147,10 +158,163 @@ fn every_template_renders_and_every_config_is_accepted() {
             );
         }
     }
-    // pre-start and drain twice, the registrar twice, the deregistrar and the smoke tests.
-    assert_eq!(scripts, 8, "rendered scripts");
-    // Two brokers, two registrars, the smoke tests.
-    assert_eq!(configs, 5, "rendered wayback.toml files");
+    // pre-start and drain for three brokers and two agents, the registrar twice, the
+    // deregistrar and the smoke tests.
+    assert_eq!(scripts, 14, "rendered scripts");
+    let expected = [
+        "agent-full",
+        "agent-minimal",
+        "broker-full",
+        "broker-minimal",
+        "broker-with-agents",
+        "registrar",
+        "registrar-internal-url",
+        "smoke-tests",
+    ];
+    assert_eq!(
+        configs,
+        BTreeSet::from(expected),
+        "wayback.toml files checked"
+    );
+}
+
+fn rendered_toml(out: &Path, case: &str) -> toml::Value {
+    std::fs::read_to_string(out.join(case).join("config/wayback.toml"))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_agent_config_carries_the_manifest_values() {
+    if !ruby_available() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    rendered_files(&render(&repo().join("bosh-release"), out.path()));
+    let minimal = rendered_toml(out.path(), "agent-minimal");
+    let agent = &minimal["agent"];
+    assert_eq!(agent["listen"].as_str(), Some("0.0.0.0:8443"));
+    assert_eq!(
+        agent["password"].as_str(),
+        Some("agent pa$$ with 'quotes'"),
+        "quotes survive TOML rendering"
+    );
+    assert_eq!(
+        agent["tls_cert"].as_str(),
+        Some("/var/vcap/jobs/wayback-agent/config/tls.crt")
+    );
+    assert_eq!(
+        agent["tls_key"].as_str(),
+        Some("/var/vcap/jobs/wayback-agent/config/tls.key")
+    );
+    assert_eq!(
+        minimal["data_dir"].as_str(),
+        Some("/var/vcap/store/wayback-agent")
+    );
+    assert_eq!(
+        minimal["postgres"]["advertise_host"].as_str(),
+        Some("10.0.16.21"),
+        "apps get the VM's IP, not its BOSH DNS name"
+    );
+    assert_eq!(
+        minimal["postgres"]["listen_address"].as_str(),
+        Some("0.0.0.0")
+    );
+    assert_eq!(
+        minimal["archive"]["url"].as_str(),
+        Some("s3://wayback-archive/prod")
+    );
+    let config = out.path().join("agent-minimal/config");
+    for (file, first_line) in [
+        ("tls.crt", "-----BEGIN CERTIFICATE-----"),
+        ("tls.key", "-----BEGIN PRIVATE KEY-----"),
+        ("tls-ca.crt", "-----BEGIN CERTIFICATE-----"),
+    ] {
+        let pem = std::fs::read_to_string(config.join(file)).unwrap();
+        assert!(pem.starts_with(first_line), "{file}: {pem}");
+        assert!(pem.trim_end().ends_with("-----"), "{file}: {pem}");
+    }
+    assert!(std::fs::read_to_string(config.join("tls.key"))
+        .unwrap()
+        .contains("fixtureAgentPrivateKey"));
+    let bpm = std::fs::read_to_string(out.path().join("agent-minimal/config/bpm.yml")).unwrap();
+    assert!(
+        bpm.contains("- agent\n  - --config\n  - /var/vcap/jobs/wayback-agent/config/wayback.toml"),
+        "{bpm}"
+    );
+    let drain = std::fs::read_to_string(out.path().join("agent-minimal/bin/drain")).unwrap();
+    assert!(drain.contains("drain --agent --timeout-secs"), "{drain}");
+
+    let full = rendered_toml(out.path(), "agent-full");
+    assert_eq!(full["agent"]["listen"].as_str(), Some("0.0.0.0:9443"));
+    assert_eq!(full["agent"]["max_instances"].as_integer(), Some(80));
+    assert_eq!(
+        full["postgres"]["advertise_host"].as_str(),
+        Some("db-22.wayback.example.com")
+    );
+    assert_eq!(full["postgres"]["port_max"].as_integer(), Some(41099));
+}
+
+#[test]
+fn a_broker_linked_to_two_agents_names_them_by_instance_id() {
+    if !ruby_available() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    rendered_files(&render(&repo().join("bosh-release"), out.path()));
+    let broker = rendered_toml(out.path(), "broker-with-agents");
+    let agents = &broker["agents"];
+    let urls: Vec<(&str, &str)> = agents["urls"]
+        .as_array()
+        .expect("agents.urls is a list of tables")
+        .iter()
+        .map(|a| (a["name"].as_str().unwrap(), a["url"].as_str().unwrap()))
+        .collect();
+    let ids = [
+        "7a9d35f2-1b0e-4c4b-9a51-2f0c5e8d1a01",
+        "c04f6e2b-88d3-4f7e-b1a2-5e9d0c3b7f02",
+    ];
+    let expected: Vec<(&str, String)> = ids
+        .iter()
+        .map(|id| {
+            (
+                *id,
+                format!("https://{id}.wayback-agent.default.wayback.bosh:9443"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        urls,
+        expected
+            .iter()
+            .map(|(id, url)| (*id, url.as_str()))
+            .collect::<Vec<_>>(),
+        "one agent per link instance, named by its id, at the link's port"
+    );
+    assert_eq!(agents["username"].as_str(), Some("broker-of-agents"));
+    assert_eq!(agents["password"].as_str(), Some("agent-secret"));
+    assert_eq!(agents["request_timeout_secs"].as_integer(), Some(90));
+    assert_eq!(
+        agents["ca_cert"].as_str(),
+        Some("/var/vcap/jobs/wayback-broker/config/agents-ca.crt")
+    );
+    let ca = std::fs::read_to_string(out.path().join("broker-with-agents/config/agents-ca.crt"))
+        .unwrap();
+    assert!(ca.contains("fixtureAgentCA"), "the link's CA: {ca}");
+    assert!(!ca.contains("PrivateKey"), "{ca}");
+    assert_eq!(
+        broker["archive"]["url"].as_str(),
+        Some("s3://wayback-archive/prod")
+    );
+
+    for case in ["broker-minimal", "broker-full"] {
+        let alone = rendered_toml(out.path(), case);
+        assert!(alone.get("agents").is_none(), "{case}: no link, no agents");
+        let ca =
+            std::fs::read_to_string(out.path().join(case).join("config/agents-ca.crt")).unwrap();
+        assert!(ca.trim().is_empty(), "{case}: {ca}");
+    }
 }
 
 #[test]
@@ -250,7 +414,10 @@ fn append(path: &Path, text: &str) {
 
 fn render_fails_with(root: &Path, expected: &[&str]) {
     let out = tempfile::tempdir().unwrap();
-    let output = render(&root.join("bosh-release"), out.path());
+    assert_failed(&render(&root.join("bosh-release"), out.path()), expected);
+}
+
+fn assert_failed(output: &Output, expected: &[&str]) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "rendering should fail");
     for part in expected {
@@ -302,4 +469,82 @@ fn a_template_missing_from_the_spec_fails_the_render() {
         .unwrap()
     });
     render_fails_with(root.path(), &["post-start.erb", "not listed"]);
+}
+
+/// Renders the repository's release with its fixture plus `cases` (YAML list items).
+fn render_with_cases(cases: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fixture =
+        std::fs::read_to_string(repo().join("bosh-release/tests/properties.yml")).unwrap();
+    fixture.push('\n');
+    fixture.push_str(cases);
+    let path = dir.path().join("properties.yml");
+    std::fs::write(&path, fixture).unwrap();
+    render_fixture(&repo().join("bosh-release"), &path, &dir.path().join("out"))
+}
+
+#[test]
+fn an_agent_without_tls_fails_the_render() {
+    if !ruby_available() {
+        return;
+    }
+    let output = render_with_cases(
+        "- name: agent-plain-http
+  job: wayback-agent
+  properties:
+    agent: {password: pw}
+    archive: {url: s3://bucket/prefix}
+",
+    );
+    assert_failed(&output, &["wayback-agent", "agent.tls"]);
+}
+
+#[test]
+fn agents_need_an_archive_the_broker_shares() {
+    if !ruby_available() {
+        return;
+    }
+    let broker = render_with_cases(
+        "- name: broker-local-archive
+  job: wayback-broker
+  links: {wayback-agent: agent-full}
+  properties:
+    broker: {password: pw}
+",
+    );
+    assert_failed(&broker, &["archive.url", "s3://"]);
+    let agent = render_with_cases(
+        "- name: agent-local-archive
+  job: wayback-agent
+  properties:
+    agent: {password: pw, tls: {certificate: c, private_key: k, ca: a}}
+    archive: {url: file:///var/vcap/store/wayback-agent/archive}
+",
+    );
+    assert_failed(&agent, &["archive.url", "s3://"]);
+}
+
+#[test]
+fn a_link_exposing_an_unset_undeclared_property_fails_like_a_director() {
+    if !ruby_available() {
+        return;
+    }
+    // The agent's link exposes agent.tls.ca, a key inside the certificate-type property: a
+    // director refuses the link when agent.tls is unset. The consumer comes first, so the
+    // link fails before the agent's own templates do.
+    let output = render_with_cases(
+        "- name: broker-of-a-plain-agent
+  job: wayback-broker
+  links: {wayback-agent: plain-agent}
+  properties:
+    broker: {password: pw}
+    archive: {url: s3://bucket/prefix}
+- name: plain-agent
+  job: wayback-agent
+  properties:
+    agent: {password: pw}
+    archive: {url: s3://bucket/prefix}
+",
+    );
+    assert_failed(&output, &["agent.tls.ca", "neither set nor declared"]);
 }

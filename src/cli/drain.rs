@@ -1,5 +1,5 @@
-//! `wayback drain [--timeout-secs N] [--json]`: before a VM stops (BOSH's drain), makes sure
-//! that everything committed so far is in the archive.
+//! `wayback drain [--agent] [--timeout-secs N] [--json]`: before a VM stops (BOSH's drain),
+//! makes sure that everything committed so far is in the archive.
 //!
 //! For every live instance whose cluster runs, it completes the current WAL segment
 //! (`pg_switch_wal()`) and waits until that segment is in the instance's archive prefix, all
@@ -7,6 +7,15 @@
 //! commit after the drain is archived when they start again. An instance whose segment does
 //! not reach the archive in time makes the command fail (exit 1), naming it, so that the
 //! operator's `bosh` run stops there instead of losing the last minute of commits with a disk.
+//!
+//! Which clusters: on a broker, the live instances of its state database. With `--agent` (a
+//! `wayback agent` VM, which has no state database), every cluster under `data_dir/clusters`,
+//! each archived under the prefix its own `archive.json` names; a cluster without one does not
+//! archive (nothing to wait for), and one still restoring from another archive has no WAL of its
+//! own to switch. Both modes wait in the archive of the settings (`archive.*`, `--archive-url`),
+//! which on an agent is the broker's object storage.
+//!
+//! Must not import the broker's HTTP or job layers: it runs beside a broker or agent process.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,10 +28,9 @@ use serde::Serialize;
 
 use crate::archive::layout::{InstancePrefix, WalFileName};
 use crate::config::Settings;
-use crate::domain::{InstanceState, SpaceGuid};
+use crate::domain::{InstanceId, InstanceState, SpaceGuid};
 use crate::runtime::{ClusterStatus, LocalRuntime};
 use crate::storage::ObjectStore;
-use crate::store::InstanceRecord;
 
 /// The command line of `wayback drain`.
 #[derive(Debug, Clone, clap::Args)]
@@ -33,7 +41,11 @@ pub struct DrainArgs {
     /// Print the report as JSON (one document).
     #[arg(long)]
     pub json: bool,
-    /// Directory of the broker's state (as for `serve`).
+    /// This machine runs `wayback agent`: drain every cluster under the data directory, found
+    /// by their `archive.json`, without a state database.
+    #[arg(long)]
+    pub agent: bool,
+    /// Directory of the broker's state or the agent's clusters (as for `serve` / `agent`).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// The archive: s3://bucket/prefix or file:///dir (as for `serve`).
@@ -74,7 +86,12 @@ pub fn main(mut settings: Settings, args: DrainArgs) -> ExitCode {
         args.timeout_secs
             .unwrap_or(settings.wal.final_archive_timeout_secs),
     );
-    let report = match runtime.block_on(run(settings, timeout)) {
+    let drained = if args.agent {
+        runtime.block_on(run_agent(settings, timeout))
+    } else {
+        runtime.block_on(run(settings, timeout))
+    };
+    let report = match drained {
         Ok(r) => r,
         Err(e) => {
             eprintln!("wayback: drain: {e:#}");
@@ -107,24 +124,105 @@ pub fn main(mut settings: Settings, args: DrainArgs) -> ExitCode {
     }
 }
 
+/// What the drain does for one cluster.
+enum Plan {
+    /// Switch its WAL (if it runs) and wait for the segment under `prefix`; an `Err` prefix
+    /// (unusable, and why) fails the instance only if there is something to switch.
+    Switch {
+        id: InstanceId,
+        prefix: Result<InstancePrefix, String>,
+    },
+    /// Nothing: it has no WAL of its own to archive, and why.
+    Skip { id: InstanceId, why: String },
+}
+
 /// Switches and waits for every live instance of the broker the settings name.
 pub async fn run(settings: Settings, timeout: Duration) -> anyhow::Result<DrainReport> {
     settings.validate()?;
     let super::BrokerState {
         data_dir, store, ..
     } = super::open_broker_state(&settings, "drain").await?;
-    let archive_settings = crate::startup::archive_settings(&settings, &data_dir);
-    let archive = ObjectStore::open(&archive_settings).context("open the archive")?;
-    let runtime = Arc::new(LocalRuntime::new(data_dir, settings.postgres.clone()));
     let live = store
         .instances_in_states(&[InstanceState::Ready, InstanceState::Updating])
-        .await?;
-    let instances: Vec<DrainedInstance> = futures::stream::iter(live)
-        .map(|record| drain_one(runtime.clone(), archive.clone(), record, timeout))
+        .await;
+    store.close().await;
+    let planned = live?
+        .into_iter()
+        .map(|record| Plan::Switch {
+            prefix: SpaceGuid::parse(record.space_guid.clone())
+                .map(|space| InstancePrefix::new(&space, &record.id))
+                .map_err(|e| format!("space {:?}: {e}", record.space_guid)),
+            id: record.id,
+        })
+        .collect();
+    drain_all(&settings, data_dir, planned, timeout).await
+}
+
+/// Switches and waits for every cluster of this agent's data directory, without a state
+/// database: each cluster's `archive.json` says where its WAL goes.
+pub async fn run_agent(settings: Settings, timeout: Duration) -> anyhow::Result<DrainReport> {
+    settings.validate()?;
+    let data_dir = std::fs::canonicalize(&settings.data_dir).with_context(|| {
+        format!(
+            "data directory {} (drain --agent works on this agent's clusters)",
+            settings.data_dir.display()
+        )
+    })?;
+    let runtime = LocalRuntime::new(data_dir.clone(), settings.postgres.clone());
+    let planned = runtime
+        .cluster_ids()
+        .into_iter()
+        .map(|id| match runtime.archive_target(&id) {
+            None => Plan::Skip {
+                id,
+                why: "no archive.json: the cluster does not archive".into(),
+            },
+            Some(target) if target.restore_from.is_some() => Plan::Skip {
+                id,
+                why: "still restoring from another archive: no WAL of its own to switch".into(),
+            },
+            Some(target) => Plan::Switch {
+                prefix: InstancePrefix::parse(&target.prefix)
+                    .ok_or_else(|| format!("archive.json names a bad prefix {:?}", target.prefix)),
+                id,
+            },
+        })
+        .collect();
+    drain_all(&settings, data_dir, planned, timeout).await
+}
+
+/// Drains the planned clusters, all at once, into one report.
+async fn drain_all(
+    settings: &Settings,
+    data_dir: PathBuf,
+    planned: Vec<Plan>,
+    timeout: Duration,
+) -> anyhow::Result<DrainReport> {
+    let archive_settings = crate::startup::archive_settings(settings, &data_dir);
+    let archive = ObjectStore::open(&archive_settings).context("open the archive")?;
+    let runtime = Arc::new(LocalRuntime::new(data_dir, settings.postgres.clone()));
+    let instances: Vec<DrainedInstance> = futures::stream::iter(planned)
+        .map(|plan| {
+            let (runtime, archive) = (runtime.clone(), archive.clone());
+            async move {
+                match plan {
+                    Plan::Switch { id, prefix } => {
+                        drain_one(runtime, archive, id, prefix, timeout).await
+                    }
+                    Plan::Skip { id, why } => DrainedInstance {
+                        instance_id: id.to_string(),
+                        wal_file: None,
+                        lsn: None,
+                        archived: true,
+                        secs: 0.0,
+                        detail: why,
+                    },
+                }
+            }
+        })
         .buffer_unordered(8)
         .collect()
         .await;
-    store.close().await;
     Ok(DrainReport {
         ok: instances.iter().all(|i| i.archived),
         instances,
@@ -134,19 +232,20 @@ pub async fn run(settings: Settings, timeout: Duration) -> anyhow::Result<DrainR
 async fn drain_one(
     runtime: Arc<LocalRuntime>,
     archive: ObjectStore,
-    record: InstanceRecord,
+    id: InstanceId,
+    prefix: Result<InstancePrefix, String>,
     timeout: Duration,
 ) -> DrainedInstance {
     let started = Instant::now();
     let mut out = DrainedInstance {
-        instance_id: record.id.to_string(),
+        instance_id: id.to_string(),
         wal_file: None,
         lsn: None,
         archived: false,
         secs: 0.0,
         detail: String::new(),
     };
-    match runtime.status(&record.id).await {
+    match runtime.status(&id).await {
         Ok(ClusterStatus::Running) => {}
         Ok(other) => {
             // A stopped cluster archived what it had when it stopped (a clean shutdown) or will
@@ -161,11 +260,10 @@ async fn drain_one(
         }
     }
     let result = async {
-        let (lsn, walfile) = runtime.switch_wal_segment(&record.id).await?;
-        let space = SpaceGuid::parse(record.space_guid.clone())
-            .map_err(|e| anyhow::anyhow!("space {:?}: {e}", record.space_guid))?;
+        let prefix = prefix.map_err(|e| anyhow::anyhow!(e))?;
+        let (lsn, walfile) = runtime.switch_wal_segment(&id).await?;
         let name = WalFileName::parse(&walfile).map_err(|e| anyhow::anyhow!(e))?;
-        let key = InstancePrefix::new(&space, &record.id).wal(&name);
+        let key = prefix.wal(&name);
         out.lsn = Some(lsn.clone());
         out.wal_file = Some(walfile.clone());
         let deadline = Instant::now() + timeout;
