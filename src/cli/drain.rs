@@ -148,11 +148,18 @@ pub async fn run(settings: Settings, timeout: Duration) -> anyhow::Result<DrainR
     store.close().await;
     let planned = live?
         .into_iter()
-        .map(|record| Plan::Switch {
-            prefix: SpaceGuid::parse(record.space_guid.clone())
-                .map(|space| InstancePrefix::new(&space, &record.id))
-                .map_err(|e| format!("space {:?}: {e}", record.space_guid)),
-            id: record.id,
+        .map(|record| match record.agent {
+            // Its agent's own drain (`wayback drain --agent`) archives it when that VM stops.
+            Some(agent) => Plan::Skip {
+                id: record.id,
+                why: format!("runs on agent {agent}: its drain archives it"),
+            },
+            None => Plan::Switch {
+                prefix: SpaceGuid::parse(record.space_guid.clone())
+                    .map(|space| InstancePrefix::new(&space, &record.id))
+                    .map_err(|e| format!("space {:?}: {e}", record.space_guid)),
+                id: record.id,
+            },
         })
         .collect();
     drain_all(&settings, data_dir, planned, timeout).await

@@ -349,7 +349,18 @@ async fn place(
 ) -> Result<String, StepError> {
     let _placing = remote.placing().await;
     let counts = ctx.store.instances_per_agent().await?;
-    let placement = remote.place(&counts).await?;
+    let placement = remote.place(&counts).await.map_err(|e| {
+        if e.is_permanent() {
+            StepError::Permanent {
+                user_message: "no database VM has room for another instance; ask your operator \
+                               to add agents or raise agent.max_instances"
+                    .into(),
+                source: e.into(),
+            }
+        } else {
+            e.into()
+        }
+    })?;
     ctx.store
         .set_instance_agent(&instance.id, &placement.agent, &placement.host)
         .await?;
