@@ -383,6 +383,24 @@ async fn instances_spread_over_agents_and_live_their_life_there() {
         .unwrap();
     assert_eq!(cap["instances"].as_u64(), Some(2), "{cap}");
 
+    // The agent takes only the instance's own prefix (it builds the archive target itself).
+    let other = prefix_of(&ids[1]);
+    let r = fleet
+        .http
+        .put(format!(
+            "{}/v1/clusters/{}/archive",
+            fleet.agent(&fleet.placed_on(&ids[0]).await.unwrap()).url(),
+            ids[0]
+        ))
+        .basic_auth(AGENT_USER, Some(&fleet.password))
+        .json(&serde_json::json!({ "prefix": other.as_str(), "archive_timeout_secs": 60 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["permanent"], true, "{e}");
+
     // Bind: the credentials name the agent's host and port, and they work.
     let id = &ids[0];
     let agent = fleet.placed_on(id).await.unwrap();
@@ -470,6 +488,30 @@ async fn an_agent_killed_mid_provision_finishes_it_when_it_returns() {
     let creds = fleet.app.bind_sync(&id, &new_id()).await;
     let mut conn = connect(creds["uri"].as_str().unwrap()).await.unwrap();
     exec(&mut conn, "CREATE TABLE after_return (v int)").await;
+    drop(conn);
+
+    // The VM reboots: agent and clusters down; the agent starts its clusters when it returns.
+    let agent = fleet.agent_mut("agent-a");
+    agent.kill();
+    stop_all_clusters(&agent.data_dir.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while connect(creds["uri"].as_str().unwrap()).await.is_ok() {
+        assert!(Instant::now() < deadline, "the cluster did not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.start();
+    wait_healthy(&fleet.http, fleet.agent("agent-a")).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match connect(creds["uri"].as_str().unwrap()).await {
+            Ok(mut conn) => {
+                exec(&mut conn, "INSERT INTO after_return VALUES (1)").await;
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "not back after the agent: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
