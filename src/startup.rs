@@ -168,6 +168,20 @@ pub struct Application {
     shutdown: CancellationToken,
 }
 
+/// Cancels `token` at SIGTERM or Ctrl-C (the broker's and the agent's shutdown).
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested");
+        token.cancel();
+    });
+}
+
 /// The runtime the settings ask for: agents when `agents.urls` lists any (instances not yet
 /// seen are looked up in `store`), else clusters on this machine under `data_dir`.
 pub fn build_runtime(

@@ -222,18 +222,7 @@ pub fn main(settings: Settings) -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         let agent = Agent::build(settings).await?;
-        let shutdown = agent.shutdown_token();
-        tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            tracing::info!("shutdown requested");
-            shutdown.cancel();
-        });
+        crate::startup::cancel_on_signal(agent.shutdown_token());
         agent.run_until_stopped().await
     });
     match result {
