@@ -59,6 +59,17 @@ impl AgentProc {
         }
     }
 
+    /// SIGTERM, as bpm stops it, and wait for the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        child.wait().unwrap()
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
     }
@@ -512,6 +523,14 @@ async fn an_agent_killed_mid_provision_finishes_it_when_it_returns() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // Stopped as bpm stops it (SIGTERM): it closes its API and shuts its clusters down cleanly.
+    let agent = fleet.agent_mut("agent-a");
+    let status = agent.terminate();
+    assert!(status.success(), "{status}\n{}", agent.log());
+    let cluster = agent.data_dir.join("clusters").join(&id);
+    assert_eq!(postmaster_pid(&cluster), None, "the cluster still runs");
+    assert!(connect(creds["uri"].as_str().unwrap()).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -81,6 +81,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--summary", help="append one JSON line of the figures to this file")
+    parser.add_argument("--label", default="local", help="the setup measured, for --summary")
     args = parser.parse_args()
     if args.count < 1 or args.concurrency < 1:
         parser.error("--count and --concurrency must be at least 1")
@@ -116,6 +118,11 @@ def main() -> int:
             print(f"{name:5}{value:>8.3f} s{goal_text:>10}{verdict}")
         print(f"\n{len(times)} succeeded in {wall:.1f} s wall time "
               f"(min {times[0]:.3f} s, mean {sum(times) / len(times):.3f} s)")
+        if args.summary:
+            import json
+            with open(args.summary, "a", encoding="utf-8") as out:
+                out.write(json.dumps({"label": args.label, "p50": rows[0][1], "p95": rows[1][1],
+                                      "max": rows[2][1], "wall": wall, "n": len(times)}) + "\n")
 
     print(f"\ndeprovisioning {len(made)} instances", flush=True)
     with ThreadPoolExecutor(max_workers=args.concurrency) as pool:

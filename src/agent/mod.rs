@@ -59,6 +59,7 @@ pub struct Agent {
     handle: actix_web::dev::ServerHandle,
     port: u16,
     shutdown: CancellationToken,
+    runtime: Arc<LocalRuntime>,
 }
 
 impl Agent {
@@ -130,6 +131,7 @@ impl Agent {
             handle,
             port,
             shutdown: CancellationToken::new(),
+            runtime,
         })
     }
 
@@ -141,13 +143,16 @@ impl Agent {
         self.shutdown.clone()
     }
 
-    /// Serves until the token is cancelled. Clusters keep running: stopping them is the
-    /// drain's job (`wayback drain --agent`), so an agent restart never interrupts a database.
+    /// Serves until the token is cancelled, then stops every cluster (fast shutdown, all at
+    /// once) after the API is closed, so that no broker call starts one again. Under BOSH the
+    /// drain (`wayback drain --agent`) has archived their WAL first; the clusters live in the
+    /// agent's bpm container and would otherwise be killed with it.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Agent {
             server,
             handle,
             shutdown,
+            runtime,
             ..
         } = self;
         let stopper = tokio::spawn(async move {
@@ -156,6 +161,7 @@ impl Agent {
         });
         let served = server.await;
         stopper.abort();
+        stop_clusters(&runtime).await;
         tracing::info!("wayback agent stopped");
         served.context("agent HTTP server")
     }
@@ -175,6 +181,21 @@ async fn start_existing(runtime: &LocalRuntime) {
             }
         }
     }
+}
+
+/// Stops every cluster of this agent, eight at a time; problems are logged.
+async fn stop_clusters(runtime: &LocalRuntime) {
+    use futures::StreamExt;
+    let ids = runtime.cluster_ids();
+    let count = ids.len();
+    futures::stream::iter(ids)
+        .for_each_concurrent(8, |id| async move {
+            if let Err(e) = runtime.stop(&id).await {
+                tracing::warn!(instance = %id, error = %e, "cannot stop the cluster");
+            }
+        })
+        .await;
+    tracing::info!(clusters = count, "clusters stopped");
 }
 
 fn tls_config(
