@@ -617,4 +617,21 @@ async fn an_instance_whose_agent_is_gone_comes_back_on_the_other_agent() {
         body["description"].as_str().unwrap_or("").contains(&gone),
         "the failure does not name the agent: {body}"
     );
+
+    // Failed, but backed up: it can still be undone.
+    let (again, _) = fleet
+        .app
+        .clone_ready(
+            "production-again",
+            serde_json::json!({ "clone-from": "production" }),
+        )
+        .await;
+    assert_eq!(fleet.placed_on(&again).await.as_deref(), Some(other));
+    let creds = fleet.app.bind_sync(&again, &new_id()).await;
+    let mut conn = connect(creds["uri"].as_str().unwrap()).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 500);
 }

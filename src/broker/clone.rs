@@ -84,7 +84,8 @@ pub(super) fn pick<'a>(
     from: &str,
     requester: &InstanceId,
 ) -> Option<&'a SpaceName> {
-    let usable = |n: &&SpaceName| &n.instance_id != requester && can_be_cloned(n.state);
+    let usable =
+        |n: &&SpaceName| &n.instance_id != requester && can_be_cloned(n.state, n.has_backup);
     names
         .iter()
         .filter(usable)
@@ -92,8 +93,14 @@ pub(super) fn pick<'a>(
         .or_else(|| names.iter().filter(usable).find(|n| n.name == from))
 }
 
-fn can_be_cloned(state: InstanceState) -> bool {
-    !matches!(state, InstanceState::Provisioning | InstanceState::Failed)
+/// A provision in flight has nothing to restore, nor has one that failed; but a failed
+/// instance that had a base backup (a delete that could not reach its VM, say) can be restored.
+fn can_be_cloned(state: InstanceState, has_backup: bool) -> bool {
+    match state {
+        InstanceState::Provisioning => false,
+        InstanceState::Failed => has_backup,
+        _ => true,
+    }
 }
 
 /// The refusal for an unknown name: lists each current name that can be cloned in the space.
@@ -101,7 +108,7 @@ pub(super) fn unknown(names: &[SpaceName], from: &str, requester: &InstanceId) -
     let mut seen = std::collections::BTreeSet::new();
     let listed: Vec<String> = names
         .iter()
-        .filter(|n| &n.instance_id != requester && can_be_cloned(n.state))
+        .filter(|n| &n.instance_id != requester && can_be_cloned(n.state, n.has_backup))
         .filter(|n| seen.insert(n.name.clone()))
         .map(|n| match (n.state, n.deleted_at) {
             (InstanceState::Deleted, Some(at)) => format!("{} (deleted {})", n.name, fmt_ms(at)),
@@ -185,9 +192,10 @@ impl Broker {
             // A GUID of an instance that never had a name: still only in this space.
             if let Ok(id) = InstanceId::parse(params.from.clone()) {
                 if let Some(i) = self.store.get_instance(&id).await? {
+                    let has_backup = self.store.latest_backup(&i.id).await?.is_some();
                     if i.space_guid == space.as_str()
                         && &i.id != requester
-                        && can_be_cloned(i.state)
+                        && can_be_cloned(i.state, has_backup)
                     {
                         source = Some(SpaceName {
                             instance_id: i.id.clone(),
@@ -195,6 +203,7 @@ impl Broker {
                             recorded_at: i.created_at,
                             state: i.state,
                             deleted_at: i.deleted_at,
+                            has_backup,
                         });
                     }
                 }

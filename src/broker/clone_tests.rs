@@ -11,6 +11,7 @@ fn name(id: &str, name: &str, at: i64, state: InstanceState) -> SpaceName {
         recorded_at: at,
         state,
         deleted_at: (state == InstanceState::Deleted).then_some(at + 1),
+        has_backup: false,
     }
 }
 
@@ -63,6 +64,13 @@ fn the_newest_holder_of_a_name_wins_and_requester_is_skipped() {
         "old"
     );
     assert!(pick(&names, "failed", &me).is_none());
+    // A failed instance that was backed up (its delete could not reach its VM) can be restored.
+    let mut names = names;
+    names[2].has_backup = true;
+    assert_eq!(
+        pick(&names, "failed", &me).unwrap().instance_id.as_str(),
+        "failed"
+    );
     assert!(pick(&names, "nope", &me).is_none());
     let e = unknown(&names, "nope", &me).to_string();
     assert!(

@@ -17,6 +17,8 @@ pub struct SpaceName {
     pub recorded_at: i64,
     pub state: InstanceState,
     pub deleted_at: Option<i64>,
+    /// A base backup of the instance was recorded (it can be restored whatever its state).
+    pub has_backup: bool,
 }
 
 impl Store {
@@ -352,8 +354,9 @@ impl Store {
     /// Every name of every instance in `space` (live or deleted), newest name first: what
     /// `clone-from` resolves against. Nothing of another space is ever read.
     pub async fn names_in_space(&self, space: &str) -> Result<Vec<SpaceName>, StoreError> {
-        let rows: Vec<(String, String, i64, String, Option<i64>)> = sqlx::query_as(
-            "SELECT n.instance_id, n.name, n.recorded_at, i.state, i.deleted_at \
+        let rows: Vec<(String, String, i64, String, Option<i64>, i64)> = sqlx::query_as(
+            "SELECT n.instance_id, n.name, n.recorded_at, i.state, i.deleted_at, \
+             (SELECT COUNT(*) FROM backups b WHERE b.instance_id = n.instance_id) \
              FROM instance_names n JOIN instances i ON i.id = n.instance_id \
              WHERE i.space_guid = $1 ORDER BY n.recorded_at DESC, n.seq DESC",
         )
@@ -361,7 +364,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(id, name, recorded_at, state, deleted_at)| {
+            .map(|(id, name, recorded_at, state, deleted_at, backups)| {
                 let corrupt = |message: String| StoreError::Corrupt {
                     id: id.clone(),
                     message,
@@ -373,6 +376,7 @@ impl Store {
                     recorded_at,
                     state: state.parse::<InstanceState>().map_err(corrupt)?,
                     deleted_at,
+                    has_backup: backups > 0,
                 })
             })
             .collect()
