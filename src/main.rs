@@ -89,6 +89,9 @@ enum Command {
     Drain(wayback::cli::drain::DrainArgs),
     /// Run this VM's clusters for a broker: the agent API (agent.*) over the local runtime.
     Agent,
+    /// Ask every agent of agents.urls for its capacity and print it beside the instances the
+    /// state database placed there; exits 1 when an agent does not answer.
+    Agents(wayback::cli::agents::AgentsArgs),
 }
 
 fn main() -> ExitCode {
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
         Command::SmokeTest(args) => wayback::cli::smoke::main(settings, args),
         Command::Drain(args) => wayback::cli::drain::main(settings, args),
         Command::Agent => wayback::agent::main(settings),
+        Command::Agents(args) => wayback::cli::agents::main(settings, args),
         Command::ConfigReference => {
             print!("{}", Settings::reference_markdown());
             ExitCode::SUCCESS

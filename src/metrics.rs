@@ -31,6 +31,8 @@ struct Inner {
     restores: BTreeMap<String, Histogram>,
     /// Live instances whose name is not known yet, as the name resolver last counted them.
     names_unknown: u64,
+    /// Per agent, as the supervisor last asked: its capacity, or None when it did not answer.
+    agents: BTreeMap<String, Option<crate::runtime::wire::Capacity>>,
 }
 
 impl Histogram {
@@ -106,6 +108,11 @@ impl Metrics {
     /// How many live instances have no known name (set by the name resolver every pass).
     pub fn names_unknown(&self, count: u64) {
         self.0.lock().expect("metrics lock").names_unknown = count;
+    }
+
+    /// What each agent answered to the supervisor's capacity request (None: no answer).
+    pub fn agents_observed(&self, agents: Vec<(String, Option<crate::runtime::wire::Capacity>)>) {
+        self.0.lock().expect("metrics lock").agents = agents.into_iter().collect();
     }
 
     pub fn cluster_restarted(&self) {
@@ -185,7 +192,61 @@ impl Metrics {
             inner.names_unknown
         );
         render_archive(&mut out, &inner);
+        render_agents(&mut out, &inner);
         out
+    }
+}
+
+/// Per-agent reachability and room (only with agents).
+fn render_agents(out: &mut String, inner: &Inner) {
+    if inner.agents.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "# HELP wayback_agent_up Whether the agent answered the supervisor's last capacity request.");
+    let _ = writeln!(out, "# TYPE wayback_agent_up gauge");
+    for (agent, cap) in &inner.agents {
+        let _ = writeln!(
+            out,
+            "wayback_agent_up{{agent=\"{agent}\"}} {}",
+            u8::from(cap.is_some())
+        );
+    }
+    type Field = fn(&crate::runtime::wire::Capacity) -> u64;
+    let gauges: [(&str, &str, Field); 5] = [
+        (
+            "wayback_agent_instances",
+            "Clusters the agent holds.",
+            |c| u64::from(c.instances),
+        ),
+        (
+            "wayback_agent_max_instances",
+            "Most clusters the agent takes.",
+            |c| u64::from(c.max_instances),
+        ),
+        (
+            "wayback_agent_memory_available_bytes",
+            "The agent VM's available memory.",
+            |c| c.memory_available_bytes,
+        ),
+        (
+            "wayback_agent_disk_available_bytes",
+            "Free bytes of the agent's data directory's file system.",
+            |c| c.disk_available_bytes,
+        ),
+        (
+            "wayback_agent_disk_total_bytes",
+            "Size of the agent's data directory's file system.",
+            |c| c.disk_total_bytes,
+        ),
+    ];
+    for (name, help, get) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (agent, cap) in &inner.agents {
+            if let Some(c) = cap {
+                let _ = writeln!(out, "{name}{{agent=\"{agent}\"}} {}", get(c));
+            }
+        }
     }
 }
 

@@ -89,6 +89,7 @@ struct Fleet {
     http: reqwest::Client,
     password: String,
     archive: StorageSettings,
+    ca: PathBuf,
     _root: tempfile::TempDir,
 }
 
@@ -239,7 +240,7 @@ impl Fleet {
         for a in &agents {
             wait_healthy(&http, a).await;
         }
-        let (archive_for_app, pw) = (archive.clone(), password.clone());
+        let (archive_for_app, pw, ca_for_app) = (archive.clone(), password.clone(), ca.clone());
         let app = spawn_app_with(move |s| {
             s.postgres.port_min = base;
             s.postgres.port_max = base + 99;
@@ -247,7 +248,7 @@ impl Fleet {
             s.agents.urls = fleet_agents;
             s.agents.username = AGENT_USER.into();
             s.agents.password = Some(pw.into());
-            s.agents.ca_cert = Some(ca);
+            s.agents.ca_cert = Some(ca_for_app);
             customise(s);
         })
         .await;
@@ -257,6 +258,7 @@ impl Fleet {
             http,
             password,
             archive,
+            ca,
             _root: root,
         }
     }
@@ -286,6 +288,52 @@ impl Fleet {
             .send()
             .await
             .unwrap()
+    }
+
+    /// `wayback agents --json` with the broker's settings: (exit code, report).
+    fn agents_command(&self) -> (i32, Value) {
+        let urls: Vec<String> = self
+            .agents
+            .iter()
+            .map(|a| format!("{}={}", a.name, a.url()))
+            .collect();
+        let out = Command::new(env!("CARGO_BIN_EXE_wayback"))
+            .args(["agents", "--json"])
+            .env("WAYBACK_DATA_DIR", &self.app.data_dir)
+            .env("WAYBACK_AGENTS", urls.join(","))
+            .env("WAYBACK_AGENTS_USERNAME", AGENT_USER)
+            .env("WAYBACK_AGENTS_PASSWORD", &self.password)
+            .env("WAYBACK_AGENTS_CA_CERT", &self.ca)
+            .env("WAYBACK_LOG", "error")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "wayback agents printed no JSON ({e}): {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), report)
+    }
+
+    /// The broker's /metrics line for `metric{agent="name"}`.
+    async fn agent_metric(&self, metric: &str, agent: &str) -> Option<String> {
+        let text = self
+            .app
+            .client
+            .get(format!("{}/metrics", self.app.address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let prefix = format!("{metric}{{agent=\"{agent}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(str::to_string)
     }
 
     fn store(&self) -> ObjectStore {
@@ -411,6 +459,36 @@ async fn instances_spread_over_agents_and_live_their_life_there() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["permanent"], true, "{e}");
+
+    // The operator's view: both agents up, two instances each, by their own count and ours.
+    let (code, report) = fleet.agents_command();
+    assert_eq!(code, 0, "{report}");
+    for row in report.as_array().unwrap() {
+        assert_eq!(row["up"], true, "{row}");
+        assert_eq!(row["placed"], 2, "{row}");
+        assert_eq!(row["capacity"]["instances"], 2, "{row}");
+    }
+    // And the supervisor's: the metrics say the same.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fleet
+        .agent_metric("wayback_agent_instances", "agent-a")
+        .await
+        .as_deref()
+        != Some("2")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "wayback_agent_instances never reached 2"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        fleet
+            .agent_metric("wayback_agent_up", "agent-b")
+            .await
+            .as_deref(),
+        Some("1")
+    );
 
     // Bind: the credentials name the agent's host and port, and they work.
     let id = &ids[0];
@@ -582,6 +660,35 @@ async fn an_instance_whose_agent_is_gone_comes_back_on_the_other_agent() {
         let agent = fleet.agent_mut(&gone);
         agent.kill();
         stop_all_clusters(&agent.data_dir.clone());
+    }
+
+    // The operator sees which agent is gone, and so do the metrics.
+    let (code, report) = fleet.agents_command();
+    assert_eq!(code, 1, "{report}");
+    let row = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == gone.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["up"], false, "{row}");
+    assert!(
+        row["error"].as_str().unwrap().contains("did not answer"),
+        "{row}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fleet
+        .agent_metric("wayback_agent_up", &gone)
+        .await
+        .as_deref()
+        != Some("0")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "wayback_agent_up never went to 0"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // Undo while the source still counts as live: the fork cannot reach it, so the clone

@@ -156,7 +156,32 @@ impl Supervisor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|id, _| live.contains(id.as_str()));
+        // With agents: ask each for its capacity once (metrics), and do not wait on the
+        // instances of one that does not answer (each would wait for its own timeout).
+        let down: std::collections::HashSet<String> = match &self.runtime {
+            Runtime::Remote(remote) => {
+                let answers = remote.capacities().await;
+                let down = answers
+                    .iter()
+                    .filter(|(_, a)| a.is_err())
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                self.metrics.agents_observed(
+                    answers
+                        .into_iter()
+                        .map(|(name, a)| (name, a.ok()))
+                        .collect(),
+                );
+                down
+            }
+            Runtime::Local(_) => Default::default(),
+        };
+        let mut waiting = 0;
         for instance in ready {
+            if instance.agent.as_ref().is_some_and(|a| down.contains(a)) {
+                waiting += 1;
+                continue;
+            }
             match self.runtime.status(&instance.id).await {
                 Ok(ClusterStatus::Running) => {
                     self.observe_archiver(&instance.id).await;
@@ -193,6 +218,9 @@ impl Supervisor {
                     tracing::warn!(instance = %instance.id, error = %e, "cannot check cluster")
                 }
             }
+        }
+        if !down.is_empty() {
+            tracing::warn!(agents = ?down, instances = waiting, "agents do not answer; their instances are not checked until they do");
         }
         Ok(started)
     }

@@ -2,6 +2,7 @@
 //! opens what it needs from the same settings as `serve`, calls the library and prints. Thin
 //! by design: the logic lives in the subsystems, so the broker and the command share it.
 
+pub mod agents;
 pub mod backup;
 pub mod drain;
 pub mod prune;
