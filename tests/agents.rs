@@ -611,6 +611,21 @@ async fn an_agent_killed_mid_provision_finishes_it_when_it_returns() {
     assert!(connect(creds["uri"].as_str().unwrap()).await.is_err());
 }
 
+/// `clone-from "production"` as `name`: (the agent it was placed on, rows in `orders`).
+async fn undo(fleet: &Fleet, name: &str) -> (String, i64) {
+    let (clone, _) = fleet
+        .app
+        .clone_ready(name, serde_json::json!({ "clone-from": "production" }))
+        .await;
+    let creds = fleet.app.bind_sync(&clone, &new_id()).await;
+    let mut conn = connect(creds["uri"].as_str().unwrap()).await.unwrap();
+    let rows = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    (fleet.placed_on(&clone).await.unwrap(), rows)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_instance_whose_agent_is_gone_comes_back_on_the_other_agent() {
     if !pg_available() {
@@ -693,21 +708,10 @@ async fn an_instance_whose_agent_is_gone_comes_back_on_the_other_agent() {
 
     // Undo while the source still counts as live: the fork cannot reach it, so the clone
     // takes what the archive holds, on the agent that answers, with every archived row.
-    let (clone, _) = fleet
-        .app
-        .clone_ready(
-            "production-back",
-            serde_json::json!({ "clone-from": "production" }),
-        )
-        .await;
-    assert_eq!(fleet.placed_on(&clone).await.as_deref(), Some(other));
-    let creds = fleet.app.bind_sync(&clone, &new_id()).await;
-    let mut conn = connect(creds["uri"].as_str().unwrap()).await.unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(n, 500);
+    assert_eq!(
+        undo(&fleet, "production-back").await,
+        (other.to_string(), 500)
+    );
 
     // A delete cannot reach it: the operation fails cleanly, naming the agent, and the
     // instance stays (its archive is whole).
@@ -726,19 +730,8 @@ async fn an_instance_whose_agent_is_gone_comes_back_on_the_other_agent() {
     );
 
     // Failed, but backed up: it can still be undone.
-    let (again, _) = fleet
-        .app
-        .clone_ready(
-            "production-again",
-            serde_json::json!({ "clone-from": "production" }),
-        )
-        .await;
-    assert_eq!(fleet.placed_on(&again).await.as_deref(), Some(other));
-    let creds = fleet.app.bind_sync(&again, &new_id()).await;
-    let mut conn = connect(creds["uri"].as_str().unwrap()).await.unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(n, 500);
+    assert_eq!(
+        undo(&fleet, "production-again").await,
+        (other.to_string(), 500)
+    );
 }
