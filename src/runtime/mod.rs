@@ -6,6 +6,7 @@
 //! only domain types. Must not import `osb`, `broker`, `store` or `jobs`.
 
 mod local;
+mod placement;
 mod remote;
 pub mod wire;
 
@@ -16,7 +17,8 @@ use secrecy::SecretString;
 
 use crate::domain::InstanceId;
 pub use local::{BackupFailure, CloneRestore, CloneRestoreError, LocalRuntime, RestoreSlot};
-pub use remote::{status_text, ArchiverStatsBody, BackupAnswer, Placement, RemoteRuntime};
+pub use placement::{choose, Placement};
+pub use remote::{status_text, ArchiverStatsBody, BackupAnswer, RemoteRuntime};
 
 /// What a cluster should look like.
 #[derive(Debug, Clone)]

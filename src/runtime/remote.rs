@@ -17,6 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::placement::{choose, Placement};
 use super::wire::{self, Capacity, WireError};
 use super::{Applied, ArchiverStats, ClusterSpec, ClusterStatus, RuntimeError, WalPosition};
 use crate::config::{AgentEndpoint, AgentsSettings};
@@ -29,14 +30,6 @@ pub struct AgentClient {
     http: reqwest::Client,
     username: String,
     password: SecretString,
-}
-
-/// Where a new instance goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Placement {
-    pub agent: String,
-    /// The host its bindings name.
-    pub host: String,
 }
 
 /// Finds the agent recorded for an instance the runtime has not seen yet (the store, wired in
@@ -443,69 +436,6 @@ impl RemoteRuntime {
     }
 }
 
-/// The agent with the most free instance slots (its maximum less what it holds or the broker
-/// placed there, whichever is more: provisions in flight count), then the most available
-/// memory, then the first name. Agents that did not answer are skipped. None fits: transient
-/// while some agent did not answer (it may come back), permanent when every one is full.
-pub fn choose(
-    answers: &[(String, Result<Capacity, RuntimeError>)],
-    placed: &HashMap<String, usize>,
-) -> Result<Placement, RuntimeError> {
-    let mut best: Option<(u64, u64, &str, &str)> = None;
-    let mut why = Vec::new();
-    let mut unreachable = false;
-    for (name, answer) in answers {
-        let cap = match answer {
-            Ok(cap) => cap,
-            Err(e) => {
-                unreachable = true;
-                why.push(format!("{name}: {e}"));
-                continue;
-            }
-        };
-        let held = (cap.instances as usize).max(placed.get(name).copied().unwrap_or(0));
-        let free = (cap.max_instances as usize).saturating_sub(held) as u64;
-        if free == 0 {
-            why.push(format!(
-                "{name}: full ({held} of {} instances)",
-                cap.max_instances
-            ));
-            continue;
-        }
-        let better = match best {
-            None => true,
-            Some((f, m, n, _)) => {
-                (
-                    free,
-                    cap.memory_available_bytes,
-                    std::cmp::Reverse(name.as_str()),
-                ) > (f, m, std::cmp::Reverse(n))
-            }
-        };
-        if better {
-            best = Some((free, cap.memory_available_bytes, name, &cap.advertise_host));
-        }
-    }
-    match best {
-        Some((_, _, name, host)) => Ok(Placement {
-            agent: name.to_string(),
-            host: host.to_string(),
-        }),
-        None => Err(RuntimeError::Agent {
-            agent: "*".into(),
-            message: format!(
-                "no agent can take a new instance ({})",
-                if why.is_empty() {
-                    "none configured".to_string()
-                } else {
-                    why.join("; ")
-                }
-            ),
-            permanent: !unreachable,
-        }),
-    }
-}
-
 /// What the agent answers for a backup: the manifest and timings.
 #[derive(Debug, Clone, serde::Deserialize, Serialize)]
 pub struct BackupAnswer {
@@ -657,82 +587,4 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s.source();
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cap(instances: u32, max: u32, memory_gb: u64) -> Result<Capacity, RuntimeError> {
-        Ok(Capacity {
-            instances,
-            max_instances: max,
-            memory_total_bytes: 16 << 30,
-            memory_available_bytes: memory_gb << 30,
-            disk_total_bytes: 100 << 30,
-            disk_available_bytes: 50 << 30,
-            advertise_host: format!("10.0.0.{instances}{max}"),
-            version: "0".into(),
-        })
-    }
-
-    fn down() -> Result<Capacity, RuntimeError> {
-        Err(RuntimeError::Unreachable {
-            agent: "x".into(),
-            message: "connection refused".into(),
-        })
-    }
-
-    fn answers(
-        list: Vec<(&str, Result<Capacity, RuntimeError>)>,
-    ) -> Vec<(String, Result<Capacity, RuntimeError>)> {
-        list.into_iter().map(|(n, c)| (n.to_string(), c)).collect()
-    }
-
-    #[test]
-    fn the_most_free_slots_win_then_memory_then_name() {
-        let none = HashMap::new();
-        let a = answers(vec![("a", cap(3, 10, 8)), ("b", cap(1, 10, 2))]);
-        assert_eq!(choose(&a, &none).unwrap().agent, "b");
-        // Same room: more memory.
-        let a = answers(vec![("a", cap(1, 10, 8)), ("b", cap(1, 10, 2))]);
-        assert_eq!(choose(&a, &none).unwrap().agent, "a");
-        // Same room and memory: the first name.
-        let a = answers(vec![("b", cap(1, 10, 2)), ("a", cap(1, 10, 2))]);
-        let p = choose(&a, &none).unwrap();
-        assert_eq!((p.agent.as_str(), p.host.as_str()), ("a", "10.0.0.110"));
-        // A bigger agent with more held can still have more room.
-        let a = answers(vec![("small", cap(0, 2, 8)), ("big", cap(5, 50, 8))]);
-        assert_eq!(choose(&a, &none).unwrap().agent, "big");
-    }
-
-    #[test]
-    fn placements_in_flight_count_and_the_maximum_holds() {
-        // The agent has no cluster yet, but the broker placed 9 there (provisions in flight).
-        let a = answers(vec![("a", cap(0, 10, 8)), ("b", cap(4, 10, 8))]);
-        let placed = HashMap::from([("a".to_string(), 9)]);
-        assert_eq!(choose(&a, &placed).unwrap().agent, "b");
-        let placed = HashMap::from([("a".to_string(), 10), ("b".to_string(), 10)]);
-        let e = choose(&a, &placed).unwrap_err();
-        assert!(e.is_permanent(), "every agent full: retrying cannot help");
-        assert!(
-            e.to_string().contains("a: full (10 of 10 instances)"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn unreachable_agents_are_skipped_and_only_they_make_it_transient() {
-        let none = HashMap::new();
-        let a = answers(vec![("a", down()), ("b", cap(9, 10, 1))]);
-        assert_eq!(choose(&a, &none).unwrap().agent, "b");
-        let a = answers(vec![("a", down()), ("b", cap(10, 10, 1))]);
-        let e = choose(&a, &none).unwrap_err();
-        assert!(!e.is_permanent(), "{e}");
-        assert!(e.to_string().contains("connection refused"), "{e}");
-        assert!(choose(&[], &none)
-            .unwrap_err()
-            .to_string()
-            .contains("none configured"));
-    }
 }
