@@ -79,7 +79,8 @@ impl Default for AgentsSettings {
             password: None,
             ca_cert: None,
             connect_timeout_secs: 5,
-            request_timeout_secs: 60,
+            // Above an agent's own postgres.start_timeout_secs (60): a start answers in time.
+            request_timeout_secs: 120,
         }
     }
 }
@@ -531,7 +532,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     env_var!("WAYBACK_AGENTS_PASSWORD", "agents.password", "none", "Basic-auth password the broker presents to its agents (secret).", |s, v| s.agents.password = non_empty(v).map(SecretString::from)),
     env_var!("WAYBACK_AGENTS_CA_CERT", "agents.ca_cert", "the system's roots", "PEM file of the CA the agents' TLS certificates are issued by.", |s, v| s.agents.ca_cert = non_empty(v).map(PathBuf::from)),
     env_var!("WAYBACK_AGENTS_CONNECT_TIMEOUT_SECS", "agents.connect_timeout_secs", "5", "Seconds to connect to an agent.", |s, v| s.agents.connect_timeout_secs = parse(v)?),
-    env_var!("WAYBACK_AGENTS_REQUEST_TIMEOUT_SECS", "agents.request_timeout_secs", "60", "Seconds one call to an agent may take (backups and restores run on the agent and are polled).", |s, v| s.agents.request_timeout_secs = parse(v)?),
+    env_var!("WAYBACK_AGENTS_REQUEST_TIMEOUT_SECS", "agents.request_timeout_secs", "120", "Seconds one call to an agent may take; keep it above the agents' `postgres.start_timeout_secs` (base backups wait `backup.stream_timeout_secs` more; restores are polled).", |s, v| s.agents.request_timeout_secs = parse(v)?),
     env_var!("WAYBACK_AGENT_LISTEN", "agent.listen", "127.0.0.1:8443", "`wayback agent`: address and port of the agent's API.", |s, v| s.agent.listen = parse(v)?),
     env_var!("WAYBACK_AGENT_USERNAME", "agent.username", "wayback-agent", "`wayback agent`: basic-auth user name the broker must present.", |s, v| s.agent.username = v.trim().to_string()),
     env_var!("WAYBACK_AGENT_PASSWORD", "agent.password", "none (required)", "`wayback agent`: basic-auth password the broker must present (secret).", |s, v| s.agent.password = non_empty(v).map(SecretString::from)),
@@ -776,5 +777,61 @@ mod tests {
         s.postgres.port_max = 4000;
         assert!(s.validate().is_err());
         assert!(Settings::default().validate().is_ok());
+    }
+
+    #[test]
+    fn agents_come_as_name_url_pairs_and_bad_ones_are_named() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                (
+                    "WAYBACK_AGENTS",
+                    " db-1=https://10.0.1.5:8443/ , db-2=http://10.0.1.6:8443",
+                ),
+                ("WAYBACK_AGENTS_PASSWORD", "agent-secret"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.agents.urls,
+            vec![
+                AgentEndpoint {
+                    name: "db-1".into(),
+                    url: "https://10.0.1.5:8443".into()
+                },
+                AgentEndpoint {
+                    name: "db-2".into(),
+                    url: "http://10.0.1.6:8443".into()
+                },
+            ]
+        );
+        s.validate().unwrap();
+        assert!(!format!("{s:?}").contains("agent-secret"));
+        for (bad, says) in [
+            ("db-1", "not name=URL"),
+            ("db 1=https://x", "letters, digits"),
+            ("a=https://x,a=https://y", "appears twice"),
+            ("a=10.0.1.5:8443", "not an http(s) URL"),
+        ] {
+            let e = Settings::load_from(None, env(&[("WAYBACK_AGENTS", bad)])).unwrap_err();
+            assert!(
+                e.to_string().contains("WAYBACK_AGENTS") && e.to_string().contains(says),
+                "{bad}: {e}"
+            );
+        }
+        // Agents without the password they need, and half a TLS pair, are refused by name.
+        let mut s = Settings::load_from(None, env(&[("WAYBACK_AGENTS", "a=https://x")])).unwrap();
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("agents.password"));
+        s.agents.urls.clear();
+        s.agent.tls_cert = Some("/etc/agent.crt".into());
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("agent.tls_key"));
     }
 }
