@@ -176,11 +176,19 @@ impl Supervisor {
             }
             Runtime::Local(_) => Default::default(),
         };
-        let mut waiting = 0;
+        let (mut waiting, mut unplaced) = (0, 0);
         for instance in ready {
-            if instance.agent.as_ref().is_some_and(|a| down.contains(a)) {
-                waiting += 1;
-                continue;
+            match (&instance.agent, &self.runtime) {
+                (Some(agent), _) if down.contains(agent) => {
+                    waiting += 1;
+                    continue;
+                }
+                // Made on this machine before agents were configured: no agent runs it.
+                (None, Runtime::Remote(_)) => {
+                    unplaced += 1;
+                    continue;
+                }
+                _ => {}
             }
             match self.runtime.status(&instance.id).await {
                 Ok(ClusterStatus::Running) => {
@@ -221,6 +229,9 @@ impl Supervisor {
         }
         if !down.is_empty() {
             tracing::warn!(agents = ?down, instances = waiting, "agents do not answer; their instances are not checked until they do");
+        }
+        if unplaced > 0 {
+            tracing::warn!(instances = unplaced, "ready instances run on no agent (made before agents were configured); bring each over with clone-from");
         }
         Ok(started)
     }
