@@ -97,7 +97,7 @@ impl ResponseError for AgentError {
 
 impl From<RuntimeError> for AgentError {
     fn from(e: RuntimeError) -> Self {
-        let mut out = wire_error(&e);
+        let out = wire_error(&e);
         tracing::warn!(error = %e, permanent = out.permanent, "agent call failed");
         let status = if out.port_in_use.is_some() {
             StatusCode::CONFLICT
@@ -106,7 +106,6 @@ impl From<RuntimeError> for AgentError {
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        out.message = e.to_string();
         Self { status, body: out }
     }
 }

@@ -131,12 +131,6 @@ macro_rules! dispatch {
 }
 
 impl Runtime {
-    /// Records the agent an instance lives on (from its store record); nothing locally.
-    pub fn assign(&self, id: &InstanceId, agent: Option<&str>) {
-        if let (Runtime::Remote(r), Some(agent)) = (self, agent) {
-            r.assign(id, agent);
-        }
-    }
     /// Start-up checks and preparation (binaries, OS user, directories, template).
     pub async fn prepare(&self) -> Result<(), RuntimeError> {
         dispatch!(self, rt => rt.prepare().await)

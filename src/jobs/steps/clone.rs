@@ -144,7 +144,6 @@ async fn fork(ctx: &JobContext, job: &JobRecord) -> StepResult {
     let Some(record) = ctx.store.get_instance(&src.id).await? else {
         return Ok(Outcome::Next(RESTORE));
     };
-    ctx.runtime.assign(&src.id, record.agent.as_deref());
     // A source stopped or deleted since the PUT has archived what it had; restore that.
     if !record.state.is_live() {
         return Ok(Outcome::Next(RESTORE));
