@@ -548,8 +548,30 @@ async fn an_agent_killed_mid_provision_finishes_it_when_it_returns() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     fleet.agent_mut("agent-a").kill();
-    // Meanwhile the operation is still in progress, retrying, and says so.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Meanwhile the step fails against the dead agent and is retried (the job records it),
+    // and the operation stays in progress.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = fleet
+            .app
+            .store
+            .get_job(&op)
+            .await
+            .unwrap()
+            .expect("the job");
+        let unreachable = job
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("agent-a did not answer"));
+        if job.attempts >= 2 && unreachable {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no retry against the dead agent: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (status, body) = {
         let r = fleet
             .app
