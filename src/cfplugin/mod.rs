@@ -139,16 +139,7 @@ mod tests {
                 minor: 1,
                 build: 0,
             },
-            commands: vec![Command {
-                name: "backups".into(),
-                alias: "bk".into(),
-                help_text: "List backups".into(),
-                usage_details: Usage {
-                    usage: "cf backups NAME".into(),
-                    options: [("--json".to_string(), "JSON output".to_string())].into(),
-                },
-            }],
-            ..PluginMetadata::default()
+            ..rpc::tests::capture_metadata()
         }
     }
 

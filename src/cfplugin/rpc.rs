@@ -450,4 +450,4 @@ impl FromGob for Organization {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

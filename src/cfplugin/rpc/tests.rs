@@ -105,7 +105,8 @@ const ORG_GUID: &str = "e00705b9-7b42-4561-ae97-2520399d2133";
 const SPACE_GUID: &str = "5a84d315-9513-4d74-95e5-f6a5501eeef7";
 const TOKEN: &str = "bearer eyJhbGciOiJSUzI1NiJ9.e30.sig";
 
-fn capture_metadata() -> PluginMetadata {
+/// The metadata of the captured cf exchange (the plugin tests reuse it under another name).
+pub(crate) fn capture_metadata() -> PluginMetadata {
     PluginMetadata {
         name: "undo".into(),
         version: VersionType {
