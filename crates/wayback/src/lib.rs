@@ -1,0 +1,41 @@
+//! Wayback: PostgreSQL for Cloud Foundry with undo.
+//!
+//! An Open Service Broker (OSB API v2.17) that gives every service instance its own PostgreSQL
+//! cluster. The crate map, one line per module (see `docs/architecture.md` for the picture):
+
+/// `wayback agent`: one VM's clusters behind an authenticated HTTP(S) API for the broker.
+pub mod agent;
+/// Wayback's own read-only API (`/wayback/v1`) for the CLI: bearer UAA tokens, space checks.
+pub mod api;
+/// WAL archiving: `wal-push` / `wal-fetch`, the archive's layout and object format.
+pub mod archive;
+/// Business rules of each OSB call (idempotency, 409/410/422); no HTTP types.
+pub mod broker;
+/// The OSB catalog: load and validate `catalog.json`, plan settings.
+pub mod catalog;
+/// Cloud Controller v3 client (UAA client-credentials token): instance names the platform did not send.
+pub mod cc;
+/// Operator commands (`wayback prune`, …): open from settings, call the library, print.
+pub mod cli;
+/// Settings: compiled defaults → optional TOML file → environment; secrets typed as secrets.
+pub mod config;
+/// Newtypes and states shared by every layer; imports nothing else from the crate.
+pub mod domain;
+/// Durable asynchronous operations: claim → run step → record; resumes after a restart.
+pub mod jobs;
+/// Prometheus text exposition of the broker's counters and gauges.
+pub mod metrics;
+/// actix-web only: extractors (auth, version, ids), wire types, handlers, `OsbError`.
+pub mod osb;
+/// PostgreSQL process driver: initdb/template, conf files, pg_ctl, readiness, SQL admin.
+pub mod pg;
+/// Where clusters live: the local runtime (clusters on this machine, supervised).
+pub mod runtime;
+/// The one place everything is wired: `Application::build` / `run_until_stopped`.
+pub mod startup;
+/// Object storage: S3 (aws-sdk-s3), a local directory and a fault injector behind one handle.
+pub mod storage;
+/// sqlx store (SQLite by default, PostgreSQL by URL): instances, names, bindings, operations, jobs.
+pub mod store;
+/// Logging set-up (plain or JSON) with tracing.
+pub mod telemetry;

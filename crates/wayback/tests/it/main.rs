@@ -1,0 +1,34 @@
+//! Wayback's integration tests, one binary (linking the crate once instead of once per file):
+//! real PostgreSQL clusters, the S3-compatible server that `scripts/test` starts, the real
+//! `wayback` binary for its subcommands, and wiremock for the Cloud Controller and UAA.
+//!
+//! `common` is the harness (`spawn_app()`, typed OSB helpers, the fake CF); `pg_support` drives
+//! PostgreSQL without a broker. Each other module is one area, named as its tests are filtered:
+//! `bash scripts/test clone::` runs the clone tests.
+
+mod common;
+mod pg_support;
+
+mod agents;
+mod archive;
+mod archive_faults;
+mod backup;
+mod bosh_templates;
+mod cc_names;
+mod cf_wayback;
+mod clone;
+mod docs;
+mod drain;
+mod lifecycle;
+mod osb_api;
+mod pg_driver;
+mod pg_runtime;
+mod register_broker;
+mod reindex;
+mod restart;
+mod restore;
+mod retention;
+mod smoke_test;
+mod storage_contract;
+mod store;
+mod wayback_api;

@@ -1,0 +1,165 @@
+//! `wayback smoke-test` as an operator runs it: the real binary, configured by flags and
+//! environment variables, against a broker started in this process (`spawn_app`, real
+//! PostgreSQL clusters, the local archive in its data directory). The happy path walks all nine
+//! steps and leaves no instance behind; a wrong password and an unknown plan fail at step 1.
+
+use crate::common;
+
+use std::process::Output;
+
+use common::*;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+/// Runs `wayback smoke-test ARGS` against `app` with a clean environment and `password`.
+async fn smoke(app: &TestApp, password: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_wayback"))
+        .arg("smoke-test")
+        .arg("--broker-url")
+        .arg(&app.address)
+        .args(args)
+        .env_clear()
+        .env("WAYBACK_BROKER_USERNAME", USER)
+        .env("WAYBACK_BROKER_PASSWORD", password)
+        .env("WAYBACK_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run wayback")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_walk_passes_every_step_and_leaves_nothing_behind() {
+    if !pg_available() {
+        return;
+    }
+    let app = spawn_app().await;
+    let out = smoke(
+        &app,
+        &app.password,
+        &["--json", "--space-guid", SPACE, "--timeout-secs", "300"],
+    )
+    .await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).expect("one JSON document");
+    assert_eq!(report["ok"], true, "{report:#}");
+    let names: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            assert_eq!(s["ok"], true, "{s}");
+            assert!(s["secs"].as_f64().is_some(), "{s}");
+            s["name"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "catalog",
+            "provision",
+            "bind",
+            "write",
+            "unbind",
+            "deprovision",
+            "clone",
+            "verify",
+            "cleanup"
+        ]
+    );
+    assert!(
+        !stdout.contains("postgres://") && !stdout.contains("postgresql://"),
+        "a uri (with its password) was printed: {stdout}"
+    );
+
+    // Both instances are gone from the broker.
+    for key in ["instance_id", "clone_id"] {
+        let id = report[key].as_str().expect("an instance id");
+        let r = app
+            .osb(
+                Method::GET,
+                &format!("/v2/service_instances/{id}/last_operation?service_id={SERVICE_ID}&plan_id={SMALL}"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::GONE, "{key} {id}");
+        let r = app
+            .osb(Method::GET, &format!("/v2/service_instances/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            matches!(r.status().as_u16(), 404 | 410),
+            "{key} {id}: {}",
+            r.status()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_fails_at_the_catalog_with_401() {
+    if !pg_available() {
+        return;
+    }
+    let app = spawn_app().await;
+    let out = smoke(&app, "not-the-password", &[]).await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("[1/9] catalog … FAILED"), "{stdout}");
+    assert!(
+        stderr.contains("step 1/9 (catalog) failed") && stderr.contains("401"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("[2/9]"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_plan_is_named() {
+    if !pg_available() {
+        return;
+    }
+    let app = spawn_app().await;
+    let out = smoke(&app, &app.password, &["--plan", "huge", "--json"]).await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).expect("one JSON document");
+    assert_eq!(report["ok"], false);
+    let step = &report["steps"][0];
+    assert_eq!(
+        (step["name"].as_str(), step["ok"].as_bool()),
+        (Some("catalog"), Some(false))
+    );
+    let detail = step["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("\"huge\"") && detail.contains("small"),
+        "{detail}"
+    );
+    assert!(stderr.contains("step 1/9 (catalog) failed"), "{stderr}");
+    assert_eq!(report["instance_id"], Value::Null);
+}
+
+#[tokio::test]
+async fn bad_arguments_exit_2() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wayback"))
+        .args([
+            "smoke-test",
+            "--broker-url",
+            "ftp://example.org",
+            "--space-guid",
+            "x",
+        ])
+        .env_clear()
+        .env("WAYBACK_BROKER_PASSWORD", "pw")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run wayback");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("ftp://example.org"));
+}

@@ -1,0 +1,400 @@
+//! One store test suite, run against SQLite and PostgreSQL (the test script provides a server
+//! in `WAYBACK_TEST_PG_URL`; each run gets its own database).
+
+use crate::common;
+
+use serde_json::json;
+use sqlx::Connection;
+use wayback::domain::{
+    BindingId, BindingState, InstanceId, InstanceState, OperationKind, OperationState,
+};
+use wayback::store::{
+    now_millis, BindingRecord, InstanceRecord, NewJob, OperationRecord, Store, StoreError, JOB_DONE,
+};
+
+fn instance(id: &str) -> InstanceRecord {
+    let now = now_millis();
+    InstanceRecord {
+        id: InstanceId::parse(id).unwrap(),
+        service_id: "svc".into(),
+        plan_id: "plan".into(),
+        organization_guid: "org".into(),
+        space_guid: "space".into(),
+        parameters: json!({}),
+        context: json!({ "instance_name": "db" }),
+        state: InstanceState::Provisioning,
+        port: None,
+        database_name: "app".into(),
+        owner_role: "app_owner".into(),
+        created_at: now,
+        updated_at: now,
+        deleted_at: None,
+        agent: None,
+        agent_host: None,
+    }
+}
+
+fn operation(
+    id: &str,
+    instance: &str,
+    binding: Option<&str>,
+    kind: OperationKind,
+) -> OperationRecord {
+    let now = now_millis();
+    OperationRecord {
+        id: id.into(),
+        instance_id: InstanceId::parse(instance).unwrap(),
+        binding_id: binding.map(|b| BindingId::parse(b).unwrap()),
+        kind,
+        state: OperationState::InProgress,
+        description: "queued".into(),
+        created_at: now,
+        updated_at: now,
+        finished_at: None,
+    }
+}
+
+fn job(id: &str, instance: &str, binding: Option<&str>) -> NewJob {
+    NewJob {
+        id: id.into(),
+        kind: "provision".into(),
+        instance_id: InstanceId::parse(instance).unwrap(),
+        binding_id: binding.map(|b| BindingId::parse(b).unwrap()),
+        operation_id: Some(id.into()),
+        payload: json!({ "k": "v" }),
+        first_step: "first".into(),
+    }
+}
+
+async fn suite(store: Store) {
+    // Insert: instance + first name + operation + job, atomically; a second insert conflicts.
+    let i1 = instance("i-1");
+    store
+        .insert_instance(
+            &i1,
+            Some("orders"),
+            &operation("op-1", "i-1", None, OperationKind::Provision),
+            &job("op-1", "i-1", None),
+        )
+        .await
+        .unwrap();
+    let again = store
+        .insert_instance(
+            &i1,
+            Some("x"),
+            &operation("op-x", "i-1", None, OperationKind::Provision),
+            &job("op-x", "i-1", None),
+        )
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    assert!(
+        store.get_operation("op-x").await.unwrap().is_none(),
+        "a failed insert leaves nothing"
+    );
+    let got = store.get_instance(&i1.id).await.unwrap().unwrap();
+    assert_eq!(got, i1);
+
+    // Names: a repeat is not recorded; a new one is, in order.
+    assert!(!store.record_name(&i1.id, "orders", "update").await.unwrap());
+    assert!(store
+        .record_name(&i1.id, "orders-v2", "update")
+        .await
+        .unwrap());
+    let names = store.instance_names(&i1.id).await.unwrap();
+    assert_eq!(
+        names
+            .iter()
+            .map(|n| (n.name.as_str(), n.source.as_str()))
+            .collect::<Vec<_>>(),
+        [("orders", "provision"), ("orders-v2", "update")]
+    );
+
+    // Ports are unique among instances.
+    let i2 = instance("i-2");
+    store
+        .insert_instance(
+            &i2,
+            None,
+            &operation("op-2", "i-2", None, OperationKind::Provision),
+            &job("op-2", "i-2", None),
+        )
+        .await
+        .unwrap();
+    store.set_instance_port(&i1.id, Some(41000)).await.unwrap();
+    assert!(matches!(
+        store.set_instance_port(&i2.id, Some(41000)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.used_ports("").await.unwrap(), vec![41000]);
+    // Each agent has the whole range: the same port on another machine is no conflict.
+    store
+        .set_instance_agent(&i2.id, "agent-b", "10.0.0.7")
+        .await
+        .unwrap();
+    store.set_instance_port(&i2.id, Some(41000)).await.unwrap();
+    assert_eq!(store.used_ports("agent-b").await.unwrap(), vec![41000]);
+    let placed = store.get_instance(&i2.id).await.unwrap().unwrap();
+    assert_eq!(placed.agent.as_deref(), Some("agent-b"));
+    assert_eq!(placed.agent_host.as_deref(), Some("10.0.0.7"));
+    assert_eq!(
+        store.instances_per_agent().await.unwrap().get("agent-b"),
+        Some(&1)
+    );
+    assert_eq!(
+        store.instance_agents().await.unwrap(),
+        vec![(i2.id.clone(), "agent-b".to_string())]
+    );
+
+    // Jobs: one claimer at a time; the lease excludes others until it lapses.
+    let a = store
+        .claim_job("worker-a", now_millis() + 60_000, Some("op-1"))
+        .await
+        .unwrap()
+        .expect("claimable");
+    assert_eq!(
+        (a.step.as_str(), a.payload["k"].as_str()),
+        ("first", Some("v"))
+    );
+    assert!(
+        store
+            .claim_job("worker-b", now_millis() + 60_000, Some("op-1"))
+            .await
+            .unwrap()
+            .is_none(),
+        "leased job"
+    );
+    assert!(store
+        .advance_job("op-1", "worker-a", "second")
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .advance_job("op-1", "worker-b", "third")
+            .await
+            .unwrap(),
+        "not b's lease"
+    );
+    assert!(store
+        .renew_lease("op-1", "worker-a", now_millis() - 1)
+        .await
+        .unwrap());
+    let b = store
+        .claim_job("worker-b", now_millis() + 60_000, Some("op-1"))
+        .await
+        .unwrap()
+        .expect("lapsed lease is claimable");
+    assert_eq!(b.step, "second", "resumes at the recorded step");
+    assert!(
+        !store
+            .renew_lease("op-1", "worker-a", now_millis() + 60_000)
+            .await
+            .unwrap(),
+        "a lost its lease"
+    );
+    store
+        .retry_job("op-1", "worker-b", 1, now_millis() + 60_000, "boom")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_job("worker-b", now_millis() + 60_000, None)
+            .await
+            .unwrap()
+            .is_some_and(|j| j.id == "op-2"),
+        "op-1 waits for run_after"
+    );
+    store.finish_job("op-1", JOB_DONE, None).await.unwrap();
+    let done = store.get_job("op-1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            done.state.as_str(),
+            done.attempts,
+            done.last_error.as_deref()
+        ),
+        ("done", 1, Some("boom"))
+    );
+    assert_eq!(
+        store
+            .other_pending_jobs(&i1.id, "none")
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+
+    // Transitions are compare-and-set.
+    store
+        .set_instance_state(&i1.id, InstanceState::Ready)
+        .await
+        .unwrap();
+    let op3 = operation("op-3", "i-1", None, OperationKind::Deprovision);
+    assert!(!store
+        .transition_instance(
+            &i1.id,
+            &[InstanceState::Updating],
+            InstanceState::Deprovisioning,
+            &op3,
+            &job("op-3", "i-1", None)
+        )
+        .await
+        .unwrap());
+    assert!(store.get_operation("op-3").await.unwrap().is_none());
+    assert!(store
+        .transition_instance(
+            &i1.id,
+            &[InstanceState::Ready],
+            InstanceState::Deprovisioning,
+            &op3,
+            &job("op-3", "i-1", None)
+        )
+        .await
+        .unwrap());
+    assert_eq!(
+        store
+            .latest_operation(&i1.id, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "op-3"
+    );
+
+    // Operations: terminal states stick.
+    store
+        .update_operation("op-3", OperationState::Succeeded, "done")
+        .await
+        .unwrap();
+    store
+        .update_operation("op-3", OperationState::InProgress, "again?")
+        .await
+        .unwrap();
+    let op = store.get_operation("op-3").await.unwrap().unwrap();
+    assert_eq!(
+        (op.state, op.description.as_str()),
+        (OperationState::Succeeded, "done")
+    );
+    assert!(op.finished_at.is_some());
+
+    // Bindings.
+    let binding = BindingRecord {
+        id: BindingId::parse("b-1").unwrap(),
+        instance_id: i1.id.clone(),
+        request: json!({ "app_guid": "app" }),
+        role_name: "u_x".into(),
+        password: "secret".to_string().into(),
+        state: BindingState::Creating,
+        created_at: now_millis(),
+        updated_at: now_millis(),
+        deleted_at: None,
+    };
+    store
+        .insert_binding(
+            &binding,
+            &operation("op-b1", "i-1", Some("b-1"), OperationKind::Bind),
+            &job("op-b1", "i-1", Some("b-1")),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .insert_binding(
+                &binding,
+                &operation("op-b2", "i-1", Some("b-1"), OperationKind::Bind),
+                &job("op-b2", "i-1", Some("b-1"))
+            )
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let got = store.get_binding(&binding.id).await.unwrap().unwrap();
+    assert_eq!(
+        (got.role_name.as_str(), got.state),
+        ("u_x", BindingState::Creating)
+    );
+    assert!(
+        !format!("{got:?}").contains("secret"),
+        "Debug hides the password"
+    );
+    assert_eq!(
+        store
+            .latest_operation(&i1.id, Some(&binding.id))
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "op-b1"
+    );
+    assert_eq!(
+        store
+            .latest_operation(&i1.id, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "op-3",
+        "binding ops are separate"
+    );
+
+    // Deletion keeps the record, frees the port, and deletes the bindings.
+    store.delete_bindings_of(&i1.id).await.unwrap();
+    store
+        .set_instance_state(&i1.id, InstanceState::Deleted)
+        .await
+        .unwrap();
+    let deleted = store.get_instance(&i1.id).await.unwrap().unwrap();
+    assert_eq!(
+        (deleted.state, deleted.port),
+        (InstanceState::Deleted, None)
+    );
+    assert!(deleted.deleted_at.is_some());
+    assert_eq!(
+        store.get_binding(&binding.id).await.unwrap().unwrap().state,
+        BindingState::Deleted
+    );
+    assert_eq!(
+        store.instance_names(&i1.id).await.unwrap().len(),
+        2,
+        "names outlive the instance"
+    );
+    let counts = store.instance_counts().await.unwrap();
+    assert!(counts.contains(&("deleted".to_string(), 1)), "{counts:?}");
+}
+
+#[tokio::test]
+async fn sqlite_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = Store::default_sqlite_url(dir.path());
+    suite(Store::connect(&url).await.unwrap()).await;
+    // Reopening runs migrations idempotently and keeps data.
+    let reopened = Store::connect(&url).await.unwrap();
+    assert!(reopened
+        .get_instance(&InstanceId::parse("i-1").unwrap())
+        .await
+        .unwrap()
+        .is_some());
+}
+
+#[tokio::test]
+async fn postgres_store() {
+    let base = std::env::var("WAYBACK_TEST_PG_URL").ok();
+    if !common::require("a PostgreSQL server in WAYBACK_TEST_PG_URL", base.is_some()) {
+        return;
+    }
+    let base = base.unwrap();
+    let db = format!("store_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("connect to the test server");
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    let url = format!("{prefix}/{db}");
+    suite(Store::connect(&url).await.unwrap()).await;
+    // Two brokers sharing the database: migrations are idempotent.
+    Store::connect(&url).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}

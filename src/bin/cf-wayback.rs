@@ -1,7 +1,0 @@
-//! `cf-wayback`: the cf CLI plugin (`cf backups`, `cf undo`) that also runs standalone.
-//! Everything lives in `wayback::cfplugin::app`; see the README's "The cf CLI plugin".
-
-fn main() {
-    let code = wayback::cfplugin::app::run(std::env::args().skip(1).collect());
-    std::process::exit(code);
-}
