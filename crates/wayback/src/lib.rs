@@ -25,12 +25,16 @@ pub mod domain;
 pub mod jobs;
 /// Prometheus text exposition of the broker's counters and gauges.
 pub mod metrics;
+/// Opening what the settings name: the state store, the reachable archive, the runtime.
+pub mod open;
 /// actix-web only: extractors (auth, version, ids), wire types, handlers, `OsbError`.
 pub mod osb;
 /// PostgreSQL process driver: initdb/template, conf files, pg_ctl, readiness, SQL admin.
 pub mod pg;
 /// Where clusters live: the local runtime (clusters on this machine, supervised).
 pub mod runtime;
+/// One root signal (SIGTERM, Ctrl-C) that stops everything.
+pub mod shutdown;
 /// The one place everything is wired: `Application::build` / `run_until_stopped`.
 pub mod startup;
 /// Object storage: S3 (aws-sdk-s3), a local directory and a fault injector behind one handle.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use wayback::config::Settings;
+use wayback::config::{Overrides, Settings};
 use wayback::startup::Application;
 
 #[derive(Parser)]
@@ -153,18 +153,12 @@ fn main() -> ExitCode {
             archive_url,
         } => {
             let mut settings = settings;
-            if let Some(l) = listen {
-                settings.listen = l;
-            }
-            if let Some(d) = data_dir {
-                settings.data_dir = d;
-            }
-            if let Some(c) = catalog {
-                settings.catalog = Some(c);
-            }
-            if let Some(a) = archive_url {
-                settings.archive.url = a;
-            }
+            settings.apply(Overrides {
+                listen,
+                data_dir,
+                catalog,
+                archive_url,
+            });
             wayback::telemetry::init(&settings.log);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
@@ -187,6 +181,6 @@ fn main() -> ExitCode {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let app = Application::build(settings).await?;
-    wayback::startup::cancel_on_signal(app.shutdown_token());
+    wayback::shutdown::cancel_on_signal(app.shutdown_token());
     app.run_until_stopped().await
 }

@@ -21,7 +21,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::restore::RestoreProgress;
-use crate::config::Settings;
+use crate::config::{resolve, Settings};
 use crate::domain::InstanceId;
 use crate::osb::BasicAuth;
 use crate::runtime::wire::WireError;
@@ -69,9 +69,7 @@ impl Agent {
         let password = settings.agent.password.clone().context(
             "agent.password (WAYBACK_AGENT_PASSWORD) must be set: the broker authenticates with it",
         )?;
-        std::fs::create_dir_all(&settings.data_dir)
-            .with_context(|| format!("create data directory {}", settings.data_dir.display()))?;
-        let data_dir = std::fs::canonicalize(&settings.data_dir)?;
+        let data_dir = resolve::data_dir(&settings)?;
         let runtime = Arc::new(LocalRuntime::new(
             data_dir.clone(),
             settings.postgres.clone(),
@@ -81,13 +79,9 @@ impl Agent {
             .await
             .context("prepare the PostgreSQL runtime")?;
         let mut settings = settings;
-        settings.archive = crate::startup::archive_settings(&settings, &data_dir);
-        let archive = crate::startup::open_reachable_archive(&settings.archive).await?;
-        let wayback_bin = match &settings.wal.wayback_bin {
-            Some(p) => p.clone(),
-            None => std::env::current_exe().context("find the wayback binary")?,
-        };
-        let wayback_bin = crate::startup::stage_binary(&wayback_bin, &data_dir)?;
+        settings.archive = resolve::archive(&settings, &data_dir);
+        let archive = crate::open::reachable_archive(&settings.archive).await?;
+        let wayback_bin = resolve::wayback_binary(&settings, &data_dir)?;
         let state = web::Data::new(AgentState {
             runtime: runtime.clone(),
             auth: BasicAuth::new(&settings.agent.username, &password),
@@ -243,7 +237,7 @@ pub fn main(settings: Settings) -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         let agent = Agent::build(settings).await?;
-        crate::startup::cancel_on_signal(agent.shutdown_token());
+        crate::shutdown::cancel_on_signal(agent.shutdown_token());
         agent.run_until_stopped().await
     });
     match result {

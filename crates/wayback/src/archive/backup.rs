@@ -56,7 +56,7 @@ impl std::fmt::Debug for BackupSource {
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
     pub compression_level: i32,
-    /// Raw tar bytes per part ([`super::manifest::PART_RAW_BYTES`] unless a test wants more).
+    /// Raw tar bytes per part (`backup.part_bytes`).
     pub part_bytes: u64,
     pub uploads_in_flight: usize,
     /// The longest `pg_basebackup` may stream.

@@ -3,7 +3,8 @@
 //!
 //! A backup is the byte stream of `pg_basebackup -Ft -X none` (one tar: the data directory with
 //! its `backup_label`), cut into parts of at most `backup.part_bytes` raw bytes (default
-//! [`PART_RAW_BYTES`]; a reader goes by each part's `raw_bytes`), each compressed
+//! [`DEFAULT_PART_BYTES`](crate::config::DEFAULT_PART_BYTES); a reader goes by each part's
+//! `raw_bytes`), each compressed
 //! as one independent zstd frame and stored as its own object:
 //!
 //! ```text
@@ -23,9 +24,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::layout::InstancePrefix;
-
-/// Raw tar bytes per part, unless `backup.part_bytes` says otherwise.
-pub const PART_RAW_BYTES: u64 = 64 << 20;
 
 /// The manifest's format version; a restore refuses versions it does not know.
 pub const FORMAT: u32 = 1;

@@ -60,15 +60,7 @@ impl Credentials {
     }
 }
 
-/// A strong random password: 32 alphanumerics from the OS's CSPRNG (~190 bits).
-pub fn new_password() -> SecretString {
-    let pw: String = rand::rngs::OsRng
-        .sample_iter(&Alphanumeric)
-        .take(32)
-        .map(char::from)
-        .collect();
-    SecretString::from(pw)
-}
+pub use crate::domain::new_password;
 
 /// A fresh role name for a binding: `u_` and 16 random lowercase letters and digits.
 pub fn new_role_name() -> String {

@@ -122,15 +122,12 @@ pub async fn run(settings: Settings, instance: &str) -> anyhow::Result<BackupOut
         );
     }
     let mut settings = settings;
-    settings.archive = crate::startup::archive_settings(&settings, &data_dir);
+    settings.archive = crate::config::resolve::archive(&settings, &data_dir);
     let archive = ObjectStore::open(&settings.archive).context("open the archive")?;
-    let wayback_bin = match &settings.wal.wayback_bin {
-        Some(p) => p.clone(),
-        None => std::env::current_exe().context("find the wayback binary")?,
-    };
+    let wayback_bin = crate::config::resolve::wayback_executable(&settings)?;
     let ctx = Arc::new(JobContext {
         store: store.clone(),
-        runtime: crate::startup::build_runtime(&settings, &data_dir, &store)?,
+        runtime: crate::open::runtime(&settings, &data_dir, &store)?,
         catalog: Arc::new(Catalog::load(settings.catalog.as_deref())?),
         archive_command: ArchiveCommand {
             wayback_bin,

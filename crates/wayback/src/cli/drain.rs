@@ -205,7 +205,7 @@ async fn drain_all(
     planned: Vec<Plan>,
     timeout: Duration,
 ) -> anyhow::Result<DrainReport> {
-    let archive_settings = crate::startup::archive_settings(settings, &data_dir);
+    let archive_settings = crate::config::resolve::archive(settings, &data_dir);
     let archive = ObjectStore::open(&archive_settings).context("open the archive")?;
     let runtime = Arc::new(LocalRuntime::new(data_dir, settings.postgres.clone()));
     let instances: Vec<DrainedInstance> = futures::stream::iter(planned)

@@ -15,22 +15,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::config::Settings;
+use crate::config::{Overrides, Settings};
 use crate::store::Store;
-
-/// Applies the `--data-dir` / `--archive-url` a command was given over the settings.
-fn override_locations(
-    settings: &mut Settings,
-    data_dir: Option<PathBuf>,
-    archive_url: Option<String>,
-) {
-    if let Some(d) = data_dir {
-        settings.data_dir = d;
-    }
-    if let Some(a) = archive_url {
-        settings.archive.url = a;
-    }
-}
 
 /// The start a command on this machine's broker state shares: `--data-dir` and
 /// `--archive-url` over the settings, logging, and the async runtime (`None`, said on stderr,
@@ -40,7 +26,11 @@ fn start_local(
     data_dir: Option<PathBuf>,
     archive_url: Option<String>,
 ) -> Option<tokio::runtime::Runtime> {
-    override_locations(settings, data_dir, archive_url);
+    settings.apply(Overrides {
+        data_dir,
+        archive_url,
+        ..Overrides::default()
+    });
     crate::telemetry::init(&settings.log);
     async_runtime()
 }
@@ -78,9 +68,10 @@ fn start_command<T>(
     command: &str,
     prepare: impl FnOnce(&Settings) -> anyhow::Result<T>,
 ) -> Result<(T, tokio::runtime::Runtime), std::process::ExitCode> {
-    if let Some(d) = data_dir {
-        settings.data_dir = d;
-    }
+    settings.apply(Overrides {
+        data_dir,
+        ..Overrides::default()
+    });
     crate::telemetry::init(&settings.log);
     let prepared = prepare(settings).map_err(|e| {
         eprintln!("wayback: {command}: {e:#}");
@@ -107,7 +98,7 @@ async fn open_broker_state(settings: &Settings, command: &str) -> anyhow::Result
             settings.data_dir.display()
         )
     })?;
-    let (store, database_url) = crate::startup::open_state_store(settings, &data_dir).await?;
+    let (store, database_url) = crate::open::state_store(settings, &data_dir).await?;
     Ok(BrokerState {
         data_dir,
         store,

@@ -78,10 +78,9 @@ pub async fn run(settings: Settings, dry_run: bool) -> anyhow::Result<PassReport
         data_dir, store, ..
     } = super::open_broker_state(&settings, "prune").await?;
     let catalog = Arc::new(Catalog::load(settings.catalog.as_deref())?);
-    let archive = crate::startup::open_reachable_archive(&crate::startup::archive_settings(
-        &settings, &data_dir,
-    ))
-    .await?;
+    let archive =
+        crate::open::reachable_archive(&crate::config::resolve::archive(&settings, &data_dir))
+            .await?;
     let maintenance = ArchiveMaintenance::new(
         store.clone(),
         catalog,

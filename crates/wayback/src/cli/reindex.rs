@@ -85,10 +85,9 @@ pub async fn run(
     let super::BrokerState {
         data_dir, store, ..
     } = super::open_broker_state(&settings, "reindex").await?;
-    let archive = crate::startup::open_reachable_archive(&crate::startup::archive_settings(
-        &settings, &data_dir,
-    ))
-    .await?;
+    let archive =
+        crate::open::reachable_archive(&crate::config::resolve::archive(&settings, &data_dir))
+            .await?;
     let report = reindex::reindex(&store, &archive, dry_run, windows).await;
     store.close().await;
     report

@@ -95,7 +95,7 @@ pub async fn find_prefix(
 ) -> anyhow::Result<InstancePrefix> {
     let db_file = settings.data_dir.join("wayback.db");
     if settings.database_url.is_some() || db_file.is_file() {
-        let url = crate::startup::database_url(settings, &settings.data_dir);
+        let url = crate::config::resolve::database_url(settings, &settings.data_dir);
         match crate::store::Store::connect(&url).await {
             Ok(db) => {
                 let found = db.get_instance(id).await;
@@ -147,7 +147,7 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Outc
     let id = InstanceId::parse(args.from_instance.clone())
         .map_err(|e| anyhow::anyhow!("--from-instance: {e}"))?;
     let data_dir = std::path::absolute(&settings.data_dir).unwrap_or(settings.data_dir.clone());
-    let storage = capture_environment(&crate::startup::archive_settings(settings, &data_dir));
+    let storage = capture_environment(&crate::config::resolve::archive(settings, &data_dir));
     // Opening a local store creates its directory; a restore only reads, so a missing one is
     // the operator's mistake (a wrong --data-dir or archive URL), not something to create.
     if let Ok(crate::storage::Target::Local { dir }) = storage.resolve() {

@@ -4,7 +4,9 @@
 //! so that the rest of the code can use them in file paths, object keys and log lines safely.
 
 mod ids;
+mod secret;
 mod state;
 
 pub use ids::{BindingId, IdError, InstanceId, OrgGuid, PlanId, ServiceId, SpaceGuid};
+pub use secret::new_password;
 pub use state::{BindingState, InstanceState, OperationKind, OperationState};

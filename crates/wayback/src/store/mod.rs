@@ -140,14 +140,6 @@ impl Store {
         Ok(Store { pool })
     }
 
-    /// The SQLite URL used when none is configured.
-    pub fn default_sqlite_url(data_dir: &std::path::Path) -> String {
-        format!(
-            "sqlite://{}?mode=rwc",
-            data_dir.join("wayback.db").display()
-        )
-    }
-
     pub async fn close(&self) {
         self.pool.close().await;
     }

@@ -362,7 +362,7 @@ async fn suite(store: Store) {
 #[tokio::test]
 async fn sqlite_store() {
     let dir = tempfile::tempdir().unwrap();
-    let url = Store::default_sqlite_url(dir.path());
+    let url = wayback::config::resolve::default_sqlite_url(dir.path());
     suite(Store::connect(&url).await.unwrap()).await;
     // Reopening runs migrations idempotently and keeps data.
     let reopened = Store::connect(&url).await.unwrap();

@@ -1,0 +1,101 @@
+//! The checks types alone cannot make, each naming the key to fix.
+
+use super::{ConfigError, Settings};
+
+impl Settings {
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        };
+        if self.broker.username.is_empty() {
+            return invalid("broker.username", "must not be empty");
+        }
+        if self.postgres.port_min == 0 || self.postgres.port_min > self.postgres.port_max {
+            return invalid(
+                "postgres.port_min",
+                "must be at least 1 and not above postgres.port_max",
+            );
+        }
+        if self.postgres.os_user.is_empty() {
+            return invalid("postgres.os_user", "must not be empty");
+        }
+        if self.jobs.concurrency == 0 {
+            return invalid("jobs.concurrency", "must be at least 1");
+        }
+        if self.jobs.max_attempts == 0 {
+            return invalid("jobs.max_attempts", "must be at least 1");
+        }
+        if self.jobs.lease_secs < 2 {
+            return invalid("jobs.lease_secs", "must be at least 2");
+        }
+        if !(0..=19).contains(&self.wal.compression_level) {
+            return invalid("wal.compression_level", "must be between 0 and 19");
+        }
+        if self.wal.archive_timeout_secs == 0 {
+            return invalid("wal.archive_timeout_secs", "must be at least 1");
+        }
+        if !(1..=19).contains(&self.backup.compression_level) {
+            return invalid("backup.compression_level", "must be between 1 and 19");
+        }
+        if !(1..=16).contains(&self.backup.uploads_in_flight) {
+            return invalid("backup.uploads_in_flight", "must be between 1 and 16");
+        }
+        if !((64 << 10)..=(1 << 30)).contains(&self.backup.part_bytes) {
+            return invalid("backup.part_bytes", "must be between 65536 and 1073741824");
+        }
+        if self.backup.stream_timeout_secs == 0 {
+            return invalid("backup.stream_timeout_secs", "must be at least 1");
+        }
+        if self.retention.interval_secs == 0 {
+            return invalid("retention.interval_secs", "must be at least 1");
+        }
+        if self.http.max_body_bytes < 1024 {
+            return invalid("http.max_body_bytes", "must be at least 1024");
+        }
+        if !self.agents.urls.is_empty() {
+            if self.agents.password.is_none() {
+                return invalid(
+                    "agents.password",
+                    "agents.urls is set: the agents' basic-auth password is needed too",
+                );
+            }
+            if self.agents.username.is_empty() {
+                return invalid("agents.username", "must not be empty");
+            }
+            if self.agents.request_timeout_secs == 0 || self.agents.connect_timeout_secs == 0 {
+                return invalid("agents.request_timeout_secs", "timeouts must be at least 1");
+            }
+        }
+        if self.agent.tls_cert.is_some() != self.agent.tls_key.is_some() {
+            return invalid(
+                "agent.tls_cert",
+                "agent.tls_cert and agent.tls_key go together: set both or neither",
+            );
+        }
+        if self.agent.max_instances == 0 {
+            return invalid("agent.max_instances", "must be at least 1");
+        }
+        if self.cc.api_url.is_some() {
+            if self.cc.client_id.is_empty() || self.cc.client_secret.is_none() {
+                return invalid(
+                    "cc.client_id",
+                    "cc.api_url is set: cc.client_id and cc.client_secret are needed too",
+                );
+            }
+            if self.cc.attempts == 0 {
+                return invalid("cc.attempts", "must be at least 1");
+            }
+            if self.cc.request_timeout_secs == 0 || self.cc.connect_timeout_secs == 0 {
+                return invalid("cc.request_timeout_secs", "timeouts must be at least 1");
+            }
+        }
+        if self.cc.reconcile_interval_secs == 0 {
+            return invalid("cc.reconcile_interval_secs", "must be at least 1");
+        }
+        Ok(())
+    }
+}
