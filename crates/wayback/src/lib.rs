@@ -23,6 +23,8 @@ pub mod config;
 pub mod domain;
 /// Durable asynchronous operations: claim → run step → record; resumes after a restart.
 pub mod jobs;
+/// Periodic work beside the broker: supervisor, archive retention, names, reindex.
+pub mod maintenance;
 /// Prometheus text exposition of the broker's counters and gauges.
 pub mod metrics;
 /// Opening what the settings name: the state store, the reachable archive, the runtime.

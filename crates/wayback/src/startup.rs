@@ -10,10 +10,11 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{ArchiveMaintenance, Broker, NameResolver, Supervisor};
+use crate::broker::Broker;
 use crate::catalog::Catalog;
 use crate::config::{resolve, Settings};
 use crate::jobs::{JobContext, Worker};
+use crate::maintenance::{ArchiveMaintenance, NameResolver, Supervisor};
 use crate::metrics::Metrics;
 use crate::open;
 use crate::osb::{self, AppState, BasicAuth};

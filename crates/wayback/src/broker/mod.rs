@@ -10,10 +10,6 @@ mod bindings;
 pub(crate) mod clone;
 mod credentials;
 mod instances;
-mod names;
-pub mod reindex;
-mod retention;
-mod supervisor;
 
 use std::sync::Arc;
 
@@ -27,9 +23,6 @@ pub use instances::{
     Deprovisioned, InstanceView, LastOperation, ProvisionRequest, Provisioned, UpdateRequest,
     Updated,
 };
-pub use names::{NameResolver, ResolvePass, SOURCE_CLOUD_CONTROLLER};
-pub use retention::{ArchiveMaintenance, InstanceReport, PassReport};
-pub use supervisor::Supervisor;
 
 /// A refusal or failure, with what the user should do. `osb` maps each to a status code.
 #[derive(Debug, thiserror::Error)]

@@ -11,9 +11,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::broker::{ArchiveMaintenance, PassReport};
 use crate::catalog::Catalog;
 use crate::config::Settings;
+use crate::maintenance::{ArchiveMaintenance, PassReport};
 
 /// The command line of `wayback prune`.
 #[derive(Debug, Clone, clap::Args)]

@@ -1,7 +1,7 @@
 //! `wayback reindex [--dry-run] [--json] [--windows]`: rebuilds the broker's index of instances
 //! and their names from the archive alone (every `instance.json`), for a state database that
 //! was lost, restored from an old backup or pointed at a new host. The rules are in
-//! `broker::reindex` and `store::reindex`: unknown instances come back as deleted (no cluster
+//! `maintenance::reindex` and `store::reindex`: unknown instances come back as deleted (no cluster
 //! is started), missing names are added, nothing known is overwritten, and a second run
 //! changes nothing.
 //!
@@ -18,8 +18,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::broker::reindex::{self, ReindexReport};
 use crate::config::Settings;
+use crate::maintenance::reindex::{self, ReindexReport};
 
 /// The command line of `wayback reindex`.
 #[derive(Debug, Clone, clap::Args)]

@@ -157,7 +157,7 @@ async fn database_lost_then_reindexed(archive: Option<StorageSettings>) {
     let want_live = facts(&old.store, &live).await;
 
     // The old broker's own database has everything already: nothing to add or change.
-    let report = wayback::broker::reindex::reindex(&old.store, &objects, false, false)
+    let report = wayback::maintenance::reindex::reindex(&old.store, &objects, false, false)
         .await
         .unwrap();
     assert_eq!(
@@ -255,7 +255,7 @@ async fn database_lost_then_reindexed(archive: Option<StorageSettings>) {
     assert_eq!(n, 1);
 }
 
-fn report_json(r: &wayback::broker::reindex::ReindexReport) -> Value {
+fn report_json(r: &wayback::maintenance::reindex::ReindexReport) -> Value {
     serde_json::to_value(r).unwrap()
 }
 

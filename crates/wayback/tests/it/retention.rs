@@ -23,9 +23,9 @@ use wayback::archive::layout::{InstancePrefix, WalFileName};
 use wayback::archive::manifest::{backup_id, part_key, BackupManifest, SettingFloors, FORMAT};
 use wayback::archive::retention::{prune_instance, RetentionPolicy};
 use wayback::archive::window::restore_window;
-use wayback::broker::ArchiveMaintenance;
 use wayback::config::RetentionSettings;
 use wayback::domain::{InstanceId, SpaceGuid};
+use wayback::maintenance::ArchiveMaintenance;
 use wayback::storage::ObjectStore;
 
 fn prefix_of(space: &str, id: &str) -> InstancePrefix {
