@@ -1,4 +1,6 @@
 //! Bind and unbind steps.
+//!
+//! A leaf of `steps`: imports none of its siblings nor the dispatcher, and never `broker`.
 
 use anyhow::Context;
 

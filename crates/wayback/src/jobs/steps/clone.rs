@@ -17,6 +17,9 @@
 //!
 //! The order is the clone sequence in `jobs::model`; these are the steps only a clone has. The
 //! resolved source is the job's [`CloneSource`] (built by the broker's check).
+//!
+//! A leaf of `steps`: imports `final_wal` of its siblings, never `instance` or the dispatcher
+//! (`steps` itself), and never `broker`.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,8 @@
-//! Provision, update and deprovision steps.
+//! Provision, update and deprovision steps (the steps a provision shares with a clone-from
+//! provision included). Their order is in `jobs::model`.
+//!
+//! A leaf of `steps`: imports `backup` and `final_wal` of its siblings, never `clone` or the
+//! dispatcher (`steps` itself), and never `broker`.
 
 use std::net::TcpListener;
 use std::time::Duration;
