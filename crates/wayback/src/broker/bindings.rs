@@ -10,7 +10,7 @@ use super::{new_operation_id, Broker, BrokerError};
 use crate::domain::{
     BindingId, BindingState, InstanceId, InstanceState, OperationKind, OperationState,
 };
-use crate::jobs::{new_job, JobKind};
+use crate::jobs::{new_job, JobSpec};
 use crate::store::{now_millis, BindingRecord, OperationRecord, StoreError};
 
 /// Bind parameters this version accepts.
@@ -143,13 +143,7 @@ impl Broker {
             OperationKind::Bind,
             "Binding: queued",
         );
-        let job = new_job(
-            JobKind::Bind,
-            &operation,
-            &instance.id,
-            Some(&binding.id),
-            json!({}),
-        );
+        let job = new_job(&operation, &instance.id, Some(&binding.id), JobSpec::bind());
         match self.store.insert_binding(&binding, &op, &job).await {
             Ok(()) => {}
             Err(StoreError::Conflict(_)) => {
@@ -263,13 +257,7 @@ impl Broker {
             OperationKind::Unbind,
             "Unbinding: queued",
         );
-        let job = new_job(
-            JobKind::Unbind,
-            &operation,
-            instance_id,
-            Some(binding_id),
-            json!({}),
-        );
+        let job = new_job(&operation, instance_id, Some(binding_id), JobSpec::unbind());
         let mut moved = false;
         for from in [
             BindingState::Ready,

@@ -8,18 +8,21 @@
 //! and the base backup the restore would start from is chosen, so that a plan below that
 //! backup's hot-standby floors (rule 6) is refused now rather than failing after the 202.
 //!
-//! The resolved source goes into the provision job's payload (see `jobs::steps::clone`).
-//! Imports `store`, `catalog`, `archive` and `domain`; never `osb`, `pg`, `runtime`.
+//! The resolved source is a `jobs::CloneSource`, the provision job's payload (see
+//! `jobs::steps::clone`). Imports `store`, `catalog`, `archive`, `jobs` and `domain`; never
+//! `osb`, `pg`, `runtime`.
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::{Broker, BrokerError};
 use crate::archive::layout::InstancePrefix;
 use crate::archive::manifest::SettingFloors;
+use crate::archive::restore::RestoreTarget;
 use crate::archive::window::restore_window;
 use crate::catalog::Plan;
 use crate::domain::{InstanceId, InstanceState, SpaceGuid};
+use crate::jobs::CloneSource;
 use crate::store::SpaceName;
 
 pub(super) const CLONE_FROM: &str = "clone-from";
@@ -163,29 +166,15 @@ pub(super) fn below_floors(plan: &Plan, floors: &SettingFloors) -> Vec<(&'static
         .collect()
 }
 
-/// "from "production" (GUID, deleted at …) as of <time|latest>", for last_operation (pure).
-pub(crate) fn describe(payload: &Value) -> String {
-    let c = &payload["clone"];
-    let deleted = c["deleted_at"]
-        .as_i64()
-        .map_or(String::new(), |ms| format!(", deleted at {}", fmt_ms(ms)));
-    let target = c["target"].as_str().unwrap_or("the latest archived commit");
-    format!(
-        "from {:?} ({}{deleted}) as of {target}",
-        c["name"].as_str().unwrap_or(""),
-        c["source"].as_str().unwrap_or("")
-    )
-}
-
 impl Broker {
-    /// Resolves and checks a clone request; the job payload of the provision on success.
+    /// Resolves and checks a clone request; on success, the source the provision restores.
     pub(super) async fn check_clone(
         &self,
         requester: &InstanceId,
         space: &SpaceGuid,
         plan: &Plan,
         params: &CloneParams,
-    ) -> Result<Value, BrokerError> {
+    ) -> Result<CloneSource, BrokerError> {
         let names = self.store.names_in_space(space.as_str()).await?;
         let mut source = pick(&names, &params.from, requester).cloned();
         if source.is_none() {
@@ -260,17 +249,17 @@ impl Broker {
                 what.join(", ")
             )));
         }
-        Ok(json!({
-            "clone": {
-                "source": source.instance_id.as_str(),
-                "name": source.name,
-                "live": source.state.is_live(),
-                "deleted_at": source.deleted_at,
-                "target": params.point_in_time.map(|t| t.to_rfc3339()),
-                "system_identifier": backup.system_identifier.to_string(),
-                "backup_stop_time": backup.stop_time.to_rfc3339(),
-            }
-        }))
+        Ok(CloneSource {
+            live: source.state.is_live(),
+            id: source.instance_id,
+            name: source.name,
+            deleted_at: source.deleted_at,
+            target: params
+                .point_in_time
+                .map_or(RestoreTarget::Latest, RestoreTarget::PointInTime),
+            system_identifier: backup.system_identifier,
+            backup_stop_time: backup.stop_time,
+        })
     }
 }
 

@@ -1,10 +1,10 @@
 //! Provision, update, deprovision, fetch and last_operation for instances.
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::{new_operation_id, Broker, BrokerError};
 use crate::domain::{InstanceId, InstanceState, OperationKind, OperationState, OrgGuid, SpaceGuid};
-use crate::jobs::{new_job, JobKind};
+use crate::jobs::{new_job, Job, JobSpec};
 use crate::store::{now_millis, InstanceRecord, OperationRecord, StoreError};
 
 /// Provision parameters this version accepts (`-c '{…}'`): undo (see `clone`).
@@ -176,14 +176,14 @@ impl Broker {
                 .provision_again(&req, &parameters, existing, dashboard_url)
                 .await;
         }
-        let (job_payload, queued) = match &clone {
-            None => (json!({}), "Provisioning: queued".to_string()),
+        let (source, queued) = match &clone {
+            None => (None, "Provisioning: queued".to_string()),
             Some(c) => {
-                let payload = self
+                let source = self
                     .check_clone(&req.instance_id, &req.space_guid, plan, c)
                     .await?;
-                let queued = format!("Cloning {}: queued", super::clone::describe(&payload));
-                (payload, queued)
+                let queued = format!("Cloning {source}: queued");
+                (Some(source), queued)
             }
         };
         let now = now_millis();
@@ -218,11 +218,10 @@ impl Broker {
             finished_at: None,
         };
         let job = new_job(
-            JobKind::Provision,
             &operation,
             &req.instance_id,
             None,
-            job_payload,
+            JobSpec::provision(source),
         );
         match self
             .store
@@ -332,8 +331,10 @@ impl Broker {
                         .store
                         .get_job(&op.id)
                         .await?
-                        .and_then(|j| j.payload.get("plan_id").cloned())
-                        == Some(Value::String(target_plan.clone()));
+                        .and_then(|j| Job::from_record(&j).ok())
+                        .is_some_and(
+                            |j| matches!(&j.spec, JobSpec::Update(u) if u.plan_id == target_plan),
+                        );
                     if same_plan {
                         return Ok(Updated::Accepted {
                             operation: op.id,
@@ -376,13 +377,7 @@ impl Broker {
             updated_at: now,
             finished_at: None,
         };
-        let job = new_job(
-            JobKind::Update,
-            &operation,
-            &existing.id,
-            None,
-            json!({ "plan_id": target_plan }),
-        );
+        let job = new_job(&operation, &existing.id, None, JobSpec::update(target_plan));
         if !self
             .store
             .transition_instance(
@@ -490,7 +485,7 @@ impl Broker {
             updated_at: now,
             finished_at: None,
         };
-        let job = new_job(JobKind::Deprovision, &operation, id, None, json!({}));
+        let job = new_job(&operation, id, None, JobSpec::deprovision());
         let from = [
             InstanceState::Ready,
             InstanceState::Provisioning,

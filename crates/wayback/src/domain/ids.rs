@@ -62,6 +62,14 @@ macro_rules! id_type {
             }
         }
 
+        /// Read through [`Self::parse`]: a stored or received id is checked like a new one.
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let value = String::deserialize(d)?;
+                Self::parse(value).map_err(serde::de::Error::custom)
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
@@ -135,5 +143,13 @@ mod tests {
         let long = "x".repeat(65);
         let e = InstanceId::parse(long).unwrap_err();
         assert!(e.to_string().contains("at most 64"), "{e}");
+    }
+
+    #[test]
+    fn deserializing_checks_like_parse() {
+        let id: InstanceId = serde_json::from_str("\"db_1\"").unwrap();
+        assert_eq!(id.as_str(), "db_1");
+        let e = serde_json::from_str::<InstanceId>("\"../etc\"").unwrap_err();
+        assert!(e.to_string().contains("must not start with '.'"), "{e}");
     }
 }

@@ -6,9 +6,15 @@
 //! A heartbeat renews the lease while a step runs; a dead broker's lease runs out and any worker
 //! takes over. Tests drive the same code through [`Worker::run_next`] and [`Worker::run_job`].
 //!
-//! Must not import `osb`.
+//! A job is typed ([`model`]): its kind, payload and step are Rust values, read once from the
+//! stored row when a worker claims it; each kind's steps are one table there. `steps` says what
+//! runs at each step; its leaf modules never call each other back.
+//!
+//! Must not import `osb` or `broker` (the broker builds jobs; jobs never reach back up).
 
+mod clone_source;
 pub mod instance_doc;
+mod model;
 mod steps;
 mod worker;
 
@@ -19,10 +25,14 @@ use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
-use crate::store::{JobRecord, Store};
+use crate::store::Store;
 
+pub use clone_source::CloneSource;
+pub use model::{
+    new_job, BackupPayload, Job, JobKind, JobSpec, ProvisionPayload, Requested, Step,
+    UnreadableJob, UpdatePayload,
+};
 pub use steps::backup::{backup_due, backup_job};
-pub use steps::{new_job, JobKind};
 pub use worker::Worker;
 
 /// What a job step needs.
@@ -41,10 +51,12 @@ pub struct JobContext {
 /// What a step asks the worker to do next.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Record this step as current and run it.
-    Next(&'static str),
-    /// The job is complete.
-    Done,
+    /// This step is complete: record the next step of the job's sequence and run it, or end
+    /// the job with success after its last step.
+    Next,
+    /// Go back to this step of the same sequence and run it again from there (e.g. a port
+    /// taken by another process: choose another).
+    Back(Step),
     /// Not an error: run this step again after a while (e.g. waiting for another job).
     Wait(Duration),
     /// The job stops without success and without blaming anyone (e.g. a provision cancelled by
@@ -90,8 +102,3 @@ impl From<crate::runtime::RuntimeError> for StepError {
 }
 
 pub type StepResult = Result<Outcome, StepError>;
-
-/// Short helper for job payload fields.
-pub(crate) fn payload_str<'a>(job: &'a JobRecord, key: &str) -> Option<&'a str> {
-    job.payload.get(key).and_then(|v| v.as_str())
-}

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::{JobContext, JobKind, Outcome, StepError};
+use super::model::{Job, Step};
+use super::{steps, JobContext, Outcome, StepError};
 use crate::domain::OperationState;
 use crate::store::{now_millis, JobRecord};
 
@@ -135,22 +136,17 @@ impl Worker {
     }
 
     /// Runs a claimed job step by step until it ends, waits, or must be retried later.
-    async fn run_claimed(&self, mut job: JobRecord) {
-        let Ok(kind) = job.kind.parse::<JobKind>() else {
-            tracing::error!(job = %job.id, kind = %job.kind, "unknown job kind; failing it");
-            let _ = self
-                .ctx
-                .store
-                .finish_job(&job.id, crate::store::JOB_FAILED, Some("unknown job kind"))
-                .await;
-            return;
+    async fn run_claimed(&self, record: JobRecord) {
+        let mut job = match Job::from_record(&record) {
+            Ok(job) => job,
+            Err(e) => return self.refuse(&record, &e.to_string()).await,
         };
-        let span = tracing::info_span!("job", job = %job.id, kind = %job.kind, instance = %job.instance_id);
+        let span = tracing::info_span!("job", job = %job.id, kind = %job.kind(), instance = %job.instance_id);
         let _enter = span.enter();
         drop(_enter);
         loop {
             if let Some(op) = &job.operation_id {
-                let text = kind.describe(&job);
+                let text = steps::describe(&job);
                 if let Err(e) = self
                     .ctx
                     .store
@@ -161,49 +157,36 @@ impl Worker {
                 }
             }
             let result = self
-                .with_heartbeat(&job, kind.run_step(&self.ctx, &job))
+                .with_heartbeat(&job.id, steps::run_step(&self.ctx, &job))
                 .await;
             match result {
-                Ok(Outcome::Next(step)) => {
-                    match self.ctx.store.advance_job(&job.id, &self.owner, step).await {
-                        Ok(true) => job.step = step.to_string(),
-                        Ok(false) => {
-                            tracing::warn!(parent: &span, "lost the job's lease; another worker has it");
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::warn!(parent: &span, error = %e, "cannot record step; will retry");
-                            self.release(
-                                &job,
-                                job.attempts,
-                                Duration::from_secs(1),
-                                &e.to_string(),
-                            )
-                            .await;
-                            return;
-                        }
+                Ok(Outcome::Next) => match job.next_step() {
+                    Some(step) if self.advance(&mut job, step, &span).await => {}
+                    Some(_) => return,
+                    None => {
+                        self.finish(&job, OperationState::Succeeded, None).await;
+                        return;
+                    }
+                },
+                Ok(Outcome::Back(step)) => {
+                    if !self.advance(&mut job, step, &span).await {
+                        return;
                     }
                 }
-                Ok(Outcome::Done) => {
-                    self.finish(&job, kind, OperationState::Succeeded, None)
-                        .await;
-                    return;
-                }
                 Ok(Outcome::Cancelled(why)) => {
-                    self.finish(&job, kind, OperationState::Failed, Some(why))
-                        .await;
+                    self.finish(&job, OperationState::Failed, Some(why)).await;
                     return;
                 }
                 Ok(Outcome::Wait(d)) if d <= SHORT_WAIT => tokio::time::sleep(d).await,
                 Ok(Outcome::Wait(d)) => {
-                    self.release(&job, job.attempts, d, "waiting").await;
+                    self.release(&job.id, job.attempts, d, "waiting").await;
                     return;
                 }
                 Err(StepError::Transient(e)) => {
                     let attempts = job.attempts + 1;
                     if attempts >= self.ctx.settings.jobs.max_attempts {
                         tracing::error!(parent: &span, step = %job.step, error = format!("{e:#}"), "step failed {attempts} times; giving up");
-                        let mut msg = format!("{} failed repeatedly", kind.describe(&job));
+                        let mut msg = format!("{} failed repeatedly", steps::describe(&job));
                         // Which machine is missing is what the user and operator need to know
                         // (nothing else of the error: it may hold paths).
                         if let Some(crate::runtime::RuntimeError::Unreachable { agent, .. }) =
@@ -214,13 +197,12 @@ impl Worker {
                                  operator to bring it back, then try again"
                             ));
                         }
-                        self.finish(&job, kind, OperationState::Failed, Some(msg))
-                            .await;
+                        self.finish(&job, OperationState::Failed, Some(msg)).await;
                         return;
                     }
                     let backoff = Duration::from_millis((500u64 << attempts.min(6)).min(30_000));
                     tracing::warn!(parent: &span, step = %job.step, attempt = attempts, retry_in_ms = backoff.as_millis() as u64, error = format!("{e:#}"), "step failed; will retry");
-                    self.release(&job, attempts, backoff, &format!("{e:#}"))
+                    self.release(&job.id, attempts, backoff, &format!("{e:#}"))
                         .await;
                     return;
                 }
@@ -229,24 +211,72 @@ impl Worker {
                     source,
                 }) => {
                     tracing::error!(parent: &span, step = %job.step, error = format!("{source:#}"), "step failed permanently");
-                    let msg = format!("{}: {user_message}", kind.describe(&job));
-                    self.finish(&job, kind, OperationState::Failed, Some(msg))
-                        .await;
+                    let msg = format!("{}: {user_message}", steps::describe(&job));
+                    self.finish(&job, OperationState::Failed, Some(msg)).await;
                     return;
                 }
             }
         }
     }
 
-    /// Runs `fut` while renewing the job's lease.
-    async fn with_heartbeat<T>(
-        &self,
-        job: &JobRecord,
-        fut: impl std::future::Future<Output = T>,
-    ) -> T {
+    /// Records `step` as the job's current one (attempts reset, lease kept); false when the
+    /// job must stop here (its lease is lost, or the store failed and it is released).
+    async fn advance(&self, job: &mut Job, step: Step, span: &tracing::Span) -> bool {
+        match self
+            .ctx
+            .store
+            .advance_job(&job.id, &self.owner, step.as_str())
+            .await
+        {
+            Ok(true) => {
+                job.step = step;
+                true
+            }
+            Ok(false) => {
+                tracing::warn!(parent: span, "lost the job's lease; another worker has it");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(parent: span, error = %e, "cannot record step; will retry");
+                self.release(
+                    &job.id,
+                    job.attempts,
+                    Duration::from_secs(1),
+                    &e.to_string(),
+                )
+                .await;
+                false
+            }
+        }
+    }
+
+    /// Fails a claimed job this broker cannot read, and its operation, saying why in the log.
+    async fn refuse(&self, record: &JobRecord, why: &str) {
+        tracing::error!(job = %record.id, kind = %record.kind, step = %record.step, error = why, "unreadable job; failing it");
+        let store = &self.ctx.store;
+        if let Err(e) = store
+            .finish_job(&record.id, crate::store::JOB_FAILED, Some(why))
+            .await
+        {
+            tracing::warn!(job = %record.id, error = %e, "cannot mark the unreadable job failed");
+        }
+        if let Some(op) = &record.operation_id {
+            let text = "The broker cannot read this operation's job record; ask your operator \
+                        (the broker's log names the job).";
+            if let Err(e) = store
+                .update_operation(op, OperationState::Failed, text)
+                .await
+            {
+                tracing::warn!(job = %record.id, error = %e, "cannot mark the operation failed");
+            }
+        }
+    }
+
+    /// Runs `fut` while renewing the lease of job `id`.
+    async fn with_heartbeat<T>(&self, id: &str, fut: impl std::future::Future<Output = T>) -> T {
         let every = Duration::from_millis((self.ctx.settings.jobs.lease_secs * 1000 / 3).max(300));
         let store = self.ctx.store.clone();
-        let (id, owner) = (job.id.clone(), self.owner.clone());
+        let (id, owner) = (id.to_string(), self.owner.clone());
         let lease_secs = self.ctx.settings.jobs.lease_secs as i64;
         let beat = async move {
             loop {
@@ -265,38 +295,29 @@ impl Worker {
         }
     }
 
-    async fn release(&self, job: &JobRecord, attempts: u32, after: Duration, why: &str) {
+    async fn release(&self, id: &str, attempts: u32, after: Duration, why: &str) {
         let run_after = now_millis() + after.as_millis() as i64;
         if let Err(e) = self
             .ctx
             .store
-            .retry_job(&job.id, &self.owner, attempts, run_after, why)
+            .retry_job(id, &self.owner, attempts, run_after, why)
             .await
         {
-            tracing::warn!(job = %job.id, error = %e, "cannot release job; its lease will expire");
+            tracing::warn!(job = %id, error = %e, "cannot release job; its lease will expire");
         }
     }
 
-    async fn finish(
-        &self,
-        job: &JobRecord,
-        kind: JobKind,
-        state: OperationState,
-        message: Option<String>,
-    ) {
+    async fn finish(&self, job: &Job, state: OperationState, message: Option<String>) {
         let store = &self.ctx.store;
-        let hook = if state == OperationState::Succeeded {
-            kind.on_success(&self.ctx, job).await
-        } else {
-            kind.on_failure(&self.ctx, job).await
-        };
+        let kind = job.kind();
+        let hook = steps::on_end(&self.ctx, job, state == OperationState::Succeeded).await;
         let (state, message) = match hook {
             Ok(Some(superseded)) => (OperationState::Failed, Some(superseded)),
             Ok(None) => (state, message),
             Err(e) => {
                 tracing::warn!(job = %job.id, error = format!("{e:#}"), "cannot record the job's end; will retry");
                 self.release(
-                    job,
+                    &job.id,
                     job.attempts,
                     Duration::from_secs(1),
                     "recording the end",
@@ -306,12 +327,12 @@ impl Worker {
             }
         };
         let succeeded = state == OperationState::Succeeded;
-        let description = message.unwrap_or_else(|| kind.success_description(job));
+        let description = message.unwrap_or_else(|| steps::success_description(job));
         if let Some(op) = &job.operation_id {
             if let Err(e) = store.update_operation(op, state, &description).await {
                 tracing::warn!(job = %job.id, error = %e, "cannot record the operation's end; will retry");
                 self.release(
-                    job,
+                    &job.id,
                     job.attempts,
                     Duration::from_secs(1),
                     "recording the end",
@@ -335,7 +356,7 @@ impl Worker {
         {
             tracing::warn!(job = %job.id, error = %e, "cannot mark job finished");
         }
-        let elapsed = (now_millis() - job_created(job)).max(0) as f64 / 1000.0;
+        let elapsed = (now_millis() - job.spec.requested_at()).max(0) as f64 / 1000.0;
         self.ctx.metrics.operation_finished(
             kind.as_str(),
             if succeeded { "succeeded" } else { "failed" },
@@ -343,11 +364,4 @@ impl Worker {
         );
         tracing::info!(job = %job.id, kind = kind.as_str(), instance = %job.instance_id, outcome = state.as_str(), "operation finished");
     }
-}
-
-fn job_created(job: &JobRecord) -> i64 {
-    job.payload
-        .get("requested_at")
-        .and_then(|v| v.as_i64())
-        .unwrap_or_else(now_millis)
 }

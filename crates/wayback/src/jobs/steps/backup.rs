@@ -11,18 +11,16 @@
 
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::archive::layout::{parse_lsn, InstancePrefix};
 use crate::archive::{ArchiveError, BackupOptions, BackupReport};
 use crate::catalog::ArchivePolicy;
 use crate::domain::{InstanceId, InstanceState, SpaceGuid};
-use crate::jobs::{payload_str, JobContext, Outcome, StepError, StepResult};
+use crate::jobs::model::{Job, JobSpec, Step};
+use crate::jobs::{JobContext, Outcome, StepError, StepResult};
 use crate::runtime::{BackupFailure, Runtime, RuntimeError, WalPosition};
-use crate::store::{now_millis, BackupRecord, InstanceRecord, JobRecord, NewJob};
-
-pub const TAKE_BACKUP: &str = "take_backup";
+use crate::store::{now_millis, BackupRecord, InstanceRecord, NewJob};
 
 /// Backups one broker takes at the same time.
 pub const CONCURRENT_BACKUPS: usize = 2;
@@ -30,15 +28,12 @@ static SLOTS: Semaphore = Semaphore::const_new(CONCURRENT_BACKUPS);
 
 /// A backup job for `instance`; `reason` is `provision`, `schedule`, `wal-volume` or `manual`.
 pub fn backup_job(instance: &InstanceId, reason: &str) -> NewJob {
-    NewJob {
-        id: format!("backup-{}", uuid::Uuid::new_v4()),
-        kind: super::JobKind::Backup.as_str().to_string(),
-        instance_id: instance.clone(),
-        binding_id: None,
-        operation_id: None,
-        payload: json!({ "requested_at": now_millis(), "reason": reason }),
-        first_step: TAKE_BACKUP.to_string(),
-    }
+    JobSpec::backup(reason).to_row(
+        format!("backup-{}", uuid::Uuid::new_v4()),
+        instance,
+        None,
+        None,
+    )
 }
 
 /// Why a backup is due now, if it is: none yet, the newest is older than the plan's interval,
@@ -65,7 +60,7 @@ pub fn backup_due(
     (since as f64 > limit).then_some("wal-volume")
 }
 
-pub async fn backup_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
+pub async fn backup_step(ctx: &JobContext, job: &Job, reason: &str) -> StepResult {
     let Some(instance) = ctx.store.get_instance(&job.instance_id).await? else {
         return Ok(Outcome::Cancelled("the instance is unknown".into()));
     };
@@ -82,18 +77,17 @@ pub async fn backup_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
             )))
         }
     }
-    if job.step != TAKE_BACKUP {
+    if job.step != Step::TakeBackup {
         return Err(StepError::Permanent {
             user_message: "internal error".into(),
-            source: anyhow::anyhow!("unknown step {:?}", job.step),
+            source: anyhow::anyhow!("{} is not a step of this job", job.step),
         });
     }
     let Ok(_slot) = SLOTS.try_acquire() else {
         return Ok(Outcome::Wait(Duration::from_secs(5)));
     };
-    let reason = payload_str(job, "reason").unwrap_or("manual");
     take_and_record(ctx, &job.id, &instance, reason).await?;
-    Ok(Outcome::Done)
+    Ok(Outcome::Next)
 }
 
 /// Takes a base backup of `instance` and records it (for the backup job, and for a deprovision

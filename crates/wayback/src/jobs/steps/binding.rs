@@ -1,19 +1,15 @@
 //! Bind and unbind steps.
+//!
+//! A leaf of `steps`: imports none of its siblings nor the dispatcher, and never `broker`.
 
 use anyhow::Context;
 
-use super::JobKind;
 use crate::domain::BindingState;
+use crate::jobs::model::{Job, JobKind, Step};
 use crate::jobs::{JobContext, Outcome, StepError, StepResult};
-use crate::store::{BindingRecord, InstanceRecord, JobRecord};
+use crate::store::{BindingRecord, InstanceRecord};
 
-pub const CREATE_ROLE: &str = "create_role";
-pub const DROP_ROLE: &str = "drop_role";
-
-async fn load(
-    ctx: &JobContext,
-    job: &JobRecord,
-) -> Result<(InstanceRecord, BindingRecord), StepError> {
+async fn load(ctx: &JobContext, job: &Job) -> Result<(InstanceRecord, BindingRecord), StepError> {
     let missing = |what: &str| StepError::Permanent {
         user_message: format!("the {what} record is missing"),
         source: anyhow::anyhow!("{what} of job {} not in the store", job.id),
@@ -32,15 +28,15 @@ async fn load(
     Ok((instance, binding))
 }
 
-pub async fn bind_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
+pub async fn bind_step(ctx: &JobContext, job: &Job) -> StepResult {
     let (instance, binding) = load(ctx, job).await?;
     if binding.state != BindingState::Creating {
         return Ok(Outcome::Cancelled(
             "Binding was stopped because it is being deleted.".into(),
         ));
     }
-    match job.step.as_str() {
-        CREATE_ROLE => {
+    match job.step {
+        Step::CreateRole => {
             ctx.runtime
                 .create_login_role(
                     &instance.id,
@@ -49,18 +45,16 @@ pub async fn bind_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
                     &instance.owner_role,
                 )
                 .await?;
-            Ok(Outcome::Done)
+            Ok(Outcome::Next)
         }
-        other => Err(StepError::transient(anyhow::anyhow!(
-            "unknown step {other:?}"
-        ))),
+        other => Err(unknown_step(other)),
     }
 }
 
-pub async fn unbind_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
+pub async fn unbind_step(ctx: &JobContext, job: &Job) -> StepResult {
     let (instance, binding) = load(ctx, job).await?;
-    match job.step.as_str() {
-        DROP_ROLE => {
+    match job.step {
+        Step::DropRole => {
             // An unbind during a bind: let the bind see the new state and stop, or it could
             // create the role after we dropped it.
             let now = crate::store::now_millis();
@@ -74,18 +68,23 @@ pub async fn unbind_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
             ctx.runtime
                 .drop_login_role(&instance.id, &binding.role_name, &instance.owner_role)
                 .await?;
-            Ok(Outcome::Done)
+            Ok(Outcome::Next)
         }
-        other => Err(StepError::transient(anyhow::anyhow!(
-            "unknown step {other:?}"
-        ))),
+        other => Err(unknown_step(other)),
+    }
+}
+
+/// A step of another sequence: `steps` dispatches only a bind's or unbind's steps here.
+fn unknown_step(step: Step) -> StepError {
+    StepError::Permanent {
+        user_message: "internal error".into(),
+        source: anyhow::anyhow!("{step} is not a step of this job"),
     }
 }
 
 pub async fn on_end(
-    kind: JobKind,
     ctx: &JobContext,
-    job: &JobRecord,
+    job: &Job,
     succeeded: bool,
 ) -> anyhow::Result<Option<String>> {
     let id = job
@@ -97,7 +96,7 @@ pub async fn on_end(
         .get_binding(id)
         .await?
         .context("binding record missing")?;
-    let next = match (kind, succeeded) {
+    let next = match (job.kind(), succeeded) {
         (JobKind::Bind, true) => BindingState::Ready,
         // A bind cancelled by an unbind leaves the binding to the unbind.
         (JobKind::Bind, false) if current.state != BindingState::Creating => return Ok(None),

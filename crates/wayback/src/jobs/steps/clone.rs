@@ -15,7 +15,11 @@
 //! `clone_rotate` takes login and password from every role copied from the source (its bindings
 //! and owner), so no credential of the source works on the clone.
 //!
-//! The resolved source is in the job payload under `clone` (written by the broker's check).
+//! The order is the clone sequence in `jobs::model`; these are the steps only a clone has. The
+//! resolved source is the job's [`CloneSource`] (built by the broker's check).
+//!
+//! A leaf of `steps`: imports `final_wal` of its siblings, never `instance` or the dispatcher
+//! (`steps` itself), and never `broker`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,60 +29,15 @@ use chrono::{DateTime, Utc};
 use crate::archive::layout::{InstancePrefix, WalFileName};
 use crate::archive::restore::{RestoreError, RestorePhase, RestoreProgress, RestoreTarget};
 use crate::archive::ArchiveTarget;
-use crate::domain::{InstanceId, OperationState, SpaceGuid};
+use crate::domain::{OperationState, SpaceGuid};
+use crate::jobs::clone_source::CloneSource;
+use crate::jobs::model::Job;
 use crate::jobs::{JobContext, Outcome, StepError, StepResult};
 use crate::runtime::wire::RestoreBody;
 use crate::runtime::{
     CloneRestore, CloneRestoreError, ClusterStatus, RemoteRuntime, Runtime, RuntimeError,
 };
-use crate::store::{InstanceRecord, JobRecord};
-
-pub const FORK: &str = "clone_fork";
-pub const RESTORE: &str = "clone_restore";
-pub const RESTART: &str = "clone_restart";
-pub const ROTATE: &str = "clone_rotate";
-
-/// Part of a clone's source, from the job payload.
-struct Source {
-    id: InstanceId,
-    live: bool,
-    target: RestoreTarget,
-    system_identifier: u64,
-}
-
-/// True when this provision is a clone.
-pub fn is_clone(job: &JobRecord) -> bool {
-    job.payload.get("clone").is_some_and(|c| c.is_object())
-}
-
-fn source(job: &JobRecord) -> Result<Source, StepError> {
-    let bad = |what: &str| StepError::Permanent {
-        user_message: "internal error".into(),
-        source: anyhow::anyhow!("clone payload of job {}: {what}", job.id),
-    };
-    let c = &job.payload["clone"];
-    let id = c["source"]
-        .as_str()
-        .and_then(|s| InstanceId::parse(s).ok())
-        .ok_or_else(|| bad("source"))?;
-    let target = match c["target"].as_str() {
-        None => RestoreTarget::Latest,
-        Some(t) => RestoreTarget::PointInTime(
-            DateTime::parse_from_rfc3339(t)
-                .map_err(|_| bad("target"))?
-                .with_timezone(&Utc),
-        ),
-    };
-    Ok(Source {
-        id,
-        live: c["live"].as_bool().unwrap_or(false),
-        target,
-        system_identifier: c["system_identifier"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("system_identifier"))?,
-    })
-}
+use crate::store::InstanceRecord;
 
 fn when(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
@@ -91,7 +50,7 @@ fn target_text(t: RestoreTarget) -> String {
     }
 }
 
-async fn progress_text(ctx: &JobContext, job: &JobRecord, text: &str) {
+async fn progress_text(ctx: &JobContext, job: &Job, text: &str) {
     if let Some(op) = &job.operation_id {
         if let Err(e) = ctx
             .store
@@ -103,54 +62,41 @@ async fn progress_text(ctx: &JobContext, job: &JobRecord, text: &str) {
     }
 }
 
-/// Runs one clone step of a provision; `None` when `job.step` is not a clone step.
-pub async fn clone_step(
-    ctx: &JobContext,
-    job: &JobRecord,
-    instance: &InstanceRecord,
-) -> Option<StepResult> {
-    let result = match job.step.as_str() {
-        FORK => fork(ctx, job).await,
-        RESTORE => restore_step(ctx, job, instance).await,
-        RESTART => ctx
-            .runtime
-            .stop(&instance.id)
-            .await
-            .map(|()| Outcome::Next(super::instance::START))
-            .map_err(Into::into),
-        ROTATE => rotate(ctx, instance).await,
-        _ => return None,
-    };
-    Some(result)
+/// Stops the restored server; the sequence's `start` brings it up with the plan's settings and
+/// the clone's own archiving.
+pub async fn restart(ctx: &JobContext, instance: &InstanceRecord) -> StepResult {
+    ctx.runtime.stop(&instance.id).await?;
+    Ok(Outcome::Next)
 }
 
 /// Takes every copied login away and opens the app database again: a source that was
 /// deprovisioned was archived with its database closed to connections (the deprovision's seal),
 /// and a clone of it must be usable. Both statements are idempotent, so a retried step is safe.
-async fn rotate(ctx: &JobContext, instance: &InstanceRecord) -> StepResult {
+pub async fn rotate(ctx: &JobContext, instance: &InstanceRecord) -> StepResult {
     let roles = ctx.runtime.revoke_copied_logins(&instance.id).await?;
     tracing::info!(instance = %instance.id, ?roles, "logins copied from the source revoked");
     ctx.runtime
         .reopen_database(&instance.id, &instance.database_name)
         .await?;
-    Ok(Outcome::Done)
+    Ok(Outcome::Next)
 }
 
-async fn fork(ctx: &JobContext, job: &JobRecord) -> StepResult {
-    let src = source(job)?;
+/// For a live source: switch its WAL and wait until that segment is in the archive. Anything
+/// else (a source deleted, stopped or out of reach) goes on with what its archive holds.
+pub async fn fork(ctx: &JobContext, job: &Job, src: &CloneSource) -> StepResult {
     if !src.live {
-        return Ok(Outcome::Next(RESTORE));
+        return Ok(Outcome::Next);
     }
     let Some(record) = ctx.store.get_instance(&src.id).await? else {
-        return Ok(Outcome::Next(RESTORE));
+        return Ok(Outcome::Next);
     };
     // A source stopped or deleted since the PUT has archived what it had; restore that.
     if !record.state.is_live() {
-        return Ok(Outcome::Next(RESTORE));
+        return Ok(Outcome::Next);
     }
     match ctx.runtime.status(&src.id).await {
         Ok(ClusterStatus::Running) => {}
-        Ok(_) => return Ok(Outcome::Next(RESTORE)),
+        Ok(_) => return Ok(Outcome::Next),
         // The source's agent is gone (its VM lost, say): what it archived is all there is.
         Err(e @ (RuntimeError::Unreachable { .. } | RuntimeError::NotPlaced(_))) => {
             tracing::warn!(source = %src.id, error = %e, "the source's cluster cannot be reached; cloning what its archive holds");
@@ -158,22 +104,18 @@ async fn fork(ctx: &JobContext, job: &JobRecord) -> StepResult {
                 ctx,
                 job,
                 &format!(
-                    "Cloning {}: the source's agent does not answer; restoring everything it archived",
-                    crate::broker::clone::describe(&job.payload)
+                    "Cloning {src}: the source's agent does not answer; restoring everything it archived"
                 ),
             )
             .await;
-            return Ok(Outcome::Next(RESTORE));
+            return Ok(Outcome::Next);
         }
         Err(e) => return Err(e.into()),
     }
     progress_text(
         ctx,
         job,
-        &format!(
-            "Cloning {}: archiving the source's latest WAL (fork)",
-            crate::broker::clone::describe(&job.payload)
-        ),
+        &format!("Cloning {src}: archiving the source's latest WAL (fork)"),
     )
     .await;
     let (lsn, walfile) = ctx.runtime.switch_wal_segment(&src.id).await?;
@@ -187,11 +129,15 @@ async fn fork(ctx: &JobContext, job: &JobRecord) -> StepResult {
         )));
     }
     tracing::info!(source = %src.id, lsn, walfile, "fork: source WAL archived");
-    Ok(Outcome::Next(RESTORE))
+    Ok(Outcome::Next)
 }
 
-async fn restore_step(ctx: &JobContext, job: &JobRecord, instance: &InstanceRecord) -> StepResult {
-    let src = source(job)?;
+pub async fn restore_step(
+    ctx: &JobContext,
+    job: &Job,
+    instance: &InstanceRecord,
+    src: &CloneSource,
+) -> StepResult {
     let space = SpaceGuid::parse(instance.space_guid.clone()).map_err(StepError::transient)?;
     let port = instance
         .port
@@ -202,7 +148,7 @@ async fn restore_step(ctx: &JobContext, job: &JobRecord, instance: &InstanceReco
         .and_then(|p| p.archive.archive_interval_secs)
         .unwrap_or(ctx.archive_command.archive_timeout_secs);
     let source_prefix = InstancePrefix::new(&space, &src.id);
-    let from = crate::broker::clone::describe(&job.payload);
+    let from = src.to_string();
     let rt = match &ctx.runtime {
         Runtime::Local(rt) => rt.clone(),
         Runtime::Remote(remote) => {
@@ -224,7 +170,7 @@ async fn restore_step(ctx: &JobContext, job: &JobRecord, instance: &InstanceReco
                     },
                     archive_timeout_secs,
                 },
-                src.target,
+                src,
             )
             .await
         }
@@ -263,9 +209,9 @@ async fn restore_step(ctx: &JobContext, job: &JobRecord, instance: &InstanceReco
     match result {
         Ok(Some(report)) => {
             tracing::info!(instance = %instance.id, source = %src.id, backup = %report.backup_id, timeline = report.timeline, secs = report.total_secs, "clone restored");
-            Ok(Outcome::Next(super::instance::CREATE_CLUSTER))
+            Ok(Outcome::Next)
         }
-        Ok(None) => Ok(Outcome::Next(super::instance::CREATE_CLUSTER)),
+        Ok(None) => Ok(Outcome::Next),
         Err(CloneRestoreError::Runtime(e)) => Err(e.into()),
         Err(CloneRestoreError::Restore(e)) => Err(restore_error(e)),
     }
@@ -288,13 +234,13 @@ fn restore_error(e: RestoreError) -> StepError {
 /// half second and show it like a local one.
 async fn restore_on_agent(
     ctx: &JobContext,
-    job: &JobRecord,
+    job: &Job,
     instance: &InstanceRecord,
     remote: &RemoteRuntime,
     body: RestoreBody,
-    target: RestoreTarget,
+    src: &CloneSource,
 ) -> StepResult {
-    let from = crate::broker::clone::describe(&job.payload);
+    let (from, target) = (src.to_string(), src.target);
     let mut status = remote.start_restore(&instance.id, &body).await?;
     let mut shown = String::new();
     let mut replay_seen = false;
@@ -302,7 +248,7 @@ async fn restore_on_agent(
         match status.state.as_str() {
             "succeeded" => {
                 tracing::info!(instance = %instance.id, backup = ?status.backup_id, timeline = ?status.timeline, secs = ?status.total_secs, "clone restored on its agent");
-                return Ok(Outcome::Next(super::instance::CREATE_CLUSTER));
+                return Ok(Outcome::Next);
             }
             "failed" => {
                 let e = status

@@ -1,29 +1,21 @@
-//! Provision, update and deprovision steps.
+//! Provision, update and deprovision steps (the steps a provision shares with a clone-from
+//! provision included). Their order is in `jobs::model`.
+//!
+//! A leaf of `steps`: imports `backup` and `final_wal` of its siblings, never `clone` or the
+//! dispatcher (`steps` itself), and never `broker`.
 
 use std::net::TcpListener;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use super::JobKind;
 use crate::domain::InstanceState;
-use crate::jobs::{payload_str, JobContext, Outcome, StepError, StepResult};
+use crate::jobs::model::{Job, JobSpec, Step};
+use crate::jobs::{JobContext, Outcome, StepError, StepResult};
 use crate::runtime::{ClusterSpec, RuntimeError};
-use crate::store::{InstanceRecord, JobRecord};
+use crate::store::InstanceRecord;
 
-pub const ALLOCATE_PORT: &str = "allocate_port";
-pub const CREATE_CLUSTER: &str = "create_cluster";
-pub const CONFIGURE_ARCHIVE: &str = "configure_archive";
-pub const START: &str = "start";
-pub const CREATE_DATABASE: &str = "create_database";
-pub const APPLY_SETTINGS: &str = "apply_settings";
-pub const WAIT_EXCLUSIVE: &str = "wait_exclusive";
-pub const FINAL_BACKUP: &str = "final_backup";
-pub const FINAL_WAL: &str = "final_wal";
-pub const WRITE_DOC: &str = "write_instance_doc";
-pub const DESTROY: &str = "destroy";
-
-async fn load(ctx: &JobContext, job: &JobRecord) -> Result<InstanceRecord, StepError> {
+pub async fn load(ctx: &JobContext, job: &Job) -> Result<InstanceRecord, StepError> {
     ctx.store
         .get_instance(&job.instance_id)
         .await?
@@ -55,36 +47,21 @@ fn spec(
     })
 }
 
-pub async fn provision_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
-    let instance = load(ctx, job).await?;
-    // A DELETE during provisioning (orphan mitigation) moves the instance on; stop here and let
-    // the deprovision job clean up whatever exists.
-    if instance.state != InstanceState::Provisioning {
-        return Ok(Outcome::Cancelled(
-            "Provisioning was stopped because the instance is being deleted.".into(),
-        ));
-    }
-    let clone = super::clone::is_clone(job);
-    if let Some(result) = super::clone::clone_step(ctx, job, &instance).await {
-        return result;
-    }
-    match job.step.as_str() {
-        ALLOCATE_PORT => {
+/// Runs a step a provision and a clone share, on the instance being provisioned.
+pub async fn provision_step(ctx: &JobContext, step: Step, instance: &InstanceRecord) -> StepResult {
+    match step {
+        Step::AllocatePort => {
             if instance.port.is_none() {
-                allocate_port(ctx, &instance).await?;
+                allocate_port(ctx, instance).await?;
             }
-            Ok(Outcome::Next(if clone {
-                super::clone::FORK
-            } else {
-                CREATE_CLUSTER
-            }))
+            Ok(Outcome::Next)
         }
-        CREATE_CLUSTER => {
-            let spec = spec(ctx, &instance, &instance.plan_id)?;
+        Step::CreateCluster => {
+            let spec = spec(ctx, instance, &instance.plan_id)?;
             ctx.runtime.create_cluster(&spec).await?;
-            Ok(Outcome::Next(CONFIGURE_ARCHIVE))
+            Ok(Outcome::Next)
         }
-        CONFIGURE_ARCHIVE => {
+        Step::ConfigureArchive => {
             let space = crate::domain::SpaceGuid::parse(instance.space_guid.clone())
                 .map_err(StepError::transient)?;
             let target =
@@ -100,54 +77,47 @@ pub async fn provision_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
             ctx.runtime
                 .configure_archive(&instance.id, &target, &command)
                 .await?;
-            // A clone's restored server still runs with the restore's settings: restart it.
-            Ok(Outcome::Next(if clone {
-                super::clone::RESTART
-            } else {
-                START
-            }))
+            // A clone's restored server still runs with the restore's settings: its sequence
+            // restarts it next.
+            Ok(Outcome::Next)
         }
-        START => match ctx.runtime.start(&instance.id).await {
-            Ok(()) if clone => Ok(Outcome::Next(super::clone::ROTATE)),
-            Ok(()) => Ok(Outcome::Next(CREATE_DATABASE)),
+        Step::Start => match ctx.runtime.start(&instance.id).await {
+            Ok(()) => Ok(Outcome::Next),
             Err(RuntimeError::PortInUse(port)) => {
                 // Someone outside Wayback took the port: take another and rewrite the config.
                 tracing::warn!(instance = %instance.id, port, "port taken by another process; choosing another");
                 ctx.store.set_instance_port(&instance.id, None).await?;
-                Ok(Outcome::Next(ALLOCATE_PORT))
+                Ok(Outcome::Back(Step::AllocatePort))
             }
             Err(e) => Err(e.into()),
         },
-        CREATE_DATABASE => {
+        Step::CreateDatabase => {
             ctx.runtime
                 .ensure_database(&instance.id, &instance.database_name, &instance.owner_role)
                 .await?;
-            Ok(Outcome::Done)
+            Ok(Outcome::Next)
         }
         other => Err(unknown_step(other)),
     }
 }
 
-pub async fn update_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
+pub async fn update_step(ctx: &JobContext, job: &Job, plan_id: &str) -> StepResult {
     let instance = load(ctx, job).await?;
-    match job.step.as_str() {
-        APPLY_SETTINGS => {
-            let plan_id = payload_str(job, "plan_id")
-                .unwrap_or(&instance.plan_id)
-                .to_string();
-            let spec = spec(ctx, &instance, &plan_id)?;
+    match job.step {
+        Step::ApplySettings => {
+            let spec = spec(ctx, &instance, plan_id)?;
             let applied = ctx.runtime.apply_settings(&spec).await?;
             tracing::info!(instance = %instance.id, restarted = applied.restarted, "plan settings applied");
-            Ok(Outcome::Done)
+            Ok(Outcome::Next)
         }
         other => Err(unknown_step(other)),
     }
 }
 
-pub async fn deprovision_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
+pub async fn deprovision_step(ctx: &JobContext, job: &Job) -> StepResult {
     let instance = load(ctx, job).await?;
-    match job.step.as_str() {
-        WAIT_EXCLUSIVE => {
+    match job.step {
+        Step::WaitExclusive => {
             // A provision or update still running must see the new state and stop first, or
             // it could recreate what we are about to remove.
             let others = ctx.store.other_pending_jobs(&instance.id, &job.id).await?;
@@ -176,9 +146,9 @@ pub async fn deprovision_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
                         .await?;
                 }
             }
-            Ok(Outcome::Next(FINAL_BACKUP))
+            Ok(Outcome::Next)
         }
-        FINAL_BACKUP => {
+        Step::FinalBackup => {
             // Deleted before its first base backup (the provision's backup job was still
             // queued and has just been superseded): WAL alone cannot be restored, so take one
             // now or nothing of it could be undone. Storage down: retried, then the delete
@@ -188,13 +158,13 @@ pub async fn deprovision_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
             {
                 super::backup::take_and_record(ctx, &job.id, &instance, "deprovision").await?;
             }
-            Ok(Outcome::Next(FINAL_WAL))
+            Ok(Outcome::Next)
         }
-        FINAL_WAL => {
+        Step::FinalWal => {
             super::final_wal::archive_final_wal(ctx, &instance).await?;
-            Ok(Outcome::Next(WRITE_DOC))
+            Ok(Outcome::Next)
         }
-        WRITE_DOC => {
+        Step::WriteInstanceDoc => {
             // Part of "loses nothing": the archive must describe itself (deleted, with its
             // final LSN) before the cluster is gone. A failure here keeps the instance.
             let deleted_at = chrono::Utc::now();
@@ -210,11 +180,11 @@ pub async fn deprovision_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
             )
             .await
             .map_err(StepError::transient)?;
-            Ok(Outcome::Next(DESTROY))
+            Ok(Outcome::Next)
         }
-        DESTROY => {
+        Step::Destroy => {
             ctx.runtime.destroy(&instance.id).await?;
-            Ok(Outcome::Done)
+            Ok(Outcome::Next)
         }
         other => Err(unknown_step(other)),
     }
@@ -223,9 +193,8 @@ pub async fn deprovision_step(ctx: &JobContext, job: &JobRecord) -> StepResult {
 /// Applies a job's end to the instance record. `Some(reason)` from a success means the job was
 /// superseded at the last moment (a DELETE during the last step): report it as failed.
 pub async fn on_end(
-    kind: JobKind,
     ctx: &JobContext,
-    job: &JobRecord,
+    job: &Job,
     succeeded: bool,
 ) -> anyhow::Result<Option<String>> {
     let store = &ctx.store;
@@ -234,8 +203,8 @@ pub async fn on_end(
         .get_instance(id)
         .await?
         .context("instance record missing")?;
-    match (kind, succeeded) {
-        (JobKind::Provision, true) => {
+    match (&job.spec, succeeded) {
+        (JobSpec::Provision(_), true) => {
             // The first base backup is a job of its own, so provisioning does not wait for it.
             let backup = super::backup::backup_job(id, "provision");
             if !store.set_ready_with_backup(id, &backup).await? {
@@ -245,22 +214,20 @@ pub async fn on_end(
             }
             sync_doc(ctx, id, "provisioned").await;
         }
-        (JobKind::Provision, false) => {
+        (JobSpec::Provision(_), false) => {
             // A cancelled provision leaves the instance to the deprovision that cancelled it.
             if instance.state == InstanceState::Provisioning {
                 store.set_instance_state(id, InstanceState::Failed).await?;
             }
         }
-        (JobKind::Update, true) => {
-            if let Some(plan) = payload_str(job, "plan_id") {
-                store.set_instance_plan(id, plan).await?;
-                sync_doc(ctx, id, "plan changed").await;
-            }
+        (JobSpec::Update(update), true) => {
+            store.set_instance_plan(id, &update.plan_id).await?;
+            sync_doc(ctx, id, "plan changed").await;
             if instance.state == InstanceState::Updating {
                 store.set_instance_state(id, InstanceState::Ready).await?;
             }
         }
-        (JobKind::Update, false) => {
+        (JobSpec::Update(_), false) => {
             // Put the old plan's settings back so the cluster matches the recorded plan.
             if let Ok(spec) = spec(ctx, &instance, &instance.plan_id) {
                 if let Err(e) = ctx.runtime.apply_settings(&spec).await {
@@ -271,12 +238,12 @@ pub async fn on_end(
                 store.set_instance_state(id, InstanceState::Ready).await?;
             }
         }
-        (JobKind::Deprovision, true) => {
+        (JobSpec::Deprovision(_), true) => {
             store.delete_bindings_of(id).await?;
             store.set_instance_state(id, InstanceState::Deleted).await?;
             sync_doc(ctx, id, "deleted").await;
         }
-        (JobKind::Deprovision, false) => {
+        (JobSpec::Deprovision(_), false) => {
             // Still there (e.g. the final WAL could not be archived): keep serving it.
             if matches!(
                 ctx.runtime.status(id).await,
@@ -292,7 +259,7 @@ pub async fn on_end(
             // The write_instance_doc step may have recorded it as deleted already.
             sync_doc(ctx, id, "deletion failed").await;
         }
-        (JobKind::Bind | JobKind::Unbind | JobKind::Backup, _) => {}
+        (JobSpec::Bind(_) | JobSpec::Unbind(_) | JobSpec::Backup(_), _) => {}
     }
     Ok(None)
 }
@@ -377,9 +344,10 @@ fn port_is_free(address: &str, port: u16) -> bool {
     TcpListener::bind((host, port)).is_ok()
 }
 
-fn unknown_step(step: &str) -> StepError {
+/// A step of another sequence: `steps` dispatches only this module's steps here.
+fn unknown_step(step: Step) -> StepError {
     StepError::Permanent {
         user_message: "internal error".into(),
-        source: anyhow::anyhow!("unknown step {step:?}"),
+        source: anyhow::anyhow!("{step} is not a step of this job"),
     }
 }
