@@ -1,0 +1,277 @@
+//! The steps' calls to the broker, as the Cloud Controller makes them: the catalog, provision
+//! (a clone too, repeated while the source has no base backup yet), bind, unbind, deprovision
+//! and verify. Each returns its value and the detail the walk prints. Must not import the
+//! broker's internals.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::sql::read_rows;
+use super::walk::{Ids, Walk};
+use crate::cli::encode;
+
+impl<'a> Walk<'a> {
+    pub(super) async fn catalog(&mut self) -> anyhow::Result<(Ids, String)> {
+        let answer = self.osb.call(Method::GET, "/v2/catalog", None).await?;
+        let body = answer.expect("GET /v2/catalog", &[200])?;
+        let services = body["services"].as_array().cloned().unwrap_or_default();
+        let mut names = Vec::new();
+        for service in &services {
+            for plan in service["plans"].as_array().into_iter().flatten() {
+                let plan_name = plan["name"].as_str().unwrap_or_default();
+                names.push(plan_name.to_string());
+                if plan_name == self.target.plan {
+                    let ids = Ids {
+                        service_id: text(&service["id"])?,
+                        plan_id: text(&plan["id"])?,
+                    };
+                    let detail = format!(
+                        "service {} ({}), plan {} ({})",
+                        service["name"].as_str().unwrap_or("?"),
+                        ids.service_id,
+                        plan_name,
+                        ids.plan_id
+                    );
+                    return Ok((ids, detail));
+                }
+            }
+        }
+        bail!(
+            "the catalog has no plan named {:?}; its plans: {}",
+            self.target.plan,
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }
+        )
+    }
+
+    fn context(&self, name: &str) -> Value {
+        json!({
+            "platform": "cloudfoundry",
+            "organization_guid": self.target.org_guid,
+            "space_guid": self.target.space_guid,
+            "instance_name": name,
+        })
+    }
+
+    fn ids_query(ids: &Ids) -> String {
+        format!("service_id={}&plan_id={}", ids.service_id, ids.plan_id)
+    }
+
+    /// PUTs an instance (a clone with `parameters`) and polls it until it succeeded. A clone's
+    /// PUT is repeated while the broker says the source has no complete base backup yet.
+    pub(super) async fn provision(
+        &mut self,
+        ids: &Ids,
+        id: &str,
+        name: &str,
+        parameters: Option<Value>,
+    ) -> anyhow::Result<((), String)> {
+        let mut body = json!({
+            "service_id": ids.service_id,
+            "plan_id": ids.plan_id,
+            "organization_guid": self.target.org_guid,
+            "space_guid": self.target.space_guid,
+            "context": self.context(name),
+        });
+        let cloning = parameters.is_some();
+        if let Some(p) = parameters {
+            body["parameters"] = p;
+        }
+        let path = format!("/v2/service_instances/{id}?accepts_incomplete=true");
+        let mut waited = false;
+        let answer = loop {
+            let answer = self.osb.call(Method::PUT, &path, Some(&body)).await?;
+            let no_backup = answer.status == 422 && answer.description().contains("backup");
+            if !(cloning && no_backup) {
+                break answer;
+            }
+            if !waited {
+                (self.print)(&format!("      {}", answer.description()));
+                waited = true;
+            }
+            if Instant::now() + Duration::from_secs(5) > self.deadline {
+                bail!(
+                    "PUT the clone: still refused at the deadline: {}",
+                    answer.describe()
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        };
+        let what = format!("PUT /v2/service_instances/{id}");
+        let reply = answer.expect(&what, &[200, 201, 202])?;
+        if answer.status == 202 {
+            let poll = format!(
+                "/v2/service_instances/{id}/last_operation?{}{}",
+                Self::ids_query(ids),
+                operation_query(&reply)
+            );
+            self.poll(&poll, false).await?;
+        }
+        // The descriptions were shown as progress; the detail stays short.
+        let done = if cloning {
+            format!("cloned from {name}")
+        } else {
+            "ready".into()
+        };
+        Ok(((), format!("instance {id} ({name}) {done}")))
+    }
+
+    /// Binds the instance (or the clone) and returns the binding's uri.
+    pub(super) async fn bind(
+        &mut self,
+        ids: &Ids,
+        clone: bool,
+    ) -> anyhow::Result<(String, String)> {
+        let instance = self.instance(clone)?;
+        let binding = uuid::Uuid::new_v4().to_string();
+        let app = uuid::Uuid::new_v4().to_string();
+        let path = format!("/v2/service_instances/{instance}/service_bindings/{binding}");
+        let body = json!({
+            "service_id": ids.service_id,
+            "plan_id": ids.plan_id,
+            "app_guid": app,
+            "bind_resource": {"app_guid": app},
+            "context": self.context(""),
+        });
+        self.made_mut(clone).binding = Some(binding.clone());
+        let answer = self
+            .osb
+            .call(
+                Method::PUT,
+                &format!("{path}?accepts_incomplete=true"),
+                Some(&body),
+            )
+            .await?;
+        let mut reply = answer.expect(&format!("PUT {path}"), &[200, 201, 202])?;
+        if answer.status == 202 {
+            let poll = format!(
+                "{path}/last_operation?{}{}",
+                Self::ids_query(ids),
+                operation_query(&reply)
+            );
+            self.poll(&poll, false).await?;
+        }
+        if reply["credentials"]["uri"].as_str().is_none() {
+            let get = format!("{path}?{}", Self::ids_query(ids));
+            let answer = self.osb.call(Method::GET, &get, None).await?;
+            reply = answer.expect(&format!("GET {path}"), &[200])?;
+        }
+        let creds = &reply["credentials"];
+        if let Some(p) = creds["password"].as_str() {
+            self.secrets.push(p.to_string());
+        }
+        let uri = creds["uri"]
+            .as_str()
+            .ok_or_else(|| anyhow!("the binding {binding} has no credentials.uri"))?
+            .to_string();
+        let url = reqwest::Url::parse(&uri).context("the binding's uri")?;
+        if !url.password().unwrap_or_default().is_empty() {
+            self.secrets
+                .push(url.password().unwrap_or_default().to_string());
+        }
+        let detail = format!(
+            "binding {binding}: user {} at {}:{}{}",
+            url.username(),
+            url.host_str().unwrap_or("?"),
+            url.port().unwrap_or(5432),
+            url.path()
+        );
+        Ok((uri, detail))
+    }
+
+    pub(super) async fn unbind(&mut self, ids: &Ids, clone: bool) -> anyhow::Result<((), String)> {
+        let instance = self.instance(clone)?;
+        let Some(binding) = self.made_mut(clone).binding.clone() else {
+            return Ok(((), "no binding".into()));
+        };
+        let path = format!("/v2/service_instances/{instance}/service_bindings/{binding}");
+        self.delete_and_wait(&path, ids).await?;
+        self.made_mut(clone).binding = None;
+        Ok(((), format!("binding {binding} deleted")))
+    }
+
+    /// DELETE an instance or binding as the platform does, and follow the operation until it
+    /// is gone.
+    async fn delete_and_wait(&mut self, path: &str, ids: &Ids) -> anyhow::Result<()> {
+        let q = Self::ids_query(ids);
+        let answer = self
+            .osb
+            .call(
+                Method::DELETE,
+                &format!("{path}?{q}&accepts_incomplete=true"),
+                None,
+            )
+            .await?;
+        let reply = answer.expect(&format!("DELETE {path}"), &[200, 202, 410])?;
+        if answer.status == 202 {
+            let poll = format!("{path}/last_operation?{q}{}", operation_query(&reply));
+            self.poll(&poll, true).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn deprovision(
+        &mut self,
+        ids: &Ids,
+        clone: bool,
+    ) -> anyhow::Result<((), String)> {
+        let instance = self.instance(clone)?;
+        let path = format!("/v2/service_instances/{instance}");
+        self.delete_and_wait(&path, ids).await?;
+        self.made_mut(clone).gone = true;
+        Ok(((), format!("instance {instance} deleted (410 Gone)")))
+    }
+
+    pub(super) async fn verify(
+        &mut self,
+        ids: &Ids,
+        rows: &[(i32, String)],
+    ) -> anyhow::Result<((), String)> {
+        let (uri, _) = self.bind(ids, true).await?;
+        let found = read_rows(&uri).await?;
+        if found != rows {
+            bail!("the clone has rows {found:?}; the deleted instance had {rows:?}");
+        }
+        Ok((
+            (),
+            format!(
+                "the clone has the {} rows and the marker, exactly",
+                rows.len()
+            ),
+        ))
+    }
+}
+
+/// `&operation=…` when the answer named an operation.
+fn operation_query(reply: &Value) -> String {
+    match reply["operation"].as_str() {
+        Some(op) => format!("&operation={}", encode(op)),
+        None => String::new(),
+    }
+}
+
+fn text(v: &Value) -> anyhow::Result<String> {
+    v.as_str()
+        .map(String::from)
+        .ok_or_else(|| anyhow!("the catalog has a service or plan without an id"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operation_tokens_are_encoded() {
+        assert_eq!(
+            operation_query(&json!({"operation": "a b&c"})),
+            "&operation=a%20b%26c"
+        );
+        assert_eq!(operation_query(&json!({})), "");
+    }
+}
