@@ -6,10 +6,10 @@
 //! another cluster) is 126, which makes the startup process stop instead of promoting at a
 //! point earlier than the user asked for.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::frame;
+use super::download::{cache_dir, download, write_file};
 use super::layout::{WalFileKind, WalFileName};
 use super::prefetch;
 use super::target::ArchiveTarget;
@@ -24,65 +24,6 @@ pub enum Fetched {
 
 /// The exit status that aborts recovery.
 pub const EXIT_ABORT: u8 = 126;
-
-fn source(target: &ArchiveTarget) -> (&str, u64) {
-    match &target.restore_from {
-        Some(s) => (&s.prefix, s.system_identifier),
-        None => (&target.prefix, target.system_identifier),
-    }
-}
-
-/// Downloads, verifies and unframes one file; None when definitely absent. Transient errors
-/// are retried for up to `fetch_retry_secs`.
-pub(crate) async fn download(
-    target: &ArchiveTarget,
-    store: &ObjectStore,
-    name: &WalFileName,
-) -> Result<Option<Vec<u8>>, ArchiveError> {
-    let (prefix, sysid) = source(target);
-    let key = format!("{prefix}/wal/{}", name.as_str());
-    let deadline = Instant::now() + Duration::from_secs(target.fetch_retry_secs);
-    let mut delay = Duration::from_millis(250);
-    let bytes = loop {
-        match store.get(&key).await {
-            Ok(found) => break found,
-            Err(e) if !e.is_permanent() && Instant::now() + delay < deadline => {
-                tracing::warn!(file = name.as_str(), error = %e, "archive unavailable; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let Some(bytes) = bytes else { return Ok(None) };
-    let (header, raw) = tokio::task::spawn_blocking(move || frame::decode(&bytes))
-        .await
-        .map_err(|e| ArchiveError::Io(format!("decompress: {e}")))?
-        .map_err(|e| ArchiveError::Corrupt {
-            key: key.clone(),
-            detail: e.to_string(),
-        })?;
-    if matches!(name.kind(), WalFileKind::Segment | WalFileKind::Partial)
-        && header.system_identifier != sysid
-    {
-        return Err(ArchiveError::Refused(format!(
-            "{key} belongs to database system {}, not {sysid}; refusing to replay foreign WAL",
-            header.system_identifier
-        )));
-    }
-    Ok(Some(raw))
-}
-
-/// Writes `raw` to `dest` through a temporary file in the same directory.
-pub(crate) async fn write_file(dest: &Path, raw: &[u8]) -> Result<(), ArchiveError> {
-    let tmp = dest.with_extension("wayback-tmp");
-    tokio::fs::write(&tmp, raw)
-        .await
-        .map_err(|e| ArchiveError::io(format!("write {}", tmp.display()), e))?;
-    tokio::fs::rename(&tmp, dest)
-        .await
-        .map_err(|e| ArchiveError::io(format!("rename to {}", dest.display()), e))
-}
 
 /// Restores `name` to `dest`.
 pub async fn fetch(
@@ -99,33 +40,6 @@ pub async fn fetch(
         }
         None => Ok(Fetched::Absent),
     }
-}
-
-/// The next `n` segment names after `name` on its timeline (16 MiB segments).
-pub(crate) fn following(name: &WalFileName, n: usize) -> Vec<WalFileName> {
-    let Some((tli, log, seg)) = name.segment_parts() else {
-        return Vec::new();
-    };
-    let per_log = 0x1_0000_0000u64 / (16 << 20);
-    let start = u64::from(log) * per_log + u64::from(seg);
-    (1..=n as u64)
-        .filter_map(|i| {
-            let no = start + i;
-            WalFileName::parse(&format!(
-                "{tli:08X}{:08X}{:08X}",
-                no / per_log,
-                no % per_log
-            ))
-            .ok()
-        })
-        .collect()
-}
-
-pub(crate) fn cache_dir(target_path: &Path) -> PathBuf {
-    target_path
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("wal-prefetch")
 }
 
 /// The `wal-fetch` command: exit status for PostgreSQL.
@@ -196,27 +110,5 @@ async fn clean_cache(dir: &Path, current: &str) {
         if stale {
             let _ = tokio::fs::remove_file(e.path()).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn following_segments_cross_log_boundaries() {
-        let n = WalFileName::parse("0000000200000001000000FE").unwrap();
-        let next: Vec<String> = following(&n, 3)
-            .iter()
-            .map(|w| w.as_str().to_string())
-            .collect();
-        assert_eq!(
-            next,
-            [
-                "0000000200000001000000FF",
-                "000000020000000200000000",
-                "000000020000000200000001"
-            ]
-        );
     }
 }

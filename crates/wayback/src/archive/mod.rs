@@ -15,6 +15,7 @@
 pub mod backup;
 mod backup_tar;
 mod backup_upload;
+mod download;
 mod fetch;
 pub mod frame;
 pub mod instance_doc;

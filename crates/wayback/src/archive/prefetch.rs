@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::fetch::{download, following, write_file};
+use super::download::{cache_dir, download, following, write_file};
 use super::layout::WalFileName;
 use super::target::ArchiveTarget;
 use super::ArchiveError;
@@ -108,7 +108,7 @@ pub fn wal_prefetch_main(target_path: &Path) -> u8 {
 
 async fn run(target_path: &Path) -> Result<(), ArchiveError> {
     let target = ArchiveTarget::load(target_path)?;
-    let cache = super::fetch::cache_dir(target_path);
+    let cache = cache_dir(target_path);
     let Some(_lock) = try_lock(&cache) else {
         return Ok(());
     };
