@@ -84,3 +84,22 @@ impl ResponseError for ApiError {
         response.json(json!({ "error": self.code, "description": self.description }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The body's bytes, key order included: CLIs already installed read them.
+    #[tokio::test]
+    async fn the_body_is_error_and_description() {
+        let response = ApiError::instance_not_found().error_response();
+        let bytes = actix_web::body::to_bytes(response.into_body())
+            .await
+            .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            "{\"description\":\"No such service instance in a space you may see. Check the \
+             instance GUID (cf service NAME --guid).\",\"error\":\"NotFound\"}"
+        );
+    }
+}
