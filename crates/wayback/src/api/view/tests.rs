@@ -1,4 +1,15 @@
+use std::path::PathBuf;
+
+use serde_json::Value;
+
 use super::*;
+use crate::archive::manifest::{BackupManifest, SettingFloors, FORMAT};
+use crate::domain::InstanceId;
+
+/// A time as the wire writes it.
+fn rfc3339(t: DateTime<Utc>) -> Value {
+    serde_json::to_value(t).unwrap()
+}
 
 #[test]
 fn window_ends_round_inward_to_whole_seconds() {
@@ -6,7 +17,7 @@ fn window_ends_round_inward_to_whole_seconds() {
         .unwrap()
         .with_timezone(&Utc);
     assert_eq!(rfc3339(ceil_secs(t)), "2026-11-14T03:00:12Z");
-    assert_eq!(rfc3339(t), "2026-11-14T03:00:11Z");
+    assert_eq!(rfc3339(whole_secs(t)), "2026-11-14T03:00:11Z");
     let whole = t.with_nanosecond(0).unwrap();
     assert_eq!(ceil_secs(whole), whole);
 }
@@ -53,13 +64,6 @@ fn archive_health_follows_failures_and_lag() {
 }
 
 // ---- the wire, byte for byte: `tests/fixtures/api/instances.json` ----
-
-use std::path::PathBuf;
-
-use serde_json::{json, Value};
-
-use crate::archive::manifest::{BackupManifest, SettingFloors, FORMAT};
-use crate::domain::InstanceId;
 
 const SPACE: &str = "5ace0000-0000-4000-8000-000000000002";
 const SERVICE: &str = "5f6b3c1e-8a43-4f0e-9d7c-6a1b2c3d4e5f";
@@ -148,7 +152,7 @@ fn window(
 /// One instance of every shape the API answers: deleted with names and backups, live and
 /// healthy, live and failing, live and lagging, live without statistics, provisioning with an
 /// unreadable archive and a plan the catalog lost, failed.
-fn every_shape() -> Vec<InstanceView> {
+fn every_shape() -> Vec<v1::Instance> {
     let catalog = Catalog::load(None).unwrap();
     let mut deleted = record(
         "3f2a9c1e-8b7a-4d6c-b5e4-1a2b3c4d5e6f",
@@ -279,7 +283,10 @@ fn assert_golden_text(file: &str, text: String) {
 
 #[test]
 fn the_list_matches_the_golden_file_byte_for_byte() {
-    let document = json!({ "space_guid": SPACE, "instances": every_shape() });
+    let document = list_body(&v1::SpaceInstances {
+        space_guid: SPACE.into(),
+        instances: every_shape(),
+    });
     assert_golden_text(
         "instances.json",
         serde_json::to_string_pretty(&document).unwrap() + "\n",
