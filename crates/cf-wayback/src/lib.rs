@@ -26,6 +26,8 @@ pub mod gob;
 pub mod output;
 pub mod rpc;
 pub mod session;
+#[cfg(test)]
+mod test_support;
 pub mod undo;
 
 pub use rpc::{Client, Command, Organization, PluginMetadata, RpcError, Space, Usage, VersionType};

@@ -6,9 +6,8 @@
 use std::path::PathBuf;
 
 use secrecy::SecretString;
-use serde_json::Value;
 
-use super::broker_client::{BrokerApi, BrokerError};
+use super::broker_client::{BrokerApi, BrokerError, Listed};
 use super::cc_client::CcClient;
 use super::cli_error::CliError;
 use super::discovery::{self, BrokerMemory, Source};
@@ -70,7 +69,7 @@ impl Session {
         &self,
         flag: Option<&str>,
         name: Option<&str>,
-    ) -> Result<(String, Vec<Value>), CliError> {
+    ) -> Result<(String, Vec<Listed>), CliError> {
         let (mut url, mut source) = self.broker_url(flag, false).await?;
         loop {
             let api = BrokerApi {
