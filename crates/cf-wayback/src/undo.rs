@@ -4,7 +4,8 @@
 //! The broker does the restore (`clone-from` / `point-in-time` provision parameters); this
 //! command only finds NAME's plan through the broker API, asks the CC for the instance and,
 //! with `--wait`, follows the CC's `last_operation`, whose description is the broker's own
-//! progress text. Imports nothing from the crate outside `cfplugin`.
+//! progress text. Imports `broker_client`, `cli_error`, `commands`, `session` and
+//! `wayback_api::v1`.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
