@@ -41,7 +41,8 @@ pub fn is_live(state: InstanceState) -> bool {
     api_state(state) == v1::State::Live
 }
 
-/// A time cut down to the whole second (the end of a window must itself be restorable).
+/// A time cut down to the whole second, as the API writes every time (a window's end cut down
+/// is still restorable).
 fn whole_secs(t: DateTime<Utc>) -> DateTime<Utc> {
     t.with_nanosecond(0).unwrap_or(t)
 }
