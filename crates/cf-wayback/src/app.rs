@@ -8,16 +8,17 @@
 //!   expired token itself, writing the new one back for cf to use too.
 //!
 //! The RPC client is blocking, so everything cf is asked happens before the async runtime
-//! starts. Imports nothing from the crate outside `cfplugin`.
+//! starts. The entry point: it may import any module of the crate; none imports it.
 
 use chrono::Utc;
 use secrecy::SecretString;
 
-use super::cfconfig::{self, CfConfig};
-use super::cli_error::{exit, CliError};
-use super::commands::{self, CliCommand};
-use super::session::Session;
-use super::{broker_client, rpc, PluginAction, PluginInvocation};
+use crate::cfconfig::{self, CfConfig};
+use crate::cli_error::{exit, CliError};
+use crate::commands::{self, CliCommand};
+use crate::plugin::{PluginAction, PluginInvocation};
+use crate::session::Session;
+use crate::{broker_client, rpc};
 
 /// Runs `cf-wayback` with its arguments (without the program name); returns the exit code.
 pub fn run(args: Vec<String>) -> i32 {
@@ -114,9 +115,10 @@ fn run_standalone(args: Vec<String>) -> Result<i32, CliError> {
         Err(code) => return Ok(code),
     };
     let Some(cf_home) = cfconfig::cf_home() else {
-        return Err(CliError::Usage(
-            "neither CF_HOME nor HOME is set: cannot find the cf CLI's .cf/config.json".into(),
-        ));
+        return Err(CliError::Usage(format!(
+            "neither CF_HOME nor {} is set: cannot find the cf CLI's .cf/config.json",
+            cfconfig::HOME_VARIABLES
+        )));
     };
     let mut config = CfConfig::load(&cfconfig::config_path(&cf_home))?;
     // Checked before any refresh: a missing login or space needs no UAA round trip.

@@ -1,10 +1,10 @@
 //! `backups [NAME] [--json] [--local-time]`: what can be restored in the targeted space.
-//! Imports nothing from the crate outside `cfplugin`.
+//! Imports `cli_error`, `commands`, `output` and `session`.
 
-use super::cli_error::CliError;
-use super::commands::BackupsArgs;
-use super::output::{self, Zone};
-use super::session::Session;
+use crate::cli_error::CliError;
+use crate::commands::BackupsArgs;
+use crate::output::{self, Zone};
+use crate::session::Session;
 
 /// Prints the table or the JSON document. A NAME that matches nothing is exit 1 (the JSON
 /// document, with an empty list, is printed all the same).

@@ -1,17 +1,22 @@
 //! The broker's own read-only API (`/wayback/v1`, docs/wayback-api.md), called with the
 //! user's UAA token, and the HTTP client every `cf-wayback` request goes through.
 //!
-//! Instances are handed on as JSON values: the table reads a few fields, `--json` passes them
-//! through whole, so fields the broker adds later reach scripts without a CLI release. The
-//! broker's error descriptions already say what to do; they are shown verbatim with a hint of
-//! which cf command helps. Imports nothing from the crate outside `cfplugin`.
+//! The broker's documents are read as the typed [`wayback_api::v1`] types, which ignore fields
+//! they do not know. Each instance is also kept as the JSON object it came as ([`Listed`]):
+//! `--json` passes it through whole, so fields the broker adds later reach scripts without a
+//! CLI release. The broker's error descriptions already say what to do; they are shown
+//! verbatim with a hint of which cf command helps.
+//!
+//! Imports `cli_error` and `wayback_api::v1`.
 
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
 use serde_json::Value;
+use wayback_api::v1;
 
-use super::cli_error::CliError;
+use crate::cli_error::CliError;
 
 /// GETs are retried this often when the connection fails; each waits twice as long.
 const GET_ATTEMPTS: u32 = 3;
@@ -75,6 +80,39 @@ impl From<BrokerError> for CliError {
     }
 }
 
+/// One broker `INSTANCE`: typed for what the CLI reads, and the object as it came for `--json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    pub instance: v1::Instance,
+    pub raw: Value,
+}
+
+impl Listed {
+    /// Reads one `INSTANCE` object.
+    pub fn from_raw(raw: Value) -> Result<Listed, serde_json::Error> {
+        let instance = v1::Instance::deserialize(&raw)?;
+        Ok(Listed { instance, raw })
+    }
+}
+
+/// The list document's instances, each typed and as it came; why not, for a person.
+pub fn read_list(text: &str) -> Result<Vec<Listed>, String> {
+    /// The list with its instances left as JSON objects, to be read one by one.
+    #[derive(Deserialize)]
+    struct RawList {
+        instances: Vec<Value>,
+    }
+    let list: RawList =
+        serde_json::from_str(text).map_err(|_| "without an `instances` list".to_string())?;
+    list.instances
+        .into_iter()
+        .map(|raw| {
+            Listed::from_raw(raw)
+                .map_err(|e| format!("an instance this cf-wayback cannot read ({e})"))
+        })
+        .collect()
+}
+
 /// The broker at `base` (its external URL, no trailing slash), as one user.
 pub struct BrokerApi<'a> {
     pub http: &'a reqwest::Client,
@@ -89,7 +127,7 @@ impl BrokerApi<'_> {
         space_guid: &str,
         space_name: &str,
         name: Option<&str>,
-    ) -> Result<Vec<Value>, BrokerError> {
+    ) -> Result<Vec<Listed>, BrokerError> {
         let url = format!("{}/wayback/v1/spaces/{space_guid}/instances", self.base);
         let query: Vec<(&str, &str)> = name.map(|n| ("name", n)).into_iter().collect();
         let resp = get_with_retry(self.http, &url, &query, self.token)
@@ -102,34 +140,24 @@ impl BrokerApi<'_> {
             })?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
-        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if status.is_success() {
-            return match body["instances"].as_array() {
-                Some(list) => Ok(list.clone()),
-                None => Err(BrokerError::Other(CliError::Failed(format!(
-                    "the broker at {} answered without an `instances` list; is that URL a \
-                     Wayback broker? (pass the right one with --broker-url)",
+            return read_list(&text).map_err(|why| {
+                BrokerError::Other(CliError::Failed(format!(
+                    "the broker at {} answered {why}; is that URL a Wayback broker? (pass the \
+                     right one with --broker-url)",
                     self.base
-                )))),
-            };
+                )))
+            });
         }
-        Err(BrokerError::Other(broker_error(
-            status, &body, &text, space_name,
-        )))
+        Err(BrokerError::Other(broker_error(status, &text, space_name)))
     }
 }
 
 /// The broker's `{"error", "description"}` verbatim, with what to do next.
-pub fn broker_error(
-    status: reqwest::StatusCode,
-    body: &Value,
-    text: &str,
-    space: &str,
-) -> CliError {
-    let description = body["description"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| text.chars().take(300).collect());
+pub fn broker_error(status: reqwest::StatusCode, text: &str, space: &str) -> CliError {
+    let description = serde_json::from_str::<v1::ErrorBody>(text)
+        .map(|body| body.description)
+        .unwrap_or_else(|_| text.chars().take(300).collect());
     let said = format!("the broker answered {status}: {description}");
     match status.as_u16() {
         401 => CliError::Auth(format!("{said}\nLog in again with `cf login`.")),
@@ -146,6 +174,7 @@ pub fn broker_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support;
     use serde_json::json;
     use wiremock::matchers::{header, method, path, query_param};
     use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -154,14 +183,14 @@ mod tests {
     async fn lists_with_the_users_token_and_maps_errors() {
         let broker = MockServer::start().await;
         let space = "5ace0000-0000-4000-8000-000000000002";
+        let instance = test_support::instance(json!({"instance_id": "x"}));
         Mock::given(method("GET"))
             .and(path(format!("/wayback/v1/spaces/{space}/instances")))
             .and(query_param("name", "production"))
             .and(header("authorization", "bearer tok"))
             .respond_with(
-                ResponseTemplate::new(200).set_body_json(
-                    json!({"space_guid": space, "instances": [{"instance_id": "x"}]}),
-                ),
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"space_guid": space, "instances": [instance.clone()]})),
             )
             .mount(&broker)
             .await;
@@ -184,7 +213,8 @@ mod tests {
             .instances(space, "staging", Some("production"))
             .await
             .unwrap();
-        assert_eq!(list, vec![json!({"instance_id": "x"})]);
+        assert_eq!(list, vec![Listed::from_raw(instance).unwrap()]);
+        assert_eq!(list[0].instance.instance_id, "x");
 
         let err = CliError::from(api.instances("other", "dev", None).await.unwrap_err());
         assert_eq!(err.exit_code(), 3);
@@ -202,5 +232,36 @@ mod tests {
             gone.instances(space, "staging", None).await,
             Err(BrokerError::Unreachable(e)) if e.exit_code() == 4
         ));
+    }
+
+    /// A 200 that is not a Wayback list, or holds an instance this CLI cannot read, says so.
+    #[test]
+    fn a_document_that_is_not_a_list_of_instances_says_why() {
+        for (text, says, why) in [
+            (
+                "<html>login</html>",
+                "without an `instances` list",
+                "not JSON",
+            ),
+            (
+                r#"{"resources": []}"#,
+                "without an `instances` list",
+                "another API's JSON",
+            ),
+            (
+                r#"{"space_guid": "s", "instances": [{"instance_id": 7}]}"#,
+                "an instance this cf-wayback cannot read",
+                "a malformed instance",
+            ),
+        ] {
+            let err = read_list(text)
+                .err()
+                .unwrap_or_else(|| panic!("{why}: read"));
+            assert!(err.contains(says), "{why}: {err}");
+        }
+        let with_more = test_support::instance(json!({"replicas": 2, "state": "stopped"}));
+        let list = read_list(&json!({"instances": [with_more.clone()]}).to_string()).unwrap();
+        assert_eq!(list[0].raw, with_more, "passed through whole");
+        assert_eq!(list[0].instance.state.as_str(), "stopped");
     }
 }

@@ -4,13 +4,13 @@
 //!
 //! CC errors come as `{"errors": [{code, title, detail}]}`; they are shown verbatim, because
 //! a broker's refusal (say, a `point-in-time` outside the window) travels inside `detail`.
-//! Imports nothing from the crate outside `cfplugin`.
+//! Imports `cli_error` and `broker_client` (the one HTTP client and its retries).
 
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use super::broker_client::get_with_retry;
-use super::cli_error::CliError;
+use crate::broker_client::get_with_retry;
+use crate::cli_error::CliError;
 
 /// Listing stops here: a space with more instances than this is not a case to page through.
 const MAX_PAGES: usize = 20;

@@ -4,14 +4,17 @@
 //!
 //! The file belongs to the cf CLI, so it is read as a JSON object and written back with only
 //! `AccessToken` and `RefreshToken` changed: every other field survives, including ones this
-//! code has never heard of, and the file keeps its mode (it holds tokens: usually 0600). The
-//! write goes to a temporary file in the same directory and is renamed over the original, so
-//! a cf command running at the same moment reads the old file or the new one, never half.
+//! code has never heard of, and on Unix the file keeps its mode (it holds tokens: usually
+//! 0600). The write goes to a temporary file in the same directory and is renamed over the
+//! original, so a cf command running at the same moment reads the old file or the new one,
+//! never half.
 //!
 //! A token's expiry is read from the JWT's `exp` claim without verifying the signature: the
 //! broker and the Cloud Controller verify it; here it only decides whether to refresh first.
-//! Imports nothing from the crate outside `cfplugin`.
+//! Imports `cli_error` only.
 
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -20,17 +23,41 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
-use super::cli_error::CliError;
+use crate::cli_error::CliError;
 
 /// Refresh when the token expires within this many seconds: it must survive the requests.
 pub const EXPIRY_MARGIN_SECS: i64 = 30;
 
-/// `$CF_HOME`, else `$HOME`: the directory holding `.cf/`.
+/// The variables that name the user's home, for messages.
+#[cfg(not(windows))]
+pub const HOME_VARIABLES: &str = "HOME";
+#[cfg(windows)]
+pub const HOME_VARIABLES: &str = "HOMEDRIVE/HOMEPATH or USERPROFILE";
+
+/// `$CF_HOME`, else the user's home as the cf CLI finds it: the directory holding `.cf/`.
 pub fn cf_home() -> Option<PathBuf> {
-    std::env::var_os("CF_HOME")
-        .filter(|v| !v.is_empty())
-        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()))
-        .map(PathBuf::from)
+    set_var("CF_HOME").or_else(user_home).map(PathBuf::from)
+}
+
+fn set_var(name: &str) -> Option<OsString> {
+    std::env::var_os(name).filter(|v| !v.is_empty())
+}
+
+#[cfg(not(windows))]
+fn user_home() -> Option<OsString> {
+    set_var("HOME")
+}
+
+/// `%HOMEDRIVE%%HOMEPATH%`, else `%USERPROFILE%`, in the cf CLI's order.
+#[cfg(windows)]
+fn user_home() -> Option<OsString> {
+    match (set_var("HOMEDRIVE"), set_var("HOMEPATH")) {
+        (Some(mut drive), Some(path)) => {
+            drive.push(path);
+            Some(drive)
+        }
+        _ => set_var("USERPROFILE"),
+    }
 }
 
 pub fn config_path(cf_home: &Path) -> PathBuf {
@@ -203,29 +230,18 @@ impl CfConfig {
         }
     }
 
-    /// Writes the file back atomically, keeping its mode.
+    /// Writes the file back atomically, keeping its mode (on Unix).
     pub fn save(&self) -> Result<(), CliError> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let fail = |what: &str, e: std::io::Error| {
             CliError::Failed(format!("{what} {}: {e}", self.path.display()))
         };
-        let mode = std::fs::metadata(&self.path)
-            .map(|m| m.permissions().mode() & 0o7777)
-            .unwrap_or(0o600);
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = dir.join(format!(".config.json.wayback-{}.tmp", std::process::id()));
         let mut text =
             serde_json::to_string_pretty(&self.fields).expect("a JSON object serialises");
         text.push('\n');
         let written = (|| {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(mode)
-                .open(&tmp)?;
-            // The umask may have narrowed the mode; restore it exactly.
-            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            let mut f = create_like(&self.path, &tmp)?;
             f.write_all(text.as_bytes())?;
             f.sync_all()?;
             std::fs::rename(&tmp, &self.path)
@@ -319,6 +335,36 @@ pub async fn ensure_fresh(
     config.set_tokens(&tokens.access, tokens.refresh.as_ref());
     config.save()?;
     Ok(true)
+}
+
+/// Creates `tmp`, empty, with the mode of `original` (0600 if it cannot be read): the file
+/// holds tokens, so the copy must not be wider open than the original.
+#[cfg(unix)]
+fn create_like(original: &Path, tmp: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mode = std::fs::metadata(original)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o600);
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(tmp)?;
+    // The umask may have narrowed the mode; restore it exactly.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    Ok(f)
+}
+
+/// Creates `tmp`, empty. Without Unix modes, a new file in the user's `.cf/` inherits that
+/// directory's access control, as the cf CLI's own writes do.
+#[cfg(not(unix))]
+fn create_like(_original: &Path, tmp: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(tmp)
 }
 
 #[cfg(test)]

@@ -1,14 +1,14 @@
 //! The commands `cf-wayback` understands — their arguments, help, and the plugin metadata cf
 //! shows in `cf help -a` — parsed with clap the same way in both modes; only the program
 //! name in the usage lines differs (`cf backups` as a plugin, `cf-wayback backups` alone).
-//! Imports nothing from the crate outside `cfplugin`.
+//! Imports `cli_error` and `rpc` (the plugin metadata types).
 
 use std::collections::BTreeMap;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use super::cli_error::EXIT_CODES_HELP;
-use super::rpc::{Command, PluginMetadata, Usage, VersionType};
+use crate::cli_error::EXIT_CODES_HELP;
+use crate::rpc::{Command, PluginMetadata, Usage, VersionType};
 
 const BACKUPS_ABOUT: &str =
     "List the Wayback instances of the targeted space, live and deleted, with what can be restored";

@@ -7,15 +7,15 @@
 //! again. A space whose Wayback instances are all deleted has no dashboard URL to learn from,
 //! which is why remembering matters (and why `--broker-url` exists).
 //!
-//! Imports nothing from the crate outside `cfplugin`.
+//! Imports `cc_client` and `cli_error`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::cc_client::CcClient;
-use super::cli_error::CliError;
+use crate::cc_client::CcClient;
+use crate::cli_error::CliError;
 
 const DASHBOARD_PATH: &str = "/dashboard/instances/";
 

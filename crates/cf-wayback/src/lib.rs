@@ -1,18 +1,32 @@
-//! The cf CLI plugin protocol, so that `cf-wayback` can run as a real cf plugin.
+//! `cf-wayback`: Wayback's command line for app developers, `backups` (what can be restored
+//! in the targeted space, live and deleted instances) and `undo` (restore one into a new
+//! instance, through the Cloud Controller). One binary runs two ways:
 //!
-//! cf starts a plugin binary with a port as its first argument and then one of: `SendMetadata`
-//! (at install: the plugin calls `CliRpcCmd.SetPluginMetadata` and exits), `CLI-MESSAGE-UNINSTALL`
-//! (at uninstall), or the command the user typed and its arguments. Whatever the plugin needs
-//! from cf — the access token, the API endpoint, the targeted space — it asks for over Go's
-//! `net/rpc` on 127.0.0.1:`port`, which speaks Go's `encoding/gob`. No maintained Rust crate
-//! speaks gob, so:
+//! - as a **cf CLI plugin** (`cf install-plugin`, then `cf backups`, `cf undo`): cf starts it
+//!   with a port ([`plugin`]) and answers its questions — token, API endpoint, space — over
+//!   Go's `net/rpc`, which speaks Go's `encoding/gob` ([`rpc`], [`gob`]);
+//! - **standalone** (`cf-wayback backups`): it reads the cf CLI's `config.json` itself and
+//!   refreshes an expired token the way cf does ([`cfconfig`]).
 //!
-//! - [`gob`] is the wire format: a dynamic [`gob::Value`], an encoder that numbers and sends
-//!   type definitions the way Go does, and a decoder that learns type ids from the stream;
-//! - [`rpc`] is the blocking net/rpc client and the typed `CliRpcCmd` calls;
-//! - [`PluginInvocation`] reads the arguments cf passes.
+//! Either way a [`session::Session`] (token, API endpoint, space, HTTP client) runs the same
+//! commands, which read the broker's `/wayback/v1` API with the user's own token and speak to
+//! the Cloud Controller as the user. The modules, from the entry point down:
 //!
-//! This module knows nothing of the broker: it imports nothing else from the crate.
+//! - [`app`]: choose the mode, build the session, run the command, map the outcome to an exit
+//!   code; [`commands`]: the command line (clap) and the plugin metadata;
+//! - [`backups`], [`undo`]: the two commands; [`output`]: the table and the `--json` document;
+//! - [`session`]: who and where; [`discovery`]: finding the broker's URL (flag, remembered,
+//!   or a dashboard URL);
+//! - [`broker_client`]: the broker's API, read as [`wayback_api::v1`] types, and the one HTTP
+//!   client; [`cc_client`]: the Cloud Controller v3 calls; [`cfconfig`]: `config.json` and the
+//!   UAA refresh; [`cli_error`]: what went wrong, as a message and an exit code;
+//! - [`plugin`], [`rpc`], [`gob`]: the cf plugin protocol, net/rpc, and the gob wire format
+//!   (no maintained Rust crate speaks gob).
+//!
+//! The crate knows the broker only through `wayback-api` and HTTP: it depends on no
+//! server-side crate (actix-web, sqlx, aws-sdk, nix), and builds wherever Rust does (macOS,
+//! Windows, Linux); Unix-only code, such as keeping `config.json`'s file mode, is behind
+//! `cfg(unix)`.
 
 pub mod app;
 pub mod backups;
@@ -24,309 +38,12 @@ pub mod commands;
 pub mod discovery;
 pub mod gob;
 pub mod output;
+pub mod plugin;
 pub mod rpc;
 pub mod session;
+#[cfg(test)]
+mod test_support;
 pub mod undo;
 
+pub use plugin::{InvocationError, PluginAction, PluginInvocation, UNINSTALL};
 pub use rpc::{Client, Command, Organization, PluginMetadata, RpcError, Space, Usage, VersionType};
-
-/// The argument cf passes at `cf uninstall-plugin`.
-pub const UNINSTALL: &str = "CLI-MESSAGE-UNINSTALL";
-
-/// What cf asked the plugin process to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PluginAction {
-    /// Send the metadata (`SetPluginMetadata`) and exit: `cf install-plugin`.
-    SendMetadata,
-    /// Clean up and exit: `cf uninstall-plugin`.
-    Uninstall,
-    /// Run a command; `command` is as the user typed it, so it may be an alias.
-    Run { command: String, args: Vec<String> },
-}
-
-/// The arguments of a plugin process: `<port> SendMetadata | CLI-MESSAGE-UNINSTALL | COMMAND ARGS...`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PluginInvocation {
-    pub port: u16,
-    pub action: PluginAction,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum InvocationError {
-    #[error("this is a cf CLI plugin: install it with `cf install-plugin`, then run it as `cf <command>`")]
-    NotFromCf,
-    #[error("this is a cf CLI plugin, run by cf; {0:?} is not the port cf passes")]
-    BadPort(String),
-}
-
-impl PluginInvocation {
-    /// Parses the process arguments without the program name.
-    pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Self, InvocationError> {
-        let mut args = args.into_iter();
-        let (Some(port), Some(first)) = (args.next(), args.next()) else {
-            return Err(InvocationError::NotFromCf);
-        };
-        let port = match port.parse::<u16>() {
-            Ok(p) if p != 0 => p,
-            _ => return Err(InvocationError::BadPort(port)),
-        };
-        let action = match first.as_str() {
-            "SendMetadata" => PluginAction::SendMetadata,
-            UNINSTALL => PluginAction::Uninstall,
-            _ => PluginAction::Run {
-                command: first,
-                args: args.collect(),
-            },
-        };
-        Ok(PluginInvocation { port, action })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use secrecy::ExposeSecret;
-    use std::path::{Path, PathBuf};
-    use std::process::Command as Process;
-
-    fn strings(args: &[&str]) -> Vec<String> {
-        args.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn parses_the_arguments_cf_passes() {
-        let parse = |a: &[&str]| PluginInvocation::parse(strings(a));
-        assert_eq!(
-            parse(&["4711", "SendMetadata"]).unwrap().action,
-            PluginAction::SendMetadata
-        );
-        assert_eq!(
-            parse(&["4711", UNINSTALL]).unwrap().action,
-            PluginAction::Uninstall
-        );
-        let run = parse(&["4711", "backups", "db", "--json"]).unwrap();
-        assert_eq!(run.port, 4711);
-        assert_eq!(
-            run.action,
-            PluginAction::Run {
-                command: "backups".into(),
-                args: strings(&["db", "--json"])
-            }
-        );
-        // (arguments, why they are refused)
-        for (bad, why) in [
-            (&[][..], "run directly, no arguments"),
-            (&["backups"][..], "run directly with a command"),
-            (&["backups", "db"][..], "not a port"),
-            (&["0", "backups"][..], "port 0"),
-            (&["70000", "backups"][..], "port out of range"),
-        ] {
-            assert!(parse(bad).is_err(), "{why}: {bad:?} was accepted");
-        }
-    }
-
-    // ---- end to end: the harness launches this test binary as a plugin, as cf would ----
-
-    const CHILD_ARGS: &str = "WAYBACK_CFPLUGIN_CHILD";
-    const EXPECT_TOKEN: &str = "WAYBACK_CFPLUGIN_EXPECT_TOKEN";
-    const CHILD_TEST: &str = "tests::harness_child";
-
-    fn test_metadata() -> PluginMetadata {
-        PluginMetadata {
-            name: "wayback-e2e".into(),
-            version: VersionType {
-                major: 0,
-                minor: 1,
-                build: 0,
-            },
-            ..rpc::tests::capture_metadata()
-        }
-    }
-
-    /// Runs only as the plugin process the harness starts (through the shim script below);
-    /// in a normal test run it has nothing to do.
-    #[test]
-    fn harness_child() {
-        let Ok(args) = std::env::var(CHILD_ARGS) else {
-            return;
-        };
-        let invocation = PluginInvocation::parse(args.split(' ').map(String::from)).unwrap();
-        let mut cf = Client::connect(invocation.port).unwrap();
-        let (command, args) = match invocation.action {
-            PluginAction::SendMetadata => {
-                assert!(cf.set_plugin_metadata(&test_metadata()).unwrap());
-                return;
-            }
-            PluginAction::Uninstall => return,
-            PluginAction::Run { command, args } => (command, args),
-        };
-        assert!(cf.is_min_cli_version("6.7.0").unwrap());
-        match std::env::var(EXPECT_TOKEN) {
-            Ok(token) => assert_eq!(cf.access_token().unwrap().expose_secret(), token),
-            Err(_) => match cf.access_token() {
-                Err(RpcError::Server { message, .. }) => assert_eq!(message, "not logged in"),
-                other => panic!("expected an RPC error, got {:?}", other.map(|_| "a token")),
-            },
-        }
-        // The connection stays usable after an error answer.
-        assert_eq!(
-            cf.api_endpoint().unwrap(),
-            std::env::var("FAKE_CF_API").unwrap()
-        );
-        assert!(cf.is_ssl_disabled().unwrap());
-        let space = cf.get_current_space().unwrap();
-        assert_eq!(space.guid, std::env::var("FAKE_CF_SPACE_GUID").unwrap());
-        assert_eq!(space.name, std::env::var("FAKE_CF_SPACE_NAME").unwrap());
-        let org = cf.get_current_org().unwrap();
-        assert_eq!(
-            (org.guid.as_str(), org.name.as_str()),
-            ("e00705b9-7b42-4561-ae97-2520399d2133", "acme")
-        );
-        assert_eq!(cf.username().unwrap(), "alice");
-        let output = cf.cli_command_without_terminal_output(&strings(&["curl", "/v3/spaces"]));
-        assert_eq!(output.unwrap(), strings(&[r#"{"resources": []}"#]));
-        assert!(cf
-            .cli_command_without_terminal_output(&strings(&["apps"]))
-            .is_err());
-        match cf.call::<str, String>("CliRpcCmd.NoSuchMethod", "") {
-            Err(RpcError::Server { message, .. }) => assert!(message.contains("can't find method")),
-            other => panic!("expected an RPC error, got {other:?}"),
-        }
-        println!("harness-child ran {command} {}", args.join(" "));
-    }
-
-    /// Fails when the test script drives the run; otherwise says why the test is skipped.
-    fn require(what: &str, present: bool) -> bool {
-        if !present && std::env::var("WAYBACK_TEST_DRIVEN").is_ok() {
-            panic!("{what} is required (run the tests through scripts/test)");
-        }
-        if !present {
-            eprintln!("SKIPPED: {what} is missing");
-        }
-        present
-    }
-
-    /// The harness's sources, kept in the repository (a copy of the team's
-    /// `../shared/cf-plugin-harness`) so that a clean clone tests the plugin without it.
-    fn harness_dir() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cf-plugin-harness")
-    }
-
-    /// When the team's shared copy is here, ours must not have drifted from it.
-    #[test]
-    fn the_harness_copy_matches_the_shared_one() {
-        let shared =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/cf-plugin-harness");
-        if !shared.join("main.go").exists() {
-            eprintln!("no ../shared/cf-plugin-harness here: nothing to compare");
-            return;
-        }
-        for file in ["main.go", "go.mod"] {
-            assert_eq!(
-                std::fs::read(shared.join(file)).unwrap(),
-                std::fs::read(harness_dir().join(file)).unwrap(),
-                "tests/fixtures/cf-plugin-harness/{file} differs from the shared harness: copy it again"
-            );
-        }
-    }
-
-    /// Builds the harness once; `None` (skipped) without Go or the harness sources.
-    fn build_harness(dir: &Path) -> Option<PathBuf> {
-        let go = Process::new("go")
-            .arg("version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !require("`go` (apt-get install golang-go)", go)
-            || !require(
-                "the cf plugin harness",
-                harness_dir().join("main.go").exists(),
-            )
-        {
-            return None;
-        }
-        let binary = dir.join("cf-harness");
-        let out = Process::new("go")
-            .args(["build", "-o"])
-            .arg(&binary)
-            .arg(".")
-            .current_dir(harness_dir())
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", dir)
-            .env("GOCACHE", std::env::temp_dir().join("wayback-gocache"))
-            .output()
-            .expect("run go build");
-        assert!(
-            out.status.success(),
-            "go build: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Some(binary)
-    }
-
-    /// cf runs `PLUGIN <port> ...`; the shim turns that into a run of `harness_child` alone.
-    fn write_shim(dir: &Path) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let exe = std::env::current_exe().unwrap();
-        let shim = dir.join("cf-wayback-test-plugin");
-        let script = format!(
-            "#!/bin/sh\n{CHILD_ARGS}=\"$*\" exec '{}' --exact {CHILD_TEST} --nocapture --test-threads=1\n",
-            exe.display()
-        );
-        std::fs::write(&shim, script).unwrap();
-        std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
-        shim
-    }
-
-    fn serve(harness: &Path, shim: &Path, token: Option<&str>) -> std::process::Output {
-        let mut cmd = Process::new("timeout");
-        cmd.arg("120")
-            .arg(harness)
-            .args([
-                "serve".as_ref(),
-                shim.as_os_str(),
-                "backups".as_ref(),
-                "--json".as_ref(),
-            ])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("FAKE_CF_API", "http://127.0.0.1:9")
-            .env("FAKE_CF_SPACE_GUID", "0b7e9a34-3c21-4b7e-9f0e-61d1c0ffee01")
-            .env("FAKE_CF_SPACE_NAME", "staging")
-            .env("FAKE_CF_SSL_DISABLED", "true");
-        if let Some(token) = token {
-            cmd.env("FAKE_CF_TOKEN", token).env(EXPECT_TOKEN, token);
-        }
-        cmd.output().expect("run the harness")
-    }
-
-    #[test]
-    fn runs_as_a_plugin_under_the_real_harness() {
-        let dir = tempfile::tempdir().unwrap();
-        let Some(harness) = build_harness(dir.path()) else {
-            return;
-        };
-        let shim = write_shim(dir.path());
-        for token in [Some("bearer eyJhbGciOiJSUzI1NiJ9.e30.e2e"), None] {
-            let out = serve(&harness, &shim, token);
-            let (stdout, stderr) = (
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
-            );
-            let context = format!(
-                "token {token:?}: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-                out.status
-            );
-            assert!(out.status.success(), "{context}");
-            assert!(stderr.contains("metadata: {Name:wayback-e2e"), "{context}");
-            assert!(
-                stderr.contains("Options:map[--json:JSON output]"),
-                "{context}"
-            );
-            assert!(
-                stdout.contains("harness-child ran backups --json"),
-                "{context}"
-            );
-        }
-    }
-}

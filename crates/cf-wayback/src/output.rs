@@ -1,13 +1,19 @@
 //! What `cf backups` prints: the table and the `--json` document, as pure functions of the
 //! broker's answer, so that both are golden-tested (`tests/fixtures/cf-wayback/`).
 //!
-//! The table reads a few fields of each broker `INSTANCE` (docs/wayback-api.md) and shows "-"
-//! for anything missing, so a broker that adds fields, or lacks a window yet, never breaks it.
-//! The JSON document passes the broker's instance objects through untouched: scripts get every
-//! field the broker has, and the CLI never has to know them. Imports nothing from the crate.
+//! The table reads a few fields of each broker `INSTANCE` ([`wayback_api::v1::Instance`],
+//! docs/wayback-api.md) and shows "-" for anything absent, so an instance without a name or a
+//! window yet still gets its row. The JSON document passes the broker's instance objects
+//! through untouched ([`Listed::raw`]): scripts get every field the broker has, and the CLI
+//! never has to know them.
+//!
+//! Imports `broker_client::Listed` and `wayback_api::v1`.
 
 use chrono::{DateTime, FixedOffset, Local, Utc};
 use serde_json::{json, Value};
+use wayback_api::v1;
+
+use crate::broker_client::Listed;
 
 /// The time zone the table shows times in.
 #[derive(Debug, Clone, Copy)]
@@ -34,16 +40,14 @@ pub fn format_time(t: DateTime<Utc>, zone: Zone) -> String {
     }
 }
 
-/// An RFC 3339 time from the broker, formatted; "-" when absent or unreadable.
-fn time_cell(v: &Value, zone: Zone) -> String {
-    v.as_str()
-        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map(|t| format_time(t.with_timezone(&Utc), zone))
+/// A time from the broker, formatted; "-" when absent.
+fn time_cell(t: Option<DateTime<Utc>>, zone: Zone) -> String {
+    t.map(|t| format_time(t, zone))
         .unwrap_or_else(|| "-".into())
 }
 
-fn text_cell(v: &Value) -> String {
-    match v.as_str() {
+fn text_cell(s: Option<&str>) -> String {
+    match s {
         Some(s) if !s.is_empty() => s.to_string(),
         _ => "-".into(),
     }
@@ -59,29 +63,29 @@ const HEADER: [&str; 6] = [
 ];
 
 /// One table row of a broker `INSTANCE`.
-pub fn row(instance: &Value, zone: Zone) -> [String; 6] {
-    let window = &instance["restore_window"];
-    let to = if window["to_now"].as_bool() == Some(true) {
+pub fn row(instance: &v1::Instance, zone: Zone) -> [String; 6] {
+    let window = &instance.restore_window;
+    let to = if window.to_now {
         "now".to_string()
     } else {
-        time_cell(&window["to"], zone)
+        time_cell(window.to, zone)
     };
-    let id = text_cell(&instance["instance_id"]);
+    let id = text_cell(Some(&instance.instance_id));
     [
-        text_cell(&instance["name"]),
+        text_cell(instance.name.as_deref()),
         id.chars().take(8).collect(),
-        text_cell(&instance["state"]),
-        time_cell(&window["from"], zone),
+        text_cell(Some(instance.state.as_str())),
+        time_cell(window.from, zone),
         to,
-        time_cell(&instance["last_base_backup"], zone),
+        time_cell(instance.last_base_backup, zone),
     ]
 }
 
 /// The table: a header, one line per instance in the broker's order (newest first), columns
 /// as wide as their widest cell and three spaces apart, no trailing blanks.
-pub fn render_table(instances: &[Value], zone: Zone) -> String {
+pub fn render_table(instances: &[Listed], zone: Zone) -> String {
     let mut rows: Vec<[String; 6]> = vec![HEADER.map(String::from)];
-    rows.extend(instances.iter().map(|i| row(i, zone)));
+    rows.extend(instances.iter().map(|i| row(&i.instance, zone)));
     let mut widths = [0usize; 6];
     for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {
@@ -120,8 +124,9 @@ pub fn json_document(
     space_guid: &str,
     space_name: &str,
     broker: &str,
-    instances: &[Value],
+    instances: &[Listed],
 ) -> Value {
+    let instances: Vec<&Value> = instances.iter().map(|i| &i.raw).collect();
     json!({
         "space": { "guid": space_guid, "name": space_name },
         "broker": broker,
@@ -132,16 +137,17 @@ pub fn json_document(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker_client::read_list;
+    use crate::test_support::listed;
     use std::path::{Path, PathBuf};
 
     fn fixture_dir() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cf-wayback")
     }
 
-    fn broker_instances() -> Vec<Value> {
+    fn broker_instances() -> Vec<Listed> {
         let text = std::fs::read_to_string(fixture_dir().join("broker-instances.json")).unwrap();
-        let body: Value = serde_json::from_str(&text).unwrap();
-        body["instances"].as_array().unwrap().clone()
+        read_list(&text).unwrap()
     }
 
     #[test]
@@ -154,14 +160,18 @@ mod tests {
     fn the_issue_example_renders_exactly() {
         // The two rows of the issue, in the broker's shape.
         let instances = vec![
-            json!({"instance_id": "3f2a9c1e-5b7d-4c1a-9e2f-000000000001", "name": "production",
+            listed(
+                json!({"instance_id": "3f2a9c1e-5b7d-4c1a-9e2f-000000000001", "name": "production",
                    "state": "deleted",
                    "restore_window": {"from": "2026-11-14T03:00:11Z", "to": "2026-11-21T09:42:30Z", "to_now": false},
                    "last_base_backup": "2026-11-21T03:00:09Z"}),
-            json!({"instance_id": "a81c07d2-5b7d-4c1a-9e2f-000000000002", "name": "orders",
+            ),
+            listed(
+                json!({"instance_id": "a81c07d2-5b7d-4c1a-9e2f-000000000002", "name": "orders",
                    "state": "live",
                    "restore_window": {"from": "2026-11-14T03:00:00Z", "to": null, "to_now": true},
                    "last_base_backup": "2026-11-21T03:00:59Z"}),
+            ),
         ];
         assert_eq!(
             render_table(&instances, Zone::Utc),
@@ -173,11 +183,11 @@ mod tests {
 
     #[test]
     fn missing_fields_show_a_dash() {
-        let instances = vec![
+        let instances = vec![listed(
             json!({"instance_id": "c0ffee00", "name": null, "state": "provisioning",
-                                    "restore_window": {"from": null, "to": null, "to_now": false},
-                                    "last_base_backup": null}),
-        ];
+                   "restore_window": {"from": null, "to": null, "to_now": false},
+                   "last_base_backup": null}),
+        )];
         let table = render_table(&instances, Zone::Utc);
         let line = table.lines().nth(1).unwrap();
         assert_eq!(

@@ -9,7 +9,7 @@
 //!
 //! The method names and argument/reply types are the cf CLI's (`CliRpcCmd.*`); most take an
 //! unused string argument. The cf CLI listens on 127.0.0.1 only, on the port it passes to the
-//! plugin as its first argument. Imports nothing from the crate outside `cfplugin`.
+//! plugin as its first argument. Imports `gob` only.
 
 use std::collections::BTreeMap;
 use std::io::{BufReader, Write};
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::gob::{field, Decoder, Encoder, FromGob, GobError, ToGob, Type, Value};
+use crate::gob::{field, Decoder, Encoder, FromGob, GobError, ToGob, Type, Value};
 
 /// Bounds connecting, and each read and write: a cf CLI that stops answering must not hang
 /// the plugin forever. Core commands (`CallCoreCommand`) can take a while, hence a minute.

@@ -1,17 +1,16 @@
 //! Who the user is and where: the token, API endpoint and space a command runs with, from
 //! cf over RPC (plugin mode) or from `config.json` (standalone), and the broker found for
 //! them. Commands receive a [`Session`] and never ask where it came from.
-//! Imports nothing from the crate outside `cfplugin`.
+//! Imports `broker_client`, `cc_client`, `cli_error` and `discovery`.
 
 use std::path::PathBuf;
 
 use secrecy::SecretString;
-use serde_json::Value;
 
-use super::broker_client::{BrokerApi, BrokerError};
-use super::cc_client::CcClient;
-use super::cli_error::CliError;
-use super::discovery::{self, BrokerMemory, Source};
+use crate::broker_client::{BrokerApi, BrokerError, Listed};
+use crate::cc_client::CcClient;
+use crate::cli_error::CliError;
+use crate::discovery::{self, BrokerMemory, Source};
 
 pub struct Session {
     pub http: reqwest::Client,
@@ -70,7 +69,7 @@ impl Session {
         &self,
         flag: Option<&str>,
         name: Option<&str>,
-    ) -> Result<(String, Vec<Value>), CliError> {
+    ) -> Result<(String, Vec<Listed>), CliError> {
         let (mut url, mut source) = self.broker_url(flag, false).await?;
         loop {
             let api = BrokerApi {

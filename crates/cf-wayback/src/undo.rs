@@ -4,7 +4,8 @@
 //! The broker does the restore (`clone-from` / `point-in-time` provision parameters); this
 //! command only finds NAME's plan through the broker API, asks the CC for the instance and,
 //! with `--wait`, follows the CC's `last_operation`, whose description is the broker's own
-//! progress text. Imports nothing from the crate outside `cfplugin`.
+//! progress text. Imports `broker_client`, `cli_error`, `commands`, `session` and
+//! `wayback_api::v1`.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -12,9 +13,12 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
-use super::cli_error::CliError;
-use super::commands::UndoArgs;
-use super::session::Session;
+use wayback_api::v1;
+
+use crate::broker_client::Listed;
+use crate::cli_error::CliError;
+use crate::commands::UndoArgs;
+use crate::session::Session;
 
 /// How often `--wait` asks the Cloud Controller.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -80,7 +84,7 @@ pub async fn run(session: &Session, args: &UndoArgs) -> Result<(), CliError> {
     let cc = session.cc();
     let (plan_guid, plan_label) = match &args.plan {
         Some(plan) => {
-            let offering = source["service_name"].as_str().unwrap_or("");
+            let offering = source.service_name.as_deref().unwrap_or("");
             let guid = cc
                 .plan_guid(&[
                     ("names", plan.as_str()),
@@ -90,16 +94,16 @@ pub async fn run(session: &Session, args: &UndoArgs) -> Result<(), CliError> {
             (guid, plan.clone())
         }
         None => {
-            let id = source["plan_id"].as_str().unwrap_or("");
+            let id = source.plan_id.as_str();
             let guid = cc.plan_guid(&[("broker_catalog_ids", id)]).await?;
-            (guid, source["plan_name"].as_str().unwrap_or(id).to_string())
+            (guid, source.plan_name.as_deref().unwrap_or(id).to_string())
         }
     };
     let Some(plan_guid) = plan_guid else {
         return Err(CliError::Failed(format!(
             "the Cloud Controller shows no plan {plan_label} of {} to this space; \
              `cf marketplace` lists the plans you may use (choose one with --plan)",
-            source["service_name"].as_str().unwrap_or("the service")
+            source.service_name.as_deref().unwrap_or("the service")
         )));
     };
 
@@ -141,12 +145,11 @@ pub async fn run(session: &Session, args: &UndoArgs) -> Result<(), CliError> {
 }
 
 /// The newest of the broker's instances (it sorts newest first; sorted again to be sure).
-fn newest(instances: &[Value]) -> Option<&Value> {
-    instances.iter().max_by_key(|i| {
-        i["created_at"]
-            .as_str()
-            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-    })
+fn newest(instances: &[Listed]) -> Option<&v1::Instance> {
+    instances
+        .iter()
+        .map(|i| &i.instance)
+        .max_by_key(|i| i.created_at)
 }
 
 /// Prints progress lines: rewritten in place on a terminal, one per change otherwise.
@@ -248,6 +251,7 @@ async fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::listed;
 
     #[test]
     fn at_must_be_rfc3339_with_an_offset() {
@@ -311,10 +315,10 @@ mod tests {
     #[test]
     fn the_newest_source_wins() {
         let list = [
-            json!({"instance_id": "old", "created_at": "2026-11-01T00:00:00Z"}),
-            json!({"instance_id": "new", "created_at": "2026-11-20T00:00:00Z"}),
+            listed(json!({"instance_id": "old", "created_at": "2026-11-01T00:00:00Z"})),
+            listed(json!({"instance_id": "new", "created_at": "2026-11-20T00:00:00Z"})),
         ];
-        assert_eq!(newest(&list).unwrap()["instance_id"], "new");
+        assert_eq!(newest(&list).unwrap().instance_id, "new");
         assert!(newest(&[]).is_none());
     }
 }

@@ -1,7 +1,6 @@
 //! config.json parsing, expiry, and the refresh write-back against a wiremock UAA.
 
 use super::*;
-use std::os::unix::fs::PermissionsExt;
 use wiremock::matchers::{body_string_contains, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -25,9 +24,19 @@ fn write_config(dir: &Path, access: &str, uaa: &str, mode: u32) -> PathBuf {
     let path = config_path(dir);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    set_mode(&path, mode);
     path
 }
+
+/// File modes are Unix's; elsewhere `mode` is not set and not checked.
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[cfg(not(unix))]
+fn set_mode(_: &Path, _: u32) {}
 
 #[test]
 fn reads_target_token_and_space() {
@@ -164,8 +173,12 @@ async fn an_expired_token_is_refreshed_and_written_back_keeping_the_rest() {
         a.as_object_mut().unwrap().remove(key);
     }
     assert_eq!(a, b, "every other field is kept");
-    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
-    assert_eq!(mode, 0o640);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o640);
+    }
     let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
     assert_eq!(leftovers.len(), 1, "no temporary file left behind");
 

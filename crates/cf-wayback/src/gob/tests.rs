@@ -1,3 +1,8 @@
+use std::collections::BTreeMap;
+
+use super::decoder::Cursor;
+use super::encoder::{put_float, put_int, put_uint};
+use super::values::omitted_when_zero;
 use super::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

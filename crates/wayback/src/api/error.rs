@@ -1,28 +1,32 @@
-//! `ApiError`: every refusal of `/wayback/v1` as `{"error", "description"}`, with the status
-//! table of `docs/wayback-api.md`. Descriptions say what to do and never name another space,
+//! `ApiError`: every refusal of `/wayback/v1` as `{"error", "description"}`
+//! ([`wayback_api::v1::ErrorBody`]), with the status table of `docs/wayback-api.md`. Descriptions say what to do and never name another space,
 //! another instance or a token.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
+use wayback_api::v1::{ErrorBody, ErrorCode};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub description: String,
 }
 
 impl ApiError {
     pub fn unauthorized(description: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", description)
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            description,
+        )
     }
 
     /// The one body for a space the caller may not see, whether it exists or not.
     pub fn forbidden_space() -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
-            "Forbidden",
+            ErrorCode::Forbidden,
             "You may not see this space: the Cloud Controller does not let your user read it. \
              Check the space GUID (cf space SPACE --guid) and your role in it.",
         )
@@ -32,25 +36,29 @@ impl ApiError {
     pub fn instance_not_found() -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
-            "NotFound",
+            ErrorCode::NotFound,
             "No such service instance in a space you may see. Check the instance GUID \
              (cf service NAME --guid).",
         )
     }
 
     pub fn unavailable(description: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", description)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            description,
+        )
     }
 
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
+            ErrorCode::InternalError,
             "The broker failed to answer; the operator will find the cause in its log.",
         )
     }
 
-    fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+    fn new(status: StatusCode, code: ErrorCode, description: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -81,6 +89,28 @@ impl ResponseError for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             response.insert_header(("WWW-Authenticate", "Bearer realm=\"wayback\""));
         }
-        response.json(json!({ "error": self.code, "description": self.description }))
+        response.json(ErrorBody {
+            description: self.description.clone(),
+            error: self.code.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The body's bytes, key order included: CLIs already installed read them.
+    #[tokio::test]
+    async fn the_body_is_error_and_description() {
+        let response = ApiError::instance_not_found().error_response();
+        let bytes = actix_web::body::to_bytes(response.into_body())
+            .await
+            .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            "{\"description\":\"No such service instance in a space you may see. Check the \
+             instance GUID (cf service NAME --guid).\",\"error\":\"NotFound\"}"
+        );
     }
 }

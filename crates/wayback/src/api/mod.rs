@@ -7,8 +7,11 @@
 //! reads the store, the archive (restore windows, [`crate::archive::window`]) and the running
 //! clusters (archiver statistics). Nothing here changes anything.
 //!
-//! Imports `store`, `archive`, `runtime`, `catalog`, `cc`, `domain` and `osb::BasicAuth`;
-//! never `broker` or `jobs`.
+//! The documents are `wayback_api::v1` types, shared with `cf-wayback`, which reads them;
+//! [`view`] fills them in.
+//!
+//! Imports `store`, `archive`, `runtime`, `catalog`, `cc`, `domain`, `osb::BasicAuth` and
+//! `wayback_api::v1`; never `broker` or `jobs`.
 
 pub mod auth;
 pub mod error;
@@ -21,7 +24,7 @@ use std::time::Duration;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
 use serde::Deserialize;
-use serde_json::json;
+use wayback_api::v1;
 
 use crate::archive::layout::InstancePrefix;
 use crate::catalog::Catalog;
@@ -31,7 +34,7 @@ use crate::storage::ObjectStore;
 use crate::store::{InstanceRecord, Store};
 pub use auth::{Authenticator, Caller};
 pub use error::ApiError;
-use view::{InstanceView, Observed};
+use view::Observed;
 
 /// Instances whose window and statistics are gathered at once for a space list.
 const GATHER_CONCURRENCY: usize = 4;
@@ -91,7 +94,7 @@ async fn list_space(
         .filter(|r| r.space_guid == space)
         .collect();
     records.sort_by_key(|r| std::cmp::Reverse(r.created_at));
-    let views: Vec<Result<Option<InstanceView>, ApiError>> = futures::stream::iter(records)
+    let views: Vec<Result<Option<v1::Instance>, ApiError>> = futures::stream::iter(records)
         .map(|r| {
             let state = state.clone();
             let name = name.clone();
@@ -106,7 +109,11 @@ async fn list_space(
             instances.push(v);
         }
     }
-    Ok(HttpResponse::Ok().json(json!({ "space_guid": space, "instances": instances })))
+    let list = v1::SpaceInstances {
+        space_guid: space,
+        instances,
+    };
+    Ok(HttpResponse::Ok().json(view::list_body(&list)))
 }
 
 /// `GET /wayback/v1/instances/{instance_id}`
@@ -145,7 +152,7 @@ async fn gather(
     state: &ApiState,
     record: InstanceRecord,
     name: Option<&str>,
-) -> Result<Option<InstanceView>, ApiError> {
+) -> Result<Option<v1::Instance>, ApiError> {
     let names = state
         .store
         .instance_names(&record.id)

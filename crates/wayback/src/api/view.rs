@@ -1,9 +1,13 @@
-//! The wire shape of an `INSTANCE` (docs/wayback-api.md), built by pure functions from what
-//! the store, the archive and the runtime said. Field names are the contract with the
-//! `cf-wayback` CLI: add, never rename.
+//! The `/wayback/v1` documents ([`wayback_api::v1`], contract: `docs/wayback-api.md`), built
+//! by pure functions from what the store, the archive and the runtime said. The types live in
+//! `wayback-api` because `cf-wayback` reads them; this module only fills them in. Times are cut
+//! to whole seconds here, rounded inward for the restore window, so that each end is itself a
+//! valid `point-in-time`.
+//!
+//! Imports `store`, `archive`, `runtime`, `catalog` and `domain`; no HTTP types.
 
-use chrono::{DateTime, SecondsFormat, Timelike, Utc};
-use serde::Serialize;
+use chrono::{DateTime, Timelike, Utc};
+use wayback_api::v1;
 
 use crate::archive::window::RestoreWindow;
 use crate::catalog::Catalog;
@@ -14,60 +18,6 @@ use crate::store::{InstanceRecord, NameRecord};
 /// More segments waiting than this makes the archive unhealthy.
 const LAG_LIMIT: i64 = 2;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct InstanceView {
-    pub instance_id: String,
-    pub name: Option<String>,
-    pub names: Vec<NameView>,
-    pub state: &'static str,
-    pub space_guid: String,
-    pub organization_guid: String,
-    pub service_id: String,
-    pub service_name: Option<String>,
-    pub plan_id: String,
-    pub plan_name: Option<String>,
-    pub created_at: Option<String>,
-    pub deleted_at: Option<String>,
-    pub restore_window: WindowView,
-    pub last_base_backup: Option<String>,
-    pub base_backups: Vec<BackupView>,
-    pub archive: ArchiveView,
-    /// Unix ms, for ordering only.
-    #[serde(skip)]
-    pub created_ms: i64,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct NameView {
-    pub name: String,
-    pub since: Option<String>,
-    pub source: String,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct WindowView {
-    pub from: Option<String>,
-    pub to: Option<String>,
-    pub to_now: bool,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct BackupView {
-    pub backup_id: String,
-    pub time: String,
-    pub raw_bytes: u64,
-    pub stored_bytes: u64,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ArchiveView {
-    pub healthy: bool,
-    pub last_archived_at: Option<String>,
-    pub lag_segments: i64,
-    pub last_failure_at: Option<String>,
-    pub detail: Option<String>,
-}
-
 /// What the archive and the cluster said of one instance.
 pub struct Observed {
     /// The restore window, or None when the archive could not be read.
@@ -77,30 +27,32 @@ pub struct Observed {
 }
 
 /// The API's name of a state.
-pub fn state_name(state: InstanceState) -> &'static str {
+pub fn api_state(state: InstanceState) -> v1::State {
     match state {
-        InstanceState::Ready | InstanceState::Updating => "live",
-        InstanceState::Provisioning => "provisioning",
-        InstanceState::Deprovisioning => "deleting",
-        InstanceState::Deleted => "deleted",
-        InstanceState::Failed => "failed",
+        InstanceState::Ready | InstanceState::Updating => v1::State::Live,
+        InstanceState::Provisioning => v1::State::Provisioning,
+        InstanceState::Deprovisioning => v1::State::Deleting,
+        InstanceState::Deleted => v1::State::Deleted,
+        InstanceState::Failed => v1::State::Failed,
     }
 }
 
 pub fn is_live(state: InstanceState) -> bool {
-    state_name(state) == "live"
+    api_state(state) == v1::State::Live
 }
 
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+/// A time cut down to the whole second, as the API writes every time (a window's end cut down
+/// is still restorable).
+fn whole_secs(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.with_nanosecond(0).unwrap_or(t)
 }
 
-fn millis(ms: i64) -> Option<String> {
-    DateTime::from_timestamp_millis(ms).map(rfc3339)
+fn millis(ms: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms).map(whole_secs)
 }
 
-fn unix_secs(secs: f64) -> Option<String> {
-    DateTime::from_timestamp_micros((secs * 1e6) as i64).map(rfc3339)
+fn unix_secs(secs: f64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_micros((secs * 1e6) as i64).map(whole_secs)
 }
 
 /// A time rounded up to the whole second: the window's start must itself be restorable.
@@ -112,40 +64,47 @@ fn ceil_secs(t: DateTime<Utc>) -> DateTime<Utc> {
     }
 }
 
+/// The list document as the broker has always written it: through a `serde_json::Value`, which
+/// sorts every object's keys (`tests/fixtures/api/instances.json` pins the bytes).
+pub fn list_body(list: &v1::SpaceInstances) -> serde_json::Value {
+    serde_json::to_value(list).expect("a v1 document serialises")
+}
+
+/// One `INSTANCE`.
 pub fn render(
     record: &InstanceRecord,
     names: &[NameRecord],
     observed: &Observed,
     catalog: &Catalog,
-) -> InstanceView {
+) -> v1::Instance {
     let live = is_live(record.state);
     let window = observed.window.as_ref();
     let latest = window.and_then(|w| w.latest);
-    let backups: Vec<BackupView> = window
+    let backups: Vec<v1::BaseBackup> = window
         .map(|w| {
             w.backups
                 .iter()
-                .map(|b| BackupView {
+                .map(|b| v1::BaseBackup {
                     backup_id: b.backup_id.clone(),
-                    time: rfc3339(b.stop_time),
+                    time: whole_secs(b.stop_time),
                     raw_bytes: b.raw_bytes,
                     stored_bytes: b.stored_bytes,
                 })
                 .collect()
         })
         .unwrap_or_default();
-    InstanceView {
+    v1::Instance {
         instance_id: record.id.to_string(),
         name: names.last().map(|n| n.name.clone()),
         names: names
             .iter()
-            .map(|n| NameView {
+            .map(|n| v1::InstanceName {
                 name: n.name.clone(),
                 since: millis(n.recorded_at),
                 source: n.source.clone(),
             })
             .collect(),
-        state: state_name(record.state),
+        state: api_state(record.state),
         space_guid: record.space_guid.clone(),
         organization_guid: record.organization_guid.clone(),
         service_id: record.service_id.clone(),
@@ -156,18 +115,15 @@ pub fn render(
             .map(|p| p.name.clone()),
         created_at: millis(record.created_at),
         deleted_at: record.deleted_at.and_then(millis),
-        restore_window: WindowView {
-            from: window
-                .and_then(|w| w.earliest)
-                .map(|t| rfc3339(ceil_secs(t))),
+        restore_window: v1::RestoreWindow {
+            from: window.and_then(|w| w.earliest).map(ceil_secs),
             // Whole seconds, rounded down: the end must itself be restorable.
-            to: if live { None } else { latest.map(rfc3339) },
+            to: if live { None } else { latest.map(whole_secs) },
             to_now: live,
         },
-        last_base_backup: backups.last().map(|b| b.time.clone()),
+        last_base_backup: backups.last().map(|b| b.time),
         base_backups: backups,
         archive: archive_view(record.state, observed, latest),
-        created_ms: record.created_at,
     }
 }
 
@@ -175,16 +131,16 @@ fn archive_view(
     state: InstanceState,
     observed: &Observed,
     latest: Option<DateTime<Utc>>,
-) -> ArchiveView {
-    let ended = |healthy: bool, detail: Option<&str>| ArchiveView {
+) -> v1::Archive {
+    let ended = |healthy: bool, detail: Option<&str>| v1::Archive {
         healthy,
-        last_archived_at: latest.map(rfc3339),
+        last_archived_at: latest.map(whole_secs),
         lag_segments: 0,
         last_failure_at: None,
         detail: detail.map(String::from),
     };
     if observed.window.is_none() {
-        return ArchiveView {
+        return v1::Archive {
             healthy: false,
             last_archived_at: None,
             lag_segments: 0,
@@ -206,7 +162,7 @@ fn archive_view(
         };
     }
     let Some(stats) = &observed.stats else {
-        return ArchiveView {
+        return v1::Archive {
             healthy: false,
             detail: Some(
                 "The cluster did not report its archiver's statistics; the broker restarts \
@@ -234,7 +190,7 @@ fn archive_view(
             stats.ready_segments, stats.oldest_ready_age_secs
         )),
     };
-    ArchiveView {
+    v1::Archive {
         healthy: !failing && !lagging,
         last_archived_at: stats.last_archived_at.and_then(unix_secs),
         lag_segments: stats.ready_segments,
@@ -244,58 +200,4 @@ fn archive_view(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn window_ends_round_inward_to_whole_seconds() {
-        let t = DateTime::parse_from_rfc3339("2026-11-14T03:00:11.250Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        assert_eq!(rfc3339(ceil_secs(t)), "2026-11-14T03:00:12Z");
-        assert_eq!(rfc3339(t), "2026-11-14T03:00:11Z");
-        let whole = t.with_nanosecond(0).unwrap();
-        assert_eq!(ceil_secs(whole), whole);
-    }
-
-    #[test]
-    fn archive_health_follows_failures_and_lag() {
-        let observed = |stats: ArchiverStats| Observed {
-            window: Some(RestoreWindow {
-                earliest: None,
-                latest: None,
-                backups: vec![],
-                unreadable_backups: vec![],
-                newest_segment: None,
-                latest_commit_segment: None,
-                segments: 0,
-                headers_read: 0,
-            }),
-            stats: Some(stats),
-        };
-        let ok = ArchiverStats {
-            last_archived_at: Some(100.0),
-            ready_segments: 2,
-            ..ArchiverStats::default()
-        };
-        let v = archive_view(InstanceState::Ready, &observed(ok.clone()), None);
-        assert!(v.healthy && v.detail.is_none());
-        let failing = ArchiverStats {
-            last_failed_at: Some(101.0),
-            ..ok.clone()
-        };
-        assert!(!archive_view(InstanceState::Ready, &observed(failing), None).healthy);
-        let lagging = ArchiverStats {
-            ready_segments: 3,
-            ..ok
-        };
-        let v = archive_view(InstanceState::Ready, &observed(lagging), None);
-        assert_eq!((v.healthy, v.lag_segments), (false, 3));
-        let deleted = archive_view(
-            InstanceState::Deleted,
-            &observed(ArchiverStats::default()),
-            None,
-        );
-        assert!(deleted.healthy);
-    }
-}
+mod tests;
