@@ -19,7 +19,7 @@ use crate::config::Settings;
 use crate::jobs::{JobContext, Worker};
 use crate::metrics::Metrics;
 use crate::osb::{self, AppState, BasicAuth};
-use crate::runtime::{LocalRuntime, Runtime};
+use crate::runtime::{ArchiveAccess, LocalRuntime, Runtime};
 use crate::storage::{ObjectStore, StorageSettings};
 use crate::store::Store;
 
@@ -183,17 +183,17 @@ pub fn cancel_on_signal(token: CancellationToken) {
 }
 
 /// The runtime the settings ask for: agents when `agents.urls` lists any (instances not yet
-/// seen are looked up in `store`), else clusters on this machine under `data_dir`.
+/// seen are looked up in `store`), else clusters on this machine under `data_dir`, backed up to
+/// and restored from `archive`.
 pub fn build_runtime(
     settings: &Settings,
     data_dir: &std::path::Path,
     store: &crate::store::Store,
+    archive: ArchiveAccess,
 ) -> anyhow::Result<Runtime> {
     if settings.agents.urls.is_empty() {
-        return Ok(Runtime::Local(Arc::new(LocalRuntime::new(
-            data_dir.to_path_buf(),
-            settings.postgres.clone(),
-        ))));
+        let local = LocalRuntime::new(data_dir.to_path_buf(), settings.postgres.clone());
+        return Ok(Arc::new(local.with_archive(archive)));
     }
     let remote = crate::runtime::RemoteRuntime::new(&settings.agents)?;
     let store = store.clone();
@@ -210,7 +210,7 @@ pub fn build_runtime(
         })
     }));
     tracing::info!(agents = ?remote.agent_names(), "clusters run on agents");
-    Ok(Runtime::Remote(Arc::new(remote)))
+    Ok(Arc::new(remote))
 }
 
 impl Application {
@@ -224,11 +224,6 @@ impl Application {
         let catalog = Arc::new(Catalog::load(settings.catalog.as_deref())?);
         let password = broker_password(&settings, &data_dir)?;
         let (store, _) = open_state_store(&settings, &data_dir).await?;
-        let runtime = build_runtime(&settings, &data_dir, &store)?;
-        runtime
-            .prepare()
-            .await
-            .context("prepare the PostgreSQL runtime")?;
         let metrics = Metrics::default();
 
         let listener = TcpListener::bind(settings.listen)
@@ -252,6 +247,20 @@ impl Application {
             archive_timeout_secs: settings.wal.archive_timeout_secs,
         };
         let settings = Arc::new(settings);
+        let runtime = build_runtime(
+            &settings,
+            &data_dir,
+            &store,
+            ArchiveAccess {
+                store: archive.clone(),
+                settings: settings.clone(),
+                wayback_bin: archive_command.wayback_bin.clone(),
+            },
+        )?;
+        runtime
+            .prepare()
+            .await
+            .context("prepare the PostgreSQL runtime")?;
         // Prunes and reaps archives and keeps instance.json current, next to the supervisor.
         let maintenance = ArchiveMaintenance::new(
             store.clone(),
