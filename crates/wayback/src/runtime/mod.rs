@@ -18,6 +18,8 @@ use std::collections::BTreeMap;
 
 use crate::domain::InstanceId;
 
+/// For implementations of [`ClusterRuntime`] outside this crate (a test's fake runtime).
+pub use async_trait::async_trait;
 pub use error::RuntimeError;
 pub use interface::{AgentSurvey, ClusterRuntime, Reach, RestoreSpec, Runtime};
 pub use local::{ArchiveAccess, LocalRuntime};
