@@ -8,4 +8,5 @@
 //! Plain serde types only: this crate depends on nothing but serde, serde_json and chrono, so
 //! the CLI that app developers install stays small and portable.
 
+pub mod agent;
 pub mod v1;

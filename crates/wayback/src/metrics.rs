@@ -32,7 +32,7 @@ struct Inner {
     /// Live instances whose name is not known yet, as the name resolver last counted them.
     names_unknown: u64,
     /// Per agent, as the supervisor last asked: its capacity, or None when it did not answer.
-    agents: BTreeMap<String, Option<crate::runtime::wire::Capacity>>,
+    agents: BTreeMap<String, Option<crate::runtime::Capacity>>,
 }
 
 impl Histogram {
@@ -111,7 +111,7 @@ impl Metrics {
     }
 
     /// What each agent answered to the supervisor's capacity request (None: no answer).
-    pub fn agents_observed(&self, agents: Vec<(String, Option<crate::runtime::wire::Capacity>)>) {
+    pub fn agents_observed(&self, agents: Vec<(String, Option<crate::runtime::Capacity>)>) {
         self.0.lock().expect("metrics lock").agents = agents.into_iter().collect();
     }
 
@@ -211,7 +211,7 @@ fn render_agents(out: &mut String, inner: &Inner) {
             u8::from(cap.is_some())
         );
     }
-    type Field = fn(&crate::runtime::wire::Capacity) -> u64;
+    type Field = fn(&crate::runtime::Capacity) -> u64;
     let gauges: [(&str, &str, Field); 5] = [
         (
             "wayback_agent_instances",

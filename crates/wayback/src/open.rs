@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::Settings;
-use crate::runtime::{LocalRuntime, Runtime};
+use crate::runtime::{ArchiveAccess, LocalRuntime, Runtime};
 use crate::storage::{ObjectStore, StorageSettings};
 use crate::store::Store;
 
@@ -33,17 +33,17 @@ pub async fn reachable_archive(storage: &StorageSettings) -> anyhow::Result<Obje
 }
 
 /// The runtime the settings ask for: agents when `agents.urls` lists any (instances not yet
-/// seen are looked up in `store`), else clusters on this machine under `data_dir`.
+/// seen are looked up in `store`), else clusters on this machine under `data_dir`, backed up to
+/// and restored from `archive`.
 pub fn runtime(
     settings: &Settings,
-    data_dir: &std::path::Path,
-    store: &crate::store::Store,
+    data_dir: &Path,
+    store: &Store,
+    archive: ArchiveAccess,
 ) -> anyhow::Result<Runtime> {
     if settings.agents.urls.is_empty() {
-        return Ok(Runtime::Local(Arc::new(LocalRuntime::new(
-            data_dir.to_path_buf(),
-            settings.postgres.clone(),
-        ))));
+        let local = LocalRuntime::new(data_dir.to_path_buf(), settings.postgres.clone());
+        return Ok(Arc::new(local.with_archive(archive)));
     }
     let remote = crate::runtime::RemoteRuntime::new(&settings.agents)?;
     let store = store.clone();
@@ -60,5 +60,5 @@ pub fn runtime(
         })
     }));
     tracing::info!(agents = ?remote.agent_names(), "clusters run on agents");
-    Ok(Runtime::Remote(Arc::new(remote)))
+    Ok(Arc::new(remote))
 }

@@ -18,7 +18,7 @@ use crate::maintenance::{ArchiveMaintenance, NameResolver, Supervisor};
 use crate::metrics::Metrics;
 use crate::open;
 use crate::osb::{self, AppState, BasicAuth};
-use crate::runtime::Runtime;
+use crate::runtime::{ArchiveAccess, Runtime};
 use crate::store::Store;
 
 pub struct Application {
@@ -43,11 +43,6 @@ impl Application {
         let catalog = Arc::new(Catalog::load(settings.catalog.as_deref())?);
         let password = resolve::broker_password(&settings, &data_dir)?;
         let (store, _) = open::state_store(&settings, &data_dir).await?;
-        let runtime = open::runtime(&settings, &data_dir, &store)?;
-        runtime
-            .prepare()
-            .await
-            .context("prepare the PostgreSQL runtime")?;
         let metrics = Metrics::default();
 
         let listener = TcpListener::bind(settings.listen)
@@ -65,6 +60,20 @@ impl Application {
             archive_timeout_secs: settings.wal.archive_timeout_secs,
         };
         let settings = Arc::new(settings);
+        let runtime = open::runtime(
+            &settings,
+            &data_dir,
+            &store,
+            ArchiveAccess {
+                store: archive.clone(),
+                settings: settings.clone(),
+                wayback_bin: archive_command.wayback_bin.clone(),
+            },
+        )?;
+        runtime
+            .prepare()
+            .await
+            .context("prepare the PostgreSQL runtime")?;
         // Prunes and reaps archives and keeps instance.json current, next to the supervisor.
         let maintenance = ArchiveMaintenance::new(
             store.clone(),

@@ -1,23 +1,21 @@
-//! The agent's routes. Each cluster call is the local runtime's call of the same name; errors
-//! are [`WireError`]s: 503 when retrying may help, 422 when it cannot, 409 with `port_in_use`
-//! when the cluster's port is taken on this machine.
-
-use std::sync::Arc;
+//! The agent's routes. Each cluster call is the local runtime's
+//! [`ClusterRuntime`](crate::runtime::ClusterRuntime) call of the same name; errors are
+//! [`WireError`]s made by the runtime's one mapping ([`crate::runtime::error::to_wire`]): 503
+//! when retrying may help, 422 when it cannot, 409 with `port_in_use` when the cluster's port
+//! is taken on this machine.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use secrecy::SecretString;
+use wayback_api::agent::{self as wire, Capacity, WireError};
 
-use super::{AgentState, RestoreDone, RestoreTask};
+use super::AgentState;
 use crate::archive::layout::InstancePrefix;
-use crate::archive::restore::{RestorePhase, RestoreProgress, RestoreTarget};
-use crate::archive::{ArchiveError, ArchiveTarget, BackupOptions};
+use crate::archive::restore::RestoreTarget;
+use crate::archive::{ArchiveTarget, BackupOptions};
 use crate::domain::InstanceId;
-use crate::runtime::wire::{self, Capacity, RestoreStatus, WireError};
-use crate::runtime::{
-    status_text, ArchiveCommand, ArchiverStatsBody, BackupAnswer, BackupFailure, CloneRestore,
-    CloneRestoreError, ClusterSpec, RuntimeError,
-};
+use crate::runtime::error::to_wire;
+use crate::runtime::{ArchiveCommand, BackupAnswer, ClusterSpec, RestoreSpec, RuntimeError};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/health", web::get().to(health))
@@ -97,28 +95,11 @@ impl ResponseError for AgentError {
 
 impl From<RuntimeError> for AgentError {
     fn from(e: RuntimeError) -> Self {
-        let out = wire_error(&e);
-        tracing::warn!(error = %e, permanent = out.permanent, "agent call failed");
-        let status = if out.port_in_use.is_some() {
-            StatusCode::CONFLICT
-        } else if out.permanent {
-            StatusCode::UNPROCESSABLE_ENTITY
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
-        Self { status, body: out }
-    }
-}
-
-fn wire_error(e: &RuntimeError) -> WireError {
-    WireError {
-        message: e.to_string(),
-        permanent: e.is_permanent(),
-        port_in_use: match e {
-            RuntimeError::PortInUse(p) => Some(*p),
-            _ => None,
-        },
-        user_message: None,
+        let body = to_wire(&e);
+        tracing::warn!(error = %e, permanent = body.permanent, "agent call failed");
+        let status =
+            StatusCode::from_u16(body.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        Self { status, body }
     }
 }
 
@@ -179,7 +160,7 @@ fn own_prefix(
 
 async fn health() -> HttpResponse {
     HttpResponse::Ok().json(wire::Health {
-        status: "ok".into(),
+        status: wire::HealthStatus::Ok,
         version: env!("CARGO_PKG_VERSION").into(),
     })
 }
@@ -228,10 +209,8 @@ fn disk(dir: &std::path::Path) -> (u64, u64) {
 
 async fn status(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
     let id = instance(&state, &req)?;
-    let s = state.runtime.status(&id).await?;
-    ok(&wire::StatusBody {
-        status: status_text(s).into(),
-    })
+    let status = state.runtime.status(&id).await?;
+    ok(&wire::StatusBody { status })
 }
 
 fn spec(id: InstanceId, body: wire::ClusterBody) -> ClusterSpec {
@@ -258,11 +237,6 @@ async fn create(
 async fn destroy(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
     let id = instance(&state, &req)?;
     state.runtime.destroy(&id).await?;
-    state
-        .restores
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&id);
     ok(&())
 }
 
@@ -340,13 +314,12 @@ async fn switch_wal(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
 async fn wal_position(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
     let id = instance(&state, &req)?;
     let p = state.runtime.wal_position(&id).await?;
-    ok(&(p.current_lsn, p.database_bytes))
+    ok(&wire::WalBody(p.current_lsn, p.database_bytes))
 }
 
 async fn archiver(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
     let id = instance(&state, &req)?;
-    let stats = state.runtime.archiver_stats(&id).await?;
-    ok(&ArchiverStatsBody::from(stats))
+    ok(&state.runtime.archiver_stats(&id).await?)
 }
 
 async fn database(
@@ -407,39 +380,12 @@ async fn backup(
     let id = instance(&state, &req)?;
     let (_, prefix) = own_prefix(&body.prefix, &id)?;
     let options = BackupOptions::from_settings(&state.settings, &body.reason);
-    match state
-        .runtime
-        .take_backup(&id, &state.archive, &prefix, &options)
-        .await
-    {
-        Ok(report) => {
-            tracing::info!(instance = %id, backup = %report.manifest.backup_id, reason = %body.reason, "base backup taken");
-            ok(&BackupAnswer {
-                manifest: report.manifest,
-                timings: report.timings,
-            })
-        }
-        Err(BackupFailure::Runtime(e)) => Err(e.into()),
-        Err(BackupFailure::Archive(e)) => {
-            let permanent = matches!(
-                e,
-                ArchiveError::Backup {
-                    permanent: true,
-                    ..
-                }
-            );
-            tracing::warn!(instance = %id, error = %e, permanent, "base backup failed");
-            Err(AgentError::new(
-                if permanent {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                },
-                e.to_string(),
-                permanent,
-            ))
-        }
-    }
+    let report = state.runtime.take_backup(&id, &prefix, &options).await?;
+    tracing::info!(instance = %id, backup = %report.manifest.backup_id, reason = %body.reason, "base backup taken");
+    ok(&BackupAnswer {
+        manifest: report.manifest,
+        timings: report.timings,
+    })
 }
 
 async fn start_restore(
@@ -460,118 +406,21 @@ async fn start_restore(
             true,
         )
     })?;
-    let task = {
-        let mut map = state.restores.lock().unwrap_or_else(|p| p.into_inner());
-        let reusable = map.get(&id).filter(|t| {
-            // A finished failure is tried again; a run or a success is joined.
-            !matches!(
-                *t.outcome.lock().unwrap_or_else(|p| p.into_inner()),
-                Some(Err(_))
-            )
-        });
-        match reusable {
-            Some(task) => task.clone(),
-            None => {
-                let task = Arc::new(RestoreTask {
-                    progress: Arc::new(RestoreProgress::default()),
-                    outcome: std::sync::Mutex::new(None),
-                });
-                map.insert(id.clone(), task.clone());
-                let c = CloneRestore {
-                    store: state.archive.clone(),
-                    storage: crate::archive::target::capture_environment(&state.settings.archive),
-                    source,
-                    system_identifier: body.source_system_identifier,
-                    target: match body.point_in_time {
-                        Some(t) => RestoreTarget::PointInTime(t),
-                        None => RestoreTarget::Latest,
-                    },
-                    port: body.port,
-                    own: ArchiveTarget::for_instance(&state.settings, &space, &id),
-                    wayback_bin: state.wayback_bin.clone(),
-                    archive_timeout_secs: body.archive_timeout_secs,
-                    fetch_ahead: state.settings.wal.fetch_ahead,
-                    progress: task.progress.clone(),
-                };
-                let runtime = state.runtime.clone();
-                let running = task.clone();
-                let id = id.clone();
-                tokio::spawn(async move {
-                    let outcome = match runtime.restore_clone(&id, c).await {
-                        Ok(report) => {
-                            tracing::info!(instance = %id, backup = ?report.as_ref().map(|r| &r.backup_id), "restore finished");
-                            Ok(RestoreDone {
-                                backup_id: report.as_ref().map(|r| r.backup_id.clone()),
-                                timeline: report.as_ref().map(|r| r.timeline),
-                                total_secs: report.as_ref().map(|r| r.total_secs),
-                            })
-                        }
-                        Err(CloneRestoreError::Runtime(e)) => Err(wire_error(&e)),
-                        Err(CloneRestoreError::Restore(e)) => {
-                            tracing::warn!(instance = %id, error = %e, "restore failed");
-                            Err(WireError {
-                                message: e.to_string(),
-                                permanent: !e.is_transient(),
-                                port_in_use: None,
-                                user_message: Some(e.user_message()),
-                            })
-                        }
-                    };
-                    *running.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
-                });
-                task
-            }
-        }
+    let spec = RestoreSpec {
+        port: body.port,
+        space,
+        source,
+        source_system_identifier: body.source_system_identifier,
+        target: match body.point_in_time {
+            Some(t) => RestoreTarget::PointInTime(t),
+            None => RestoreTarget::Latest,
+        },
+        archive_timeout_secs: body.archive_timeout_secs,
     };
-    ok(&restore_view(&state, &id, Some(&task)))
+    ok(&state.runtime.start_restore(&id, &spec).await?)
 }
 
 async fn restore_status(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
     let id = instance(&state, &req)?;
-    let task = state
-        .restores
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&id)
-        .cloned();
-    ok(&restore_view(&state, &id, task.as_deref()))
-}
-
-fn restore_view(state: &AgentState, id: &InstanceId, task: Option<&RestoreTask>) -> RestoreStatus {
-    let Some(task) = task else {
-        return RestoreStatus {
-            state: "none".into(),
-            ..Default::default()
-        };
-    };
-    let (bytes_done, bytes_total) = task.progress.bytes();
-    let mut out = RestoreStatus {
-        state: "running".into(),
-        phase: match task.progress.phase() {
-            RestorePhase::Planning => "planning",
-            RestorePhase::Unpacking => "unpacking",
-            RestorePhase::Replaying => "replaying",
-            RestorePhase::Done => "done",
-        }
-        .into(),
-        bytes_done,
-        bytes_total,
-        backup_stop: task.progress.backup_stop_time().map(|t| t.timestamp()),
-        recovering: state.runtime.recovering(id),
-        ..Default::default()
-    };
-    match &*task.outcome.lock().unwrap_or_else(|p| p.into_inner()) {
-        None => {}
-        Some(Ok(done)) => {
-            out.state = "succeeded".into();
-            out.backup_id = done.backup_id.clone();
-            out.timeline = done.timeline;
-            out.total_secs = done.total_secs;
-        }
-        Some(Err(e)) => {
-            out.state = "failed".into();
-            out.error = Some(e.clone());
-        }
-    }
-    out
+    ok(&state.runtime.restore_status(&id).await?)
 }

@@ -1,7 +1,8 @@
 //! `wayback agent`: the clusters of one VM (a [`LocalRuntime`]) behind an HTTP API that the
 //! broker's [`crate::runtime::RemoteRuntime`] calls: basic auth on every path but
 //! `/v1/health`, TLS when `agent.tls_cert`/`agent.tls_key` are set. Bodies are in
-//! [`crate::runtime::wire`]; routes in [`handlers`].
+//! [`wayback_api::agent`]; routes in [`handlers`], each the local runtime's
+//! [`crate::runtime::ClusterRuntime`] call of the same name.
 //!
 //! The agent keeps no state of its own beyond its clusters: each call is the local runtime's
 //! idempotent call, so a broker that retries a step after a timeout, or an agent restarted in the
@@ -12,45 +13,25 @@
 
 mod handlers;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::restore::RestoreProgress;
 use crate::config::{resolve, Settings};
-use crate::domain::InstanceId;
 use crate::osb::BasicAuth;
-use crate::runtime::wire::WireError;
-use crate::runtime::LocalRuntime;
-use crate::storage::ObjectStore;
+use crate::runtime::{ArchiveAccess, LocalRuntime};
 
 /// What every handler shares.
 pub struct AgentState {
+    /// With the agent's own archive: backups and restores run here.
     pub runtime: Arc<LocalRuntime>,
     pub settings: Arc<Settings>,
-    pub archive: ObjectStore,
     /// The staged `wayback` binary clusters run as archive_command / restore_command.
     pub wayback_bin: PathBuf,
     auth: BasicAuth,
-    restores: Mutex<HashMap<InstanceId, Arc<RestoreTask>>>,
-}
-
-/// A restore running (or finished) on this agent.
-pub struct RestoreTask {
-    progress: Arc<RestoreProgress>,
-    /// None while it runs.
-    outcome: Mutex<Option<Result<RestoreDone, WireError>>>,
-}
-
-#[derive(Clone)]
-struct RestoreDone {
-    backup_id: Option<String>,
-    timeline: Option<u32>,
-    total_secs: Option<f64>,
 }
 
 /// A bound agent, ready to run.
@@ -70,10 +51,7 @@ impl Agent {
             "agent.password (WAYBACK_AGENT_PASSWORD) must be set: the broker authenticates with it",
         )?;
         let data_dir = resolve::data_dir(&settings)?;
-        let runtime = Arc::new(LocalRuntime::new(
-            data_dir.clone(),
-            settings.postgres.clone(),
-        ));
+        let runtime = LocalRuntime::new(data_dir.clone(), settings.postgres.clone());
         runtime
             .prepare()
             .await
@@ -82,13 +60,17 @@ impl Agent {
         settings.archive = resolve::archive(&settings, &data_dir);
         let archive = crate::open::reachable_archive(&settings.archive).await?;
         let wayback_bin = resolve::wayback_binary(&settings, &data_dir)?;
+        let shared = Arc::new(settings.clone());
+        let runtime = Arc::new(runtime.with_archive(ArchiveAccess {
+            store: archive,
+            settings: shared.clone(),
+            wayback_bin: wayback_bin.clone(),
+        }));
         let state = web::Data::new(AgentState {
             runtime: runtime.clone(),
             auth: BasicAuth::new(&settings.agent.username, &password),
-            settings: Arc::new(settings.clone()),
-            archive,
+            settings: shared,
             wayback_bin,
-            restores: Mutex::new(HashMap::new()),
         });
         // Clusters that were running when the agent (or its VM) stopped come back now; the
         // broker's supervisor would start them too, but only once it can reach us.

@@ -33,7 +33,7 @@ pub struct AgentRow {
     pub up: bool,
     /// Live and in-flight instances the broker recorded there.
     pub placed: usize,
-    pub capacity: Option<crate::runtime::wire::Capacity>,
+    pub capacity: Option<crate::runtime::Capacity>,
     pub error: Option<String>,
 }
 

@@ -20,7 +20,7 @@ use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::domain::{InstanceId, InstanceState, SpaceGuid};
 use crate::jobs::{JobContext, Worker};
-use crate::runtime::ArchiveCommand;
+use crate::runtime::{ArchiveAccess, ArchiveCommand};
 use crate::storage::ObjectStore;
 
 /// The command line of `wayback backup`.
@@ -125,9 +125,20 @@ pub async fn run(settings: Settings, instance: &str) -> anyhow::Result<BackupOut
     settings.archive = crate::config::resolve::archive(&settings, &data_dir);
     let archive = ObjectStore::open(&settings.archive).context("open the archive")?;
     let wayback_bin = crate::config::resolve::wayback_executable(&settings)?;
+    let shared = Arc::new(settings.clone());
+    let runtime = crate::open::runtime(
+        &settings,
+        &data_dir,
+        &store,
+        ArchiveAccess {
+            store: archive.clone(),
+            settings: shared.clone(),
+            wayback_bin: wayback_bin.clone(),
+        },
+    )?;
     let ctx = Arc::new(JobContext {
         store: store.clone(),
-        runtime: crate::open::runtime(&settings, &data_dir, &store)?,
+        runtime,
         catalog: Arc::new(Catalog::load(settings.catalog.as_deref())?),
         archive_command: ArchiveCommand {
             wayback_bin,
@@ -135,7 +146,7 @@ pub async fn run(settings: Settings, instance: &str) -> anyhow::Result<BackupOut
         },
         metrics: Default::default(),
         archive: archive.clone(),
-        settings: Arc::new(settings.clone()),
+        settings: shared,
     });
     let job = crate::jobs::backup_job(&id, "manual");
     let job_id = if store.enqueue_backup(&job).await? {

@@ -88,11 +88,15 @@ impl From<crate::store::StoreError> for StepError {
     }
 }
 
+/// The one reading of a runtime error: permanent ones fail the operation with what the user
+/// may read about them, the rest are retried.
 impl From<crate::runtime::RuntimeError> for StepError {
     fn from(e: crate::runtime::RuntimeError) -> Self {
         if e.is_permanent() {
             StepError::Permanent {
-                user_message: "the database server could not be set up".into(),
+                user_message: e
+                    .user_message()
+                    .unwrap_or_else(|| "the database server could not be set up".into()),
                 source: e.into(),
             }
         } else {

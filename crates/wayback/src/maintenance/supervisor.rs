@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::InstanceState;
 use crate::metrics::Metrics;
-use crate::runtime::{ClusterStatus, Runtime};
+use crate::runtime::{ClusterStatus, Reach, Runtime};
 use crate::store::Store;
 
 pub struct Supervisor {
@@ -158,37 +158,24 @@ impl Supervisor {
             .retain(|id, _| live.contains(id.as_str()));
         // With agents: ask each for its capacity once (metrics), and do not wait on the
         // instances of one that does not answer (each would wait for its own timeout).
-        let down: std::collections::HashSet<String> = match &self.runtime {
-            Runtime::Remote(remote) => {
-                let answers = remote.capacities().await;
-                let down = answers
-                    .iter()
-                    .filter(|(_, a)| a.is_err())
-                    .map(|(name, _)| name.clone())
-                    .collect();
-                self.metrics.agents_observed(
-                    answers
-                        .into_iter()
-                        .map(|(name, a)| (name, a.ok()))
-                        .collect(),
-                );
-                down
-            }
-            Runtime::Local(_) => Default::default(),
-        };
+        let survey = self.runtime.survey().await;
+        if let Some(capacities) = survey.capacities() {
+            self.metrics.agents_observed(capacities);
+        }
+        let down = survey.down();
         let (mut waiting, mut unplaced) = (0, 0);
         for instance in ready {
-            match (&instance.agent, &self.runtime) {
-                (Some(agent), _) if down.contains(agent) => {
+            match survey.reach(instance.agent.as_deref()) {
+                Reach::Reachable => {}
+                Reach::AgentDown => {
                     waiting += 1;
                     continue;
                 }
                 // Made on this machine before agents were configured: no agent runs it.
-                (None, Runtime::Remote(_)) => {
+                Reach::NoAgent => {
                     unplaced += 1;
                     continue;
                 }
-                _ => {}
             }
             match self.runtime.status(&instance.id).await {
                 Ok(ClusterStatus::Running) => {

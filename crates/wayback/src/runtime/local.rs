@@ -7,14 +7,18 @@
 //! check before they create. Calls for one instance are serialised by a per-instance lock, since
 //! the job worker and the supervisor may both reach for the same cluster. The port lives in the
 //! rendered `postgresql.conf`; while the server runs, `postmaster.pid` says which port it really
-//! listens on. Must not import `osb`, `broker`, `store` or `jobs`.
+//! listens on. Base backups and clones' restores need the archive as well: a runtime that
+//! takes them is given one ([`LocalRuntime::with_archive`]) — the broker's own, or the agent's.
+//! Must not import `osb`, `broker`, `store` or `jobs`.
 
 mod admin;
 mod archive;
 mod backup;
 mod clone;
+mod interface;
 mod layout;
 mod lifecycle;
+mod restore;
 mod stats;
 
 use std::collections::HashMap;
@@ -31,8 +35,6 @@ use crate::domain::InstanceId;
 use crate::pg::ctl;
 use crate::pg::fsutil::{self, Owner};
 use crate::pg::{conf, initdb, scram, Binaries, ClusterDirs, PgError, RunAs, Tools};
-pub use backup::BackupFailure;
-pub use clone::{CloneRestore, CloneRestoreError, RestoreSlot};
 use layout::Layout;
 
 fn rt(e: PgError) -> RuntimeError {
@@ -47,12 +49,24 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError
     move |e| RuntimeError::Pg(f(e))
 }
 
+/// What a runtime needs to take base backups and restore clones itself: the archive, the
+/// settings an instance's archive target is built from, and the `wayback` binary its clusters
+/// run as `restore_command` and `archive_command`.
+#[derive(Clone)]
+pub struct ArchiveAccess {
+    pub store: crate::storage::ObjectStore,
+    pub settings: Arc<crate::config::Settings>,
+    pub wayback_bin: PathBuf,
+}
+
 pub struct LocalRuntime {
     layout: Layout,
     settings: PostgresSettings,
+    archive: Option<ArchiveAccess>,
     tools: OnceCell<Tools>,
     template: OnceCell<()>,
     locks: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>,
+    restores: restore::Restores,
 }
 
 impl LocalRuntime {
@@ -63,10 +77,28 @@ impl LocalRuntime {
         Self {
             layout: Layout::new(root),
             settings,
+            archive: None,
             tools: OnceCell::new(),
             template: OnceCell::new(),
             locks: Mutex::new(HashMap::new()),
+            restores: restore::Restores::default(),
         }
+    }
+
+    /// The archive this runtime takes base backups into and restores clones from.
+    pub fn with_archive(mut self, archive: ArchiveAccess) -> Self {
+        self.archive = Some(archive);
+        self
+    }
+
+    fn archive_access(&self) -> Result<&ArchiveAccess, RuntimeError> {
+        self.archive.as_ref().ok_or_else(|| {
+            rt(PgError::Setup(
+                "this runtime was built without an archive: it takes no backups and restores \
+                 no clones"
+                    .into(),
+            ))
+        })
     }
 
     /// The data, socket and log locations of an instance's cluster.
@@ -97,11 +129,13 @@ impl LocalRuntime {
     }
 
     async fn lock(&self, id: &InstanceId) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(id.clone()).or_default().clone()
-        };
-        lock.lock_owned().await
+        self.lock_of(id).lock_owned().await
+    }
+
+    /// The per-instance lock itself, for work that outlives the call (a restore).
+    fn lock_of(&self, id: &InstanceId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(id.clone()).or_default().clone()
     }
 
     /// Binaries, user and directories, checked once.

@@ -1,10 +1,29 @@
 //! Where a new instance goes among the agents: a pure choice over what each agent answered
-//! and what the store has placed, so that it can be tested without any agent.
+//! and what the broker has placed, so that it can be tested without any agent; and the
+//! [`PlacementLedger`] through which the runtime reads and writes the broker's placements (the
+//! store, handed in by the caller: the runtime does not import it).
 
 use std::collections::HashMap;
 
-use super::wire::Capacity;
+use async_trait::async_trait;
+use wayback_api::agent::Capacity;
+
 use super::RuntimeError;
+use crate::domain::InstanceId;
+
+/// What the platform's user reads when no agent has room.
+pub const NO_ROOM: &str = "no database VM has room for another instance; ask your operator \
+                           to add agents or raise agent.max_instances";
+
+/// The broker's record of where instances live. The remote runtime reads and writes it while
+/// it holds its placement lock, so that concurrent provisions count each other.
+#[async_trait]
+pub trait PlacementLedger: Send + Sync {
+    /// Live and in-flight instances per agent.
+    async fn placed(&self) -> anyhow::Result<HashMap<String, usize>>;
+    /// Records that `id` goes where `placement` says.
+    async fn record(&self, id: &InstanceId, placement: &Placement) -> anyhow::Result<()>;
+}
 
 /// Where a new instance goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +83,7 @@ pub fn choose(
         }),
         None => Err(RuntimeError::Agent {
             agent: "*".into(),
+            user_message: (!unreachable).then(|| NO_ROOM.to_string()),
             message: format!(
                 "no agent can take a new instance ({})",
                 if why.is_empty() {
@@ -133,6 +153,7 @@ mod tests {
         let placed = HashMap::from([("a".to_string(), 10), ("b".to_string(), 10)]);
         let e = choose(&a, &placed).unwrap_err();
         assert!(e.is_permanent(), "every agent full: retrying cannot help");
+        assert_eq!(e.user_message().as_deref(), Some(NO_ROOM));
         assert!(
             e.to_string().contains("a: full (10 of 10 instances)"),
             "{e}"

@@ -186,9 +186,11 @@ async fn clock(conn: &mut sqlx::PgConnection) -> DateTime<Utc> {
 /// A superuser connection to the instance's cluster (to write WAL without committing).
 async fn admin(app: &TestApp, id: &str) -> sqlx::PgConnection {
     use sqlx::Connection;
-    let wayback::runtime::Runtime::Local(rt) = &app.worker.context().runtime else {
-        panic!("the test app runs clusters locally");
-    };
+    // The test app runs its clusters itself, under its data directory.
+    let rt = wayback::runtime::LocalRuntime::new(
+        app.data_dir.clone(),
+        app.worker.context().settings.postgres.clone(),
+    );
     let options = rt
         .admin_options(&InstanceId::parse(id).unwrap())
         .await

@@ -14,12 +14,12 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::archive::layout::{parse_lsn, InstancePrefix};
-use crate::archive::{ArchiveError, BackupOptions, BackupReport};
+use crate::archive::{BackupOptions, BackupReport};
 use crate::catalog::ArchivePolicy;
 use crate::domain::{InstanceId, InstanceState, SpaceGuid};
 use crate::jobs::model::{Job, JobSpec, Step};
 use crate::jobs::{JobContext, Outcome, StepError, StepResult};
-use crate::runtime::{BackupFailure, Runtime, RuntimeError, WalPosition};
+use crate::runtime::WalPosition;
 use crate::store::{now_millis, BackupRecord, InstanceRecord, NewJob};
 
 /// Backups one broker takes at the same time.
@@ -152,55 +152,10 @@ async fn take(
     let space = SpaceGuid::parse(instance.space_guid.clone()).map_err(StepError::transient)?;
     let prefix = InstancePrefix::new(&space, &instance.id);
     let options = options(ctx, reason);
-    match &ctx.runtime {
-        Runtime::Local(rt) => rt
-            .take_backup(&instance.id, &ctx.archive, &prefix, &options)
-            .await
-            .map_err(|e| match e {
-                BackupFailure::Runtime(e) => e.into(),
-                BackupFailure::Archive(e) => archive_error(e),
-            }),
-        Runtime::Remote(remote) => {
-            // The agent streams, uploads and waits for the end segment itself.
-            let timeout = options.stream_timeout + options.archive_wait + Duration::from_secs(60);
-            let answer = remote
-                .take_backup(&instance.id, prefix.as_str(), reason, timeout)
-                .await
-                .map_err(|e| match e {
-                    RuntimeError::Agent {
-                        permanent: true,
-                        ref message,
-                        ..
-                    } => StepError::Permanent {
-                        user_message: message.clone(),
-                        source: e.into(),
-                    },
-                    other => other.into(),
-                })?;
-            Ok(BackupReport {
-                manifest: answer.manifest,
-                timings: answer.timings,
-            })
-        }
-    }
-}
-
-fn archive_error(e: ArchiveError) -> StepError {
-    let permanent = matches!(
-        e,
-        ArchiveError::Backup {
-            permanent: true,
-            ..
-        }
-    );
-    if permanent {
-        StepError::Permanent {
-            user_message: e.to_string(),
-            source: e.into(),
-        }
-    } else {
-        StepError::Transient(e.into())
-    }
+    Ok(ctx
+        .runtime
+        .take_backup(&instance.id, &prefix, &options)
+        .await?)
 }
 
 #[cfg(test)]

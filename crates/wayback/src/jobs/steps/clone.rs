@@ -21,21 +21,18 @@
 //! A leaf of `steps`: imports `final_wal` of its siblings, never `instance` or the dispatcher
 //! (`steps` itself), and never `broker`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use crate::archive::layout::{InstancePrefix, WalFileName};
-use crate::archive::restore::{RestoreError, RestorePhase, RestoreProgress, RestoreTarget};
-use crate::archive::ArchiveTarget;
+use crate::archive::restore::RestoreTarget;
 use crate::domain::{OperationState, SpaceGuid};
 use crate::jobs::clone_source::CloneSource;
 use crate::jobs::model::Job;
 use crate::jobs::{JobContext, Outcome, StepError, StepResult};
-use crate::runtime::wire::RestoreBody;
 use crate::runtime::{
-    CloneRestore, CloneRestoreError, ClusterStatus, RemoteRuntime, Runtime, RuntimeError,
+    ClusterStatus, RestorePhase, RestoreSpec, RestoreState, RestoreStatus, RuntimeError,
 };
 use crate::store::InstanceRecord;
 
@@ -132,6 +129,8 @@ pub async fn fork(ctx: &JobContext, job: &Job, src: &CloneSource) -> StepResult 
     Ok(Outcome::Next)
 }
 
+/// Starts (or joins) the restore wherever the instance's cluster lives, then polls its status
+/// every half second and shows it.
 pub async fn restore_step(
     ctx: &JobContext,
     job: &Job,
@@ -147,175 +146,39 @@ pub async fn restore_step(
         .plan(&instance.service_id, &instance.plan_id)
         .and_then(|p| p.archive.archive_interval_secs)
         .unwrap_or(ctx.archive_command.archive_timeout_secs);
-    let source_prefix = InstancePrefix::new(&space, &src.id);
-    let from = src.to_string();
-    let rt = match &ctx.runtime {
-        Runtime::Local(rt) => rt.clone(),
-        Runtime::Remote(remote) => {
-            return restore_on_agent(
-                ctx,
-                job,
-                instance,
-                remote,
-                RestoreBody {
-                    port,
-                    prefix: InstancePrefix::new(&space, &instance.id)
-                        .as_str()
-                        .to_string(),
-                    source_prefix: source_prefix.as_str().to_string(),
-                    source_system_identifier: src.system_identifier,
-                    point_in_time: match src.target {
-                        RestoreTarget::Latest => None,
-                        RestoreTarget::PointInTime(t) => Some(t),
-                    },
-                    archive_timeout_secs,
-                },
-                src,
-            )
-            .await
-        }
-    };
-    let progress = Arc::new(RestoreProgress::default());
-    let c = CloneRestore {
-        store: ctx.archive.clone(),
-        storage: crate::archive::target::capture_environment(&ctx.settings.archive),
-        source: source_prefix,
-        system_identifier: src.system_identifier,
-        target: src.target,
+    let spec = RestoreSpec {
         port,
-        own: ArchiveTarget::for_instance(&ctx.settings, &space, &instance.id),
-        wayback_bin: ctx.archive_command.wayback_bin.clone(),
+        source: InstancePrefix::new(&space, &src.id),
+        space,
+        source_system_identifier: src.system_identifier,
+        target: src.target,
         archive_timeout_secs,
-        fetch_ahead: ctx.settings.wal.fetch_ahead,
-        progress: progress.clone(),
     };
-    let watch = async {
-        let mut shown = String::new();
-        let mut replay_seen = false;
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let view = RestoreView::of(&progress, rt.recovering(&instance.id));
-            let text = phase_text(&from, &view, &mut replay_seen, src.target);
-            if text != shown {
-                progress_text(ctx, job, &text).await;
-                shown = text;
-            }
-        }
-    };
-    let result = tokio::select! {
-        r = rt.restore_clone(&instance.id, c) => r,
-        () = watch => unreachable!("the watcher never ends"),
-    };
-    match result {
-        Ok(Some(report)) => {
-            tracing::info!(instance = %instance.id, source = %src.id, backup = %report.backup_id, timeline = report.timeline, secs = report.total_secs, "clone restored");
-            Ok(Outcome::Next)
-        }
-        Ok(None) => Ok(Outcome::Next),
-        Err(CloneRestoreError::Runtime(e)) => Err(e.into()),
-        Err(CloneRestoreError::Restore(e)) => Err(restore_error(e)),
-    }
-}
-
-/// A restore error as the step reports it: storage trouble is retried, the rest fails the
-/// operation with what the user may read.
-fn restore_error(e: RestoreError) -> StepError {
-    if e.is_transient() {
-        StepError::Transient(e.into())
-    } else {
-        StepError::Permanent {
-            user_message: e.user_message(),
-            source: e.into(),
-        }
-    }
-}
-
-/// The restore runs on the instance's agent: start (or join) it, then poll its status every
-/// half second and show it like a local one.
-async fn restore_on_agent(
-    ctx: &JobContext,
-    job: &Job,
-    instance: &InstanceRecord,
-    remote: &RemoteRuntime,
-    body: RestoreBody,
-    src: &CloneSource,
-) -> StepResult {
-    let (from, target) = (src.to_string(), src.target);
-    let mut status = remote.start_restore(&instance.id, &body).await?;
+    let from = src.to_string();
+    let mut status = ctx.runtime.start_restore(&instance.id, &spec).await?;
     let mut shown = String::new();
     let mut replay_seen = false;
     loop {
-        match status.state.as_str() {
-            "succeeded" => {
-                tracing::info!(instance = %instance.id, backup = ?status.backup_id, timeline = ?status.timeline, secs = ?status.total_secs, "clone restored on its agent");
+        match status.state {
+            RestoreState::Succeeded => {
+                tracing::info!(instance = %instance.id, source = %src.id, backup = ?status.backup_id, timeline = ?status.timeline, secs = ?status.total_secs, "clone restored");
                 return Ok(Outcome::Next);
             }
-            "failed" => {
-                let e = status
-                    .error
-                    .unwrap_or_else(|| crate::runtime::wire::WireError {
-                        message: "the agent's restore failed".into(),
-                        permanent: false,
-                        port_in_use: None,
-                        user_message: None,
-                    });
-                let source = anyhow::anyhow!("restore on the agent failed: {}", e.message);
-                return Err(if e.permanent {
-                    StepError::Permanent {
-                        user_message: e.user_message.unwrap_or(e.message),
-                        source,
-                    }
-                } else {
-                    StepError::Transient(source)
-                });
-            }
-            "running" => {}
-            // The agent restarted and lost the restore: start it again.
-            _ => {
-                status = remote.start_restore(&instance.id, &body).await?;
+            RestoreState::Failed => return Err(RuntimeError::restore_failed(status.error).into()),
+            RestoreState::Running => {}
+            // The runtime (an agent, say) restarted and lost the restore: start it again.
+            RestoreState::None => {
+                status = ctx.runtime.start_restore(&instance.id, &spec).await?;
                 continue;
             }
         }
-        let view = RestoreView {
-            phase: match status.phase.as_str() {
-                "unpacking" => RestorePhase::Unpacking,
-                "replaying" => RestorePhase::Replaying,
-                "done" => RestorePhase::Done,
-                _ => RestorePhase::Planning,
-            },
-            bytes: (status.bytes_done, status.bytes_total),
-            backup_stop: status
-                .backup_stop
-                .and_then(|t| DateTime::from_timestamp(t, 0)),
-            recovering: status.recovering,
-        };
-        let text = phase_text(&from, &view, &mut replay_seen, target);
+        let text = phase_text(&from, &status, &mut replay_seen, src.target);
         if text != shown {
             progress_text(ctx, job, &text).await;
             shown = text;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        status = remote.restore_status(&instance.id).await?;
-    }
-}
-
-/// Where a restore is, wherever it runs.
-struct RestoreView {
-    phase: RestorePhase,
-    bytes: (u64, u64),
-    backup_stop: Option<DateTime<Utc>>,
-    /// `recovery.signal` is still there.
-    recovering: bool,
-}
-
-impl RestoreView {
-    fn of(p: &RestoreProgress, recovering: bool) -> Self {
-        Self {
-            phase: p.phase(),
-            bytes: p.bytes(),
-            backup_stop: p.backup_stop_time(),
-            recovering,
-        }
+        status = ctx.runtime.restore_status(&instance.id).await?;
     }
 }
 
@@ -324,16 +187,17 @@ impl RestoreView {
 /// the source.
 fn phase_text(
     from: &str,
-    view: &RestoreView,
+    status: &RestoreStatus,
     replay_seen: &mut bool,
     target: RestoreTarget,
 ) -> String {
-    match view.phase {
+    match status.phase {
         RestorePhase::Planning => format!("Cloning {from}: choosing a base backup"),
         RestorePhase::Unpacking => {
-            let (done, total) = view.bytes;
-            let base = view
+            let (done, total) = (status.bytes_done, status.bytes_total);
+            let base = status
                 .backup_stop
+                .and_then(|t| DateTime::from_timestamp(t, 0))
                 .map_or("the newest backup".to_string(), when);
             format!(
                 "Cloning {from}: restoring base backup of {base} ({} of {})",
@@ -342,8 +206,8 @@ fn phase_text(
             )
         }
         RestorePhase::Replaying | RestorePhase::Done => {
-            *replay_seen |= view.recovering;
-            if *replay_seen && !view.recovering {
+            *replay_seen |= status.recovering;
+            if *replay_seen && !status.recovering {
                 format!("Cloning {from}: promoting")
             } else {
                 format!(

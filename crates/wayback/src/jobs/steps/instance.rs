@@ -4,15 +4,16 @@
 //! A leaf of `steps`: imports `backup` and `final_wal` of its siblings, never `clone` or the
 //! dispatcher (`steps` itself), and never `broker`.
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::domain::InstanceState;
+use crate::domain::{InstanceId, InstanceState};
 use crate::jobs::model::{Job, JobSpec, Step};
 use crate::jobs::{JobContext, Outcome, StepError, StepResult};
-use crate::runtime::{ClusterSpec, RuntimeError};
+use crate::runtime::{ClusterSpec, Placement, PlacementLedger, RuntimeError};
 use crate::store::InstanceRecord;
 
 pub async fn load(ctx: &JobContext, job: &Job) -> Result<InstanceRecord, StepError> {
@@ -279,9 +280,14 @@ async fn sync_doc(ctx: &JobContext, id: &crate::domain::InstanceId, why: &str) {
 /// Picks a port in the configured range that no instance holds and nothing listens on.
 async fn allocate_port(ctx: &JobContext, instance: &InstanceRecord) -> Result<u16, StepError> {
     let pg = &ctx.settings.postgres;
-    let agent = match (&ctx.runtime, &instance.agent) {
-        (crate::runtime::Runtime::Remote(remote), None) => place(ctx, remote, instance).await?,
-        (_, agent) => agent.clone().unwrap_or_default(),
+    let agent = match &instance.agent {
+        Some(agent) => agent.clone(),
+        None => ctx
+            .runtime
+            .place(&instance.id, &StoreLedger(&ctx.store))
+            .await?
+            .map(|p| p.agent)
+            .unwrap_or_default(),
     };
     let used = ctx.store.used_ports(&agent).await?;
     let span = u32::from(pg.port_max - pg.port_min) + 1;
@@ -307,33 +313,20 @@ async fn allocate_port(ctx: &JobContext, instance: &InstanceRecord) -> Result<u1
     })
 }
 
-/// Chooses the agent with the most room for a new instance and records it (under the
-/// runtime's placement lock, so that concurrent provisions count each other).
-async fn place(
-    ctx: &JobContext,
-    remote: &crate::runtime::RemoteRuntime,
-    instance: &InstanceRecord,
-) -> Result<String, StepError> {
-    let _placing = remote.placing().await;
-    let counts = ctx.store.instances_per_agent().await?;
-    let placement = remote.place(&counts).await.map_err(|e| {
-        if e.is_permanent() {
-            StepError::Permanent {
-                user_message: "no database VM has room for another instance; ask your operator \
-                               to add agents or raise agent.max_instances"
-                    .into(),
-                source: e.into(),
-            }
-        } else {
-            e.into()
-        }
-    })?;
-    ctx.store
-        .set_instance_agent(&instance.id, &placement.agent, &placement.host)
-        .await?;
-    remote.assign(&instance.id, &placement.agent);
-    tracing::info!(instance = %instance.id, agent = %placement.agent, host = %placement.host, "instance placed");
-    Ok(placement.agent)
+/// The store as the runtime's record of placements.
+struct StoreLedger<'a>(&'a crate::store::Store);
+
+#[async_trait::async_trait]
+impl PlacementLedger for StoreLedger<'_> {
+    async fn placed(&self) -> anyhow::Result<HashMap<String, usize>> {
+        Ok(self.0.instances_per_agent().await?)
+    }
+    async fn record(&self, id: &InstanceId, placement: &Placement) -> anyhow::Result<()> {
+        Ok(self
+            .0
+            .set_instance_agent(id, &placement.agent, &placement.host)
+            .await?)
+    }
 }
 
 fn port_is_free(address: &str, port: u16) -> bool {

@@ -74,24 +74,16 @@ impl LocalRuntime {
 }
 
 impl LocalRuntime {
-    /// Takes a base backup of the running cluster of `id` into `prefix` of `store`.
+    /// Takes a base backup of the running cluster of `id` into `prefix` of the runtime's
+    /// archive.
     pub async fn take_backup(
         &self,
         id: &InstanceId,
-        store: &crate::storage::ObjectStore,
         prefix: &crate::archive::layout::InstancePrefix,
         options: &crate::archive::BackupOptions,
-    ) -> Result<crate::archive::BackupReport, BackupFailure> {
+    ) -> Result<crate::archive::BackupReport, RuntimeError> {
+        let store = &self.archive_access()?.store;
         let source = self.backup_source(id).await?;
         Ok(crate::archive::take_backup(&source, store, prefix, options).await?)
     }
-}
-
-/// Why a base backup was not taken.
-#[derive(Debug, thiserror::Error)]
-pub enum BackupFailure {
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-    #[error(transparent)]
-    Archive(#[from] crate::archive::ArchiveError),
 }

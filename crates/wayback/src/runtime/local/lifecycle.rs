@@ -93,7 +93,14 @@ impl LocalRuntime {
         }
     }
 
+    /// Stops the cluster and removes every file of it, and forgets its restore.
     pub async fn destroy(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        self.destroy_files(id).await?;
+        self.forget_restore(id);
+        Ok(())
+    }
+
+    async fn destroy_files(&self, id: &InstanceId) -> Result<(), RuntimeError> {
         let _guard = self.lock(id).await;
         let tools = self.tools().await?;
         let cluster = self.layout.cluster(id);

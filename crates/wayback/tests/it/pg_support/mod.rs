@@ -90,7 +90,7 @@ impl TestRuntime {
         let dir = tempfile::tempdir().expect("tempdir");
         let local = Arc::new(LocalRuntime::new(dir.path().to_path_buf(), settings));
         Self {
-            runtime: Runtime::Local(local.clone()),
+            runtime: local.clone(),
             local,
             dir,
         }

@@ -1,0 +1,304 @@
+//! The agent API: what `wayback agent` serves on `/v1/...` and the broker's remote runtime
+//! sends. JSON; every error is a [`WireError`] whose `permanent` flag tells the broker whether
+//! retrying the step can help.
+//!
+//! Versioned by path (`/v1/…`): add fields with defaults, never change one. A broker and its
+//! agents are upgraded one after the other, so each side reads what the other version writes:
+//! states and phases are enums here, but a value this side does not know is read as the one an
+//! older broker fell back to (see [`RestoreState`] and [`RestorePhase`]).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    pub message: String,
+    /// True when retrying cannot help (the operation fails at once).
+    pub permanent: bool,
+    /// Set when the cluster's port is taken on the agent's machine (the broker picks another).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_in_use: Option<u16>,
+    /// What the platform's user may read about it (no paths, no logs), when it differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_message: Option<String>,
+}
+
+impl WireError {
+    /// The HTTP status an agent answers with: 409 when the port is taken, 422 when retrying
+    /// cannot help, 503 when it may.
+    pub fn http_status(&self) -> u16 {
+        if self.port_in_use.is_some() {
+            409
+        } else if self.permanent {
+            422
+        } else {
+            503
+        }
+    }
+}
+
+/// `GET /v1/health` (no authentication).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    pub status: HealthStatus,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Ok,
+}
+
+/// `GET /v1/capacity`: what the agent holds and has left.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Capacity {
+    /// Cluster directories on the agent (running or not).
+    pub instances: u32,
+    pub max_instances: u32,
+    pub memory_total_bytes: u64,
+    pub memory_available_bytes: u64,
+    /// The file system of the agent's data directory.
+    pub disk_total_bytes: u64,
+    pub disk_available_bytes: u64,
+    /// The host binding credentials name for clusters on this agent.
+    pub advertise_host: String,
+    pub version: String,
+}
+
+/// `PUT /v1/clusters/{id}` and `POST /v1/clusters/{id}/settings`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterBody {
+    pub port: u16,
+    pub settings: BTreeMap<String, String>,
+}
+
+/// `PUT /v1/clusters/{id}/archive`: the agent builds the target from its own archive settings
+/// (credentials never cross the wire) for this prefix.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArchiveBody {
+    pub prefix: String,
+    pub archive_timeout_secs: u64,
+}
+
+/// `POST /v1/clusters/{id}/seal` and `/reopen`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatabaseBody {
+    pub database: String,
+}
+
+/// `PUT /v1/clusters/{id}/databases/{db}`, `DELETE /v1/clusters/{id}/roles/{role}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OwnerBody {
+    pub owner_role: String,
+}
+
+/// `PUT /v1/clusters/{id}/roles/{role}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoleBody {
+    pub owner_role: String,
+    pub password: String,
+}
+
+/// Whether an instance's cluster exists and runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterStatus {
+    /// No data directory.
+    Absent,
+    /// Data directory present, no live postmaster.
+    Stopped,
+    /// A live postmaster that answers `pg_isready`.
+    Running,
+}
+
+/// `GET /v1/clusters/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusBody {
+    pub status: ClusterStatus,
+}
+
+/// A WAL switch: the LSN and the segment to wait for in the archive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwitchBody {
+    pub lsn: String,
+    pub segment: String,
+}
+
+/// `GET /v1/clusters/{id}/wal`: `[current LSN, bytes of every database]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalBody(pub u64, pub u64);
+
+/// `GET /v1/clusters/{id}/archiver`: what a running cluster's archiver reports
+/// (`pg_stat_archiver` and `archive_status/`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArchiverStats {
+    pub archived_count: i64,
+    /// Unix seconds.
+    pub last_archived_at: Option<f64>,
+    pub failed_count: i64,
+    pub last_failed_at: Option<f64>,
+    /// Completed segments (and other files) waiting to be archived.
+    pub ready_segments: i64,
+    /// How long the oldest of them has waited; 0 when none waits.
+    pub oldest_ready_age_secs: f64,
+}
+
+/// `POST /v1/clusters/{id}/backup`: a base backup into the instance's own prefix, with the
+/// agent's backup settings. The answer is the backup's manifest and timings, in the archive's
+/// own format (`wayback::archive`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupBody {
+    pub prefix: String,
+    pub reason: String,
+}
+
+/// `POST /v1/clusters/{id}/restore` starts (or joins) a clone's restore on the agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreBody {
+    pub port: u16,
+    /// The new instance's own prefix.
+    pub prefix: String,
+    pub source_prefix: String,
+    pub source_system_identifier: u64,
+    /// None: everything archived.
+    pub point_in_time: Option<DateTime<Utc>>,
+    pub archive_timeout_secs: u64,
+}
+
+/// Whether a restore runs, and how it ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", from = "String")]
+pub enum RestoreState {
+    /// No restore is known (the agent restarted, or none was asked for): start it again.
+    #[default]
+    None,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl From<String> for RestoreState {
+    /// A state this side does not know reads as `none`: the broker starts the restore again,
+    /// which joins one that runs.
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "running" => RestoreState::Running,
+            "succeeded" => RestoreState::Succeeded,
+            "failed" => RestoreState::Failed,
+            _ => RestoreState::None,
+        }
+    }
+}
+
+/// Where a restore is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", from = "String")]
+pub enum RestorePhase {
+    /// Reading manifests and WAL headers to choose a base backup.
+    #[default]
+    Planning,
+    /// Downloading and unpacking the base backup.
+    Unpacking,
+    /// PostgreSQL replays WAL from the archive up to the target, then promotes.
+    Replaying,
+    Done,
+}
+
+impl From<String> for RestorePhase {
+    /// A phase this side does not know (or the empty one an older agent sends with `none`)
+    /// reads as `planning`.
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "unpacking" => RestorePhase::Unpacking,
+            "replaying" => RestorePhase::Replaying,
+            "done" => RestorePhase::Done,
+            _ => RestorePhase::Planning,
+        }
+    }
+}
+
+/// Where a clone's restore is (`GET` or `POST /v1/clusters/{id}/restore`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RestoreStatus {
+    pub state: RestoreState,
+    pub phase: RestorePhase,
+    /// Raw bytes of the base backup unpacked so far, and in all.
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// The chosen base backup's stop time (Unix seconds).
+    pub backup_stop: Option<i64>,
+    /// `recovery.signal` still present.
+    pub recovering: bool,
+    /// When failed.
+    pub error: Option<WireError>,
+    pub backup_id: Option<String>,
+    pub timeline: Option<u32>,
+    pub total_secs: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The bodies as agents and brokers of the previous version write them.
+    #[test]
+    fn restore_status_reads_what_every_version_writes() {
+        let none: RestoreStatus = serde_json::from_value(json!({
+            "state": "none", "phase": "", "bytes_done": 0, "bytes_total": 0,
+            "backup_stop": null, "recovering": false, "error": null,
+            "backup_id": null, "timeline": null, "total_secs": null
+        }))
+        .unwrap();
+        assert_eq!(none, RestoreStatus::default());
+        let failed: RestoreStatus = serde_json::from_value(json!({
+            "state": "failed", "phase": "replaying", "bytes_done": 5, "bytes_total": 9,
+            "backup_stop": 1_700_000_000, "recovering": true,
+            "error": {"message": "no", "permanent": true, "user_message": "nothing to restore"},
+            "backup_id": null, "timeline": null, "total_secs": null
+        }))
+        .unwrap();
+        assert_eq!(
+            (failed.state, failed.phase, failed.bytes_done),
+            (RestoreState::Failed, RestorePhase::Replaying, 5)
+        );
+        assert_eq!(failed.error.as_ref().map(WireError::http_status), Some(422));
+        let again = serde_json::to_value(&failed).unwrap();
+        assert_eq!(
+            (&again["state"], &again["phase"]),
+            (&json!("failed"), &json!("replaying"))
+        );
+        assert_eq!(again["error"].get("port_in_use"), None);
+    }
+
+    #[test]
+    fn states_and_statuses_are_lowercase_words() {
+        assert_eq!(
+            serde_json::to_value(StatusBody {
+                status: ClusterStatus::Stopped
+            })
+            .unwrap(),
+            json!({"status": "stopped"})
+        );
+        assert_eq!(
+            serde_json::to_value(Health {
+                status: HealthStatus::Ok,
+                version: "1".into()
+            })
+            .unwrap(),
+            json!({"status": "ok", "version": "1"})
+        );
+        assert_eq!(serde_json::to_value(WalBody(7, 8)).unwrap(), json!([7, 8]));
+        let busy = WireError {
+            message: "port".into(),
+            permanent: false,
+            port_in_use: Some(5433),
+            user_message: None,
+        };
+        assert_eq!(busy.http_status(), 409);
+    }
+}

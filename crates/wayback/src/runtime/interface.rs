@@ -1,0 +1,272 @@
+//! [`ClusterRuntime`]: everything the broker does to a cluster, as one interface with two
+//! implementations — [`super::LocalRuntime`] (this machine) and [`super::RemoteRuntime`] (the
+//! instance's agent, which serves the same calls by delegating to its own `LocalRuntime`).
+//!
+//! This is the only seam between "this machine" and "an agent": job steps, the supervisor and
+//! the API hold a [`Runtime`] and never ask which one it is. Long work (a clone's restore) runs
+//! in the background wherever the cluster is, and is polled the same way for both
+//! ([`ClusterRuntime::start_restore`], [`ClusterRuntime::restore_status`]). The types in the
+//! calls are plain domain values a test can build, so a fake runtime can stand in.
+//! Must not import `osb`, `broker`, `store` or `jobs`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+use wayback_api::agent::{Capacity, RestoreStatus};
+
+use super::placement::{Placement, PlacementLedger};
+use super::{
+    Applied, ArchiveCommand, ArchiverStats, ClusterSpec, ClusterStatus, RuntimeError, WalPosition,
+};
+use crate::archive::layout::InstancePrefix;
+use crate::archive::restore::RestoreTarget;
+use crate::archive::{ArchiveTarget, BackupOptions, BackupReport};
+use crate::domain::{InstanceId, SpaceGuid};
+
+/// The runtime the broker uses.
+pub type Runtime = Arc<dyn ClusterRuntime>;
+
+/// What a clone's restore restores, and into what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreSpec {
+    pub port: u16,
+    /// The new instance's space: the promoted server archives into the instance's own prefix
+    /// there from its first moment.
+    pub space: SpaceGuid,
+    /// The source's archive, only read.
+    pub source: InstancePrefix,
+    pub source_system_identifier: u64,
+    pub target: RestoreTarget,
+    pub archive_timeout_secs: u64,
+}
+
+/// Where clusters live and what can be done to them. Every call is idempotent — a job step
+/// that crashed half-way is simply run again.
+#[async_trait]
+pub trait ClusterRuntime: Send + Sync {
+    /// Start-up checks and preparation (binaries, OS user, directories, template; or a first
+    /// look at every agent).
+    async fn prepare(&self) -> Result<(), RuntimeError>;
+
+    /// Chooses where a new instance's cluster goes and records it in `ledger`; None when
+    /// clusters run on this machine.
+    async fn place(
+        &self,
+        id: &InstanceId,
+        ledger: &dyn PlacementLedger,
+    ) -> Result<Option<Placement>, RuntimeError>;
+
+    /// Asks every agent how it is (at once), for the supervisor; nothing to ask locally.
+    async fn survey(&self) -> AgentSurvey;
+
+    /// Creates the data directory (or leaves an existing one) and writes the configuration.
+    async fn create_cluster(&self, spec: &ClusterSpec) -> Result<(), RuntimeError>;
+
+    /// Points the cluster's archiver at `target` (effective from the next start). An agent
+    /// builds the target for the same prefix from its own archive settings.
+    async fn configure_archive(
+        &self,
+        id: &InstanceId,
+        target: &ArchiveTarget,
+        command: &ArchiveCommand,
+    ) -> Result<(), RuntimeError>;
+
+    /// Starts the cluster and waits until it accepts connections.
+    async fn start(&self, id: &InstanceId) -> Result<(), RuntimeError>;
+
+    /// Stops the cluster (fast shutdown); a stopped or absent cluster is fine.
+    async fn stop(&self, id: &InstanceId) -> Result<(), RuntimeError>;
+
+    async fn status(&self, id: &InstanceId) -> Result<ClusterStatus, RuntimeError>;
+
+    /// Stops the cluster and removes every file of it.
+    async fn destroy(&self, id: &InstanceId) -> Result<(), RuntimeError>;
+
+    /// Rewrites the configuration for `spec`, reloads, and restarts if a setting needs it.
+    async fn apply_settings(&self, spec: &ClusterSpec) -> Result<Applied, RuntimeError>;
+
+    /// Creates the NOLOGIN owner role and the application database it owns.
+    async fn ensure_database(
+        &self,
+        id: &InstanceId,
+        database: &str,
+        owner_role: &str,
+    ) -> Result<(), RuntimeError>;
+
+    /// Creates (or resets the password of) a login role that is a member of `owner_role`.
+    async fn create_login_role(
+        &self,
+        id: &InstanceId,
+        role: &str,
+        password: &SecretString,
+        owner_role: &str,
+    ) -> Result<(), RuntimeError>;
+
+    /// Ends the role's sessions, gives what it owns to `owner_role`, and drops it.
+    async fn drop_login_role(
+        &self,
+        id: &InstanceId,
+        role: &str,
+        owner_role: &str,
+    ) -> Result<(), RuntimeError>;
+
+    /// Takes login and password from every role but the superuser (a clone's copied roles);
+    /// returns the roles that could log in.
+    async fn revoke_copied_logins(&self, id: &InstanceId) -> Result<Vec<String>, RuntimeError>;
+
+    /// Closes `database`, ends sessions and switches WAL; (LSN, last segment) or None if the
+    /// cluster does not archive.
+    async fn seal_wal(
+        &self,
+        id: &InstanceId,
+        database: &str,
+    ) -> Result<Option<(String, String)>, RuntimeError>;
+
+    /// Opens `database` to connections again.
+    async fn reopen_database(&self, id: &InstanceId, database: &str) -> Result<(), RuntimeError>;
+
+    /// Completes the current WAL segment (a no-op when nothing was written since the last
+    /// one); the LSN.
+    async fn switch_wal(&self, id: &InstanceId) -> Result<String, RuntimeError>;
+
+    /// Switches WAL; (LSN, the segment to wait for in the archive).
+    async fn switch_wal_segment(&self, id: &InstanceId) -> Result<(String, String), RuntimeError>;
+
+    /// The current WAL position and the databases' total size.
+    async fn wal_position(&self, id: &InstanceId) -> Result<WalPosition, RuntimeError>;
+
+    /// The archiver's statistics of a running cluster.
+    async fn archiver_stats(&self, id: &InstanceId) -> Result<ArchiverStats, RuntimeError>;
+
+    /// Takes a base backup of the running cluster into the instance's `prefix`, and waits for
+    /// it (and its end segment) to be in the archive.
+    async fn take_backup(
+        &self,
+        id: &InstanceId,
+        prefix: &InstancePrefix,
+        options: &BackupOptions,
+    ) -> Result<BackupReport, RuntimeError>;
+
+    /// Starts a clone's restore into the instance's cluster in the background — or joins the
+    /// one that runs or succeeded; one that failed is started again.
+    async fn start_restore(
+        &self,
+        id: &InstanceId,
+        spec: &RestoreSpec,
+    ) -> Result<RestoreStatus, RuntimeError>;
+
+    /// Where the instance's restore is; `none` when none is known (start it again).
+    async fn restore_status(&self, id: &InstanceId) -> Result<RestoreStatus, RuntimeError>;
+}
+
+/// What one look at the agents found: each one's capacity, or why it did not answer.
+#[derive(Debug)]
+pub struct AgentSurvey {
+    /// None: clusters run on this machine.
+    answers: Option<Vec<(String, Result<Capacity, RuntimeError>)>>,
+}
+
+/// Whether the supervisor can reach an instance's cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    Reachable,
+    /// Its agent did not answer: do not wait on it.
+    AgentDown,
+    /// Agents are configured but none is recorded for it (made on this machine before).
+    NoAgent,
+}
+
+impl AgentSurvey {
+    /// No agents: every cluster is on this machine.
+    pub fn local() -> Self {
+        Self { answers: None }
+    }
+
+    /// What each agent answered.
+    pub fn answered(answers: Vec<(String, Result<Capacity, RuntimeError>)>) -> Self {
+        Self {
+            answers: Some(answers),
+        }
+    }
+
+    /// Each agent's capacity (None where it did not answer); None without agents.
+    pub fn capacities(&self) -> Option<Vec<(String, Option<Capacity>)>> {
+        let answers = self.answers.as_ref()?;
+        Some(
+            answers
+                .iter()
+                .map(|(name, a)| (name.clone(), a.as_ref().ok().cloned()))
+                .collect(),
+        )
+    }
+
+    /// The agents that did not answer.
+    pub fn down(&self) -> Vec<String> {
+        self.answers
+            .iter()
+            .flatten()
+            .filter(|(_, a)| a.is_err())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Whether the cluster of an instance recorded on `agent` can be reached.
+    pub fn reach(&self, agent: Option<&str>) -> Reach {
+        match (&self.answers, agent) {
+            (None, _) => Reach::Reachable,
+            (Some(_), None) => Reach::NoAgent,
+            (Some(answers), Some(agent)) => {
+                if answers.iter().any(|(n, a)| n == agent && a.is_err()) {
+                    Reach::AgentDown
+                } else {
+                    Reach::Reachable
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capacity() -> Capacity {
+        Capacity {
+            instances: 1,
+            max_instances: 10,
+            memory_total_bytes: 1,
+            memory_available_bytes: 1,
+            disk_total_bytes: 1,
+            disk_available_bytes: 1,
+            advertise_host: "10.0.0.1".into(),
+            version: "0".into(),
+        }
+    }
+
+    #[test]
+    fn a_survey_says_which_clusters_can_be_reached() {
+        let local = AgentSurvey::local();
+        assert_eq!(local.reach(None), Reach::Reachable);
+        assert_eq!(local.capacities(), None);
+        assert!(local.down().is_empty());
+        let survey = AgentSurvey::answered(vec![
+            ("a".into(), Ok(capacity())),
+            (
+                "b".into(),
+                Err(RuntimeError::Unreachable {
+                    agent: "b".into(),
+                    message: "refused".into(),
+                }),
+            ),
+        ]);
+        assert_eq!(survey.reach(Some("a")), Reach::Reachable);
+        assert_eq!(survey.reach(Some("b")), Reach::AgentDown);
+        assert_eq!(survey.reach(None), Reach::NoAgent);
+        assert_eq!(survey.down(), vec!["b".to_string()]);
+        assert_eq!(
+            survey.capacities(),
+            Some(vec![("a".into(), Some(capacity())), ("b".into(), None)])
+        );
+    }
+}

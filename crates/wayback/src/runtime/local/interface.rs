@@ -1,0 +1,128 @@
+//! The local runtime as a [`ClusterRuntime`]: each call is the inherent call of the same name
+//! (they live with their concern: lifecycle, admin, archive, backup, clone, restore). Nothing
+//! is placed (clusters are here) and there are no agents to survey. Must not import `osb`,
+//! `broker`, `store` or `jobs`.
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+use super::LocalRuntime;
+use crate::archive::layout::InstancePrefix;
+use crate::archive::{ArchiveTarget, BackupOptions, BackupReport};
+use crate::domain::InstanceId;
+use crate::runtime::{
+    AgentSurvey, Applied, ArchiveCommand, ArchiverStats, ClusterRuntime, ClusterSpec,
+    ClusterStatus, Placement, PlacementLedger, RestoreSpec, RestoreStatus, RuntimeError,
+    WalPosition,
+};
+
+#[async_trait]
+impl ClusterRuntime for LocalRuntime {
+    async fn prepare(&self) -> Result<(), RuntimeError> {
+        LocalRuntime::prepare(self).await
+    }
+    async fn place(
+        &self,
+        _id: &InstanceId,
+        _ledger: &dyn PlacementLedger,
+    ) -> Result<Option<Placement>, RuntimeError> {
+        Ok(None)
+    }
+    async fn survey(&self) -> AgentSurvey {
+        AgentSurvey::local()
+    }
+    async fn create_cluster(&self, spec: &ClusterSpec) -> Result<(), RuntimeError> {
+        LocalRuntime::create_cluster(self, spec).await
+    }
+    async fn configure_archive(
+        &self,
+        id: &InstanceId,
+        target: &ArchiveTarget,
+        command: &ArchiveCommand,
+    ) -> Result<(), RuntimeError> {
+        LocalRuntime::configure_archive(self, id, target, command).await
+    }
+    async fn start(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        LocalRuntime::start(self, id).await
+    }
+    async fn stop(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        LocalRuntime::stop(self, id).await
+    }
+    async fn status(&self, id: &InstanceId) -> Result<ClusterStatus, RuntimeError> {
+        LocalRuntime::status(self, id).await
+    }
+    async fn destroy(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        LocalRuntime::destroy(self, id).await
+    }
+    async fn apply_settings(&self, spec: &ClusterSpec) -> Result<Applied, RuntimeError> {
+        LocalRuntime::apply_settings(self, spec).await
+    }
+    async fn ensure_database(
+        &self,
+        id: &InstanceId,
+        database: &str,
+        owner_role: &str,
+    ) -> Result<(), RuntimeError> {
+        LocalRuntime::ensure_database(self, id, database, owner_role).await
+    }
+    async fn create_login_role(
+        &self,
+        id: &InstanceId,
+        role: &str,
+        password: &SecretString,
+        owner_role: &str,
+    ) -> Result<(), RuntimeError> {
+        LocalRuntime::create_login_role(self, id, role, password, owner_role).await
+    }
+    async fn drop_login_role(
+        &self,
+        id: &InstanceId,
+        role: &str,
+        owner_role: &str,
+    ) -> Result<(), RuntimeError> {
+        LocalRuntime::drop_login_role(self, id, role, owner_role).await
+    }
+    async fn revoke_copied_logins(&self, id: &InstanceId) -> Result<Vec<String>, RuntimeError> {
+        LocalRuntime::revoke_copied_logins(self, id).await
+    }
+    async fn seal_wal(
+        &self,
+        id: &InstanceId,
+        database: &str,
+    ) -> Result<Option<(String, String)>, RuntimeError> {
+        LocalRuntime::seal_wal(self, id, database).await
+    }
+    async fn reopen_database(&self, id: &InstanceId, database: &str) -> Result<(), RuntimeError> {
+        LocalRuntime::reopen_database(self, id, database).await
+    }
+    async fn switch_wal(&self, id: &InstanceId) -> Result<String, RuntimeError> {
+        LocalRuntime::switch_wal(self, id).await
+    }
+    async fn switch_wal_segment(&self, id: &InstanceId) -> Result<(String, String), RuntimeError> {
+        LocalRuntime::switch_wal_segment(self, id).await
+    }
+    async fn wal_position(&self, id: &InstanceId) -> Result<WalPosition, RuntimeError> {
+        LocalRuntime::wal_position(self, id).await
+    }
+    async fn archiver_stats(&self, id: &InstanceId) -> Result<ArchiverStats, RuntimeError> {
+        LocalRuntime::archiver_stats(self, id).await
+    }
+    async fn take_backup(
+        &self,
+        id: &InstanceId,
+        prefix: &InstancePrefix,
+        options: &BackupOptions,
+    ) -> Result<BackupReport, RuntimeError> {
+        LocalRuntime::take_backup(self, id, prefix, options).await
+    }
+    async fn start_restore(
+        &self,
+        id: &InstanceId,
+        spec: &RestoreSpec,
+    ) -> Result<RestoreStatus, RuntimeError> {
+        LocalRuntime::start_restore(self, id, spec).await
+    }
+    async fn restore_status(&self, id: &InstanceId) -> Result<RestoreStatus, RuntimeError> {
+        LocalRuntime::restore_status(self, id).await
+    }
+}

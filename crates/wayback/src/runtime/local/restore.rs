@@ -1,0 +1,298 @@
+//! A clone's restore on this machine, run in the background and polled — by the job step when
+//! the broker runs its clusters itself, and through the agent API when an agent does: the same
+//! code either way.
+//!
+//! The restore engine writes into `pgdata/` directly and refuses a non-empty directory, so a
+//! restore interrupted half-way is started again from nothing: preparing it stops whatever runs
+//! there and removes it — unless the `restored` marker says a restore already finished, in which
+//! case the cluster is kept. The superuser's new password is written to `admin-password`
+//! *before* the restore, and the engine sets its verifier at promotion, so that the two cannot
+//! disagree. A restore that runs (or succeeded) is joined by the next start; one that failed is
+//! started again. The record of restores lives in memory: a runtime restarted during one starts
+//! it again from nothing when asked. Must not import `osb`, `broker`, `store` or `jobs`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use wayback_api::agent::{RestorePhase, RestoreState, RestoreStatus, WireError};
+
+use super::layout::Layout;
+use super::{io, rt, ArchiveAccess, LocalRuntime};
+use crate::archive::restore::{self as engine, RestoreProgress, RestoreReport};
+use crate::archive::ArchiveTarget;
+use crate::domain::InstanceId;
+use crate::pg::ctl::{self, StopMode};
+use crate::pg::{fsutil, scram, PgError, Tools};
+use crate::runtime::error::to_wire;
+use crate::runtime::{RestoreSpec, RuntimeError};
+
+/// The restores this runtime started, by instance.
+#[derive(Default)]
+pub(super) struct Restores(Mutex<HashMap<InstanceId, Arc<RestoreTask>>>);
+
+/// A restore running (or finished).
+#[derive(Default)]
+struct RestoreTask {
+    progress: Arc<RestoreProgress>,
+    /// None while it runs.
+    outcome: Mutex<Option<Result<RestoreDone, WireError>>>,
+}
+
+/// What a finished restore reports; empty when an earlier run had already restored.
+#[derive(Clone, Default)]
+struct RestoreDone {
+    backup_id: Option<String>,
+    timeline: Option<u32>,
+    total_secs: Option<f64>,
+}
+
+impl Restores {
+    fn get(&self, id: &InstanceId) -> Option<Arc<RestoreTask>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+}
+
+impl RestoreTask {
+    fn failed(&self) -> bool {
+        matches!(
+            *self.outcome.lock().unwrap_or_else(|p| p.into_inner()),
+            Some(Err(_))
+        )
+    }
+}
+
+impl LocalRuntime {
+    /// Starts the restore of `spec` into `id`'s cluster in the background, or joins the one
+    /// that runs or succeeded (see the module docs).
+    pub async fn start_restore(
+        &self,
+        id: &InstanceId,
+        spec: &RestoreSpec,
+    ) -> Result<RestoreStatus, RuntimeError> {
+        let site = Site {
+            layout: self.layout.clone(),
+            tools: self.tools().await?.clone(),
+            lock: self.lock_of(id),
+            listen_address: self.settings.listen_address.clone(),
+            timeout: self.timeout(),
+            archive: self.archive_access()?.clone(),
+        };
+        let task = {
+            let mut map = self.restores.0.lock().unwrap_or_else(|p| p.into_inner());
+            match map.get(id).filter(|t| !t.failed()) {
+                Some(task) => task.clone(),
+                None => {
+                    let task = Arc::new(RestoreTask::default());
+                    map.insert(id.clone(), task.clone());
+                    tokio::spawn(run(site, id.clone(), spec.clone(), task.clone()));
+                    task
+                }
+            }
+        };
+        Ok(self.restore_view(id, Some(&task)))
+    }
+
+    /// Where `id`'s restore is; `none` when this runtime started none.
+    pub async fn restore_status(&self, id: &InstanceId) -> Result<RestoreStatus, RuntimeError> {
+        let task = self.restores.get(id);
+        Ok(self.restore_view(id, task.as_deref()))
+    }
+
+    /// Forgets `id`'s restore (its cluster is gone).
+    pub(super) fn forget_restore(&self, id: &InstanceId) {
+        self.restores
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// True while the instance's cluster is still in recovery (`recovery.signal` present).
+    pub fn recovering(&self, id: &InstanceId) -> bool {
+        self.layout.dirs(id).pgdata.join("recovery.signal").exists()
+    }
+
+    fn restore_view(&self, id: &InstanceId, task: Option<&RestoreTask>) -> RestoreStatus {
+        let Some(task) = task else {
+            return RestoreStatus::default();
+        };
+        let (bytes_done, bytes_total) = task.progress.bytes();
+        let mut out = RestoreStatus {
+            state: RestoreState::Running,
+            phase: match task.progress.phase() {
+                engine::RestorePhase::Planning => RestorePhase::Planning,
+                engine::RestorePhase::Unpacking => RestorePhase::Unpacking,
+                engine::RestorePhase::Replaying => RestorePhase::Replaying,
+                engine::RestorePhase::Done => RestorePhase::Done,
+            },
+            bytes_done,
+            bytes_total,
+            backup_stop: task.progress.backup_stop_time().map(|t| t.timestamp()),
+            recovering: self.recovering(id),
+            ..Default::default()
+        };
+        match &*task.outcome.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => {}
+            Some(Ok(done)) => {
+                out.state = RestoreState::Succeeded;
+                out.backup_id = done.backup_id.clone();
+                out.timeline = done.timeline;
+                out.total_secs = done.total_secs;
+            }
+            Some(Err(e)) => {
+                out.state = RestoreState::Failed;
+                out.error = Some(e.clone());
+            }
+        }
+        out
+    }
+}
+
+/// Runs one restore to its end and records how it ended.
+async fn run(site: Site, id: InstanceId, spec: RestoreSpec, task: Arc<RestoreTask>) {
+    let outcome = match site.restore(&id, spec, task.progress.clone()).await {
+        Ok(report) => {
+            tracing::info!(instance = %id, backup = ?report.as_ref().map(|r| &r.backup_id), "restore finished");
+            Ok(report.map_or_else(RestoreDone::default, |r| RestoreDone {
+                backup_id: Some(r.backup_id),
+                timeline: Some(r.timeline),
+                total_secs: Some(r.total_secs),
+            }))
+        }
+        Err(e) => {
+            tracing::warn!(instance = %id, error = %e, permanent = e.is_permanent(), "restore failed");
+            Err(to_wire(&e))
+        }
+    };
+    *task.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+}
+
+/// What a restore needs of the runtime, owned: it outlives the call that starts it.
+struct Site {
+    layout: Layout,
+    tools: Tools,
+    /// The instance's lock, held while its directories are prepared.
+    lock: Arc<tokio::sync::Mutex<()>>,
+    listen_address: String,
+    timeout: Duration,
+    archive: ArchiveAccess,
+}
+
+/// An emptied cluster directory, ready for the engine.
+struct Slot {
+    target_file: PathBuf,
+    /// The SCRAM verifier of the new superuser password, already in `admin-password`.
+    superuser_verifier: SecretString,
+}
+
+impl Site {
+    fn restored_marker(&self, id: &InstanceId) -> PathBuf {
+        self.layout.cluster(id).join("restored")
+    }
+
+    /// Restores the source into the instance's data directory, recovers and promotes it, and
+    /// records that it did. None: an earlier run already finished the restore.
+    async fn restore(
+        &self,
+        id: &InstanceId,
+        spec: RestoreSpec,
+        progress: Arc<RestoreProgress>,
+    ) -> Result<Option<RestoreReport>, RuntimeError> {
+        let settings = &self.archive.settings;
+        // The new instance's own archive: it archives there from its first moment.
+        let own = ArchiveTarget::for_instance(settings, &spec.space, id);
+        let Some(slot) = self.prepare(id, spec.port, &own).await? else {
+            return Ok(None);
+        };
+        let req = engine::RestoreRequest {
+            store: self.archive.store.clone(),
+            storage: crate::archive::target::capture_environment(&settings.archive),
+            source: spec.source,
+            system_identifier: spec.source_system_identifier,
+            target: spec.target,
+            dirs: self.layout.dirs(id),
+            port: spec.port,
+            listen_address: self.listen_address.clone(),
+            tools: self.tools.clone(),
+            wayback_bin: self.archive.wayback_bin.clone(),
+            target_file: slot.target_file,
+            archive: Some(own),
+            archive_timeout_secs: spec.archive_timeout_secs,
+            fetch_ahead: settings.wal.fetch_ahead,
+            fetch_retry_secs: 60,
+            parallel: 4,
+            superuser_verifier: Some(slot.superuser_verifier),
+            progress: Some(progress),
+        };
+        // On a blocking thread of its own: the engine's future is not `Send` for every lifetime
+        // (a known compiler limit with borrowed streams), and callers spawn their futures.
+        let handle = tokio::runtime::Handle::current();
+        let report = tokio::task::spawn_blocking(move || handle.block_on(engine::restore(&req)))
+            .await
+            .map_err(|e| {
+                RuntimeError::Pg(PgError::Setup(format!("the restore task ended: {e}")))
+            })??;
+        let marker = self.restored_marker(id);
+        fsutil::write_atomic(&marker, b"restored\n", 0o600, None)
+            .map_err(io(format!("write {}", marker.display())))?;
+        Ok(Some(report))
+    }
+
+    /// Prepares an empty data directory for a restore that archives into `archive` once
+    /// promoted; `None` when an earlier run already restored it (see the module docs).
+    async fn prepare(
+        &self,
+        id: &InstanceId,
+        port: u16,
+        archive: &ArchiveTarget,
+    ) -> Result<Option<Slot>, RuntimeError> {
+        let _guard = self.lock.clone().lock_owned().await;
+        let tools = &self.tools;
+        self.layout
+            .check_socket_path(id, port)
+            .map_err(|m| rt(PgError::Setup(m)))?;
+        let dirs = self.layout.dirs(id);
+        if self.restored_marker(id).is_file() && dirs.exists() {
+            return Ok(None);
+        }
+        let owner = tools.run_as.owner();
+        let cluster = self.layout.cluster(id);
+        fsutil::ensure_dir(&cluster, 0o711, None)
+            .map_err(io(format!("create {}", cluster.display())))?;
+        fsutil::ensure_dir(&dirs.socket_dir, 0o700, owner)
+            .map_err(io(format!("create {}", dirs.socket_dir.display())))?;
+        fsutil::ensure_file(&dirs.log_file, 0o600, owner)
+            .map_err(io(format!("create {}", dirs.log_file.display())))?;
+        // wal-fetch (prefetch) and wal-push run as the cluster user, next to the target file.
+        for sub in ["wal-pushed", "wal-prefetch"] {
+            let dir = cluster.join(sub);
+            fsutil::ensure_dir(&dir, 0o700, owner)
+                .map_err(io(format!("create {}", dir.display())))?;
+        }
+        super::archive::prepare_local_archive(archive, owner)?;
+        for dir in [dirs.pgdata.clone(), self.layout.partial(id)] {
+            if dir.exists() {
+                ctl::stop(tools, &dir, StopMode::Immediate, self.timeout)
+                    .await
+                    .map_err(rt)?;
+                std::fs::remove_dir_all(&dir).map_err(io(format!("remove {}", dir.display())))?;
+            }
+        }
+        let password = scram::random_password(32);
+        let verifier = scram::verifier(&password).map_err(rt)?;
+        let pw_file = self.layout.password_file(id);
+        fsutil::write_atomic(&pw_file, password.expose_secret().as_bytes(), 0o600, None)
+            .map_err(io(format!("write {}", pw_file.display())))?;
+        Ok(Some(Slot {
+            target_file: cluster.join("archive.json"),
+            superuser_verifier: SecretString::from(verifier),
+        }))
+    }
+}
