@@ -19,6 +19,7 @@ mod cf_wayback;
 mod clone;
 mod docs;
 mod drain;
+mod fast;
 mod lifecycle;
 mod osb_api;
 mod pg_driver;
