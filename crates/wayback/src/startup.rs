@@ -38,6 +38,19 @@ impl Application {
     /// Validates settings, opens the store (running migrations), prepares the runtime and
     /// binds the listener. Nothing runs until [`Application::run_until_stopped`].
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        Self::assemble(settings, None).await
+    }
+
+    /// As [`Application::build`], with `runtime` instead of the one the settings name: the
+    /// fast test tier runs the whole broker on a fake runtime this way.
+    pub async fn build_with_runtime(
+        settings: Settings,
+        runtime: Runtime,
+    ) -> anyhow::Result<Application> {
+        Self::assemble(settings, Some(runtime)).await
+    }
+
+    async fn assemble(settings: Settings, runtime: Option<Runtime>) -> anyhow::Result<Application> {
         settings.validate()?;
         let data_dir = resolve::data_dir(&settings)?;
         let catalog = Arc::new(Catalog::load(settings.catalog.as_deref())?);
@@ -60,16 +73,19 @@ impl Application {
             archive_timeout_secs: settings.wal.archive_timeout_secs,
         };
         let settings = Arc::new(settings);
-        let runtime = open::runtime(
-            &settings,
-            &data_dir,
-            &store,
-            ArchiveAccess {
-                store: archive.clone(),
-                settings: settings.clone(),
-                wayback_bin: archive_command.wayback_bin.clone(),
-            },
-        )?;
+        let runtime = match runtime {
+            Some(given) => given,
+            None => open::runtime(
+                &settings,
+                &data_dir,
+                &store,
+                ArchiveAccess {
+                    store: archive.clone(),
+                    settings: settings.clone(),
+                    wayback_bin: archive_command.wayback_bin.clone(),
+                },
+            )?,
+        };
         runtime
             .prepare()
             .await
