@@ -19,6 +19,8 @@ pub mod cc;
 pub mod cli;
 /// Settings: compiled defaults → optional TOML file → environment; secrets typed as secrets.
 pub mod config;
+/// What the broker, the job worker and maintenance share: store, runtime, archive, catalog, settings, metrics.
+pub mod context;
 /// Newtypes and states shared by every layer; imports nothing else from the crate.
 pub mod domain;
 /// Durable asynchronous operations: claim → run step → record; resumes after a restart.

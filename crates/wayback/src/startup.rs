@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::Broker;
 use crate::catalog::Catalog;
 use crate::config::{resolve, Settings};
-use crate::jobs::{JobContext, Worker};
+use crate::context::AppContext;
+use crate::jobs::Worker;
 use crate::maintenance::{ArchiveMaintenance, NameResolver, Supervisor};
 use crate::metrics::Metrics;
 use crate::open;
@@ -98,7 +99,7 @@ impl Application {
             settings.retention.clone(),
             Duration::from_secs(settings.supervisor.interval_secs),
         );
-        let ctx = Arc::new(JobContext {
+        let ctx = Arc::new(AppContext {
             store: store.clone(),
             runtime: runtime.clone(),
             catalog: catalog.clone(),
@@ -117,22 +118,14 @@ impl Application {
             cc,
             Duration::from_secs(settings.cc.reconcile_interval_secs),
         );
-        let worker = Worker::new(ctx);
+        let worker = Worker::new(ctx.clone());
         let broker = Broker::new(
-            store.clone(),
-            catalog.clone(),
+            ctx.clone(),
             worker.clone(),
             external_url,
             settings.advertise_host(),
         );
-        let supervisor = Supervisor::new(
-            store.clone(),
-            runtime.clone(),
-            metrics.clone(),
-            catalog,
-            Duration::from_secs(settings.supervisor.interval_secs),
-            Duration::from_secs(settings.wal.archive_timeout_secs),
-        );
+        let supervisor = Supervisor::new(ctx.clone());
         let api = web::Data::new(crate::api::ApiState {
             store: store.clone(),
             catalog: api_parts.0,

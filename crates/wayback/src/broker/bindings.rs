@@ -108,7 +108,7 @@ impl Broker {
             "bind_resource": req.bind_resource,
             "parameters": req.parameters.as_object().cloned().unwrap_or_default(),
         });
-        if let Some(existing) = self.store.get_binding(&req.binding_id).await? {
+        if let Some(existing) = self.ctx.store.get_binding(&req.binding_id).await? {
             return self.bind_again(&req, &request, &instance, existing).await;
         }
         if instance.state == InstanceState::Failed {
@@ -144,10 +144,11 @@ impl Broker {
             "Binding: queued",
         );
         let job = new_job(&operation, &instance.id, Some(&binding.id), JobSpec::bind());
-        match self.store.insert_binding(&binding, &op, &job).await {
+        match self.ctx.store.insert_binding(&binding, &op, &job).await {
             Ok(()) => {}
             Err(StoreError::Conflict(_)) => {
                 let existing = self
+                    .ctx
                     .store
                     .get_binding(&req.binding_id)
                     .await?
@@ -165,6 +166,7 @@ impl Broker {
         }
         let job = self.worker.run_job(&operation, SYNC_TIMEOUT).await?;
         let done = self
+            .ctx
             .store
             .get_binding(&binding.id)
             .await?
@@ -201,6 +203,7 @@ impl Broker {
             BindingState::Ready => Ok(Bound::Exists(self.credentials(instance, &existing)?)),
             BindingState::Creating if req.accepts_incomplete => {
                 let op = self
+                    .ctx
                     .store
                     .latest_operation(&req.instance_id, Some(&existing.id))
                     .await?
@@ -231,13 +234,14 @@ impl Broker {
         plan_id: &str,
         accepts_incomplete: bool,
     ) -> Result<Unbound, BrokerError> {
-        let binding = match self.store.get_binding(binding_id).await? {
+        let binding = match self.ctx.store.get_binding(binding_id).await? {
             Some(b) if b.instance_id == *instance_id && b.state != BindingState::Deleted => b,
             _ => return Err(BrokerError::Gone),
         };
         self.check_plan(service_id, plan_id)?;
         if binding.state == BindingState::Deleting {
             let op = self
+                .ctx
                 .store
                 .latest_operation(instance_id, Some(binding_id))
                 .await?
@@ -265,6 +269,7 @@ impl Broker {
             BindingState::Failed,
         ] {
             if self
+                .ctx
                 .store
                 .transition_binding(binding_id, from, BindingState::Deleting, &op, &job)
                 .await?
@@ -285,6 +290,7 @@ impl Broker {
         }
         self.worker.run_job(&operation, SYNC_TIMEOUT).await?;
         let done = self
+            .ctx
             .store
             .get_binding(binding_id)
             .await?
@@ -306,7 +312,7 @@ impl Broker {
     ) -> Result<BindingView, BrokerError> {
         let not_found =
             |why: &str| BrokerError::NotFound(format!("Service binding {binding_id} {why}."));
-        let binding = match self.store.get_binding(binding_id).await? {
+        let binding = match self.ctx.store.get_binding(binding_id).await? {
             Some(b) if b.instance_id == *instance_id => b,
             _ => return Err(not_found("does not exist")),
         };
@@ -332,7 +338,7 @@ impl Broker {
         binding_id: &BindingId,
         operation: Option<&str>,
     ) -> Result<LastOperation, BrokerError> {
-        let binding = match self.store.get_binding(binding_id).await? {
+        let binding = match self.ctx.store.get_binding(binding_id).await? {
             Some(b) if b.instance_id == *instance_id => b,
             _ => {
                 return Err(BrokerError::NotFound(format!(
@@ -341,7 +347,7 @@ impl Broker {
             }
         };
         let op = match operation {
-            Some(op_id) => match self.store.get_operation(op_id).await? {
+            Some(op_id) => match self.ctx.store.get_operation(op_id).await? {
                 Some(op) if op.binding_id.as_ref() == Some(binding_id) => op,
                 _ => {
                     return Err(BrokerError::BadRequest(format!(
@@ -350,6 +356,7 @@ impl Broker {
                 }
             },
             None => self
+                .ctx
                 .store
                 .latest_operation(instance_id, Some(binding_id))
                 .await?

@@ -175,13 +175,13 @@ impl Broker {
         plan: &Plan,
         params: &CloneParams,
     ) -> Result<CloneSource, BrokerError> {
-        let names = self.store.names_in_space(space.as_str()).await?;
+        let names = self.ctx.store.names_in_space(space.as_str()).await?;
         let mut source = pick(&names, &params.from, requester).cloned();
         if source.is_none() {
             // A GUID of an instance that never had a name: still only in this space.
             if let Ok(id) = InstanceId::parse(params.from.clone()) {
-                if let Some(i) = self.store.get_instance(&id).await? {
-                    let has_backup = self.store.latest_backup(&i.id).await?.is_some();
+                if let Some(i) = self.ctx.store.get_instance(&id).await? {
+                    let has_backup = self.ctx.store.latest_backup(&i.id).await?.is_some();
                     if i.space_guid == space.as_str()
                         && &i.id != requester
                         && can_be_cloned(i.state, has_backup)
@@ -203,7 +203,7 @@ impl Broker {
         };
         let who = format!("{:?} ({})", source.name, source.instance_id);
         let prefix = InstancePrefix::new(space, &source.instance_id);
-        let archive = &self.worker.context().archive;
+        let archive = &self.ctx.archive;
         let window = restore_window(archive, &prefix)
             .await
             .map_err(|e| anyhow::anyhow!("read the restore window of {}: {e}", prefix.as_str()))?;

@@ -126,10 +126,10 @@ impl Broker {
         service_id: &str,
         plan_id: &str,
     ) -> Result<&crate::catalog::Plan, BrokerError> {
-        let service = self.catalog.service(service_id).ok_or_else(|| {
+        let service = self.ctx.catalog.service(service_id).ok_or_else(|| {
             BrokerError::BadRequest(format!(
                 "Unknown service_id {service_id:?}: this broker offers {}. Refresh the platform's copy of the catalog (cf update-service-broker).",
-                self.catalog.services().iter().map(|s| format!("{} ({})", s.name, s.id)).collect::<Vec<_>>().join(", ")
+                self.ctx.catalog.services().iter().map(|s| format!("{} ({})", s.name, s.id)).collect::<Vec<_>>().join(", ")
             ))
         })?;
         service.plans.iter().find(|p| p.id == plan_id).ok_or_else(|| {
@@ -171,7 +171,7 @@ impl Broker {
             return Err(BrokerError::AsyncRequired);
         }
         let dashboard_url = self.dashboard_url(&req.instance_id);
-        if let Some(existing) = self.store.get_instance(&req.instance_id).await? {
+        if let Some(existing) = self.ctx.store.get_instance(&req.instance_id).await? {
             return self
                 .provision_again(&req, &parameters, existing, dashboard_url)
                 .await;
@@ -224,6 +224,7 @@ impl Broker {
             JobSpec::provision(source),
         );
         match self
+            .ctx
             .store
             .insert_instance(&record, context_name(&req.context), &op, &job)
             .await
@@ -232,6 +233,7 @@ impl Broker {
             // Another request with the same id won the race: answer as for a repeat.
             Err(StoreError::Conflict(_)) => {
                 let existing = self
+                    .ctx
                     .store
                     .get_instance(&req.instance_id)
                     .await?
@@ -278,6 +280,7 @@ impl Broker {
             InstanceState::Ready => Ok(Provisioned::Exists { dashboard_url }),
             InstanceState::Provisioning => {
                 let op = self
+                    .ctx
                     .store
                     .latest_operation(&existing.id, None)
                     .await?
@@ -323,11 +326,12 @@ impl Broker {
             InstanceState::Ready => {}
             InstanceState::Updating => {
                 // The same PATCH again while it runs gets the same operation.
-                let op = self.store.latest_operation(&existing.id, None).await?;
+                let op = self.ctx.store.latest_operation(&existing.id, None).await?;
                 if let Some(op) = op.filter(|o| {
                     o.kind == OperationKind::Update && o.state == OperationState::InProgress
                 }) {
                     let same_plan = self
+                        .ctx
                         .store
                         .get_job(&op.id)
                         .await?
@@ -379,6 +383,7 @@ impl Broker {
         };
         let job = new_job(&operation, &existing.id, None, JobSpec::update(target_plan));
         if !self
+            .ctx
             .store
             .transition_instance(
                 &existing.id,
@@ -406,7 +411,7 @@ impl Broker {
     /// Records `context.instance_name` as the instance's name if it is new.
     async fn rename(&self, id: &InstanceId, context: &Value) -> Result<(), BrokerError> {
         if let Some(name) = context_name(context) {
-            if self.store.record_name(id, name, "update").await? {
+            if self.ctx.store.record_name(id, name, "update").await? {
                 tracing::info!(instance = %id, name, "instance renamed");
                 self.rewrite_instance_doc(id).await?;
             }
@@ -418,8 +423,8 @@ impl Broker {
     /// outage must not fail it. Marked stale first, so that the supervisor's maintenance pass
     /// writes it if this attempt fails or the broker stops before it ends.
     async fn rewrite_instance_doc(&self, id: &InstanceId) -> Result<(), BrokerError> {
-        self.store.set_instance_doc_hash(id, None).await?;
-        let ctx = self.worker.context().clone();
+        self.ctx.store.set_instance_doc_hash(id, None).await?;
+        let ctx = self.ctx.clone();
         let id = id.clone();
         tokio::spawn(async move {
             crate::jobs::instance_doc::sync_instance_doc_or_mark_stale(
@@ -441,7 +446,7 @@ impl Broker {
         plan_id: &str,
         accepts_incomplete: bool,
     ) -> Result<Deprovisioned, BrokerError> {
-        let existing = match self.store.get_instance(id).await? {
+        let existing = match self.ctx.store.get_instance(id).await? {
             Some(i) if i.state != InstanceState::Deleted => i,
             _ => return Err(BrokerError::Gone),
         };
@@ -451,7 +456,7 @@ impl Broker {
                 existing.service_id
             )));
         }
-        if self.catalog.plan(service_id, plan_id).is_none() {
+        if self.ctx.catalog.plan(service_id, plan_id).is_none() {
             return Err(BrokerError::BadRequest(format!(
                                 "Unknown plan_id {plan_id:?} for this service. Refresh the platform's copy of the catalog (cf update-service-broker)."
             )));
@@ -461,6 +466,7 @@ impl Broker {
         }
         if existing.state == InstanceState::Deprovisioning {
             let op = self
+                .ctx
                 .store
                 .latest_operation(id, None)
                 .await?
@@ -492,6 +498,7 @@ impl Broker {
             InstanceState::Failed,
         ];
         if !self
+            .ctx
             .store
             .transition_instance(id, &from, InstanceState::Deprovisioning, &op, &job)
             .await?
@@ -509,7 +516,7 @@ impl Broker {
     }
 
     pub async fn fetch_instance(&self, id: &InstanceId) -> Result<InstanceView, BrokerError> {
-        let existing = self.store.get_instance(id).await?;
+        let existing = self.ctx.store.get_instance(id).await?;
         match existing {
             Some(i) if matches!(i.state, InstanceState::Ready) => Ok(InstanceView {
                 dashboard_url: self.dashboard_url(&i.id),
@@ -539,13 +546,14 @@ impl Broker {
         // meets the instance already deleted (the other order could answer 200 instead of 410).
         let op = match operation {
             Some(op_id) => self
+                .ctx
                 .store
                 .get_operation(op_id)
                 .await?
                 .filter(|op| op.instance_id == *id && op.binding_id.is_none()),
-            None => self.store.latest_operation(id, None).await?,
+            None => self.ctx.store.latest_operation(id, None).await?,
         };
-        let Some(instance) = self.store.get_instance(id).await? else {
+        let Some(instance) = self.ctx.store.get_instance(id).await? else {
             return Err(BrokerError::NotFound(format!(
                 "Service instance {id} does not exist."
             )));
@@ -581,7 +589,7 @@ impl Broker {
         &self,
         id: &InstanceId,
     ) -> Result<InstanceRecord, BrokerError> {
-        match self.store.get_instance(id).await? {
+        match self.ctx.store.get_instance(id).await? {
             Some(i) if i.state != InstanceState::Deleted => Ok(i),
             _ => Err(BrokerError::NotFound(format!(
                 "Service instance {id} does not exist."

@@ -3,8 +3,9 @@
 //!
 //! Every state change that starts work is one store transaction (record + operation + job), so
 //! a crash between the answer and the work leaves a job that the worker resumes.
-//! Imports `store`, `catalog`, `jobs` (its executor), `cc` (names) and `domain`; never `osb`,
-//! `pg`, `runtime`.
+//! Holds the application context (`context`: store, catalog, archive, …) and the job worker.
+//! Imports `context`, `store`, `catalog`, `jobs` (its executor), `archive` (clone checks read
+//! the restore window), `storage` and `domain`; never `osb`, `pg`, `runtime`, `maintenance`.
 
 mod bindings;
 pub(crate) mod clone;
@@ -14,6 +15,7 @@ mod instances;
 use std::sync::Arc;
 
 use crate::catalog::Catalog;
+use crate::context::AppContext;
 use crate::jobs::Worker;
 use crate::store::{Store, StoreError};
 
@@ -56,8 +58,7 @@ impl From<StoreError> for BrokerError {
 /// The broker's business logic; cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
-    store: Store,
-    catalog: Arc<Catalog>,
+    ctx: Arc<AppContext>,
     worker: Worker,
     external_url: String,
     advertise_host: String,
@@ -65,15 +66,13 @@ pub struct Broker {
 
 impl Broker {
     pub fn new(
-        store: Store,
-        catalog: Arc<Catalog>,
+        ctx: Arc<AppContext>,
         worker: Worker,
         external_url: String,
         advertise_host: String,
     ) -> Self {
         Self {
-            store,
-            catalog,
+            ctx,
             worker,
             external_url: external_url.trim_end_matches('/').to_string(),
             advertise_host,
@@ -81,11 +80,11 @@ impl Broker {
     }
 
     pub fn catalog(&self) -> &Catalog {
-        &self.catalog
+        &self.ctx.catalog
     }
 
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.ctx.store
     }
 
     fn dashboard_url(&self, instance: &crate::domain::InstanceId) -> String {

@@ -18,8 +18,9 @@ use crate::archive::layout::InstancePrefix;
 use crate::archive::manifest::BackupManifest;
 use crate::catalog::Catalog;
 use crate::config::Settings;
+use crate::context::AppContext;
 use crate::domain::{InstanceId, InstanceState, SpaceGuid};
-use crate::jobs::{JobContext, Worker};
+use crate::jobs::Worker;
 use crate::runtime::{ArchiveAccess, ArchiveCommand};
 use crate::storage::ObjectStore;
 
@@ -136,7 +137,7 @@ pub async fn run(settings: Settings, instance: &str) -> anyhow::Result<BackupOut
             wayback_bin: wayback_bin.clone(),
         },
     )?;
-    let ctx = Arc::new(JobContext {
+    let ctx = Arc::new(AppContext {
         store: store.clone(),
         runtime,
         catalog: Arc::new(Catalog::load(settings.catalog.as_deref())?),

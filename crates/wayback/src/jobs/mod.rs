@@ -18,14 +18,7 @@ mod model;
 mod steps;
 mod worker;
 
-use std::sync::Arc;
 use std::time::Duration;
-
-use crate::catalog::Catalog;
-use crate::config::Settings;
-use crate::metrics::Metrics;
-use crate::runtime::Runtime;
-use crate::store::Store;
 
 pub use clone_source::CloneSource;
 pub use model::{
@@ -34,19 +27,6 @@ pub use model::{
 };
 pub use steps::backup::{backup_due, backup_job};
 pub use worker::Worker;
-
-/// What a job step needs.
-pub struct JobContext {
-    pub store: Store,
-    pub runtime: Runtime,
-    pub catalog: Arc<Catalog>,
-    pub settings: Arc<Settings>,
-    pub metrics: Metrics,
-    /// The archive (WAL, base backups, instance.json).
-    pub archive: crate::storage::ObjectStore,
-    /// How clusters run the archiver.
-    pub archive_command: crate::runtime::ArchiveCommand,
-}
 
 /// What a step asks the worker to do next.
 #[derive(Debug)]

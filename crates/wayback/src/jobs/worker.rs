@@ -7,14 +7,15 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::model::{Job, Step};
-use super::{steps, JobContext, Outcome, StepError};
+use super::{steps, Outcome, StepError};
+use crate::context::AppContext;
 use crate::domain::OperationState;
 use crate::store::{now_millis, JobRecord};
 
 /// Runs jobs. Cheap to clone; clones share the wake-up signal.
 #[derive(Clone)]
 pub struct Worker {
-    ctx: Arc<JobContext>,
+    ctx: Arc<AppContext>,
     owner: String,
     wake: Arc<Notify>,
 }
@@ -23,7 +24,7 @@ pub struct Worker {
 const SHORT_WAIT: Duration = Duration::from_secs(3);
 
 impl Worker {
-    pub fn new(ctx: Arc<JobContext>) -> Self {
+    pub fn new(ctx: Arc<AppContext>) -> Self {
         Self {
             ctx,
             owner: format!("broker-{}", uuid::Uuid::new_v4()),
@@ -31,7 +32,7 @@ impl Worker {
         }
     }
 
-    pub fn context(&self) -> &Arc<JobContext> {
+    pub fn context(&self) -> &Arc<AppContext> {
         &self.ctx
     }
 

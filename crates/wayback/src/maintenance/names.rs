@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cc::backoff::Backoff;
 use crate::cc::{CcError, CloudController};
+use crate::context::AppContext;
 use crate::domain::{InstanceId, InstanceState};
-use crate::jobs::JobContext;
 use crate::store::{now_millis, InstanceRecord};
 
 /// The source recorded with names learned from the Cloud Controller.
@@ -61,7 +61,7 @@ pub struct ResolvePass {
 }
 
 pub struct NameResolver {
-    ctx: Arc<JobContext>,
+    ctx: Arc<AppContext>,
     cc: Option<Arc<CloudController>>,
     reconcile_interval: Duration,
     pending: HashMap<InstanceId, Pending>,
@@ -69,7 +69,7 @@ pub struct NameResolver {
 
 impl NameResolver {
     pub fn new(
-        ctx: Arc<JobContext>,
+        ctx: Arc<AppContext>,
         cc: Option<Arc<CloudController>>,
         reconcile_interval: Duration,
     ) -> Self {

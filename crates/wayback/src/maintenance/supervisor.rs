@@ -15,21 +15,17 @@
 //! databases' size) and enqueues a `backup` job unless one is already pending.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::context::AppContext;
 use crate::domain::InstanceState;
-use crate::metrics::Metrics;
-use crate::runtime::{ClusterStatus, Reach, Runtime};
-use crate::store::Store;
+use crate::runtime::{ClusterStatus, Reach};
 
 pub struct Supervisor {
-    store: Store,
-    runtime: Runtime,
-    metrics: Metrics,
-    catalog: std::sync::Arc<crate::catalog::Catalog>,
+    ctx: Arc<AppContext>,
     interval: Duration,
     archive_interval: Duration,
     /// When each ready instance last had each periodic action; forgotten when it leaves `ready`.
@@ -54,19 +50,13 @@ const BACKUP_CHECK_EVERY: Duration = Duration::from_secs(60);
 const STATS_EVERY: Duration = Duration::from_secs(15);
 
 impl Supervisor {
-    pub fn new(
-        store: Store,
-        runtime: Runtime,
-        metrics: Metrics,
-        catalog: std::sync::Arc<crate::catalog::Catalog>,
-        interval: Duration,
-        archive_interval: Duration,
-    ) -> Self {
+    /// Supervises every `supervisor.interval_secs`; completes WAL segments every
+    /// `wal.archive_timeout_secs` unless a plan says otherwise.
+    pub fn new(ctx: Arc<AppContext>) -> Self {
+        let interval = Duration::from_secs(ctx.settings.supervisor.interval_secs);
+        let archive_interval = Duration::from_secs(ctx.settings.wal.archive_timeout_secs);
         Self {
-            store,
-            runtime,
-            metrics,
-            catalog,
+            ctx,
             interval,
             archive_interval,
             timers: Mutex::new(HashMap::new()),
@@ -92,22 +82,32 @@ impl Supervisor {
         if !self.due(&instance.id, Action::CheckBackup, BACKUP_CHECK_EVERY) {
             return Ok(());
         }
-        let Some(plan) = self.catalog.plan(&instance.service_id, &instance.plan_id) else {
+        let Some(plan) = self
+            .ctx
+            .catalog
+            .plan(&instance.service_id, &instance.plan_id)
+        else {
             return Ok(());
         };
-        if self.store.pending_backup_job(&instance.id).await?.is_some() {
+        if self
+            .ctx
+            .store
+            .pending_backup_job(&instance.id)
+            .await?
+            .is_some()
+        {
             return Ok(());
         }
-        let newest = self.store.latest_backup(&instance.id).await?;
+        let newest = self.ctx.store.latest_backup(&instance.id).await?;
         let position = match &newest {
-            Some(_) => Some(self.runtime.wal_position(&instance.id).await?),
+            Some(_) => Some(self.ctx.runtime.wal_position(&instance.id).await?),
             None => None,
         };
         let now = crate::store::now_millis();
         if let Some(reason) = crate::jobs::backup_due(&plan.archive, newest.as_ref(), now, position)
         {
             let job = crate::jobs::backup_job(&instance.id, reason);
-            if self.store.enqueue_backup(&job).await? {
+            if self.ctx.store.enqueue_backup(&job).await? {
                 tracing::info!(instance = %instance.id, reason, "base backup due; enqueued");
             }
         }
@@ -116,7 +116,8 @@ impl Supervisor {
 
     /// The archive interval of `instance`'s plan (the broker's default if the plan has none).
     fn archive_interval_of(&self, instance: &crate::store::InstanceRecord) -> Duration {
-        self.catalog
+        self.ctx
+            .catalog
             .plan(&instance.service_id, &instance.plan_id)
             .and_then(|p| p.archive.archive_interval_secs)
             .map(Duration::from_secs)
@@ -128,12 +129,12 @@ impl Supervisor {
         if !self.due(id, Action::ReadStats, STATS_EVERY) {
             return;
         }
-        match self.runtime.archiver_stats(id).await {
+        match self.ctx.runtime.archiver_stats(id).await {
             Ok(stats) => {
                 if stats.ready_segments > 2 {
                     tracing::warn!(instance = %id, waiting = stats.ready_segments, oldest_secs = stats.oldest_ready_age_secs, failures = stats.failed_count, "archiving is behind");
                 }
-                self.metrics.archiver_observed(id.as_str(), stats)
+                self.ctx.metrics.archiver_observed(id.as_str(), stats)
             }
             Err(e) => {
                 tracing::debug!(instance = %id, error = %e, "cannot read archiver statistics")
@@ -146,21 +147,22 @@ impl Supervisor {
     pub async fn check_all(&self) -> anyhow::Result<usize> {
         let mut started = 0;
         let ready = self
+            .ctx
             .store
             .instances_in_states(&[InstanceState::Ready])
             .await?;
         let live: std::collections::HashSet<String> =
             ready.iter().map(|i| i.id.to_string()).collect();
-        self.metrics.retain_instances(&live);
+        self.ctx.metrics.retain_instances(&live);
         self.timers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|id, _| live.contains(id.as_str()));
         // With agents: ask each for its capacity once (metrics), and do not wait on the
         // instances of one that does not answer (each would wait for its own timeout).
-        let survey = self.runtime.survey().await;
+        let survey = self.ctx.runtime.survey().await;
         if let Some(capacities) = survey.capacities() {
-            self.metrics.agents_observed(capacities);
+            self.ctx.metrics.agents_observed(capacities);
         }
         let down = survey.down();
         let (mut waiting, mut unplaced) = (0, 0);
@@ -177,7 +179,7 @@ impl Supervisor {
                     continue;
                 }
             }
-            match self.runtime.status(&instance.id).await {
+            match self.ctx.runtime.status(&instance.id).await {
                 Ok(ClusterStatus::Running) => {
                     self.observe_archiver(&instance.id).await;
                     if self.due(
@@ -185,7 +187,7 @@ impl Supervisor {
                         Action::SwitchWal,
                         self.archive_interval_of(&instance),
                     ) {
-                        if let Err(e) = self.runtime.switch_wal(&instance.id).await {
+                        if let Err(e) = self.ctx.runtime.switch_wal(&instance.id).await {
                             tracing::warn!(instance = %instance.id, error = %e, "cannot complete the WAL segment for archiving");
                         }
                     }
@@ -195,10 +197,10 @@ impl Supervisor {
                 }
                 Ok(ClusterStatus::Stopped) => {
                     tracing::warn!(instance = %instance.id, "cluster is down; starting it");
-                    match self.runtime.start(&instance.id).await {
+                    match self.ctx.runtime.start(&instance.id).await {
                         Ok(()) => {
                             started += 1;
-                            self.metrics.cluster_restarted();
+                            self.ctx.metrics.cluster_restarted();
                             tracing::info!(instance = %instance.id, "cluster started again");
                         }
                         Err(e) => {

@@ -16,9 +16,10 @@ use tokio::sync::Semaphore;
 use crate::archive::layout::{parse_lsn, InstancePrefix};
 use crate::archive::{BackupOptions, BackupReport};
 use crate::catalog::ArchivePolicy;
+use crate::context::AppContext;
 use crate::domain::{InstanceId, InstanceState, SpaceGuid};
 use crate::jobs::model::{Job, JobSpec, Step};
-use crate::jobs::{JobContext, Outcome, StepError, StepResult};
+use crate::jobs::{Outcome, StepError, StepResult};
 use crate::runtime::WalPosition;
 use crate::store::{now_millis, BackupRecord, InstanceRecord, NewJob};
 
@@ -60,7 +61,7 @@ pub fn backup_due(
     (since as f64 > limit).then_some("wal-volume")
 }
 
-pub async fn backup_step(ctx: &JobContext, job: &Job, reason: &str) -> StepResult {
+pub async fn backup_step(ctx: &AppContext, job: &Job, reason: &str) -> StepResult {
     let Some(instance) = ctx.store.get_instance(&job.instance_id).await? else {
         return Ok(Outcome::Cancelled("the instance is unknown".into()));
     };
@@ -93,7 +94,7 @@ pub async fn backup_step(ctx: &JobContext, job: &Job, reason: &str) -> StepResul
 /// Takes a base backup of `instance` and records it (for the backup job, and for a deprovision
 /// that finds none).
 pub async fn take_and_record(
-    ctx: &JobContext,
+    ctx: &AppContext,
     job_id: &str,
     instance: &InstanceRecord,
     reason: &str,
@@ -140,12 +141,12 @@ pub async fn take_and_record(
 }
 
 /// The options the settings give.
-pub fn options(ctx: &JobContext, reason: &str) -> BackupOptions {
+pub fn options(ctx: &AppContext, reason: &str) -> BackupOptions {
     BackupOptions::from_settings(&ctx.settings, reason)
 }
 
 async fn take(
-    ctx: &JobContext,
+    ctx: &AppContext,
     instance: &InstanceRecord,
     reason: &str,
 ) -> Result<BackupReport, StepError> {

@@ -4,12 +4,13 @@
 
 use anyhow::Context;
 
+use crate::context::AppContext;
 use crate::domain::BindingState;
 use crate::jobs::model::{Job, JobKind, Step};
-use crate::jobs::{JobContext, Outcome, StepError, StepResult};
+use crate::jobs::{Outcome, StepError, StepResult};
 use crate::store::{BindingRecord, InstanceRecord};
 
-async fn load(ctx: &JobContext, job: &Job) -> Result<(InstanceRecord, BindingRecord), StepError> {
+async fn load(ctx: &AppContext, job: &Job) -> Result<(InstanceRecord, BindingRecord), StepError> {
     let missing = |what: &str| StepError::Permanent {
         user_message: format!("the {what} record is missing"),
         source: anyhow::anyhow!("{what} of job {} not in the store", job.id),
@@ -28,7 +29,7 @@ async fn load(ctx: &JobContext, job: &Job) -> Result<(InstanceRecord, BindingRec
     Ok((instance, binding))
 }
 
-pub async fn bind_step(ctx: &JobContext, job: &Job) -> StepResult {
+pub async fn bind_step(ctx: &AppContext, job: &Job) -> StepResult {
     let (instance, binding) = load(ctx, job).await?;
     if binding.state != BindingState::Creating {
         return Ok(Outcome::Cancelled(
@@ -51,7 +52,7 @@ pub async fn bind_step(ctx: &JobContext, job: &Job) -> StepResult {
     }
 }
 
-pub async fn unbind_step(ctx: &JobContext, job: &Job) -> StepResult {
+pub async fn unbind_step(ctx: &AppContext, job: &Job) -> StepResult {
     let (instance, binding) = load(ctx, job).await?;
     match job.step {
         Step::DropRole => {
@@ -83,7 +84,7 @@ fn unknown_step(step: Step) -> StepError {
 }
 
 pub async fn on_end(
-    ctx: &JobContext,
+    ctx: &AppContext,
     job: &Job,
     succeeded: bool,
 ) -> anyhow::Result<Option<String>> {

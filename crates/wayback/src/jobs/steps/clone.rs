@@ -27,10 +27,11 @@ use chrono::{DateTime, Utc};
 
 use crate::archive::layout::{InstancePrefix, WalFileName};
 use crate::archive::restore::RestoreTarget;
+use crate::context::AppContext;
 use crate::domain::{OperationState, SpaceGuid};
 use crate::jobs::clone_source::CloneSource;
 use crate::jobs::model::Job;
-use crate::jobs::{JobContext, Outcome, StepError, StepResult};
+use crate::jobs::{Outcome, StepError, StepResult};
 use crate::runtime::{
     ClusterStatus, RestorePhase, RestoreSpec, RestoreState, RestoreStatus, RuntimeError,
 };
@@ -47,7 +48,7 @@ fn target_text(t: RestoreTarget) -> String {
     }
 }
 
-async fn progress_text(ctx: &JobContext, job: &Job, text: &str) {
+async fn progress_text(ctx: &AppContext, job: &Job, text: &str) {
     if let Some(op) = &job.operation_id {
         if let Err(e) = ctx
             .store
@@ -61,7 +62,7 @@ async fn progress_text(ctx: &JobContext, job: &Job, text: &str) {
 
 /// Stops the restored server; the sequence's `start` brings it up with the plan's settings and
 /// the clone's own archiving.
-pub async fn restart(ctx: &JobContext, instance: &InstanceRecord) -> StepResult {
+pub async fn restart(ctx: &AppContext, instance: &InstanceRecord) -> StepResult {
     ctx.runtime.stop(&instance.id).await?;
     Ok(Outcome::Next)
 }
@@ -69,7 +70,7 @@ pub async fn restart(ctx: &JobContext, instance: &InstanceRecord) -> StepResult 
 /// Takes every copied login away and opens the app database again: a source that was
 /// deprovisioned was archived with its database closed to connections (the deprovision's seal),
 /// and a clone of it must be usable. Both statements are idempotent, so a retried step is safe.
-pub async fn rotate(ctx: &JobContext, instance: &InstanceRecord) -> StepResult {
+pub async fn rotate(ctx: &AppContext, instance: &InstanceRecord) -> StepResult {
     let roles = ctx.runtime.revoke_copied_logins(&instance.id).await?;
     tracing::info!(instance = %instance.id, ?roles, "logins copied from the source revoked");
     ctx.runtime
@@ -80,7 +81,7 @@ pub async fn rotate(ctx: &JobContext, instance: &InstanceRecord) -> StepResult {
 
 /// For a live source: switch its WAL and wait until that segment is in the archive. Anything
 /// else (a source deleted, stopped or out of reach) goes on with what its archive holds.
-pub async fn fork(ctx: &JobContext, job: &Job, src: &CloneSource) -> StepResult {
+pub async fn fork(ctx: &AppContext, job: &Job, src: &CloneSource) -> StepResult {
     if !src.live {
         return Ok(Outcome::Next);
     }
@@ -132,7 +133,7 @@ pub async fn fork(ctx: &JobContext, job: &Job, src: &CloneSource) -> StepResult 
 /// Starts (or joins) the restore wherever the instance's cluster lives, then polls its status
 /// every half second and shows it.
 pub async fn restore_step(
-    ctx: &JobContext,
+    ctx: &AppContext,
     job: &Job,
     instance: &InstanceRecord,
     src: &CloneSource,

@@ -6,13 +6,14 @@
 use std::time::{Duration, Instant};
 
 use crate::archive::layout::{InstancePrefix, WalFileName};
+use crate::context::AppContext;
 use crate::domain::SpaceGuid;
-use crate::jobs::{JobContext, StepError};
+use crate::jobs::StepError;
 use crate::runtime::ClusterStatus;
 use crate::store::{now_millis, InstanceRecord};
 
 pub async fn archive_final_wal(
-    ctx: &JobContext,
+    ctx: &AppContext,
     instance: &InstanceRecord,
 ) -> Result<(), StepError> {
     match ctx.runtime.status(&instance.id).await? {
@@ -54,7 +55,7 @@ pub async fn archive_final_wal(
 /// Waits until `key` is in the archive, for at most `wal.final_archive_timeout_secs`; false at
 /// the deadline. Also used by a fork (clone-from a live instance).
 pub(super) async fn wait_archived(
-    ctx: &JobContext,
+    ctx: &AppContext,
     instance: &crate::domain::InstanceId,
     key: &str,
 ) -> bool {

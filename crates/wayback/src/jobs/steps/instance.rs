@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::context::AppContext;
 use crate::domain::{InstanceId, InstanceState};
 use crate::jobs::model::{Job, JobSpec, Step};
-use crate::jobs::{JobContext, Outcome, StepError, StepResult};
+use crate::jobs::{Outcome, StepError, StepResult};
 use crate::runtime::{ClusterSpec, Placement, PlacementLedger, RuntimeError};
 use crate::store::InstanceRecord;
 
-pub async fn load(ctx: &JobContext, job: &Job) -> Result<InstanceRecord, StepError> {
+pub async fn load(ctx: &AppContext, job: &Job) -> Result<InstanceRecord, StepError> {
     ctx.store
         .get_instance(&job.instance_id)
         .await?
@@ -27,7 +28,7 @@ pub async fn load(ctx: &JobContext, job: &Job) -> Result<InstanceRecord, StepErr
 }
 
 fn spec(
-    ctx: &JobContext,
+    ctx: &AppContext,
     instance: &InstanceRecord,
     plan_id: &str,
 ) -> Result<ClusterSpec, StepError> {
@@ -49,7 +50,7 @@ fn spec(
 }
 
 /// Runs a step a provision and a clone share, on the instance being provisioned.
-pub async fn provision_step(ctx: &JobContext, step: Step, instance: &InstanceRecord) -> StepResult {
+pub async fn provision_step(ctx: &AppContext, step: Step, instance: &InstanceRecord) -> StepResult {
     match step {
         Step::AllocatePort => {
             if instance.port.is_none() {
@@ -102,7 +103,7 @@ pub async fn provision_step(ctx: &JobContext, step: Step, instance: &InstanceRec
     }
 }
 
-pub async fn update_step(ctx: &JobContext, job: &Job, plan_id: &str) -> StepResult {
+pub async fn update_step(ctx: &AppContext, job: &Job, plan_id: &str) -> StepResult {
     let instance = load(ctx, job).await?;
     match job.step {
         Step::ApplySettings => {
@@ -115,7 +116,7 @@ pub async fn update_step(ctx: &JobContext, job: &Job, plan_id: &str) -> StepResu
     }
 }
 
-pub async fn deprovision_step(ctx: &JobContext, job: &Job) -> StepResult {
+pub async fn deprovision_step(ctx: &AppContext, job: &Job) -> StepResult {
     let instance = load(ctx, job).await?;
     match job.step {
         Step::WaitExclusive => {
@@ -194,7 +195,7 @@ pub async fn deprovision_step(ctx: &JobContext, job: &Job) -> StepResult {
 /// Applies a job's end to the instance record. `Some(reason)` from a success means the job was
 /// superseded at the last moment (a DELETE during the last step): report it as failed.
 pub async fn on_end(
-    ctx: &JobContext,
+    ctx: &AppContext,
     job: &Job,
     succeeded: bool,
 ) -> anyhow::Result<Option<String>> {
@@ -266,7 +267,7 @@ pub async fn on_end(
 }
 
 /// Brings `instance.json` up to date without failing the operation (retried by the supervisor).
-async fn sync_doc(ctx: &JobContext, id: &crate::domain::InstanceId, why: &str) {
+async fn sync_doc(ctx: &AppContext, id: &crate::domain::InstanceId, why: &str) {
     crate::jobs::instance_doc::sync_instance_doc_or_mark_stale(
         &ctx.store,
         &ctx.catalog,
@@ -278,7 +279,7 @@ async fn sync_doc(ctx: &JobContext, id: &crate::domain::InstanceId, why: &str) {
 }
 
 /// Picks a port in the configured range that no instance holds and nothing listens on.
-async fn allocate_port(ctx: &JobContext, instance: &InstanceRecord) -> Result<u16, StepError> {
+async fn allocate_port(ctx: &AppContext, instance: &InstanceRecord) -> Result<u16, StepError> {
     let pg = &ctx.settings.postgres;
     let agent = match &instance.agent {
         Some(agent) => agent.clone(),

@@ -13,11 +13,12 @@ mod final_wal;
 mod instance;
 
 use super::model::{Job, JobKind, JobSpec, Step};
-use super::{JobContext, Outcome, StepResult};
+use super::{Outcome, StepResult};
+use crate::context::AppContext;
 use crate::domain::InstanceState;
 
 /// Runs the current step of `job`.
-pub(crate) async fn run_step(ctx: &JobContext, job: &Job) -> StepResult {
+pub(crate) async fn run_step(ctx: &AppContext, job: &Job) -> StepResult {
     match &job.spec {
         JobSpec::Provision(provision) => {
             let instance = instance::load(ctx, job).await?;
@@ -122,7 +123,7 @@ fn success_text(kind: JobKind) -> &'static str {
 /// platform can delete); `Some(reason)` when a success was superseded at the last moment and
 /// must be reported as failed.
 pub(crate) async fn on_end(
-    ctx: &JobContext,
+    ctx: &AppContext,
     job: &Job,
     succeeded: bool,
 ) -> anyhow::Result<Option<String>> {

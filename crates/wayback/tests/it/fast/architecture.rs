@@ -28,20 +28,29 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("metrics", &["domain", "runtime"]),
     ("open", &["config", "runtime", "storage", "store"]),
     (
+        "context",
+        &[
+            "catalog", "config", "metrics", "runtime", "storage", "store",
+        ],
+    ),
+    (
         "jobs",
         &[
-            "archive", "catalog", "config", "domain", "metrics", "runtime", "storage", "store",
+            "archive", "catalog", "config", "context", "domain", "metrics", "runtime", "storage",
+            "store",
         ],
     ),
     (
         "broker",
-        &["archive", "catalog", "domain", "jobs", "storage", "store"],
+        &[
+            "archive", "catalog", "context", "domain", "jobs", "storage", "store",
+        ],
     ),
     (
         "maintenance",
         &[
-            "archive", "catalog", "cc", "config", "domain", "jobs", "metrics", "runtime",
-            "storage", "store",
+            "archive", "catalog", "cc", "config", "context", "domain", "jobs", "metrics",
+            "runtime", "storage", "store",
         ],
     ),
     ("osb", &["broker", "domain", "metrics"]),
@@ -72,6 +81,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
             "catalog",
             "cc",
             "config",
+            "context",
             "domain",
             "jobs",
             "maintenance",
@@ -91,6 +101,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
             "catalog",
             "cc",
             "config",
+            "context",
             "jobs",
             "maintenance",
             "metrics",
