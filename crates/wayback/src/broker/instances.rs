@@ -1,16 +1,17 @@
-//! Provision, update, deprovision, fetch and last_operation for instances.
+//! Provision (and a repeated provision), and the request and answer types of every instance
+//! call; update, deprovision and the reads are in `update`, `deprovision` and `fetch`.
 
 use serde_json::{Map, Value};
 
 use super::{new_operation_id, Broker, BrokerError};
 use crate::domain::{InstanceId, InstanceState, OperationKind, OperationState, OrgGuid, SpaceGuid};
-use crate::jobs::{new_job, Job, JobSpec};
+use crate::jobs::{new_job, JobSpec};
 use crate::store::{now_millis, InstanceRecord, OperationRecord, StoreError};
 
 /// Provision parameters this version accepts (`-c '{…}'`): undo (see `clone`).
 const PROVISION_PARAMETERS: &[&str] = &[super::clone::CLONE_FROM, super::clone::POINT_IN_TIME];
 /// Update parameters this version accepts.
-const UPDATE_PARAMETERS: &[&str] = &[];
+pub(super) const UPDATE_PARAMETERS: &[&str] = &[];
 
 /// The application database and its owner role, the same in every instance.
 const DATABASE_NAME: &str = "app";
@@ -93,7 +94,7 @@ pub(crate) fn context_name(context: &Value) -> Option<&str> {
 }
 
 /// `parameters` must be an object whose keys are all in `accepted`.
-fn check_parameters(
+pub(super) fn check_parameters(
     parameters: &Value,
     accepted: &[&str],
     what: &str,
@@ -141,7 +142,7 @@ impl Broker {
         })
     }
 
-    fn check_maintenance(
+    pub(super) fn check_maintenance(
         plan: &crate::catalog::Plan,
         requested: Option<&str>,
     ) -> Result<(), BrokerError> {
@@ -303,302 +304,9 @@ impl Broker {
             }
         }
     }
-
-    pub async fn update(&self, req: UpdateRequest) -> Result<Updated, BrokerError> {
-        let existing = self.live_instance(&req.instance_id).await?;
-        if req.service_id != existing.service_id {
-            return Err(BrokerError::BadRequest(format!(
-                "service_id {:?} is not this instance's service ({:?}).",
-                req.service_id, existing.service_id
-            )));
-        }
-        let target_plan = req
-            .plan_id
-            .clone()
-            .unwrap_or_else(|| existing.plan_id.clone());
-        let plan = self.check_plan(&existing.service_id, &target_plan)?;
-        Self::check_maintenance(plan, req.maintenance_version.as_deref())?;
-        if let Some(p) = &req.parameters {
-            check_parameters(p, UPDATE_PARAMETERS, "an update")?;
-        }
-        let dashboard_url = self.dashboard_url(&existing.id);
-        match existing.state {
-            InstanceState::Ready => {}
-            InstanceState::Updating => {
-                // The same PATCH again while it runs gets the same operation.
-                let op = self.ctx.store.latest_operation(&existing.id, None).await?;
-                if let Some(op) = op.filter(|o| {
-                    o.kind == OperationKind::Update && o.state == OperationState::InProgress
-                }) {
-                    let same_plan = self
-                        .ctx
-                        .store
-                        .get_job(&op.id)
-                        .await?
-                        .and_then(|j| Job::from_record(&j).ok())
-                        .is_some_and(
-                            |j| matches!(&j.spec, JobSpec::Update(u) if u.plan_id == target_plan),
-                        );
-                    if same_plan {
-                        return Ok(Updated::Accepted {
-                            operation: op.id,
-                            dashboard_url,
-                        });
-                    }
-                }
-                return Err(BrokerError::Concurrency(format!(
-                    "Service instance {} is being updated; wait until that ends.",
-                    existing.id
-                )));
-            }
-            other => {
-                return Err(BrokerError::Concurrency(format!(
-                    "Service instance {} is being {}; wait until that ends.",
-                    existing.id,
-                    busy_word(other)
-                )))
-            }
-        }
-        let plan_change = target_plan != existing.plan_id;
-        if plan_change && !req.accepts_incomplete {
-            return Err(BrokerError::AsyncRequired);
-        }
-        if !plan_change {
-            // A rename (`cf rename-service`) is context only: record it and answer at once.
-            self.rename(&existing.id, &req.context).await?;
-            return Ok(Updated::Done { dashboard_url });
-        }
-        let now = now_millis();
-        let operation = new_operation_id(OperationKind::Update);
-        let op = OperationRecord {
-            id: operation.clone(),
-            instance_id: existing.id.clone(),
-            binding_id: None,
-            kind: OperationKind::Update,
-            state: OperationState::InProgress,
-            description: "Updating: queued".into(),
-            created_at: now,
-            updated_at: now,
-            finished_at: None,
-        };
-        let job = new_job(&operation, &existing.id, None, JobSpec::update(target_plan));
-        if !self
-            .ctx
-            .store
-            .transition_instance(
-                &existing.id,
-                &[InstanceState::Ready],
-                InstanceState::Updating,
-                &op,
-                &job,
-            )
-            .await?
-        {
-            return Err(BrokerError::Concurrency(format!(
-                "Service instance {} is busy with another operation; try again when it ends.",
-                existing.id
-            )));
-        }
-        self.rename(&existing.id, &req.context).await?;
-        tracing::info!(instance = %existing.id, plan = %plan.name, "plan change accepted");
-        self.worker.wake();
-        Ok(Updated::Accepted {
-            operation,
-            dashboard_url,
-        })
-    }
-
-    /// Records `context.instance_name` as the instance's name if it is new.
-    async fn rename(&self, id: &InstanceId, context: &Value) -> Result<(), BrokerError> {
-        if let Some(name) = context_name(context) {
-            if self.ctx.store.record_name(id, name, "update").await? {
-                tracing::info!(instance = %id, name, "instance renamed");
-                self.rewrite_instance_doc(id).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Rewrites `instance.json` in the background: a rename answers at once, and a storage
-    /// outage must not fail it. Marked stale first, so that the supervisor's maintenance pass
-    /// writes it if this attempt fails or the broker stops before it ends.
-    async fn rewrite_instance_doc(&self, id: &InstanceId) -> Result<(), BrokerError> {
-        self.ctx.store.set_instance_doc_hash(id, None).await?;
-        let ctx = self.ctx.clone();
-        let id = id.clone();
-        tokio::spawn(async move {
-            crate::jobs::instance_doc::sync_instance_doc_or_mark_stale(
-                &ctx.store,
-                &ctx.catalog,
-                &ctx.archive,
-                &id,
-                "renamed",
-            )
-            .await;
-        });
-        Ok(())
-    }
-
-    pub async fn deprovision(
-        &self,
-        id: &InstanceId,
-        service_id: &str,
-        plan_id: &str,
-        accepts_incomplete: bool,
-    ) -> Result<Deprovisioned, BrokerError> {
-        let existing = match self.ctx.store.get_instance(id).await? {
-            Some(i) if i.state != InstanceState::Deleted => i,
-            _ => return Err(BrokerError::Gone),
-        };
-        if service_id != existing.service_id {
-            return Err(BrokerError::BadRequest(format!(
-                "service_id {service_id:?} is not this instance's service ({:?}).",
-                existing.service_id
-            )));
-        }
-        if self.ctx.catalog.plan(service_id, plan_id).is_none() {
-            return Err(BrokerError::BadRequest(format!(
-                                "Unknown plan_id {plan_id:?} for this service. Refresh the platform's copy of the catalog (cf update-service-broker)."
-            )));
-        }
-        if !accepts_incomplete {
-            return Err(BrokerError::AsyncRequired);
-        }
-        if existing.state == InstanceState::Deprovisioning {
-            let op = self
-                .ctx
-                .store
-                .latest_operation(id, None)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("deprovisioning without operation"))?;
-            return Ok(Deprovisioned::Accepted { operation: op.id });
-        }
-        if existing.state == InstanceState::Updating {
-            return Err(BrokerError::Concurrency(format!(
-                "Service instance {id} is being updated; delete it when the update ends."
-            )));
-        }
-        let now = now_millis();
-        let operation = new_operation_id(OperationKind::Deprovision);
-        let op = OperationRecord {
-            id: operation.clone(),
-            instance_id: id.clone(),
-            binding_id: None,
-            kind: OperationKind::Deprovision,
-            state: OperationState::InProgress,
-            description: "Deleting: queued".into(),
-            created_at: now,
-            updated_at: now,
-            finished_at: None,
-        };
-        let job = new_job(&operation, id, None, JobSpec::deprovision());
-        let from = [
-            InstanceState::Ready,
-            InstanceState::Provisioning,
-            InstanceState::Failed,
-        ];
-        if !self
-            .ctx
-            .store
-            .transition_instance(id, &from, InstanceState::Deprovisioning, &op, &job)
-            .await?
-        {
-            return Err(BrokerError::Concurrency(format!(
-                "Service instance {id} is busy with another operation; try again when it ends."
-            )));
-        }
-        if existing.state == InstanceState::Provisioning {
-            tracing::info!(instance = %id, "delete during provisioning: stopping the provision and cleaning up");
-        }
-        tracing::info!(instance = %id, "deprovision accepted");
-        self.worker.wake();
-        Ok(Deprovisioned::Accepted { operation })
-    }
-
-    pub async fn fetch_instance(&self, id: &InstanceId) -> Result<InstanceView, BrokerError> {
-        let existing = self.ctx.store.get_instance(id).await?;
-        match existing {
-            Some(i) if matches!(i.state, InstanceState::Ready) => Ok(InstanceView {
-                dashboard_url: self.dashboard_url(&i.id),
-                service_id: i.service_id,
-                plan_id: i.plan_id,
-                parameters: i.parameters,
-            }),
-            Some(i) if i.state == InstanceState::Updating => Err(BrokerError::Concurrency(
-                format!("Service instance {id} is being updated; fetch it when the update ends."),
-            )),
-            Some(i) if i.state == InstanceState::Provisioning => Err(BrokerError::NotFound(
-                format!("Service instance {id} is still being provisioned."),
-            )),
-            _ => Err(BrokerError::NotFound(format!(
-                "Service instance {id} does not exist."
-            ))),
-        }
-    }
-
-    pub async fn last_operation(
-        &self,
-        id: &InstanceId,
-        operation: Option<&str>,
-    ) -> Result<LastOperation, BrokerError> {
-        // The operation is read before the instance: a job records its effect on the instance
-        // before it marks the operation finished, so a succeeded deprovision read here always
-        // meets the instance already deleted (the other order could answer 200 instead of 410).
-        let op = match operation {
-            Some(op_id) => self
-                .ctx
-                .store
-                .get_operation(op_id)
-                .await?
-                .filter(|op| op.instance_id == *id && op.binding_id.is_none()),
-            None => self.ctx.store.latest_operation(id, None).await?,
-        };
-        let Some(instance) = self.ctx.store.get_instance(id).await? else {
-            return Err(BrokerError::NotFound(format!(
-                "Service instance {id} does not exist."
-            )));
-        };
-        let op = match (op, operation) {
-            (Some(op), _) => op,
-            (None, Some(op_id)) => {
-                return Err(BrokerError::BadRequest(format!(
-                    "Operation {op_id:?} is not an operation of service instance {id}."
-                )))
-            }
-            (None, None) => {
-                return Err(BrokerError::NotFound(format!(
-                    "Service instance {id} has no operation."
-                )))
-            }
-        };
-        // A finished deprovision: the platform forgets the instance on 410.
-        if op.kind == OperationKind::Deprovision
-            && op.state == OperationState::Succeeded
-            && instance.state == InstanceState::Deleted
-        {
-            return Err(BrokerError::Gone);
-        }
-        Ok(LastOperation {
-            state: op.state,
-            description: op.description,
-        })
-    }
-
-    /// An instance that exists and is not deleted, else 404.
-    pub(crate) async fn live_instance(
-        &self,
-        id: &InstanceId,
-    ) -> Result<InstanceRecord, BrokerError> {
-        match self.ctx.store.get_instance(id).await? {
-            Some(i) if i.state != InstanceState::Deleted => Ok(i),
-            _ => Err(BrokerError::NotFound(format!(
-                "Service instance {id} does not exist."
-            ))),
-        }
-    }
 }
 
-fn busy_word(state: InstanceState) -> &'static str {
+pub(super) fn busy_word(state: InstanceState) -> &'static str {
     match state {
         InstanceState::Provisioning => "provisioned",
         InstanceState::Updating => "updated",

@@ -10,7 +10,10 @@
 mod bindings;
 pub(crate) mod clone;
 mod credentials;
+mod deprovision;
+mod fetch;
 mod instances;
+mod update;
 
 use std::sync::Arc;
 

@@ -1,0 +1,149 @@
+//! Update: a plan change (a job, asynchronous only) and a rename (`context.instance_name`,
+//! answered at once; `instance.json` is rewritten in the background).
+
+use serde_json::Value;
+
+use super::instances::{
+    busy_word, check_parameters, context_name, UpdateRequest, Updated, UPDATE_PARAMETERS,
+};
+use super::{new_operation_id, Broker, BrokerError};
+use crate::domain::{InstanceId, InstanceState, OperationKind, OperationState};
+use crate::jobs::{new_job, Job, JobSpec};
+use crate::store::{now_millis, OperationRecord};
+
+impl Broker {
+    pub async fn update(&self, req: UpdateRequest) -> Result<Updated, BrokerError> {
+        let existing = self.live_instance(&req.instance_id).await?;
+        if req.service_id != existing.service_id {
+            return Err(BrokerError::BadRequest(format!(
+                "service_id {:?} is not this instance's service ({:?}).",
+                req.service_id, existing.service_id
+            )));
+        }
+        let target_plan = req
+            .plan_id
+            .clone()
+            .unwrap_or_else(|| existing.plan_id.clone());
+        let plan = self.check_plan(&existing.service_id, &target_plan)?;
+        Self::check_maintenance(plan, req.maintenance_version.as_deref())?;
+        if let Some(p) = &req.parameters {
+            check_parameters(p, UPDATE_PARAMETERS, "an update")?;
+        }
+        let dashboard_url = self.dashboard_url(&existing.id);
+        match existing.state {
+            InstanceState::Ready => {}
+            InstanceState::Updating => {
+                // The same PATCH again while it runs gets the same operation.
+                let op = self.ctx.store.latest_operation(&existing.id, None).await?;
+                if let Some(op) = op.filter(|o| {
+                    o.kind == OperationKind::Update && o.state == OperationState::InProgress
+                }) {
+                    let same_plan = self
+                        .ctx
+                        .store
+                        .get_job(&op.id)
+                        .await?
+                        .and_then(|j| Job::from_record(&j).ok())
+                        .is_some_and(
+                            |j| matches!(&j.spec, JobSpec::Update(u) if u.plan_id == target_plan),
+                        );
+                    if same_plan {
+                        return Ok(Updated::Accepted {
+                            operation: op.id,
+                            dashboard_url,
+                        });
+                    }
+                }
+                return Err(BrokerError::Concurrency(format!(
+                    "Service instance {} is being updated; wait until that ends.",
+                    existing.id
+                )));
+            }
+            other => {
+                return Err(BrokerError::Concurrency(format!(
+                    "Service instance {} is being {}; wait until that ends.",
+                    existing.id,
+                    busy_word(other)
+                )))
+            }
+        }
+        let plan_change = target_plan != existing.plan_id;
+        if plan_change && !req.accepts_incomplete {
+            return Err(BrokerError::AsyncRequired);
+        }
+        if !plan_change {
+            // A rename (`cf rename-service`) is context only: record it and answer at once.
+            self.rename(&existing.id, &req.context).await?;
+            return Ok(Updated::Done { dashboard_url });
+        }
+        let now = now_millis();
+        let operation = new_operation_id(OperationKind::Update);
+        let op = OperationRecord {
+            id: operation.clone(),
+            instance_id: existing.id.clone(),
+            binding_id: None,
+            kind: OperationKind::Update,
+            state: OperationState::InProgress,
+            description: "Updating: queued".into(),
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        };
+        let job = new_job(&operation, &existing.id, None, JobSpec::update(target_plan));
+        if !self
+            .ctx
+            .store
+            .transition_instance(
+                &existing.id,
+                &[InstanceState::Ready],
+                InstanceState::Updating,
+                &op,
+                &job,
+            )
+            .await?
+        {
+            return Err(BrokerError::Concurrency(format!(
+                "Service instance {} is busy with another operation; try again when it ends.",
+                existing.id
+            )));
+        }
+        self.rename(&existing.id, &req.context).await?;
+        tracing::info!(instance = %existing.id, plan = %plan.name, "plan change accepted");
+        self.worker.wake();
+        Ok(Updated::Accepted {
+            operation,
+            dashboard_url,
+        })
+    }
+
+    /// Records `context.instance_name` as the instance's name if it is new.
+    async fn rename(&self, id: &InstanceId, context: &Value) -> Result<(), BrokerError> {
+        if let Some(name) = context_name(context) {
+            if self.ctx.store.record_name(id, name, "update").await? {
+                tracing::info!(instance = %id, name, "instance renamed");
+                self.rewrite_instance_doc(id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites `instance.json` in the background: a rename answers at once, and a storage
+    /// outage must not fail it. Marked stale first, so that the supervisor's maintenance pass
+    /// writes it if this attempt fails or the broker stops before it ends.
+    async fn rewrite_instance_doc(&self, id: &InstanceId) -> Result<(), BrokerError> {
+        self.ctx.store.set_instance_doc_hash(id, None).await?;
+        let ctx = self.ctx.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            crate::jobs::instance_doc::sync_instance_doc_or_mark_stale(
+                &ctx.store,
+                &ctx.catalog,
+                &ctx.archive,
+                &id,
+                "renamed",
+            )
+            .await;
+        });
+        Ok(())
+    }
+}
