@@ -35,7 +35,7 @@ pub mod open;
 pub mod osb;
 /// PostgreSQL process driver: initdb/template, conf files, pg_ctl, readiness, SQL admin.
 pub mod pg;
-/// Where clusters live: the local runtime (clusters on this machine, supervised).
+/// Where clusters live: one `ClusterRuntime` interface, on this machine or on agents.
 pub mod runtime;
 /// One root signal (SIGTERM, Ctrl-C) that stops everything.
 pub mod shutdown;

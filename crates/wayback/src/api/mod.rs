@@ -10,7 +10,7 @@
 //! The documents are `wayback_api::v1` types, shared with `cf-wayback`, which reads them;
 //! [`view`] fills them in.
 //!
-//! Imports `store`, `archive`, `runtime`, `catalog`, `cc`, `domain`, `osb::BasicAuth` and
+//! Imports `store`, `archive`, `storage`, `runtime`, `catalog`, `cc`, `domain`, `osb::BasicAuth` and
 //! `wayback_api::v1`; never `broker` or `jobs`.
 
 pub mod auth;

@@ -10,7 +10,7 @@
 //! reach logs or errors.
 //!
 //! Imports `config` and `domain` only; must not import `osb`, `jobs`, `broker` or `store`:
-//! what to do with a name is the caller's business (`broker::names`).
+//! what to do with a name is the caller's business (`maintenance::names`).
 
 pub mod backoff;
 mod uaa;

@@ -3,7 +3,7 @@
 //! Checks happen here, in this order, before any business code runs: route, basic auth (401),
 //! `X-Broker-API-Version` (412), ids and query parameters (400), body size (413) and JSON shape
 //! (400). Handlers then call [`crate::broker::Broker`] with domain types. Imports `broker`,
-//! `domain`, `metrics` and `catalog` only — never `store`, `pg`, `runtime`.
+//! `domain` and `metrics` only (the catalog comes through the broker) — never `store`, `pg`, `runtime`.
 
 mod auth;
 mod body;

@@ -1,4 +1,4 @@
-//! Queries of the name resolver (`broker::names`): which live instances have no name yet, and
+//! Queries of the name resolver (`maintenance::names`): which live instances have no name yet, and
 //! recording a name observed elsewhere (the Cloud Controller) without letting an older
 //! observation override a newer one.
 
