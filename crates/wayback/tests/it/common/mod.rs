@@ -1,13 +1,17 @@
 //! Test harness: `spawn_app()` builds the same `Application` the binary runs, on a random port,
-//! with a fresh data directory (SQLite state, real PostgreSQL clusters) and typed OSB helpers.
-//! Dropping the `TestApp` stops the application and every cluster it started.
+//! with a fresh data directory (SQLite state, real PostgreSQL clusters) and typed OSB helpers;
+//! `spawn_fast_app()` builds it on a [`fake_runtime::FakeRuntime`] instead (the fast tier: no
+//! PostgreSQL, the archive a local directory). Dropping the `TestApp` stops the application
+//! and every cluster it started.
 #![allow(dead_code)]
 
 pub mod fake_cf;
+pub mod fake_runtime;
 pub mod s3_server;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -16,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use wayback::config::Settings;
 use wayback::startup::Application;
 use wayback::storage::StorageSettings;
+
+use fake_runtime::FakeRuntime;
 
 pub const SERVICE_ID: &str = "5f6b3c1e-8a43-4f0e-9d7c-6a1b2c3d4e5f";
 pub const SMALL: &str = "0d2e9a44-1c3b-4b55-8f6e-2a7d9c0b1e01";
@@ -33,6 +39,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub store: wayback::store::Store,
     pub worker: wayback::jobs::Worker,
+    /// The fake runtime of a fast app (`spawn_fast_app`); None on real PostgreSQL.
+    pub fake: Option<Arc<FakeRuntime>>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -93,6 +101,21 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn(customise, None).await
+}
+
+/// A test app on a fresh [`FakeRuntime`] (reachable as `app.fake()`): the whole broker — HTTP,
+/// worker, supervisor, name resolver — with clusters in memory and the archive a local
+/// directory. Needs no PostgreSQL binaries and no S3 server.
+pub async fn spawn_fast_app() -> TestApp {
+    spawn_fast_app_with(|_| {}).await
+}
+
+pub async fn spawn_fast_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn(customise, Some(FakeRuntime::new())).await
+}
+
+async fn spawn(customise: impl FnOnce(&mut Settings), fake: Option<Arc<FakeRuntime>>) -> TestApp {
     let root = test_root();
     let data_dir = root.path().join("data");
     let password = format!("pw-{}", uuid::Uuid::new_v4());
@@ -105,9 +128,11 @@ pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
         .map(|p| secrecy::ExposeSecret::expose_secret(p).to_string())
         .unwrap_or(password);
     wayback::telemetry::init(&settings.log);
-    let app = Application::build(settings)
-        .await
-        .expect("application builds");
+    let app = match &fake {
+        Some(fake) => Application::build_with_runtime(settings, fake.clone()).await,
+        None => Application::build(settings).await,
+    }
+    .expect("application builds");
     let port = app.port();
     let shutdown = app.shutdown_token();
     let store = app.store();
@@ -125,6 +150,7 @@ pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
             .unwrap(),
         store,
         worker,
+        fake,
         shutdown,
         task: Some(task),
     }
@@ -410,6 +436,13 @@ impl TestApp {
         assert_eq!(r.status(), StatusCode::CREATED);
         let body: Value = r.json().await.unwrap();
         body["credentials"].clone()
+    }
+
+    /// The fake runtime of an app from `spawn_fast_app`.
+    pub fn fake(&self) -> &FakeRuntime {
+        self.fake
+            .as_deref()
+            .expect("a fast app (spawn_fast_app) has a fake runtime")
     }
 
     /// The cluster directory of an instance.

@@ -1,0 +1,258 @@
+//! The fake's answers to each `ClusterRuntime` call: what a real runtime would do to the
+//! cluster, in memory (see the parent module).
+
+use chrono::Utc;
+use secrecy::SecretString;
+use wayback::archive::layout::InstancePrefix;
+use wayback::archive::manifest::{backup_id, BackupManifest, SettingFloors, FORMAT};
+use wayback::archive::{ArchiveTarget, BackupOptions, BackupReport, BackupTimings};
+use wayback::domain::InstanceId;
+use wayback::runtime::{
+    async_trait, AgentSurvey, Applied, ArchiveCommand, ArchiverStats, ClusterRuntime, ClusterSpec,
+    ClusterStatus, Placement, PlacementLedger, RestorePhase, RestoreSpec, RestoreState,
+    RestoreStatus, RuntimeError, WalPosition,
+};
+
+use super::{lock, Call, FakeCluster, FakeRuntime};
+
+/// A base backup's manifest as a 15.8 cluster would write it, with no parts.
+fn manifest(id: &InstanceId, reason: &str) -> BackupManifest {
+    let now = Utc::now();
+    BackupManifest {
+        format: FORMAT,
+        backup_id: backup_id(now),
+        instance_id: id.to_string(),
+        system_identifier: 7_000_000_000_000_000_001,
+        pg_version: 150008,
+        timeline: 1,
+        start_lsn: "0/2000028".into(),
+        stop_lsn: "0/2000138".into(),
+        start_wal: "000000010000000000000002".into(),
+        stop_wal: "000000010000000000000002".into(),
+        start_time: now,
+        stop_time: now,
+        floors: SettingFloors {
+            max_connections: 100,
+            max_worker_processes: 8,
+            max_locks_per_transaction: 64,
+            max_prepared_transactions: 0,
+            max_wal_senders: 10,
+        },
+        raw_bytes: 0,
+        stored_bytes: 0,
+        parts: vec![],
+        reason: reason.to_string(),
+    }
+}
+
+#[async_trait]
+impl ClusterRuntime for FakeRuntime {
+    async fn prepare(&self) -> Result<(), RuntimeError> {
+        self.enter(Call::Prepare, None).await
+    }
+
+    async fn place(
+        &self,
+        id: &InstanceId,
+        _ledger: &dyn PlacementLedger,
+    ) -> Result<Option<Placement>, RuntimeError> {
+        self.enter(Call::Place, Some(id)).await?;
+        Ok(None)
+    }
+
+    async fn survey(&self) -> AgentSurvey {
+        // A survey cannot fail; a failure asked for is dropped with the call.
+        let _ = self.enter(Call::Survey, None).await;
+        AgentSurvey::local()
+    }
+
+    async fn create_cluster(&self, spec: &ClusterSpec) -> Result<(), RuntimeError> {
+        self.enter(Call::CreateCluster, Some(&spec.instance))
+            .await?;
+        let mut clusters = lock(&self.clusters);
+        let cluster = clusters
+            .entry(spec.instance.to_string())
+            .or_insert_with(|| FakeCluster::new(ClusterStatus::Stopped, spec.port));
+        cluster.port = spec.port;
+        cluster.settings = spec.settings.clone();
+        Ok(())
+    }
+
+    async fn configure_archive(
+        &self,
+        id: &InstanceId,
+        _target: &ArchiveTarget,
+        _command: &ArchiveCommand,
+    ) -> Result<(), RuntimeError> {
+        self.enter(Call::ConfigureArchive, Some(id)).await?;
+        self.with(id, false, |c| c.archiving = true)
+    }
+
+    async fn start(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        self.enter(Call::Start, Some(id)).await?;
+        self.with(id, false, |c| c.status = ClusterStatus::Running)
+    }
+
+    async fn stop(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        self.enter(Call::Stop, Some(id)).await?;
+        let _ = self.with(id, false, |c| c.status = ClusterStatus::Stopped);
+        Ok(())
+    }
+
+    async fn status(&self, id: &InstanceId) -> Result<ClusterStatus, RuntimeError> {
+        self.enter(Call::Status, Some(id)).await?;
+        Ok(self
+            .with(id, false, |c| c.status)
+            .unwrap_or(ClusterStatus::Absent))
+    }
+
+    async fn destroy(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        self.enter(Call::Destroy, Some(id)).await?;
+        lock(&self.clusters).remove(id.as_str());
+        Ok(())
+    }
+
+    async fn apply_settings(&self, spec: &ClusterSpec) -> Result<Applied, RuntimeError> {
+        self.enter(Call::ApplySettings, Some(&spec.instance))
+            .await?;
+        self.with(&spec.instance, false, |c| {
+            c.settings = spec.settings.clone()
+        })?;
+        Ok(Applied { restarted: false })
+    }
+
+    async fn ensure_database(
+        &self,
+        id: &InstanceId,
+        database: &str,
+        owner_role: &str,
+    ) -> Result<(), RuntimeError> {
+        self.enter(Call::EnsureDatabase, Some(id)).await?;
+        self.with(id, true, |c| {
+            c.databases.insert(database.into(), owner_role.into());
+        })
+    }
+
+    async fn create_login_role(
+        &self,
+        id: &InstanceId,
+        role: &str,
+        _password: &SecretString,
+        _owner_role: &str,
+    ) -> Result<(), RuntimeError> {
+        self.enter(Call::CreateLoginRole, Some(id)).await?;
+        self.with(id, true, |c| {
+            c.roles.insert(role.into());
+        })
+    }
+
+    async fn drop_login_role(
+        &self,
+        id: &InstanceId,
+        role: &str,
+        _owner_role: &str,
+    ) -> Result<(), RuntimeError> {
+        self.enter(Call::DropLoginRole, Some(id)).await?;
+        self.with(id, true, |c| {
+            c.roles.remove(role);
+        })
+    }
+
+    async fn revoke_copied_logins(&self, id: &InstanceId) -> Result<Vec<String>, RuntimeError> {
+        self.enter(Call::RevokeCopiedLogins, Some(id)).await?;
+        self.with(id, true, |c| {
+            std::mem::take(&mut c.roles).into_iter().collect()
+        })
+    }
+
+    async fn seal_wal(
+        &self,
+        id: &InstanceId,
+        _database: &str,
+    ) -> Result<Option<(String, String)>, RuntimeError> {
+        self.enter(Call::SealWal, Some(id)).await?;
+        self.with(id, true, |_| None)
+    }
+
+    async fn reopen_database(&self, id: &InstanceId, _database: &str) -> Result<(), RuntimeError> {
+        self.enter(Call::ReopenDatabase, Some(id)).await?;
+        self.with(id, true, |_| ())
+    }
+
+    async fn switch_wal(&self, id: &InstanceId) -> Result<String, RuntimeError> {
+        self.enter(Call::SwitchWal, Some(id)).await?;
+        self.with(id, true, |_| "0/3000000".to_string())
+    }
+
+    async fn switch_wal_segment(&self, id: &InstanceId) -> Result<(String, String), RuntimeError> {
+        self.enter(Call::SwitchWalSegment, Some(id)).await?;
+        let segment = "000000010000000000000002".to_string();
+        self.with(id, true, |_| ("0/3000000".to_string(), segment))
+    }
+
+    async fn wal_position(&self, id: &InstanceId) -> Result<WalPosition, RuntimeError> {
+        self.enter(Call::WalPosition, Some(id)).await?;
+        let position = WalPosition {
+            current_lsn: 0x300_0000,
+            database_bytes: 8 << 20,
+        };
+        self.with(id, true, |_| position)
+    }
+
+    async fn archiver_stats(&self, id: &InstanceId) -> Result<ArchiverStats, RuntimeError> {
+        self.enter(Call::ArchiverStats, Some(id)).await?;
+        self.with(id, true, |_| ArchiverStats::default())
+    }
+
+    async fn take_backup(
+        &self,
+        id: &InstanceId,
+        _prefix: &InstancePrefix,
+        options: &BackupOptions,
+    ) -> Result<BackupReport, RuntimeError> {
+        self.enter(Call::TakeBackup, Some(id)).await?;
+        self.with(id, true, |_| ())?;
+        Ok(BackupReport {
+            manifest: manifest(id, &options.reason),
+            timings: BackupTimings::default(),
+        })
+    }
+
+    async fn start_restore(
+        &self,
+        id: &InstanceId,
+        spec: &RestoreSpec,
+    ) -> Result<RestoreStatus, RuntimeError> {
+        self.enter(Call::StartRestore, Some(id)).await?;
+        // The restored server runs, promoted, with the source's (here: no) roles.
+        let mut clusters = lock(&self.clusters);
+        let cluster = clusters
+            .entry(id.to_string())
+            .or_insert_with(|| FakeCluster::new(ClusterStatus::Running, spec.port));
+        cluster.status = ClusterStatus::Running;
+        cluster.archiving = true;
+        Ok(restored())
+    }
+
+    async fn restore_status(&self, id: &InstanceId) -> Result<RestoreStatus, RuntimeError> {
+        self.enter(Call::RestoreStatus, Some(id)).await?;
+        Ok(if self.exists(id.as_str()) {
+            restored()
+        } else {
+            RestoreStatus::default()
+        })
+    }
+}
+
+/// A restore that succeeded.
+fn restored() -> RestoreStatus {
+    RestoreStatus {
+        state: RestoreState::Succeeded,
+        phase: RestorePhase::Done,
+        backup_stop: Some(Utc::now().timestamp()),
+        backup_id: Some(backup_id(Utc::now())),
+        timeline: Some(2),
+        total_secs: Some(0.0),
+        ..RestoreStatus::default()
+    }
+}
