@@ -2,9 +2,11 @@
 //! real PostgreSQL clusters, the S3-compatible server that `scripts/test` starts, the real
 //! `wayback` binary for its subcommands, and wiremock for the Cloud Controller and UAA.
 //!
-//! `common` is the harness (`spawn_app()`, typed OSB helpers, the fake CF); `pg_support` drives
-//! PostgreSQL without a broker. Each other module is one area, named as its tests are filtered:
-//! `bash scripts/test clone::` runs the clone tests.
+//! `common` is the harness (`spawn_app()`, `spawn_fast_app()` on a fake runtime, typed OSB
+//! helpers and goldens, the fake CF); `pg_support` drives PostgreSQL without a broker. `fast`
+//! is the fast tier (no PostgreSQL or S3 server: `bash scripts/test --fast`). Each other module
+//! is one area, named as its tests are filtered: `bash scripts/test clone::` runs the clone
+//! tests.
 
 mod common;
 mod pg_support;
@@ -14,14 +16,13 @@ mod archive;
 mod archive_faults;
 mod backup;
 mod bosh_templates;
-mod cc_names;
 mod cf_wayback;
 mod clone;
 mod docs;
 mod drain;
 mod fast;
 mod lifecycle;
-mod osb_api;
+mod osb_pg;
 mod pg_driver;
 mod pg_runtime;
 mod register_broker;

@@ -7,6 +7,8 @@
 
 pub mod fake_cf;
 pub mod fake_runtime;
+pub mod golden;
+pub mod osb_client;
 pub mod s3_server;
 
 use std::os::unix::fs::PermissionsExt;

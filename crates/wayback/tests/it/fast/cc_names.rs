@@ -2,9 +2,9 @@
 //! that answer with the response shapes of their API docs (`tests/fixtures/cc/`, copied from
 //! `shared/cc-fixtures/`).
 //!
-//! The client tests drive `wayback::cc::CloudController` directly (no PostgreSQL needed); the
-//! broker tests provision through the OSB API and poll the store with a deadline while the
-//! application's name resolver works in the background.
+//! The client tests drive `wayback::cc::CloudController` directly; the broker tests provision
+//! through the OSB API on the fake runtime and poll the store with a deadline while the
+//! application's name resolver works in the background. None needs PostgreSQL.
 
 use crate::common;
 
@@ -306,12 +306,9 @@ async fn names_of(app: &TestApp, id: &str) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn a_name_missing_from_the_request_arrives_from_the_cc_after_it_recovers() {
-    if !pg_available() {
-        return;
-    }
     let platform = Platform::start().await;
     Platform::token_mock(TOKEN, 3600).mount(&platform.uaa).await;
-    let app = spawn_app_with(with_cc(&platform, 600)).await;
+    let app = spawn_fast_app_with(with_cc(&platform, 600)).await;
     let id = new_id();
     let failing: MockGuard = Platform::failing_mock(&id)
         .mount_as_scoped(&platform.cc)
@@ -365,12 +362,9 @@ async fn a_name_missing_from_the_request_arrives_from_the_cc_after_it_recovers()
 
 #[tokio::test]
 async fn the_reconcile_records_a_rename_seen_only_in_the_cc_but_never_an_older_name() {
-    if !pg_available() {
-        return;
-    }
     let platform = Platform::start().await;
     Platform::token_mock(TOKEN, 3600).mount(&platform.uaa).await;
-    let app = spawn_app_with(with_cc(&platform, 1)).await;
+    let app = spawn_fast_app_with(with_cc(&platform, 1)).await;
     let id = app.provision_ready("production").await;
 
     // The CC still shows an older name, last changed before ours was recorded (a PATCH
