@@ -10,6 +10,7 @@ pub mod fake_runtime;
 pub mod golden;
 pub mod osb_client;
 pub mod s3_server;
+pub mod wayback_client;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -14,3 +14,5 @@ mod osb_api;
 mod osb_bad_input;
 mod osb_bindings;
 mod osb_lifecycle;
+mod resume;
+mod wayback_api;
