@@ -3,10 +3,12 @@
 //! archive, and checks of the source itself. `bash scripts/test --fast` runs these and every
 //! crate's unit tests, for the edit-test loop.
 //!
-//! The OSB contract is here, every golden body of `tests/fixtures/osb/` (`osb_api`,
+//! Here: the OSB contract, every golden body of `tests/fixtures/osb/` (`osb_api`,
 //! `osb_lifecycle`, `osb_bindings`, `osb_bad_input`; the real tier's `osb_pg` checks the
-//! binding goldens again with real credentials), and the instance names from the Cloud
-//! Controller (`cc_names`, against wiremock).
+//! binding goldens again with real credentials); instance names from the Cloud Controller
+//! (`cc_names`) and the `/wayback/v1` authentication and space rules (`wayback_api`), against
+//! wiremock; jobs an older broker queued (`resume`); and the layering of the source
+//! (`architecture`).
 
 mod architecture;
 mod cc_names;
