@@ -7,8 +7,8 @@
 //! `osb_lifecycle`, `osb_bindings`, `osb_bad_input`; the real tier's `osb_pg` checks the
 //! binding goldens again with real credentials); instance names from the Cloud Controller
 //! (`cc_names`) and the `/wayback/v1` authentication and space rules (`wayback_api`), against
-//! wiremock; jobs an older broker queued (`resume`); and the layering of the source
-//! (`architecture`).
+//! wiremock; jobs an older broker queued (`resume`); what a provision does with the runtime's
+//! errors (`runtime_errors`); and the layering of the source (`architecture`).
 
 mod architecture;
 mod cc_names;
@@ -17,4 +17,5 @@ mod osb_bad_input;
 mod osb_bindings;
 mod osb_lifecycle;
 mod resume;
+mod runtime_errors;
 mod wayback_api;
