@@ -158,8 +158,10 @@ def poll_last_operation(client: Client, path: str, query: dict[str, str] | None 
                         on_progress: Callable[[str, str], None] | None = None) -> tuple[str, str]:
     """Polls a last_operation endpoint until the operation ends.
 
-    Returns ("succeeded", description), or ("gone", "") when gone_ok and the broker answers 410
-    (a finished deprovision or unbind). Raises OperationFailed on `failed`, on any other status,
+    Returns ("succeeded", description), or ("gone", "") when gone_ok and the broker answers 410.
+    A finished deprovision or unbind is ("succeeded", description) from Wayback, which keeps the
+    operation as a tombstone, and 410 from older brokers: a caller following a delete passes
+    gone_ok=True and treats both as done. Raises OperationFailed on `failed`, on any other status,
     and when `timeout` seconds pass. on_progress(state, description) is called whenever the
     description changes.
     """
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--query", action="append", default=[], metavar="K=V")
     p.add_argument("--interval", type=float, default=0.5)
     p.add_argument("--timeout", type=float, default=300.0)
-    p.add_argument("--gone-ok", action="store_true", help="treat HTTP 410 as success")
+    p.add_argument("--gone-ok", action="store_true", help="treat HTTP 410 as success (a finished delete on an older broker)")
     p = sub.add_parser("ids", help="print the service id and a plan id from catalog.json")
     p.add_argument("catalog", nargs="?", default=os.path.join(repo, "catalog.json"))
     p.add_argument("--plan", default="small")

@@ -23,8 +23,9 @@
     bench_archive.py undo --instance-file FILE --scale N --psql PSQL --state-db DB
             --results RESULTS [--name bench-archive] [--broker-log LOG] [--interval 0.1]
         Unbinds and deprovisions the instance of FILE (what `provision` wrote) as Cloud Foundry
-        would, polling until 410; then, timed from the PUT, provisions "NAME-undo" with
-        {"clone-from": NAME}, polls last_operation every INTERVAL s (each new description
+        would, polling until done (succeeded, or 410 from an older broker); then, timed from
+        the PUT, provisions "NAME-undo" with {"clone-from": NAME}, polls last_operation every
+        INTERVAL s (each new description
         printed with its time), binds it and runs `SELECT count(*) FROM pgbench_accounts` with
         the new credentials until it answers. Checks the clone's rows against the source's and
         appends undo_* lines to RESULTS; exits 1 (after a loud message) when anything fails.
@@ -271,7 +272,7 @@ def _restore_log(path: str | None) -> dict[str, float]:
 
 def undo(args: argparse.Namespace) -> int:
     """Deprovisions the benchmark's instance as Cloud Foundry would (unbind, then delete, polling
-    until 410), then times a clone-from provision of it: PUT → last_operation succeeded → bind →
+    until done), then times a clone-from provision of it: PUT → last_operation succeeded → bind →
     first successful query. Prints the timeline; writes key=value lines to --results."""
     import time
     sys.path.insert(0, os.path.join(REPO, "scripts"))
@@ -323,7 +324,8 @@ def undo(args: argparse.Namespace) -> int:
             f"backup {newest[0]} ({newest[1]}), {after} of WAL after it")
 
     # Deprovision as the platform does: the binding first (cf delete-service refuses a bound
-    # instance), then the instance; both async, polled until 410 Gone.
+    # instance), then the instance; both async, polled until they succeeded (410 Gone from an
+    # older broker counts as done too).
     t = time.monotonic()
     binding = f"/v2/service_instances/{source_id}/service_bindings/{src['binding_id']}"
     resp = client.delete(binding, dict(ids, accepts_incomplete="true"))
@@ -346,11 +348,12 @@ def undo(args: argparse.Namespace) -> int:
             interval=0.1, timeout=args.timeout, gone_ok=True)
     except osb.OperationFailed as err:
         return fail(f"deprovision: {err}")
-    if state != "gone":
-        return fail(f"deprovision ended {state!r}, not 410 Gone")
+    if state not in ("succeeded", "gone"):
+        return fail(f"deprovision ended {state!r}, not succeeded or 410 Gone")
     deprovision_s = time.monotonic() - t
     results.append(("undo_deprovision_s", f"{deprovision_s:.3f}"))
-    say(f"unbind + deprovision of {source_id}: 410 Gone after {deprovision_s:.1f}s")
+    ended = "410 Gone" if state == "gone" else "succeeded"
+    say(f"unbind + deprovision of {source_id}: {ended} after {deprovision_s:.1f}s")
 
     # The undo, timed from the PUT.
     clone_id, bind_id, app = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
@@ -652,7 +655,7 @@ def undo_rows(u: dict, p: dict, anchor: dict) -> list[tuple[str, ...]]:
     if "failed" in u:
         return [("undo: PUT → clone accepts queries", "", f"FAILED: {u['failed']}", "")]
     rows = [
-        ("undo: unbind + deprovision (→ 410 Gone, untimed)", "", _secs(u.get("deprovision_s")),
+        ("undo: unbind + deprovision (→ done, untimed)", "", _secs(u.get("deprovision_s")),
          ""),
         ("undo: PUT → last_operation succeeded", "", _secs(u.get("ready_s")), ""),
         ("undo: PUT → first connection through a new binding", "", _secs(u.get("connect_s")),

@@ -6,7 +6,7 @@ credentials from WAYBACK_BROKER_URL / _USERNAME / _PASSWORD. Prints each step an
 on the first failure prints the broker's response and exits 1.
 
     catalog -> provision -> poll -> bind -> poll -> credentials -> psql -> unbind -> poll
-            -> old credentials refused -> deprovision -> poll (410 counts as done)
+            -> old credentials refused -> deprovision -> poll (succeeded, or 410 from older brokers)
             -> undo: provision with clone-from the deleted instance's name -> poll (progress)
             -> bind the clone -> psql: the row is back -> unbind -> deprovision the clone
 """
@@ -155,7 +155,7 @@ def walk(client: osb.Client) -> None:
     resp = expect(client.delete(instance, dict(ids, accepts_incomplete="true")), 200, 202, 410)
     if resp.status == 202:
         operation = resp.body.get("operation") if isinstance(resp.body, dict) else None
-        step(f"GET {instance}/last_operation until it ends (410 Gone counts as done)")
+        step(f"GET {instance}/last_operation until it ends (succeeded; 410 Gone also counts as done)")
         query = dict(ids, **({"operation": operation} if operation else {}))
         wait(client, f"{instance}/last_operation", query, gone_ok=True)
 

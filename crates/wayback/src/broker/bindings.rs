@@ -332,29 +332,36 @@ impl Broker {
         })
     }
 
+    /// The operation `operation` names, else the binding's latest one; the same hint rule and
+    /// tombstone as [`Broker::last_operation`]: an unknown value answers for the binding's
+    /// current operation, another binding's operation is a 400, and a finished unbind answers
+    /// 200 `succeeded`.
     pub async fn binding_last_operation(
         &self,
         instance_id: &InstanceId,
         binding_id: &BindingId,
         operation: Option<&str>,
     ) -> Result<LastOperation, BrokerError> {
-        let binding = match self.ctx.store.get_binding(binding_id).await? {
-            Some(b) if b.instance_id == *instance_id => b,
+        match self.ctx.store.get_binding(binding_id).await? {
+            Some(b) if b.instance_id == *instance_id => {}
             _ => {
                 return Err(BrokerError::NotFound(format!(
                     "Service binding {binding_id} does not exist."
                 )))
             }
+        }
+        let named = match operation {
+            Some(op_id) => self.ctx.store.get_operation(op_id).await?,
+            None => None,
         };
-        let op = match operation {
-            Some(op_id) => match self.ctx.store.get_operation(op_id).await? {
-                Some(op) if op.binding_id.as_ref() == Some(binding_id) => op,
-                _ => {
-                    return Err(BrokerError::BadRequest(format!(
-                        "Operation {op_id:?} is not an operation of binding {binding_id}."
-                    )))
-                }
-            },
+        let op = match named {
+            Some(op) if op.binding_id.as_ref() == Some(binding_id) => op,
+            Some(_) => {
+                return Err(BrokerError::BadRequest(format!(
+                    "Operation {:?} is not an operation of binding {binding_id}.",
+                    operation.unwrap_or_default()
+                )))
+            }
             None => self
                 .ctx
                 .store
@@ -364,12 +371,6 @@ impl Broker {
                     BrokerError::NotFound(format!("Service binding {binding_id} has no operation."))
                 })?,
         };
-        if op.kind == OperationKind::Unbind
-            && op.state == OperationState::Succeeded
-            && binding.state == BindingState::Deleted
-        {
-            return Err(BrokerError::Gone);
-        }
         Ok(LastOperation {
             state: op.state,
             description: op.description,

@@ -2,7 +2,7 @@
 
 use super::instances::{InstanceView, LastOperation};
 use super::{Broker, BrokerError};
-use crate::domain::{InstanceId, InstanceState, OperationKind, OperationState};
+use crate::domain::{InstanceId, InstanceState};
 use crate::store::InstanceRecord;
 
 impl Broker {
@@ -27,48 +27,42 @@ impl Broker {
         }
     }
 
+    /// The operation `operation` names, else the instance's latest one.
+    ///
+    /// `operation` is a hint: a value this broker never issued (a checker sends the literal
+    /// `provision`) answers for the instance's current operation, while one that names another
+    /// instance's or a binding's operation is a 400. A finished deprovision answers 200
+    /// `succeeded`: the operation is kept as a tombstone, and the platform forgets the
+    /// instance on `succeeded` as it would on 410.
     pub async fn last_operation(
         &self,
         id: &InstanceId,
         operation: Option<&str>,
     ) -> Result<LastOperation, BrokerError> {
-        // The operation is read before the instance: a job records its effect on the instance
-        // before it marks the operation finished, so a succeeded deprovision read here always
-        // meets the instance already deleted (the other order could answer 200 instead of 410).
-        let op = match operation {
-            Some(op_id) => self
-                .ctx
-                .store
-                .get_operation(op_id)
-                .await?
-                .filter(|op| op.instance_id == *id && op.binding_id.is_none()),
-            None => self.ctx.store.latest_operation(id, None).await?,
+        let named = match operation {
+            Some(op_id) => self.ctx.store.get_operation(op_id).await?,
+            None => None,
         };
-        let Some(instance) = self.ctx.store.get_instance(id).await? else {
+        if self.ctx.store.get_instance(id).await?.is_none() {
             return Err(BrokerError::NotFound(format!(
                 "Service instance {id} does not exist."
             )));
-        };
-        let op = match (op, operation) {
-            (Some(op), _) => op,
-            (None, Some(op_id)) => {
-                return Err(BrokerError::BadRequest(format!(
-                    "Operation {op_id:?} is not an operation of service instance {id}."
-                )))
-            }
-            (None, None) => {
-                return Err(BrokerError::NotFound(format!(
-                    "Service instance {id} has no operation."
-                )))
-            }
-        };
-        // A finished deprovision: the platform forgets the instance on 410.
-        if op.kind == OperationKind::Deprovision
-            && op.state == OperationState::Succeeded
-            && instance.state == InstanceState::Deleted
-        {
-            return Err(BrokerError::Gone);
         }
+        let op = match named {
+            Some(op) if op.instance_id == *id && op.binding_id.is_none() => Some(op),
+            Some(_) => {
+                return Err(BrokerError::BadRequest(format!(
+                    "Operation {:?} is not an operation of service instance {id}.",
+                    operation.unwrap_or_default()
+                )))
+            }
+            None => self.ctx.store.latest_operation(id, None).await?,
+        };
+        let Some(op) = op else {
+            return Err(BrokerError::NotFound(format!(
+                "Service instance {id} has no operation."
+            )));
+        };
         Ok(LastOperation {
             state: op.state,
             description: op.description,

@@ -8,7 +8,7 @@ use crate::common;
 use std::process::Output;
 
 use common::*;
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::Value;
 
 /// Runs `wayback smoke-test ARGS` against `app` with a clean environment and `password`.
@@ -77,7 +77,7 @@ async fn the_walk_passes_every_step_and_leaves_nothing_behind() {
         "a uri (with its password) was printed: {stdout}"
     );
 
-    // Both instances are gone from the broker.
+    // Both instances are gone from the broker: their deprovision is kept as a tombstone.
     for key in ["instance_id", "clone_id"] {
         let id = report[key].as_str().expect("an instance id");
         let r = app
@@ -88,7 +88,13 @@ async fn the_walk_passes_every_step_and_leaves_nothing_behind() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), StatusCode::GONE, "{key} {id}");
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert_delete_finished(status, &body);
+        assert!(
+            body["description"].is_string(),
+            "{key} {id}: the tombstone says what happened: {body}"
+        );
         let r = app
             .osb(Method::GET, &format!("/v2/service_instances/{id}"))
             .send()

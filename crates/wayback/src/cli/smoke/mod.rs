@@ -6,7 +6,7 @@
 //! 2. `provision`: a fresh instance `wayback-smoke-<8 hex>`, polled until it succeeds;
 //! 3. `bind`: credentials for it (polled and fetched when the broker answers 202);
 //! 4. `write`: a table and a few rows holding a random marker, read back, over the binding's uri;
-//! 5. `unbind`, 6. `deprovision` (polled until 410 Gone);
+//! 5. `unbind`, 6. `deprovision` (polled until `succeeded`, or 410 Gone from an older broker);
 //! 7. `clone`: a new instance with `{"clone-from": "<the name>"}`, the PUT repeated while the
 //!    broker answers 422 because the source has no complete base backup yet; every new
 //!    `last_operation` description is shown as progress;

@@ -197,8 +197,9 @@ impl<'a> Walk<'a> {
     }
 
     /// DELETE an instance or binding as the platform does, and follow the operation until it
-    /// is gone.
-    async fn delete_and_wait(&mut self, path: &str, ids: &Ids) -> anyhow::Result<()> {
+    /// is gone: its last_operation `succeeded` (or 410 Gone from an older broker). Returns how
+    /// the broker said so.
+    async fn delete_and_wait(&mut self, path: &str, ids: &Ids) -> anyhow::Result<String> {
         let q = Self::ids_query(ids);
         let answer = self
             .osb
@@ -211,9 +212,10 @@ impl<'a> Walk<'a> {
         let reply = answer.expect(&format!("DELETE {path}"), &[200, 202, 410])?;
         if answer.status == 202 {
             let poll = format!("{path}/last_operation?{q}{}", operation_query(&reply));
-            self.poll(&poll, true).await?;
+            let ended = self.poll(&poll, true).await?;
+            return Ok(format!("last_operation {ended}"));
         }
-        Ok(())
+        Ok(format!("DELETE answered {}", answer.status))
     }
 
     pub(super) async fn deprovision(
@@ -223,9 +225,9 @@ impl<'a> Walk<'a> {
     ) -> anyhow::Result<((), String)> {
         let instance = self.instance(clone)?;
         let path = format!("/v2/service_instances/{instance}");
-        self.delete_and_wait(&path, ids).await?;
+        let how = self.delete_and_wait(&path, ids).await?;
         self.made_mut(clone).gone = true;
-        Ok(((), format!("instance {instance} deleted (410 Gone)")))
+        Ok(((), format!("instance {instance} deleted ({how})")))
     }
 
     pub(super) async fn verify(

@@ -228,15 +228,16 @@ impl<'a> Walk<'a> {
             .expect("the instance was recorded before its first call")
     }
 
-    /// Polls a last_operation path until `succeeded` (or 410 Gone when `gone_ok`); prints each
-    /// new description as progress.
-    pub(super) async fn poll(&mut self, path: &str, gone_ok: bool) -> anyhow::Result<()> {
+    /// Polls a last_operation path until `succeeded` (or 410 Gone when `gone_ok`: a finished
+    /// delete on an older broker; this one answers 200 `succeeded`); prints each new
+    /// description as progress. Returns how it ended: `succeeded` or `410 Gone`.
+    pub(super) async fn poll(&mut self, path: &str, gone_ok: bool) -> anyhow::Result<&'static str> {
         let mut wait = Duration::from_millis(250);
         let mut last = String::new();
         loop {
             let answer = self.osb.call(Method::GET, path, None).await?;
             if answer.status == 410 && gone_ok {
-                return Ok(());
+                return Ok("410 Gone");
             }
             let body = answer.expect(&format!("GET {}", path_only(path)), &[200])?;
             let description = body["description"].as_str().unwrap_or_default().to_string();
@@ -245,7 +246,7 @@ impl<'a> Walk<'a> {
                 last = description;
             }
             match body["state"].as_str() {
-                Some("succeeded") => return Ok(()),
+                Some("succeeded") => return Ok("succeeded"),
                 Some("in progress") => {}
                 Some("failed") => bail!("the operation failed: {}", answer.describe()),
                 _ => bail!("unexpected last_operation: {}", answer.describe()),

@@ -30,18 +30,12 @@ pub async fn provision(
     let accepts_incomplete = body::accepts_incomplete(&q)?;
     let b: ProvisionBody = body::json(payload, state.max_body_bytes).await?;
     let context = b.context.unwrap_or_default();
-    // organization_guid/space_guid are deprecated at top level in favour of context; accept
-    // either, but they must agree when both are given.
+    // OSB v2.17 marks the top-level organization_guid and space_guid REQUIRED (deprecated in
+    // favour of `context`, which SHOULD carry them as well): a body with them only in context
+    // is refused, and when both are given they must agree.
     let from_context = |key: &str| context.get(key).and_then(Value::as_str).map(str::to_string);
-    let org = field(
-        b.organization_guid
-            .or_else(|| from_context("organization_guid")),
-        "organization_guid",
-    )?;
-    let space = field(
-        b.space_guid.or_else(|| from_context("space_guid")),
-        "space_guid",
-    )?;
+    let org = top_level_guid(b.organization_guid, "organization_guid")?;
+    let space = top_level_guid(b.space_guid, "space_guid")?;
     for (key, top) in [("organization_guid", &org), ("space_guid", &space)] {
         if let Some(c) = from_context(key) {
             if &c != top {
@@ -75,6 +69,20 @@ pub async fn provision(
             dashboard_url: Some(dashboard_url),
         }),
     })
+}
+
+/// A top-level `organization_guid` / `space_guid`: present and not blank, whatever `context`
+/// holds (checkers send bodies without them and expect a 400 that names the field).
+fn top_level_guid(value: Option<String>, name: &str) -> Result<String, OsbError> {
+    match value {
+        Some(v) if !v.trim().is_empty() => Ok(v),
+        Some(_) => Err(OsbError::bad_request(format!(
+            "Field {name:?} must not be empty: send the GUID at the top level of the body (and the same in context.{name})."
+        ))),
+        None => Err(OsbError::bad_request(format!(
+            "Field {name:?} is required at the top level of the body (OSB v2.17), even when context carries it: send the same GUID as \"{name}\" and as context.{name}."
+        ))),
+    }
 }
 
 pub async fn update(

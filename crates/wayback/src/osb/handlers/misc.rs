@@ -1,7 +1,8 @@
-//! Catalog, health, metrics, the instance dashboard page, and the JSON 404.
+//! Catalog, health, metrics, the instance dashboard page, the JSON 404 and the JSON 405.
 
+use actix_web::http::header::{HeaderValue, ALLOW};
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde_json::json;
 
 use super::State;
@@ -77,4 +78,25 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, OsbError> {
         "NotFound",
         format!("No such endpoint: {} {}.", req.method(), req.path()),
     ))
+}
+
+/// The answer to a method a route does not serve: 405 with the OSB error body and an `Allow`
+/// header listing `allow` (actix-web's own 405 has an empty body, which checkers refuse).
+pub fn method_not_allowed(allow: &'static str) -> actix_web::Route {
+    web::to(move |req: HttpRequest| async move {
+        let e = OsbError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!(
+                "{} is not allowed on {}: this route serves {allow}.",
+                req.method(),
+                req.path()
+            ),
+        );
+        let mut response = e.error_response();
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(allow));
+        response
+    })
 }

@@ -4,9 +4,9 @@
 //! crate's unit tests, for the edit-test loop.
 //!
 //! Here: the OSB contract, every golden body of `tests/fixtures/osb/` (`osb_api`,
-//! `osb_lifecycle`, `osb_bindings`, `osb_bad_input`; the real tier's `osb_pg` checks the
-//! binding goldens again with real credentials); instance names from the Cloud Controller
-//! (`cc_names`) and the `/wayback/v1` authentication and space rules (`wayback_api`), against
+//! `osb_lifecycle`, `osb_bindings`, `osb_bad_input`, and `osb_checkers` for the answers OSB
+//! checkers trip on; the real tier's `osb_pg` checks the binding goldens again with real
+//! credentials); instance names from the Cloud Controller (`cc_names`) and the `/wayback/v1` authentication and space rules (`wayback_api`), against
 //! wiremock; jobs an older broker queued (`resume`); what a provision does with the runtime's
 //! errors (`runtime_errors`); and the layering of the source (`architecture`).
 
@@ -15,6 +15,7 @@ mod cc_names;
 mod osb_api;
 mod osb_bad_input;
 mod osb_bindings;
+mod osb_checkers;
 mod osb_lifecycle;
 mod resume;
 mod runtime_errors;

@@ -94,22 +94,22 @@ async fn bind_fetch_and_unbind_bodies() {
     o.expect(app.delete_binding(&id, &b1, false), "unbind-200")
         .await;
     assert!(!has_role(&app, &id, &credentials), "the role is dropped");
-    let (status, _) = app.poll_binding(&id, &b1, None).await;
-    assert_eq!(status, StatusCode::GONE);
+    let (status, body) = app.poll_binding(&id, &b1, None).await;
+    assert_delete_finished(status, &body);
     o.expect(o.get(&bnd(&id, &b1)), "binding-404").await;
     o.expect(app.delete_binding(&id, &b1, false), "gone-410")
         .await;
     o.expect(app.put_binding(&id, &b1, false), "bind-409-deleted")
         .await;
 
-    // Asynchronous unbind: 202, then last_operation says 410.
+    // Asynchronous unbind: 202, then last_operation says succeeded (a tombstone).
     let unbind_op = o
         .expect(app.delete_binding(&id, &b2, true), "unbind-202")
         .await
         .operation();
-    let (status, gone) = app.poll_binding(&id, &b2, Some(&unbind_op)).await;
-    assert_eq!(status, StatusCode::GONE, "{gone}");
-    assert_golden("gone-410", &gone);
+    let (status, done) = app.poll_binding(&id, &b2, Some(&unbind_op)).await;
+    assert_delete_finished(status, &done);
+    assert_golden("binding-last-operation-200-unbind", &o.norm.apply(&done));
     o.expect(o.get(&bnd(&id, &b2)), "binding-404").await;
     assert!(!has_role(&app, &id, fetched_credentials), "async unbind");
 }

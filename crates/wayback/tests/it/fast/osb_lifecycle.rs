@@ -103,11 +103,12 @@ async fn provision_fetch_and_deprovision() {
     )
     .await;
 
-    // last_operation refuses operations that are not this instance's.
+    // `operation` is a hint: one this broker never issued answers for the current operation
+    // (was a 400 before issue 12); one of another instance is refused.
     let stranger = format!("provision-{}", new_id());
     o.expect(
         o.get(&last_op(&inst(&id), Some(&stranger))),
-        "last-operation-400",
+        "last-operation-200-provision",
     )
     .await;
     o.expect(
@@ -170,17 +171,18 @@ async fn provision_fetch_and_deprovision() {
     o.expect(app.put_instance(&id, &body), "provision-422-deprovisioning")
         .await;
     destroying.release();
-    let (status, gone) = app.poll_instance(&id, Some(&delete_op)).await;
-    assert_eq!(
-        status,
-        StatusCode::GONE,
-        "a finished deprovision is 410: {gone}"
-    );
-    assert_golden("gone-410", &gone);
+    let (status, done) = app.poll_instance(&id, Some(&delete_op)).await;
+    assert_delete_finished(status, &done);
+    assert_golden("last-operation-200-deprovision", &o.norm.apply(&done));
 
-    // Deleted.
-    o.expect(o.get(&last_op(&inst(&id), None)), "gone-410")
+    // Deleted: the deprovision is kept as a tombstone (was 410 before issue 12).
+    for operation in [None, Some("deprovision"), Some(delete_op.as_str())] {
+        o.expect(
+            o.get(&last_op(&inst(&id), operation)),
+            "last-operation-200-deprovision",
+        )
         .await;
+    }
     let old = Reply::of(o.get(&last_op(&inst(&id), Some(&provision_op))).await).await;
     assert_eq!(
         old.body["state"], "succeeded",
@@ -328,12 +330,8 @@ async fn delete_during_provisioning_cleans_up() {
     assert_ne!(delete_op, provision_op);
     creating.release();
 
-    let (status, gone) = app.poll_instance(&id, Some(&delete_op)).await;
-    assert_eq!(
-        status,
-        StatusCode::GONE,
-        "the instance ends deleted: {gone}"
-    );
+    let (status, done) = app.poll_instance(&id, Some(&delete_op)).await;
+    assert_delete_finished(status, &done);
     let (status, provision) = app.poll_instance(&id, Some(&provision_op)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -382,8 +380,8 @@ async fn failed_provision_can_be_deleted() {
         .expect(app.delete_instance(&id), "deprovision-202")
         .await
         .operation();
-    let (status, gone) = app.poll_instance(&id, Some(&delete_op)).await;
-    assert_eq!(status, StatusCode::GONE, "{gone}");
+    let (status, done) = app.poll_instance(&id, Some(&delete_op)).await;
+    assert_delete_finished(status, &done);
     let record = app.store.get_instance(&iid(&id)).await.unwrap().unwrap();
     assert_eq!(record.state.as_str(), "deleted");
     let calls = app.fake().calls_for(&id);
