@@ -128,9 +128,16 @@ pub struct SwitchBody {
     pub segment: String,
 }
 
-/// `GET /v1/clusters/{id}/wal`: `[current LSN, bytes of every database]`.
+/// `GET /v1/clusters/{id}/wal`: `[current LSN, bytes of every database]`, and with
+/// `?written=1` a third element, the bytes of WAL records written (`pg_stat_wal.wal_bytes`).
+/// The third element is sent only when asked, because a broker older than it reads exactly
+/// two; an agent older than it ignores the query and sends two, read here as `None`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WalBody(pub u64, pub u64);
+pub struct WalBody(
+    pub u64,
+    pub u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")] pub Option<u64>,
+);
 
 /// `GET /v1/clusters/{id}/archiver`: what a running cluster's archiver reports
 /// (`pg_stat_archiver` and `archive_status/`).
@@ -292,7 +299,19 @@ mod tests {
             .unwrap(),
             json!({"status": "ok", "version": "1"})
         );
-        assert_eq!(serde_json::to_value(WalBody(7, 8)).unwrap(), json!([7, 8]));
+        assert_eq!(
+            serde_json::to_value(WalBody(7, 8, None)).unwrap(),
+            json!([7, 8])
+        );
+        assert_eq!(
+            serde_json::to_value(WalBody(7, 8, Some(9))).unwrap(),
+            json!([7, 8, 9])
+        );
+        // An older agent's answer.
+        assert_eq!(
+            serde_json::from_value::<WalBody>(json!([7, 8])).unwrap(),
+            WalBody(7, 8, None)
+        );
         let busy = WireError {
             message: "port".into(),
             permanent: false,

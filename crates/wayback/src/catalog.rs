@@ -94,6 +94,10 @@ pub struct ArchivePolicy {
     /// A base backup is also taken once the WAL archived since the newest one passes this share
     /// of the database's size, so that a restore never replays much more than it copies.
     pub base_backup_wal_share: f64,
+    /// A base backup is never due for WAL volume sooner than this many minutes after the newest
+    /// one: each copies the whole database, and replaying this long a stretch of WAL is cheap
+    /// next to copying it again and again.
+    pub base_backup_min_minutes: u64,
     /// Point-in-time restore reaches back this many days; older backups and WAL are pruned.
     pub recovery_window_days: u64,
 }
@@ -104,6 +108,7 @@ impl Default for ArchivePolicy {
             archive_interval_secs: None,
             base_backup_every_hours: 24,
             base_backup_wal_share: 0.5,
+            base_backup_min_minutes: 30,
             recovery_window_days: 7,
         }
     }
@@ -125,6 +130,9 @@ impl ArchivePolicy {
             return Err(format!(
                 "{p}.base_backup_wal_share must be more than 0 and at most 100"
             ));
+        }
+        if !(1..=24 * 60).contains(&self.base_backup_min_minutes) {
+            return Err(format!("{p}.base_backup_min_minutes must be 1 to 1440"));
         }
         if !(1..=3650).contains(&self.recovery_window_days) {
             return Err(format!("{p}.recovery_window_days must be 1 to 3650"));

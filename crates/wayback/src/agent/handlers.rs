@@ -314,7 +314,13 @@ async fn switch_wal(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
 async fn wal_position(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
     let id = instance(&state, &req)?;
     let p = state.runtime.wal_position(&id).await?;
-    ok(&wire::WalBody(p.current_lsn, p.database_bytes))
+    // The third element only for a broker that asks: an older one reads exactly two.
+    let asked = req.query_string().split('&').any(|q| q == "written=1");
+    ok(&wire::WalBody(
+        p.current_lsn,
+        p.database_bytes,
+        p.wal_bytes.filter(|_| asked),
+    ))
 }
 
 async fn archiver(state: web::Data<AgentState>, req: HttpRequest) -> Reply {

@@ -4,12 +4,18 @@
 //! For a live instance with a recovery window of `d` days, every point in time of the last `d`
 //! days must stay restorable. A point in time needs a backup that ended before it and all WAL
 //! from that backup's start on. So the plan keeps the newest complete backup whose stop time is
-//! at or before `now − d` (the *anchor*) and every newer backup, and the WAL they need: on the
+//! at or before `now − d` (the *anchor*) and the WAL it and every newer point need: on the
 //! anchor's timeline every segment from its `start_wal` on, every segment of later timelines,
 //! and every `.history` file (tiny, and recovery reads them to follow timeline switches).
 //! `.backup` labels and `.partial` segments follow the segment rule by their segment name.
 //! Older backups and WAL go. Without any complete backup nothing but stale incomplete backups
 //! is deleted: WAL without a base is still the only copy of the history.
+//!
+//! Of the backups newer than the anchor, those of the last [`DENSE_HOURS`] are all kept; older
+//! ones are thinned to the newest of each hour (by stop time), plus the first on each timeline
+//! after the anchor's. Since all WAL from the anchor on stays, every point of the window stays
+//! restorable from the anchor or a kept backup; the thinned ones only shortened replay. This
+//! also clears what a backup every minute (an idle instance's loop, issue 12) left behind.
 //!
 //! A backup is complete when its manifest is present (`manifest.rs`). Deleting one removes
 //! the manifest first and the parts after, so that an interrupted deletion leaves an
@@ -29,12 +35,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Duration, NaiveDateTime, Utc};
 
 use super::layout::{InstancePrefix, WalFileKind};
+use super::manifest::BackupManifest;
 use super::window::{classify, complete_backups, load_manifests, ArchivedObject, Manifests};
 use super::ArchiveError;
 use crate::storage::{ObjectMeta, ObjectStore};
 
 /// How long parts without a manifest may wait for it before they count as abandoned.
 pub const INCOMPLETE_GRACE_HOURS: i64 = 24;
+
+/// Backups that ended within this many hours are all kept; older ones, at most one an hour.
+pub const DENSE_HOURS: i64 = 24;
 
 /// What one plan keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,8 +135,8 @@ pub fn plan_retention(
         .iter()
         .rposition(|b| b.stop_time <= cutoff)
         .unwrap_or(0);
-    let kept: BTreeSet<&str> = complete[anchor..]
-        .iter()
+    let kept: BTreeSet<&str> = thinned(&complete, anchor, now)
+        .into_iter()
         .map(|b| b.backup_id.as_str())
         .collect();
     // The first segment the oldest kept backup needs: (timeline, log, seg).
@@ -159,12 +169,14 @@ pub fn plan_retention(
     };
 
     let mut plan = RetentionPlan {
-        kept_backups: complete[anchor..]
+        kept_backups: complete
             .iter()
+            .filter(|b| kept.contains(b.backup_id.as_str()))
             .map(|b| b.backup_id.clone())
             .collect(),
-        deleted_backups: complete[..anchor]
+        deleted_backups: complete
             .iter()
+            .filter(|b| !kept.contains(b.backup_id.as_str()))
             .map(|b| b.backup_id.clone())
             .collect(),
         oldest_kept_wal: complete.get(anchor).map(|b| b.start_wal.clone()),
@@ -217,6 +229,24 @@ pub fn plan_retention(
     plan.delete.extend(rest_to_delete);
     plan.incomplete_backups = incomplete.into_iter().collect();
     plan
+}
+
+/// The complete backups retention keeps, oldest first: the anchor (`complete[anchor]`, the
+/// window's start), every one that ended within [`DENSE_HOURS`] of `now`, and of the older
+/// ones the newest of each hour and the first of each timeline after the anchor's.
+fn thinned(complete: &[BackupManifest], anchor: usize, now: DateTime<Utc>) -> Vec<&BackupManifest> {
+    let dense_from = now - Duration::hours(DENSE_HOURS);
+    let hour = |b: &BackupManifest| b.stop_time.timestamp().div_euclid(3600);
+    let mut timelines = BTreeSet::new();
+    let mut kept = Vec::new();
+    for (i, b) in complete.iter().enumerate().skip(anchor) {
+        let first_on_timeline = timelines.insert(b.timeline);
+        let newest_of_hour = !complete.get(i + 1).is_some_and(|n| hour(n) == hour(b));
+        if i == anchor || first_on_timeline || b.stop_time > dense_from || newest_of_hour {
+            kept.push(b);
+        }
+    }
+    kept
 }
 
 /// The reaper's plan for a deleted instance whose grace period is over: everything but

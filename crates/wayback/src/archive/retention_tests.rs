@@ -1,6 +1,7 @@
 //! Table-driven tests of the retention plan over a realistic archive: four complete backups
 //! over twenty days with a timeline switch between the second and the third, abandoned and
-//! in-flight incomplete backups, `.history`, `.backup` and `.partial` files.
+//! in-flight incomplete backups, `.history`, `.backup` and `.partial` files; and the thinning of
+//! an archive with a backup every five minutes for three days (an idle instance's old loop).
 
 use std::collections::BTreeSet;
 
@@ -35,7 +36,10 @@ struct Backup {
 }
 
 fn backup(started_hours_ago: i64, tl: u32, start_seg: u32) -> Backup {
-    let start = ago(started_hours_ago);
+    backup_at(ago(started_hours_ago), tl, start_seg)
+}
+
+fn backup_at(start: DateTime<Utc>, tl: u32, start_seg: u32) -> Backup {
     let id = backup_id(start);
     Backup {
         manifest: BackupManifest {
@@ -367,4 +371,135 @@ async fn prune_and_reap_act_on_a_real_store() {
         .map(|o| o.key)
         .collect();
     assert_eq!(left, vec![format!("{P}/instance.json")]);
+}
+
+/// A backup every 5 minutes for three days, a timeline switch at the 500th: (listing,
+/// manifests, the backups oldest first).
+fn dense_archive() -> (Vec<ObjectMeta>, Manifests, Vec<BackupManifest>) {
+    let first = now() - Duration::days(3);
+    let mut listing = vec![obj(format!("{P}/instance.json"), 900, first)];
+    let mut manifests = Manifests::new();
+    let mut all = Vec::new();
+    for k in 0..864u32 {
+        let tl = if k < 500 { 1 } else { 2 };
+        let b = backup_at(first + Duration::minutes(5 * i64::from(k)), tl, k + 2);
+        let t = b.manifest.stop_time;
+        listing.push(obj(format!("{P}/base/{}/data/00000.tar.zst", b.id), 100, t));
+        listing.push(obj(format!("{P}/base/{}/manifest.json", b.id), 10, t));
+        manifests.insert(b.id.clone(), Ok(b.manifest.clone()));
+        all.push(b.manifest);
+    }
+    for n in 1..=501 {
+        listing.push(obj(wal(&seg(1, n)), 1000, first));
+    }
+    listing.push(obj(wal("00000002.history"), 42, first));
+    for n in 501..=870 {
+        listing.push(obj(wal(&seg(2, n)), 1000, first));
+    }
+    listing.sort_by(|a, b| a.key.cmp(&b.key));
+    (listing, manifests, all)
+}
+
+/// Every WAL segment from `start_wal` on (on its timeline, and all of later ones) is kept.
+fn wal_from_is_kept(plan: &RetentionPlan, start_wal: &str) {
+    let from = crate::archive::layout::WalFileName::parse(start_wal)
+        .unwrap()
+        .segment_parts()
+        .unwrap();
+    for key in &plan.delete {
+        let Some(name) = key.strip_prefix(&format!("{P}/wal/")) else {
+            continue;
+        };
+        let at = crate::archive::layout::WalFileName::parse(name)
+            .unwrap()
+            .segment_parts()
+            .unwrap();
+        assert!(
+            at.0 < from.0 || (at.0 == from.0 && (at.1, at.2) < (from.1, from.2)),
+            "{key} is deleted but a kept backup from {start_wal} needs it"
+        );
+    }
+}
+
+#[test]
+fn backups_minutes_apart_are_thinned_to_one_an_hour_beyond_the_last_day() {
+    let (listing, manifests, all) = dense_archive();
+    let plan = plan_retention(
+        &prefix(),
+        &listing,
+        &manifests,
+        now(),
+        &RetentionPolicy::days(7),
+    );
+    let kept: BTreeSet<&str> = plan.kept_backups.iter().map(String::as_str).collect();
+    let day_ago = now() - Duration::hours(DENSE_HOURS);
+    let hour = |b: &BackupManifest| b.stop_time.timestamp().div_euclid(3600);
+    for (k, b) in all.iter().enumerate() {
+        let newest_of_hour = !all.get(k + 1).is_some_and(|n| hour(n) == hour(b));
+        let want = b.stop_time > day_ago || newest_of_hour || k == 0 || k == 500;
+        assert_eq!(kept.contains(b.backup_id.as_str()), want, "backup {k}");
+    }
+    // The window's start (the oldest backup here) and the first on timeline 2 stay.
+    assert_eq!(plan.kept_backups[0], all[0].backup_id);
+    assert!(kept.contains(all[500].backup_id.as_str()));
+    assert_eq!(
+        plan.oldest_kept_wal.as_deref(),
+        Some(all[0].start_wal.as_str())
+    );
+    wal_from_is_kept(&plan, &all[0].start_wal);
+    assert_eq!(
+        plan.delete.iter().filter(|k| k.contains("/wal/")).count(),
+        1
+    );
+    // 288 of the last day, about 48 older hours: far fewer than 864.
+    assert!(plan.kept_backups.len() < 350, "{}", plan.kept_backups.len());
+    assert_eq!(
+        plan.kept_backups.len() + plan.deleted_backups.len(),
+        all.len()
+    );
+    let (first, _) = plan.phases();
+    assert_eq!(first.len(), plan.deleted_backups.len());
+}
+
+#[test]
+fn thinning_never_deletes_what_the_windows_start_needs() {
+    let (listing, manifests, all) = dense_archive();
+    for days in [1, 2] {
+        let cutoff = now() - Duration::days(days);
+        let plan = plan_retention(
+            &prefix(),
+            &listing,
+            &manifests,
+            now(),
+            &RetentionPolicy::days(days as u64),
+        );
+        // The anchor: the newest backup that ended at or before the window's start.
+        let anchor = all.iter().rposition(|b| b.stop_time <= cutoff).unwrap();
+        assert_eq!(plan.kept_backups[0], all[anchor].backup_id, "{days} d");
+        assert!(
+            all[..anchor]
+                .iter()
+                .all(|b| plan.deleted_backups.contains(&b.backup_id)),
+            "{days} d"
+        );
+        assert_eq!(
+            plan.oldest_kept_wal.as_deref(),
+            Some(all[anchor].start_wal.as_str()),
+            "{days} d"
+        );
+        wal_from_is_kept(&plan, &all[anchor].start_wal);
+        // Every point of the window has a kept backup that ended before it, with its WAL.
+        let kept: Vec<&BackupManifest> = all
+            .iter()
+            .filter(|b| plan.kept_backups.contains(&b.backup_id))
+            .collect();
+        let mut t = cutoff;
+        while t <= now() {
+            let base = kept.iter().rev().find(|b| b.stop_time <= t);
+            let base = base.unwrap_or_else(|| panic!("{days} d: no backup for {t}"));
+            wal_from_is_kept(&plan, &base.start_wal);
+            t += Duration::minutes(37);
+        }
+        assert!(plan.keep.contains(&wal("00000002.history")));
+    }
 }

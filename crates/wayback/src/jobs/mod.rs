@@ -25,7 +25,7 @@ pub use model::{
     new_job, BackupPayload, Job, JobKind, JobSpec, ProvisionPayload, Requested, Step,
     UnreadableJob, UpdatePayload,
 };
-pub use steps::backup::{backup_due, backup_job};
+pub use steps::backup::{backup_due, backup_job, wal_written_since};
 pub use worker::Worker;
 
 /// What a step asks the worker to do next.

@@ -11,8 +11,11 @@
 //!
 //! And it keeps base backups recent: at most once a minute per ready instance it asks whether
 //! one is due by the plan's schedule ([`crate::jobs::backup_due`]: none yet, the newest older
-//! than `base_backup_every_hours`, or more WAL since its end than `base_backup_wal_share` of the
-//! databases' size) and enqueues a `backup` job unless one is already pending.
+//! than `base_backup_every_hours`, or, no sooner than `base_backup_min_minutes` after it, more
+//! WAL records written since its start than `base_backup_wal_share` of the databases' size and
+//! than one segment) and enqueues a `backup` job unless one is already pending. WAL is counted
+//! in bytes of records, never as an LSN distance: the switches above pad segments to their end,
+//! and by LSN an idle instance's every backup made the next one due.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

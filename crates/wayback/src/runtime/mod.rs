@@ -54,6 +54,11 @@ pub struct WalPosition {
     pub current_lsn: u64,
     /// The sum of `pg_database_size` over every database.
     pub database_bytes: u64,
+    /// Bytes of WAL records the cluster has written since its statistics were last reset
+    /// (`pg_stat_wal.wal_bytes`): what users and maintenance wrote, without the padding a
+    /// segment switch leaves. A counter: it goes back to 0 after a crash or a reset. None from
+    /// an agent older than this field.
+    pub wal_bytes: Option<u64>,
 }
 
 /// Result of applying new settings to a running cluster.

@@ -341,11 +341,13 @@ impl ClusterRuntime for RemoteRuntime {
     }
 
     async fn wal_position(&self, id: &InstanceId) -> Result<WalPosition, RuntimeError> {
-        let wire::WalBody(current_lsn, database_bytes) =
-            self.on_cluster(id, Method::GET, "/wal", NONE).await?;
+        let wire::WalBody(current_lsn, database_bytes, wal_bytes) = self
+            .on_cluster(id, Method::GET, "/wal?written=1", NONE)
+            .await?;
         Ok(WalPosition {
             current_lsn,
             database_bytes,
+            wal_bytes,
         })
     }
 

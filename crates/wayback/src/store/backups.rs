@@ -33,6 +33,9 @@ pub struct BackupRecord {
     pub archive_wait_ms: i64,
     pub job_id: String,
     pub recorded_at: i64,
+    /// The cluster's `pg_stat_wal.wal_bytes` just before the backup started; None when it was
+    /// not known (an older agent, or recorded before the counter was).
+    pub wal_bytes_at_start: Option<i64>,
 }
 
 /// Inserts `job` unless the partial unique index says one like it is pending already.
@@ -93,7 +96,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO backups (instance_id, backup_id, reason, start_lsn, stop_lsn, stop_wal, \
              stop_time, raw_bytes, stored_bytes, duration_ms, stream_ms, archive_wait_ms, job_id, \
-             recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             recorded_at, wal_bytes_at_start) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
              ON CONFLICT DO NOTHING",
         )
         .bind(b.instance_id.as_str())
@@ -110,6 +114,7 @@ impl Store {
         .bind(b.archive_wait_ms)
         .bind(&b.job_id)
         .bind(b.recorded_at)
+        .bind(b.wal_bytes_at_start)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -156,5 +161,6 @@ fn backup_from_row(r: &sqlx::any::AnyRow) -> Result<BackupRecord, StoreError> {
         archive_wait_ms: r.try_get("archive_wait_ms")?,
         job_id: r.try_get("job_id")?,
         recorded_at: r.try_get("recorded_at")?,
+        wal_bytes_at_start: r.try_get("wal_bytes_at_start")?,
     })
 }

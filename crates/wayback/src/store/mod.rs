@@ -98,6 +98,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed(include_str!("../../migrations/0005_agents.sql")),
             false,
         ),
+        Migration::new(
+            6,
+            Cow::Borrowed("backup wal bytes"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0006_backup_wal_bytes.sql")),
+            false,
+        ),
     ];
     Migrator {
         migrations: Cow::Owned(migrations),

@@ -118,7 +118,7 @@ fn check_tar(tar: &[u8], m: &BackupManifest) {
     assert!(control, "global/pg_control in the tar");
 }
 
-fn runtime_for(app: &TestApp) -> wayback::runtime::LocalRuntime {
+pub(crate) fn runtime_for(app: &TestApp) -> wayback::runtime::LocalRuntime {
     let mut pg = wayback::config::PostgresSettings::default();
     if let Ok(u) = std::env::var("WAYBACK_PG_OS_USER") {
         pg.os_user = u;

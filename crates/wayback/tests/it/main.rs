@@ -15,6 +15,7 @@ mod agents;
 mod archive;
 mod archive_faults;
 mod backup;
+mod backup_schedule;
 mod bosh_templates;
 mod cf_wayback;
 mod clone;

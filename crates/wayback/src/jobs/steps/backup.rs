@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use crate::archive::layout::{parse_lsn, InstancePrefix};
+use crate::archive::layout::InstancePrefix;
 use crate::archive::{BackupOptions, BackupReport};
 use crate::catalog::ArchivePolicy;
 use crate::context::AppContext;
@@ -37,9 +37,22 @@ pub fn backup_job(instance: &InstanceId, reason: &str) -> NewJob {
     )
 }
 
-/// Why a backup is due now, if it is: none yet, the newest is older than the plan's interval,
-/// or the WAL written since its end passed the plan's share of the database size (a restore
-/// would replay more than it copies).
+/// Less real WAL than this never makes a backup due, whatever the database's size: a restore
+/// fetches whole 16 MiB segments anyway, and the few hundred bytes of records a backup's own
+/// checkpoint and a switch write must never add up to the next backup.
+pub const WAL_VOLUME_FLOOR_BYTES: u64 = 16 << 20;
+
+/// Why a backup is due now, if it is: none yet; the newest is older than the plan's
+/// `base_backup_every_hours` (the schedule); or, no sooner than `base_backup_min_minutes` after
+/// it, the WAL records written since it started passed the plan's share of the databases' size
+/// (a restore would replay more than it copies) and [`WAL_VOLUME_FLOOR_BYTES`].
+///
+/// The WAL is counted in bytes of records (`pg_stat_wal.wal_bytes`), not as an LSN distance:
+/// every segment switch (the archive interval's, and each backup's own) pads the segment to its
+/// end, up to 16 MiB of LSN that nobody wrote, which is more than half a small database. Measured
+/// by LSN, every backup made the next one due. When the count is unknown (an older agent, a
+/// backup recorded before it was, or a counter that went back after a crash or a reset) no
+/// backup is due for WAL volume; the schedule still applies.
 pub fn backup_due(
     policy: &ArchivePolicy,
     newest: Option<&BackupRecord>,
@@ -49,16 +62,27 @@ pub fn backup_due(
     let Some(newest) = newest else {
         return Some("schedule");
     };
+    let age_ms = now_ms - newest.stop_time;
     let every_ms = (policy.base_backup_every_hours as i64).saturating_mul(3_600_000);
-    if now_ms - newest.stop_time >= every_ms {
+    if age_ms >= every_ms {
         return Some("schedule");
     }
+    let min_ms = (policy.base_backup_min_minutes as i64).saturating_mul(60_000);
+    if age_ms < min_ms {
+        return None;
+    }
     let position = position?;
-    let since = position
-        .current_lsn
-        .saturating_sub(parse_lsn(&newest.stop_lsn).unwrap_or(0));
-    let limit = policy.base_backup_wal_share * position.database_bytes as f64;
-    (since as f64 > limit).then_some("wal-volume")
+    let written = wal_written_since(newest, &position)?;
+    let limit = (policy.base_backup_wal_share * position.database_bytes as f64)
+        .max(WAL_VOLUME_FLOOR_BYTES as f64);
+    (written as f64 > limit).then_some("wal-volume")
+}
+
+/// Bytes of WAL records written since `newest` started, when both counts are known and the
+/// counter did not go back (a crash or `pg_stat_reset_shared('wal')` restarts it at 0).
+pub fn wal_written_since(newest: &BackupRecord, position: &WalPosition) -> Option<u64> {
+    let then = u64::try_from(newest.wal_bytes_at_start?).ok()?;
+    position.wal_bytes?.checked_sub(then)
 }
 
 pub async fn backup_step(ctx: &AppContext, job: &Job, reason: &str) -> StepResult {
@@ -99,6 +123,16 @@ pub async fn take_and_record(
     instance: &InstanceRecord,
     reason: &str,
 ) -> Result<(), StepError> {
+    // The WAL counter before the backup starts: the next backup is due for the WAL a restore
+    // from this one would replay, which begins at its start. Best effort: without it only the
+    // schedule applies until the next backup.
+    let wal_bytes_at_start = match ctx.runtime.wal_position(&instance.id).await {
+        Ok(p) => p.wal_bytes.and_then(|w| i64::try_from(w).ok()),
+        Err(e) => {
+            tracing::debug!(instance = %instance.id, error = %e, "cannot read the WAL counter before a backup");
+            None
+        }
+    };
     let report = take(ctx, instance, reason).await?;
     let m = &report.manifest;
     ctx.store
@@ -117,6 +151,7 @@ pub async fn take_and_record(
             archive_wait_ms: report.timings.archive_wait_ms as i64,
             job_id: job_id.to_string(),
             recorded_at: now_millis(),
+            wal_bytes_at_start,
         })
         .await?;
     ctx.metrics.backup_finished(
@@ -163,13 +198,16 @@ async fn take(
 mod tests {
     use super::*;
 
-    fn newest(stop_time: i64, stop_lsn: &str) -> BackupRecord {
+    const HOUR: i64 = 3_600_000;
+    const MIB: u64 = 1 << 20;
+
+    fn newest(stop_time: i64, wal_bytes_at_start: Option<i64>) -> BackupRecord {
         BackupRecord {
             instance_id: InstanceId::parse("i1").unwrap(),
             backup_id: "20261121T180102003Z".into(),
             reason: "provision".into(),
             start_lsn: "0/2000028".into(),
-            stop_lsn: stop_lsn.into(),
+            stop_lsn: "0/2000100".into(),
             stop_wal: "000000010000000000000002".into(),
             stop_time,
             raw_bytes: 1,
@@ -179,44 +217,98 @@ mod tests {
             archive_wait_ms: 0,
             job_id: "j".into(),
             recorded_at: stop_time,
+            wal_bytes_at_start,
         }
     }
 
+    /// `lsn` far ahead of the backup's stop (switch padding), `written` bytes of records.
+    fn pos(lsn: u64, db: u64, written: Option<u64>) -> Option<WalPosition> {
+        Some(WalPosition {
+            current_lsn: lsn,
+            database_bytes: db,
+            wal_bytes: written,
+        })
+    }
+
     #[test]
-    fn due_when_none_old_or_much_wal() {
-        let policy = ArchivePolicy::default(); // 24 h, share 0.5
-        let hour = 3_600_000;
-        let pos = |lsn: u64, db: u64| {
-            Some(WalPosition {
-                current_lsn: lsn,
-                database_bytes: db,
-            })
-        };
+    fn due_when_none_or_old() {
+        let policy = ArchivePolicy::default(); // 24 h, share 0.5, at least 30 min apart
         assert_eq!(backup_due(&policy, None, 0, None), Some("schedule"));
-        let b = newest(0, "0/10000000");
-        assert_eq!(backup_due(&policy, Some(&b), 23 * hour, None), None);
+        let b = newest(0, Some(1000));
+        assert_eq!(backup_due(&policy, Some(&b), 23 * HOUR, None), None);
         assert_eq!(
-            backup_due(&policy, Some(&b), 24 * hour, None),
+            backup_due(&policy, Some(&b), 24 * HOUR, None),
             Some("schedule")
         );
-        // 100 MiB of WAL since the backup, 300 MiB database: under half.
+    }
+
+    #[test]
+    fn due_when_the_records_written_pass_the_share() {
+        let policy = ArchivePolicy::default();
+        let b = newest(0, Some(1000));
+        // 100 MiB of records since the backup, 300 MiB database: under half.
+        let under = pos(0x1000_0000, 300 * MIB, Some(1000 + 100 * MIB));
+        assert_eq!(backup_due(&policy, Some(&b), HOUR, under), None);
+        let over = pos(0x1000_0000, 300 * MIB, Some(1000 + 200 * MIB));
         assert_eq!(
-            backup_due(
-                &policy,
-                Some(&b),
-                hour,
-                pos(0x1000_0000 + (100 << 20), 300 << 20)
-            ),
+            backup_due(&policy, Some(&b), HOUR, over),
+            Some("wal-volume")
+        );
+    }
+
+    /// The loop issue 12 found: a 30 MiB instance whose LSN moved a whole segment past the
+    /// backup (its own switch, the archive interval's switches) with nothing written.
+    #[test]
+    fn switch_padding_and_backup_records_never_make_one_due() {
+        let policy = ArchivePolicy::default();
+        let b = newest(0, Some(5_000_000));
+        for minutes in [1, 2, 31, 60, 600, 1439] {
+            let now = minutes * 60_000;
+            // LSN 64 MiB on, 400 bytes of checkpoint and switch records.
+            let idle = pos(0x400_0000, 30 * MIB, Some(5_000_400));
+            assert_eq!(backup_due(&policy, Some(&b), now, idle), None, "{minutes}");
+        }
+        // 10 MiB of real WAL is more than half a 16 MiB database, but less than a segment.
+        let small = pos(0, 16 * MIB, Some(5_000_000 + 10 * MIB));
+        assert_eq!(backup_due(&policy, Some(&b), HOUR, small), None);
+        let more = pos(0, 16 * MIB, Some(5_000_000 + 17 * MIB));
+        assert_eq!(
+            backup_due(&policy, Some(&b), HOUR, more),
+            Some("wal-volume")
+        );
+    }
+
+    #[test]
+    fn never_sooner_than_the_plans_minimum() {
+        let policy = ArchivePolicy {
+            base_backup_min_minutes: 30,
+            ..ArchivePolicy::default()
+        };
+        let b = newest(0, Some(0));
+        let busy = pos(0, 30 * MIB, Some(1 << 30));
+        assert_eq!(backup_due(&policy, Some(&b), 29 * 60_000, busy), None);
+        assert_eq!(
+            backup_due(&policy, Some(&b), 30 * 60_000, busy),
+            Some("wal-volume")
+        );
+    }
+
+    #[test]
+    fn an_unknown_or_reset_counter_leaves_only_the_schedule() {
+        let policy = ArchivePolicy::default();
+        let busy = |written| pos(1 << 40, 30 * MIB, written);
+        // Recorded before the counter was, an older agent, a counter that went back.
+        let old = newest(0, None);
+        assert_eq!(
+            backup_due(&policy, Some(&old), HOUR, busy(Some(1 << 30))),
             None
         );
+        let b = newest(0, Some(1 << 30));
+        assert_eq!(backup_due(&policy, Some(&b), HOUR, busy(None)), None);
+        assert_eq!(backup_due(&policy, Some(&b), HOUR, busy(Some(5))), None);
         assert_eq!(
-            backup_due(
-                &policy,
-                Some(&b),
-                hour,
-                pos(0x1000_0000 + (200 << 20), 300 << 20)
-            ),
-            Some("wal-volume")
+            backup_due(&policy, Some(&b), 24 * HOUR, busy(Some(5))),
+            Some("schedule")
         );
     }
 }

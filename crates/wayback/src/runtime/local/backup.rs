@@ -1,6 +1,6 @@
 //! What the archive needs to take a base backup of a local cluster, and what the schedule needs
 //! to decide when: the binaries, socket, live port and superuser password; the current WAL
-//! position and the databases' size.
+//! position, the WAL records written so far (`pg_stat_wal`) and the databases' size.
 //!
 //! The system identifier handed over is the one the instance's archive target names (what its
 //! WAL is checked against, rule 8), so a backup can never land in an archive whose WAL belongs
@@ -59,16 +59,19 @@ impl LocalRuntime {
         };
         let row = sqlx::query(
             "SELECT pg_current_wal_lsn()::text, \
-             (SELECT sum(pg_database_size(oid))::int8 FROM pg_database)",
+             (SELECT sum(pg_database_size(oid))::int8 FROM pg_database), \
+             (SELECT wal_bytes::int8 FROM pg_stat_wal)",
         )
         .fetch_one(&mut conn)
         .await
         .map_err(sql_err)?;
         let lsn: String = row.try_get(0).map_err(sql_err)?;
         let size: Option<i64> = row.try_get(1).map_err(sql_err)?;
+        let written: Option<i64> = row.try_get(2).map_err(sql_err)?;
         Ok(WalPosition {
             current_lsn: crate::archive::layout::parse_lsn(&lsn).unwrap_or(0),
             database_bytes: size.unwrap_or(0).max(0) as u64,
+            wal_bytes: written.and_then(|w| u64::try_from(w).ok()),
         })
     }
 }

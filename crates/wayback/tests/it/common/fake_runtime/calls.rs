@@ -195,6 +195,7 @@ impl ClusterRuntime for FakeRuntime {
         let position = WalPosition {
             current_lsn: 0x300_0000,
             database_bytes: 8 << 20,
+            wal_bytes: Some(0),
         };
         self.with(id, true, |_| position)
     }
