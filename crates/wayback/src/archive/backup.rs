@@ -61,6 +61,10 @@ pub struct BackupOptions {
     pub uploads_in_flight: usize,
     /// The longest `pg_basebackup` may stream.
     pub stream_timeout: Duration,
+    /// The longest `pg_basebackup` may send nothing: at its end PostgreSQL waits there, before
+    /// the stream ends, for the backup's end segment to be archived — forever, if archiving is
+    /// stuck. Then the backup fails, and its server side is ended too.
+    pub stall_timeout: Duration,
     /// The longest we wait for the end segment to reach the archive (rule 7).
     pub archive_wait: Duration,
     /// `provision`, `schedule`, `wal-volume`, `manual`.
@@ -75,6 +79,7 @@ impl BackupOptions {
             part_bytes: s.backup.part_bytes,
             uploads_in_flight: s.backup.uploads_in_flight,
             stream_timeout: Duration::from_secs(s.backup.stream_timeout_secs),
+            stall_timeout: Duration::from_secs(s.backup.stall_timeout_secs),
             archive_wait: Duration::from_secs(s.wal.final_archive_timeout_secs),
             reason: reason.to_string(),
         }
@@ -295,6 +300,8 @@ async fn stream(
     id: &str,
     uploader: &mut PartUploader,
 ) -> Result<(TarScanner, u64), ArchiveError> {
+    // Names this backup's walsender, so that a stalled one can be found and ended.
+    let application_name = format!("wayback-backup {id}");
     let mut cmd = tokio::process::Command::new(&source.pg_basebackup);
     cmd.arg("--host")
         .arg(&source.socket_dir)
@@ -312,7 +319,7 @@ async fn stream(
         .env("PATH", "/usr/bin:/bin")
         .env("LC_ALL", "C")
         .env("PGPASSWORD", source.password.expose_secret())
-        .env("PGAPPNAME", "wayback-backup")
+        .env("PGAPPNAME", &application_name)
         .env("PGCONNECT_TIMEOUT", "10")
         .current_dir("/")
         .stdin(Stdio::null())
@@ -343,10 +350,25 @@ async fn stream(
     let mut part = Vec::with_capacity(part_bytes);
     let mut total = 0u64;
     loop {
-        let n = stdout
-            .read(&mut chunk)
-            .await
-            .map_err(|e| ArchiveError::io("read pg_basebackup's output", e))?;
+        let read = tokio::time::timeout(options.stall_timeout, stdout.read(&mut chunk)).await;
+        let Ok(read) = read else {
+            // Dropping `child` kills pg_basebackup; the server's side of the backup waits on
+            // by itself (for archiving) unless it is ended as well.
+            end_server_side(source, &application_name).await;
+            return Err(ArchiveError::Io(format!(
+                "pg_basebackup sent nothing for {} s (backup.stall_timeout_secs) after {total} \
+                 bytes{}; PostgreSQL waits there for the backup's end segment to be archived — \
+                 check that archiving works (pg_stat_archiver, the cluster's log) and that the \
+                 archive storage is reachable",
+                options.stall_timeout.as_secs(),
+                if scanner.label.is_some() {
+                    ""
+                } else {
+                    " (still at its start checkpoint)"
+                }
+            )));
+        };
+        let n = read.map_err(|e| ArchiveError::io("read pg_basebackup's output", e))?;
         if n == 0 {
             break;
         }
@@ -381,6 +403,33 @@ async fn stream(
         return Err(ArchiveError::Io(format!("the backup stream: {e}")));
     }
     Ok((scanner, total))
+}
+
+/// Ends the server's side of a backup given up on (its walsender, named `application_name`);
+/// best effort, logged. Left alone, it would keep a WAL sender slot until archiving recovers.
+async fn end_server_side(source: &BackupSource, application_name: &str) {
+    let options = crate::pg::sql::admin_options(&source.socket_dir, source.port, &source.password);
+    let ended = async {
+        let mut conn = crate::pg::sql::connect(&options, crate::pg::sql::ADMIN_DATABASE)
+            .await
+            .map_err(|e| e.to_string())?;
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(application_name)
+        .execute(&mut conn)
+        .await
+        .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(30), ended).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(instance = %source.instance_id, error = %e, "cannot end a stalled base backup on the server; it ends when archiving recovers")
+        }
+        Err(_) => {
+            tracing::warn!(instance = %source.instance_id, "the server did not answer in 30 s while ending a stalled base backup; it ends when archiving recovers")
+        }
+    }
 }
 
 /// Waits for the backup history file and reads the backup's end from it.
@@ -495,3 +544,7 @@ async fn server_facts(source: &BackupSource) -> Result<ServerFacts, ArchiveError
         floors,
     })
 }
+
+#[cfg(test)]
+#[path = "backup_tests.rs"]
+mod tests;

@@ -56,6 +56,9 @@ pub struct BackupSettings {
     pub part_bytes: u64,
     /// The longest `pg_basebackup` may stream before the backup fails.
     pub stream_timeout_secs: u64,
+    /// The longest `pg_basebackup` may send nothing — at its end PostgreSQL waits there for the
+    /// backup's end segment to be archived — before the backup fails and its parts are removed.
+    pub stall_timeout_secs: u64,
 }
 
 /// Raw tar bytes per base backup part, unless `backup.part_bytes` says otherwise.
@@ -68,6 +71,7 @@ impl Default for BackupSettings {
             uploads_in_flight: 3,
             part_bytes: DEFAULT_PART_BYTES,
             stream_timeout_secs: 6 * 3600,
+            stall_timeout_secs: 300,
         }
     }
 }
@@ -142,8 +146,12 @@ pub struct PostgresSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JobSettings {
-    /// How many operations run at the same time.
+    /// How many user-facing operations (provision, update, deprovision, bind, unbind) run at
+    /// the same time.
     pub concurrency: usize,
+    /// How many background jobs (base backups) run at the same time, in a lane of their own:
+    /// they never hold a slot a user-facing operation could use.
+    pub background_concurrency: usize,
     /// How long a claimed job stays leased without a heartbeat before another worker may take it.
     pub lease_secs: u64,
     /// Attempts of one step before its operation fails.
@@ -229,6 +237,7 @@ impl Default for JobSettings {
     fn default() -> Self {
         Self {
             concurrency: 8,
+            background_concurrency: 2,
             lease_secs: 15,
             max_attempts: 5,
             poll_interval_ms: 500,

@@ -26,6 +26,9 @@ impl Settings {
         if self.jobs.concurrency == 0 {
             return invalid("jobs.concurrency", "must be at least 1");
         }
+        if !(1..=16).contains(&self.jobs.background_concurrency) {
+            return invalid("jobs.background_concurrency", "must be between 1 and 16");
+        }
         if self.jobs.max_attempts == 0 {
             return invalid("jobs.max_attempts", "must be at least 1");
         }
@@ -49,6 +52,9 @@ impl Settings {
         }
         if self.backup.stream_timeout_secs == 0 {
             return invalid("backup.stream_timeout_secs", "must be at least 1");
+        }
+        if self.backup.stall_timeout_secs == 0 {
+            return invalid("backup.stall_timeout_secs", "must be at least 1");
         }
         if self.retention.interval_secs == 0 {
             return invalid("retention.interval_secs", "must be at least 1");

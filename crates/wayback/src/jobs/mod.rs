@@ -3,8 +3,11 @@
 //! Every OSB operation that takes time is a job made of named steps. The worker claims a job
 //! with a lease, runs its current step, and records the next step before running it, so that a
 //! broker killed at any moment leaves a job whose current step is re-run — steps are idempotent.
-//! A heartbeat renews the lease while a step runs; a dead broker's lease runs out and any worker
-//! takes over. Tests drive the same code through [`Worker::run_next`] and [`Worker::run_job`].
+//! The lease is renewed from the claim on, for as long as the worker works on the job ((`lease`));
+//! a worker that loses it stops, and a dead broker's lease runs out and any worker takes over. A
+//! job that must wait gives its worker back. User-facing operations and background jobs run in
+//! two lanes with their own slots ([`Lane`]), so background work never starves users. Tests
+//! drive the same code through [`Worker::run_next`] and [`Worker::run_job`].
 //!
 //! A job is typed ([`model`]): its kind, payload and step are Rust values, read once from the
 //! stored row when a worker claims it; each kind's steps are one table there. `steps` says what
@@ -14,6 +17,7 @@
 
 mod clone_source;
 pub mod instance_doc;
+mod lease;
 mod model;
 mod steps;
 mod worker;
@@ -22,7 +26,7 @@ use std::time::Duration;
 
 pub use clone_source::CloneSource;
 pub use model::{
-    new_job, BackupPayload, Job, JobKind, JobSpec, ProvisionPayload, Requested, Step,
+    new_job, BackupPayload, Job, JobKind, JobSpec, Lane, ProvisionPayload, Requested, Step,
     UnreadableJob, UpdatePayload,
 };
 pub use steps::backup::{backup_due, backup_job, wal_written_since};

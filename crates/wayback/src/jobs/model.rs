@@ -74,6 +74,52 @@ stored_names! {
     }
 }
 
+/// Which of the worker's two lanes runs a kind of job. User-facing operations never wait behind
+/// background work: each lane has its own slots (`jobs.concurrency`,
+/// `jobs.background_concurrency`) and claims only its own kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// What a platform's user asked for and is waiting on: provision (clone included), update,
+    /// deprovision, bind, unbind.
+    User,
+    /// What the broker does on its own: base backups (later retention, drills).
+    Background,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::User, Lane::Background];
+
+    /// The stored names of the kinds this lane runs.
+    pub fn kinds(self) -> Vec<&'static str> {
+        JobKind::ALL
+            .iter()
+            .filter(|k| k.lane() == self)
+            .map(|k| k.as_str())
+            .collect()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::User => "user",
+            Lane::Background => "background",
+        }
+    }
+}
+
+impl JobKind {
+    /// The lane that runs this kind.
+    pub fn lane(self) -> Lane {
+        match self {
+            JobKind::Provision
+            | JobKind::Update
+            | JobKind::Deprovision
+            | JobKind::Bind
+            | JobKind::Unbind => Lane::User,
+            JobKind::Backup => Lane::Background,
+        }
+    }
+}
+
 stored_names! {
     /// A step of a job. The worker records the step before running it, and a job resumed
     /// after a restart runs its recorded step again.

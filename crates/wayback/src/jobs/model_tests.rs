@@ -203,3 +203,14 @@ fn stored_names_are_the_serde_names() {
     }
     assert!(Step::from_name("Start").is_err());
 }
+
+#[test]
+fn every_kind_runs_in_one_lane_and_only_backups_in_the_background() {
+    assert_eq!(Lane::Background.kinds(), ["backup"]);
+    assert_eq!(
+        Lane::User.kinds(),
+        ["provision", "update", "deprovision", "bind", "unbind"]
+    );
+    let in_some_lane: usize = Lane::ALL.iter().map(|l| l.kinds().len()).sum();
+    assert_eq!(in_some_lane, JobKind::ALL.len());
+}

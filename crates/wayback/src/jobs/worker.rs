@@ -1,4 +1,11 @@
-//! The worker loop: bounded concurrency, leases with heartbeats, backoff, shutdown.
+//! The worker loop: two lanes of bounded concurrency, leases held while a job runs, backoff,
+//! shutdown.
+//!
+//! User-facing operations and background jobs run in separate lanes ([`Lane`]), each with its
+//! own slots and its own claim query, so a queue of backups never delays a provision. A job
+//! holds a slot only while it works: one that waits (`Outcome::Wait`, e.g. a deprovision
+//! waiting for another operation on its instance) is released with a `run_after` and gives
+//! its slot back, whatever the wait.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -6,7 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::model::{Job, Step};
+use super::lease::{holding, LeaseLost};
+use super::model::{Job, Lane, Step};
 use super::{steps, Outcome, StepError};
 use crate::context::AppContext;
 use crate::domain::OperationState;
@@ -17,18 +25,23 @@ use crate::store::{now_millis, JobRecord};
 pub struct Worker {
     ctx: Arc<AppContext>,
     owner: String,
-    wake: Arc<Notify>,
+    /// One wake-up signal per lane (indexed by `lane_index`).
+    wake: Arc<[Notify; 2]>,
 }
 
-/// Waits shorter than this are slept through while holding the lease; longer ones release it.
-const SHORT_WAIT: Duration = Duration::from_secs(3);
+fn lane_index(lane: Lane) -> usize {
+    match lane {
+        Lane::User => 0,
+        Lane::Background => 1,
+    }
+}
 
 impl Worker {
     pub fn new(ctx: Arc<AppContext>) -> Self {
         Self {
             ctx,
             owner: format!("broker-{}", uuid::Uuid::new_v4()),
-            wake: Arc::new(Notify::new()),
+            wake: Arc::new([Notify::new(), Notify::new()]),
         }
     }
 
@@ -36,13 +49,19 @@ impl Worker {
         &self.ctx
     }
 
-    /// Tells the loop that a new job is waiting.
+    /// Tells both lanes that a new job is waiting.
     pub fn wake(&self) {
-        self.wake.notify_one();
+        for notify in self.wake.iter() {
+            notify.notify_one();
+        }
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_secs(self.ctx.settings.jobs.lease_secs)
     }
 
     fn lease_until(&self) -> i64 {
-        now_millis() + (self.ctx.settings.jobs.lease_secs as i64) * 1000
+        now_millis() + self.lease().as_millis() as i64
     }
 
     /// Claims and runs the next runnable job, if any. Returns whether one ran.
@@ -90,10 +109,24 @@ impl Worker {
         }
     }
 
-    /// Runs jobs until `shutdown` fires, at most `jobs.concurrency` at a time; then waits for
-    /// running steps to end (their leases let another broker resume anything left).
+    /// Runs jobs until `shutdown` fires: user-facing ones at most `jobs.concurrency` at a time,
+    /// background ones at most `jobs.background_concurrency`, each lane on its own slots; then
+    /// waits for running steps to end (their leases let another broker resume anything left).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
-        let limit = self.ctx.settings.jobs.concurrency;
+        let jobs = &self.ctx.settings.jobs;
+        let user = self
+            .clone()
+            .run_lane(Lane::User, jobs.concurrency, shutdown.clone());
+        let background =
+            self.clone()
+                .run_lane(Lane::Background, jobs.background_concurrency, shutdown);
+        tokio::join!(user, background);
+    }
+
+    /// One lane: claims only its own kinds, into its own `limit` slots.
+    async fn run_lane(self, lane: Lane, limit: usize, shutdown: CancellationToken) {
+        let kinds = lane.kinds();
+        let wake = &self.wake[lane_index(lane)];
         let slots = Arc::new(Semaphore::new(limit));
         let poll = Duration::from_millis(self.ctx.settings.jobs.poll_interval_ms);
         loop {
@@ -104,12 +137,12 @@ impl Worker {
             let claimed = match self
                 .ctx
                 .store
-                .claim_job(&self.owner, self.lease_until(), None)
+                .claim_job_of(&self.owner, self.lease_until(), &kinds)
                 .await
             {
                 Ok(job) => job,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot claim jobs; retrying");
+                    tracing::warn!(lane = lane.as_str(), error = %e, "cannot claim jobs; retrying");
                     None
                 }
             };
@@ -119,13 +152,13 @@ impl Worker {
                     tokio::spawn(async move {
                         me.run_claimed(job).await;
                         drop(permit);
-                        me.wake.notify_one();
+                        me.wake();
                     });
                 }
                 None => {
                     drop(permit);
                     tokio::select! {
-                        _ = self.wake.notified() => {}
+                        _ = wake.notified() => {}
                         _ = tokio::time::sleep(poll) => {}
                         _ = shutdown.cancelled() => break,
                     }
@@ -136,8 +169,22 @@ impl Worker {
         let _ = slots.acquire_many(limit as u32).await;
     }
 
-    /// Runs a claimed job step by step until it ends, waits, or must be retried later.
+    /// Runs a claimed job while holding its lease; stops where it is if the lease is lost.
     async fn run_claimed(&self, record: JobRecord) {
+        let (id, kind) = (record.id.clone(), record.kind.clone());
+        let work = self.run_holding(record);
+        match holding(&self.ctx.store, &id, &self.owner, self.lease(), work).await {
+            Ok(()) => {}
+            Err(LeaseLost::Taken) => {
+                tracing::warn!(job = %id, kind = %kind, "lost the job's lease; another worker has it, so this one stopped")
+            }
+            // Logged where it was found.
+            Err(LeaseLost::Unrenewable) => {}
+        }
+    }
+
+    /// Runs a claimed job step by step until it ends, waits, or must be retried later.
+    async fn run_holding(&self, record: JobRecord) {
         let mut job = match Job::from_record(&record) {
             Ok(job) => job,
             Err(e) => return self.refuse(&record, &e.to_string()).await,
@@ -157,9 +204,7 @@ impl Worker {
                     tracing::warn!(parent: &span, error = %e, "cannot record progress");
                 }
             }
-            let result = self
-                .with_heartbeat(&job.id, steps::run_step(&self.ctx, &job))
-                .await;
+            let result = steps::run_step(&self.ctx, &job).await;
             match result {
                 Ok(Outcome::Next) => match job.next_step() {
                     Some(step) if self.advance(&mut job, step, &span).await => {}
@@ -178,7 +223,7 @@ impl Worker {
                     self.finish(&job, OperationState::Failed, Some(why)).await;
                     return;
                 }
-                Ok(Outcome::Wait(d)) if d <= SHORT_WAIT => tokio::time::sleep(d).await,
+                // Never slept through in place: the slot goes to other work meanwhile.
                 Ok(Outcome::Wait(d)) => {
                     self.release(&job.id, job.attempts, d, "waiting").await;
                     return;
@@ -270,29 +315,6 @@ impl Worker {
             {
                 tracing::warn!(job = %record.id, error = %e, "cannot mark the operation failed");
             }
-        }
-    }
-
-    /// Runs `fut` while renewing the lease of job `id`.
-    async fn with_heartbeat<T>(&self, id: &str, fut: impl std::future::Future<Output = T>) -> T {
-        let every = Duration::from_millis((self.ctx.settings.jobs.lease_secs * 1000 / 3).max(300));
-        let store = self.ctx.store.clone();
-        let (id, owner) = (id.to_string(), self.owner.clone());
-        let lease_secs = self.ctx.settings.jobs.lease_secs as i64;
-        let beat = async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if let Err(e) = store
-                    .renew_lease(&id, &owner, now_millis() + lease_secs * 1000)
-                    .await
-                {
-                    tracing::warn!(error = %e, job = %id, "cannot renew lease");
-                }
-            }
-        };
-        tokio::select! {
-            out = fut => out,
-            _ = beat => unreachable!("heartbeat loop never ends"),
         }
     }
 

@@ -3,7 +3,8 @@
 //! A worker claims a runnable job by writing its own id and a lease deadline; it renews the
 //! lease while a step runs. A broker that dies stops renewing, and once the lease has passed any
 //! worker — the restarted broker or another one sharing the database — claims the job again and
-//! re-runs its current step (steps are idempotent).
+//! re-runs its current step (steps are idempotent). A lease still running is never taken, not even
+//! by its own owner: a job runs in one place at a time.
 
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
@@ -76,10 +77,52 @@ impl Store {
         }
         .fetch_optional(&self.pool)
         .await?;
-        let Some((id,)) = candidate else {
+        match candidate {
+            Some((id,)) => self.take_lease(owner, lease_until, &id, now).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Claims the oldest runnable job of one of `kinds` (a worker's lane) for `owner` until
+    /// `lease_until`. None when there is nothing to do.
+    pub async fn claim_job_of(
+        &self,
+        owner: &str,
+        lease_until: i64,
+        kinds: &[&str],
+    ) -> Result<Option<JobRecord>, StoreError> {
+        if kinds.is_empty() {
             return Ok(None);
-        };
-        // Compare-and-set: only one claimer wins a job whose lease is free.
+        }
+        let now = now_millis();
+        let list = (0..kinds.len())
+            .map(|i| format!("${}", i + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT id FROM jobs WHERE state = 'pending' AND run_after <= $1 \
+             AND (lease_until IS NULL OR lease_until < $1) AND kind IN ({list}) \
+             ORDER BY created_at LIMIT 1"
+        );
+        let mut query = sqlx::query_as::<_, (String,)>(&sql).bind(now);
+        for kind in kinds {
+            query = query.bind(*kind);
+        }
+        match query.fetch_optional(&self.pool).await? {
+            Some((id,)) => self.take_lease(owner, lease_until, &id, now).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Compare-and-set: only one claimer wins a job whose lease is free (a held lease, the
+    /// claimer's own included, is never taken).
+    async fn take_lease(
+        &self,
+        owner: &str,
+        lease_until: i64,
+        id: &str,
+        now: i64,
+    ) -> Result<Option<JobRecord>, StoreError> {
         let row = sqlx::query(
             "UPDATE jobs SET lease_owner = $1, lease_until = $2, updated_at = $3 \
              WHERE id = $4 AND state = 'pending' AND (lease_until IS NULL OR lease_until < $3) \
@@ -88,7 +131,7 @@ impl Store {
         .bind(owner)
         .bind(lease_until)
         .bind(now)
-        .bind(&id)
+        .bind(id)
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| JobRecord::from_row(&r)).transpose()

@@ -282,6 +282,7 @@ async fn a_failed_backup_leaves_nothing() {
         part_bytes: SMALL_PARTS,
         uploads_in_flight: 3,
         stream_timeout: Duration::from_secs(60),
+        stall_timeout: Duration::from_secs(300),
         archive_wait: Duration::from_secs(2),
         reason: "manual".into(),
     };

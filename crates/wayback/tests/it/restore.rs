@@ -56,6 +56,7 @@ async fn backup(app: &TestApp, id: &str, store: &ObjectStore) -> BackupManifest 
         part_bytes: 8 << 20,
         uploads_in_flight: 4,
         stream_timeout: Duration::from_secs(300),
+        stall_timeout: Duration::from_secs(300),
         archive_wait: Duration::from_secs(90),
         reason: "manual".into(),
     };

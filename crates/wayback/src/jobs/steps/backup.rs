@@ -6,12 +6,11 @@
 //! that provisioning does not wait for it), by the supervisor when [`backup_due`] says so, and by
 //! the operator (`wayback backup`). At most one per instance is pending (a unique index).
 //!
-//! A broker takes at most [`CONCURRENT_BACKUPS`] backups at once: each holds a few 64 MiB parts
-//! in memory and keeps a core busy compressing; the others wait (releasing their lease).
+//! Backups run in the worker's background lane: a broker takes at most
+//! `jobs.background_concurrency` (default 2) at once — each holds a few 64 MiB parts in memory and
+//! keeps a core busy compressing — and never in a slot a user's operation could use.
 
 use std::time::Duration;
-
-use tokio::sync::Semaphore;
 
 use crate::archive::layout::InstancePrefix;
 use crate::archive::{BackupOptions, BackupReport};
@@ -22,10 +21,6 @@ use crate::jobs::model::{Job, JobSpec, Step};
 use crate::jobs::{Outcome, StepError, StepResult};
 use crate::runtime::WalPosition;
 use crate::store::{now_millis, BackupRecord, InstanceRecord, NewJob};
-
-/// Backups one broker takes at the same time.
-pub const CONCURRENT_BACKUPS: usize = 2;
-static SLOTS: Semaphore = Semaphore::const_new(CONCURRENT_BACKUPS);
 
 /// A backup job for `instance`; `reason` is `provision`, `schedule`, `wal-volume` or `manual`.
 pub fn backup_job(instance: &InstanceId, reason: &str) -> NewJob {
@@ -108,9 +103,6 @@ pub async fn backup_step(ctx: &AppContext, job: &Job, reason: &str) -> StepResul
             source: anyhow::anyhow!("{} is not a step of this job", job.step),
         });
     }
-    let Ok(_slot) = SLOTS.try_acquire() else {
-        return Ok(Outcome::Wait(Duration::from_secs(5)));
-    };
     take_and_record(ctx, &job.id, &instance, reason).await?;
     Ok(Outcome::Next)
 }

@@ -8,10 +8,12 @@
 //! checkers trip on; the real tier's `osb_pg` checks the binding goldens again with real
 //! credentials); instance names from the Cloud Controller (`cc_names`) and the `/wayback/v1` authentication and space rules (`wayback_api`), against
 //! wiremock; jobs an older broker queued (`resume`); what a provision does with the runtime's
-//! errors (`runtime_errors`); and the layering of the source (`architecture`).
+//! errors (`runtime_errors`); the worker's leases and its two lanes (`job_lanes`); and the
+//! layering of the source (`architecture`).
 
 mod architecture;
 mod cc_names;
+mod job_lanes;
 mod osb_api;
 mod osb_bad_input;
 mod osb_bindings;
