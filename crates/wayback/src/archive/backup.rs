@@ -143,7 +143,7 @@ pub async fn take_backup(
             Ok(report)
         }
         Err(e) => {
-            uploader.abort().await;
+            uploader.drain().await;
             remove_backup(store, prefix, &id).await;
             Err(failed(source, e))
         }

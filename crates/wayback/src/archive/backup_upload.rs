@@ -104,9 +104,10 @@ impl PartUploader {
         Ok(parts)
     }
 
-    /// Stops every part in flight (their objects are removed by the caller's cleanup).
-    pub async fn abort(&mut self) {
-        self.tasks.abort_all();
+    /// Lets every part in flight end before the caller's cleanup removes the backup's objects.
+    /// Aborting them instead would not stop a write already handed to a blocking thread (the
+    /// local store's), which could then land after the cleanup and leave a part behind.
+    pub async fn drain(&mut self) {
         while self.tasks.join_next().await.is_some() {}
     }
 }
