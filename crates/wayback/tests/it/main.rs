@@ -32,6 +32,7 @@ mod restart;
 mod restore;
 mod retention;
 mod smoke_test;
+mod state_retention;
 mod storage_contract;
 mod store;
 mod wayback_api;
