@@ -31,6 +31,7 @@ mod reindex;
 mod restart;
 mod restore;
 mod retention;
+mod server_log;
 mod smoke_test;
 mod state_retention;
 mod storage_contract;
