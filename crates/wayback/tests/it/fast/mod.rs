@@ -14,6 +14,7 @@
 mod architecture;
 mod cc_names;
 mod job_lanes;
+mod metrics_auth;
 mod osb_api;
 mod osb_bad_input;
 mod osb_bindings;
