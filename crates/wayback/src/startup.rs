@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::open;
 use crate::osb::{self, AppState, BasicAuth};
 use crate::runtime::{ArchiveAccess, Runtime};
+use crate::storage::{ObjectStore, Reachability};
 use crate::store::Store;
 
 pub struct Application {
@@ -30,6 +31,7 @@ pub struct Application {
     supervisor: Supervisor,
     maintenance: ArchiveMaintenance,
     names: NameResolver,
+    watch: ArchiveWatch,
     store: Store,
     runtime: Runtime,
     shutdown: CancellationToken,
@@ -68,7 +70,13 @@ impl Application {
             .unwrap_or_else(|| format!("http://{}:{port}", settings.listen.ip()));
         let mut settings = settings;
         settings.archive = resolve::archive(&settings, &data_dir);
-        let archive = open::reachable_archive(&settings.archive).await?;
+        // Object storage that is down does not stop the broker (README "When object storage
+        // is down"): the watcher keeps checking, /health says so, jobs wait for it.
+        let (archive, unreachable) = open::archive_for_service(&settings.archive).await?;
+        let archive_health = Reachability::default();
+        if let Some(e) = &unreachable {
+            archive_health.failed(&archive.location(""), e, chrono::Utc::now());
+        }
         let archive_command = crate::runtime::ArchiveCommand {
             wayback_bin: resolve::wayback_binary(&settings, &data_dir)?,
             archive_timeout_secs: settings.wal.archive_timeout_secs,
@@ -107,7 +115,12 @@ impl Application {
             metrics: metrics.clone(),
             archive,
             archive_command,
+            archive_health: archive_health.clone(),
         });
+        let watch = ArchiveWatch {
+            archive: ctx.archive.clone(),
+            health: archive_health,
+        };
         // Names the platform's requests did not carry come from the Cloud Controller.
         let cc = crate::cc::CloudController::from_settings(&settings.cc)
             .context("set up the Cloud Controller client")?
@@ -164,6 +177,7 @@ impl Application {
             supervisor,
             maintenance,
             names,
+            watch,
             store,
             runtime,
             shutdown: CancellationToken::new(),
@@ -202,6 +216,7 @@ impl Application {
             supervisor,
             maintenance,
             names,
+            watch,
             store,
             shutdown,
             ..
@@ -210,6 +225,7 @@ impl Application {
         let supervise = tokio::spawn(supervisor.run_until_stopped(shutdown.clone()));
         let maintain = tokio::spawn(maintenance.run_until_stopped(shutdown.clone()));
         let name = tokio::spawn(names.run_until_stopped(shutdown.clone()));
+        let watching = tokio::spawn(watch.run_until_stopped(shutdown.clone()));
         let stopper = {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -219,9 +235,57 @@ impl Application {
         };
         let served = server.await;
         shutdown.cancel();
-        let _ = tokio::join!(jobs, supervise, maintain, name, stopper);
+        let _ = tokio::join!(jobs, supervise, maintain, name, watching, stopper);
         store.close().await;
         tracing::info!("wayback broker stopped");
         served.context("HTTP server")
+    }
+}
+
+/// Checks the archive in the background: every [`ArchiveWatch::DOWN`] while it does not answer,
+/// every [`ArchiveWatch::UP`] while it does, so that `/health` tells the truth within seconds
+/// and a broker that started without its storage notices when it is back.
+struct ArchiveWatch {
+    archive: ObjectStore,
+    health: Reachability,
+}
+
+impl ArchiveWatch {
+    const DOWN: Duration = Duration::from_secs(5);
+    const UP: Duration = Duration::from_secs(30);
+
+    async fn run_until_stopped(self, shutdown: CancellationToken) {
+        let location = self.archive.location("");
+        loop {
+            let wait = if self.health.outage().is_some() {
+                Self::DOWN
+            } else {
+                Self::UP
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let checked = tokio::select! {
+                r = self.archive.check() => r,
+                _ = shutdown.cancelled() => return,
+            };
+            match checked {
+                Ok(()) => {
+                    if let Some(outage) = self.health.answered() {
+                        tracing::info!(archive = %location, since = %outage.since, "object storage answers again");
+                    }
+                }
+                Err(e) => {
+                    let fresh = self.health.outage().is_none();
+                    let outage = self.health.failed(&location, &e, chrono::Utc::now());
+                    if fresh {
+                        tracing::warn!(archive = %location, error = %e, "object storage does not answer; archiving, backups and clones wait for it");
+                    } else {
+                        tracing::debug!(archive = %location, since = %outage.since, error = %e, "object storage still does not answer");
+                    }
+                }
+            }
+        }
     }
 }
