@@ -99,7 +99,39 @@ async fn the_broker_starts_without_object_storage_and_serves_what_needs_none() {
         "the refusal names storage: {body}"
     );
 
+    // Every other instance and binding call answers as usual: none needs storage in its
+    // request (a rename rewrites instance.json in the background).
+    app.rename(&id, "renamed-without-storage").await;
+    let r = app
+        .osb(
+            Method::PATCH,
+            &format!("/v2/service_instances/{id}?accepts_incomplete=true"),
+        )
+        .json(&json!({ "service_id": SERVICE_ID, "plan_id": MEDIUM, "previous_values": { "plan_id": SMALL } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let op: Value = r.json().await.unwrap();
+    let (status, body) = app.poll_instance(&id, op["operation"].as_str()).await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (StatusCode::OK, Some("succeeded")),
+        "{body}"
+    );
+    let binding = new_id();
+    app.bind_sync(&id, &binding).await;
+    let r = app.delete_binding(&id, &binding, false).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // A delete is accepted; it needs the archive for its final WAL, so it runs once storage is
+    // back (or fails and keeps the instance, as the deprovision tests show).
+    let r = app.delete_instance(&id).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let op: Value = r.json().await.unwrap();
+
     s3.resume().await;
+    let (status, body) = app.poll_instance(&id, op["operation"].as_str()).await;
+    assert_delete_finished(status, &body);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (status, body) = health(&app).await;
