@@ -220,6 +220,9 @@ impl Worker {
                 }
             }
             let result = steps::run_step(&self.ctx, &job).await;
+            if result.is_ok() {
+                self.storage_wait_over(&job.id);
+            }
             match result {
                 Ok(Outcome::Next) => match job.next_step() {
                     Some(step) if self.advance(&mut job, step, &span).await => {}
@@ -305,10 +308,7 @@ impl Worker {
         match tokio::time::timeout(STORAGE_CHECK_TIMEOUT, archive.check()).await {
             Ok(Ok(())) => {
                 health.answered();
-                self.storage_waits
-                    .lock()
-                    .expect("storage waits")
-                    .remove(&job.id);
+                self.storage_wait_over(&job.id);
                 None
             }
             Ok(Err(e)) if e.is_permanent() || e.is_cancelled() => None,
@@ -318,6 +318,14 @@ impl Worker {
                 "the check did not answer in time",
                 Utc::now(),
             )),
+        }
+    }
+
+    /// `id` no longer waits for storage: a later outage gives it a whole wait again.
+    fn storage_wait_over(&self, id: &str) {
+        let mut waits = self.storage_waits.lock().expect("storage waits");
+        if !waits.is_empty() {
+            waits.remove(id);
         }
     }
 
@@ -351,10 +359,7 @@ impl Worker {
                 outage.location,
                 waited.as_secs()
             );
-            self.storage_waits
-                .lock()
-                .expect("storage waits")
-                .remove(&job.id);
+            self.storage_wait_over(&job.id);
             self.finish(job, OperationState::Failed, Some(msg)).await;
             return;
         }
