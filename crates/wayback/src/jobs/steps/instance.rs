@@ -223,8 +223,12 @@ pub async fn on_end(
                 // data yet): stop and remove what it created, wherever it runs. A failed
                 // delete keeps its cluster for undo; this is not that. The record stays
                 // `failed` until the platform deletes it.
-                if let Err(e) = ctx.runtime.destroy(id).await {
-                    tracing::warn!(instance = %id, error = %e, "cannot remove what the failed provision created; the delete will");
+                match ctx.runtime.destroy(id).await {
+                    // Its port is free for the next provision.
+                    Ok(()) => store.set_instance_port(id, None).await?,
+                    Err(e) => {
+                        tracing::warn!(instance = %id, error = %e, "cannot remove what the failed provision created; the delete will");
+                    }
                 }
                 store.set_instance_state(id, InstanceState::Failed).await?;
             }

@@ -112,5 +112,12 @@ async fn a_failed_provision_removes_its_cluster() {
         app.fake().calls_for(&id).contains(&Call::Destroy),
         "removed through the runtime"
     );
+    let record = app
+        .store
+        .get_instance(&wayback::domain::InstanceId::parse(id.clone()).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.port, None, "its port is free again");
     app.deprovision_done(&id).await;
 }
