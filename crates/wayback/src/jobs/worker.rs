@@ -321,6 +321,22 @@ impl Worker {
         }
     }
 
+    /// What last_operation says of a success; a provision done while object storage does not
+    /// answer says that its archiving is behind (the cluster keeps its WAL meanwhile).
+    fn success_description(&self, job: &Job) -> String {
+        let done = steps::success_description(job);
+        match (job.kind(), self.ctx.archive_health.outage()) {
+            (JobKind::Provision, Some(outage)) => format!(
+                "{done} Archiving is behind: object storage at {} does not answer (since {}); the \
+                 instance keeps its WAL and archives it, with its first base backup, once storage \
+                 is back.",
+                outage.location,
+                outage.since.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            _ => done,
+        }
+    }
+
     /// `id` no longer waits for storage: a later outage gives it a whole wait again.
     fn storage_wait_over(&self, id: &str) {
         let mut waits = self.storage_waits.lock().expect("storage waits");
@@ -471,7 +487,7 @@ impl Worker {
             }
         };
         let succeeded = state == OperationState::Succeeded;
-        let description = message.unwrap_or_else(|| steps::success_description(job));
+        let description = message.unwrap_or_else(|| self.success_description(job));
         if let Some(op) = &job.operation_id {
             if let Err(e) = store.update_operation(op, state, &description).await {
                 tracing::warn!(job = %job.id, error = %e, "cannot record the operation's end; will retry");

@@ -80,6 +80,14 @@ async fn the_broker_starts_without_object_storage_and_serves_what_needs_none() {
 
     // A plain provision needs no storage: PostgreSQL keeps its WAL until the archive is back.
     let id = app.provision_ready("no-storage").await;
+    let (_, done) = app.poll_instance(&id, None).await;
+    assert!(
+        done["description"]
+            .as_str()
+            .unwrap()
+            .contains("Archiving is behind: object storage at s3://"),
+        "the instance says its archiving is behind: {done}"
+    );
     let credentials = app.bind_sync(&id, &new_id()).await;
     assert!(credentials["uri"].is_string());
 
