@@ -49,8 +49,8 @@ pub async fn archive_for_service(
     match archive.check().await {
         Ok(()) => Ok((archive, None)),
         Err(e) if e.is_permanent() => Err(anyhow::Error::new(e).context(format!(
-            "reach the archive at {}: object storage refused the broker (bad credentials, no \
-             such bucket, or no permission); fix the archive settings and start again",
+            "reach the archive at {}: object storage refused access (bad credentials, no such \
+             bucket, or no permission); fix the archive settings and start again",
             archive.location("")
         ))),
         Err(e) => {
