@@ -1,5 +1,9 @@
 //! The one place everything is wired: [`Application::build`] then
 //! [`Application::run_until_stopped`]. Tests build the same `Application` the binary runs.
+//!
+//! Object storage that does not answer does not stop the broker (README "When object storage
+//! is down"): the outage is recorded in the context's `archive_health`, which [`ArchiveWatch`]
+//! keeps true while the broker runs and `/health` reports.
 
 use std::net::TcpListener;
 use std::sync::Arc;
