@@ -11,7 +11,7 @@ use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::runtime::{ArchiveCommand, Runtime};
-use crate::storage::ObjectStore;
+use crate::storage::{ObjectStore, Reachability};
 use crate::store::Store;
 
 /// The store, the runtime, the archive, the catalog, the settings and the metrics.
@@ -25,4 +25,6 @@ pub struct AppContext {
     pub archive: ObjectStore,
     /// How clusters run the archiver.
     pub archive_command: ArchiveCommand,
+    /// Whether the archive answers: the outage in progress, if any (`/health`, job retries).
+    pub archive_health: Reachability,
 }

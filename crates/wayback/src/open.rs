@@ -2,6 +2,13 @@
 //! state database (migrations run), the archive (checked reachable) and the runtime (local, or
 //! agents with the store as the resolver of where an instance lives). Where each is comes from
 //! [`crate::config::resolve`]; this module connects.
+//!
+//! The archive is checked in two ways. An operator command needs it now
+//! ([`reachable_archive`]: any failure stops it). A broker or an agent must start without it
+//! ([`archive_for_service`]): object storage that is down or slow (a transient error) is
+//! reported and left to a background check, since clusters keep their WAL until it is back;
+//! settings that cannot work or a permanent refusal (bad credentials, no such bucket) still stop
+//! startup, because waiting cannot fix them and a person must act.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,7 +17,7 @@ use anyhow::Context;
 
 use crate::config::Settings;
 use crate::runtime::{ArchiveAccess, LocalRuntime, Runtime};
-use crate::storage::{ObjectStore, StorageSettings};
+use crate::storage::{ObjectStore, StorageError, StorageSettings};
 use crate::store::Store;
 
 /// Opens the state database the settings name (running migrations); with its URL.
@@ -30,6 +37,27 @@ pub async fn reachable_archive(storage: &StorageSettings) -> anyhow::Result<Obje
         .await
         .with_context(|| format!("reach the archive at {}", archive.location("")))?;
     Ok(archive)
+}
+
+/// Opens the archive for a long-running service (broker or agent) and checks it once. Returns
+/// the archive and, when the check failed transiently, that error (the service starts anyway);
+/// an archive that can never work is an error that names it and says what to fix.
+pub async fn archive_for_service(
+    storage: &StorageSettings,
+) -> anyhow::Result<(ObjectStore, Option<StorageError>)> {
+    let archive = ObjectStore::open(storage).context("open the archive")?;
+    match archive.check().await {
+        Ok(()) => Ok((archive, None)),
+        Err(e) if e.is_permanent() => Err(anyhow::Error::new(e).context(format!(
+            "reach the archive at {}: object storage refused access (bad credentials, no such \
+             bucket, or no permission); fix the archive settings and start again",
+            archive.location("")
+        ))),
+        Err(e) => {
+            tracing::warn!(archive = %archive.location(""), error = %e, "object storage does not answer; starting without it and checking again in the background");
+            Ok((archive, Some(e)))
+        }
+    }
 }
 
 /// The runtime the settings ask for: agents when `agents.urls` lists any (instances not yet

@@ -1,5 +1,9 @@
 //! The one place everything is wired: [`Application::build`] then
 //! [`Application::run_until_stopped`]. Tests build the same `Application` the binary runs.
+//!
+//! Object storage that does not answer does not stop the broker (README "When object storage
+//! is down"): the outage is recorded in the context's `archive_health`, which [`ArchiveWatch`]
+//! keeps true while the broker runs and `/health` reports.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::open;
 use crate::osb::{self, AppState, BasicAuth};
 use crate::runtime::{ArchiveAccess, Runtime};
+use crate::storage::{ObjectStore, Reachability};
 use crate::store::Store;
 
 pub struct Application {
@@ -30,6 +35,7 @@ pub struct Application {
     supervisor: Supervisor,
     maintenance: ArchiveMaintenance,
     names: NameResolver,
+    watch: ArchiveWatch,
     store: Store,
     runtime: Runtime,
     shutdown: CancellationToken,
@@ -68,7 +74,13 @@ impl Application {
             .unwrap_or_else(|| format!("http://{}:{port}", settings.listen.ip()));
         let mut settings = settings;
         settings.archive = resolve::archive(&settings, &data_dir);
-        let archive = open::reachable_archive(&settings.archive).await?;
+        // Object storage that is down does not stop the broker (README "When object storage
+        // is down"): the watcher keeps checking, /health says so, jobs wait for it.
+        let (archive, unreachable) = open::archive_for_service(&settings.archive).await?;
+        let archive_health = Reachability::default();
+        if let Some(e) = &unreachable {
+            archive_health.failed(&archive.location(""), e, chrono::Utc::now());
+        }
         let archive_command = crate::runtime::ArchiveCommand {
             wayback_bin: resolve::wayback_binary(&settings, &data_dir)?,
             archive_timeout_secs: settings.wal.archive_timeout_secs,
@@ -108,7 +120,12 @@ impl Application {
             metrics: metrics.clone(),
             archive,
             archive_command,
+            archive_health: archive_health.clone(),
         });
+        let watch = ArchiveWatch {
+            archive: ctx.archive.clone(),
+            health: archive_health,
+        };
         // Names the platform's requests did not carry come from the Cloud Controller.
         let cc = crate::cc::CloudController::from_settings(&settings.cc)
             .context("set up the Cloud Controller client")?
@@ -166,6 +183,7 @@ impl Application {
             supervisor,
             maintenance,
             names,
+            watch,
             store,
             runtime,
             shutdown: CancellationToken::new(),
@@ -204,6 +222,7 @@ impl Application {
             supervisor,
             maintenance,
             names,
+            watch,
             store,
             shutdown,
             ..
@@ -212,6 +231,7 @@ impl Application {
         let supervise = tokio::spawn(supervisor.run_until_stopped(shutdown.clone()));
         let maintain = tokio::spawn(maintenance.run_until_stopped(shutdown.clone()));
         let name = tokio::spawn(names.run_until_stopped(shutdown.clone()));
+        let watching = tokio::spawn(watch.run_until_stopped(shutdown.clone()));
         let stopper = {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -221,7 +241,7 @@ impl Application {
         };
         let served = server.await;
         shutdown.cancel();
-        let _ = tokio::join!(jobs, supervise, maintain, name, stopper);
+        let _ = tokio::join!(jobs, supervise, maintain, name, watching, stopper);
         store.close().await;
         tracing::info!("wayback broker stopped");
         served.context("HTTP server")
@@ -243,4 +263,52 @@ fn metrics_auth(
             Some(BasicAuth::new(&settings.metrics.username, password))
         }
     })
+}
+
+/// Checks the archive in the background: every [`ArchiveWatch::DOWN`] while it does not answer,
+/// every [`ArchiveWatch::UP`] while it does, so that `/health` tells the truth within seconds
+/// and a broker that started without its storage notices when it is back.
+struct ArchiveWatch {
+    archive: ObjectStore,
+    health: Reachability,
+}
+
+impl ArchiveWatch {
+    const DOWN: Duration = Duration::from_secs(5);
+    const UP: Duration = Duration::from_secs(30);
+
+    async fn run_until_stopped(self, shutdown: CancellationToken) {
+        let location = self.archive.location("");
+        loop {
+            let wait = if self.health.outage().is_some() {
+                Self::DOWN
+            } else {
+                Self::UP
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let checked = tokio::select! {
+                r = self.archive.check() => r,
+                _ = shutdown.cancelled() => return,
+            };
+            match checked {
+                Ok(()) => {
+                    if let Some(outage) = self.health.answered() {
+                        tracing::info!(archive = %location, since = %outage.since, "object storage answers again");
+                    }
+                }
+                Err(e) => {
+                    let fresh = self.health.outage().is_none();
+                    let outage = self.health.failed(&location, &e, chrono::Utc::now());
+                    if fresh {
+                        tracing::warn!(archive = %location, error = %e, "object storage does not answer; archiving, backups and clones wait for it");
+                    } else {
+                        tracing::debug!(archive = %location, since = %outage.since, error = %e, "object storage still does not answer");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -58,7 +58,9 @@ impl Agent {
             .context("prepare the PostgreSQL runtime")?;
         let mut settings = settings;
         settings.archive = resolve::archive(&settings, &data_dir);
-        let archive = crate::open::reachable_archive(&settings.archive).await?;
+        // Object storage that is down does not stop the agent: its clusters keep their WAL
+        // until it is back, and a clone or backup retries (the broker waits for it).
+        let (archive, _unreachable) = crate::open::archive_for_service(&settings.archive).await?;
         let wayback_bin = resolve::wayback_binary(&settings, &data_dir)?;
         let shared = Arc::new(settings.clone());
         let runtime = Arc::new(runtime.with_archive(ArchiveAccess {

@@ -20,6 +20,7 @@ use crate::archive::layout::InstancePrefix;
 use crate::archive::manifest::SettingFloors;
 use crate::archive::restore::RestoreTarget;
 use crate::archive::window::restore_window;
+use crate::archive::ArchiveError;
 use crate::catalog::Plan;
 use crate::domain::{InstanceId, InstanceState, SpaceGuid};
 use crate::jobs::CloneSource;
@@ -204,9 +205,21 @@ impl Broker {
         let who = format!("{:?} ({})", source.name, source.instance_id);
         let prefix = InstancePrefix::new(space, &source.instance_id);
         let archive = &self.ctx.archive;
-        let window = restore_window(archive, &prefix)
-            .await
-            .map_err(|e| anyhow::anyhow!("read the restore window of {}: {e}", prefix.as_str()))?;
+        let window = match restore_window(archive, &prefix).await {
+            Ok(window) => window,
+            Err(ArchiveError::Storage(e)) => {
+                return Err(super::storage_refusal(
+                    &format!("reading the restore window of {who}"),
+                    &archive.location(""),
+                    e,
+                ))
+            }
+            Err(e) => {
+                return Err(
+                    anyhow::anyhow!("read the restore window of {}: {e}", prefix.as_str()).into(),
+                )
+            }
+        };
         let (Some(earliest), Some(newest)) = (window.earliest, window.backups.last()) else {
             return Err(BrokerError::Unprocessable(format!(
                 "Service instance {who} has no complete base backup yet, so it cannot be cloned; \

@@ -48,6 +48,10 @@ pub enum BrokerError {
     MaintenanceInfoConflict(String),
     #[error("{0}")]
     Unprocessable(String),
+    /// Something the request needs is out of reach for now (object storage down): retrying
+    /// later may succeed. The text names what and says so.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
 }
@@ -90,9 +94,35 @@ impl Broker {
         &self.ctx.store
     }
 
+    /// The object-storage outage in progress, if any (for `/health`).
+    pub fn archive_outage(&self) -> Option<crate::storage::Outage> {
+        self.ctx.archive_health.outage()
+    }
+
     fn dashboard_url(&self, instance: &crate::domain::InstanceId) -> String {
         format!("{}/dashboard/instances/{}", self.external_url, instance)
     }
+}
+
+/// The refusal for a request that needs object storage while it does not answer (`what` is the
+/// part of the request that needed it). A storage error that retrying cannot fix (bad
+/// credentials, no such bucket) stays internal: the operator must act, and the log says why.
+pub(crate) fn storage_refusal(
+    what: &str,
+    location: &str,
+    e: crate::storage::StorageError,
+) -> BrokerError {
+    if e.is_permanent() || e.is_cancelled() {
+        return BrokerError::Internal(
+            anyhow::Error::new(e).context(format!("{what} at {location}")),
+        );
+    }
+    tracing::warn!(archive = %location, error = %e, "object storage does not answer; request refused for now");
+    BrokerError::Unavailable(format!(
+        "Object storage (the archive at {location}) does not answer, so {what} is not possible \
+         right now; nothing was created. Try again in a few minutes, and tell your operator if it \
+         lasts."
+    ))
 }
 
 /// A new operation id: opaque to the platform, unique, and safe in a URL.

@@ -147,6 +147,7 @@ pub async fn run(settings: Settings, instance: &str) -> anyhow::Result<BackupOut
         },
         metrics: Default::default(),
         archive: archive.clone(),
+        archive_health: Default::default(),
         settings: shared,
     });
     let job = crate::jobs::backup_job(&id, "manual");

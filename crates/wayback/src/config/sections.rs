@@ -158,6 +158,9 @@ pub struct JobSettings {
     pub lease_secs: u64,
     /// Attempts of one step before its operation fails.
     pub max_attempts: u32,
+    /// How long a provision or clone waits for object storage that does not answer (retrying,
+    /// and saying so in its last operation) before it fails.
+    pub storage_retry_secs: u64,
     /// How often an idle worker looks for jobs left by other brokers or by a restart.
     pub poll_interval_ms: u64,
 }
@@ -243,6 +246,7 @@ impl Default for JobSettings {
             background_concurrency: 2,
             lease_secs: 15,
             max_attempts: 5,
+            storage_retry_secs: 600,
             poll_interval_ms: 500,
         }
     }

@@ -6,19 +6,30 @@
 //! holds a slot only while it works: one that waits (`Outcome::Wait`, e.g. a deprovision
 //! waiting for another operation on its instance) is released with a `run_after` and gives
 //! its slot back, whatever the wait.
+//!
+//! A provision (or clone) whose step fails while object storage does not answer (the worker
+//! checks it then) does not spend its attempts: it waits for storage, saying so in its last
+//! operation, for up to `jobs.storage_retry_secs`, then fails naming the outage.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::lease::{holding, LeaseLost};
-use super::model::{Job, Lane, Step};
+use super::model::{Job, JobKind, Lane, Step};
 use super::{steps, Outcome, StepError};
 use crate::context::AppContext;
 use crate::domain::OperationState;
+use crate::storage::Outage;
 use crate::store::{now_millis, JobRecord};
+
+/// How long the worker waits for object storage to answer the check it makes after a
+/// provision's step failed (the S3 client's own timeouts and attempts apply within it).
+const STORAGE_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs jobs. Cheap to clone; clones share the wake-up signal.
 #[derive(Clone)]
@@ -27,6 +38,9 @@ pub struct Worker {
     owner: String,
     /// One wake-up signal per lane (indexed by `lane_index`).
     wake: Arc<[Notify; 2]>,
+    /// When each job began waiting for object storage (its budget counts from there, not
+    /// from the outage's start, so a job accepted late in an outage still gets its minutes).
+    storage_waits: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
 }
 
 fn lane_index(lane: Lane) -> usize {
@@ -42,6 +56,7 @@ impl Worker {
             ctx,
             owner: format!("broker-{}", uuid::Uuid::new_v4()),
             wake: Arc::new([Notify::new(), Notify::new()]),
+            storage_waits: Arc::default(),
         }
     }
 
@@ -205,6 +220,9 @@ impl Worker {
                 }
             }
             let result = steps::run_step(&self.ctx, &job).await;
+            if result.is_ok() {
+                self.storage_wait_over(&job.id);
+            }
             match result {
                 Ok(Outcome::Next) => match job.next_step() {
                     Some(step) if self.advance(&mut job, step, &span).await => {}
@@ -229,6 +247,10 @@ impl Worker {
                     return;
                 }
                 Err(StepError::Transient(e)) => {
+                    if let Some(outage) = self.storage_outage(&job).await {
+                        self.wait_for_storage(&job, &outage, &e, &span).await;
+                        return;
+                    }
                     let attempts = job.attempts + 1;
                     if attempts >= self.ctx.settings.jobs.max_attempts {
                         tracing::error!(parent: &span, step = %job.step, error = format!("{e:#}"), "step failed {attempts} times; giving up");
@@ -256,6 +278,15 @@ impl Worker {
                     user_message,
                     source,
                 }) => {
+                    // A restore's WAL replay stops for good when `wal-fetch` cannot reach
+                    // storage (rule 3: never end recovery early); while storage is down that
+                    // is an outage to wait for, not the clone's fault.
+                    if job.step == Step::CloneRestore {
+                        if let Some(outage) = self.storage_outage(&job).await {
+                            self.wait_for_storage(&job, &outage, &source, &span).await;
+                            return;
+                        }
+                    }
                     tracing::error!(parent: &span, step = %job.step, error = format!("{source:#}"), "step failed permanently");
                     let msg = format!("{}: {user_message}", steps::describe(&job));
                     self.finish(&job, OperationState::Failed, Some(msg)).await;
@@ -263,6 +294,112 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// For a provision (or clone) whose step failed transiently: the object-storage outage in
+    /// progress, if the archive does not answer a check now. Other kinds keep their attempts:
+    /// a delete that cannot archive its last WAL fails and keeps the instance (§5).
+    async fn storage_outage(&self, job: &Job) -> Option<Outage> {
+        if job.kind() != JobKind::Provision {
+            return None;
+        }
+        let archive = &self.ctx.archive;
+        let health = &self.ctx.archive_health;
+        match tokio::time::timeout(STORAGE_CHECK_TIMEOUT, archive.check()).await {
+            Ok(Ok(())) => {
+                health.answered();
+                self.storage_wait_over(&job.id);
+                None
+            }
+            Ok(Err(e)) if e.is_permanent() || e.is_cancelled() => None,
+            Ok(Err(e)) => Some(health.failed(&archive.location(""), &e, Utc::now())),
+            Err(_) => Some(health.failed_with(
+                &archive.location(""),
+                "the check did not answer in time",
+                Utc::now(),
+            )),
+        }
+    }
+
+    /// What last_operation says of a success; a provision done while object storage does not
+    /// answer says that its archiving is behind (the cluster keeps its WAL meanwhile).
+    fn success_description(&self, job: &Job) -> String {
+        let done = steps::success_description(job);
+        match (job.kind(), self.ctx.archive_health.outage()) {
+            (JobKind::Provision, Some(outage)) => format!(
+                "{done} Archiving is behind: object storage at {} does not answer (since {}); the \
+                 instance keeps its WAL and archives it, with its first base backup, once storage \
+                 is back.",
+                outage.location,
+                outage.since.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            _ => done,
+        }
+    }
+
+    /// `id` no longer waits for storage: a later outage gives it a whole wait again.
+    fn storage_wait_over(&self, id: &str) {
+        let mut waits = self.storage_waits.lock().expect("storage waits");
+        if !waits.is_empty() {
+            waits.remove(id);
+        }
+    }
+
+    /// A step of `job` failed while object storage is down: retry it (without spending its
+    /// attempts) until `jobs.storage_retry_secs` after it began waiting, saying so in the
+    /// operation's description; then fail it, naming the cause and what to do.
+    async fn wait_for_storage(
+        &self,
+        job: &Job,
+        outage: &Outage,
+        e: &anyhow::Error,
+        span: &tracing::Span,
+    ) {
+        let now = Utc::now();
+        let began = *self
+            .storage_waits
+            .lock()
+            .expect("storage waits")
+            .entry(job.id.clone())
+            .or_insert(now);
+        let waited = (now - began).to_std().unwrap_or_default();
+        let budget = Duration::from_secs(self.ctx.settings.jobs.storage_retry_secs);
+        let since = outage.since.format("%Y-%m-%d %H:%M:%S UTC");
+        if waited >= budget {
+            tracing::error!(parent: span, step = %job.step, archive = %outage.location, since = %since, error = format!("{e:#}"), "object storage did not come back in time; giving up");
+            let msg = format!(
+                "{} failed: object storage is unreachable at {} since {since} (waited {} s). \
+                 Ask your operator to bring object storage back, then delete this instance and \
+                 create it again.",
+                steps::describe(job),
+                outage.location,
+                waited.as_secs()
+            );
+            self.storage_wait_over(&job.id);
+            self.finish(job, OperationState::Failed, Some(msg)).await;
+            return;
+        }
+        let retry_in = (waited / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let retry_in = retry_in.min(budget - waited).max(Duration::from_secs(1));
+        tracing::warn!(parent: span, step = %job.step, archive = %outage.location, since = %since, retry_in_secs = retry_in.as_secs(), error = format!("{e:#}"), "object storage does not answer; will retry");
+        if let Some(op) = &job.operation_id {
+            let text = format!(
+                "{}: waiting for object storage (unreachable at {} since {since}), retrying in {} s",
+                steps::describe(job),
+                outage.location,
+                retry_in.as_secs()
+            );
+            if let Err(e) = self
+                .ctx
+                .store
+                .update_operation(op, OperationState::InProgress, &text)
+                .await
+            {
+                tracing::warn!(parent: span, error = %e, "cannot record progress");
+            }
+        }
+        self.release(&job.id, job.attempts, retry_in, &format!("{e:#}"))
+            .await;
     }
 
     /// Records `step` as the job's current one (attempts reset, lease kept); false when the
@@ -350,7 +487,7 @@ impl Worker {
             }
         };
         let succeeded = state == OperationState::Succeeded;
-        let description = message.unwrap_or_else(|| steps::success_description(job));
+        let description = message.unwrap_or_else(|| self.success_description(job));
         if let Some(op) = &job.operation_id {
             if let Err(e) = store.update_operation(op, state, &description).await {
                 tracing::warn!(job = %job.id, error = %e, "cannot record the operation's end; will retry");

@@ -76,6 +76,7 @@ impl From<BrokerError> for OsbError {
             Concurrency(d) => OsbError::new(StatusCode::UNPROCESSABLE_ENTITY, "ConcurrencyError", d),
             MaintenanceInfoConflict(d) => OsbError::new(StatusCode::UNPROCESSABLE_ENTITY, "MaintenanceInfoConflict", d),
             Unprocessable(d) => OsbError::new(StatusCode::UNPROCESSABLE_ENTITY, "UnprocessableEntity", d),
+            Unavailable(d) => OsbError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", d),
             Internal(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "request failed");
                 OsbError::new(

@@ -32,6 +32,7 @@ pub mod key;
 mod local;
 mod local_fs;
 mod ops;
+mod reachability;
 mod s3;
 mod s3_error;
 mod s3_list;
@@ -52,6 +53,7 @@ pub use error::{Op, StorageError};
 pub use faulty::{FaultHandle, FaultPlan, FaultyStore};
 pub use key::{join_key, validate_key};
 pub use local::LocalStore;
+pub use reachability::{Outage, Reachability};
 pub use s3::S3Store;
 pub use settings::{S3Target, StorageSettings, StorageUrl, Target};
 

@@ -219,6 +219,17 @@ pub async fn on_end(
         (JobSpec::Provision(_), false) => {
             // A cancelled provision leaves the instance to the deprovision that cancelled it.
             if instance.state == InstanceState::Provisioning {
+                // Nothing of a failed provision or clone is worth keeping (it holds no user
+                // data yet): stop and remove what it created, wherever it runs. A failed
+                // delete keeps its cluster for undo; this is not that. The record stays
+                // `failed` until the platform deletes it.
+                match ctx.runtime.destroy(id).await {
+                    // Its port is free for the next provision.
+                    Ok(()) => store.set_instance_port(id, None).await?,
+                    Err(e) => {
+                        tracing::warn!(instance = %id, error = %e, "cannot remove what the failed provision created; the delete will");
+                    }
+                }
                 store.set_instance_state(id, InstanceState::Failed).await?;
             }
         }

@@ -21,12 +21,27 @@ pub async fn catalog(state: State) -> HttpResponse {
 
 /// Liveness and readiness: 200 when the state database answers.
 pub async fn health(state: State) -> HttpResponse {
-    match state.broker.store().ping().await {
-        Ok(()) => HttpResponse::Ok().json(json!({ "status": "ok" })),
-        Err(e) => {
-            tracing::warn!(error = %e, "health check: state database unreachable");
-            HttpResponse::ServiceUnavailable().json(json!({ "status": "unavailable", "description": "the state database does not answer" }))
-        }
+    if let Err(e) = state.broker.store().ping().await {
+        tracing::warn!(error = %e, "health check: state database unreachable");
+        return HttpResponse::ServiceUnavailable().json(
+            json!({ "status": "unavailable", "description": "the state database does not answer" }),
+        );
+    }
+    // Up but without object storage: 200, so that load balancers keep the broker in rotation
+    // (it still answers last_operation, binds, deletes and plain provisions), and a body that
+    // says what is degraded, for monitoring.
+    match state.broker.archive_outage() {
+        None => HttpResponse::Ok().json(json!({ "status": "ok" })),
+        Some(outage) => HttpResponse::Ok().json(json!({
+            "status": "degraded",
+            "archive": "unreachable",
+            "archive_unreachable_since": outage.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "description": format!(
+                "object storage at {} does not answer (since {}): WAL archiving, base backups and clones wait for it; everything else works",
+                outage.location,
+                outage.since.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+        })),
     }
 }
 

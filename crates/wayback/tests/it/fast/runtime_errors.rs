@@ -1,7 +1,7 @@
 //! What a provision does with the runtime's errors, made to order by the fake runtime
 //! (`app.fake().fail_next(…)`): a transient error is retried, a permanent one fails the
-//! operation with a line the user can read, and a port some other process took sends the
-//! provision back to choose another one.
+//! operation with a line the user can read (and removes the cluster it created), and a port
+//! some other process took sends the provision back to choose another one.
 
 use crate::common;
 
@@ -93,4 +93,31 @@ async fn a_port_taken_at_start_sends_the_provision_to_another_port() {
         "and recorded"
     );
     drop(taker);
+}
+
+/// A failed provision removes what it created at once (a failed delete would keep it, for
+/// undo); the record stays `failed` and the platform can still delete it.
+#[tokio::test]
+async fn a_failed_provision_removes_its_cluster() {
+    let app = spawn_fast_app().await;
+    let broken = PgError::Setup("postgres will not start".into());
+    app.fake().fail_next(Call::Start, broken.into());
+    let (id, failed) = provision(&app).await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert!(
+        !app.fake().exists(&id),
+        "the failed provision's cluster is gone"
+    );
+    assert!(
+        app.fake().calls_for(&id).contains(&Call::Destroy),
+        "removed through the runtime"
+    );
+    let record = app
+        .store
+        .get_instance(&wayback::domain::InstanceId::parse(id.clone()).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.port, None, "its port is free again");
+    app.deprovision_done(&id).await;
 }
