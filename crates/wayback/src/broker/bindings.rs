@@ -199,6 +199,11 @@ impl Broker {
                 if existing.state == BindingState::Deleted { " (or was deleted)" } else { "" }
             )));
         }
+        let existing = if existing.state == BindingState::Creating && !req.accepts_incomplete {
+            self.wait_for_bind(&existing).await?
+        } else {
+            existing
+        };
         match existing.state {
             BindingState::Ready => Ok(Bound::Exists(self.credentials(instance, &existing)?)),
             BindingState::Creating if req.accepts_incomplete => {
@@ -224,6 +229,26 @@ impl Broker {
                 }
             ))),
         }
+    }
+
+    /// An identical synchronous bind while another request creates the binding: waits for
+    /// that bind as its own request does (up to [`SYNC_TIMEOUT`]) and returns the binding as it
+    /// then is, so that every identical request gets the first one's credentials (issue 12: a
+    /// burst of identical binds answered one success and four errors).
+    async fn wait_for_bind(&self, binding: &BindingRecord) -> Result<BindingRecord, BrokerError> {
+        let op = self
+            .ctx
+            .store
+            .latest_operation(&binding.instance_id, Some(&binding.id))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("binding without operation"))?;
+        self.worker.run_job(&op.id, SYNC_TIMEOUT).await?;
+        Ok(self
+            .ctx
+            .store
+            .get_binding(&binding.id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("binding vanished"))?)
     }
 
     pub async fn unbind(

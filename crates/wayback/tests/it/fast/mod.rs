@@ -18,6 +18,7 @@ mod osb_api;
 mod osb_bad_input;
 mod osb_bindings;
 mod osb_checkers;
+pub mod osb_concurrent;
 mod osb_lifecycle;
 mod resume;
 mod runtime_errors;
