@@ -4,14 +4,15 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::audit::Audit;
 use super::credentials::{new_password, new_role_name, Credentials};
 use super::instances::LastOperation;
 use super::{new_operation_id, Broker, BrokerError};
 use crate::domain::{
-    BindingId, BindingState, InstanceId, InstanceState, OperationKind, OperationState,
+    BindingId, BindingState, InstanceId, InstanceState, OperationKind, OperationState, Originator,
 };
 use crate::jobs::{new_job, JobSpec};
-use crate::store::{now_millis, BindingRecord, OperationRecord, StoreError};
+use crate::store::{now_millis, AuditKind, BindingRecord, OperationRecord, StoreError};
 
 /// Bind parameters this version accepts.
 const BIND_PARAMETERS: &[&str] = &[];
@@ -28,6 +29,8 @@ pub struct BindRequest {
     pub bind_resource: Value,
     pub parameters: Value,
     pub accepts_incomplete: bool,
+    /// Who asked, for the audit trail.
+    pub originator: Option<Originator>,
 }
 
 #[derive(Debug)]
@@ -160,6 +163,9 @@ impl Broker {
             Err(e) => return Err(e.into()),
         }
         tracing::info!(instance = %instance.id, binding = %binding.id, "bind accepted");
+        let audit = Audit::new(AuditKind::Bind, &instance.id, req.originator.as_ref());
+        self.audit(audit.binding(&binding.id).operation(&operation))
+            .await;
         if req.accepts_incomplete {
             self.worker.wake();
             return Ok(Bound::Accepted { operation });
@@ -258,6 +264,7 @@ impl Broker {
         service_id: &str,
         plan_id: &str,
         accepts_incomplete: bool,
+        originator: Option<&Originator>,
     ) -> Result<Unbound, BrokerError> {
         let binding = match self.ctx.store.get_binding(binding_id).await? {
             Some(b) if b.instance_id == *instance_id && b.state != BindingState::Deleted => b,
@@ -309,6 +316,9 @@ impl Broker {
             )));
         }
         tracing::info!(instance = %instance_id, binding = %binding_id, "unbind accepted");
+        let audit = Audit::new(AuditKind::Unbind, instance_id, originator);
+        self.audit(audit.binding(binding_id).operation(&operation))
+            .await;
         if accepts_incomplete {
             self.worker.wake();
             return Ok(Unbound::Accepted { operation });

@@ -19,6 +19,7 @@ mod backup_schedule;
 mod bosh_templates;
 mod cf_wayback;
 mod clone;
+mod clone_audit;
 mod concurrent_pg;
 mod docs;
 mod drain;

@@ -15,6 +15,7 @@ mod architecture;
 mod cc_names;
 mod job_lanes;
 mod osb_api;
+pub mod osb_audit;
 mod osb_bad_input;
 mod osb_bindings;
 mod osb_checkers;
