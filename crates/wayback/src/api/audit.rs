@@ -117,16 +117,18 @@ mod tests {
         }});
         let mut bind = row(1_764_320_460_250, AuditKind::Bind, json!({}), alice);
         bind.binding_id = Some(BindingId::parse("c4d5e6f7-0000-4000-8000-000000000001").unwrap());
+        let mut rename = row(
+            1_764_320_430_000,
+            AuditKind::Rename,
+            json!({"name": "restored"}),
+            alice,
+        );
+        rename.operation_id = None;
         let mut unbind = row(1_764_320_520_000, AuditKind::Unbind, json!({}), None);
         unbind.binding_id = bind.binding_id.clone();
         let rows = vec![
             row(1_764_320_400_999, AuditKind::Clone, source, alice),
-            row(
-                1_764_320_430_000,
-                AuditKind::Rename,
-                json!({"name": "restored"}),
-                alice,
-            ),
+            rename,
             bind,
             row(
                 1_764_320_490_000,

@@ -259,3 +259,22 @@ async fn the_trail_is_shown_to_those_who_may_see_the_space() {
     let anonymous = get(&app, &format!("/instances/{id}/audit"), Auth::None).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
 }
+
+/// Audit pruning goes by the rows' own age and keeps an instance's origin (its provision or
+/// clone row, which `instance.json` is built from).
+#[tokio::test]
+async fn audit_pruning_keeps_each_instance_origin() {
+    let app = spawn_fast_app().await;
+    let id = new_id();
+    let put = format!("{}?accepts_incomplete=true", inst(&id));
+    let provision = provision_body(SMALL, "pruned");
+    let (_, body) = as_user(&app, Some(ALICE), Method::PUT, &put, Some(&provision)).await;
+    app.poll_instance(&id, body["operation"].as_str()).await;
+    app.bind_sync(&id, &new_id()).await;
+    let future = chrono::Utc::now().timestamp_millis() + 60_000;
+    let removed = app.store.prune_audit_events(future).await.unwrap();
+    assert_eq!(removed, 1, "the bind goes");
+    let left = app.store.audit_events_of(&iid(&id)).await.unwrap();
+    let kinds: Vec<&str> = left.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["provision"]);
+}
