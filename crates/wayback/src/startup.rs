@@ -98,7 +98,8 @@ impl Application {
             archive.clone(),
             settings.retention.clone(),
             Duration::from_secs(settings.supervisor.interval_secs),
-        );
+        )
+        .with_audit_retention_days(settings.audit.retention_days);
         let ctx = Arc::new(AppContext {
             store: store.clone(),
             runtime: runtime.clone(),
