@@ -115,29 +115,29 @@ mod tests {
             "name": "production",
             "point_in_time": "2026-11-21T09:30:00+00:00",
         }});
-        let mut bind = row(1_764_320_460_250, AuditKind::Bind, json!({}), alice);
+        let mut bind = row(1_795_856_460_250, AuditKind::Bind, json!({}), alice);
         bind.binding_id = Some(BindingId::parse("c4d5e6f7-0000-4000-8000-000000000001").unwrap());
         let mut rename = row(
-            1_764_320_430_000,
+            1_795_856_430_000,
             AuditKind::Rename,
             json!({"name": "restored"}),
             alice,
         );
         rename.operation_id = None;
-        let mut unbind = row(1_764_320_520_000, AuditKind::Unbind, json!({}), None);
+        let mut unbind = row(1_795_856_520_000, AuditKind::Unbind, json!({}), None);
         unbind.binding_id = bind.binding_id.clone();
         let rows = vec![
-            row(1_764_320_400_999, AuditKind::Clone, source, alice),
+            row(1_795_856_400_999, AuditKind::Clone, source, alice),
             rename,
             bind,
             row(
-                1_764_320_490_000,
+                1_795_856_490_000,
                 AuditKind::Update,
                 json!({"plan_id": "p-2", "plan": "medium"}),
                 alice,
             ),
             unbind,
-            row(1_764_320_580_000, AuditKind::Deprovision, json!({}), alice),
+            row(1_795_856_580_000, AuditKind::Deprovision, json!({}), alice),
         ];
         let id = rows[0].instance_id.clone();
         let text = serde_json::to_string_pretty(&trail(&id, &rows)).unwrap() + "\n";
