@@ -39,6 +39,9 @@ test_root_create() {
     chmod 1777 "$TEST_ROOT/tmp"
     export WAYBACK_TEST_ROOT=$TEST_ROOT
     export TMPDIR=$TEST_ROOT/tmp
+    # Tests make their roots as /tmp/wbt-<run>-* (short socket paths; tests/it/common): the
+    # run's tag lets the stop below touch this run's clusters only, not a parallel run's.
+    export WAYBACK_TEST_RUN=${TEST_ROOT##*.}
 }
 
 # initdb + pg_ctl start, retried on a fresh port if the one picked was taken in between.
@@ -197,10 +200,10 @@ test_services_stop() {
     test_pg_stop || true
     uid=$(id -u "$(cluster_user_name)" 2>/dev/null) || uid=
     if [[ -n $uid ]]; then
-                # Only directories the tests make: their roots (tests/common: /tmp/wbt-*) and this
-        # run's TEST_ROOT (TMPDIR points inside it). Never other /tmp clusters: a developer's
-        # benchmark or broker may be running beside the tests.
-        stop_postmasters_under "$uid" /tmp/wbt- "$TEST_ROOT" || true
+        # Only directories this run's tests make: their roots (tests/common:
+        # /tmp/wbt-<run>-*) and this run's TEST_ROOT (TMPDIR points inside it). Never other /tmp
+        # clusters: a developer's benchmark or broker, or another test run, may be running beside.
+        stop_postmasters_under "$uid" "/tmp/wbt-${WAYBACK_TEST_RUN:-}-" "$TEST_ROOT" || true
     fi
     if [[ -n $TEST_ROOT && -d $TEST_ROOT ]]; then
         if [[ ${WAYBACK_KEEP_TEST_ROOT:-0} == 1 ]]; then

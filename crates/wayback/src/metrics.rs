@@ -2,7 +2,9 @@
 //!
 //! Counts that must survive restarts and agree across brokers sharing a database (instances
 //! by state, operations by kind and outcome) are read from the store at scrape time; durations
-//! and restarts observed by this process are kept in memory. Nothing here may carry a secret.
+//! and restarts observed by this process are kept in memory. Nothing here may carry a secret,
+//! and no label names an instance by its user-given name: instances are labelled by id only
+//! (`GET /metrics` may be open, `metrics.auth`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -150,7 +152,7 @@ impl Metrics {
                 .map_or(0, |(_, n)| *n);
             let _ = writeln!(out, "wayback_instances{{state=\"{state}\"}} {n}");
         }
-        let _ = writeln!(out, "# HELP wayback_operations Operations by kind and state, all brokers, since the state database was created.");
+        let _ = writeln!(out, "# HELP wayback_operations Operations by kind and state, all brokers, that the state database holds (finished ones are pruned after state.retention_days).");
         let _ = writeln!(out, "# TYPE wayback_operations gauge");
         for (kind, state, n) in operations {
             let _ = writeln!(

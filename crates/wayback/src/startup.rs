@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
 use crate::catalog::Catalog;
-use crate::config::{resolve, Settings};
+use crate::config::{resolve, MetricsAuth, Settings};
 use crate::context::AppContext;
 use crate::jobs::Worker;
 use crate::maintenance::{ArchiveMaintenance, NameResolver, Supervisor};
@@ -99,6 +99,7 @@ impl Application {
             settings.retention.clone(),
             Duration::from_secs(settings.supervisor.interval_secs),
         )
+        .with_state_retention(settings.state.retention_days)
         .with_audit_retention_days(settings.audit.retention_days);
         let ctx = Arc::new(AppContext {
             store: store.clone(),
@@ -141,6 +142,7 @@ impl Application {
             broker,
             auth: BasicAuth::new(&settings.broker.username, &password),
             metrics,
+            metrics_auth: metrics_auth(&settings, &password)?,
             max_body_bytes: settings.http.max_body_bytes,
         });
         let server = HttpServer::new(move || {
@@ -225,4 +227,21 @@ impl Application {
         tracing::info!("wayback broker stopped");
         served.context("HTTP server")
     }
+}
+
+/// The credentials `GET /metrics` requires (`metrics.auth`); `None` leaves it open.
+fn metrics_auth(
+    settings: &Settings,
+    broker_password: &secrecy::SecretString,
+) -> anyhow::Result<Option<BasicAuth>> {
+    Ok(match settings.metrics.auth {
+        MetricsAuth::None => None,
+        MetricsAuth::Broker => Some(BasicAuth::new(&settings.broker.username, broker_password)),
+        MetricsAuth::Own => {
+            let Some(password) = settings.metrics.password.as_ref() else {
+                anyhow::bail!("metrics.auth is `own` but metrics.password is not set");
+            };
+            Some(BasicAuth::new(&settings.metrics.username, password))
+        }
+    })
 }

@@ -57,7 +57,10 @@ pub struct Outcome {
     pub prefix: String,
     pub target_dir: PathBuf,
     pub socket_dir: PathBuf,
+    /// The postmaster's output before its logging collector runs.
     pub log_file: PathBuf,
+    /// The server log (rotated files).
+    pub log_dir: PathBuf,
     pub running: bool,
     pub report: RestoreReport,
 }
@@ -174,6 +177,7 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Outc
         pgdata: pgdata.clone(),
         socket_dir: work.join("run"),
         log_file: work.join("postgres.log"),
+        log_dir: work.join("log"),
     };
     let socket = dirs.socket_dir.join(format!(".s.PGSQL.{port}"));
     if socket.as_os_str().len() > MAX_SOCKET_PATH {
@@ -228,6 +232,7 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Outc
         target_dir: pgdata,
         socket_dir: dirs.socket_dir,
         log_file: dirs.log_file,
+        log_dir: dirs.log_dir,
         running: args.keep_running,
         report,
     })
@@ -245,10 +250,10 @@ pub fn summary(o: &Outcome) -> String {
         .map_or("latest".to_string(), |t| t.to_rfc3339());
     let server = if o.running {
         format!(
-            "running on 127.0.0.1:{} (socket {}, log {})",
+            "running on 127.0.0.1:{} (socket {}, server log in {})",
             r.port,
             o.socket_dir.display(),
-            o.log_file.display()
+            o.log_dir.display()
         )
     } else {
         "stopped".to_string()

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use secrecy::SecretString;
 
-use super::{parse_agent_list, LogFormat, Settings};
+use super::{parse_agent_list, LogFormat, MetricsAuth, Settings};
 
 /// One environment variable and the setting it overrides.
 pub struct EnvVar {
@@ -69,6 +69,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     env_var!("WAYBACK_PG_PORT_MAX", "postgres.port_max", "40999", "Highest port handed to a cluster.", |s, v| s.postgres.port_max = parse(v)?),
     env_var!("WAYBACK_PG_START_TIMEOUT_SECS", "postgres.start_timeout_secs", "60", "Seconds a cluster may take to start or stop.", |s, v| s.postgres.start_timeout_secs = parse(v)?),
     env_var!("WAYBACK_PG_USE_TEMPLATE", "postgres.use_template", "true", "Copy a pre-initialised data directory (new system identifier each) instead of running initdb per instance.", |s, v| s.postgres.use_template = parse_bool(v)?),
+    env_var!("WAYBACK_PG_LOG_KEEP_MB", "postgres.log_keep_mb", "64", "MiB of server log each cluster keeps in `clusters/<id>/log/`: the server rotates its log every eighth of this (and daily) and the oldest files beyond it are deleted at every start and supervisor check (1–1048576).", |s, v| s.postgres.log_keep_mb = parse(v)?),
     env_var!("WAYBACK_JOBS_CONCURRENCY", "jobs.concurrency", "8", "User-facing operations (provision, clone, update, deprovision, bind, unbind) that run at the same time; background jobs never take these slots.", |s, v| s.jobs.concurrency = parse(v)?),
     env_var!("WAYBACK_JOBS_BACKGROUND_CONCURRENCY", "jobs.background_concurrency", "2", "Background jobs (base backups) one broker runs at the same time, in their own lane (1–16; each backup holds a few parts in memory and keeps a core busy compressing).", |s, v| s.jobs.background_concurrency = parse(v)?),
     env_var!("WAYBACK_JOBS_LEASE_SECS", "jobs.lease_secs", "15", "Seconds a job stays claimed without a heartbeat (renewed every third of it while the job runs; a job whose lease is lost stops); after a crash, another broker (or the restarted one) resumes it after this.", |s, v| s.jobs.lease_secs = parse(v)?),
@@ -114,6 +115,10 @@ pub const ENV_VARS: &[EnvVar] = &[
     env_var!("WAYBACK_LOG_FORMAT", "log.format", "plain", "`plain` or `json`.", |s, v| s.log.format = match v.trim() { "plain" => LogFormat::Plain, "json" => LogFormat::Json, _ => return Err("expected plain or json".into()) }),
     env_var!("WAYBACK_LOG", "log.level", "info", "Log filter, e.g. `info` or `wayback=debug,info`.", |s, v| s.log.level = v.trim().to_string()),
     env_var!("WAYBACK_HTTP_MAX_BODY_BYTES", "http.max_body_bytes", "262144", "Largest request body the broker accepts.", |s, v| s.http.max_body_bytes = parse(v)?),
+    env_var!("WAYBACK_METRICS_AUTH", "metrics.auth", "none", "Who may read `GET /metrics`: `none` (anyone who reaches the broker), `broker` (the broker's basic-auth credentials) or `own` (`metrics.username` / `metrics.password`). The BOSH job sets `broker`.", |s, v| s.metrics.auth = match v.trim() { "none" => MetricsAuth::None, "broker" => MetricsAuth::Broker, "own" => MetricsAuth::Own, _ => return Err("expected none, broker or own".into()) }),
+    env_var!("WAYBACK_METRICS_USERNAME", "metrics.username", "metrics", "Basic-auth user name for `GET /metrics` when `metrics.auth` is `own`.", |s, v| s.metrics.username = v.trim().to_string()),
+    env_var!("WAYBACK_METRICS_PASSWORD", "metrics.password", "none", "Basic-auth password for `GET /metrics` when `metrics.auth` is `own` (secret; required then).", |s, v| s.metrics.password = non_empty(v).map(SecretString::from)),
+    env_var!("WAYBACK_STATE_RETENTION_DAYS", "state.retention_days", "30", "Days the state database keeps finished jobs and operations superseded by a newer one of the same instance or binding (0: forever); the newest operation of each instance and binding, deprovision tombstones and audit records are kept. The maintenance loop prunes every `retention.interval_secs`.", |s, v| s.state.retention_days = parse(v)?),
 ];
 
 impl Settings {

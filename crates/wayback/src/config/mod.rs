@@ -61,6 +61,10 @@ pub struct Settings {
     pub agents: AgentsSettings,
     /// This process as an agent (`wayback agent`).
     pub agent: AgentSettings,
+    /// Who may read `GET /metrics`.
+    pub metrics: MetricsSettings,
+    /// How long the state database keeps finished jobs and operations.
+    pub state: StateSettings,
 }
 
 impl Default for Settings {
@@ -85,6 +89,8 @@ impl Default for Settings {
             cc: CcSettings::default(),
             agents: AgentsSettings::default(),
             agent: AgentSettings::default(),
+            metrics: MetricsSettings::default(),
+            state: StateSettings::default(),
         }
     }
 }

@@ -141,6 +141,8 @@ pub struct PostgresSettings {
     /// Copy a pre-initialised data directory (with a fresh system identifier) instead of
     /// running initdb for every instance.
     pub use_template: bool,
+    /// MiB of server log each cluster keeps (rotated files; the oldest are deleted beyond it).
+    pub log_keep_mb: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -246,6 +248,7 @@ impl Default for PostgresSettings {
             port_max: 40999,
             start_timeout_secs: 60,
             use_template: true,
+            log_keep_mb: 64,
         }
     }
 }
@@ -282,5 +285,53 @@ impl Default for HttpSettings {
         Self {
             max_body_bytes: 256 * 1024,
         }
+    }
+}
+
+/// Who may read `GET /metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsAuth {
+    /// Anyone who reaches the broker (the default of the plain config, for compatibility).
+    None,
+    /// The broker's own basic-auth credentials (`broker.username` / `broker.password`).
+    Broker,
+    /// Credentials of its own (`metrics.username` / `metrics.password`), e.g. for Prometheus.
+    Own,
+}
+
+/// `GET /metrics`: who may read it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    pub auth: MetricsAuth,
+    /// Basic-auth user name when `auth = "own"`.
+    pub username: String,
+    /// Basic-auth password when `auth = "own"` (required then).
+    pub password: Option<SecretString>,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            auth: MetricsAuth::None,
+            username: "metrics".into(),
+            password: None,
+        }
+    }
+}
+
+/// How long the state database keeps what is finished.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateSettings {
+    /// Days a finished job or a superseded operation is kept before the maintenance loop deletes
+    /// it (0: keep forever).
+    pub retention_days: u64,
+}
+
+impl Default for StateSettings {
+    fn default() -> Self {
+        Self { retention_days: 30 }
     }
 }

@@ -20,6 +20,9 @@ impl Settings {
                 "must be at least 1 and not above postgres.port_max",
             );
         }
+        if !(1..=1 << 20).contains(&self.postgres.log_keep_mb) {
+            return invalid("postgres.log_keep_mb", "must be between 1 and 1048576");
+        }
         if self.postgres.os_user.is_empty() {
             return invalid("postgres.os_user", "must not be empty");
         }
@@ -101,6 +104,17 @@ impl Settings {
         }
         if self.cc.reconcile_interval_secs == 0 {
             return invalid("cc.reconcile_interval_secs", "must be at least 1");
+        }
+        if self.metrics.auth == super::MetricsAuth::Own {
+            if self.metrics.password.is_none() {
+                return invalid(
+                    "metrics.password",
+                    "metrics.auth is `own`: a password for GET /metrics is needed",
+                );
+            }
+            if self.metrics.username.is_empty() {
+                return invalid("metrics.username", "must not be empty");
+            }
         }
         Ok(())
     }

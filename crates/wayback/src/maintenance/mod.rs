@@ -5,7 +5,8 @@
 //!   plan's archive interval, and enqueues base backups when they are due.
 //! - [`ArchiveMaintenance`] (`retention`): prunes archives to each plan's recovery window, reaps
 //!   deleted instances' archives, keeps every `instance.json` current; `wayback prune` runs one
-//!   pass.
+//!   pass. The same loop keeps the state database bounded (`state_retention`): finished jobs
+//!   and superseded operations go after `state.retention_days`, backup rows with their backups.
 //! - [`NameResolver`] (`names`): asks the Cloud Controller for names the platform did not send,
 //!   and reconciles live instances' names.
 //! - [`reindex`]: rebuilds the index of instances and names from the archive alone
@@ -18,8 +19,10 @@
 mod names;
 pub mod reindex;
 mod retention;
+mod state_retention;
 mod supervisor;
 
 pub use names::{NameResolver, ResolvePass, SOURCE_CLOUD_CONTROLLER};
 pub use retention::{ArchiveMaintenance, InstanceReport, PassReport};
+pub use state_retention::prune_state;
 pub use supervisor::Supervisor;

@@ -112,6 +112,8 @@ pub struct ArchiveMaintenance {
     audit_days: Option<u64>,
     /// Instances whose last attempt failed, so that each failure is logged once.
     failing: Mutex<HashSet<InstanceId>>,
+    /// `state.retention_days` (0: the state database is not pruned).
+    state_retention_days: u64,
 }
 
 impl ArchiveMaintenance {
@@ -130,7 +132,19 @@ impl ArchiveMaintenance {
             doc_interval,
             audit_days: None,
             failing: Mutex::new(HashSet::new()),
+            state_retention_days: 0,
         }
+    }
+
+    /// Also prunes the state database every pass (`state.retention_days`; 0: never).
+    pub fn with_state_retention(mut self, days: u64) -> Self {
+        self.state_retention_days = days;
+        self
+    }
+
+    /// One pass of the state database's retention as of `now` (see `state_retention`).
+    pub async fn prune_state(&self, now: DateTime<Utc>) -> anyhow::Result<crate::store::Pruned> {
+        Ok(super::prune_state(&self.store, now, self.state_retention_days).await?)
     }
 
     /// Also removes audit rows older than `days` (0: keeps them forever) on each pass.
@@ -215,6 +229,7 @@ impl ArchiveMaintenance {
                             self.store
                                 .set_instance_reaped(&instance.id, now.timestamp_millis())
                                 .await?;
+                            self.store.forget_backups(&instance.id, None).await?;
                             instance_doc::sync_instance_doc_or_mark_stale(
                                 &self.store,
                                 &self.catalog,
@@ -250,6 +265,12 @@ impl ArchiveMaintenance {
                 let policy = RetentionPolicy::days(plan.archive.recovery_window_days);
                 let plan = retention::prune_instance(&self.archive, &prefix, now, &policy, dry_run)
                     .await?;
+                if !dry_run && !plan.deleted_backups.is_empty() {
+                    // The rows follow the archive: a backup retention deleted is no more.
+                    self.store
+                        .forget_backups(&instance.id, Some(&plan.deleted_backups))
+                        .await?;
+                }
                 if !dry_run && !plan.delete.is_empty() {
                     tracing::info!(instance = %instance.id, objects = plan.delete.len(), bytes = plan.delete_bytes, backups = plan.deleted_backups.len(), "archive pruned to the recovery window");
                 }
@@ -338,6 +359,18 @@ impl ArchiveMaintenance {
                 }
                 if let Err(e) = self.sync_docs(true).await {
                     tracing::warn!(error = format!("{e:#}"), "instance.json sweep failed");
+                }
+                match self.prune_state(Utc::now()).await {
+                    Ok(pruned) if pruned.total() > 0 => tracing::info!(
+                        jobs = pruned.jobs,
+                        operations = pruned.operations,
+                        bindings = pruned.bindings,
+                        "state database pruned"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = format!("{e:#}"), "state database pruning failed")
+                    }
                 }
                 match self.prune_audit(Utc::now()).await {
                     Ok(0) => {}

@@ -28,6 +28,8 @@ pub struct AppState {
     pub broker: Broker,
     pub auth: BasicAuth,
     pub metrics: Metrics,
+    /// Credentials `GET /metrics` requires (`metrics.auth`); `None`: open to anyone.
+    pub metrics_auth: Option<BasicAuth>,
     pub max_body_bytes: usize,
 }
 

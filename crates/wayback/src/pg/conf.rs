@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::server_log::{LogBudget, LOG_DIRECTORY, LOG_FILENAME};
 use super::PgError;
 
 /// Settings a plan must not set: they are Wayback's to choose, or would let a plan read files,
@@ -35,6 +36,12 @@ const MANAGED: &[&str] = &[
     "include_if_exists",
     "logging_collector",
     "log_destination",
+    "log_directory",
+    "log_filename",
+    "log_file_mode",
+    "log_rotation_age",
+    "log_rotation_size",
+    "log_truncate_on_rotation",
     "log_line_prefix",
     "log_statement",
     "lc_messages",
@@ -76,6 +83,48 @@ pub struct ConfInput<'a> {
     /// Shown in `ps` output next to every server process; the instance id.
     pub cluster_name: &'a str,
     pub settings: &'a BTreeMap<String, String>,
+    /// How much server log to keep (`postgres.log_keep_mb`).
+    pub log_budget: LogBudget,
+}
+
+/// The managed logging settings: the collector writes size- and day-rotated files into
+/// `../log` (see `server_log`, which deletes the oldest beyond the budget).
+fn logging_lines(budget: LogBudget) -> [(&'static str, String); 8] {
+    [
+        ("logging_collector", "on".into()),
+        ("log_destination", "stderr".into()),
+        ("log_directory", LOG_DIRECTORY.into()),
+        ("log_filename", LOG_FILENAME.into()),
+        ("log_file_mode", "0600".into()),
+        ("log_rotation_age", "1d".into()),
+        ("log_rotation_size", format!("{}kB", budget.rotation_kb())),
+        ("log_truncate_on_rotation", "off".into()),
+    ]
+}
+
+/// `conf` (a `postgresql.conf` we wrote, maybe by an older version) with the managed logging
+/// settings of today in place of whatever it had; None when it needs no change. This is how a
+/// cluster made before the logging collector was used picks it up at its next start, without
+/// the plan's settings, which only the next `apply_settings` brings.
+pub fn with_current_logging(conf: &str, budget: LogBudget) -> Option<String> {
+    let names: Vec<&str> = logging_lines(budget).iter().map(|(n, _)| *n).collect();
+    let mut out = String::with_capacity(conf.len() + 256);
+    let mut inserted = false;
+    for line in conf.lines() {
+        let name = line.split_once('=').map(|(n, _)| n.trim());
+        if name.is_some_and(|n| names.contains(&n)) {
+            if !inserted {
+                for (name, value) in logging_lines(budget) {
+                    out.push_str(&format!("{name} = {}\n", quote_value(name, &value).ok()?));
+                }
+                inserted = true;
+            }
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    (inserted && out != conf).then_some(out)
 }
 
 /// Quotes `value` as a postgresql.conf string literal. Control characters (newlines above all)
@@ -135,8 +184,9 @@ pub fn render_postgresql_conf(input: &ConfInput<'_>) -> Result<String, PgError> 
     line("password_encryption", "scram-sha-256")?;
     line("wal_level", "replica")?;
     line("cluster_name", input.cluster_name)?;
-    line("logging_collector", "off")?;
-    line("log_destination", "stderr")?;
+    for (name, value) in logging_lines(input.log_budget) {
+        line(name, &value)?;
+    }
     line("log_line_prefix", "%m [%p] %q%u@%d ")?;
     line("log_statement", "none")?;
     line("lc_messages", "C")?;
@@ -188,6 +238,7 @@ mod tests {
             socket_dir: Path::new("/data/clusters/i-1/run"),
             cluster_name: "i-1",
             settings,
+            log_budget: LogBudget::from_mb(64),
         }
     }
 
@@ -217,6 +268,52 @@ mod tests {
         assert!(plan_part.contains("shared_buffers = '256MB'\nwork_mem = '8MB'\n"));
         assert!(conf.ends_with("include_if_exists = 'wayback-archive.conf'\n"));
         assert_eq!(configured_port(&conf), Some(40001));
+    }
+
+    #[test]
+    fn the_server_log_is_collected_rotated_and_outside_pgdata() {
+        let conf = render_postgresql_conf(&input(&BTreeMap::new())).unwrap();
+        for line in [
+            "logging_collector = 'on'\n",
+            "log_directory = '../log'\n",
+            "log_filename = 'postgresql-%Y%m%d-%H%M%S.log'\n",
+            "log_rotation_size = '8192kB'\n",
+            "log_truncate_on_rotation = 'off'\n",
+        ] {
+            assert!(conf.contains(line), "{line}");
+        }
+        for name in ["log_directory", "log_rotation_size", "log_filename"] {
+            let settings = plan(&[(name, "1")]);
+            assert!(render_postgresql_conf(&input(&settings)).is_err(), "{name}");
+        }
+        assert_eq!(with_current_logging(&conf, LogBudget::from_mb(64)), None);
+    }
+
+    #[test]
+    fn an_older_conf_gets_todays_logging_settings() {
+        let old = "# Managed by Wayback\nport = '40001'\nlogging_collector = 'off'\n\
+                   log_destination = 'stderr'\nlog_line_prefix = '%m '\n\n\
+                   # Plan settings\nwork_mem = '8MB'\n";
+        let new = with_current_logging(old, LogBudget::from_mb(16)).unwrap();
+        assert!(
+            new.contains(
+                "logging_collector = 'on'\nlog_destination = 'stderr'\nlog_directory = '../log'\n"
+            ),
+            "{new}"
+        );
+        assert!(new.contains("log_rotation_size = '2048kB'"), "{new}");
+        assert!(!new.contains("'off'\nlog_destination") && new.contains("work_mem = '8MB'\n"));
+        assert_eq!(new.matches("log_destination").count(), 1);
+        assert_eq!(with_current_logging(&new, LogBudget::from_mb(16)), None);
+        assert!(
+            with_current_logging(&new, LogBudget::from_mb(32)).is_some(),
+            "budget changed"
+        );
+        assert_eq!(
+            with_current_logging("port = '1'\n", LogBudget::from_mb(16)),
+            None,
+            "not ours"
+        );
     }
 
     #[test]

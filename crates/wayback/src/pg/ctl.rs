@@ -3,13 +3,14 @@
 //! Readiness comes from the server itself — `pg_ctl -w` waits for the `ready` status line that the
 //! postmaster writes into `postmaster.pid`, and `pg_isready` asks the socket — never from a sleep.
 //! `pg_ctl` runs the postmaster in its own session with its output sent to the log file, so a
-//! cluster outlives the broker, even a `kill -9` of it. After a `kill -9` of the *postmaster*, its
+//! cluster outlives the broker, even a `kill -9` of it (the server's own log goes through the
+//! logging collector into rotated files: `server_log`). After a `kill -9` of the *postmaster*, its
 //! children notice and exit within moments but may still hold the shared memory segment; the new
 //! postmaster then refuses to start ("pre-existing shared memory block is still in use"), so start
 //! retries that case until the start timeout. Why a start failed is read from the log lines it
-//! appended (a taken port becomes [`PgError::PortInUse`]). Imports only `pg` siblings.
+//! appended to `postgres.log` and the collector's newest file (a taken port becomes
+//! [`PgError::PortInUse`]). Imports only `pg` siblings.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ pub use super::pidfile::{
     clear_stale_locks, is_postmaster_of, live_postmaster, processes_in, PostmasterPid,
 };
 use super::process::{tail_lines, Output, PgCommand};
-use super::{ClusterDirs, PgError, Tools, SUPERUSER};
+use super::{server_log, ClusterDirs, PgError, Tools, SUPERUSER};
 
 /// Checks the configuration files of `pgdata` the way a starting postmaster reads them, without
 /// starting one (`postgres -C`; works while a server runs). An invalid value or unknown name is an
@@ -99,23 +100,6 @@ pub fn says_shared_memory_busy(log: &str) -> bool {
     log.contains("pre-existing shared memory block")
 }
 
-fn log_len(path: &Path) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| m.len())
-}
-
-/// What was appended to the log since `offset` (the last 64 KiB of it at most).
-fn log_since(path: &Path, offset: u64) -> String {
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let start = offset.max(log_len(path).saturating_sub(64 * 1024));
-    let mut buf = Vec::new();
-    if f.seek(SeekFrom::Start(start)).is_ok() {
-        let _ = f.read_to_end(&mut buf);
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
 /// Starts the server and waits until it accepts connections.
 pub async fn start(
     tools: &Tools,
@@ -125,8 +109,10 @@ pub async fn start(
 ) -> Result<(), PgError> {
     let deadline = Instant::now() + timeout;
     let mut backoff = Duration::from_millis(50);
+    server_log::trim_startup_log(&dirs.log_file);
     loop {
-        let offset = log_len(&dirs.log_file);
+        let offset = server_log::len(&dirs.log_file);
+        let began = std::time::SystemTime::now();
         let remaining = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(1));
@@ -154,7 +140,7 @@ pub async fn start(
         if out.success {
             return Ok(());
         }
-        let log = log_since(&dirs.log_file, offset);
+        let log = server_log::recent(dirs, offset, Some(began));
         if says_port_in_use(&log) {
             return Err(PgError::PortInUse { port });
         }
@@ -221,7 +207,7 @@ pub async fn wait_ready(
                 ),
                 command: "pg_isready".into(),
                 secs: timeout.as_secs(),
-                output: tail_lines(&log_since(&dirs.log_file, 0), 10),
+                output: tail_lines(&server_log::recent(dirs, 0, None), 10),
             });
         }
         tokio::time::sleep(backoff).await;

@@ -21,6 +21,7 @@ pub mod initdb;
 pub mod pidfile;
 pub mod process;
 pub mod scram;
+pub mod server_log;
 pub mod sql;
 
 use std::path::PathBuf;
@@ -45,8 +46,10 @@ pub struct ClusterDirs {
     pub pgdata: PathBuf,
     /// `unix_socket_directories`: where `.s.PGSQL.<port>` lives.
     pub socket_dir: PathBuf,
-    /// The server's stderr (`pg_ctl -l`).
+    /// The postmaster's stderr (`pg_ctl -l`): what it says before the logging collector runs.
     pub log_file: PathBuf,
+    /// The logging collector's directory (`log_directory`; see [`server_log`]).
+    pub log_dir: PathBuf,
 }
 
 impl ClusterDirs {

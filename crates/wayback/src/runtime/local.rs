@@ -101,6 +101,19 @@ impl LocalRuntime {
         })
     }
 
+    /// How much server log each cluster keeps (`postgres.log_keep_mb`).
+    pub(super) fn log_budget(&self) -> crate::pg::server_log::LogBudget {
+        crate::pg::server_log::LogBudget::from_mb(self.settings.log_keep_mb)
+    }
+
+    /// Deletes a cluster's oldest server log files beyond the budget; a failure is only logged
+    /// (the log is not worth failing a start or a check for).
+    pub(super) fn prune_server_log(&self, dirs: &ClusterDirs) {
+        if let Err(e) = crate::pg::server_log::prune(&dirs.log_dir, self.log_budget()) {
+            tracing::warn!(dir = %dirs.log_dir.display(), error = %e, "could not prune the server log");
+        }
+    }
+
     /// The data, socket and log locations of an instance's cluster.
     pub fn cluster_dirs(&self, id: &InstanceId) -> ClusterDirs {
         self.layout.dirs(id)
@@ -250,6 +263,7 @@ impl LocalRuntime {
             socket_dir: &dirs.socket_dir,
             cluster_name: spec.instance.as_str(),
             settings: &spec.settings,
+            log_budget: self.log_budget(),
         })
         .map_err(rt)?;
         let owner = tools.run_as.owner();
@@ -293,6 +307,8 @@ impl LocalRuntime {
             .map_err(io(format!("create {}", dirs.socket_dir.display())))?;
         fsutil::ensure_file(&dirs.log_file, 0o600, owner)
             .map_err(io(format!("create {}", dirs.log_file.display())))?;
+        fsutil::ensure_dir(&dirs.log_dir, 0o700, owner)
+            .map_err(io(format!("create {}", dirs.log_dir.display())))?;
         if dirs.exists() {
             // Made by an earlier run: only the configuration may have changed (e.g. the port).
             return self.write_confs(tools, &dirs.pgdata, spec, true);

@@ -14,6 +14,7 @@ mod instances;
 mod jobs;
 mod name_sources;
 mod operations;
+mod prune;
 mod records;
 mod reindex;
 
@@ -29,6 +30,7 @@ pub use audit::{AuditEvent, AuditKind};
 pub use backups::BackupRecord;
 pub use instances::SpaceName;
 pub use jobs::{JOB_DONE, JOB_FAILED, JOB_PENDING};
+pub use prune::{Pruned, RowCounts};
 pub use records::{BindingRecord, InstanceRecord, JobRecord, NameRecord, NewJob, OperationRecord};
 pub use reindex::{merge_names, IndexedInstance, MergeOutcome};
 

@@ -164,8 +164,13 @@ async fn wal_push_and_fetch_keep_the_archive_rules() {
             break o.key.clone();
         }
         if Instant::now() > listing_deadline {
-            let log = std::fs::read_to_string(app.cluster_dir(&id).join("postgres.log"))
-                .unwrap_or_default();
+            let dirs = wayback::pg::ClusterDirs {
+                pgdata: app.cluster_dir(&id).join("pgdata"),
+                socket_dir: app.cluster_dir(&id).join("run"),
+                log_file: app.cluster_dir(&id).join("postgres.log"),
+                log_dir: app.cluster_dir(&id).join("log"),
+            };
+            let log = wayback::pg::server_log::recent(&dirs, 0, None);
             let conf =
                 std::fs::read_to_string(app.cluster_dir(&id).join("pgdata/wayback-archive.conf"))
                     .unwrap_or_default();

@@ -344,6 +344,10 @@ fn the_broker_config_carries_the_manifest_values() {
         Some("db.wayback.example.com")
     );
     assert_eq!(full["cc"]["skip_tls_verify"].as_bool(), Some(true));
+    assert_eq!(full["metrics"]["auth"].as_str(), Some("own"));
+    assert_eq!(full["metrics"]["password"].as_str(), Some("scrape'secret"));
+    assert_eq!(full["postgres"]["log_keep_mb"].as_integer(), Some(128));
+    assert_eq!(full["state"]["retention_days"].as_integer(), Some(90));
 
     let minimal: toml::Value =
         std::fs::read_to_string(out.path().join("broker-minimal/config/wayback.toml"))
@@ -367,6 +371,12 @@ fn the_broker_config_carries_the_manifest_values() {
         minimal.get("database_url").is_none(),
         "SQLite on the persistent disk by default"
     );
+    assert_eq!(
+        minimal["metrics"]["auth"].as_str(),
+        Some("broker"),
+        "/metrics asks for the broker's credentials by default in the BOSH job"
+    );
+    assert!(minimal["metrics"].get("password").is_none());
 
     let registrar = std::fs::read_to_string(out.path().join("registrar/bin/run")).unwrap();
     assert!(

@@ -185,6 +185,7 @@ impl Source {
                 pgdata: root.join("pgdata"),
                 socket_dir: root.join("run"),
                 log_file: root.join("postgres.log"),
+                log_dir: root.join("log"),
             },
             port: free_port(),
             listen_address: "127.0.0.1".into(),

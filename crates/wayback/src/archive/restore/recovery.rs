@@ -47,6 +47,9 @@ pub(super) struct ConfInput<'a> {
     pub listen_address: &'a str,
     pub port: u16,
     pub socket_dir: &'a str,
+    /// The restored cluster's own server log directory: the source's `postgresql.conf` names
+    /// `../log`, which for a restore outside a cluster directory would be beside the target.
+    pub log_dir: &'a str,
     pub wayback_bin: &'a str,
     pub target_file: &'a str,
     pub archiving: bool,
@@ -66,6 +69,7 @@ pub(super) fn render_conf(i: &ConfInput<'_>) -> Result<String, RestoreError> {
     out += &q("listen_addresses", i.listen_address)?;
     out += &q("port", &i.port.to_string())?;
     out += &q("unix_socket_directories", i.socket_dir)?;
+    out += &q("log_directory", i.log_dir)?;
     let target = shell_word(i.target_file);
     let bin = shell_word(i.wayback_bin);
     if i.archiving {
@@ -142,6 +146,7 @@ fn conf_input<'a>(
         listen_address: &req.listen_address,
         port: req.port,
         socket_dir: utf8(&req.dirs.socket_dir, "the socket directory")?,
+        log_dir: utf8(&req.dirs.log_dir, "the log directory")?,
         wayback_bin: utf8(&req.wayback_bin, "the wayback binary")?,
         target_file: utf8(&req.target_file, "the archive target file")?,
         archiving: req.archive.is_some(),
@@ -217,6 +222,7 @@ pub(super) fn write_recovery(
     fsutil::ensure_dir(&req.dirs.socket_dir, 0o700, owner)
         .map_err(dir_err(&req.dirs.socket_dir))?;
     fsutil::ensure_file(&req.dirs.log_file, 0o600, owner).map_err(dir_err(&req.dirs.log_file))?;
+    fsutil::ensure_dir(&req.dirs.log_dir, 0o700, owner).map_err(dir_err(&req.dirs.log_dir))?;
     let prefetch = prefetch_dir(req);
     fsutil::ensure_dir(&prefetch, 0o700, owner).map_err(dir_err(&prefetch))?;
     // Segments prefetched for an earlier attempt may come from another source: never reuse them.

@@ -5,6 +5,7 @@ fn input<'a>(floors: &'a SettingFloors, recovery: bool, archiving: bool) -> Conf
         listen_address: "127.0.0.1",
         port: 5433,
         socket_dir: "/tmp/wbt-x/run",
+        log_dir: "/tmp/wbt-x/log",
         wayback_bin: "/opt/way back/wayback",
         target_file: "/tmp/wbt-x/archive.json",
         archiving,

@@ -58,9 +58,7 @@ async fn psql(req: &RestoreRequest, what: &str, sql: &str) -> Result<String, PgE
 }
 
 fn log_tail(req: &RestoreRequest) -> String {
-    let log = std::fs::read(&req.dirs.log_file).unwrap_or_default();
-    let start = log.len().saturating_sub(64 * 1024);
-    tail_lines(&String::from_utf8_lossy(&log[start..]), 30)
+    tail_lines(&crate::pg::server_log::recent(&req.dirs, 0, None), 30)
 }
 
 /// True if the control file says the cluster was promoted: in production *and* checkpointed

@@ -1,4 +1,10 @@
 //! Catalog, health, metrics, the instance dashboard page, the JSON 404 and the JSON 405.
+//!
+//! `GET /metrics` asks for basic auth when `metrics.auth` says so (the same constant-time
+//! [`crate::osb::BasicAuth`] as `/v2`). The dashboard page reads nothing: `dashboard_url` stays in
+//! the OSB answers because `cf-wayback` finds the broker through it, but the page behind it says
+//! the same for every id, so an instance GUID tells its holder nothing (not even whether it
+//! exists) until the dashboard issue gives the page an authenticated view.
 
 use actix_web::http::header::{HeaderValue, ALLOW};
 use actix_web::http::StatusCode;
@@ -24,7 +30,26 @@ pub async fn health(state: State) -> HttpResponse {
     }
 }
 
-pub async fn metrics(state: State) -> Result<HttpResponse, OsbError> {
+pub async fn metrics(state: State, req: HttpRequest) -> Result<HttpResponse, OsbError> {
+    if let Some(auth) = &state.metrics_auth {
+        let authorization = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if !auth.check(authorization) {
+            let e = OsbError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "Basic authentication with the metrics credentials is required.",
+            );
+            let mut response = e.error_response();
+            response.headers_mut().insert(
+                actix_web::http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"wayback metrics\""),
+            );
+            return Ok(response);
+        }
+    }
     let store = state.broker.store();
     let (instances, operations) = match (
         store.instance_counts().await,
@@ -38,35 +63,22 @@ pub async fn metrics(state: State) -> Result<HttpResponse, OsbError> {
         .body(state.metrics.render(&instances, &operations)))
 }
 
-/// The page behind `dashboard_url`: state only, nothing secret.
-pub async fn dashboard(state: State, path: web::Path<String>) -> Result<HttpResponse, OsbError> {
-    let Ok(id) = InstanceId::parse(path.into_inner()) else {
+/// The page behind `dashboard_url`: the same text for every well-formed id, read from nothing,
+/// so that holding an instance GUID tells nothing about the instance.
+pub async fn dashboard(path: web::Path<String>) -> Result<HttpResponse, OsbError> {
+    if InstanceId::parse(path.into_inner()).is_err() {
         return Err(OsbError::new(
             StatusCode::NOT_FOUND,
             "NotFound",
             "No such instance.",
         ));
-    };
-    let Some(instance) = state
-        .broker
-        .store()
-        .get_instance(&id)
-        .await
-        .map_err(crate::broker::BrokerError::from)?
-    else {
-        return Err(OsbError::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "No such instance.",
-        ));
-    };
-    let body = format!(
-        "<!doctype html><meta charset=utf-8><title>Wayback PostgreSQL</title>\
-         <h1>Wayback PostgreSQL</h1><p>Instance <code>{}</code> is <b>{}</b>.</p>\
+    }
+    let body = "<!doctype html><meta charset=utf-8><title>Wayback PostgreSQL</title>\
+         <h1>Wayback PostgreSQL</h1>\
+         <p>See your instance with <code>cf service NAME</code> and what it can be restored to \
+         with <code>cf backups</code> (the cf-wayback plugin).</p>\
          <p>Bind it to an app with <code>cf bind-service</code>. Deleted by mistake? \
-         <code>cf create-service … -c '{{\"clone-from\":\"NAME\"}}'</code> brings it back.</p>",
-        instance.id, instance.state
-    );
+         <code>cf create-service … -c '{\"clone-from\":\"NAME\"}'</code> brings it back.</p>";
     Ok(HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(body))

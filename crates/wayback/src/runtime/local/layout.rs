@@ -6,7 +6,9 @@
 //!     pgdata/                              0700, the cluster user's
 //!     pgdata.partial/                      a data directory being made; renamed to pgdata
 //!     run/                                 unix socket directory, 0700, the cluster user's
-//!     postgres.log                         server stderr (pg_ctl -l)
+//!     postgres.log                         the postmaster's stderr before the collector runs (pg_ctl -l)
+//!     log/                                 0700, the server log: rotated files, oldest deleted
+//!                                          beyond postgres.log_keep_mb (pg::server_log)
 //!     admin-password                       superuser password, 0600, the broker's user only
 //! ```
 //!
@@ -65,6 +67,7 @@ impl Layout {
             pgdata: c.join("pgdata"),
             socket_dir: c.join("run"),
             log_file: c.join("postgres.log"),
+            log_dir: c.join("log"),
         }
     }
     pub fn partial(&self, id: &InstanceId) -> PathBuf {
@@ -105,6 +108,7 @@ mod tests {
             d.socket_dir,
             Path::new("/var/lib/wayback/clusters/6f1c2a/run")
         );
+        assert_eq!(d.log_dir, Path::new("/var/lib/wayback/clusters/6f1c2a/log"));
         assert_eq!(
             l.template_pgdata(),
             Path::new("/var/lib/wayback/template/pg15-r2/pgdata")

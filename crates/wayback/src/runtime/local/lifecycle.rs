@@ -46,6 +46,7 @@ impl LocalRuntime {
         {
             return Ok(());
         }
+        self.current_logging(tools, &dirs)?;
         ctl::clear_stale_locks(&dirs, self.timeout())
             .await
             .map_err(rt)?;
@@ -53,6 +54,24 @@ impl LocalRuntime {
         ctl::start(tools, &dirs, port, self.timeout())
             .await
             .map_err(rt)
+    }
+
+    /// Before a start: the log directory exists (clusters made before it did get it now), the
+    /// managed logging settings are today's (`conf::with_current_logging`), and old server log
+    /// files beyond the budget are gone.
+    fn current_logging(&self, tools: &Tools, dirs: &ClusterDirs) -> Result<(), RuntimeError> {
+        let owner = tools.run_as.owner();
+        fsutil::ensure_dir(&dirs.log_dir, 0o700, owner)
+            .map_err(io(format!("create {}", dirs.log_dir.display())))?;
+        let path = dirs.pgdata.join("postgresql.conf");
+        let text =
+            std::fs::read_to_string(&path).map_err(io(format!("read {}", path.display())))?;
+        if let Some(current) = conf::with_current_logging(&text, self.log_budget()) {
+            fsutil::write_atomic(&path, current.as_bytes(), 0o600, owner)
+                .map_err(io(format!("write {}", path.display())))?;
+        }
+        self.prune_server_log(dirs);
+        Ok(())
     }
 
     pub async fn start(&self, id: &InstanceId) -> Result<(), RuntimeError> {
@@ -86,7 +105,8 @@ impl LocalRuntime {
             Some(p) => p,
             None => return Ok(ClusterStatus::Stopped), // still initialising
         };
-        let socket_dir = pm.socket_dir.unwrap_or(dirs.socket_dir);
+        self.prune_server_log(&dirs);
+        let socket_dir = pm.socket_dir.unwrap_or(dirs.socket_dir.clone());
         match ctl::is_ready(tools, &socket_dir, port).await.map_err(rt)? {
             true => Ok(ClusterStatus::Running),
             false => Ok(ClusterStatus::Stopped),

@@ -270,6 +270,8 @@ impl Site {
             .map_err(io(format!("create {}", dirs.socket_dir.display())))?;
         fsutil::ensure_file(&dirs.log_file, 0o600, owner)
             .map_err(io(format!("create {}", dirs.log_file.display())))?;
+        fsutil::ensure_dir(&dirs.log_dir, 0o700, owner)
+            .map_err(io(format!("create {}", dirs.log_dir.display())))?;
         // wal-fetch (prefetch) and wal-push run as the cluster user, next to the target file.
         for sub in ["wal-pushed", "wal-prefetch"] {
             let dir = cluster.join(sub);

@@ -63,10 +63,12 @@ pub fn require(what: &str, present: bool) -> bool {
 
 /// A fresh, cluster-user-traversable directory for a test. Always directly under /tmp, not
 /// under $TMPDIR: a cluster's unix socket path (data dir + instance GUID + `.s.PGSQL.port`)
-/// must stay under the 107 bytes a socket address holds.
+/// must stay under the 107 bytes a socket address holds. Named `wbt-<run>-…` with the run's tag
+/// from `scripts/test` (`WAYBACK_TEST_RUN`), whose cleanup stops only its own run's clusters.
 pub fn test_root() -> tempfile::TempDir {
+    let run = std::env::var("WAYBACK_TEST_RUN").unwrap_or_default();
     let root = tempfile::Builder::new()
-        .prefix("wbt-")
+        .prefix(&format!("wbt-{run}-"))
         .tempdir_in("/tmp")
         .expect("tempdir");
     std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");

@@ -15,6 +15,7 @@
 mod architecture;
 mod cc_names;
 mod job_lanes;
+mod metrics_auth;
 mod osb_api;
 pub mod osb_audit;
 mod osb_bad_input;
