@@ -153,6 +153,41 @@ impl BrokerApi<'_> {
     }
 }
 
+impl BrokerApi<'_> {
+    /// `GET /wayback/v1/instances/{id}/audit`: the document as it came (for `--json`) and typed.
+    pub async fn audit(
+        &self,
+        instance_id: &str,
+        space_name: &str,
+    ) -> Result<(Value, v1::AuditTrail), CliError> {
+        let url = format!("{}/wayback/v1/instances/{instance_id}/audit", self.base);
+        let resp = get_with_retry(self.http, &url, &[], self.token)
+            .await
+            .map_err(|e| {
+                CliError::transport(
+                    &format!("the Wayback broker at {} cannot be reached", self.base),
+                    &e,
+                )
+            })?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(broker_error(status, &text, space_name));
+        }
+        let raw: Value = serde_json::from_str(&text).map_err(|_| {
+            CliError::Failed(format!(
+                "the broker at {} answered an audit trail that is not JSON; is it a Wayback \
+                 broker that keeps one (release with `cf audit`)?",
+                self.base
+            ))
+        })?;
+        let trail = v1::AuditTrail::deserialize(&raw).map_err(|e| {
+            CliError::Failed(format!("an audit trail this cf-wayback cannot read ({e})"))
+        })?;
+        Ok((raw, trail))
+    }
+}
+
 /// The broker's `{"error", "description"}` verbatim, with what to do next.
 pub fn broker_error(status: reqwest::StatusCode, text: &str, space: &str) -> CliError {
     let description = serde_json::from_str::<v1::ErrorBody>(text)

@@ -21,13 +21,21 @@ means the instance is live and keeps archiving. --json prints
 {\"space\": {\"guid\", \"name\"}, \"broker\": URL, \"instances\": [...]} with the broker's instance
 objects as they are (fields are only ever added).";
 
+const AUDIT_ABOUT: &str =
+    "Show who provisioned, cloned, updated, renamed, bound, unbound and deleted an instance";
+
+const AUDIT_AFTER: &str = "\
+NAME is the newest instance that has or had the name (live or deleted). Users are the ids the
+platform sent with each request (Cloud Foundry's user GUIDs); \"-\" when it sent none. --json
+prints the broker's audit document as it is (fields are only ever added).";
+
 const UNDO_AFTER: &str = "\
 Creates NEW_NAME (default NAME-restored) through the Cloud Controller, as
 `cf create-service SERVICE PLAN NEW_NAME -c '{\"clone-from\": NAME, \"point-in-time\": TIME}'`,
 with the plan of NAME unless --plan is given. Without --at, the latest state is restored.
 TIME is RFC 3339 with an offset: 2026-11-21T09:30:00Z or 2026-11-21T10:30:00+01:00.";
 
-/// The broker's URL, for both commands.
+/// The broker's URL, for every command.
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArg {
     /// The Wayback broker's URL (default: found from the space's instances, then remembered)
@@ -68,12 +76,28 @@ pub struct UndoArgs {
     pub broker: BrokerArg,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    /// The instance (live or deleted); the newest one of that name
+    pub name: String,
+    /// Print the broker's JSON document instead of the table
+    #[arg(long)]
+    pub json: bool,
+    /// Show times in this machine's time zone instead of UTC
+    #[arg(long)]
+    pub local_time: bool,
+    #[command(flatten)]
+    pub broker: BrokerArg,
+}
+
 #[derive(Debug, Clone, Subcommand)]
 pub enum CliCommand {
     #[command(about = BACKUPS_ABOUT, after_help = format!("{BACKUPS_AFTER}\n\n{EXIT_CODES_HELP}"))]
     Backups(BackupsArgs),
     #[command(about = UNDO_ABOUT, after_help = format!("{UNDO_AFTER}\n\n{EXIT_CODES_HELP}"))]
     Undo(UndoArgs),
+    #[command(about = AUDIT_ABOUT, after_help = format!("{AUDIT_AFTER}\n\n{EXIT_CODES_HELP}"))]
+    Audit(AuditArgs),
 }
 
 /// PostgreSQL with undo: see and restore what Wayback can bring back.
@@ -152,6 +176,11 @@ pub fn plugin_metadata() -> PluginMetadata {
                  cf undo production --at 2026-11-21T09:30:00Z\n   \
                  cf undo production production-old --wait",
             ),
+            command(
+                "audit",
+                AUDIT_ABOUT,
+                "cf audit NAME [--json] [--local-time] [--broker-url URL]",
+            ),
         ],
         ..PluginMetadata::default()
     }
@@ -223,11 +252,11 @@ mod tests {
     }
 
     #[test]
-    fn metadata_lists_both_commands_with_their_options() {
+    fn metadata_lists_the_commands_with_their_options() {
         let md = plugin_metadata();
         assert_eq!(md.name, "wayback");
         let names: Vec<_> = md.commands.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["backups", "undo"]);
+        assert_eq!(names, ["backups", "undo", "audit"]);
         let undo = &md.commands[1].usage_details.options;
         for option in ["at", "plan", "wait", "broker-url"] {
             assert!(undo.contains_key(option), "{option}: {undo:?}");

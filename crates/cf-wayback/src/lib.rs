@@ -1,6 +1,6 @@
 //! `cf-wayback`: Wayback's command line for app developers, `backups` (what can be restored
-//! in the targeted space, live and deleted instances) and `undo` (restore one into a new
-//! instance, through the Cloud Controller). One binary runs two ways:
+//! in the targeted space, live and deleted instances), `undo` (restore one into a new
+//! instance, through the Cloud Controller) and `audit` (who did what to an instance). One binary runs two ways:
 //!
 //! - as a **cf CLI plugin** (`cf install-plugin`, then `cf backups`, `cf undo`): cf starts it
 //!   with a port ([`plugin`]) and answers its questions — token, API endpoint, space — over
@@ -14,7 +14,8 @@
 //!
 //! - [`app`]: choose the mode, build the session, run the command, map the outcome to an exit
 //!   code; [`commands`]: the command line (clap) and the plugin metadata;
-//! - [`backups`], [`undo`]: the two commands; [`output`]: the table and the `--json` document;
+//! - [`backups`], [`undo`], [`audit`]: the commands; [`output`]: the table and the `--json`
+//!   document of `backups`;
 //! - [`session`]: who and where; [`discovery`]: finding the broker's URL (flag, remembered,
 //!   or a dashboard URL);
 //! - [`broker_client`]: the broker's API, read as [`wayback_api::v1`] types, and the one HTTP
@@ -29,6 +30,7 @@
 //! `cfg(unix)`.
 
 pub mod app;
+pub mod audit;
 pub mod backups;
 pub mod broker_client;
 pub mod cc_client;

@@ -86,14 +86,20 @@ pub fn row(instance: &v1::Instance, zone: Zone) -> [String; 6] {
 pub fn render_table(instances: &[Listed], zone: Zone) -> String {
     let mut rows: Vec<[String; 6]> = vec![HEADER.map(String::from)];
     rows.extend(instances.iter().map(|i| row(&i.instance, zone)));
-    let mut widths = [0usize; 6];
-    for r in &rows {
+    align(&rows)
+}
+
+/// Rows as a table: columns as wide as their widest cell, three spaces apart, no trailing
+/// blanks.
+pub fn align<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for r in &rows {
+    for r in rows {
         let mut line = String::new();
         for (i, cell) in r.iter().enumerate() {
             if i > 0 {

@@ -62,6 +62,15 @@ impl Session {
         }
     }
 
+    /// The broker at `url` as this session's user.
+    pub fn broker_at<'a>(&'a self, url: &'a str) -> BrokerApi<'a> {
+        BrokerApi {
+            http: &self.http,
+            base: url,
+            token: &self.token,
+        }
+    }
+
     /// The space's instances from the broker (`name`: those that have or had it), and the
     /// broker's URL. A remembered URL that does not answer is discovered again; a URL that
     /// worked is remembered for this API endpoint.

@@ -23,6 +23,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+mod audit;
+pub use audit::{AuditEvent, AuditEventKind, AuditTrail, CloneOrigin};
+
 /// `GET /wayback/v1/spaces/{space_guid}/instances`: a space's instances, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpaceInstances {

@@ -111,7 +111,8 @@ impl Application {
             settings.retention.clone(),
             Duration::from_secs(settings.supervisor.interval_secs),
         )
-        .with_state_retention(settings.state.retention_days);
+        .with_state_retention(settings.state.retention_days)
+        .with_audit_retention_days(settings.audit.retention_days);
         let ctx = Arc::new(AppContext {
             store: store.clone(),
             runtime: runtime.clone(),

@@ -107,3 +107,18 @@ fn states_and_error_codes_have_their_wire_names() {
             .unwrap();
     assert_eq!(body.error, ErrorCode::Other("TooManyRequests".into()));
 }
+
+/// The broker's golden audit trail reads into the types and writes back to the same bytes;
+/// an event a newer broker records is kept as it came.
+#[test]
+fn the_brokers_golden_audit_trail_round_trips() {
+    let text = read(crates_dir().join("wayback/tests/fixtures/api/audit.json"));
+    let trail: AuditTrail = serde_json::from_str(&text).unwrap();
+    assert!(trail.events.iter().any(|e| e.clone_from.is_some()));
+    assert_eq!(serde_json::to_string_pretty(&trail).unwrap() + "\n", text);
+    let newer: AuditEvent =
+        serde_json::from_value(json!({"at": "2026-12-01T10:00:00Z", "event": "drill"})).unwrap();
+    assert_eq!(newer.event, AuditEventKind::Other("drill".into()));
+    assert_eq!(AuditEventKind::from_name("bind"), AuditEventKind::Bind);
+    assert_eq!(AuditEventKind::from_name("drill").as_str(), "drill");
+}

@@ -1,6 +1,7 @@
 //! Wayback's own read-only API, `/wayback/v1` (contract: `docs/wayback-api.md`): which
-//! instances of a space, live and deleted, can be restored and to when. The `cf-wayback` CLI
-//! reads it before it asks the Cloud Controller for a `clone-from` instance.
+//! instances of a space, live and deleted, can be restored and to when, and who did what to
+//! an instance ([`audit`]). The `cf-wayback` CLI reads it before it asks the Cloud Controller
+//! for a `clone-from` instance.
 //!
 //! Every handler authenticates first ([`auth`]: 401/503), then checks the space (403, or 404
 //! for an instance, so that an instance id says nothing about a foreign space), and only then
@@ -13,6 +14,7 @@
 //! Imports `store`, `archive`, `storage`, `runtime`, `catalog`, `cc`, `domain`, `osb::BasicAuth` and
 //! `wayback_api::v1`; never `broker` or `jobs`.
 
+mod audit;
 pub mod auth;
 pub mod error;
 pub mod jwt;
@@ -55,7 +57,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/wayback/v1")
             .route("/spaces/{space_guid}/instances", web::get().to(list_space))
-            .route("/instances/{instance_id}", web::get().to(get_instance)),
+            .route("/instances/{instance_id}", web::get().to(get_instance))
+            .route(
+                "/instances/{instance_id}/audit",
+                web::get().to(audit::get_audit),
+            ),
     );
 }
 

@@ -49,6 +49,32 @@ pub struct InstanceDoc {
     pub final_at: Option<DateTime<Utc>>,
     /// When the reaper removed the archive's WAL and backups (only this document is left).
     pub reaped_at: Option<DateTime<Utc>>,
+    /// Who created the instance, as the platform's originating identity named them. Optional
+    /// and left out when unknown, so older brokers read the document and its bytes (and hash)
+    /// stay as they were for instances without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<CreatedBy>,
+    /// For an instance made with `clone-from`: what it was cloned from (optional, as above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloned_from: Option<ClonedFrom>,
+}
+
+/// The originating identity of the request that created an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedBy {
+    /// `cloudfoundry`, `kubernetes`, …
+    pub platform: String,
+    pub user_id: Option<String>,
+}
+
+/// The source of a clone, as the broker resolved `clone-from` before it answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClonedFrom {
+    pub instance_id: String,
+    /// The name `clone-from` resolved to.
+    pub name: String,
+    /// The `point-in-time` (RFC 3339), or `latest`.
+    pub point_in_time: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,6 +249,8 @@ mod tests {
             final_lsn: None,
             final_at: None,
             reaped_at: None,
+            created_by: None,
+            cloned_from: None,
         }
     }
 
@@ -245,6 +273,35 @@ mod tests {
         let mut changed = doc.clone();
         changed.state = "deleted".into();
         assert_ne!(changed.content_hash(), doc.content_hash());
+    }
+
+    /// A clone's origin is written only when known, and a document without it (an older
+    /// broker's) reads as before; one with it reads in a reader that ignores unknown fields.
+    #[test]
+    fn the_origin_fields_are_optional() {
+        let plain = sample("s1", "i1");
+        let text = String::from_utf8(plain.to_json()).unwrap();
+        assert!(
+            !text.contains("created_by") && !text.contains("cloned_from"),
+            "{text}"
+        );
+        let mut clone = plain.clone();
+        clone.created_by = Some(CreatedBy {
+            platform: "cloudfoundry".into(),
+            user_id: Some("u-1".into()),
+        });
+        clone.cloned_from = Some(ClonedFrom {
+            instance_id: "i0".into(),
+            name: "production".into(),
+            point_in_time: "latest".into(),
+        });
+        assert_eq!(InstanceDoc::from_json(&clone.to_json()).unwrap(), clone);
+        #[derive(Deserialize)]
+        struct OlderReader {
+            instance_id: String,
+        }
+        let older: OlderReader = serde_json::from_slice(&clone.to_json()).unwrap();
+        assert_eq!(older.instance_id, "i1");
     }
 
     #[test]

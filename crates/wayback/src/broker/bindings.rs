@@ -4,14 +4,15 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::audit::Audit;
 use super::credentials::{new_password, new_role_name, Credentials};
 use super::instances::LastOperation;
 use super::{new_operation_id, Broker, BrokerError};
 use crate::domain::{
-    BindingId, BindingState, InstanceId, InstanceState, OperationKind, OperationState,
+    BindingId, BindingState, InstanceId, InstanceState, OperationKind, OperationState, Originator,
 };
 use crate::jobs::{new_job, JobSpec};
-use crate::store::{now_millis, BindingRecord, OperationRecord, StoreError};
+use crate::store::{now_millis, AuditKind, BindingRecord, OperationRecord, StoreError};
 
 /// Bind parameters this version accepts.
 const BIND_PARAMETERS: &[&str] = &[];
@@ -28,6 +29,8 @@ pub struct BindRequest {
     pub bind_resource: Value,
     pub parameters: Value,
     pub accepts_incomplete: bool,
+    /// Who asked, for the audit trail.
+    pub originator: Option<Originator>,
 }
 
 #[derive(Debug)]
@@ -160,6 +163,9 @@ impl Broker {
             Err(e) => return Err(e.into()),
         }
         tracing::info!(instance = %instance.id, binding = %binding.id, "bind accepted");
+        let audit = Audit::new(AuditKind::Bind, &instance.id, req.originator.as_ref());
+        self.audit(audit.binding(&binding.id).operation(&operation))
+            .await;
         if req.accepts_incomplete {
             self.worker.wake();
             return Ok(Bound::Accepted { operation });
@@ -199,6 +205,11 @@ impl Broker {
                 if existing.state == BindingState::Deleted { " (or was deleted)" } else { "" }
             )));
         }
+        let existing = if existing.state == BindingState::Creating && !req.accepts_incomplete {
+            self.wait_for_bind(&existing).await?
+        } else {
+            existing
+        };
         match existing.state {
             BindingState::Ready => Ok(Bound::Exists(self.credentials(instance, &existing)?)),
             BindingState::Creating if req.accepts_incomplete => {
@@ -226,6 +237,26 @@ impl Broker {
         }
     }
 
+    /// An identical synchronous bind while another request creates the binding: waits for
+    /// that bind as its own request does (up to [`SYNC_TIMEOUT`]) and returns the binding as it
+    /// then is, so that every identical request gets the first one's credentials (issue 12: a
+    /// burst of identical binds answered one success and four errors).
+    async fn wait_for_bind(&self, binding: &BindingRecord) -> Result<BindingRecord, BrokerError> {
+        let op = self
+            .ctx
+            .store
+            .latest_operation(&binding.instance_id, Some(&binding.id))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("binding without operation"))?;
+        self.worker.run_job(&op.id, SYNC_TIMEOUT).await?;
+        Ok(self
+            .ctx
+            .store
+            .get_binding(&binding.id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("binding vanished"))?)
+    }
+
     pub async fn unbind(
         &self,
         instance_id: &InstanceId,
@@ -233,6 +264,7 @@ impl Broker {
         service_id: &str,
         plan_id: &str,
         accepts_incomplete: bool,
+        originator: Option<&Originator>,
     ) -> Result<Unbound, BrokerError> {
         let binding = match self.ctx.store.get_binding(binding_id).await? {
             Some(b) if b.instance_id == *instance_id && b.state != BindingState::Deleted => b,
@@ -284,6 +316,9 @@ impl Broker {
             )));
         }
         tracing::info!(instance = %instance_id, binding = %binding_id, "unbind accepted");
+        let audit = Audit::new(AuditKind::Unbind, instance_id, originator);
+        self.audit(audit.binding(binding_id).operation(&operation))
+            .await;
         if accepts_incomplete {
             self.worker.wake();
             return Ok(Unbound::Accepted { operation });

@@ -1,10 +1,11 @@
 //! Deprovision: the delete job, or the answer for an instance already gone or being deleted.
 
+use super::audit::Audit;
 use super::instances::Deprovisioned;
 use super::{new_operation_id, Broker, BrokerError};
-use crate::domain::{InstanceId, InstanceState, OperationKind, OperationState};
+use crate::domain::{InstanceId, InstanceState, OperationKind, OperationState, Originator};
 use crate::jobs::{new_job, JobSpec};
-use crate::store::{now_millis, OperationRecord};
+use crate::store::{now_millis, AuditKind, OperationRecord};
 
 impl Broker {
     pub async fn deprovision(
@@ -13,6 +14,7 @@ impl Broker {
         service_id: &str,
         plan_id: &str,
         accepts_incomplete: bool,
+        originator: Option<&Originator>,
     ) -> Result<Deprovisioned, BrokerError> {
         let existing = match self.ctx.store.get_instance(id).await? {
             Some(i) if i.state != InstanceState::Deleted => i,
@@ -79,6 +81,8 @@ impl Broker {
             tracing::info!(instance = %id, "delete during provisioning: stopping the provision and cleaning up");
         }
         tracing::info!(instance = %id, "deprovision accepted");
+        self.audit(Audit::new(AuditKind::Deprovision, id, originator).operation(&operation))
+            .await;
         self.worker.wake();
         Ok(Deprovisioned::Accepted { operation })
     }

@@ -3,10 +3,13 @@
 
 use serde_json::{Map, Value};
 
+use super::audit::{clone_detail, Audit};
 use super::{new_operation_id, Broker, BrokerError};
-use crate::domain::{InstanceId, InstanceState, OperationKind, OperationState, OrgGuid, SpaceGuid};
+use crate::domain::{
+    InstanceId, InstanceState, OperationKind, OperationState, OrgGuid, Originator, SpaceGuid,
+};
 use crate::jobs::{new_job, JobSpec};
-use crate::store::{now_millis, InstanceRecord, OperationRecord, StoreError};
+use crate::store::{now_millis, AuditKind, InstanceRecord, OperationRecord, StoreError};
 
 /// Provision parameters this version accepts (`-c '{…}'`): undo (see `clone`).
 const PROVISION_PARAMETERS: &[&str] = &[super::clone::CLONE_FROM, super::clone::POINT_IN_TIME];
@@ -29,6 +32,8 @@ pub struct ProvisionRequest {
     pub parameters: Value,
     pub maintenance_version: Option<String>,
     pub accepts_incomplete: bool,
+    /// Who asked (`X-Broker-API-Originating-Identity`), for the audit trail.
+    pub originator: Option<Originator>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -51,6 +56,8 @@ pub struct UpdateRequest {
     pub parameters: Option<Value>,
     pub maintenance_version: Option<String>,
     pub accepts_incomplete: bool,
+    /// Who asked, for the audit trail.
+    pub originator: Option<Originator>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -218,6 +225,16 @@ impl Broker {
             updated_at: now,
             finished_at: None,
         };
+        let audit = match &source {
+            None => Audit::new(
+                AuditKind::Provision,
+                &req.instance_id,
+                req.originator.as_ref(),
+            ),
+            Some(s) => Audit::new(AuditKind::Clone, &req.instance_id, req.originator.as_ref())
+                .detail(clone_detail(s)),
+        };
+        let audit = audit.operation(&operation);
         let job = new_job(
             &operation,
             &req.instance_id,
@@ -246,6 +263,7 @@ impl Broker {
             Err(e) => return Err(e.into()),
         }
         tracing::info!(instance = %req.instance_id, plan = %plan.name, space = %req.space_guid, "provision accepted");
+        self.audit(audit).await;
         self.worker.wake();
         Ok(Provisioned::Accepted {
             operation,

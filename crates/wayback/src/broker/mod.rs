@@ -7,6 +7,7 @@
 //! Imports `context`, `store`, `catalog`, `jobs` (its executor), `archive` (clone checks read
 //! the restore window), `storage` and `domain`; never `osb`, `pg`, `runtime`, `maintenance`.
 
+mod audit;
 mod bindings;
 pub(crate) mod clone;
 mod credentials;

@@ -3,13 +3,14 @@
 
 use serde_json::Value;
 
+use super::audit::Audit;
 use super::instances::{
     busy_word, check_parameters, context_name, UpdateRequest, Updated, UPDATE_PARAMETERS,
 };
 use super::{new_operation_id, Broker, BrokerError};
-use crate::domain::{InstanceId, InstanceState, OperationKind, OperationState};
+use crate::domain::{InstanceId, InstanceState, OperationKind, OperationState, Originator};
 use crate::jobs::{new_job, Job, JobSpec};
-use crate::store::{now_millis, OperationRecord};
+use crate::store::{now_millis, AuditKind, OperationRecord};
 
 impl Broker {
     pub async fn update(&self, req: UpdateRequest) -> Result<Updated, BrokerError> {
@@ -73,7 +74,8 @@ impl Broker {
         }
         if !plan_change {
             // A rename (`cf rename-service`) is context only: record it and answer at once.
-            self.rename(&existing.id, &req.context).await?;
+            self.rename(&existing.id, &req.context, req.originator.as_ref())
+                .await?;
             return Ok(Updated::Done { dashboard_url });
         }
         let now = now_millis();
@@ -89,7 +91,12 @@ impl Broker {
             updated_at: now,
             finished_at: None,
         };
-        let job = new_job(&operation, &existing.id, None, JobSpec::update(target_plan));
+        let job = new_job(
+            &operation,
+            &existing.id,
+            None,
+            JobSpec::update(target_plan.clone()),
+        );
         if !self
             .ctx
             .store
@@ -107,8 +114,12 @@ impl Broker {
                 existing.id
             )));
         }
-        self.rename(&existing.id, &req.context).await?;
         tracing::info!(instance = %existing.id, plan = %plan.name, "plan change accepted");
+        let detail = serde_json::json!({ "plan_id": target_plan, "plan": plan.name });
+        let audit = Audit::new(AuditKind::Update, &existing.id, req.originator.as_ref());
+        self.audit(audit.operation(&operation).detail(detail)).await;
+        self.rename(&existing.id, &req.context, req.originator.as_ref())
+            .await?;
         self.worker.wake();
         Ok(Updated::Accepted {
             operation,
@@ -117,10 +128,18 @@ impl Broker {
     }
 
     /// Records `context.instance_name` as the instance's name if it is new.
-    async fn rename(&self, id: &InstanceId, context: &Value) -> Result<(), BrokerError> {
+    async fn rename(
+        &self,
+        id: &InstanceId,
+        context: &Value,
+        originator: Option<&Originator>,
+    ) -> Result<(), BrokerError> {
         if let Some(name) = context_name(context) {
             if self.ctx.store.record_name(id, name, "update").await? {
                 tracing::info!(instance = %id, name, "instance renamed");
+                let detail = serde_json::json!({ "name": name });
+                self.audit(Audit::new(AuditKind::Rename, id, originator).detail(detail))
+                    .await;
                 self.rewrite_instance_doc(id).await?;
             }
         }

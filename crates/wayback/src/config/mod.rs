@@ -52,6 +52,8 @@ pub struct Settings {
     pub archive: crate::storage::StorageSettings,
     pub wal: WalSettings,
     pub retention: RetentionSettings,
+    /// The audit trail's retention.
+    pub audit: AuditSettings,
     pub backup: BackupSettings,
     /// The Cloud Controller, asked for instance names the platform did not send.
     pub cc: CcSettings,
@@ -82,6 +84,7 @@ impl Default for Settings {
             archive: crate::storage::StorageSettings::default(),
             wal: WalSettings::default(),
             retention: RetentionSettings::default(),
+            audit: AuditSettings::default(),
             backup: BackupSettings::default(),
             cc: CcSettings::default(),
             agents: AgentsSettings::default(),

@@ -205,6 +205,23 @@ pub struct RetentionSettings {
     pub interval_secs: u64,
 }
 
+/// How long the audit trail (`audit_events`) is kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Days an audit row is kept (0: forever). An instance's provision or clone row stays
+    /// while the instance is known.
+    pub retention_days: u64,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            retention_days: 400,
+        }
+    }
+}
+
 impl Default for RetentionSettings {
     fn default() -> Self {
         Self {

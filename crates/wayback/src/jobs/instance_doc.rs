@@ -1,4 +1,6 @@
-//! Writes each instance's `instance.json` (`archive::instance_doc`) from the state database.
+//! Writes each instance's `instance.json` (`archive::instance_doc`) from the state database;
+//! who created it and a clone's source come from its first audit row (`store::audit`), which
+//! audit pruning keeps.
 //!
 //! The document is written when the instance becomes ready, on rename and plan change, on
 //! deprovision (a step of its own, before the cluster is destroyed, which fails the deprovision
@@ -11,12 +13,12 @@
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 
-use crate::archive::instance_doc::{self, InstanceDoc, NameEntry};
+use crate::archive::instance_doc::{self, ClonedFrom, CreatedBy, InstanceDoc, NameEntry};
 use crate::archive::layout::InstancePrefix;
 use crate::catalog::Catalog;
 use crate::domain::{InstanceId, SpaceGuid};
 use crate::storage::ObjectStore;
-use crate::store::{InstanceRecord, Store};
+use crate::store::{AuditEvent, AuditKind, InstanceRecord, Store};
 
 fn time(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
@@ -42,6 +44,10 @@ pub async fn build_instance_doc(
     let names = store.instance_names(id).await?;
     let final_ = store.instance_final(id).await?;
     let reaped_at = store.instance_reaped_at(id).await?;
+    let events = store.audit_events_of(id).await?;
+    let origin = events
+        .iter()
+        .find(|e| matches!(e.kind, AuditKind::Provision | AuditKind::Clone));
     let doc = InstanceDoc {
         format: instance_doc::FORMAT,
         instance_id: instance.id.to_string(),
@@ -66,8 +72,29 @@ pub async fn build_instance_doc(
         final_lsn: final_.as_ref().map(|(lsn, _)| lsn.clone()),
         final_at: final_.map(|(_, at)| time(at)),
         reaped_at: reaped_at.map(time),
+        created_by: origin.and_then(created_by),
+        cloned_from: origin.and_then(cloned_from),
     };
     Ok((instance_prefix(&instance)?, doc))
+}
+
+/// Who created the instance, from its provision's audit row.
+fn created_by(event: &AuditEvent) -> Option<CreatedBy> {
+    event.originator.as_ref().map(|o| CreatedBy {
+        platform: o.platform.clone(),
+        user_id: o.user_id.clone(),
+    })
+}
+
+/// A clone's source, from its provision's audit row (`broker::audit` writes `source`).
+fn cloned_from(event: &AuditEvent) -> Option<ClonedFrom> {
+    let source = event.detail.get("source")?;
+    let text = |key: &str| source.get(key)?.as_str().map(str::to_string);
+    Some(ClonedFrom {
+        instance_id: text("instance_id")?,
+        name: text("name")?,
+        point_in_time: text("point_in_time")?,
+    })
 }
 
 /// Builds the document, lets `adjust` change it (deprovision writes the deleted state before

@@ -1,6 +1,7 @@
 //! Archive maintenance for every instance the state database knows: prune live instances'
 //! archives to their plan's recovery window, reap deleted instances' archives once
-//! `retention.deleted_days` have passed, and keep every `instance.json` current.
+//! `retention.deleted_days` have passed, keep every `instance.json` current, and remove audit
+//! rows past `audit.retention_days`.
 //!
 //! The rules are in `archive::retention` (a pure plan, then deletion); this is the glue that
 //! knows instances, plans and times. The supervisor runs [`ArchiveMaintenance::run_until_stopped`];
@@ -107,6 +108,8 @@ pub struct ArchiveMaintenance {
     settings: RetentionSettings,
     /// How often missing or stale `instance.json` documents are written again.
     doc_interval: Duration,
+    /// Days audit rows are kept (`audit.retention_days`); None: forever, or not this loop's job.
+    audit_days: Option<u64>,
     /// Instances whose last attempt failed, so that each failure is logged once.
     failing: Mutex<HashSet<InstanceId>>,
     /// `state.retention_days` (0: the state database is not pruned).
@@ -127,6 +130,7 @@ impl ArchiveMaintenance {
             archive,
             settings,
             doc_interval,
+            audit_days: None,
             failing: Mutex::new(HashSet::new()),
             state_retention_days: 0,
         }
@@ -141,6 +145,26 @@ impl ArchiveMaintenance {
     /// One pass of the state database's retention as of `now` (see `state_retention`).
     pub async fn prune_state(&self, now: DateTime<Utc>) -> anyhow::Result<crate::store::Pruned> {
         Ok(super::prune_state(&self.store, now, self.state_retention_days).await?)
+    }
+
+    /// Also removes audit rows older than `days` (0: keeps them forever) on each pass.
+    pub fn with_audit_retention_days(mut self, days: u64) -> Self {
+        self.audit_days = (days > 0).then_some(days);
+        self
+    }
+
+    /// Removes the audit rows past their retention as of `now` (`Store::prune_audit_events`
+    /// keeps each instance's origin). Returns how many went.
+    pub async fn prune_audit(&self, now: DateTime<Utc>) -> anyhow::Result<u64> {
+        let Some(days) = self.audit_days else {
+            return Ok(0);
+        };
+        let days = i64::try_from(days).unwrap_or(i64::MAX / 2);
+        let before = now - chrono::Duration::days(days.min(100_000));
+        Ok(self
+            .store
+            .prune_audit_events(before.timestamp_millis())
+            .await?)
     }
 
     /// Prunes or reaps every instance's archive as of `now` (only reports when `dry_run`).
@@ -347,6 +371,13 @@ impl ArchiveMaintenance {
                     Err(e) => {
                         tracing::warn!(error = format!("{e:#}"), "state database pruning failed")
                     }
+                }
+                match self.prune_audit(Utc::now()).await {
+                    Ok(0) => {}
+                    Ok(rows) => {
+                        tracing::info!(rows, "audit rows past audit.retention_days removed")
+                    }
+                    Err(e) => tracing::warn!(error = format!("{e:#}"), "audit pruning failed"),
                 }
             } else if let Err(e) = self.sync_docs(false).await {
                 tracing::warn!(error = format!("{e:#}"), "instance.json retry failed");

@@ -4,10 +4,10 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{web, Error, ResponseError};
+use actix_web::{web, Error, HttpMessage, ResponseError};
 use tracing::Instrument;
 
-use super::{AppState, OsbError, MAX_MINOR, MIN_MINOR};
+use super::{identity, AppState, OsbError, MAX_MINOR, MIN_MINOR};
 
 const REQUEST_IDENTITY: &str = "x-broker-api-request-identity";
 
@@ -30,6 +30,8 @@ pub async fn request_context(
         request_id = identity.as_deref().unwrap_or(""),
         instance = tracing::field::Empty,
         binding = tracing::field::Empty,
+        platform = tracing::field::Empty,
+        user_id = tracing::field::Empty,
     );
     let metrics = req
         .app_data::<web::Data<AppState>>()
@@ -55,7 +57,9 @@ pub async fn request_context(
     Ok(res)
 }
 
-/// 401 unless basic auth matches; then 412 unless `X-Broker-API-Version` is 2.13–2.17.
+/// 401 unless basic auth matches; then 412 unless `X-Broker-API-Version` is 2.13–2.17; then
+/// 400 if `X-Broker-API-Originating-Identity` is there but malformed (`identity`), else the
+/// originator goes into the request's extensions and the request span.
 pub async fn osb_guard(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -82,6 +86,20 @@ pub async fn osb_guard(
         .and_then(|v| v.to_str().ok());
     if let Err(e) = check_version(version) {
         return Ok(req.into_response(e.error_response()));
+    }
+    let header = req.headers().get(identity::HEADER).map(|v| v.as_bytes());
+    match identity::parse(header) {
+        Ok(None) => {}
+        Ok(Some(originator)) => {
+            let span = tracing::Span::current();
+            span.record("platform", originator.platform.as_str());
+            span.record("user_id", originator.user());
+            req.extensions_mut().insert(originator);
+        }
+        Err(why) => {
+            tracing::info!("refused: {why}");
+            return Ok(req.into_response(OsbError::bad_request(why).error_response()));
+        }
     }
     Ok(next.call(req).await?.map_into_boxed_body())
 }

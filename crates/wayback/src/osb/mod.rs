@@ -1,14 +1,16 @@
 //! The HTTP edge: actix-web routes, extractors, wire types and the one error type.
 //!
 //! Checks happen here, in this order, before any business code runs: route (404), basic auth
-//! (401), `X-Broker-API-Version` (412), method (405, with `Allow`), ids and query parameters
-//! (400), body size (413) and JSON shape (400). Handlers then call [`crate::broker::Broker`] with domain types. Imports `broker`,
+//! (401), `X-Broker-API-Version` (412), `X-Broker-API-Originating-Identity` (400 when
+//! malformed, `identity`), method (405, with `Allow`), ids and query parameters (400), body
+//! size (413) and JSON shape (400). Handlers then call [`crate::broker::Broker`] with domain types. Imports `broker`,
 //! `domain` and `metrics` only (the catalog comes through the broker) — never `store`, `pg`, `runtime`.
 
 mod auth;
 mod body;
 mod error;
 mod handlers;
+mod identity;
 mod middleware;
 mod wire;
 

@@ -1,11 +1,13 @@
 //! The broker's durable state, through sqlx's `Any` driver: a SQLite file by default, or a
-//! PostgreSQL database given by URL (several brokers may share one).
+//! PostgreSQL database given by URL (several brokers may share one). The audit trail
+//! (`audit`) has its own table, which pruning of jobs and operations leaves alone.
 //!
 //! All SQL is written once, portable to both (TEXT and BIGINT columns, `$n` placeholders, times
 //! in Unix milliseconds), so the same test suite proves both backends. Migrations are embedded
 //! and run at start-up. Must not import `osb`, `broker`, `runtime` or `pg`.
 
 mod archive_docs;
+mod audit;
 mod backups;
 mod bindings;
 mod instances;
@@ -24,6 +26,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, ConnectOptions};
 
+pub use audit::{AuditEvent, AuditKind};
 pub use backups::BackupRecord;
 pub use instances::SpaceName;
 pub use jobs::{JOB_DONE, JOB_FAILED, JOB_PENDING};
@@ -105,6 +108,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed("backup wal bytes"),
             MigrationType::Simple,
             Cow::Borrowed(include_str!("../../migrations/0006_backup_wal_bytes.sql")),
+            false,
+        ),
+        Migration::new(
+            7,
+            Cow::Borrowed("audit events"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0007_audit_events.sql")),
             false,
         ),
     ];

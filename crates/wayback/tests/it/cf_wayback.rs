@@ -3,7 +3,8 @@
 //!
 //! - standalone, from a fixture `config.json` in a temp `CF_HOME` whose access token has
 //!   expired: the CLI refreshes it at the UAA, writes it back, and lists the space's
-//!   instances (table and `--json`), finding the broker from a dashboard URL;
+//!   instances (table and `--json`), finding the broker from a dashboard URL, and shows an
+//!   instance's audit trail (`audit`);
 //! - as a plugin under the cf plugin harness (`tests/fixtures/cf-plugin-harness`): metadata
 //!   install, `backups`, and `undo --wait`, where the fake CC's `POST /v3/service_instances`
 //!   is forwarded to the broker as the real OSB provision with `clone-from`, and the fake
@@ -445,6 +446,28 @@ async fn standalone_refreshes_an_expired_token_and_lists_live_and_deleted_instan
             .collect::<Vec<_>>(),
         production
     );
+
+    // `audit NAME`: who did what to the newest instance of that name (the test's OSB requests
+    // carry no originating identity, so no user), as a table and as the broker's document.
+    let (code, stdout, stderr) = w.standalone(&["audit", "production"], &[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let rows = table(&stdout);
+    assert_eq!(rows[0], ["time", "event", "user", "detail"], "{stdout}");
+    let events: Vec<(&str, &str)> = rows[1..]
+        .iter()
+        .map(|r| (r[1].as_str(), r[2].as_str()))
+        .collect();
+    assert_eq!(
+        events,
+        [("provision", "-"), ("deprovision", "-")],
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = w.standalone(&["audit", "production", "--json"], &[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let doc: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(doc["instance_id"], w.deleted.as_str());
+    let (code, _, stderr) = w.standalone(&["audit", "nothing-here"], &[]).await;
+    assert_eq!(code, 1, "{stderr}");
 
     // Exit codes: a name nothing had (1); a bad --at (2); a broker that is not there (4).
     let (code, _, stderr) = w.standalone(&["backups", "nothing-here"], &[]).await;

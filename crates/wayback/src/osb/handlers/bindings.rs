@@ -8,6 +8,7 @@ use super::State;
 use crate::broker::{BindRequest, Bound, Unbound};
 use crate::domain::{BindingId, InstanceId};
 use crate::osb::body::{self, field, id};
+use crate::osb::identity;
 use crate::osb::wire::{BindBody, OperationBody};
 use crate::osb::OsbError;
 
@@ -46,6 +47,7 @@ pub async fn bind(
         bind_resource: b.bind_resource.map(Value::Object).unwrap_or(Value::Null),
         parameters: b.parameters.unwrap_or(Value::Null),
         accepts_incomplete,
+        originator: identity::of(&req),
     };
     Ok(match state.broker.bind(request).await? {
         Bound::Created(c) => HttpResponse::Created().json(json!({ "credentials": c })),
@@ -76,6 +78,7 @@ pub async fn unbind(
                 service_id,
                 plan_id,
                 accepts_incomplete,
+                identity::of(&req).as_ref(),
             )
             .await?
         {

@@ -7,6 +7,7 @@ use super::{State, RETRY_AFTER_SECS};
 use crate::broker::{Deprovisioned, ProvisionRequest, Provisioned, UpdateRequest, Updated};
 use crate::domain::{InstanceId, OperationState, OrgGuid, SpaceGuid};
 use crate::osb::body::{self, field, id};
+use crate::osb::identity;
 use crate::osb::wire::{LastOperationBody, OperationBody, ProvisionBody, UpdateBody};
 use crate::osb::OsbError;
 
@@ -55,6 +56,7 @@ pub async fn provision(
         parameters: b.parameters.unwrap_or(Value::Null),
         maintenance_version: b.maintenance_info.and_then(|m| m.version),
         accepts_incomplete,
+        originator: identity::of(&req),
     };
     Ok(match state.broker.provision(request).await? {
         Provisioned::Exists { dashboard_url } => HttpResponse::Ok().json(OperationBody {
@@ -108,6 +110,7 @@ pub async fn update(
         parameters: b.parameters,
         maintenance_version: b.maintenance_info.and_then(|m| m.version),
         accepts_incomplete,
+        originator: identity::of(&req),
     };
     Ok(match state.broker.update(request).await? {
         Updated::Done { dashboard_url } => HttpResponse::Ok().json(OperationBody {
@@ -138,7 +141,13 @@ pub async fn deprovision(
     Ok(
         match state
             .broker
-            .deprovision(&instance_id, service_id, plan_id, accepts_incomplete)
+            .deprovision(
+                &instance_id,
+                service_id,
+                plan_id,
+                accepts_incomplete,
+                identity::of(&req).as_ref(),
+            )
             .await?
         {
             Deprovisioned::Accepted { operation } => HttpResponse::Accepted().json(OperationBody {
