@@ -204,7 +204,11 @@ impl Worker {
                     tracing::warn!(parent: &span, error = %e, "cannot record progress");
                 }
             }
+            crate::crash_point::reached(job.step.as_str());
             let result = steps::run_step(&self.ctx, &job).await;
+            if matches!(result, Ok(Outcome::Next)) {
+                crate::crash_point::reached_after(job.step.as_str());
+            }
             match result {
                 Ok(Outcome::Next) => match job.next_step() {
                     Some(step) if self.advance(&mut job, step, &span).await => {}
