@@ -19,6 +19,7 @@ mod backup_schedule;
 mod bosh_templates;
 mod cf_wayback;
 mod clone;
+mod crash_steps;
 mod docs;
 mod drain;
 mod fast;
