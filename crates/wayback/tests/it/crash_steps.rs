@@ -10,7 +10,8 @@
 //! `clone_restore:replaying` (the recovery server started, not promoted: the broker's death
 //! leaves it running on its own — the split brain of issue 12) and `clone_restore:promoted`.
 //! `STEP:after` kills once a step has finished but before the next one is recorded, so the
-//! restarted broker runs the finished step again.
+//! restarted broker runs the finished step again. Last, a clone whose archive already holds
+//! other content under the name of its first segment must fail, saying so.
 
 use std::time::{Duration, Instant};
 
@@ -223,5 +224,68 @@ async fn undo(client: &Client, name: &str) {
         (status, done["state"].as_str()),
         (StatusCode::OK, Some("succeeded")),
         "clone of {name}: {done}"
+    );
+}
+
+/// The archive already holding other content under the name of the clone's first segment on
+/// its new timeline (as an orphaned earlier attempt's server left it before the fix): the clone
+/// fails, and says why, instead of succeeding without an archive.
+#[tokio::test]
+async fn a_clone_that_cannot_archive_fails_saying_split_brain() {
+    if !pg_available() {
+        return;
+    }
+    let root = test_root();
+    let site = Site::new(root.path());
+    let client = site.client();
+    let name = format!("split-{}", &new_id()[..8]);
+    let mut setup = site.start();
+    client.wait_healthy().await;
+    let source = provision(&client, &name).await;
+    client.wait_backup(&source).await;
+    setup.stop().await;
+
+    let point = "clone_first_archive";
+    let mut broker = site.start_with(Some(point));
+    client.wait_healthy().await;
+    let id = new_id();
+    let body = clone_body(
+        &format!("{name}-clone"),
+        SPACE,
+        json!({ "clone-from": name }),
+    );
+    let (status, answer) = client.put_instance(&id, &body).await.expect("an answer");
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    broker.wait_killed(point, Duration::from_secs(120)).await;
+    drop(broker);
+
+    // Another cluster's segment under the name the clone's next switch completes.
+    let mut conn = client.admin(&id).await;
+    let (current,): (String,) = sqlx::query_as("SELECT pg_walfile_name(pg_current_wal_lsn())")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let foreign = std::fs::read_dir(client.archive_dir(&source).join("wal"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().len() == 24)
+        .expect("an archived segment of the source");
+    let planted = client.archive_dir(&id).join("wal").join(&current);
+    std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
+    std::fs::copy(&foreign, &planted).unwrap();
+
+    let _broker = site.start();
+    client.wait_healthy().await;
+    let (status, body) = client.wait_done(&id, answer["operation"].as_str()).await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (StatusCode::OK, Some("failed")),
+        "{body}"
+    );
+    let description = body["description"].as_str().unwrap_or_default();
+    assert!(
+        description.contains("SPLIT BRAIN") && description.contains(&current),
+        "{description}"
     );
 }
