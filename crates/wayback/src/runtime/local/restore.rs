@@ -15,10 +15,11 @@
 //! BRAIN?", rule 2): the clone would never archive again (issue 12). So preparing also kills
 //! every process still working in the directories it removes, and empties the clone's own
 //! prefix (`wal/` and `base/`): nothing in it was written by this restore, and no one else
-//! writes there (a clone is `provisioning` until its restore and first archive are done). The superuser's new password is written to `admin-password`
-//! *before* the restore, and the engine sets its verifier at promotion, so that the two cannot
-//! disagree. A restore that runs (or succeeded) is joined by the next start; one that failed is
-//! started again. The record of restores lives in memory: a runtime restarted during one starts
+//! writes there (a clone is `provisioning` until its restore and first archive are done).
+//!
+//! The superuser's new password is written to `admin-password` *before* the restore, and the
+//! engine sets its verifier at promotion, so that the two cannot disagree. A restore that runs
+//! (or succeeded) is joined by the next start; one that failed is started again. The record of restores lives in memory: a runtime restarted during one starts
 //! it again from nothing when asked. Must not import `osb`, `broker`, `store` or `jobs`.
 
 use std::collections::HashMap;
