@@ -152,6 +152,10 @@ pub struct ArchiverStats {
     pub ready_segments: i64,
     /// How long the oldest of them has waited; 0 when none waits.
     pub oldest_ready_age_secs: f64,
+    /// The file whose archiving failed last (`pg_stat_archiver.last_failed_wal`); absent from
+    /// older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed_wal: Option<String>,
 }
 
 /// `POST /v1/clusters/{id}/backup`: a base backup into the instance's own prefix, with the

@@ -21,6 +21,8 @@ pub mod cli;
 pub mod config;
 /// What the broker, the job worker and maintenance share: store, runtime, archive, catalog, settings, metrics.
 pub mod context;
+/// Test builds only: SIGKILL this process at a named step of a job (`WAYBACK_TEST_KILL_AT`).
+pub mod crash_point;
 /// Newtypes and states shared by every layer; imports nothing else from the crate.
 pub mod domain;
 /// Durable asynchronous operations: claim → run step → record; resumes after a restart.

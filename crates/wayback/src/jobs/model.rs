@@ -133,6 +133,7 @@ stored_names! {
         CloneRestore = "clone_restore",
         CloneRestart = "clone_restart",
         CloneRotate = "clone_rotate",
+        CloneFirstArchive = "clone_first_archive",
         ApplySettings = "apply_settings",
         WaitExclusive = "wait_exclusive",
         FinalBackup = "final_backup",
@@ -156,8 +157,9 @@ const PROVISION: &[Step] = &[
 
 /// A clone-from provision: the source's latest WAL archived (a fork, for a live source), its
 /// base backup restored into the new cluster, the plan's configuration and the clone's own
-/// archiving written over the restored ones, a restart to apply them, and every password
-/// copied from the source taken away.
+/// archiving written over the restored ones, a restart to apply them, every password copied
+/// from the source taken away, and its first WAL on the new timeline archived (a clone that
+/// cannot archive cannot be undone, so it does not succeed).
 const CLONE: &[Step] = &[
     Step::AllocatePort,
     Step::CloneFork,
@@ -167,6 +169,7 @@ const CLONE: &[Step] = &[
     Step::CloneRestart,
     Step::Start,
     Step::CloneRotate,
+    Step::CloneFirstArchive,
 ];
 
 /// A plan change: the new plan's settings, applied (and a restart if one needs it).

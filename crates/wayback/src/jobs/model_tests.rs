@@ -149,7 +149,7 @@ fn sequences_run_in_the_documented_order() {
     assert_eq!(
         order(&JobSpec::provision(Some(clone))),
         "allocate_port → clone_fork → clone_restore → create_cluster → configure_archive \
-         → clone_restart → start → clone_rotate"
+         → clone_restart → start → clone_rotate → clone_first_archive"
     );
     assert_eq!(
         order(&JobSpec::deprovision()),

@@ -219,9 +219,13 @@ impl Worker {
                     tracing::warn!(parent: &span, error = %e, "cannot record progress");
                 }
             }
+            crate::crash_point::reached(job.step.as_str());
             let result = steps::run_step(&self.ctx, &job).await;
             if result.is_ok() {
                 self.storage_wait_over(&job.id);
+            }
+            if matches!(result, Ok(Outcome::Next)) {
+                crate::crash_point::reached_after(job.step.as_str());
             }
             match result {
                 Ok(Outcome::Next) => match job.next_step() {

@@ -22,6 +22,7 @@ mod clone;
 mod clone_audit;
 mod concurrent_load;
 mod concurrent_pg;
+mod crash_steps;
 mod docs;
 mod drain;
 mod fast;

@@ -290,6 +290,7 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport, RestoreError
             .store(m.stop_time.timestamp(), Ordering::Relaxed);
         p.set_phase(RestorePhase::Unpacking);
     }
+    crate::crash_point::reached("clone_restore:unpacking");
 
     let owner = req.tools.run_as.owner();
     let t0 = Instant::now();
@@ -319,6 +320,7 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport, RestoreError
         }
     };
     let start_to_promoted_secs = t1.elapsed().as_secs_f64();
+    crate::crash_point::reached("clone_restore:promoted");
     recovery::finish(req, &files, m.system_identifier)?;
     server::reload(req).await?;
     tracing::info!(backup = %m.backup_id, timeline = promoted.timeline, secs = start_to_promoted_secs, "restored cluster promoted");

@@ -110,6 +110,7 @@ pub(super) async fn recover(req: &RestoreRequest, plan: &Plan) -> Result<Promote
         .timeout(Duration::from_secs(60))
         .run()
         .await?;
+    crate::crash_point::reached("clone_restore:replaying");
     let started = Instant::now();
     let bound = replay_bound(plan.wal_segments);
     let mut seen = false;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! allocate_port → clone_fork → clone_restore → create_cluster → configure_archive
-//!               → clone_restart → start → clone_rotate
+//!               → clone_restart → start → clone_rotate → clone_first_archive
 //! ```
 //!
 //! `clone_fork` matters for a live source: it switches the source's WAL and waits until that
@@ -13,7 +13,9 @@
 //! fresh password. The ordinary `create_cluster` then rewrites the configuration for the plan,
 //! `configure_archive` writes the clone's own archiving, and a restart applies both.
 //! `clone_rotate` takes login and password from every role copied from the source (its bindings
-//! and owner), so no credential of the source works on the clone.
+//! and owner), so no credential of the source works on the clone. `clone_first_archive`
+//! switches the clone's WAL and waits until its new timeline is in its own archive: a clone
+//! succeeds only once it archives, since one that cannot would never be undoable.
 //!
 //! The order is the clone sequence in `jobs::model`; these are the steps only a clone has. The
 //! resolved source is the job's [`CloneSource`] (built by the broker's check).
@@ -21,7 +23,7 @@
 //! A leaf of `steps`: imports `final_wal` of its siblings, never `instance` or the dispatcher
 //! (`steps` itself), and never `broker`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
@@ -71,12 +73,92 @@ pub async fn restart(ctx: &AppContext, instance: &InstanceRecord) -> StepResult 
 /// deprovisioned was archived with its database closed to connections (the deprovision's seal),
 /// and a clone of it must be usable. Both statements are idempotent, so a retried step is safe.
 pub async fn rotate(ctx: &AppContext, instance: &InstanceRecord) -> StepResult {
+    ensure_running(ctx, instance).await?;
     let roles = ctx.runtime.revoke_copied_logins(&instance.id).await?;
     tracing::info!(instance = %instance.id, ?roles, "logins copied from the source revoked");
     ctx.runtime
         .reopen_database(&instance.id, &instance.database_name)
         .await?;
     Ok(Outcome::Next)
+}
+
+/// Switches the clone's WAL and waits until its archiver has nothing left to archive: then the
+/// new timeline's history file and its first segment are in the clone's own prefix (wal-push
+/// exits 0 only for a file durably stored with this very content, rules 1 and 2). Only then
+/// may the clone succeed: one that cannot archive cannot itself be undone. A file the archiver
+/// keeps failing on while the archive holds that name is another cluster's content ("SPLIT
+/// BRAIN?"): the clone fails and says so. Anything else (storage slow or down) is retried.
+pub async fn first_archive(ctx: &AppContext, instance: &InstanceRecord) -> StepResult {
+    let space = SpaceGuid::parse(instance.space_guid.clone()).map_err(StepError::transient)?;
+    let prefix = InstancePrefix::new(&space, &instance.id);
+    ensure_running(ctx, instance).await?;
+    let before = ctx.runtime.archiver_stats(&instance.id).await?;
+    let (lsn, walfile) = ctx.runtime.switch_wal_segment(&instance.id).await?;
+    let secs = ctx.settings.wal.final_archive_timeout_secs;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let stats = ctx.runtime.archiver_stats(&instance.id).await?;
+        if stats.ready_segments == 0 {
+            tracing::info!(instance = %instance.id, lsn, walfile, "clone's first WAL archived");
+            return Ok(Outcome::Next);
+        }
+        // PostgreSQL tries a file three times in a row before it pauses: two more failures
+        // since the switch, on a name the archive holds, are no passing storage error.
+        if stats.failed_count >= before.failed_count + 2 {
+            if let Some(file) = refused_file(ctx, &prefix, &stats).await {
+                return Err(StepError::Permanent {
+                    user_message: format!(
+                        "the clone's new timeline cannot be archived: the archive already holds \
+                         different content for {file} (SPLIT BRAIN?), so the clone could never \
+                         be undone. Delete this instance and create the clone again"
+                    ),
+                    source: anyhow::anyhow!(
+                        "{} is archived with other content; the clone's archiver keeps failing on it",
+                        prefix.as_str()
+                    ),
+                });
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(StepError::Transient(anyhow::anyhow!(
+                "the clone's first WAL ({walfile}) is not archived after {secs} s: {} files wait",
+                stats.ready_segments
+            )));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// Starts the clone's cluster if it is down (its machine restarted after the `start` step): a
+/// resumed step must not fail for want of it.
+async fn ensure_running(ctx: &AppContext, instance: &InstanceRecord) -> Result<(), StepError> {
+    if ctx.runtime.status(&instance.id).await? == ClusterStatus::Stopped {
+        tracing::info!(instance = %instance.id, "the clone's cluster is down; starting it");
+        ctx.runtime.start(&instance.id).await?;
+    }
+    Ok(())
+}
+
+/// The file the archiver failed on last, if it is still failing and the archive holds that
+/// name (with other content, or wal-push would have succeeded).
+async fn refused_file(
+    ctx: &AppContext,
+    prefix: &InstancePrefix,
+    stats: &crate::runtime::ArchiverStats,
+) -> Option<String> {
+    let still_failing = match (stats.last_failed_at, stats.last_archived_at) {
+        (Some(failed), Some(archived)) => failed >= archived,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    let file = stats.last_failed_wal.as_deref().filter(|_| still_failing)?;
+    let name = WalFileName::parse(file).ok()?;
+    match ctx.archive.head(&prefix.wal(&name)).await {
+        Ok(Some(_)) => Some(file.to_string()),
+        _ => None,
+    }
 }
 
 /// For a live source: switch its WAL and wait until that segment is in the archive. Anything

@@ -36,6 +36,7 @@ pub(crate) async fn run_step(ctx: &AppContext, job: &Job) -> StepResult {
                 }
                 (Step::CloneRestart, Some(_)) => clone::restart(ctx, &instance).await,
                 (Step::CloneRotate, Some(_)) => clone::rotate(ctx, &instance).await,
+                (Step::CloneFirstArchive, Some(_)) => clone::first_archive(ctx, &instance).await,
                 (step, _) => instance::provision_step(ctx, step, &instance).await,
             }
         }
@@ -74,6 +75,9 @@ fn step_text(step: Step) -> &'static str {
         Step::CloneRestore => "Cloning: restoring the source's base backup",
         Step::CloneRestart => "Cloning: restarting with the plan's settings and its own archive",
         Step::CloneRotate => "Cloning: rotating every password copied from the source",
+        Step::CloneFirstArchive => {
+            "Cloning: archiving the clone's first WAL on its new timeline, so that it can be undone"
+        }
         Step::ApplySettings => "Updating: applying the new plan's PostgreSQL settings",
         Step::WaitExclusive => {
             "Deleting: waiting for the running operation on this instance to stop"

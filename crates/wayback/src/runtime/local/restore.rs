@@ -5,14 +5,25 @@
 //! The restore engine writes into `pgdata/` directly and refuses a non-empty directory, so a
 //! restore interrupted half-way is started again from nothing: preparing it stops whatever runs
 //! there and removes it — unless the `restored` marker says a restore already finished, in which
-//! case the cluster is kept. The superuser's new password is written to `admin-password`
-//! *before* the restore, and the engine sets its verifier at promotion, so that the two cannot
-//! disagree. A restore that runs (or succeeded) is joined by the next start; one that failed is
-//! started again. The record of restores lives in memory: a runtime restarted during one starts
+//! case the cluster is kept.
+//!
+//! Starting again from nothing means *nothing* of the earlier attempt may live on. A broker
+//! killed while the recovery server replayed leaves that server running on its own (pg_ctl
+//! starts it in its own session), with its `wal-fetch` and prefetch processes; it promotes and
+//! archives its new timeline into the clone's prefix. A second restore then promotes onto the
+//! same timeline with different content, and the archive refuses every file of it ("SPLIT
+//! BRAIN?", rule 2): the clone would never archive again (issue 12). So preparing also kills
+//! every process still working in the directories it removes, and empties the clone's own
+//! prefix (`wal/` and `base/`): nothing in it was written by this restore, and no one else
+//! writes there (a clone is `provisioning` until its restore and first archive are done).
+//!
+//! The superuser's new password is written to `admin-password` *before* the restore, and the
+//! engine sets its verifier at promotion, so that the two cannot disagree. A restore that runs
+//! (or succeeded) is joined by the next start; one that failed is started again. The record of restores lives in memory: a runtime restarted during one starts
 //! it again from nothing when asked. Must not import `osb`, `broker`, `store` or `jobs`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +32,7 @@ use wayback_api::agent::{RestorePhase, RestoreState, RestoreStatus, WireError};
 
 use super::layout::Layout;
 use super::{io, rt, ArchiveAccess, LocalRuntime};
+use crate::archive::layout::InstancePrefix;
 use crate::archive::restore::{self as engine, RestoreProgress, RestoreReport};
 use crate::archive::ArchiveTarget;
 use crate::domain::InstanceId;
@@ -208,7 +220,8 @@ impl Site {
         let settings = &self.archive.settings;
         // The new instance's own archive: it archives there from its first moment.
         let own = ArchiveTarget::for_instance(settings, &spec.space, id);
-        let Some(slot) = self.prepare(id, spec.port, &own).await? else {
+        let own_prefix = InstancePrefix::new(&spec.space, id);
+        let Some(slot) = self.prepare(id, spec.port, &own, &own_prefix).await? else {
             return Ok(None);
         };
         let req = engine::RestoreRequest {
@@ -252,6 +265,7 @@ impl Site {
         id: &InstanceId,
         port: u16,
         archive: &ArchiveTarget,
+        own_prefix: &InstancePrefix,
     ) -> Result<Option<Slot>, RuntimeError> {
         let _guard = self.lock.clone().lock_owned().await;
         let tools = &self.tools;
@@ -281,12 +295,19 @@ impl Site {
         super::archive::prepare_local_archive(archive, owner)?;
         for dir in [dirs.pgdata.clone(), self.layout.partial(id)] {
             if dir.exists() {
-                ctl::stop(tools, &dir, StopMode::Immediate, self.timeout)
-                    .await
-                    .map_err(rt)?;
+                stop_everything_in(tools, &dir, self.timeout).await?;
                 std::fs::remove_dir_all(&dir).map_err(io(format!("remove {}", dir.display())))?;
             }
         }
+        // The earlier attempt's prefetched WAL and its markers of segments pushed ahead go
+        // with it (a marker would let wal-push skip a file that is no longer archived).
+        for sub in ["wal-pushed", "wal-prefetch"] {
+            let dir = cluster.join(sub);
+            std::fs::remove_dir_all(&dir).map_err(io(format!("remove {}", dir.display())))?;
+            fsutil::ensure_dir(&dir, 0o700, owner)
+                .map_err(io(format!("create {}", dir.display())))?;
+        }
+        self.empty_own_prefix(id, own_prefix).await?;
         let password = scram::random_password(32);
         let verifier = scram::verifier(&password).map_err(rt)?;
         let pw_file = self.layout.password_file(id);
@@ -296,5 +317,73 @@ impl Site {
             target_file: cluster.join("archive.json"),
             superuser_verifier: SecretString::from(verifier),
         }))
+    }
+
+    /// Removes what an earlier attempt's server archived into the clone's own prefix (see the
+    /// module docs); its `instance.json`, if any, stays.
+    async fn empty_own_prefix(
+        &self,
+        id: &InstanceId,
+        prefix: &InstancePrefix,
+    ) -> Result<(), RuntimeError> {
+        let store = &self.archive.store;
+        let storage = |e: crate::storage::StorageError| RuntimeError::Restore(e.into());
+        let mut keys = Vec::new();
+        for dir in [prefix.wal_dir(), prefix.base_dir()] {
+            keys.extend(
+                store
+                    .list(&dir)
+                    .await
+                    .map_err(storage)?
+                    .into_iter()
+                    .map(|m| m.key),
+            );
+        }
+        if !keys.is_empty() {
+            tracing::warn!(instance = %id, objects = keys.len(), "an earlier attempt of this restore archived into the clone's prefix; removing it before restoring again");
+            store.delete_many(&keys).await.map_err(storage)?;
+        }
+        Ok(())
+    }
+}
+
+/// Stops the server of `dir` and kills every process still working there (the orphaned
+/// `wal-fetch`, `wal-push` and prefetch processes of a server whose broker died), bounded.
+async fn stop_everything_in(
+    tools: &Tools,
+    dir: &Path,
+    timeout: Duration,
+) -> Result<(), RuntimeError> {
+    if let Ok(Some(pm)) = ctl::live_postmaster(dir) {
+        tracing::warn!(dir = %dir.display(), pid = pm.pid, "stopping the server an earlier attempt left running");
+    }
+    if ctl::stop(tools, dir, StopMode::Immediate, timeout)
+        .await
+        .is_err()
+    {
+        ctl::kill_postmaster(dir, Duration::from_secs(10))
+            .await
+            .map_err(rt)?;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = ctl::processes_in(dir);
+        if left.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(rt(PgError::Setup(format!(
+                "processes {left:?} still work in {} after SIGKILL",
+                dir.display()
+            ))));
+        }
+        tracing::warn!(dir = %dir.display(), pids = ?left, "killing processes an earlier attempt left running");
+        for pid in left {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -16,7 +16,8 @@ SELECT a.archived_count, \
        a.failed_count, \
        extract(epoch FROM a.last_failed_time)::float8, \
        r.n, \
-       extract(epoch FROM now() - r.oldest)::float8 \
+       extract(epoch FROM now() - r.oldest)::float8, \
+       a.last_failed_wal \
   FROM pg_stat_archiver a, \
        (SELECT count(*) AS n, min(modification) AS oldest \
           FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready') r";
@@ -46,6 +47,7 @@ impl LocalRuntime {
                 .map_err(sql_err)?
                 .unwrap_or(0.0)
                 .max(0.0),
+            last_failed_wal: row.try_get::<Option<String>, _>(6).map_err(sql_err)?,
         };
         let _ = conn.close().await;
         Ok(stats)

@@ -519,7 +519,11 @@ pub fn stop_all_clusters(data_dir: &Path) {
         return;
     };
     for entry in entries.flatten() {
-        if let Some(pid) = postmaster_pid(&entry.path()) {
+        // Only a live postmaster of that directory: the pid of a stale postmaster.pid may
+        // belong to another process by now (pids wrap quickly on a busy machine).
+        let pgdata = entry.path().join("pgdata");
+        let live = wayback::pg::ctl::live_postmaster(&pgdata).ok().flatten();
+        if let Some(pid) = live.map(|pm| pm.pid) {
             // SIGQUIT = immediate shutdown; the postmaster takes its children with it.
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),

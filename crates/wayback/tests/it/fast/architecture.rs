@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 /// together.
 const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("domain", &[]),
+    ("crash_point", &[]),
     ("storage", &["domain"]),
     ("pg", &["domain"]),
     ("catalog", &["domain"]),
@@ -23,7 +24,10 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("telemetry", &["config"]),
     ("shutdown", &[]),
     ("cc", &["config", "domain"]),
-    ("archive", &["config", "domain", "pg", "storage"]),
+    (
+        "archive",
+        &["config", "crash_point", "domain", "pg", "storage"],
+    ),
     ("runtime", &["archive", "config", "domain", "pg", "storage"]),
     ("metrics", &["domain", "runtime"]),
     ("open", &["config", "runtime", "storage", "store"]),
@@ -36,7 +40,15 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     (
         "jobs",
         &[
-            "archive", "catalog", "config", "context", "domain", "metrics", "runtime", "storage",
+            "archive",
+            "catalog",
+            "config",
+            "context",
+            "crash_point",
+            "domain",
+            "metrics",
+            "runtime",
+            "storage",
             "store",
         ],
     ),
