@@ -289,4 +289,23 @@ async fn a_clone_that_cannot_archive_fails_saying_split_brain() {
         description.contains("SPLIT BRAIN") && description.contains(&current),
         "{description}"
     );
+    // The failed clone removed its cluster, so its delete does not wait on an archive that
+    // refuses it: it succeeds.
+    assert!(
+        !client.data_dir.join("clusters").join(&id).exists(),
+        "the failed clone's cluster directory is gone"
+    );
+    let (status, answer) = client.delete_instance(&id).await.expect("an answer");
+    assert!(
+        status == StatusCode::OK || status == StatusCode::ACCEPTED,
+        "{status}: {answer}"
+    );
+    if status == StatusCode::ACCEPTED {
+        let (status, done) = client.wait_done(&id, answer["operation"].as_str()).await;
+        assert_eq!(
+            (status, done["state"].as_str()),
+            (StatusCode::OK, Some("succeeded")),
+            "{done}"
+        );
+    }
 }
