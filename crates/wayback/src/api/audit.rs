@@ -11,7 +11,7 @@ use chrono::{DateTime, Timelike, Utc};
 use serde_json::Value;
 use wayback_api::v1;
 
-use super::{authorization, internal, ApiError, ApiState};
+use super::{internal, visible_instance, ApiError, ApiState};
 use crate::domain::InstanceId;
 use crate::store::AuditEvent;
 
@@ -21,23 +21,8 @@ pub(super) async fn get_audit(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = state.auth.authenticate(authorization(&req)).await?;
-    let Ok(id) = InstanceId::parse(id.into_inner()) else {
-        return Err(ApiError::instance_not_found());
-    };
-    let record = state
-        .store
-        .get_instance(&id)
-        .await
-        .map_err(internal("read an instance"))?
-        .ok_or_else(ApiError::instance_not_found)?;
-    if !state
-        .auth
-        .may_see_space(&caller, &record.space_guid)
-        .await?
-    {
-        return Err(ApiError::instance_not_found());
-    }
+    let record = visible_instance(&state, &req, id.into_inner()).await?;
+    let id = record.id.clone();
     let events = state
         .store
         .audit_events_of(&id)

@@ -128,8 +128,23 @@ async fn get_instance(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = state.auth.authenticate(authorization(&req)).await?;
-    let Ok(id) = InstanceId::parse(id.into_inner()) else {
+    let record = visible_instance(&state, &req, id.into_inner()).await?;
+    match gather(&state, record, None).await? {
+        Some(view) => Ok(HttpResponse::Ok().json(view)),
+        None => Err(ApiError::instance_not_found()),
+    }
+}
+
+/// The instance `id` names, if the caller may see its space. An unknown id, a malformed one and
+/// an instance in a space the caller may not see are all the same 404 (the CC would say 403 for
+/// the last, but the id must not confirm anything).
+async fn visible_instance(
+    state: &ApiState,
+    req: &HttpRequest,
+    id: String,
+) -> Result<InstanceRecord, ApiError> {
+    let caller = state.auth.authenticate(authorization(req)).await?;
+    let Ok(id) = InstanceId::parse(id) else {
         return Err(ApiError::instance_not_found());
     };
     let record = state
@@ -138,7 +153,6 @@ async fn get_instance(
         .await
         .map_err(internal("read an instance"))?
         .ok_or_else(ApiError::instance_not_found)?;
-    // A foreign space is a 403 from the CC but a 404 here: the id must not confirm anything.
     if !state
         .auth
         .may_see_space(&caller, &record.space_guid)
@@ -146,10 +160,7 @@ async fn get_instance(
     {
         return Err(ApiError::instance_not_found());
     }
-    match gather(&state, record, None).await? {
-        Some(view) => Ok(HttpResponse::Ok().json(view)),
-        None => Err(ApiError::instance_not_found()),
-    }
+    Ok(record)
 }
 
 /// The view of `record` (None if it never had the name `name`): its names from the store,
