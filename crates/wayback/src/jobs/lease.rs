@@ -10,6 +10,10 @@
 //! cannot reach the store until the lease would lapse — stops the work instead of letting it go on
 //! unowned. Stopping at an await is what a crash does, which every step already survives.
 //!
+//! So a job's end is its last store write: once `finish_job` or `retry_job` has given the lease
+//! up, a renewal answers false and whatever the work still awaits is dropped. The worker writes
+//! the operation's end before the job's.
+//!
 //! Imports `store` only; never `broker` or `steps`.
 
 use std::future::Future;

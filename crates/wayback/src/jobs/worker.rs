@@ -441,12 +441,9 @@ impl Worker {
     async fn refuse(&self, record: &JobRecord, why: &str) {
         tracing::error!(job = %record.id, kind = %record.kind, step = %record.step, error = why, "unreadable job; failing it");
         let store = &self.ctx.store;
-        if let Err(e) = store
-            .finish_job(&record.id, crate::store::JOB_FAILED, Some(why))
-            .await
-        {
-            tracing::warn!(job = %record.id, error = %e, "cannot mark the unreadable job failed");
-        }
+        // The operation first, the job last (as `finish` does): once the job is no longer
+        // pending its lease cannot be renewed, and the lease keeper drops this work at its next
+        // await, so a write after `finish_job` may never happen.
         if let Some(op) = &record.operation_id {
             let text = "The broker cannot read this operation's job record; ask your operator \
                         (the broker's log names the job).";
@@ -456,6 +453,12 @@ impl Worker {
             {
                 tracing::warn!(job = %record.id, error = %e, "cannot mark the operation failed");
             }
+        }
+        if let Err(e) = store
+            .finish_job(&record.id, crate::store::JOB_FAILED, Some(why))
+            .await
+        {
+            tracing::warn!(job = %record.id, error = %e, "cannot mark the unreadable job failed");
         }
     }
 
