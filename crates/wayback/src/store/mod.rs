@@ -4,7 +4,8 @@
 //!
 //! All SQL is written once, portable to both (TEXT and BIGINT columns, `$n` placeholders, times
 //! in Unix milliseconds), so the same test suite proves both backends. Migrations are embedded
-//! and run at start-up. Must not import `osb`, `broker`, `runtime` or `pg`.
+//! and run at start-up. Secrets (binding passwords) are sealed with the operator's keys
+//! ([`secrets`]). Imports `crypto` for that. Must not import `osb`, `broker`, `runtime` or `pg`.
 
 mod archive_docs;
 mod audit;
@@ -17,9 +18,11 @@ mod operations;
 mod prune;
 mod records;
 mod reindex;
+mod secrets;
 
 use std::borrow::Cow;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -43,13 +46,18 @@ pub enum StoreError {
     Corrupt { id: String, message: String },
     #[error("state database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("stored secrets: {0}")]
+    Secret(String),
     #[error("state database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
 impl StoreError {
     pub fn is_permanent(&self) -> bool {
-        matches!(self, StoreError::Conflict(_) | StoreError::Corrupt { .. })
+        matches!(
+            self,
+            StoreError::Conflict(_) | StoreError::Corrupt { .. } | StoreError::Secret(_)
+        )
     }
 }
 
@@ -117,6 +125,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed(include_str!("../../migrations/0007_audit_events.sql")),
             false,
         ),
+        Migration::new(
+            8,
+            Cow::Borrowed("sealed secrets"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0008_sealed_secrets.sql")),
+            false,
+        ),
     ];
     Migrator {
         migrations: Cow::Owned(migrations),
@@ -128,6 +143,9 @@ fn migrator() -> Migrator {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Seals and opens secrets (binding passwords); without it they can be neither written
+    /// nor read ([`Store::with_keyring`]).
+    keyring: Option<Arc<crate::crypto::Keyring>>,
 }
 
 impl Store {
@@ -156,7 +174,16 @@ impl Store {
         }
         let pool = pool.connect_with(options).await?;
         migrator().run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            keyring: None,
+        })
+    }
+
+    /// This store, sealing and opening secrets with `keyring`.
+    pub fn with_keyring(mut self, keyring: Arc<crate::crypto::Keyring>) -> Store {
+        self.keyring = Some(keyring);
+        self
     }
 
     pub async fn close(&self) {

@@ -1,0 +1,221 @@
+//! Secrets at rest: binding passwords are sealed in the state database (the raw SQLite files
+//! and PostgreSQL's raw column hold no password), rows from before sealing are sealed once at
+//! start, `rekey` moves them to the current key so that the old key can go, and a broker
+//! without a key that sealed something refuses to start, naming the setting and the key.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use sqlx::{Connection, Row};
+use wayback::crypto::{encode_key, random_key_bytes, Keyring};
+use wayback::domain::{BindingId, BindingState, OperationKind};
+use wayback::store::{now_millis, BindingRecord, Store};
+
+use crate::common;
+use crate::store::{instance, job, operation};
+
+const MARKER: &str = "MarkerPasswordQ7zX9v";
+
+fn keys(ids: &[&str]) -> BTreeMap<String, SecretString> {
+    ids.iter()
+        .map(|id| (id.to_string(), encode_key(&random_key_bytes())))
+        .collect()
+}
+
+fn keyring(all: &BTreeMap<String, SecretString>, ids: &[&str], current: &str) -> Arc<Keyring> {
+    let chosen = ids
+        .iter()
+        .map(|id| {
+            (
+                id.to_string(),
+                wayback::crypto::decode_key(id, &all[*id]).unwrap(),
+            )
+        })
+        .collect();
+    Arc::new(Keyring::new(chosen, Some(current)).unwrap())
+}
+
+async fn insert_binding(store: &Store, id: &str) {
+    let binding = BindingRecord {
+        id: BindingId::parse(id).unwrap(),
+        instance_id: wayback::domain::InstanceId::parse("i-1").unwrap(),
+        request: json!({}),
+        role_name: format!("u_{id}"),
+        password: SecretString::from(format!("{MARKER}{id}")),
+        state: BindingState::Creating,
+        created_at: now_millis(),
+        updated_at: now_millis(),
+        deleted_at: None,
+    };
+    let op = format!("op-{id}");
+    store
+        .insert_binding(
+            &binding,
+            &operation(&op, "i-1", Some(id), OperationKind::Bind),
+            &job(&op, "i-1", Some(id)),
+        )
+        .await
+        .unwrap();
+}
+
+async fn password(store: &Store, id: &str) -> String {
+    let got = store.get_binding(&BindingId::parse(id).unwrap()).await;
+    got.unwrap().unwrap().password.expose_secret().to_string()
+}
+
+/// The suite both backends run; `raw` reads the stored password column of every binding.
+async fn suite(url: &str, raw: impl AsyncFn() -> Vec<String>) {
+    let all = keys(&["old", "new"]);
+    let old = Store::connect(url)
+        .await
+        .unwrap()
+        .with_keyring(keyring(&all, &["old"], "old"));
+    old.insert_instance(
+        &instance("i-1"),
+        Some("db"),
+        &operation("op-i", "i-1", None, OperationKind::Provision),
+        &job("op-i", "i-1", None),
+    )
+    .await
+    .unwrap();
+    insert_binding(&old, "b-1").await;
+    assert_eq!(password(&old, "b-1").await, format!("{MARKER}b-1"));
+    for value in raw().await {
+        assert!(!value.contains(MARKER), "stored in clear: {value}");
+        assert!(value.starts_with("wbenc:v1:old:"), "{value}");
+    }
+
+    // Rotation: both keys, `new` current; rekey re-seals; then `old` can go.
+    let both =
+        Store::connect(url)
+            .await
+            .unwrap()
+            .with_keyring(keyring(&all, &["old", "new"], "new"));
+    insert_binding(&both, "b-2").await;
+    assert_eq!(both.reseal_secrets().await.unwrap(), 1);
+    assert_eq!(both.reseal_secrets().await.unwrap(), 0, "idempotent");
+    let only_new = Store::connect(url)
+        .await
+        .unwrap()
+        .with_keyring(keyring(&all, &["new"], "new"));
+    assert!(only_new.missing_secret_keys().await.unwrap().is_empty());
+    assert_eq!(password(&only_new, "b-1").await, format!("{MARKER}b-1"));
+    assert_eq!(password(&only_new, "b-2").await, format!("{MARKER}b-2"));
+    let only_old = Store::connect(url)
+        .await
+        .unwrap()
+        .with_keyring(keyring(&all, &["old"], "old"));
+    assert_eq!(only_old.missing_secret_keys().await.unwrap(), vec!["new"]);
+    for value in raw().await {
+        assert!(value.starts_with("wbenc:v1:new:"), "{value}");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_files_hold_no_binding_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = wayback::config::resolve::default_sqlite_url(dir.path());
+    let path = dir.path().to_path_buf();
+    suite(&url, async || {
+        // Every file SQLite keeps (the database, its WAL and shared memory), read raw.
+        for entry in std::fs::read_dir(&path).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                !text.contains(MARKER),
+                "a raw state database file holds a password"
+            );
+        }
+        store_passwords(&url).await
+    })
+    .await;
+}
+
+async fn store_passwords(url: &str) -> Vec<String> {
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    let rows = sqlx::query("SELECT password FROM bindings")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| r.get::<String, _>("password"))
+        .collect()
+}
+
+#[tokio::test]
+async fn postgres_column_holds_no_binding_password() {
+    let base = std::env::var("WAYBACK_TEST_PG_URL").ok();
+    if !common::require("a PostgreSQL server in WAYBACK_TEST_PG_URL", base.is_some()) {
+        return;
+    }
+    sqlx::any::install_default_drivers();
+    let base = base.unwrap();
+    let db = format!("secrets_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    let url = format!("{prefix}/{db}");
+    suite(&url, async || store_passwords(&url).await).await;
+    sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
+/// A row written before sealing (password_key NULL, clear password) is sealed at start, once;
+/// a broker without the key that sealed rows refuses to start, naming the setting and the id.
+#[tokio::test]
+async fn clear_rows_are_sealed_at_start_and_a_missing_key_refuses_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = wayback::config::Settings {
+        data_dir: dir.path().to_path_buf(),
+        encryption: wayback::config::EncryptionSettings {
+            keys: keys(&["ops-1"]),
+            current_key: None,
+        },
+        ..Default::default()
+    };
+    let (store, url) = wayback::open::state_store(&settings, dir.path())
+        .await
+        .unwrap();
+    store
+        .insert_instance(
+            &instance("i-1"),
+            Some("db"),
+            &operation("op-i", "i-1", None, OperationKind::Provision),
+            &job("op-i", "i-1", None),
+        )
+        .await
+        .unwrap();
+    insert_binding(&store, "b-1").await;
+    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE bindings SET password = $1, password_key = NULL WHERE id = 'b-1'")
+        .bind(format!("{MARKER}b-1"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    store.close().await;
+
+    let (store, _) = wayback::open::state_store(&settings, dir.path())
+        .await
+        .unwrap();
+    assert_eq!(password(&store, "b-1").await, format!("{MARKER}b-1"));
+    let stored = store_passwords(&url).await;
+    assert!(
+        stored.iter().all(|v| v.starts_with("wbenc:v1:ops-1:")),
+        "{stored:?}"
+    );
+    assert_eq!(store.seal_clear_secrets().await.unwrap(), 0, "sealed once");
+    store.close().await;
+
+    settings.encryption.keys = keys(&["ops-2"]);
+    let refused = wayback::open::state_store(&settings, dir.path()).await;
+    let message = format!("{:#}", refused.err().expect("refuses to start"));
+    assert!(message.contains("encryption.keys"), "{message}");
+    assert!(message.contains("ops-1"), "{message}");
+}
