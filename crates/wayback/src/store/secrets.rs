@@ -24,6 +24,11 @@ impl Store {
         })
     }
 
+    /// The id of the key new secrets are sealed with.
+    pub fn current_key_id(&self) -> Result<&str, StoreError> {
+        Ok(self.keyring()?.current_id())
+    }
+
     /// Key ids that sealed stored secrets but are not in the keyring (empty: all can open).
     pub async fn missing_secret_keys(&self) -> Result<Vec<String>, StoreError> {
         let keyring = self.keyring()?;
