@@ -139,6 +139,42 @@ fn migrator() -> Migrator {
     }
 }
 
+/// The file of a SQLite URL (`sqlite://PATH?…` or `sqlite:PATH`); `None` for memory or others.
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| path.into())
+}
+
+/// Makes the SQLite database and its companions (-wal, -shm, -journal) 0600 whatever the
+/// umask: the database is created here, before SQLite opens it, and SQLite gives the companions
+/// the database file's mode; existing files (from an older version) are fixed.
+fn private_sqlite_files(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |e: std::io::Error| StoreError::Database(sqlx::Error::Io(e));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        match std::fs::set_permissions(&name, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Handle to the state database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -153,6 +189,9 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let is_sqlite = url.starts_with("sqlite:");
+        if let Some(path) = sqlite_file(url) {
+            private_sqlite_files(&path)?;
+        }
         let options = AnyConnectOptions::from_str(url)?.disable_statement_logging();
         let mut pool = AnyPoolOptions::new()
             .max_connections(if is_sqlite { 4 } else { 10 })

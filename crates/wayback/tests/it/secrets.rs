@@ -219,3 +219,118 @@ async fn clear_rows_are_sealed_at_start_and_a_missing_key_refuses_start() {
     assert!(message.contains("encryption.keys"), "{message}");
     assert!(message.contains("ops-1"), "{message}");
 }
+
+/// `wayback rekey` (the binary, as an operator runs it) moves every secret to the current
+/// key; afterwards a broker with only that key reads them.
+#[tokio::test]
+async fn rekey_then_read_with_only_the_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = keys(&["old", "new"]);
+    let mut settings = wayback::config::Settings {
+        data_dir: dir.path().to_path_buf(),
+        encryption: wayback::config::EncryptionSettings {
+            keys: all
+                .iter()
+                .filter(|(id, _)| *id == "old")
+                .map(|(i, k)| (i.clone(), k.clone()))
+                .collect(),
+            current_key: None,
+        },
+        ..Default::default()
+    };
+    let (store, _) = wayback::open::state_store(&settings, dir.path())
+        .await
+        .unwrap();
+    store
+        .insert_instance(
+            &instance("i-1"),
+            Some("db"),
+            &operation("op-i", "i-1", None, OperationKind::Provision),
+            &job("op-i", "i-1", None),
+        )
+        .await
+        .unwrap();
+    insert_binding(&store, "b-1").await;
+    store.close().await;
+
+    let list = |ids: &[&str]| {
+        ids.iter()
+            .map(|id| format!("{id}:{}", all[*id].expose_secret()))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wayback"))
+        .args(["rekey", "--data-dir"])
+        .arg(dir.path())
+        .env("WAYBACK_ENCRYPTION_KEYS", list(&["old", "new"]))
+        .env("WAYBACK_ENCRYPTION_CURRENT_KEY", "new")
+        .env("WAYBACK_LOG_FORMAT", "plain")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("binding passwords (state database): 1 re-sealed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("sealed with key new"), "{stdout}");
+
+    settings.encryption.keys = all.into_iter().filter(|(id, _)| id == "new").collect();
+    let (store, _) = wayback::open::state_store(&settings, dir.path())
+        .await
+        .unwrap();
+    assert_eq!(password(&store, "b-1").await, format!("{MARKER}b-1"));
+}
+
+/// Under a permissive umask (000) every file the broker keeps its state and keys in is 0600
+/// and the data directory 0700: the state database with its WAL and shared memory, the
+/// generated key, the generated broker password. (nextest runs each
+/// test in its own process, so the umask changes no other test.)
+#[tokio::test]
+async fn state_files_are_private_under_a_permissive_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    let parent = tempfile::tempdir().unwrap();
+    let settings = wayback::config::Settings {
+        data_dir: parent.path().join("data"),
+        ..Default::default()
+    };
+    let data_dir = wayback::config::resolve::data_dir(&settings).unwrap();
+    wayback::config::resolve::broker_password(&settings, &data_dir).unwrap();
+    let (store, _) = wayback::open::state_store(&settings, &data_dir)
+        .await
+        .unwrap();
+    store
+        .insert_instance(
+            &instance("i-1"),
+            Some("db"),
+            &operation("op-i", "i-1", None, OperationKind::Provision),
+            &job("op-i", "i-1", None),
+        )
+        .await
+        .unwrap();
+    insert_binding(&store, "b-1").await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data_dir), 0o700, "the data directory");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        assert_eq!(mode(&path), 0o600, "{name}");
+        seen.push(name);
+    }
+    seen.sort();
+    for expected in [
+        "broker-password",
+        "encryption-key",
+        "wayback.db",
+        "wayback.db-wal",
+    ] {
+        assert!(seen.iter().any(|n| n == expected), "{expected} in {seen:?}");
+    }
+    store.close().await;
+}
