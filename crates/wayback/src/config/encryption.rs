@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -13,6 +13,42 @@ pub struct EncryptionSettings {
     pub keys: BTreeMap<String, SecretString>,
     /// The key that seals new secrets; may be left out when one key is configured.
     pub current_key: Option<String>,
+}
+
+impl EncryptionSettings {
+    /// Checks ids, key sizes and the current key (the same rules `crypto` applies when it
+    /// builds the keyring, here so that `check-config` catches them); names no key material.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        use base64::Engine;
+        for (id, key) in &self.keys {
+            let id_ok = (1..=64).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !id_ok {
+                let message = format!("key id {id:?}: use 1–64 letters, digits, '.', '_' or '-'");
+                return Err(("encryption.keys", message));
+            }
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(key.expose_secret().trim())
+                .map_err(|_| ("encryption.keys", format!("key {id}: not valid base64")))?;
+            if bytes.len() != 32 {
+                let message = format!("key {id}: must be 32 bytes (44 base64 characters)");
+                return Err(("encryption.keys", message));
+            }
+        }
+        match &self.current_key {
+            Some(c) if !self.keys.contains_key(c) => Err((
+                "encryption.current_key",
+                format!("{c} is not among encryption.keys"),
+            )),
+            None if self.keys.len() > 1 => Err((
+                "encryption.current_key",
+                "several keys are configured: name the one that seals".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Parses `WAYBACK_ENCRYPTION_KEYS`: `id:base64,id:base64` (neither part holds `:` or `,`).
