@@ -334,3 +334,73 @@ async fn state_files_are_private_under_a_permissive_umask() {
     }
     store.close().await;
 }
+
+/// The broker binary run under umask 000 (real PostgreSQL): after a provision, its data
+/// directory is 0700 (0711 when clusters run as another OS user), and every file it holds
+/// directly — state database with -wal/-shm, generated key — and each
+/// cluster's archive.json is 0600; no directory or file anywhere under the clusters is open to
+/// others for writing. (The staged binary in `bin/` is 0755 by design; the local `archive/` is
+/// the file:// object store and is left out.)
+#[tokio::test]
+async fn broker_files_are_private_under_umask_000() {
+    use std::os::unix::fs::PermissionsExt;
+    if !common::require(
+        "PostgreSQL binaries (scripts/test)",
+        std::env::var("WAYBACK_TEST_DRIVEN").is_ok(),
+    ) {
+        return;
+    }
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    let root = common::test_root();
+    let site = crate::restart::harness::Site::new(root.path());
+    let mut broker = site.start();
+    let client = site.client();
+    client.wait_healthy().await;
+    let id = common::new_id();
+    let (status, body) = client
+        .put_instance(&id, &common::provision_body(common::SMALL, "private"))
+        .await
+        .unwrap();
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    let (_, done) = client.wait_done(&id, body["operation"].as_str()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    broker.stop().await;
+    common::stop_all_clusters(&site.data_dir);
+
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let data = &site.data_dir;
+    assert!(
+        matches!(mode(data), 0o700 | 0o711),
+        "data dir {:o}",
+        mode(data)
+    );
+    // (The harness configures the broker password: no broker-password file here.)
+    for name in ["wayback.db", "encryption-key"] {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+    }
+    for entry in std::fs::read_dir(data).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
+    }
+    let cluster = data.join("clusters").join(&id);
+    assert_eq!(mode(&cluster.join("archive.json")), 0o600);
+    let mut stack = vec![data.join("clusters")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            // Sockets are PostgreSQL's to open to clients (its run/ directory guards them).
+            use std::os::unix::fs::FileTypeExt;
+            if meta.file_type().is_symlink() || meta.file_type().is_socket() {
+                continue;
+            }
+            let m = meta.permissions().mode() & 0o777;
+            assert_eq!(m & 0o022, 0, "{} is {m:o}", path.display());
+            if meta.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+}
