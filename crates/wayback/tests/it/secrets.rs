@@ -218,6 +218,27 @@ async fn clear_rows_are_sealed_at_start_and_a_missing_key_refuses_start() {
     let message = format!("{:#}", refused.err().expect("refuses to start"));
     assert!(message.contains("encryption.keys"), "{message}");
     assert!(message.contains("ops-1"), "{message}");
+
+    // The broker binary, started with another key only, exits and says the same.
+    let other = &settings.encryption.keys["ops-2"];
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wayback"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env(
+            "WAYBACK_ENCRYPTION_KEYS",
+            format!("ops-2:{}", other.expose_secret()),
+        )
+        .env("WAYBACK_BROKER_PASSWORD", "pw")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("encryption.keys") && stderr.contains("ops-1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(other.expose_secret()), "{stderr}");
 }
 
 /// `wayback rekey` (the binary, as an operator runs it) moves every secret to the current
