@@ -23,6 +23,8 @@ pub mod config;
 pub mod context;
 /// Test builds only: SIGKILL this process at a named step of a job (`WAYBACK_TEST_KILL_AT`).
 pub mod crash_point;
+/// The operator's key family: sealed secrets and wrapped data keys.
+pub mod crypto;
 /// Newtypes and states shared by every layer; imports nothing else from the crate.
 pub mod domain;
 /// Durable asynchronous operations: claim → run step → record; resumes after a restart.

@@ -78,6 +78,9 @@ enum Command {
     /// Rebuild the index of instances and their names from the archive's instance.json files
     /// (after the state database was lost); prints what was (or would be) added.
     Reindex(wayback::cli::reindex::ReindexArgs),
+    /// Re-seal every secret under the current encryption key (encryption.current_key), so
+    /// that older keys can then be removed from encryption.keys.
+    Rekey(wayback::cli::rekey::RekeyArgs),
     /// Create or update this service broker in the Cloud Controller (v3 API, as the cc.* UAA
     /// client with cloud_controller.admin) and optionally enable access to its plans.
     RegisterBroker(wayback::cli::register::RegisterBrokerArgs),
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
         Command::Backup(args) => wayback::cli::backup::main(settings, args),
         Command::Restore(args) => wayback::cli::restore::main(settings, args),
         Command::Reindex(args) => wayback::cli::reindex::main(settings, args),
+        Command::Rekey(args) => wayback::cli::rekey::main(settings, args),
         Command::RegisterBroker(args) => wayback::cli::register::main(settings, args),
         Command::SmokeTest(args) => wayback::cli::smoke::main(settings, args),
         Command::Drain(args) => wayback::cli::drain::main(settings, args),

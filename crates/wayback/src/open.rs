@@ -1,5 +1,5 @@
 //! Opening what the settings name, shared by `serve`, `agent` and the operator commands: the
-//! state database (migrations run), the archive (checked reachable) and the runtime (local, or
+//! state database (migrations run, secrets sealed with the keyring), the archive (checked reachable) and the runtime (local, or
 //! agents with the store as the resolver of where an instance lives). Where each is comes from
 //! [`crate::config::resolve`]; this module connects.
 //!
@@ -16,17 +16,53 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::Settings;
+use crate::crypto::keyfile::WhenNoKey;
+use crate::crypto::Keyring;
 use crate::runtime::{ArchiveAccess, LocalRuntime, Runtime};
 use crate::storage::{ObjectStore, StorageError, StorageSettings};
 use crate::store::Store;
 
-/// Opens the state database the settings name (running migrations); with its URL.
+/// Opens the state database the settings name (running migrations) with the keyring
+/// ([`keyring`]); with its URL. Refuses when a stored secret was sealed by a key that is not
+/// configured (naming the setting and the key ids), and seals once what is still in clear.
 pub async fn state_store(settings: &Settings, data_dir: &Path) -> anyhow::Result<(Store, String)> {
     let url = crate::config::resolve::database_url(settings, data_dir);
+    let keyring = keyring(settings, data_dir)?;
     let store = Store::connect(&url)
         .await
-        .context("open the state database")?;
+        .context("open the state database")?
+        .with_keyring(Arc::new(keyring));
+    let missing = store
+        .missing_secret_keys()
+        .await
+        .context("check the keys of the state database's secrets")?;
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the state database holds secrets sealed with encryption key(s) {} that are not \
+             configured: add them to encryption.keys (WAYBACK_ENCRYPTION_KEYS) or restore {}",
+            missing.join(", "),
+            data_dir.join(crate::crypto::keyfile::KEY_FILE).display()
+        );
+    }
+    let sealed = store
+        .seal_clear_secrets()
+        .await
+        .context("seal the secrets the state database kept in clear")?;
+    if sealed > 0 {
+        tracing::info!(sealed, "sealed binding passwords that were stored in clear");
+    }
     Ok((store, url))
+}
+
+/// The keyring of the settings' `encryption` keys, else of the key generated once into the
+/// data directory ([`crate::crypto::keyfile`]).
+pub fn keyring(settings: &Settings, data_dir: &Path) -> anyhow::Result<Keyring> {
+    crate::crypto::keyfile::keyring(
+        &settings.encryption.keys,
+        settings.encryption.current_key.as_deref(),
+        data_dir,
+        WhenNoKey::Generate,
+    )
 }
 
 /// Opens the archive and checks that it can be reached.

@@ -102,6 +102,10 @@ impl ArchiveTarget {
             .mode(0o600)
             .open(&tmp)
             .map_err(|e| ArchiveError::io(format!("write {}", tmp.display()), e))?;
+        // A leftover temporary file keeps its old mode through `open`: set it.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| ArchiveError::io(format!("chmod {}", tmp.display()), e))?;
         f.write_all(&text)
             .and_then(|_| f.sync_all())
             .map_err(|e| ArchiveError::io(format!("write {}", tmp.display()), e))?;

@@ -8,6 +8,7 @@ pub mod drain;
 pub mod prune;
 pub mod register;
 pub mod reindex;
+pub mod rekey;
 pub mod restore;
 pub mod smoke;
 

@@ -3,7 +3,7 @@
 //! Every setting has one environment variable, listed in [`ENV_VARS`] together with its TOML key,
 //! default and meaning; `wayback config-reference` prints that table, and the README's
 //! configuration reference is generated from it, so the docs cannot drift from the code.
-//! Secrets (`broker.password`, `database_url`, `cc.client_secret`) are [`SecretString`]s: they
+//! Secrets (`broker.password`, `database_url`, `cc.client_secret`, `encryption.keys`) are [`SecretString`]s: they
 //! never reach `Debug` output or logs. [`resolve`] turns the settings into what every command
 //! needs from them (data directory, state database, archive, binary, broker password), once.
 //!
@@ -12,6 +12,7 @@
 //! `domain` and `storage`'s settings type.
 
 mod agents;
+mod encryption;
 mod env;
 pub mod resolve;
 mod sections;
@@ -24,6 +25,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 pub use agents::{parse_agent_list, AgentEndpoint, AgentSettings, AgentsSettings};
+pub use encryption::EncryptionSettings;
 pub use env::{EnvVar, ENV_VARS};
 pub use sections::*;
 
@@ -65,6 +67,8 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// How long the state database keeps finished jobs and operations.
     pub state: StateSettings,
+    /// The keys that seal secrets in the state database.
+    pub encryption: EncryptionSettings,
 }
 
 impl Default for Settings {
@@ -91,6 +95,7 @@ impl Default for Settings {
             agent: AgentSettings::default(),
             metrics: MetricsSettings::default(),
             state: StateSettings::default(),
+            encryption: EncryptionSettings::default(),
         }
     }
 }
@@ -178,6 +183,7 @@ impl Settings {
                     value: if var.name.ends_with("PASSWORD")
                         || var.name.ends_with("URL")
                         || var.name.ends_with("SECRET")
+                        || var.name.ends_with("KEYS")
                     {
                         "<redacted>".into()
                     } else {

@@ -15,12 +15,27 @@ use super::Settings;
 use crate::storage::StorageSettings;
 
 /// The data directory, created if missing, as a canonical path (clusters and the state
-/// database are found under it).
+/// database are found under it). It holds secrets (keys, the state database), so whatever the
+/// umask it is 0700 — no one else may read or write it; an existing one loses group and other
+/// read and write bits. (Clusters run as another OS user add search only: 0711.)
 pub fn data_dir(settings: &Settings) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("create data directory {}", settings.data_dir.display()))?;
-    std::fs::canonicalize(&settings.data_dir)
-        .with_context(|| format!("data directory {}", settings.data_dir.display()))
+    let dir = &settings.data_dir;
+    let created = !dir.exists();
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("create data directory {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("data directory {}", dir.display()))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    let wanted = if created { 0o700 } else { mode & !0o066 };
+    if wanted != mode {
+        if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(wanted)) {
+            // Someone else's directory: say so, and go on as before this rule.
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot make the data directory private (chmod go-rw)");
+        }
+    }
+    std::fs::canonicalize(dir).with_context(|| format!("data directory {}", dir.display()))
 }
 
 /// The `wayback` binary PostgreSQL runs for `archive_command` / `restore_command`

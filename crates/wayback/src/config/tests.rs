@@ -121,3 +121,56 @@ fn agents_come_as_name_url_pairs_and_bad_ones_are_named() {
         .to_string()
         .contains("agent.tls_key"));
 }
+
+#[test]
+fn encryption_keys_come_from_the_environment_and_are_checked() {
+    let key = "Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFyYmE=";
+    let env = |pairs: Vec<(&'static str, String)>| {
+        move |name: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+        }
+    };
+    let s = Settings::load_from(
+        None,
+        env(vec![
+            ("WAYBACK_ENCRYPTION_KEYS", format!("a:{key}, b:{key}")),
+            ("WAYBACK_ENCRYPTION_CURRENT_KEY", "b".into()),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.encryption.keys.len(), 2);
+    assert_eq!(s.encryption.current_key.as_deref(), Some("b"));
+    s.validate().unwrap();
+    let no_current = Settings::load_from(
+        None,
+        env(vec![(
+            "WAYBACK_ENCRYPTION_KEYS",
+            format!("a:{key},b:{key}"),
+        )]),
+    )
+    .unwrap();
+    assert!(no_current
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("encryption.current_key"));
+    let short = Settings::load_from(
+        None,
+        env(vec![("WAYBACK_ENCRYPTION_KEYS", "a:AAAA".into())]),
+    )
+    .unwrap();
+    let err = short.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("encryption.keys") && !err.contains("AAAA"),
+        "{err}"
+    );
+    let bad = Settings::load_from(
+        None,
+        env(vec![("WAYBACK_ENCRYPTION_KEYS", "nocolon".into())]),
+    );
+    let err = bad.unwrap_err().to_string();
+    assert!(err.contains("<redacted>"), "{err}");
+}

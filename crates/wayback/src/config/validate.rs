@@ -105,6 +105,9 @@ impl Settings {
         if self.cc.reconcile_interval_secs == 0 {
             return invalid("cc.reconcile_interval_secs", "must be at least 1");
         }
+        if let Err((key, message)) = self.encryption.check() {
+            return invalid(key, &message);
+        }
         if self.metrics.auth == super::MetricsAuth::Own {
             if self.metrics.password.is_none() {
                 return invalid(

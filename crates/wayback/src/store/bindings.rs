@@ -1,7 +1,6 @@
 //! Bindings: one login role each.
 
-use secrecy::ExposeSecret;
-
+use super::secrets::binding_password_context;
 use super::{
     conflict_on_unique, now_millis, BindingRecord, NewJob, OperationRecord, Store, StoreError,
 };
@@ -16,16 +15,23 @@ impl Store {
         operation: &OperationRecord,
         job: &NewJob,
     ) -> Result<(), StoreError> {
+        let keyring = self.keyring()?;
+        let sealed = keyring.seal_secret(
+            &binding.password,
+            &binding_password_context(binding.id.as_str()),
+        );
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO bindings (id, instance_id, request, role_name, password, state, \
-             created_at, updated_at, deleted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO bindings (id, instance_id, request, role_name, password, password_key, \
+             state, created_at, updated_at, deleted_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(binding.id.as_str())
         .bind(binding.instance_id.as_str())
         .bind(binding.request.to_string())
         .bind(&binding.role_name)
-        .bind(binding.password.expose_secret())
+        .bind(&sealed)
+        .bind(keyring.current_id())
         .bind(binding.state.as_str())
         .bind(binding.created_at)
         .bind(binding.updated_at)
@@ -40,11 +46,12 @@ impl Store {
     }
 
     pub async fn get_binding(&self, id: &BindingId) -> Result<Option<BindingRecord>, StoreError> {
+        let keyring = self.keyring()?;
         sqlx::query("SELECT * FROM bindings WHERE id = $1")
             .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await?
-            .map(|row| BindingRecord::from_row(&row))
+            .map(|row| BindingRecord::from_row(&row, keyring))
             .transpose()
     }
 
@@ -56,7 +63,10 @@ impl Store {
             .bind(instance.as_str())
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(BindingRecord::from_row).collect()
+        let keyring = self.keyring()?;
+        rows.iter()
+            .map(|row| BindingRecord::from_row(row, keyring))
+            .collect()
     }
 
     /// Moves a binding from `from` to `to` and starts an operation with its job, atomically.

@@ -4,7 +4,8 @@
 //!
 //! All SQL is written once, portable to both (TEXT and BIGINT columns, `$n` placeholders, times
 //! in Unix milliseconds), so the same test suite proves both backends. Migrations are embedded
-//! and run at start-up. Must not import `osb`, `broker`, `runtime` or `pg`.
+//! and run at start-up. Secrets (binding passwords) are sealed with the operator's keys
+//! ([`secrets`]). Imports `crypto` for that. Must not import `osb`, `broker`, `runtime` or `pg`.
 
 mod archive_docs;
 mod audit;
@@ -17,9 +18,11 @@ mod operations;
 mod prune;
 mod records;
 mod reindex;
+mod secrets;
 
 use std::borrow::Cow;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -43,13 +46,18 @@ pub enum StoreError {
     Corrupt { id: String, message: String },
     #[error("state database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("stored secrets: {0}")]
+    Secret(String),
     #[error("state database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
 impl StoreError {
     pub fn is_permanent(&self) -> bool {
-        matches!(self, StoreError::Conflict(_) | StoreError::Corrupt { .. })
+        matches!(
+            self,
+            StoreError::Conflict(_) | StoreError::Corrupt { .. } | StoreError::Secret(_)
+        )
     }
 }
 
@@ -117,6 +125,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed(include_str!("../../migrations/0007_audit_events.sql")),
             false,
         ),
+        Migration::new(
+            8,
+            Cow::Borrowed("sealed secrets"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0008_sealed_secrets.sql")),
+            false,
+        ),
     ];
     Migrator {
         migrations: Cow::Owned(migrations),
@@ -124,10 +139,49 @@ fn migrator() -> Migrator {
     }
 }
 
+/// The file of a SQLite URL (`sqlite://PATH?…` or `sqlite:PATH`); `None` for memory or others.
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| path.into())
+}
+
+/// Makes the SQLite database and its companions (-wal, -shm, -journal) 0600 whatever the
+/// umask: the database is created here, before SQLite opens it, and SQLite gives the companions
+/// the database file's mode; existing files (from an older version) are fixed.
+fn private_sqlite_files(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |e: std::io::Error| StoreError::Database(sqlx::Error::Io(e));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        match std::fs::set_permissions(&name, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Handle to the state database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Seals and opens secrets (binding passwords); without it they can be neither written
+    /// nor read ([`Store::with_keyring`]).
+    keyring: Option<Arc<crate::crypto::Keyring>>,
 }
 
 impl Store {
@@ -135,6 +189,9 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let is_sqlite = url.starts_with("sqlite:");
+        if let Some(path) = sqlite_file(url) {
+            private_sqlite_files(&path)?;
+        }
         let options = AnyConnectOptions::from_str(url)?.disable_statement_logging();
         let mut pool = AnyPoolOptions::new()
             .max_connections(if is_sqlite { 4 } else { 10 })
@@ -156,7 +213,16 @@ impl Store {
         }
         let pool = pool.connect_with(options).await?;
         migrator().run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            keyring: None,
+        })
+    }
+
+    /// This store, sealing and opening secrets with `keyring`.
+    pub fn with_keyring(mut self, keyring: Arc<crate::crypto::Keyring>) -> Store {
+        self.keyring = Some(keyring);
+        self
     }
 
     pub async fn close(&self) {

@@ -167,13 +167,21 @@ impl InstanceRecord {
 }
 
 impl BindingRecord {
-    pub(crate) fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+    /// Reads a row, opening its sealed password with `keyring`.
+    pub(crate) fn from_row(
+        row: &AnyRow,
+        keyring: &crate::crypto::Keyring,
+    ) -> Result<Self, StoreError> {
         let id: String = row.try_get("id")?;
+        let sealed: String = row.try_get("password")?;
+        let password = keyring
+            .open_secret(&sealed, &super::secrets::binding_password_context(&id))
+            .map_err(|e| corrupt(&id, format!("binding password: {e}")))?;
         Ok(Self {
             instance_id: instance_id(&id, row.try_get("instance_id")?)?,
             request: json(&id, &row.try_get::<String, _>("request")?)?,
             role_name: row.try_get("role_name")?,
-            password: secrecy::SecretString::from(row.try_get::<String, _>("password")?),
+            password,
             state: parsed(&id, &row.try_get::<String, _>("state")?)?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,

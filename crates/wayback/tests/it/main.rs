@@ -35,6 +35,7 @@ mod reindex;
 mod restart;
 mod restore;
 mod retention;
+mod secrets;
 mod server_log;
 mod smoke_test;
 mod state_retention;

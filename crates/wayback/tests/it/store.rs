@@ -12,7 +12,14 @@ use wayback::store::{
     now_millis, BindingRecord, InstanceRecord, NewJob, OperationRecord, Store, StoreError, JOB_DONE,
 };
 
-fn instance(id: &str) -> InstanceRecord {
+/// The store with a fresh one-key keyring (bindings are sealed; see `secrets`).
+fn keyed(store: Store) -> Store {
+    let key = wayback::crypto::random_key_bytes();
+    let keyring = wayback::crypto::Keyring::new(vec![("test".into(), key)], None).unwrap();
+    store.with_keyring(std::sync::Arc::new(keyring))
+}
+
+pub(crate) fn instance(id: &str) -> InstanceRecord {
     let now = now_millis();
     InstanceRecord {
         id: InstanceId::parse(id).unwrap(),
@@ -34,7 +41,7 @@ fn instance(id: &str) -> InstanceRecord {
     }
 }
 
-fn operation(
+pub(crate) fn operation(
     id: &str,
     instance: &str,
     binding: Option<&str>,
@@ -54,7 +61,7 @@ fn operation(
     }
 }
 
-fn job(id: &str, instance: &str, binding: Option<&str>) -> NewJob {
+pub(crate) fn job(id: &str, instance: &str, binding: Option<&str>) -> NewJob {
     NewJob {
         id: id.into(),
         kind: "provision".into(),
@@ -363,9 +370,9 @@ async fn suite(store: Store) {
 async fn sqlite_store() {
     let dir = tempfile::tempdir().unwrap();
     let url = wayback::config::resolve::default_sqlite_url(dir.path());
-    suite(Store::connect(&url).await.unwrap()).await;
+    suite(keyed(Store::connect(&url).await.unwrap())).await;
     // Reopening runs migrations idempotently and keeps data.
-    let reopened = Store::connect(&url).await.unwrap();
+    let reopened = keyed(Store::connect(&url).await.unwrap());
     assert!(reopened
         .get_instance(&InstanceId::parse("i-1").unwrap())
         .await
@@ -390,9 +397,9 @@ async fn postgres_store() {
         .unwrap();
     let (prefix, _) = base.rsplit_once('/').unwrap();
     let url = format!("{prefix}/{db}");
-    suite(Store::connect(&url).await.unwrap()).await;
+    suite(keyed(Store::connect(&url).await.unwrap())).await;
     // Two brokers sharing the database: migrations are idempotent.
-    Store::connect(&url).await.unwrap();
+    keyed(Store::connect(&url).await.unwrap());
     sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))
         .execute(&mut admin)
         .await

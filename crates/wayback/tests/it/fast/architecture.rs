@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("domain", &[]),
     ("crash_point", &[]),
+    ("crypto", &[]),
     ("storage", &["domain"]),
     ("pg", &["domain"]),
     ("catalog", &["domain"]),
-    ("store", &["domain"]),
+    ("store", &["crypto", "domain"]),
     ("config", &["domain", "storage"]),
     ("telemetry", &["config"]),
     ("shutdown", &[]),
@@ -30,7 +31,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ),
     ("runtime", &["archive", "config", "domain", "pg", "storage"]),
     ("metrics", &["domain", "runtime"]),
-    ("open", &["config", "runtime", "storage", "store"]),
+    ("open", &["config", "crypto", "runtime", "storage", "store"]),
     (
         "context",
         &[
