@@ -15,6 +15,7 @@ mod agents;
 mod env;
 pub mod resolve;
 mod sections;
+mod tls;
 mod validate;
 
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use serde::Deserialize;
 pub use agents::{parse_agent_list, AgentEndpoint, AgentSettings, AgentsSettings};
 pub use env::{EnvVar, ENV_VARS};
 pub use sections::*;
+pub use tls::TlsSettings;
 
 /// All of Wayback's settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +67,8 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// How long the state database keeps finished jobs and operations.
     pub state: StateSettings,
+    /// The CA behind the clusters' TLS certificates.
+    pub tls: TlsSettings,
 }
 
 impl Default for Settings {
@@ -91,6 +95,7 @@ impl Default for Settings {
             agent: AgentSettings::default(),
             metrics: MetricsSettings::default(),
             state: StateSettings::default(),
+            tls: TlsSettings::default(),
         }
     }
 }

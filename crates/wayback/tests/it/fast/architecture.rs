@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("domain", &[]),
     ("crash_point", &[]),
+    ("tls", &[]),
     ("storage", &["domain"]),
     ("pg", &["domain"]),
     ("catalog", &["domain"]),
