@@ -29,9 +29,12 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
         "archive",
         &["config", "crash_point", "domain", "pg", "storage"],
     ),
-    ("runtime", &["archive", "config", "domain", "pg", "storage"]),
+    (
+        "runtime",
+        &["archive", "config", "domain", "pg", "storage", "tls"],
+    ),
     ("metrics", &["domain", "runtime"]),
-    ("open", &["config", "runtime", "storage", "store"]),
+    ("open", &["config", "runtime", "storage", "store", "tls"]),
     (
         "context",
         &[
