@@ -3,7 +3,7 @@
 //! the certificate carries and fails by another; another CA is refused; the key lives outside
 //! `pgdata`, 0600 and the cluster user's; a due certificate is renewed by `status` (the
 //! supervisor's call) and reloaded without a restart; a cluster made before TLS gets it at its
-//! next start.
+//! next start; a fork gets its own certificate and key, and bindings of both verify.
 //!
 //! Run: `bash scripts/test cluster_tls::`.
 
@@ -208,6 +208,76 @@ async fn a_cluster_made_before_tls_serves_it_from_its_next_start() {
         psql("127.0.0.1", port, "verify-full", &ca_file, SSL_IN_USE).unwrap(),
         "t"
     );
+}
+
+/// `psql` with a binding's `uri` (plus `sslmode`) and only `root_cert`; its output or stderr.
+fn psql_uri(uri: &str, sslmode: &str, root_cert: &Path, sql: &str) -> Result<String, String> {
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    let out = std::process::Command::new(Path::new(BIN_DIR).join("psql"))
+        .arg(format!("{uri}{sep}sslmode={sslmode}"))
+        .args(["-X", "-q", "-A", "-t", "-c", "SET ROLE NONE", "-c", sql])
+        .env_clear()
+        .env("HOME", "/nonexistent")
+        .env("PGSSLROOTCERT", root_cert)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A fork gets its own certificate and key, never its source's, and serves TLS the CA verifies.
+#[tokio::test]
+async fn a_clone_has_its_own_certificate_and_key() {
+    if !pg_available() {
+        return;
+    }
+    let app = crate::common::spawn_app().await;
+    let store = wayback::storage::ObjectStore::local(&app.data_dir.join("archive")).unwrap();
+    let src = app.provision_ready("tls-src").await;
+    let prefix = wayback::archive::layout::InstancePrefix::new(
+        &wayback::domain::SpaceGuid::parse(crate::common::SPACE).unwrap(),
+        &InstanceId::parse(src.clone()).unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while wayback::archive::window::restore_window(&store, &prefix)
+        .await
+        .unwrap()
+        .backups
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no base backup of {src} in 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (clone, _) = app
+        .clone_ready("tls-fork", serde_json::json!({"clone-from": src}))
+        .await;
+    let tls_of = |id: &str| app.data_dir.join("clusters").join(id).join("tls");
+    for f in ["server.key", "server.crt"] {
+        let (a, b) = (tls_of(&src).join(f), tls_of(&clone).join(f));
+        assert_ne!(
+            std::fs::read(&a).unwrap(),
+            std::fs::read(&b).unwrap(),
+            "{f}"
+        );
+    }
+    let ca = app.data_dir.join("tls/ca.crt");
+    for id in [&src, &clone] {
+        let creds = app.bind_sync(id, &crate::common::new_id()).await;
+        let uri = creds["uri"].as_str().unwrap();
+        assert_eq!(
+            psql_uri(uri, "verify-full", &ca, SSL_IN_USE).unwrap(),
+            "t",
+            "{id}"
+        );
+    }
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
