@@ -255,6 +255,16 @@ fn the_agent_config_carries_the_manifest_values() {
         Some("db-22.wayback.example.com")
     );
     assert_eq!(full["postgres"]["port_max"].as_integer(), Some(41099));
+    let ca = &full["tls"];
+    assert!(ca["ca_cert"]
+        .as_str()
+        .unwrap()
+        .contains("fixtureAgentCertificate"));
+    assert!(ca["ca_key"]
+        .as_str()
+        .unwrap()
+        .contains("fixtureAgentPrivateKey"));
+    assert!(minimal.get("tls").is_none(), "no tls.ca: a generated CA");
 }
 
 #[test]
