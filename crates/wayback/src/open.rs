@@ -70,7 +70,7 @@ pub fn cluster_tls(settings: &Settings, data_dir: &Path) -> anyhow::Result<Clust
     let ca = source
         .load(data_dir)
         .context("load the CA for the clusters' TLS certificates")?;
-    Ok(ClusterTls::new(Arc::new(ca), &settings.advertise_host()))
+    Ok(ClusterTls::new(Arc::new(ca), &settings.advertise_host()).requiring(settings.tls.require))
 }
 
 /// The runtime the settings ask for: agents when `agents.urls` lists any (instances not yet

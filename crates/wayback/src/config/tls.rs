@@ -12,6 +12,8 @@ pub struct TlsSettings {
     pub ca_cert: Option<String>,
     /// The CA's private key: a path, or the PEM itself (secret).
     pub ca_key: Option<SecretString>,
+    /// Clusters refuse TCP connections without TLS (`hostssl` only in `pg_hba.conf`).
+    pub require: bool,
 }
 
 impl TlsSettings {

@@ -256,15 +256,19 @@ pub fn render_postgresql_conf(input: &ConfInput<'_>) -> Result<String, PgError> 
 }
 
 /// The whole `pg_hba.conf`: SCRAM everywhere, nothing trusted, no cleartext or md5. Local
-/// replication is for base backups taken over the unix socket by the superuser.
-pub fn render_pg_hba() -> String {
-    "# Written by Wayback; edits are overwritten.\n\
-     # TYPE  DATABASE     USER  ADDRESS    METHOD\n\
-     local   all          all              scram-sha-256\n\
-     local   replication  all              scram-sha-256\n\
-     host    all          all   0.0.0.0/0  scram-sha-256\n\
-     host    all          all   ::/0       scram-sha-256\n"
-        .to_string()
+/// replication is for base backups taken over the unix socket by the superuser. With
+/// `require_tls`, TCP connections must use TLS (`hostssl`); the unix socket stays for the
+/// runtime's own admin connections on this machine.
+pub fn render_pg_hba(require_tls: bool) -> String {
+    let host = if require_tls { "hostssl" } else { "host   " };
+    format!(
+        "# Written by Wayback; edits are overwritten.\n\
+         # TYPE  DATABASE     USER  ADDRESS    METHOD\n\
+         local   all          all              scram-sha-256\n\
+         local   replication  all              scram-sha-256\n\
+         {host} all          all   0.0.0.0/0  scram-sha-256\n\
+         {host} all          all   ::/0       scram-sha-256\n"
+    )
 }
 
 /// The port a rendered `postgresql.conf` sets (our `port = 'N'` line).
@@ -425,7 +429,10 @@ mod tests {
 
     #[test]
     fn hba_is_scram_only() {
-        let hba = render_pg_hba();
+        let required = render_pg_hba(true);
+        assert!(required.contains("hostssl all") && !required.contains("host    all"));
+        assert_eq!(required.replace("hostssl", "host   "), render_pg_hba(false));
+        let hba = render_pg_hba(false);
         for line in hba.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.ends_with("scram-sha-256"), "{line}");
         }

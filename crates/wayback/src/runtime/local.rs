@@ -283,7 +283,10 @@ impl LocalRuntime {
         let archive_text = (!archive.exists()).then(|| "# Archiving is off.\n".to_string());
         let files = [
             ("postgresql.conf", Some(text)),
-            ("pg_hba.conf", Some(conf::render_pg_hba())),
+            (
+                "pg_hba.conf",
+                Some(conf::render_pg_hba(self.tls_required())),
+            ),
             (conf::ARCHIVE_INCLUDE, archive_text),
         ];
         for (name, content) in files {

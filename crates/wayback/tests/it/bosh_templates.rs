@@ -264,7 +264,12 @@ fn the_agent_config_carries_the_manifest_values() {
         .as_str()
         .unwrap()
         .contains("fixtureAgentPrivateKey"));
-    assert!(minimal.get("tls").is_none(), "no tls.ca: a generated CA");
+    assert!(
+        minimal["tls"].get("ca_cert").is_none(),
+        "no tls.ca: a generated CA"
+    );
+    assert_eq!(minimal["tls"]["require"].as_bool(), Some(false));
+    assert_eq!(full["tls"]["require"].as_bool(), Some(true));
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! the certificate carries and fails by another; another CA is refused; the key lives outside
 //! `pgdata`, 0600 and the cluster user's; a due certificate is renewed by `status` (the
 //! supervisor's call) and reloaded without a restart; a cluster made before TLS gets it at its
-//! next start; a fork gets its own certificate and key, and bindings of both verify.
+//! next start, and with `tls.require` refuses plaintext from its next start; a fork gets its own certificate and key, and bindings of both verify.
 //!
 //! Run: `bash scripts/test cluster_tls::`.
 
@@ -181,7 +181,7 @@ async fn a_cluster_serves_tls_that_only_its_ca_and_names_verify() {
 }
 
 #[tokio::test]
-async fn a_cluster_made_before_tls_serves_it_from_its_next_start() {
+async fn a_cluster_made_before_tls_serves_it_and_requires_it_from_its_next_start() {
     if !pg_available() {
         return;
     }
@@ -199,15 +199,33 @@ async fn a_cluster_made_before_tls_serves_it_from_its_next_start() {
     let ca = wayback::tls::CaSource::default()
         .load(&plain.data_dir())
         .unwrap();
-    let tls = wayback::runtime::ClusterTls::new(std::sync::Arc::new(ca), "127.0.0.1");
-    let upgraded =
-        wayback::runtime::LocalRuntime::new(plain.data_dir(), tls_settings()).with_tls(tls);
-    upgraded.start(&id).await.unwrap();
+    let ca = std::sync::Arc::new(ca);
+    let runtime = |require: bool| {
+        let tls = wayback::runtime::ClusterTls::new(ca.clone(), "127.0.0.1").requiring(require);
+        wayback::runtime::LocalRuntime::new(plain.data_dir(), tls_settings()).with_tls(tls)
+    };
     let ca_file = plain.data_dir().join("tls/ca.crt");
+    let upgraded = runtime(false);
+    upgraded.start(&id).await.unwrap();
     assert_eq!(
         psql("127.0.0.1", port, "verify-full", &ca_file, SSL_IN_USE).unwrap(),
         "t"
     );
+    assert_eq!(
+        psql("127.0.0.1", port, "disable", &ca_file, SSL_IN_USE).unwrap(),
+        "f",
+        "plaintext is accepted without tls.require"
+    );
+    upgraded.stop(&id).await.unwrap();
+
+    let required = runtime(true);
+    required.start(&id).await.unwrap();
+    assert_eq!(
+        psql("127.0.0.1", port, "verify-full", &ca_file, SSL_IN_USE).unwrap(),
+        "t"
+    );
+    let refused = psql("127.0.0.1", port, "disable", &ca_file, SSL_IN_USE).unwrap_err();
+    assert!(refused.contains("no encryption"), "{refused}");
 }
 
 /// `psql` with a binding's `uri` (plus `sslmode`) and only `root_cert`; its output or stderr.

@@ -32,6 +32,8 @@ const ISSUED_FILE: &str = "issued.json";
 pub struct ClusterTls {
     ca: Arc<Ca>,
     hosts: Vec<String>,
+    /// TCP connections must use TLS (`hostssl` only in `pg_hba.conf`).
+    require: bool,
 }
 
 impl ClusterTls {
@@ -43,7 +45,17 @@ impl ClusterTls {
                 hosts.push(h.to_string());
             }
         }
-        Self { ca, hosts }
+        Self {
+            ca,
+            hosts,
+            require: false,
+        }
+    }
+
+    /// With `require`, clusters refuse TCP connections without TLS (`tls.require`).
+    pub fn requiring(mut self, require: bool) -> Self {
+        self.require = require;
+        self
     }
 
     /// The CA certificate (PEM) apps verify these clusters with.
@@ -112,8 +124,14 @@ impl LocalRuntime {
         self.tls.as_ref().map(ClusterTls::ca_certificate)
     }
 
-    /// Before a start: a current certificate, and `postgresql.conf` with today's TLS lines (a
-    /// cluster made before clusters served TLS gets it here).
+    /// Whether this runtime's clusters refuse TCP connections without TLS.
+    pub(super) fn tls_required(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.require)
+    }
+
+    /// Before a start: a current certificate, `postgresql.conf` with today's TLS lines (a
+    /// cluster made before clusters served TLS gets it here) and `pg_hba.conf` as `tls.require`
+    /// says (a restored one is the source's until then).
     pub(super) fn current_tls(
         &self,
         owner: Option<Owner>,
@@ -128,6 +146,12 @@ impl LocalRuntime {
         if let Some(current) = conf::with_current_tls(&text) {
             fsutil::write_atomic(&path, current.as_bytes(), 0o600, owner)
                 .map_err(io(format!("write {}", path.display())))?;
+        }
+        let hba = dirs.pgdata.join("pg_hba.conf");
+        let want = conf::render_pg_hba(tls.require);
+        if std::fs::read_to_string(&hba).ok().as_deref() != Some(want.as_str()) {
+            fsutil::write_atomic(&hba, want.as_bytes(), 0o600, owner)
+                .map_err(io(format!("write {}", hba.display())))?;
         }
         Ok(())
     }
