@@ -51,3 +51,5 @@ pub mod storage;
 pub mod store;
 /// Logging set-up (plain or JSON) with tracing.
 pub mod telemetry;
+/// The CA behind every cluster's TLS certificate (the operator's or generated once), and issuing.
+pub mod tls;

@@ -18,7 +18,7 @@ use anyhow::Context;
 use crate::config::Settings;
 use crate::crypto::keyfile::WhenNoKey;
 use crate::crypto::Keyring;
-use crate::runtime::{ArchiveAccess, LocalRuntime, Runtime};
+use crate::runtime::{ArchiveAccess, ClusterTls, LocalRuntime, Runtime};
 use crate::storage::{ObjectStore, StorageError, StorageSettings};
 use crate::store::Store;
 
@@ -96,6 +96,19 @@ pub async fn archive_for_service(
     }
 }
 
+/// The CA the settings name (`tls.ca_cert`/`tls.ca_key`, else the one generated once into
+/// `<data_dir>/tls/`) and the names this machine's clusters are reached by.
+pub fn cluster_tls(settings: &Settings, data_dir: &Path) -> anyhow::Result<ClusterTls> {
+    let source = crate::tls::CaSource {
+        cert: settings.tls.ca_cert.clone(),
+        key: settings.tls.ca_key.clone(),
+    };
+    let ca = source
+        .load(data_dir)
+        .context("load the CA for the clusters' TLS certificates")?;
+    Ok(ClusterTls::new(Arc::new(ca), &settings.advertise_host()).requiring(settings.tls.require))
+}
+
 /// The runtime the settings ask for: agents when `agents.urls` lists any (instances not yet
 /// seen are looked up in `store`), else clusters on this machine under `data_dir`, backed up to
 /// and restored from `archive`.
@@ -106,7 +119,8 @@ pub fn runtime(
     archive: ArchiveAccess,
 ) -> anyhow::Result<Runtime> {
     if settings.agents.urls.is_empty() {
-        let local = LocalRuntime::new(data_dir.to_path_buf(), settings.postgres.clone());
+        let local = LocalRuntime::new(data_dir.to_path_buf(), settings.postgres.clone())
+            .with_tls(cluster_tls(settings, data_dir)?);
         return Ok(Arc::new(local.with_archive(archive)));
     }
     let remote = crate::runtime::RemoteRuntime::new(&settings.agents)?;

@@ -51,7 +51,8 @@ impl Agent {
             "agent.password (WAYBACK_AGENT_PASSWORD) must be set: the broker authenticates with it",
         )?;
         let data_dir = resolve::data_dir(&settings)?;
-        let runtime = LocalRuntime::new(data_dir.clone(), settings.postgres.clone());
+        let runtime = LocalRuntime::new(data_dir.clone(), settings.postgres.clone())
+            .with_tls(crate::open::cluster_tls(&settings, &data_dir)?);
         runtime
             .prepare()
             .await

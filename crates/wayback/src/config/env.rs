@@ -122,6 +122,9 @@ pub const ENV_VARS: &[EnvVar] = &[
     env_var!("WAYBACK_METRICS_USERNAME", "metrics.username", "metrics", "Basic-auth user name for `GET /metrics` when `metrics.auth` is `own`.", |s, v| s.metrics.username = v.trim().to_string()),
     env_var!("WAYBACK_METRICS_PASSWORD", "metrics.password", "none", "Basic-auth password for `GET /metrics` when `metrics.auth` is `own` (secret; required then).", |s, v| s.metrics.password = non_empty(v).map(SecretString::from)),
     env_var!("WAYBACK_STATE_RETENTION_DAYS", "state.retention_days", "30", "Days the state database keeps finished jobs and operations superseded by a newer one of the same instance or binding (0: forever); the newest operation of each instance and binding, deprovision tombstones and audit records are kept. The maintenance loop prunes every `retention.interval_secs`.", |s, v| s.state.retention_days = parse(v)?),
+    env_var!("WAYBACK_TLS_CA_CERT", "tls.ca_cert", "generated", "The CA certificate that signs every cluster's TLS certificate: a path or the PEM itself (BOSH: a CredHub CA variable's `certificate`). Unset (with `tls.ca_key`): a CA generated once into `<data_dir>/tls/` (key 0600, directory 0700). With agents, give the broker and every agent the same pair.", |s, v| s.tls.ca_cert = non_empty(v)),
+    env_var!("WAYBACK_TLS_CA_KEY", "tls.ca_key", "generated", "The CA's private key: a path or the PEM itself (secret; BOSH: the CredHub CA variable's `private_key`). Set both or neither.", |s, v| s.tls.ca_key = non_empty(v).map(SecretString::from)),
+    env_var!("WAYBACK_TLS_REQUIRE", "tls.require", "false", "Clusters refuse TCP connections without TLS (`hostssl` only in `pg_hba.conf`; the unix socket stays for the broker's or agent's own admin connections). Existing clusters follow at their next start.", |s, v| s.tls.require = parse_bool(v)?),
 ];
 
 impl Settings {

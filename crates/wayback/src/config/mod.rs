@@ -16,6 +16,7 @@ mod encryption;
 mod env;
 pub mod resolve;
 mod sections;
+mod tls;
 mod validate;
 
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ pub use agents::{parse_agent_list, AgentEndpoint, AgentSettings, AgentsSettings}
 pub use encryption::EncryptionSettings;
 pub use env::{EnvVar, ENV_VARS};
 pub use sections::*;
+pub use tls::TlsSettings;
 
 /// All of Wayback's settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -69,6 +71,8 @@ pub struct Settings {
     pub state: StateSettings,
     /// The keys that seal secrets in the state database.
     pub encryption: EncryptionSettings,
+    /// The CA behind the clusters' TLS certificates.
+    pub tls: TlsSettings,
 }
 
 impl Default for Settings {
@@ -96,6 +100,7 @@ impl Default for Settings {
             metrics: MetricsSettings::default(),
             state: StateSettings::default(),
             encryption: EncryptionSettings::default(),
+            tls: TlsSettings::default(),
         }
     }
 }

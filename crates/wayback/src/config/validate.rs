@@ -119,6 +119,9 @@ impl Settings {
                 return invalid("metrics.username", "must not be empty");
             }
         }
+        if let Err((key, message)) = self.tls.check() {
+            return invalid(key, message);
+        }
         Ok(())
     }
 }

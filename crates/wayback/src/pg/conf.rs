@@ -85,6 +85,49 @@ pub struct ConfInput<'a> {
     pub settings: &'a BTreeMap<String, String>,
     /// How much server log to keep (`postgres.log_keep_mb`).
     pub log_budget: LogBudget,
+    /// Serve TLS with the certificate in `../tls/` (see [`tls_lines`]).
+    pub tls: bool,
+}
+
+/// A cluster's certificate and key, relative to its data directory (PostgreSQL reads relative
+/// `ssl_*_file` paths from there): beside `pgdata`, never in it, so that base backups and the
+/// clones made from them never carry the key, and a restored `postgresql.conf` names the
+/// clone's own files.
+pub const TLS_DIRECTORY: &str = "../tls";
+pub const TLS_CERT_FILE: &str = "server.crt";
+pub const TLS_KEY_FILE: &str = "server.key";
+
+/// The managed TLS settings. TLS 1.2 at least; the server reloads these files at SIGHUP.
+fn tls_lines() -> [(&'static str, String); 4] {
+    [
+        ("ssl", "on".into()),
+        ("ssl_cert_file", format!("{TLS_DIRECTORY}/{TLS_CERT_FILE}")),
+        ("ssl_key_file", format!("{TLS_DIRECTORY}/{TLS_KEY_FILE}")),
+        ("ssl_min_protocol_version", "TLSv1.2".into()),
+    ]
+}
+
+/// `conf` (a `postgresql.conf` we wrote, maybe before clusters served TLS) with today's TLS
+/// lines in the managed tier; None when it needs no change or is not ours (no managed tier).
+/// How an existing cluster gets TLS at its next start.
+pub fn with_current_tls(conf: &str) -> Option<String> {
+    let mut out = String::with_capacity(conf.len() + 200);
+    let mut inserted = false;
+    for line in conf.lines() {
+        let name = line.split_once('=').map(|(n, _)| n.trim());
+        if name.is_some_and(|n| n.starts_with("ssl")) {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+        if line == "# Managed by Wayback" {
+            for (name, value) in tls_lines() {
+                out.push_str(&format!("{name} = {}\n", quote_value(name, &value).ok()?));
+            }
+            inserted = true;
+        }
+    }
+    (inserted && out != conf).then_some(out)
 }
 
 /// The managed logging settings: the collector writes size- and day-rotated files into
@@ -178,6 +221,11 @@ pub fn render_postgresql_conf(input: &ConfInput<'_>) -> Result<String, PgError> 
         out.push_str(&format!("{name} = {}\n", quote_value(name, value)?));
         Ok(())
     };
+    if input.tls {
+        for (name, value) in tls_lines() {
+            line(name, &value)?;
+        }
+    }
     line("listen_addresses", input.listen_address)?;
     line("port", &input.port.to_string())?;
     line("unix_socket_directories", socket_dir)?;
@@ -208,15 +256,19 @@ pub fn render_postgresql_conf(input: &ConfInput<'_>) -> Result<String, PgError> 
 }
 
 /// The whole `pg_hba.conf`: SCRAM everywhere, nothing trusted, no cleartext or md5. Local
-/// replication is for base backups taken over the unix socket by the superuser.
-pub fn render_pg_hba() -> String {
-    "# Written by Wayback; edits are overwritten.\n\
-     # TYPE  DATABASE     USER  ADDRESS    METHOD\n\
-     local   all          all              scram-sha-256\n\
-     local   replication  all              scram-sha-256\n\
-     host    all          all   0.0.0.0/0  scram-sha-256\n\
-     host    all          all   ::/0       scram-sha-256\n"
-        .to_string()
+/// replication is for base backups taken over the unix socket by the superuser. With
+/// `require_tls`, TCP connections must use TLS (`hostssl`); the unix socket stays for the
+/// runtime's own admin connections on this machine.
+pub fn render_pg_hba(require_tls: bool) -> String {
+    let host = if require_tls { "hostssl" } else { "host   " };
+    format!(
+        "# Written by Wayback; edits are overwritten.\n\
+         # TYPE  DATABASE     USER  ADDRESS    METHOD\n\
+         local   all          all              scram-sha-256\n\
+         local   replication  all              scram-sha-256\n\
+         {host} all          all   0.0.0.0/0  scram-sha-256\n\
+         {host} all          all   ::/0       scram-sha-256\n"
+    )
 }
 
 /// The port a rendered `postgresql.conf` sets (our `port = 'N'` line).
@@ -239,7 +291,33 @@ mod tests {
             cluster_name: "i-1",
             settings,
             log_budget: LogBudget::from_mb(64),
+            tls: false,
         }
+    }
+
+    #[test]
+    fn tls_files_are_outside_pgdata_and_older_confs_get_them() {
+        let settings = BTreeMap::new();
+        let plain = render_postgresql_conf(&input(&settings)).unwrap();
+        assert!(!plain.contains("ssl"));
+        let conf = render_postgresql_conf(&ConfInput {
+            tls: true,
+            ..input(&settings)
+        })
+        .unwrap();
+        for line in [
+            "ssl = 'on'\n",
+            "ssl_cert_file = '../tls/server.crt'\n",
+            "ssl_key_file = '../tls/server.key'\n",
+        ] {
+            assert!(conf.contains(line), "{line}");
+        }
+        assert_eq!(with_current_tls(&conf), None, "already current");
+        let upgraded = with_current_tls(&plain).unwrap();
+        assert_eq!(upgraded, conf, "the same lines in the same place");
+        let stale = conf.replace("'../tls/server.key'", "'/elsewhere/key'");
+        assert_eq!(with_current_tls(&stale).unwrap(), conf);
+        assert_eq!(with_current_tls("port = '1'\n"), None, "not ours");
     }
 
     fn plan(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -351,7 +429,10 @@ mod tests {
 
     #[test]
     fn hba_is_scram_only() {
-        let hba = render_pg_hba();
+        let required = render_pg_hba(true);
+        assert!(required.contains("hostssl all") && !required.contains("host    all"));
+        assert_eq!(required.replace("hostssl", "host   "), render_pg_hba(false));
+        let hba = render_pg_hba(false);
         for line in hba.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.ends_with("scram-sha-256"), "{line}");
         }

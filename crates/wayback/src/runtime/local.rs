@@ -20,6 +20,7 @@ mod layout;
 mod lifecycle;
 mod restore;
 mod stats;
+mod tls;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -36,6 +37,7 @@ use crate::pg::ctl;
 use crate::pg::fsutil::{self, Owner};
 use crate::pg::{conf, initdb, scram, Binaries, ClusterDirs, PgError, RunAs, Tools};
 use layout::Layout;
+pub use tls::ClusterTls;
 
 fn rt(e: PgError) -> RuntimeError {
     match e {
@@ -67,6 +69,7 @@ pub struct LocalRuntime {
     template: OnceCell<()>,
     locks: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>,
     restores: restore::Restores,
+    tls: Option<ClusterTls>,
 }
 
 impl LocalRuntime {
@@ -82,6 +85,7 @@ impl LocalRuntime {
             template: OnceCell::new(),
             locks: Mutex::new(HashMap::new()),
             restores: restore::Restores::default(),
+            tls: None,
         }
     }
 
@@ -264,6 +268,7 @@ impl LocalRuntime {
             cluster_name: spec.instance.as_str(),
             settings: &spec.settings,
             log_budget: self.log_budget(),
+            tls: self.tls.is_some(),
         })
         .map_err(rt)?;
         let owner = tools.run_as.owner();
@@ -278,7 +283,10 @@ impl LocalRuntime {
         let archive_text = (!archive.exists()).then(|| "# Archiving is off.\n".to_string());
         let files = [
             ("postgresql.conf", Some(text)),
-            ("pg_hba.conf", Some(conf::render_pg_hba())),
+            (
+                "pg_hba.conf",
+                Some(conf::render_pg_hba(self.tls_required())),
+            ),
             (conf::ARCHIVE_INCLUDE, archive_text),
         ];
         for (name, content) in files {
@@ -309,6 +317,9 @@ impl LocalRuntime {
             .map_err(io(format!("create {}", dirs.log_file.display())))?;
         fsutil::ensure_dir(&dirs.log_dir, 0o700, owner)
             .map_err(io(format!("create {}", dirs.log_dir.display())))?;
+        if let Some(tls) = &self.tls {
+            tls.ensure(&self.layout, owner, id, !dirs.exists())?;
+        }
         if dirs.exists() {
             // Made by an earlier run: only the configuration may have changed (e.g. the port).
             return self.write_confs(tools, &dirs.pgdata, spec, true);

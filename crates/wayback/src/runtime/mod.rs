@@ -22,7 +22,7 @@ use crate::domain::InstanceId;
 pub use async_trait::async_trait;
 pub use error::RuntimeError;
 pub use interface::{AgentSurvey, ClusterRuntime, Reach, RestoreSpec, Runtime};
-pub use local::{ArchiveAccess, LocalRuntime};
+pub use local::{ArchiveAccess, ClusterTls, LocalRuntime};
 pub use placement::{choose, Placement, PlacementLedger, NO_ROOM};
 pub use remote::{BackupAnswer, RemoteRuntime};
 pub use wayback_api::agent::{

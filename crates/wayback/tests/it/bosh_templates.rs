@@ -255,6 +255,21 @@ fn the_agent_config_carries_the_manifest_values() {
         Some("db-22.wayback.example.com")
     );
     assert_eq!(full["postgres"]["port_max"].as_integer(), Some(41099));
+    let ca = &full["tls"];
+    assert!(ca["ca_cert"]
+        .as_str()
+        .unwrap()
+        .contains("fixtureAgentCertificate"));
+    assert!(ca["ca_key"]
+        .as_str()
+        .unwrap()
+        .contains("fixtureAgentPrivateKey"));
+    assert!(
+        minimal["tls"].get("ca_cert").is_none(),
+        "no tls.ca: a generated CA"
+    );
+    assert_eq!(minimal["tls"]["require"].as_bool(), Some(false));
+    assert_eq!(full["tls"]["require"].as_bool(), Some(true));
 }
 
 #[test]

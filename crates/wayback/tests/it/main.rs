@@ -20,6 +20,7 @@ mod bosh_templates;
 mod cf_wayback;
 mod clone;
 mod clone_audit;
+mod cluster_tls;
 mod concurrent_load;
 mod concurrent_pg;
 mod crash_steps;

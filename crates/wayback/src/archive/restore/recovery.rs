@@ -16,7 +16,7 @@ use super::plan::Plan;
 use super::{RestoreError, RestoreRequest, RestoreTarget};
 use crate::archive::manifest::SettingFloors;
 use crate::archive::target::{capture_environment, ArchiveTarget, RestoreSource};
-use crate::pg::conf::{quote_value, ARCHIVE_INCLUDE};
+use crate::pg::conf::{quote_value, ARCHIVE_INCLUDE, TLS_CERT_FILE, TLS_DIRECTORY, TLS_KEY_FILE};
 use crate::pg::fsutil::{self, Owner};
 use crate::pg::SUPERUSER;
 
@@ -56,6 +56,11 @@ pub(super) struct ConfInput<'a> {
     pub archive_timeout_secs: u64,
     /// None once promoted.
     pub recovery: Option<(RestoreTarget, &'a SettingFloors)>,
+    /// The TLS certificate and key a restored `postgresql.conf` may name (`../tls/`, beside
+    /// `pgdata`) are there: a cluster's runtime issues them before its restore. When they are
+    /// not (a restore into a scratch directory, `wayback restore`), TLS is off, else a source
+    /// that served TLS could not be restored anywhere else.
+    pub tls_files: bool,
 }
 
 /// `wayback-archive.conf` for a restored cluster (pure).
@@ -70,6 +75,9 @@ pub(super) fn render_conf(i: &ConfInput<'_>) -> Result<String, RestoreError> {
     out += &q("port", &i.port.to_string())?;
     out += &q("unix_socket_directories", i.socket_dir)?;
     out += &q("log_directory", i.log_dir)?;
+    if !i.tls_files {
+        out += &q("ssl", "off")?;
+    }
     let target = shell_word(i.target_file);
     let bin = shell_word(i.wayback_bin);
     if i.archiving {
@@ -152,6 +160,9 @@ fn conf_input<'a>(
         archiving: req.archive.is_some(),
         archive_timeout_secs: req.archive_timeout_secs,
         recovery,
+        tls_files: [TLS_CERT_FILE, TLS_KEY_FILE]
+            .iter()
+            .all(|f| req.dirs.pgdata.join(TLS_DIRECTORY).join(f).is_file()),
     })
 }
 

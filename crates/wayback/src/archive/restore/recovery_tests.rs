@@ -10,6 +10,7 @@ fn input<'a>(floors: &'a SettingFloors, recovery: bool, archiving: bool) -> Conf
         target_file: "/tmp/wbt-x/archive.json",
         archiving,
         archive_timeout_secs: 60,
+        tls_files: true,
         recovery: recovery.then(|| {
             (
                 RestoreTarget::PointInTime("2026-01-02T03:04:05.123456Z".parse().unwrap()),
@@ -75,4 +76,17 @@ fn floors_are_at_least_the_source_configuration() {
         ),
         (300, 10, 64)
     );
+}
+
+#[test]
+fn tls_is_off_only_where_its_files_are_missing() {
+    let floors = SettingFloors::default();
+    let with_files = render_conf(&input(&floors, true, true)).unwrap();
+    assert!(!with_files.contains("ssl"), "{with_files}");
+    let scratch = render_conf(&ConfInput {
+        tls_files: false,
+        ..input(&floors, true, true)
+    })
+    .unwrap();
+    assert!(scratch.contains("ssl = 'off'\n"), "{scratch}");
 }

@@ -10,6 +10,8 @@
 //!     log/                                 0700, the server log: rotated files, oldest deleted
 //!                                          beyond postgres.log_keep_mb (pg::server_log)
 //!     admin-password                       superuser password, 0600, the broker's user only
+//!     tls/                                 0700, the cluster user's: server.crt, server.key,
+//!                                          issued.json (0600), never inside pgdata
 //! ```
 //!
 //! Instance ids are validated (`[A-Za-z0-9._-]`, no leading dot), so they are safe as a path
@@ -72,6 +74,10 @@ impl Layout {
     }
     pub fn partial(&self, id: &InstanceId) -> PathBuf {
         self.cluster(id).join("pgdata.partial")
+    }
+    /// The cluster's TLS certificate, key and issue record (outside `pgdata`).
+    pub fn tls_dir(&self, id: &InstanceId) -> PathBuf {
+        self.cluster(id).join("tls")
     }
     pub fn password_file(&self, id: &InstanceId) -> PathBuf {
         self.cluster(id).join("admin-password")

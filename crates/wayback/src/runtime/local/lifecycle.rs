@@ -47,6 +47,7 @@ impl LocalRuntime {
             return Ok(());
         }
         self.current_logging(tools, &dirs)?;
+        self.current_tls(tools.run_as.owner(), id, &dirs)?;
         ctl::clear_stale_locks(&dirs, self.timeout())
             .await
             .map_err(rt)?;
@@ -108,7 +109,10 @@ impl LocalRuntime {
         self.prune_server_log(&dirs);
         let socket_dir = pm.socket_dir.unwrap_or(dirs.socket_dir.clone());
         match ctl::is_ready(tools, &socket_dir, port).await.map_err(rt)? {
-            true => Ok(ClusterStatus::Running),
+            true => {
+                self.renew_certificate(tools.run_as.owner(), id, pm.pid);
+                Ok(ClusterStatus::Running)
+            }
             false => Ok(ClusterStatus::Stopped),
         }
     }

@@ -95,6 +95,7 @@ impl LocalRuntime {
             listen_address: self.settings.listen_address.clone(),
             timeout: self.timeout(),
             archive: self.archive_access()?.clone(),
+            tls: self.tls.clone(),
         };
         let task = {
             let mut map = self.restores.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -195,6 +196,7 @@ struct Site {
     listen_address: String,
     timeout: Duration,
     archive: ArchiveAccess,
+    tls: Option<super::ClusterTls>,
 }
 
 /// An emptied cluster directory, ready for the engine.
@@ -308,6 +310,10 @@ impl Site {
                 .map_err(io(format!("create {}", dir.display())))?;
         }
         self.empty_own_prefix(id, own_prefix).await?;
+        // A clone's own certificate and key, never its source's (which no backup carries).
+        if let Some(tls) = &self.tls {
+            tls.ensure(&self.layout, owner, id, true)?;
+        }
         let password = scram::random_password(32);
         let verifier = scram::verifier(&password).map_err(rt)?;
         let pw_file = self.layout.password_file(id);

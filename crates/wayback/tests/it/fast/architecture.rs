@@ -17,6 +17,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("domain", &[]),
     ("crash_point", &[]),
     ("crypto", &[]),
+    ("tls", &[]),
     ("storage", &["domain"]),
     ("pg", &["domain"]),
     ("catalog", &["domain"]),
@@ -29,9 +30,15 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
         "archive",
         &["config", "crash_point", "domain", "pg", "storage"],
     ),
-    ("runtime", &["archive", "config", "domain", "pg", "storage"]),
+    (
+        "runtime",
+        &["archive", "config", "domain", "pg", "storage", "tls"],
+    ),
     ("metrics", &["domain", "runtime"]),
-    ("open", &["config", "crypto", "runtime", "storage", "store"]),
+    (
+        "open",
+        &["config", "crypto", "runtime", "storage", "store", "tls"],
+    ),
     (
         "context",
         &[

@@ -96,6 +96,22 @@ impl TestRuntime {
         }
     }
 
+    /// A runtime whose clusters serve TLS with certificates from the CA generated into its data
+    /// directory, for `advertise_host` (plus localhost and 127.0.0.1).
+    pub fn with_tls(settings: PostgresSettings, advertise_host: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = wayback::tls::CaSource::default()
+            .load(dir.path())
+            .expect("generate the CA");
+        let tls = wayback::runtime::ClusterTls::new(Arc::new(ca), advertise_host);
+        let local = Arc::new(LocalRuntime::new(dir.path().to_path_buf(), settings).with_tls(tls));
+        Self {
+            runtime: local.clone(),
+            local,
+            dir,
+        }
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }
