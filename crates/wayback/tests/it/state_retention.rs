@@ -6,6 +6,7 @@
 //! stored time by one day — as if the clock had moved on. After the first retention period
 //! every table but the instance index holds the same number of rows at the end of each day.
 
+use crate::store::keyed;
 use std::collections::BTreeSet;
 
 use chrono::Utc;
@@ -397,7 +398,7 @@ async fn simulate(store: Store, url: &str) {
 async fn state_database_stays_flat_over_two_busy_months_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let url = wayback::config::resolve::default_sqlite_url(dir.path());
-    simulate(Store::connect(&url).await.unwrap(), &url).await;
+    simulate(keyed(Store::connect(&url).await.unwrap()), &url).await;
 }
 
 #[tokio::test]
@@ -415,7 +416,7 @@ async fn state_database_stays_flat_over_two_busy_months_on_postgres() {
         .unwrap();
     let (prefix, _) = base.rsplit_once('/').unwrap();
     let url = format!("{prefix}/{db}");
-    let store = Store::connect(&url).await.unwrap();
+    let store = keyed(Store::connect(&url).await.unwrap());
     simulate(store.clone(), &url).await;
     store.close().await;
     sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))

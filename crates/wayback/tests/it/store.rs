@@ -13,7 +13,7 @@ use wayback::store::{
 };
 
 /// The store with a fresh one-key keyring (bindings are sealed; see `secrets`).
-fn keyed(store: Store) -> Store {
+pub(crate) fn keyed(store: Store) -> Store {
     let key = wayback::crypto::random_key_bytes();
     let keyring = wayback::crypto::Keyring::new(vec![("test".into(), key)], None).unwrap();
     store.with_keyring(std::sync::Arc::new(keyring))
