@@ -30,12 +30,18 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> TlsError {
     move |source| TlsError::Io { context, source }
 }
 
-/// The PEM itself, or the contents of the file it names.
-fn pem_or_file(setting: &str, value: &str) -> Result<String, TlsError> {
+/// The PEM itself, or the contents of the file it names. `secret` values are never quoted in
+/// the error: a key pasted with a typo (not starting with `-----BEGIN`) must not reach a log.
+fn pem_or_file(setting: &str, value: &str, secret: bool) -> Result<String, TlsError> {
     if value.trim_start().starts_with("-----BEGIN") {
         return Ok(value.to_string());
     }
-    fs::read_to_string(value.trim()).map_err(io(format!("read {setting} from {value}")))
+    let context = if secret {
+        format!("read {setting}: it is neither PEM (-----BEGIN …) nor the path of a readable file")
+    } else {
+        format!("read {setting} from {value}")
+    };
+    fs::read_to_string(value.trim()).map_err(io(context))
 }
 
 impl CaSource {
@@ -60,8 +66,8 @@ impl CaSource {
             reason,
         })?;
         if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
-            let cert = pem_or_file("tls.ca_cert", cert)?;
-            let key = SecretString::from(pem_or_file("tls.ca_key", key.expose_secret())?);
+            let cert = pem_or_file("tls.ca_cert", cert, false)?;
+            let key = SecretString::from(pem_or_file("tls.ca_key", key.expose_secret(), true)?);
             return Ca::from_pem(&cert, &key);
         }
         load_or_generate(&data_dir.join("tls"))

@@ -93,3 +93,17 @@ fn a_server_certificate_names_its_hosts_and_ca() {
     assert_ne!(cert.key_pem.expose_secret(), other.key_pem.expose_secret());
     assert!(format!("{ca:?}").contains("fingerprint"));
 }
+
+#[test]
+fn a_mistyped_ca_key_is_refused_without_quoting_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pasted = " MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgsecretkeymaterial";
+    let source = CaSource {
+        cert: Some("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".into()),
+        key: Some(SecretString::from(pasted.to_string())),
+    };
+    let err = source.load(dir.path()).unwrap_err();
+    let text = format!("{err:#} {err:?}");
+    assert!(text.contains("tls.ca_key"), "{text}");
+    assert!(!text.contains("secretkeymaterial"), "{text}");
+}
