@@ -568,20 +568,37 @@ def _sum(*vals):
     return None if any(v is None for v in vals) else round(sum(vals), 3)
 
 
+SIDE_TITLES = {
+    "pgbr": "pgBackRest {settings}",
+    "pgbre": "pgBackRest {settings}, aes-256-cbc",
+    "wb": "Wayback",
+    "wbe": "Wayback, archive encrypted",
+}
+SIDE_NAMES = {"pgbr": "pgbackrest", "pgbre": "pgbackrest_aes256cbc", "wb": "wayback",
+              "wbe": "wayback_encrypted"}
+FIGURES = ("backup_s", "restore_s", "replay_s", "restore_total_s", "catchup_s", "backlog_end",
+           "backlog_max", "wal_bytes", "tps", "stored_bytes", "stored_base_bytes",
+           "stored_wal_bytes", "base_backups", "db_bytes")
+
+
+def _pct(new, old) -> str:
+    if new is None or old is None or old == 0:
+        return "—"
+    return f"{(new - old) / old * 100:+.0f} %"
+
+
 def build(r: dict) -> tuple[list[tuple[str, ...]], dict]:
+    # Results written before --encrypt existed have no "sides": pgBackRest and Wayback in clear.
+    sides = [x for x in r.get("sides", "pgbr,wb").split(",") if x in SIDE_TITLES]
     tools = {}
-    for side in ("pgbr", "wb"):
-        t = {k: _num(r, f"{side}_{k}") for k in (
-            "backup_s", "restore_s", "replay_s", "restore_total_s", "catchup_s", "backlog_end",
-            "backlog_max", "wal_bytes", "tps", "stored_bytes", "stored_base_bytes",
-            "stored_wal_bytes", "base_backups", "db_bytes")}
+    for side in sides:
+        t = {k: _num(r, f"{side}_{k}") for k in FIGURES}
         t["restore_replay_s"] = _sum(t["restore_s"], t["replay_s"])
         t["all_s"] = _sum(t["backup_s"], t["restore_s"], t["replay_s"])
         tools[side] = t
     anchor = dict(ANCHOR_TUNED)
     anchor["restore_replay_s"] = round(anchor["restore_s"] + anchor["replay_s"], 3)
     anchor["all_s"] = round(anchor["backup_s"] + anchor["restore_replay_s"], 3)
-    p, w = tools["pgbr"], tools["wb"]
 
     def stored(t):
         if t["stored_bytes"] is None:
@@ -592,39 +609,57 @@ def build(r: dict) -> tuple[list[tuple[str, ...]], dict]:
     def count(v):
         return "—" if v is None else f"{v:.0f}"
 
+    def row(label, cell, anchor_cell=""):
+        return (label, *(cell(tools[x]) for x in sides), anchor_cell)
+
+    title = []
+    for side in sides:
+        t = SIDE_TITLES[side].format(settings=r.get("pgbr_settings", "")).replace("  ", " ")
+        if r.get(f"{side}_not_encrypted") == "1":
+            t += " (NOT encrypted: no key.json in its bucket)"
+        title.append(t)
     rows = [
-        ("", f"pgBackRest {r.get('pgbr_settings', '')}".strip(), "Wayback",
-         "anchor: pgBackRest tuned, Garage"),
-        ("base backup", _secs(p["backup_s"]), _secs(w["backup_s"]), _secs(anchor["backup_s"])),
-        ("restore (download + unpack)", _secs(p["restore_s"]), _secs(w["restore_s"]),
-         _secs(anchor["restore_s"])),
-        ("start → promoted (WAL replay)", _secs(p["replay_s"]), _secs(w["replay_s"]),
-         _secs(anchor["replay_s"])),
-        ("restore + replay", _secs(p["restore_replay_s"]), _secs(w["restore_replay_s"]),
-         _secs(anchor["restore_replay_s"])),
-        ("backup + restore + replay", _secs(p["all_s"]), _secs(w["all_s"]),
-         _secs(anchor["all_s"])),
-        ("archive catch-up after load", _secs(p["catchup_s"]), _secs(w["catchup_s"]), ""),
-        ("archive backlog at end of load / max (segments)",
-         f"{count(p['backlog_end'])} / {count(p['backlog_max'])}",
-         f"{count(w['backlog_end'])} / {count(w['backlog_max'])}", ""),
-        ("bytes stored", stored(p), stored(w), ""),
-        ("base backups in the bucket", count(p["base_backups"]), count(w["base_backups"]), ""),
-        ("database size", _mb(p["db_bytes"]), _mb(w["db_bytes"]), ""),
-        ("WAL written by the load", _mb(p["wal_bytes"]), _mb(w["wal_bytes"]), ""),
-        ("load tps", count(p["tps"]), count(w["tps"]), ""),
+        ("", *title, "anchor: pgBackRest tuned, Garage"),
+        row("base backup", lambda t: _secs(t["backup_s"]), _secs(anchor["backup_s"])),
+        row("restore (download + unpack)", lambda t: _secs(t["restore_s"]),
+            _secs(anchor["restore_s"])),
+        row("start → promoted (WAL replay)", lambda t: _secs(t["replay_s"]),
+            _secs(anchor["replay_s"])),
+        row("restore + replay", lambda t: _secs(t["restore_replay_s"]),
+            _secs(anchor["restore_replay_s"])),
+        row("backup + restore + replay", lambda t: _secs(t["all_s"]), _secs(anchor["all_s"])),
+        row("archive catch-up after load", lambda t: _secs(t["catchup_s"])),
+        row("archive backlog at end of load / max (segments)",
+            lambda t: f"{count(t['backlog_end'])} / {count(t['backlog_max'])}"),
+        row("bytes stored", stored),
+        row("base backups in the bucket", lambda t: count(t["base_backups"])),
+        row("database size", lambda t: _mb(t["db_bytes"])),
+        row("WAL written by the load", lambda t: _mb(t["wal_bytes"])),
+        row("load tps", lambda t: count(t["tps"])),
     ]
+    # What encryption costs each tool, when the run measured it both ways.
+    for clear, enc in (("pgbr", "pgbre"), ("wb", "wbe")):
+        if clear in tools and enc in tools:
+            c, e = tools[clear], tools[enc]
+            cells = {enc: " / ".join(_pct(e[k], c[k]) for k in (
+                "backup_s", "restore_s", "replay_s", "restore_replay_s", "stored_bytes"))}
+            rows.append(("encryption's cost: backup / restore / replay / restore + replay / "
+                         "bytes stored", *(cells.get(x, "") for x in sides), ""))
     undo = undo_figures(r)
-    rows += undo_rows(undo, p, anchor)
-    machine = {k: v for k, v in r.items() if not k.startswith(("pgbr_", "wb_", "undo_"))}
+    undo_side = r.get("undo_side", "wb")
+    pgbr_side = ("pgbre" if undo_side == "wbe" and "pgbre" in tools else
+                 "pgbr" if "pgbr" in tools else next(iter([x for x in sides if x.startswith("pgbr")]), None))
+    rows += undo_rows(undo, tools.get(pgbr_side), anchor, sides, undo_side, pgbr_side)
+    machine = {k: v for k, v in r.items()
+               if not k.startswith(tuple(f"{x}_" for x in SIDE_TITLES) + ("undo_",))}
     if undo:
         machine["undo"] = undo
     machine["pgbr_settings"] = r.get("pgbr_settings", "")
-    for side, name in (("pgbr", "pgbackrest"), ("wb", "wayback")):
+    for side in sides:
         extra = {k[len(side) + 1:]: _num(r, k) for k in r
                  if k.startswith(side + "_") and k[len(side) + 1:] not in tools[side]
                  and _num(r, k) is not None}
-        machine[name] = dict(tools[side], **extra)
+        machine[SIDE_NAMES[side]] = dict(tools[side], **extra)
     machine["anchor_pgbackrest_tuned_garage"] = anchor
     return rows, machine
 
@@ -633,7 +668,7 @@ def undo_figures(r: dict) -> dict:
     """The undo_* results: numbers as numbers, the phases as [[name, secs], ...]."""
     undo = {}
     for k, v in r.items():
-        if not k.startswith("undo_"):
+        if not k.startswith("undo_") or k == "undo_side":
             continue
         key = k[len("undo_"):]
         if key == "phases":
@@ -647,37 +682,45 @@ def undo_figures(r: dict) -> dict:
     return undo
 
 
-def undo_rows(u: dict, p: dict, anchor: dict) -> list[tuple[str, ...]]:
+def undo_rows(u: dict, p: dict | None, anchor: dict, sides: list, wb_side: str,
+              pgbr_side: str | None) -> list[tuple[str, ...]]:
     """Rows of the undo: PUT clone-from of the deleted instance → first query on a new binding,
-    next to pgBackRest's restore + start-to-promoted of the same run and the anchor."""
+    in the column of the Wayback side it ran on, next to the restore + start-to-promoted of the
+    matching pgBackRest side of the same run and the anchor."""
     if not u:
         return []
+
+    def row(label, wb, pg="", anch=""):
+        cells = {wb_side: wb}
+        if pgbr_side:
+            cells[pgbr_side] = pg
+        return (label, *(cells.get(x, "") for x in sides), anch)
+
     if "failed" in u:
-        return [("undo: PUT → clone accepts queries", "", f"FAILED: {u['failed']}", "")]
+        return [row("undo: PUT → clone accepts queries", f"FAILED: {u['failed']}")]
+    restore_replay = None if p is None else p["restore_replay_s"]
     rows = [
-        ("undo: unbind + deprovision (→ done, untimed)", "", _secs(u.get("deprovision_s")),
-         ""),
-        ("undo: PUT → last_operation succeeded", "", _secs(u.get("ready_s")), ""),
-        ("undo: PUT → first connection through a new binding", "", _secs(u.get("connect_s")),
-         ""),
-        ("undo: PUT → clone accepts queries (1 GiB + WAL)",
-         "—" if p["restore_replay_s"] is None else
-         f"{_secs(p['restore_replay_s'])} (restore + replay)", _secs(u.get("query_s")),
-         _secs(anchor["restore_replay_s"])),
+        row("undo: unbind + deprovision (→ done, untimed)", _secs(u.get("deprovision_s"))),
+        row("undo: PUT → last_operation succeeded", _secs(u.get("ready_s"))),
+        row("undo: PUT → first connection through a new binding", _secs(u.get("connect_s"))),
+        row("undo: PUT → clone accepts queries (1 GiB + WAL)", _secs(u.get("query_s")),
+            "—" if restore_replay is None else f"{_secs(restore_replay)} (restore + replay)",
+            _secs(anchor["restore_replay_s"])),
     ]
     for name, secs in u.get("phases", []):
-        rows.append((f"  undo phase: {name}", "", _secs(secs), ""))
+        rows.append(row(f"  undo phase: {name}", _secs(secs)))
     if isinstance(u.get("source_count_s"), float) and isinstance(u.get("second_count_s"), float):
-        rows.append(("  (the same count(*): on the source before / on the clone after)", "",
-                     f"{_secs(u['source_count_s'])} / {_secs(u['second_count_s'])}", ""))
+        rows.append(row("  (the same count(*): on the source before / on the clone after)",
+                        f"{_secs(u['source_count_s'])} / {_secs(u['second_count_s'])}"))
     wal = u.get("wal_after_backup_bytes")
     if isinstance(wal, float):
         reason = u.get("newest_backup_reason", "")
-        rows.append(("undo: WAL after the base backup it restores",
-                     "—" if p["wal_bytes"] is None else _mb(p["wal_bytes"]) + " (the load)",
-                     f"{_mb(wal)}" + (f" (backup: {reason})" if reason else ""), ""))
+        rows.append(row("undo: WAL after the base backup it restores",
+                        f"{_mb(wal)}" + (f" (backup: {reason})" if reason else ""),
+                        "—" if p is None or p["wal_bytes"] is None
+                        else _mb(p["wal_bytes"]) + " (the load)"))
     if u.get("ok") != 1.0:
-        rows.append(("undo: rows checked", "", "NOT VERIFIED", ""))
+        rows.append(row("undo: rows checked", "NOT VERIFIED"))
     return rows
 
 
