@@ -2,7 +2,8 @@
 //! the binding's `uri` with its `sslmode=verify-full` and only the credentials'
 //! `ca_certificate` connects over TLS; the same credentials by a name the certificate does not
 //! carry are rejected by the client; `jdbcUrl` asks pgjdbc for the same, with the CA in it.
-//! (Through an agent: `agents::instances_spread_over_agents_and_live_their_life_there`.)
+//! A plan with `require_tls` refuses plaintext from the plan change that applies it, and after
+//! a restart. (Through an agent: `agents::instances_spread_over_agents_and_live_their_life_there`.)
 //!
 //! Run: `bash scripts/test binding_tls::`.
 
@@ -123,4 +124,95 @@ async fn with_client_sslmode_require_the_credentials_ask_for_encryption_only() {
         "{params:?}"
     );
     assert!(!params.iter().any(|(k, _)| k == "sslfactory"), "{params:?}");
+}
+
+/// A catalog whose medium plan has the small plan's settings and `require_tls`: a plan change
+/// to it is a reload, and only the TLS requirement differs.
+fn catalog_with_a_tls_plan(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut doc: Value = serde_json::from_str(wayback::catalog::BUILTIN_CATALOG).unwrap();
+    let plans = &mut doc["services"][0]["plans"];
+    plans[1]["metadata"]["postgresql"] = plans[0]["metadata"]["postgresql"].clone();
+    plans[1]["metadata"]["wayback"]["require_tls"] = true.into();
+    let path = dir.join("catalog-tls.json");
+    std::fs::write(&path, doc.to_string()).unwrap();
+    path
+}
+
+/// Connects with the binding's uri and `sslmode` instead of its own.
+async fn connect_with_sslmode(uri: &str, mode: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
+    use sqlx::Connection;
+    let plain = uri.replace("sslmode=verify-full", &format!("sslmode={mode}"));
+    sqlx::PgConnection::connect(&plain).await
+}
+
+#[tokio::test]
+async fn a_plan_with_require_tls_refuses_plaintext_from_its_plan_change_on() {
+    if !pg_available() {
+        return;
+    }
+    let dir = test_root();
+    let catalog = catalog_with_a_tls_plan(dir.path());
+    let app = spawn_app_with(move |s| s.catalog = Some(catalog)).await;
+    let id = app.provision_ready("plain-first").await;
+    let creds = app.bind_sync(&id, &new_id()).await;
+    let uri = creds["uri"].as_str().unwrap();
+    let mut conn = connect_with_sslmode(uri, "disable")
+        .await
+        .expect("a plan without require_tls accepts plaintext");
+    assert!(!ssl_in_use(&mut conn).await);
+    drop(conn);
+
+    // The plan change applies it (a reload: the settings are the same).
+    let r = app
+        .osb(
+            reqwest::Method::PATCH,
+            &format!("/v2/service_instances/{id}?accepts_incomplete=true"),
+        )
+        .json(&serde_json::json!({
+            "service_id": SERVICE_ID, "plan_id": MEDIUM, "previous_values": { "plan_id": SMALL }
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    let op: Value = r.json().await.unwrap();
+    let (status, body) = app.poll_instance(&id, op["operation"].as_str()).await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (reqwest::StatusCode::OK, Some("succeeded")),
+        "{body}"
+    );
+    let refused = connect_with_sslmode(uri, "disable")
+        .await
+        .expect_err("plaintext, with the plan requiring TLS");
+    assert!(format!("{refused}").contains("no encryption"), "{refused}");
+    let mut conn = connect_verified(&creds, None).await.expect("TLS is fine");
+    assert!(ssl_in_use(&mut conn).await);
+    drop(conn);
+
+    // A restart keeps it: the start is given no plan, the cluster remembers it.
+    let pid = postmaster_pid(&app.cluster_dir(&id)).expect("postmaster.pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut conn = loop {
+        match connect_verified(&creds, None).await {
+            Ok(c) if postmaster_pid(&app.cluster_dir(&id)) != Some(pid) => break c,
+            _ => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the supervisor did not restart the cluster"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(ssl_in_use(&mut conn).await);
+    assert!(
+        connect_with_sslmode(uri, "disable").await.is_err(),
+        "still refused after a restart"
+    );
 }
