@@ -2,8 +2,8 @@
 //! the binding's `uri` with its `sslmode=verify-full` and only the credentials'
 //! `ca_certificate` connects over TLS; the same credentials by a name the certificate does not
 //! carry are rejected by the client; `jdbcUrl` asks pgjdbc for the same, with the CA in it.
-//! A plan with `require_tls` refuses plaintext from the plan change that applies it, and after
-//! a restart. (Through an agent: `agents::instances_spread_over_agents_and_live_their_life_there`.)
+//! A plan with `require_tls` refuses plaintext from the plan change that applies it (a reload),
+//! after a restart, and in a clone made into it from a plain instance. (Through an agent: `agents::instances_spread_over_agents_and_live_their_life_there`.)
 //!
 //! Run: `bash scripts/test binding_tls::`.
 
@@ -138,6 +138,15 @@ fn catalog_with_a_tls_plan(dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
+/// When the instance's postmaster started (unchanged by a reload).
+async fn postmaster_start(app: &TestApp, id: &str) -> String {
+    let mut admin = app.admin(id).await;
+    sqlx::query_scalar("SELECT pg_postmaster_start_time()::text")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap()
+}
+
 /// Connects with the binding's uri and `sslmode` instead of its own.
 async fn connect_with_sslmode(uri: &str, mode: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
     use sqlx::Connection;
@@ -154,6 +163,7 @@ async fn a_plan_with_require_tls_refuses_plaintext_from_its_plan_change_on() {
     let catalog = catalog_with_a_tls_plan(dir.path());
     let app = spawn_app_with(move |s| s.catalog = Some(catalog)).await;
     let id = app.provision_ready("plain-first").await;
+    let started_at = postmaster_start(&app, &id).await;
     let creds = app.bind_sync(&id, &new_id()).await;
     let uri = creds["uri"].as_str().unwrap();
     let mut conn = connect_with_sslmode(uri, "disable")
@@ -181,6 +191,11 @@ async fn a_plan_with_require_tls_refuses_plaintext_from_its_plan_change_on() {
         (status, body["state"].as_str()),
         (reqwest::StatusCode::OK, Some("succeeded")),
         "{body}"
+    );
+    assert_eq!(
+        postmaster_start(&app, &id).await,
+        started_at,
+        "applied by a reload"
     );
     let refused = connect_with_sslmode(uri, "disable")
         .await
@@ -215,4 +230,58 @@ async fn a_plan_with_require_tls_refuses_plaintext_from_its_plan_change_on() {
         connect_with_sslmode(uri, "disable").await.is_err(),
         "still refused after a restart"
     );
+}
+
+/// A clone follows its own plan, not its source's `pg_hba.conf`: a clone of a plain instance
+/// into the plan with `require_tls` refuses plaintext.
+#[tokio::test]
+async fn a_clone_into_a_plan_with_require_tls_refuses_plaintext() {
+    if !pg_available() {
+        return;
+    }
+    let dir = test_root();
+    let catalog = catalog_with_a_tls_plan(dir.path());
+    let app = spawn_app_with(move |s| s.catalog = Some(catalog)).await;
+    let src = app.provision_ready("plain-source").await;
+    let store = wayback::storage::ObjectStore::local(&app.data_dir.join("archive")).unwrap();
+    let prefix = wayback::archive::layout::InstancePrefix::new(
+        &wayback::domain::SpaceGuid::parse(SPACE).unwrap(),
+        &wayback::domain::InstanceId::parse(src.clone()).unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while wayback::archive::window::restore_window(&store, &prefix)
+        .await
+        .unwrap()
+        .backups
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no base backup of {src}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let clone = new_id();
+    let mut body = clone_body("tls-clone", SPACE, serde_json::json!({"clone-from": src}));
+    body["plan_id"] = MEDIUM.into();
+    let r = app.put_instance(&clone, &body).await;
+    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    let op: Value = r.json().await.unwrap();
+    let (status, done) = app.poll_instance(&clone, op["operation"].as_str()).await;
+    assert_eq!(done["state"], "succeeded", "{status} {done}");
+
+    let src_creds = app.bind_sync(&src, &new_id()).await;
+    let src_uri = src_creds["uri"].as_str().unwrap();
+    assert!(
+        connect_with_sslmode(src_uri, "disable").await.is_ok(),
+        "the source is plain"
+    );
+    let creds = app.bind_sync(&clone, &new_id()).await;
+    let uri = creds["uri"].as_str().unwrap();
+    let refused = connect_with_sslmode(uri, "disable")
+        .await
+        .expect_err("plaintext to a clone whose plan requires TLS");
+    assert!(format!("{refused}").contains("no encryption"), "{refused}");
+    let mut conn = connect_verified(&creds, None).await.unwrap();
+    assert!(ssl_in_use(&mut conn).await);
 }
