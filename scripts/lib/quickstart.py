@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 
 # Keep the repository free of __pycache__ directories.
@@ -71,11 +72,21 @@ def wait(client: osb.Client, path: str, query: dict[str, str], gone_ok: bool = F
         result("HTTP 410 Gone: finished")
 
 
-def psql(uri: str, sql: str) -> subprocess.CompletedProcess[str]:
+def psql(creds: dict, sql: str) -> subprocess.CompletedProcess[str]:
+    """psql with the binding's uri, as an app connects: the uri asks for sslmode=verify-full,
+    and libpq reads the CA only from a file, so the credentials' ca_certificate is written to
+    one and named by PGSSLROOTCERT (README "TLS to every cluster")."""
     env = dict(os.environ, PGCONNECT_TIMEOUT="10")
-    return subprocess.run(["psql", "--no-psqlrc", "--set=ON_ERROR_STOP=1", "--quiet",
-                           "--no-align", "--tuples-only", "--dbname", uri, "--command", sql],
-                          env=env, text=True, capture_output=True, stdin=subprocess.DEVNULL)
+    with tempfile.TemporaryDirectory() as tmp:
+        if creds.get("ca_certificate"):
+            ca = os.path.join(tmp, "ca.crt")
+            with open(ca, "w", encoding="utf-8") as f:
+                f.write(creds["ca_certificate"])
+            env["PGSSLROOTCERT"] = ca
+        return subprocess.run(["psql", "--no-psqlrc", "--set=ON_ERROR_STOP=1", "--quiet",
+                               "--no-align", "--tuples-only", "--dbname", creds["uri"],
+                               "--command", sql],
+                              env=env, text=True, capture_output=True, stdin=subprocess.DEVNULL)
 
 
 def walk(client: osb.Client) -> None:
@@ -122,14 +133,15 @@ def walk(client: osb.Client) -> None:
         raise StepFailed(f"credentials lack {', '.join(missing)}", resp)
     result(f"username {creds['username']}, password {str(creds['password'])[:3]}..., "
            f"host {creds['host']}:{creds['port']}, database {creds['database']}")
-    uri = creds["uri"]
+    result(f"uri ...?sslmode={creds.get('sslmode', '(none)')}, CA certificate "
+           f"{'given' if creds.get('ca_certificate') else 'not given'}")
 
-    step("psql: CREATE TABLE, INSERT, SELECT with the binding's uri")
+    step("psql: CREATE TABLE, INSERT, SELECT with the binding's uri and CA (verify-full)")
     sql = ("CREATE TABLE quickstart (id serial PRIMARY KEY, note text NOT NULL, "
            "at timestamptz NOT NULL DEFAULT now()); "
            "INSERT INTO quickstart (note) VALUES ('hello from the Wayback quick start'); "
            "SELECT id || ' | ' || note FROM quickstart;")
-    done = psql(uri, sql)
+    done = psql(creds, sql)
     if done.returncode != 0:
         raise StepFailed(f"psql failed ({done.returncode}): {done.stderr.strip()}")
     rows_before = done.stdout.strip().splitlines()
@@ -145,7 +157,7 @@ def walk(client: osb.Client) -> None:
         wait(client, f"{binding}/last_operation", query, gone_ok=True)
 
     step("psql with the deleted binding's credentials (must be refused)")
-    done = psql(uri, "SELECT 1")
+    done = psql(creds, "SELECT 1")
     if done.returncode == 0:
         raise StepFailed("the old credentials still connect after unbind")
     refusal = done.stderr.strip().splitlines()
@@ -192,11 +204,10 @@ def undo(client: osb.Client, ids: dict[str, str], org: str, space: str, app: str
         wait(client, f"{binding}/last_operation", query)
     resp = expect(client.get(binding, ids), 200)
     creds = osb.lookup(resp.body, "credentials") or {}
-    uri = creds["uri"]
     result(f"username {creds['username']}, host {creds['host']}:{creds['port']}")
 
     step("psql on the clone: the row written before the delete is back")
-    done = psql(uri, "SELECT id || ' | ' || note FROM quickstart ORDER BY id;")
+    done = psql(creds, "SELECT id || ' | ' || note FROM quickstart ORDER BY id;")
     if done.returncode != 0:
         raise StepFailed(f"psql failed ({done.returncode}): {done.stderr.strip()}")
     rows = done.stdout.strip().splitlines()

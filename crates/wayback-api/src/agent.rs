@@ -74,6 +74,9 @@ pub struct Capacity {
 pub struct ClusterBody {
     pub port: u16,
     pub settings: BTreeMap<String, String>,
+    /// The plan requires TLS on every TCP connection; absent (an older broker): false.
+    #[serde(default)]
+    pub require_tls: bool,
 }
 
 /// `PUT /v1/clusters/{id}/archive`: the agent builds the target from its own archive settings

@@ -3,7 +3,9 @@
 //! Plans carry their PostgreSQL settings in `metadata.postgresql.settings`. Validation happens
 //! once, at start-up, and a broken catalog stops the broker with a message naming the file and
 //! the problem. Only settings Wayback knows are allowed: a typo must not reach a cluster's
-//! `postgresql.conf` and stop it from starting. Must not import anything but `domain`.
+//! `postgresql.conf` and stop it from starting. Wayback's own per-plan policy sits under
+//! `metadata.wayback`: the archive policy (`archive`) and `require_tls` (TCP connections must
+//! use TLS, as with the `tls.require` setting). Must not import anything but `domain`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -80,6 +82,8 @@ pub struct Plan {
     pub maintenance_version: Option<String>,
     /// How the plan's instances are archived (`metadata.wayback.archive`).
     pub archive: ArchivePolicy,
+    /// The plan's clusters refuse TCP connections without TLS (`metadata.wayback.require_tls`).
+    pub require_tls: bool,
 }
 
 /// A plan's archive policy, from `metadata.wayback.archive`; every field is optional.
@@ -153,6 +157,20 @@ fn plan_archive_policy(metadata: Option<&Value>) -> Result<ArchivePolicy, String
         serde_json::from_value(v.clone()).map_err(|e| format!("metadata.wayback.archive: {e}"))?;
     policy.validate()?;
     Ok(policy)
+}
+
+/// Reads `metadata.wayback.require_tls`: absent is false.
+fn plan_require_tls(metadata: Option<&Value>) -> Result<bool, String> {
+    match metadata
+        .and_then(|m| m.get("wayback"))
+        .and_then(|w| w.get("require_tls"))
+    {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(format!(
+            "metadata.wayback.require_tls must be true or false, not {other}"
+        )),
+    }
 }
 
 #[derive(Deserialize)]
@@ -260,11 +278,14 @@ impl Catalog {
                     .map_err(|m| invalid(format!("{where_}: {m}")))?;
                 let archive = plan_archive_policy(p.metadata.as_ref())
                     .map_err(|m| invalid(format!("{where_}: {m}")))?;
+                let require_tls = plan_require_tls(p.metadata.as_ref())
+                    .map_err(|m| invalid(format!("{where_}: {m}")))?;
                 plans.push(Plan {
                     id: p.id,
                     name: p.name,
                     settings,
                     archive,
+                    require_tls,
                     maintenance_version: p.maintenance_info.map(|m| m.version),
                 });
             }
@@ -419,6 +440,14 @@ mod tests {
                 "use letters",
             ),
             (
+                "require_tls not a boolean",
+                |d| {
+                    d["services"][0]["plans"][0]["metadata"]["wayback"]["require_tls"] =
+                        "yes".into()
+                },
+                "require_tls must be true or false",
+            ),
+            (
                 "no plans",
                 |d| d["services"][0]["plans"] = serde_json::json!([]),
                 "has no plan",
@@ -434,6 +463,18 @@ mod tests {
             assert!(err.contains("test.json"), "{why}: {err}");
             assert!(err.contains(expect), "{why}: {err}");
         }
+    }
+
+    #[test]
+    fn require_tls_is_read_from_the_plans_wayback_metadata() {
+        let c = Catalog::load(None).unwrap();
+        assert!(c.services()[0].plans.iter().all(|p| !p.require_tls));
+        let c = with(|d| {
+            d["services"][0]["plans"][1]["metadata"]["wayback"]["require_tls"] = true.into()
+        })
+        .unwrap();
+        let plans = &c.services()[0].plans;
+        assert_eq!((plans[0].require_tls, plans[1].require_tls), (false, true));
     }
 
     #[test]

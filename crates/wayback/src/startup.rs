@@ -85,6 +85,14 @@ impl Application {
             wayback_bin: resolve::wayback_binary(&settings, &data_dir)?,
             archive_timeout_secs: settings.wal.archive_timeout_secs,
         };
+        // The CA bindings carry: the one this machine's clusters (or, with agents, the agents'
+        // clusters, given the same pair) are issued from.
+        let client_tls = crate::broker::ClientTls {
+            ca_certificate: open::cluster_tls(&settings, &data_dir)?
+                .ca_certificate()
+                .to_string(),
+            verify_full: settings.tls.client_sslmode.verifies(),
+        };
         let settings = Arc::new(settings);
         let runtime = match runtime {
             Some(given) => given,
@@ -143,6 +151,7 @@ impl Application {
             worker.clone(),
             external_url,
             settings.advertise_host(),
+            client_tls,
         );
         let supervisor = Supervisor::new(ctx.clone());
         let api = web::Data::new(crate::api::ApiState {

@@ -218,6 +218,7 @@ fn spec(id: InstanceId, body: wire::ClusterBody) -> ClusterSpec {
         instance: id,
         port: body.port,
         settings: body.settings,
+        require_tls: body.require_tls,
     }
 }
 

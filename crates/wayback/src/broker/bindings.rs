@@ -78,6 +78,7 @@ impl Broker {
             &instance.database_name,
             &binding.role_name,
             &binding.password,
+            &self.client_tls,
         ))
     }
 

@@ -89,6 +89,7 @@ fn floors_compare_with_plan_or_postgres_defaults() {
         settings: [("max_connections".to_string(), "50".to_string())].into(),
         maintenance_version: None,
         archive: Default::default(),
+        require_tls: false,
     };
     let floors = SettingFloors {
         max_connections: 200,

@@ -1,9 +1,48 @@
-//! Binding credentials in Cloud Foundry's conventional shape.
+//! Binding credentials in Cloud Foundry's conventional shape, with what an app needs to verify
+//! the cluster over TLS.
+//!
+//! Every cluster serves TLS from one CA (the `tls` module), so credentials carry that CA's
+//! certificate (`ca_certificate`, and the same PEM as `sslrootcert`, the key Cloud Service
+//! Broker's PostgreSQL bindings use) and ask for TLS in both URLs:
+//!
+//! - `uri` ends in `?sslmode=verify-full` (or `require`, `tls.client_sslmode`). A URI cannot
+//!   carry a PEM: a libpq app writes `ca_certificate` to a file and names it
+//!   (`PGSSLROOTCERT`, or `&sslrootcert=PATH` appended).
+//! - `jdbcUrl` adds `ssl=true&sslmode=verify-full` and, since pgjdbc reads `sslrootcert` only
+//!   as a file path, pgjdbc's `SingleCertValidatingFactory` with the CA PEM itself,
+//!   percent-encoded, as `sslfactoryarg`: the URL alone verifies the cluster. With `require`,
+//!   the URL only asks for encryption (pgjdbc's `require` does not verify).
+//!
+//! Credentials are built when they are read (bind, `GET` binding), from the binding's record
+//! and the broker's CA, so a binding made before this version gets the same keys.
+//! Imports nothing from the crate but `domain`.
 
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
+
+/// pgjdbc's socket factory that trusts the one certificate given in `sslfactoryarg`.
+const JDBC_SSL_FACTORY: &str = "org.postgresql.ssl.SingleCertValidatingFactory";
+
+/// What bindings say about TLS: the CA apps verify clusters with, and how strictly.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// The CA certificate (PEM) every cluster's certificate chains to.
+    pub ca_certificate: String,
+    /// `sslmode=verify-full` (true) or `require` (false) in the URLs.
+    pub verify_full: bool,
+}
+
+impl ClientTls {
+    fn sslmode(&self) -> &'static str {
+        if self.verify_full {
+            "verify-full"
+        } else {
+            "require"
+        }
+    }
+}
 
 /// What an app receives in `VCAP_SERVICES`.
 #[derive(Serialize)]
@@ -17,6 +56,12 @@ pub struct Credentials {
     pub database: String,
     pub username: String,
     pub password: String,
+    /// `verify-full` or `require`, as in `uri` and `jdbcUrl`.
+    pub sslmode: String,
+    /// The CA certificate (PEM) the cluster's certificate chains to.
+    pub ca_certificate: String,
+    /// The same PEM under the name Cloud Service Broker's bindings give it.
+    pub sslrootcert: String,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -26,6 +71,7 @@ impl std::fmt::Debug for Credentials {
             .field("port", &self.port)
             .field("database", &self.database)
             .field("username", &self.username)
+            .field("sslmode", &self.sslmode)
             .finish_non_exhaustive()
     }
 }
@@ -37,6 +83,7 @@ impl Credentials {
         database: &str,
         username: &str,
         password: &SecretString,
+        tls: &ClientTls,
     ) -> Self {
         // Role names and passwords are generated from [a-z0-9] / [A-Za-z0-9]: nothing to escape.
         let pw = password.expose_secret();
@@ -45,10 +92,20 @@ impl Credentials {
         } else {
             host.to_string()
         };
+        let sslmode = tls.sslmode();
+        let mut jdbc_tls = format!("ssl=true&sslmode={sslmode}");
+        if tls.verify_full {
+            jdbc_tls.push_str(&format!(
+                "&sslfactory={JDBC_SSL_FACTORY}&sslfactoryarg={}",
+                percent_encode(&tls.ca_certificate)
+            ));
+        }
         Self {
-            uri: format!("postgres://{username}:{pw}@{host_part}:{port}/{database}"),
+            uri: format!(
+                "postgres://{username}:{pw}@{host_part}:{port}/{database}?sslmode={sslmode}"
+            ),
             jdbc_url: format!(
-                "jdbc:postgresql://{host_part}:{port}/{database}?user={username}&password={pw}"
+                "jdbc:postgresql://{host_part}:{port}/{database}?user={username}&password={pw}&{jdbc_tls}"
             ),
             host: host.to_string(),
             port,
@@ -56,8 +113,25 @@ impl Credentials {
             database: database.to_string(),
             username: username.to_string(),
             password: pw.to_string(),
+            sslmode: sslmode.to_string(),
+            ca_certificate: tls.ca_certificate.clone(),
+            sslrootcert: tls.ca_certificate.clone(),
         }
     }
+}
+
+/// Every byte but RFC 3986's unreserved ones as `%XX`: pgjdbc URL-decodes parameter values,
+/// and a PEM holds `+`, `/`, `=` and newlines.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3 / 2);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 pub use crate::domain::new_password;
@@ -86,18 +160,57 @@ mod tests {
         assert!(a.expose_secret().chars().all(|c| c.is_ascii_alphanumeric()));
     }
 
+    const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIB+a/b=\n-----END CERTIFICATE-----\n";
+
+    fn tls(verify_full: bool) -> ClientTls {
+        ClientTls {
+            ca_certificate: CA.into(),
+            verify_full,
+        }
+    }
+
     #[test]
     fn credentials_follow_cf_conventions_and_hide_the_password_in_debug() {
         let pw = SecretString::from("Secret123".to_string());
-        let c = Credentials::new("10.0.0.5", 40001, "app", "u_abc", &pw);
-        assert_eq!(c.uri, "postgres://u_abc:Secret123@10.0.0.5:40001/app");
+        let c = Credentials::new("10.0.0.5", 40001, "app", "u_abc", &pw, &tls(true));
+        assert_eq!(
+            c.uri,
+            "postgres://u_abc:Secret123@10.0.0.5:40001/app?sslmode=verify-full"
+        );
         assert_eq!(
             c.jdbc_url,
-            "jdbc:postgresql://10.0.0.5:40001/app?user=u_abc&password=Secret123"
+            "jdbc:postgresql://10.0.0.5:40001/app?user=u_abc&password=Secret123&ssl=true\
+             &sslmode=verify-full&sslfactory=org.postgresql.ssl.SingleCertValidatingFactory\
+             &sslfactoryarg=-----BEGIN%20CERTIFICATE-----%0AMIIB%2Ba%2Fb%3D%0A\
+             -----END%20CERTIFICATE-----%0A"
         );
+        assert_eq!(
+            (c.sslmode.as_str(), c.ca_certificate.as_str()),
+            ("verify-full", CA)
+        );
+        assert_eq!(c.sslrootcert, CA);
         assert!(!format!("{c:?}").contains("Secret123"));
-        let v6 = Credentials::new("::1", 1, "app", "u", &pw);
+        let v6 = Credentials::new("::1", 1, "app", "u", &pw, &tls(true));
         assert!(v6.uri.contains("@[::1]:1/"));
+    }
+
+    #[test]
+    fn with_require_the_urls_ask_for_encryption_only() {
+        let pw = SecretString::from("Secret123".to_string());
+        let c = Credentials::new("db.example", 5, "app", "u", &pw, &tls(false));
+        assert_eq!(
+            c.uri,
+            "postgres://u:Secret123@db.example:5/app?sslmode=require"
+        );
+        assert!(
+            c.jdbc_url.ends_with("&ssl=true&sslmode=require"),
+            "{}",
+            c.jdbc_url
+        );
+        assert_eq!(
+            (c.sslmode.as_str(), c.ca_certificate.as_str()),
+            ("require", CA)
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::jobs::Worker;
 use crate::store::{Store, StoreError};
 
 pub use bindings::{BindRequest, BindingView, Bound, Unbound};
-pub use credentials::{new_password, Credentials};
+pub use credentials::{new_password, ClientTls, Credentials};
 pub use instances::{
     Deprovisioned, InstanceView, LastOperation, ProvisionRequest, Provisioned, UpdateRequest,
     Updated,
@@ -70,6 +70,8 @@ pub struct Broker {
     worker: Worker,
     external_url: String,
     advertise_host: String,
+    /// The CA and sslmode bindings' credentials carry.
+    client_tls: Arc<ClientTls>,
 }
 
 impl Broker {
@@ -78,12 +80,14 @@ impl Broker {
         worker: Worker,
         external_url: String,
         advertise_host: String,
+        client_tls: ClientTls,
     ) -> Self {
         Self {
             ctx,
             worker,
             external_url: external_url.trim_end_matches('/').to_string(),
             advertise_host,
+            client_tls: Arc::new(client_tls),
         }
     }
 

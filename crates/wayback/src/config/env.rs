@@ -125,6 +125,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     env_var!("WAYBACK_TLS_CA_CERT", "tls.ca_cert", "generated", "The CA certificate that signs every cluster's TLS certificate: a path or the PEM itself (BOSH: a CredHub CA variable's `certificate`). Unset (with `tls.ca_key`): a CA generated once into `<data_dir>/tls/` (key 0600, directory 0700). With agents, give the broker and every agent the same pair.", |s, v| s.tls.ca_cert = non_empty(v)),
     env_var!("WAYBACK_TLS_CA_KEY", "tls.ca_key", "generated", "The CA's private key: a path or the PEM itself (secret; BOSH: the CredHub CA variable's `private_key`). Set both or neither.", |s, v| s.tls.ca_key = non_empty(v).map(SecretString::from)),
     env_var!("WAYBACK_TLS_REQUIRE", "tls.require", "false", "Clusters refuse TCP connections without TLS (`hostssl` only in `pg_hba.conf`; the unix socket stays for the broker's or agent's own admin connections). Existing clusters follow at their next start.", |s, v| s.tls.require = parse_bool(v)?),
+    env_var!("WAYBACK_TLS_CLIENT_SSLMODE", "tls.client_sslmode", "verify-full", "The `sslmode` bindings' credentials ask for: `verify-full` (the app checks the CA in the credentials' `ca_certificate` and the host name) or `require` (encrypted, not verified: for apps that cannot be given the CA). In `uri` as `?sslmode=`, in `jdbcUrl` as `ssl=true&sslmode=` (with verify-full, pgjdbc's `SingleCertValidatingFactory` and the CA as `sslfactoryarg`).", |s, v| s.tls.client_sslmode = parse(v)?),
 ];
 
 impl Settings {

@@ -29,7 +29,7 @@ pub use agents::{parse_agent_list, AgentEndpoint, AgentSettings, AgentsSettings}
 pub use encryption::EncryptionSettings;
 pub use env::{EnvVar, ENV_VARS};
 pub use sections::*;
-pub use tls::TlsSettings;
+pub use tls::{ClientSslMode, TlsSettings};
 
 /// All of Wayback's settings.
 #[derive(Debug, Clone, Deserialize)]

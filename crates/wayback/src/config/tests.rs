@@ -174,3 +174,25 @@ fn encryption_keys_come_from_the_environment_and_are_checked() {
     let err = bad.unwrap_err().to_string();
     assert!(err.contains("<redacted>"), "{err}");
 }
+
+#[test]
+fn the_bindings_sslmode_is_verify_full_unless_set_to_require() {
+    let s = Settings::load_from(None, env(&[])).unwrap();
+    assert_eq!(s.tls.client_sslmode, ClientSslMode::VerifyFull);
+    let s = Settings::load_from(None, env(&[("WAYBACK_TLS_CLIENT_SSLMODE", "require")])).unwrap();
+    assert!(!s.tls.client_sslmode.verifies());
+    let e = Settings::load_from(None, env(&[("WAYBACK_TLS_CLIENT_SSLMODE", "verify-ca")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("WAYBACK_TLS_CLIENT_SSLMODE") && e.contains("verify-full or require"),
+        "{e}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.toml");
+    std::fs::write(&file, "[tls]\nclient_sslmode = \"require\"\n").unwrap();
+    let s = Settings::load_from(Some(&file), env(&[])).unwrap();
+    assert_eq!(s.tls.client_sslmode, ClientSslMode::Require);
+    std::fs::write(&file, "[tls]\nclient_sslmode = \"disable\"\n").unwrap();
+    assert!(Settings::load_from(Some(&file), env(&[])).is_err());
+}

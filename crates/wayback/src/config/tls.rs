@@ -14,6 +14,37 @@ pub struct TlsSettings {
     pub ca_key: Option<SecretString>,
     /// Clusters refuse TCP connections without TLS (`hostssl` only in `pg_hba.conf`).
     pub require: bool,
+    /// The `sslmode` bindings' credentials ask for.
+    pub client_sslmode: ClientSslMode,
+}
+
+/// The `sslmode` in bindings' `uri` and `jdbcUrl` (`tls.client_sslmode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientSslMode {
+    /// The client checks the CA and that the host is one the certificate names.
+    #[default]
+    VerifyFull,
+    /// Encrypted, not verified: for apps that cannot be given the CA certificate.
+    Require,
+}
+
+impl ClientSslMode {
+    pub fn verifies(self) -> bool {
+        self == ClientSslMode::VerifyFull
+    }
+}
+
+impl std::str::FromStr for ClientSslMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "verify-full" => Ok(ClientSslMode::VerifyFull),
+            "require" => Ok(ClientSslMode::Require),
+            other => Err(format!("expected verify-full or require, not {other:?}")),
+        }
+    }
 }
 
 impl TlsSettings {

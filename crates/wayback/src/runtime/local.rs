@@ -271,6 +271,7 @@ impl LocalRuntime {
             tls: self.tls.is_some(),
         })
         .map_err(rt)?;
+        self.record_plan_tls(&spec.instance, spec.require_tls)?;
         let owner = tools.run_as.owner();
         let write = if durable {
             fsutil::write_atomic
@@ -285,7 +286,7 @@ impl LocalRuntime {
             ("postgresql.conf", Some(text)),
             (
                 "pg_hba.conf",
-                Some(conf::render_pg_hba(self.tls_required())),
+                Some(conf::render_pg_hba(self.tls_required(&spec.instance))),
             ),
             (conf::ARCHIVE_INCLUDE, archive_text),
         ];

@@ -36,6 +36,8 @@ pub struct ClusterSpec {
     pub port: u16,
     /// Plan settings (name → value), already validated by the catalog.
     pub settings: BTreeMap<String, String>,
+    /// The plan requires TLS on every TCP connection (`hostssl` only), whatever `tls.require`.
+    pub require_tls: bool,
 }
 
 /// How PostgreSQL runs the archiver.

@@ -211,6 +211,7 @@ impl ClusterRuntime for RemoteRuntime {
         let body = wire::ClusterBody {
             port: spec.port,
             settings: spec.settings.clone(),
+            require_tls: spec.require_tls,
         };
         self.on_cluster(&spec.instance, Method::PUT, "", Some(&body))
             .await
@@ -253,6 +254,7 @@ impl ClusterRuntime for RemoteRuntime {
         let body = wire::ClusterBody {
             port: spec.port,
             settings: spec.settings.clone(),
+            require_tls: spec.require_tls,
         };
         let restarted: bool = self
             .on_cluster(&spec.instance, Method::POST, "/settings", Some(&body))

@@ -1,9 +1,11 @@
 //! Scale-out: a broker and two `wayback agent` processes on 127.0.0.1, each with its own port,
 //! data directory and TLS certificate (made with openssl for 127.0.0.1), all archiving to the
 //! same object storage (the shared S3 server when the test script provides one, else a local
-//! directory). New instances spread over the agents; provision, bind and deprovision run
-//! through them; an agent killed in the middle of a provision finishes it when it returns; and
-//! an instance whose agent is gone comes back on the other agent with everything it archived.
+//! directory), and one cluster CA (the broker's credentials carry it; agents issue from it).
+//! New instances spread over the agents; provision, bind and deprovision run through them (a
+//! binding verifies its agent's cluster with `sslmode=verify-full` and the credentials' CA);
+//! an agent killed in the middle of a provision finishes it when it returns; and an instance
+//! whose agent is gone comes back on the other agent with everything it archived.
 
 use crate::common;
 
@@ -177,6 +179,14 @@ impl Fleet {
         // One port slice for everyone: each agent has the whole range on its own machine, and
         // here the machines are one, so a taken port sends the broker to another (PortInUse).
         let base = test_settings(root.path(), "x").postgres.port_min;
+        // One cluster CA for the broker and every agent, as the README asks: agents issue
+        // their clusters' certificates, the broker's credentials carry the CA.
+        let cluster_ca = root.path().join("cluster-ca");
+        wayback::tls::CaSource::default().load(&cluster_ca).unwrap();
+        let (ca_cert, ca_key) = (
+            cluster_ca.join("tls").join(wayback::tls::CA_CERT_FILE),
+            cluster_ca.join("tls").join(wayback::tls::CA_KEY_FILE),
+        );
         let mut agents = Vec::new();
         for i in 0..n {
             let name = format!("agent-{}", (b'a' + i as u8) as char);
@@ -211,6 +221,11 @@ impl Fleet {
                     text.push_str(&format!("{k} = {}\n", toml_str(&v)));
                 }
             }
+            text.push_str(&format!(
+                "\n[tls]\nca_cert = {}\nca_key = {}\n",
+                toml_str(&ca_cert.display().to_string()),
+                toml_str(&ca_key.display().to_string()),
+            ));
             let config = root.path().join(format!("{name}.toml"));
             std::fs::write(&config, text).unwrap();
             let mut agent = AgentProc {
@@ -249,6 +264,8 @@ impl Fleet {
             s.agents.username = AGENT_USER.into();
             s.agents.password = Some(pw.into());
             s.agents.ca_cert = Some(ca_for_app);
+            s.tls.ca_cert = Some(ca_cert.display().to_string());
+            s.tls.ca_key = Some(ca_key.display().to_string().into());
             customise(s);
         })
         .await;
@@ -496,6 +513,16 @@ async fn instances_spread_over_agents_and_live_their_life_there() {
     let binding = new_id();
     let creds = app.bind_sync(id, &binding).await;
     assert_eq!(creds["host"], "127.0.0.1", "{creds}");
+    // The agent's cluster verifies with the CA the broker's credentials carry.
+    let mut verified = connect_verified(&creds, None)
+        .await
+        .expect("verify-full with the credentials' CA, on an agent");
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut verified)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+    drop(verified);
     let mut conn = connect(creds["uri"].as_str().unwrap()).await.unwrap();
     exec(
         &mut conn,

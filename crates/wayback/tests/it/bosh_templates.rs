@@ -273,6 +273,26 @@ fn the_agent_config_carries_the_manifest_values() {
 }
 
 #[test]
+fn the_broker_config_carries_the_bindings_sslmode() {
+    if !ruby_available() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    rendered_files(&render(&repo().join("bosh-release"), out.path()));
+    for (case, sslmode) in [
+        ("broker-minimal", "verify-full"),
+        ("broker-full", "require"),
+    ] {
+        let toml = rendered_toml(out.path(), case);
+        assert_eq!(
+            toml["tls"]["client_sslmode"].as_str(),
+            Some(sslmode),
+            "{case}"
+        );
+    }
+}
+
+#[test]
 fn a_broker_linked_to_two_agents_names_them_by_instance_id() {
     if !ruby_available() {
         return;

@@ -27,6 +27,7 @@ fn spec(id: &str, port: u16) -> ClusterSpec {
         instance: InstanceId::parse(id).unwrap(),
         port,
         settings: BTreeMap::new(),
+        require_tls: false,
     }
 }
 

@@ -16,6 +16,7 @@ mod archive;
 mod archive_faults;
 mod backup;
 mod backup_schedule;
+mod binding_tls;
 mod bosh_templates;
 mod cf_wayback;
 mod clone;

@@ -26,6 +26,7 @@ fn spec(id: &str, port: u16, settings: &[(&str, &str)]) -> ClusterSpec {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>(),
+        require_tls: false,
     }
 }
 

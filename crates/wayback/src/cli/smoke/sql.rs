@@ -1,6 +1,8 @@
 //! What the walk writes to and reads from a cluster, over a binding's uri: the table
 //! `wayback_smoke` with its rows holding the marker, and the connection that tolerates a
-//! cluster still opening up. Must not import the broker's internals.
+//! cluster still opening up. The connection verifies the cluster as an app would: the uri's
+//! `sslmode` (verify-full from this version's brokers) with the CA certificate the credentials
+//! carry. Must not import the broker's internals.
 
 use std::time::Duration;
 
@@ -8,9 +10,19 @@ use anyhow::{anyhow, bail, Context};
 
 use super::ROWS;
 
+/// What the walk connects with: a binding's `uri` and its `ca_certificate` (absent from brokers
+/// older than TLS in credentials).
+pub(super) struct AppLogin {
+    pub uri: String,
+    pub ca_certificate: Option<String>,
+}
+
 /// Creates the table, writes the rows and reads them back.
-pub(super) async fn write(uri: &str, marker: &str) -> anyhow::Result<(Vec<(i32, String)>, String)> {
-    let mut conn = connect(uri).await?;
+pub(super) async fn write(
+    login: &AppLogin,
+    marker: &str,
+) -> anyhow::Result<(Vec<(i32, String)>, String)> {
+    let mut conn = connect(login).await?;
     sqlx::raw_sql("CREATE TABLE wayback_smoke (id integer PRIMARY KEY, marker text NOT NULL)")
         .execute(&mut conn)
         .await
@@ -34,8 +46,8 @@ pub(super) async fn write(uri: &str, marker: &str) -> anyhow::Result<(Vec<(i32, 
     ))
 }
 
-pub(super) async fn read_rows(uri: &str) -> anyhow::Result<Vec<(i32, String)>> {
-    let mut conn = connect(uri).await?;
+pub(super) async fn read_rows(login: &AppLogin) -> anyhow::Result<Vec<(i32, String)>> {
+    let mut conn = connect(login).await?;
     read_from(&mut conn).await
 }
 
@@ -47,11 +59,16 @@ async fn read_from(conn: &mut sqlx::PgConnection) -> anyhow::Result<Vec<(i32, St
 }
 
 /// Connects with the binding's uri, a few times: the cluster may still be opening up.
-async fn connect(uri: &str) -> anyhow::Result<sqlx::PgConnection> {
+async fn connect(login: &AppLogin) -> anyhow::Result<sqlx::PgConnection> {
     use sqlx::Connection;
+    let mut opts: sqlx::postgres::PgConnectOptions =
+        login.uri.parse().context("the binding's uri")?;
+    if let Some(ca) = &login.ca_certificate {
+        opts = opts.ssl_root_cert_from_pem(ca.clone().into_bytes());
+    }
     let mut attempt = 0;
     loop {
-        match sqlx::PgConnection::connect(uri).await {
+        match sqlx::PgConnection::connect_with(&opts).await {
             Ok(c) => return Ok(c),
             Err(e) if attempt >= 4 => {
                 return Err(anyhow!("connect with the binding's uri: {e}"));

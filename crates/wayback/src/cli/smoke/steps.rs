@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::sql::read_rows;
+use super::sql::{read_rows, AppLogin};
 use super::walk::{Ids, Walk};
 use crate::cli::encode;
 
@@ -122,12 +122,12 @@ impl<'a> Walk<'a> {
         Ok(((), format!("instance {id} ({name}) {done}")))
     }
 
-    /// Binds the instance (or the clone) and returns the binding's uri.
+    /// Binds the instance (or the clone) and returns the binding's uri and CA.
     pub(super) async fn bind(
         &mut self,
         ids: &Ids,
         clone: bool,
-    ) -> anyhow::Result<(String, String)> {
+    ) -> anyhow::Result<(AppLogin, String)> {
         let instance = self.instance(clone)?;
         let binding = uuid::Uuid::new_v4().to_string();
         let app = uuid::Uuid::new_v4().to_string();
@@ -175,14 +175,31 @@ impl<'a> Walk<'a> {
             self.secrets
                 .push(url.password().unwrap_or_default().to_string());
         }
+        let ca_certificate = creds["ca_certificate"].as_str().map(str::to_string);
+        let sslmode = url
+            .query_pairs()
+            .find(|(k, _)| k == "sslmode")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_else(|| "prefer".into());
         let detail = format!(
-            "binding {binding}: user {} at {}:{}{}",
+            "binding {binding}: user {} at {}:{}{} (sslmode {sslmode}{})",
             url.username(),
             url.host_str().unwrap_or("?"),
             url.port().unwrap_or(5432),
-            url.path()
+            url.path(),
+            if ca_certificate.is_some() {
+                ", the credentials' CA"
+            } else {
+                ""
+            }
         );
-        Ok((uri, detail))
+        Ok((
+            AppLogin {
+                uri,
+                ca_certificate,
+            },
+            detail,
+        ))
     }
 
     pub(super) async fn unbind(&mut self, ids: &Ids, clone: bool) -> anyhow::Result<((), String)> {
@@ -235,8 +252,8 @@ impl<'a> Walk<'a> {
         ids: &Ids,
         rows: &[(i32, String)],
     ) -> anyhow::Result<((), String)> {
-        let (uri, _) = self.bind(ids, true).await?;
-        let found = read_rows(&uri).await?;
+        let (login, _) = self.bind(ids, true).await?;
+        let found = read_rows(&login).await?;
         if found != rows {
             bail!("the clone has rows {found:?}; the deleted instance had {rows:?}");
         }

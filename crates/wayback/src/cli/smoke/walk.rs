@@ -129,10 +129,10 @@ impl<'a> Walk<'a> {
 
         let t = Instant::now();
         let r = self.bind(&ids, false).await;
-        let uri = self.record("bind", t, r)?;
+        let login = self.record("bind", t, r)?;
 
         let t = Instant::now();
-        let r = write(&uri, &marker).await;
+        let r = write(&login, &marker).await;
         let rows = self.record("write", t, r)?;
 
         let t = Instant::now();

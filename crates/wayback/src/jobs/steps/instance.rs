@@ -46,6 +46,7 @@ fn spec(
         instance: instance.id.clone(),
         port,
         settings: plan.settings.clone(),
+        require_tls: plan.require_tls,
     })
 }
 

@@ -79,6 +79,10 @@ impl Layout {
     pub fn tls_dir(&self, id: &InstanceId) -> PathBuf {
         self.cluster(id).join("tls")
     }
+    /// Present when the cluster's plan requires TLS (`metadata.wayback.require_tls`).
+    pub fn plan_requires_tls(&self, id: &InstanceId) -> PathBuf {
+        self.cluster(id).join("plan-requires-tls")
+    }
     pub fn password_file(&self, id: &InstanceId) -> PathBuf {
         self.cluster(id).join("admin-password")
     }

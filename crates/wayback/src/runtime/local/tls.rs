@@ -8,6 +8,10 @@
 //! (two thirds of its life, or the names or the CA changed), which then signals the postmaster
 //! (SIGHUP: PostgreSQL 15 reloads its TLS files then, no restart). A runtime built without a
 //! CA (`with_tls` not called: operator commands, some tests) leaves TLS as it finds it.
+//!
+//! `pg_hba.conf` has `hostssl` lines only when `tls.require` is set or the cluster's plan says
+//! `require_tls`; the plan's choice comes with every `ClusterSpec` and is kept in
+//! `clusters/<id>/plan-requires-tls` for the starts in between.
 //! Must not import `osb`, `broker`, `store` or `jobs`.
 
 use std::sync::Arc;
@@ -124,9 +128,34 @@ impl LocalRuntime {
         self.tls.as_ref().map(ClusterTls::ca_certificate)
     }
 
-    /// Whether this runtime's clusters refuse TCP connections without TLS.
-    pub(super) fn tls_required(&self) -> bool {
-        self.tls.as_ref().is_some_and(|t| t.require)
+    /// Whether `id` refuses TCP connections without TLS: `tls.require`, or its plan's
+    /// `require_tls` (recorded beside `pgdata` by [`Self::record_plan_tls`], so that a start,
+    /// which is given no plan, keeps it). Never without TLS to offer.
+    pub(super) fn tls_required(&self, id: &InstanceId) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.require || self.layout.plan_requires_tls(id).is_file())
+    }
+
+    /// Records whether `id`'s plan requires TLS (create, a clone's configuration, a plan
+    /// change).
+    pub(super) fn record_plan_tls(
+        &self,
+        id: &InstanceId,
+        require: bool,
+    ) -> Result<(), RuntimeError> {
+        let path = self.layout.plan_requires_tls(id);
+        if require {
+            fsutil::write_atomic(&path, b"the plan requires TLS\n", 0o600, None)
+                .map_err(io(format!("write {}", path.display())))
+        } else {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(io(format!("remove {}", path.display()))(e))
+                }
+                _ => Ok(()),
+            }
+        }
     }
 
     /// Before a start: a current certificate, `postgresql.conf` with today's TLS lines (a
@@ -148,7 +177,7 @@ impl LocalRuntime {
                 .map_err(io(format!("write {}", path.display())))?;
         }
         let hba = dirs.pgdata.join("pg_hba.conf");
-        let want = conf::render_pg_hba(tls.require);
+        let want = conf::render_pg_hba(self.tls_required(id));
         if std::fs::read_to_string(&hba).ok().as_deref() != Some(want.as_str()) {
             fsutil::write_atomic(&hba, want.as_bytes(), 0o600, owner)
                 .map_err(io(format!("write {}", hba.display())))?;

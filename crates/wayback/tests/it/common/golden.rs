@@ -17,6 +17,18 @@ use super::{TestApp, MEDIUM, ORG, SERVICE_ID, SMALL, SPACE};
 /// Catalog and CF ids are stable: goldens show them as they are.
 const STABLE_IDS: [&str; 5] = [SERVICE_ID, SMALL, MEDIUM, ORG, SPACE];
 
+/// `text` with every byte but RFC 3986's unreserved ones as `%XX`, as `jdbcUrl` carries the CA.
+fn percent_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Replaces volatile values with placeholders.
 #[derive(Clone)]
 pub struct Norm {
@@ -49,7 +61,12 @@ impl Norm {
         let port = credentials["port"]
             .as_u64()
             .expect("credentials.port is a number");
+        // The CA is the test's own (generated in its data directory); `jdbcUrl` carries it
+        // percent-encoded.
+        let ca = text("ca_certificate");
         let mut n = self
+            .sub(percent_encoded(&ca), "<ca-certificate-percent-encoded>")
+            .sub(ca, "<ca-certificate>")
             .sub(text("password"), "<password>")
             .sub(text("username"), "<username>")
             .sub(format!(":{port}/"), ":<port>/");

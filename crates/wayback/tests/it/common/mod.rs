@@ -540,8 +540,42 @@ impl Drop for TestApp {
     }
 }
 
+/// Connects as an app that verifies its cluster: the binding's `uri` as it is (its
+/// `sslmode`), with `host` instead of the uri's when given, and only the credentials'
+/// `ca_certificate` to verify with (written to a file, as a libpq app must).
+pub async fn connect_verified(
+    credentials: &Value,
+    host: Option<&str>,
+) -> Result<sqlx::PgConnection, sqlx::Error> {
+    use sqlx::postgres::PgConnectOptions;
+    use sqlx::Connection;
+    let uri = credentials["uri"].as_str().expect("credentials.uri");
+    let ca = credentials["ca_certificate"]
+        .as_str()
+        .expect("credentials.ca_certificate");
+    let dir = tempfile::tempdir().expect("a directory for the CA file");
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::write(&ca_file, ca).expect("write the CA file");
+    let mut opts: PgConnectOptions = uri.parse()?;
+    opts = opts.ssl_root_cert(&ca_file);
+    if let Some(host) = host {
+        opts = opts.host(host);
+    }
+    sqlx::PgConnection::connect_with(&opts).await
+}
+
 /// Connects to a binding's `uri` with sqlx.
 pub async fn connect(uri: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
+    use sqlx::postgres::{PgConnectOptions, PgSslMode};
     use sqlx::Connection;
-    sqlx::PgConnection::connect(uri).await
+    // A binding's uri asks for verify-full, which needs the credentials' CA: these tests are
+    // about data, so they take TLS without checking the certificate; `cluster_tls` checks it.
+    let mut opts: PgConnectOptions = uri.parse()?;
+    if matches!(
+        opts.get_ssl_mode(),
+        PgSslMode::VerifyFull | PgSslMode::VerifyCa
+    ) {
+        opts = opts.ssl_mode(PgSslMode::Require);
+    }
+    sqlx::PgConnection::connect_with(&opts).await
 }

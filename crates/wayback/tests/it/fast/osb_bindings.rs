@@ -43,6 +43,13 @@ async fn bind_fetch_and_unbind_bodies() {
     let oc = o.with(|n| n.credentials(&credentials));
     assert_golden("bind-201", &oc.norm.apply(&created.body));
     assert!(has_role(&app, &id, &credentials), "the role is created");
+    let ca = std::fs::read_to_string(app.data_dir.join("tls/ca.crt")).expect("the broker's CA");
+    assert_eq!(
+        credentials["ca_certificate"],
+        ca.as_str(),
+        "the CA the broker issues from"
+    );
+    assert_eq!(credentials["sslrootcert"], ca.as_str());
 
     let mut extra = bind_body();
     extra["a_future_field"] = json!(1);
