@@ -28,6 +28,13 @@ use super::layout::InstancePrefix;
 /// The manifest's format version; a restore refuses versions it does not know.
 pub const FORMAT: u32 = 1;
 
+/// The format of a manifest whose parts are encrypted (with the data key in the instance's
+/// `key.json`; each part `nonce | AES-256-GCM(zstd part) | tag` with its object key as
+/// associated data, and `sha256` the keyed hash): the same fields, so that retention and the
+/// restore window read it as before, but a wayback that knows only format 1 refuses it
+/// instead of failing on the parts.
+pub const FORMAT_ENCRYPTED: u32 = 2;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupManifest {
     pub format: u32,
@@ -135,13 +142,19 @@ impl BackupManifest {
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
         let m: Self = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        if m.format != FORMAT {
+        if m.format != FORMAT && m.format != FORMAT_ENCRYPTED {
             return Err(format!(
-                "manifest format {} is not supported (this wayback reads format {FORMAT})",
+                "manifest format {} is not supported (this wayback reads formats {FORMAT} and \
+                 {FORMAT_ENCRYPTED})",
                 m.format
             ));
         }
         Ok(m)
+    }
+
+    /// Whether the parts are encrypted with the instance's data key.
+    pub fn parts_encrypted(&self) -> bool {
+        self.format == FORMAT_ENCRYPTED
     }
 }
 

@@ -177,6 +177,9 @@ impl Fleet {
         // One port slice for everyone: each agent has the whole range on its own machine, and
         // here the machines are one, so a taken port sends the broker to another (PortInUse).
         let base = test_settings(root.path(), "x").postgres.port_min;
+        // The operator's key, the same on the broker and every agent (as BOSH gives it): the
+        // archive data keys agents write are wrapped with it, and the broker unwraps them.
+        let fleet_key = wayback::crypto::encode_key(&wayback::crypto::random_key_bytes());
         let mut agents = Vec::new();
         for i in 0..n {
             let name = format!("agent-{}", (b'a' + i as u8) as char);
@@ -211,6 +214,10 @@ impl Fleet {
                     text.push_str(&format!("{k} = {}\n", toml_str(&v)));
                 }
             }
+            text.push_str(&format!(
+                "\n[encryption.keys]\nfleet = {}\n",
+                toml_str(secrecy::ExposeSecret::expose_secret(&fleet_key))
+            ));
             let config = root.path().join(format!("{name}.toml"));
             std::fs::write(&config, text).unwrap();
             let mut agent = AgentProc {
@@ -249,6 +256,7 @@ impl Fleet {
             s.agents.username = AGENT_USER.into();
             s.agents.password = Some(pw.into());
             s.agents.ca_cert = Some(ca_for_app);
+            s.encryption.keys.insert("fleet".into(), fleet_key);
             customise(s);
         })
         .await;

@@ -34,6 +34,7 @@ impl LocalRuntime {
         let root = self.layout.cluster(id);
         let mut target = target.clone();
         target.system_identifier = self.system_identifier(id)?;
+        target.data_key = self.archive_data_key(&target.prefix).await?;
         let target_file = root.join("archive.json");
         target
             .write(&target_file)
@@ -69,6 +70,30 @@ impl LocalRuntime {
             .map_err(PgError::io(format!("write {}", conf_path.display())))
             .map_err(rt)?;
         Ok(())
+    }
+}
+
+impl LocalRuntime {
+    /// The data key the instance at `prefix` archives with (see the module docs); None: in
+    /// clear, or this runtime has no archive access (it then writes the target as given).
+    pub(super) async fn archive_data_key(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<crate::archive::keydoc::ArchiveKey>, RuntimeError> {
+        let Some(access) = &self.archive else {
+            return Ok(None);
+        };
+        crate::archive::keydoc::ensure(
+            &access.store,
+            access.keyring.as_deref(),
+            prefix,
+            access.settings.archive.encrypt,
+        )
+        .await
+        .map(|k| k.map(crate::archive::keydoc::ArchiveKey))
+        // Storage trouble is retried; a key that is missing or does not unwrap is permanent
+        // (the restore error's classification, shared with a clone's source key).
+        .map_err(|e| RuntimeError::Restore(e.into()))
     }
 }
 
