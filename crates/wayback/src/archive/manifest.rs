@@ -176,6 +176,28 @@ mod tests {
     }
 
     #[test]
+    fn formats_1_and_2_read_and_2_says_the_parts_are_encrypted() {
+        let text = |format: u32| {
+            serde_json::json!({
+                "format": format, "backup_id": "20261121T180102003Z", "instance_id": "i",
+                "system_identifier": 1, "pg_version": 150008, "timeline": 1,
+                "start_lsn": "0/2000028", "stop_lsn": "0/2000100",
+                "start_wal": "000000010000000000000002", "stop_wal": "000000010000000000000002",
+                "start_time": "2026-11-21T18:01:02Z", "stop_time": "2026-11-21T18:01:03Z",
+                "floors": SettingFloors::default(), "raw_bytes": 1, "stored_bytes": 1,
+                "parts": []
+            })
+            .to_string()
+        };
+        let clear = BackupManifest::from_json(text(FORMAT).as_bytes()).unwrap();
+        assert!(!clear.parts_encrypted());
+        let sealed = BackupManifest::from_json(text(FORMAT_ENCRYPTED).as_bytes()).unwrap();
+        assert!(sealed.parts_encrypted());
+        let e = BackupManifest::from_json(text(3).as_bytes()).unwrap_err();
+        assert!(e.contains("format 3"), "{e}");
+    }
+
+    #[test]
     fn part_keys_live_under_the_backup() {
         let p = InstancePrefix::new(
             &SpaceGuid::parse("s1").unwrap(),
