@@ -104,6 +104,7 @@ impl Application {
                     store: archive.clone(),
                     settings: settings.clone(),
                     wayback_bin: archive_command.wayback_bin.clone(),
+                    keyring: Some(Arc::new(open::keyring(&settings, &data_dir)?)),
                 },
             )?,
         };

@@ -68,6 +68,9 @@ impl Agent {
             store: archive,
             settings: shared.clone(),
             wayback_bin: wayback_bin.clone(),
+            // The operator's keys (`encryption.keys`, as the broker's): the archive data keys
+            // of the agent's clusters are wrapped with them.
+            keyring: Some(Arc::new(crate::open::keyring(&settings, &data_dir)?)),
         }));
         let state = web::Data::new(AgentState {
             runtime: runtime.clone(),

@@ -24,7 +24,9 @@ use tokio::io::AsyncReadExt;
 use super::backup_tar::{self, TarScanner};
 use super::backup_upload::PartUploader;
 use super::layout::{format_lsn, segment_for_lsn, InstancePrefix, WalFileName};
-use super::manifest::{backup_id, BackupManifest, BackupPart, SettingFloors, FORMAT};
+use super::manifest::{
+    backup_id, BackupManifest, BackupPart, SettingFloors, FORMAT, FORMAT_ENCRYPTED,
+};
 use super::{frame, ArchiveError};
 use crate::storage::ObjectStore;
 
@@ -40,6 +42,9 @@ pub struct BackupSource {
     /// The instance's system identifier, as its archive knows it (rule 8): a cluster that
     /// answers with another one is not backed up into this prefix.
     pub system_identifier: u64,
+    /// The data key the instance's archive is encrypted with (its archive target's); None: in
+    /// clear.
+    pub data_key: Option<super::keydoc::ArchiveKey>,
 }
 
 impl std::fmt::Debug for BackupSource {
@@ -120,11 +125,16 @@ pub async fn take_backup(
     let started = Instant::now();
     let start_time = Utc::now();
     let id = backup_id(start_time);
+    let cipher = source
+        .data_key
+        .as_ref()
+        .map(|k| std::sync::Arc::new(k.cipher()));
     let mut uploader = PartUploader::new(
         store.clone(),
         prefix.clone(),
         id.clone(),
         options.compression_level,
+        cipher.clone(),
         options.uploads_in_flight,
     );
     match run(
@@ -153,7 +163,7 @@ pub async fn take_backup(
 /// Says which backup failed, why, and what to do; and whether a retry as-is can help.
 fn failed(source: &BackupSource, e: ArchiveError) -> ArchiveError {
     let permanent = match &e {
-        ArchiveError::Refused(_) | ArchiveError::Target(_) => true,
+        ArchiveError::Refused(_) | ArchiveError::Target(_) | ArchiveError::Key(_) => true,
         ArchiveError::Storage(s) => s.is_permanent(),
         ArchiveError::Backup { permanent, .. } => *permanent,
         _ => false,
@@ -243,7 +253,16 @@ async fn run(
         )));
     }
     let waited = Instant::now();
-    let history = await_history(store, prefix, &label, facts.segment_size, options).await?;
+    let cipher = source.data_key.as_ref().map(|k| k.cipher());
+    let history = await_history(
+        store,
+        prefix,
+        &label,
+        facts.segment_size,
+        options,
+        cipher.as_ref(),
+    )
+    .await?;
     // The last segment recovery needs holds the byte before stop_lsn (PostgreSQL's
     // XLByteToPrevSeg): when the end record finishes exactly on a boundary, that is the
     // segment before the one `stop_lsn` points into.
@@ -255,7 +274,11 @@ async fn run(
     await_object(store, &wal_key(prefix, &stop_wal)?, options, "end segment").await?;
     let archive_wait_ms = waited.elapsed().as_millis() as u64;
     let manifest = BackupManifest {
-        format: FORMAT,
+        format: if cipher.is_some() {
+            FORMAT_ENCRYPTED
+        } else {
+            FORMAT
+        },
         backup_id: id.to_string(),
         instance_id: source.instance_id.clone(),
         system_identifier: source.system_identifier,
@@ -439,6 +462,7 @@ async fn await_history(
     label: &backup_tar::Label,
     segment_size: u64,
     options: &BackupOptions,
+    cipher: Option<&crate::crypto::archive_cipher::ArchiveCipher>,
 ) -> Result<backup_tar::History, ArchiveError> {
     let name = backup_tar::history_file_name(&label.start_wal, label.start_lsn, segment_size);
     let key = wal_key(prefix, &name)?;
@@ -447,7 +471,11 @@ async fn await_history(
         .get(&key)
         .await?
         .ok_or_else(|| ArchiveError::Io(format!("{key} vanished from the archive")))?;
-    let (_, raw) = frame::decode(&bytes).map_err(|e| ArchiveError::Corrupt {
+    let sealing = cipher.map(|cipher| frame::Sealing {
+        cipher,
+        name: &name,
+    });
+    let (_, raw) = frame::decode_with(&bytes, sealing).map_err(|e| ArchiveError::Corrupt {
         key: key.clone(),
         detail: e.to_string(),
     })?;

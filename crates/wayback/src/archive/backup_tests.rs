@@ -21,6 +21,7 @@ async fn a_stream_that_stalls_fails_after_the_stall_timeout() {
         port: 1,
         password: SecretString::from("pw".to_string()),
         system_identifier: 1,
+        data_key: None,
     };
     let options = BackupOptions {
         compression_level: 1,
@@ -34,7 +35,7 @@ async fn a_stream_that_stalls_fails_after_the_stall_timeout() {
     let store = ObjectStore::local(&dir.path().join("archive")).unwrap();
     let space = SpaceGuid::parse("space-1".to_string()).unwrap();
     let prefix = InstancePrefix::new(&space, &InstanceId::parse("stalled").unwrap());
-    let mut uploader = PartUploader::new(store, prefix, "b1".into(), 1, 1);
+    let mut uploader = PartUploader::new(store, prefix, "b1".into(), 1, None, 1);
     let started = Instant::now();
     let e = match stream(&source, &options, "b1", &mut uploader).await {
         Ok(_) => panic!("a stalled stream must fail"),

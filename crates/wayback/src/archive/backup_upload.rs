@@ -1,6 +1,9 @@
 //! The parts of a base backup on their way to storage: each part is hashed (SHA-256 of the raw
 //! tar bytes), compressed as one zstd frame on the blocking thread pool, CRC32'd and stored,
-//! with a bounded number of parts in flight.
+//! with a bounded number of parts in flight. For an encrypted archive the compressed part is
+//! sealed with the instance's [`ArchiveCipher`] (the part's object key as associated data, so a
+//! part moved to another name does not open), the recorded hash is keyed instead of a plain
+//! SHA-256, and the CRC32 is of what is stored, as before.
 //!
 //! The bound is what keeps memory flat whatever the database's size: the reader cannot hand over
 //! a new part until a slot is free, so at most `in_flight` parts plus the one being filled are
@@ -16,6 +19,7 @@ use tokio::task::JoinSet;
 use super::layout::InstancePrefix;
 use super::manifest::{part_key, BackupPart};
 use super::ArchiveError;
+use crate::crypto::archive_cipher::ArchiveCipher;
 use crate::storage::ObjectStore;
 
 pub struct PartUploader {
@@ -23,16 +27,28 @@ pub struct PartUploader {
     prefix: InstancePrefix,
     backup_id: String,
     level: i32,
+    cipher: Option<Arc<ArchiveCipher>>,
     slots: Arc<Semaphore>,
     tasks: JoinSet<Result<BackupPart, ArchiveError>>,
     done: Vec<BackupPart>,
     next: u32,
 }
 
-/// Hashes, compresses and checksums one part (CPU work: run it on the blocking pool).
-pub fn encode_part(raw: &[u8], level: i32) -> std::io::Result<(String, Vec<u8>, u32)> {
-    let sha = hex::encode(Sha256::digest(raw));
-    let stored = zstd::bulk::compress(raw, level)?;
+/// Hashes, compresses, (with `sealing`: cipher and the part's key) encrypts and checksums one
+/// part (CPU work: run it on the blocking pool).
+pub fn encode_part(
+    raw: &[u8],
+    level: i32,
+    sealing: Option<(&ArchiveCipher, &str)>,
+) -> std::io::Result<(String, Vec<u8>, u32)> {
+    let compressed = zstd::bulk::compress(raw, level)?;
+    let (sha, stored) = match sealing {
+        Some((cipher, key)) => (
+            hex::encode(cipher.keyed_hash(raw)),
+            cipher.seal(&compressed, key.as_bytes()),
+        ),
+        None => (hex::encode(Sha256::digest(raw)), compressed),
+    };
     let crc = crc32fast::hash(&stored);
     Ok((sha, stored, crc))
 }
@@ -43,6 +59,7 @@ impl PartUploader {
         prefix: InstancePrefix,
         backup_id: String,
         level: i32,
+        cipher: Option<Arc<ArchiveCipher>>,
         in_flight: usize,
     ) -> Self {
         Self {
@@ -50,6 +67,7 @@ impl PartUploader {
             prefix,
             backup_id,
             level,
+            cipher,
             slots: Arc::new(Semaphore::new(in_flight.max(1))),
             tasks: JoinSet::new(),
             done: Vec::new(),
@@ -72,14 +90,16 @@ impl PartUploader {
         let index = self.next;
         self.next += 1;
         let key = part_key(&self.prefix, &self.backup_id, index);
-        let (store, level) = (self.store.clone(), self.level);
+        let (store, level, cipher) = (self.store.clone(), self.level, self.cipher.clone());
         self.tasks.spawn(async move {
             let raw_bytes = raw.len() as u64;
-            let (sha256, stored, crc32) =
-                tokio::task::spawn_blocking(move || encode_part(&raw, level))
-                    .await
-                    .map_err(join_error)?
-                    .map_err(|e| ArchiveError::io(format!("compress part {index}"), e))?;
+            let name = key.clone();
+            let (sha256, stored, crc32) = tokio::task::spawn_blocking(move || {
+                encode_part(&raw, level, cipher.as_deref().map(|c| (c, name.as_str())))
+            })
+            .await
+            .map_err(join_error)?
+            .map_err(|e| ArchiveError::io(format!("compress part {index}"), e))?;
             let stored_bytes = stored.len() as u64;
             store.put(&key, stored).await?;
             drop(permit);
@@ -125,10 +145,27 @@ mod tests {
         let raw: Vec<u8> = (0..200_000u32)
             .flat_map(|i| (i % 251).to_le_bytes())
             .collect();
-        let (sha, stored, crc) = encode_part(&raw, 1).unwrap();
+        let (sha, stored, crc) = encode_part(&raw, 1, None).unwrap();
         assert_eq!(zstd::bulk::decompress(&stored, raw.len()).unwrap(), raw);
         assert_eq!(sha, hex::encode(Sha256::digest(&raw)));
         assert_eq!(crc, crc32fast::hash(&stored));
         assert!(stored.len() < raw.len() / 4);
+    }
+
+    #[test]
+    fn an_encrypted_part_opens_only_under_its_own_name_and_shows_no_plain_hash() {
+        let raw = b"MARKER a tenant's row ".repeat(5000);
+        let cipher = ArchiveCipher::new(&crate::crypto::DataKey::generate());
+        let key = "spaces/s/instances/i/base/b/data/00000.tar.zst";
+        let (sha, stored, crc) = encode_part(&raw, 1, Some((&cipher, key))).unwrap();
+        assert!(!stored.windows(6).any(|w| w == b"MARKER"));
+        assert_ne!(sha, hex::encode(Sha256::digest(&raw)));
+        assert_eq!(sha, hex::encode(cipher.keyed_hash(&raw)));
+        assert_eq!(crc, crc32fast::hash(&stored));
+        let opened = cipher.open(&stored, key.as_bytes()).unwrap();
+        assert_eq!(zstd::bulk::decompress(&opened, raw.len()).unwrap(), raw);
+        assert!(cipher
+            .open(&stored, b"spaces/s/instances/i/base/b/data/00001.tar.zst")
+            .is_err());
     }
 }

@@ -7,15 +7,20 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::frame;
+use super::keydoc::ArchiveKey;
 use super::layout::{WalFileKind, WalFileName};
 use super::target::ArchiveTarget;
 use super::ArchiveError;
 use crate::storage::ObjectStore;
 
-fn source(target: &ArchiveTarget) -> (&str, u64) {
+fn source(target: &ArchiveTarget) -> (&str, u64, Option<&ArchiveKey>) {
     match &target.restore_from {
-        Some(s) => (&s.prefix, s.system_identifier),
-        None => (&target.prefix, target.system_identifier),
+        Some(s) => (&s.prefix, s.system_identifier, s.data_key.as_ref()),
+        None => (
+            &target.prefix,
+            target.system_identifier,
+            target.data_key.as_ref(),
+        ),
     }
 }
 
@@ -26,7 +31,8 @@ pub(crate) async fn download(
     store: &ObjectStore,
     name: &WalFileName,
 ) -> Result<Option<Vec<u8>>, ArchiveError> {
-    let (prefix, sysid) = source(target);
+    let (prefix, sysid, data_key) = source(target);
+    let cipher = data_key.map(ArchiveKey::cipher);
     let key = format!("{prefix}/wal/{}", name.as_str());
     let deadline = Instant::now() + Duration::from_secs(target.fetch_retry_secs);
     let mut delay = Duration::from_millis(250);
@@ -42,13 +48,20 @@ pub(crate) async fn download(
         }
     };
     let Some(bytes) = bytes else { return Ok(None) };
-    let (header, raw) = tokio::task::spawn_blocking(move || frame::decode(&bytes))
-        .await
-        .map_err(|e| ArchiveError::Io(format!("decompress: {e}")))?
-        .map_err(|e| ArchiveError::Corrupt {
-            key: key.clone(),
-            detail: e.to_string(),
-        })?;
+    let file = name.as_str().to_string();
+    let (header, raw) = tokio::task::spawn_blocking(move || {
+        let sealing = cipher.as_ref().map(|cipher| frame::Sealing {
+            cipher,
+            name: &file,
+        });
+        frame::decode_with(&bytes, sealing)
+    })
+    .await
+    .map_err(|e| ArchiveError::Io(format!("decompress: {e}")))?
+    .map_err(|e| ArchiveError::Corrupt {
+        key: key.clone(),
+        detail: e.to_string(),
+    })?;
     if matches!(name.kind(), WalFileKind::Segment | WalFileKind::Partial)
         && header.system_identifier != sysid
     {

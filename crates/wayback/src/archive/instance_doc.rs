@@ -12,14 +12,23 @@
 //! deprovision (before the cluster is destroyed) and when the reaper empties the prefix. It is
 //! built from the state database by the callers in `jobs`; this module only knows its format.
 //!
+//! When the instance's archive is encrypted (its prefix has a `key.json`), the document is
+//! stored sealed with its data key: `{"format":1,"sealed":"<base64 nonce | ciphertext | tag>"}`,
+//! AES-256-GCM bound to the document's object key, so that names, org and creator are not
+//! readable from the bucket. [`rebuild_index`] recognises the envelope and opens it with the key
+//! `key.json` unwraps to; a document in clear (an instance in clear, or written before this
+//! version) reads as before.
+//!
 //! Must not import `osb`, `broker`, `store` or `jobs`.
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::keydoc::{self, ArchiveKey};
 use super::layout::InstancePrefix;
 use super::ArchiveError;
+use crate::crypto::Keyring;
 use crate::storage::ObjectStore;
 
 /// The document's format version. Readers refuse newer formats rather than misread them.
@@ -118,27 +127,90 @@ impl InstanceDoc {
     }
 }
 
-/// Writes the document (one `put`, which replaces the previous one atomically).
+/// The envelope of a document sealed with its instance's data key.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SealedDoc {
+    format: u32,
+    /// base64 of `nonce | ciphertext | tag` of the document's JSON.
+    sealed: String,
+}
+
+/// The document as stored: sealed with `key` (bound to its object key), or in clear.
+pub fn stored_form(
+    doc: &InstanceDoc,
+    prefix: &InstancePrefix,
+    key: Option<&ArchiveKey>,
+) -> Vec<u8> {
+    use base64::Engine;
+    let Some(key) = key else {
+        return doc.to_json();
+    };
+    let sealed = key
+        .cipher()
+        .seal(&doc.to_json(), prefix.instance_json().as_bytes());
+    serde_json::to_vec_pretty(&SealedDoc {
+        format: FORMAT,
+        sealed: base64::engine::general_purpose::STANDARD.encode(sealed),
+    })
+    .expect("an envelope serializes")
+}
+
+/// Whether stored bytes are a sealed document.
+pub fn is_sealed(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<SealedDoc>(bytes).is_ok()
+}
+
+/// Reads stored bytes back: a sealed document opens with `key`, one in clear needs none.
+pub fn from_stored(
+    bytes: &[u8],
+    prefix: &InstancePrefix,
+    key: Option<&ArchiveKey>,
+) -> Result<InstanceDoc, String> {
+    use base64::Engine;
+    let Ok(envelope) = serde_json::from_slice::<SealedDoc>(bytes) else {
+        return InstanceDoc::from_json(bytes);
+    };
+    let key = key.ok_or("sealed with the instance's data key, and none was given")?;
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(&envelope.sealed)
+        .map_err(|_| "the sealed document is not base64".to_string())?;
+    let plain = key
+        .cipher()
+        .open(&sealed, prefix.instance_json().as_bytes())
+        .map_err(|e| e.to_string())?;
+    InstanceDoc::from_json(&plain)
+}
+
+/// Writes the document (one `put`, which replaces the previous one atomically), sealed with
+/// `key` when the instance's archive is encrypted.
 pub async fn write(
     store: &ObjectStore,
     prefix: &InstancePrefix,
     doc: &InstanceDoc,
+    key: Option<&ArchiveKey>,
 ) -> Result<(), ArchiveError> {
-    store.put(&prefix.instance_json(), doc.to_json()).await?;
+    store
+        .put(&prefix.instance_json(), stored_form(doc, prefix, key))
+        .await?;
     Ok(())
 }
 
-/// Reads an instance's document; `None` when it has none.
+/// Reads an instance's document (opened with `key` when sealed); `None` when it has none.
 pub async fn read(
     store: &ObjectStore,
     prefix: &InstancePrefix,
+    key: Option<&ArchiveKey>,
 ) -> Result<Option<InstanceDoc>, ArchiveError> {
-    let key = prefix.instance_json();
-    match store.get(&key).await? {
+    let object = prefix.instance_json();
+    match store.get(&object).await? {
         None => Ok(None),
-        Some(bytes) => InstanceDoc::from_json(&bytes)
+        Some(bytes) => from_stored(&bytes, prefix, key)
             .map(Some)
-            .map_err(|detail| ArchiveError::Corrupt { key, detail }),
+            .map_err(|detail| ArchiveError::Corrupt {
+                key: object,
+                detail,
+            }),
     }
 }
 
@@ -162,8 +234,13 @@ fn is_instance_doc_key(key: &str) -> bool {
 /// is stored under is reported as unreadable (a copied or misplaced file must not be trusted).
 ///
 /// Listing `spaces/` walks every archived object (there is no glob in S3); this is a recovery
-/// operation, run rarely.
-pub async fn rebuild_index(store: &ObjectStore) -> Result<RebuiltIndex, ArchiveError> {
+/// operation, run rarely. A sealed document is opened with the data key its `key.json`
+/// unwraps to under `keyring`; one whose key is missing or does not unwrap is unreadable, with
+/// an error naming the instance and the key id, and the others are indexed.
+pub async fn rebuild_index(
+    store: &ObjectStore,
+    keyring: Option<&Keyring>,
+) -> Result<RebuiltIndex, ArchiveError> {
     let keys: Vec<String> = store
         .list("spaces/")
         .await?
@@ -191,14 +268,27 @@ pub async fn rebuild_index(store: &ObjectStore) -> Result<RebuiltIndex, ArchiveE
             // A transient failure must not make an instance vanish from a rebuilt index.
             Err(e) => return Err(e.into()),
         };
-        let doc = match InstanceDoc::from_json(&bytes) {
+        let (space, instance) = InstancePrefix::from_key(&key).expect("filtered above");
+        let prefix = InstancePrefix::new(&space, &instance);
+        let data_key = if is_sealed(&bytes) {
+            match keydoc::data_key(store, keyring, prefix.as_str()).await {
+                Ok(k) => k.map(ArchiveKey),
+                Err(ArchiveError::Storage(e)) => return Err(e.into()),
+                Err(e) => {
+                    index.unreadable.push((key, e.to_string()));
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let doc = match from_stored(&bytes, &prefix, data_key.as_ref()) {
             Ok(d) => d,
             Err(e) => {
                 index.unreadable.push((key, e));
                 continue;
             }
         };
-        let (space, instance) = InstancePrefix::from_key(&key).expect("filtered above");
         if doc.space_guid != space.as_str() || doc.instance_id != instance.as_str() {
             index.unreadable.push((
                 key,
@@ -326,8 +416,8 @@ mod tests {
         b.state = "deleted".into();
         b.deleted_at = Some("2026-01-03T00:00:00Z".parse().unwrap());
         b.final_lsn = Some("0/3000028".into());
-        write(&store, &prefix("s1", "i-a"), &a).await.unwrap();
-        write(&store, &prefix("s2", "i-b"), &b).await.unwrap();
+        write(&store, &prefix("s1", "i-a"), &a, None).await.unwrap();
+        write(&store, &prefix("s2", "i-b"), &b, None).await.unwrap();
         // Noise the rebuild must skip: WAL, backups, and a document in the wrong place.
         store
             .put("spaces/s1/instances/i-a/wal/000000010000000000000001", "x")
@@ -346,7 +436,7 @@ mod tests {
             .await
             .unwrap();
 
-        let index = rebuild_index(&store).await.unwrap();
+        let index = rebuild_index(&store, None).await.unwrap();
         assert_eq!(index.docs, vec![a.clone(), b]);
         let bad: Vec<&str> = index.unreadable.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
@@ -356,7 +446,61 @@ mod tests {
                 "spaces/s4/instances/i-d/instance.json"
             ]
         );
-        assert_eq!(read(&store, &prefix("s1", "i-a")).await.unwrap(), Some(a));
-        assert_eq!(read(&store, &prefix("s9", "none")).await.unwrap(), None);
+        assert_eq!(
+            read(&store, &prefix("s1", "i-a"), None).await.unwrap(),
+            Some(a)
+        );
+        assert_eq!(
+            read(&store, &prefix("s9", "none"), None).await.unwrap(),
+            None
+        );
+    }
+
+    fn keyring(id: &str) -> Keyring {
+        Keyring::new(
+            vec![(id.to_string(), crate::crypto::random_key_bytes())],
+            None,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_sealed_document_hides_its_names_and_reindex_opens_it_with_the_keyring() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::local(dir.path()).unwrap();
+        let ring = keyring("k1");
+        let (a, b) = (sample("s1", "i-a"), sample("s2", "i-b"));
+        let (pa, pb) = (prefix("s1", "i-a"), prefix("s2", "i-b"));
+        let key = keydoc::ensure(&store, Some(&ring), pa.as_str(), true)
+            .await
+            .unwrap()
+            .map(ArchiveKey);
+        write(&store, &pa, &a, key.as_ref()).await.unwrap();
+        write(&store, &pb, &b, None).await.unwrap();
+        let raw = store.get(&pa.instance_json()).await.unwrap().unwrap();
+        assert!(is_sealed(&raw));
+        assert!(
+            !String::from_utf8_lossy(&raw).contains("orders"),
+            "names hidden"
+        );
+        assert_eq!(
+            read(&store, &pa, key.as_ref()).await.unwrap(),
+            Some(a.clone())
+        );
+        assert!(read(&store, &pa, None).await.is_err());
+        // Moved to another instance: does not open there.
+        store.put(&pb.instance_json(), raw.clone()).await.unwrap();
+        assert!(read(&store, &pb, key.as_ref()).await.is_err());
+        write(&store, &pb, &b, None).await.unwrap();
+
+        let index = rebuild_index(&store, Some(&ring)).await.unwrap();
+        assert_eq!(index.docs, vec![a, b.clone()]);
+        // Without the key: the other instance is indexed, this one reported, naming the key.
+        let index = rebuild_index(&store, Some(&keyring("k9"))).await.unwrap();
+        assert_eq!(index.docs, vec![b]);
+        assert_eq!(index.unreadable.len(), 1);
+        let (object, why) = &index.unreadable[0];
+        assert_eq!(object, &pa.instance_json());
+        assert!(why.contains("k1") && why.contains("i-a"), "{why}");
     }
 }

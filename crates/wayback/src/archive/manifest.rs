@@ -28,6 +28,13 @@ use super::layout::InstancePrefix;
 /// The manifest's format version; a restore refuses versions it does not know.
 pub const FORMAT: u32 = 1;
 
+/// The format of a manifest whose parts are encrypted (with the data key in the instance's
+/// `key.json`; each part `nonce | AES-256-GCM(zstd part) | tag` with its object key as
+/// associated data, and `sha256` the keyed hash): the same fields, so that retention and the
+/// restore window read it as before, but a wayback that knows only format 1 refuses it
+/// instead of failing on the parts.
+pub const FORMAT_ENCRYPTED: u32 = 2;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupManifest {
     pub format: u32,
@@ -135,13 +142,19 @@ impl BackupManifest {
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
         let m: Self = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        if m.format != FORMAT {
+        if m.format != FORMAT && m.format != FORMAT_ENCRYPTED {
             return Err(format!(
-                "manifest format {} is not supported (this wayback reads format {FORMAT})",
+                "manifest format {} is not supported (this wayback reads formats {FORMAT} and \
+                 {FORMAT_ENCRYPTED})",
                 m.format
             ));
         }
         Ok(m)
+    }
+
+    /// Whether the parts are encrypted with the instance's data key.
+    pub fn parts_encrypted(&self) -> bool {
+        self.format == FORMAT_ENCRYPTED
     }
 }
 
@@ -160,6 +173,28 @@ mod tests {
         for bad in ["", "20261121T180102003", "2026112lT180102003Z", "../x"] {
             assert!(!is_backup_id(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn formats_1_and_2_read_and_2_says_the_parts_are_encrypted() {
+        let text = |format: u32| {
+            serde_json::json!({
+                "format": format, "backup_id": "20261121T180102003Z", "instance_id": "i",
+                "system_identifier": 1, "pg_version": 150008, "timeline": 1,
+                "start_lsn": "0/2000028", "stop_lsn": "0/2000100",
+                "start_wal": "000000010000000000000002", "stop_wal": "000000010000000000000002",
+                "start_time": "2026-11-21T18:01:02Z", "stop_time": "2026-11-21T18:01:03Z",
+                "floors": SettingFloors::default(), "raw_bytes": 1, "stored_bytes": 1,
+                "parts": []
+            })
+            .to_string()
+        };
+        let clear = BackupManifest::from_json(text(FORMAT).as_bytes()).unwrap();
+        assert!(!clear.parts_encrypted());
+        let sealed = BackupManifest::from_json(text(FORMAT_ENCRYPTED).as_bytes()).unwrap();
+        assert!(sealed.parts_encrypted());
+        let e = BackupManifest::from_json(text(3).as_bytes()).unwrap_err();
+        assert!(e.contains("format 3"), "{e}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod download;
 mod fetch;
 pub mod frame;
 pub mod instance_doc;
+pub mod keydoc;
 pub mod layout;
 pub mod manifest;
 mod prefetch;
@@ -47,6 +48,9 @@ pub enum ArchiveError {
     Refused(String),
     #[error("archived file {key} is corrupt: {detail}")]
     Corrupt { key: String, detail: String },
+    /// An archive data key that is missing, or does not unwrap: never retried.
+    #[error("{0}")]
+    Key(String),
     #[error("invalid archive target: {0}")]
     Target(String),
     /// A base backup failed (and was cleaned up); the message says what to do. `permanent`:

@@ -70,9 +70,20 @@ async fn push_bytes(
     } else {
         (0, None)
     };
-    let digest = frame::sha256(&raw);
+    let cipher = target.data_key.as_ref().map(|k| k.cipher());
     if let Some(existing) = existing_header(store, &key).await? {
-        if existing.sha256 == digest {
+        // Compared in the form the archived header records (keyed when it is encrypted).
+        let ours = if existing.encrypted {
+            cipher.as_ref()
+        } else {
+            None
+        };
+        if existing.encrypted && ours.is_none() {
+            return Err(ArchiveError::Refused(format!(
+                "{key} is archived encrypted, but this instance's archive target has no data key"
+            )));
+        }
+        if existing.sha256 == frame::content_digest(&raw, ours) {
             tracing::info!(
                 file = name.as_str(),
                 "already archived with identical content"
@@ -89,10 +100,17 @@ async fn push_bytes(
         )));
     }
     let level = target.compression_level;
-    let framed = tokio::task::spawn_blocking(move || frame::encode(&raw, sysid, commits, level))
-        .await
-        .map_err(|e| ArchiveError::Io(format!("compress: {e}")))?
-        .map_err(|e| ArchiveError::io("compress", e))?;
+    let file = name.as_str().to_string();
+    let framed = tokio::task::spawn_blocking(move || {
+        let sealing = cipher.as_ref().map(|cipher| frame::Sealing {
+            cipher,
+            name: &file,
+        });
+        frame::encode_with(&raw, sysid, commits, level, sealing)
+    })
+    .await
+    .map_err(|e| ArchiveError::Io(format!("compress: {e}")))?
+    .map_err(|e| ArchiveError::io("compress", e))?;
     store.put(&key, framed).await?;
     Ok(Pushed::Stored)
 }

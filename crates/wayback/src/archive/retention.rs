@@ -26,7 +26,7 @@
 //! backup we do not understand.
 //!
 //! Deleted instances are not pruned: they keep their whole archive for `retention.deleted_days`,
-//! then the reaper ([`reap_plan`]) removes everything but `instance.json`.
+//! then the reaper ([`reap_plan`]) removes everything but `instance.json` and `key.json`.
 //!
 //! Must not import `osb`, `broker`, `store` or `jobs`.
 
@@ -191,7 +191,7 @@ pub fn plan_retention(
     let mut incomplete = BTreeSet::new();
     for o in listing {
         let delete = match classify(prefix, &o.key) {
-            ArchivedObject::InstanceDoc | ArchivedObject::Other => false,
+            ArchivedObject::InstanceDoc | ArchivedObject::KeyDoc | ArchivedObject::Other => false,
             ArchivedObject::Wal(name) => match (name.kind(), name.segment_parts(), boundary) {
                 (WalFileKind::History, _, _) => false,
                 (_, Some((tl, log, seg)), Some((tl0, log0, seg0))) => {
@@ -250,13 +250,13 @@ fn thinned(complete: &[BackupManifest], anchor: usize, now: DateTime<Utc>) -> Ve
 }
 
 /// The reaper's plan for a deleted instance whose grace period is over: everything but
-/// `instance.json`, manifests first.
+/// `instance.json` and `key.json` (which the sealed `instance.json` needs), manifests first.
 pub fn reap_plan(prefix: &InstancePrefix, listing: &[ObjectMeta]) -> RetentionPlan {
     let mut plan = RetentionPlan::default();
     let mut rest = Vec::new();
     for o in listing {
         match classify(prefix, &o.key) {
-            ArchivedObject::InstanceDoc => {
+            ArchivedObject::InstanceDoc | ArchivedObject::KeyDoc => {
                 plan.keep.push(o.key.clone());
                 plan.keep_bytes += o.size;
                 continue;

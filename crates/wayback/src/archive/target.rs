@@ -1,12 +1,18 @@
 //! The archive target file: what `wal-push` and `wal-fetch` need, kept in the instance's
 //! directory with mode 0600 and owned by the cluster's OS user, so that no credential appears
 //! in `postgresql.conf` or in `ps`.
+//!
+//! When the instance's archive is encrypted the file also carries its unwrapped data key (and,
+//! while it restores, the source's): `wal-push` and `wal-fetch` run as the cluster's OS user
+//! and must not hold the operator's keyring, so this private file — which already holds the
+//! storage credentials — is where the cluster's own key lives. `Debug` redacts the keys.
 
 use std::path::Path;
 
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+use super::keydoc::ArchiveKey;
 use super::ArchiveError;
 use crate::storage::StorageSettings;
 
@@ -27,6 +33,9 @@ pub struct ArchiveTarget {
     pub fetch_retry_secs: u64,
     /// Set while the cluster restores from another instance's archive (a clone).
     pub restore_from: Option<RestoreSource>,
+    /// The data key this instance's archive is encrypted with (`key.json`); None: in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_key: Option<ArchiveKey>,
 }
 
 fn default_fetch_retry_secs() -> u64 {
@@ -38,6 +47,9 @@ fn default_fetch_retry_secs() -> u64 {
 pub struct RestoreSource {
     pub prefix: String,
     pub system_identifier: u64,
+    /// The source archive's data key; None: the source is in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_key: Option<ArchiveKey>,
 }
 
 /// The storage settings with the AWS_* environment captured now: PostgreSQL runs the archiver
@@ -78,6 +90,7 @@ impl ArchiveTarget {
             fetch_ahead: settings.wal.fetch_ahead,
             fetch_retry_secs: default_fetch_retry_secs(),
             restore_from: None,
+            data_key: None,
         }
     }
 

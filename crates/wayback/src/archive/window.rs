@@ -33,6 +33,8 @@ const MANIFEST_CONCURRENCY: usize = 8;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ArchivedObject {
     InstanceDoc,
+    /// `key.json`: the instance's wrapped data key, kept as long as `instance.json` is.
+    KeyDoc,
     Wal(WalFileName),
     /// `base/<id>/manifest.json`
     BackupManifest(String),
@@ -52,6 +54,9 @@ pub fn classify(prefix: &InstancePrefix, key: &str) -> ArchivedObject {
     };
     if rest == "instance.json" {
         return ArchivedObject::InstanceDoc;
+    }
+    if rest == super::keydoc::FILE {
+        return ArchivedObject::KeyDoc;
     }
     if let Some(name) = rest.strip_prefix("wal/") {
         return match WalFileName::parse(name) {
@@ -244,6 +249,7 @@ mod tests {
         let id = "20260101T000000000Z";
         let cases = [
             (format!("{base}/instance.json"), ArchivedObject::InstanceDoc),
+            (format!("{base}/key.json"), ArchivedObject::KeyDoc),
             (
                 format!("{base}/wal/00000002.history"),
                 ArchivedObject::Wal(WalFileName::parse("00000002.history").unwrap()),

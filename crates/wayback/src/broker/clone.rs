@@ -6,7 +6,8 @@
 //! or deleted. Several instances that had the name: the one that took it last wins. Then the
 //! source's restore window is read from the archive (rule 5: the target must lie inside it)
 //! and the base backup the restore would start from is chosen, so that a plan below that
-//! backup's hot-standby floors (rule 6) is refused now rather than failing after the 202.
+//! backup's hot-standby floors (rule 6) is refused now rather than failing after the 202, and
+//! so is an encrypted source whose data key the configured keys cannot unwrap.
 //!
 //! The resolved source is a `jobs::CloneSource`, the provision job's payload (see
 //! `jobs::steps::clone`). Imports `store`, `catalog`, `archive`, `jobs` and `domain`; never
@@ -261,6 +262,29 @@ impl Broker {
                 plan.name,
                 what.join(", ")
             )));
+        }
+        // An encrypted source whose data key this broker cannot unwrap (its key is not
+        // configured, or another key has that id) is refused now, before anything is created.
+        let keyring = self.ctx.store.keyring().ok();
+        match crate::archive::keydoc::data_key(archive, keyring, prefix.as_str()).await {
+            Ok(_) => {}
+            Err(ArchiveError::Storage(e)) => {
+                return Err(super::storage_refusal(
+                    &format!("reading the archive key of {who}"),
+                    &archive.location(""),
+                    e,
+                ))
+            }
+            Err(ArchiveError::Key(m)) => {
+                return Err(BrokerError::Unprocessable(format!(
+                    "Service instance {who} cannot be cloned: {m}."
+                )))
+            }
+            Err(e) => {
+                return Err(
+                    anyhow::anyhow!("read the archive key of {}: {e}", prefix.as_str()).into(),
+                )
+            }
         }
         Ok(CloneSource {
             live: source.state.is_live(),

@@ -135,6 +135,7 @@ pub async fn run(settings: Settings, instance: &str) -> anyhow::Result<BackupOut
             store: archive.clone(),
             settings: shared.clone(),
             wayback_bin: wayback_bin.clone(),
+            keyring: Some(Arc::new(crate::open::keyring(&settings, &data_dir)?)),
         },
     )?;
     let ctx = Arc::new(AppContext {

@@ -2,9 +2,10 @@
 //! older keys can then be removed from `encryption.keys`.
 //!
 //! Each kind of secret is one step, run in order, and the report lists what each re-sealed:
-//! today the state database's binding passwords; the archive's per-instance data keys (issue
-//! 13, next) are rewrapped as a further step here, without rewriting the archive's data. Every
-//! step is idempotent, so a rekey that stopped half-way is run again. Reads the same settings
+//! the state database's binding passwords, then the archive's per-instance data keys (every
+//! `spaces/*/instances/*/key.json` is rewrapped under the current key; the archive's data is
+//! not rewritten, the data keys stay the same). Every step is idempotent, so a rekey that
+//! stopped half-way is run again. Reads the same settings
 //! as `serve`; the keys that sealed the old values must still be configured beside the new
 //! current one (else opening the state database refuses, naming the missing key ids).
 
@@ -69,13 +70,56 @@ pub fn main(mut settings: Settings, args: RekeyArgs) -> ExitCode {
 /// Opens the broker's state with the configured keys and re-seals each kind of secret.
 pub async fn run(settings: Settings) -> anyhow::Result<RekeyReport> {
     settings.validate()?;
-    let super::BrokerState { store, .. } = super::open_broker_state(&settings, "rekey").await?;
+    let super::BrokerState {
+        store, data_dir, ..
+    } = super::open_broker_state(&settings, "rekey").await?;
     let current_key = store.current_key_id()?.to_string();
     let resealed = store.reseal_secrets().await;
+    let rewrapped = match &resealed {
+        Ok(_) => Some(rewrap_archive_keys(&settings, &data_dir, &store).await),
+        Err(_) => None,
+    };
     store.close().await;
-    let steps = vec![RekeyStep {
+    let mut steps = vec![RekeyStep {
         secrets: "binding passwords (state database)",
         resealed: resealed?,
     }];
+    if let Some(rewrapped) = rewrapped {
+        steps.push(RekeyStep {
+            secrets: "archive data keys (key.json)",
+            resealed: rewrapped?,
+        });
+    }
     Ok(RekeyReport { current_key, steps })
+}
+
+/// Rewraps every instance's archive data key under the current key; fails, naming them, when
+/// some could not be (their key is not configured): run it again once they are.
+async fn rewrap_archive_keys(
+    settings: &Settings,
+    data_dir: &std::path::Path,
+    store: &crate::store::Store,
+) -> anyhow::Result<usize> {
+    use anyhow::Context;
+    let storage = crate::config::resolve::archive(settings, data_dir);
+    let archive = crate::storage::ObjectStore::open(&storage).context("open the archive")?;
+    let keyring = store.keyring()?;
+    let report = crate::archive::keydoc::rewrap_all(&archive, keyring)
+        .await
+        .context("rewrap the archive data keys")?;
+    if !report.failed.is_empty() {
+        let list: Vec<String> = report
+            .failed
+            .iter()
+            .map(|(prefix, why)| format!("{prefix}: {why}"))
+            .collect();
+        anyhow::bail!(
+            "{} of {} archive data keys could not be rewrapped ({} were): {}",
+            report.failed.len(),
+            report.keys,
+            report.rewrapped,
+            list.join("; ")
+        );
+    }
+    Ok(report.rewrapped)
 }

@@ -198,11 +198,24 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Outc
         None if staged.is_file() => staged,
         None => std::env::current_exe().context("locate the wayback binary")?,
     };
+    // The keys as configured (or the data directory's generated key); none is invented here:
+    // an encrypted source then fails naming the key id its key.json needs.
+    let keyring = crate::crypto::keyfile::keyring(
+        &settings.encryption.keys,
+        settings.encryption.current_key.as_deref(),
+        &settings.data_dir,
+        crate::crypto::keyfile::WhenNoKey::Existing,
+    )
+    .ok();
+    let source_key = crate::archive::keydoc::data_key(&store, keyring.as_ref(), source.as_str())
+        .await?
+        .map(crate::archive::keydoc::ArchiveKey);
     let request = RestoreRequest {
         store,
         storage,
         source: source.clone(),
         system_identifier,
+        source_key,
         target: args
             .point_in_time
             .map_or(RestoreTarget::Latest, RestoreTarget::PointInTime),

@@ -10,10 +10,13 @@
 //! per-instance data keys are meant to be wrapped this way, so that rekeying rewraps them
 //! without rewriting data.
 //!
+//! [`archive_cipher`] derives what one instance's archive is encrypted with from its data key.
+//!
 //! Key material never reaches logs: `Debug` of every key type prints its id only.
 //! Where keys come from (settings, or a key generated once into the data directory) is
 //! [`keyfile`]'s. Must not import anything of the crate.
 
+pub mod archive_cipher;
 pub mod keyfile;
 
 use std::collections::BTreeMap;
@@ -83,6 +86,30 @@ impl DataKey {
 
     pub fn expose(&self) -> &[u8; 32] {
         self.0.expose_secret()
+    }
+
+    /// The key as base64, for the one file that carries it unwrapped (a cluster's private
+    /// archive target file).
+    pub fn to_base64(&self) -> SecretString {
+        SecretString::from(B64.encode(self.expose()))
+    }
+
+    /// A key read back from [`DataKey::to_base64`].
+    pub fn from_base64(text: &str) -> Result<DataKey, CryptoError> {
+        let bytes = B64
+            .decode(text.trim())
+            .map_err(|_| CryptoError::Malformed)?;
+        let array: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| CryptoError::Malformed)?;
+        Ok(DataKey(SecretBox::new(Box::new(array))))
+    }
+}
+
+impl Clone for DataKey {
+    fn clone(&self) -> Self {
+        DataKey(SecretBox::new(Box::new(*self.expose())))
     }
 }
 

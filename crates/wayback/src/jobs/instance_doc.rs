@@ -8,12 +8,15 @@
 //! deprovision a failed write never fails the user's request: the instance's stored hash is
 //! cleared ("stale") and the broker's maintenance pass writes it again
 //! ([`write_stale_docs`]); a periodic sweep ([`sync_instance_doc`] for every instance) also
-//! repairs a document overwritten by a slower concurrent writer.
+//! repairs a document overwritten by a slower concurrent writer. When the instance's archive is
+//! encrypted the document is sealed with its data key (unwrapped from `key.json` with the
+//! state store's keyring).
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 
 use crate::archive::instance_doc::{self, ClonedFrom, CreatedBy, InstanceDoc, NameEntry};
+use crate::archive::keydoc::{self, ArchiveKey};
 use crate::archive::layout::InstancePrefix;
 use crate::catalog::Catalog;
 use crate::domain::{InstanceId, SpaceGuid};
@@ -97,6 +100,19 @@ fn cloned_from(event: &AuditEvent) -> Option<ClonedFrom> {
     })
 }
 
+/// The instance's archive data key (the document is sealed with it), if its archive is
+/// encrypted; a key the keyring cannot unwrap fails the write (it is retried later).
+async fn data_key(
+    store: &Store,
+    archive: &ObjectStore,
+    prefix: &InstancePrefix,
+) -> anyhow::Result<Option<ArchiveKey>> {
+    let key = keydoc::data_key(archive, store.keyring().ok(), prefix.as_str())
+        .await
+        .with_context(|| format!("the archive data key of {}", prefix.as_str()))?;
+    Ok(key.map(ArchiveKey))
+}
+
 /// Builds the document, lets `adjust` change it (deprovision writes the deleted state before
 /// the record says so), writes it and records its hash.
 pub async fn write_instance_doc(
@@ -108,7 +124,8 @@ pub async fn write_instance_doc(
 ) -> anyhow::Result<()> {
     let (prefix, mut doc) = build_instance_doc(store, catalog, id).await?;
     adjust(&mut doc);
-    instance_doc::write(archive, &prefix, &doc)
+    let key = data_key(store, archive, &prefix).await?;
+    instance_doc::write(archive, &prefix, &doc, key.as_ref())
         .await
         .with_context(|| format!("write {}", archive.location(&prefix.instance_json())))?;
     store
@@ -130,7 +147,8 @@ pub async fn sync_instance_doc(
     if store.instance_doc_hash(id).await?.as_deref() == Some(hash.as_str()) {
         return Ok(false);
     }
-    instance_doc::write(archive, &prefix, &doc)
+    let key = data_key(store, archive, &prefix).await?;
+    instance_doc::write(archive, &prefix, &doc, key.as_ref())
         .await
         .with_context(|| format!("write {}", archive.location(&prefix.instance_json())))?;
     store.set_instance_doc_hash(id, Some(&hash)).await?;

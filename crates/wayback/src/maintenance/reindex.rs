@@ -104,7 +104,9 @@ pub async fn reindex(
     dry_run: bool,
     windows: bool,
 ) -> anyhow::Result<ReindexReport> {
-    let index = instance_doc::rebuild_index(archive).await?;
+    // Sealed documents open with the data keys the store's keyring unwraps; one that does not
+    // is reported (naming the instance and key id) and the others are indexed.
+    let index = instance_doc::rebuild_index(archive, store.keyring().ok()).await?;
     let mut report = ReindexReport {
         dry_run,
         archive: archive.location(""),

@@ -59,6 +59,9 @@ pub struct ArchiveAccess {
     pub store: crate::storage::ObjectStore,
     pub settings: Arc<crate::config::Settings>,
     pub wayback_bin: PathBuf,
+    /// The operator's keys, which wrap every instance's archive data key (`key.json`); None:
+    /// encrypted archives can be neither written nor read.
+    pub keyring: Option<Arc<crate::crypto::Keyring>>,
 }
 
 pub struct LocalRuntime {

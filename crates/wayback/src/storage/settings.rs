@@ -65,6 +65,9 @@ pub struct StorageSettings {
     pub upload_concurrency: usize,
     /// Keys per ListObjectsV2 page (S3's maximum is 1000).
     pub list_page_size: i32,
+    /// For the archive (`archive.encrypt`): new instances' archives are encrypted client-side
+    /// with a data key of their own (`archive/keydoc.rs`). Storage itself ignores it.
+    pub encrypt: bool,
 }
 
 impl Default for StorageSettings {
@@ -83,6 +86,7 @@ impl Default for StorageSettings {
             part_size_mib: 16,
             upload_concurrency: 4,
             list_page_size: 1000,
+            encrypt: true,
         }
     }
 }

@@ -92,6 +92,8 @@ struct Fleet {
     password: String,
     archive: StorageSettings,
     ca: PathBuf,
+    /// The operator's key (base64) the broker and every agent have, as `fleet`.
+    fleet_key: secrecy::SecretString,
     _root: tempfile::TempDir,
 }
 
@@ -187,6 +189,9 @@ impl Fleet {
             cluster_ca.join("tls").join(wayback::tls::CA_CERT_FILE),
             cluster_ca.join("tls").join(wayback::tls::CA_KEY_FILE),
         );
+        // The operator's key, the same on the broker and every agent (as BOSH gives it): the
+        // archive data keys agents write are wrapped with it, and the broker unwraps them.
+        let fleet_key = wayback::crypto::encode_key(&wayback::crypto::random_key_bytes());
         let mut agents = Vec::new();
         for i in 0..n {
             let name = format!("agent-{}", (b'a' + i as u8) as char);
@@ -226,6 +231,10 @@ impl Fleet {
                 toml_str(&ca_cert.display().to_string()),
                 toml_str(&ca_key.display().to_string()),
             ));
+            text.push_str(&format!(
+                "\n[encryption.keys]\nfleet = {}\n",
+                toml_str(secrecy::ExposeSecret::expose_secret(&fleet_key))
+            ));
             let config = root.path().join(format!("{name}.toml"));
             std::fs::write(&config, text).unwrap();
             let mut agent = AgentProc {
@@ -256,6 +265,7 @@ impl Fleet {
             wait_healthy(&http, a).await;
         }
         let (archive_for_app, pw, ca_for_app) = (archive.clone(), password.clone(), ca.clone());
+        let fleet_key_for_app = fleet_key.clone();
         let app = spawn_app_with(move |s| {
             s.postgres.port_min = base;
             s.postgres.port_max = base + 99;
@@ -266,6 +276,7 @@ impl Fleet {
             s.agents.ca_cert = Some(ca_for_app);
             s.tls.ca_cert = Some(ca_cert.display().to_string());
             s.tls.ca_key = Some(ca_key.display().to_string().into());
+            s.encryption.keys.insert("fleet".into(), fleet_key_for_app);
             customise(s);
         })
         .await;
@@ -276,8 +287,15 @@ impl Fleet {
             password,
             archive,
             ca,
+            fleet_key,
             _root: root,
         }
+    }
+
+    /// The keyring the broker and the agents share.
+    fn keyring(&self) -> wayback::crypto::Keyring {
+        let key = wayback::crypto::decode_key("fleet", &self.fleet_key).unwrap();
+        wayback::crypto::Keyring::new(vec![("fleet".into(), key)], None).unwrap()
     }
 
     fn agent(&self, name: &str) -> &AgentProc {
@@ -317,6 +335,13 @@ impl Fleet {
         let out = Command::new(env!("CARGO_BIN_EXE_wayback"))
             .args(["agents", "--json"])
             .env("WAYBACK_DATA_DIR", &self.app.data_dir)
+            .env(
+                "WAYBACK_ENCRYPTION_KEYS",
+                format!(
+                    "fleet:{}",
+                    secrecy::ExposeSecret::expose_secret(&self.fleet_key)
+                ),
+            )
             .env("WAYBACK_AGENTS", urls.join(","))
             .env("WAYBACK_AGENTS_USERNAME", AGENT_USER)
             .env("WAYBACK_AGENTS_PASSWORD", &self.password)
@@ -543,15 +568,20 @@ async fn instances_spread_over_agents_and_live_their_life_there() {
         .join("clusters")
         .join(id)
         .exists());
-    let doc = fleet
-        .store()
-        .get(&prefix_of(id).instance_json())
+    // Sealed with the instance's data key, which the agent wrapped with the fleet's key.
+    let store = fleet.store();
+    let key =
+        wayback::archive::keydoc::data_key(&store, Some(&fleet.keyring()), prefix_of(id).as_str())
+            .await
+            .unwrap()
+            .map(wayback::archive::keydoc::ArchiveKey);
+    assert!(key.is_some(), "the agent's cluster archives encrypted");
+    let doc = wayback::archive::instance_doc::read(&store, &prefix_of(id), key.as_ref())
         .await
         .unwrap()
         .expect("instance.json written");
-    let doc: Value = serde_json::from_slice(&doc).unwrap();
-    assert_eq!(doc["state"], "deleted", "{doc}");
-    assert!(doc["final_lsn"].is_string(), "{doc}");
+    assert_eq!(doc.state, "deleted", "{doc:?}");
+    assert!(doc.final_lsn.is_some(), "{doc:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -55,6 +55,9 @@ async fn deprovision_loses_nothing(app: TestApp, store: ObjectStore) {
         .unwrap()
         .expect("final LSN recorded");
     let prefix = format!("spaces/{SPACE}/instances/{id}/wal/");
+    let data_key =
+        archive_keys::data_key(&store, &app.data_dir, prefix.trim_end_matches("/wal/")).await;
+    assert!(data_key.is_some(), "archives are encrypted by default");
     let objects = store.list(&prefix).await.unwrap();
     assert!(!objects.is_empty(), "no WAL archived under {prefix}");
     // Every object is a valid frame of this cluster; the newest commit we made is in one.
@@ -62,7 +65,8 @@ async fn deprovision_loses_nothing(app: TestApp, store: ObjectStore) {
     let mut sysids = std::collections::BTreeSet::new();
     for o in &objects {
         let bytes = store.get(&o.key).await.unwrap().unwrap();
-        let (header, raw) = frame::decode(&bytes).expect("valid archived file");
+        let (header, raw) = archive_keys::decode_frame(&bytes, &o.key, data_key.as_ref())
+            .expect("valid archived file");
         if o.key.ends_with(".history") || o.key.ends_with(".backup") {
             continue;
         }
@@ -197,7 +201,13 @@ async fn wal_push_and_fetch_keep_the_archive_rules() {
     ]);
     assert_eq!(code, 0, "{err}");
     let original = std::fs::read(&restored).unwrap();
-    let (_, archived_raw) = frame::decode(&wait_for_object(&store, &key).await).unwrap();
+    let data_key = target.data_key.clone();
+    let (_, archived_raw) = archive_keys::decode_frame(
+        &wait_for_object(&store, &key).await,
+        &key,
+        data_key.as_ref(),
+    )
+    .unwrap();
     assert_eq!(original, archived_raw);
 
     // An identical re-push succeeds; different content under the same name is refused.
@@ -213,7 +223,12 @@ async fn wal_push_and_fetch_keep_the_archive_rules() {
     let (code, err) = wayback(&["wal-push", "--target", &t, same.to_str().unwrap()]);
     assert_ne!(code, 0, "different content must be refused");
     assert!(err.contains("different content"), "{err}");
-    let (_, still) = frame::decode(&store.get(&key).await.unwrap().unwrap()).unwrap();
+    let (_, still) = archive_keys::decode_frame(
+        &store.get(&key).await.unwrap().unwrap(),
+        &key,
+        data_key.as_ref(),
+    )
+    .unwrap();
     assert_eq!(still, original, "the archive kept the original");
 
     // Foreign WAL: a segment of another system is refused on push and on fetch.
@@ -228,6 +243,7 @@ async fn wal_push_and_fetch_keep_the_archive_rules() {
     restore_foreign.restore_from = Some(wayback::archive::RestoreSource {
         prefix: target.prefix.clone(),
         system_identifier: target.system_identifier + 1,
+        data_key: target.data_key.clone(),
     });
     restore_foreign.fetch_ahead = 0;
     let trf = write_target(dir, "restore-foreign.json", &restore_foreign);

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use common::s3_server::S3Server;
 use common::*;
 use sqlx::Row;
-use wayback::archive::frame;
 use wayback::archive::layout::{WalFileKind, WalFileName};
 use wayback::storage::ObjectStore;
 
@@ -157,10 +156,13 @@ async fn storage_down_during_wal_push_loses_nothing_once_it_returns() {
             "{seg} archived"
         );
     }
+    let data_key =
+        archive_keys::data_key(&store, &app.data_dir, prefix.trim_end_matches("/wal/")).await;
     let mut sysids = std::collections::BTreeSet::new();
     for (_, key) in &segments {
         let bytes = store.get(key).await.unwrap().unwrap();
-        let (header, raw) = frame::decode(&bytes).expect("a valid frame");
+        let (header, raw) =
+            archive_keys::decode_frame(&bytes, key, data_key.as_ref()).expect("a valid frame");
         assert_eq!(raw.len(), 16 << 20);
         sysids.insert(header.system_identifier);
     }

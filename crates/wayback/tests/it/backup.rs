@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use sha2::Digest;
+use std::path::Path;
 use wayback::archive::layout::InstancePrefix;
 use wayback::archive::manifest::BackupManifest;
 use wayback::archive::{take_backup, ArchiveTarget, BackupOptions};
@@ -55,10 +55,17 @@ async fn wait_for_manifests(store: &ObjectStore, id: &str, n: usize) -> Vec<Back
     }
 }
 
-/// Checks every part against the manifest (stored size and CRC32, raw size and SHA-256),
-/// that the end segment is archived, and returns the whole tar.
-async fn verify(store: &ObjectStore, id: &str, m: &BackupManifest) -> Vec<u8> {
+/// Checks every part against the manifest (stored size and CRC32, raw size and SHA-256 — keyed
+/// when the parts are encrypted, then opened with the instance's data key), that the end
+/// segment is archived, and returns the whole tar.
+async fn verify(store: &ObjectStore, id: &str, m: &BackupManifest, data_dir: &Path) -> Vec<u8> {
     let p = prefix(id);
+    let data_key = archive_keys::data_key(store, data_dir, p.as_str()).await;
+    assert_eq!(
+        m.parts_encrypted(),
+        data_key.is_some(),
+        "key.json present ⇔ encrypted parts"
+    );
     let mut tar = Vec::new();
     for (i, part) in m.parts.iter().enumerate() {
         assert_eq!(part.index as usize, i);
@@ -66,10 +73,11 @@ async fn verify(store: &ObjectStore, id: &str, m: &BackupManifest) -> Vec<u8> {
         let stored = store.get(&key).await.unwrap().expect("part stored");
         assert_eq!(stored.len() as u64, part.stored_bytes, "{key}");
         assert_eq!(crc32fast::hash(&stored), part.crc32, "{key}");
-        let raw = zstd::stream::decode_all(&stored[..]).unwrap();
+        let payload = archive_keys::part_payload(&stored, &key, m, data_key.as_ref());
+        let raw = zstd::stream::decode_all(&payload[..]).unwrap();
         assert_eq!(raw.len() as u64, part.raw_bytes, "{key}");
         assert_eq!(
-            hex::encode(sha2::Sha256::digest(&raw)),
+            archive_keys::part_digest(&raw, m, data_key.as_ref()),
             part.sha256,
             "{key}"
         );
@@ -206,7 +214,7 @@ async fn backups_appear_and_verify(archive: StorageSettings) {
         assert_eq!(value, show(&app, &id, name).await, "floor {name}");
     }
     assert!(first.floors.max_connections > 0);
-    let tar = verify(&store, &id, &first).await;
+    let tar = verify(&store, &id, &first, &app.data_dir).await;
     check_tar(&tar, &first);
     let recorded = app
         .store
@@ -236,7 +244,7 @@ async fn backups_appear_and_verify(archive: StorageSettings) {
         all.contains(&second),
         "the printed manifest is the stored one"
     );
-    let tar = verify(&store, &id, &second).await;
+    let tar = verify(&store, &id, &second, &app.data_dir).await;
     check_tar(&tar, &second);
     assert!(second.raw_bytes > first.raw_bytes, "the new table is in it");
 }
@@ -316,6 +324,6 @@ async fn a_failed_backup_leaves_nothing() {
     let report = take_backup(&source, &store, &prefix(&id), &options)
         .await
         .unwrap();
-    let tar = verify(&local, &id, &report.manifest).await;
+    let tar = verify(&local, &id, &report.manifest, &app.data_dir).await;
     check_tar(&tar, &report.manifest);
 }

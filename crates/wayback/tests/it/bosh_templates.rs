@@ -270,6 +270,15 @@ fn the_agent_config_carries_the_manifest_values() {
     );
     assert_eq!(minimal["tls"]["require"].as_bool(), Some(false));
     assert_eq!(full["tls"]["require"].as_bool(), Some(true));
+    // The broker's keys, derived as the broker's template derives them: the agent wraps its
+    // clusters' archive data keys with them and the broker unwraps them.
+    let broker = rendered_toml(out.path(), "broker-full");
+    assert_eq!(full["encryption"], broker["encryption"]);
+    assert_eq!(full["encryption"]["current_key"].as_str(), Some("key-2"));
+    assert!(minimal.get("encryption").is_none());
+    for toml in [&minimal, &full, &broker] {
+        assert_eq!(toml["archive"]["encrypt"].as_bool(), Some(true));
+    }
 }
 
 #[test]

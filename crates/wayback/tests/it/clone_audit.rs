@@ -27,7 +27,11 @@ async fn clone_doc(app: &TestApp, id: &str) -> InstanceDoc {
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(doc) = instance_doc::read(&store, &prefix).await.unwrap() {
+        let key = archive_keys::data_key(&store, &app.data_dir, prefix.as_str()).await;
+        if let Some(doc) = instance_doc::read(&store, &prefix, key.as_ref())
+            .await
+            .unwrap()
+        {
             if doc.cloned_from.is_some() {
                 return doc;
             }

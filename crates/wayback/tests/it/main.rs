@@ -13,6 +13,7 @@ mod pg_support;
 
 mod agents;
 mod archive;
+mod archive_crypt;
 mod archive_faults;
 mod backup;
 mod backup_schedule;

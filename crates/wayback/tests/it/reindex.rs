@@ -28,8 +28,15 @@ fn prefix_of(id: &str) -> InstancePrefix {
 }
 
 /// Runs `wayback reindex --json ARGS` on `data_dir` with `archive`; the report.
-fn reindex_cli(data_dir: &std::path::Path, archive: &StorageSettings, extra: &[&str]) -> Value {
+/// `keys`: `WAYBACK_ENCRYPTION_KEYS`, the operator's keys the sealed documents need.
+fn reindex_cli(
+    data_dir: &std::path::Path,
+    archive: &StorageSettings,
+    keys: &str,
+    extra: &[&str],
+) -> Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wayback"));
+    cmd.env("WAYBACK_ENCRYPTION_KEYS", keys);
     cmd.args(["reindex", "--json", "--windows", "--data-dir"])
         .arg(data_dir)
         .args(extra)
@@ -168,11 +175,18 @@ async fn database_lost_then_reindexed(archive: Option<StorageSettings>) {
     let mut old = old;
     old.stop().await;
 
-    // A new broker on an empty state database, the same archive.
-    let new = spawn_app_with(|s| s.archive = archive.clone()).await;
+    // A new broker on an empty state database, the same archive, and the operator's key
+    // (the archive is encrypted with data keys it wraps: without it nothing could be restored).
+    let (key_id, key) = archive_keys::generated_key(&old.data_dir);
+    let keys = format!("{key_id}:{}", secrecy::ExposeSecret::expose_secret(&key));
+    let new = spawn_app_with(|s| {
+        s.archive = archive.clone();
+        s.encryption.keys.insert(key_id, key);
+    })
+    .await;
     assert_eq!(facts(&new.store, &gone).await, Value::Null);
 
-    let dry = reindex_cli(&new.data_dir, &archive, &["--dry-run"]);
+    let dry = reindex_cli(&new.data_dir, &archive, &keys, &["--dry-run"]);
     assert_eq!(dry["dry_run"], true);
     assert_eq!(
         actions(&dry, &[&gone, &live]),
@@ -189,7 +203,7 @@ async fn database_lost_then_reindexed(archive: Option<StorageSettings>) {
         "a dry run adds nothing"
     );
 
-    let first = reindex_cli(&new.data_dir, &archive, &[]);
+    let first = reindex_cli(&new.data_dir, &archive, &keys, &[]);
     assert_eq!(
         actions(&first, &[&gone, &live]),
         [("added".into(), 2), ("added".into(), 1)]
@@ -229,7 +243,7 @@ async fn database_lost_then_reindexed(archive: Option<StorageSettings>) {
         facts(&new.store, &gone).await,
         facts(&new.store, &live).await,
     );
-    let second = reindex_cli(&new.data_dir, &archive, &[]);
+    let second = reindex_cli(&new.data_dir, &archive, &keys, &[]);
     assert_eq!(
         actions(&second, &[&gone, &live]),
         [("unchanged".into(), 0), ("unchanged".into(), 0)]

@@ -175,11 +175,18 @@ impl Source {
         target: RestoreTarget,
     ) -> RestoreRequest {
         let root = scratch.path();
+        let source_key = archive_keys::data_key(
+            &self.store,
+            &self.app.data_dir,
+            prefix_of(&self.id).as_str(),
+        )
+        .await;
         RestoreRequest {
             store: self.store.clone(),
             storage: self.storage.clone(),
             source: prefix_of(&self.id),
             system_identifier: manifest.system_identifier,
+            source_key,
             target,
             dirs: ClusterDirs {
                 pgdata: root.join("pgdata"),

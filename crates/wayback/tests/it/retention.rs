@@ -260,11 +260,12 @@ async fn the_window_ends_at_the_last_commit_not_at_idle_segments() {
 async fn wait_for_doc(
     store: &ObjectStore,
     p: &InstancePrefix,
+    key: Option<&wayback::archive::keydoc::ArchiveKey>,
     ok: impl Fn(&InstanceDoc) -> bool,
 ) -> InstanceDoc {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(doc) = instance_doc::read(store, p).await.unwrap() {
+        if let Some(doc) = instance_doc::read(store, p, key).await.unwrap() {
             if ok(&doc) {
                 return doc;
             }
@@ -289,8 +290,11 @@ async fn instance_json_follows_the_instance_and_the_reaper_waits_for_its_days() 
     let store = ObjectStore::local(&app.data_dir.join("archive")).unwrap();
     let id = app.provision_ready("orders").await;
     let p = prefix_of(SPACE, &id);
+    // The archive is encrypted: instance.json is sealed with the instance's data key.
+    let key = archive_keys::data_key(&store, &app.data_dir, p.as_str()).await;
+    assert!(key.is_some());
 
-    let doc = wait_for_doc(&store, &p, |d| d.state == "ready").await;
+    let doc = wait_for_doc(&store, &p, key.as_ref(), |d| d.state == "ready").await;
     assert_eq!(
         (
             doc.instance_id.as_str(),
@@ -321,7 +325,7 @@ async fn instance_json_follows_the_instance_and_the_reaper_waits_for_its_days() 
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let doc = wait_for_doc(&store, &p, |d| d.names.len() == 2).await;
+    let doc = wait_for_doc(&store, &p, key.as_ref(), |d| d.names.len() == 2).await;
     let names: Vec<(&str, &str)> = doc
         .names
         .iter()
@@ -334,7 +338,7 @@ async fn instance_json_follows_the_instance_and_the_reaper_waits_for_its_days() 
     let iid = InstanceId::parse(id.clone()).unwrap();
     let record = app.store.get_instance(&iid).await.unwrap().unwrap();
     let deleted_ms = record.deleted_at.expect("deleted_at recorded");
-    let doc = wait_for_doc(&store, &p, |d| {
+    let doc = wait_for_doc(&store, &p, key.as_ref(), |d| {
         d.deleted_at.map(|t| t.timestamp_millis()) == Some(deleted_ms)
     })
     .await;
@@ -346,10 +350,14 @@ async fn instance_json_follows_the_instance_and_the_reaper_waits_for_its_days() 
     assert_eq!(doc.reaped_at, None);
 
     // The index can be rebuilt from storage alone.
-    let index = instance_doc::rebuild_index(&store).await.unwrap();
+    let ring = archive_keys::keyring(&wayback::config::Settings::default(), &app.data_dir);
+    let index = instance_doc::rebuild_index(&store, Some(&ring))
+        .await
+        .unwrap();
     assert_eq!(index.docs, vec![doc.clone()]);
 
-    // The reaper: nothing before deleted_days, everything but instance.json after.
+    // The reaper: nothing before deleted_days, everything but instance.json (and key.json,
+    // which opens it) after.
     let maintenance = ArchiveMaintenance::new(
         app.store.clone(),
         Arc::new(wayback::catalog::Catalog::load(None).unwrap()),
@@ -373,7 +381,7 @@ async fn instance_json_follows_the_instance_and_the_reaper_waits_for_its_days() 
     let later = deleted + chrono::Duration::days(15);
     let dry = maintenance.prune_all(later, true).await.unwrap();
     assert_eq!(dry.instances[0].action, "reap");
-    assert_eq!(dry.instances[0].deleted_objects, everything.len() - 1);
+    assert_eq!(dry.instances[0].deleted_objects, everything.len() - 2);
     assert_eq!(
         keys(&store, &p).await,
         everything,
@@ -381,13 +389,19 @@ async fn instance_json_follows_the_instance_and_the_reaper_waits_for_its_days() 
     );
 
     let done = maintenance.prune_all(later, false).await.unwrap();
-    assert_eq!(done.instances[0].deleted_objects, everything.len() - 1);
-    assert_eq!(keys(&store, &p).await, BTreeSet::from([p.instance_json()]));
+    assert_eq!(done.instances[0].deleted_objects, everything.len() - 2);
+    assert_eq!(
+        keys(&store, &p).await,
+        BTreeSet::from([p.instance_json(), format!("{}/key.json", p.as_str())])
+    );
     assert_eq!(
         app.store.instance_reaped_at(&iid).await.unwrap(),
         Some(later.timestamp_millis())
     );
-    let doc = instance_doc::read(&store, &p).await.unwrap().unwrap();
+    let doc = instance_doc::read(&store, &p, key.as_ref())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(doc.reaped_at, Some(later));
     assert_eq!(doc.final_lsn.as_deref(), Some(lsn.as_str()), "history kept");
     let again = maintenance.prune_all(later, false).await.unwrap();

@@ -1,7 +1,7 @@
 //! The broker while its object storage is down (README "When object storage is down"), with an
 //! S3 server of the test's own that it stops and starts: the broker starts anyway and says so
 //! on `/health`, serves what needs no storage, refuses a clone with a 503 that names storage, a
-//! clone caught by an outage waits for it and finishes, and one that outlasts its wait fails
+//! provision of an encrypted archive and a clone caught by an outage wait for it and finish, and one that outlasts its wait fails
 //! saying why and leaves no cluster behind.
 
 use crate::common;
@@ -70,7 +70,13 @@ async fn the_broker_starts_without_object_storage_and_serves_what_needs_none() {
     }
     let settings = s3.settings("down-at-start");
     s3.stop();
-    let app = spawn_app_with(|s| s.archive = settings.clone()).await;
+    // In clear: an encrypted instance's first step writes its key.json, so it waits for
+    // storage (README "When object storage is down").
+    let app = spawn_app_with(|s| {
+        s.archive = settings.clone();
+        s.archive.encrypt = false;
+    })
+    .await;
 
     let (status, body) = health(&app).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -174,6 +180,40 @@ fn prefix_of(id: &str) -> InstancePrefix {
         &SpaceGuid::parse(SPACE).unwrap(),
         &InstanceId::parse(id.to_string()).unwrap(),
     )
+}
+
+/// With `archive.encrypt` on, a provision's archive step writes the instance's key.json first:
+/// it waits for storage (saying so, spending no attempt) and finishes once storage is back.
+#[tokio::test]
+async fn an_encrypted_provision_waits_for_storage_to_store_its_key() {
+    let Some(mut s3) = S3Server::start().await else {
+        require("the s3s-fs binary (scripts/setup --with-s3)", false);
+        return;
+    };
+    if !pg_available() {
+        return;
+    }
+    let settings = s3.settings("key-wait");
+    let store = ObjectStore::open(&settings).unwrap();
+    s3.stop();
+    let app = spawn_app_with(|s| s.archive = settings.clone()).await;
+    let id = new_id();
+    let r = app
+        .put_instance(&id, &provision_body(SMALL, "sealed"))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let op: Value = r.json().await.unwrap();
+    let waiting = wait_for_storage_wait(&app, &id).await;
+    assert!(waiting.contains("unreachable at s3://"), "{waiting}");
+    s3.resume().await;
+    let (status, body) = app.poll_instance(&id, op["operation"].as_str()).await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (StatusCode::OK, Some("succeeded")),
+        "{body}"
+    );
+    let key = format!("{}/key.json", prefix_of(&id).as_str());
+    assert!(store.head(&key).await.unwrap().is_some(), "{key} stored");
 }
 
 /// A clone caught by an outage waits (saying so) and finishes once storage is back; one whose

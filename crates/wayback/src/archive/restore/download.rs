@@ -1,14 +1,14 @@
 //! Downloading a base backup: parts fetched and decompressed a few at a time, verified, and
 //! handed in order to the unpacker.
 //!
-//! Each part is one task (download, CRC32 of the stored bytes, zstd decompression, SHA-256 of
-//! the raw bytes), so parts progress on their own while the unpacker writes an earlier one;
+//! Each part is one task (download, CRC32 of the stored bytes, decryption when the manifest says
+//! the parts are encrypted, zstd decompression, SHA-256 — or the keyed hash — of the raw bytes), so parts progress on their own while the unpacker writes an earlier one;
 //! `buffered` keeps at most `parallel` of them in flight and yields them in tar order. The
 //! unpacker runs on a blocking thread fed through a channel of one part. Memory is bounded by
 //! the parts in flight — nothing is staged on disk but the unpacked files themselves.
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -17,6 +17,7 @@ use super::untar;
 use super::RestoreError;
 use crate::archive::layout::InstancePrefix;
 use crate::archive::manifest::{part_key, BackupManifest, BackupPart};
+use crate::crypto::archive_cipher::ArchiveCipher;
 use crate::pg::fsutil::Owner;
 use crate::storage::ObjectStore;
 
@@ -44,6 +45,7 @@ async fn fetch_part(
     store: ObjectStore,
     key: String,
     part: BackupPart,
+    cipher: Option<Arc<ArchiveCipher>>,
 ) -> Result<Bytes, RestoreError> {
     let stored = store
         .get(&key)
@@ -72,8 +74,18 @@ async fn fetch_part(
             )));
         }
         let cap = usize::try_from(part.raw_bytes).map_err(|_| corrupt("raw size".into()))?;
+        let opened;
+        let compressed = match &cipher {
+            Some(c) => {
+                opened = c
+                    .open(&stored, key.as_bytes())
+                    .map_err(|e| corrupt(e.to_string()))?;
+                &opened[..]
+            }
+            None => &stored[..],
+        };
         let raw =
-            zstd::bulk::decompress(&stored, cap).map_err(|e| corrupt(format!("zstd: {e}")))?;
+            zstd::bulk::decompress(compressed, cap).map_err(|e| corrupt(format!("zstd: {e}")))?;
         if raw.len() as u64 != part.raw_bytes {
             return Err(corrupt(format!(
                 "{} raw bytes, the manifest says {}",
@@ -81,7 +93,10 @@ async fn fetch_part(
                 part.raw_bytes
             )));
         }
-        let sha = hex::encode(crate::archive::frame::sha256(&raw));
+        let sha = hex::encode(crate::archive::frame::content_digest(
+            &raw,
+            cipher.as_deref(),
+        ));
         if !sha.eq_ignore_ascii_case(&part.sha256) {
             return Err(corrupt(format!(
                 "SHA-256 {sha}, the manifest says {}",
@@ -97,17 +112,29 @@ async fn fetch_part(
     })?
 }
 
-/// Downloads backup `m` of `prefix` and unpacks it into `pgdata` (created, mode 0700, owned by
-/// `owner`). Returns the compressed bytes downloaded.
+/// Where a backup's parts are read from: the archive, the source's prefix and, when the
+/// manifest says the parts are encrypted, the source's cipher.
+pub(super) struct PartSource<'a> {
+    pub store: &'a ObjectStore,
+    pub prefix: &'a InstancePrefix,
+    pub cipher: Option<Arc<ArchiveCipher>>,
+}
+
+/// Downloads backup `m` from `source` and unpacks it into `pgdata` (created, mode 0700, owned
+/// by `owner`). Returns the compressed bytes downloaded.
 pub(super) async fn download_and_unpack(
-    store: &ObjectStore,
-    prefix: &InstancePrefix,
+    source: PartSource<'_>,
     m: &BackupManifest,
     pgdata: &Path,
     owner: Option<Owner>,
     parallel: usize,
     progress: Option<&super::RestoreProgress>,
 ) -> Result<u64, RestoreError> {
+    let PartSource {
+        store,
+        prefix,
+        cipher,
+    } = source;
     let mut parts = m.parts.clone();
     parts.sort_by_key(|p| p.index);
     if parts.iter().enumerate().any(|(i, p)| p.index as usize != i) {
@@ -127,7 +154,12 @@ pub(super) async fn download_and_unpack(
     let mut stream = futures::stream::iter(parts)
         .map(|part| {
             let key = part_key(prefix, &m.backup_id, part.index);
-            AbortOnDrop(tokio::spawn(fetch_part(store.clone(), key, part)))
+            AbortOnDrop(tokio::spawn(fetch_part(
+                store.clone(),
+                key,
+                part,
+                cipher.clone(),
+            )))
         })
         .buffered(parallel);
     let mut failure = None;

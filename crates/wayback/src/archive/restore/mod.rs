@@ -66,6 +66,9 @@ pub struct RestoreRequest {
     /// The instance to restore from, and its system identifier (rule 8).
     pub source: InstancePrefix,
     pub system_identifier: u64,
+    /// The source archive's data key (unwrapped from its `key.json` by the caller, who holds
+    /// the keyring); None: the source is in clear.
+    pub source_key: Option<super::keydoc::ArchiveKey>,
     pub target: RestoreTarget,
     /// Data directory, socket directory and server log of the new cluster.
     pub dirs: ClusterDirs,
@@ -233,13 +236,19 @@ pub enum RestoreError {
 impl RestoreError {
     /// Storage trouble may pass (the restore is tried again); nothing else will.
     pub fn is_transient(&self) -> bool {
-        matches!(self, RestoreError::Storage(_) | RestoreError::Archive(_))
+        match self {
+            RestoreError::Storage(_) => true,
+            RestoreError::Archive(e) => !matches!(e, crate::archive::ArchiveError::Key(_)),
+            _ => false,
+        }
     }
 
     /// What the platform's user reads about it (no paths, no server log).
     pub fn user_message(&self) -> String {
         match self {
-            RestoreError::NoBackup { .. } | RestoreError::OutsideWindow { .. } => self.to_string(),
+            RestoreError::NoBackup { .. }
+            | RestoreError::OutsideWindow { .. }
+            | RestoreError::Archive(crate::archive::ArchiveError::Key(_)) => self.to_string(),
             RestoreError::RecoveryFailed { .. } => {
                 "replaying the source's WAL failed; the operator's log has the server's messages"
                     .into()
@@ -283,6 +292,16 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport, RestoreError
     check_request(req)?;
     let plan = plan::plan(&req.store, &req.source, req.system_identifier, req.target).await?;
     let m = &plan.backup;
+    if m.parts_encrypted() && req.source_key.is_none() {
+        return Err(crate::archive::ArchiveError::Key(format!(
+            "backup {} of {} is encrypted, and the restore was given no data key for it \
+             ({} is missing or unreadable)",
+            m.backup_id,
+            req.source.as_str(),
+            super::keydoc::doc_key(req.source.as_str())
+        ))
+        .into());
+    }
     tracing::info!(source = req.source.as_str(), backup = %m.backup_id, target = ?req.target, wal_segments = plan.wal_segments, "restoring");
     if let Some(p) = &req.progress {
         p.bytes_total.store(m.raw_bytes, Ordering::Relaxed);
@@ -294,9 +313,17 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport, RestoreError
 
     let owner = req.tools.run_as.owner();
     let t0 = Instant::now();
+    let parts = download::PartSource {
+        store: &req.store,
+        prefix: &req.source,
+        cipher: req
+            .source_key
+            .as_ref()
+            .filter(|_| m.parts_encrypted())
+            .map(|k| std::sync::Arc::new(k.cipher())),
+    };
     let downloaded = download::download_and_unpack(
-        &req.store,
-        &req.source,
+        parts,
         m,
         &req.dirs.pgdata,
         owner,

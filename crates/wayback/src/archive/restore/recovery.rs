@@ -183,7 +183,9 @@ fn target_file(req: &RestoreRequest, sysid: u64, restoring: bool) -> ArchiveTarg
         restore_from: restoring.then(|| RestoreSource {
             prefix: req.source.as_str().to_string(),
             system_identifier: sysid,
+            data_key: req.source_key.clone(),
         }),
+        data_key: base.as_ref().and_then(|a| a.data_key.clone()),
     }
 }
 

@@ -35,6 +35,16 @@ impl LocalRuntime {
         let mut target = target.clone();
         target.system_identifier = self.system_identifier(id)?;
         let target_file = root.join("archive.json");
+        // The key this cluster already archives with (a clone's restore wrote it; a step run
+        // again): kept, with no storage round trip.
+        let existing = ArchiveTarget::load(&target_file)
+            .ok()
+            .filter(|t| t.prefix == target.prefix)
+            .and_then(|t| t.data_key);
+        target.data_key = match existing {
+            Some(key) => Some(key),
+            None => self.archive_data_key(&target.prefix).await?,
+        };
         target
             .write(&target_file)
             .map_err(|e| rt(PgError::Setup(format!("write the archive target: {e}"))))?;
@@ -69,6 +79,37 @@ impl LocalRuntime {
             .map_err(PgError::io(format!("write {}", conf_path.display())))
             .map_err(rt)?;
         Ok(())
+    }
+}
+
+impl LocalRuntime {
+    /// The data key the instance at `prefix` archives with (see the module docs); None: in
+    /// clear (`archive.encrypt` off), or this runtime has no archive access (it then writes the
+    /// target as given).
+    pub(super) async fn archive_data_key(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<crate::archive::keydoc::ArchiveKey>, RuntimeError> {
+        let Some(access) = &self.archive else {
+            return Ok(None);
+        };
+        // In clear: nothing to store, so a provision needs no object storage (README "When
+        // object storage is down"); a key.json can only exist for a new prefix once the
+        // restore that made it wrote this cluster's target, which the caller keeps.
+        if !access.settings.archive.encrypt {
+            return Ok(None);
+        }
+        crate::archive::keydoc::ensure(
+            &access.store,
+            access.keyring.as_deref(),
+            prefix,
+            access.settings.archive.encrypt,
+        )
+        .await
+        .map(|k| k.map(crate::archive::keydoc::ArchiveKey))
+        // Storage trouble is retried; a key that is missing or does not unwrap is permanent
+        // (the restore error's classification, shared with a clone's source key).
+        .map_err(|e| RuntimeError::Restore(e.into()))
     }
 }
 

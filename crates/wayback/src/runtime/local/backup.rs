@@ -4,7 +4,7 @@
 //!
 //! The system identifier handed over is the one the instance's archive target names (what its
 //! WAL is checked against, rule 8), so a backup can never land in an archive whose WAL belongs
-//! to another cluster. Must not import `osb`, `broker`, `store` or `jobs`.
+//! to another cluster; likewise its data key, so that backups are encrypted as its WAL is. Must not import `osb`, `broker`, `store` or `jobs`.
 
 use secrecy::SecretString;
 
@@ -24,10 +24,9 @@ impl LocalRuntime {
         let text =
             std::fs::read_to_string(&pw_file).map_err(io(format!("read {}", pw_file.display())))?;
         let target_file = self.layout.cluster(id).join("archive.json");
-        let system_identifier = if target_file.is_file() {
+        let target = if target_file.is_file() {
             ArchiveTarget::load(&target_file)
                 .map_err(|e| rt(PgError::Setup(format!("read the archive target: {e}"))))?
-                .system_identifier
         } else {
             return Err(rt(PgError::Setup(format!(
                 "instance {id} does not archive (no {}); a base backup would not be restorable",
@@ -40,7 +39,9 @@ impl LocalRuntime {
             socket_dir: dirs.socket_dir,
             port,
             password: SecretString::from(text.trim().to_string()),
-            system_identifier,
+            system_identifier: target.system_identifier,
+            // The key the cluster's own WAL is encrypted with: its backups use the same.
+            data_key: target.data_key,
         })
     }
 

@@ -32,6 +32,7 @@ use wayback_api::agent::{RestorePhase, RestoreState, RestoreStatus, WireError};
 
 use super::layout::Layout;
 use super::{io, rt, ArchiveAccess, LocalRuntime};
+use crate::archive::keydoc;
 use crate::archive::layout::InstancePrefix;
 use crate::archive::restore::{self as engine, RestoreProgress, RestoreReport};
 use crate::archive::ArchiveTarget;
@@ -220,9 +221,25 @@ impl Site {
         progress: Arc<RestoreProgress>,
     ) -> Result<Option<RestoreReport>, RuntimeError> {
         let settings = &self.archive.settings;
+        // The source's data key first: a key that is missing or does not unwrap fails the
+        // restore before anything is created (not even the new instance's key.json).
+        let keyring = self.archive.keyring.as_deref();
+        let source_key = keydoc::data_key(&self.archive.store, keyring, spec.source.as_str())
+            .await
+            .map_err(|e| RuntimeError::Restore(e.into()))?
+            .map(keydoc::ArchiveKey);
         // The new instance's own archive: it archives there from its first moment.
-        let own = ArchiveTarget::for_instance(settings, &spec.space, id);
+        let mut own = ArchiveTarget::for_instance(settings, &spec.space, id);
         let own_prefix = InstancePrefix::new(&spec.space, id);
+        own.data_key = keydoc::ensure(
+            &self.archive.store,
+            keyring,
+            own_prefix.as_str(),
+            settings.archive.encrypt,
+        )
+        .await
+        .map_err(|e| RuntimeError::Restore(e.into()))?
+        .map(keydoc::ArchiveKey);
         let Some(slot) = self.prepare(id, spec.port, &own, &own_prefix).await? else {
             return Ok(None);
         };
@@ -231,6 +248,7 @@ impl Site {
             storage: crate::archive::target::capture_environment(&settings.archive),
             source: spec.source,
             system_identifier: spec.source_system_identifier,
+            source_key,
             target: spec.target,
             dirs: self.layout.dirs(id),
             port: spec.port,

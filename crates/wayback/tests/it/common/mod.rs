@@ -5,6 +5,7 @@
 //! and every cluster it started.
 #![allow(dead_code)]
 
+pub mod archive_keys;
 pub mod fake_cf;
 pub mod fake_runtime;
 pub mod golden;

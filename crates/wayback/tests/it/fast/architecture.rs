@@ -28,11 +28,13 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("cc", &["config", "domain"]),
     (
         "archive",
-        &["config", "crash_point", "domain", "pg", "storage"],
+        &["config", "crash_point", "crypto", "domain", "pg", "storage"],
     ),
     (
         "runtime",
-        &["archive", "config", "domain", "pg", "storage", "tls"],
+        &[
+            "archive", "config", "crypto", "domain", "pg", "storage", "tls",
+        ],
     ),
     ("metrics", &["domain", "runtime"]),
     (
@@ -101,6 +103,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
             "catalog",
             "cc",
             "config",
+            "crypto",
             "context",
             "domain",
             "jobs",

@@ -142,7 +142,8 @@ async fn every_operation_records_who_asked() {
         &wayback::domain::SpaceGuid::parse(SPACE).unwrap(),
         &iid(&id),
     );
-    let doc = instance_doc::read(&archive, &prefix)
+    // The fake runtime writes no key.json: the document is in clear.
+    let doc = instance_doc::read(&archive, &prefix, None)
         .await
         .unwrap()
         .expect("instance.json");
