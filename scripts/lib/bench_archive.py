@@ -60,6 +60,9 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 ANCHOR_TUNED = {"backup_s": 7.9, "restore_s": 7.1, "replay_s": 8.4}
 ANCHOR_DEFAULTS = {"backup_s": 28.0, "restore_s": 13.0, "replay_s": 6.0}
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_md import write_generated_block  # noqa: E402  (scripts/lib/bench_md.py)
+
 SECTION = "## Archive: backup, restore, replay"
 BEGIN = "<!-- bench-archive -->"
 END = "<!-- /bench-archive -->"
@@ -753,22 +756,7 @@ def render_markdown(rows, r: dict) -> str:
 
 
 def write_benchmarks(path: str, block: str) -> None:
-    text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
-    generated = f"{BEGIN}\n{block}\n{END}"
-    if BEGIN in text and END in text:
-        start = text.index(BEGIN)
-        end = text.index(END) + len(END)
-        text = text[:start] + generated + text[end:]
-    elif SECTION in text:
-        # Section without a generated block: put the block right under its heading.
-        at = text.index(SECTION) + len(SECTION)
-        text = text[:at] + "\n\n" + generated + "\n" + text[at:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + SECTION + "\n\n" + generated + "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_generated_block(path, SECTION, BEGIN, END, block)
 
 
 def report(args: argparse.Namespace) -> int:

@@ -16,6 +16,9 @@ import os
 import statistics
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_md import write_generated_block  # noqa: E402  (scripts/lib/bench_md.py)
+
 SECTION = "## TLS: what it costs the app"
 BEGIN = "<!-- bench-tls -->"
 END = "<!-- /bench-tls -->"
@@ -100,19 +103,7 @@ def render_markdown(rows, r: dict) -> str:
 
 
 def write_benchmarks(path: str, block: str) -> None:
-    text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
-    generated = f"{BEGIN}\n{block}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + generated + text[text.index(END) + len(END):]
-    elif SECTION in text:
-        at = text.index(SECTION) + len(SECTION)
-        text = text[:at] + "\n\n" + generated + "\n" + text[at:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + SECTION + "\n\n" + generated + "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_generated_block(path, SECTION, BEGIN, END, block)
 
 
 def main() -> int:

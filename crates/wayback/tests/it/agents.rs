@@ -8,6 +8,7 @@
 //! whose agent is gone comes back on the other agent with everything it archived.
 
 use crate::common;
+use crate::common::archive_wait::{prefix_of, wait_for_backup};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,10 +17,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use wayback::archive::layout::InstancePrefix;
-use wayback::archive::window::restore_window;
 use wayback::config::AgentEndpoint;
-use wayback::domain::{InstanceId, SpaceGuid};
+use wayback::domain::InstanceId;
 use wayback::storage::{ObjectStore, StorageSettings};
 
 const AGENT_USER: &str = "broker";
@@ -398,26 +397,6 @@ async fn wait_healthy(http: &reqwest::Client, agent: &AgentProc) {
             agent.log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn prefix_of(id: &str) -> InstancePrefix {
-    InstancePrefix::new(
-        &SpaceGuid::parse(SPACE).unwrap(),
-        &InstanceId::parse(id.to_string()).unwrap(),
-    )
-}
-
-async fn wait_for_backup(store: &ObjectStore, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while restore_window(store, &prefix_of(id))
-        .await
-        .unwrap()
-        .backups
-        .is_empty()
-    {
-        assert!(Instant::now() < deadline, "no base backup of {id} in 120 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

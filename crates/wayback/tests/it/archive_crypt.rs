@@ -6,10 +6,11 @@
 //! archive written in clear still restores on a broker with encryption on.
 
 use crate::common;
+use crate::common::archive_wait::{archive_now, prefix_of, wait_for_backup};
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::s3_server::S3Server;
@@ -17,47 +18,9 @@ use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use wayback::archive::keydoc;
-use wayback::archive::layout::InstancePrefix;
-use wayback::archive::window::restore_window;
 use wayback::archive::{take_backup, BackupOptions};
-use wayback::domain::{InstanceId, SpaceGuid};
+use wayback::domain::InstanceId;
 use wayback::storage::{ObjectStore, StorageSettings};
-
-fn prefix_of(id: &str) -> InstancePrefix {
-    InstancePrefix::new(
-        &SpaceGuid::parse(SPACE).unwrap(),
-        &InstanceId::parse(id.to_string()).unwrap(),
-    )
-}
-
-/// Waits until the instance has a complete base backup (the broker takes one after a
-/// provision or clone), so that it can be cloned.
-async fn wait_for_backup(store: &ObjectStore, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while restore_window(store, &prefix_of(id))
-        .await
-        .unwrap()
-        .backups
-        .is_empty()
-    {
-        assert!(Instant::now() < deadline, "no base backup of {id} in 120 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Switches WAL and waits until the completed segment is archived.
-async fn archive_now(admin: &mut sqlx::PgConnection, store: &ObjectStore, id: &str) {
-    let seg: String = sqlx::query_scalar("SELECT pg_walfile_name(pg_switch_wal())")
-        .fetch_one(&mut *admin)
-        .await
-        .unwrap();
-    let key = format!("{}/wal/{seg}", prefix_of(id).as_str());
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while store.head(&key).await.unwrap().is_none() {
-        assert!(Instant::now() < deadline, "{key} not archived within 90 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// A base backup now, as `wayback backup` takes it (with the cluster's own archive target, so
 /// encrypted exactly as its WAL is).

@@ -6,6 +6,7 @@
 //! candidates), malformed times and times outside the restore window.
 
 use crate::common;
+use crate::common::archive_wait::{archive_now, wait_for_backup};
 
 use std::time::{Duration, Instant};
 
@@ -13,52 +14,14 @@ use chrono::{DateTime, Utc};
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sqlx::Row;
 use wayback::archive::layout::InstancePrefix;
-use wayback::archive::window::restore_window;
 use wayback::domain::{InstanceId, SpaceGuid};
 use wayback::storage::ObjectStore;
 
 const OTHER_SPACE: &str = "5ace0000-0000-4000-8000-0000000000ff";
 
-fn prefix_of(id: &str) -> InstancePrefix {
-    InstancePrefix::new(
-        &SpaceGuid::parse(SPACE).unwrap(),
-        &InstanceId::parse(id.to_string()).unwrap(),
-    )
-}
-
 fn local_store(app: &TestApp) -> ObjectStore {
     ObjectStore::local(&app.data_dir.join("archive")).unwrap()
-}
-
-/// Waits until the instance's first base backup is complete (the broker takes it after
-/// provisioning), so that it can be cloned.
-async fn wait_for_backup(store: &ObjectStore, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let w = restore_window(store, &prefix_of(id)).await.unwrap();
-        if !w.backups.is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no base backup of {id} in 120 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Switches WAL and waits until the completed segment is archived.
-async fn archive_now(admin: &mut sqlx::PgConnection, store: &ObjectStore, id: &str) {
-    let seg: String = sqlx::query("SELECT pg_walfile_name(pg_switch_wal())")
-        .fetch_one(&mut *admin)
-        .await
-        .unwrap()
-        .get(0);
-    let key = format!("{}/wal/{seg}", prefix_of(id).as_str());
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while store.get(&key).await.unwrap().is_none() {
-        assert!(Instant::now() < deadline, "{key} not archived within 90 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn rows(conn: &mut sqlx::PgConnection, sql: &str) -> Vec<String> {

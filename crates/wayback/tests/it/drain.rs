@@ -5,23 +5,15 @@
 //! state database.
 
 use crate::common;
+use crate::common::archive_wait::prefix_of;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::*;
-use wayback::archive::layout::InstancePrefix;
 use wayback::archive::window::restore_window;
-use wayback::domain::{InstanceId, SpaceGuid};
 use wayback::storage::ObjectStore;
-
-fn prefix_of(id: &str) -> InstancePrefix {
-    InstancePrefix::new(
-        &SpaceGuid::parse(SPACE).unwrap(),
-        &InstanceId::parse(id.to_string()).unwrap(),
-    )
-}
 
 async fn clock(conn: &mut sqlx::PgConnection) -> DateTime<Utc> {
     let text: String = sqlx::query_scalar(

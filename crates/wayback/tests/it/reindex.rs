@@ -7,24 +7,20 @@
 //! own (complete) database is left exactly as it was.
 
 use crate::common;
+use crate::common::archive_wait::prefix_of;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-use wayback::archive::layout::InstancePrefix;
 use wayback::archive::window::restore_window;
-use wayback::domain::{InstanceId, InstanceState, SpaceGuid};
+use wayback::domain::{InstanceId, InstanceState};
 use wayback::storage::{ObjectStore, StorageSettings};
 use wayback::store::Store;
 
 fn iid(id: &str) -> InstanceId {
     InstanceId::parse(id.to_string()).unwrap()
-}
-
-fn prefix_of(id: &str) -> InstancePrefix {
-    InstancePrefix::new(&SpaceGuid::parse(SPACE).unwrap(), &iid(id))
 }
 
 /// Runs `wayback reindex --json ARGS` on `data_dir` with `archive`; the report.

@@ -4,6 +4,7 @@
 //! and aborts — never promotes — when the archive cannot be read during replay.
 
 use crate::common;
+use crate::common::archive_wait::{archive_now, prefix_of};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,9 +13,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use common::*;
 use secrecy::SecretString;
-use sqlx::{ConnectOptions, Row};
+use sqlx::ConnectOptions;
 use wayback::archive::backup::{take_backup, BackupOptions};
-use wayback::archive::layout::InstancePrefix;
 use wayback::archive::manifest::BackupManifest;
 use wayback::archive::restore::{
     restore, RestoreError, RestorePhase, RestoreProgress, RestoreReport, RestoreRequest,
@@ -34,13 +34,6 @@ fn pg_settings() -> wayback::config::PostgresSettings {
         pg.os_user = u;
     }
     pg
-}
-
-fn prefix_of(id: &str) -> InstancePrefix {
-    InstancePrefix::new(
-        &SpaceGuid::parse(SPACE).unwrap(),
-        &InstanceId::parse(id.to_string()).unwrap(),
-    )
 }
 
 /// A base backup of the running instance, through the backup engine; small parts so that the
@@ -64,21 +57,6 @@ async fn backup(app: &TestApp, id: &str, store: &ObjectStore) -> BackupManifest 
         .await
         .expect("base backup")
         .manifest
-}
-
-/// Switches WAL and waits until the completed segment is in the archive.
-async fn archive_now(admin: &mut sqlx::PgConnection, store: &ObjectStore, id: &str) {
-    let seg: String = sqlx::query("SELECT pg_walfile_name(pg_switch_wal())")
-        .fetch_one(&mut *admin)
-        .await
-        .unwrap()
-        .get(0);
-    let key = format!("{}/wal/{seg}", prefix_of(id).as_str());
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while store.get(&key).await.unwrap().is_none() {
-        assert!(Instant::now() < deadline, "{key} not archived within 90 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// md5 of every row of every table in `public`, by table.

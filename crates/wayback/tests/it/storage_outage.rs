@@ -5,6 +5,7 @@
 //! saying why and leaves no cluster behind.
 
 use crate::common;
+use crate::common::archive_wait::prefix_of;
 
 use std::time::{Duration, Instant};
 
@@ -12,9 +13,7 @@ use common::s3_server::S3Server;
 use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use wayback::archive::layout::InstancePrefix;
 use wayback::archive::window::restore_window;
-use wayback::domain::{InstanceId, SpaceGuid};
 use wayback::startup::Application;
 use wayback::storage::ObjectStore;
 
@@ -173,13 +172,6 @@ async fn storage_that_refuses_the_broker_stops_its_start_with_a_clear_message() 
     };
     assert!(err.contains("refused"), "{err}");
     assert!(!err.contains("not-the-secret"), "{err}");
-}
-
-fn prefix_of(id: &str) -> InstancePrefix {
-    InstancePrefix::new(
-        &SpaceGuid::parse(SPACE).unwrap(),
-        &InstanceId::parse(id.to_string()).unwrap(),
-    )
 }
 
 /// With `archive.encrypt` on, a provision's archive step writes the instance's key.json first:

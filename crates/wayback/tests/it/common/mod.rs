@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod archive_keys;
+pub mod archive_wait;
 pub mod fake_cf;
 pub mod fake_runtime;
 pub mod golden;

@@ -1,0 +1,23 @@
+"""BENCHMARKS.md's generated blocks, shared by the benchmark reports. Standard library only."""
+
+from __future__ import annotations
+
+import os
+
+
+def write_generated_block(path: str, section: str, begin: str, end: str, block: str) -> None:
+    """Puts `block` between the markers `begin` and `end` in the file at `path`: in place of the
+    old block, else right under the heading `section`, else in a new section at the end."""
+    text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
+    generated = f"{begin}\n{block}\n{end}"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + generated + text[text.index(end) + len(end):]
+    elif section in text:
+        at = text.index(section) + len(section)
+        text = text[:at] + "\n\n" + generated + "\n" + text[at:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n\n" + generated + "\n"
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
