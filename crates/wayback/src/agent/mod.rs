@@ -50,6 +50,16 @@ impl Agent {
         let password = settings.agent.password.clone().context(
             "agent.password (WAYBACK_AGENT_PASSWORD) must be set: the broker authenticates with it",
         )?;
+        // A key the agent generated for itself would wrap its clusters' archive data keys where
+        // the broker cannot unwrap them: their clones, reindex and rekey would fail later.
+        if settings.archive.encrypt && settings.encryption.keys.is_empty() {
+            anyhow::bail!(
+                "encryption.keys (WAYBACK_ENCRYPTION_KEYS) must be set on an agent, the same as \
+                 the broker's: its clusters' archives are encrypted (archive.encrypt) with data \
+                 keys wrapped by those keys; or set archive.encrypt = false \
+                 (WAYBACK_ARCHIVE_ENCRYPT=false) on the broker and every agent"
+            );
+        }
         let data_dir = resolve::data_dir(&settings)?;
         let runtime = LocalRuntime::new(data_dir.clone(), settings.postgres.clone())
             .with_tls(crate::open::cluster_tls(&settings, &data_dir)?);

@@ -795,6 +795,31 @@ async fn an_instance_whose_agent_is_gone_comes_back_on_the_other_agent() {
 }
 
 #[test]
+fn an_agent_without_the_brokers_keys_refuses_to_start_and_says_so() {
+    let root = test_root();
+    let out = Command::new(env!("CARGO_BIN_EXE_wayback"))
+        .arg("agent")
+        .env("WAYBACK_DATA_DIR", root.path().join("agent"))
+        .env("WAYBACK_AGENT_PASSWORD", "agent-password-for-the-test")
+        .env_remove("WAYBACK_ENCRYPTION_KEYS")
+        .env_remove("WAYBACK_ARCHIVE_ENCRYPT")
+        .env("WAYBACK_AGENT_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("encryption.keys") && stderr.contains("WAYBACK_ENCRYPTION_KEYS"),
+        "{stderr}"
+    );
+    assert!(
+        !root.path().join("agent").exists(),
+        "nothing made before the refusal"
+    );
+}
+
+#[test]
 fn an_agent_without_a_password_refuses_to_start_and_says_so() {
     let root = test_root();
     let out = Command::new(env!("CARGO_BIN_EXE_wayback"))
