@@ -254,6 +254,51 @@ pub struct RestoreStatus {
     pub total_secs: Option<f64>,
 }
 
+/// One follower's replication as its leader sees it (`pg_replication_slots` joined with
+/// `pg_stat_replication`). LSNs are byte positions; None where the follower is not connected.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicationStatus {
+    pub slot: String,
+    /// The walsender's role, while one is connected through the slot.
+    pub role: Option<String>,
+    /// A walsender uses the slot now.
+    pub active: bool,
+    /// The walsender's state (`startup`, `catchup`, `streaming`, …).
+    pub state: Option<String>,
+    pub sent_lsn: Option<u64>,
+    pub write_lsn: Option<u64>,
+    pub flush_lsn: Option<u64>,
+    pub replay_lsn: Option<u64>,
+    /// The leader's current WAL position minus what the follower replayed (or, disconnected,
+    /// what the slot still holds for it).
+    pub lag_bytes: Option<u64>,
+    /// `replay_lag`, seconds.
+    pub replay_lag_secs: Option<f64>,
+    /// Transactions the follower's feedback holds back vacuum on the leader by
+    /// (`age(xmin)` of the slot or walsender).
+    pub xmin_age: Option<i64>,
+    /// `wal_status` of the slot: `reserved`, `extended`, `unreserved` or `lost` (invalidated by
+    /// `max_slot_wal_keep_size`).
+    pub wal_status: Option<String>,
+}
+
+/// A follower's own view of its replay.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StandbyStatus {
+    /// `pg_is_in_recovery()`: false once promoted.
+    pub in_recovery: bool,
+    /// WAL received by streaming (`pg_last_wal_receive_lsn()`); None before any.
+    pub receive_lsn: Option<u64>,
+    /// WAL replayed, from the stream or the archive (`pg_last_wal_replay_lsn()`).
+    pub replay_lsn: Option<u64>,
+    /// Commit time of the last transaction replayed (Unix seconds, fractional).
+    pub last_replay: Option<f64>,
+    /// The WAL receiver is connected and streaming.
+    pub streaming: bool,
+    /// `pg_stat_wal_receiver.status`; None while no receiver runs (replaying from the archive).
+    pub receiver_status: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
