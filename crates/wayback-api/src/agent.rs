@@ -254,6 +254,44 @@ pub struct RestoreStatus {
     pub total_secs: Option<f64>,
 }
 
+/// `PUT /v1/clusters/{id}/replication/{slot}`: on the leader, grant a follower its role (this
+/// password; only its SCRAM verifier reaches the server), the slot and its `pg_hba` line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicationBody {
+    pub role: String,
+    pub password: String,
+    pub follower_address: String,
+}
+
+/// `DELETE /v1/clusters/{id}/replication/{slot}`: withdraw the follower's role, slot and line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DropReplicationBody {
+    pub role: String,
+}
+
+/// `POST /v1/clusters/{id}/follow` starts (or joins) a follower's standby restore; polled with
+/// `GET /v1/clusters/{id}/restore`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FollowBody {
+    pub port: u16,
+    /// The leader's prefix, only read.
+    pub leader_prefix: String,
+    pub leader_system_identifier: u64,
+    pub leader_host: String,
+    pub leader_port: u16,
+    pub role: String,
+    pub password: String,
+    pub slot: String,
+    /// The leader's superuser password (the follower's roles are the leader's).
+    pub superuser_password: String,
+}
+
+/// `POST /v1/clusters/{id}/promote`: the follower's new timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromoteAnswer {
+    pub timeline: u32,
+}
+
 /// One follower's replication as its leader sees it (`pg_replication_slots` joined with
 /// `pg_stat_replication`). LSNs are byte positions; None where the follower is not connected.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

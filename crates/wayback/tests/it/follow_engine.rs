@@ -1,25 +1,30 @@
-//! The follower engine on real PostgreSQL and a real (encrypted) archive, through the local
-//! runtime's replication primitives: a leader provisioned and backed up by the broker, a
-//! follower made by the standby restore into a second cluster. Rows reach the follower by
-//! streaming; it refuses writes; with the stream cut (walsender ended, `pg_hba` line gone) it
-//! keeps replaying from the archive and streams again once allowed; the slot goes with
-//! `drop_replication`; promotion makes it writable on a new timeline.
+//! The follower engine on real PostgreSQL and a real (encrypted) archive, through the runtime's
+//! replication calls: a leader provisioned and backed up by the broker, a follower made by the
+//! standby restore into a second cluster. Rows reach the follower by streaming; it refuses
+//! writes; with the stream cut (walsender ended, `pg_hba` line gone) it keeps replaying from the
+//! archive and streams again once allowed; the slot goes with `drop_replication`; promotion
+//! makes it writable on a new timeline. Once with the local runtime, once through two agents
+//! (leader on one, follower on the other: every call over the agent API).
 //!
 //! Run: `bash scripts/test follow_engine::`.
 
+use crate::agents::Fleet;
 use crate::common;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use secrecy::SecretString;
-use sqlx::Row;
+use sqlx::{ConnectOptions, Row};
 use wayback::archive::layout::InstancePrefix;
 use wayback::archive::window::restore_window;
+use wayback::config::{AgentEndpoint, AgentsSettings};
 use wayback::domain::{InstanceId, SpaceGuid};
 use wayback::runtime::{
-    ArchiveAccess, FollowSpec, LocalRuntime, ReplicationGrant, RestoreState, StandbyStatus,
+    ArchiveAccess, ClusterRuntime, FollowSpec, LocalRuntime, RemoteRuntime, ReplicationGrant,
+    RestoreState, StandbyStatus,
 };
 use wayback::storage::ObjectStore;
 
@@ -63,6 +68,21 @@ async fn wait_for_backup(store: &ObjectStore, id: &str) {
     }
 }
 
+/// A superuser session on the running cluster in `dir` (a cluster directory).
+async fn admin_at(dir: &Path) -> sqlx::PgConnection {
+    let pid = std::fs::read_to_string(dir.join("pgdata/postmaster.pid")).expect("running");
+    let port: u16 = pid.lines().nth(3).unwrap().trim().parse().unwrap();
+    let password = std::fs::read_to_string(dir.join("admin-password")).unwrap();
+    wayback::pg::sql::admin_options(
+        &dir.join("run"),
+        port,
+        &SecretString::from(password.trim().to_string()),
+    )
+    .connect()
+    .await
+    .expect("superuser session")
+}
+
 async fn current_lsn(leader: &mut sqlx::PgConnection) -> u64 {
     sqlx::query_scalar::<_, i64>("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint")
         .fetch_one(leader)
@@ -72,7 +92,7 @@ async fn current_lsn(leader: &mut sqlx::PgConnection) -> u64 {
 
 /// Polls the follower until `done` holds of its status.
 async fn wait_standby(
-    rt: &LocalRuntime,
+    rt: &dyn ClusterRuntime,
     id: &InstanceId,
     what: &str,
     done: impl Fn(&StandbyStatus) -> bool,
@@ -101,39 +121,48 @@ async fn rows(conn: &mut sqlx::PgConnection) -> Vec<String> {
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_follower_streams_falls_back_to_the_archive_and_is_promoted() {
-    if !pg_available() {
-        return;
-    }
-    let app = spawn_app().await;
-    let store = ObjectStore::local(&app.data_dir.join("archive")).unwrap();
+/// The two sides of one story.
+struct Sides {
+    leader: String,
+    leader_dir: PathBuf,
+    follower: InstanceId,
+    follower_dir: PathBuf,
+    /// A binding of the leader (its tables belong to the app's owner role).
+    uri: String,
+    store: ObjectStore,
+}
+
+/// Provisions "production", waits for its first backup and binds it.
+async fn leader(app: &TestApp, store: &ObjectStore) -> (String, String) {
     let leader = app.provision_ready("production").await;
-    wait_for_backup(&store, &leader).await;
+    wait_for_backup(store, &leader).await;
+    let binding = app.bind_sync(&leader, &new_id()).await;
+    (leader, binding["uri"].as_str().unwrap().to_string())
+}
+
+async fn story(rt: &dyn ClusterRuntime, s: Sides) {
     assert!(
-        store
-            .get(&format!("{}/key.json", prefix_of(&leader).as_str()))
+        s.store
+            .get(&format!("{}/key.json", prefix_of(&s.leader).as_str()))
             .await
             .unwrap()
             .is_some(),
         "the leader's archive is encrypted"
     );
-    let binding = app.bind_sync(&leader, &new_id()).await;
-    let uri = binding["uri"].as_str().unwrap().to_string();
-    let mut writer = connect(&uri).await.unwrap();
+    let mut writer = connect(&s.uri).await.unwrap();
     exec(
         &mut writer,
         "CREATE TABLE orders (what text); INSERT INTO orders VALUES ('one')",
     )
     .await;
-
-    let rt = runtime_beside(&app);
-    let leader_id = InstanceId::parse(leader.clone()).unwrap();
-    let mut admin = app.admin(&leader).await;
+    let leader_id = InstanceId::parse(s.leader.clone()).unwrap();
+    let mut admin = admin_at(&s.leader_dir).await;
     let leader_port: i64 = sqlx::query_scalar("SELECT current_setting('port')::bigint")
         .fetch_one(&mut admin)
         .await
         .unwrap();
+    let control = std::fs::read(s.leader_dir.join("pgdata/global/pg_control")).unwrap();
+    let sysid = wayback::pg::control::system_identifier(&control).unwrap();
     let password = SecretString::from(format!("repl-{}", new_id()));
     let grant = |addr: &str| ReplicationGrant {
         role: ROLE.into(),
@@ -148,14 +177,12 @@ async fn a_follower_streams_falls_back_to_the_archive_and_is_promoted() {
         .await
         .expect("idempotent");
 
-    let follower = InstanceId::parse(new_id()).unwrap();
     let port = free_port();
-    let superuser =
-        std::fs::read_to_string(app.cluster_dir(&leader).join("admin-password")).unwrap();
+    let superuser = std::fs::read_to_string(s.leader_dir.join("admin-password")).unwrap();
     let spec = FollowSpec {
         port,
-        leader: prefix_of(&leader),
-        leader_system_identifier: rt.system_identifier(&leader_id).unwrap(),
+        leader: prefix_of(&s.leader),
+        leader_system_identifier: sysid,
         leader_host: "127.0.0.1".into(),
         leader_port: leader_port as u16,
         role: ROLE.into(),
@@ -163,36 +190,31 @@ async fn a_follower_streams_falls_back_to_the_archive_and_is_promoted() {
         slot: SLOT.into(),
         superuser_password: SecretString::from(superuser.trim().to_string()),
     };
-    rt.start_follow(&follower, &spec).await.unwrap();
+    let follower = &s.follower;
+    rt.start_follow(follower, &spec).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let s = rt.restore_status(&follower).await.unwrap();
-        match s.state {
+        let st = rt.restore_status(follower).await.unwrap();
+        match st.state {
             RestoreState::Succeeded => break,
-            RestoreState::Failed => panic!("the standby restore failed: {:?}", s.error),
-            _ => assert!(Instant::now() < deadline, "no standby in 180 s: {s:?}"),
+            RestoreState::Failed => panic!("the standby restore failed: {:?}", st.error),
+            _ => assert!(Instant::now() < deadline, "no standby in 180 s: {st:?}"),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let conf = std::fs::read_to_string(
-        app.cluster_dir(follower.as_str())
-            .join("pgdata/wayback-archive.conf"),
-    )
-    .unwrap();
-    assert!(
-        !conf.contains(password_text(&password)),
-        "no password in the conf"
-    );
+    let conf = std::fs::read_to_string(s.follower_dir.join("pgdata/wayback-archive.conf")).unwrap();
+    let secret = secrecy::ExposeSecret::expose_secret(&password);
+    assert!(!conf.contains(secret), "no password in the conf");
     assert!(conf.contains("sslmode=verify-full"), "{conf}");
 
     // Streaming: a row written on the leader is replayed on the follower.
     exec(&mut writer, "INSERT INTO orders VALUES ('two')").await;
     let lsn = current_lsn(&mut admin).await;
-    wait_standby(&rt, &follower, "streamed replay", |s| {
-        s.streaming && s.replay_lsn >= Some(lsn)
+    wait_standby(rt, follower, "streamed replay", |st| {
+        st.streaming && st.replay_lsn >= Some(lsn)
     })
     .await;
-    let mut reader = connect(&at_port(&uri, port)).await.unwrap();
+    let mut reader = connect(&at_port(&s.uri, port)).await.unwrap();
     assert_eq!(rows(&mut reader).await, ["one", "two"]);
     let err = sqlx::query("INSERT INTO orders VALUES ('no')")
         .execute(&mut reader)
@@ -204,7 +226,7 @@ async fn a_follower_streams_falls_back_to_the_archive_and_is_promoted() {
         "{err}"
     );
     let status = rt.replication_status(&leader_id).await.unwrap();
-    let slot = status.iter().find(|s| s.slot == SLOT).expect("the slot");
+    let slot = status.iter().find(|r| r.slot == SLOT).expect("the slot");
     assert!(
         slot.active && slot.role.as_deref() == Some(ROLE),
         "{slot:?}"
@@ -220,20 +242,20 @@ async fn a_follower_streams_falls_back_to_the_archive_and_is_promoted() {
         .execute(&mut admin)
         .await
         .unwrap();
-    wait_standby(&rt, &follower, "the stream cut", |s| !s.streaming).await;
+    wait_standby(rt, follower, "the stream cut", |st| !st.streaming).await;
     exec(&mut writer, "INSERT INTO orders VALUES ('three')").await;
     let lsn = current_lsn(&mut admin).await;
     sqlx::query("SELECT pg_switch_wal()")
         .execute(&mut admin)
         .await
         .unwrap();
-    let s = wait_standby(&rt, &follower, "replay from the archive", |s| {
-        s.replay_lsn >= Some(lsn)
+    let st = wait_standby(rt, follower, "replay from the archive", |st| {
+        st.replay_lsn >= Some(lsn)
     })
     .await;
     assert!(
-        !s.streaming,
-        "replayed from the archive, not streamed: {s:?}"
+        !st.streaming,
+        "replayed from the archive, not streamed: {st:?}"
     );
     assert_eq!(rows(&mut reader).await, ["one", "three", "two"]);
 
@@ -241,7 +263,7 @@ async fn a_follower_streams_falls_back_to_the_archive_and_is_promoted() {
     rt.prepare_replication(&leader_id, &grant("127.0.0.1"))
         .await
         .unwrap();
-    wait_standby(&rt, &follower, "streaming again", |s| s.streaming).await;
+    wait_standby(rt, follower, "streaming again", |st| st.streaming).await;
 
     // Withdrawn: the slot goes (and with it the WAL it held).
     rt.drop_replication(&leader_id, ROLE, SLOT).await.unwrap();
@@ -249,7 +271,7 @@ async fn a_follower_streams_falls_back_to_the_archive_and_is_promoted() {
         .await
         .expect("idempotent");
     let status = rt.replication_status(&leader_id).await.unwrap();
-    assert!(status.iter().all(|s| s.slot != SLOT), "{status:?}");
+    assert!(status.iter().all(|r| r.slot != SLOT), "{status:?}");
     let roles: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_roles WHERE rolname = $1")
         .bind(ROLE)
         .fetch_one(&mut admin)
@@ -259,23 +281,86 @@ async fn a_follower_streams_falls_back_to_the_archive_and_is_promoted() {
 
     // Promoted: writable, on a new timeline, with no standby settings left.
     drop(reader);
-    let timeline = rt.promote(&follower).await.unwrap();
+    let timeline = rt.promote(follower).await.unwrap();
     assert!(timeline > 1, "a new timeline: {timeline}");
-    let mut own = connect(&at_port(&uri, port)).await.unwrap();
+    let mut own = connect(&at_port(&s.uri, port)).await.unwrap();
     exec(&mut own, "INSERT INTO orders VALUES ('four')").await;
     let row = sqlx::query("SELECT count(*) FROM orders")
         .fetch_one(&mut own)
         .await
         .unwrap();
     assert_eq!(row.get::<i64, _>(0), 4);
-    assert!(!app
-        .cluster_dir(follower.as_str())
-        .join("pgdata/standby.signal")
-        .exists());
+    assert!(!s.follower_dir.join("pgdata/standby.signal").exists());
     drop(own);
-    rt.destroy(&follower).await.unwrap();
+    rt.destroy(follower).await.unwrap();
 }
 
-fn password_text(p: &SecretString) -> &str {
-    secrecy::ExposeSecret::expose_secret(p)
+#[tokio::test]
+async fn a_follower_streams_falls_back_to_the_archive_and_is_promoted() {
+    if !pg_available() {
+        return;
+    }
+    let app = spawn_app().await;
+    let store = ObjectStore::local(&app.data_dir.join("archive")).unwrap();
+    let (leader, uri) = leader(&app, &store).await;
+    let local = runtime_beside(&app);
+    let follower = InstanceId::parse(new_id()).unwrap();
+    let sides = Sides {
+        leader_dir: app.cluster_dir(&leader),
+        follower_dir: app.cluster_dir(follower.as_str()),
+        leader,
+        follower,
+        uri,
+        store,
+    };
+    // Through the trait, as the broker's job steps will call it.
+    story(&local, sides).await;
+}
+
+#[tokio::test]
+async fn a_follower_on_another_agent_streams_from_its_leader_over_the_agent_api() {
+    if !pg_available() {
+        return;
+    }
+    let fleet = Fleet::start(2, |_| {}).await;
+    let store = fleet.store();
+    let (leader, uri) = leader(&fleet.app, &store).await;
+    let on = fleet.placed_on(&leader).await.expect("placed");
+    let leader_agent = fleet.agents.iter().find(|a| a.name == on).unwrap();
+    let other = fleet.agents.iter().find(|a| a.name != on).unwrap();
+    let remote = RemoteRuntime::new(&AgentsSettings {
+        urls: fleet
+            .agents
+            .iter()
+            .map(|a| AgentEndpoint {
+                name: a.name.clone(),
+                url: a.url(),
+            })
+            .collect(),
+        username: "broker".into(),
+        password: Some(fleet.password.clone().into()),
+        ca_cert: Some(fleet.ca.clone()),
+        ..AgentsSettings::default()
+    })
+    .unwrap();
+    let follower = InstanceId::parse(new_id()).unwrap();
+    let (leader_name, other_name) = (on.clone(), other.name.clone());
+    let follower_id = follower.to_string();
+    remote.set_resolver(Box::new(move |id| {
+        let agent = if id.as_str() == follower_id {
+            other_name.clone()
+        } else {
+            leader_name.clone()
+        };
+        Box::pin(async move { Some(agent) })
+    }));
+    let sides = Sides {
+        leader_dir: leader_agent.data_dir.join("clusters").join(&leader),
+        follower_dir: other.data_dir.join("clusters").join(follower.as_str()),
+        leader,
+        follower,
+        uri,
+        store,
+    };
+    story(&remote, sides).await;
 }
