@@ -2,9 +2,10 @@
 //! replication calls: a leader provisioned and backed up by the broker, a follower made by the
 //! standby restore into a second cluster. Rows reach the follower by streaming; it refuses
 //! writes; with the stream cut (walsender ended, `pg_hba` line gone) it keeps replaying from the
-//! archive and streams again once allowed; the slot goes with `drop_replication`; promotion
-//! makes it writable on a new timeline. Once with the local runtime, once through two agents
-//! (leader on one, follower on the other: every call over the agent API).
+//! archive and streams again once allowed, and again after a restart by its runtime; the slot
+//! goes with `drop_replication`; promotion makes it writable on a new timeline. Once with the
+//! local runtime, once through two agents (leader on one, follower on the other: every call
+//! over the agent API).
 //!
 //! Run: `bash scripts/test follow_engine::`.
 
@@ -265,6 +266,19 @@ async fn story(rt: &dyn ClusterRuntime, s: Sides) {
         .unwrap();
     wait_standby(rt, follower, "streaming again", |st| st.streaming).await;
 
+    // A follower stopped and started by its runtime is a standby still, and streams.
+    drop(reader);
+    rt.stop(follower).await.unwrap();
+    rt.start(follower).await.unwrap();
+    exec(&mut writer, "INSERT INTO orders VALUES ('3b')").await;
+    let lsn = current_lsn(&mut admin).await;
+    wait_standby(rt, follower, "streaming after a restart", |st| {
+        st.in_recovery && st.streaming && st.replay_lsn >= Some(lsn)
+    })
+    .await;
+    let mut reader = connect(&at_port(&s.uri, port)).await.unwrap();
+    assert_eq!(rows(&mut reader).await, ["3b", "one", "three", "two"]);
+
     // Withdrawn: the slot goes (and with it the WAL it held).
     rt.drop_replication(&leader_id, ROLE, SLOT).await.unwrap();
     rt.drop_replication(&leader_id, ROLE, SLOT)
@@ -289,7 +303,7 @@ async fn story(rt: &dyn ClusterRuntime, s: Sides) {
         .fetch_one(&mut own)
         .await
         .unwrap();
-    assert_eq!(row.get::<i64, _>(0), 4);
+    assert_eq!(row.get::<i64, _>(0), 5);
     assert!(!s.follower_dir.join("pgdata/standby.signal").exists());
     drop(own);
     rt.destroy(follower).await.unwrap();
