@@ -2,7 +2,8 @@
 //! replication calls: a leader provisioned and backed up by the broker, a follower made by the
 //! standby restore into a second cluster. Rows reach the follower by streaming; it refuses
 //! writes; with the stream cut (walsender ended, `pg_hba` line gone) it keeps replaying from the
-//! archive and streams again once allowed, and again after a restart by its runtime; the slot
+//! archive and streams again once allowed, after its leader's postmaster is killed (and
+//! started again by the supervisor) and after its own restart by its runtime; the slot
 //! goes with `drop_replication`; promotion makes it writable on a new timeline. Once with the
 //! local runtime, once through two agents (leader on one, follower on the other: every call
 //! over the agent API).
@@ -265,6 +266,35 @@ async fn story(rt: &dyn ClusterRuntime, s: Sides) {
         .await
         .unwrap();
     wait_standby(rt, follower, "streaming again", |st| st.streaming).await;
+
+    // The leader's postmaster killed: the broker's supervisor starts it again, its pg_hba.conf
+    // rewritten with the follower's line kept, and the follower streams again.
+    let pid = std::fs::read_to_string(s.leader_dir.join("pgdata/postmaster.pid")).unwrap();
+    let pid: i32 = pid.lines().next().unwrap().trim().parse().unwrap();
+    drop((admin, writer));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut writer = loop {
+        match connect(&s.uri).await {
+            Ok(c) => break c,
+            Err(e) => assert!(Instant::now() < deadline, "the leader is not back: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut admin = admin_at(&s.leader_dir).await;
+    let hba = std::fs::read_to_string(s.leader_dir.join("pgdata/pg_hba.conf")).unwrap();
+    assert!(
+        hba.contains(&format!("replication  {ROLE}  127.0.0.1/32")),
+        "{hba}"
+    );
+    wait_standby(rt, follower, "streaming after the leader's restart", |st| {
+        st.streaming
+    })
+    .await;
 
     // A follower stopped and started by its runtime is a standby still, and streams.
     drop(reader);
