@@ -3,8 +3,9 @@
 //! standby restore into a second cluster. Rows reach the follower by streaming; it refuses
 //! writes; with the stream cut (walsender ended, `pg_hba` line gone) it keeps replaying from the
 //! archive and streams again once allowed, after its leader's postmaster is killed (and
-//! started again by the supervisor) and after its own restart by its runtime; the slot
-//! goes with `drop_replication`; promotion makes it writable on a new timeline. Once with the
+//! started again by the supervisor) and after its own restart by its runtime; a dead
+//! follower's slot is lost past `max_slot_wal_keep_size` and it replays from the archive; the
+//! slot goes with `drop_replication`; promotion makes it writable on a new timeline. Once with the
 //! local runtime, once through two agents (leader on one, follower on the other: every call
 //! over the agent API).
 //!
@@ -25,8 +26,8 @@ use wayback::archive::window::restore_window;
 use wayback::config::{AgentEndpoint, AgentsSettings};
 use wayback::domain::{InstanceId, SpaceGuid};
 use wayback::runtime::{
-    ArchiveAccess, ClusterRuntime, FollowSpec, LocalRuntime, RemoteRuntime, ReplicationGrant,
-    RestoreState, StandbyStatus,
+    ArchiveAccess, ClusterRuntime, ClusterSpec, FollowSpec, LocalRuntime, RemoteRuntime,
+    ReplicationGrant, RestoreState, StandbyStatus,
 };
 use wayback::storage::ObjectStore;
 
@@ -309,6 +310,70 @@ async fn story(rt: &dyn ClusterRuntime, s: Sides) {
     let mut reader = connect(&at_port(&s.uri, port)).await.unwrap();
     assert_eq!(rows(&mut reader).await, ["3b", "one", "three", "two"]);
 
+    // A dead follower's slot is bounded: past the leader's max_slot_wal_keep_size it is lost
+    // (the leader keeps no more WAL for it), and the follower, started again, catches up from
+    // the archive.
+    drop(reader);
+    let mut bounded = std::collections::BTreeMap::new();
+    bounded.insert("max_slot_wal_keep_size".to_string(), "1MB".to_string());
+    // The hot-standby floors stay as they are: a leader above its follower pauses its replay.
+    for name in [
+        "max_connections",
+        "max_worker_processes",
+        "max_locks_per_transaction",
+        "max_prepared_transactions",
+        "max_wal_senders",
+    ] {
+        let value: String = sqlx::query_scalar(&format!("SHOW {name}"))
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        bounded.insert(name.to_string(), value);
+    }
+    // (The plan's other settings go, which may restart the leader.)
+    rt.apply_settings(&ClusterSpec {
+        instance: leader_id.clone(),
+        port: leader_port as u16,
+        settings: bounded,
+        require_tls: false,
+    })
+    .await
+    .unwrap();
+    drop((admin, writer));
+    let mut writer = connect(&s.uri).await.unwrap();
+    let mut admin = admin_at(&s.leader_dir).await;
+    rt.stop(follower).await.unwrap();
+    for i in 0..4 {
+        exec(&mut writer, &format!("INSERT INTO orders VALUES ('4-{i}')")).await;
+        sqlx::query("SELECT pg_switch_wal()")
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    exec(&mut admin, "CHECKPOINT").await;
+    let status = rt.replication_status(&leader_id).await.unwrap();
+    let slot = status.iter().find(|r| r.slot == SLOT).expect("the slot");
+    assert_eq!(slot.wal_status.as_deref(), Some("lost"), "{slot:?}");
+    exec(&mut writer, "INSERT INTO orders VALUES ('5')").await;
+    let lsn = current_lsn(&mut admin).await;
+    sqlx::query("SELECT pg_switch_wal()")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    rt.start(follower).await.unwrap();
+    let st = wait_standby(
+        rt,
+        follower,
+        "replay from the archive past a lost slot",
+        |st| st.replay_lsn >= Some(lsn),
+    )
+    .await;
+    // (The segments it missed are gone from the leader, so they came from the archive;
+    // PostgreSQL 15 then lets the lost physical slot stream again from where it is.)
+    assert!(st.in_recovery, "{st:?}");
+    let mut reader = connect(&at_port(&s.uri, port)).await.unwrap();
+    assert_eq!(rows(&mut reader).await.len(), 9);
+
     // Withdrawn: the slot goes (and with it the WAL it held).
     rt.drop_replication(&leader_id, ROLE, SLOT).await.unwrap();
     rt.drop_replication(&leader_id, ROLE, SLOT)
@@ -333,7 +398,7 @@ async fn story(rt: &dyn ClusterRuntime, s: Sides) {
         .fetch_one(&mut own)
         .await
         .unwrap();
-    assert_eq!(row.get::<i64, _>(0), 5);
+    assert_eq!(row.get::<i64, _>(0), 10);
     assert!(!s.follower_dir.join("pgdata/standby.signal").exists());
     drop(own);
     rt.destroy(follower).await.unwrap();
