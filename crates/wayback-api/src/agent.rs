@@ -254,6 +254,89 @@ pub struct RestoreStatus {
     pub total_secs: Option<f64>,
 }
 
+/// `PUT /v1/clusters/{id}/replication/{slot}`: on the leader, grant a follower its role (this
+/// password; only its SCRAM verifier reaches the server), the slot and its `pg_hba` line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicationBody {
+    pub role: String,
+    pub password: String,
+    pub follower_address: String,
+}
+
+/// `DELETE /v1/clusters/{id}/replication/{slot}`: withdraw the follower's role, slot and line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DropReplicationBody {
+    pub role: String,
+}
+
+/// `POST /v1/clusters/{id}/follow` starts (or joins) a follower's standby restore; polled with
+/// `GET /v1/clusters/{id}/restore`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FollowBody {
+    pub port: u16,
+    /// The leader's prefix, only read.
+    pub leader_prefix: String,
+    pub leader_system_identifier: u64,
+    pub leader_host: String,
+    pub leader_port: u16,
+    pub role: String,
+    pub password: String,
+    pub slot: String,
+    /// The leader's superuser password (the follower's roles are the leader's).
+    pub superuser_password: String,
+}
+
+/// `POST /v1/clusters/{id}/promote`: the follower's new timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromoteAnswer {
+    pub timeline: u32,
+}
+
+/// One follower's replication as its leader sees it (`pg_replication_slots` joined with
+/// `pg_stat_replication`). LSNs are byte positions; None where the follower is not connected.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicationStatus {
+    pub slot: String,
+    /// The walsender's role, while one is connected through the slot.
+    pub role: Option<String>,
+    /// A walsender uses the slot now.
+    pub active: bool,
+    /// The walsender's state (`startup`, `catchup`, `streaming`, …).
+    pub state: Option<String>,
+    pub sent_lsn: Option<u64>,
+    pub write_lsn: Option<u64>,
+    pub flush_lsn: Option<u64>,
+    pub replay_lsn: Option<u64>,
+    /// The leader's current WAL position minus what the follower replayed (or, disconnected,
+    /// what the slot still holds for it).
+    pub lag_bytes: Option<u64>,
+    /// `replay_lag`, seconds.
+    pub replay_lag_secs: Option<f64>,
+    /// Transactions the follower's feedback holds back vacuum on the leader by
+    /// (`age(xmin)` of the slot or walsender).
+    pub xmin_age: Option<i64>,
+    /// `wal_status` of the slot: `reserved`, `extended`, `unreserved` or `lost` (invalidated by
+    /// `max_slot_wal_keep_size`).
+    pub wal_status: Option<String>,
+}
+
+/// A follower's own view of its replay.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StandbyStatus {
+    /// `pg_is_in_recovery()`: false once promoted.
+    pub in_recovery: bool,
+    /// WAL received by streaming (`pg_last_wal_receive_lsn()`); None before any.
+    pub receive_lsn: Option<u64>,
+    /// WAL replayed, from the stream or the archive (`pg_last_wal_replay_lsn()`).
+    pub replay_lsn: Option<u64>,
+    /// Commit time of the last transaction replayed (Unix seconds, fractional).
+    pub last_replay: Option<f64>,
+    /// The WAL receiver is connected and streaming.
+    pub streaming: bool,
+    /// `pg_stat_wal_receiver.status`; None while no receiver runs (replaying from the archive).
+    pub receiver_status: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

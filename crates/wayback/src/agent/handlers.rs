@@ -15,7 +15,10 @@ use crate::archive::restore::RestoreTarget;
 use crate::archive::{ArchiveTarget, BackupOptions};
 use crate::domain::InstanceId;
 use crate::runtime::error::to_wire;
-use crate::runtime::{ArchiveCommand, BackupAnswer, ClusterSpec, RestoreSpec, RuntimeError};
+use crate::runtime::{
+    ArchiveCommand, BackupAnswer, ClusterSpec, FollowSpec, ReplicationGrant, RestoreSpec,
+    RuntimeError,
+};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/health", web::get().to(health))
@@ -28,6 +31,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/v1/clusters/{id}/archive",
             web::put().to(configure_archive),
         )
+        .route(
+            "/v1/clusters/{id}/replication",
+            web::get().to(replication_status),
+        )
+        .route(
+            "/v1/clusters/{id}/replication/{slot}",
+            web::put().to(prepare_replication),
+        )
+        .route(
+            "/v1/clusters/{id}/replication/{slot}",
+            web::delete().to(drop_replication),
+        )
+        .route("/v1/clusters/{id}/standby", web::get().to(standby_status))
+        .route("/v1/clusters/{id}/follow", web::post().to(start_follow))
+        .route("/v1/clusters/{id}/promote", web::post().to(promote))
         .route("/v1/clusters/{id}/start", web::post().to(start))
         .route("/v1/clusters/{id}/stop", web::post().to(stop))
         .route("/v1/clusters/{id}/seal", web::post().to(seal))
@@ -430,4 +448,86 @@ async fn start_restore(
 async fn restore_status(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
     let id = instance(&state, &req)?;
     ok(&state.runtime.restore_status(&id).await?)
+}
+
+/// The `{slot}` of a replication path.
+fn slot_of(req: &HttpRequest) -> String {
+    req.match_info().get("slot").unwrap_or_default().to_string()
+}
+
+async fn prepare_replication(
+    state: web::Data<AgentState>,
+    req: HttpRequest,
+    body: web::Json<wire::ReplicationBody>,
+) -> Reply {
+    let id = instance(&state, &req)?;
+    let body = body.into_inner();
+    let grant = ReplicationGrant {
+        role: body.role,
+        password: SecretString::from(body.password),
+        slot: slot_of(&req),
+        follower_address: body.follower_address,
+    };
+    state.runtime.prepare_replication(&id, &grant).await?;
+    ok(&())
+}
+
+async fn drop_replication(
+    state: web::Data<AgentState>,
+    req: HttpRequest,
+    body: web::Json<wire::DropReplicationBody>,
+) -> Reply {
+    let id = instance(&state, &req)?;
+    state
+        .runtime
+        .drop_replication(&id, &body.role, &slot_of(&req))
+        .await?;
+    ok(&())
+}
+
+async fn replication_status(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
+    let id = instance(&state, &req)?;
+    ok(&state.runtime.replication_status(&id).await?)
+}
+
+async fn standby_status(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
+    let id = instance(&state, &req)?;
+    ok(&state.runtime.standby_status(&id).await?)
+}
+
+async fn start_follow(
+    state: web::Data<AgentState>,
+    req: HttpRequest,
+    body: web::Json<wire::FollowBody>,
+) -> Reply {
+    let id = instance(&state, &req)?;
+    let body = body.into_inner();
+    let leader = InstancePrefix::parse(&body.leader_prefix).ok_or_else(|| {
+        AgentError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "leader prefix {:?} is not an instance's",
+                body.leader_prefix
+            ),
+            true,
+        )
+    })?;
+    let spec = FollowSpec {
+        port: body.port,
+        leader,
+        leader_system_identifier: body.leader_system_identifier,
+        leader_host: body.leader_host,
+        leader_port: body.leader_port,
+        role: body.role,
+        password: SecretString::from(body.password),
+        slot: body.slot,
+        superuser_password: SecretString::from(body.superuser_password),
+    };
+    ok(&state.runtime.start_follow(&id, &spec).await?)
+}
+
+async fn promote(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
+    let id = instance(&state, &req)?;
+    let timeline = state.runtime.promote(&id).await?;
+    ok(&wire::PromoteAnswer { timeline })
 }

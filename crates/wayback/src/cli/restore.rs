@@ -211,6 +211,7 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Outc
         .await?
         .map(crate::archive::keydoc::ArchiveKey);
     let request = RestoreRequest {
+        standby: None,
         store,
         storage,
         source: source.clone(),

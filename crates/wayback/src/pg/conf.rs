@@ -72,6 +72,9 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("lc_time", "C"),
     ("default_text_search_config", "pg_catalog.english"),
     ("log_min_error_statement", "panic"),
+    // A follower's slot keeps WAL on its leader; a dead follower must not fill the leader's
+    // disk. Past this, the slot is invalidated and the follower falls back to the archive.
+    ("max_slot_wal_keep_size", "1024MB"),
 ];
 
 /// What the managed tier needs to know.
@@ -271,6 +274,40 @@ pub fn render_pg_hba(require_tls: bool) -> String {
     )
 }
 
+/// The managed block of `pg_hba.conf` for followers: one `replication` line per (role,
+/// address), the address alone (`/32` or `/128`), SCRAM, and `hostssl` whenever the cluster
+/// serves TLS. Appended after [`render_pg_hba`]'s lines (which never match a replication
+/// connection over TCP), and rendered again at every rewrite of the file, so a start keeps it.
+/// Refuses a role that is not a plain lower-case name or an address that is not an IP.
+pub fn render_replication_hba(entries: &[(String, String)], tls: bool) -> Result<String, PgError> {
+    if entries.is_empty() {
+        return Ok(String::new());
+    }
+    let host = if tls { "hostssl" } else { "host   " };
+    let mut out = String::from("# Followers' replication, managed by Wayback\n");
+    for (role, address) in entries {
+        let bad = |reason: &str| PgError::InvalidSetting {
+            name: "pg_hba.conf replication line".into(),
+            reason: format!("{reason}: {role:?} from {address:?}"),
+        };
+        if role.is_empty()
+            || !role
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(bad(
+                "a replication role is lower-case letters, digits and '_'",
+            ));
+        }
+        let ip: std::net::IpAddr = address
+            .parse()
+            .map_err(|_| bad("a follower's address is one IP address"))?;
+        let bits = if ip.is_ipv4() { 32 } else { 128 };
+        out += &format!("{host} replication  {role}  {ip}/{bits}  scram-sha-256\n");
+    }
+    Ok(out)
+}
+
 /// The port a rendered `postgresql.conf` sets (our `port = 'N'` line).
 pub fn configured_port(conf: &str) -> Option<u16> {
     conf.lines().find_map(|l| {
@@ -424,6 +461,29 @@ mod tests {
                 matches!(err, PgError::InvalidSetting { .. }),
                 "{why}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn followers_get_one_replication_line_each_and_nothing_else() {
+        assert_eq!(render_replication_hba(&[], true).unwrap(), "");
+        let entries = [
+            ("wb_repl_a1".to_string(), "10.0.0.7".to_string()),
+            ("wb_repl_b2".to_string(), "fd00::2".to_string()),
+        ];
+        let text = render_replication_hba(&entries, true).unwrap();
+        assert!(text.contains("hostssl replication  wb_repl_a1  10.0.0.7/32  scram-sha-256\n"));
+        assert!(text.contains("hostssl replication  wb_repl_b2  fd00::2/128  scram-sha-256\n"));
+        let plain = render_replication_hba(&entries[..1], false).unwrap();
+        assert!(plain.contains("host    replication  wb_repl_a1  10.0.0.7/32"));
+        for (role, addr, why) in [
+            ("all", "0.0.0.0/0", "a network, not one address"),
+            ("x y", "10.0.0.1", "a space would add a column"),
+            ("Admin", "10.0.0.1", "upper case needs quoting"),
+            ("", "10.0.0.1", "empty"),
+        ] {
+            let e = [(role.to_string(), addr.to_string())];
+            assert!(render_replication_hba(&e, true).is_err(), "{why}");
         }
     }
 

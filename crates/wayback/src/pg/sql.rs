@@ -54,7 +54,7 @@ pub fn is_permanent(e: &sqlx::Error) -> bool {
     }
 }
 
-fn sql_err(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> PgError {
+pub fn sql_err(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> PgError {
     let context = context.into();
     move |source| PgError::Sql { context, source }
 }
@@ -103,7 +103,7 @@ pub async fn connect(opts: &PgConnectOptions, database: &str) -> Result<PgConnec
     }
 }
 
-async fn exec(conn: &mut PgConnection, sql: &str, context: &str) -> Result<(), PgError> {
+pub async fn exec(conn: &mut PgConnection, sql: &str, context: &str) -> Result<(), PgError> {
     // A bare &str goes over the simple query protocol (no arguments, so no Parse/Bind).
     conn.execute(sql).await.map(drop).map_err(sql_err(context))
 }

@@ -13,9 +13,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use secrecy::SecretString;
-use wayback_api::agent::{Capacity, RestoreStatus};
+use wayback_api::agent::{Capacity, ReplicationStatus, RestoreStatus, StandbyStatus};
 
 use super::placement::{Placement, PlacementLedger};
+use super::replication::{FollowSpec, ReplicationGrant};
 use super::{
     Applied, ArchiveCommand, ArchiverStats, ClusterSpec, ClusterStatus, RuntimeError, WalPosition,
 };
@@ -158,6 +159,45 @@ pub trait ClusterRuntime: Send + Sync {
 
     /// Where the instance's restore is; `none` when none is known (start it again).
     async fn restore_status(&self, id: &InstanceId) -> Result<RestoreStatus, RuntimeError>;
+
+    /// On a leader: grants one follower its `REPLICATION LOGIN` role (password reset when it
+    /// exists), its physical slot (made if missing) and a `pg_hba.conf` replication line for its
+    /// address alone; reloads.
+    async fn prepare_replication(
+        &self,
+        leader: &InstanceId,
+        grant: &ReplicationGrant,
+    ) -> Result<(), RuntimeError>;
+
+    /// On a leader: withdraws a follower's line (reload), walsender, slot and role; anything
+    /// already gone is fine.
+    async fn drop_replication(
+        &self,
+        leader: &InstanceId,
+        role: &str,
+        slot: &str,
+    ) -> Result<(), RuntimeError>;
+
+    /// On a leader: each physical slot, with its walsender when one is connected.
+    async fn replication_status(
+        &self,
+        leader: &InstanceId,
+    ) -> Result<Vec<ReplicationStatus>, RuntimeError>;
+
+    /// On a follower: how far it received and replayed, and whether it streams.
+    async fn standby_status(&self, follower: &InstanceId) -> Result<StandbyStatus, RuntimeError>;
+
+    /// Starts a follower's standby restore in the background (or joins it), as
+    /// [`Self::start_restore`] does a clone's; polled with [`Self::restore_status`].
+    async fn start_follow(
+        &self,
+        follower: &InstanceId,
+        spec: &FollowSpec,
+    ) -> Result<RestoreStatus, RuntimeError>;
+
+    /// Promotes a follower (waits for it) and returns its new timeline; later starts are
+    /// ordinary ones.
+    async fn promote(&self, follower: &InstanceId) -> Result<u32, RuntimeError>;
 }
 
 /// What one look at the agents found: each one's capacity, or why it did not answer.

@@ -15,9 +15,11 @@ mod admin;
 mod archive;
 mod backup;
 mod clone;
+mod follow;
 mod interface;
 mod layout;
 mod lifecycle;
+mod replication;
 mod restore;
 mod stats;
 mod tls;
@@ -287,10 +289,7 @@ impl LocalRuntime {
         let archive_text = (!archive.exists()).then(|| "# Archiving is off.\n".to_string());
         let files = [
             ("postgresql.conf", Some(text)),
-            (
-                "pg_hba.conf",
-                Some(conf::render_pg_hba(self.tls_required(&spec.instance))),
-            ),
+            ("pg_hba.conf", Some(self.hba_text(&spec.instance)?)),
             (conf::ARCHIVE_INCLUDE, archive_text),
         ];
         for (name, content) in files {

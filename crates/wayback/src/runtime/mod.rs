@@ -13,6 +13,7 @@ pub mod interface;
 mod local;
 mod placement;
 mod remote;
+pub mod replication;
 
 use std::collections::BTreeMap;
 
@@ -25,8 +26,10 @@ pub use interface::{AgentSurvey, ClusterRuntime, Reach, RestoreSpec, Runtime};
 pub use local::{ArchiveAccess, ClusterTls, LocalRuntime};
 pub use placement::{choose, Placement, PlacementLedger, NO_ROOM};
 pub use remote::{BackupAnswer, RemoteRuntime};
+pub use replication::{FollowSpec, ReplicationGrant};
 pub use wayback_api::agent::{
-    ArchiverStats, Capacity, ClusterStatus, RestorePhase, RestoreState, RestoreStatus,
+    ArchiverStats, Capacity, ClusterStatus, ReplicationStatus, RestorePhase, RestoreState,
+    RestoreStatus, StandbyStatus,
 };
 
 /// What a cluster should look like.

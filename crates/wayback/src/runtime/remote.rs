@@ -26,7 +26,8 @@ use wayback_api::agent::{self as wire, Capacity, RestoreStatus};
 use super::placement::{choose, Placement, PlacementLedger};
 use super::{
     AgentSurvey, Applied, ArchiveCommand, ArchiverStats, ClusterRuntime, ClusterSpec,
-    ClusterStatus, RestoreSpec, RuntimeError, WalPosition,
+    ClusterStatus, FollowSpec, ReplicationGrant, ReplicationStatus, RestoreSpec, RuntimeError,
+    StandbyStatus, WalPosition,
 };
 use crate::archive::layout::InstancePrefix;
 use crate::archive::restore::RestoreTarget;
@@ -404,6 +405,73 @@ impl ClusterRuntime for RemoteRuntime {
 
     async fn restore_status(&self, id: &InstanceId) -> Result<RestoreStatus, RuntimeError> {
         self.on_cluster(id, Method::GET, "/restore", NONE).await
+    }
+
+    async fn prepare_replication(
+        &self,
+        leader: &InstanceId,
+        grant: &ReplicationGrant,
+    ) -> Result<(), RuntimeError> {
+        let body = wire::ReplicationBody {
+            role: grant.role.clone(),
+            password: grant.password.expose_secret().to_string(),
+            follower_address: grant.follower_address.clone(),
+        };
+        let rest = format!("/replication/{}", grant.slot);
+        self.on_cluster(leader, Method::PUT, &rest, Some(&body))
+            .await
+    }
+
+    async fn drop_replication(
+        &self,
+        leader: &InstanceId,
+        role: &str,
+        slot: &str,
+    ) -> Result<(), RuntimeError> {
+        let body = wire::DropReplicationBody { role: role.into() };
+        let rest = format!("/replication/{slot}");
+        self.on_cluster(leader, Method::DELETE, &rest, Some(&body))
+            .await
+    }
+
+    async fn replication_status(
+        &self,
+        leader: &InstanceId,
+    ) -> Result<Vec<ReplicationStatus>, RuntimeError> {
+        self.on_cluster(leader, Method::GET, "/replication", NONE)
+            .await
+    }
+
+    async fn standby_status(&self, follower: &InstanceId) -> Result<StandbyStatus, RuntimeError> {
+        self.on_cluster(follower, Method::GET, "/standby", NONE)
+            .await
+    }
+
+    async fn start_follow(
+        &self,
+        follower: &InstanceId,
+        spec: &FollowSpec,
+    ) -> Result<RestoreStatus, RuntimeError> {
+        let body = wire::FollowBody {
+            port: spec.port,
+            leader_prefix: spec.leader.as_str().to_string(),
+            leader_system_identifier: spec.leader_system_identifier,
+            leader_host: spec.leader_host.clone(),
+            leader_port: spec.leader_port,
+            role: spec.role.clone(),
+            password: spec.password.expose_secret().to_string(),
+            slot: spec.slot.clone(),
+            superuser_password: spec.superuser_password.expose_secret().to_string(),
+        };
+        self.on_cluster(follower, Method::POST, "/follow", Some(&body))
+            .await
+    }
+
+    async fn promote(&self, follower: &InstanceId) -> Result<u32, RuntimeError> {
+        let answer: wire::PromoteAnswer = self
+            .on_cluster(follower, Method::POST, "/promote", NONE)
+            .await?;
+        Ok(answer.timeline)
     }
 }
 

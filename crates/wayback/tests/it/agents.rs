@@ -24,16 +24,16 @@ use wayback::storage::{ObjectStore, StorageSettings};
 const AGENT_USER: &str = "broker";
 
 /// One `wayback agent` child process; killed (SIGKILL) and its clusters stopped on drop.
-struct AgentProc {
-    name: String,
+pub(crate) struct AgentProc {
+    pub(crate) name: String,
     port: u16,
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     config: PathBuf,
     child: Option<Child>,
 }
 
 impl AgentProc {
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
     }
 
@@ -84,13 +84,13 @@ impl Drop for AgentProc {
 }
 
 /// The broker, its agents, the CA file and the archive they share.
-struct Fleet {
-    app: TestApp,
-    agents: Vec<AgentProc>,
+pub(crate) struct Fleet {
+    pub(crate) app: TestApp,
+    pub(crate) agents: Vec<AgentProc>,
     http: reqwest::Client,
-    password: String,
+    pub(crate) password: String,
     archive: StorageSettings,
-    ca: PathBuf,
+    pub(crate) ca: PathBuf,
     /// The operator's key (base64) the broker and every agent have, as `fleet`.
     fleet_key: secrecy::SecretString,
     _root: tempfile::TempDir,
@@ -169,7 +169,10 @@ fn toml_str(s: &str) -> String {
 }
 
 impl Fleet {
-    async fn start(n: usize, customise: impl FnOnce(&mut wayback::config::Settings)) -> Fleet {
+    pub(crate) async fn start(
+        n: usize,
+        customise: impl FnOnce(&mut wayback::config::Settings),
+    ) -> Fleet {
         let root = test_root();
         let (ca, cert, key) = make_certs(root.path());
         let password = format!("agent-{}", new_id());
@@ -306,7 +309,7 @@ impl Fleet {
     }
 
     /// The agent the store recorded for `id`.
-    async fn placed_on(&self, id: &str) -> Option<String> {
+    pub(crate) async fn placed_on(&self, id: &str) -> Option<String> {
         self.app
             .store
             .get_instance(&InstanceId::parse(id.to_string()).unwrap())
@@ -377,7 +380,7 @@ impl Fleet {
             .map(str::to_string)
     }
 
-    fn store(&self) -> ObjectStore {
+    pub(crate) fn store(&self) -> ObjectStore {
         ObjectStore::open(&self.archive).unwrap()
     }
 }

@@ -29,6 +29,7 @@ mod crash_steps;
 mod docs;
 mod drain;
 mod fast;
+mod follow_engine;
 mod lifecycle;
 mod osb_pg;
 mod pg_driver;

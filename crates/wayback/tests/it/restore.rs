@@ -160,6 +160,7 @@ impl Source {
         )
         .await;
         RestoreRequest {
+            standby: None,
             store: self.store.clone(),
             storage: self.storage.clone(),
             source: prefix_of(&self.id),

@@ -23,6 +23,16 @@
 //!    is reported with its log tail, and shown not to have been promoted. Then the recovery
 //!    settings go, so later restarts are ordinary ones.
 //!
+//!
+//! A **standby** restore ([`RestoreRequest::standby`], a follower of its leader) shares steps
+//! 1–3 with these differences: `standby.signal` instead of `recovery.signal`,
+//! `primary_conninfo` and `primary_slot_name` (streaming from the leader, through its slot) and
+//! `hot_standby_feedback = on` beside the same `restore_command` (so the archive covers what
+//! the stream cannot), no target, no promotion, no archiving of its own. Step 4 waits until the
+//! server accepts read-only connections (consistent) instead of promotion, and only the
+//! temporary peer line goes afterwards: the recovery settings and the target file stay, since
+//! the cluster is a standby for its whole life (until it is promoted on purpose).
+//!
 //! Must not import `osb`, `broker`, `store` or `jobs`.
 
 mod download;
@@ -56,6 +66,17 @@ pub enum RestoreTarget {
     PointInTime(DateTime<Utc>),
 }
 
+/// Where a standby streams from. The conninfo holds no password: it names a `passfile`
+/// outside the data directory (written by the caller), so no secret is in the server's
+/// configuration files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandbySource {
+    /// libpq connection string to the leader (`host=… port=… user=… passfile=… sslmode=…`).
+    pub conninfo: String,
+    /// The physical replication slot on the leader.
+    pub slot: String,
+}
+
 /// Everything a restore needs. The data directory must be absent or empty.
 #[derive(Debug, Clone)]
 pub struct RestoreRequest {
@@ -70,6 +91,9 @@ pub struct RestoreRequest {
     /// the keyring); None: the source is in clear.
     pub source_key: Option<super::keydoc::ArchiveKey>,
     pub target: RestoreTarget,
+    /// Some: make a standby of the source's leader (target must be `Latest`, no archive of its
+    /// own, no superuser verifier: its roles are the leader's).
+    pub standby: Option<StandbySource>,
     /// Data directory, socket directory and server log of the new cluster.
     pub dirs: ClusterDirs,
     pub port: u16,
@@ -339,6 +363,36 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport, RestoreError
         p.set_phase(RestorePhase::Replaying);
     }
     let t1 = Instant::now();
+    if req.standby.is_some() {
+        let consistent = match server::wait_standby(req, &plan).await {
+            Ok(c) => c,
+            Err(e) => {
+                server::stop_after_failure(req).await;
+                return Err(e);
+            }
+        };
+        recovery::restore_access_files(req, &files)?;
+        server::reload(req).await?;
+        tracing::info!(backup = %m.backup_id, secs = t1.elapsed().as_secs_f64(), "standby consistent");
+        if let Some(p) = &req.progress {
+            p.set_phase(RestorePhase::Done);
+        }
+        return Ok(RestoreReport {
+            backup_id: m.backup_id.clone(),
+            backup_stop_time: m.stop_time,
+            target_time: None,
+            bytes_downloaded: downloaded,
+            raw_bytes: m.raw_bytes,
+            download_unpack_secs,
+            start_to_promoted_secs: t1.elapsed().as_secs_f64(),
+            total_secs: started.elapsed().as_secs_f64(),
+            wal_segments: plan.wal_segments,
+            backup_timeline: m.timeline,
+            timeline: consistent.timeline,
+            end_lsn: super::layout::format_lsn(consistent.end_lsn),
+            port: req.port,
+        });
+    }
     let promoted = match server::recover(req, &plan).await {
         Ok(p) => p,
         Err(e) => {
@@ -376,6 +430,17 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport, RestoreError
 
 /// Refusals that need no I/O beyond looking at the target directory.
 fn check_request(req: &RestoreRequest) -> Result<(), RestoreError> {
+    if req.standby.is_some()
+        && (req.archive.is_some()
+            || req.superuser_verifier.is_some()
+            || req.target != RestoreTarget::Latest)
+    {
+        return Err(RestoreError::Refused(
+            "a standby follows its leader to the latest WAL, archives nothing and keeps the \
+             leader's roles (no target, no archive, no new superuser password)"
+                .into(),
+        ));
+    }
     if let Some(a) = &req.archive {
         let (new, src) = (a.prefix.trim_end_matches('/'), req.source.as_str());
         if new == src || new.starts_with(&format!("{src}/")) || src.starts_with(&format!("{new}/"))

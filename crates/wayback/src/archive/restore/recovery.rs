@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use super::plan::Plan;
-use super::{RestoreError, RestoreRequest, RestoreTarget};
+use super::{RestoreError, RestoreRequest, RestoreTarget, StandbySource};
 use crate::archive::manifest::SettingFloors;
 use crate::archive::target::{capture_environment, ArchiveTarget, RestoreSource};
 use crate::pg::conf::{quote_value, ARCHIVE_INCLUDE, TLS_CERT_FILE, TLS_DIRECTORY, TLS_KEY_FILE};
@@ -56,6 +56,8 @@ pub(super) struct ConfInput<'a> {
     pub archive_timeout_secs: u64,
     /// None once promoted.
     pub recovery: Option<(RestoreTarget, &'a SettingFloors)>,
+    /// A standby's stream from its leader (with `recovery`): no target and no promotion.
+    pub standby: Option<&'a StandbySource>,
     /// The TLS certificate and key a restored `postgresql.conf` may name (`../tls/`, beside
     /// `pgdata`) are there: a cluster's runtime issues them before its restore. When they are
     /// not (a restore into a scratch directory, `wayback restore`), TLS is off, else a source
@@ -91,14 +93,24 @@ pub(super) fn render_conf(i: &ConfInput<'_>) -> Result<String, RestoreError> {
         out += &q("archive_mode", "off")?;
     }
     if let Some((goal, floors)) = i.recovery {
-        out += "# Recovery: removed once the cluster is promoted.\n";
+        out += if i.standby.is_some() {
+            "# Standby of a leader: kept for the cluster's whole life.\n"
+        } else {
+            "# Recovery: removed once the cluster is promoted.\n"
+        };
         out += &q(
             "restore_command",
             &format!("{bin} wal-fetch --target {target} %f %p"),
         )?;
-        out += &q("recovery_target_action", "promote")?;
+        if let Some(s) = i.standby {
+            out += &q("primary_conninfo", &s.conninfo)?;
+            out += &q("primary_slot_name", &s.slot)?;
+            out += &q("hot_standby_feedback", "on")?;
+        } else {
+            out += &q("recovery_target_action", "promote")?;
+        }
         out += &q("recovery_target_timeline", "latest")?;
-        if let RestoreTarget::PointInTime(t) = goal {
+        if let (RestoreTarget::PointInTime(t), None) = (goal, i.standby) {
             out += &q(
                 "recovery_target_time",
                 &t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
@@ -160,6 +172,7 @@ fn conf_input<'a>(
         archiving: req.archive.is_some(),
         archive_timeout_secs: req.archive_timeout_secs,
         recovery,
+        standby: req.standby.as_ref(),
         tls_files: [TLS_CERT_FILE, TLS_KEY_FILE]
             .iter()
             .all(|f| req.dirs.pgdata.join(TLS_DIRECTORY).join(f).is_file()),
@@ -253,8 +266,13 @@ pub(super) fn write_recovery(
     let floors = effective_floors(&conf, &plan.floors);
     let text = render_conf(&conf_input(req, Some((plan.target, &floors)))?)?;
     write(&pgdata.join(ARCHIVE_INCLUDE), text.as_bytes(), owner)?;
-    write(&pgdata.join("recovery.signal"), b"", owner)?;
-    let _ = std::fs::remove_file(pgdata.join("standby.signal"));
+    let (signal, other) = if req.standby.is_some() {
+        ("standby.signal", "recovery.signal")
+    } else {
+        ("recovery.signal", "standby.signal")
+    };
+    write(&pgdata.join(signal), b"", owner)?;
+    let _ = std::fs::remove_file(pgdata.join(other));
     let files = RecoveryFiles {
         hba: read(&pgdata.join("pg_hba.conf"))?,
         ident: read(&pgdata.join("pg_ident.conf"))?,
@@ -286,6 +304,18 @@ fn prepare_local_archive(a: &ArchiveTarget, owner: Option<Owner>) -> Result<(), 
     Ok(())
 }
 
+/// The source's `pg_hba.conf` and `pg_ident.conf` back in place of the temporary peer line:
+/// all a standby's `finish` does (its recovery settings and target file stay).
+pub(super) fn restore_access_files(
+    req: &RestoreRequest,
+    files: &RecoveryFiles,
+) -> Result<(), RestoreError> {
+    let owner = req.tools.run_as.owner();
+    let pgdata = &req.dirs.pgdata;
+    write(&pgdata.join("pg_hba.conf"), &files.hba, owner)?;
+    write(&pgdata.join("pg_ident.conf"), &files.ident, owner)
+}
+
 /// After promotion: ordinary settings, the source's hba and ident files, a target file without
 /// `restore_from` (or none when archiving is off), no prefetched leftovers. The caller reloads.
 pub(super) fn finish(
@@ -297,8 +327,7 @@ pub(super) fn finish(
     let pgdata = &req.dirs.pgdata;
     let text = render_conf(&conf_input(req, None)?)?;
     write(&pgdata.join(ARCHIVE_INCLUDE), text.as_bytes(), owner)?;
-    write(&pgdata.join("pg_hba.conf"), &files.hba, owner)?;
-    write(&pgdata.join("pg_ident.conf"), &files.ident, owner)?;
+    restore_access_files(req, files)?;
     if req.archive.is_some() {
         write_target(req, &target_file(req, sysid, false), owner)?;
     } else if let Err(e) = std::fs::remove_file(&req.target_file) {

@@ -11,6 +11,7 @@ fn input<'a>(floors: &'a SettingFloors, recovery: bool, archiving: bool) -> Conf
         archiving,
         archive_timeout_secs: 60,
         tls_files: true,
+        standby: None,
         recovery: recovery.then(|| {
             (
                 RestoreTarget::PointInTime("2026-01-02T03:04:05.123456Z".parse().unwrap()),
@@ -89,4 +90,33 @@ fn tls_is_off_only_where_its_files_are_missing() {
     })
     .unwrap();
     assert!(scratch.contains("ssl = 'off'\n"), "{scratch}");
+}
+
+#[test]
+fn a_standby_streams_from_its_slot_falls_back_to_the_archive_and_never_promotes() {
+    let floors = SettingFloors::default();
+    let source = StandbySource {
+        conninfo: "host=10.0.0.1 port=5433 user=wb_repl_x passfile=/c/replication.pass".into(),
+        slot: "wb_follower_x".into(),
+    };
+    let text = render_conf(&ConfInput {
+        standby: Some(&source),
+        recovery: Some((RestoreTarget::Latest, &floors)),
+        ..input(&floors, false, false)
+    })
+    .unwrap();
+    for line in [
+        "archive_mode = 'off'",
+        "restore_command = '''/opt/way back/wayback'' wal-fetch --target /tmp/wbt-x/archive.json %f %p'",
+        "primary_conninfo = 'host=10.0.0.1 port=5433 user=wb_repl_x passfile=/c/replication.pass'",
+        "primary_slot_name = 'wb_follower_x'",
+        "hot_standby = 'on'",
+        "hot_standby_feedback = 'on'",
+        "recovery_target_timeline = 'latest'",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} missing in\n{text}");
+    }
+    assert!(!text.contains("recovery_target_action"), "{text}");
+    assert!(!text.contains("recovery_target_time "), "{text}");
+    assert!(!text.contains("password"), "no secret in the file: {text}");
 }

@@ -94,10 +94,73 @@ async fn failed(req: &RestoreRequest, plan: &Plan, reason: String) -> RestoreErr
     }
 }
 
-/// Starts the server and waits until it is promoted; verifies where it ended.
-pub(super) async fn recover(req: &RestoreRequest, plan: &Plan) -> Result<Promoted, RestoreError> {
+/// Starts a standby and waits until it accepts read-only connections: `postmaster.pid` says
+/// `ready` (PostgreSQL 15 writes it once hot standby opens, consistent; `standby` is accepted
+/// too) and `pg_is_in_recovery()` confirms it is still a standby.
+/// Returns its timeline and replay position then.
+pub(super) async fn wait_standby(
+    req: &RestoreRequest,
+    plan: &Plan,
+) -> Result<Promoted, RestoreError> {
+    start_server(req).await?;
+    let started = Instant::now();
+    let bound = replay_bound(plan.wal_segments);
+    let mut gone_since: Option<Instant> = None;
+    let mut seen = false;
+    let mut pause = Duration::from_millis(20);
+    // What the last look found, for the error when it never becomes consistent.
+    let mut last = String::from("no postmaster");
+    loop {
+        match ctl::live_postmaster(&req.dirs.pgdata)? {
+            Some(pm) => {
+                seen = true;
+                gone_since = None;
+                last = format!("postmaster status {:?}", pm.status);
+                if matches!(pm.status.as_deref(), Some("ready" | "standby")) {
+                    let row = psql(
+                        req,
+                        "check the standby",
+                        "SELECT pg_is_in_recovery(), (SELECT timeline_id FROM \
+                         pg_control_checkpoint()), pg_last_wal_replay_lsn()",
+                    )
+                    .await?;
+                    last = format!("server says {row:?}");
+                    let mut f = row.split('|');
+                    if f.next() == Some("t") {
+                        let timeline = f.next().and_then(|t| t.parse().ok());
+                        let lsn = f.next().and_then(parse_lsn);
+                        if let (Some(timeline), Some(end_lsn)) = (timeline, lsn) {
+                            return Ok(Promoted { timeline, end_lsn });
+                        }
+                    }
+                }
+            }
+            None if seen || started.elapsed() > APPEAR_TIMEOUT => {
+                let since = *gone_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= GONE_FOR {
+                    let reason = "the standby stopped before it became consistent".to_string();
+                    return Err(failed(req, plan, reason).await);
+                }
+            }
+            None => {}
+        }
+        if started.elapsed() > bound {
+            let reason = format!(
+                "not consistent within {} s ({} WAL segments to replay; last seen: {last})",
+                bound.as_secs(),
+                plan.wal_segments
+            );
+            return Err(failed(req, plan, reason).await);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// `pg_ctl start -W`: recovery may take long; the caller watches it instead of pg_ctl's fixed
+/// timeout.
+async fn start_server(req: &RestoreRequest) -> Result<(), RestoreError> {
     let pgdata = &req.dirs.pgdata;
-    // -W: recovery may take long; we watch it ourselves instead of pg_ctl's fixed timeout.
     req.tools
         .cmd(
             "pg_ctl",
@@ -111,6 +174,13 @@ pub(super) async fn recover(req: &RestoreRequest, plan: &Plan) -> Result<Promote
         .run()
         .await?;
     crate::crash_point::reached("clone_restore:replaying");
+    Ok(())
+}
+
+/// Starts the server and waits until it is promoted; verifies where it ended.
+pub(super) async fn recover(req: &RestoreRequest, plan: &Plan) -> Result<Promoted, RestoreError> {
+    let pgdata = &req.dirs.pgdata;
+    start_server(req).await?;
     let started = Instant::now();
     let bound = replay_bound(plan.wal_segments);
     let mut seen = false;

@@ -15,6 +15,7 @@ use crate::runtime::{
     ClusterStatus, Placement, PlacementLedger, RestoreSpec, RestoreStatus, RuntimeError,
     WalPosition,
 };
+use crate::runtime::{FollowSpec, ReplicationGrant, ReplicationStatus, StandbyStatus};
 
 #[async_trait]
 impl ClusterRuntime for LocalRuntime {
@@ -124,5 +125,39 @@ impl ClusterRuntime for LocalRuntime {
     }
     async fn restore_status(&self, id: &InstanceId) -> Result<RestoreStatus, RuntimeError> {
         LocalRuntime::restore_status(self, id).await
+    }
+    async fn prepare_replication(
+        &self,
+        leader: &InstanceId,
+        grant: &ReplicationGrant,
+    ) -> Result<(), RuntimeError> {
+        LocalRuntime::prepare_replication(self, leader, grant).await
+    }
+    async fn drop_replication(
+        &self,
+        leader: &InstanceId,
+        role: &str,
+        slot: &str,
+    ) -> Result<(), RuntimeError> {
+        LocalRuntime::drop_replication(self, leader, role, slot).await
+    }
+    async fn replication_status(
+        &self,
+        leader: &InstanceId,
+    ) -> Result<Vec<ReplicationStatus>, RuntimeError> {
+        LocalRuntime::replication_status(self, leader).await
+    }
+    async fn standby_status(&self, follower: &InstanceId) -> Result<StandbyStatus, RuntimeError> {
+        LocalRuntime::standby_status(self, follower).await
+    }
+    async fn start_follow(
+        &self,
+        follower: &InstanceId,
+        spec: &FollowSpec,
+    ) -> Result<RestoreStatus, RuntimeError> {
+        LocalRuntime::start_follow(self, follower, spec).await
+    }
+    async fn promote(&self, follower: &InstanceId) -> Result<u32, RuntimeError> {
+        LocalRuntime::promote(self, follower).await
     }
 }

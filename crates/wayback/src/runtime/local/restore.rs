@@ -81,6 +81,13 @@ impl RestoreTask {
     }
 }
 
+/// What a background restore makes: a clone (promoted) or a follower (a standby).
+#[derive(Clone)]
+pub(super) enum Work {
+    Clone(RestoreSpec),
+    Follow(crate::runtime::FollowSpec),
+}
+
 impl LocalRuntime {
     /// Starts the restore of `spec` into `id`'s cluster in the background, or joins the one
     /// that runs or succeeded (see the module docs).
@@ -88,6 +95,15 @@ impl LocalRuntime {
         &self,
         id: &InstanceId,
         spec: &RestoreSpec,
+    ) -> Result<RestoreStatus, RuntimeError> {
+        self.start_work(id, Work::Clone(spec.clone())).await
+    }
+
+    /// [`Self::start_restore`] for either kind of work.
+    pub(super) async fn start_work(
+        &self,
+        id: &InstanceId,
+        work: Work,
     ) -> Result<RestoreStatus, RuntimeError> {
         let site = Site {
             layout: self.layout.clone(),
@@ -105,7 +121,7 @@ impl LocalRuntime {
                 None => {
                     let task = Arc::new(RestoreTask::default());
                     map.insert(id.clone(), task.clone());
-                    tokio::spawn(run(site, id.clone(), spec.clone(), task.clone()));
+                    tokio::spawn(run(site, id.clone(), work, task.clone()));
                     task
                 }
             }
@@ -170,8 +186,12 @@ impl LocalRuntime {
 }
 
 /// Runs one restore to its end and records how it ended.
-async fn run(site: Site, id: InstanceId, spec: RestoreSpec, task: Arc<RestoreTask>) {
-    let outcome = match site.restore(&id, spec, task.progress.clone()).await {
+async fn run(site: Site, id: InstanceId, work: Work, task: Arc<RestoreTask>) {
+    let result = match work {
+        Work::Clone(spec) => site.restore(&id, spec, task.progress.clone()).await,
+        Work::Follow(spec) => site.follow(&id, spec, task.progress.clone()).await,
+    };
+    let outcome = match result {
         Ok(report) => {
             tracing::info!(instance = %id, backup = ?report.as_ref().map(|r| &r.backup_id), "restore finished");
             Ok(report.map_or_else(RestoreDone::default, |r| RestoreDone {
@@ -189,26 +209,26 @@ async fn run(site: Site, id: InstanceId, spec: RestoreSpec, task: Arc<RestoreTas
 }
 
 /// What a restore needs of the runtime, owned: it outlives the call that starts it.
-struct Site {
-    layout: Layout,
-    tools: Tools,
+pub(super) struct Site {
+    pub(super) layout: Layout,
+    pub(super) tools: Tools,
     /// The instance's lock, held while its directories are prepared.
     lock: Arc<tokio::sync::Mutex<()>>,
-    listen_address: String,
+    pub(super) listen_address: String,
     timeout: Duration,
-    archive: ArchiveAccess,
-    tls: Option<super::ClusterTls>,
+    pub(super) archive: ArchiveAccess,
+    pub(super) tls: Option<super::ClusterTls>,
 }
 
 /// An emptied cluster directory, ready for the engine.
-struct Slot {
-    target_file: PathBuf,
+pub(super) struct Slot {
+    pub(super) target_file: PathBuf,
     /// The SCRAM verifier of the new superuser password, already in `admin-password`.
-    superuser_verifier: SecretString,
+    pub(super) superuser_verifier: SecretString,
 }
 
 impl Site {
-    fn restored_marker(&self, id: &InstanceId) -> PathBuf {
+    pub(super) fn restored_marker(&self, id: &InstanceId) -> PathBuf {
         self.layout.cluster(id).join("restored")
     }
 
@@ -240,10 +260,14 @@ impl Site {
         .await
         .map_err(|e| RuntimeError::Restore(e.into()))?
         .map(keydoc::ArchiveKey);
-        let Some(slot) = self.prepare(id, spec.port, &own, &own_prefix).await? else {
+        let Some(slot) = self
+            .prepare(id, spec.port, Some((&own, &own_prefix)), None)
+            .await?
+        else {
             return Ok(None);
         };
         let req = engine::RestoreRequest {
+            standby: None,
             store: self.archive.store.clone(),
             storage: crate::archive::target::capture_environment(&settings.archive),
             source: spec.source,
@@ -264,6 +288,15 @@ impl Site {
             superuser_verifier: Some(slot.superuser_verifier),
             progress: Some(progress),
         };
+        self.run_engine(id, req).await.map(Some)
+    }
+
+    /// Runs the engine and records that it finished.
+    pub(super) async fn run_engine(
+        &self,
+        id: &InstanceId,
+        req: engine::RestoreRequest,
+    ) -> Result<RestoreReport, RuntimeError> {
         // On a blocking thread of its own: the engine's future is not `Send` for every lifetime
         // (a known compiler limit with borrowed streams), and callers spawn their futures.
         let handle = tokio::runtime::Handle::current();
@@ -275,17 +308,19 @@ impl Site {
         let marker = self.restored_marker(id);
         fsutil::write_atomic(&marker, b"restored\n", 0o600, None)
             .map_err(io(format!("write {}", marker.display())))?;
-        Ok(Some(report))
+        Ok(report)
     }
 
-    /// Prepares an empty data directory for a restore that archives into `archive` once
-    /// promoted; `None` when an earlier run already restored it (see the module docs).
-    async fn prepare(
+    /// Prepares an empty data directory for a restore that archives into `own` once
+    /// promoted (a clone; None: a follower, which archives nothing), with `superuser` as its
+    /// superuser password (None: a new random one); `None` when an earlier run already
+    /// restored it (see the module docs).
+    pub(super) async fn prepare(
         &self,
         id: &InstanceId,
         port: u16,
-        archive: &ArchiveTarget,
-        own_prefix: &InstancePrefix,
+        own: Option<(&ArchiveTarget, &InstancePrefix)>,
+        superuser: Option<&SecretString>,
     ) -> Result<Option<Slot>, RuntimeError> {
         let _guard = self.lock.clone().lock_owned().await;
         let tools = &self.tools;
@@ -312,7 +347,9 @@ impl Site {
             fsutil::ensure_dir(&dir, 0o700, owner)
                 .map_err(io(format!("create {}", dir.display())))?;
         }
-        super::archive::prepare_local_archive(archive, owner)?;
+        if let Some((archive, _)) = own {
+            super::archive::prepare_local_archive(archive, owner)?;
+        }
         for dir in [dirs.pgdata.clone(), self.layout.partial(id)] {
             if dir.exists() {
                 stop_everything_in(tools, &dir, self.timeout).await?;
@@ -327,12 +364,16 @@ impl Site {
             fsutil::ensure_dir(&dir, 0o700, owner)
                 .map_err(io(format!("create {}", dir.display())))?;
         }
-        self.empty_own_prefix(id, own_prefix).await?;
+        if let Some((_, own_prefix)) = own {
+            self.empty_own_prefix(id, own_prefix).await?;
+        }
         // A clone's own certificate and key, never its source's (which no backup carries).
         if let Some(tls) = &self.tls {
             tls.ensure(&self.layout, owner, id, true)?;
         }
-        let password = scram::random_password(32);
+        let password = superuser
+            .cloned()
+            .unwrap_or_else(|| scram::random_password(32));
         let verifier = scram::verifier(&password).map_err(rt)?;
         let pw_file = self.layout.password_file(id);
         fsutil::write_atomic(&pw_file, password.expose_secret().as_bytes(), 0o600, None)

@@ -177,7 +177,7 @@ impl LocalRuntime {
                 .map_err(io(format!("write {}", path.display())))?;
         }
         let hba = dirs.pgdata.join("pg_hba.conf");
-        let want = conf::render_pg_hba(self.tls_required(id));
+        let want = self.hba_text(id)?;
         if std::fs::read_to_string(&hba).ok().as_deref() != Some(want.as_str()) {
             fsutil::write_atomic(&hba, want.as_bytes(), 0o600, owner)
                 .map_err(io(format!("write {}", hba.display())))?;

@@ -9,8 +9,9 @@ use wayback::archive::{ArchiveTarget, BackupOptions, BackupReport, BackupTimings
 use wayback::domain::InstanceId;
 use wayback::runtime::{
     async_trait, AgentSurvey, Applied, ArchiveCommand, ArchiverStats, ClusterRuntime, ClusterSpec,
-    ClusterStatus, Placement, PlacementLedger, RestorePhase, RestoreSpec, RestoreState,
-    RestoreStatus, RuntimeError, WalPosition,
+    ClusterStatus, FollowSpec, Placement, PlacementLedger, ReplicationGrant, ReplicationStatus,
+    RestorePhase, RestoreSpec, RestoreState, RestoreStatus, RuntimeError, StandbyStatus,
+    WalPosition,
 };
 
 use super::{lock, Call, FakeCluster, FakeRuntime};
@@ -241,6 +242,91 @@ impl ClusterRuntime for FakeRuntime {
             restored()
         } else {
             RestoreStatus::default()
+        })
+    }
+
+    async fn prepare_replication(
+        &self,
+        leader: &InstanceId,
+        grant: &ReplicationGrant,
+    ) -> Result<(), RuntimeError> {
+        self.enter(Call::PrepareReplication, Some(leader)).await?;
+        self.with(leader, true, |c| {
+            let who = (grant.role.clone(), grant.follower_address.clone());
+            c.replication.insert(grant.slot.clone(), who);
+        })
+    }
+
+    async fn drop_replication(
+        &self,
+        leader: &InstanceId,
+        _role: &str,
+        slot: &str,
+    ) -> Result<(), RuntimeError> {
+        self.enter(Call::DropReplication, Some(leader)).await?;
+        self.with(leader, true, |c| {
+            c.replication.remove(slot);
+        })
+    }
+
+    async fn replication_status(
+        &self,
+        leader: &InstanceId,
+    ) -> Result<Vec<ReplicationStatus>, RuntimeError> {
+        self.enter(Call::ReplicationStatus, Some(leader)).await?;
+        // Every follower streams, caught up.
+        self.with(leader, true, |c| {
+            c.replication
+                .iter()
+                .map(|(slot, (role, _))| ReplicationStatus {
+                    slot: slot.clone(),
+                    role: Some(role.clone()),
+                    active: true,
+                    state: Some("streaming".into()),
+                    lag_bytes: Some(0),
+                    replay_lag_secs: Some(0.0),
+                    xmin_age: Some(0),
+                    wal_status: Some("reserved".into()),
+                    ..ReplicationStatus::default()
+                })
+                .collect()
+        })
+    }
+
+    async fn standby_status(&self, follower: &InstanceId) -> Result<StandbyStatus, RuntimeError> {
+        self.enter(Call::StandbyStatus, Some(follower)).await?;
+        self.with(follower, true, |c| StandbyStatus {
+            in_recovery: c.standby,
+            streaming: c.standby,
+            receiver_status: c.standby.then(|| "streaming".into()),
+            ..StandbyStatus::default()
+        })
+    }
+
+    async fn start_follow(
+        &self,
+        follower: &InstanceId,
+        spec: &FollowSpec,
+    ) -> Result<RestoreStatus, RuntimeError> {
+        self.enter(Call::StartFollow, Some(follower)).await?;
+        // A running standby that archives nothing.
+        let mut clusters = lock(&self.clusters);
+        let cluster = clusters
+            .entry(follower.to_string())
+            .or_insert_with(|| FakeCluster::new(ClusterStatus::Running, spec.port));
+        cluster.status = ClusterStatus::Running;
+        cluster.standby = true;
+        Ok(RestoreStatus {
+            timeline: Some(1),
+            ..restored()
+        })
+    }
+
+    async fn promote(&self, follower: &InstanceId) -> Result<u32, RuntimeError> {
+        self.enter(Call::Promote, Some(follower)).await?;
+        self.with(follower, true, |c| {
+            c.standby = false;
+            2
         })
     }
 }

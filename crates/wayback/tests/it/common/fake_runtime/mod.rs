@@ -50,6 +50,12 @@ pub enum Call {
     TakeBackup,
     StartRestore,
     RestoreStatus,
+    PrepareReplication,
+    DropReplication,
+    ReplicationStatus,
+    StandbyStatus,
+    StartFollow,
+    Promote,
 }
 
 /// A cluster as the fake keeps it.
@@ -64,6 +70,10 @@ pub struct FakeCluster {
     pub databases: BTreeMap<String, String>,
     /// Login roles (bindings' roles).
     pub roles: BTreeSet<String>,
+    /// On a leader: its followers' slots → replication role and follower address.
+    pub replication: BTreeMap<String, (String, String)>,
+    /// A follower not yet promoted (made by `start_follow`).
+    pub standby: bool,
 }
 
 impl FakeCluster {
@@ -75,6 +85,8 @@ impl FakeCluster {
             archiving: false,
             databases: BTreeMap::new(),
             roles: BTreeSet::new(),
+            replication: BTreeMap::new(),
+            standby: false,
         }
     }
 }
