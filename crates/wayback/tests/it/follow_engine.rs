@@ -13,6 +13,7 @@
 
 use crate::agents::Fleet;
 use crate::common;
+use crate::common::archive_wait::{prefix_of, wait_for_backup};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,10 +22,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use secrecy::SecretString;
 use sqlx::{ConnectOptions, Row};
-use wayback::archive::layout::InstancePrefix;
-use wayback::archive::window::restore_window;
 use wayback::config::{AgentEndpoint, AgentsSettings};
-use wayback::domain::{InstanceId, SpaceGuid};
+use wayback::domain::InstanceId;
 use wayback::runtime::{
     ArchiveAccess, ClusterRuntime, ClusterSpec, FollowSpec, LocalRuntime, RemoteRuntime,
     ReplicationGrant, RestoreState, StandbyStatus,
@@ -33,13 +32,6 @@ use wayback::storage::ObjectStore;
 
 const ROLE: &str = "wb_repl_engine";
 const SLOT: &str = "wb_follower_engine";
-
-fn prefix_of(id: &str) -> InstancePrefix {
-    InstancePrefix::new(
-        &SpaceGuid::parse(SPACE).unwrap(),
-        &InstanceId::parse(id.to_string()).unwrap(),
-    )
-}
 
 /// A second local runtime over the app's data directory, with the broker's archive, keys and
 /// CA: what the broker's own runtime would do, called directly.
@@ -56,19 +48,6 @@ fn runtime_beside(app: &TestApp) -> LocalRuntime {
             settings: Arc::new(settings),
             keyring: Some(Arc::new(keyring)),
         })
-}
-
-async fn wait_for_backup(store: &ObjectStore, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while restore_window(store, &prefix_of(id))
-        .await
-        .unwrap()
-        .backups
-        .is_empty()
-    {
-        assert!(Instant::now() < deadline, "no base backup of {id} in 120 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// A superuser session on the running cluster in `dir` (a cluster directory).
