@@ -61,7 +61,7 @@ ANCHOR_TUNED = {"backup_s": 7.9, "restore_s": 7.1, "replay_s": 8.4}
 ANCHOR_DEFAULTS = {"backup_s": 28.0, "restore_s": 13.0, "replay_s": 6.0}
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_md import write_generated_block  # noqa: E402  (scripts/lib/bench_md.py)
+from bench_md import render_text, write_generated_block  # noqa: E402  (scripts/lib/bench_md.py)
 
 SECTION = "## Archive: backup, restore, replay"
 BEGIN = "<!-- bench-archive -->"
@@ -725,16 +725,6 @@ def undo_rows(u: dict, p: dict | None, anchor: dict, sides: list, wb_side: str,
     if u.get("ok") != 1.0:
         rows.append(row("undo: rows checked", "NOT VERIFIED"))
     return rows
-
-
-def render_text(rows) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for n, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def render_markdown(rows, r: dict) -> str:

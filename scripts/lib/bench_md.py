@@ -1,4 +1,5 @@
-"""BENCHMARKS.md's generated blocks, shared by the benchmark reports. Standard library only."""
+"""What the benchmark reports share: the text table and BENCHMARKS.md's generated blocks.
+Standard library only."""
 
 from __future__ import annotations
 
@@ -21,3 +22,14 @@ def write_generated_block(path: str, section: str, begin: str, end: str, block: 
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def render_text(rows) -> str:
+    """Rows as aligned columns, the first one a header underlined with dashes."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -17,7 +17,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_md import write_generated_block  # noqa: E402  (scripts/lib/bench_md.py)
+from bench_md import render_text, write_generated_block  # noqa: E402  (scripts/lib/bench_md.py)
 
 SECTION = "## TLS: what it costs the app"
 BEGIN = "<!-- bench-tls -->"
@@ -79,16 +79,6 @@ def build(r: dict):
         rows.append((f"{title}: average latency (median)", lat_cell(p), lat_cell(t),
                      cost(p["latency_ms"], t["latency_ms"])))
     return rows, machine
-
-
-def render_text(rows) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    out = []
-    for n, row in enumerate(rows):
-        out.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
 
 
 def render_markdown(rows, r: dict) -> str:

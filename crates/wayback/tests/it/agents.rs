@@ -797,50 +797,45 @@ async fn an_instance_whose_agent_is_gone_comes_back_on_the_other_agent() {
     );
 }
 
-#[test]
-fn an_agent_without_the_brokers_keys_refuses_to_start_and_says_so() {
+/// `wayback agent` with `configure` applied to its environment must refuse to start: its
+/// stderr, after checking that it made nothing (no data directory).
+fn agent_refusal(configure: impl FnOnce(&mut Command)) -> String {
     let root = test_root();
-    let out = Command::new(env!("CARGO_BIN_EXE_wayback"))
-        .arg("agent")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wayback"));
+    cmd.arg("agent")
         .env("WAYBACK_DATA_DIR", root.path().join("agent"))
-        .env("WAYBACK_AGENT_PASSWORD", "agent-password-for-the-test")
-        .env_remove("WAYBACK_ENCRYPTION_KEYS")
-        .env_remove("WAYBACK_ARCHIVE_ENCRYPT")
         .env("WAYBACK_AGENT_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        .stdin(Stdio::null());
+    configure(&mut cmd);
+    let out = cmd.output().unwrap();
     assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("encryption.keys") && stderr.contains("WAYBACK_ENCRYPTION_KEYS"),
-        "{stderr}"
-    );
     assert!(
         !root.path().join("agent").exists(),
         "nothing made before the refusal"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn an_agent_without_the_brokers_keys_refuses_to_start_and_says_so() {
+    let stderr = agent_refusal(|cmd| {
+        cmd.env("WAYBACK_AGENT_PASSWORD", "agent-password-for-the-test")
+            .env_remove("WAYBACK_ENCRYPTION_KEYS")
+            .env_remove("WAYBACK_ARCHIVE_ENCRYPT");
+    });
+    assert!(
+        stderr.contains("encryption.keys") && stderr.contains("WAYBACK_ENCRYPTION_KEYS"),
+        "{stderr}"
     );
 }
 
 #[test]
 fn an_agent_without_a_password_refuses_to_start_and_says_so() {
-    let root = test_root();
-    let out = Command::new(env!("CARGO_BIN_EXE_wayback"))
-        .arg("agent")
-        .env("WAYBACK_DATA_DIR", root.path().join("agent"))
-        .env_remove("WAYBACK_AGENT_PASSWORD")
-        .env("WAYBACK_AGENT_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = agent_refusal(|cmd| {
+        cmd.env_remove("WAYBACK_AGENT_PASSWORD");
+    });
     assert!(
         stderr.contains("agent.password") && stderr.contains("WAYBACK_AGENT_PASSWORD"),
         "{stderr}"
-    );
-    assert!(
-        !root.path().join("agent").exists(),
-        "nothing made before the refusal"
     );
 }

@@ -119,24 +119,8 @@ fn wayback_cli(data_dir: &Path, archive: &StorageSettings, args: &[&str]) -> Com
     cmd.args(args)
         .arg("--data-dir")
         .arg(data_dir)
-        .env("WAYBACK_LOG", "warn")
-        .env("WAYBACK_ARCHIVE_URL", &archive.url);
-    for (var, value) in [
-        ("AWS_ENDPOINT_URL", archive.endpoint.clone()),
-        ("AWS_REGION", archive.region.clone()),
-        ("AWS_ACCESS_KEY_ID", archive.access_key_id.clone()),
-        (
-            "AWS_SECRET_ACCESS_KEY",
-            archive
-                .secret_access_key
-                .as_ref()
-                .map(|s| secrecy::ExposeSecret::expose_secret(s).to_string()),
-        ),
-    ] {
-        if let Some(v) = value {
-            cmd.env(var, v);
-        }
-    }
+        .env("WAYBACK_LOG", "warn");
+    crate::common::archive_wait::archive_env(&mut cmd, archive);
     cmd
 }
 

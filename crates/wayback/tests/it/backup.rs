@@ -158,23 +158,7 @@ fn cli_backup(app: &TestApp, id: &str, archive: &StorageSettings) -> serde_json:
         .env("WAYBACK_LOG", "warn")
         .env("WAYBACK_BACKUP_PART_BYTES", SMALL_PARTS.to_string());
     if !archive.url.is_empty() {
-        cmd.env("WAYBACK_ARCHIVE_URL", &archive.url);
-        for (k, v) in [
-            ("AWS_ENDPOINT_URL", archive.endpoint.clone()),
-            ("AWS_REGION", archive.region.clone()),
-            ("AWS_ACCESS_KEY_ID", archive.access_key_id.clone()),
-            (
-                "AWS_SECRET_ACCESS_KEY",
-                archive
-                    .secret_access_key
-                    .as_ref()
-                    .map(|s| secrecy::ExposeSecret::expose_secret(s).to_string()),
-            ),
-        ] {
-            if let Some(v) = v {
-                cmd.env(k, v);
-            }
-        }
+        crate::common::archive_wait::archive_env(&mut cmd, archive);
     }
     let out = cmd.output().expect("run wayback backup");
     assert!(

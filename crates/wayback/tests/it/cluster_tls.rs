@@ -41,8 +41,8 @@ fn psql(
     root_cert: &Path,
     sql: &str,
 ) -> Result<String, String> {
-    let out = std::process::Command::new(Path::new(BIN_DIR).join("psql"))
-        .args(["-X", "-q", "-A", "-t", "-c", "SET ROLE NONE", "-c", sql])
+    let mut cmd = std::process::Command::new(Path::new(BIN_DIR).join("psql"));
+    cmd.args(["-X", "-q", "-A", "-t", "-c", "SET ROLE NONE", "-c", sql])
         .env_clear()
         .env("HOME", "/nonexistent")
         .env("PGHOST", host)
@@ -53,9 +53,13 @@ fn psql(
         .env("PGSSLMODE", sslmode)
         .env("PGSSLROOTCERT", root_cert)
         .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run psql");
+        .stdin(std::process::Stdio::null());
+    output(cmd)
+}
+
+/// What a `psql` run printed, or its stderr when it failed.
+fn output(mut cmd: std::process::Command) -> Result<String, String> {
+    let out = cmd.output().expect("run psql");
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
@@ -232,21 +236,15 @@ async fn a_cluster_made_before_tls_serves_it_and_requires_it_from_its_next_start
 /// `psql` with a binding's `uri` (plus `sslmode`) and only `root_cert`; its output or stderr.
 fn psql_uri(uri: &str, sslmode: &str, root_cert: &Path, sql: &str) -> Result<String, String> {
     let sep = if uri.contains('?') { '&' } else { '?' };
-    let out = std::process::Command::new(Path::new(BIN_DIR).join("psql"))
-        .arg(format!("{uri}{sep}sslmode={sslmode}"))
+    let mut cmd = std::process::Command::new(Path::new(BIN_DIR).join("psql"));
+    cmd.arg(format!("{uri}{sep}sslmode={sslmode}"))
         .args(["-X", "-q", "-A", "-t", "-c", "SET ROLE NONE", "-c", sql])
         .env_clear()
         .env("HOME", "/nonexistent")
         .env("PGSSLROOTCERT", root_cert)
         .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run psql");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+        .stdin(std::process::Stdio::null());
+    output(cmd)
 }
 
 /// A fork gets its own certificate and key, never its source's, and serves TLS the CA verifies.

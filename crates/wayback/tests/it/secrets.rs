@@ -60,6 +60,20 @@ async fn insert_binding(store: &Store, id: &str) {
         .unwrap();
 }
 
+/// Instance `i-1` and its binding `b-1` (password `MARKER` + id).
+async fn insert_instance_and_binding(store: &Store) {
+    store
+        .insert_instance(
+            &instance("i-1"),
+            Some("db"),
+            &operation("op-i", "i-1", None, OperationKind::Provision),
+            &job("op-i", "i-1", None),
+        )
+        .await
+        .unwrap();
+    insert_binding(store, "b-1").await;
+}
+
 async fn password(store: &Store, id: &str) -> String {
     let got = store.get_binding(&BindingId::parse(id).unwrap()).await;
     got.unwrap().unwrap().password.expose_secret().to_string()
@@ -72,15 +86,7 @@ async fn suite(url: &str, raw: impl AsyncFn() -> Vec<String>) {
         .await
         .unwrap()
         .with_keyring(keyring(&all, &["old"], "old"));
-    old.insert_instance(
-        &instance("i-1"),
-        Some("db"),
-        &operation("op-i", "i-1", None, OperationKind::Provision),
-        &job("op-i", "i-1", None),
-    )
-    .await
-    .unwrap();
-    insert_binding(&old, "b-1").await;
+    insert_instance_and_binding(&old).await;
     assert_eq!(password(&old, "b-1").await, format!("{MARKER}b-1"));
     for value in raw().await {
         assert!(!value.contains(MARKER), "stored in clear: {value}");
@@ -183,16 +189,7 @@ async fn clear_rows_are_sealed_at_start_and_a_missing_key_refuses_start() {
     let (store, url) = wayback::open::state_store(&settings, dir.path())
         .await
         .unwrap();
-    store
-        .insert_instance(
-            &instance("i-1"),
-            Some("db"),
-            &operation("op-i", "i-1", None, OperationKind::Provision),
-            &job("op-i", "i-1", None),
-        )
-        .await
-        .unwrap();
-    insert_binding(&store, "b-1").await;
+    insert_instance_and_binding(&store).await;
     let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
     sqlx::query("UPDATE bindings SET password = $1, password_key = NULL WHERE id = 'b-1'")
         .bind(format!("{MARKER}b-1"))
@@ -262,16 +259,7 @@ async fn rekey_then_read_with_only_the_new_key() {
     let (store, _) = wayback::open::state_store(&settings, dir.path())
         .await
         .unwrap();
-    store
-        .insert_instance(
-            &instance("i-1"),
-            Some("db"),
-            &operation("op-i", "i-1", None, OperationKind::Provision),
-            &job("op-i", "i-1", None),
-        )
-        .await
-        .unwrap();
-    insert_binding(&store, "b-1").await;
+    insert_instance_and_binding(&store).await;
     store.close().await;
 
     let list = |ids: &[&str]| {
@@ -325,16 +313,7 @@ async fn state_files_are_private_under_a_permissive_umask() {
     let (store, _) = wayback::open::state_store(&settings, &data_dir)
         .await
         .unwrap();
-    store
-        .insert_instance(
-            &instance("i-1"),
-            Some("db"),
-            &operation("op-i", "i-1", None, OperationKind::Provision),
-            &job("op-i", "i-1", None),
-        )
-        .await
-        .unwrap();
-    insert_binding(&store, "b-1").await;
+    insert_instance_and_binding(&store).await;
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&data_dir), 0o700, "the data directory");
     let mut seen = Vec::new();

@@ -1,4 +1,4 @@
-//! The archive as tests wait on it: an instance's prefix in the tests' space, its first
+//! The archive as tests use it: an instance's prefix in the tests' space, its first
 //! complete base backup, and a WAL switch until its segment is stored. (One copy of what
 //! clone, restore, agents, archive_crypt and others each wrote.)
 
@@ -45,5 +45,27 @@ pub async fn archive_now(admin: &mut sqlx::PgConnection, store: &ObjectStore, id
     while store.head(&key).await.unwrap().is_none() {
         assert!(Instant::now() < deadline, "{key} not archived within 90 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Points a `wayback` command at `archive`: `WAYBACK_ARCHIVE_URL` and the `AWS_*` variables
+/// the settings hold (the secret only in the child's environment).
+pub fn archive_env(cmd: &mut std::process::Command, archive: &wayback::storage::StorageSettings) {
+    cmd.env("WAYBACK_ARCHIVE_URL", &archive.url);
+    for (var, value) in [
+        ("AWS_ENDPOINT_URL", archive.endpoint.clone()),
+        ("AWS_REGION", archive.region.clone()),
+        ("AWS_ACCESS_KEY_ID", archive.access_key_id.clone()),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            archive
+                .secret_access_key
+                .as_ref()
+                .map(|s| secrecy::ExposeSecret::expose_secret(s).to_string()),
+        ),
+    ] {
+        if let Some(v) = value {
+            cmd.env(var, v);
+        }
     }
 }
