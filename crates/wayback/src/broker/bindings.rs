@@ -136,6 +136,7 @@ impl Broker {
             role_name: new_role_name(),
             password: new_password(),
             state: BindingState::Creating,
+            read_only: false,
             created_at: now,
             updated_at: now,
             deleted_at: None,

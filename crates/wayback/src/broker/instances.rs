@@ -213,6 +213,7 @@ impl Broker {
             deleted_at: None,
             agent: None,
             agent_host: None,
+            leader_id: None,
         };
         let op = OperationRecord {
             id: operation.clone(),

@@ -23,8 +23,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO bindings (id, instance_id, request, role_name, password, password_key, \
-             state, created_at, updated_at, deleted_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             state, created_at, updated_at, deleted_at, read_only) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(binding.id.as_str())
         .bind(binding.instance_id.as_str())
@@ -36,6 +36,7 @@ impl Store {
         .bind(binding.created_at)
         .bind(binding.updated_at)
         .bind(binding.deleted_at)
+        .bind(i64::from(binding.read_only))
         .execute(&mut *tx)
         .await
         .map_err(conflict_on_unique(binding.id.as_str()))?;

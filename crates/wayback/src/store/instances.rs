@@ -35,7 +35,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO instances (id, service_id, plan_id, organization_guid, space_guid, \
              parameters, context, state, port, database_name, owner_role, created_at, updated_at, \
-             deleted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             deleted_at, leader_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(instance.id.as_str())
         .bind(&instance.service_id)
@@ -51,6 +52,7 @@ impl Store {
         .bind(instance.created_at)
         .bind(instance.updated_at)
         .bind(instance.deleted_at)
+        .bind(instance.leader_id.as_ref().map(|l| l.as_str()))
         .execute(&mut *tx)
         .await
         .map_err(conflict_on_unique(instance.id.as_str()))?;
@@ -80,6 +82,23 @@ impl Store {
             .await?
             .map(|row| InstanceRecord::from_row(&row))
             .transpose()
+    }
+
+    /// The followers of `leader` that are not deleted, oldest first.
+    pub async fn followers_of(
+        &self,
+        leader: &InstanceId,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
+        sqlx::query(
+            "SELECT * FROM instances WHERE leader_id = $1 AND state <> $2 ORDER BY created_at",
+        )
+        .bind(leader.as_str())
+        .bind(InstanceState::Deleted.as_str())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(InstanceRecord::from_row)
+        .collect()
     }
 
     /// Instances in any of `states`, oldest first.

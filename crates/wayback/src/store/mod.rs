@@ -132,6 +132,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed(include_str!("../../migrations/0008_sealed_secrets.sql")),
             false,
         ),
+        Migration::new(
+            9,
+            Cow::Borrowed("followers"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0009_followers.sql")),
+            false,
+        ),
     ];
     Migrator {
         migrations: Cow::Owned(migrations),

@@ -30,6 +30,8 @@ pub struct InstanceRecord {
     /// credentials name there.
     pub agent: Option<String>,
     pub agent_host: Option<String>,
+    /// The leader a follower streams from (None: not a follower).
+    pub leader_id: Option<InstanceId>,
 }
 
 /// One name an instance had, from `recorded_at` on.
@@ -51,6 +53,8 @@ pub struct BindingRecord {
     pub role_name: String,
     pub password: secrecy::SecretString,
     pub state: BindingState,
+    /// The role may read the app database and never write.
+    pub read_only: bool,
     pub created_at: i64,
     pub updated_at: i64,
     pub deleted_at: Option<i64>,
@@ -63,6 +67,7 @@ impl std::fmt::Debug for BindingRecord {
             .field("instance_id", &self.instance_id)
             .field("role_name", &self.role_name)
             .field("state", &self.state)
+            .field("read_only", &self.read_only)
             .finish_non_exhaustive()
     }
 }
@@ -161,6 +166,10 @@ impl InstanceRecord {
             deleted_at: row.try_get("deleted_at")?,
             agent: Some(row.try_get::<String, _>("agent")?).filter(|a| !a.is_empty()),
             agent_host: row.try_get("agent_host")?,
+            leader_id: row
+                .try_get::<Option<String>, _>("leader_id")?
+                .map(|leader| instance_id(&id, leader))
+                .transpose()?,
             id: instance_id(&id, id.clone())?,
         })
     }
@@ -183,6 +192,7 @@ impl BindingRecord {
             role_name: row.try_get("role_name")?,
             password,
             state: parsed(&id, &row.try_get::<String, _>("state")?)?,
+            read_only: row.try_get::<i64, _>("read_only")? != 0,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
             deleted_at: row.try_get("deleted_at")?,

@@ -45,6 +45,7 @@ async fn insert_binding(store: &Store, id: &str) {
         role_name: format!("u_{id}"),
         password: SecretString::from(format!("{MARKER}{id}")),
         state: BindingState::Creating,
+        read_only: false,
         created_at: now_millis(),
         updated_at: now_millis(),
         deleted_at: None,

@@ -58,6 +58,7 @@ fn instance(i: &str) -> InstanceRecord {
         deleted_at: None,
         agent: None,
         agent_host: None,
+        leader_id: None,
     }
 }
 
@@ -125,6 +126,7 @@ async fn bind_and_unbind(store: &Store, i: &str, b: &str) {
         role_name: format!("role_{b}"),
         password: "pw".to_string().into(),
         state: BindingState::Creating,
+        read_only: false,
         created_at: now,
         updated_at: now,
         deleted_at: None,

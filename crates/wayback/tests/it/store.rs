@@ -38,6 +38,7 @@ pub(crate) fn instance(id: &str) -> InstanceRecord {
         deleted_at: None,
         agent: None,
         agent_host: None,
+        leader_id: None,
     }
 }
 
@@ -290,6 +291,7 @@ async fn suite(store: Store) {
         role_name: "u_x".into(),
         password: "secret".to_string().into(),
         state: BindingState::Creating,
+        read_only: false,
         created_at: now_millis(),
         updated_at: now_millis(),
         deleted_at: None,
@@ -364,6 +366,84 @@ async fn suite(store: Store) {
     );
     let counts = store.instance_counts().await.unwrap();
     assert!(counts.contains(&("deleted".to_string(), 1)), "{counts:?}");
+
+    // Followers: the leader id is kept, and a leader lists its followers until they are deleted;
+    // a read-only binding reads back as read-only.
+    let leader = instance("i-lead");
+    store
+        .insert_instance(
+            &leader,
+            None,
+            &operation("op-l", "i-lead", None, OperationKind::Provision),
+            &job("op-l", "i-lead", None),
+        )
+        .await
+        .unwrap();
+    for id in ["i-f1", "i-f2"] {
+        let follower = InstanceRecord {
+            leader_id: Some(leader.id.clone()),
+            ..instance(id)
+        };
+        let op = format!("op-{id}");
+        store
+            .insert_instance(
+                &follower,
+                None,
+                &operation(&op, id, None, OperationKind::Provision),
+                &job(&op, id, None),
+            )
+            .await
+            .unwrap();
+    }
+    let f1 = store
+        .get_instance(&InstanceId::parse("i-f1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(f1.leader_id.as_ref(), Some(&leader.id));
+    assert_eq!(
+        store
+            .get_instance(&leader.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .leader_id,
+        None
+    );
+    store
+        .set_instance_state(&f1.id, InstanceState::Deleted)
+        .await
+        .unwrap();
+    let followers: Vec<String> = store
+        .followers_of(&leader.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.id.to_string())
+        .collect();
+    assert_eq!(followers, ["i-f2"]);
+    let reader = BindingRecord {
+        id: BindingId::parse("b-ro").unwrap(),
+        instance_id: leader.id.clone(),
+        read_only: true,
+        ..binding
+    };
+    store
+        .insert_binding(
+            &reader,
+            &operation("op-ro", "i-lead", Some("b-ro"), OperationKind::Bind),
+            &job("op-ro", "i-lead", Some("b-ro")),
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .get_binding(&reader.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .read_only
+    );
 }
 
 #[tokio::test]

@@ -99,6 +99,7 @@ fn record(id: &str, state: InstanceState, plan_id: &str, created: &str) -> Insta
         deleted_at: None,
         agent: None,
         agent_host: None,
+        leader_id: None,
     }
 }
 
