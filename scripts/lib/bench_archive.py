@@ -7,8 +7,8 @@
         {"bytes": N, "objects": N, "groups": {NAME: bytes}, "counts": {NAME: objects}} where an
         object counts in the first group whose SUBSTRING its key contains ("other" if none);
         each --count adds counts[NAME], the number of keys REGEX matches.
-    bench_archive.py provision --plan small --out FILE
-        Provisions and binds one instance through the broker (WAYBACK_BROKER_URL, _USERNAME,
+    bench_archive.py provision [--name bench-archive] --plan small --out FILE
+        Provisions and binds one instance named NAME through the broker (WAYBACK_BROKER_URL, _USERNAME,
         _PASSWORD) and writes {"instance_id", "space_guid", "organization_guid", "binding_id",
         "credentials"} to FILE (mode 0600).
     bench_archive.py json-num FILE KEY_REGEX ...
@@ -62,6 +62,7 @@ ANCHOR_DEFAULTS = {"backup_s": 28.0, "restore_s": 13.0, "replay_s": 6.0}
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_md import render_text, write_generated_block  # noqa: E402  (scripts/lib/bench_md.py)
+from bench_osb import Failed, psql, timed_provision  # noqa: E402  (scripts/lib/bench_osb.py)
 
 SECTION = "## Archive: backup, restore, replay"
 BEGIN = "<!-- bench-archive -->"
@@ -169,7 +170,7 @@ def provision(args: argparse.Namespace) -> int:
     instance = f"/v2/service_instances/{instance_id}"
     binding = f"{instance}/service_bindings/{binding_id}"
     context = {"platform": "cloudfoundry", "organization_guid": org, "space_guid": space,
-               "instance_name": "bench-archive"}
+               "instance_name": args.name}
 
     def run(resp, path, *ok):
         if resp.status not in ok:
@@ -232,16 +233,7 @@ def _undo_phase(description: str) -> str:
     return re.sub(r"\([0-9.]+ [kMGT]?B of [0-9.]+ [kMGT]?B\)", "", tail).strip()
 
 
-def _psql(psql: str, uri: str, sql: str, timeout: float = 60) -> tuple[bool, str]:
-    import subprocess
-    try:
-        out = subprocess.run([psql, "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", uri,
-                              "-c", sql], capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return False, f"psql timed out after {timeout:g}s"
-    if out.returncode != 0:
-        return False, (out.stderr or out.stdout).strip()
-    return True, out.stdout.strip()
+_psql = psql
 
 
 def _newest_backup(db: str, instance: str):
@@ -359,72 +351,16 @@ def undo(args: argparse.Namespace) -> int:
     say(f"unbind + deprovision of {source_id}: {ended} after {deprovision_s:.1f}s")
 
     # The undo, timed from the PUT.
-    clone_id, bind_id, app = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
-    clone = f"/v2/service_instances/{clone_id}"
-    context = {"platform": "cloudfoundry", "organization_guid": org, "space_guid": space,
-               "instance_name": f"{args.name}-undo"}
-    body = dict(ids, organization_guid=org, space_guid=space, context=context,
-                parameters={"clone-from": args.name})
-    say(f"PUT {clone} clone-from {args.name!r}")
-    t0 = time.monotonic()
-    resp = client.put(clone, body, {"accepts_incomplete": "true"})
-    put_s = time.monotonic() - t0
-    if resp.status != 202:
-        return fail(f"the clone's PUT: {resp.describe()}")
-    op = resp.body.get("operation") if isinstance(resp.body, dict) else None
-    query = dict(ids, **({"operation": op} if op else {}))
-    timeline: list[tuple[float, str]] = []
-    seen = None
-    deadline = t0 + args.timeout
-    while True:
-        r = client.get(f"{clone}/last_operation", query)
-        now = time.monotonic() - t0
-        if r.status != 200 or not isinstance(r.body, dict):
-            return fail(f"the clone's last_operation: {r.describe()}")
-        state, description = r.body.get("state", ""), r.body.get("description", "") or ""
-        if description != seen:
-            timeline.append((now, description))
-            say(f"+{now:6.2f}s {state}: {description}")
-            seen = description
-        if state == "succeeded":
-            ready_s = now
-            break
-        if state == "failed":
-            return fail(f"the clone failed after {now:.1f}s: {description}")
-        if time.monotonic() >= deadline:
-            return fail(f"the clone still in progress after {args.timeout:g}s: {description}")
-        time.sleep(args.interval)
-
-    bind_path = f"{clone}/service_bindings/{bind_id}"
-    bind_body = dict(ids, bind_resource={"app_guid": app}, context=context)
-    resp = client.put(bind_path, bind_body, {"accepts_incomplete": "false"})
-    if resp.status not in (200, 201):
-        return fail(f"binding the clone: {resp.describe()}")
-    bound_s = time.monotonic() - t0
-    uri = osb.lookup(resp.body, "credentials.uri")
-    if not uri:
-        return fail(f"the clone's binding has no credentials.uri: {resp.describe()}")
-    # A first connection with the new credentials (SELECT 1, retried every 0.1 s), then the
-    # query the clock stops at: the first read of the table since the restore.
-    attempts, first_error = 0, ""
-    while True:
-        attempts += 1
-        ok, out = _psql(args.psql, uri, "SELECT 1", timeout=30)
-        if ok:
-            connect_s = time.monotonic() - t0
-            break
-        first_error = first_error or out
-        if time.monotonic() >= deadline:
-            return fail(f"no connection to the clone succeeded in {args.timeout:g}s: {first_error}")
-        time.sleep(0.1)
-    ok, out = _psql(args.psql, uri, "SELECT count(*) FROM pgbench_accounts", timeout=args.timeout)
-    if not ok:
-        return fail(f"SELECT count(*) FROM pgbench_accounts on the clone: {out}")
-    query_s = time.monotonic() - t0
-    say(f"+{ready_s:6.2f}s succeeded; +{bound_s:6.2f}s bound (201); +{connect_s:6.2f}s first "
-        f"connection ({attempts} attempt{'s' if attempts > 1 else ''}"
-        f"{'; first error: ' + first_error if first_error else ''}); +{query_s:6.2f}s "
-        f"SELECT count(*) FROM pgbench_accounts answered")
+    try:
+        timed = timed_provision(client, ids, org, space, f"{args.name}-undo",
+                                {"clone-from": args.name}, args.psql,
+                                "SELECT count(*) FROM pgbench_accounts",
+                                interval=args.interval, timeout=args.timeout, say=say)
+    except Failed as err:
+        return fail(f"the clone: {err}")
+    timeline, uri, out = timed.timeline, timed.credentials["uri"], timed.answer
+    put_s, ready_s, bound_s = timed.put_s, timed.ready_s, timed.bound_s
+    connect_s, query_s, attempts = timed.connect_s, timed.query_s, timed.attempts
     t = time.monotonic()
     ok2, again = _psql(args.psql, uri, "SELECT count(*) FROM pgbench_accounts")
     if ok2:
@@ -775,6 +711,7 @@ def main() -> int:
     p.add_argument("--count", action="append", default=[])
     p.set_defaults(func=s3_usage)
     p = sub.add_parser("provision")
+    p.add_argument("--name", default="bench-archive")
     p.add_argument("--plan", default="small")
     p.add_argument("--out", required=True)
     p.set_defaults(func=provision)
