@@ -104,6 +104,13 @@ pub struct OwnerBody {
 pub struct RoleBody {
     pub owner_role: String,
     pub password: String,
+    /// A role that only reads `database` (not a member of the owner role); false from a broker
+    /// older than read-only bindings.
+    #[serde(default)]
+    pub read_only: bool,
+    /// The app database a read-only role may connect to and read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
 /// Whether an instance's cluster exists and runs.
