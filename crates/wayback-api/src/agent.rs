@@ -379,6 +379,24 @@ mod tests {
         assert_eq!(again["error"].get("port_in_use"), None);
     }
 
+    /// An older broker's role body is a role of the owner; a read-only one names its database.
+    #[test]
+    fn role_bodies_of_every_version_read() {
+        let old: RoleBody =
+            serde_json::from_value(json!({"owner_role": "o", "password": "p"})).unwrap();
+        assert!(!old.read_only && old.database.is_none());
+        let read_only = RoleBody {
+            owner_role: "o".into(),
+            password: "p".into(),
+            read_only: true,
+            database: Some("app".into()),
+        };
+        assert_eq!(
+            serde_json::to_value(&read_only).unwrap(),
+            json!({"owner_role": "o", "password": "p", "read_only": true, "database": "app"})
+        );
+    }
+
     #[test]
     fn states_and_statuses_are_lowercase_words() {
         assert_eq!(
