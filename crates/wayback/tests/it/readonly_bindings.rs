@@ -4,6 +4,7 @@
 //!   bind, and cannot write (PostgreSQL's read-only error; with the session made writable, a
 //!   permission error: it is no member of the owner role); a different `read_only` for the same
 //!   binding id is a 409, a `read_only` that is not a boolean a 400.
+//! - The same through an agent (the agent API's role body with `read_only`).
 //! - A follower made as `follow_engine` makes one (the standby restore into a second cluster,
 //!   streaming through the slot named for it), recorded in the store with its `leader_id` by a
 //!   test-only write (`common::followers`): its binding's role is created on the leader and
@@ -14,6 +15,7 @@
 //!
 //! Run: `bash scripts/test readonly_bindings::`.
 
+use crate::agents::Fleet;
 use crate::common;
 use crate::common::archive_wait::{prefix_of, wait_for_backup};
 use crate::follow_engine::{admin_at, current_lsn, runtime_beside};
@@ -134,6 +136,33 @@ async fn a_read_only_binding_reads_every_table_and_writes_nothing() {
         connect_verified(&credentials, None).await.is_err(),
         "unbound, the role is gone"
     );
+}
+
+#[tokio::test]
+async fn a_read_only_binding_on_an_agent_is_read_only_there() {
+    if !pg_available() {
+        return;
+    }
+    // The role is made by the agent, from the wire's RoleBody with read_only and the database.
+    let fleet = Fleet::start(1, |_| {}).await;
+    let app = &fleet.app;
+    let id = app.provision_ready("production").await;
+    let writer = app.bind_sync(&id, &new_id()).await;
+    let mut owner = connect(writer["uri"].as_str().unwrap()).await.unwrap();
+    exec(
+        &mut owner,
+        "CREATE TABLE t (what text); INSERT INTO t VALUES ('on an agent')",
+    )
+    .await;
+    let created = bind_with(app, &id, &new_id(), json!({"read_only": true})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let credentials = created.body["credentials"].clone();
+    assert_eq!(credentials["read_only"], true);
+    let mut reader = connect_verified(&credentials, None)
+        .await
+        .expect("the read-only credentials log in on the agent's cluster");
+    assert_eq!(count(&mut reader, "t").await, 1);
+    refuses_writes(&mut reader, "t").await;
 }
 
 /// Polls `what` of the OSB fetch of `id` until `done` holds of it.
