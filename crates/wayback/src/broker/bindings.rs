@@ -85,7 +85,9 @@ impl Broker {
                 if follower.state != InstanceState::Ready {
                     continue;
                 }
-                let (host, port) = self.address(&follower)?;
+                let Ok((host, port)) = self.address(&follower) else {
+                    continue;
+                };
                 replicas.push(
                     Credentials::new(
                         host,

@@ -29,7 +29,9 @@ const REPLAY_WAIT: Duration = Duration::from_secs(30);
 const REPLAY_POLL: Duration = Duration::from_millis(250);
 
 /// What a follower's bind says when it ends before the follower replayed the role.
-pub const BEHIND_NOTE: &str = "The binding's credentials are ready, but this follower is      behind its leader: the new role works on it once the follower has caught up (`cf followers`      shows its lag).";
+pub const BEHIND_NOTE: &str = "The binding's credentials are ready, but this follower is \
+     behind its leader: the new role works on it once the follower has caught up (`cf followers` \
+     shows its lag).";
 
 async fn load(ctx: &AppContext, job: &Job) -> Result<(InstanceRecord, BindingRecord), StepError> {
     let missing = |what: &str| StepError::Permanent {
@@ -83,7 +85,8 @@ pub async fn bind_step(ctx: &AppContext, job: &Job) -> StepResult {
                 _ => {
                     return Err(StepError::Permanent {
                         user_message: format!(
-                            "this follower's leader {leader_id} is gone, so no role can be made                              for it; unfollow or delete this instance"
+                            "this follower's leader {leader_id} is gone, so no role can be made \
+                             for it; unfollow or delete this instance"
                         ),
                         source: anyhow::anyhow!("leader {leader_id} of {} is gone", instance.id),
                     })
