@@ -10,8 +10,9 @@
 //!   test-only write (`common::followers`): its binding's role is created on the leader and
 //!   works on the follower at once (read, not write); the leader's binding lists the follower
 //!   in `replica_uris`, which connects; the OSB fetch, `/wayback/v1` and the metrics show the
-//!   follower streaming with its lag back at 0 after writes; unbind drops the role on the
-//!   leader.
+//!   follower streaming with its lag back at 0 after writes; with its replay paused the lag goes
+//!   up and a new binding succeeds after its bounded wait, saying the role works once the
+//!   follower catches up (it does, once replay resumes); unbind drops the role on the leader.
 //!
 //! Run: `bash scripts/test readonly_bindings::`.
 
@@ -338,6 +339,41 @@ async fn a_followers_binding_reads_on_the_follower_and_lag_is_shown() {
         assert!(Instant::now() < deadline, "metrics: {text}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // Replay paused on the follower: its lag goes up; a new binding waits its bound (30 s),
+    // then succeeds saying the role works once the follower catches up, and it does.
+    let mut follower_admin = admin_at(&app.cluster_dir(&follower)).await;
+    exec(&mut follower_admin, "SELECT pg_wal_replay_pause()").await;
+    exec(&mut owner, "INSERT INTO orders VALUES ('paused')").await;
+    wait_fetch(&app, &follower, "lag while paused", |b| {
+        b["follower"]["lag_bytes"].as_u64() > Some(0)
+    })
+    .await;
+    let late = new_id();
+    let r = app.put_binding(&follower, &late, true).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let (_, op) = app.poll_binding(&follower, &late, None).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let says = op["description"].as_str().unwrap();
+    assert!(says.contains("behind its leader"), "{says}");
+    exec(&mut follower_admin, "SELECT pg_wal_replay_resume()").await;
+    wait_fetch(&app, &follower, "lag back to 0", |b| {
+        b["follower"]["lag_bytes"] == 0
+    })
+    .await;
+    let fetched: Value = app
+        .osb(Method::GET, &bnd(&follower, &late))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut late_reader = connect_verified(&fetched["credentials"], None)
+        .await
+        .expect("the role works once the follower caught up");
+    assert_eq!(count(&mut late_reader, "orders").await, 5002);
+    drop((late_reader, follower_admin));
 
     // Unbind drops the role on the leader.
     let r = app.delete_binding(&follower, &binding, false).await;
