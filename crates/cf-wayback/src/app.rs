@@ -153,6 +153,7 @@ async fn execute(session: &Session, command: &CliCommand) -> Result<i32, CliErro
         CliCommand::Backups(args) => super::backups::run(session, args).await?,
         CliCommand::Undo(args) => super::undo::run(session, args).await?,
         CliCommand::Audit(args) => super::audit::run(session, args).await?,
+        CliCommand::Followers(args) => super::followers::run(session, args).await?,
     }
     Ok(exit::OK)
 }

@@ -29,6 +29,16 @@ NAME is the newest instance that has or had the name (live or deleted). Users ar
 platform sent with each request (Cloud Foundry's user GUIDs); \"-\" when it sent none. --json
 prints the broker's audit document as it is (fields are only ever added).";
 
+const FOLLOWERS_ABOUT: &str =
+    "Show an instance's followers (read-only replicas), or a follower's leader, with state and lag";
+
+const FOLLOWERS_AFTER: &str = "\
+NAME is the newest instance that has or had the name. State is streaming (from the leader),
+catching_up (replaying what the leader archived), disconnected, or unknown (the broker could
+not ask in time); lag is what the follower has not replayed yet. --json prints
+{\"instance_id\", \"name\", \"follower\": {...} or null, \"followers\": [...]} with the broker's
+objects as they are (fields are only ever added).";
+
 const UNDO_AFTER: &str = "\
 Creates NEW_NAME (default NAME-restored) through the Cloud Controller, as
 `cf create-service SERVICE PLAN NEW_NAME -c '{\"clone-from\": NAME, \"point-in-time\": TIME}'`,
@@ -90,6 +100,17 @@ pub struct AuditArgs {
     pub broker: BrokerArg,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct FollowersArgs {
+    /// The instance, leader or follower; the newest one of that name
+    pub name: String,
+    /// Print JSON for scripts instead of the text
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub broker: BrokerArg,
+}
+
 #[derive(Debug, Clone, Subcommand)]
 pub enum CliCommand {
     #[command(about = BACKUPS_ABOUT, after_help = format!("{BACKUPS_AFTER}\n\n{EXIT_CODES_HELP}"))]
@@ -98,6 +119,8 @@ pub enum CliCommand {
     Undo(UndoArgs),
     #[command(about = AUDIT_ABOUT, after_help = format!("{AUDIT_AFTER}\n\n{EXIT_CODES_HELP}"))]
     Audit(AuditArgs),
+    #[command(about = FOLLOWERS_ABOUT, after_help = format!("{FOLLOWERS_AFTER}\n\n{EXIT_CODES_HELP}"))]
+    Followers(FollowersArgs),
 }
 
 /// PostgreSQL with undo: see and restore what Wayback can bring back.
@@ -181,6 +204,11 @@ pub fn plugin_metadata() -> PluginMetadata {
                 AUDIT_ABOUT,
                 "cf audit NAME [--json] [--local-time] [--broker-url URL]",
             ),
+            command(
+                "followers",
+                FOLLOWERS_ABOUT,
+                "cf followers NAME [--json] [--broker-url URL]",
+            ),
         ],
         ..PluginMetadata::default()
     }
@@ -256,7 +284,9 @@ mod tests {
         let md = plugin_metadata();
         assert_eq!(md.name, "wayback");
         let names: Vec<_> = md.commands.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["backups", "undo", "audit"]);
+        assert_eq!(names, ["backups", "undo", "audit", "followers"]);
+        let followers = &md.commands[3].usage_details.options;
+        assert!(followers.contains_key("json"), "{followers:?}");
         let undo = &md.commands[1].usage_details.options;
         for option in ["at", "plan", "wait", "broker-url"] {
             assert!(undo.contains_key(option), "{option}: {undo:?}");

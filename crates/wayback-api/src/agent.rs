@@ -104,6 +104,13 @@ pub struct OwnerBody {
 pub struct RoleBody {
     pub owner_role: String,
     pub password: String,
+    /// A role that only reads `database` (not a member of the owner role); false from a broker
+    /// older than read-only bindings.
+    #[serde(default)]
+    pub read_only: bool,
+    /// The app database a read-only role may connect to and read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
 /// Whether an instance's cluster exists and runs.
@@ -370,6 +377,24 @@ mod tests {
             (&json!("failed"), &json!("replaying"))
         );
         assert_eq!(again["error"].get("port_in_use"), None);
+    }
+
+    /// An older broker's role body is a role of the owner; a read-only one names its database.
+    #[test]
+    fn role_bodies_of_every_version_read() {
+        let old: RoleBody =
+            serde_json::from_value(json!({"owner_role": "o", "password": "p"})).unwrap();
+        assert!(!old.read_only && old.database.is_none());
+        let read_only = RoleBody {
+            owner_role: "o".into(),
+            password: "p".into(),
+            read_only: true,
+            database: Some("app".into()),
+        };
+        assert_eq!(
+            serde_json::to_value(&read_only).unwrap(),
+            json!({"owner_role": "o", "password": "p", "read_only": true, "database": "app"})
+        );
     }
 
     #[test]

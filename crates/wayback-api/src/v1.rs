@@ -24,7 +24,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 mod audit;
+mod followers;
 pub use audit::{AuditEvent, AuditEventKind, AuditTrail, CloneOrigin};
+pub use followers::{FollowerOf, FollowerState, FollowerSummary, InstanceRef};
 
 /// `GET /wayback/v1/spaces/{space_guid}/instances`: a space's instances, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +61,12 @@ pub struct Instance {
     /// Oldest first.
     pub base_backups: Vec<BaseBackup>,
     pub archive: Archive,
+    /// A follower's leader and lag (issue 14); absent for an instance that follows none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follower: Option<FollowerOf>,
+    /// A leader's followers, oldest first; absent when it has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub followers: Vec<FollowerSummary>,
 }
 
 /// An instance's state as the API names it.

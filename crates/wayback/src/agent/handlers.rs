@@ -15,6 +15,7 @@ use crate::archive::restore::RestoreTarget;
 use crate::archive::{ArchiveTarget, BackupOptions};
 use crate::domain::InstanceId;
 use crate::runtime::error::to_wire;
+use crate::runtime::RoleAccess;
 use crate::runtime::{
     ArchiveCommand, BackupAnswer, ClusterSpec, FollowSpec, ReplicationGrant, RestoreSpec,
     RuntimeError,
@@ -370,9 +371,20 @@ async fn create_role(
     let role = req.match_info().get("role").unwrap_or_default().to_string();
     let body = body.into_inner();
     let password = SecretString::from(body.password);
+    let access = match (body.read_only, body.database) {
+        (false, _) => RoleAccess::Owner,
+        (true, Some(database)) => RoleAccess::ReadOnly { database },
+        (true, None) => {
+            return Err(AgentError::new(
+                StatusCode::BAD_REQUEST,
+                "a read-only role needs the database it may read",
+                true,
+            ))
+        }
+    };
     state
         .runtime
-        .create_login_role(&id, &role, &password, &body.owner_role)
+        .create_login_role(&id, &role, &password, &body.owner_role, &access)
         .await?;
     ok(&())
 }

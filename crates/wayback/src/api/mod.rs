@@ -17,6 +17,7 @@
 mod audit;
 pub mod auth;
 pub mod error;
+mod followers;
 pub mod jwt;
 pub mod view;
 
@@ -209,12 +210,11 @@ async fn gather(
     };
     let (window, stats) = tokio::join!(window, stats);
     let observed = Observed { window, stats };
-    Ok(Some(view::render(
-        &record,
-        &names,
-        &observed,
-        &state.catalog,
-    )))
+    let mut view = view::render(&record, &names, &observed, &state.catalog);
+    if view::is_live(record.state) {
+        followers::attach(state, &record, &mut view).await?;
+    }
+    Ok(Some(view))
 }
 
 /// Logs the cause (once, here) and answers a 500 that says nothing internal.

@@ -124,6 +124,8 @@ pub fn render(
         last_base_backup: backups.last().map(|b| b.time),
         base_backups: backups,
         archive: archive_view(record.state, observed, latest),
+        follower: None,
+        followers: Vec::new(),
     }
 }
 

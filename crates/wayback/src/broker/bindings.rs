@@ -15,7 +15,7 @@ use crate::jobs::{new_job, JobSpec};
 use crate::store::{now_millis, AuditKind, BindingRecord, OperationRecord, StoreError};
 
 /// Bind parameters this version accepts.
-const BIND_PARAMETERS: &[&str] = &[];
+const BIND_PARAMETERS: &[&str] = &["read_only"];
 /// How long a synchronous bind or unbind may take before the platform is told to retry.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(45);
 
@@ -59,27 +59,68 @@ pub struct BindingView {
 }
 
 impl Broker {
-    fn credentials(
+    /// The binding's credentials, pointing at its instance (a follower's at the follower),
+    /// with `read_only` for a read-only role and, on a leader, `replica_uris`: the same
+    /// user and password at each of its ready followers (roles replicate).
+    async fn credentials(
         &self,
         instance: &crate::store::InstanceRecord,
         binding: &BindingRecord,
     ) -> Result<Credentials, BrokerError> {
-        let port = instance
-            .port
-            .ok_or_else(|| anyhow::anyhow!("ready instance {} without port", instance.id))?;
-        // On an agent, the host that agent advertises; else the broker's own.
-        let host = instance
-            .agent_host
-            .as_deref()
-            .unwrap_or(&self.advertise_host);
-        Ok(Credentials::new(
+        let (host, port) = self.address(instance)?;
+        let mut credentials = Credentials::new(
             host,
             port,
             &instance.database_name,
             &binding.role_name,
             &binding.password,
             &self.client_tls,
-        ))
+        );
+        if binding.read_only {
+            credentials.read_only = Some(true);
+        }
+        if instance.leader_id.is_none() {
+            let mut replicas = Vec::new();
+            for follower in self.ctx.store.followers_of(&instance.id).await? {
+                if follower.state != InstanceState::Ready {
+                    continue;
+                }
+                let Ok((host, port)) = self.address(&follower) else {
+                    continue;
+                };
+                replicas.push(
+                    Credentials::new(
+                        host,
+                        port,
+                        &follower.database_name,
+                        &binding.role_name,
+                        &binding.password,
+                        &self.client_tls,
+                    )
+                    .uri,
+                );
+            }
+            if !replicas.is_empty() {
+                credentials.replica_uris = Some(replicas);
+            }
+        }
+        Ok(credentials)
+    }
+
+    /// Where apps reach the instance's cluster: on an agent, the host that agent advertises;
+    /// else the broker's own.
+    fn address<'a>(
+        &'a self,
+        instance: &'a crate::store::InstanceRecord,
+    ) -> Result<(&'a str, u16), BrokerError> {
+        let port = instance
+            .port
+            .ok_or_else(|| anyhow::anyhow!("ready instance {} without port", instance.id))?;
+        let host = instance
+            .agent_host
+            .as_deref()
+            .unwrap_or(&self.advertise_host);
+        Ok((host, port))
     }
 
     pub async fn bind(&self, req: BindRequest) -> Result<Bound, BrokerError> {
@@ -95,10 +136,30 @@ impl Broker {
             .and_then(|m| m.keys().find(|k| !BIND_PARAMETERS.contains(&k.as_str())))
         {
             return Err(BrokerError::BadRequest(format!(
-                "Unknown parameter {unknown:?}: bindings accept no parameters. Remove it from -c and try again."
+                "Unknown parameter {unknown:?}: bindings accept: {}. Remove it from -c and try again.",
+                BIND_PARAMETERS.join(", ")
             )));
         }
+        let asked_read_only = match req.parameters.get("read_only") {
+            None => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => {
+                return Err(BrokerError::BadRequest(format!(
+                    "\"read_only\" must be true or false, not {other}: -c '{{\"read_only\":true}}' \
+                     gives credentials that can read everything in the database and write nothing."
+                )))
+            }
+        };
         let instance = self.live_instance(&req.instance_id).await?;
+        if instance.leader_id.is_some() && asked_read_only == Some(false) {
+            return Err(BrokerError::Unprocessable(format!(
+                "Service instance {} is a follower, and followers are read-only: every binding of \
+                 it is read-only. Leave out \"read_only\", or bind its leader for writes.",
+                instance.id
+            )));
+        }
+        // A follower's roles are its leader's, made read-only whatever was asked.
+        let read_only = asked_read_only.unwrap_or(false) || instance.leader_id.is_some();
         if instance.service_id != req.service_id {
             return Err(BrokerError::BadRequest(format!(
                 "service_id {:?} is not this instance's service ({:?}).",
@@ -136,7 +197,7 @@ impl Broker {
             role_name: new_role_name(),
             password: new_password(),
             state: BindingState::Creating,
-            read_only: false,
+            read_only,
             created_at: now,
             updated_at: now,
             deleted_at: None,
@@ -180,7 +241,7 @@ impl Broker {
             .await?
             .ok_or_else(|| anyhow::anyhow!("binding vanished"))?;
         match done.state {
-            BindingState::Ready => Ok(Bound::Created(self.credentials(&instance, &done)?)),
+            BindingState::Ready => Ok(Bound::Created(self.credentials(&instance, &done).await?)),
             _ => Err(BrokerError::Internal(anyhow::anyhow!(
                 "synchronous bind {} ended in state {} ({:?})",
                 binding.id,
@@ -197,6 +258,21 @@ impl Broker {
         instance: &crate::store::InstanceRecord,
         existing: BindingRecord,
     ) -> Result<Bound, BrokerError> {
+        let asked_read_only = request["parameters"]
+            .get("read_only")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if existing.instance_id == req.instance_id
+            && existing.state != BindingState::Deleted
+            && instance.leader_id.is_none()
+            && existing.read_only != asked_read_only
+        {
+            return Err(BrokerError::Conflict(format!(
+                "Service binding {} already exists with read_only {}; use a new binding id for \
+                 read_only {asked_read_only}.",
+                existing.id, existing.read_only
+            )));
+        }
         if existing.instance_id != req.instance_id
             || &existing.request != request
             || existing.state == BindingState::Deleted
@@ -213,7 +289,7 @@ impl Broker {
             existing
         };
         match existing.state {
-            BindingState::Ready => Ok(Bound::Exists(self.credentials(instance, &existing)?)),
+            BindingState::Ready => Ok(Bound::Exists(self.credentials(instance, &existing).await?)),
             BindingState::Creating if req.accepts_incomplete => {
                 let op = self
                     .ctx
@@ -360,7 +436,7 @@ impl Broker {
         }
         let instance = self.live_instance(instance_id).await?;
         Ok(BindingView {
-            credentials: self.credentials(&instance, &binding)?,
+            credentials: self.credentials(&instance, &binding).await?,
             parameters: binding
                 .request
                 .get("parameters")

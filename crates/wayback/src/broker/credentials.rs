@@ -62,6 +62,14 @@ pub struct Credentials {
     pub ca_certificate: String,
     /// The same PEM under the name Cloud Service Broker's bindings give it.
     pub sslrootcert: String,
+    /// `true` for a role that reads and never writes (a `read_only` binding, every binding of
+    /// a follower); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    /// On a leader with ready followers: one URI per follower, with this binding's user and
+    /// password (roles replicate) and the same `sslmode`; absent without followers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica_uris: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -116,6 +124,8 @@ impl Credentials {
             sslmode: sslmode.to_string(),
             ca_certificate: tls.ca_certificate.clone(),
             sslrootcert: tls.ca_certificate.clone(),
+            read_only: None,
+            replica_uris: None,
         }
     }
 }

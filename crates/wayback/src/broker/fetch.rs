@@ -9,12 +9,16 @@ impl Broker {
     pub async fn fetch_instance(&self, id: &InstanceId) -> Result<InstanceView, BrokerError> {
         let existing = self.ctx.store.get_instance(id).await?;
         match existing {
-            Some(i) if matches!(i.state, InstanceState::Ready) => Ok(InstanceView {
-                dashboard_url: self.dashboard_url(&i.id),
-                service_id: i.service_id,
-                plan_id: i.plan_id,
-                parameters: i.parameters,
-            }),
+            Some(i) if matches!(i.state, InstanceState::Ready) => {
+                let replication = self.replication(&i).await?;
+                Ok(InstanceView {
+                    dashboard_url: self.dashboard_url(&i.id),
+                    service_id: i.service_id,
+                    plan_id: i.plan_id,
+                    parameters: i.parameters,
+                    replication,
+                })
+            }
             Some(i) if i.state == InstanceState::Updating => Err(BrokerError::Concurrency(
                 format!("Service instance {id} is being updated; fetch it when the update ends."),
             )),

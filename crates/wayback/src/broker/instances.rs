@@ -82,6 +82,9 @@ pub struct InstanceView {
     pub plan_id: String,
     pub dashboard_url: String,
     pub parameters: Value,
+    /// A follower's leader and lag, or a leader's followers (`broker::followers`); None for
+    /// an instance that is neither.
+    pub replication: Option<super::followers::Replication>,
 }
 
 /// What last_operation returns.

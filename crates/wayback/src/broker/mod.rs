@@ -13,6 +13,7 @@ pub(crate) mod clone;
 mod credentials;
 mod deprovision;
 mod fetch;
+mod followers;
 mod instances;
 mod update;
 
@@ -25,6 +26,7 @@ use crate::store::{Store, StoreError};
 
 pub use bindings::{BindRequest, BindingView, Bound, Unbound};
 pub use credentials::{new_password, ClientTls, Credentials};
+pub use followers::{FollowerMetric, Replication};
 pub use instances::{
     Deprovisioned, InstanceView, LastOperation, ProvisionRequest, Provisioned, UpdateRequest,
     Updated,

@@ -4,11 +4,13 @@
 //! Must not import any other module of the crate. Identifiers are validated once, at the edge,
 //! so that the rest of the code can use them in file paths, object keys and log lines safely.
 
+mod follower;
 mod ids;
 mod originator;
 mod secret;
 mod state;
 
+pub use follower::{follower_slot, FollowerLag, FollowerState};
 pub use ids::{BindingId, IdError, InstanceId, OrgGuid, PlanId, ServiceId, SpaceGuid};
 pub use originator::Originator;
 pub use secret::new_password;

@@ -46,6 +46,10 @@ pub enum Outcome {
     /// The job stops without success and without blaming anyone (e.g. a provision cancelled by
     /// a delete); the operation is marked failed with this description.
     Cancelled(String),
+    /// The job ends now with success, and the operation's description is this text instead of
+    /// the usual one (a step that succeeded with something the user must know: a follower's
+    /// binding made before the follower caught up).
+    Succeeded(String),
 }
 
 /// A step failure. Transient ones are retried with backoff up to `jobs.max_attempts`.

@@ -245,6 +245,11 @@ impl Worker {
                     self.finish(&job, OperationState::Failed, Some(why)).await;
                     return;
                 }
+                Ok(Outcome::Succeeded(note)) => {
+                    self.finish(&job, OperationState::Succeeded, Some(note))
+                        .await;
+                    return;
+                }
                 // Never slept through in place: the slot goes to other work meanwhile.
                 Ok(Outcome::Wait(d)) => {
                     self.release(&job.id, job.attempts, d, "waiting").await;

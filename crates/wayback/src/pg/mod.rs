@@ -20,6 +20,7 @@ pub mod fsutil;
 pub mod initdb;
 pub mod pidfile;
 pub mod process;
+pub mod readonly;
 pub mod scram;
 pub mod server_log;
 pub mod sql;

@@ -109,7 +109,11 @@ pub async fn exec(conn: &mut PgConnection, sql: &str, context: &str) -> Result<(
 }
 
 /// Runs `sql`; a "duplicate object/database" error (a concurrent or earlier run made it) is fine.
-async fn exec_create(conn: &mut PgConnection, sql: &str, context: &str) -> Result<(), PgError> {
+pub(crate) async fn exec_create(
+    conn: &mut PgConnection,
+    sql: &str,
+    context: &str,
+) -> Result<(), PgError> {
     match conn.execute(sql).await {
         Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42710" | "42P04")) => {
             Ok(())
@@ -118,7 +122,7 @@ async fn exec_create(conn: &mut PgConnection, sql: &str, context: &str) -> Resul
     }
 }
 
-async fn role_exists(conn: &mut PgConnection, role: &str) -> Result<bool, PgError> {
+pub(crate) async fn role_exists(conn: &mut PgConnection, role: &str) -> Result<bool, PgError> {
     sqlx::query_scalar::<_, i32>("SELECT 1 FROM pg_roles WHERE rolname = $1")
         .bind(role)
         .fetch_optional(conn)

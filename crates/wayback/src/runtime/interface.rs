@@ -42,6 +42,17 @@ pub struct RestoreSpec {
     pub archive_timeout_secs: u64,
 }
 
+/// What a binding's login role may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoleAccess {
+    /// A member of the owner role whose sessions act as it: it reads and writes, and what it
+    /// creates belongs to the owner role.
+    Owner,
+    /// Reads everything in the app database `database` and writes nothing (`pg_read_all_data`,
+    /// `default_transaction_read_only`); never a member of the owner role.
+    ReadOnly { database: String },
+}
+
 /// Where clusters live and what can be done to them. Every call is idempotent — a job step
 /// that crashed half-way is simply run again.
 #[async_trait]
@@ -95,13 +106,15 @@ pub trait ClusterRuntime: Send + Sync {
         owner_role: &str,
     ) -> Result<(), RuntimeError>;
 
-    /// Creates (or resets the password of) a login role that is a member of `owner_role`.
+    /// Creates (or resets the password of) a login role: a member of `owner_role`, or with
+    /// [`RoleAccess::ReadOnly`] a role that only reads the app database.
     async fn create_login_role(
         &self,
         id: &InstanceId,
         role: &str,
         password: &SecretString,
         owner_role: &str,
+        access: &RoleAccess,
     ) -> Result<(), RuntimeError>;
 
     /// Ends the role's sessions, gives what it owns to `owner_role`, and drops it.
@@ -198,6 +211,17 @@ pub trait ClusterRuntime: Send + Sync {
     /// Promotes a follower (waits for it) and returns its new timeline; later starts are
     /// ordinary ones.
     async fn promote(&self, follower: &InstanceId) -> Result<u32, RuntimeError>;
+
+    /// How each of `leader`'s `followers` is doing ([`super::lag::observe`]): each call bounded
+    /// by `timeout`, a side that does not answer giving state `unknown`, never an error.
+    async fn follower_lags(
+        &self,
+        leader: &InstanceId,
+        followers: &[InstanceId],
+        timeout: std::time::Duration,
+    ) -> Vec<crate::domain::FollowerLag> {
+        super::lag::observe(self, leader, followers, timeout).await
+    }
 }
 
 /// What one look at the agents found: each one's capacity, or why it did not answer.

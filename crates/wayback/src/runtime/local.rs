@@ -405,7 +405,7 @@ mod tests {
         is_send(rt.destroy(id));
         is_send(rt.apply_settings(spec));
         is_send(rt.ensure_database(id, "db", "owner"));
-        is_send(rt.create_login_role(id, "r", pw, "owner"));
+        is_send(rt.create_login_role(id, "r", pw, "owner", &crate::runtime::RoleAccess::Owner));
         is_send(rt.drop_login_role(id, "r", "owner"));
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod interface;
+pub mod lag;
 mod local;
 mod placement;
 mod remote;
@@ -22,7 +23,7 @@ use crate::domain::InstanceId;
 /// For implementations of [`ClusterRuntime`] outside this crate (a test's fake runtime).
 pub use async_trait::async_trait;
 pub use error::RuntimeError;
-pub use interface::{AgentSurvey, ClusterRuntime, Reach, RestoreSpec, Runtime};
+pub use interface::{AgentSurvey, ClusterRuntime, Reach, RestoreSpec, RoleAccess, Runtime};
 pub use local::{ArchiveAccess, ClusterTls, LocalRuntime};
 pub use placement::{choose, Placement, PlacementLedger, NO_ROOM};
 pub use remote::{BackupAnswer, RemoteRuntime};

@@ -26,8 +26,8 @@ use wayback_api::agent::{self as wire, Capacity, RestoreStatus};
 use super::placement::{choose, Placement, PlacementLedger};
 use super::{
     AgentSurvey, Applied, ArchiveCommand, ArchiverStats, ClusterRuntime, ClusterSpec,
-    ClusterStatus, FollowSpec, ReplicationGrant, ReplicationStatus, RestoreSpec, RuntimeError,
-    StandbyStatus, WalPosition,
+    ClusterStatus, FollowSpec, ReplicationGrant, ReplicationStatus, RestoreSpec, RoleAccess,
+    RuntimeError, StandbyStatus, WalPosition,
 };
 use crate::archive::layout::InstancePrefix;
 use crate::archive::restore::RestoreTarget;
@@ -282,10 +282,17 @@ impl ClusterRuntime for RemoteRuntime {
         role: &str,
         password: &SecretString,
         owner_role: &str,
+        access: &RoleAccess,
     ) -> Result<(), RuntimeError> {
+        let database = match access {
+            RoleAccess::Owner => None,
+            RoleAccess::ReadOnly { database } => Some(database.clone()),
+        };
         let body = wire::RoleBody {
             owner_role: owner_role.into(),
             password: password.expose_secret().to_string(),
+            read_only: database.is_some(),
+            database,
         };
         let rest = format!("/roles/{role}");
         self.on_cluster(id, Method::PUT, &rest, Some(&body)).await

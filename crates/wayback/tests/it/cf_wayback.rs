@@ -4,7 +4,7 @@
 //! - standalone, from a fixture `config.json` in a temp `CF_HOME` whose access token has
 //!   expired: the CLI refreshes it at the UAA, writes it back, and lists the space's
 //!   instances (table and `--json`), finding the broker from a dashboard URL, and shows an
-//!   instance's audit trail (`audit`);
+//!   instance's audit trail (`audit`) and its followers (`followers`);
 //! - as a plugin under the cf plugin harness (`tests/fixtures/cf-plugin-harness`): metadata
 //!   install, `backups`, and `undo --wait`, where the fake CC's `POST /v3/service_instances`
 //!   is forwarded to the broker as the real OSB provision with `clone-from`, and the fake
@@ -467,6 +467,25 @@ async fn standalone_refreshes_an_expired_token_and_lists_live_and_deleted_instan
     let doc: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(doc["instance_id"], w.deleted.as_str());
     let (code, _, stderr) = w.standalone(&["audit", "nothing-here"], &[]).await;
+    assert_eq!(code, 1, "{stderr}");
+
+    // `followers NAME`: an instance that leads and follows nobody says so; `--json` has the
+    // broker's (absent) fields as null and []. (Followers themselves: `fast::osb_followers` and
+    // the plugin's unit tests.)
+    let (code, stdout, stderr) = w.standalone(&["followers", "orders"], &[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.ends_with("has no followers and follows no leader.\n"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = w.standalone(&["followers", "orders", "--json"], &[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let doc: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (&doc["instance_id"], &doc["follower"], &doc["followers"]),
+        (&json!(w.live), &Value::Null, &json!([]))
+    );
+    let (code, _, stderr) = w.standalone(&["followers", "nothing-here"], &[]).await;
     assert_eq!(code, 1, "{stderr}");
 
     // Exit codes: a name nothing had (1); a bad --at (2); a broker that is not there (4).

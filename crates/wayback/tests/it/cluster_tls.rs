@@ -92,7 +92,13 @@ async fn app_ready(t: &TestRuntime, id: &InstanceId) {
     t.runtime.ensure_database(id, "db", "owner").await.unwrap();
     let pw = SecretString::from(PASSWORD.to_string());
     t.runtime
-        .create_login_role(id, "app1", &pw, "owner")
+        .create_login_role(
+            id,
+            "app1",
+            &pw,
+            "owner",
+            &wayback::runtime::RoleAccess::Owner,
+        )
         .await
         .unwrap();
 }

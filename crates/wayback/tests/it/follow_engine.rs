@@ -35,7 +35,7 @@ const SLOT: &str = "wb_follower_engine";
 
 /// A second local runtime over the app's data directory, with the broker's archive, keys and
 /// CA: what the broker's own runtime would do, called directly.
-fn runtime_beside(app: &TestApp) -> LocalRuntime {
+pub(crate) fn runtime_beside(app: &TestApp) -> LocalRuntime {
     let mut settings = test_settings(&app.data_dir, "unused");
     settings.archive = wayback::config::resolve::archive(&settings, &app.data_dir);
     let keyring = wayback::open::keyring(&settings, &app.data_dir).unwrap();
@@ -51,7 +51,7 @@ fn runtime_beside(app: &TestApp) -> LocalRuntime {
 }
 
 /// A superuser session on the running cluster in `dir` (a cluster directory).
-async fn admin_at(dir: &Path) -> sqlx::PgConnection {
+pub(crate) async fn admin_at(dir: &Path) -> sqlx::PgConnection {
     let pid = std::fs::read_to_string(dir.join("pgdata/postmaster.pid")).expect("running");
     let port: u16 = pid.lines().nth(3).unwrap().trim().parse().unwrap();
     let password = std::fs::read_to_string(dir.join("admin-password")).unwrap();
@@ -65,7 +65,7 @@ async fn admin_at(dir: &Path) -> sqlx::PgConnection {
     .expect("superuser session")
 }
 
-async fn current_lsn(leader: &mut sqlx::PgConnection) -> u64 {
+pub(crate) async fn current_lsn(leader: &mut sqlx::PgConnection) -> u64 {
     sqlx::query_scalar::<_, i64>("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint")
         .fetch_one(leader)
         .await

@@ -34,6 +34,7 @@ mod lifecycle;
 mod osb_pg;
 mod pg_driver;
 mod pg_runtime;
+mod readonly_bindings;
 mod register_broker;
 mod reindex;
 mod restart;

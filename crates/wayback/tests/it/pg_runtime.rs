@@ -90,14 +90,26 @@ async fn a_cluster_lives_and_dies() {
     rt.ensure_database(&id, "appdb", "app_owner").await.unwrap();
     rt.ensure_database(&id, "appdb", "app_owner").await.unwrap();
     let pw1 = SecretString::from("Passw0rdOne");
-    rt.create_login_role(&id, "app_user_1", &pw1, "app_owner")
-        .await
-        .unwrap();
+    rt.create_login_role(
+        &id,
+        "app_user_1",
+        &pw1,
+        "app_owner",
+        &wayback::runtime::RoleAccess::Owner,
+    )
+    .await
+    .unwrap();
     // Resetting the password is idempotent and the old one stops working.
     let pw2 = SecretString::from("Passw0rdTwo");
-    rt.create_login_role(&id, "app_user_1", &pw2, "app_owner")
-        .await
-        .unwrap();
+    rt.create_login_role(
+        &id,
+        "app_user_1",
+        &pw2,
+        "app_owner",
+        &wayback::runtime::RoleAccess::Owner,
+    )
+    .await
+    .unwrap();
     assert!(tcp_login(port, "app_user_1", pw1.expose_secret(), "appdb")
         .await
         .is_err());

@@ -1,14 +1,37 @@
 //! Bind and unbind steps.
 //!
+//! A binding's role lives where its instance's roles live. On a follower (an instance with a
+//! `leader_id`) that is the leader: a standby cannot create roles, and the leader's roles
+//! replicate to it. So a follower's binding role is created (read-only, whatever was asked) and
+//! dropped on the leader through the leader's runtime placement, and the bind then waits, for at
+//! most [`REPLAY_WAIT`], until the follower has replayed the leader's WAL past the new role, so
+//! that the app's first connection works. Past that bound the bind still succeeds and its
+//! operation says the role works once the follower catches up. An unbind whose leader is gone
+//! has nothing left to drop and succeeds.
+//!
 //! A leaf of `steps`: imports none of its siblings nor the dispatcher, and never `broker`.
+
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::context::AppContext;
-use crate::domain::BindingState;
+use crate::domain::{BindingState, InstanceState};
 use crate::jobs::model::{Job, JobKind, Step};
 use crate::jobs::{Outcome, StepError, StepResult};
+use crate::runtime::RoleAccess;
 use crate::store::{BindingRecord, InstanceRecord};
+
+/// How long a follower's bind waits for the follower to replay its new role: below the 45 s a
+/// synchronous bind may take, so that the platform gets the credentials, not a timeout.
+const REPLAY_WAIT: Duration = Duration::from_secs(30);
+/// How often the follower's replay is looked at meanwhile.
+const REPLAY_POLL: Duration = Duration::from_millis(250);
+
+/// What a follower's bind says when it ends before the follower replayed the role.
+pub const BEHIND_NOTE: &str = "The binding's credentials are ready, but this follower is \
+     behind its leader: the new role works on it once the follower has caught up (`cf followers` \
+     shows its lag).";
 
 async fn load(ctx: &AppContext, job: &Job) -> Result<(InstanceRecord, BindingRecord), StepError> {
     let missing = |what: &str| StepError::Permanent {
@@ -38,17 +61,85 @@ pub async fn bind_step(ctx: &AppContext, job: &Job) -> StepResult {
     }
     match job.step {
         Step::CreateRole => {
+            let Some(leader_id) = &instance.leader_id else {
+                let access = if binding.read_only {
+                    RoleAccess::ReadOnly {
+                        database: instance.database_name.clone(),
+                    }
+                } else {
+                    RoleAccess::Owner
+                };
+                ctx.runtime
+                    .create_login_role(
+                        &instance.id,
+                        &binding.role_name,
+                        &binding.password,
+                        &instance.owner_role,
+                        &access,
+                    )
+                    .await?;
+                return Ok(Outcome::Next);
+            };
+            let leader = match ctx.store.get_instance(leader_id).await? {
+                Some(l) if l.state != InstanceState::Deleted => l,
+                _ => {
+                    return Err(StepError::Permanent {
+                        user_message: format!(
+                            "this follower's leader {leader_id} is gone, so no role can be made \
+                             for it; unfollow or delete this instance"
+                        ),
+                        source: anyhow::anyhow!("leader {leader_id} of {} is gone", instance.id),
+                    })
+                }
+            };
+            let access = RoleAccess::ReadOnly {
+                database: leader.database_name.clone(),
+            };
             ctx.runtime
                 .create_login_role(
-                    &instance.id,
+                    &leader.id,
                     &binding.role_name,
                     &binding.password,
-                    &instance.owner_role,
+                    &leader.owner_role,
+                    &access,
                 )
                 .await?;
-            Ok(Outcome::Next)
+            if replayed(ctx, &leader, &instance).await? {
+                Ok(Outcome::Next)
+            } else {
+                tracing::warn!(instance = %instance.id, leader = %leader.id, binding = %binding.id,
+                    "the follower did not replay its new role within {REPLAY_WAIT:?}; bound anyway");
+                Ok(Outcome::Succeeded(BEHIND_NOTE.into()))
+            }
         }
         other => Err(unknown_step(other)),
+    }
+}
+
+/// Whether `follower` replayed its leader's WAL up to where it is now (so a role just made on
+/// the leader exists there), waiting at most [`REPLAY_WAIT`]. A follower that does not answer
+/// is waited for like one that is behind.
+async fn replayed(
+    ctx: &AppContext,
+    leader: &InstanceRecord,
+    follower: &InstanceRecord,
+) -> Result<bool, StepError> {
+    let target = ctx.runtime.wal_position(&leader.id).await?.current_lsn;
+    let deadline = Instant::now() + REPLAY_WAIT;
+    loop {
+        match ctx.runtime.standby_status(&follower.id).await {
+            // Promoted meanwhile: nothing more will be replayed from this leader.
+            Ok(s) if !s.in_recovery => return Ok(true),
+            Ok(s) if s.replay_lsn >= Some(target) => return Ok(true),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(instance = %follower.id, error = %e, "standby status while binding")
+            }
+        }
+        if Instant::now() + REPLAY_POLL > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(REPLAY_POLL).await;
     }
 }
 
@@ -66,9 +157,20 @@ pub async fn unbind_step(ctx: &AppContext, job: &Job) -> StepResult {
             {
                 return Ok(Outcome::Wait(std::time::Duration::from_millis(200)));
             }
-            ctx.runtime
-                .drop_login_role(&instance.id, &binding.role_name, &instance.owner_role)
-                .await?;
+            // A follower's binding role is its leader's; a leader that is gone took it along.
+            let home = match &instance.leader_id {
+                None => Some(instance),
+                Some(leader) => ctx
+                    .store
+                    .get_instance(leader)
+                    .await?
+                    .filter(|l| l.state != InstanceState::Deleted),
+            };
+            if let Some(home) = home {
+                ctx.runtime
+                    .drop_login_role(&home.id, &binding.role_name, &home.owner_role)
+                    .await?;
+            }
             Ok(Outcome::Next)
         }
         other => Err(unknown_step(other)),

@@ -169,12 +169,22 @@ pub async fn fetch(
     body::optional(&q, "service_id")?;
     body::optional(&q, "plan_id")?;
     let view = state.broker.fetch_instance(&instance_id).await?;
-    Ok(HttpResponse::Ok().json(json!({
+    let mut body = json!({
         "service_id": view.service_id,
         "plan_id": view.plan_id,
         "dashboard_url": view.dashboard_url,
         "parameters": view.parameters,
-    })))
+    });
+    // A follower's `follower`, a leader's `followers` (Wayback's own keys; platforms ignore
+    // them).
+    if let Some(replication) = view.replication {
+        if let (Some(body), Ok(serde_json::Value::Object(extra))) =
+            (body.as_object_mut(), serde_json::to_value(replication))
+        {
+            body.extend(extra);
+        }
+    }
+    Ok(HttpResponse::Ok().json(body))
 }
 
 pub async fn last_operation(

@@ -73,9 +73,25 @@ pub async fn metrics(state: State, req: HttpRequest) -> Result<HttpResponse, Osb
         (Ok(i), Ok(o)) => (i, o),
         (Err(e), _) | (_, Err(e)) => return Err(crate::broker::BrokerError::from(e).into()),
     };
+    let mut text = state.metrics.render(&instances, &operations);
+    // Followers' lag, measured now (each cluster asked with a short timeout).
+    match state.broker.follower_metrics().await {
+        Ok(followers) => {
+            let rows: Vec<crate::metrics::FollowerRow> = followers
+                .iter()
+                .map(|f| crate::metrics::FollowerRow {
+                    instance: f.lag.follower.as_str(),
+                    leader: f.leader.as_str(),
+                    lag: &f.lag,
+                })
+                .collect();
+            text.push_str(&crate::metrics::render_followers(&rows));
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot list followers for the metrics"),
+    }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render(&instances, &operations)))
+        .body(text))
 }
 
 /// The page behind `dashboard_url`: the same text for every well-formed id, read from nothing,

@@ -11,7 +11,7 @@ use sqlx::postgres::PgConnectOptions;
 use super::{io, rt, LocalRuntime};
 use crate::domain::InstanceId;
 use crate::pg::{control, ctl, sql, ClusterDirs, PgError};
-use crate::runtime::RuntimeError;
+use crate::runtime::{RoleAccess, RuntimeError};
 
 impl LocalRuntime {
     pub(super) fn admin_options_at(
@@ -82,11 +82,16 @@ impl LocalRuntime {
         role: &str,
         password: &SecretString,
         owner_role: &str,
+        access: &RoleAccess,
     ) -> Result<(), RuntimeError> {
         let opts = self.admin_options(id).await?;
-        sql::create_login_role(&opts, role, password, owner_role)
-            .await
-            .map_err(rt)
+        match access {
+            RoleAccess::Owner => sql::create_login_role(&opts, role, password, owner_role).await,
+            RoleAccess::ReadOnly { database } => {
+                crate::pg::readonly::create_read_only_role(&opts, role, password, database).await
+            }
+        }
+        .map_err(rt)
     }
 
     pub async fn drop_login_role(

@@ -10,6 +10,7 @@ use super::LocalRuntime;
 use crate::archive::layout::InstancePrefix;
 use crate::archive::{ArchiveTarget, BackupOptions, BackupReport};
 use crate::domain::InstanceId;
+use crate::runtime::RoleAccess;
 use crate::runtime::{
     AgentSurvey, Applied, ArchiveCommand, ArchiverStats, ClusterRuntime, ClusterSpec,
     ClusterStatus, Placement, PlacementLedger, RestoreSpec, RestoreStatus, RuntimeError,
@@ -72,8 +73,9 @@ impl ClusterRuntime for LocalRuntime {
         role: &str,
         password: &SecretString,
         owner_role: &str,
+        access: &RoleAccess,
     ) -> Result<(), RuntimeError> {
-        LocalRuntime::create_login_role(self, id, role, password, owner_role).await
+        LocalRuntime::create_login_role(self, id, role, password, owner_role, access).await
     }
     async fn drop_login_role(
         &self,

@@ -9,6 +9,7 @@ pub mod archive_keys;
 pub mod archive_wait;
 pub mod fake_cf;
 pub mod fake_runtime;
+pub mod followers;
 pub mod golden;
 pub mod osb_client;
 pub mod s3_server;

@@ -7,7 +7,8 @@
 //! `osb_lifecycle`, `osb_bindings`, `osb_bad_input`, and `osb_checkers` for the answers OSB
 //! checkers trip on; the real tier's `osb_pg` checks the binding goldens again with real
 //! credentials); the audit trail and the originating identity (`osb_audit`); identical
-//! concurrent requests (`osb_concurrent`); instance names from the Cloud Controller (`cc_names`) and the `/wayback/v1` authentication and space rules (`wayback_api`), against
+//! concurrent requests (`osb_concurrent`); read-only and followers' bindings and followers' lag in
+//! the views and metrics (`osb_followers`); instance names from the Cloud Controller (`cc_names`) and the `/wayback/v1` authentication and space rules (`wayback_api`), against
 //! wiremock; jobs an older broker queued (`resume`); what a provision does with the runtime's
 //! errors (`runtime_errors`); the worker's leases and its two lanes (`job_lanes`); and the
 //! layering of the source (`architecture`).
@@ -22,6 +23,7 @@ mod osb_bad_input;
 mod osb_bindings;
 mod osb_checkers;
 pub mod osb_concurrent;
+mod osb_followers;
 mod osb_lifecycle;
 mod resume;
 mod runtime_errors;

@@ -14,7 +14,8 @@ use wayback::runtime::{
     WalPosition,
 };
 
-use super::{lock, Call, FakeCluster, FakeRuntime};
+use super::{lock, Call, FakeCluster, FakeRuntime, FAKE_LSN};
+use wayback::runtime::RoleAccess;
 
 /// A base backup's manifest as a 15.8 cluster would write it, with no parts.
 fn manifest(id: &InstanceId, reason: &str) -> BackupManifest {
@@ -140,10 +141,14 @@ impl ClusterRuntime for FakeRuntime {
         role: &str,
         _password: &SecretString,
         _owner_role: &str,
+        access: &RoleAccess,
     ) -> Result<(), RuntimeError> {
         self.enter(Call::CreateLoginRole, Some(id)).await?;
         self.with(id, true, |c| {
             c.roles.insert(role.into());
+            if matches!(access, RoleAccess::ReadOnly { .. }) {
+                c.read_only_roles.insert(role.into());
+            }
         })
     }
 
@@ -194,7 +199,7 @@ impl ClusterRuntime for FakeRuntime {
     async fn wal_position(&self, id: &InstanceId) -> Result<WalPosition, RuntimeError> {
         self.enter(Call::WalPosition, Some(id)).await?;
         let position = WalPosition {
-            current_lsn: 0x300_0000,
+            current_lsn: FAKE_LSN,
             database_bytes: 8 << 20,
             wal_bytes: Some(0),
         };
@@ -295,10 +300,13 @@ impl ClusterRuntime for FakeRuntime {
 
     async fn standby_status(&self, follower: &InstanceId) -> Result<StandbyStatus, RuntimeError> {
         self.enter(Call::StandbyStatus, Some(follower)).await?;
+        // Caught up: replayed up to where `wal_position` says every cluster is.
         self.with(follower, true, |c| StandbyStatus {
             in_recovery: c.standby,
             streaming: c.standby,
             receiver_status: c.standby.then(|| "streaming".into()),
+            receive_lsn: c.standby.then_some(FAKE_LSN),
+            replay_lsn: c.standby.then_some(FAKE_LSN),
             ..StandbyStatus::default()
         })
     }

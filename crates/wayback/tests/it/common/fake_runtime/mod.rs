@@ -58,6 +58,9 @@ pub enum Call {
     Promote,
 }
 
+/// Where every fake cluster's WAL is (`wal_position`) and every standby replayed to.
+pub const FAKE_LSN: u64 = 0x300_0000;
+
 /// A cluster as the fake keeps it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FakeCluster {
@@ -70,6 +73,8 @@ pub struct FakeCluster {
     pub databases: BTreeMap<String, String>,
     /// Login roles (bindings' roles).
     pub roles: BTreeSet<String>,
+    /// Those of `roles` made read-only (`RoleAccess::ReadOnly`).
+    pub read_only_roles: BTreeSet<String>,
     /// On a leader: its followers' slots → replication role and follower address.
     pub replication: BTreeMap<String, (String, String)>,
     /// A follower not yet promoted (made by `start_follow`).
@@ -85,6 +90,7 @@ impl FakeCluster {
             archiving: false,
             databases: BTreeMap::new(),
             roles: BTreeSet::new(),
+            read_only_roles: BTreeSet::new(),
             replication: BTreeMap::new(),
             standby: false,
         }
@@ -174,6 +180,13 @@ impl FakeRuntime {
 
     pub fn exists(&self, id: &str) -> bool {
         self.cluster(id).is_some()
+    }
+
+    /// Makes the (running) cluster of `id` a follower's standby, as `start_follow` would.
+    pub fn make_standby(&self, id: &str) {
+        let mut clusters = lock(&self.clusters);
+        let cluster = clusters.get_mut(id).expect("a cluster to make a standby");
+        cluster.standby = true;
     }
 
     /// Records the call, waits while it is held, then fails it if a test asked for that.
