@@ -142,7 +142,7 @@ fn fmt_ms(ms: i64) -> String {
 }
 
 /// A PostgreSQL default for a floor setting the plan does not set.
-fn pg_default(name: &str) -> u32 {
+pub(super) fn pg_default(name: &str) -> u32 {
     match name {
         "max_connections" => 100,
         "max_worker_processes" => 8,

@@ -10,6 +10,7 @@ pub mod backup;
 mod binding;
 mod clone;
 mod final_wal;
+pub mod follow;
 mod instance;
 
 use super::model::{Job, JobKind, JobSpec, Step};
@@ -29,6 +30,13 @@ pub(crate) async fn run_step(ctx: &AppContext, job: &Job) -> StepResult {
                     "Provisioning was stopped because the instance is being deleted.".into(),
                 ));
             }
+            if let Some(src) = &provision.follow {
+                return match job.step {
+                    Step::FollowGrant => follow::grant_step(ctx, &instance, src).await,
+                    Step::FollowRestore => follow::restore_step(ctx, job, &instance, src).await,
+                    step => instance::provision_step(ctx, step, &instance).await,
+                };
+            }
             match (job.step, &provision.clone) {
                 (Step::CloneFork, Some(source)) => clone::fork(ctx, job, source).await,
                 (Step::CloneRestore, Some(source)) => {
@@ -40,7 +48,22 @@ pub(crate) async fn run_step(ctx: &AppContext, job: &Job) -> StepResult {
                 (step, _) => instance::provision_step(ctx, step, &instance).await,
             }
         }
+        JobSpec::Update(update) if update.unfollow => {
+            let instance = instance::load(ctx, job).await?;
+            match job.step {
+                Step::FollowPromote => follow::promote_step(ctx, &instance).await,
+                Step::CloneRestart => clone::restart(ctx, &instance).await,
+                Step::CloneRotate => clone::rotate(ctx, &instance).await,
+                Step::CloneFirstArchive => clone::first_archive(ctx, &instance).await,
+                Step::FollowRelease => follow::release_step(ctx, &instance).await,
+                step => instance::provision_step(ctx, step, &instance).await,
+            }
+        }
         JobSpec::Update(update) => instance::update_step(ctx, job, &update.plan_id).await,
+        JobSpec::Deprovision(_) if job.step == Step::FollowRelease => {
+            let instance = instance::load(ctx, job).await?;
+            follow::release_step(ctx, &instance).await
+        }
         JobSpec::Deprovision(_) => instance::deprovision_step(ctx, job).await,
         JobSpec::Bind(_) => binding::bind_step(ctx, job).await,
         JobSpec::Unbind(_) => binding::unbind_step(ctx, job).await,
@@ -52,6 +75,14 @@ pub(crate) async fn run_step(ctx: &AppContext, job: &Job) -> StepResult {
 /// names its source ("Cloning from "production" (GUID, deleted at …) as of …: …").
 pub(crate) fn describe(job: &Job) -> String {
     let text = step_text(job.step);
+    if let Some(source) = job.spec.follow_source() {
+        let what = text.split_once(": ").map_or(text, |(_, w)| w);
+        return format!("Following {source}: {what}");
+    }
+    if job.spec.is_unfollow() {
+        let what = text.split_once(": ").map_or(text, |(_, w)| w);
+        return format!("Unfollowing: {what}");
+    }
     if let Some(source) = job.spec.clone_source() {
         let what = text
             .strip_prefix("Provisioning: ")
@@ -91,12 +122,34 @@ fn step_text(step: Step) -> &'static str {
         Step::CreateRole => "Binding: creating a login role with a new password",
         Step::DropRole => "Unbinding: ending the role's sessions and dropping it",
         Step::TakeBackup => "Taking a base backup",
+        Step::FollowGrant => {
+            "Following: granting the follower a replication role, slot and pg_hba line on the leader"
+        }
+        Step::FollowRestore => "Following: restoring the leader's newest base backup as a standby",
+        Step::FollowPromote => {
+            "Unfollowing: promoting the follower on a new timeline, so that it takes writes"
+        }
+        Step::FollowRelease => {
+            "Deleting: withdrawing the follower's replication slot and role on its leader"
+        }
     }
 }
 
 /// What last_operation says once `job` succeeded: a clone names its source for good (the
 /// progress lines that named it are gone once it is done).
 pub(crate) fn success_description(job: &Job) -> String {
+    if let Some(source) = job.spec.follow_source() {
+        return format!(
+            "The PostgreSQL follower is ready: a read-only replica streaming from {source}. \
+             To make it an independent instance: cf update-service NAME -c '{{\"unfollow\":true}}'."
+        );
+    }
+    if job.spec.is_unfollow() {
+        return "The instance no longer follows its leader: it takes writes on a new timeline, \
+                archives into its own archive and takes its first base backup now. The \
+                leader's credentials no longer work on it: bind it to an app to get its own."
+            .to_string();
+    }
     if let Some(source) = job.spec.clone_source() {
         return format!(
             "The PostgreSQL instance is ready, cloned {source}. Bind it to an app to get new \

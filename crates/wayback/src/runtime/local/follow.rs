@@ -4,22 +4,33 @@
 //! The follower's connection to its leader holds no secret in its configuration: the
 //! replication password is in `<cluster>/replication.pass` (a libpq passfile, 0600, the
 //! cluster user's, outside `pgdata`), and with TLS the leader is verified against the
-//! operator's CA (`<cluster>/replication-ca.crt`): `sslmode=verify-full`. The follower's
-//! `admin-password` is its leader's superuser password, since its roles are its leader's.
+//! operator's CA (`<cluster>/replication-ca.crt`): `sslmode=verify-full`.
+//!
+//! A standby's roles and passwords are its leader's, and the leader's superuser password is
+//! not ours to know (on an agent it never leaves that machine). So a follower's own
+//! `pg_hba.conf` and `pg_ident.conf` let this runtime's OS user in as the superuser over the
+//! unix socket by `peer` authentication (`conf::render_admin_peer`), as long as the marker
+//! `<cluster>/admin-peer` exists: written here once the standby is consistent, kept by every
+//! rewrite of `pg_hba.conf` (`hba_text_at`), and removed by promotion, which first gives the
+//! superuser the password in `admin-password` (a random one, written by the restore's
+//! prepare). The admin connections need no change: they send that password, and a peer login
+//! never asks for it. Followers of one leader share nothing secret, and nothing is set on the
+//! leader.
 //! Must not import `osb`, `broker`, `store` or `jobs`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::layout::Layout;
 use super::restore::{Site, Work};
-use super::{io, LocalRuntime};
+use super::{io, rt, LocalRuntime};
 use crate::archive::keydoc;
 use crate::archive::restore::{self as engine, RestoreProgress, RestoreReport, StandbySource};
 use crate::domain::InstanceId;
-use crate::pg::fsutil;
+use crate::pg::{conf, ctl, fsutil, sql, PgError};
 use crate::runtime::{FollowSpec, RestoreStatus, RuntimeError};
 
 /// The follower's libpq passfile.
@@ -80,10 +91,8 @@ impl Site {
             .await
             .map_err(|e| RuntimeError::Restore(e.into()))?
             .map(keydoc::ArchiveKey);
-        let Some(slot) = self
-            .prepare(id, spec.port, None, Some(&spec.superuser_password))
-            .await?
-        else {
+        let Some(slot) = self.prepare(id, spec.port, None, None).await? else {
+            self.admin_by_peer(id).await?;
             return Ok(None);
         };
         let owner = self.tools.run_as.owner();
@@ -132,14 +141,106 @@ impl Site {
             superuser_verifier: None,
             progress: Some(progress),
         };
-        self.run_engine(id, req).await.map(Some)
+        let report = self.run_engine(id, req).await?;
+        self.admin_by_peer(id).await?;
+        Ok(Some(report))
     }
+
+    /// Lets this runtime in as the follower's superuser by peer (see the module docs): the
+    /// marker, `pg_ident.conf`, `pg_hba.conf`, a reload, and a wait until an admin connection
+    /// works. Repeatable.
+    async fn admin_by_peer(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        let owner = self.tools.run_as.owner();
+        let dirs = self.layout.dirs(id);
+        let marker = admin_peer_marker(&self.layout, id);
+        fsutil::write_atomic(&marker, b"follower\n", 0o600, None)
+            .map_err(io(format!("write {}", marker.display())))?;
+        let (_, ident) = conf::render_admin_peer(&runtime_os_user()?).map_err(rt)?;
+        let hba = super::replication::hba_text_at(&self.layout, self.tls.as_ref(), id)?;
+        for (name, text) in [("pg_ident.conf", ident), ("pg_hba.conf", hba)] {
+            let path = dirs.pgdata.join(name);
+            fsutil::write_atomic(&path, text.as_bytes(), 0o600, owner)
+                .map_err(io(format!("write {}", path.display())))?;
+        }
+        if ctl::live_postmaster(&dirs.pgdata).map_err(rt)?.is_none() {
+            return Ok(());
+        }
+        self.tools
+            .cmd("pg_ctl", "reload the follower's access files")
+            .args(["reload", "-s", "-D"])
+            .arg(&dirs.pgdata)
+            .timeout(Duration::from_secs(30))
+            .run()
+            .await
+            .map_err(rt)?;
+        // The reload is a signal: wait until the postmaster has read the new files.
+        let pw_file = self.layout.password_file(id);
+        let text =
+            std::fs::read_to_string(&pw_file).map_err(io(format!("read {}", pw_file.display())))?;
+        let password = SecretString::from(text.trim().to_string());
+        let opts = sql::admin_options(&dirs.socket_dir, spec_port(&dirs)?, &password);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match sql::connect(&opts, sql::ADMIN_DATABASE).await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(rt(PgError::Setup(format!(
+                        "the follower {id} does not let its runtime in by peer 30 s after a \
+                         reload: {e}"
+                    ))))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+}
+
+/// The port of the running postmaster in `dirs`.
+fn spec_port(dirs: &crate::pg::ClusterDirs) -> Result<u16, RuntimeError> {
+    ctl::live_postmaster(&dirs.pgdata)
+        .map_err(rt)?
+        .and_then(|pm| pm.port)
+        .ok_or_else(|| {
+            rt(PgError::Setup(format!(
+                "no port in {}/postmaster.pid",
+                dirs.pgdata.display()
+            )))
+        })
+}
+
+/// Present while the runtime's admin connections to `id` log in by peer (a follower).
+fn admin_peer_marker(layout: &Layout, id: &InstanceId) -> PathBuf {
+    layout.cluster(id).join("admin-peer")
+}
+
+/// Whether `id` is a follower whose superuser the runtime reaches by peer.
+pub(super) fn admin_by_peer(layout: &Layout, id: &InstanceId) -> bool {
+    admin_peer_marker(layout, id).is_file()
+}
+
+/// After promotion: the superuser has its own password again.
+pub(super) fn end_admin_by_peer(layout: &Layout, id: &InstanceId) -> Result<(), RuntimeError> {
+    let marker = admin_peer_marker(layout, id);
+    match std::fs::remove_file(&marker) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io(format!("remove {}", marker.display()))(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The OS user this process runs as: the user a peer login from it is.
+pub(super) fn runtime_os_user() -> Result<String, RuntimeError> {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .ok_or_else(|| rt(PgError::Setup("the current OS user has no name".into())))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::SecretString;
 
     #[test]
     fn the_conninfo_names_a_passfile_and_verifies_the_leader() {
@@ -155,7 +256,6 @@ mod tests {
             role: "wb_repl_0a0a".into(),
             password: SecretString::from("s3cr:et'".to_string()),
             slot: "wb_follower_0a0a".into(),
-            superuser_password: SecretString::from("x".to_string()),
         };
         let text = conninfo(&spec, "/d/c/replication.pass", Some("/d/c/ca.crt"));
         assert_eq!(
