@@ -121,7 +121,7 @@ fn low_text(low: &[(&str, u32, u32)], whose: &str) -> String {
 
 impl Broker {
     /// The instance's current name (its GUID if it never had one).
-    async fn shown_name(&self, id: &InstanceId) -> Result<String, BrokerError> {
+    pub(super) async fn shown_name(&self, id: &InstanceId) -> Result<String, BrokerError> {
         Ok(self
             .ctx
             .store

@@ -183,12 +183,15 @@ const UPDATE: &[Step] = &[Step::ApplySettings];
 
 /// A `follow` provision: a port (on another agent than the leader's when one has room), the
 /// follower's grant on its leader (replication role, slot, `pg_hba` line), the standby restore
-/// from the leader's archive until it streams, and a start (a no-op unless its machine
-/// restarted). A follower archives nothing and takes no base backups.
+/// from the leader's archive until it streams, then its own plan's configuration in place of
+/// the leader's restored one and a restart into it (as a clone's). A follower archives
+/// nothing and takes no base backups.
 const FOLLOW: &[Step] = &[
     Step::AllocatePort,
     Step::FollowGrant,
     Step::FollowRestore,
+    Step::CreateCluster,
+    Step::CloneRestart,
     Step::Start,
 ];
 

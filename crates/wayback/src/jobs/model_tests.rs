@@ -163,7 +163,7 @@ fn sequences_run_in_the_documented_order() {
     };
     assert_eq!(
         order(&JobSpec::follow(leader)),
-        "allocate_port → follow_grant → follow_restore → start"
+        "allocate_port → follow_grant → follow_restore → create_cluster → clone_restart → start"
     );
     assert_eq!(
         order(&JobSpec::unfollow("p")),

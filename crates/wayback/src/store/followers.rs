@@ -10,6 +10,11 @@ use crate::domain::InstanceId;
 
 /// The associated data a follower's sealed replication password is bound to.
 pub(crate) fn replication_password_context(follower: &InstanceId) -> String {
+    replication_password_context_of(follower.as_str())
+}
+
+/// [`replication_password_context`] of a stored id.
+pub(super) fn replication_password_context_of(follower: &str) -> String {
     format!("replication:{follower}")
 }
 

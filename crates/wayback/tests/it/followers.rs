@@ -5,7 +5,9 @@
 //! the leader's floors, a leader's plan change above its follower's, deleting a leader with
 //! followers) change nothing; deleting a follower drops its slot on the leader; `unfollow`
 //! under writes keeps every row committed before it, archives into the instance's own prefix
-//! (a base backup appears) and the leader's credentials no longer log in.
+//! (a base backup appears) and the leader's credentials no longer log in; `clone-from` naming
+//! a follower restores its leader's archive and says so; a leader restarted by a plan change
+//! leaves its follower streaming.
 //!
 //! Run: `bash scripts/test followers::`.
 
@@ -79,6 +81,19 @@ async fn rows(conn: &mut sqlx::PgConnection) -> Vec<String> {
 /// PUTs a follower of `leader` and waits until it is ready; its id and the descriptions seen.
 async fn follow_ready(app: &TestApp, name: &str, leader: &str) -> (String, Vec<String>) {
     app.clone_ready(name, json!({ "follow": leader })).await
+}
+
+/// Provisions `name` on `plan` with `parameters` and waits until it is ready; its id.
+async fn ready_on(app: &TestApp, name: &str, plan: &str, parameters: Value) -> String {
+    let id = new_id();
+    let mut body = provision_body(plan, name);
+    body["parameters"] = parameters;
+    let r = app.put_instance(&id, &body).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let op: Value = r.json().await.unwrap();
+    let (status, done) = app.poll_instance(&id, op["operation"].as_str()).await;
+    assert_eq!(done["state"], "succeeded", "{status} {done}");
+    id
 }
 
 async fn refused(app: &TestApp, plan: &str, parameters: Value) -> (StatusCode, String) {
@@ -180,8 +195,16 @@ async fn a_follower_streams_refuses_writes_and_unfollows_into_its_own_archive() 
             && text.contains("cannot be chained"),
         "{text}"
     );
-    let medium = app.provision_ready("big").await;
+    let medium = ready_on(&app, "big", MEDIUM_PLAN, json!({})).await;
     wait_for_backup(&store, &medium).await;
+    let (status, text) = refused(&app, SMALL, json!({ "follow": "big" })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{text}");
+    assert!(
+        text.contains("cannot follow service instance \"big\"")
+            && text.contains("(the leader has ")
+            && text.contains("choose a plan at least as large as the leader's"),
+        "{text}"
+    );
     let patch = json!({
         "service_id": SERVICE_ID, "plan_id": MEDIUM_PLAN,
         "previous_values": { "plan_id": SMALL, "service_id": SERVICE_ID },
@@ -220,6 +243,16 @@ async fn a_follower_streams_refuses_writes_and_unfollows_into_its_own_archive() 
         .unwrap();
     assert_eq!(leader_record.state, wayback::domain::InstanceState::Ready);
     assert_eq!(leader_record.plan_id, SMALL);
+
+    // clone-from a follower restores its leader's archive, and says so.
+    let (_, seen) = app
+        .clone_ready("copy", json!({ "clone-from": "reports" }))
+        .await;
+    assert!(
+        seen.iter()
+            .all(|d| d.contains("the leader of follower \"reports\"")),
+        "{seen:?}"
+    );
 
     // A second follower, deleted: its slot goes from the leader.
     let (second, _) = follow_ready(&app, "scratch", "production").await;
@@ -306,6 +339,52 @@ async fn a_follower_streams_refuses_writes_and_unfollows_into_its_own_archive() 
         );
     }
     exec(&mut own, "INSERT INTO orders VALUES ('own')").await;
+
+    // A leader's restart by a plan change (allowed: its follower's plan is as large) leaves
+    // the follower streaming.
+    let mirror = ready_on(
+        &app,
+        "mirror",
+        MEDIUM_PLAN,
+        json!({ "follow": "production" }),
+    )
+    .await;
+    let mirror_port = app
+        .store
+        .get_instance(&iid(&mirror))
+        .await
+        .unwrap()
+        .unwrap()
+        .port
+        .unwrap();
+    drop((admin, writer));
+    let r = app
+        .osb(
+            reqwest::Method::PATCH,
+            &format!("/v2/service_instances/{leader}?accepts_incomplete=true"),
+        )
+        .json(&patch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let op: Value = r.json().await.unwrap();
+    let (_, done) = app.poll_instance(&leader, op["operation"].as_str()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let mut admin = admin_at(&app.cluster_dir(&leader)).await;
+    let mut writer = connect(&uri).await.unwrap();
+    exec(&mut writer, "INSERT INTO orders VALUES ('after restart')").await;
+    let lsn = lsn_of(&mut admin, "pg_current_wal_lsn()").await;
+    let mut reader = connect(&at_port(&uri, mirror_port)).await.unwrap();
+    wait_replayed(&mut reader, lsn).await;
+    // Received by its WAL receiver (the archive does not move this): it streams again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lsn_of(&mut reader, "pg_last_wal_receive_lsn()").await < lsn {
+        assert!(Instant::now() < deadline, "not streaming again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(reader);
+    app.deprovision_done(&mirror).await;
     // Its own archive: a base backup in its own prefix.
     wait_for_backup(&store, &follower).await;
     assert_ne!(prefix_of(&follower).as_str(), prefix_of(&leader).as_str());

@@ -1,7 +1,8 @@
 //! The steps only followers have (docs/architecture.md §6):
 //!
 //! ```text
-//! follow:    allocate_port → follow_grant → follow_restore → start
+//! follow:    allocate_port → follow_grant → follow_restore → create_cluster → clone_restart
+//!            → start
 //! unfollow:  follow_promote → create_cluster → configure_archive → clone_restart → start
 //!            → clone_rotate → clone_first_archive → follow_release
 //! delete:    … (a follower's backup, WAL and history steps pass) → follow_release → destroy

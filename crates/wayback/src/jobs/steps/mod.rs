@@ -34,6 +34,7 @@ pub(crate) async fn run_step(ctx: &AppContext, job: &Job) -> StepResult {
                 return match job.step {
                     Step::FollowGrant => follow::grant_step(ctx, &instance, src).await,
                     Step::FollowRestore => follow::restore_step(ctx, job, &instance, src).await,
+                    Step::CloneRestart => clone::restart(ctx, &instance).await,
                     step => instance::provision_step(ctx, step, &instance).await,
                 };
             }

@@ -28,6 +28,7 @@ use super::layout::Layout;
 use super::restore::{Site, Work};
 use super::{io, rt, LocalRuntime};
 use crate::archive::keydoc;
+use crate::archive::manifest::SettingFloors;
 use crate::archive::restore::{self as engine, RestoreProgress, RestoreReport, StandbySource};
 use crate::domain::InstanceId;
 use crate::pg::{conf, ctl, fsutil, sql, PgError};
@@ -92,6 +93,7 @@ impl Site {
             .map_err(|e| RuntimeError::Restore(e.into()))?
             .map(keydoc::ArchiveKey);
         let Some(slot) = self.prepare(id, spec.port, None, None).await? else {
+            self.unpin_floors(id)?;
             self.admin_by_peer(id).await?;
             return Ok(None);
         };
@@ -142,8 +144,27 @@ impl Site {
             progress: Some(progress),
         };
         let report = self.run_engine(id, req).await?;
+        self.unpin_floors(id)?;
         self.admin_by_peer(id).await?;
         Ok(Some(report))
+    }
+
+    /// Takes the hot-standby floors out of the standby's settings include (effective at its
+    /// next start). The engine pins them to the leader's values at the backup, which would
+    /// hold the follower there for life: with them, a leader whose plan grows pauses its
+    /// follower whatever the follower's own plan says. The follower's own plan's
+    /// `postgresql.conf` governs instead, and the broker keeps that plan at least its
+    /// leader's (`broker::follow`). Repeatable.
+    fn unpin_floors(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        let path = self.layout.dirs(id).pgdata.join(conf::ARCHIVE_INCLUDE);
+        let text =
+            std::fs::read_to_string(&path).map_err(io(format!("read {}", path.display())))?;
+        let kept = without_floors(&text);
+        if kept != text {
+            fsutil::write_atomic(&path, kept.as_bytes(), 0o600, self.tools.run_as.owner())
+                .map_err(io(format!("write {}", path.display())))?;
+        }
+        Ok(())
     }
 
     /// Lets this runtime in as the follower's superuser by peer (see the module docs): the
@@ -195,6 +216,17 @@ impl Site {
     }
 }
 
+/// `text` without its lines that set a hot-standby floor (pure).
+fn without_floors(text: &str) -> String {
+    text.lines()
+        .filter(|l| {
+            let key = l.split('=').next().unwrap_or("").trim();
+            !SettingFloors::NAMES.contains(&key)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 /// The port of the running postmaster in `dirs`.
 fn spec_port(dirs: &crate::pg::ClusterDirs) -> Result<u16, RuntimeError> {
     ctl::live_postmaster(&dirs.pgdata)
@@ -241,6 +273,16 @@ pub(super) fn runtime_os_user() -> Result<String, RuntimeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_floors_come_out_of_the_standby_settings() {
+        let text = "# Written by Wayback\nhot_standby = 'on'\nmax_connections = '50'\n\
+                    max_wal_senders = '10'\nprimary_slot_name = 'wb_follower_x'\n";
+        assert_eq!(
+            without_floors(text),
+            "# Written by Wayback\nhot_standby = 'on'\nprimary_slot_name = 'wb_follower_x'\n"
+        );
+    }
 
     #[test]
     fn the_conninfo_names_a_passfile_and_verifies_the_leader() {
