@@ -389,3 +389,78 @@ async fn a_follower_streams_refuses_writes_and_unfollows_into_its_own_archive() 
     wait_for_backup(&store, &follower).await;
     assert_ne!(prefix_of(&follower).as_str(), prefix_of(&leader).as_str());
 }
+
+/// With two agents the follower lands on the other agent than its leader's, streams across,
+/// and streams again after its agent's restart (SIGTERM stops its clusters; the broker's
+/// supervisor starts the follower again once the agent answers).
+#[tokio::test]
+async fn a_follower_on_the_other_agent_streams_again_after_that_agents_restart() {
+    if !pg_available() {
+        return;
+    }
+    let mut fleet = crate::agents::Fleet::start(2, |_| {}).await;
+    let store = fleet.store();
+    let app = &fleet.app;
+    let leader = app.provision_ready("production").await;
+    wait_for_backup(&store, &leader).await;
+    let uri = app.bind_sync(&leader, &new_id()).await["uri"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut writer = connect(&uri).await.unwrap();
+    exec(
+        &mut writer,
+        "CREATE TABLE orders (what text); INSERT INTO orders VALUES ('one')",
+    )
+    .await;
+    let (follower, _) = follow_ready(app, "reports", "production").await;
+    let on = fleet.placed_on(&leader).await.expect("placed");
+    let follower_on = fleet.placed_on(&follower).await.expect("placed");
+    assert_ne!(on, follower_on, "the follower is on the other agent");
+    let leader_dir = fleet
+        .agents
+        .iter()
+        .find(|a| a.name == on)
+        .unwrap()
+        .data_dir
+        .join("clusters")
+        .join(&leader);
+    let mut admin = admin_at(&leader_dir).await;
+    let port = app
+        .store
+        .get_instance(&iid(&follower))
+        .await
+        .unwrap()
+        .unwrap()
+        .port
+        .unwrap();
+    exec(&mut writer, "INSERT INTO orders VALUES ('two')").await;
+    let lsn = lsn_of(&mut admin, "pg_current_wal_lsn()").await;
+    let mut reader = connect(&at_port(&uri, port)).await.unwrap();
+    wait_replayed(&mut reader, lsn).await;
+    assert_eq!(rows(&mut reader).await, ["one", "two"]);
+    drop(reader);
+
+    let agent = fleet.agent_mut(&follower_on);
+    agent.terminate();
+    agent.start();
+    exec(&mut writer, "INSERT INTO orders VALUES ('three')").await;
+    let lsn = lsn_of(&mut admin, "pg_current_wal_lsn()").await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut reader = loop {
+        match connect(&at_port(&uri, port)).await {
+            Ok(c) => break c,
+            Err(e) => assert!(Instant::now() < deadline, "the follower is not back: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    while lsn_of(&mut reader, "pg_last_wal_receive_lsn()").await < lsn {
+        assert!(
+            Instant::now() < deadline,
+            "not streaming after its agent's restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_replayed(&mut reader, lsn).await;
+    assert_eq!(rows(&mut reader).await, ["one", "three", "two"]);
+}
