@@ -384,6 +384,36 @@ async fn a_follower_streams_refuses_writes_and_unfollows_into_its_own_archive() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(reader);
+    // A follower's plan below its leader's is refused too, and changes nothing.
+    let down = json!({
+        "service_id": SERVICE_ID, "plan_id": SMALL,
+        "previous_values": { "plan_id": MEDIUM_PLAN, "service_id": SERVICE_ID },
+    });
+    let r = app
+        .osb(
+            reqwest::Method::PATCH,
+            &format!("/v2/service_instances/{mirror}?accepts_incomplete=true"),
+        )
+        .json(&down)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let text: Value = r.json().await.unwrap();
+    assert!(
+        text["description"]
+            .as_str()
+            .unwrap()
+            .contains("cannot follow leader \"production\""),
+        "{text}"
+    );
+    let record = app
+        .store
+        .get_instance(&iid(&mirror))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.plan_id, MEDIUM_PLAN);
     app.deprovision_done(&mirror).await;
     // Its own archive: a base backup in its own prefix.
     wait_for_backup(&store, &follower).await;

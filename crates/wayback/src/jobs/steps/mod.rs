@@ -75,7 +75,24 @@ pub(crate) async fn run_step(ctx: &AppContext, job: &Job) -> StepResult {
 /// What the platform's user reads while `job` is at its current step. Every line of a clone
 /// names its source ("Cloning from "production" (GUID, deleted at …) as of …: …").
 pub(crate) fn describe(job: &Job) -> String {
-    let text = step_text(job.step);
+    let text = match job.step {
+        // A follower's (or an unfollowed one's) cluster exists: these only write and apply
+        // its own plan's configuration over the leader's restored one.
+        Step::CreateCluster if job.spec.follow_source().is_some() || job.spec.is_unfollow() => {
+            "Following: writing the plan's own PostgreSQL configuration"
+        }
+        Step::CloneRestart if job.spec.follow_source().is_some() || job.spec.is_unfollow() => {
+            "Following: restarting with the plan's own settings"
+        }
+        Step::CloneRotate if job.spec.is_unfollow() => {
+            "Unfollowing: taking the login from every role of the leader, so that only this \
+             instance's own bindings work on it"
+        }
+        Step::CloneFirstArchive if job.spec.is_unfollow() => {
+            "Unfollowing: archiving the first WAL of its new timeline into its own archive"
+        }
+        step => step_text(step),
+    };
     if let Some(source) = job.spec.follow_source() {
         let what = text.split_once(": ").map_or(text, |(_, w)| w);
         return format!("Following {source}: {what}");
@@ -233,6 +250,33 @@ mod tests {
             success_description(&job(clone, Step::CloneRotate)).starts_with(&format!(
                 "The PostgreSQL instance is ready, cloned {from}. "
             ))
+        );
+        let follow = JobSpec::follow(crate::jobs::FollowSource {
+            leader: InstanceId::parse("l-1").unwrap(),
+            name: "production".into(),
+            system_identifier: 1,
+        });
+        assert_eq!(
+            describe(&job(follow.clone(), Step::FollowGrant)),
+            "Following \"production\" (l-1): granting the follower a replication role, slot and \
+             pg_hba line on the leader"
+        );
+        assert_eq!(
+            describe(&job(follow.clone(), Step::CreateCluster)),
+            "Following \"production\" (l-1): writing the plan's own PostgreSQL configuration"
+        );
+        assert!(success_description(&job(follow, Step::Start)).starts_with(
+            "The PostgreSQL follower is ready: a read-only replica streaming from \"production\""
+        ));
+        let unfollow = JobSpec::unfollow("p");
+        assert_eq!(
+            describe(&job(unfollow.clone(), Step::FollowRelease)),
+            "Unfollowing: withdrawing the follower's replication slot and role on its leader"
+        );
+        assert_eq!(
+            describe(&job(unfollow, Step::CloneRotate)),
+            "Unfollowing: taking the login from every role of the leader, so that only this \
+             instance's own bindings work on it"
         );
         let plain = job(JobSpec::provision(None), Step::Start);
         assert_eq!(describe(&plain), "Provisioning: starting PostgreSQL");
