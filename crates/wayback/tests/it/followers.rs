@@ -7,7 +7,8 @@
 //! under writes keeps every row committed before it, archives into the instance's own prefix
 //! (a base backup appears) and the leader's credentials no longer log in; `clone-from` naming
 //! a follower restores its leader's archive and says so; a leader restarted by a plan change
-//! leaves its follower streaming.
+//! leaves its follower streaming; a slot lost on the leader is granted again by the
+//! supervisor.
 //!
 //! Run: `bash scripts/test followers::`.
 
@@ -184,6 +185,43 @@ async fn a_follower_streams_refuses_writes_and_unfollows_into_its_own_archive() 
             .contains("cannot execute INSERT in a read-only transaction"),
         "{err}"
     );
+    // The leader's slot lost (its walsender ended, the slot dropped at once): the supervisor
+    // grants it again and the follower streams again, without a person.
+    drop(reader);
+    sqlx::query(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1",
+    )
+    .bind(&slot)
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sqlx::query("SELECT pg_drop_replication_slot($1)")
+        .bind(&slot)
+        .execute(&mut admin)
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the slot stays busy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    exec(&mut writer, "INSERT INTO orders VALUES ('after the slot')").await;
+    let lsn = lsn_of(&mut admin, "pg_current_wal_lsn()").await;
+    let mut reader = connect(&at_port(&uri, port)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while lsn_of(&mut reader, "pg_last_wal_receive_lsn()").await < lsn {
+        assert!(Instant::now() < deadline, "the slot was not granted again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(slots(&mut admin).await.contains(&slot));
+    exec(
+        &mut writer,
+        "DELETE FROM orders WHERE what = 'after the slot'",
+    )
+    .await;
+    let lsn = lsn_of(&mut admin, "pg_current_wal_lsn()").await;
+    wait_replayed(&mut reader, lsn).await;
+
     // No archive of its own: no base backup, no instance.json.
     assert!(app.store.latest_backup(&record.id).await.unwrap().is_none());
 
