@@ -9,7 +9,8 @@
 //! (`max_connections`, …; archive rule 6), else it pauses: a plan below the higher of the
 //! backup's and the leader's current plan's values is refused, and so, in the other direction,
 //! is a leader's plan change above a follower's plan or a follower's below its leader's
-//! (`check_plan_change`). Every refusal changes nothing.
+//! (`check_plan_change`). A leader whose cluster does not answer (its agent down) is a
+//! retryable 503. Every refusal changes nothing.
 //!
 //! Imports `store`, `catalog`, `archive`, `jobs` and `domain`; never `osb`, `pg`, `runtime`.
 
@@ -205,6 +206,17 @@ impl Broker {
                  followers cannot be chained. Follow {its_name:?} instead: \
                  -c '{{\"{FOLLOW}\":\"{its_name}\"}}'."
             )));
+        }
+        // The leader's cluster must answer (its agent may be down): retry later, nothing made.
+        if let Err(e) = self.ctx.runtime.status(&leader.id).await {
+            if !e.is_permanent() {
+                tracing::warn!(leader = %leader.id, error = %e, "the leader's cluster does not answer; follow refused for now");
+                return Err(BrokerError::Unavailable(format!(
+                    "The cluster of service instance {who} does not answer right now (its \
+                     database VM may be restarting), so it cannot be followed; nothing was \
+                     created. Try again in a few minutes, and tell your operator if it lasts."
+                )));
+            }
         }
         let prefix = InstancePrefix::new(space, &leader.id);
         let archive = &self.ctx.archive;

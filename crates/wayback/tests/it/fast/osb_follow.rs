@@ -104,3 +104,26 @@ async fn unfollow_refusals_change_nothing() {
     let record = app.store.get_instance(&iid(&id)).await.unwrap().unwrap();
     assert_eq!(record.state, wayback::domain::InstanceState::Ready);
 }
+
+/// A leader whose cluster does not answer (its agent down): a retryable 503, nothing made.
+#[tokio::test]
+async fn a_leader_out_of_reach_is_a_retryable_refusal() {
+    let app = spawn_fast_app().await;
+    app.provision_ready("production").await;
+    // The supervisor asks too (every second): enough failures that the PUT meets one.
+    for _ in 0..1000 {
+        app.fake().fail_next(
+            common::fake_runtime::Call::Status,
+            wayback::runtime::RuntimeError::Unreachable {
+                agent: "agent-a".into(),
+                message: "connection refused".into(),
+            },
+        );
+    }
+    let (status, text) = refused(&app, json!({ "follow": "production" })).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert!(
+        text.contains("does not answer right now") && text.contains("nothing was created"),
+        "{text}"
+    );
+}
