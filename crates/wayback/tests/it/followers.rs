@@ -224,6 +224,9 @@ async fn a_follower_streams_refuses_writes_and_unfollows_into_its_own_archive() 
 
     // No archive of its own: no base backup, no instance.json.
     assert!(app.store.latest_backup(&record.id).await.unwrap().is_none());
+    // (A rename rewrites an instance's instance.json in the background; not a follower's.)
+    app.rename(&follower, "reporting").await;
+    app.rename(&follower, "reports").await;
 
     // Refusals that need a leader with a backup; each changes nothing.
     let (status, text) = refused(&app, SMALL, json!({ "follow": "reports" })).await;
@@ -298,6 +301,9 @@ async fn a_follower_streams_refuses_writes_and_unfollows_into_its_own_archive() 
     assert!(slots(&mut admin).await.contains(&second_slot));
     app.deprovision_done(&second).await;
     assert!(!slots(&mut admin).await.contains(&second_slot));
+
+    let doc = format!("{}/instance.json", prefix_of(&follower).as_str());
+    assert!(store.get(&doc).await.unwrap().is_none(), "{doc}");
 
     // Unfollow under writes: every row committed before it is there.
     let writes = {
