@@ -57,6 +57,12 @@ pub(crate) async fn run_step(ctx: &AppContext, job: &Job) -> StepResult {
                 Step::CloneRotate => clone::rotate(ctx, &instance).await,
                 Step::CloneFirstArchive => clone::first_archive(ctx, &instance).await,
                 Step::FollowRelease => follow::release_step(ctx, &instance).await,
+                // Its port is its own already: one taken by another process is retried (a
+                // transient error), never given up (no `allocate_port` in this sequence).
+                Step::Start => {
+                    ctx.runtime.start(&instance.id).await?;
+                    Ok(Outcome::Next)
+                }
                 step => instance::provision_step(ctx, step, &instance).await,
             }
         }
