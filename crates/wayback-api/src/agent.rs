@@ -289,7 +289,9 @@ pub struct FollowBody {
     pub role: String,
     pub password: String,
     pub slot: String,
-    /// The leader's superuser password (the follower's roles are the leader's).
+    /// Unused and sent empty: a follower's runtime reaches its superuser by peer, so no
+    /// agent needs the leader's superuser password (kept for the wire's sake).
+    #[serde(default)]
     pub superuser_password: String,
 }
 

@@ -533,7 +533,6 @@ async fn start_follow(
         role: body.role,
         password: SecretString::from(body.password),
         slot: body.slot,
-        superuser_password: SecretString::from(body.superuser_password),
     };
     ok(&state.runtime.start_follow(&id, &spec).await?)
 }

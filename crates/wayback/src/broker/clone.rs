@@ -9,6 +9,9 @@
 //! backup's hot-standby floors (rule 6) is refused now rather than failing after the 202, and
 //! so is an encrypted source whose data key the configured keys cannot unwrap.
 //!
+//! A follower named in `clone-from` has no archive of its own: it resolves to its leader, whose
+//! archive it replays, and every line of the clone says so (`CloneSource::via_follower`).
+//!
 //! The resolved source is a `jobs::CloneSource`, the provision job's payload (see
 //! `jobs::steps::clone`). Imports `store`, `catalog`, `archive`, `jobs` and `domain`; never
 //! `osb`, `pg`, `runtime`.
@@ -142,7 +145,7 @@ fn fmt_ms(ms: i64) -> String {
 }
 
 /// A PostgreSQL default for a floor setting the plan does not set.
-fn pg_default(name: &str) -> u32 {
+pub(super) fn pg_default(name: &str) -> u32 {
     match name {
         "max_connections" => 100,
         "max_worker_processes" => 8,
@@ -200,9 +203,29 @@ impl Broker {
                 }
             }
         }
-        let Some(source) = source else {
+        let Some(mut source) = source else {
             return Err(unknown(&names, &params.from, requester));
         };
+        // A follower has no archive of its own: its leader's is what it holds.
+        let mut via_follower = None;
+        let leader = match self.ctx.store.get_instance(&source.instance_id).await? {
+            Some(i) => match i.leader_id {
+                Some(l) => self.ctx.store.get_instance(&l).await?,
+                None => None,
+            },
+            None => None,
+        };
+        if let Some(l) = leader {
+            via_follower = Some(source.name.clone());
+            source = SpaceName {
+                name: self.shown_name(&l.id).await?,
+                instance_id: l.id,
+                recorded_at: l.created_at,
+                state: l.state,
+                deleted_at: l.deleted_at,
+                has_backup: true,
+            };
+        }
         let who = format!("{:?} ({})", source.name, source.instance_id);
         let prefix = InstancePrefix::new(space, &source.instance_id);
         let archive = &self.ctx.archive;
@@ -296,6 +319,7 @@ impl Broker {
                 .map_or(RestoreTarget::Latest, RestoreTarget::PointInTime),
             system_identifier: backup.system_identifier,
             backup_stop_time: backup.stop_time,
+            via_follower,
         })
     }
 }

@@ -43,6 +43,7 @@ impl Broker {
                 .ok_or_else(|| anyhow::anyhow!("deprovisioning without operation"))?;
             return Ok(Deprovisioned::Accepted { operation: op.id });
         }
+        self.check_no_followers(id).await?;
         if existing.state == InstanceState::Updating {
             return Err(BrokerError::Concurrency(format!(
                 "Service instance {id} is being updated; delete it when the update ends."

@@ -12,9 +12,13 @@ use crate::jobs::{new_job, JobSpec};
 use crate::store::{now_millis, AuditKind, InstanceRecord, OperationRecord, StoreError};
 
 /// Provision parameters this version accepts (`-c '{…}'`): undo (see `clone`).
-const PROVISION_PARAMETERS: &[&str] = &[super::clone::CLONE_FROM, super::clone::POINT_IN_TIME];
+const PROVISION_PARAMETERS: &[&str] = &[
+    super::clone::CLONE_FROM,
+    super::clone::POINT_IN_TIME,
+    super::follow::FOLLOW,
+];
 /// Update parameters this version accepts.
-pub(super) const UPDATE_PARAMETERS: &[&str] = &[];
+pub(super) const UPDATE_PARAMETERS: &[&str] = &[super::follow::UNFOLLOW];
 
 /// The application database and its owner role, the same in every instance.
 const DATABASE_NAME: &str = "app";
@@ -174,9 +178,12 @@ impl Broker {
             PROVISION_PARAMETERS,
             "this plan",
         )?);
-        let clone = match &parameters {
-            Value::Object(m) => super::clone::parse_params(m)?,
-            _ => None,
+        let (clone, follow) = match &parameters {
+            Value::Object(m) => (
+                super::clone::parse_params(m)?,
+                super::follow::parse_params(m)?,
+            ),
+            _ => (None, None),
         };
         if !req.accepts_incomplete {
             return Err(BrokerError::AsyncRequired);
@@ -187,7 +194,15 @@ impl Broker {
                 .provision_again(&req, &parameters, existing, dashboard_url)
                 .await;
         }
+        let leader = match &follow {
+            Some(from) => Some(
+                self.check_follow(&req.instance_id, &req.space_guid, plan, from)
+                    .await?,
+            ),
+            None => None,
+        };
         let (source, queued) = match &clone {
+            None if leader.is_some() => (None, "Following: queued".to_string()),
             None => (None, "Provisioning: queued".to_string()),
             Some(c) => {
                 let source = self
@@ -216,7 +231,7 @@ impl Broker {
             deleted_at: None,
             agent: None,
             agent_host: None,
-            leader_id: None,
+            leader_id: leader.as_ref().map(|l| l.leader.clone()),
         };
         let op = OperationRecord {
             id: operation.clone(),
@@ -230,6 +245,15 @@ impl Broker {
             finished_at: None,
         };
         let audit = match &source {
+            None if leader.is_some() => {
+                let l = leader.as_ref().expect("checked");
+                Audit::new(
+                    AuditKind::Provision,
+                    &req.instance_id,
+                    req.originator.as_ref(),
+                )
+                .detail(serde_json::json!({ "follow": l.leader.as_str(), "follow_name": l.name }))
+            }
             None => Audit::new(
                 AuditKind::Provision,
                 &req.instance_id,
@@ -239,12 +263,11 @@ impl Broker {
                 .detail(clone_detail(s)),
         };
         let audit = audit.operation(&operation);
-        let job = new_job(
-            &operation,
-            &req.instance_id,
-            None,
-            JobSpec::provision(source),
-        );
+        let spec = match leader {
+            Some(l) => JobSpec::follow(l),
+            None => JobSpec::provision(source),
+        };
+        let job = new_job(&operation, &req.instance_id, None, spec);
         match self
             .ctx
             .store

@@ -13,6 +13,7 @@ pub(crate) mod clone;
 mod credentials;
 mod deprovision;
 mod fetch;
+mod follow;
 mod followers;
 mod instances;
 mod update;

@@ -30,6 +30,23 @@ impl Broker {
         if let Some(p) = &req.parameters {
             check_parameters(p, UPDATE_PARAMETERS, "an update")?;
         }
+        let unfollow = super::follow::parse_unfollow(req.parameters.as_ref())?;
+        if unfollow {
+            if existing.leader_id.is_none() {
+                return Err(BrokerError::Unprocessable(format!(
+                    "Service instance {} is not a follower, so there is nothing to unfollow; \
+                     \"unfollow\" applies to instances made with -c '{{\"follow\":NAME}}'.",
+                    existing.id
+                )));
+            }
+            if target_plan != existing.plan_id {
+                return Err(BrokerError::BadRequest(
+                    "\"unfollow\" cannot be combined with a plan change: unfollow first, then \
+                     change the plan."
+                        .into(),
+                ));
+            }
+        }
         let dashboard_url = self.dashboard_url(&existing.id);
         match existing.state {
             InstanceState::Ready => {}
@@ -45,9 +62,10 @@ impl Broker {
                         .get_job(&op.id)
                         .await?
                         .and_then(|j| Job::from_record(&j).ok())
-                        .is_some_and(
-                            |j| matches!(&j.spec, JobSpec::Update(u) if u.plan_id == target_plan),
-                        );
+                        .is_some_and(|j| {
+                            matches!(&j.spec, JobSpec::Update(u)
+                                if u.plan_id == target_plan && u.unfollow == unfollow)
+                        });
                     if same_plan {
                         return Ok(Updated::Accepted {
                             operation: op.id,
@@ -69,10 +87,13 @@ impl Broker {
             }
         }
         let plan_change = target_plan != existing.plan_id;
-        if plan_change && !req.accepts_incomplete {
+        if (plan_change || unfollow) && !req.accepts_incomplete {
             return Err(BrokerError::AsyncRequired);
         }
-        if !plan_change {
+        if plan_change {
+            self.check_plan_change(&existing, plan).await?;
+        }
+        if !plan_change && !unfollow {
             // A rename (`cf rename-service`) is context only: record it and answer at once.
             self.rename(&existing.id, &req.context, req.originator.as_ref())
                 .await?;
@@ -86,17 +107,22 @@ impl Broker {
             binding_id: None,
             kind: OperationKind::Update,
             state: OperationState::InProgress,
-            description: "Updating: queued".into(),
+            description: if unfollow {
+                "Unfollowing: queued"
+            } else {
+                "Updating: queued"
+            }
+            .into(),
             created_at: now,
             updated_at: now,
             finished_at: None,
         };
-        let job = new_job(
-            &operation,
-            &existing.id,
-            None,
-            JobSpec::update(target_plan.clone()),
-        );
+        let spec = if unfollow {
+            JobSpec::unfollow(target_plan.clone())
+        } else {
+            JobSpec::update(target_plan.clone())
+        };
+        let job = new_job(&operation, &existing.id, None, spec);
         if !self
             .ctx
             .store
@@ -114,8 +140,11 @@ impl Broker {
                 existing.id
             )));
         }
-        tracing::info!(instance = %existing.id, plan = %plan.name, "plan change accepted");
-        let detail = serde_json::json!({ "plan_id": target_plan, "plan": plan.name });
+        tracing::info!(instance = %existing.id, plan = %plan.name, unfollow, "update accepted");
+        let mut detail = serde_json::json!({ "plan_id": target_plan, "plan": plan.name });
+        if unfollow {
+            detail["unfollow"] = serde_json::Value::Bool(true);
+        }
         let audit = Audit::new(AuditKind::Update, &existing.id, req.originator.as_ref());
         self.audit(audit.operation(&operation).detail(detail)).await;
         self.rename(&existing.id, &req.context, req.originator.as_ref())

@@ -75,15 +75,25 @@ pub async fn run(settings: Settings) -> anyhow::Result<RekeyReport> {
     } = super::open_broker_state(&settings, "rekey").await?;
     let current_key = store.current_key_id()?.to_string();
     let resealed = store.reseal_secrets().await;
-    let rewrapped = match &resealed {
-        Ok(_) => Some(rewrap_archive_keys(&settings, &data_dir, &store).await),
+    let replication = match &resealed {
+        Ok(_) => Some(store.reseal_replication_passwords().await),
         Err(_) => None,
+    };
+    let rewrapped = match (&resealed, &replication) {
+        (Ok(_), Some(Ok(_))) => Some(rewrap_archive_keys(&settings, &data_dir, &store).await),
+        _ => None,
     };
     store.close().await;
     let mut steps = vec![RekeyStep {
         secrets: "binding passwords (state database)",
         resealed: resealed?,
     }];
+    if let Some(replication) = replication {
+        steps.push(RekeyStep {
+            secrets: "followers' replication passwords (state database)",
+            resealed: replication?,
+        });
+    }
     if let Some(rewrapped) = rewrapped {
         steps.push(RekeyStep {
             secrets: "archive data keys (key.json)",

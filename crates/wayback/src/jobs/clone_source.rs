@@ -38,6 +38,10 @@ pub struct CloneSource {
     /// Where the base backup the check chose ends.
     #[serde(with = "rfc3339_text")]
     pub backup_stop_time: DateTime<Utc>,
+    /// The follower `clone-from` named, when it named one: a follower has no archive of its
+    /// own, so its leader's (this source) is restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via_follower: Option<String>,
 }
 
 /// `from "production" (GUID, deleted at 2026-11-21 09:42:07 UTC) as of <time|latest>`, as
@@ -47,6 +51,12 @@ impl fmt::Display for CloneSource {
         write!(f, "from {:?} ({}", self.name, self.id)?;
         if let Some(ms) = self.deleted_at {
             write!(f, ", deleted at {}", utc_text(ms))?;
+        }
+        if let Some(follower) = &self.via_follower {
+            write!(
+                f,
+                ", the leader of follower {follower:?}, whose archive it is"
+            )?;
         }
         match self.target {
             RestoreTarget::Latest => f.write_str(") as of the latest archived commit"),

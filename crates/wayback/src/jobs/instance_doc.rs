@@ -10,7 +10,7 @@
 //! ([`write_stale_docs`]); a periodic sweep ([`sync_instance_doc`] for every instance) also
 //! repairs a document overwritten by a slower concurrent writer. When the instance's archive is
 //! encrypted the document is sealed with its data key (unwrapped from `key.json` with the
-//! state store's keyring).
+//! state store's keyring). A follower has none: it has no archive of its own.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -142,6 +142,14 @@ pub async fn sync_instance_doc(
     archive: &ObjectStore,
     id: &InstanceId,
 ) -> anyhow::Result<bool> {
+    // A follower has no archive of its own, so no document (its leader's archive is not its).
+    if store
+        .get_instance(id)
+        .await?
+        .is_some_and(|i| i.leader_id.is_some())
+    {
+        return Ok(false);
+    }
     let (prefix, doc) = build_instance_doc(store, catalog, id).await?;
     let hash = doc.content_hash();
     if store.instance_doc_hash(id).await?.as_deref() == Some(hash.as_str()) {
@@ -182,6 +190,9 @@ pub async fn write_stale_docs(
     let mut written = 0;
     let mut failed = Vec::new();
     for instance in store.instances_with_stale_doc().await? {
+        if instance.leader_id.is_some() {
+            continue;
+        }
         match sync_instance_doc(store, catalog, archive, &instance.id).await {
             Ok(_) => written += 1,
             Err(e) => failed.push((instance.id, e)),

@@ -16,6 +16,7 @@
 //! Must not import `osb` or `broker` (the broker builds jobs; jobs never reach back up).
 
 mod clone_source;
+mod follow_source;
 pub mod instance_doc;
 mod lease;
 mod model;
@@ -25,11 +26,13 @@ mod worker;
 use std::time::Duration;
 
 pub use clone_source::CloneSource;
+pub use follow_source::{replication_names, FollowSource};
 pub use model::{
     new_job, BackupPayload, Job, JobKind, JobSpec, Lane, ProvisionPayload, Requested, Step,
     UnreadableJob, UpdatePayload,
 };
 pub use steps::backup::{backup_due, backup_job, wal_written_since};
+pub use steps::follow::ensure_grant;
 pub use worker::Worker;
 
 /// What a step asks the worker to do next.

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::clone_source::CloneSource;
+use super::follow_source::FollowSource;
 use crate::domain::{BindingId, InstanceId};
 use crate::store::{now_millis, JobRecord, NewJob};
 
@@ -143,6 +144,11 @@ stored_names! {
         CreateRole = "create_role",
         DropRole = "drop_role",
         TakeBackup = "take_backup",
+        // Followers (issue 14): see `steps::follow`.
+        FollowGrant = "follow_grant",
+        FollowRestore = "follow_restore",
+        FollowPromote = "follow_promote",
+        FollowRelease = "follow_release",
     }
 }
 
@@ -175,14 +181,45 @@ const CLONE: &[Step] = &[
 /// A plan change: the new plan's settings, applied (and a restart if one needs it).
 const UPDATE: &[Step] = &[Step::ApplySettings];
 
+/// A `follow` provision: a port (on another agent than the leader's when one has room), the
+/// follower's grant on its leader (replication role, slot, `pg_hba` line), the standby restore
+/// from the leader's archive until it streams, then its own plan's configuration in place of
+/// the leader's restored one and a restart into it (as a clone's). A follower archives
+/// nothing and takes no base backups.
+const FOLLOW: &[Step] = &[
+    Step::AllocatePort,
+    Step::FollowGrant,
+    Step::FollowRestore,
+    Step::CreateCluster,
+    Step::CloneRestart,
+    Step::Start,
+];
+
+/// `{"unfollow":true}`: promotion on a new timeline, then the clone's tail (the plan's own
+/// configuration in place of the restored one, its own archive and data key, a restart into
+/// them, the leader's roles' logins taken away, its first WAL archived), and last the grant
+/// withdrawn on the leader. Its first base backup follows.
+const UNFOLLOW: &[Step] = &[
+    Step::FollowPromote,
+    Step::CreateCluster,
+    Step::ConfigureArchive,
+    Step::CloneRestart,
+    Step::Start,
+    Step::CloneRotate,
+    Step::CloneFirstArchive,
+    Step::FollowRelease,
+];
+
 /// A deprovision loses nothing: it waits for the instance's other job to stop, takes a base
 /// backup if there is none, archives the last WAL and records the instance's history in its
-/// archive, and only then destroys the cluster.
+/// archive, and only then destroys the cluster. A follower has no archive of its own: its
+/// backup, WAL and history steps pass, and `follow_release` withdraws its grant on the leader.
 const DEPROVISION: &[Step] = &[
     Step::WaitExclusive,
     Step::FinalBackup,
     Step::FinalWal,
     Step::WriteInstanceDoc,
+    Step::FollowRelease,
     Step::Destroy,
 ];
 
@@ -207,19 +244,25 @@ pub struct Requested {
     pub requested_at: i64,
 }
 
-/// `{"requested_at": …}`, with `"clone": {…}` for a clone-from.
+/// `{"requested_at": …}`, with `"clone": {…}` for a clone-from or `"follow": {…}` for a
+/// follower.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProvisionPayload {
     pub requested_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clone: Option<CloneSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow: Option<FollowSource>,
 }
 
-/// `{"requested_at": …, "plan_id": "…"}`: the plan to change to.
+/// `{"requested_at": …, "plan_id": "…"}`: the plan to change to; `"unfollow": true` for a
+/// follower's promotion (the plan stays).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdatePayload {
     pub requested_at: i64,
     pub plan_id: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unfollow: bool,
 }
 
 /// `{"requested_at": …, "reason": "…"}`: `provision`, `schedule`, `wal-volume` or `manual`.
@@ -240,6 +283,16 @@ impl JobSpec {
         JobSpec::Provision(ProvisionPayload {
             requested_at: now_millis(),
             clone,
+            follow: None,
+        })
+    }
+
+    /// A follower's provision, streaming from `source`; requested now.
+    pub fn follow(source: FollowSource) -> Self {
+        JobSpec::Provision(ProvisionPayload {
+            requested_at: now_millis(),
+            clone: None,
+            follow: Some(source),
         })
     }
 
@@ -247,6 +300,16 @@ impl JobSpec {
         JobSpec::Update(UpdatePayload {
             requested_at: now_millis(),
             plan_id: plan_id.into(),
+            unfollow: false,
+        })
+    }
+
+    /// A follower's promotion into an independent instance (its plan stays `plan_id`).
+    pub fn unfollow(plan_id: impl Into<String>) -> Self {
+        JobSpec::Update(UpdatePayload {
+            requested_at: now_millis(),
+            plan_id: plan_id.into(),
+            unfollow: true,
         })
     }
 
@@ -298,11 +361,28 @@ impl JobSpec {
         }
     }
 
+    /// The leader of a follower's provision.
+    pub fn follow_source(&self) -> Option<&FollowSource> {
+        match self {
+            JobSpec::Provision(p) => p.follow.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a follower's promotion (`unfollow`).
+    pub fn is_unfollow(&self) -> bool {
+        matches!(self, JobSpec::Update(u) if u.unfollow)
+    }
+
     /// This job's steps, in the order they run.
     pub fn steps(&self) -> &'static [Step] {
         match self {
+            JobSpec::Provision(ProvisionPayload {
+                follow: Some(_), ..
+            }) => FOLLOW,
             JobSpec::Provision(ProvisionPayload { clone: None, .. }) => PROVISION,
             JobSpec::Provision(ProvisionPayload { clone: Some(_), .. }) => CLONE,
+            JobSpec::Update(UpdatePayload { unfollow: true, .. }) => UNFOLLOW,
             JobSpec::Update(_) => UPDATE,
             JobSpec::Deprovision(_) => DEPROVISION,
             JobSpec::Bind(_) => BIND,

@@ -153,7 +153,22 @@ fn sequences_run_in_the_documented_order() {
     );
     assert_eq!(
         order(&JobSpec::deprovision()),
-        "wait_exclusive → final_backup → final_wal → write_instance_doc → destroy"
+        "wait_exclusive → final_backup → final_wal → write_instance_doc → follow_release \
+         → destroy"
+    );
+    let leader = crate::jobs::FollowSource {
+        leader: InstanceId::parse("l").unwrap(),
+        name: "production".into(),
+        system_identifier: 1,
+    };
+    assert_eq!(
+        order(&JobSpec::follow(leader)),
+        "allocate_port → follow_grant → follow_restore → create_cluster → clone_restart → start"
+    );
+    assert_eq!(
+        order(&JobSpec::unfollow("p")),
+        "follow_promote → create_cluster → configure_archive → clone_restart → start → clone_rotate \
+         → clone_first_archive → follow_release"
     );
     for (spec, only) in [
         (JobSpec::update("p"), "apply_settings"),

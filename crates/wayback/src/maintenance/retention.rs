@@ -285,7 +285,8 @@ impl ArchiveMaintenance {
         let failed = if all {
             let mut failed = Vec::new();
             for instance in self.store.instances_in_states(InstanceState::ALL).await? {
-                if instance.state == InstanceState::Provisioning {
+                // A follower has no archive of its own (nor an instance.json).
+                if instance.state == InstanceState::Provisioning || instance.leader_id.is_some() {
                     continue;
                 }
                 if let Err(e) = instance_doc::sync_instance_doc(

@@ -16,6 +16,12 @@
 //! than one segment) and enqueues a `backup` job unless one is already pending. WAL is counted
 //! in bytes of records, never as an LSN distance: the switches above pad segments to their end,
 //! and by LSN an idle instance's every backup made the next one due.
+//!
+//! A follower (issue 14) archives nothing and takes no base backups: none of the above is done
+//! to it. A follower whose postmaster died is started again like any instance; one that does
+//! not stream is logged and left to its `restore_command` (it replays from its leader's archive
+//! and streams again by itself); and a leader's slot missing for a ready follower (a leader
+//! restored, say) is granted again (`jobs::ensure_grant`, idempotent).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -145,6 +151,39 @@ impl Supervisor {
         }
     }
 
+    /// A running follower: streaming (else logged), and its slot on the leader there (else
+    /// granted again).
+    async fn check_follower(&self, follower: &crate::store::InstanceRecord) {
+        if !self.due(&follower.id, Action::ReadStats, STATS_EVERY) {
+            return;
+        }
+        match self.ctx.runtime.standby_status(&follower.id).await {
+            Ok(s) if !s.streaming => {
+                tracing::warn!(instance = %follower.id, replay_lsn = ?s.replay_lsn, "follower is not streaming from its leader; it replays from the leader's archive until it can")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(instance = %follower.id, error = %e, "cannot read the follower's status")
+            }
+        }
+        let Some(leader) = &follower.leader_id else {
+            return;
+        };
+        let (_, slot) = crate::jobs::replication_names(&follower.id);
+        match self.ctx.runtime.replication_status(leader).await {
+            Ok(slots) if slots.iter().any(|r| r.slot == slot) => {}
+            Ok(_) => {
+                tracing::warn!(instance = %follower.id, %leader, slot, "the follower's slot is missing on its leader; granting it again");
+                if let Err(e) = crate::jobs::ensure_grant(&self.ctx, follower).await {
+                    tracing::warn!(instance = %follower.id, %leader, error = format!("{e:#}"), "cannot grant the follower's replication again");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(instance = %follower.id, %leader, error = %e, "cannot read the leader's replication")
+            }
+        }
+    }
+
     /// Checks every ready instance once and starts those that are down. Returns how many it
     /// started.
     pub async fn check_all(&self) -> anyhow::Result<usize> {
@@ -183,6 +222,9 @@ impl Supervisor {
                 }
             }
             match self.ctx.runtime.status(&instance.id).await {
+                Ok(ClusterStatus::Running) if instance.leader_id.is_some() => {
+                    self.check_follower(&instance).await;
+                }
                 Ok(ClusterStatus::Running) => {
                     self.observe_archiver(&instance.id).await;
                     if self.due(

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::server_log::{LogBudget, LOG_DIRECTORY, LOG_FILENAME};
-use super::PgError;
+use super::{PgError, SUPERUSER};
 
 /// Settings a plan must not set: they are Wayback's to choose, or would let a plan read files,
 /// load code paths, or move the cluster's addresses and archive.
@@ -274,6 +274,38 @@ pub fn render_pg_hba(require_tls: bool) -> String {
     )
 }
 
+/// The ident map of a follower's admin peer line ([`render_admin_peer`]).
+pub const ADMIN_PEER_MAP: &str = "wayback_runtime";
+
+/// A follower's admin access (pure): its roles and their passwords are its leader's, which
+/// the runtime does not know, so the runtime's own OS user (`os_user`) logs in as the
+/// superuser over the unix socket by `peer` authentication; no password is involved. The
+/// `pg_hba.conf` line goes first (it matches only the superuser on the socket, and a peer
+/// login from any other OS user fails without falling through), the `pg_ident.conf` text is
+/// the whole file. Promotion gives the superuser a password of its own and drops the line.
+pub fn render_admin_peer(os_user: &str) -> Result<(String, String), PgError> {
+    if os_user.is_empty()
+        || !os_user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    {
+        return Err(PgError::InvalidSetting {
+            name: "pg_ident.conf".into(),
+            reason: format!("the OS user {os_user:?} cannot be written unquoted"),
+        });
+    }
+    Ok((
+        format!(
+            "# The runtime's own admin connections to this follower (peer, no password)\n\
+             local   all          {SUPERUSER}  peer map={ADMIN_PEER_MAP}\n"
+        ),
+        format!(
+            "# Written by Wayback; edits are overwritten.\n\
+             {ADMIN_PEER_MAP} {os_user} {SUPERUSER}\n"
+        ),
+    ))
+}
+
 /// The managed block of `pg_hba.conf` for followers: one `replication` line per (role,
 /// address), the address alone (`/32` or `/128`), SCRAM, and `hostssl` whenever the cluster
 /// serves TLS. Appended after [`render_pg_hba`]'s lines (which never match a replication
@@ -484,6 +516,21 @@ mod tests {
         ] {
             let e = [(role.to_string(), addr.to_string())];
             assert!(render_replication_hba(&e, true).is_err(), "{why}");
+        }
+    }
+
+    #[test]
+    fn a_followers_admin_peer_line_maps_only_the_runtimes_user() {
+        let (hba, ident) = render_admin_peer("wayback").unwrap();
+        let line = hba.lines().find(|l| !l.starts_with('#')).unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            words,
+            ["local", "all", SUPERUSER, "peer", "map=wayback_runtime"]
+        );
+        assert!(ident.ends_with(&format!("wayback_runtime wayback {SUPERUSER}\n")));
+        for bad in ["", "a b", "x\ny", "#root"] {
+            assert!(render_admin_peer(bad).is_err(), "{bad:?}");
         }
     }
 

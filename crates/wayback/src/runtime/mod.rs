@@ -25,7 +25,7 @@ pub use async_trait::async_trait;
 pub use error::RuntimeError;
 pub use interface::{AgentSurvey, ClusterRuntime, Reach, RestoreSpec, RoleAccess, Runtime};
 pub use local::{ArchiveAccess, ClusterTls, LocalRuntime};
-pub use placement::{choose, Placement, PlacementLedger, NO_ROOM};
+pub use placement::{choose, choose_avoiding, Placement, PlacementLedger, NO_ROOM};
 pub use remote::{BackupAnswer, RemoteRuntime};
 pub use replication::{FollowSpec, ReplicationGrant};
 pub use wayback_api::agent::{

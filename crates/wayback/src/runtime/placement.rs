@@ -23,6 +23,11 @@ pub trait PlacementLedger: Send + Sync {
     async fn placed(&self) -> anyhow::Result<HashMap<String, usize>>;
     /// Records that `id` goes where `placement` says.
     async fn record(&self, id: &InstanceId, placement: &Placement) -> anyhow::Result<()>;
+
+    /// An agent to place on only when no other has room (a follower's leader's agent).
+    fn avoid(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Where a new instance goes.
@@ -41,7 +46,17 @@ pub fn choose(
     answers: &[(String, Result<Capacity, RuntimeError>)],
     placed: &HashMap<String, usize>,
 ) -> Result<Placement, RuntimeError> {
-    let mut best: Option<(u64, u64, &str, &str)> = None;
+    choose_avoiding(answers, placed, None)
+}
+
+/// [`choose`], where any agent with room beats `avoid` (a follower's leader's agent: a
+/// follower on its leader's machine is still allowed, when nothing else has room).
+pub fn choose_avoiding(
+    answers: &[(String, Result<Capacity, RuntimeError>)],
+    placed: &HashMap<String, usize>,
+    avoid: Option<&str>,
+) -> Result<Placement, RuntimeError> {
+    let mut best: Option<(bool, u64, u64, &str, &str)> = None;
     let mut why = Vec::new();
     let mut unreachable = false;
     for (name, answer) in answers {
@@ -62,22 +77,30 @@ pub fn choose(
             ));
             continue;
         }
+        let elsewhere = avoid != Some(name.as_str());
         let better = match best {
             None => true,
-            Some((f, m, n, _)) => {
+            Some((e, f, m, n, _)) => {
                 (
+                    elsewhere,
                     free,
                     cap.memory_available_bytes,
                     std::cmp::Reverse(name.as_str()),
-                ) > (f, m, std::cmp::Reverse(n))
+                ) > (e, f, m, std::cmp::Reverse(n))
             }
         };
         if better {
-            best = Some((free, cap.memory_available_bytes, name, &cap.advertise_host));
+            best = Some((
+                elsewhere,
+                free,
+                cap.memory_available_bytes,
+                name,
+                &cap.advertise_host,
+            ));
         }
     }
     match best {
-        Some((_, _, name, host)) => Ok(Placement {
+        Some((_, _, _, name, host)) => Ok(Placement {
             agent: name.to_string(),
             host: host.to_string(),
         }),
@@ -142,6 +165,15 @@ mod tests {
         // A bigger agent with more held can still have more room.
         let a = answers(vec![("small", cap(0, 2, 8)), ("big", cap(5, 50, 8))]);
         assert_eq!(choose(&a, &none).unwrap().agent, "big");
+    }
+
+    #[test]
+    fn a_follower_avoids_its_leaders_agent_while_another_has_room() {
+        let none = HashMap::new();
+        let a = answers(vec![("a", cap(0, 10, 8)), ("b", cap(8, 10, 1))]);
+        assert_eq!(choose_avoiding(&a, &none, Some("a")).unwrap().agent, "b");
+        let full = HashMap::from([("b".to_string(), 10)]);
+        assert_eq!(choose_avoiding(&a, &full, Some("a")).unwrap().agent, "a");
     }
 
     #[test]

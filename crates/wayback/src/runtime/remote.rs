@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use wayback_api::agent::{self as wire, Capacity, RestoreStatus};
 
-use super::placement::{choose, Placement, PlacementLedger};
+use super::placement::{choose_avoiding, Placement, PlacementLedger};
 use super::{
     AgentSurvey, Applied, ArchiveCommand, ArchiverStats, ClusterRuntime, ClusterSpec,
     ClusterStatus, FollowSpec, ReplicationGrant, ReplicationStatus, RestoreSpec, RoleAccess,
@@ -185,7 +185,7 @@ impl ClusterRuntime for RemoteRuntime {
         Ok(())
     }
 
-    /// Asks every agent for its capacity (at once), [`choose`]s one and records it, under the
+    /// Asks every agent for its capacity (at once), [`choose_avoiding`]s one and records it, under the
     /// placement lock so that concurrent provisions count each other.
     async fn place(
         &self,
@@ -194,7 +194,7 @@ impl ClusterRuntime for RemoteRuntime {
     ) -> Result<Option<Placement>, RuntimeError> {
         let _placing = self.placing.lock().await;
         let placed = ledger.placed().await.map_err(RuntimeError::Records)?;
-        let placement = choose(&self.capacities().await, &placed)?;
+        let placement = choose_avoiding(&self.capacities().await, &placed, ledger.avoid())?;
         ledger
             .record(id, &placement)
             .await
@@ -468,7 +468,7 @@ impl ClusterRuntime for RemoteRuntime {
             role: spec.role.clone(),
             password: spec.password.expose_secret().to_string(),
             slot: spec.slot.clone(),
-            superuser_password: spec.superuser_password.expose_secret().to_string(),
+            superuser_password: String::new(),
         };
         self.on_cluster(follower, Method::POST, "/follow", Some(&body))
             .await

@@ -37,7 +37,4 @@ pub struct FollowSpec {
     pub role: String,
     pub password: SecretString,
     pub slot: String,
-    /// The leader's superuser password: a standby's roles are its leader's, so the runtime's
-    /// own admin connections to the follower use it.
-    pub superuser_password: SecretString,
 }

@@ -11,6 +11,7 @@ mod archive_docs;
 mod audit;
 mod backups;
 mod bindings;
+mod followers;
 mod instances;
 mod jobs;
 mod name_sources;

@@ -4,7 +4,8 @@
 //! configured ([`Store::missing_secret_keys`]), then seals the clear rows once
 //! ([`Store::seal_clear_secrets`]): row by row, each update guarded by the marker, so a crash
 //! half-way leaves rows either clear-and-marked or sealed, and the next start finishes.
-//! [`Store::reseal_secrets`] is `wayback rekey`'s part here. Must not import `osb`, `broker`,
+//! [`Store::reseal_secrets`] is `wayback rekey`'s part here. Followers' replication passwords
+//! (`followers`) are sealed from the start: the key check and the re-seal cover them too. Must not import `osb`, `broker`,
 //! `runtime` or `pg`.
 
 use sqlx::Row;
@@ -32,15 +33,17 @@ impl Store {
     /// Key ids that sealed stored secrets but are not in the keyring (empty: all can open).
     pub async fn missing_secret_keys(&self) -> Result<Vec<String>, StoreError> {
         let keyring = self.keyring()?;
+        // Followers' replication passwords (`followers`) are sealed the same way.
         let rows = sqlx::query(
-            "SELECT DISTINCT password_key FROM bindings WHERE password_key IS NOT NULL \
-             ORDER BY password_key",
+            "SELECT password_key FROM bindings WHERE password_key IS NOT NULL \
+             UNION SELECT replication_password_key FROM instances \
+             WHERE replication_password_key IS NOT NULL ORDER BY 1",
         )
         .fetch_all(&self.pool)
         .await?;
         let mut missing = Vec::new();
         for row in rows {
-            let id: String = row.try_get("password_key")?;
+            let id: String = row.try_get(0)?;
             if !keyring.has_key(&id) {
                 missing.push(id);
             }
@@ -98,6 +101,43 @@ impl Store {
             let value = keyring.seal(&clear, &context);
             let done = sqlx::query(
                 "UPDATE bindings SET password = $1, password_key = $2 WHERE id = $3 AND password = $4",
+            )
+            .bind(&value)
+            .bind(keyring.current_id())
+            .bind(&id)
+            .bind(&old)
+            .execute(&self.pool)
+            .await?;
+            resealed += done.rows_affected() as usize;
+        }
+        Ok(resealed)
+    }
+
+    /// [`Self::reseal_secrets`] for followers' replication passwords.
+    pub async fn reseal_replication_passwords(&self) -> Result<usize, StoreError> {
+        let keyring = self.keyring()?;
+        let rows = sqlx::query(
+            "SELECT id, replication_password FROM instances WHERE replication_password_key \
+             IS NOT NULL AND replication_password_key <> $1",
+        )
+        .bind(keyring.current_id())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut resealed = 0;
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let old: String = row.try_get("replication_password")?;
+            let context = super::followers::replication_password_context_of(&id);
+            let clear = keyring
+                .open(&old, &context)
+                .map_err(|e| StoreError::Corrupt {
+                    id: id.clone(),
+                    message: format!("replication password: {e}"),
+                })?;
+            let value = keyring.seal(&clear, &context);
+            let done = sqlx::query(
+                "UPDATE instances SET replication_password = $1, replication_password_key = $2 \
+                 WHERE id = $3 AND replication_password = $4",
             )
             .bind(&value)
             .bind(keyring.current_id())

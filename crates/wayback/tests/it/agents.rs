@@ -37,7 +37,7 @@ impl AgentProc {
         format!("https://127.0.0.1:{}", self.port)
     }
 
-    fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         let log = std::fs::File::create(self.data_dir.with_extension("log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_wayback"))
             .arg("--config")
@@ -61,7 +61,7 @@ impl AgentProc {
     }
 
     /// SIGTERM, as bpm stops it, and wait for the exit status.
-    fn terminate(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("agent running");
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
@@ -304,7 +304,7 @@ impl Fleet {
         self.agents.iter().find(|a| a.name == name).unwrap()
     }
 
-    fn agent_mut(&mut self, name: &str) -> &mut AgentProc {
+    pub(crate) fn agent_mut(&mut self, name: &str) -> &mut AgentProc {
         self.agents.iter_mut().find(|a| a.name == name).unwrap()
     }
 

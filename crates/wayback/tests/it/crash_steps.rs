@@ -12,6 +12,10 @@
 //! `STEP:after` kills once a step has finished but before the next one is recorded, so the
 //! restarted broker runs the finished step again. Last, a clone whose archive already holds
 //! other content under the name of its first segment must fail, saying so.
+//!
+//! A `follow` provision (issue 14) killed at each of its steps (and inside its standby
+//! restore) ends `succeeded` too, with the follower streaming from its leader: a row written
+//! on the leader after the restart reaches the follower's WAL receiver.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +30,7 @@ enum Op {
     Provision,
     Clone,
     Deprovision,
+    Follow,
 }
 
 /// One test per (operation, point): the table of every step.
@@ -58,6 +63,14 @@ killed_at! {
     deprovision_at_final_wal: Deprovision at "final_wal";
     deprovision_at_write_instance_doc: Deprovision at "write_instance_doc";
     deprovision_at_destroy: Deprovision at "destroy";
+    follow_at_allocate_port: Follow at "allocate_port";
+    follow_at_grant: Follow at "follow_grant";
+    follow_at_restore: Follow at "follow_restore";
+    follow_while_downloading: Follow at "clone_restore:unpacking";
+    follow_while_replaying: Follow at "clone_restore:replaying";
+    follow_after_restore: Follow at "follow_restore:after";
+    follow_at_restart: Follow at "clone_restart";
+    follow_at_start: Follow at "start";
 }
 
 async fn killed_at(op: Op, point: &str) {
@@ -77,7 +90,7 @@ async fn killed_at(op: Op, point: &str) {
         let mut setup = site.start();
         client.wait_healthy().await;
         let id = provision(&client, &name).await;
-        if op == Op::Clone {
+        if op == Op::Clone || op == Op::Follow {
             client.wait_backup(&id).await;
         }
         setup.stop().await;
@@ -102,6 +115,13 @@ async fn killed_at(op: Op, point: &str) {
             let answer = client.put_instance(&id, &body).await;
             (id, clone_name, answer)
         }
+        (Op::Follow, Some(_)) => {
+            let id = new_id();
+            let follower = format!("{name}-follower");
+            let body = clone_body(&follower, SPACE, json!({ "follow": name }));
+            let answer = client.put_instance(&id, &body).await;
+            (id, follower, answer)
+        }
         (Op::Deprovision, Some(id)) => {
             let answer = client.delete_instance(&id).await;
             (id, name.clone(), answer)
@@ -115,7 +135,7 @@ async fn killed_at(op: Op, point: &str) {
     });
     broker.wait_killed(point, Duration::from_secs(120)).await;
     drop(broker);
-    if point == "clone_restore:replaying" {
+    if op == Op::Clone && point == "clone_restore:replaying" {
         let source = source_id.as_deref().unwrap();
         orphan_archives_its_timeline(&client, &id, source).await;
     }
@@ -138,6 +158,10 @@ async fn killed_at(op: Op, point: &str) {
         (StatusCode::OK, Some("succeeded")),
         "killed at {point}: {body}"
     );
+    if op == Op::Follow {
+        streams(&client, source_id.as_deref().unwrap(), &id, point).await;
+        return;
+    }
     archives(&client, &id).await;
     client.wait_backup(&id).await;
     undo(&client, &instance_name).await;
@@ -159,6 +183,40 @@ async fn orphan_archives_its_timeline(client: &Client, clone: &str, source: &str
     client
         .wait_archived(clone, "segment of the orphan", |n| n == file)
         .await;
+}
+
+/// A row written on `leader` reaches `follower`'s WAL receiver (streaming, not the archive).
+async fn streams(client: &Client, leader: &str, follower: &str, point: &str) {
+    let mut conn = client.admin(leader).await;
+    exec(
+        &mut conn,
+        "CREATE TABLE IF NOT EXISTS crash_marks (at timestamptz DEFAULT now()); \
+         INSERT INTO crash_marks DEFAULT VALUES",
+    )
+    .await;
+    let lsn: i64 =
+        sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    // The follower's superuser is the runtime's OS user by peer: this test's user.
+    let mut standby = client.admin(follower).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let got: Option<i64> =
+            sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0')::bigint")
+                .fetch_one(&mut standby)
+                .await
+                .unwrap();
+        if got.is_some_and(|g| g >= lsn) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "killed at {point}: the follower does not stream ({got:?} < {lsn})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Provisions `name` and waits until it is ready; its id.

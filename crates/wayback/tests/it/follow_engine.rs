@@ -160,7 +160,6 @@ async fn story(rt: &dyn ClusterRuntime, s: Sides) {
         .expect("idempotent");
 
     let port = free_port();
-    let superuser = std::fs::read_to_string(s.leader_dir.join("admin-password")).unwrap();
     let spec = FollowSpec {
         port,
         leader: prefix_of(&s.leader),
@@ -170,7 +169,6 @@ async fn story(rt: &dyn ClusterRuntime, s: Sides) {
         role: ROLE.into(),
         password: password.clone(),
         slot: SLOT.into(),
-        superuser_password: SecretString::from(superuser.trim().to_string()),
     };
     let follower = &s.follower;
     rt.start_follow(follower, &spec).await.unwrap();

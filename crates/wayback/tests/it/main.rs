@@ -30,6 +30,7 @@ mod docs;
 mod drain;
 mod fast;
 mod follow_engine;
+mod followers;
 mod lifecycle;
 mod osb_pg;
 mod pg_driver;

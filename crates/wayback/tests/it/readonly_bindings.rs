@@ -227,7 +227,6 @@ async fn a_followers_binding_reads_on_the_follower_and_lag_is_shown() {
     .await
     .unwrap();
     let port = free_port();
-    let superuser = std::fs::read_to_string(leader_dir.join("admin-password")).unwrap();
     let spec = FollowSpec {
         port,
         leader: prefix_of(&leader),
@@ -237,7 +236,6 @@ async fn a_followers_binding_reads_on_the_follower_and_lag_is_shown() {
         role,
         password,
         slot,
-        superuser_password: SecretString::from(superuser.trim().to_string()),
     };
     rt.start_follow(&follower_id, &spec).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(180);

@@ -97,6 +97,13 @@ pub async fn backup_step(ctx: &AppContext, job: &Job, reason: &str) -> StepResul
             )))
         }
     }
+    if instance.leader_id.is_some() {
+        return Ok(Outcome::Cancelled(
+            "no backup: a follower has no archive of its own (its leader's backups are its \
+             history)"
+                .into(),
+        ));
+    }
     if job.step != Step::TakeBackup {
         return Err(StepError::Permanent {
             user_message: "internal error".into(),

@@ -151,6 +151,12 @@ pub async fn deprovision_step(ctx: &AppContext, job: &Job) -> StepResult {
             }
             Ok(Outcome::Next)
         }
+        // A follower has no archive of its own: nothing to back up, seal or describe.
+        Step::FinalBackup | Step::FinalWal | Step::WriteInstanceDoc
+            if instance.leader_id.is_some() =>
+        {
+            Ok(Outcome::Next)
+        }
         Step::FinalBackup => {
             // Deleted before its first base backup (the provision's backup job was still
             // queued and has just been superseded): WAL alone cannot be restored, so take one
@@ -207,6 +213,17 @@ pub async fn on_end(
         .await?
         .context("instance record missing")?;
     match (&job.spec, succeeded) {
+        (JobSpec::Provision(p), true) if p.follow.is_some() => {
+            // A follower takes no base backups: its leader's archive is its history.
+            if !store
+                .set_instance_state_from(id, InstanceState::Provisioning, InstanceState::Ready)
+                .await?
+            {
+                return Ok(Some(
+                    "Provisioning was stopped because the instance is being deleted.".into(),
+                ));
+            }
+        }
         (JobSpec::Provision(_), true) => {
             // The first base backup is a job of its own, so provisioning does not wait for it.
             let backup = super::backup::backup_job(id, "provision");
@@ -224,6 +241,16 @@ pub async fn on_end(
                 // data yet): stop and remove what it created, wherever it runs. A failed
                 // delete keeps its cluster for undo; this is not that. The record stays
                 // `failed` until the platform deletes it.
+                if let Some(src) = job.spec.follow_source() {
+                    let (role, slot) = crate::jobs::replication_names(id);
+                    if let Err(e) = ctx
+                        .runtime
+                        .drop_replication(&src.leader, &role, &slot)
+                        .await
+                    {
+                        tracing::warn!(instance = %id, leader = %src.leader, error = %e, "cannot withdraw the failed follower's grant on its leader; its delete will");
+                    }
+                }
                 match ctx.runtime.destroy(id).await {
                     // Its port is free for the next provision.
                     Ok(()) => store.set_instance_port(id, None).await?,
@@ -232,6 +259,24 @@ pub async fn on_end(
                     }
                 }
                 store.set_instance_state(id, InstanceState::Failed).await?;
+            }
+        }
+        (JobSpec::Update(u), true) if u.unfollow => {
+            // Independent now: no leader, and its first base backup (as a provision's).
+            store.end_following(id).await?;
+            if instance.state == InstanceState::Updating {
+                store.set_instance_state(id, InstanceState::Ready).await?;
+            }
+            store
+                .enqueue_backup(&super::backup::backup_job(id, "provision"))
+                .await?;
+            sync_doc(ctx, id, "unfollowed").await;
+        }
+        (JobSpec::Update(u), false) if u.unfollow => {
+            // Still a follower, or promoted part-way: the user may ask again (every step of
+            // the sequence is repeatable).
+            if instance.state == InstanceState::Updating {
+                store.set_instance_state(id, InstanceState::Ready).await?;
             }
         }
         (JobSpec::Update(update), true) => {
@@ -279,7 +324,13 @@ pub async fn on_end(
 }
 
 /// Brings `instance.json` up to date without failing the operation (retried by the supervisor).
+/// A follower has no archive of its own, so no `instance.json`.
 async fn sync_doc(ctx: &AppContext, id: &crate::domain::InstanceId, why: &str) {
+    if let Ok(Some(i)) = ctx.store.get_instance(id).await {
+        if i.leader_id.is_some() {
+            return;
+        }
+    }
     crate::jobs::instance_doc::sync_instance_doc_or_mark_stale(
         &ctx.store,
         &ctx.catalog,
@@ -295,12 +346,18 @@ async fn allocate_port(ctx: &AppContext, instance: &InstanceRecord) -> Result<u1
     let pg = &ctx.settings.postgres;
     let agent = match &instance.agent {
         Some(agent) => agent.clone(),
-        None => ctx
-            .runtime
-            .place(&instance.id, &StoreLedger(&ctx.store))
-            .await?
-            .map(|p| p.agent)
-            .unwrap_or_default(),
+        None => {
+            // A follower goes to another machine than its leader's when one has room.
+            let avoid = match &instance.leader_id {
+                Some(leader) => ctx.store.get_instance(leader).await?.and_then(|l| l.agent),
+                None => None,
+            };
+            ctx.runtime
+                .place(&instance.id, &StoreLedger(&ctx.store, avoid))
+                .await?
+                .map(|p| p.agent)
+                .unwrap_or_default()
+        }
     };
     let used = ctx.store.used_ports(&agent).await?;
     let span = u32::from(pg.port_max - pg.port_min) + 1;
@@ -326,8 +383,8 @@ async fn allocate_port(ctx: &AppContext, instance: &InstanceRecord) -> Result<u1
     })
 }
 
-/// The store as the runtime's record of placements.
-struct StoreLedger<'a>(&'a crate::store::Store);
+/// The store as the runtime's record of placements (and the agent a follower avoids).
+struct StoreLedger<'a>(&'a crate::store::Store, Option<String>);
 
 #[async_trait::async_trait]
 impl PlacementLedger for StoreLedger<'_> {
@@ -339,6 +396,9 @@ impl PlacementLedger for StoreLedger<'_> {
             .0
             .set_instance_agent(id, &placement.agent, &placement.host)
             .await?)
+    }
+    fn avoid(&self) -> Option<&str> {
+        self.1.as_deref()
     }
 }
 

@@ -10,6 +10,7 @@ pub mod backup;
 mod binding;
 mod clone;
 mod final_wal;
+pub mod follow;
 mod instance;
 
 use super::model::{Job, JobKind, JobSpec, Step};
@@ -29,6 +30,14 @@ pub(crate) async fn run_step(ctx: &AppContext, job: &Job) -> StepResult {
                     "Provisioning was stopped because the instance is being deleted.".into(),
                 ));
             }
+            if let Some(src) = &provision.follow {
+                return match job.step {
+                    Step::FollowGrant => follow::grant_step(ctx, &instance, src).await,
+                    Step::FollowRestore => follow::restore_step(ctx, job, &instance, src).await,
+                    Step::CloneRestart => clone::restart(ctx, &instance).await,
+                    step => instance::provision_step(ctx, step, &instance).await,
+                };
+            }
             match (job.step, &provision.clone) {
                 (Step::CloneFork, Some(source)) => clone::fork(ctx, job, source).await,
                 (Step::CloneRestore, Some(source)) => {
@@ -40,7 +49,28 @@ pub(crate) async fn run_step(ctx: &AppContext, job: &Job) -> StepResult {
                 (step, _) => instance::provision_step(ctx, step, &instance).await,
             }
         }
+        JobSpec::Update(update) if update.unfollow => {
+            let instance = instance::load(ctx, job).await?;
+            match job.step {
+                Step::FollowPromote => follow::promote_step(ctx, &instance).await,
+                Step::CloneRestart => clone::restart(ctx, &instance).await,
+                Step::CloneRotate => clone::rotate(ctx, &instance).await,
+                Step::CloneFirstArchive => clone::first_archive(ctx, &instance).await,
+                Step::FollowRelease => follow::release_step(ctx, &instance).await,
+                // Its port is its own already: one taken by another process is retried (a
+                // transient error), never given up (no `allocate_port` in this sequence).
+                Step::Start => {
+                    ctx.runtime.start(&instance.id).await?;
+                    Ok(Outcome::Next)
+                }
+                step => instance::provision_step(ctx, step, &instance).await,
+            }
+        }
         JobSpec::Update(update) => instance::update_step(ctx, job, &update.plan_id).await,
+        JobSpec::Deprovision(_) if job.step == Step::FollowRelease => {
+            let instance = instance::load(ctx, job).await?;
+            follow::release_step(ctx, &instance).await
+        }
         JobSpec::Deprovision(_) => instance::deprovision_step(ctx, job).await,
         JobSpec::Bind(_) => binding::bind_step(ctx, job).await,
         JobSpec::Unbind(_) => binding::unbind_step(ctx, job).await,
@@ -51,7 +81,32 @@ pub(crate) async fn run_step(ctx: &AppContext, job: &Job) -> StepResult {
 /// What the platform's user reads while `job` is at its current step. Every line of a clone
 /// names its source ("Cloning from "production" (GUID, deleted at …) as of …: …").
 pub(crate) fn describe(job: &Job) -> String {
-    let text = step_text(job.step);
+    let text = match job.step {
+        // A follower's (or an unfollowed one's) cluster exists: these only write and apply
+        // its own plan's configuration over the leader's restored one.
+        Step::CreateCluster if job.spec.follow_source().is_some() || job.spec.is_unfollow() => {
+            "Following: writing the plan's own PostgreSQL configuration"
+        }
+        Step::CloneRestart if job.spec.follow_source().is_some() || job.spec.is_unfollow() => {
+            "Following: restarting with the plan's own settings"
+        }
+        Step::CloneRotate if job.spec.is_unfollow() => {
+            "Unfollowing: taking the login from every role of the leader, so that only this \
+             instance's own bindings work on it"
+        }
+        Step::CloneFirstArchive if job.spec.is_unfollow() => {
+            "Unfollowing: archiving the first WAL of its new timeline into its own archive"
+        }
+        step => step_text(step),
+    };
+    if let Some(source) = job.spec.follow_source() {
+        let what = text.split_once(": ").map_or(text, |(_, w)| w);
+        return format!("Following {source}: {what}");
+    }
+    if job.spec.is_unfollow() {
+        let what = text.split_once(": ").map_or(text, |(_, w)| w);
+        return format!("Unfollowing: {what}");
+    }
     if let Some(source) = job.spec.clone_source() {
         let what = text
             .strip_prefix("Provisioning: ")
@@ -91,12 +146,34 @@ fn step_text(step: Step) -> &'static str {
         Step::CreateRole => "Binding: creating a login role with a new password",
         Step::DropRole => "Unbinding: ending the role's sessions and dropping it",
         Step::TakeBackup => "Taking a base backup",
+        Step::FollowGrant => {
+            "Following: granting the follower a replication role, slot and pg_hba line on the leader"
+        }
+        Step::FollowRestore => "Following: restoring the leader's newest base backup as a standby",
+        Step::FollowPromote => {
+            "Unfollowing: promoting the follower on a new timeline, so that it takes writes"
+        }
+        Step::FollowRelease => {
+            "Deleting: withdrawing the follower's replication slot and role on its leader"
+        }
     }
 }
 
 /// What last_operation says once `job` succeeded: a clone names its source for good (the
 /// progress lines that named it are gone once it is done).
 pub(crate) fn success_description(job: &Job) -> String {
+    if let Some(source) = job.spec.follow_source() {
+        return format!(
+            "The PostgreSQL follower is ready: a read-only replica streaming from {source}. \
+             To make it an independent instance: cf update-service NAME -c '{{\"unfollow\":true}}'."
+        );
+    }
+    if job.spec.is_unfollow() {
+        return "The instance no longer follows its leader: it takes writes on a new timeline, \
+                archives into its own archive and takes its first base backup now. The \
+                leader's credentials no longer work on it: bind it to an app to get its own."
+            .to_string();
+    }
     if let Some(source) = job.spec.clone_source() {
         return format!(
             "The PostgreSQL instance is ready, cloned {source}. Bind it to an app to get new \
@@ -179,6 +256,33 @@ mod tests {
             success_description(&job(clone, Step::CloneRotate)).starts_with(&format!(
                 "The PostgreSQL instance is ready, cloned {from}. "
             ))
+        );
+        let follow = JobSpec::follow(crate::jobs::FollowSource {
+            leader: InstanceId::parse("l-1").unwrap(),
+            name: "production".into(),
+            system_identifier: 1,
+        });
+        assert_eq!(
+            describe(&job(follow.clone(), Step::FollowGrant)),
+            "Following \"production\" (l-1): granting the follower a replication role, slot and \
+             pg_hba line on the leader"
+        );
+        assert_eq!(
+            describe(&job(follow.clone(), Step::CreateCluster)),
+            "Following \"production\" (l-1): writing the plan's own PostgreSQL configuration"
+        );
+        assert!(success_description(&job(follow, Step::Start)).starts_with(
+            "The PostgreSQL follower is ready: a read-only replica streaming from \"production\""
+        ));
+        let unfollow = JobSpec::unfollow("p");
+        assert_eq!(
+            describe(&job(unfollow.clone(), Step::FollowRelease)),
+            "Unfollowing: withdrawing the follower's replication slot and role on its leader"
+        );
+        assert_eq!(
+            describe(&job(unfollow, Step::CloneRotate)),
+            "Unfollowing: taking the login from every role of the leader, so that only this \
+             instance's own bindings work on it"
         );
         let plain = job(JobSpec::provision(None), Step::Start);
         assert_eq!(describe(&plain), "Provisioning: starting PostgreSQL");

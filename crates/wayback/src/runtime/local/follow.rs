@@ -4,22 +4,34 @@
 //! The follower's connection to its leader holds no secret in its configuration: the
 //! replication password is in `<cluster>/replication.pass` (a libpq passfile, 0600, the
 //! cluster user's, outside `pgdata`), and with TLS the leader is verified against the
-//! operator's CA (`<cluster>/replication-ca.crt`): `sslmode=verify-full`. The follower's
-//! `admin-password` is its leader's superuser password, since its roles are its leader's.
+//! operator's CA (`<cluster>/replication-ca.crt`): `sslmode=verify-full`.
+//!
+//! A standby's roles and passwords are its leader's, and the leader's superuser password is
+//! not ours to know (on an agent it never leaves that machine). So a follower's own
+//! `pg_hba.conf` and `pg_ident.conf` let this runtime's OS user in as the superuser over the
+//! unix socket by `peer` authentication (`conf::render_admin_peer`), as long as the marker
+//! `<cluster>/admin-peer` exists: written here once the standby is consistent, kept by every
+//! rewrite of `pg_hba.conf` (`hba_text_at`), and removed by promotion, which first gives the
+//! superuser the password in `admin-password` (a random one, written by the restore's
+//! prepare). The admin connections need no change: they send that password, and a peer login
+//! never asks for it. Followers of one leader share nothing secret, and nothing is set on the
+//! leader.
 //! Must not import `osb`, `broker`, `store` or `jobs`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::layout::Layout;
 use super::restore::{Site, Work};
-use super::{io, LocalRuntime};
+use super::{io, rt, LocalRuntime};
 use crate::archive::keydoc;
+use crate::archive::manifest::SettingFloors;
 use crate::archive::restore::{self as engine, RestoreProgress, RestoreReport, StandbySource};
 use crate::domain::InstanceId;
-use crate::pg::fsutil;
+use crate::pg::{conf, ctl, fsutil, sql, PgError};
 use crate::runtime::{FollowSpec, RestoreStatus, RuntimeError};
 
 /// The follower's libpq passfile.
@@ -80,10 +92,9 @@ impl Site {
             .await
             .map_err(|e| RuntimeError::Restore(e.into()))?
             .map(keydoc::ArchiveKey);
-        let Some(slot) = self
-            .prepare(id, spec.port, None, Some(&spec.superuser_password))
-            .await?
-        else {
+        let Some(slot) = self.prepare(id, spec.port, None, None).await? else {
+            self.unpin_floors(id)?;
+            self.admin_by_peer(id).await?;
             return Ok(None);
         };
         let owner = self.tools.run_as.owner();
@@ -132,14 +143,146 @@ impl Site {
             superuser_verifier: None,
             progress: Some(progress),
         };
-        self.run_engine(id, req).await.map(Some)
+        let report = self.run_engine(id, req).await?;
+        self.unpin_floors(id)?;
+        self.admin_by_peer(id).await?;
+        Ok(Some(report))
     }
+
+    /// Takes the hot-standby floors out of the standby's settings include (effective at its
+    /// next start). The engine pins them to the leader's values at the backup, which would
+    /// hold the follower there for life: with them, a leader whose plan grows pauses its
+    /// follower whatever the follower's own plan says. The follower's own plan's
+    /// `postgresql.conf` governs instead, and the broker keeps that plan at least its
+    /// leader's (`broker::follow`). Repeatable.
+    fn unpin_floors(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        let path = self.layout.dirs(id).pgdata.join(conf::ARCHIVE_INCLUDE);
+        let text =
+            std::fs::read_to_string(&path).map_err(io(format!("read {}", path.display())))?;
+        let kept = without_floors(&text);
+        if kept != text {
+            fsutil::write_atomic(&path, kept.as_bytes(), 0o600, self.tools.run_as.owner())
+                .map_err(io(format!("write {}", path.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Lets this runtime in as the follower's superuser by peer (see the module docs): the
+    /// marker, `pg_ident.conf`, `pg_hba.conf`, a reload, and a wait until an admin connection
+    /// works. Repeatable.
+    async fn admin_by_peer(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        let owner = self.tools.run_as.owner();
+        let dirs = self.layout.dirs(id);
+        let marker = admin_peer_marker(&self.layout, id);
+        fsutil::write_atomic(&marker, b"follower\n", 0o600, None)
+            .map_err(io(format!("write {}", marker.display())))?;
+        let (_, ident) = conf::render_admin_peer(&runtime_os_user()?).map_err(rt)?;
+        let hba = super::replication::hba_text_at(&self.layout, self.tls.as_ref(), id)?;
+        for (name, text) in [("pg_ident.conf", ident), ("pg_hba.conf", hba)] {
+            let path = dirs.pgdata.join(name);
+            fsutil::write_atomic(&path, text.as_bytes(), 0o600, owner)
+                .map_err(io(format!("write {}", path.display())))?;
+        }
+        if ctl::live_postmaster(&dirs.pgdata).map_err(rt)?.is_none() {
+            return Ok(());
+        }
+        self.tools
+            .cmd("pg_ctl", "reload the follower's access files")
+            .args(["reload", "-s", "-D"])
+            .arg(&dirs.pgdata)
+            .timeout(Duration::from_secs(30))
+            .run()
+            .await
+            .map_err(rt)?;
+        // The reload is a signal: wait until the postmaster has read the new files.
+        let pw_file = self.layout.password_file(id);
+        let text =
+            std::fs::read_to_string(&pw_file).map_err(io(format!("read {}", pw_file.display())))?;
+        let password = SecretString::from(text.trim().to_string());
+        let opts = sql::admin_options(&dirs.socket_dir, spec_port(&dirs)?, &password);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match sql::connect(&opts, sql::ADMIN_DATABASE).await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(rt(PgError::Setup(format!(
+                        "the follower {id} does not let its runtime in by peer 30 s after a \
+                         reload: {e}"
+                    ))))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+}
+
+/// `text` without its lines that set a hot-standby floor (pure).
+fn without_floors(text: &str) -> String {
+    text.lines()
+        .filter(|l| {
+            let key = l.split('=').next().unwrap_or("").trim();
+            !SettingFloors::NAMES.contains(&key)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// The port of the running postmaster in `dirs`.
+fn spec_port(dirs: &crate::pg::ClusterDirs) -> Result<u16, RuntimeError> {
+    ctl::live_postmaster(&dirs.pgdata)
+        .map_err(rt)?
+        .and_then(|pm| pm.port)
+        .ok_or_else(|| {
+            rt(PgError::Setup(format!(
+                "no port in {}/postmaster.pid",
+                dirs.pgdata.display()
+            )))
+        })
+}
+
+/// Present while the runtime's admin connections to `id` log in by peer (a follower).
+fn admin_peer_marker(layout: &Layout, id: &InstanceId) -> PathBuf {
+    layout.cluster(id).join("admin-peer")
+}
+
+/// Whether `id` is a follower whose superuser the runtime reaches by peer.
+pub(super) fn admin_by_peer(layout: &Layout, id: &InstanceId) -> bool {
+    admin_peer_marker(layout, id).is_file()
+}
+
+/// After promotion: the superuser has its own password again.
+pub(super) fn end_admin_by_peer(layout: &Layout, id: &InstanceId) -> Result<(), RuntimeError> {
+    let marker = admin_peer_marker(layout, id);
+    match std::fs::remove_file(&marker) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io(format!("remove {}", marker.display()))(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The OS user this process runs as: the user a peer login from it is.
+pub(super) fn runtime_os_user() -> Result<String, RuntimeError> {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .ok_or_else(|| rt(PgError::Setup("the current OS user has no name".into())))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::SecretString;
+
+    #[test]
+    fn the_floors_come_out_of_the_standby_settings() {
+        let text = "# Written by Wayback\nhot_standby = 'on'\nmax_connections = '50'\n\
+                    max_wal_senders = '10'\nprimary_slot_name = 'wb_follower_x'\n";
+        assert_eq!(
+            without_floors(text),
+            "# Written by Wayback\nhot_standby = 'on'\nprimary_slot_name = 'wb_follower_x'\n"
+        );
+    }
 
     #[test]
     fn the_conninfo_names_a_passfile_and_verifies_the_leader() {
@@ -155,7 +298,6 @@ mod tests {
             role: "wb_repl_0a0a".into(),
             password: SecretString::from("s3cr:et'".to_string()),
             slot: "wb_follower_0a0a".into(),
-            superuser_password: SecretString::from("x".to_string()),
         };
         let text = conninfo(&spec, "/d/c/replication.pass", Some("/d/c/ca.crt"));
         assert_eq!(

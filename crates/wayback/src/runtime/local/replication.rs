@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::Row;
 
-use super::{io, rt, LocalRuntime};
+use super::layout::Layout;
+use super::{io, rt, ClusterTls, LocalRuntime};
 use crate::domain::InstanceId;
 use crate::pg::sql::{self, quote_literal, ADMIN_DATABASE};
 use crate::pg::{conf, fsutil, scram, PgError};
@@ -26,31 +27,58 @@ fn lsn(expr: &str) -> String {
     format!("pg_wal_lsn_diff({expr}, '0/0')::bigint")
 }
 
+/// The whole `pg_hba.conf` of `id` (see [`LocalRuntime::hba_text`]), for the runtime and for
+/// a follower's restore, which writes it before the runtime knows the cluster.
+pub(super) fn hba_text_at(
+    layout: &Layout,
+    tls: Option<&ClusterTls>,
+    id: &InstanceId,
+) -> Result<String, RuntimeError> {
+    let mut out = String::new();
+    if super::follow::admin_by_peer(layout, id) {
+        out += &conf::render_admin_peer(&super::follow::runtime_os_user()?)
+            .map_err(rt)?
+            .0;
+    }
+    let block =
+        conf::render_replication_hba(&hba_entries(layout, id)?, tls.is_some()).map_err(rt)?;
+    let required = tls.is_some_and(|t| t.required_for(layout, id));
+    Ok(out + &conf::render_pg_hba(required) + &block)
+}
+
+fn hba_entries_file(layout: &Layout, id: &InstanceId) -> std::path::PathBuf {
+    layout.cluster(id).join("replication-hba")
+}
+
+/// The followers' (role, address) pairs recorded for `id`.
+fn hba_entries(layout: &Layout, id: &InstanceId) -> Result<Vec<(String, String)>, RuntimeError> {
+    let path = hba_entries_file(layout, id);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io(format!("read {}", path.display()))(e)),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(r, a)| (r.to_string(), a.to_string()))
+        .collect())
+}
+
 impl LocalRuntime {
     fn hba_entries_file(&self, id: &InstanceId) -> std::path::PathBuf {
-        self.layout.cluster(id).join("replication-hba")
+        hba_entries_file(&self.layout, id)
     }
 
     /// The followers' (role, address) pairs recorded for `id`.
     fn hba_entries(&self, id: &InstanceId) -> Result<Vec<(String, String)>, RuntimeError> {
-        let path = self.hba_entries_file(id);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(io(format!("read {}", path.display()))(e)),
-        };
-        Ok(text
-            .lines()
-            .filter_map(|l| l.split_once(' '))
-            .map(|(r, a)| (r.to_string(), a.to_string()))
-            .collect())
+        hba_entries(&self.layout, id)
     }
 
-    /// The whole `pg_hba.conf` of `id`: the managed lines, then its followers' block.
+    /// The whole `pg_hba.conf` of `id`: a follower's admin peer line, the managed lines, then
+    /// its followers' block.
     pub(super) fn hba_text(&self, id: &InstanceId) -> Result<String, RuntimeError> {
-        let block =
-            conf::render_replication_hba(&self.hba_entries(id)?, self.tls.is_some()).map_err(rt)?;
-        Ok(conf::render_pg_hba(self.tls_required(id)) + &block)
+        hba_text_at(&self.layout, self.tls.as_ref(), id)
     }
 
     /// Records the followers' lines, rewrites `pg_hba.conf` and reloads the running server.
@@ -294,6 +322,37 @@ impl LocalRuntime {
             .get(..8)
             .and_then(|t| u32::from_str_radix(t, 16).ok())
             .ok_or_else(|| rt(PgError::Setup(format!("unexpected WAL file name {wal:?}"))))?;
+        if super::follow::admin_by_peer(&self.layout, id) {
+            // Its own superuser password now (the one in `admin-password`, which the peer line
+            // made unnecessary until here), then the peer line goes. Both are repeatable: a
+            // crash between them leaves the marker, and the next call does them again.
+            let pw_file = self.layout.password_file(id);
+            let text = std::fs::read_to_string(&pw_file)
+                .map_err(io(format!("read {}", pw_file.display())))?;
+            let verifier = scram::verifier(&secrecy::SecretString::from(text.trim().to_string()))
+                .map_err(rt)?;
+            let alter = format!(
+                "ALTER ROLE {} WITH PASSWORD {}",
+                crate::pg::SUPERUSER,
+                quote_literal(&verifier)
+            );
+            sql::exec(
+                &mut conn,
+                &alter,
+                "give the promoted superuser its own password",
+            )
+            .await
+            .map_err(rt)?;
+            super::follow::end_admin_by_peer(&self.layout, id)?;
+            let hba = dirs.pgdata.join("pg_hba.conf");
+            fsutil::write_atomic(
+                &hba,
+                self.hba_text(id)?.as_bytes(),
+                0o600,
+                tools.run_as.owner(),
+            )
+            .map_err(io(format!("write {}", hba.display())))?;
+        }
         let include = dirs.pgdata.join(conf::ARCHIVE_INCLUDE);
         fsutil::write_atomic(
             &include,

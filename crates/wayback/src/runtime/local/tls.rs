@@ -41,6 +41,11 @@ pub struct ClusterTls {
 }
 
 impl ClusterTls {
+    /// Whether `id`'s TCP connections must use TLS: `tls.require`, or its plan says so.
+    pub(super) fn required_for(&self, layout: &Layout, id: &InstanceId) -> bool {
+        self.require || layout.plan_requires_tls(id).is_file()
+    }
+
     /// Certificates for `advertise_host` (what credentials name), `localhost` and 127.0.0.1.
     pub fn new(ca: Arc<Ca>, advertise_host: &str) -> Self {
         let mut hosts = vec![advertise_host.to_string()];
@@ -126,15 +131,6 @@ impl LocalRuntime {
     /// The CA certificate apps verify this runtime's clusters with; None without TLS.
     pub fn ca_certificate(&self) -> Option<&str> {
         self.tls.as_ref().map(ClusterTls::ca_certificate)
-    }
-
-    /// Whether `id` refuses TCP connections without TLS: `tls.require`, or its plan's
-    /// `require_tls` (recorded beside `pgdata` by [`Self::record_plan_tls`], so that a start,
-    /// which is given no plan, keeps it). Never without TLS to offer.
-    pub(super) fn tls_required(&self, id: &InstanceId) -> bool {
-        self.tls
-            .as_ref()
-            .is_some_and(|t| t.require || self.layout.plan_requires_tls(id).is_file())
     }
 
     /// Records whether `id`'s plan requires TLS (create, a clone's configuration, a plan

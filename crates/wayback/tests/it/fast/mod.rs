@@ -23,6 +23,7 @@ mod osb_bad_input;
 mod osb_bindings;
 mod osb_checkers;
 pub mod osb_concurrent;
+mod osb_follow;
 mod osb_followers;
 mod osb_lifecycle;
 mod resume;
