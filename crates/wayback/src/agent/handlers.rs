@@ -441,6 +441,8 @@ async fn start_restore(
             None => RestoreTarget::Latest,
         },
         archive_timeout_secs: body.archive_timeout_secs,
+        // Agents keep no copies of deleted instances yet (issue 16): always the archive.
+        kept_copy: None,
     };
     ok(&state.runtime.start_restore(&id, &spec).await?)
 }

@@ -17,6 +17,7 @@
 
 mod clone_source;
 pub mod instance_doc;
+pub mod kept;
 mod lease;
 mod model;
 mod steps;

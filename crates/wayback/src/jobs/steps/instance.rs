@@ -60,6 +60,8 @@ pub async fn provision_step(ctx: &AppContext, step: Step, instance: &InstanceRec
             Ok(Outcome::Next)
         }
         Step::CreateCluster => {
+            // A kept copy of a deleted instance gives way to a new one that needs the room.
+            crate::jobs::kept::make_room(ctx).await;
             let spec = spec(ctx, instance, &instance.plan_id)?;
             ctx.runtime.create_cluster(&spec).await?;
             Ok(Outcome::Next)
@@ -186,7 +188,7 @@ pub async fn deprovision_step(ctx: &AppContext, job: &Job) -> StepResult {
             Ok(Outcome::Next)
         }
         Step::Destroy => {
-            ctx.runtime.destroy(&instance.id).await?;
+            crate::jobs::kept::destroy_or_keep(ctx, &instance).await?;
             Ok(Outcome::Next)
         }
         other => Err(unknown_step(other)),

@@ -106,6 +106,12 @@ pub(crate) fn success_description(job: &Job) -> String {
     success_text(job.kind()).to_string()
 }
 
+/// The success description of a clone with how it was restored and how long it took from
+/// the request (issue 16).
+pub(crate) fn with_restore_note(done: String, note: &str, secs: f64) -> String {
+    format!("{done} It was {note}, in {secs:.1} s.")
+}
+
 fn success_text(kind: JobKind) -> &'static str {
     match kind {
         JobKind::Provision => {

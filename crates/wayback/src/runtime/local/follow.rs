@@ -131,6 +131,7 @@ impl Site {
             parallel: 4,
             superuser_verifier: None,
             progress: Some(progress),
+            prefilled: false,
         };
         self.run_engine(id, req).await.map(Some)
     }
