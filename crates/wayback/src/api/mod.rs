@@ -209,12 +209,17 @@ async fn gather(
     };
     let (window, stats) = tokio::join!(window, stats);
     let observed = Observed { window, stats };
-    Ok(Some(view::render(
-        &record,
-        &names,
-        &observed,
-        &state.catalog,
-    )))
+    let mut view = view::render(&record, &names, &observed, &state.catalog);
+    if record.state == InstanceState::Deleted {
+        view.kept_copy = state
+            .store
+            .kept_copy(&record.id)
+            .await
+            .map_err(internal("read an instance's kept copy"))?
+            .as_ref()
+            .and_then(view::kept_copy_view);
+    }
+    Ok(Some(view))
 }
 
 /// Logs the cause (once, here) and answers a 500 that says nothing internal.

@@ -124,7 +124,17 @@ pub fn render(
         last_base_backup: backups.last().map(|b| b.time),
         base_backups: backups,
         archive: archive_view(record.state, observed, latest),
+        kept_copy: None,
     }
+}
+
+/// The kept copy of a deleted instance as the API shows it.
+pub fn kept_copy_view(r: &crate::store::KeptCopyRecord) -> Option<v1::KeptCopy> {
+    Some(v1::KeptCopy {
+        size_bytes: r.size_bytes.max(0) as u64,
+        kept_at: millis(r.kept_at)?,
+        expires_at: millis(r.expires_at)?,
+    })
 }
 
 fn archive_view(

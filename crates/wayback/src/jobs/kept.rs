@@ -147,15 +147,18 @@ pub async fn tend(ctx: &AppContext, startup: bool) -> anyhow::Result<Tended> {
     }
     let floor = free_floor(ctx, on_disk.total_bytes);
     let mut free = on_disk.free_bytes;
+    let mut kept = (0u64, 0u64);
     for r in live {
         if free >= floor {
-            break;
+            kept = (kept.0 + 1, kept.1 + r.size_bytes.max(0) as u64);
+            continue;
         }
         tracing::info!(instance = %r.instance_id, free, floor, "the data disk is short of room; removing the oldest kept copy");
         evict(ctx, &r.instance_id).await?;
         free += r.size_bytes.max(0) as u64;
         done.evicted.push(r.instance_id);
     }
+    ctx.metrics.trash_observed("local", kept.0, kept.1);
     Ok(done)
 }
 

@@ -118,6 +118,41 @@ async fn delete_then_undo_takes_the_kept_copy_and_a_second_undo_uses_the_archive
     let id = InstanceId::parse(src.clone()).unwrap();
     let record = app.store.kept_copy(&id).await.unwrap().expect("recorded");
     assert!(record.agent.is_none() && record.size_bytes > 0);
+    // The broker's API shows it with its size, and the metrics count it.
+    let view: Value = app
+        .osb(
+            reqwest::Method::GET,
+            &format!("/wayback/v1/instances/{src}"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        view["kept_copy"]["size_bytes"].as_i64(),
+        Some(record.size_bytes),
+        "{view}"
+    );
+    let line = "wayback_trash_instances{machine=\"local\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = app
+            .osb(reqwest::Method::GET, "/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.lines().any(|l| l == line) {
+            assert!(metrics.contains("wayback_trash_bytes{machine=\"local\"} "));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no {line:?} in {metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let (clone, seen) = app
         .clone_ready("production", json!({"clone-from": "production"}))
@@ -384,4 +419,86 @@ async fn a_provision_that_needs_the_room_evicts_kept_copies_first() {
         before,
         "the archive is untouched"
     );
+}
+
+/// The broker process killed after the deprovision moved the data directory into the trash
+/// and before it recorded that (`destroy:trashed`): after the restart the delete finishes,
+/// and the copy and the state database agree — recorded, or removed — with nothing orphaned;
+/// the instance is undone from it.
+#[tokio::test]
+async fn a_broker_killed_between_the_move_and_its_record_leaves_nothing_orphaned() {
+    use crate::restart::harness::Site;
+    use reqwest::StatusCode;
+    if !pg_available() {
+        return;
+    }
+    let root = test_root();
+    let site = Site::new(root.path());
+    let client = site.client();
+    let name = format!("kept-{}", &new_id()[..8]);
+    let id = new_id();
+    let mut setup = site.start();
+    client.wait_healthy().await;
+    let (status, body) = client
+        .put_instance(&id, &provision_body(SMALL, &name))
+        .await
+        .expect("an answer");
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (_, done) = client.wait_done(&id, body["operation"].as_str()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    client.wait_backup(&id).await;
+    setup.stop().await;
+
+    let mut broker = site.start_with(Some("destroy:trashed"));
+    client.wait_healthy().await;
+    let answer = client.delete_instance(&id).await;
+    broker
+        .wait_killed("destroy:trashed", Duration::from_secs(120))
+        .await;
+    drop(broker);
+    let entry = site.data_dir.join("trash").join(&id);
+    let url = wayback::config::resolve::default_sqlite_url(&site.data_dir);
+    let instance = InstanceId::parse(id.clone()).unwrap();
+    {
+        let store = wayback::store::Store::connect(&url).await.unwrap();
+        assert!(entry.join("kept.json").is_file(), "moved before the kill");
+        assert!(
+            store.kept_copy(&instance).await.unwrap().is_none(),
+            "not recorded yet"
+        );
+        store.close().await;
+    }
+
+    let _broker = site.start();
+    client.wait_healthy().await;
+    let operation = answer.and_then(|(_, b)| b["operation"].as_str().map(String::from));
+    let (status, body) = client.wait_done(&id, operation.as_deref()).await;
+    assert_delete_finished(status, &body);
+    let store = wayback::store::Store::connect(&url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let recorded = store.kept_copy(&instance).await.unwrap().is_some();
+        let on_disk = entry.exists();
+        if recorded == on_disk && (!on_disk || entry.join("kept.json").is_file()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orphaned: recorded {recorded}, on disk {on_disk}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Deleted, and undone (from the copy if it is still there, else from the archive).
+    let clone = new_id();
+    let body = clone_body(
+        &format!("undo-{name}"),
+        SPACE,
+        json!({ "clone-from": name }),
+    );
+    let (status, answer) = client.put_instance(&clone, &body).await.expect("an answer");
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let (_, done) = client.wait_done(&clone, answer["operation"].as_str()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(!entry.exists(), "the copy was taken or never kept");
+    assert!(store.kept_copy(&instance).await.unwrap().is_none());
 }
