@@ -181,6 +181,16 @@ pub struct RestoreBody {
     /// None: everything archived.
     pub point_in_time: Option<DateTime<Utc>>,
     pub archive_timeout_secs: u64,
+    /// Try this source's copy kept at delete time first (issue 16); absent: the archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_copy: Option<KeptCopyRef>,
+}
+
+/// Which kept copy a restore may take, and the checkpoint its `pg_control` must name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptCopyRef {
+    pub source_id: String,
+    pub checkpoint_lsn: String,
 }
 
 /// Whether a restore runs, and how it ended.

@@ -16,7 +16,7 @@ use crate::context::AppContext;
 use crate::domain::InstanceId;
 use crate::jobs::clone_source::CloneSource;
 use crate::jobs::StepError;
-use crate::runtime::TrashedSource;
+use crate::runtime::{MachineTrash, TrashedSource};
 use crate::store::{now_millis, InstanceRecord, KeptCopyRecord};
 
 /// A copy seen on disk without a record younger than this is left alone by the periodic pass:
@@ -69,14 +69,7 @@ pub async fn usable_copy(
     instance: &InstanceRecord,
     src: &CloneSource,
 ) -> Result<Option<TrashedSource>, StepError> {
-    let Some(deleted_at) = src.deleted_at.filter(|_| !src.live) else {
-        return Ok(None);
-    };
-    let latest = match src.target {
-        RestoreTarget::Latest => true,
-        RestoreTarget::PointInTime(t) => t.timestamp_millis() >= deleted_at,
-    };
-    if !latest {
+    if !takes_copy(src) {
         return Ok(None);
     }
     Ok(ctx
@@ -90,6 +83,18 @@ pub async fn usable_copy(
         }))
 }
 
+/// A deleted source, cloned at its latest point (no point in time, or one at or after its
+/// deletion, which is after its final commit).
+fn takes_copy(src: &CloneSource) -> bool {
+    let Some(deleted_at) = src.deleted_at.filter(|_| !src.live) else {
+        return false;
+    };
+    match src.target {
+        RestoreTarget::Latest => true,
+        RestoreTarget::PointInTime(t) => t.timestamp_millis() >= deleted_at,
+    }
+}
+
 /// What one pass of [`tend`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Tended {
@@ -99,21 +104,35 @@ pub struct Tended {
     pub forgotten: Vec<InstanceId>,
 }
 
-/// Reconciles the runtime's trash with the records and evicts: copies without a record
+/// Reconciles each machine's trash with the records and evicts: copies without a record
 /// (`startup`: all of them; else those older than a grace period), records without a copy,
-/// expired copies, then the oldest while the data file system has less free space than
-/// `trash.min_free_bytes` or `trash.min_free_share` of it. Only the broker's own machine's trash
-/// is seen here (agents keep none yet).
+/// expired copies, then the oldest while the machine's data file system has less free space
+/// than `trash.min_free_bytes` or `trash.min_free_share` of it. A machine that does not answer
+/// (an agent away) is left as it is until it does.
 pub async fn tend(ctx: &AppContext, startup: bool) -> anyhow::Result<Tended> {
     let mut done = Tended::default();
-    let on_disk = ctx.runtime.list_trash().await?;
     let records = ctx.store.kept_copies().await?;
+    for machine in ctx.runtime.list_trash().await? {
+        let mine: Vec<KeptCopyRecord> = records
+            .iter()
+            .filter(|r| r.agent == machine.agent)
+            .cloned()
+            .collect();
+        tend_machine(ctx, &machine, mine, startup, &mut done).await?;
+    }
+    Ok(done)
+}
+
+async fn tend_machine(
+    ctx: &AppContext,
+    machine: &MachineTrash,
+    records: Vec<KeptCopyRecord>,
+    startup: bool,
+    done: &mut Tended,
+) -> anyhow::Result<()> {
+    let on_disk = &machine.trash;
     let now = now_millis();
-    let recorded: HashSet<&str> = records
-        .iter()
-        .filter(|r| r.agent.is_none())
-        .map(|r| r.instance_id.as_str())
-        .collect();
+    let recorded: HashSet<&str> = records.iter().map(|r| r.instance_id.as_str()).collect();
     let present: HashSet<&str> = on_disk
         .copies
         .iter()
@@ -127,12 +146,12 @@ pub async fn tend(ctx: &AppContext, startup: bool) -> anyhow::Result<Tended> {
             continue;
         }
         let id = InstanceId::parse(copy.instance_id.clone())?;
-        tracing::info!(instance = %id, "removing a kept copy the state database does not know");
+        tracing::info!(instance = %id, agent = ?machine.agent, "removing a kept copy the state database does not know");
         ctx.runtime.evict_trash(&id).await?;
         done.evicted.push(id);
     }
     let mut live = Vec::new();
-    for r in records.into_iter().filter(|r| r.agent.is_none()) {
+    for r in records {
         if !present.contains(r.instance_id.as_str()) {
             tracing::info!(instance = %r.instance_id, "forgetting a kept copy that is no longer on disk");
             ctx.store.drop_kept_copy(&r.instance_id).await?;
@@ -158,8 +177,9 @@ pub async fn tend(ctx: &AppContext, startup: bool) -> anyhow::Result<Tended> {
         free += r.size_bytes.max(0) as u64;
         done.evicted.push(r.instance_id);
     }
-    ctx.metrics.trash_observed("local", kept.0, kept.1);
-    Ok(done)
+    let label = machine.agent.as_deref().unwrap_or("local");
+    ctx.metrics.trash_observed(label, kept.0, kept.1);
+    Ok(())
 }
 
 /// The free bytes the data file system must keep: the higher of the two settings.
@@ -173,6 +193,18 @@ async fn evict(ctx: &AppContext, id: &InstanceId) -> anyhow::Result<()> {
     ctx.runtime.evict_trash(id).await?;
     ctx.store.drop_kept_copy(id).await?;
     Ok(())
+}
+
+/// The agent a clone of `src` should be placed on: the one holding the source's kept copy,
+/// when the clone would take it (see [`usable_copy`]).
+pub async fn preferred_agent(
+    ctx: &AppContext,
+    src: &CloneSource,
+) -> Result<Option<String>, StepError> {
+    if !takes_copy(src) {
+        return Ok(None);
+    }
+    Ok(ctx.store.kept_copy(&src.id).await?.and_then(|r| r.agent))
 }
 
 /// Before a provision makes a cluster: evict kept copies if the disk is under its floor, so

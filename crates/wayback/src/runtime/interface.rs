@@ -47,6 +47,13 @@ pub struct RestoreSpec {
     pub kept_copy: Option<TrashedSource>,
 }
 
+/// One machine's trash: `agent` None is the broker's own machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineTrash {
+    pub agent: Option<String>,
+    pub trash: KeptCopies,
+}
+
 /// A deleted source's kept copy, as the broker recorded it at delete time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrashedSource {
@@ -175,16 +182,17 @@ pub trait ClusterRuntime: Send + Sync {
 
     /// A deprovision's end when its plan keeps deleted instances for undo (issue 16): stops the
     /// cluster cleanly, moves its data directory into this machine's trash and removes the rest
-    /// of it. None: nothing was kept (no clean copy, or a runtime that keeps none — agents do
-    /// not yet), and the cluster is removed as by [`Self::destroy`].
+    /// of it. None: nothing was kept (no clean copy, or a runtime that keeps none: the default,
+    /// e.g. the fast tier's fake), and the cluster is removed as by [`Self::destroy`].
     async fn trash_cluster(&self, id: &InstanceId) -> Result<Option<KeptCopy>, RuntimeError> {
         self.destroy(id).await?;
         Ok(None)
     }
 
-    /// The kept copies on this machine (or every agent) and the room on its data file system.
-    async fn list_trash(&self) -> Result<KeptCopies, RuntimeError> {
-        Ok(KeptCopies::default())
+    /// The kept copies on each machine that answered (this one, or every agent) and the room
+    /// on its data file system.
+    async fn list_trash(&self) -> Result<Vec<MachineTrash>, RuntimeError> {
+        Ok(Vec::new())
     }
 
     /// Removes `id`'s kept copy, if any; never its archive.

@@ -502,3 +502,75 @@ async fn a_broker_killed_between_the_move_and_its_record_leaves_nothing_orphaned
     assert!(!entry.exists(), "the copy was taken or never kept");
     assert!(store.kept_copy(&instance).await.unwrap().is_none());
 }
+
+/// With two agents the copy stays on the agent that ran the instance, and the undo is placed
+/// there — even when that agent holds more instances than the other, where a new instance
+/// would not go — and takes the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_two_agents_the_clone_lands_on_the_agent_holding_the_copy() {
+    use crate::agents::Fleet;
+    if !pg_available() {
+        return;
+    }
+    let fleet = Fleet::start(2, |_| {}).await;
+    let store = fleet.store();
+    let (src, _) = source_with_rows(&fleet.app, &store, "production").await;
+    let holder = fleet.placed_on(&src).await.unwrap();
+    // Make the holder, without the source, hold more than the other agent: fillers until one
+    // lands on the holder (placement balances), then the other agent's fillers deleted.
+    let mut elsewhere = Vec::new();
+    let mut on_holder = 0;
+    for _ in 0..6 {
+        let id = fleet
+            .app
+            .provision_ready(&format!("filler-{}", &new_id()[..6]))
+            .await;
+        if fleet.placed_on(&id).await.unwrap() == holder {
+            on_holder += 1;
+            break;
+        }
+        elsewhere.push(id);
+    }
+    assert_eq!(on_holder, 1, "no filler landed on {holder}");
+    for id in &elsewhere {
+        fleet.app.deprovision_done(id).await;
+    }
+    fleet.app.deprovision_done(&src).await;
+    let agent_dir = &fleet
+        .agents
+        .iter()
+        .find(|a| a.name == holder)
+        .unwrap()
+        .data_dir;
+    let entry = agent_dir.join("trash").join(&src);
+    assert!(entry.join("kept.json").is_file(), "kept on {holder}");
+    let id = InstanceId::parse(src.clone()).unwrap();
+    let record = fleet
+        .app
+        .store
+        .kept_copy(&id)
+        .await
+        .unwrap()
+        .expect("recorded");
+    assert_eq!(record.agent.as_deref(), Some(holder.as_str()));
+
+    let (clone, seen) = fleet
+        .app
+        .clone_ready("production-undo", json!({"clone-from": "production"}))
+        .await;
+    assert_eq!(
+        fleet.placed_on(&clone).await.as_deref(),
+        Some(holder.as_str())
+    );
+    assert!(
+        said(&seen, "restored from the copy kept at delete time"),
+        "{seen:?}"
+    );
+    assert!(!entry.exists());
+    let creds = fleet.app.bind_sync(&clone, &new_id()).await;
+    let mut conn = connect(creds["uri"].as_str().unwrap()).await.unwrap();
+    assert_eq!(
+        rows(&mut conn, "SELECT what FROM orders ORDER BY 1").await,
+        ["one", "two"]
+    );
+}

@@ -55,7 +55,7 @@ pub async fn provision_step(ctx: &AppContext, step: Step, instance: &InstanceRec
     match step {
         Step::AllocatePort => {
             if instance.port.is_none() {
-                allocate_port(ctx, instance).await?;
+                allocate_port(ctx, instance, None).await?;
             }
             Ok(Outcome::Next)
         }
@@ -292,14 +292,31 @@ async fn sync_doc(ctx: &AppContext, id: &crate::domain::InstanceId, why: &str) {
     .await;
 }
 
+/// A clone's `allocate_port`: placed on `preferred` (the agent holding its source's kept
+/// copy) when that agent has room.
+pub async fn allocate_port_step(
+    ctx: &AppContext,
+    instance: &InstanceRecord,
+    preferred: Option<String>,
+) -> StepResult {
+    if instance.port.is_none() {
+        allocate_port(ctx, instance, preferred.as_deref()).await?;
+    }
+    Ok(Outcome::Next)
+}
+
 /// Picks a port in the configured range that no instance holds and nothing listens on.
-async fn allocate_port(ctx: &AppContext, instance: &InstanceRecord) -> Result<u16, StepError> {
+async fn allocate_port(
+    ctx: &AppContext,
+    instance: &InstanceRecord,
+    preferred: Option<&str>,
+) -> Result<u16, StepError> {
     let pg = &ctx.settings.postgres;
     let agent = match &instance.agent {
         Some(agent) => agent.clone(),
         None => ctx
             .runtime
-            .place(&instance.id, &StoreLedger(&ctx.store))
+            .place(&instance.id, &StoreLedger(&ctx.store, preferred))
             .await?
             .map(|p| p.agent)
             .unwrap_or_default(),
@@ -329,7 +346,7 @@ async fn allocate_port(ctx: &AppContext, instance: &InstanceRecord) -> Result<u1
 }
 
 /// The store as the runtime's record of placements.
-struct StoreLedger<'a>(&'a crate::store::Store);
+struct StoreLedger<'a>(&'a crate::store::Store, Option<&'a str>);
 
 #[async_trait::async_trait]
 impl PlacementLedger for StoreLedger<'_> {
@@ -341,6 +358,9 @@ impl PlacementLedger for StoreLedger<'_> {
             .0
             .set_instance_agent(id, &placement.agent, &placement.host)
             .await?)
+    }
+    fn preferred(&self) -> Option<&str> {
+        self.1
     }
 }
 

@@ -30,6 +30,10 @@ pub(crate) async fn run_step(ctx: &AppContext, job: &Job) -> StepResult {
                 ));
             }
             match (job.step, &provision.clone) {
+                (Step::AllocatePort, Some(source)) => {
+                    let preferred = crate::jobs::kept::preferred_agent(ctx, source).await?;
+                    instance::allocate_port_step(ctx, &instance, preferred).await
+                }
                 (Step::CloneFork, Some(source)) => clone::fork(ctx, job, source).await,
                 (Step::CloneRestore, Some(source)) => {
                     clone::restore_step(ctx, job, &instance, source).await

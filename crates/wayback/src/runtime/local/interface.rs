@@ -132,8 +132,11 @@ impl ClusterRuntime for LocalRuntime {
     ) -> Result<Option<wayback_api::agent::KeptCopy>, RuntimeError> {
         LocalRuntime::trash_cluster(self, id).await
     }
-    async fn list_trash(&self) -> Result<wayback_api::agent::KeptCopies, RuntimeError> {
-        LocalRuntime::list_trash(self).await
+    async fn list_trash(&self) -> Result<Vec<crate::runtime::MachineTrash>, RuntimeError> {
+        Ok(vec![crate::runtime::MachineTrash {
+            agent: None,
+            trash: LocalRuntime::list_trash(self).await?,
+        }])
     }
     async fn evict_trash(&self, id: &InstanceId) -> Result<(), RuntimeError> {
         LocalRuntime::evict_trash(self, id).await
