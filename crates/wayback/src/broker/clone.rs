@@ -296,6 +296,10 @@ impl Broker {
                 .map_or(RestoreTarget::Latest, RestoreTarget::PointInTime),
             system_identifier: backup.system_identifier,
             backup_stop_time: backup.stop_time,
+            final_commit_ms: window
+                .latest
+                .filter(|_| !source.state.is_live())
+                .map(|t| t.timestamp_millis()),
         })
     }
 }

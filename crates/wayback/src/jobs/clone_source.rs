@@ -38,6 +38,11 @@ pub struct CloneSource {
     /// Where the base backup the check chose ends.
     #[serde(with = "rfc3339_text")]
     pub backup_stop_time: DateTime<Utc>,
+    /// A deleted source's last archived commit (its final one), Unix milliseconds, when the
+    /// check read it: a point in time at or after it is the latest point, which the copy kept
+    /// at delete time holds (issue 16). Absent in jobs queued before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_commit_ms: Option<i64>,
 }
 
 /// `from "production" (GUID, deleted at 2026-11-21 09:42:07 UTC) as of <time|latest>`, as

@@ -83,15 +83,18 @@ pub async fn usable_copy(
         }))
 }
 
-/// A deleted source, cloned at its latest point (no point in time, or one at or after its
-/// deletion, which is after its final commit).
+/// A deleted source, cloned at its latest point: no point in time, or one at or after its
+/// final commit (or its deletion, which is later still).
 fn takes_copy(src: &CloneSource) -> bool {
     let Some(deleted_at) = src.deleted_at.filter(|_| !src.live) else {
         return false;
     };
     match src.target {
         RestoreTarget::Latest => true,
-        RestoreTarget::PointInTime(t) => t.timestamp_millis() >= deleted_at,
+        RestoreTarget::PointInTime(t) => {
+            let t = t.timestamp_millis();
+            t >= deleted_at || src.final_commit_ms.is_some_and(|f| t >= f)
+        }
     }
 }
 
@@ -212,5 +215,43 @@ pub async fn preferred_agent(
 pub async fn make_room(ctx: &AppContext) {
     if let Err(e) = tend(ctx, false).await {
         tracing::warn!(error = format!("{e:#}"), "cannot check the trash's room");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(live: bool, target: Option<&str>, final_commit_ms: Option<i64>) -> CloneSource {
+        let mut s: CloneSource = serde_json::from_value(serde_json::json!({
+            "source": "src-1", "name": "production", "live": live,
+            "deleted_at": if live { None } else { Some(2_000_000) },
+            "target": target, "system_identifier": "1",
+            "backup_stop_time": "1970-01-01T00:00:01+00:00",
+        }))
+        .unwrap();
+        s.final_commit_ms = final_commit_ms;
+        s
+    }
+
+    #[test]
+    fn only_a_deleted_source_at_its_latest_point_takes_the_copy() {
+        // 1 000 000 ms = 1970-01-01T00:16:40Z; deleted at 2 000 000 ms.
+        assert!(takes_copy(&source(false, None, None)));
+        assert!(!takes_copy(&source(true, None, None)));
+        let at = |t: &str, f| takes_copy(&source(false, Some(t), f));
+        assert!(
+            at("1970-01-01T00:16:40+00:00", Some(1_000_000)),
+            "at the final commit"
+        );
+        assert!(
+            !at("1970-01-01T00:16:39.999+00:00", Some(1_000_000)),
+            "before it"
+        );
+        assert!(
+            !at("1970-01-01T00:16:40+00:00", None),
+            "final commit unknown"
+        );
+        assert!(at("1970-01-01T00:33:20+00:00", None), "at the deletion");
     }
 }
