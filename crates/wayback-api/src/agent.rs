@@ -188,6 +188,16 @@ pub struct RestoreBody {
     /// None: everything archived.
     pub point_in_time: Option<DateTime<Utc>>,
     pub archive_timeout_secs: u64,
+    /// Try this source's copy kept at delete time first (issue 16); absent: the archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_copy: Option<KeptCopyRef>,
+}
+
+/// Which kept copy a restore may take, and the checkpoint its `pg_control` must name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptCopyRef {
+    pub source_id: String,
+    pub checkpoint_lsn: String,
 }
 
 /// Whether a restore runs, and how it ended.
@@ -259,6 +269,39 @@ pub struct RestoreStatus {
     pub backup_id: Option<String>,
     pub timeline: Option<u32>,
     pub total_secs: Option<f64>,
+    /// The restore took the source's copy kept at delete time (issue 16) instead of a base
+    /// backup from the archive.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_kept_copy: bool,
+    /// Why a kept copy that was asked for was not used (the restore went on from the archive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_copy_refused: Option<String>,
+    /// WAL bytes in the archive from the chosen backup's start on (what replay may have read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_bytes: Option<u64>,
+}
+
+/// A deleted instance's data directory kept on a machine after its deprovision (issue 16):
+/// shut down cleanly at `checkpoint_lsn`, the same content as the archive up to that point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptCopy {
+    pub instance_id: String,
+    /// The shutdown checkpoint's LSN as pg_control says it (`0/3000028`).
+    pub checkpoint_lsn: String,
+    /// The cluster's system identifier, as decimal text.
+    pub system_identifier: String,
+    /// When it was moved aside, Unix milliseconds.
+    pub kept_at: i64,
+    /// Bytes on disk.
+    pub size_bytes: u64,
+}
+
+/// The kept copies on one machine and the room left on its data file system.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptCopies {
+    pub copies: Vec<KeptCopy>,
+    pub free_bytes: u64,
+    pub total_bytes: u64,
 }
 
 /// `PUT /v1/clusters/{id}/replication/{slot}`: on the leader, grant a follower its role (this

@@ -67,6 +67,21 @@ pub struct Instance {
     /// A leader's followers, oldest first; absent when it has none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub followers: Vec<FollowerSummary>,
+    /// A deleted instance's data directory kept on its machine for a fast undo (issue 16);
+    /// absent when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_copy: Option<KeptCopy>,
+}
+
+/// The copy of a deleted instance kept at delete time: an undo to its latest point takes it
+/// instead of restoring from the archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptCopy {
+    /// Bytes it holds on the data disk.
+    pub size_bytes: u64,
+    pub kept_at: DateTime<Utc>,
+    /// When it is removed at the latest (earlier if the disk needs the room).
+    pub expires_at: DateTime<Utc>,
 }
 
 /// An instance's state as the API names it.

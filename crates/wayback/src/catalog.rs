@@ -5,7 +5,8 @@
 //! the problem. Only settings Wayback knows are allowed: a typo must not reach a cluster's
 //! `postgresql.conf` and stop it from starting. Wayback's own per-plan policy sits under
 //! `metadata.wayback`: the archive policy (`archive`) and `require_tls` (TCP connections must
-//! use TLS, as with the `tls.require` setting). Must not import anything but `domain`.
+//! use TLS, as with the `tls.require` setting) and `undo.keep_hours` (how long a deleted
+//! instance's data directory is kept for a fast undo). Must not import anything but `domain`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -84,6 +85,9 @@ pub struct Plan {
     pub archive: ArchivePolicy,
     /// The plan's clusters refuse TCP connections without TLS (`metadata.wayback.require_tls`).
     pub require_tls: bool,
+    /// Hours a deleted instance's data directory is kept for a fast undo
+    /// (`metadata.wayback.undo.keep_hours`; 0: removed at once).
+    pub undo_keep_hours: u64,
 }
 
 /// A plan's archive policy, from `metadata.wayback.archive`; every field is optional.
@@ -157,6 +161,30 @@ fn plan_archive_policy(metadata: Option<&Value>) -> Result<ArchivePolicy, String
         serde_json::from_value(v.clone()).map_err(|e| format!("metadata.wayback.archive: {e}"))?;
     policy.validate()?;
     Ok(policy)
+}
+
+/// Reads `metadata.wayback.undo.keep_hours`: absent is 24; at most a year.
+fn plan_undo_keep_hours(metadata: Option<&Value>) -> Result<u64, String> {
+    const DEFAULT_KEEP_HOURS: u64 = 24;
+    let Some(undo) = metadata
+        .and_then(|m| m.get("wayback"))
+        .and_then(|w| w.get("undo"))
+    else {
+        return Ok(DEFAULT_KEEP_HOURS);
+    };
+    let p = "metadata.wayback.undo";
+    let Some(fields) = undo.as_object() else {
+        return Err(format!("{p} must be an object"));
+    };
+    if let Some(k) = fields.keys().find(|k| k.as_str() != "keep_hours") {
+        return Err(format!("{p}: unknown field {k:?} (expected keep_hours)"));
+    }
+    match fields.get("keep_hours") {
+        None => Ok(DEFAULT_KEEP_HOURS),
+        Some(v) => v.as_u64().filter(|h| *h <= 24 * 366).ok_or_else(|| {
+            format!("{p}.keep_hours must be a whole number of hours, 0 to 8784, not {v}")
+        }),
+    }
 }
 
 /// Reads `metadata.wayback.require_tls`: absent is false.
@@ -280,12 +308,15 @@ impl Catalog {
                     .map_err(|m| invalid(format!("{where_}: {m}")))?;
                 let require_tls = plan_require_tls(p.metadata.as_ref())
                     .map_err(|m| invalid(format!("{where_}: {m}")))?;
+                let undo_keep_hours = plan_undo_keep_hours(p.metadata.as_ref())
+                    .map_err(|m| invalid(format!("{where_}: {m}")))?;
                 plans.push(Plan {
                     id: p.id,
                     name: p.name,
                     settings,
                     archive,
                     require_tls,
+                    undo_keep_hours,
                     maintenance_version: p.maintenance_info.map(|m| m.version),
                 });
             }
@@ -475,6 +506,33 @@ mod tests {
         .unwrap();
         let plans = &c.services()[0].plans;
         assert_eq!((plans[0].require_tls, plans[1].require_tls), (false, true));
+    }
+
+    #[test]
+    fn undo_keep_hours_is_read_from_the_plans_wayback_metadata() {
+        let c = Catalog::load(None).unwrap();
+        assert!(c.services()[0]
+            .plans
+            .iter()
+            .all(|p| p.undo_keep_hours == 24));
+        let c = with(|d| {
+            d["services"][0]["plans"][1]["metadata"]["wayback"]["undo"] =
+                serde_json::json!({"keep_hours": 0})
+        })
+        .unwrap();
+        assert_eq!(c.services()[0].plans[1].undo_keep_hours, 0);
+        for bad in [
+            serde_json::json!({"keep_hours": -1}),
+            serde_json::json!({"keep_hours": "24"}),
+            serde_json::json!({"keep_hours": 1.5}),
+            serde_json::json!({"keep": 1}),
+            serde_json::json!(3),
+        ] {
+            let e = with(|d| d["services"][0]["plans"][0]["metadata"]["wayback"]["undo"] = bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("metadata.wayback.undo"), "{e}");
+        }
     }
 
     #[test]

@@ -39,6 +39,9 @@ struct Inner {
     names_unknown: u64,
     /// Per agent, as the supervisor last asked: its capacity, or None when it did not answer.
     agents: BTreeMap<String, Option<crate::runtime::Capacity>>,
+    /// Per machine (`local` or an agent's name): the copies of deleted instances kept for undo
+    /// and their bytes, as the supervisor last counted them.
+    trash: BTreeMap<String, (u64, u64)>,
 }
 
 impl Histogram {
@@ -121,6 +124,16 @@ impl Metrics {
         self.0.lock().expect("metrics lock").agents = agents.into_iter().collect();
     }
 
+    /// The kept copies of deleted instances on one machine (issue 16), set every supervisor
+    /// pass.
+    pub fn trash_observed(&self, machine: &str, copies: u64, bytes: u64) {
+        self.0
+            .lock()
+            .expect("metrics lock")
+            .trash
+            .insert(machine.into(), (copies, bytes));
+    }
+
     pub fn cluster_restarted(&self) {
         self.0.lock().expect("metrics lock").cluster_restarts += 1;
     }
@@ -199,7 +212,35 @@ impl Metrics {
         );
         render_archive(&mut out, &inner);
         render_agents(&mut out, &inner);
+        render_trash(&mut out, &inner);
         out
+    }
+}
+
+/// The copies of deleted instances kept for undo, per machine (once the supervisor counted).
+fn render_trash(out: &mut String, inner: &Inner) {
+    if inner.trash.is_empty() {
+        return;
+    }
+    type Field = fn(&(u64, u64)) -> u64;
+    let gauges: [(&str, &str, Field); 2] = [
+        (
+            "wayback_trash_instances",
+            "Deleted instances whose data directory is kept on the machine for a fast undo.",
+            |t| t.0,
+        ),
+        (
+            "wayback_trash_bytes",
+            "Bytes the kept data directories of deleted instances take on the machine's data disk.",
+            |t| t.1,
+        ),
+    ];
+    for (name, help, get) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (machine, t) in &inner.trash {
+            let _ = writeln!(out, "{name}{{machine=\"{machine}\"}} {}", get(t));
+        }
     }
 }
 

@@ -67,6 +67,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/clusters/{id}/backup", web::post().to(backup))
         .route("/v1/clusters/{id}/restore", web::post().to(start_restore))
         .route("/v1/clusters/{id}/restore", web::get().to(restore_status))
+        .route("/v1/clusters/{id}/trash", web::post().to(trash_cluster))
+        .route("/v1/clusters/{id}/trash", web::delete().to(evict_trash))
+        .route("/v1/trash", web::get().to(list_trash))
         .default_service(web::to(|| async {
             AgentError::new(StatusCode::NOT_FOUND, "no such agent API path", true).error_response()
         }));
@@ -258,6 +261,23 @@ async fn destroy(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
     let id = instance(&state, &req)?;
     state.runtime.destroy(&id).await?;
     ok(&())
+}
+
+/// Issue 16: a deprovision's end keeps the data directory in this machine's trash.
+async fn trash_cluster(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
+    let id = instance(&state, &req)?;
+    ok(&state.runtime.trash_cluster(&id).await?)
+}
+
+async fn evict_trash(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
+    let id = instance(&state, &req)?;
+    state.runtime.evict_trash(&id).await?;
+    ok(&())
+}
+
+async fn list_trash(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
+    authorized(&state, &req)?;
+    ok(&state.runtime.list_trash().await?)
 }
 
 async fn apply_settings(
@@ -453,6 +473,15 @@ async fn start_restore(
             None => RestoreTarget::Latest,
         },
         archive_timeout_secs: body.archive_timeout_secs,
+        kept_copy: match body.kept_copy {
+            Some(k) => Some(crate::runtime::TrashedSource {
+                source: InstanceId::parse(k.source_id).map_err(|e| {
+                    AgentError::new(StatusCode::BAD_REQUEST, format!("kept copy: {e}"), true)
+                })?,
+                checkpoint_lsn: k.checkpoint_lsn,
+            }),
+            None => None,
+        },
     };
     ok(&state.runtime.start_restore(&id, &spec).await?)
 }

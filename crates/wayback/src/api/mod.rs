@@ -214,6 +214,15 @@ async fn gather(
     if view::is_live(record.state) {
         followers::attach(state, &record, &mut view).await?;
     }
+    if record.state == InstanceState::Deleted {
+        view.kept_copy = state
+            .store
+            .kept_copy(&record.id)
+            .await
+            .map_err(internal("read an instance's kept copy"))?
+            .as_ref()
+            .and_then(view::kept_copy_view);
+    }
     Ok(Some(view))
 }
 

@@ -126,7 +126,17 @@ pub fn render(
         archive: archive_view(record.state, observed, latest),
         follower: None,
         followers: Vec::new(),
+        kept_copy: None,
     }
+}
+
+/// The kept copy of a deleted instance as the API shows it.
+pub fn kept_copy_view(r: &crate::store::KeptCopyRecord) -> Option<v1::KeptCopy> {
+    Some(v1::KeptCopy {
+        size_bytes: r.size_bytes.max(0) as u64,
+        kept_at: millis(r.kept_at)?,
+        expires_at: millis(r.expires_at)?,
+    })
 }
 
 fn archive_view(

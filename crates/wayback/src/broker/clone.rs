@@ -320,6 +320,10 @@ impl Broker {
             system_identifier: backup.system_identifier,
             backup_stop_time: backup.stop_time,
             via_follower,
+            final_commit_ms: window
+                .latest
+                .filter(|_| !source.state.is_live())
+                .map(|t| t.timestamp_millis()),
         })
     }
 }

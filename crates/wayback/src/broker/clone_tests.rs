@@ -90,6 +90,7 @@ fn floors_compare_with_plan_or_postgres_defaults() {
         maintenance_version: None,
         archive: Default::default(),
         require_tls: false,
+        undo_keep_hours: 24,
     };
     let floors = SettingFloors {
         max_connections: 200,

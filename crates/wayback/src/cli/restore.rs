@@ -233,6 +233,7 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Outc
         parallel: 4,
         superuser_verifier: None,
         progress: None,
+        prefilled: false,
     };
     let report = restore::restore(&request).await?;
     if !args.keep_running {

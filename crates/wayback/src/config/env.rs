@@ -127,6 +127,8 @@ pub const ENV_VARS: &[EnvVar] = &[
     env_var!("WAYBACK_TLS_CA_KEY", "tls.ca_key", "generated", "The CA's private key: a path or the PEM itself (secret; BOSH: the CredHub CA variable's `private_key`). Set both or neither.", |s, v| s.tls.ca_key = non_empty(v).map(SecretString::from)),
     env_var!("WAYBACK_TLS_REQUIRE", "tls.require", "false", "Clusters refuse TCP connections without TLS (`hostssl` only in `pg_hba.conf`; the unix socket stays for the broker's or agent's own admin connections). Existing clusters follow at their next start.", |s, v| s.tls.require = parse_bool(v)?),
     env_var!("WAYBACK_TLS_CLIENT_SSLMODE", "tls.client_sslmode", "verify-full", "The `sslmode` bindings' credentials ask for: `verify-full` (the app checks the CA in the credentials' `ca_certificate` and the host name) or `require` (encrypted, not verified: for apps that cannot be given the CA). In `uri` as `?sslmode=`, in `jdbcUrl` as `ssl=true&sslmode=` (with verify-full, pgjdbc's `SingleCertValidatingFactory` and the CA as `sslfactoryarg`).", |s, v| s.tls.client_sslmode = parse(v)?),
+    env_var!("WAYBACK_TRASH_MIN_FREE_BYTES", "trash.min_free_bytes", "2147483648", "Bytes that must stay free on the data file system: below this, the copies of deleted instances kept for a fast undo (each plan's `metadata.wayback.undo.keep_hours`) are removed, oldest first. Their archives are never touched.", |s, v| s.trash.min_free_bytes = parse(v)?),
+    env_var!("WAYBACK_TRASH_MIN_FREE_SHARE", "trash.min_free_share", "0.1", "Share of the data file system (0 to 1) that must stay free, as `trash.min_free_bytes`; whichever floor is higher wins.", |s, v| s.trash.min_free_share = parse(v)?),
 ];
 
 impl Settings {

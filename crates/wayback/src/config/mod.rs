@@ -73,6 +73,8 @@ pub struct Settings {
     pub encryption: EncryptionSettings,
     /// The CA behind the clusters' TLS certificates.
     pub tls: TlsSettings,
+    /// When copies of deleted instances kept for undo give way to free space.
+    pub trash: TrashSettings,
 }
 
 impl Default for Settings {
@@ -101,6 +103,7 @@ impl Default for Settings {
             state: StateSettings::default(),
             encryption: EncryptionSettings::default(),
             tls: TlsSettings::default(),
+            trash: TrashSettings::default(),
         }
     }
 }

@@ -339,3 +339,23 @@ impl Default for StateSettings {
         Self { retention_days: 30 }
     }
 }
+
+/// When the copies of deleted instances kept for a fast undo (issue 16) give way to free space:
+/// the oldest goes first while the data file system has less free than either floor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrashSettings {
+    /// Bytes that must stay free on the data file system.
+    pub min_free_bytes: u64,
+    /// Share of the data file system (0 to 1) that must stay free.
+    pub min_free_share: f64,
+}
+
+impl Default for TrashSettings {
+    fn default() -> Self {
+        Self {
+            min_free_bytes: 2 * 1024 * 1024 * 1024,
+            min_free_share: 0.1,
+        }
+    }
+}

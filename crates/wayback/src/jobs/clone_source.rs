@@ -42,6 +42,11 @@ pub struct CloneSource {
     /// own, so its leader's (this source) is restored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via_follower: Option<String>,
+    /// A deleted source's last archived commit (its final one), Unix milliseconds, when the
+    /// check read it: a point in time at or after it is the latest point, which the copy kept
+    /// at delete time holds (issue 16). Absent in jobs queued before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_commit_ms: Option<i64>,
 }
 
 /// `from "production" (GUID, deleted at 2026-11-21 09:42:07 UTC) as of <time|latest>`, as

@@ -332,8 +332,20 @@ impl Worker {
 
     /// What last_operation says of a success; a provision done while object storage does not
     /// answer says that its archiving is behind (the cluster keeps its WAL meanwhile).
-    fn success_description(&self, job: &Job) -> String {
-        let done = steps::success_description(job);
+    async fn success_description(&self, job: &Job) -> String {
+        let mut done = steps::success_description(job);
+        if job.spec.clone_source().is_some() {
+            match self.ctx.store.restore_note(&job.instance_id).await {
+                Ok(Some(note)) => {
+                    let secs = (now_millis() - job.spec.requested_at()).max(0) as f64 / 1000.0;
+                    done = steps::with_restore_note(done, &note, secs);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "cannot read how the clone was restored")
+                }
+            }
+        }
         match (job.kind(), self.ctx.archive_health.outage()) {
             (JobKind::Provision, Some(outage)) => format!(
                 "{done} Archiving is behind: object storage at {} does not answer (since {}); the \
@@ -499,7 +511,10 @@ impl Worker {
             }
         };
         let succeeded = state == OperationState::Succeeded;
-        let description = message.unwrap_or_else(|| self.success_description(job));
+        let description = match message {
+            Some(m) => m,
+            None => self.success_description(job).await,
+        };
         if let Some(op) = &job.operation_id {
             if let Err(e) = store.update_operation(op, state, &description).await {
                 tracing::warn!(job = %job.id, error = %e, "cannot record the operation's end; will retry");

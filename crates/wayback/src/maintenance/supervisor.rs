@@ -9,6 +9,9 @@
 //! `pg_switch_wal()` writes nothing when no WAL was written since the last switch, so idle
 //! instances do not fill the archive with empty segments.
 //!
+//! It tends the copies of deleted instances kept for undo ([`crate::jobs::kept::tend`]) on
+//! every pass: reconciled with their records, evicted when expired or when the disk is short.
+//!
 //! And it keeps base backups recent: at most once a minute per ready instance it asks whether
 //! one is due by the plan's schedule ([`crate::jobs::backup_due`]: none yet, the newest older
 //! than `base_backup_every_hours`, or, no sooner than `base_backup_min_minutes` after it, more
@@ -272,10 +275,18 @@ impl Supervisor {
 
     /// Checks at once, then every interval, until `shutdown`.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+        let mut startup = true;
         loop {
             if let Err(e) = self.check_all().await {
                 tracing::warn!(error = %e, "supervisor pass failed");
             }
+            // The copies kept for undo: reconciled with their records (at start-up, a copy
+            // without one is a move whose record a killed broker never wrote), and evicted
+            // by age and for room.
+            if let Err(e) = crate::jobs::kept::tend(&self.ctx, startup).await {
+                tracing::warn!(error = format!("{e:#}"), "cannot tend the kept copies");
+            }
+            startup = false;
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
                 _ = shutdown.cancelled() => return,

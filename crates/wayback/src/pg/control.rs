@@ -7,7 +7,13 @@
 //! CRC-32C that guards the struct. The CRC's offset differs between versions and platforms; rather
 //! than hard-code it, we find it on the *original* file: the 4-aligned offset whose stored u32
 //! equals the CRC of every byte before it. The caller then runs `pg_resetwal -f`, because the
-//! template's WAL carries the old identifier in its page headers. Imports only `pg` siblings.
+//! template's WAL carries the old identifier in its page headers.
+//!
+//! [`read_summary`] reads what a kept copy of a deleted instance is checked by before a clone
+//! takes it (issue 16): the cluster state and the latest checkpoint's LSN, whose offsets
+//! (16 and 32) are fixed by `ControlFileData`'s leading fields in every 64-bit build of
+//! PostgreSQL 15. The image's CRC is checked first, so a torn or tampered file is refused.
+//! Imports only `pg` siblings.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -90,6 +96,45 @@ pub fn rewrite_system_identifier(pgdata: &Path, id: u64) -> Result<u64, PgError>
     Ok(old)
 }
 
+/// `DB_SHUTDOWNED` of PostgreSQL's `DBState`: stopped cleanly, nothing to replay.
+const DB_SHUT_DOWN: i32 = 1;
+
+/// What a kept copy is checked by: who it is, whether it stopped cleanly, and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlSummary {
+    pub system_identifier: u64,
+    /// `Database cluster state: shut down`.
+    pub shut_down: bool,
+    /// `Latest checkpoint location`, as a number.
+    pub checkpoint_lsn: u64,
+}
+
+/// Reads a pg_control image (pure); an error when its CRC does not check or it is too short.
+pub fn summary(bytes: &[u8]) -> Result<ControlSummary, String> {
+    find_crc_offset(bytes).ok_or("no valid CRC-32C found: not an intact pg_control file")?;
+    let u64_at = |o: usize| -> Option<u64> {
+        Some(u64::from_ne_bytes(bytes.get(o..o + 8)?.try_into().ok()?))
+    };
+    let i32_at = |o: usize| -> Option<i32> {
+        Some(i32::from_ne_bytes(bytes.get(o..o + 4)?.try_into().ok()?))
+    };
+    match (u64_at(0), i32_at(16), u64_at(32)) {
+        (Some(system_identifier), Some(state), Some(checkpoint_lsn)) => Ok(ControlSummary {
+            system_identifier,
+            shut_down: state == DB_SHUT_DOWN,
+            checkpoint_lsn,
+        }),
+        _ => Err("pg_control is too short".into()),
+    }
+}
+
+/// Reads `<pgdata>/global/pg_control`.
+pub fn read_summary(pgdata: &Path) -> Result<ControlSummary, PgError> {
+    let path = pgdata.join("global/pg_control");
+    let bytes = std::fs::read(&path).map_err(PgError::io(format!("read {}", path.display())))?;
+    summary(&bytes).map_err(|reason| PgError::ControlFile { path, reason })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +181,24 @@ mod tests {
             .unwrap()
             .as_secs();
         assert!((ids[0] >> 32).abs_diff(secs) < 5);
+    }
+
+    #[test]
+    fn reads_state_and_checkpoint() {
+        let mut bytes = fake_control(42);
+        bytes[16..20].copy_from_slice(&1i32.to_ne_bytes());
+        bytes[32..40].copy_from_slice(&0x1500790u64.to_ne_bytes());
+        let crc = crc32c::crc32c(&bytes[..288]);
+        bytes[288..292].copy_from_slice(&crc.to_ne_bytes());
+        let s = summary(&bytes).unwrap();
+        assert_eq!(
+            (s.system_identifier, s.shut_down, s.checkpoint_lsn),
+            (42, true, 0x1500790)
+        );
+        bytes[16..20].copy_from_slice(&6i32.to_ne_bytes()); // in production, CRC now wrong
+        assert!(summary(&bytes).is_err());
+        let crc = crc32c::crc32c(&bytes[..288]);
+        bytes[288..292].copy_from_slice(&crc.to_ne_bytes());
+        assert!(!summary(&bytes).unwrap().shut_down);
     }
 }

@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use secrecy::SecretString;
-use wayback_api::agent::{Capacity, ReplicationStatus, RestoreStatus, StandbyStatus};
+use wayback_api::agent::{
+    Capacity, KeptCopies, KeptCopy, ReplicationStatus, RestoreStatus, StandbyStatus,
+};
 
 use super::placement::{Placement, PlacementLedger};
 use super::replication::{FollowSpec, ReplicationGrant};
@@ -40,6 +42,24 @@ pub struct RestoreSpec {
     pub source_system_identifier: u64,
     pub target: RestoreTarget,
     pub archive_timeout_secs: u64,
+    /// Try the source's copy kept at delete time first (issue 16); the restore falls back to
+    /// the archive when it is missing or not exactly what was recorded.
+    pub kept_copy: Option<TrashedSource>,
+}
+
+/// One machine's trash: `agent` None is the broker's own machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineTrash {
+    pub agent: Option<String>,
+    pub trash: KeptCopies,
+}
+
+/// A deleted source's kept copy, as the broker recorded it at delete time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrashedSource {
+    pub source: InstanceId,
+    /// The shutdown checkpoint pg_control must still name.
+    pub checkpoint_lsn: String,
 }
 
 /// What a binding's login role may do.
@@ -172,6 +192,26 @@ pub trait ClusterRuntime: Send + Sync {
 
     /// Where the instance's restore is; `none` when none is known (start it again).
     async fn restore_status(&self, id: &InstanceId) -> Result<RestoreStatus, RuntimeError>;
+
+    /// A deprovision's end when its plan keeps deleted instances for undo (issue 16): stops the
+    /// cluster cleanly, moves its data directory into this machine's trash and removes the rest
+    /// of it. None: nothing was kept (no clean copy, or a runtime that keeps none: the default,
+    /// e.g. the fast tier's fake), and the cluster is removed as by [`Self::destroy`].
+    async fn trash_cluster(&self, id: &InstanceId) -> Result<Option<KeptCopy>, RuntimeError> {
+        self.destroy(id).await?;
+        Ok(None)
+    }
+
+    /// The kept copies on each machine that answered (this one, or every agent) and the room
+    /// on its data file system.
+    async fn list_trash(&self) -> Result<Vec<MachineTrash>, RuntimeError> {
+        Ok(Vec::new())
+    }
+
+    /// Removes `id`'s kept copy, if any; never its archive.
+    async fn evict_trash(&self, _id: &InstanceId) -> Result<(), RuntimeError> {
+        Ok(())
+    }
 
     /// On a leader: grants one follower its `REPLICATION LOGIN` role (password reset when it
     /// exists), its physical slot (made if missing) and a `pg_hba.conf` replication line for its

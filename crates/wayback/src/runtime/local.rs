@@ -23,6 +23,7 @@ mod replication;
 mod restore;
 mod stats;
 mod tls;
+mod trash;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -23,7 +23,10 @@ use crate::domain::InstanceId;
 /// For implementations of [`ClusterRuntime`] outside this crate (a test's fake runtime).
 pub use async_trait::async_trait;
 pub use error::RuntimeError;
-pub use interface::{AgentSurvey, ClusterRuntime, Reach, RestoreSpec, RoleAccess, Runtime};
+pub use interface::{
+    AgentSurvey, ClusterRuntime, MachineTrash, Reach, RestoreSpec, RoleAccess, Runtime,
+    TrashedSource,
+};
 pub use local::{ArchiveAccess, ClusterTls, LocalRuntime};
 pub use placement::{choose, choose_avoiding, Placement, PlacementLedger, NO_ROOM};
 pub use remote::{BackupAnswer, RemoteRuntime};

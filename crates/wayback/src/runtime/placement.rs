@@ -23,6 +23,11 @@ pub trait PlacementLedger: Send + Sync {
     async fn placed(&self) -> anyhow::Result<HashMap<String, usize>>;
     /// Records that `id` goes where `placement` says.
     async fn record(&self, id: &InstanceId, placement: &Placement) -> anyhow::Result<()>;
+    /// The agent this instance should go to when it has room (a clone: the agent holding its
+    /// source's copy kept at delete time, issue 16); None: wherever there is the most room.
+    fn preferred(&self) -> Option<&str> {
+        None
+    }
 
     /// An agent to place on only when no other has room (a follower's leader's agent).
     fn avoid(&self) -> Option<&str> {
@@ -36,6 +41,28 @@ pub struct Placement {
     pub agent: String,
     /// The host its bindings name.
     pub host: String,
+}
+
+/// `preferred` when it answered and has a free instance slot, else [`choose`].
+pub fn choose_preferring(
+    answers: &[(String, Result<Capacity, RuntimeError>)],
+    placed: &HashMap<String, usize>,
+    preferred: Option<&str>,
+) -> Result<Placement, RuntimeError> {
+    let room = answers.iter().find_map(|(name, answer)| match answer {
+        Ok(cap) if Some(name.as_str()) == preferred => {
+            let held = (cap.instances as usize).max(placed.get(name).copied().unwrap_or(0));
+            (held < cap.max_instances as usize).then(|| Placement {
+                agent: name.clone(),
+                host: cap.advertise_host.clone(),
+            })
+        }
+        _ => None,
+    });
+    match room {
+        Some(placement) => Ok(placement),
+        None => choose(answers, placed),
+    }
 }
 
 /// The agent with the most free instance slots (its maximum less what it holds or the broker
@@ -205,5 +232,34 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("none configured"));
+    }
+
+    #[test]
+    fn a_preferred_agent_with_room_wins_else_the_most_room() {
+        let list = answers(vec![
+            ("a", cap(5, 10, 8)),
+            ("b", cap(0, 10, 8)),
+            ("c", down()),
+        ]);
+        let none = HashMap::new();
+        assert_eq!(
+            choose_preferring(&list, &none, Some("a")).unwrap().agent,
+            "a"
+        );
+        assert_eq!(choose_preferring(&list, &none, None).unwrap().agent, "b");
+        // Full, away or unknown: wherever there is the most room.
+        let full = HashMap::from([("a".to_string(), 10)]);
+        assert_eq!(
+            choose_preferring(&list, &full, Some("a")).unwrap().agent,
+            "b"
+        );
+        assert_eq!(
+            choose_preferring(&list, &none, Some("c")).unwrap().agent,
+            "b"
+        );
+        assert_eq!(
+            choose_preferring(&list, &none, Some("z")).unwrap().agent,
+            "b"
+        );
     }
 }

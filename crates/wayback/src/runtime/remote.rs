@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use wayback_api::agent::{self as wire, Capacity, RestoreStatus};
 
-use super::placement::{choose_avoiding, Placement, PlacementLedger};
+use super::placement::{choose_avoiding, choose_preferring, Placement, PlacementLedger};
 use super::{
     AgentSurvey, Applied, ArchiveCommand, ArchiverStats, ClusterRuntime, ClusterSpec,
     ClusterStatus, FollowSpec, ReplicationGrant, ReplicationStatus, RestoreSpec, RoleAccess,
@@ -194,7 +194,11 @@ impl ClusterRuntime for RemoteRuntime {
     ) -> Result<Option<Placement>, RuntimeError> {
         let _placing = self.placing.lock().await;
         let placed = ledger.placed().await.map_err(RuntimeError::Records)?;
-        let placement = choose_avoiding(&self.capacities().await, &placed, ledger.avoid())?;
+        let answers = self.capacities().await;
+        let placement = match ledger.preferred() {
+            Some(preferred) => choose_preferring(&answers, &placed, Some(preferred))?,
+            None => choose_avoiding(&answers, &placed, ledger.avoid())?,
+        };
         ledger
             .record(id, &placement)
             .await
@@ -405,9 +409,46 @@ impl ClusterRuntime for RemoteRuntime {
                 RestoreTarget::PointInTime(t) => Some(t),
             },
             archive_timeout_secs: spec.archive_timeout_secs,
+            kept_copy: spec.kept_copy.as_ref().map(|k| wire::KeptCopyRef {
+                source_id: k.source.to_string(),
+                checkpoint_lsn: k.checkpoint_lsn.clone(),
+            }),
         };
         self.on_cluster(id, Method::POST, "/restore", Some(&body))
             .await
+    }
+
+    /// The instance's agent keeps its data directory (issue 16).
+    async fn trash_cluster(&self, id: &InstanceId) -> Result<Option<wire::KeptCopy>, RuntimeError> {
+        self.on_cluster(id, Method::POST, "/trash", NONE).await
+    }
+
+    /// Asks every agent at once; one that does not answer is left out (its copies and their
+    /// records stay as they are until it does).
+    async fn list_trash(&self) -> Result<Vec<super::MachineTrash>, RuntimeError> {
+        let answers = futures::future::join_all(self.agents.iter().map(|a| async move {
+            let answer: Result<wire::KeptCopies, RuntimeError> =
+                a.call(Method::GET, "/v1/trash", NONE, None).await;
+            (a.name.clone(), answer)
+        }))
+        .await;
+        Ok(answers
+            .into_iter()
+            .filter_map(|(agent, answer)| match answer {
+                Ok(trash) => Some(super::MachineTrash {
+                    agent: Some(agent),
+                    trash,
+                }),
+                Err(e) => {
+                    tracing::info!(agent, error = %e, "no answer about the agent's kept copies");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    async fn evict_trash(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        self.on_cluster(id, Method::DELETE, "/trash", NONE).await
     }
 
     async fn restore_status(&self, id: &InstanceId) -> Result<RestoreStatus, RuntimeError> {

@@ -14,6 +14,7 @@ mod bindings;
 mod followers;
 mod instances;
 mod jobs;
+mod kept_copies;
 mod name_sources;
 mod operations;
 mod prune;
@@ -34,6 +35,7 @@ pub use audit::{AuditEvent, AuditKind};
 pub use backups::BackupRecord;
 pub use instances::SpaceName;
 pub use jobs::{JOB_DONE, JOB_FAILED, JOB_PENDING};
+pub use kept_copies::KeptCopyRecord;
 pub use prune::{Pruned, RowCounts};
 pub use records::{BindingRecord, InstanceRecord, JobRecord, NameRecord, NewJob, OperationRecord};
 pub use reindex::{merge_names, IndexedInstance, MergeOutcome};
@@ -138,6 +140,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed("followers"),
             MigrationType::Simple,
             Cow::Borrowed(include_str!("../../migrations/0009_followers.sql")),
+            false,
+        ),
+        Migration::new(
+            10,
+            Cow::Borrowed("kept copies"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0010_kept_copies.sql")),
             false,
         ),
     ];

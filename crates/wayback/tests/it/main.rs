@@ -48,4 +48,5 @@ mod state_retention;
 mod storage_contract;
 mod storage_outage;
 mod store;
+mod undo_trash;
 mod wayback_api;

@@ -187,6 +187,7 @@ impl Source {
                 wayback::pg::scram::verifier(&SecretString::from(PASSWORD)).unwrap(),
             )),
             progress: None,
+            prefilled: false,
         }
     }
 }

@@ -444,6 +444,52 @@ async fn suite(store: Store) {
             .unwrap()
             .read_only
     );
+    kept_copies(&store).await;
+}
+
+/// Issue 16: which machine keeps whose copy (migration 0010), and how a clone was restored.
+async fn kept_copies(store: &Store) {
+    use wayback::store::KeptCopyRecord;
+    let copy = |id: &str, agent: Option<&str>, kept_at: i64| KeptCopyRecord {
+        instance_id: InstanceId::parse(id).unwrap(),
+        agent: agent.map(String::from),
+        checkpoint_lsn: "0/3000028".into(),
+        system_identifier: 7_441_839_221_348_675_302,
+        size_bytes: 52_428_800,
+        kept_at,
+        expires_at: kept_at + 3_600_000,
+    };
+    let (a, b) = (
+        copy("i-k2", None, 2_000),
+        copy("i-k1", Some("agent-a"), 1_000),
+    );
+    store.record_kept_copy(&a).await.unwrap();
+    store.record_kept_copy(&b).await.unwrap();
+    assert_eq!(
+        store.kept_copy(&a.instance_id).await.unwrap(),
+        Some(a.clone())
+    );
+    // Oldest first; recording again replaces.
+    assert_eq!(store.kept_copies().await.unwrap(), [b.clone(), a.clone()]);
+    let later = KeptCopyRecord {
+        expires_at: 5,
+        ..a.clone()
+    };
+    store.record_kept_copy(&later).await.unwrap();
+    assert_eq!(store.kept_copies().await.unwrap(), [b.clone(), later]);
+    store.drop_kept_copy(&a.instance_id).await.unwrap();
+    store.drop_kept_copy(&a.instance_id).await.unwrap();
+    assert_eq!(store.kept_copies().await.unwrap(), [b]);
+    let i1 = InstanceId::parse("i-1").unwrap();
+    assert_eq!(store.restore_note(&i1).await.unwrap(), None);
+    store
+        .set_restore_note(&i1, "restored from the copy kept at delete time")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.restore_note(&i1).await.unwrap().as_deref(),
+        Some("restored from the copy kept at delete time")
+    );
 }
 
 #[tokio::test]

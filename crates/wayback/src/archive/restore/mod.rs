@@ -120,6 +120,11 @@ pub struct RestoreRequest {
     /// Where the engine reports how far it got (the clone's last_operation reads it); None:
     /// nobody is watching.
     pub progress: Option<Arc<RestoreProgress>>,
+    /// The data directory already holds the source, shut down cleanly at the end of its
+    /// archive (a copy kept at delete time, checked by the caller): no base backup is
+    /// unpacked, and recovery replays whatever the archive holds after that checkpoint (nothing,
+    /// for a deleted source) before it promotes onto a new timeline.
+    pub prefilled: bool,
 }
 
 /// A restore's phase and byte counts, updated by the engine as it goes and read by whoever
@@ -327,34 +332,18 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport, RestoreError
         .into());
     }
     tracing::info!(source = req.source.as_str(), backup = %m.backup_id, target = ?req.target, wal_segments = plan.wal_segments, "restoring");
-    if let Some(p) = &req.progress {
+    if let Some(p) = req.progress.as_ref().filter(|_| !req.prefilled) {
         p.bytes_total.store(m.raw_bytes, Ordering::Relaxed);
         p.backup_stop
             .store(m.stop_time.timestamp(), Ordering::Relaxed);
         p.set_phase(RestorePhase::Unpacking);
     }
-    crate::crash_point::reached("clone_restore:unpacking");
-
-    let owner = req.tools.run_as.owner();
     let t0 = Instant::now();
-    let parts = download::PartSource {
-        store: &req.store,
-        prefix: &req.source,
-        cipher: req
-            .source_key
-            .as_ref()
-            .filter(|_| m.parts_encrypted())
-            .map(|k| std::sync::Arc::new(k.cipher())),
+    let downloaded = if req.prefilled {
+        0
+    } else {
+        unpack(req, m).await?
     };
-    let downloaded = download::download_and_unpack(
-        parts,
-        m,
-        &req.dirs.pgdata,
-        owner,
-        req.parallel.max(1),
-        req.progress.as_deref(),
-    )
-    .await?;
     let download_unpack_secs = t0.elapsed().as_secs_f64();
     tracing::info!(backup = %m.backup_id, bytes = downloaded, secs = download_unpack_secs, "base backup unpacked");
 
@@ -428,6 +417,34 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport, RestoreError
     })
 }
 
+/// Downloads and unpacks the plan's base backup into the empty data directory; its raw bytes.
+async fn unpack(
+    req: &RestoreRequest,
+    m: &crate::archive::manifest::BackupManifest,
+) -> Result<u64, RestoreError> {
+    crate::crash_point::reached("clone_restore:unpacking");
+    let owner = req.tools.run_as.owner();
+    let parts = download::PartSource {
+        store: &req.store,
+        prefix: &req.source,
+        cipher: req
+            .source_key
+            .as_ref()
+            .filter(|_| m.parts_encrypted())
+            .map(|k| std::sync::Arc::new(k.cipher())),
+    };
+    let downloaded = download::download_and_unpack(
+        parts,
+        m,
+        &req.dirs.pgdata,
+        owner,
+        req.parallel.max(1),
+        req.progress.as_deref(),
+    )
+    .await?;
+    Ok(downloaded)
+}
+
 /// Refusals that need no I/O beyond looking at the target directory.
 fn check_request(req: &RestoreRequest) -> Result<(), RestoreError> {
     if req.standby.is_some()
@@ -457,6 +474,9 @@ fn check_request(req: &RestoreRequest) -> Result<(), RestoreError> {
             req.target_file.display(),
             req.dirs.pgdata.display()
         )));
+    }
+    if req.prefilled {
+        return Ok(());
     }
     match std::fs::read_dir(&req.dirs.pgdata) {
         Ok(mut entries) => {

@@ -236,6 +236,7 @@ pub async fn restore_step(
         source_system_identifier: src.system_identifier,
         target: src.target,
         archive_timeout_secs,
+        kept_copy: crate::jobs::kept::usable_copy(ctx, instance, src).await?,
     };
     let from = src.to_string();
     let mut status = ctx.runtime.start_restore(&instance.id, &spec).await?;
@@ -244,7 +245,14 @@ pub async fn restore_step(
     loop {
         match status.state {
             RestoreState::Succeeded => {
-                tracing::info!(instance = %instance.id, source = %src.id, backup = ?status.backup_id, timeline = ?status.timeline, secs = ?status.total_secs, "clone restored");
+                tracing::info!(instance = %instance.id, source = %src.id, backup = ?status.backup_id, timeline = ?status.timeline, secs = ?status.total_secs, kept_copy = status.from_kept_copy, "clone restored");
+                // Taken or refused, the copy is gone from its machine (issue 16).
+                if spec.kept_copy.is_some() {
+                    ctx.store.drop_kept_copy(&src.id).await?;
+                }
+                if let Some(note) = restore_note(&status) {
+                    ctx.store.set_restore_note(&instance.id, &note).await?;
+                }
                 return Ok(Outcome::Next);
             }
             RestoreState::Failed => return Err(RuntimeError::restore_failed(status.error).into()),
@@ -255,7 +263,16 @@ pub async fn restore_step(
                 continue;
             }
         }
-        let text = phase_text(&from, &status, &mut replay_seen, src.target);
+        let text = match (&spec.kept_copy, &status.kept_copy_refused) {
+            (Some(_), None) if status.phase != RestorePhase::Unpacking => format!(
+                "Cloning {from}: restoring from the copy kept at delete time (recovering it onto a new timeline)"
+            ),
+            (Some(_), Some(why)) => format!(
+                "{} (the copy kept at delete time is not used: {why}; restoring from the archive)",
+                phase_text(&from, &status, &mut replay_seen, src.target)
+            ),
+            _ => phase_text(&from, &status, &mut replay_seen, src.target),
+        };
         if text != shown {
             progress_text(ctx, job, &text).await;
             shown = text;
@@ -263,6 +280,23 @@ pub async fn restore_step(
         tokio::time::sleep(Duration::from_millis(500)).await;
         status = ctx.runtime.restore_status(&instance.id).await?;
     }
+}
+
+/// How the clone was restored, for its success description (issue 16); None when the runtime
+/// does not say (a restore an earlier run had finished).
+fn restore_note(status: &RestoreStatus) -> Option<String> {
+    if status.from_kept_copy {
+        return Some("restored from the copy kept at delete time".into());
+    }
+    let wal = status.wal_bytes?;
+    let base = status
+        .backup_stop
+        .and_then(|t| DateTime::from_timestamp(t, 0))
+        .map_or("the newest backup".to_string(), when);
+    Some(format!(
+        "restored from the archive: base backup of {base}, {} MB of WAL",
+        wal.div_ceil(1_000_000)
+    ))
 }
 
 /// The line last_operation shows: the base backup's bytes while it unpacks, then WAL replay,

@@ -55,11 +55,13 @@ pub async fn provision_step(ctx: &AppContext, step: Step, instance: &InstanceRec
     match step {
         Step::AllocatePort => {
             if instance.port.is_none() {
-                allocate_port(ctx, instance).await?;
+                allocate_port(ctx, instance, None).await?;
             }
             Ok(Outcome::Next)
         }
         Step::CreateCluster => {
+            // A kept copy of a deleted instance gives way to a new one that needs the room.
+            crate::jobs::kept::make_room(ctx).await;
             let spec = spec(ctx, instance, &instance.plan_id)?;
             ctx.runtime.create_cluster(&spec).await?;
             Ok(Outcome::Next)
@@ -192,7 +194,7 @@ pub async fn deprovision_step(ctx: &AppContext, job: &Job) -> StepResult {
             Ok(Outcome::Next)
         }
         Step::Destroy => {
-            ctx.runtime.destroy(&instance.id).await?;
+            crate::jobs::kept::destroy_or_keep(ctx, &instance).await?;
             Ok(Outcome::Next)
         }
         other => Err(unknown_step(other)),
@@ -341,8 +343,25 @@ async fn sync_doc(ctx: &AppContext, id: &crate::domain::InstanceId, why: &str) {
     .await;
 }
 
+/// A clone's `allocate_port`: placed on `preferred` (the agent holding its source's kept
+/// copy) when that agent has room.
+pub async fn allocate_port_step(
+    ctx: &AppContext,
+    instance: &InstanceRecord,
+    preferred: Option<String>,
+) -> StepResult {
+    if instance.port.is_none() {
+        allocate_port(ctx, instance, preferred.as_deref()).await?;
+    }
+    Ok(Outcome::Next)
+}
+
 /// Picks a port in the configured range that no instance holds and nothing listens on.
-async fn allocate_port(ctx: &AppContext, instance: &InstanceRecord) -> Result<u16, StepError> {
+async fn allocate_port(
+    ctx: &AppContext,
+    instance: &InstanceRecord,
+    preferred: Option<&str>,
+) -> Result<u16, StepError> {
     let pg = &ctx.settings.postgres;
     let agent = match &instance.agent {
         Some(agent) => agent.clone(),
@@ -352,8 +371,13 @@ async fn allocate_port(ctx: &AppContext, instance: &InstanceRecord) -> Result<u1
                 Some(leader) => ctx.store.get_instance(leader).await?.and_then(|l| l.agent),
                 None => None,
             };
+            let ledger = StoreLedger {
+                store: &ctx.store,
+                preferred,
+                avoid,
+            };
             ctx.runtime
-                .place(&instance.id, &StoreLedger(&ctx.store, avoid))
+                .place(&instance.id, &ledger)
                 .await?
                 .map(|p| p.agent)
                 .unwrap_or_default()
@@ -383,22 +407,30 @@ async fn allocate_port(ctx: &AppContext, instance: &InstanceRecord) -> Result<u1
     })
 }
 
-/// The store as the runtime's record of placements (and the agent a follower avoids).
-struct StoreLedger<'a>(&'a crate::store::Store, Option<String>);
+/// The store as the runtime's record of placements, with the agent a clone prefers (the one
+/// holding its source's kept copy) and the one a follower avoids (its leader's).
+struct StoreLedger<'a> {
+    store: &'a crate::store::Store,
+    preferred: Option<&'a str>,
+    avoid: Option<String>,
+}
 
 #[async_trait::async_trait]
 impl PlacementLedger for StoreLedger<'_> {
     async fn placed(&self) -> anyhow::Result<HashMap<String, usize>> {
-        Ok(self.0.instances_per_agent().await?)
+        Ok(self.store.instances_per_agent().await?)
     }
     async fn record(&self, id: &InstanceId, placement: &Placement) -> anyhow::Result<()> {
         Ok(self
-            .0
+            .store
             .set_instance_agent(id, &placement.agent, &placement.host)
             .await?)
     }
+    fn preferred(&self) -> Option<&str> {
+        self.preferred
+    }
     fn avoid(&self) -> Option<&str> {
-        self.1.as_deref()
+        self.avoid.as_deref()
     }
 }
 

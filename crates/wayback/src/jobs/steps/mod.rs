@@ -39,6 +39,10 @@ pub(crate) async fn run_step(ctx: &AppContext, job: &Job) -> StepResult {
                 };
             }
             match (job.step, &provision.clone) {
+                (Step::AllocatePort, Some(source)) => {
+                    let preferred = crate::jobs::kept::preferred_agent(ctx, source).await?;
+                    instance::allocate_port_step(ctx, &instance, preferred).await
+                }
                 (Step::CloneFork, Some(source)) => clone::fork(ctx, job, source).await,
                 (Step::CloneRestore, Some(source)) => {
                     clone::restore_step(ctx, job, &instance, source).await
@@ -181,6 +185,12 @@ pub(crate) fn success_description(job: &Job) -> String {
         );
     }
     success_text(job.kind()).to_string()
+}
+
+/// The success description of a clone with how it was restored and how long it took from
+/// the request (issue 16).
+pub(crate) fn with_restore_note(done: String, note: &str, secs: f64) -> String {
+    format!("{done} It was {note}, in {secs:.1} s.")
 }
 
 fn success_text(kind: JobKind) -> &'static str {

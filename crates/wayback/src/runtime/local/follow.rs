@@ -142,6 +142,7 @@ impl Site {
             parallel: 4,
             superuser_verifier: None,
             progress: Some(progress),
+            prefilled: false,
         };
         let report = self.run_engine(id, req).await?;
         self.unpin_floors(id)?;

@@ -128,6 +128,21 @@ impl ClusterRuntime for LocalRuntime {
     async fn restore_status(&self, id: &InstanceId) -> Result<RestoreStatus, RuntimeError> {
         LocalRuntime::restore_status(self, id).await
     }
+    async fn trash_cluster(
+        &self,
+        id: &InstanceId,
+    ) -> Result<Option<wayback_api::agent::KeptCopy>, RuntimeError> {
+        LocalRuntime::trash_cluster(self, id).await
+    }
+    async fn list_trash(&self) -> Result<Vec<crate::runtime::MachineTrash>, RuntimeError> {
+        Ok(vec![crate::runtime::MachineTrash {
+            agent: None,
+            trash: LocalRuntime::list_trash(self).await?,
+        }])
+    }
+    async fn evict_trash(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        LocalRuntime::evict_trash(self, id).await
+    }
     async fn prepare_replication(
         &self,
         leader: &InstanceId,

@@ -12,6 +12,10 @@
 //!     admin-password                       superuser password, 0600, the broker's user only
 //!     tls/                                 0700, the cluster user's: server.crt, server.key,
 //!                                          issued.json (0600), never inside pgdata
+//! <data_dir>/trash/                        0700: copies of deleted instances kept for undo
+//!     <instance>/                          0700, the cluster user's
+//!         pgdata/                          the data directory, shut down cleanly, moved here
+//!         kept.json                        what it holds (written after the move)
 //! ```
 //!
 //! Instance ids are validated (`[A-Za-z0-9._-]`, no leading dot), so they are safe as a path
@@ -82,6 +86,14 @@ impl Layout {
     /// Present when the cluster's plan requires TLS (`metadata.wayback.require_tls`).
     pub fn plan_requires_tls(&self, id: &InstanceId) -> PathBuf {
         self.cluster(id).join("plan-requires-tls")
+    }
+    /// Where deleted instances' data directories are kept for undo (same file system as
+    /// `clusters/`, so moving one in or out is a rename).
+    pub fn trash(&self) -> PathBuf {
+        self.root.join("trash")
+    }
+    pub fn trash_entry(&self, id: &InstanceId) -> PathBuf {
+        self.trash().join(id.as_str())
     }
     pub fn password_file(&self, id: &InstanceId) -> PathBuf {
         self.cluster(id).join("admin-password")

@@ -31,7 +31,7 @@ use secrecy::{ExposeSecret, SecretString};
 use wayback_api::agent::{RestorePhase, RestoreState, RestoreStatus, WireError};
 
 use super::layout::Layout;
-use super::{io, rt, ArchiveAccess, LocalRuntime};
+use super::{io, rt, trash, ArchiveAccess, LocalRuntime};
 use crate::archive::keydoc;
 use crate::archive::layout::InstancePrefix;
 use crate::archive::restore::{self as engine, RestoreProgress, RestoreReport};
@@ -50,6 +50,9 @@ pub(super) struct Restores(Mutex<HashMap<InstanceId, Arc<RestoreTask>>>);
 #[derive(Default)]
 struct RestoreTask {
     progress: Arc<RestoreProgress>,
+    /// Why the kept copy asked for was not used, once known (the restore goes on from the
+    /// archive).
+    kept_copy_refused: Mutex<Option<String>>,
     /// None while it runs.
     outcome: Mutex<Option<Result<RestoreDone, WireError>>>,
 }
@@ -60,6 +63,8 @@ struct RestoreDone {
     backup_id: Option<String>,
     timeline: Option<u32>,
     total_secs: Option<f64>,
+    from_kept_copy: bool,
+    wal_bytes: Option<u64>,
 }
 
 impl Restores {
@@ -166,6 +171,11 @@ impl LocalRuntime {
             bytes_total,
             backup_stop: task.progress.backup_stop_time().map(|t| t.timestamp()),
             recovering: self.recovering(id),
+            kept_copy_refused: task
+                .kept_copy_refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             ..Default::default()
         };
         match &*task.outcome.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -175,6 +185,8 @@ impl LocalRuntime {
                 out.backup_id = done.backup_id.clone();
                 out.timeline = done.timeline;
                 out.total_secs = done.total_secs;
+                out.from_kept_copy = done.from_kept_copy;
+                out.wal_bytes = done.wal_bytes;
             }
             Some(Err(e)) => {
                 out.state = RestoreState::Failed;
@@ -188,17 +200,24 @@ impl LocalRuntime {
 /// Runs one restore to its end and records how it ended.
 async fn run(site: Site, id: InstanceId, work: Work, task: Arc<RestoreTask>) {
     let result = match work {
-        Work::Clone(spec) => site.restore(&id, spec, task.progress.clone()).await,
-        Work::Follow(spec) => site.follow(&id, spec, task.progress.clone()).await,
+        Work::Clone(spec) => site.restore(&id, spec, &task).await,
+        Work::Follow(spec) => site
+            .follow(&id, spec, task.progress.clone())
+            .await
+            .map(|r| r.map(|r| (r, false))),
     };
     let outcome = match result {
         Ok(report) => {
-            tracing::info!(instance = %id, backup = ?report.as_ref().map(|r| &r.backup_id), "restore finished");
-            Ok(report.map_or_else(RestoreDone::default, |r| RestoreDone {
-                backup_id: Some(r.backup_id),
-                timeline: Some(r.timeline),
-                total_secs: Some(r.total_secs),
-            }))
+            tracing::info!(instance = %id, backup = ?report.as_ref().map(|r| &r.0.backup_id), "restore finished");
+            Ok(
+                report.map_or_else(RestoreDone::default, |(r, kept)| RestoreDone {
+                    backup_id: Some(r.backup_id),
+                    timeline: Some(r.timeline),
+                    total_secs: Some(r.total_secs),
+                    from_kept_copy: kept,
+                    wal_bytes: (!kept).then_some(r.wal_segments as u64 * WAL_SEGMENT_BYTES),
+                }),
+            )
         }
         Err(e) => {
             tracing::warn!(instance = %id, error = %e, permanent = e.is_permanent(), "restore failed");
@@ -207,6 +226,9 @@ async fn run(site: Site, id: InstanceId, work: Work, task: Arc<RestoreTask>) {
     };
     *task.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
 }
+
+/// The archive's WAL segment size (PostgreSQL's default, which every cluster here uses).
+const WAL_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// What a restore needs of the runtime, owned: it outlives the call that starts it.
 pub(super) struct Site {
@@ -233,13 +255,22 @@ impl Site {
     }
 
     /// Restores the source into the instance's data directory, recovers and promotes it, and
-    /// records that it did. None: an earlier run already finished the restore.
+    /// records that it did; true beside the report when the source's kept copy was used. None:
+    /// an earlier run already finished the restore.
+    ///
+    /// A kept copy (issue 16) is tried first when the spec names one: taken by rename if its
+    /// `pg_control` is exactly what was recorded at delete time, then recovered by the same
+    /// engine with `restore_command` on the source's archive and promoted onto a new timeline —
+    /// so its WAL can never be confused with the source's, and anything the archive holds
+    /// beyond the copy would be replayed too. If the copy is refused, or its recovery fails, the
+    /// directory is emptied again and the restore goes on from the archive.
     async fn restore(
         &self,
         id: &InstanceId,
         spec: RestoreSpec,
-        progress: Arc<RestoreProgress>,
-    ) -> Result<Option<RestoreReport>, RuntimeError> {
+        task: &RestoreTask,
+    ) -> Result<Option<(RestoreReport, bool)>, RuntimeError> {
+        let progress = task.progress.clone();
         let settings = &self.archive.settings;
         // The source's data key first: a key that is missing or does not unwrap fails the
         // restore before anything is created (not even the new instance's key.json).
@@ -266,13 +297,13 @@ impl Site {
         else {
             return Ok(None);
         };
-        let req = engine::RestoreRequest {
+        let request = |slot: Slot| engine::RestoreRequest {
             standby: None,
             store: self.archive.store.clone(),
             storage: crate::archive::target::capture_environment(&settings.archive),
-            source: spec.source,
+            source: spec.source.clone(),
             system_identifier: spec.source_system_identifier,
-            source_key,
+            source_key: source_key.clone(),
             target: spec.target,
             dirs: self.layout.dirs(id),
             port: spec.port,
@@ -280,15 +311,49 @@ impl Site {
             tools: self.tools.clone(),
             wayback_bin: self.archive.wayback_bin.clone(),
             target_file: slot.target_file,
-            archive: Some(own),
+            archive: Some(own.clone()),
             archive_timeout_secs: spec.archive_timeout_secs,
             fetch_ahead: settings.wal.fetch_ahead,
             fetch_retry_secs: 60,
             parallel: 4,
             superuser_verifier: Some(slot.superuser_verifier),
-            progress: Some(progress),
+            progress: Some(progress.clone()),
+            prefilled: false,
         };
-        self.run_engine(id, req).await.map(Some)
+        let Some(kept) = &spec.kept_copy else {
+            return Ok(Some((self.run_engine(id, request(slot)).await?, false)));
+        };
+        let mut req = request(slot);
+        let why = match trash::take(
+            &self.layout,
+            &kept.source,
+            &kept.checkpoint_lsn,
+            spec.source_system_identifier,
+            &req.dirs.pgdata,
+        ) {
+            Ok(()) => {
+                tracing::info!(instance = %id, source = %kept.source, "restoring from the copy kept at delete time");
+                req.prefilled = true;
+                req.target = engine::RestoreTarget::Latest;
+                match self.run_engine(id, req).await {
+                    Ok(report) => return Ok(Some((report, true))),
+                    Err(e) => format!("recovering it failed ({e})"),
+                }
+            }
+            Err(why) => why,
+        };
+        tracing::warn!(instance = %id, source = %kept.source, why, "the kept copy is not used; restoring from the archive");
+        *task
+            .kept_copy_refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(why);
+        let Some(slot) = self
+            .prepare(id, spec.port, Some((&own, &own_prefix)), None)
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some((self.run_engine(id, request(slot)).await?, false)))
     }
 
     /// Runs the engine and records that it finished.
