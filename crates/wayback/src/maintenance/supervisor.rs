@@ -24,7 +24,8 @@
 //! to it. A follower whose postmaster died is started again like any instance; one that does
 //! not stream is logged and left to its `restore_command` (it replays from its leader's archive
 //! and streams again by itself); and a leader's slot missing for a ready follower (a leader
-//! restored, say) is granted again (`jobs::ensure_grant`, idempotent).
+//! restored, say), or lost past `max_slot_wal_keep_size`, is granted again
+//! (`jobs::ensure_grant`, idempotent).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -174,9 +175,14 @@ impl Supervisor {
         };
         let (_, slot) = crate::jobs::replication_names(&follower.id);
         match self.ctx.runtime.replication_status(leader).await {
-            Ok(slots) if slots.iter().any(|r| r.slot == slot) => {}
+            // A slot past `max_slot_wal_keep_size` is invalidated (`lost`) and streams no more:
+            // granted again like a missing one (`prepare_replication` replaces a lost slot).
+            Ok(slots)
+                if slots
+                    .iter()
+                    .any(|r| r.slot == slot && r.wal_status.as_deref() != Some("lost")) => {}
             Ok(_) => {
-                tracing::warn!(instance = %follower.id, %leader, slot, "the follower's slot is missing on its leader; granting it again");
+                tracing::warn!(instance = %follower.id, %leader, slot, "the follower's slot is missing or lost on its leader; granting it again");
                 if let Err(e) = crate::jobs::ensure_grant(&self.ctx, follower).await {
                     tracing::warn!(instance = %follower.id, %leader, error = format!("{e:#}"), "cannot grant the follower's replication again");
                 }

@@ -4,7 +4,8 @@
 //! writes; with the stream cut (walsender ended, `pg_hba` line gone) it keeps replaying from the
 //! archive and streams again once allowed, after its leader's postmaster is killed (and
 //! started again by the supervisor) and after its own restart by its runtime; a dead
-//! follower's slot is lost past `max_slot_wal_keep_size` and it replays from the archive; the
+//! follower's slot is lost past `max_slot_wal_keep_size` (granted again, it is replaced by a
+//! slot that reserves WAL) and it replays from the archive; the
 //! slot goes with `drop_replication`; promotion makes it writable on a new timeline. Once with the
 //! local runtime, once through two agents (leader on one, follower on the other: every call
 //! over the agent API).
@@ -331,6 +332,14 @@ async fn story(rt: &dyn ClusterRuntime, s: Sides) {
     let status = rt.replication_status(&leader_id).await.unwrap();
     let slot = status.iter().find(|r| r.slot == SLOT).expect("the slot");
     assert_eq!(slot.wal_status.as_deref(), Some("lost"), "{slot:?}");
+    // Granted again (as the supervisor does for a lost slot), the lost slot is replaced by one
+    // that reserves WAL from now on.
+    rt.prepare_replication(&leader_id, &grant("127.0.0.1"))
+        .await
+        .unwrap();
+    let status = rt.replication_status(&leader_id).await.unwrap();
+    let slot = status.iter().find(|r| r.slot == SLOT).expect("the slot");
+    assert_ne!(slot.wal_status.as_deref(), Some("lost"), "{slot:?}");
     exec(&mut writer, "INSERT INTO orders VALUES ('5')").await;
     let lsn = current_lsn(&mut admin).await;
     sqlx::query("SELECT pg_switch_wal()")

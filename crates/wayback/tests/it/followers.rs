@@ -185,6 +185,35 @@ async fn a_follower_streams_refuses_writes_and_unfollows_into_its_own_archive() 
             .contains("cannot execute INSERT in a read-only transaction"),
         "{err}"
     );
+    // Through OSB end to end: a binding of the follower is read-only and points at it; a
+    // binding of the leader made now lists the follower in `replica_uris`, and that URI reads
+    // there with the binding's own credentials.
+    let follower_creds = app.bind_sync(&follower, &new_id()).await;
+    assert_eq!(follower_creds["read_only"], true, "{follower_creds}");
+    assert_eq!(follower_creds["port"], port, "{follower_creds}");
+    let mut bound = connect(follower_creds["uri"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(rows(&mut bound).await, ["one", "two"]);
+    let err = sqlx::query("INSERT INTO orders VALUES ('no')")
+        .execute(&mut bound)
+        .await
+        .expect_err("a follower's binding cannot write");
+    assert!(err.to_string().contains("read-only transaction"), "{err}");
+    let leader_creds = app.bind_sync(&leader, &new_id()).await;
+    let replicas = leader_creds["replica_uris"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(replicas.len(), 1, "{leader_creds}");
+    let mut replica = connect(replicas[0].as_str().unwrap()).await.unwrap();
+    assert_eq!(rows(&mut replica).await, ["one", "two"]);
+    let on_follower: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(&mut replica)
+        .await
+        .unwrap();
+    assert!(on_follower, "replica_uris lead to the follower");
+    drop((bound, replica));
     // The leader's slot lost (its walsender ended, the slot dropped at once): the supervisor
     // grants it again and the follower streams again, without a person.
     drop(reader);

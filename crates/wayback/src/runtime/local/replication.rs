@@ -109,7 +109,8 @@ impl LocalRuntime {
     }
 
     /// On the leader `id`: the follower's role (created, or its password reset), its slot
-    /// (created if missing, reserving WAL from now on) and its `pg_hba.conf` line; reloads.
+    /// (created if missing or lost, reserving WAL from now on) and its `pg_hba.conf` line;
+    /// reloads.
     pub async fn prepare_replication(
         &self,
         id: &InstanceId,
@@ -135,6 +136,16 @@ impl LocalRuntime {
         sql::exec(&mut conn, &text, "create the replication role")
             .await
             .map_err(rt)?;
+        // A slot invalidated past `max_slot_wal_keep_size` (`lost`) can never stream again:
+        // it is replaced by a new one, which reserves WAL from now on.
+        sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1 AND wal_status = 'lost' AND NOT active",
+        )
+        .bind(&grant.slot)
+        .execute(&mut conn)
+        .await
+        .map_err(|e| rt(sql::sql_err("replace the lost replication slot")(e)))?;
         sqlx::query(
             "SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS \
              (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
