@@ -184,14 +184,16 @@ const UPDATE: &[Step] = &[Step::ApplySettings];
 /// A `follow` provision: a port (on another agent than the leader's when one has room), the
 /// follower's grant on its leader (replication role, slot, `pg_hba` line), the standby restore
 /// from the leader's archive until it streams, then its own plan's configuration in place of
-/// the leader's restored one and a restart into it (as a clone's). A follower archives
-/// nothing and takes no base backups.
+/// the leader's restored one, applied by a reload (a restart only when a setting needs one: a
+/// standby's restart replays again from its last restartpoint, which under load costs
+/// seconds), and a start should it be down. A follower archives nothing and takes no base
+/// backups.
 const FOLLOW: &[Step] = &[
     Step::AllocatePort,
     Step::FollowGrant,
     Step::FollowRestore,
     Step::CreateCluster,
-    Step::CloneRestart,
+    Step::ApplySettings,
     Step::Start,
 ];
 

@@ -163,7 +163,7 @@ fn sequences_run_in_the_documented_order() {
     };
     assert_eq!(
         order(&JobSpec::follow(leader)),
-        "allocate_port → follow_grant → follow_restore → create_cluster → clone_restart → start"
+        "allocate_port → follow_grant → follow_restore → create_cluster → apply_settings → start"
     );
     assert_eq!(
         order(&JobSpec::unfollow("p")),

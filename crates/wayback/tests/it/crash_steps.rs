@@ -69,7 +69,7 @@ killed_at! {
     follow_while_downloading: Follow at "clone_restore:unpacking";
     follow_while_replaying: Follow at "clone_restore:replaying";
     follow_after_restore: Follow at "follow_restore:after";
-    follow_at_restart: Follow at "clone_restart";
+    follow_at_apply_settings: Follow at "apply_settings";
     follow_at_start: Follow at "start";
 }
 

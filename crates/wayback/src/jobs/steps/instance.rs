@@ -109,14 +109,18 @@ pub async fn provision_step(ctx: &AppContext, step: Step, instance: &InstanceRec
 pub async fn update_step(ctx: &AppContext, job: &Job, plan_id: &str) -> StepResult {
     let instance = load(ctx, job).await?;
     match job.step {
-        Step::ApplySettings => {
-            let spec = spec(ctx, &instance, plan_id)?;
-            let applied = ctx.runtime.apply_settings(&spec).await?;
-            tracing::info!(instance = %instance.id, restarted = applied.restarted, "plan settings applied");
-            Ok(Outcome::Next)
-        }
+        Step::ApplySettings => apply_plan(ctx, &instance, plan_id).await,
         other => Err(unknown_step(other)),
     }
+}
+
+/// `apply_settings`: `plan_id`'s settings written and applied to the running cluster, by a
+/// reload, or a restart when one of them needs it (a stopped cluster reads them at its start).
+pub async fn apply_plan(ctx: &AppContext, instance: &InstanceRecord, plan_id: &str) -> StepResult {
+    let spec = spec(ctx, instance, plan_id)?;
+    let applied = ctx.runtime.apply_settings(&spec).await?;
+    tracing::info!(instance = %instance.id, restarted = applied.restarted, "plan settings applied");
+    Ok(Outcome::Next)
 }
 
 pub async fn deprovision_step(ctx: &AppContext, job: &Job) -> StepResult {

@@ -34,7 +34,9 @@ pub(crate) async fn run_step(ctx: &AppContext, job: &Job) -> StepResult {
                 return match job.step {
                     Step::FollowGrant => follow::grant_step(ctx, &instance, src).await,
                     Step::FollowRestore => follow::restore_step(ctx, job, &instance, src).await,
-                    Step::CloneRestart => clone::restart(ctx, &instance).await,
+                    Step::ApplySettings => {
+                        instance::apply_plan(ctx, &instance, &instance.plan_id).await
+                    }
                     step => instance::provision_step(ctx, step, &instance).await,
                 };
             }
@@ -93,6 +95,9 @@ pub(crate) fn describe(job: &Job) -> String {
         }
         Step::CloneRestart if job.spec.follow_source().is_some() || job.spec.is_unfollow() => {
             "Following: restarting with the plan's own settings"
+        }
+        Step::ApplySettings if job.spec.follow_source().is_some() => {
+            "Following: applying the plan's own settings (restarting only if one needs it)"
         }
         Step::CloneRotate if job.spec.is_unfollow() => {
             "Unfollowing: taking the login from every role of the leader, so that only this \
