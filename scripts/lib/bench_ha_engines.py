@@ -89,6 +89,7 @@ class Patroni(Engine):
                                os.path.join(root, f"m{i}.log")) for i in (1, 2)]
         self.rest = {m.name: ports.pop() for m in self.members}
         self.etcd = None
+        self.sync = False
         self.dcs = ({"ttl": 20, "loop_wait": 2, "retry_timeout": 5} if tuned
                     else {"ttl": 30, "loop_wait": 10, "retry_timeout": 10})
 
@@ -172,6 +173,7 @@ class Patroni(Engine):
     def set_sync(self, on: bool):
         self.ctl("edit-config", "--force", "-s", f"synchronous_mode={'true' if on else 'false'}",
                  "bench")
+        self.sync = on
 
     def set_failsafe(self, on: bool):
         self.ctl("edit-config", "--force", "-s", f"failsafe_mode={'true' if on else 'false'}",
@@ -183,7 +185,11 @@ class Patroni(Engine):
         except Exception:  # noqa: BLE001  (a failed or hung patronictl means: not yet)
             return False
         states = sorted((r.get("Role"), r.get("State")) for r in rows)
-        return (len(rows) == 2 and any(r in ("Leader", "Sync Standby") for r, _ in states)
+        # In synchronous_mode only the standby named in the /sync key may be promoted, and the
+        # leader names a rejoined standby only on its next loop: until then a crash of the
+        # primary is not failed over (by design: nothing acknowledged may be lost).
+        want = {"Leader", "Sync Standby"} if self.sync else {"Leader", "Replica"}
+        return (len(rows) == 2 and {r for r, _ in states} == want
                 and all(s in ("running", "streaming") for _, s in states)
                 and self.streaming())
 
