@@ -68,11 +68,16 @@ class Engine:
         return p is not None and streaming_standbys(self.user, p.pgport) >= 1
 
     def rejoin_method(self, m: Member, offset: int) -> str:
+        """How the member came back, from what its engine logged since `offset`: a clone when
+        a base backup was taken or a rewind failed (both engines fall back to a clone), else
+        pg_rewind when it ran ("no rewind required" counts: pg_rewind decided), else a plain
+        restart as standby. Only lines the engines log for what they did count, not a plan
+        ("First, try to rewind. If that fails, do a pg_basebackup")."""
         text = open(m.log, errors="replace").read()[offset:].lower()
-        # A failed rewind falls back to a clone: the clone is what happened then.
-        if "pg_basebackup" in text or "basebackup" in text:
+        if any(s in text for s in ("base backup completed", "replica has been created using",
+                                   "failed to rewind", "pg_rewind exit code=1")):
             return "re-clone"
-        if "pg_rewind" in text:
+        if "running pg_rewind" in text or "pg_rewind --target-pgdata" in text:
             return "pg_rewind"
         return "restart as standby"
 
