@@ -100,19 +100,20 @@ def build(rows):
     line("settings", lambda s: next((r["settings"] for r in pick(s, "setup")), "—"))
     for mode in ("async", "sync"):
         line(f"crash RTO, {mode} (kill -9 → first write on the new primary)",
-             lambda s, m=mode: spread(r["rto_s"] for r in pick(s, "crash", mode=m)))
+             lambda s, m=mode: spread(r.get("rto_s") for r in pick(s, "crash", mode=m)))
         line(f"crash write gap, {mode} (last write before → first after)",
-             lambda s, m=mode: spread(r["gap_s"] for r in pick(s, "crash", mode=m)))
+             lambda s, m=mode: spread(r.get("gap_s") for r in pick(s, "crash", mode=m)))
         line(f"acknowledged inserts lost, {mode} (per run)",
-             lambda s, m=mode: ", ".join(f"{r['lost']} of {r['acked']}"
+             lambda s, m=mode: ", ".join(f"{r['lost']} of {r['acked']}" if "lost" in r
+                                         else f"— ({r.get('note', 'no figure')})"
                                          for r in pick(s, "crash", mode=m)) or "—")
     line("switchover gap (last write before → first after)",
-         lambda s: spread((r["gap_s"] for r in pick(s, "switchover")), digits=2))
+         lambda s: spread((r.get("gap_s") for r in pick(s, "switchover")), digits=2))
     line("switchover command time",
-         lambda s: spread(r["command_s"] for r in pick(s, "switchover")))
+         lambda s: spread(r.get("command_s") for r in pick(s, "switchover")))
     line("rejoin of the killed member (start → standby streaming)",
-         lambda s: spread(r["rejoin_s"] for r in pick(s, "crash")))
-    line("rejoin by", lambda s: ", ".join(sorted({r["rejoin_how"] for r in pick(s, "crash")})) or "—")
+         lambda s: spread(r.get("rejoin_s") for r in pick(s, "crash")))
+    line("rejoin by", lambda s: ", ".join(sorted({r["rejoin_how"] for r in pick(s, "crash") if "rejoin_how" in r})) or "—")
 
     def mem(s, key):
         m = pick(s, "memory")
@@ -130,7 +131,8 @@ def build(rows):
         if any(pick(s, "coordinator_down", variant=variant) for s in settings):
             label = "coordinator down" + (" (failsafe_mode: true)" if variant != "default" else "")
             line(label, lambda s, v=variant: down_cell(next(iter(pick(s, "coordinator_down", variant=v)), None)))
-    errors = [f"{r['setting']}: {r['message']}" for r in rows if r["measure"] == "error"]
+    errors = [r["message"] if r["message"].startswith(r["setting"] + ":")
+              else f"{r['setting']}: {r['message']}" for r in rows if r["measure"] == "error"]
     return table, errors
 
 
