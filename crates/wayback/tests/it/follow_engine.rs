@@ -91,7 +91,7 @@ async fn wait_standby(
     }
 }
 
-fn at_port(uri: &str, port: u16) -> String {
+pub(crate) fn at_port(uri: &str, port: u16) -> String {
     let mut u = reqwest::Url::parse(uri).unwrap();
     u.set_port(Some(port)).unwrap();
     u.to_string()

@@ -14,40 +14,17 @@
 
 use crate::common;
 use crate::common::archive_wait::{prefix_of, wait_for_backup};
+use crate::follow_engine::{admin_at, at_port};
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::osb_client::iid;
 use common::*;
 use reqwest::StatusCode;
-use secrecy::SecretString;
 use serde_json::{json, Value};
-use sqlx::ConnectOptions;
 use wayback::storage::ObjectStore;
 
 const MEDIUM_PLAN: &str = MEDIUM;
-
-/// A superuser session on the running cluster in `dir` (a leader's cluster directory).
-async fn admin_at(dir: &Path) -> sqlx::PgConnection {
-    let pid = std::fs::read_to_string(dir.join("pgdata/postmaster.pid")).expect("running");
-    let port: u16 = pid.lines().nth(3).unwrap().trim().parse().unwrap();
-    let password = std::fs::read_to_string(dir.join("admin-password")).unwrap();
-    wayback::pg::sql::admin_options(
-        &dir.join("run"),
-        port,
-        &SecretString::from(password.trim().to_string()),
-    )
-    .connect()
-    .await
-    .expect("superuser session")
-}
-
-fn at_port(uri: &str, port: u16) -> String {
-    let mut u = reqwest::Url::parse(uri).unwrap();
-    u.set_port(Some(port)).unwrap();
-    u.to_string()
-}
 
 async fn lsn_of(conn: &mut sqlx::PgConnection, expr: &str) -> i64 {
     sqlx::query_scalar::<_, Option<i64>>(&format!("SELECT pg_wal_lsn_diff({expr}, '0/0')::bigint"))
@@ -113,6 +90,18 @@ async fn refused(app: &TestApp, plan: &str, parameters: Value) -> (StatusCode, S
         "nothing was created"
     );
     (status, body["description"].as_str().unwrap_or("").into())
+}
+
+/// PATCHes the instance `id` with `body` (asynchronously allowed).
+async fn patch_instance(app: &TestApp, id: &str, body: &Value) -> reqwest::Response {
+    app.osb(
+        reqwest::Method::PATCH,
+        &format!("/v2/service_instances/{id}?accepts_incomplete=true"),
+    )
+    .json(body)
+    .send()
+    .await
+    .unwrap()
 }
 
 async fn slots(admin: &mut sqlx::PgConnection) -> Vec<String> {
@@ -279,15 +268,7 @@ async fn a_follower_streams_refuses_writes_and_unfollows_into_its_own_archive() 
         "service_id": SERVICE_ID, "plan_id": MEDIUM_PLAN,
         "previous_values": { "plan_id": SMALL, "service_id": SERVICE_ID },
     });
-    let r = app
-        .osb(
-            reqwest::Method::PATCH,
-            &format!("/v2/service_instances/{leader}?accepts_incomplete=true"),
-        )
-        .json(&patch)
-        .send()
-        .await
-        .unwrap();
+    let r = patch_instance(&app, &leader, &patch).await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let text: Value = r.json().await.unwrap();
     assert!(
@@ -360,15 +341,7 @@ async fn a_follower_streams_refuses_writes_and_unfollows_into_its_own_archive() 
         "service_id": SERVICE_ID, "parameters": { "unfollow": true },
         "previous_values": { "plan_id": SMALL, "service_id": SERVICE_ID },
     });
-    let r = app
-        .osb(
-            reqwest::Method::PATCH,
-            &format!("/v2/service_instances/{follower}?accepts_incomplete=true"),
-        )
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = patch_instance(&app, &follower, &body).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let op: Value = r.json().await.unwrap();
     let (status, done) = app.poll_instance(&follower, op["operation"].as_str()).await;
@@ -431,15 +404,7 @@ async fn a_follower_streams_refuses_writes_and_unfollows_into_its_own_archive() 
         .port
         .unwrap();
     drop((admin, writer));
-    let r = app
-        .osb(
-            reqwest::Method::PATCH,
-            &format!("/v2/service_instances/{leader}?accepts_incomplete=true"),
-        )
-        .json(&patch)
-        .send()
-        .await
-        .unwrap();
+    let r = patch_instance(&app, &leader, &patch).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let op: Value = r.json().await.unwrap();
     let (_, done) = app.poll_instance(&leader, op["operation"].as_str()).await;
@@ -462,15 +427,7 @@ async fn a_follower_streams_refuses_writes_and_unfollows_into_its_own_archive() 
         "service_id": SERVICE_ID, "plan_id": SMALL,
         "previous_values": { "plan_id": MEDIUM_PLAN, "service_id": SERVICE_ID },
     });
-    let r = app
-        .osb(
-            reqwest::Method::PATCH,
-            &format!("/v2/service_instances/{mirror}?accepts_incomplete=true"),
-        )
-        .json(&down)
-        .send()
-        .await
-        .unwrap();
+    let r = patch_instance(&app, &mirror, &down).await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let text: Value = r.json().await.unwrap();
     assert!(
