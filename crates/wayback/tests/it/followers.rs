@@ -7,8 +7,8 @@
 //! under writes keeps every row committed before it, archives into the instance's own prefix
 //! (a base backup appears) and the leader's credentials no longer log in; `clone-from` naming
 //! a follower restores its leader's archive and says so; a leader restarted by a plan change
-//! leaves its follower streaming; a slot lost on the leader is granted again by the
-//! supervisor.
+//! leaves its follower streaming, and so does a kill -9 of the follower's postmaster (the
+//! supervisor starts it again); a slot lost on the leader is granted again by the supervisor.
 //!
 //! Run: `bash scripts/test followers::`.
 
@@ -419,6 +419,37 @@ async fn a_follower_streams_refuses_writes_and_unfollows_into_its_own_archive() 
     let deadline = Instant::now() + Duration::from_secs(60);
     while lsn_of(&mut reader, "pg_last_wal_receive_lsn()").await < lsn {
         assert!(Instant::now() < deadline, "not streaming again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(reader);
+    // The follower's postmaster killed: the supervisor starts it again, and it streams again
+    // without a person.
+    let pid = postmaster_pid(&app.cluster_dir(&mirror)).expect("the follower runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    exec(&mut writer, "INSERT INTO orders VALUES ('after the kill')").await;
+    let lsn = lsn_of(&mut admin, "pg_current_wal_lsn()").await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut reader = loop {
+        if postmaster_pid(&app.cluster_dir(&mirror)).is_some_and(|p| p != pid) {
+            if let Ok(c) = connect(&at_port(&uri, mirror_port)).await {
+                break c;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower was not started again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    while lsn_of(&mut reader, "pg_last_wal_receive_lsn()").await < lsn {
+        assert!(
+            Instant::now() < deadline,
+            "not streaming after its postmaster was killed"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(reader);
