@@ -172,6 +172,33 @@ pub(super) fn below_floors(plan: &Plan, floors: &SettingFloors) -> Vec<(&'static
 }
 
 impl Broker {
+    /// Refuses (before anything is created) a source whose archive is encrypted with a data key
+    /// this broker cannot unwrap: its key is not configured, or another key has that id.
+    /// `verb` says what the request would do with it ("cloned", "followed").
+    pub(super) async fn check_archive_key(
+        &self,
+        prefix: &InstancePrefix,
+        who: &str,
+        verb: &str,
+    ) -> Result<(), BrokerError> {
+        let archive = &self.ctx.archive;
+        let keyring = self.ctx.store.keyring().ok();
+        match crate::archive::keydoc::data_key(archive, keyring, prefix.as_str()).await {
+            Ok(_) => Ok(()),
+            Err(ArchiveError::Storage(e)) => Err(super::storage_refusal(
+                &format!("reading the archive key of {who}"),
+                &archive.location(""),
+                e,
+            )),
+            Err(ArchiveError::Key(m)) => Err(BrokerError::Unprocessable(format!(
+                "Service instance {who} cannot be {verb}: {m}."
+            ))),
+            Err(e) => {
+                Err(anyhow::anyhow!("read the archive key of {}: {e}", prefix.as_str()).into())
+            }
+        }
+    }
+
     /// Resolves and checks a clone request; on success, the source the provision restores.
     pub(super) async fn check_clone(
         &self,
@@ -288,27 +315,7 @@ impl Broker {
         }
         // An encrypted source whose data key this broker cannot unwrap (its key is not
         // configured, or another key has that id) is refused now, before anything is created.
-        let keyring = self.ctx.store.keyring().ok();
-        match crate::archive::keydoc::data_key(archive, keyring, prefix.as_str()).await {
-            Ok(_) => {}
-            Err(ArchiveError::Storage(e)) => {
-                return Err(super::storage_refusal(
-                    &format!("reading the archive key of {who}"),
-                    &archive.location(""),
-                    e,
-                ))
-            }
-            Err(ArchiveError::Key(m)) => {
-                return Err(BrokerError::Unprocessable(format!(
-                    "Service instance {who} cannot be cloned: {m}."
-                )))
-            }
-            Err(e) => {
-                return Err(
-                    anyhow::anyhow!("read the archive key of {}: {e}", prefix.as_str()).into(),
-                )
-            }
-        }
+        self.check_archive_key(&prefix, &who, "cloned").await?;
         Ok(CloneSource {
             live: source.state.is_live(),
             id: source.instance_id,

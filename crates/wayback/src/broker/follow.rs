@@ -256,27 +256,7 @@ impl Broker {
                 low_text(&low, "the leader")
             )));
         }
-        let keyring = self.ctx.store.keyring().ok();
-        match crate::archive::keydoc::data_key(archive, keyring, prefix.as_str()).await {
-            Ok(_) => {}
-            Err(ArchiveError::Storage(e)) => {
-                return Err(super::storage_refusal(
-                    &format!("reading the archive key of {who}"),
-                    &archive.location(""),
-                    e,
-                ))
-            }
-            Err(ArchiveError::Key(m)) => {
-                return Err(BrokerError::Unprocessable(format!(
-                    "Service instance {who} cannot be followed: {m}."
-                )))
-            }
-            Err(e) => {
-                return Err(
-                    anyhow::anyhow!("read the archive key of {}: {e}", prefix.as_str()).into(),
-                )
-            }
-        }
+        self.check_archive_key(&prefix, &who, "followed").await?;
         Ok(FollowSource {
             leader: leader.id,
             name,

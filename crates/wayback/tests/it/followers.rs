@@ -92,6 +92,27 @@ async fn refused(app: &TestApp, plan: &str, parameters: Value) -> (StatusCode, S
     (status, body["description"].as_str().unwrap_or("").into())
 }
 
+/// "production", backed up, bound, with a table `orders` holding 'one': its id, its binding's
+/// uri and a session on it.
+async fn leader_with_orders(
+    app: &TestApp,
+    store: &ObjectStore,
+) -> (String, String, sqlx::PgConnection) {
+    let leader = app.provision_ready("production").await;
+    wait_for_backup(store, &leader).await;
+    let uri = app.bind_sync(&leader, &new_id()).await["uri"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut writer = connect(&uri).await.unwrap();
+    exec(
+        &mut writer,
+        "CREATE TABLE orders (what text); INSERT INTO orders VALUES ('one')",
+    )
+    .await;
+    (leader, uri, writer)
+}
+
 /// PATCHes the instance `id` with `body` (asynchronously allowed).
 async fn patch_instance(app: &TestApp, id: &str, body: &Value) -> reqwest::Response {
     app.osb(
@@ -118,18 +139,7 @@ async fn a_follower_streams_refuses_writes_and_unfollows_into_its_own_archive() 
     }
     let app = spawn_app().await;
     let store = ObjectStore::local(&app.data_dir.join("archive")).unwrap();
-    let leader = app.provision_ready("production").await;
-    wait_for_backup(&store, &leader).await;
-    let uri = app.bind_sync(&leader, &new_id()).await["uri"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mut writer = connect(&uri).await.unwrap();
-    exec(
-        &mut writer,
-        "CREATE TABLE orders (what text); INSERT INTO orders VALUES ('one')",
-    )
-    .await;
+    let (leader, uri, mut writer) = leader_with_orders(&app, &store).await;
     let mut admin = admin_at(&app.cluster_dir(&leader)).await;
 
     // A follower through OSB.
@@ -492,18 +502,7 @@ async fn a_follower_on_the_other_agent_streams_again_after_that_agents_restart()
     let mut fleet = crate::agents::Fleet::start(2, |_| {}).await;
     let store = fleet.store();
     let app = &fleet.app;
-    let leader = app.provision_ready("production").await;
-    wait_for_backup(&store, &leader).await;
-    let uri = app.bind_sync(&leader, &new_id()).await["uri"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mut writer = connect(&uri).await.unwrap();
-    exec(
-        &mut writer,
-        "CREATE TABLE orders (what text); INSERT INTO orders VALUES ('one')",
-    )
-    .await;
+    let (leader, uri, mut writer) = leader_with_orders(app, &store).await;
     let (follower, _) = follow_ready(app, "reports", "production").await;
     let on = fleet.placed_on(&leader).await.expect("placed");
     let follower_on = fleet.placed_on(&follower).await.expect("placed");
