@@ -69,25 +69,14 @@ async fn measure(
     leader: &InstanceId,
     followers: &[InstanceRecord],
 ) -> Vec<FollowerLag> {
-    let ready: Vec<InstanceId> = followers
+    let flagged: Vec<(InstanceId, bool)> = followers
         .iter()
-        .filter(|f| f.state == InstanceState::Ready)
-        .map(|f| f.id.clone())
+        .map(|f| (f.id.clone(), f.state == InstanceState::Ready))
         .collect();
-    let mut measured = state
+    state
         .runtime
-        .follower_lags(leader, &ready, LAG_TIMEOUT)
+        .follower_lags_if_ready(leader, &flagged, LAG_TIMEOUT)
         .await
-        .into_iter();
-    followers
-        .iter()
-        .map(|f| {
-            (f.state == InstanceState::Ready)
-                .then(|| measured.next())
-                .flatten()
-                .unwrap_or_else(|| FollowerLag::unknown(f.id.clone()))
-        })
-        .collect()
 }
 
 fn api_state(state: FollowerState) -> v1::FollowerState {

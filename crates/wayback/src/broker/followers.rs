@@ -138,26 +138,14 @@ impl Broker {
         followers: &[InstanceRecord],
         timeout: Duration,
     ) -> Vec<FollowerLag> {
-        let ready: Vec<InstanceId> = followers
+        let flagged: Vec<(InstanceId, bool)> = followers
             .iter()
-            .filter(|f| f.state == InstanceState::Ready)
-            .map(|f| f.id.clone())
+            .map(|f| (f.id.clone(), f.state == InstanceState::Ready))
             .collect();
-        let mut measured = self
-            .ctx
+        self.ctx
             .runtime
-            .follower_lags(leader, &ready, timeout)
+            .follower_lags_if_ready(leader, &flagged, timeout)
             .await
-            .into_iter();
-        followers
-            .iter()
-            .map(|f| {
-                let lag = (f.state == InstanceState::Ready)
-                    .then(|| measured.next())
-                    .flatten();
-                lag.unwrap_or_else(|| FollowerLag::unknown(f.id.clone()))
-            })
-            .collect()
     }
 
     async fn current_name(&self, id: &InstanceId) -> Result<Option<String>, BrokerError> {

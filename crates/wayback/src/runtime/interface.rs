@@ -262,6 +262,35 @@ pub trait ClusterRuntime: Send + Sync {
     ) -> Vec<crate::domain::FollowerLag> {
         super::lag::observe(self, leader, followers, timeout).await
     }
+
+    /// [`follower_lags`](Self::follower_lags) of the `followers` flagged ready, in the order
+    /// given; the others are `unknown` without asking their clusters (a follower being made
+    /// or deleted, or stopped, is never woken to be measured).
+    async fn follower_lags_if_ready(
+        &self,
+        leader: &InstanceId,
+        followers: &[(InstanceId, bool)],
+        timeout: std::time::Duration,
+    ) -> Vec<crate::domain::FollowerLag> {
+        let ready: Vec<InstanceId> = followers
+            .iter()
+            .filter(|(_, ready)| *ready)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut measured = self
+            .follower_lags(leader, &ready, timeout)
+            .await
+            .into_iter();
+        followers
+            .iter()
+            .map(|(id, ready)| {
+                ready
+                    .then(|| measured.next())
+                    .flatten()
+                    .unwrap_or_else(|| crate::domain::FollowerLag::unknown(id.clone()))
+            })
+            .collect()
+    }
 }
 
 /// What one look at the agents found: each one's capacity, or why it did not answer.
