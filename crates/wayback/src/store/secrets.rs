@@ -79,67 +79,47 @@ impl Store {
     /// Re-seals under the current key every secret an older key sealed (`wayback rekey`);
     /// returns how many. A value that does not open stops it with an error naming the row.
     pub async fn reseal_secrets(&self) -> Result<usize, StoreError> {
-        let keyring = self.keyring()?;
-        let rows = sqlx::query(
-            "SELECT id, password FROM bindings WHERE password_key IS NOT NULL \
-             AND password_key <> $1",
-        )
-        .bind(keyring.current_id())
-        .fetch_all(&self.pool)
-        .await?;
-        let mut resealed = 0;
-        for row in rows {
-            let id: String = row.try_get("id")?;
-            let old: String = row.try_get("password")?;
-            let context = binding_password_context(&id);
-            let clear = keyring
-                .open(&old, &context)
-                .map_err(|e| StoreError::Corrupt {
-                    id: id.clone(),
-                    message: format!("binding password: {e}"),
-                })?;
-            let value = keyring.seal(&clear, &context);
-            let done = sqlx::query(
-                "UPDATE bindings SET password = $1, password_key = $2 WHERE id = $3 AND password = $4",
-            )
-            .bind(&value)
-            .bind(keyring.current_id())
-            .bind(&id)
-            .bind(&old)
-            .execute(&self.pool)
-            .await?;
-            resealed += done.rows_affected() as usize;
-        }
-        Ok(resealed)
+        self.reseal(&SealedColumn::BINDING_PASSWORD).await
     }
 
     /// [`Self::reseal_secrets`] for followers' replication passwords.
     pub async fn reseal_replication_passwords(&self) -> Result<usize, StoreError> {
+        self.reseal(&SealedColumn::REPLICATION_PASSWORD).await
+    }
+
+    /// Re-seals one column's values that an older key sealed; returns how many. Each row is
+    /// updated only if it still holds the value read (a concurrent write wins).
+    async fn reseal(&self, col: &SealedColumn) -> Result<usize, StoreError> {
         let keyring = self.keyring()?;
-        let rows = sqlx::query(
-            "SELECT id, replication_password FROM instances WHERE replication_password_key \
-             IS NOT NULL AND replication_password_key <> $1",
-        )
+        let SealedColumn {
+            table,
+            value,
+            key,
+            what,
+            context,
+        } = col;
+        let rows = sqlx::query(&format!(
+            "SELECT id, {value} FROM {table} WHERE {key} IS NOT NULL AND {key} <> $1"
+        ))
         .bind(keyring.current_id())
         .fetch_all(&self.pool)
         .await?;
         let mut resealed = 0;
         for row in rows {
             let id: String = row.try_get("id")?;
-            let old: String = row.try_get("replication_password")?;
-            let context = super::followers::replication_password_context_of(&id);
+            let old: String = row.try_get(*value)?;
+            let context = context(&id);
             let clear = keyring
                 .open(&old, &context)
                 .map_err(|e| StoreError::Corrupt {
                     id: id.clone(),
-                    message: format!("replication password: {e}"),
+                    message: format!("{what}: {e}"),
                 })?;
-            let value = keyring.seal(&clear, &context);
-            let done = sqlx::query(
-                "UPDATE instances SET replication_password = $1, replication_password_key = $2 \
-                 WHERE id = $3 AND replication_password = $4",
-            )
-            .bind(&value)
+            let sealed = keyring.seal(&clear, &context);
+            let done = sqlx::query(&format!(
+                "UPDATE {table} SET {value} = $1, {key} = $2 WHERE id = $3 AND {value} = $4"
+            ))
+            .bind(&sealed)
             .bind(keyring.current_id())
             .bind(&id)
             .bind(&old)
@@ -149,4 +129,32 @@ impl Store {
         }
         Ok(resealed)
     }
+}
+
+/// A column of sealed secrets: its table, the column holding the sealed value, the one naming
+/// the key that sealed it, what it is (for errors) and the context each row's value is bound to.
+/// Names are constants of this module, never input.
+struct SealedColumn {
+    table: &'static str,
+    value: &'static str,
+    key: &'static str,
+    what: &'static str,
+    context: fn(&str) -> String,
+}
+
+impl SealedColumn {
+    const BINDING_PASSWORD: SealedColumn = SealedColumn {
+        table: "bindings",
+        value: "password",
+        key: "password_key",
+        what: "binding password",
+        context: binding_password_context,
+    };
+    const REPLICATION_PASSWORD: SealedColumn = SealedColumn {
+        table: "instances",
+        value: "replication_password",
+        key: "replication_password_key",
+        what: "replication password",
+        context: super::followers::replication_password_context_of,
+    };
 }

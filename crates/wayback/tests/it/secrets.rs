@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use sqlx::{Connection, Row};
 use wayback::crypto::{encode_key, random_key_bytes, Keyring};
-use wayback::domain::{BindingId, BindingState, OperationKind};
+use wayback::domain::{BindingId, BindingState, InstanceId, OperationKind};
 use wayback::store::{now_millis, BindingRecord, Store};
 
 use crate::common;
@@ -89,6 +89,12 @@ async fn suite(url: &str, raw: impl AsyncFn() -> Vec<String>) {
         .with_keyring(keyring(&all, &["old"], "old"));
     insert_instance_and_binding(&old).await;
     assert_eq!(password(&old, "b-1").await, format!("{MARKER}b-1"));
+    // A follower's replication password is sealed the same way (here on i-1's row).
+    let follower = InstanceId::parse("i-1").unwrap();
+    let repl = SecretString::from(format!("{MARKER}repl"));
+    old.ensure_replication_password(&follower, &repl)
+        .await
+        .unwrap();
     for value in raw().await {
         assert!(!value.contains(MARKER), "stored in clear: {value}");
         assert!(value.starts_with("wbenc:v1:old:"), "{value}");
@@ -103,6 +109,12 @@ async fn suite(url: &str, raw: impl AsyncFn() -> Vec<String>) {
     insert_binding(&both, "b-2").await;
     assert_eq!(both.reseal_secrets().await.unwrap(), 1);
     assert_eq!(both.reseal_secrets().await.unwrap(), 0, "idempotent");
+    assert_eq!(both.reseal_replication_passwords().await.unwrap(), 1);
+    assert_eq!(
+        both.reseal_replication_passwords().await.unwrap(),
+        0,
+        "idempotent"
+    );
     let only_new = Store::connect(url)
         .await
         .unwrap()
@@ -110,6 +122,12 @@ async fn suite(url: &str, raw: impl AsyncFn() -> Vec<String>) {
     assert!(only_new.missing_secret_keys().await.unwrap().is_empty());
     assert_eq!(password(&only_new, "b-1").await, format!("{MARKER}b-1"));
     assert_eq!(password(&only_new, "b-2").await, format!("{MARKER}b-2"));
+    let reopened = only_new.replication_password(&follower).await.unwrap();
+    assert_eq!(
+        reopened.unwrap().expose_secret(),
+        format!("{MARKER}repl"),
+        "opens with the new key alone"
+    );
     let only_old = Store::connect(url)
         .await
         .unwrap()
