@@ -83,8 +83,12 @@ impl RuntimeError {
         }
     }
 
-    /// The error a failed restore's status carries (None: the status said only "failed").
+    /// The error a failed restore's status carries (None: the status said only "failed"); a
+    /// restore whose server could not bind its port is `PortInUse`.
     pub fn restore_failed(error: Option<WireError>) -> Self {
+        if let Some(port) = error.as_ref().and_then(|e| e.port_in_use) {
+            return RuntimeError::PortInUse(port);
+        }
         let e = error.unwrap_or_else(|| WireError {
             message: "the restore failed".into(),
             permanent: false,
@@ -105,7 +109,10 @@ pub fn to_wire(e: &RuntimeError) -> WireError {
         message: e.to_string(),
         permanent: e.is_permanent(),
         port_in_use: match e {
-            RuntimeError::PortInUse(p) => Some(*p),
+            RuntimeError::PortInUse(p)
+            | RuntimeError::Restore(crate::archive::restore::RestoreError::Pg(
+                crate::pg::PgError::PortInUse { port: p },
+            )) => Some(*p),
             _ => None,
         },
         user_message: e.user_message(),
@@ -161,6 +168,21 @@ mod tests {
                 assert_eq!(wire.http_status(), status, "{e}");
             }
         }
+    }
+
+    /// A restore whose server could not bind its port fails as `PortInUse`, locally and
+    /// through an agent's restore status, so the job takes another port.
+    #[test]
+    fn a_restore_that_could_not_bind_its_port_is_port_in_use() {
+        let e = RuntimeError::Restore(crate::archive::restore::RestoreError::Pg(
+            PgError::PortInUse { port: 55684 },
+        ));
+        let wire = to_wire(&e);
+        assert_eq!(wire.port_in_use, Some(55684));
+        assert!(matches!(
+            RuntimeError::restore_failed(Some(wire)),
+            RuntimeError::PortInUse(55684)
+        ));
     }
 
     #[test]

@@ -86,11 +86,17 @@ pub(super) async fn control_says_promoted(req: &RestoreRequest, backup_timeline:
 }
 
 async fn failed(req: &RestoreRequest, plan: &Plan, reason: String) -> RestoreError {
+    let log_tail = log_tail(req);
+    // Another process holds the port (on an agent's machine the broker cannot check it is
+    // free before it allocates it): the caller gives the port up and takes another.
+    if ctl::says_port_in_use(&log_tail) {
+        return RestoreError::Pg(PgError::PortInUse { port: req.port });
+    }
     RestoreError::RecoveryFailed {
         pgdata: req.dirs.pgdata.display().to_string(),
         reason,
         promoted: control_says_promoted(req, plan.backup.timeline).await,
-        log_tail: log_tail(req),
+        log_tail,
     }
 }
 

@@ -255,7 +255,14 @@ pub async fn restore_step(
                 }
                 return Ok(Outcome::Next);
             }
-            RestoreState::Failed => return Err(RuntimeError::restore_failed(status.error).into()),
+            RestoreState::Failed => {
+                return match RuntimeError::restore_failed(status.error) {
+                    RuntimeError::PortInUse(port) => {
+                        super::instance::port_taken(ctx, instance, port).await
+                    }
+                    e => Err(e.into()),
+                };
+            }
             RestoreState::Running => {}
             // The runtime (an agent, say) restarted and lost the restore: start it again.
             RestoreState::None => {

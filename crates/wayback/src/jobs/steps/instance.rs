@@ -88,12 +88,7 @@ pub async fn provision_step(ctx: &AppContext, step: Step, instance: &InstanceRec
         }
         Step::Start => match ctx.runtime.start(&instance.id).await {
             Ok(()) => Ok(Outcome::Next),
-            Err(RuntimeError::PortInUse(port)) => {
-                // Someone outside Wayback took the port: take another and rewrite the config.
-                tracing::warn!(instance = %instance.id, port, "port taken by another process; choosing another");
-                ctx.store.set_instance_port(&instance.id, None).await?;
-                Ok(Outcome::Back(Step::AllocatePort))
-            }
+            Err(RuntimeError::PortInUse(port)) => port_taken(ctx, instance, port).await,
             Err(e) => Err(e.into()),
         },
         Step::CreateDatabase => {
@@ -104,6 +99,15 @@ pub async fn provision_step(ctx: &AppContext, step: Step, instance: &InstanceRec
         }
         other => Err(unknown_step(other)),
     }
+}
+
+/// Someone outside Wayback took the instance's port (on an agent's machine the broker cannot
+/// check a port is free before it allocates it): the port is given up and the job goes back to
+/// take another; the steps after rewrite the configuration with it.
+pub async fn port_taken(ctx: &AppContext, instance: &InstanceRecord, port: u16) -> StepResult {
+    tracing::warn!(instance = %instance.id, port, "port taken by another process; choosing another");
+    ctx.store.set_instance_port(&instance.id, None).await?;
+    Ok(Outcome::Back(Step::AllocatePort))
 }
 
 pub async fn update_step(ctx: &AppContext, job: &Job, plan_id: &str) -> StepResult {
