@@ -293,6 +293,10 @@ impl Supervisor {
                 tracing::warn!(error = format!("{e:#}"), "cannot tend the kept copies");
             }
             startup = false;
+            // Restore drills due (issue 18): enqueued here, run in the background lane.
+            if let Err(e) = super::drills::schedule(&self.ctx).await {
+                tracing::warn!(error = format!("{e:#}"), "cannot schedule restore drills");
+            }
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
                 _ = shutdown.cancelled() => return,
