@@ -2,7 +2,9 @@
 //! instance's drill passes and shows in the store, the metrics and the archive, and leaves no
 //! scratch copy or process behind; a WAL segment whose archived payload is corrupt (its frame
 //! header kept) fails the drill naming the segment and enqueues a fresh base backup; a deleted
-//! instance within retention is drilled, a reaped one is not.
+//! instance within retention is drilled, a reaped one is not; an index page zeroed in a base
+//! backup part (the part sealed and checksummed again) fails the drill naming the index; a
+//! `wayback drill` killed mid-drill leaves nothing once the runtime starts again.
 
 use crate::common;
 use crate::common::archive_wait::{archive_now, prefix_of, wait_for_backup};
@@ -12,10 +14,16 @@ use std::time::{Duration, Instant};
 use common::*;
 use wayback::domain::InstanceId;
 use wayback::runtime::DrillReport;
-use wayback::storage::ObjectStore;
+use wayback::storage::{ObjectStore, StorageSettings};
 
 /// A real app on the shared S3 server, and a client of the same bucket; None when skipped.
 async fn s3_app(tag: &str) -> Option<(TestApp, ObjectStore)> {
+    s3_app_settings(tag)
+        .await
+        .map(|(app, store, _)| (app, store))
+}
+
+async fn s3_app_settings(tag: &str) -> Option<(TestApp, ObjectStore, StorageSettings)> {
     let s3 = shared_s3_settings(tag);
     if !require("an S3 server in WAYBACK_TEST_S3_*", s3.is_some()) || !pg_available() {
         return None;
@@ -23,7 +31,7 @@ async fn s3_app(tag: &str) -> Option<(TestApp, ObjectStore)> {
     let s3 = s3.unwrap();
     let store = ObjectStore::open(&s3).unwrap();
     let app = spawn_app_with(|s| s.archive = s3.clone()).await;
-    Some((app, store))
+    Some((app, store, s3))
 }
 
 /// Some rows, an index over several pages, statistics; then archived.
@@ -214,4 +222,160 @@ async fn a_deleted_instance_is_drilled_until_reaped() {
     run_job(&app, &job.id).await;
     let drills = app.store.drills_of(&iid, 10).await.unwrap();
     assert_eq!(drills.len(), 1, "a reaped instance is not drilled");
+}
+
+/// The tar entry `name` in `tar` (a plain ustar stream): the offset of its data.
+fn tar_entry(tar: &[u8], name: &str) -> Option<usize> {
+    let mut at = 0;
+    while at + 512 <= tar.len() && tar[at] != 0 {
+        let header = &tar[at..at + 512];
+        let end = header[..100].iter().position(|b| *b == 0).unwrap_or(100);
+        let entry = std::str::from_utf8(&header[..end]).unwrap_or_default();
+        let size_text = std::str::from_utf8(&header[124..136]).unwrap_or_default();
+        let size =
+            usize::from_str_radix(size_text.trim_matches(|c: char| c == '\0' || c == ' '), 8)
+                .unwrap_or(0);
+        if entry.trim_start_matches("./") == name {
+            return Some(at + 512);
+        }
+        at += 512 + size.div_ceil(512) * 512;
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_corrupt_index_page_in_a_base_backup_fails_the_drill_naming_the_index() {
+    let Some((app, store)) = s3_app("di").await else {
+        return;
+    };
+    let id = app.provision_ready("indexrot").await;
+    wait_for_backup(&store, &id).await;
+    let iid = InstanceId::parse(id.clone()).unwrap();
+    let db = app
+        .store
+        .get_instance(&iid)
+        .await
+        .unwrap()
+        .unwrap()
+        .database_name;
+    let mut conn = app.admin_on(&id, &db).await;
+    exec(
+        &mut conn,
+        "CREATE TABLE rotten (id int PRIMARY KEY, v text) WITH (autovacuum_enabled = false); \
+         INSERT INTO rotten SELECT g, md5(g::text) FROM generate_series(1, 20000) g; \
+         ANALYZE rotten; CHECKPOINT",
+    )
+    .await;
+    let file: String = sqlx::query_scalar("SELECT pg_relation_filepath('rotten_pkey')")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    // A base backup holding the index, with nothing written to it afterwards.
+    let job = wayback::jobs::backup_job(&iid, "manual");
+    assert!(app.store.enqueue_backup(&job).await.unwrap());
+    assert_eq!(run_job(&app, &job.id).await.state, "done");
+    let prefix = prefix_of(&id);
+    let backup = app.store.backup_of_job(&job.id).await.unwrap().unwrap();
+    let manifest_key = prefix.base_manifest(&backup.backup_id);
+    let mut m = wayback::archive::manifest::BackupManifest::from_json(
+        &store.get(&manifest_key).await.unwrap().unwrap(),
+    )
+    .unwrap();
+
+    // The whole tar, block 1 of the index zeroed, cut again where the parts were cut, each part
+    // compressed, sealed and checksummed again: only pg_amcheck can tell.
+    let key = archive_keys::data_key(&store, &app.data_dir, prefix.as_str()).await;
+    let part_key = |i| wayback::archive::manifest::part_key(&prefix, &m.backup_id, i);
+    let mut tar = Vec::new();
+    for part in &m.parts {
+        let k = part_key(part.index);
+        let stored = store.get(&k).await.unwrap().unwrap();
+        let payload = archive_keys::part_payload(&stored, &k, &m, key.as_ref());
+        tar.extend(zstd::stream::decode_all(&payload[..]).unwrap());
+    }
+    let data = tar_entry(&tar, &file).unwrap_or_else(|| panic!("{file} is not in the backup"));
+    tar[data + 8192..data + 16384].fill(0);
+    let mut at = 0;
+    let mut parts = m.parts.clone();
+    for part in &mut parts {
+        let raw = &tar[at..at + part.raw_bytes as usize];
+        at += part.raw_bytes as usize;
+        let compressed = zstd::stream::encode_all(raw, 3).unwrap();
+        let k = part_key(part.index);
+        let stored = match (&key, m.parts_encrypted()) {
+            (Some(key), true) => key.cipher().seal(&compressed, k.as_bytes()),
+            _ => compressed,
+        };
+        part.stored_bytes = stored.len() as u64;
+        part.crc32 = crc32fast::hash(&stored);
+        part.sha256 = archive_keys::part_digest(raw, &m, key.as_ref());
+        store.delete_many(std::slice::from_ref(&k)).await.unwrap();
+        store.put(&k, stored).await.unwrap();
+    }
+    m.stored_bytes = parts.iter().map(|p| p.stored_bytes).sum();
+    m.parts = parts;
+    store
+        .delete_many(std::slice::from_ref(&manifest_key))
+        .await
+        .unwrap();
+    store.put(&manifest_key, m.to_json()).await.unwrap();
+
+    let report = drill(&app, &id).await;
+    assert!(!report.passed(), "{report:#?}");
+    assert_eq!(report.backup_id.as_deref(), Some(m.backup_id.as_str()));
+    let failure = report.failure.clone().expect("a failure");
+    assert_eq!(failure.check, "amcheck", "{report:#?}");
+    assert!(failure.detail.contains("rotten_pkey"), "{report:#?}");
+    assert_no_scratch(&app);
+}
+
+#[tokio::test]
+async fn a_drill_killed_half_way_leaves_nothing_after_a_restart() {
+    let Some((mut app, store, s3)) = s3_app_settings("dk").await else {
+        return;
+    };
+    let id = app.provision_ready("killed").await;
+    wait_for_backup(&store, &id).await;
+    fill(&app, &id, &store).await;
+    // The broker stops (its clusters run on), so that the command's own process runs the drill.
+    app.stop().await;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wayback"));
+    cmd.args(["drill", &id])
+        .env("WAYBACK_DATA_DIR", &app.data_dir)
+        .env("WAYBACK_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    crate::common::archive_wait::archive_env(&mut cmd, &s3);
+    let mut child = cmd.spawn().expect("run wayback drill");
+    let drills = app.data_dir.join("drills");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let scratch = loop {
+        let running = std::fs::read_dir(&drills).ok().and_then(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .find(|p| p.join("pgdata/postmaster.pid").is_file())
+        });
+        if let Some(dir) = running {
+            break dir;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the drill ended before its server was seen"
+        );
+        assert!(Instant::now() < deadline, "no drill server within 120 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(scratch.exists(), "the killed drill left its scratch copy");
+
+    // What `serve` and `agent` do at start-up.
+    let mut pg = wayback::config::PostgresSettings::default();
+    if let Ok(u) = std::env::var("WAYBACK_PG_OS_USER") {
+        pg.os_user = u;
+    }
+    let runtime = wayback::runtime::LocalRuntime::new(app.data_dir.clone(), pg);
+    runtime.prepare().await.unwrap();
+    assert_no_scratch(&app);
 }
