@@ -12,6 +12,7 @@ use crate::common::archive_wait::{archive_now, prefix_of, wait_for_backup};
 use std::time::{Duration, Instant};
 
 use common::*;
+use serde::Deserialize;
 use wayback::domain::InstanceId;
 use wayback::runtime::DrillReport;
 use wayback::storage::{ObjectStore, StorageSettings};
@@ -120,6 +121,16 @@ async fn a_healthy_instance_passes_and_shows_everywhere() {
     );
     assert_no_scratch(&app);
 
+    // In the broker's API (what `cf backups` reads: its "verified" column and `--drills`).
+    let answer = crate::common::wayback_client::get(
+        &app,
+        &format!("/instances/{id}"),
+        crate::common::wayback_client::operator(&app),
+    )
+    .await;
+    assert_eq!(answer.status, reqwest::StatusCode::OK, "{}", answer.body);
+    let listed = wayback_api::v1::Instance::deserialize(&answer.body).unwrap();
+    assert_eq!(listed.drills.first(), Some(&report), "{}", answer.body);
     // In the archive, next to instance.json.
     let key = wayback::jobs::drill_report_key(&prefix_of(&id), report.started);
     assert!(store.get(&key).await.unwrap().is_some(), "{key} missing");
