@@ -456,3 +456,36 @@ async fn a_users_clone_from_starts_while_a_drill_runs_on_the_same_machine() {
     assert_eq!(body["state"], "succeeded", "{body}");
     assert_no_scratch(&app);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drill_runs_on_the_agent_holding_the_instance() {
+    if !pg_available() {
+        return;
+    }
+    let fleet = crate::agents::Fleet::start(1, |_| {}).await;
+    let app = &fleet.app;
+    let store = fleet.store();
+    let id = app.provision_ready("remote").await;
+    wait_for_backup(&store, &id).await;
+    let agent = fleet.placed_on(&id).await.expect("placed on an agent");
+
+    let report = drill(app, &id).await;
+    assert!(report.passed(), "{report:#?}");
+    let iid = InstanceId::parse(id.clone()).unwrap();
+    assert_eq!(app.store.drills_of(&iid, 1).await.unwrap()[0].agent, agent);
+    let on_agent = fleet
+        .agents
+        .iter()
+        .find(|a| a.name == agent)
+        .unwrap()
+        .data_dir
+        .join("drills");
+    let left: Vec<_> = std::fs::read_dir(&on_agent)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "scratch left on the agent: {left:?}");
+    assert!(
+        !app.data_dir.join("drills").exists(),
+        "the broker restored it itself"
+    );
+}
