@@ -132,6 +132,41 @@ impl Store {
         Ok(())
     }
 
+    /// Records a finished drill read back from the archive (`wayback reindex`) unless one of
+    /// the instance's drills started at the same moment is recorded; whether it was added.
+    pub async fn record_archived_drill(
+        &self,
+        instance: &InstanceId,
+        started_at: i64,
+        finished_at: i64,
+        passed: bool,
+        report_json: &str,
+    ) -> Result<bool, StoreError> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM drills WHERE instance_id = $1 AND started_at = $2",
+        )
+        .bind(instance.as_str())
+        .bind(started_at)
+        .fetch_one(&self.pool)
+        .await?;
+        if n > 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO drills (job_id, instance_id, agent, started_at, finished_at, result, \
+             report) VALUES ($1, $2, '', $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(format!("archive-{instance}-{started_at}"))
+        .bind(instance.as_str())
+        .bind(started_at)
+        .bind(finished_at)
+        .bind(if passed { "passed" } else { "failed" })
+        .bind(report_json)
+        .execute(&self.pool)
+        .await?;
+        Ok(true)
+    }
+
     /// Drills running on `agent` ("" for the broker's own machine) other than `job_id`'s: rows
     /// still `running` whose job is still pending (a job that ended without finishing its row
     /// holds no room).

@@ -1,6 +1,6 @@
 //! Restore drills (issue 18) on real PostgreSQL and the S3-compatible server: a healthy
-//! instance's drill passes and shows in the store, the metrics and the archive, and leaves no
-//! scratch copy or process behind; a WAL segment whose archived payload is corrupt (its frame
+//! instance's drill passes and shows in the store, the API, the metrics and the archive (and
+//! comes back from it with `wayback reindex`), and leaves no scratch copy or process behind; a WAL segment whose archived payload is corrupt (its frame
 //! header kept) fails the drill naming the segment and enqueues a fresh base backup; a deleted
 //! instance within retention is drilled, a reaped one is not; an index page zeroed in a base
 //! backup part (the part sealed and checksummed again) fails the drill naming the index; a
@@ -98,7 +98,7 @@ fn assert_no_scratch(app: &TestApp) {
 
 #[tokio::test]
 async fn a_healthy_instance_passes_and_shows_everywhere() {
-    let Some((app, store)) = s3_app("dr").await else {
+    let Some((app, store, s3)) = s3_app_settings("dr").await else {
         return;
     };
     let id = app.provision_ready("drilled").await;
@@ -150,6 +150,30 @@ async fn a_healthy_instance_passes_and_shows_everywhere() {
     assert!(text.contains(&format!(
         "wayback_restore_drill_failures_total{{instance=\"{id}\"}} 0"
     )));
+
+    // A broker that lost its state database gets the drill back from the archive
+    // (`wayback reindex`), with the operator's key the archive is sealed with.
+    let (key_id, key) = archive_keys::generated_key(&app.data_dir);
+    let fresh = spawn_app_with(|s| {
+        s.archive = s3.clone();
+        s.encryption.keys.insert(key_id.clone(), key);
+        s.encryption.current_key = Some(key_id);
+    })
+    .await;
+    let reindexed = wayback::maintenance::reindex::reindex(&fresh.store, &store, false, false)
+        .await
+        .unwrap();
+    let line = reindexed
+        .instances
+        .iter()
+        .find(|l| l.instance_id == id)
+        .expect("the instance is reindexed");
+    assert_eq!(line.drills_added, 1, "{reindexed:#?}");
+    let iid = InstanceId::parse(id.clone()).unwrap();
+    let back = fresh.store.drills_of(&iid, 10).await.unwrap();
+    assert_eq!(back.len(), 1);
+    let back: DrillReport = serde_json::from_str(back[0].report.as_deref().unwrap()).unwrap();
+    assert_eq!(back, report);
 }
 
 #[tokio::test]

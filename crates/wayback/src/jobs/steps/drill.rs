@@ -273,6 +273,35 @@ pub fn stored_form(report: &DrillReport, object: &str, key: Option<&ArchiveKey>)
     .expect("an envelope serializes")
 }
 
+/// Reads a report as [`stored_form`] wrote it (for `wayback reindex`).
+pub fn from_stored(
+    bytes: &[u8],
+    object: &str,
+    key: Option<&ArchiveKey>,
+) -> Result<DrillReport, String> {
+    use base64::Engine;
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sealed {
+        #[allow(dead_code)]
+        format: u32,
+        sealed: String,
+    }
+    let plain = match serde_json::from_slice::<Sealed>(bytes) {
+        Err(_) => bytes.to_vec(),
+        Ok(envelope) => {
+            let key = key.ok_or("sealed with the instance's data key, and none was given")?;
+            let sealed = base64::engine::general_purpose::STANDARD
+                .decode(&envelope.sealed)
+                .map_err(|_| "the sealed report is not base64".to_string())?;
+            key.cipher()
+                .open(&sealed, object.as_bytes())
+                .map_err(|e| e.to_string())?
+        }
+    };
+    serde_json::from_slice(&plain).map_err(|e| e.to_string())
+}
+
 /// The job's success line.
 fn summary(report: &DrillReport) -> String {
     match &report.failure {
