@@ -1,4 +1,4 @@
-//! When restore drills run (issue 18): every maintenance pass enqueues a `drill` job for each
+//! When restore drills run (issue 18): the supervisor's pass, once a minute, enqueues a `drill` job for each
 //! instance whose archive is due to be proven — live instances (not followers: they have no
 //! archive of their own) and deleted ones whose archive retention has not reaped yet.
 //!
@@ -19,6 +19,9 @@ use crate::store::DrillCandidate;
 /// How old an instance must be before its first drill: its first base backup is taken and
 /// archived meanwhile, and a short-lived instance (a test, a mistake) is not restored at once.
 pub const FIRST_DRILL_AFTER_MS: i64 = 60 * 60 * 1000;
+
+/// How often the supervisor's pass looks for drills due.
+pub const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How soon a failed drill is tried again.
 pub const RETRY_AFTER_FAILURE_MS: i64 = 45 * 60 * 1000;
