@@ -60,6 +60,7 @@ pub(super) async fn run(copy: &Copy, report: &mut DrillReport) -> Result<(), Dri
     let databases = databases(&opts)
         .await
         .map_err(|e| failure("restore", format!("the restored copy cannot be read: {e}")))?;
+    report.end_time = end_time(&opts).await;
     amcheck(copy).await?;
     report.databases_checked = databases.len() as u32;
     report.checks.push(format!(
@@ -136,6 +137,19 @@ pub(super) fn difference(live: &Catalog, drilled: &Catalog) -> Option<String> {
         .keys()
         .find(|db| !live.contains_key(*db))
         .map(|db| format!("database {db:?} is in the restore but not live"))
+}
+
+/// The commit time of the last transaction recovery replayed (PostgreSQL keeps it after
+/// promotion); None when none was replayed.
+async fn end_time(opts: &PgConnectOptions) -> Option<chrono::DateTime<chrono::Utc>> {
+    let mut conn = sql::connect(opts, ADMIN_DATABASE).await.ok()?;
+    let secs: Option<f64> =
+        sqlx::query_scalar("SELECT extract(epoch FROM pg_last_xact_replay_timestamp())::float8")
+            .fetch_one(&mut conn)
+            .await
+            .ok()?;
+    let ms = (secs? * 1000.0) as i64;
+    chrono::DateTime::from_timestamp_millis(ms)
 }
 
 /// Databases that allow connections (template0 does not), sorted.
