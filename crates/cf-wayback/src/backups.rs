@@ -1,5 +1,6 @@
-//! `backups [NAME] [--json] [--local-time]`: what can be restored in the targeted space.
-//! Imports `cli_error`, `commands`, `output` and `session`.
+//! `backups [NAME] [--json] [--local-time] [--drills]`: what can be restored in the targeted
+//! space, and since when each archive is proven restorable (restore drills, issue 18).
+//! Imports `cli_error`, `commands`, `drills`, `output` and `session`.
 
 use crate::cli_error::CliError;
 use crate::commands::BackupsArgs;
@@ -34,7 +35,11 @@ pub async fn run(session: &Session, args: &BackupsArgs) -> Result<(), CliError> 
         } else {
             Zone::Utc
         };
-        print!("{}", output::render_table(&instances, zone));
+        if args.drills {
+            print!("{}", crate::drills::render_drills(&instances, zone));
+        } else {
+            print!("{}", crate::drills::render_table(&instances, zone));
+        }
     }
     match (&args.name, instances.is_empty()) {
         (Some(name), true) => Err(CliError::Failed(format!(

@@ -63,6 +63,9 @@ pub struct BackupsArgs {
     /// Show times in this machine's time zone instead of UTC
     #[arg(long)]
     pub local_time: bool,
+    /// List each instance's recent restore drills (with NAME: that instance's)
+    #[arg(long)]
+    pub drills: bool,
     #[command(flatten)]
     pub broker: BrokerArg,
 }

@@ -16,7 +16,7 @@
 //! - [`app`]: choose the mode, build the session, run the command, map the outcome to an exit
 //!   code; [`commands`]: the command line (clap) and the plugin metadata;
 //! - [`backups`], [`undo`], [`audit`], [`followers`]: the commands; [`output`]: the table and the `--json`
-//!   document of `backups`;
+//!   document of `backups`; [`drills`]: its "verified" column and `--drills`;
 //! - [`session`]: who and where; [`discovery`]: finding the broker's URL (flag, remembered,
 //!   or a dashboard URL);
 //! - [`broker_client`]: the broker's API, read as [`wayback_api::v1`] types, and the one HTTP
@@ -39,6 +39,7 @@ pub mod cfconfig;
 pub mod cli_error;
 pub mod commands;
 pub mod discovery;
+pub mod drills;
 pub mod followers;
 pub mod gob;
 pub mod output;

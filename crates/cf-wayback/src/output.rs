@@ -62,6 +62,11 @@ const HEADER: [&str; 6] = [
     "last base backup",
 ];
 
+/// The table's header (`drills` adds its column after these).
+pub fn row_header() -> [&'static str; 6] {
+    HEADER
+}
+
 /// One table row of a broker `INSTANCE`.
 pub fn row(instance: &v1::Instance, zone: Zone) -> [String; 6] {
     let window = &instance.restore_window;

@@ -71,6 +71,10 @@ pub struct Instance {
     /// absent when there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_copy: Option<KeptCopy>,
+    /// Restore drills of its archive (issue 18), newest first (at most ten); absent when none
+    /// ran. The first says whether the archive is verified: `result` `passed`, and when.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drills: Vec<crate::drills::DrillReport>,
 }
 
 /// The copy of a deleted instance kept at delete time: an undo to its latest point takes it

@@ -108,6 +108,8 @@ pub struct ArchivePolicy {
     pub base_backup_min_minutes: u64,
     /// Point-in-time restore reaches back this many days; older backups and WAL are pruned.
     pub recovery_window_days: u64,
+    /// A restore drill proves the archive restorable at least this often (issue 18).
+    pub drill_every_days: u64,
 }
 
 impl Default for ArchivePolicy {
@@ -118,6 +120,7 @@ impl Default for ArchivePolicy {
             base_backup_wal_share: 0.5,
             base_backup_min_minutes: 30,
             recovery_window_days: 7,
+            drill_every_days: 7,
         }
     }
 }
@@ -144,6 +147,9 @@ impl ArchivePolicy {
         }
         if !(1..=3650).contains(&self.recovery_window_days) {
             return Err(format!("{p}.recovery_window_days must be 1 to 3650"));
+        }
+        if !(1..=365).contains(&self.drill_every_days) {
+            return Err(format!("{p}.drill_every_days must be 1 to 365"));
         }
         Ok(())
     }

@@ -72,6 +72,9 @@ enum Command {
     Prune(wayback::cli::prune::PruneArgs),
     /// Take a base backup of one instance now (through the broker's backup job) and print it.
     Backup(wayback::cli::backup::BackupArgs),
+    /// Run a restore drill of one instance's archive now (restore into a scratch copy, check,
+    /// delete) and print its report; exit 1 when it failed.
+    Drill(wayback::cli::drill::DrillArgs),
     /// Restore an instance's archive into a new data directory, recover and promote it, and
     /// print what it took (latest state, or --point-in-time).
     Restore(wayback::cli::restore::RestoreArgs),
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Prune(args) => wayback::cli::prune::main(settings, args),
         Command::Backup(args) => wayback::cli::backup::main(settings, args),
+        Command::Drill(args) => wayback::cli::drill::main(settings, args),
         Command::Restore(args) => wayback::cli::restore::main(settings, args),
         Command::Reindex(args) => wayback::cli::reindex::main(settings, args),
         Command::Rekey(args) => wayback::cli::rekey::main(settings, args),

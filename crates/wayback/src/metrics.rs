@@ -42,6 +42,19 @@ struct Inner {
     /// Per machine (`local` or an agent's name): the copies of deleted instances kept for undo
     /// and their bytes, as the supervisor last counted them.
     trash: BTreeMap<String, (u64, u64)>,
+    /// Per instance: restore drills (issue 18), from the store every maintenance pass and
+    /// from each drill as it ends.
+    drills: BTreeMap<String, DrillFigures>,
+}
+
+/// One instance's restore drills in numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DrillFigures {
+    /// Unix seconds of the newest passed drill's end.
+    pub last_success: Option<f64>,
+    /// Seconds the newest drill took.
+    pub last_duration: Option<f64>,
+    pub failures: u64,
 }
 
 impl Histogram {
@@ -134,6 +147,23 @@ impl Metrics {
             .insert(machine.into(), (copies, bytes));
     }
 
+    /// Every instance's drill figures as the store counts them (replaces what was known).
+    pub fn drills_observed(&self, figures: Vec<(String, DrillFigures)>) {
+        self.0.lock().expect("metrics lock").drills = figures.into_iter().collect();
+    }
+
+    /// A drill of `instance` ended now.
+    pub fn drill_finished(&self, instance: &str, passed: bool, seconds: f64) {
+        let mut inner = self.0.lock().expect("metrics lock");
+        let f = inner.drills.entry(instance.into()).or_default();
+        f.last_duration = Some(seconds);
+        if passed {
+            f.last_success = Some(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        } else {
+            f.failures += 1;
+        }
+    }
+
     pub fn cluster_restarted(&self) {
         self.0.lock().expect("metrics lock").cluster_restarts += 1;
     }
@@ -213,7 +243,50 @@ impl Metrics {
         render_archive(&mut out, &inner);
         render_agents(&mut out, &inner);
         render_trash(&mut out, &inner);
+        render_drills(&mut out, &inner);
         out
+    }
+}
+
+/// Restore drills per instance (issue 18), once any ran.
+fn render_drills(out: &mut String, inner: &Inner) {
+    if inner.drills.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "# HELP wayback_restore_drill_last_success_timestamp_seconds When the newest restore drill that passed ended (absent: none passed yet).");
+    let _ = writeln!(
+        out,
+        "# TYPE wayback_restore_drill_last_success_timestamp_seconds gauge"
+    );
+    for (id, f) in &inner.drills {
+        if let Some(t) = f.last_success {
+            let _ = writeln!(
+                out,
+                "wayback_restore_drill_last_success_timestamp_seconds{{instance=\"{id}\"}} {t}"
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP wayback_restore_drill_duration_seconds How long the newest restore drill took, restore and checks: a measured recovery time.");
+    let _ = writeln!(out, "# TYPE wayback_restore_drill_duration_seconds gauge");
+    for (id, f) in &inner.drills {
+        if let Some(d) = f.last_duration {
+            let _ = writeln!(
+                out,
+                "wayback_restore_drill_duration_seconds{{instance=\"{id}\"}} {d}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wayback_restore_drill_failures_total Restore drills that failed."
+    );
+    let _ = writeln!(out, "# TYPE wayback_restore_drill_failures_total counter");
+    for (id, f) in &inner.drills {
+        let _ = writeln!(
+            out,
+            "wayback_restore_drill_failures_total{{instance=\"{id}\"}} {}",
+            f.failures
+        );
     }
 }
 

@@ -70,6 +70,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/clusters/{id}/trash", web::post().to(trash_cluster))
         .route("/v1/clusters/{id}/trash", web::delete().to(evict_trash))
         .route("/v1/trash", web::get().to(list_trash))
+        .route("/v1/clusters/{id}/drill", web::post().to(drill))
         .default_service(web::to(|| async {
             AgentError::new(StatusCode::NOT_FOUND, "no such agent API path", true).error_response()
         }));
@@ -443,6 +444,24 @@ async fn backup(
         manifest: report.manifest,
         timings: report.timings,
     })
+}
+
+/// A restore drill of the instance's archive here (issue 18); answers its report.
+async fn drill(
+    state: web::Data<AgentState>,
+    req: HttpRequest,
+    body: web::Json<wayback_api::drills::DrillBody>,
+) -> Reply {
+    let id = instance(&state, &req)?;
+    let (_, prefix) = own_prefix(&body.prefix, &id)?;
+    let spec = crate::runtime::DrillSpec {
+        source: prefix,
+        live: body.live,
+        started: body.started,
+    };
+    let report = state.runtime.drill(&id, &spec).await?;
+    tracing::info!(instance = %id, result = report.result.as_str(), secs = report.duration_secs, "restore drill done");
+    ok(&report)
 }
 
 async fn start_restore(

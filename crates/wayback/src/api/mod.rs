@@ -223,8 +223,20 @@ async fn gather(
             .as_ref()
             .and_then(view::kept_copy_view);
     }
+    // Restore drills (issue 18), newest first; a report that does not read is left out.
+    view.drills = state
+        .store
+        .drills_of(&record.id, DRILLS_SHOWN)
+        .await
+        .map_err(internal("read an instance's drills"))?
+        .into_iter()
+        .filter_map(|d| serde_json::from_str(d.report.as_deref()?).ok())
+        .collect();
     Ok(Some(view))
 }
+
+/// Restore drills shown per instance.
+const DRILLS_SHOWN: i64 = 10;
 
 /// Logs the cause (once, here) and answers a 500 that says nothing internal.
 fn internal<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> ApiError {

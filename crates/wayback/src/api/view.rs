@@ -127,6 +127,7 @@ pub fn render(
         follower: None,
         followers: Vec::new(),
         kept_copy: None,
+        drills: Vec::new(),
     }
 }
 

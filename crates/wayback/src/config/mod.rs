@@ -75,6 +75,8 @@ pub struct Settings {
     pub tls: TlsSettings,
     /// When copies of deleted instances kept for undo give way to free space.
     pub trash: TrashSettings,
+    /// Restore drills: how many at once per machine.
+    pub drills: DrillSettings,
 }
 
 impl Default for Settings {
@@ -104,6 +106,7 @@ impl Default for Settings {
             encryption: EncryptionSettings::default(),
             tls: TlsSettings::default(),
             trash: TrashSettings::default(),
+            drills: DrillSettings::default(),
         }
     }
 }

@@ -359,3 +359,20 @@ impl Default for TrashSettings {
         }
     }
 }
+
+/// Restore drills (issue 18): how many run at once on one machine (the broker's own, or each
+/// agent). Each drill restores a whole instance, so one at a time is the default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrillSettings {
+    /// Drills running at once per machine (0: no drills at all).
+    pub max_concurrent_per_machine: u32,
+}
+
+impl Default for DrillSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_per_machine: 1,
+        }
+    }
+}

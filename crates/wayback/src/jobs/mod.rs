@@ -33,6 +33,9 @@ pub use model::{
     UnreadableJob, UpdatePayload,
 };
 pub use steps::backup::{backup_due, backup_job, wal_written_since};
+pub use steps::drill::{
+    drill_job, from_stored as drill_from_stored, report_key as drill_report_key,
+};
 pub use steps::follow::ensure_grant;
 pub use worker::Worker;
 

@@ -72,6 +72,8 @@ stored_names! {
         Unbind = "unbind",
         /// A base backup (no OSB operation; see `steps::backup`).
         Backup = "backup",
+        /// A restore drill (issue 18; no OSB operation; see `steps::drill`).
+        Drill = "drill",
     }
 }
 
@@ -83,7 +85,7 @@ pub enum Lane {
     /// What a platform's user asked for and is waiting on: provision (clone included), update,
     /// deprovision, bind, unbind.
     User,
-    /// What the broker does on its own: base backups (later retention, drills).
+    /// What the broker does on its own: base backups and restore drills.
     Background,
 }
 
@@ -116,7 +118,7 @@ impl JobKind {
             | JobKind::Deprovision
             | JobKind::Bind
             | JobKind::Unbind => Lane::User,
-            JobKind::Backup => Lane::Background,
+            JobKind::Backup | JobKind::Drill => Lane::Background,
         }
     }
 }
@@ -149,6 +151,8 @@ stored_names! {
         FollowRestore = "follow_restore",
         FollowPromote = "follow_promote",
         FollowRelease = "follow_release",
+        // Restore drills (issue 18): see `steps::drill`.
+        RunDrill = "run_drill",
     }
 }
 
@@ -228,6 +232,8 @@ const DEPROVISION: &[Step] = &[
 const BIND: &[Step] = &[Step::CreateRole];
 const UNBIND: &[Step] = &[Step::DropRole];
 const BACKUP: &[Step] = &[Step::TakeBackup];
+/// A restore drill: the archive restored into a scratch copy, checked, recorded, deleted.
+const DRILL: &[Step] = &[Step::RunDrill];
 
 /// What a job is asked to do: its kind, and the payload of that kind.
 #[derive(Debug, Clone, PartialEq)]
@@ -238,6 +244,7 @@ pub enum JobSpec {
     Bind(Requested),
     Unbind(Requested),
     Backup(BackupPayload),
+    Drill(DrillPayload),
 }
 
 /// A payload with nothing but when the job was asked for: `{"requested_at": <Unix ms>}`.
@@ -270,6 +277,14 @@ pub struct UpdatePayload {
 /// `{"requested_at": …, "reason": "…"}`: `provision`, `schedule`, `wal-volume` or `manual`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupPayload {
+    pub requested_at: i64,
+    #[serde(default = "manual")]
+    pub reason: String,
+}
+
+/// `{"requested_at": …, "reason": "…"}`: `schedule`, `retry` (after a failed drill) or `manual`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillPayload {
     pub requested_at: i64,
     #[serde(default = "manual")]
     pub reason: String,
@@ -334,8 +349,16 @@ impl JobSpec {
         })
     }
 
+    /// A restore drill; `reason` is `schedule`, `retry` or `manual`.
+    pub fn drill(reason: impl Into<String>) -> Self {
+        JobSpec::Drill(DrillPayload {
+            requested_at: now_millis(),
+            reason: reason.into(),
+        })
+    }
     pub fn kind(&self) -> JobKind {
         match self {
+            JobSpec::Drill(_) => JobKind::Drill,
             JobSpec::Provision(_) => JobKind::Provision,
             JobSpec::Update(_) => JobKind::Update,
             JobSpec::Deprovision(_) => JobKind::Deprovision,
@@ -352,6 +375,7 @@ impl JobSpec {
             JobSpec::Update(p) => p.requested_at,
             JobSpec::Deprovision(p) | JobSpec::Bind(p) | JobSpec::Unbind(p) => p.requested_at,
             JobSpec::Backup(p) => p.requested_at,
+            JobSpec::Drill(p) => p.requested_at,
         }
     }
 
@@ -390,6 +414,7 @@ impl JobSpec {
             JobSpec::Bind(_) => BIND,
             JobSpec::Unbind(_) => UNBIND,
             JobSpec::Backup(_) => BACKUP,
+            JobSpec::Drill(_) => DRILL,
         }
     }
 
@@ -420,6 +445,7 @@ impl JobSpec {
                 serde_json::to_value(p)
             }
             JobSpec::Backup(p) => serde_json::to_value(p),
+            JobSpec::Drill(p) => serde_json::to_value(p),
         };
         // Plain structs of strings, numbers and options: serializing cannot fail.
         value.expect("a job payload serializes to JSON")
@@ -433,6 +459,7 @@ impl JobSpec {
             JobKind::Bind => JobSpec::Bind(Requested::deserialize(payload)?),
             JobKind::Unbind => JobSpec::Unbind(Requested::deserialize(payload)?),
             JobKind::Backup => JobSpec::Backup(BackupPayload::deserialize(payload)?),
+            JobKind::Drill => JobSpec::Drill(DrillPayload::deserialize(payload)?),
         })
     }
 }

@@ -175,6 +175,7 @@ fn sequences_run_in_the_documented_order() {
         (JobSpec::bind(), "create_role"),
         (JobSpec::unbind(), "drop_role"),
         (JobSpec::backup("manual"), "take_backup"),
+        (JobSpec::drill("manual"), "run_drill"),
     ] {
         assert_eq!(order(&spec), only);
     }
@@ -220,8 +221,8 @@ fn stored_names_are_the_serde_names() {
 }
 
 #[test]
-fn every_kind_runs_in_one_lane_and_only_backups_in_the_background() {
-    assert_eq!(Lane::Background.kinds(), ["backup"]);
+fn every_kind_runs_in_one_lane_and_only_backups_and_drills_in_the_background() {
+    assert_eq!(Lane::Background.kinds(), ["backup", "drill"]);
     assert_eq!(
         Lane::User.kinds(),
         ["provision", "update", "deprovision", "bind", "unbind"]

@@ -9,6 +9,7 @@
 //!   and superseded operations go after `state.retention_days`, backup rows with their backups.
 //! - [`NameResolver`] (`names`): asks the Cloud Controller for names the platform did not send,
 //!   and reconciles live instances' names.
+//! - [`drills`]: when restore drills run (enqueued from the supervisor's pass; issue 18).
 //! - [`reindex`]: rebuilds the index of instances and names from the archive alone
 //!   (`wayback reindex`).
 //!
@@ -16,6 +17,7 @@
 //! `storage`, `catalog`, `cc`, `metrics`, `config` and `domain`; never `osb` or `broker`: the
 //! broker's OSB rules and this module's loops share the store, not each other.
 
+pub mod drills;
 mod names;
 pub mod reindex;
 mod retention;

@@ -8,6 +8,9 @@
 //! is ever started for them), missing names and end-of-life facts are added, nothing the
 //! database holds is deleted or overwritten, and a second run changes nothing.
 //!
+//! Restore drill reports (issue 18) under each prefix's `drills/` are recorded back into the
+//! `drills` table when the database has none started at the same moment.
+//!
 //! Restore windows are not stored: they are computed on demand from the backup manifests and
 //! WAL headers under each prefix (`archive::window`), so once the instances and their names
 //! are known again, `clone-from` can find and restore them. The report can include each
@@ -57,6 +60,13 @@ pub struct InstanceReindex {
     pub error: Option<String>,
     /// Only when asked for.
     pub window: Option<WindowSummary>,
+    /// Restore drill reports read back from `<prefix>/drills/` into the state database.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub drills_added: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// An instance's restore window, as `clone-from` would see it.
@@ -129,6 +139,7 @@ pub async fn reindex(
             note: None,
             error: None,
             window: None,
+            drills_added: 0,
         };
         match indexed(doc) {
             Err(e) => {
@@ -169,12 +180,67 @@ pub async fn reindex(
         if windows {
             line.window = Some(window_of(archive, doc).await);
         }
+        if line.action != "failed" && !dry_run {
+            match reindex_drills(store, archive, doc).await {
+                Ok(n) => line.drills_added = n,
+                Err(e) => report.unreadable.push(UnreadableDoc {
+                    key: format!(
+                        "spaces/{}/instances/{}/drills/",
+                        doc.space_guid, doc.instance_id
+                    ),
+                    error: format!("{e:#}"),
+                }),
+            }
+        }
         report.instances.push(line);
     }
     for line in report.instances.iter().filter(|l| l.action == "failed") {
         tracing::warn!(instance = %line.instance_id, error = line.error.as_deref().unwrap_or(""), "cannot reindex this instance");
     }
     Ok(report)
+}
+
+/// Restore drill reports (issue 18) the archive holds for the instance and the state database
+/// does not: recorded again, so the API, `cf backups` and the schedule see them.
+async fn reindex_drills(
+    store: &Store,
+    archive: &ObjectStore,
+    doc: &InstanceDoc,
+) -> anyhow::Result<usize> {
+    let (Ok(space), Ok(id)) = (
+        SpaceGuid::parse(doc.space_guid.clone()),
+        InstanceId::parse(doc.instance_id.clone()),
+    ) else {
+        return Ok(0);
+    };
+    let prefix = InstancePrefix::new(&space, &id);
+    let objects = archive
+        .list(&format!("{}/drills/", prefix.as_str()))
+        .await?;
+    if objects.is_empty() {
+        return Ok(0);
+    }
+    let key = crate::archive::keydoc::data_key(archive, store.keyring().ok(), prefix.as_str())
+        .await?
+        .map(crate::archive::keydoc::ArchiveKey);
+    let mut added = 0;
+    for object in objects.iter().filter(|o| o.key.ends_with(".json")) {
+        let Some(bytes) = archive.get(&object.key).await? else {
+            continue;
+        };
+        let report = crate::jobs::drill_from_stored(&bytes, &object.key, key.as_ref())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", object.key))?;
+        let started = report.started.timestamp_millis();
+        let finished = started + (report.duration_secs * 1000.0) as i64;
+        let json = serde_json::to_string(&report)?;
+        if store
+            .record_archived_drill(&id, started, finished, report.passed(), &json)
+            .await?
+        {
+            added += 1;
+        }
+    }
+    Ok(added)
 }
 
 fn millis(t: DateTime<Utc>) -> i64 {

@@ -282,6 +282,7 @@ impl Supervisor {
     /// Checks at once, then every interval, until `shutdown`.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
         let mut startup = true;
+        let mut drills_looked: Option<Instant> = None;
         loop {
             if let Err(e) = self.check_all().await {
                 tracing::warn!(error = %e, "supervisor pass failed");
@@ -293,6 +294,14 @@ impl Supervisor {
                 tracing::warn!(error = format!("{e:#}"), "cannot tend the kept copies");
             }
             startup = false;
+            // Restore drills due (issue 18): enqueued here at most once a minute, run in the
+            // background lane.
+            if !drills_looked.is_some_and(|t| t.elapsed() < super::drills::LOOK_EVERY) {
+                drills_looked = Some(Instant::now());
+                if let Err(e) = super::drills::schedule(&self.ctx).await {
+                    tracing::warn!(error = format!("{e:#}"), "cannot schedule restore drills");
+                }
+            }
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
                 _ = shutdown.cancelled() => return,

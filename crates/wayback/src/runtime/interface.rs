@@ -16,6 +16,7 @@ use secrecy::SecretString;
 use wayback_api::agent::{
     Capacity, KeptCopies, KeptCopy, ReplicationStatus, RestoreStatus, StandbyStatus,
 };
+use wayback_api::drills::DrillReport;
 
 use super::placement::{Placement, PlacementLedger};
 use super::replication::{FollowSpec, ReplicationGrant};
@@ -45,6 +46,17 @@ pub struct RestoreSpec {
     /// Try the source's copy kept at delete time first (issue 16); the restore falls back to
     /// the archive when it is missing or not exactly what was recorded.
     pub kept_copy: Option<TrashedSource>,
+}
+
+/// A restore drill (issue 18): the instance's archive restored into a scratch copy wherever the
+/// instance is (this machine or its agent), checked, and deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrillSpec {
+    /// The instance's archive, only read.
+    pub source: InstancePrefix,
+    /// A live instance's catalog is compared with the drill's.
+    pub live: bool,
+    pub started: chrono::DateTime<chrono::Utc>,
 }
 
 /// One machine's trash: `agent` None is the broker's own machine.
@@ -211,6 +223,15 @@ pub trait ClusterRuntime: Send + Sync {
     /// Removes `id`'s kept copy, if any; never its archive.
     async fn evict_trash(&self, _id: &InstanceId) -> Result<(), RuntimeError> {
         Ok(())
+    }
+
+    /// Runs a restore drill of `id`'s archive to its end and reports what it found; a drill
+    /// that ran and failed a check is an `Ok` report with result `failed`. The scratch copy is
+    /// gone when this returns. The default: this runtime runs no drills.
+    async fn drill(&self, id: &InstanceId, _spec: &DrillSpec) -> Result<DrillReport, RuntimeError> {
+        Err(RuntimeError::Pg(crate::pg::PgError::Setup(format!(
+            "this runtime runs no restore drills (instance {id})"
+        ))))
     }
 
     /// On a leader: grants one follower its `REPLICATION LOGIN` role (password reset when it

@@ -15,6 +15,8 @@ mod admin;
 mod archive;
 mod backup;
 mod clone;
+mod drill;
+mod drill_checks;
 mod follow;
 mod interface;
 mod layout;
@@ -254,6 +256,8 @@ impl LocalRuntime {
         if self.settings.use_template {
             self.template(tools).await?;
         }
+        // Restore drills' scratch copies a killed broker or agent left behind (issue 18).
+        self.clear_drills().await?;
         Ok(())
     }
 

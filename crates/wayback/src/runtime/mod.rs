@@ -23,6 +23,7 @@ use crate::domain::InstanceId;
 /// For implementations of [`ClusterRuntime`] outside this crate (a test's fake runtime).
 pub use async_trait::async_trait;
 pub use error::RuntimeError;
+pub use interface::DrillSpec;
 pub use interface::{
     AgentSurvey, ClusterRuntime, MachineTrash, Reach, RestoreSpec, RoleAccess, Runtime,
     TrashedSource,
@@ -35,6 +36,7 @@ pub use wayback_api::agent::{
     ArchiverStats, Capacity, ClusterStatus, ReplicationStatus, RestorePhase, RestoreState,
     RestoreStatus, StandbyStatus,
 };
+pub use wayback_api::drills::{DrillFailure, DrillReport, DrillResult};
 
 /// What a cluster should look like.
 #[derive(Debug, Clone)]

@@ -165,6 +165,9 @@ impl RemoteRuntime {
     }
 }
 
+/// How long a drill on an agent may take (restore, checks and clean-up of a large instance).
+const DRILL_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
 /// No body.
 const NONE: Option<&()> = None;
 
@@ -392,6 +395,25 @@ impl ClusterRuntime for RemoteRuntime {
             manifest: answer.manifest,
             timings: answer.timings,
         })
+    }
+
+    /// The agent holding the instance restores, checks and deletes the scratch copy itself;
+    /// the call waits for its report (bounded by [`DRILL_TIMEOUT`]).
+    async fn drill(
+        &self,
+        id: &InstanceId,
+        spec: &super::DrillSpec,
+    ) -> Result<super::DrillReport, RuntimeError> {
+        let body = wayback_api::drills::DrillBody {
+            prefix: spec.source.as_str().to_string(),
+            live: spec.live,
+            started: spec.started,
+        };
+        let path = format!("/v1/clusters/{id}/drill");
+        self.agent_of(id)
+            .await?
+            .call(Method::POST, &path, Some(&body), Some(DRILL_TIMEOUT))
+            .await
     }
 
     async fn start_restore(

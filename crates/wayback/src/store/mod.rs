@@ -11,6 +11,7 @@ mod archive_docs;
 mod audit;
 mod backups;
 mod bindings;
+mod drills;
 mod followers;
 mod instances;
 mod jobs;
@@ -33,6 +34,7 @@ use sqlx::{AnyPool, ConnectOptions};
 
 pub use audit::{AuditEvent, AuditKind};
 pub use backups::BackupRecord;
+pub use drills::{DrillCandidate, DrillRecord, DrillStats};
 pub use instances::SpaceName;
 pub use jobs::{JOB_DONE, JOB_FAILED, JOB_PENDING};
 pub use kept_copies::KeptCopyRecord;
@@ -147,6 +149,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed("kept copies"),
             MigrationType::Simple,
             Cow::Borrowed(include_str!("../../migrations/0010_kept_copies.sql")),
+            false,
+        ),
+        Migration::new(
+            11,
+            Cow::Borrowed("drills"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0011_drills.sql")),
             false,
         ),
     ];

@@ -395,7 +395,8 @@ async fn standalone_refreshes_an_expired_token_and_lists_live_and_deleted_instan
             "state",
             "restorable from",
             "restorable to",
-            "last base backup"
+            "last base backup",
+            "verified"
         ]
     );
     let orders = rows.iter().find(|r| r[0] == "orders").expect(&stdout);

@@ -28,6 +28,7 @@ mod concurrent_pg;
 mod crash_steps;
 mod docs;
 mod drain;
+mod drills;
 mod fast;
 mod follow_engine;
 mod followers;

@@ -197,6 +197,8 @@ impl RestoreProgress {
 pub struct RestoreReport {
     pub backup_id: String,
     pub backup_stop_time: DateTime<Utc>,
+    /// Where the base backup's WAL begins (replay starts here).
+    pub backup_start_lsn: String,
     /// None for "latest".
     pub target_time: Option<DateTime<Utc>>,
     /// Compressed bytes of the base backup downloaded.
@@ -369,6 +371,7 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport, RestoreError
         return Ok(RestoreReport {
             backup_id: m.backup_id.clone(),
             backup_stop_time: m.stop_time,
+            backup_start_lsn: m.start_lsn.clone(),
             target_time: None,
             bytes_downloaded: downloaded,
             raw_bytes: m.raw_bytes,
@@ -400,6 +403,7 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport, RestoreError
     Ok(RestoreReport {
         backup_id: m.backup_id.clone(),
         backup_stop_time: m.stop_time,
+        backup_start_lsn: m.start_lsn.clone(),
         target_time: match req.target {
             RestoreTarget::Latest => None,
             RestoreTarget::PointInTime(t) => Some(t),

@@ -328,7 +328,7 @@ pub async fn on_end(
             // The write_instance_doc step may have recorded it as deleted already.
             sync_doc(ctx, id, "deletion failed").await;
         }
-        (JobSpec::Bind(_) | JobSpec::Unbind(_) | JobSpec::Backup(_), _) => {}
+        (JobSpec::Bind(_) | JobSpec::Unbind(_) | JobSpec::Backup(_) | JobSpec::Drill(_), _) => {}
     }
     Ok(None)
 }

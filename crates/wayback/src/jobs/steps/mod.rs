@@ -9,6 +9,7 @@
 pub mod backup;
 mod binding;
 mod clone;
+pub mod drill;
 mod final_wal;
 pub mod follow;
 mod instance;
@@ -81,6 +82,7 @@ pub(crate) async fn run_step(ctx: &AppContext, job: &Job) -> StepResult {
         JobSpec::Bind(_) => binding::bind_step(ctx, job).await,
         JobSpec::Unbind(_) => binding::unbind_step(ctx, job).await,
         JobSpec::Backup(backup) => backup::backup_step(ctx, job, &backup.reason).await,
+        JobSpec::Drill(_) => drill::drill_step(ctx, job).await,
     }
 }
 
@@ -155,6 +157,7 @@ fn step_text(step: Step) -> &'static str {
         Step::CreateRole => "Binding: creating a login role with a new password",
         Step::DropRole => "Unbinding: ending the role's sessions and dropping it",
         Step::TakeBackup => "Taking a base backup",
+        Step::RunDrill => "Restore drill: restoring the archive into a scratch copy and checking it",
         Step::FollowGrant => {
             "Following: granting the follower a replication role, slot and pg_hba line on the leader"
         }
@@ -212,6 +215,7 @@ fn success_text(kind: JobKind) -> &'static str {
             "The binding's role was dropped; its objects belong to the instance's owner role."
         }
         JobKind::Backup => "The base backup is in the archive.",
+        JobKind::Drill => "The restore drill ran.",
     }
 }
 
@@ -228,7 +232,7 @@ pub(crate) async fn on_end(
             instance::on_end(ctx, job, succeeded).await
         }
         JobKind::Bind | JobKind::Unbind => binding::on_end(ctx, job, succeeded).await,
-        JobKind::Backup => Ok(None),
+        JobKind::Backup | JobKind::Drill => Ok(None),
     }
 }
 

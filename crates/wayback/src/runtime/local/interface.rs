@@ -20,6 +20,13 @@ use crate::runtime::{FollowSpec, ReplicationGrant, ReplicationStatus, StandbySta
 
 #[async_trait]
 impl ClusterRuntime for LocalRuntime {
+    async fn drill(
+        &self,
+        id: &InstanceId,
+        spec: &crate::runtime::DrillSpec,
+    ) -> Result<crate::runtime::DrillReport, RuntimeError> {
+        LocalRuntime::drill(self, id, spec).await
+    }
     async fn prepare(&self) -> Result<(), RuntimeError> {
         LocalRuntime::prepare(self).await
     }

@@ -479,7 +479,7 @@ impl Site {
 
 /// Stops the server of `dir` and kills every process still working there (the orphaned
 /// `wal-fetch`, `wal-push` and prefetch processes of a server whose broker died), bounded.
-async fn stop_everything_in(
+pub(super) async fn stop_everything_in(
     tools: &Tools,
     dir: &Path,
     timeout: Duration,

@@ -225,6 +225,29 @@ impl ClusterRuntime for FakeRuntime {
         })
     }
 
+    async fn drill(
+        &self,
+        id: &InstanceId,
+        spec: &wayback::runtime::DrillSpec,
+    ) -> Result<wayback::runtime::DrillReport, RuntimeError> {
+        self.enter(Call::Drill, Some(id)).await?;
+        Ok(wayback::runtime::DrillReport {
+            instance: id.to_string(),
+            started: spec.started,
+            result: wayback::runtime::DrillResult::Passed,
+            backup_id: Some(format!("fake-{id}")),
+            wal_bytes: Some(0),
+            end_lsn: Some("0/3000000".into()),
+            end_time: None,
+            timeline: Some(2),
+            duration_secs: 0.0,
+            databases_checked: 1,
+            tables_counted: 0,
+            checks: vec!["fake runtime: nothing restored".into()],
+            failure: None,
+        })
+    }
+
     async fn start_restore(
         &self,
         id: &InstanceId,

@@ -56,6 +56,8 @@ pub enum Call {
     StandbyStatus,
     StartFollow,
     Promote,
+    /// A restore drill (issue 18): passes unless `fail_next(Call::Drill, …)`.
+    Drill,
 }
 
 /// Where every fake cluster's WAL is (`wal_position`) and every standby replayed to.
