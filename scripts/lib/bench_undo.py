@@ -218,6 +218,36 @@ def scale_rows(r: dict) -> list[tuple[str, ...]]:
     return rows
 
 
+# Each progress text of a clone (the part after "… as of …: "), in the report's words; the
+# first match wins, anything else is shown as the broker wrote it (cut at 40 characters).
+PHASES = [("queued", "queued"), ("copy kept at delete time", "kept copy onto a new timeline"),
+          ("choosing a base backup", "choosing a backup"),
+          ("restoring base backup", "download + unpack"), ("replaying WAL", "WAL replay"),
+          ("promoting", "promotion"), ("restarting with the plan", "restart, plan settings"),
+          ("starting PostgreSQL", "start"), ("rotating every password", "password rotation"),
+          ("first WAL", "first WAL archived")]
+
+
+def phases(r: dict, side: str) -> str:
+    """Where a clone's time went: each progress text's span, then bind + connect + query."""
+    try:
+        timeline = json.loads(r.get(f"{side}_timeline", ""))
+    except ValueError:
+        return ""
+    spans: list[list] = []
+    for (at, text), (end, _) in zip(timeline, timeline[1:]):
+        tail = text.rsplit(": ", 1)[-1]
+        name = next((n for key, n in PHASES if key in tail), tail[:40])
+        if spans and spans[-1][0] == name:
+            spans[-1][1] += end - at
+        else:
+            spans.append([name, end - at])
+    ready, query = _f(r, f"{side}_ready_s"), _f(r, f"{side}_query_s")
+    if ready is not None and query is not None:
+        spans.append(["bind + connect + first query", query - ready])
+    return ", ".join(f"{n} {t:.2f} s" for n, t in spans)
+
+
 HEADER = ("scale (database)", "what", "path the description names", "PUT → first query",
           "÷ pgBackRest", "goal (issue 16)")
 
@@ -234,6 +264,9 @@ def report(args: argparse.Namespace) -> int:
         for side in ("trash", "archive", "fork"):
             if r.get(f"{side}_description"):
                 notes.append(f"scale {r.get('scale')}, {side}: \"{r[f'{side}_description']}\"")
+            if r.get(f"{side}_timeline"):
+                notes.append(f"scale {r.get('scale')}, {side}, where the time went: "
+                             f"{phases(r, side)}")
             if r.get(f"{side}_fallback"):
                 notes.append(f"scale {r.get('scale')}, {side} fell back: "
                              f"\"{r[f'{side}_fallback']}\"")
