@@ -62,7 +62,7 @@ ANCHOR_DEFAULTS = {"backup_s": 28.0, "restore_s": 13.0, "replay_s": 6.0}
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_md import render_text, write_generated_block  # noqa: E402  (scripts/lib/bench_md.py)
-from bench_osb import Failed, psql, timed_provision  # noqa: E402  (scripts/lib/bench_osb.py)
+from bench_osb import Failed, deprovision, psql, timed_provision  # noqa: E402  (scripts/lib/bench_osb.py)
 
 SECTION = "## Archive: backup, restore, replay"
 BEGIN = "<!-- bench-archive -->"
@@ -318,34 +318,12 @@ def undo(args: argparse.Namespace) -> int:
         say(f"source {source_id}: {accounts} accounts, {history} history rows; newest base "
             f"backup {newest[0]} ({newest[1]}), {after} of WAL after it")
 
-    # Deprovision as the platform does: the binding first (cf delete-service refuses a bound
-    # instance), then the instance; both async, polled until they succeeded (410 Gone from an
-    # older broker counts as done too).
-    t = time.monotonic()
-    binding = f"/v2/service_instances/{source_id}/service_bindings/{src['binding_id']}"
-    resp = client.delete(binding, dict(ids, accepts_incomplete="true"))
-    if resp.status == 202:
-        try:
-            osb.poll_last_operation(client, f"{binding}/last_operation", ids, interval=0.1,
-                                    timeout=args.timeout, gone_ok=True)
-        except osb.OperationFailed as err:
-            return fail(f"unbind: {err}")
-    elif resp.status not in (200, 410):
-        return fail(f"unbind: {resp.describe()}")
-    instance = f"/v2/service_instances/{source_id}"
-    resp = client.delete(instance, dict(ids, accepts_incomplete="true"))
-    if resp.status != 202:
-        return fail(f"deprovision: {resp.describe()}")
-    op = resp.body.get("operation") if isinstance(resp.body, dict) else None
+    # Deprovision as the platform does (scripts/lib/bench_osb.py).
     try:
-        state, _ = osb.poll_last_operation(
-            client, f"{instance}/last_operation", dict(ids, **({"operation": op} if op else {})),
-            interval=0.1, timeout=args.timeout, gone_ok=True)
-    except osb.OperationFailed as err:
-        return fail(f"deprovision: {err}")
-    if state not in ("succeeded", "gone"):
-        return fail(f"deprovision ended {state!r}, not succeeded or 410 Gone")
-    deprovision_s = time.monotonic() - t
+        state, deprovision_s = deprovision(client, ids, source_id, src["binding_id"],
+                                           timeout=args.timeout)
+    except Failed as err:
+        return fail(str(err))
     results.append(("undo_deprovision_s", f"{deprovision_s:.3f}"))
     ended = "410 Gone" if state == "gone" else "succeeded"
     say(f"unbind + deprovision of {source_id}: {ended} after {deprovision_s:.1f}s")

@@ -1,5 +1,6 @@
 """What the benchmarks that drive the broker share: a provision timed from its PUT to the first
-query answered through a new binding, as an app sees it. Standard library only; the broker is
+query answered through a new binding, as an app sees it, and a deprovision as Cloud Foundry does
+it (`cf delete-service`: the binding, then the instance). Standard library only; the broker is
 reached through scripts/osb.py (WAYBACK_BROKER_URL, _USERNAME, _PASSWORD)."""
 
 from __future__ import annotations
@@ -126,3 +127,37 @@ def timed_provision(client: "osb.Client", ids: dict, org: str, space: str, name:
         f"+{out.connect_s:6.2f}s first connection ({attempts}{error}); "
         f"+{out.query_s:6.2f}s {query} answered")
     return out
+
+
+def deprovision(client: "osb.Client", ids: dict, instance_id: str, binding_id: str | None, *,
+                interval: float = 0.1, timeout: float = 900) -> tuple[str, float]:
+    """Unbinds (when `binding_id`) and deprovisions the instance as the platform does (cf
+    delete-service refuses a bound instance): both async, polled until they succeeded (410 Gone
+    from an older broker counts as done too). Returns ("succeeded" or "gone", seconds taken).
+    Raises Failed."""
+    t0 = time.monotonic()
+    if binding_id:
+        binding = f"/v2/service_instances/{instance_id}/service_bindings/{binding_id}"
+        resp = client.delete(binding, dict(ids, accepts_incomplete="true"))
+        if resp.status == 202:
+            try:
+                osb.poll_last_operation(client, f"{binding}/last_operation", ids,
+                                        interval=interval, timeout=timeout, gone_ok=True)
+            except osb.OperationFailed as err:
+                raise Failed(f"unbind: {err}") from err
+        elif resp.status not in (200, 410):
+            raise Failed(f"unbind: {resp.describe()}")
+    instance = f"/v2/service_instances/{instance_id}"
+    resp = client.delete(instance, dict(ids, accepts_incomplete="true"))
+    if resp.status != 202:
+        raise Failed(f"deprovision: {resp.describe()}")
+    op = resp.body.get("operation") if isinstance(resp.body, dict) else None
+    try:
+        state, _ = osb.poll_last_operation(
+            client, f"{instance}/last_operation", dict(ids, **({"operation": op} if op else {})),
+            interval=interval, timeout=timeout, gone_ok=True)
+    except osb.OperationFailed as err:
+        raise Failed(f"deprovision: {err}") from err
+    if state not in ("succeeded", "gone"):
+        raise Failed(f"deprovision ended {state!r}, not succeeded or 410 Gone")
+    return state, time.monotonic() - t0
