@@ -213,6 +213,11 @@ def scale_rows(r: dict) -> list[tuple[str, ...]]:
         ("", "fork / archive", "", _x(fork, archive), "",
          f"≤ {GOAL_FORK_VS_ARCHIVE:g}x"),
     ]
+    drill = _f(r, "drill_s")
+    if drill is not None:
+        rows.append(("", "restore drill of the source (`wayback drill`)",
+                     r.get("drill_result", "?"), _s(drill), _x(drill, pgbr),
+                     f"≤ the archive undo ({_x(drill, archive)} of it; issue 18)"))
     if r.get("failed"):
         rows.append(("", "FAILED", "", r["failed"][:200], "", ""))
     return rows
