@@ -96,7 +96,7 @@ pub async fn first_archive(ctx: &AppContext, instance: &InstanceRecord) -> StepR
     let (lsn, walfile) = ctx.runtime.switch_wal_segment(&instance.id).await?;
     let secs = ctx.settings.wal.final_archive_timeout_secs;
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut pause = Duration::from_millis(50);
+    let mut pause = Duration::from_millis(10);
     loop {
         let stats = ctx.runtime.archiver_stats(&instance.id).await?;
         if stats.ready_segments == 0 {
@@ -242,6 +242,7 @@ pub async fn restore_step(
     let mut status = ctx.runtime.start_restore(&instance.id, &spec).await?;
     let mut shown = String::new();
     let mut replay_seen = false;
+    let mut pause = Duration::from_millis(20);
     loop {
         match status.state {
             RestoreState::Succeeded => {
@@ -284,7 +285,10 @@ pub async fn restore_step(
             progress_text(ctx, job, &text).await;
             shown = text;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Soon at first, then every half second: an undo from the kept copy is done in a
+        // few hundred milliseconds, and a fixed half-second wait was a third of it.
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
         status = ctx.runtime.restore_status(&instance.id).await?;
     }
 }
