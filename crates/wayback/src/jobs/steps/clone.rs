@@ -273,7 +273,7 @@ pub async fn restore_step(
         }
         let text = match (&spec.kept_copy, &status.kept_copy_refused) {
             (Some(_), None) if status.phase != RestorePhase::Unpacking => format!(
-                "Cloning {from}: restoring from the copy kept at delete time (recovering it onto a new timeline)"
+                "Cloning {from}: restoring from the copy kept at delete time (taking it and setting a new superuser password)"
             ),
             (Some(_), Some(why)) => format!(
                 "{} (the copy kept at delete time is not used: {why}; restoring from the archive)",

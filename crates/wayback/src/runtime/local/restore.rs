@@ -204,20 +204,27 @@ async fn run(site: Site, id: InstanceId, work: Work, task: Arc<RestoreTask>) {
         Work::Follow(spec) => site
             .follow(&id, spec, task.progress.clone())
             .await
-            .map(|r| r.map(|r| (r, false))),
+            .map(|r| r.map(Restored::Archive)),
     };
     let outcome = match result {
-        Ok(report) => {
-            tracing::info!(instance = %id, backup = ?report.as_ref().map(|r| &r.0.backup_id), "restore finished");
-            Ok(
-                report.map_or_else(RestoreDone::default, |(r, kept)| RestoreDone {
+        Ok(restored) => {
+            let done = match restored {
+                None => RestoreDone::default(),
+                Some(Restored::Archive(r)) => RestoreDone {
                     backup_id: Some(r.backup_id),
                     timeline: Some(r.timeline),
                     total_secs: Some(r.total_secs),
-                    from_kept_copy: kept,
-                    wal_bytes: (!kept).then_some(r.wal_segments as u64 * WAL_SEGMENT_BYTES),
-                }),
-            )
+                    from_kept_copy: false,
+                    wal_bytes: Some(r.wal_segments as u64 * WAL_SEGMENT_BYTES),
+                },
+                Some(Restored::KeptCopy { secs }) => RestoreDone {
+                    total_secs: Some(secs),
+                    from_kept_copy: true,
+                    ..RestoreDone::default()
+                },
+            };
+            tracing::info!(instance = %id, backup = ?done.backup_id, kept_copy = done.from_kept_copy, "restore finished");
+            Ok(done)
         }
         Err(e) => {
             tracing::warn!(instance = %id, error = %e, permanent = e.is_permanent(), "restore failed");
@@ -225,6 +232,14 @@ async fn run(site: Site, id: InstanceId, work: Work, task: Arc<RestoreTask>) {
         }
     };
     *task.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+}
+
+/// How a restore that ran got its data directory.
+enum Restored {
+    /// The engine restored and recovered it from the archive.
+    Archive(RestoreReport),
+    /// The source's copy kept at delete time, taken and readied (`trash::adopt`).
+    KeptCopy { secs: f64 },
 }
 
 /// The archive's WAL segment size (PostgreSQL's default, which every cluster here uses).
@@ -255,21 +270,21 @@ impl Site {
     }
 
     /// Restores the source into the instance's data directory, recovers and promotes it, and
-    /// records that it did; true beside the report when the source's kept copy was used. None:
-    /// an earlier run already finished the restore.
+    /// records that it did. None: an earlier run already finished the restore.
     ///
     /// A kept copy (issue 16) is tried first when the spec names one: taken by rename if its
-    /// `pg_control` is exactly what was recorded at delete time, then recovered by the same
-    /// engine with `restore_command` on the source's archive and promoted onto a new timeline —
-    /// so its WAL can never be confused with the source's, and anything the archive holds
-    /// beyond the copy would be replayed too. If the copy is refused, or its recovery fails, the
-    /// directory is emptied again and the restore goes on from the archive.
+    /// `pg_control` is exactly what was recorded at delete time — it then holds every commit
+    /// the archive holds, up to its clean shutdown — and readied without a recovery
+    /// (`trash::adopt`: a new superuser password; why its WAL can never be confused with the
+    /// source's is said there). It is left shut down: the clone's next steps write its
+    /// configuration and own archiving and start it once. If the copy is refused, or readying
+    /// it fails, the directory is emptied again and the restore goes on from the archive.
     async fn restore(
         &self,
         id: &InstanceId,
         spec: RestoreSpec,
         task: &RestoreTask,
-    ) -> Result<Option<(RestoreReport, bool)>, RuntimeError> {
+    ) -> Result<Option<Restored>, RuntimeError> {
         let progress = task.progress.clone();
         let settings = &self.archive.settings;
         // The source's data key first: a key that is missing or does not unwrap fails the
@@ -321,23 +336,29 @@ impl Site {
             prefilled: false,
         };
         let Some(kept) = &spec.kept_copy else {
-            return Ok(Some((self.run_engine(id, request(slot)).await?, false)));
+            let report = self.run_engine(id, request(slot)).await?;
+            return Ok(Some(Restored::Archive(report)));
         };
-        let mut req = request(slot);
+        let started = std::time::Instant::now();
+        let pgdata = self.layout.dirs(id).pgdata;
         let why = match trash::take(
             &self.layout,
             &kept.source,
             &kept.checkpoint_lsn,
             spec.source_system_identifier,
-            &req.dirs.pgdata,
+            &pgdata,
         ) {
             Ok(()) => {
                 tracing::info!(instance = %id, source = %kept.source, "restoring from the copy kept at delete time");
-                req.prefilled = true;
-                req.target = engine::RestoreTarget::Latest;
-                match self.run_engine(id, req).await {
-                    Ok(report) => return Ok(Some((report, true))),
-                    Err(e) => format!("recovering it failed ({e})"),
+                let adopted =
+                    trash::adopt(&self.tools, &pgdata, &slot.superuser_verifier, self.timeout)
+                        .await;
+                match adopted.and_then(|()| self.mark_restored(id).map_err(|e| e.to_string())) {
+                    Ok(()) => {
+                        let secs = started.elapsed().as_secs_f64();
+                        return Ok(Some(Restored::KeptCopy { secs }));
+                    }
+                    Err(e) => format!("readying it failed ({e})"),
                 }
             }
             Err(why) => why,
@@ -353,7 +374,8 @@ impl Site {
         else {
             return Ok(None);
         };
-        Ok(Some((self.run_engine(id, request(slot)).await?, false)))
+        let report = self.run_engine(id, request(slot)).await?;
+        Ok(Some(Restored::Archive(report)))
     }
 
     /// Runs the engine and records that it finished.
@@ -370,10 +392,14 @@ impl Site {
             .map_err(|e| {
                 RuntimeError::Pg(PgError::Setup(format!("the restore task ended: {e}")))
             })??;
+        self.mark_restored(id)?;
+        Ok(report)
+    }
+
+    fn mark_restored(&self, id: &InstanceId) -> Result<(), RuntimeError> {
         let marker = self.restored_marker(id);
         fsutil::write_atomic(&marker, b"restored\n", 0o600, None)
-            .map_err(io(format!("write {}", marker.display())))?;
-        Ok(report)
+            .map_err(io(format!("write {}", marker.display())))
     }
 
     /// Prepares an empty data directory for a restore that archives into `own` once
