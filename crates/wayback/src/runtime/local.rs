@@ -16,6 +16,7 @@ mod archive;
 mod backup;
 mod clone;
 mod follow;
+mod fork;
 mod interface;
 mod layout;
 mod lifecycle;

@@ -237,6 +237,10 @@ pub async fn restore_step(
         target: src.target,
         archive_timeout_secs,
         kept_copy: crate::jobs::kept::usable_copy(ctx, instance, src).await?,
+        // A live source at its latest point is copied from its running server when it runs
+        // where the clone does (the runtime checks; else, or on failure, the archive). A point
+        // in time needs the archive's history.
+        live_fork: (src.live && src.target == RestoreTarget::Latest).then(|| src.id.clone()),
     };
     let from = src.to_string();
     let mut status = ctx.runtime.start_restore(&instance.id, &spec).await?;
@@ -271,11 +275,22 @@ pub async fn restore_step(
                 continue;
             }
         }
-        let text = match (&spec.kept_copy, &status.kept_copy_refused) {
-            (Some(_), None) if status.phase != RestorePhase::Unpacking => format!(
+        let text = match (&spec.live_fork, &status.live_fork_refused) {
+            (Some(_), None) if status.phase == RestorePhase::Planning => {
+                Some(format!("Cloning {from}: forking the running instance (pg_basebackup over its local socket)"))
+            }
+            (Some(_), Some(why)) => Some(format!(
+                "{} (the running instance is not forked: {why}; restoring from the archive)",
+                phase_text(&from, &status, &mut replay_seen, src.target)
+            )),
+            _ => None,
+        };
+        let text = match (text, &spec.kept_copy, &status.kept_copy_refused) {
+            (Some(text), _, _) => text,
+            (None, Some(_), None) if status.phase != RestorePhase::Unpacking => format!(
                 "Cloning {from}: restoring from the copy kept at delete time (taking it and setting a new superuser password)"
             ),
-            (Some(_), Some(why)) => format!(
+            (None, Some(_), Some(why)) => format!(
                 "{} (the copy kept at delete time is not used: {why}; restoring from the archive)",
                 phase_text(&from, &status, &mut replay_seen, src.target)
             ),
@@ -298,6 +313,12 @@ pub async fn restore_step(
 fn restore_note(status: &RestoreStatus) -> Option<String> {
     if status.from_kept_copy {
         return Some("restored from the copy kept at delete time".into());
+    }
+    if let Some(bytes) = status.live_fork_bytes {
+        return Some(format!(
+            "forked from the running instance (pg_basebackup, {} MB)",
+            bytes.div_ceil(1_000_000)
+        ));
     }
     let wal = status.wal_bytes?;
     let base = status

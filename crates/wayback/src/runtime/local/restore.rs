@@ -31,7 +31,7 @@ use secrecy::{ExposeSecret, SecretString};
 use wayback_api::agent::{RestorePhase, RestoreState, RestoreStatus, WireError};
 
 use super::layout::Layout;
-use super::{io, rt, trash, ArchiveAccess, LocalRuntime};
+use super::{fork, io, rt, trash, ArchiveAccess, LocalRuntime};
 use crate::archive::keydoc;
 use crate::archive::layout::InstancePrefix;
 use crate::archive::restore::{self as engine, RestoreProgress, RestoreReport};
@@ -53,6 +53,8 @@ struct RestoreTask {
     /// Why the kept copy asked for was not used, once known (the restore goes on from the
     /// archive).
     kept_copy_refused: Mutex<Option<String>>,
+    /// Why the live fork asked for was not made, once known (likewise).
+    live_fork_refused: Mutex<Option<String>>,
     /// None while it runs.
     outcome: Mutex<Option<Result<RestoreDone, WireError>>>,
 }
@@ -65,6 +67,7 @@ struct RestoreDone {
     total_secs: Option<f64>,
     from_kept_copy: bool,
     wal_bytes: Option<u64>,
+    live_fork_bytes: Option<u64>,
 }
 
 impl Restores {
@@ -176,6 +179,11 @@ impl LocalRuntime {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            live_fork_refused: task
+                .live_fork_refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             ..Default::default()
         };
         match &*task.outcome.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -187,6 +195,7 @@ impl LocalRuntime {
                 out.total_secs = done.total_secs;
                 out.from_kept_copy = done.from_kept_copy;
                 out.wal_bytes = done.wal_bytes;
+                out.live_fork_bytes = done.live_fork_bytes;
             }
             Some(Err(e)) => {
                 out.state = RestoreState::Failed;
@@ -216,6 +225,14 @@ async fn run(site: Site, id: InstanceId, work: Work, task: Arc<RestoreTask>) {
                     total_secs: Some(r.total_secs),
                     from_kept_copy: false,
                     wal_bytes: Some(r.wal_segments as u64 * WAL_SEGMENT_BYTES),
+                    live_fork_bytes: None,
+                },
+                Some(Restored::LiveFork { report: r, bytes }) => RestoreDone {
+                    backup_id: Some(r.backup_id),
+                    timeline: Some(r.timeline),
+                    total_secs: Some(r.total_secs),
+                    live_fork_bytes: Some(bytes),
+                    ..RestoreDone::default()
                 },
                 Some(Restored::KeptCopy { secs }) => RestoreDone {
                     total_secs: Some(secs),
@@ -240,6 +257,9 @@ enum Restored {
     Archive(RestoreReport),
     /// The source's copy kept at delete time, taken and readied (`trash::adopt`).
     KeptCopy { secs: f64 },
+    /// A copy of the running source (`fork::copy_running`, `bytes` of it), recovered by the
+    /// engine.
+    LiveFork { report: RestoreReport, bytes: u64 },
 }
 
 /// The archive's WAL segment size (PostgreSQL's default, which every cluster here uses).
@@ -335,6 +355,36 @@ impl Site {
             progress: Some(progress.clone()),
             prefilled: false,
         };
+        if let Some(source) = &spec.live_fork {
+            let mut req = request(slot);
+            let why = match fork::copy_running(&self.layout, &self.tools, source, &req.dirs.pgdata)
+                .await
+            {
+                Ok(bytes) => {
+                    tracing::info!(instance = %id, source = %source, bytes, "forked the running source");
+                    req.prefilled = true;
+                    req.target = engine::RestoreTarget::Latest;
+                    match self.run_engine(id, req).await {
+                        Ok(report) => return Ok(Some(Restored::LiveFork { report, bytes })),
+                        Err(e) => format!("recovering the copy failed ({e})"),
+                    }
+                }
+                Err(why) => why,
+            };
+            tracing::warn!(instance = %id, source = %source, why, "the running source was not forked; restoring from the archive");
+            *task
+                .live_fork_refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(why);
+            let Some(slot) = self
+                .prepare(id, spec.port, Some((&own, &own_prefix)), None)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let report = self.run_engine(id, request(slot)).await?;
+            return Ok(Some(Restored::Archive(report)));
+        }
         let Some(kept) = &spec.kept_copy else {
             let report = self.run_engine(id, request(slot)).await?;
             return Ok(Some(Restored::Archive(report)));

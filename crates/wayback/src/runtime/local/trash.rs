@@ -265,7 +265,7 @@ fn remove_entry(entry: &Path) -> Result<(), RuntimeError> {
 }
 
 /// Bytes of the regular files under `dir` (what its removal frees, near enough).
-fn tree_size(dir: &Path) -> u64 {
+pub(super) fn tree_size(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
