@@ -3,10 +3,11 @@
 //!
 //! `pg_basebackup -X stream --checkpoint=fast` writes a consistent copy of the running source
 //! into the clone's empty data directory, with the WAL written while it copied; the restore
-//! engine then recovers it (`prefilled`) exactly as it recovers an unpacked backup — the
-//! source's archive behind `restore_command`, promotion onto a new timeline, the new superuser
-//! password, archiving only into the clone's own prefix. The copy holds every commit made
-//! before it started, so everything committed before the request is in the fork.
+//! engine then recovers it (`prefilled`) as it recovers an unpacked backup, but from that WAL
+//! alone (the archive would only add what the source committed after the request) — promotion
+//! onto a new timeline, the new superuser password, archiving only into the clone's own
+//! prefix. The copy holds every commit made before it started, so everything committed before
+//! the request is in the fork.
 //!
 //! It logs in as the source's superuser with the password the runtime keeps for it (through
 //! `PGPASSWORD`, never the command line), on the `local replication` line every cluster's

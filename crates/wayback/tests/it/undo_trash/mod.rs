@@ -253,8 +253,10 @@ async fn an_undone_clone_needs_nothing_of_its_source_archive() {
         "{seen:?}"
     );
     let mut conn = app.admin_on(&clone, "app").await;
-    exec(&mut conn, "INSERT INTO orders VALUES ('three')").await;
     wait_for_backup(&store, &clone).await;
+    exec(&mut conn, "INSERT INTO orders VALUES ('three')").await;
+    let target = now(&mut conn).await;
+    exec(&mut conn, "INSERT INTO orders VALUES ('four')").await;
     archive_now(&mut conn, &store, &clone).await;
     drop(conn);
     assert_eq!(
@@ -262,11 +264,15 @@ async fn an_undone_clone_needs_nothing_of_its_source_archive() {
         sealed,
         "the source's prefix is never written"
     );
-    // Without a byte of the source's archive, the clone's lineage restores from its own.
+    // Without a byte of the source's archive, the clone's lineage restores from its own (a
+    // point in time: the archive, not a live fork).
     let gone: Vec<String> = sealed.into_iter().collect();
     store.delete_many(&gone).await.unwrap();
     let (again, seen) = app
-        .clone_ready("lineage-2", json!({"clone-from": clone}))
+        .clone_ready(
+            "lineage-2",
+            json!({"clone-from": clone, "point-in-time": target.to_rfc3339()}),
+        )
         .await;
     assert!(
         seen.last().unwrap().contains("restored from the archive"),
