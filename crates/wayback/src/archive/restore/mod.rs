@@ -342,6 +342,8 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport, RestoreError
     }
     let t0 = Instant::now();
     let downloaded = if req.prefilled {
+        // The crash tests' point for the data copy: here, just after the caller's copy.
+        crate::crash_point::reached("clone_restore:unpacking");
         0
     } else {
         unpack(req, m).await?
