@@ -87,11 +87,43 @@ pub fn row(instance: &v1::Instance, zone: Zone) -> [String; 6] {
 }
 
 /// The table: a header, one line per instance in the broker's order (newest first), columns
-/// as wide as their widest cell and three spaces apart, no trailing blanks.
+/// as wide as their widest cell and three spaces apart, no trailing blanks. Under a deleted
+/// instance's row, indented, how an undo to its latest point would go ([`undo_line`]).
 pub fn render_table(instances: &[Listed], zone: Zone) -> String {
     let mut rows: Vec<[String; 6]> = vec![HEADER.map(String::from)];
     rows.extend(instances.iter().map(|i| row(&i.instance, zone)));
-    align(&rows)
+    let table = align(&rows);
+    let mut lines = table.lines();
+    let mut out = String::new();
+    for line in lines.by_ref().take(1) {
+        out.push_str(line);
+        out.push('\n');
+    }
+    for (line, listed) in lines.zip(instances) {
+        out.push_str(line);
+        out.push('\n');
+        if let Some(undo) = undo_line(&listed.instance, zone) {
+            out.push_str(&undo);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// For a deleted instance: `  undo: kept copy until …, instant` while the broker keeps its
+/// data directory (an undo to its latest point takes it by rename), else `  undo: from the
+/// archive`. None for any other state.
+pub fn undo_line(instance: &v1::Instance, zone: Zone) -> Option<String> {
+    if instance.state != v1::State::Deleted {
+        return None;
+    }
+    Some(match &instance.kept_copy {
+        Some(k) => format!(
+            "  undo: kept copy until {}, instant",
+            format_time(k.expires_at, zone)
+        ),
+        None => "  undo: from the archive".into(),
+    })
 }
 
 /// Rows as a table: columns as wide as their widest cell, three spaces apart, no trailing
@@ -188,8 +220,32 @@ mod tests {
             render_table(&instances, Zone::Utc),
             "name         instance   state     restorable from        restorable to          last base backup\n\
              production   3f2a9c1e   deleted   2026-11-14 03:00 UTC   2026-11-21 09:42 UTC   2026-11-21 03:00 UTC\n\
+             \x20 undo: from the archive\n\
              orders       a81c07d2   live      2026-11-14 03:00 UTC   now                    2026-11-21 03:00 UTC\n"
         );
+    }
+
+    #[test]
+    fn a_deleted_instance_says_how_it_would_be_undone() {
+        let deleted = |kept: Value| {
+            listed(
+                json!({"instance_id": "3f2a9c1e-5b7d-4c1a-9e2f-000000000001",
+                "name": "production", "state": "deleted",
+                "restore_window": {"from": null, "to": null, "to_now": false},
+                "last_base_backup": null, "kept_copy": kept}),
+            )
+        };
+        let kept = json!({"size_bytes": 52_428_800, "kept_at": "2026-11-21T09:42:30Z",
+            "expires_at": "2026-11-22T09:42:30Z", "machine": "db-2"});
+        let table = render_table(&[deleted(kept)], Zone::Utc);
+        assert_eq!(
+            table.lines().nth(2),
+            Some("  undo: kept copy until 2026-11-22 09:42 UTC, instant"),
+            "{table}"
+        );
+        let table = render_table(&[deleted(Value::Null)], Zone::Utc);
+        assert_eq!(table.lines().nth(2), Some("  undo: from the archive"));
+        assert_eq!(table.lines().count(), 3);
     }
 
     #[test]

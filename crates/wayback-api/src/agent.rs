@@ -191,6 +191,10 @@ pub struct RestoreBody {
     /// Try this source's copy kept at delete time first (issue 16); absent: the archive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_copy: Option<KeptCopyRef>,
+    /// A live source to fork with `pg_basebackup` when it runs on this machine (issue 16);
+    /// absent, or not here: the archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_fork_source_id: Option<String>,
 }
 
 /// Which kept copy a restore may take, and the checkpoint its `pg_control` must name.
@@ -279,6 +283,12 @@ pub struct RestoreStatus {
     /// WAL bytes in the archive from the chosen backup's start on (what replay may have read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal_bytes: Option<u64>,
+    /// The restore copied the running source with `pg_basebackup` (issue 16): its bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_fork_bytes: Option<u64>,
+    /// Why a live fork that was asked for was not made (the restore went on from the archive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_fork_refused: Option<String>,
 }
 
 /// A deleted instance's data directory kept on a machine after its deprovision (issue 16):

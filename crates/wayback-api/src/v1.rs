@@ -86,6 +86,9 @@ pub struct KeptCopy {
     pub kept_at: DateTime<Utc>,
     /// When it is removed at the latest (earlier if the disk needs the room).
     pub expires_at: DateTime<Utc>,
+    /// The agent whose machine holds it; null: the broker's own machine.
+    #[serde(default)]
+    pub machine: Option<String>,
 }
 
 /// An instance's state as the API names it.

@@ -501,6 +501,13 @@ async fn start_restore(
             }),
             None => None,
         },
+        live_fork: body
+            .live_fork_source_id
+            .map(InstanceId::parse)
+            .transpose()
+            .map_err(|e| {
+                AgentError::new(StatusCode::BAD_REQUEST, format!("live fork: {e}"), true)
+            })?,
     };
     ok(&state.runtime.start_restore(&id, &spec).await?)
 }

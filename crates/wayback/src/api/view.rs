@@ -137,6 +137,7 @@ pub fn kept_copy_view(r: &crate::store::KeptCopyRecord) -> Option<v1::KeptCopy> 
         size_bytes: r.size_bytes.max(0) as u64,
         kept_at: millis(r.kept_at)?,
         expires_at: millis(r.expires_at)?,
+        machine: r.agent.clone(),
     })
 }
 

@@ -199,11 +199,15 @@ async fn evict(ctx: &AppContext, id: &InstanceId) -> anyhow::Result<()> {
 }
 
 /// The agent a clone of `src` should be placed on: the one holding the source's kept copy,
-/// when the clone would take it (see [`usable_copy`]).
+/// when the clone would take it (see [`usable_copy`]); for a live source at its latest point,
+/// the source's own, where the clone can fork it from its running server.
 pub async fn preferred_agent(
     ctx: &AppContext,
     src: &CloneSource,
 ) -> Result<Option<String>, StepError> {
+    if src.live && src.target == RestoreTarget::Latest {
+        return Ok(ctx.store.get_instance(&src.id).await?.and_then(|r| r.agent));
+    }
     if !takes_copy(src) {
         return Ok(None);
     }

@@ -220,7 +220,9 @@ impl Worker {
                 }
             }
             crate::crash_point::reached(job.step.as_str());
+            let step_started = Instant::now();
             let result = steps::run_step(&self.ctx, &job).await;
+            tracing::debug!(parent: &span, step = %job.step, ms = step_started.elapsed().as_millis() as u64, ok = result.is_ok(), "step ran");
             if result.is_ok() {
                 self.storage_wait_over(&job.id);
             }

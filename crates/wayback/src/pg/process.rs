@@ -182,6 +182,11 @@ impl PgCommand {
         self.stdin = Some(bytes);
         self
     }
+    /// One more environment variable (a password for a client: never on the command line).
+    pub fn env(mut self, key: &str, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
     /// Runs as the broker's user even when it is root (clients such as `pg_isready`).
     pub fn as_broker(mut self) -> Self {
         self.run_as = None;

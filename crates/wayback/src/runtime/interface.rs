@@ -46,6 +46,10 @@ pub struct RestoreSpec {
     /// Try the source's copy kept at delete time first (issue 16); the restore falls back to
     /// the archive when it is missing or not exactly what was recorded.
     pub kept_copy: Option<TrashedSource>,
+    /// A live source to copy with `pg_basebackup` if it runs on the machine the restore runs
+    /// on (issue 16); the restore falls back to the archive when it does not, or on any
+    /// failure.
+    pub live_fork: Option<InstanceId>,
 }
 
 /// A restore drill (issue 18): the instance's archive restored into a scratch copy wherever the

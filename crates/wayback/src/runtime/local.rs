@@ -18,6 +18,7 @@ mod clone;
 mod drill;
 mod drill_checks;
 mod follow;
+mod fork;
 mod interface;
 mod layout;
 mod lifecycle;

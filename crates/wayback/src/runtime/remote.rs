@@ -435,6 +435,7 @@ impl ClusterRuntime for RemoteRuntime {
                 source_id: k.source.to_string(),
                 checkpoint_lsn: k.checkpoint_lsn.clone(),
             }),
+            live_fork_source_id: spec.live_fork.as_ref().map(|s| s.to_string()),
         };
         self.on_cluster(id, Method::POST, "/restore", Some(&body))
             .await

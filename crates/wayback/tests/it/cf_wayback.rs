@@ -417,6 +417,16 @@ async fn standalone_refreshes_an_expired_token_and_lists_live_and_deleted_instan
         production[5].ends_with(" UTC"),
         "deprovision leaves a base backup: {stdout}"
     );
+    // Its data directory is kept (the plan's default 24 hours): an undo takes it at once.
+    let undo = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("production "))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        undo.starts_with("  undo: kept copy until ") && undo.ends_with(" UTC, instant"),
+        "{stdout}"
+    );
     // The broker found from the dashboard URL is remembered for this API endpoint.
     let memory: Value = serde_json::from_str(
         &std::fs::read_to_string(w.home.path().join(".cf/wayback.json")).unwrap(),
@@ -446,6 +456,14 @@ async fn standalone_refreshes_an_expired_token_and_lists_live_and_deleted_instan
             .iter()
             .collect::<Vec<_>>(),
         production
+    );
+    let kept = &doc["instances"][0]["kept_copy"];
+    assert!(kept["size_bytes"].as_u64().unwrap_or(0) > 0, "{doc}");
+    assert!(kept["expires_at"].is_string(), "{doc}");
+    assert_eq!(
+        kept["machine"],
+        Value::Null,
+        "the broker's own machine: {doc}"
     );
 
     // `audit NAME`: who did what to the newest instance of that name (the test's OSB requests

@@ -102,7 +102,8 @@ async fn whole_story(app: TestApp, store: ObjectStore) {
     );
     assert!(connect(&stale_admin).await.is_err());
 
-    // The clone archives into its own prefix (its new timeline's history file first).
+    // The clone archives into its own prefix. (Taken from the copy kept at delete time, it
+    // stays on its source's timeline: no history file, see `trash::adopt`.)
     let own = InstancePrefix::new(
         &SpaceGuid::parse(SPACE).unwrap(),
         &InstanceId::parse(clone.clone()).unwrap(),
@@ -110,7 +111,7 @@ async fn whole_story(app: TestApp, store: ObjectStore) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let keys = store.list(&format!("{}/wal/", own.as_str())).await.unwrap();
-        if keys.iter().any(|o| o.key.ends_with(".history")) {
+        if !keys.is_empty() {
             break;
         }
         assert!(Instant::now() < deadline, "the clone archives nothing");
@@ -377,4 +378,95 @@ async fn an_instance_deleted_at_once_can_still_be_undone() {
     let creds = app.bind_sync(&clone, &new_id()).await;
     let mut conn = connect(creds["uri"].as_str().unwrap()).await.unwrap();
     exec(&mut conn, "CREATE TABLE after_undo (n int)").await;
+}
+
+/// An app on the shared S3 server when there is one (else its local archive), and its archive.
+async fn app_on_s3() -> (TestApp, ObjectStore) {
+    match shared_s3_settings("lf") {
+        Some(s3) => {
+            let store = ObjectStore::open(&s3).unwrap();
+            (spawn_app_with(|s| s.archive = s3.clone()).await, store)
+        }
+        None => {
+            let app = spawn_app().await;
+            let store = local_store(&app);
+            (app, store)
+        }
+    }
+}
+
+/// A clone of a live instance on its machine copies the running server (issue 16): what was
+/// committed before the request is there, the source's credentials are refused, the fork
+/// archives into its own prefix on a new timeline and gets its first base backup. A point in
+/// time of the same instance still needs the archive's history.
+#[tokio::test]
+async fn a_live_fork_copies_the_running_server_and_a_point_in_time_uses_the_archive() {
+    if !pg_available() {
+        return;
+    }
+    let (app, store) = app_on_s3().await;
+    let src = app.provision_ready("forked").await;
+    wait_for_backup(&store, &src).await;
+    let old = app.bind_sync(&src, &new_id()).await;
+    let old_uri = old["uri"].as_str().unwrap();
+    let mut writer = connect(old_uri).await.unwrap();
+    exec(
+        &mut writer,
+        "CREATE TABLE orders (what text); INSERT INTO orders VALUES ('one'), ('two')",
+    )
+    .await;
+    let target = now(&mut writer).await;
+    exec(&mut writer, "INSERT INTO orders VALUES ('three')").await;
+
+    let (fork, seen) = app
+        .clone_ready("forked-now", json!({"clone-from": src}))
+        .await;
+    assert!(
+        seen.iter()
+            .any(|d| d.contains("forking the running instance")),
+        "{seen:?}"
+    );
+    let last = seen.last().unwrap();
+    assert!(
+        last.contains("forked from the running instance (pg_basebackup, ")
+            && last.contains(" MB), in "),
+        "{seen:?}"
+    );
+    assert_eq!(clone_rows(&app, &fork).await, ["one", "three", "two"]);
+    // New credentials only: the source's binding is refused on the fork.
+    let new = app.bind_sync(&fork, &new_id()).await;
+    let port = reqwest::Url::parse(new["uri"].as_str().unwrap())
+        .unwrap()
+        .port()
+        .unwrap();
+    assert!(connect(&at_port(old_uri, port)).await.is_err());
+    // Its own archive: a new timeline's history and its first base backup.
+    wait_for_backup(&store, &fork).await;
+    let space = SpaceGuid::parse(SPACE.to_string()).unwrap();
+    let prefix = InstancePrefix::new(&space, &InstanceId::parse(fork.clone()).unwrap());
+    let own: Vec<String> = store
+        .list(&format!("{}/", prefix.as_str()))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert!(own.iter().any(|k| k.ends_with(".history")), "{own:?}");
+
+    archive_now(&mut app.admin_on(&src, "app").await, &store, &src).await;
+    let (pitr, seen) = app
+        .clone_ready(
+            "forked-then",
+            json!({"clone-from": src, "point-in-time": target.to_rfc3339()}),
+        )
+        .await;
+    assert!(
+        !seen.iter().any(|d| d.contains("forking")),
+        "a point in time is not forked: {seen:?}"
+    );
+    assert!(
+        seen.last().unwrap().contains("restored from the archive"),
+        "{seen:?}"
+    );
+    assert_eq!(clone_rows(&app, &pitr).await, ["one", "two"]);
 }

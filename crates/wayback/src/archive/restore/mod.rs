@@ -120,10 +120,12 @@ pub struct RestoreRequest {
     /// Where the engine reports how far it got (the clone's last_operation reads it); None:
     /// nobody is watching.
     pub progress: Option<Arc<RestoreProgress>>,
-    /// The data directory already holds the source, shut down cleanly at the end of its
-    /// archive (a copy kept at delete time, checked by the caller): no base backup is
-    /// unpacked, and recovery replays whatever the archive holds after that checkpoint (nothing,
-    /// for a deleted source) before it promotes onto a new timeline.
+    /// The data directory already holds a copy of the source with all the WAL its recovery
+    /// needs in its own pg_wal (a live fork: `pg_basebackup -X stream`, made by the caller): no
+    /// base backup is unpacked, recovery reads nothing from the archive (`recovery::render_conf`)
+    /// and ends at the end of that WAL before it promotes onto a new timeline, and the
+    /// verification does not ask it to reach the archive's newest segment (the source runs on
+    /// and archives past the copy).
     pub prefilled: bool,
 }
 
@@ -342,6 +344,8 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport, RestoreError
     }
     let t0 = Instant::now();
     let downloaded = if req.prefilled {
+        // The crash tests' point for the data copy: here, just after the caller's copy.
+        crate::crash_point::reached("clone_restore:unpacking");
         0
     } else {
         unpack(req, m).await?

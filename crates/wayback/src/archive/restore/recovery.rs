@@ -52,6 +52,9 @@ pub(super) struct ConfInput<'a> {
     pub log_dir: &'a str,
     pub wayback_bin: &'a str,
     pub target_file: &'a str,
+    /// False for a data directory that already holds all the WAL its recovery needs (a live
+    /// fork): recovery reads nothing from the archive (see [`render_conf`]).
+    pub archive_reads: bool,
     pub archiving: bool,
     pub archive_timeout_secs: u64,
     /// None once promoted.
@@ -98,10 +101,18 @@ pub(super) fn render_conf(i: &ConfInput<'_>) -> Result<String, RestoreError> {
         } else {
             "# Recovery: removed once the cluster is promoted.\n"
         };
-        out += &q(
-            "restore_command",
-            &format!("{bin} wal-fetch --target {target} %f %p"),
-        )?;
+        // A live fork (`pg_basebackup -X stream`) holds in its own pg_wal every record from its
+        // backup's start to its end, and so every commit made before the clone was asked for.
+        // Its recovery asks the archive for nothing — a command that finds nothing, since
+        // PostgreSQL requires one for archive recovery — and ends at the end of that WAL: the
+        // source's archive would only add what the source committed after the request, one
+        // `wal-fetch` process and object-store read per segment.
+        let fetch = if i.archive_reads {
+            format!("{bin} wal-fetch --target {target} %f %p")
+        } else {
+            "false".to_string()
+        };
+        out += &q("restore_command", &fetch)?;
         if let Some(s) = i.standby {
             out += &q("primary_conninfo", &s.conninfo)?;
             out += &q("primary_slot_name", &s.slot)?;
@@ -169,6 +180,7 @@ fn conf_input<'a>(
         log_dir: utf8(&req.dirs.log_dir, "the log directory")?,
         wayback_bin: utf8(&req.wayback_bin, "the wayback binary")?,
         target_file: utf8(&req.target_file, "the archive target file")?,
+        archive_reads: !req.prefilled,
         archiving: req.archive.is_some(),
         archive_timeout_secs: req.archive_timeout_secs,
         recovery,

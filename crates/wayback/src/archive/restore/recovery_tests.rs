@@ -8,6 +8,7 @@ fn input<'a>(floors: &'a SettingFloors, recovery: bool, archiving: bool) -> Conf
         log_dir: "/tmp/wbt-x/log",
         wayback_bin: "/opt/way back/wayback",
         target_file: "/tmp/wbt-x/archive.json",
+        archive_reads: true,
         archiving,
         archive_timeout_secs: 60,
         tls_files: true,
@@ -119,4 +120,25 @@ fn a_standby_streams_from_its_slot_falls_back_to_the_archive_and_never_promotes(
     assert!(!text.contains("recovery_target_action"), "{text}");
     assert!(!text.contains("recovery_target_time "), "{text}");
     assert!(!text.contains("password"), "no secret in the file: {text}");
+}
+
+#[test]
+fn a_live_fork_recovers_from_its_own_pg_wal_alone() {
+    let floors = SettingFloors::default();
+    let text = render_conf(&ConfInput {
+        archive_reads: false,
+        recovery: Some((RestoreTarget::Latest, &floors)),
+        ..input(&floors, true, true)
+    })
+    .unwrap();
+    assert!(text.contains("restore_command = 'false'\n"), "{text}");
+    assert!(!text.contains("wal-fetch"), "{text}");
+    assert!(
+        text.contains("recovery_target_action = 'promote'\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("wal-push"),
+        "it archives into its own prefix: {text}"
+    );
 }

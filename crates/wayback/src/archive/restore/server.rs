@@ -284,7 +284,7 @@ async fn verify(req: &RestoreRequest, plan: &Plan) -> Result<Promoted, RestoreEr
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(parse_lsn)
         .ok_or_else(|| bad(format!("{} names no switch point", history.display())))?;
-    if plan.target == RestoreTarget::Latest {
+    if plan.target == RestoreTarget::Latest && !req.prefilled {
         if let Some((_, log, seg)) = plan.newest_segment.as_ref().and_then(|n| n.segment_parts()) {
             let start = (u64::from(log) << 32) + u64::from(seg) * (16 << 20);
             if end_lsn < start {

@@ -96,7 +96,7 @@ pub async fn first_archive(ctx: &AppContext, instance: &InstanceRecord) -> StepR
     let (lsn, walfile) = ctx.runtime.switch_wal_segment(&instance.id).await?;
     let secs = ctx.settings.wal.final_archive_timeout_secs;
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut pause = Duration::from_millis(50);
+    let mut pause = Duration::from_millis(10);
     loop {
         let stats = ctx.runtime.archiver_stats(&instance.id).await?;
         if stats.ready_segments == 0 {
@@ -237,11 +237,16 @@ pub async fn restore_step(
         target: src.target,
         archive_timeout_secs,
         kept_copy: crate::jobs::kept::usable_copy(ctx, instance, src).await?,
+        // A live source at its latest point is copied from its running server when it runs
+        // where the clone does (the runtime checks; else, or on failure, the archive). A point
+        // in time needs the archive's history.
+        live_fork: (src.live && src.target == RestoreTarget::Latest).then(|| src.id.clone()),
     };
     let from = src.to_string();
     let mut status = ctx.runtime.start_restore(&instance.id, &spec).await?;
     let mut shown = String::new();
     let mut replay_seen = false;
+    let mut pause = Duration::from_millis(20);
     loop {
         match status.state {
             RestoreState::Succeeded => {
@@ -270,11 +275,22 @@ pub async fn restore_step(
                 continue;
             }
         }
-        let text = match (&spec.kept_copy, &status.kept_copy_refused) {
-            (Some(_), None) if status.phase != RestorePhase::Unpacking => format!(
-                "Cloning {from}: restoring from the copy kept at delete time (recovering it onto a new timeline)"
+        let text = match (&spec.live_fork, &status.live_fork_refused) {
+            (Some(_), None) if status.phase == RestorePhase::Planning => {
+                Some(format!("Cloning {from}: forking the running instance (pg_basebackup over its local socket)"))
+            }
+            (Some(_), Some(why)) => Some(format!(
+                "{} (the running instance is not forked: {why}; restoring from the archive)",
+                phase_text(&from, &status, &mut replay_seen, src.target)
+            )),
+            _ => None,
+        };
+        let text = match (text, &spec.kept_copy, &status.kept_copy_refused) {
+            (Some(text), _, _) => text,
+            (None, Some(_), None) if status.phase != RestorePhase::Unpacking => format!(
+                "Cloning {from}: restoring from the copy kept at delete time (taking it and setting a new superuser password)"
             ),
-            (Some(_), Some(why)) => format!(
+            (None, Some(_), Some(why)) => format!(
                 "{} (the copy kept at delete time is not used: {why}; restoring from the archive)",
                 phase_text(&from, &status, &mut replay_seen, src.target)
             ),
@@ -284,7 +300,11 @@ pub async fn restore_step(
             progress_text(ctx, job, &text).await;
             shown = text;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Soon at first, then every fifth of a second: an undo from the kept copy is done in
+        // a few hundred milliseconds and a small live fork in one, and a fixed half-second
+        // wait was a third of the former.
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
         status = ctx.runtime.restore_status(&instance.id).await?;
     }
 }
@@ -294,6 +314,12 @@ pub async fn restore_step(
 fn restore_note(status: &RestoreStatus) -> Option<String> {
     if status.from_kept_copy {
         return Some("restored from the copy kept at delete time".into());
+    }
+    if let Some(bytes) = status.live_fork_bytes {
+        return Some(format!(
+            "forked from the running instance (pg_basebackup, {} MB)",
+            bytes.div_ceil(1_000_000)
+        ));
     }
     let wal = status.wal_bytes?;
     let base = status

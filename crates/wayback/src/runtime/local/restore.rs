@@ -31,7 +31,7 @@ use secrecy::{ExposeSecret, SecretString};
 use wayback_api::agent::{RestorePhase, RestoreState, RestoreStatus, WireError};
 
 use super::layout::Layout;
-use super::{io, rt, trash, ArchiveAccess, LocalRuntime};
+use super::{fork, io, rt, trash, ArchiveAccess, LocalRuntime};
 use crate::archive::keydoc;
 use crate::archive::layout::InstancePrefix;
 use crate::archive::restore::{self as engine, RestoreProgress, RestoreReport};
@@ -53,6 +53,8 @@ struct RestoreTask {
     /// Why the kept copy asked for was not used, once known (the restore goes on from the
     /// archive).
     kept_copy_refused: Mutex<Option<String>>,
+    /// Why the live fork asked for was not made, once known (likewise).
+    live_fork_refused: Mutex<Option<String>>,
     /// None while it runs.
     outcome: Mutex<Option<Result<RestoreDone, WireError>>>,
 }
@@ -65,6 +67,7 @@ struct RestoreDone {
     total_secs: Option<f64>,
     from_kept_copy: bool,
     wal_bytes: Option<u64>,
+    live_fork_bytes: Option<u64>,
 }
 
 impl Restores {
@@ -176,6 +179,11 @@ impl LocalRuntime {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            live_fork_refused: task
+                .live_fork_refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             ..Default::default()
         };
         match &*task.outcome.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -187,6 +195,7 @@ impl LocalRuntime {
                 out.total_secs = done.total_secs;
                 out.from_kept_copy = done.from_kept_copy;
                 out.wal_bytes = done.wal_bytes;
+                out.live_fork_bytes = done.live_fork_bytes;
             }
             Some(Err(e)) => {
                 out.state = RestoreState::Failed;
@@ -204,20 +213,35 @@ async fn run(site: Site, id: InstanceId, work: Work, task: Arc<RestoreTask>) {
         Work::Follow(spec) => site
             .follow(&id, spec, task.progress.clone())
             .await
-            .map(|r| r.map(|r| (r, false))),
+            .map(|r| r.map(Restored::Archive)),
     };
     let outcome = match result {
-        Ok(report) => {
-            tracing::info!(instance = %id, backup = ?report.as_ref().map(|r| &r.0.backup_id), "restore finished");
-            Ok(
-                report.map_or_else(RestoreDone::default, |(r, kept)| RestoreDone {
+        Ok(restored) => {
+            let done = match restored {
+                None => RestoreDone::default(),
+                Some(Restored::Archive(r)) => RestoreDone {
                     backup_id: Some(r.backup_id),
                     timeline: Some(r.timeline),
                     total_secs: Some(r.total_secs),
-                    from_kept_copy: kept,
-                    wal_bytes: (!kept).then_some(r.wal_segments as u64 * WAL_SEGMENT_BYTES),
-                }),
-            )
+                    from_kept_copy: false,
+                    wal_bytes: Some(r.wal_segments as u64 * WAL_SEGMENT_BYTES),
+                    live_fork_bytes: None,
+                },
+                Some(Restored::LiveFork { report: r, bytes }) => RestoreDone {
+                    backup_id: Some(r.backup_id),
+                    timeline: Some(r.timeline),
+                    total_secs: Some(r.total_secs),
+                    live_fork_bytes: Some(bytes),
+                    ..RestoreDone::default()
+                },
+                Some(Restored::KeptCopy { secs }) => RestoreDone {
+                    total_secs: Some(secs),
+                    from_kept_copy: true,
+                    ..RestoreDone::default()
+                },
+            };
+            tracing::info!(instance = %id, backup = ?done.backup_id, kept_copy = done.from_kept_copy, "restore finished");
+            Ok(done)
         }
         Err(e) => {
             tracing::warn!(instance = %id, error = %e, permanent = e.is_permanent(), "restore failed");
@@ -225,6 +249,17 @@ async fn run(site: Site, id: InstanceId, work: Work, task: Arc<RestoreTask>) {
         }
     };
     *task.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+}
+
+/// How a restore that ran got its data directory.
+enum Restored {
+    /// The engine restored and recovered it from the archive.
+    Archive(RestoreReport),
+    /// The source's copy kept at delete time, taken and readied (`trash::adopt`).
+    KeptCopy { secs: f64 },
+    /// A copy of the running source (`fork::copy_running`, `bytes` of it), recovered by the
+    /// engine.
+    LiveFork { report: RestoreReport, bytes: u64 },
 }
 
 /// The archive's WAL segment size (PostgreSQL's default, which every cluster here uses).
@@ -255,21 +290,21 @@ impl Site {
     }
 
     /// Restores the source into the instance's data directory, recovers and promotes it, and
-    /// records that it did; true beside the report when the source's kept copy was used. None:
-    /// an earlier run already finished the restore.
+    /// records that it did. None: an earlier run already finished the restore.
     ///
     /// A kept copy (issue 16) is tried first when the spec names one: taken by rename if its
-    /// `pg_control` is exactly what was recorded at delete time, then recovered by the same
-    /// engine with `restore_command` on the source's archive and promoted onto a new timeline —
-    /// so its WAL can never be confused with the source's, and anything the archive holds
-    /// beyond the copy would be replayed too. If the copy is refused, or its recovery fails, the
-    /// directory is emptied again and the restore goes on from the archive.
+    /// `pg_control` is exactly what was recorded at delete time — it then holds every commit
+    /// the archive holds, up to its clean shutdown — and readied without a recovery
+    /// (`trash::adopt`: a new superuser password; why its WAL can never be confused with the
+    /// source's is said there). It is left shut down: the clone's next steps write its
+    /// configuration and own archiving and start it once. If the copy is refused, or readying
+    /// it fails, the directory is emptied again and the restore goes on from the archive.
     async fn restore(
         &self,
         id: &InstanceId,
         spec: RestoreSpec,
         task: &RestoreTask,
-    ) -> Result<Option<(RestoreReport, bool)>, RuntimeError> {
+    ) -> Result<Option<Restored>, RuntimeError> {
         let progress = task.progress.clone();
         let settings = &self.archive.settings;
         // The source's data key first: a key that is missing or does not unwrap fails the
@@ -320,24 +355,60 @@ impl Site {
             progress: Some(progress.clone()),
             prefilled: false,
         };
+        if let Some(source) = &spec.live_fork {
+            let mut req = request(slot);
+            let why = match fork::copy_running(&self.layout, &self.tools, source, &req.dirs.pgdata)
+                .await
+            {
+                Ok(bytes) => {
+                    tracing::info!(instance = %id, source = %source, bytes, "forked the running source");
+                    req.prefilled = true;
+                    req.target = engine::RestoreTarget::Latest;
+                    match self.run_engine(id, req).await {
+                        Ok(report) => return Ok(Some(Restored::LiveFork { report, bytes })),
+                        Err(e) => format!("recovering the copy failed ({e})"),
+                    }
+                }
+                Err(why) => why,
+            };
+            tracing::warn!(instance = %id, source = %source, why, "the running source was not forked; restoring from the archive");
+            *task
+                .live_fork_refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(why);
+            let Some(slot) = self
+                .prepare(id, spec.port, Some((&own, &own_prefix)), None)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let report = self.run_engine(id, request(slot)).await?;
+            return Ok(Some(Restored::Archive(report)));
+        }
         let Some(kept) = &spec.kept_copy else {
-            return Ok(Some((self.run_engine(id, request(slot)).await?, false)));
+            let report = self.run_engine(id, request(slot)).await?;
+            return Ok(Some(Restored::Archive(report)));
         };
-        let mut req = request(slot);
+        let started = std::time::Instant::now();
+        let pgdata = self.layout.dirs(id).pgdata;
         let why = match trash::take(
             &self.layout,
             &kept.source,
             &kept.checkpoint_lsn,
             spec.source_system_identifier,
-            &req.dirs.pgdata,
+            &pgdata,
         ) {
             Ok(()) => {
                 tracing::info!(instance = %id, source = %kept.source, "restoring from the copy kept at delete time");
-                req.prefilled = true;
-                req.target = engine::RestoreTarget::Latest;
-                match self.run_engine(id, req).await {
-                    Ok(report) => return Ok(Some((report, true))),
-                    Err(e) => format!("recovering it failed ({e})"),
+                let adopted =
+                    trash::adopt(&self.tools, &pgdata, &slot.superuser_verifier, self.timeout)
+                        .await;
+                match adopted.and_then(|()| self.mark_restored(id).map_err(|e| e.to_string())) {
+                    Ok(()) => {
+                        let secs = started.elapsed().as_secs_f64();
+                        return Ok(Some(Restored::KeptCopy { secs }));
+                    }
+                    Err(e) => format!("readying it failed ({e})"),
                 }
             }
             Err(why) => why,
@@ -353,7 +424,8 @@ impl Site {
         else {
             return Ok(None);
         };
-        Ok(Some((self.run_engine(id, request(slot)).await?, false)))
+        let report = self.run_engine(id, request(slot)).await?;
+        Ok(Some(Restored::Archive(report)))
     }
 
     /// Runs the engine and records that it finished.
@@ -370,10 +442,14 @@ impl Site {
             .map_err(|e| {
                 RuntimeError::Pg(PgError::Setup(format!("the restore task ended: {e}")))
             })??;
+        self.mark_restored(id)?;
+        Ok(report)
+    }
+
+    fn mark_restored(&self, id: &InstanceId) -> Result<(), RuntimeError> {
         let marker = self.restored_marker(id);
         fsutil::write_atomic(&marker, b"restored\n", 0o600, None)
-            .map_err(io(format!("write {}", marker.display())))?;
-        Ok(report)
+            .map_err(io(format!("write {}", marker.display())))
     }
 
     /// Prepares an empty data directory for a restore that archives into `own` once

@@ -12,7 +12,8 @@
 //!
 //! A clone takes a copy by rename too ([`take`]), after checking that `pg_control` is exactly
 //! what the broker recorded at delete time. A copy that does not pass is removed: it could be
-//! trusted for nothing. Must not import `osb`, `broker`, `store` or `jobs`.
+//! trusted for nothing. A copy taken is readied without a recovery ([`adopt`]: new superuser
+//! password in single-user mode; why no new timeline is needed is said there). Must not import `osb`, `broker`, `store` or `jobs`.
 
 use std::path::Path;
 
@@ -185,6 +186,67 @@ pub(super) fn take(
     verdict
 }
 
+/// Readies a copy just taken into `pgdata` for the clone's first start, without a recovery:
+/// the superuser's password becomes `superuser_verifier` (the one in the clone's
+/// `admin-password`), set in single-user mode, which runs no postmaster, opens no socket and
+/// archives nothing. Its shutdown checkpoint leaves the directory cleanly shut down again, to
+/// be configured for the plan and the clone's own archive and started by the clone's later
+/// steps.
+///
+/// The copy stays on its source's timeline (no promotion), and that is safe because nothing
+/// ever reads the source's WAL and the clone's WAL together: the clone archives only into its
+/// own prefix from its first start (its `archive_command` is the clone's before the server
+/// ever runs), every restore of the clone — a clone of it, a follower, its own undo — reads
+/// only that prefix (its base backups, its WAL, its `instance.json`), and no restore of the
+/// source ever reads the clone's. Within one prefix a name means one content (archiving rule
+/// 2), and the source's prefix is never written again (it is deleted). A new timeline adds
+/// nothing to that separation; its recovery and the restart after it cost half a second.
+pub(super) async fn adopt(
+    tools: &crate::pg::Tools,
+    pgdata: &Path,
+    superuser_verifier: &secrecy::SecretString,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    use secrecy::ExposeSecret;
+    let sql = format!(
+        "ALTER ROLE {} PASSWORD {}\n",
+        crate::pg::SUPERUSER,
+        crate::pg::sql::quote_literal(superuser_verifier.expose_secret())
+    );
+    let out = tools
+        .cmd(
+            "postgres",
+            "set the clone's superuser password (single-user mode)",
+        )
+        .arg("--single")
+        .arg("-D")
+        .arg(pgdata)
+        .arg(crate::pg::sql::ADMIN_DATABASE)
+        .stdin(sql.into_bytes())
+        .timeout(timeout)
+        .run()
+        .await
+        .map_err(|e| format!("single-user mode failed ({e})"))?;
+    // A statement's error does not change single-user mode's exit status.
+    // Only the ERROR lines: a STATEMENT line would hold the verifier.
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("ERROR:") || l.contains("FATAL:"))
+        .collect();
+    if !errors.is_empty() {
+        return Err(format!(
+            "setting the superuser's password failed: {}",
+            errors.join("; ")
+        ));
+    }
+    match control::read_summary(pgdata) {
+        Ok(s) if s.shut_down => Ok(()),
+        Ok(_) => Err("pg_control does not say shut down after single-user mode".into()),
+        Err(e) => Err(format!("its pg_control cannot be read ({e})")),
+    }
+}
+
 fn read_record(entry: &Path) -> Option<KeptCopy> {
     let bytes = std::fs::read(entry.join(RECORD)).ok()?;
     serde_json::from_slice(&bytes).ok()
@@ -203,7 +265,7 @@ fn remove_entry(entry: &Path) -> Result<(), RuntimeError> {
 }
 
 /// Bytes of the regular files under `dir` (what its removal frees, near enough).
-fn tree_size(dir: &Path) -> u64 {
+pub(super) fn tree_size(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };

@@ -1,9 +1,9 @@
 //! Undo from the copy kept at delete time (issue 16), on real clusters and the real S3 server
 //! (a local-directory archive when the script provides none): a deleted instance's data
 //! directory is moved into the trash, a clone of it at its latest point takes it by rename
-//! and recovers it onto a new timeline, and every case that cannot use it — a copy whose
-//! `pg_control` is not what was recorded, a point in time before the final commit, a second
-//! undo — falls back to the archive with the right rows. Copies are evicted by time, for room
+//! and starts it without a recovery, archiving into its own prefix alone, and every case that
+//! cannot use it — a copy whose `pg_control` is not what was recorded, a point in time before
+//! the final commit, a second undo — falls back to the archive with the right rows. Copies are evicted by time, for room
 //! and before a provision, never touching the archive; `keep_hours: 0` keeps nothing. With
 //! broker processes ([`processes`]): a broker killed between the move and its record, and two
 //! agents.
@@ -29,6 +29,13 @@ use wayback::storage::ObjectStore;
 async fn app_with(
     customise: impl FnOnce(&mut wayback::config::Settings),
 ) -> (TestApp, ObjectStore) {
+    // Kept copies stay whatever room the machine's disk has left (a shared test machine's may
+    // be under the default floor); the eviction tests set their own floor.
+    let customise = |s: &mut wayback::config::Settings| {
+        s.trash.min_free_bytes = 0;
+        s.trash.min_free_share = 0.0;
+        customise(s);
+    };
     match shared_s3_settings("ut") {
         Some(s3) => {
             let store = ObjectStore::open(&s3).unwrap();
@@ -200,15 +207,17 @@ async fn delete_then_undo_takes_the_kept_copy_and_a_second_undo_uses_the_archive
         connect(stale.as_str()).await.is_err(),
         "the source's binding must not log in"
     );
-    // On a new timeline, archiving into its own prefix, with its own first base backup.
+    // On the source's timeline (no promotion: `trash::adopt` says why none is needed, and
+    // `an_undone_clone_needs_nothing_of_its_source_archive` shows it), archiving into its own
+    // prefix, with its own first base backup.
     let timeline: i32 = sqlx::query_scalar("SELECT timeline_id FROM pg_control_checkpoint()")
         .fetch_one(&mut app.admin(&clone).await)
         .await
         .unwrap();
-    assert!(timeline >= 2, "timeline {timeline}");
+    assert_eq!(timeline, 1);
     wait_for_backup(&store, &clone).await;
     let own = archive_keys(&store, &clone).await;
-    assert!(own.iter().any(|k| k.ends_with(".history")), "{own:?}");
+    assert!(own.iter().any(|k| k.contains("/wal/")), "{own:?}");
 
     // A second undo of the same source: the copy is gone, so the archive.
     let (again, seen) = app
@@ -222,6 +231,54 @@ async fn delete_then_undo_takes_the_kept_copy_and_a_second_undo_uses_the_archive
     );
     assert!(seen.last().unwrap().contains(" MB of WAL, in "), "{seen:?}");
     assert_eq!(clone_rows(&app, &again).await, ["one", "two"]);
+}
+
+/// The undone clone stays on its source's timeline; what keeps the two lineages apart is the
+/// prefix: the source's is never written again, and the clone's own archive restores it with
+/// nothing of the source's left.
+#[tokio::test]
+async fn an_undone_clone_needs_nothing_of_its_source_archive() {
+    if !pg_available() {
+        return;
+    }
+    let (app, store) = app_with(|_| {}).await;
+    let (src, _) = source_with_rows(&app, &store, "lineage").await;
+    app.deprovision_done(&src).await;
+    let sealed = archive_keys(&store, &src).await;
+    let (clone, seen) = app
+        .clone_ready("lineage", json!({"clone-from": "lineage"}))
+        .await;
+    assert!(
+        said(&seen, "restored from the copy kept at delete time"),
+        "{seen:?}"
+    );
+    let mut conn = app.admin_on(&clone, "app").await;
+    wait_for_backup(&store, &clone).await;
+    exec(&mut conn, "INSERT INTO orders VALUES ('three')").await;
+    let target = now(&mut conn).await;
+    exec(&mut conn, "INSERT INTO orders VALUES ('four')").await;
+    archive_now(&mut conn, &store, &clone).await;
+    drop(conn);
+    assert_eq!(
+        archive_keys(&store, &src).await,
+        sealed,
+        "the source's prefix is never written"
+    );
+    // Without a byte of the source's archive, the clone's lineage restores from its own (a
+    // point in time: the archive, not a live fork).
+    let gone: Vec<String> = sealed.into_iter().collect();
+    store.delete_many(&gone).await.unwrap();
+    let (again, seen) = app
+        .clone_ready(
+            "lineage-2",
+            json!({"clone-from": clone, "point-in-time": target.to_rfc3339()}),
+        )
+        .await;
+    assert!(
+        seen.last().unwrap().contains("restored from the archive"),
+        "{seen:?}"
+    );
+    assert_eq!(clone_rows(&app, &again).await, ["one", "three", "two"]);
 }
 
 /// Rewrites the latest checkpoint's LSN in a pg_control file, keeping its CRC valid: a copy

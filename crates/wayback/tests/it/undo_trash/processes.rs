@@ -1,5 +1,6 @@
 //! Kept copies across processes: a broker process killed between the move to the trash and
-//! its record, and a fleet of two agents where the undo follows the copy.
+//! its record, and a fleet of two agents where the undo follows the copy and a live fork
+//! follows its running source.
 
 use std::time::{Duration, Instant};
 
@@ -155,6 +156,58 @@ async fn with_two_agents_the_clone_lands_on_the_agent_holding_the_copy() {
         "{seen:?}"
     );
     assert!(!entry.exists());
+    let creds = fleet.app.bind_sync(&clone, &new_id()).await;
+    let mut conn = connect(creds["uri"].as_str().unwrap()).await.unwrap();
+    assert_eq!(
+        rows(&mut conn, "SELECT what FROM orders ORDER BY 1").await,
+        ["one", "two"]
+    );
+}
+
+/// With two agents a clone of a live instance is placed on its source's agent — even when that
+/// agent holds more instances than the other — and forks the running server there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_two_agents_a_live_fork_lands_on_the_source_agent() {
+    use crate::agents::Fleet;
+    if !pg_available() {
+        return;
+    }
+    let fleet = Fleet::start(2, |_| {}).await;
+    let store = fleet.store();
+    let (src, _) = source_with_rows(&fleet.app, &store, "running").await;
+    let holder = fleet.placed_on(&src).await.unwrap();
+    // The holder gets more instances than the other agent (as above): a new instance would
+    // not go there.
+    let mut elsewhere = Vec::new();
+    let mut on_holder = false;
+    for _ in 0..6 {
+        let id = fleet
+            .app
+            .provision_ready(&format!("filler-{}", &new_id()[..6]))
+            .await;
+        if fleet.placed_on(&id).await.unwrap() == holder {
+            on_holder = true;
+            break;
+        }
+        elsewhere.push(id);
+    }
+    assert!(on_holder, "no filler landed on {holder}");
+    for id in &elsewhere {
+        fleet.app.deprovision_done(id).await;
+    }
+
+    let (clone, seen) = fleet
+        .app
+        .clone_ready("running-fork", json!({"clone-from": "running"}))
+        .await;
+    assert_eq!(
+        fleet.placed_on(&clone).await.as_deref(),
+        Some(holder.as_str())
+    );
+    assert!(
+        said(&seen, "forked from the running instance (pg_basebackup, "),
+        "{seen:?}"
+    );
     let creds = fleet.app.bind_sync(&clone, &new_id()).await;
     let mut conn = connect(creds["uri"].as_str().unwrap()).await.unwrap();
     assert_eq!(
