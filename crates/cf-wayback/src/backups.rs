@@ -38,7 +38,7 @@ pub async fn run(session: &Session, args: &BackupsArgs) -> Result<(), CliError> 
         if args.drills {
             print!("{}", crate::drills::render_drills(&instances, zone));
         } else {
-            print!("{}", crate::drills::render_table(&instances, zone));
+            print!("{}", output::render_table(&instances, zone));
         }
     }
     match (&args.name, instances.is_empty()) {

@@ -53,22 +53,18 @@ fn text_cell(s: Option<&str>) -> String {
     }
 }
 
-const HEADER: [&str; 6] = [
+const HEADER: [&str; 7] = [
     "name",
     "instance",
     "state",
     "restorable from",
     "restorable to",
     "last base backup",
+    "verified",
 ];
 
-/// The table's header (`drills` adds its column after these).
-pub fn row_header() -> [&'static str; 6] {
-    HEADER
-}
-
 /// One table row of a broker `INSTANCE`.
-pub fn row(instance: &v1::Instance, zone: Zone) -> [String; 6] {
+pub fn row(instance: &v1::Instance, zone: Zone) -> [String; 7] {
     let window = &instance.restore_window;
     let to = if window.to_now {
         "now".to_string()
@@ -83,14 +79,33 @@ pub fn row(instance: &v1::Instance, zone: Zone) -> [String; 6] {
         time_cell(window.from, zone),
         to,
         time_cell(instance.last_base_backup, zone),
+        verified_cell(instance, zone),
     ]
 }
 
+/// The "verified" cell (issue 18): when the newest restore drill ended if it passed,
+/// `FAILED (check)` with its first failing check, or `never`.
+pub fn verified_cell(instance: &v1::Instance, zone: Zone) -> String {
+    match instance.drills.first() {
+        None => "never".into(),
+        Some(d) if d.passed() => {
+            let ended =
+                d.started + chrono::Duration::milliseconds((d.duration_secs * 1000.0) as i64);
+            format_time(ended, zone)
+        }
+        Some(d) => match &d.failure {
+            Some(f) => format!("FAILED ({})", f.check),
+            None => "FAILED".into(),
+        },
+    }
+}
+
 /// The table: a header, one line per instance in the broker's order (newest first), columns
-/// as wide as their widest cell and three spaces apart, no trailing blanks. Under a deleted
+/// as wide as their widest cell and three spaces apart, no trailing blanks; the last column
+/// says when the archive was last proven by a restore drill ([`verified_cell`]). Under a deleted
 /// instance's row, indented, how an undo to its latest point would go ([`undo_line`]).
 pub fn render_table(instances: &[Listed], zone: Zone) -> String {
-    let mut rows: Vec<[String; 6]> = vec![HEADER.map(String::from)];
+    let mut rows: Vec<[String; 7]> = vec![HEADER.map(String::from)];
     rows.extend(instances.iter().map(|i| row(&i.instance, zone)));
     let table = align(&rows);
     let mut lines = table.lines();
@@ -218,10 +233,10 @@ mod tests {
         ];
         assert_eq!(
             render_table(&instances, Zone::Utc),
-            "name         instance   state     restorable from        restorable to          last base backup\n\
-             production   3f2a9c1e   deleted   2026-11-14 03:00 UTC   2026-11-21 09:42 UTC   2026-11-21 03:00 UTC\n\
+            "name         instance   state     restorable from        restorable to          last base backup       verified\n\
+             production   3f2a9c1e   deleted   2026-11-14 03:00 UTC   2026-11-21 09:42 UTC   2026-11-21 03:00 UTC   never\n\
              \x20 undo: from the archive\n\
-             orders       a81c07d2   live      2026-11-14 03:00 UTC   now                    2026-11-21 03:00 UTC\n"
+             orders       a81c07d2   live      2026-11-14 03:00 UTC   now                    2026-11-21 03:00 UTC   never\n"
         );
     }
 
@@ -259,7 +274,7 @@ mod tests {
         let line = table.lines().nth(1).unwrap();
         assert_eq!(
             line.split_whitespace().collect::<Vec<_>>(),
-            ["-", "c0ffee00", "provisioning", "-", "-", "-"]
+            ["-", "c0ffee00", "provisioning", "-", "-", "-", "never"]
         );
     }
 

@@ -95,6 +95,56 @@ pub fn processes_in(pgdata: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// Live `pg_basebackup` processes writing into `pgdata` (named by a `--pgdata`/`-D` argument):
+/// a live fork's copy (issue 16) whose broker or agent died mid-copy. Its working directory is
+/// not `pgdata`, so [`processes_in`] does not see it, and left alone it would go on writing into
+/// a directory a retried restore has emptied and filled again.
+pub fn copiers_into(pgdata: &Path) -> Vec<i32> {
+    let wanted: Vec<std::ffi::OsString> = [
+        Some(pgdata.to_path_buf()),
+        std::fs::canonicalize(pgdata).ok(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| p.into_os_string())
+    .collect();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            copies_into(&raw, &wanted)
+        })
+        .collect()
+}
+
+/// Whether a NUL-separated command line is `pg_basebackup` with one of `wanted` as its
+/// `--pgdata` / `-D` argument.
+fn copies_into(cmdline: &[u8], wanted: &[std::ffi::OsString]) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let args: Vec<&std::ffi::OsStr> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(std::ffi::OsStr::from_bytes)
+        .collect();
+    let is_copier = args
+        .first()
+        .is_some_and(|a| Path::new(a).file_name() == Some(std::ffi::OsStr::new("pg_basebackup")));
+    let names = |dir: &std::ffi::OsStr| wanted.iter().any(|w| w.as_os_str() == dir);
+    is_copier
+        && args.windows(2).any(|w| {
+            (w[0] == "--pgdata" || w[0] == "-D") && names(w[1])
+                || w[1]
+                    .as_bytes()
+                    .strip_prefix(b"--pgdata=")
+                    .is_some_and(|d| names(std::ffi::OsStr::from_bytes(d)))
+        })
+}
+
 /// Makes lock files left by a dead postmaster harmless before a start: `postmaster.pid` and the
 /// socket's `.s.PGSQL.<port>.lock`. The postmaster ignores a lock whose pid is gone, but not one
 /// whose pid is an unreaped zombie (a killed postmaster whose parent — init in a container — does
@@ -155,6 +205,36 @@ pub async fn clear_stale_locks(dirs: &ClusterDirs, timeout: Duration) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copier_is_known_by_its_target_directory() {
+        let wanted = vec![std::ffi::OsString::from("/data/clusters/b/pgdata")];
+        let line = |args: &[&str]| args.join("\0").into_bytes();
+        let ours = line(&[
+            "/usr/lib/postgresql/15/bin/pg_basebackup",
+            "--pgdata",
+            "/data/clusters/b/pgdata",
+            "--wal-method=stream",
+        ]);
+        assert!(copies_into(&ours, &wanted));
+        assert!(copies_into(
+            &line(&["pg_basebackup", "--pgdata=/data/clusters/b/pgdata"]),
+            &wanted
+        ));
+        assert!(copies_into(
+            &line(&["pg_basebackup", "-D", "/data/clusters/b/pgdata"]),
+            &wanted
+        ));
+        // Another cluster's copy, and another program naming the directory, are not it.
+        assert!(!copies_into(
+            &line(&["pg_basebackup", "--pgdata", "/data/clusters/c/pgdata"]),
+            &wanted
+        ));
+        assert!(!copies_into(
+            &line(&["postgres", "-D", "/data/clusters/b/pgdata"]),
+            &wanted
+        ));
+    }
 
     #[test]
     fn parses_postmaster_pid() {

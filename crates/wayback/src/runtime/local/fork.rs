@@ -13,7 +13,8 @@
 //! `PGPASSWORD`, never the command line), on the `local replication` line every cluster's
 //! `pg_hba.conf` has for base backups. Runs as the cluster user, so the copy is that user's.
 //! Anything that fails leaves the directory to the caller, who empties it and restores from
-//! the archive. Must not import `osb`, `broker`, `store` or `jobs`.
+//! the archive. A copy whose broker or agent died mid-way is killed before the retried restore
+//! empties the directory (`stop_everything_in` finds it by its `--pgdata` argument). Must not import `osb`, `broker`, `store` or `jobs`.
 
 use std::path::Path;
 use std::time::Duration;

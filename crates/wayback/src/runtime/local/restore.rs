@@ -554,7 +554,8 @@ impl Site {
 }
 
 /// Stops the server of `dir` and kills every process still working there (the orphaned
-/// `wal-fetch`, `wal-push` and prefetch processes of a server whose broker died), bounded.
+/// `wal-fetch`, `wal-push` and prefetch processes of a server whose broker died, and a live
+/// fork's `pg_basebackup` still copying into it), bounded.
 pub(super) async fn stop_everything_in(
     tools: &Tools,
     dir: &Path,
@@ -573,7 +574,8 @@ pub(super) async fn stop_everything_in(
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let left = ctl::processes_in(dir);
+        let mut left = ctl::processes_in(dir);
+        left.extend(crate::pg::pidfile::copiers_into(dir));
         if left.is_empty() {
             return Ok(());
         }
