@@ -224,7 +224,11 @@ async fn run(site: Site, id: InstanceId, work: Work, task: Arc<RestoreTask>) {
                     timeline: Some(r.timeline),
                     total_secs: Some(r.total_secs),
                     from_kept_copy: false,
-                    wal_bytes: Some(r.wal_segments as u64 * WAL_SEGMENT_BYTES),
+                    // The WAL replayed from the backup's start to the end of recovery, not
+                    // every segment the archive holds.
+                    wal_bytes: crate::archive::layout::parse_lsn(&r.end_lsn)
+                        .zip(crate::archive::layout::parse_lsn(&r.backup_start_lsn))
+                        .map(|(end, start)| end.saturating_sub(start)),
                     live_fork_bytes: None,
                 },
                 Some(Restored::LiveFork { report: r, bytes }) => RestoreDone {
@@ -261,9 +265,6 @@ enum Restored {
     /// engine.
     LiveFork { report: RestoreReport, bytes: u64 },
 }
-
-/// The archive's WAL segment size (PostgreSQL's default, which every cluster here uses).
-const WAL_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// What a restore needs of the runtime, owned: it outlives the call that starts it.
 pub(super) struct Site {
