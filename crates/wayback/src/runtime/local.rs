@@ -16,6 +16,8 @@ mod archive;
 mod backup;
 mod clone;
 mod follow;
+mod ha;
+mod ha_patroni;
 mod interface;
 mod layout;
 mod lifecycle;
