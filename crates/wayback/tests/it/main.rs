@@ -31,6 +31,7 @@ mod drain;
 mod fast;
 mod follow_engine;
 mod followers;
+mod ha_engine;
 mod lifecycle;
 mod osb_pg;
 mod pg_driver;

@@ -144,10 +144,43 @@ impl Etcd {
 
     /// The last lines of etcd's log, for a failure message.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        tail(
+            &std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default(),
+            20,
+        )
     }
+
+    /// How many keys start with `prefix` (through etcd's v3 JSON gateway).
+    pub async fn count_prefix(&self, prefix: &str) -> u64 {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let mut end = prefix.as_bytes().to_vec();
+        *end.last_mut().expect("a prefix") += 1;
+        let body: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/v3/kv/range", self.client_url()))
+            .json(&serde_json::json!({
+                "key": b64(prefix.as_bytes()),
+                "range_end": b64(&end),
+                "count_only": true,
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        // The gateway writes int64 as a string and leaves out zero values.
+        body["count"]
+            .as_str()
+            .map(|c| c.parse().unwrap())
+            .unwrap_or(0)
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 impl Drop for Etcd {
