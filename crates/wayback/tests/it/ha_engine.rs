@@ -27,8 +27,8 @@ use wayback::archive::layout::InstancePrefix;
 use wayback::archive::ArchiveTarget;
 use wayback::domain::{InstanceId, SpaceGuid};
 use wayback::runtime::{
-    ArchiveAccess, ArchiveCommand, ClusterRuntime, ClusterSpec, Durability, HaMemberSpec, HaRole,
-    HaSeed, HaStatus, LocalRuntime,
+    ArchiveAccess, ArchiveCommand, ClusterRuntime, ClusterSpec, ClusterStatus, Durability,
+    HaMemberSpec, HaRole, HaSeed, HaStatus, LocalRuntime,
 };
 use wayback::storage::ObjectStore;
 
@@ -447,6 +447,10 @@ async fn a_patroni_pair_fails_over_rejoins_switches_over_and_rides_out_an_etcd_o
         "the rejoined member has every row"
     );
 
+    // The lifecycle calls know the member: it runs, and its settings are Patroni's to change.
+    assert_eq!(a.rt().status(&id).await.unwrap(), ClusterStatus::Running);
+    assert!(a.rt().apply_settings(&cluster(a.pg_port)).await.is_err());
+
     eprintln!("ha_engine: the switchover");
     // A switchover moves the leader back.
     let leader = b.rt().ha_switchover(&id, Some("m1")).await.unwrap();
@@ -492,5 +496,6 @@ async fn a_patroni_pair_fails_over_rejoins_switches_over_and_rides_out_an_etcd_o
     b.rt().destroy(&id).await.unwrap();
     a.rt().destroy(&id).await.unwrap();
     assert!(!a.cluster_dir(&id).exists() && !b.cluster_dir(&id).exists());
+    assert_eq!(a.rt().status(&id).await.unwrap(), ClusterStatus::Absent);
     assert_eq!(etcd.count_prefix(&format!("/wayback/{id}/")).await, 0);
 }

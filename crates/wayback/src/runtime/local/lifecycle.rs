@@ -166,6 +166,12 @@ impl LocalRuntime {
     pub async fn apply_settings(&self, spec: &ClusterSpec) -> Result<Applied, RuntimeError> {
         let id = &spec.instance;
         let _guard = self.lock(id).await;
+        if self.is_ha_member(id) {
+            // Patroni owns pgdata/postgresql.conf; a plan change goes through it (next step).
+            return Err(rt(PgError::Setup(format!(
+                "instance {id} is an HA member: changing its settings is not supported yet"
+            ))));
+        }
         let tools = self.tools().await?;
         let dirs = self.existing(id)?;
         self.layout
