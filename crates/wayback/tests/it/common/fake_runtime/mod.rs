@@ -15,6 +15,7 @@
 //! Test code only: nothing under `src/` may use it. Imports only `wayback`'s public API.
 
 mod calls;
+mod ha;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -56,6 +57,9 @@ pub enum Call {
     StandbyStatus,
     StartFollow,
     Promote,
+    HaStartMember,
+    HaStatus,
+    HaSwitchover,
 }
 
 /// Where every fake cluster's WAL is (`wal_position`) and every standby replayed to.
@@ -132,6 +136,8 @@ pub struct FakeRuntime {
     log: Mutex<Vec<(Call, Option<String>)>>,
     holds: Mutex<HashMap<Call, Arc<Hold>>>,
     failures: Mutex<HashMap<Call, VecDeque<RuntimeError>>>,
+    /// HA scopes by instance id (`ha.rs`).
+    ha: Mutex<HashMap<String, wayback::runtime::HaStatus>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
