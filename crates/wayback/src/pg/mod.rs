@@ -18,6 +18,7 @@ pub mod control;
 pub mod ctl;
 pub mod fsutil;
 pub mod initdb;
+pub mod patroni;
 pub mod pidfile;
 pub mod process;
 pub mod readonly;

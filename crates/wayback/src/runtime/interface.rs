@@ -277,6 +277,28 @@ pub trait ClusterRuntime: Send + Sync {
     /// ordinary ones.
     async fn promote(&self, follower: &InstanceId) -> Result<u32, RuntimeError>;
 
+    /// HA members (issue 15): makes (or starts again) this machine's member of an HA instance
+    /// and starts its Patroni ([`super::ha::HaMemberSpec`]). Runtimes without the engine refuse.
+    async fn ha_start_member(&self, spec: &super::ha::HaMemberSpec) -> Result<(), RuntimeError> {
+        Err(no_ha_engine(&spec.cluster.instance))
+    }
+
+    /// HA members: every member of the instance's scope, from Patroni.
+    async fn ha_status(&self, id: &InstanceId) -> Result<super::ha::HaStatus, RuntimeError> {
+        Err(no_ha_engine(id))
+    }
+
+    /// HA members: moves the leader to `candidate` (or to the member Patroni picks); the new
+    /// leader's name.
+    async fn ha_switchover(
+        &self,
+        id: &InstanceId,
+        candidate: Option<&str>,
+    ) -> Result<String, RuntimeError> {
+        let _ = candidate;
+        Err(no_ha_engine(id))
+    }
+
     /// How each of `leader`'s `followers` is doing ([`super::lag::observe`]): each call bounded
     /// by `timeout`, a side that does not answer giving state `unknown`, never an error.
     async fn follower_lags(
@@ -316,6 +338,13 @@ pub trait ClusterRuntime: Send + Sync {
             })
             .collect()
     }
+}
+
+/// The answer of a runtime that runs no HA members (yet: agents are the next step).
+fn no_ha_engine(id: &InstanceId) -> RuntimeError {
+    RuntimeError::Pg(crate::pg::PgError::Setup(format!(
+        "instance {id}: this runtime does not run HA members"
+    )))
 }
 
 /// What one look at the agents found: each one's capacity, or why it did not answer.

@@ -19,6 +19,8 @@ mod drill;
 mod drill_checks;
 mod follow;
 mod fork;
+mod ha;
+mod ha_patroni;
 mod interface;
 mod layout;
 mod lifecycle;

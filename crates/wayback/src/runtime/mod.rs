@@ -9,6 +9,7 @@
 //! only domain types. Must not import `osb`, `broker`, `store` or `jobs`.
 
 pub mod error;
+pub mod ha;
 pub mod interface;
 pub mod lag;
 mod local;
@@ -23,6 +24,7 @@ use crate::domain::InstanceId;
 /// For implementations of [`ClusterRuntime`] outside this crate (a test's fake runtime).
 pub use async_trait::async_trait;
 pub use error::RuntimeError;
+pub use ha::{Durability, HaMember, HaMemberSpec, HaRole, HaSeed, HaStatus};
 pub use interface::DrillSpec;
 pub use interface::{
     AgentSurvey, ClusterRuntime, MachineTrash, Reach, RestoreSpec, RoleAccess, Runtime,

@@ -31,9 +31,29 @@ impl LocalRuntime {
                 instance: id.to_string(),
             }));
         }
-        let root = self.layout.cluster(id);
         let mut target = target.clone();
         target.system_identifier = self.system_identifier(id)?;
+        let conf = self
+            .write_archive_target(id, target, command, owner)
+            .await?;
+        let conf_path = dirs.pgdata.join(crate::pg::conf::ARCHIVE_INCLUDE);
+        fsutil::write_atomic(&conf_path, conf.as_bytes(), 0o600, owner)
+            .map_err(PgError::io(format!("write {}", conf_path.display())))
+            .map_err(rt)?;
+        Ok(())
+    }
+
+    /// Writes `<cluster>/archive.json` for `target` (whose system identifier the caller set),
+    /// keeping the data key the cluster already archives with, and makes the directories
+    /// `wal-push` uses; returns the text of the archive include that runs it.
+    pub(super) async fn write_archive_target(
+        &self,
+        id: &InstanceId,
+        mut target: ArchiveTarget,
+        command: &ArchiveCommand,
+        owner: Option<fsutil::Owner>,
+    ) -> Result<String, RuntimeError> {
+        let root = self.layout.cluster(id);
         let target_file = root.join("archive.json");
         // The key this cluster already archives with (a clone's restore wrote it; a step run
         // again): kept, with no storage round trip.
@@ -74,11 +94,7 @@ impl LocalRuntime {
             )),
             command.archive_timeout_secs,
         );
-        let conf_path = dirs.pgdata.join(crate::pg::conf::ARCHIVE_INCLUDE);
-        fsutil::write_atomic(&conf_path, conf.as_bytes(), 0o600, owner)
-            .map_err(PgError::io(format!("write {}", conf_path.display())))
-            .map_err(rt)?;
-        Ok(())
+        Ok(conf)
     }
 }
 

@@ -184,4 +184,20 @@ impl ClusterRuntime for LocalRuntime {
     async fn promote(&self, follower: &InstanceId) -> Result<u32, RuntimeError> {
         LocalRuntime::promote(self, follower).await
     }
+    async fn ha_start_member(
+        &self,
+        spec: &crate::runtime::HaMemberSpec,
+    ) -> Result<(), RuntimeError> {
+        LocalRuntime::ha_start_member(self, spec).await
+    }
+    async fn ha_status(&self, id: &InstanceId) -> Result<crate::runtime::HaStatus, RuntimeError> {
+        LocalRuntime::ha_status(self, id).await
+    }
+    async fn ha_switchover(
+        &self,
+        id: &InstanceId,
+        candidate: Option<&str>,
+    ) -> Result<String, RuntimeError> {
+        LocalRuntime::ha_switchover(self, id, candidate).await
+    }
 }

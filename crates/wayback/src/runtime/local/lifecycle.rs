@@ -38,6 +38,9 @@ impl LocalRuntime {
         tools: &Tools,
         id: &InstanceId,
     ) -> Result<(), RuntimeError> {
+        if self.is_ha_member(id) {
+            return self.ha_start(tools, id).await;
+        }
         let dirs = self.existing(id)?;
         if ctl::live_postmaster(&dirs.pgdata).map_err(rt)?.is_some()
             && ctl::wait_ready(tools, &dirs, self.timeout())
@@ -84,6 +87,9 @@ impl LocalRuntime {
     pub async fn stop(&self, id: &InstanceId) -> Result<(), RuntimeError> {
         let _guard = self.lock(id).await;
         let tools = self.tools().await?;
+        if self.is_ha_member(id) {
+            return self.ha_stop(tools, id).await;
+        }
         let dirs = self.layout.dirs(id);
         if !dirs.exists() {
             return Ok(());
@@ -96,6 +102,10 @@ impl LocalRuntime {
     pub async fn status(&self, id: &InstanceId) -> Result<ClusterStatus, RuntimeError> {
         let tools = self.tools().await?;
         let dirs = self.layout.dirs(id);
+        if self.is_ha_member(id) && (!dirs.exists() || !self.ha_running(id)) {
+            // A member Patroni is still seeding, or whose Patroni is down.
+            return Ok(ClusterStatus::Stopped);
+        }
         if !dirs.exists() {
             return Ok(ClusterStatus::Absent);
         }
@@ -131,6 +141,9 @@ impl LocalRuntime {
         if !cluster.exists() {
             return Ok(());
         }
+        if self.is_ha_member(id) {
+            self.ha_leave(id).await?;
+        }
         let pgdata = self.layout.dirs(id).pgdata;
         if pgdata.exists() {
             let fast = ctl::stop(tools, &pgdata, StopMode::Fast, self.timeout()).await;
@@ -153,6 +166,12 @@ impl LocalRuntime {
     pub async fn apply_settings(&self, spec: &ClusterSpec) -> Result<Applied, RuntimeError> {
         let id = &spec.instance;
         let _guard = self.lock(id).await;
+        if self.is_ha_member(id) {
+            // Patroni owns pgdata/postgresql.conf; a plan change goes through it (next step).
+            return Err(rt(PgError::Setup(format!(
+                "instance {id} is an HA member: changing its settings is not supported yet"
+            ))));
+        }
         let tools = self.tools().await?;
         let dirs = self.existing(id)?;
         self.layout

@@ -71,8 +71,26 @@ impl LocalRuntime {
     }
 
     /// The followers' (role, address) pairs recorded for `id`.
-    fn hba_entries(&self, id: &InstanceId) -> Result<Vec<(String, String)>, RuntimeError> {
+    pub(super) fn hba_entries(
+        &self,
+        id: &InstanceId,
+    ) -> Result<Vec<(String, String)>, RuntimeError> {
         hba_entries(&self.layout, id)
+    }
+
+    /// Records the replication lines of `id` without touching `pg_hba.conf` (a cluster whose
+    /// data directory is still to come gets them at the next rewrite of the file).
+    pub(super) fn record_hba_entries(
+        &self,
+        id: &InstanceId,
+        entries: &[(String, String)],
+    ) -> Result<(), RuntimeError> {
+        // Rendered first: an invalid entry is refused before anything is written.
+        conf::render_replication_hba(entries, self.tls.is_some()).map_err(rt)?;
+        let path = self.hba_entries_file(id);
+        let text: String = entries.iter().map(|(r, a)| format!("{r} {a}\n")).collect();
+        fsutil::write_atomic(&path, text.as_bytes(), 0o600, None)
+            .map_err(io(format!("write {}", path.display())))
     }
 
     /// The whole `pg_hba.conf` of `id`: a follower's admin peer line, the managed lines, then
@@ -82,7 +100,7 @@ impl LocalRuntime {
     }
 
     /// Records the followers' lines, rewrites `pg_hba.conf` and reloads the running server.
-    async fn set_hba_entries(
+    pub(super) async fn set_hba_entries(
         &self,
         id: &InstanceId,
         entries: &[(String, String)],
@@ -91,10 +109,7 @@ impl LocalRuntime {
         conf::render_replication_hba(entries, self.tls.is_some()).map_err(rt)?;
         let tools = self.tools().await?;
         let dirs = self.existing(id)?;
-        let path = self.hba_entries_file(id);
-        let text: String = entries.iter().map(|(r, a)| format!("{r} {a}\n")).collect();
-        fsutil::write_atomic(&path, text.as_bytes(), 0o600, None)
-            .map_err(io(format!("write {}", path.display())))?;
+        self.record_hba_entries(id, entries)?;
         let hba = dirs.pgdata.join("pg_hba.conf");
         fsutil::write_atomic(
             &hba,

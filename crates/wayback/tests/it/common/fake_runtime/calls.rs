@@ -360,6 +360,29 @@ impl ClusterRuntime for FakeRuntime {
             2
         })
     }
+
+    async fn ha_start_member(
+        &self,
+        spec: &wayback::runtime::HaMemberSpec,
+    ) -> Result<(), RuntimeError> {
+        self.enter(Call::HaStartMember, Some(&spec.cluster.instance))
+            .await?;
+        self.fake_ha_start_member(spec)
+    }
+
+    async fn ha_status(&self, id: &InstanceId) -> Result<wayback::runtime::HaStatus, RuntimeError> {
+        self.enter(Call::HaStatus, Some(id)).await?;
+        self.fake_ha_status(id)
+    }
+
+    async fn ha_switchover(
+        &self,
+        id: &InstanceId,
+        candidate: Option<&str>,
+    ) -> Result<String, RuntimeError> {
+        self.enter(Call::HaSwitchover, Some(id)).await?;
+        self.fake_ha_switchover(id, candidate)
+    }
 }
 
 /// A restore that succeeded.

@@ -15,6 +15,7 @@
 //! Test code only: nothing under `src/` may use it. Imports only `wayback`'s public API.
 
 mod calls;
+mod ha;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,9 @@ pub enum Call {
     Promote,
     /// A restore drill (issue 18): passes unless `fail_next(Call::Drill, …)`.
     Drill,
+    HaStartMember,
+    HaStatus,
+    HaSwitchover,
 }
 
 /// Where every fake cluster's WAL is (`wal_position`) and every standby replayed to.
@@ -134,6 +138,8 @@ pub struct FakeRuntime {
     log: Mutex<Vec<(Call, Option<String>)>>,
     holds: Mutex<HashMap<Call, Arc<Hold>>>,
     failures: Mutex<HashMap<Call, VecDeque<RuntimeError>>>,
+    /// HA scopes by instance id (`ha.rs`).
+    ha: Mutex<HashMap<String, wayback::runtime::HaStatus>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -1,0 +1,97 @@
+//! The fake's HA members (issue 15): one scope per instance in memory, as Patroni would show it.
+//! The first member leads (on timeline 2: Patroni promotes an adopted data directory), a later
+//! one is the sync standby in `sync` mode (else a replica), streaming with no lag; a switchover
+//! swaps the leader and starts the next timeline. The fake stands for every machine, so all
+//! members of a scope are here.
+
+use wayback::domain::InstanceId;
+use wayback::pg::PgError;
+use wayback::runtime::{
+    ClusterStatus, Durability, HaMember, HaMemberSpec, HaRole, HaSeed, HaStatus, RuntimeError,
+};
+
+use super::{lock, FakeRuntime};
+
+impl FakeRuntime {
+    /// The scope of `id` as the fake keeps it.
+    pub fn ha_scope(&self, id: &str) -> Option<HaStatus> {
+        lock(&self.ha).get(id).cloned()
+    }
+
+    pub(super) fn fake_ha_start_member(&self, spec: &HaMemberSpec) -> Result<(), RuntimeError> {
+        let id = &spec.cluster.instance;
+        if spec.seed == HaSeed::Adopt {
+            self.with(id, false, |c| c.status = ClusterStatus::Running)?;
+        }
+        let mut scopes = lock(&self.ha);
+        let scope = scopes.entry(id.to_string()).or_default();
+        if scope.member(&spec.member).is_some() {
+            return Ok(());
+        }
+        let role = if scope.leader().is_none() {
+            HaRole::Leader
+        } else if spec.durability == Durability::Sync
+            && !scope.members.iter().any(|m| m.role == HaRole::SyncStandby)
+        {
+            HaRole::SyncStandby
+        } else {
+            HaRole::Replica
+        };
+        let leads = role == HaRole::Leader;
+        scope.members.push(HaMember {
+            name: spec.member.clone(),
+            role,
+            state: if leads { "running" } else { "streaming" }.into(),
+            timeline: Some(scope.leader().and_then(|l| l.timeline).unwrap_or(2)),
+            lag_bytes: (!leads).then_some(0),
+            host: spec.advertise_host.clone(),
+            port: spec.cluster.port,
+        });
+        Ok(())
+    }
+
+    pub(super) fn fake_ha_status(&self, id: &InstanceId) -> Result<HaStatus, RuntimeError> {
+        self.ha_scope(id.as_str()).ok_or_else(|| {
+            PgError::NoCluster {
+                instance: id.to_string(),
+            }
+            .into()
+        })
+    }
+
+    pub(super) fn fake_ha_switchover(
+        &self,
+        id: &InstanceId,
+        candidate: Option<&str>,
+    ) -> Result<String, RuntimeError> {
+        let mut scopes = lock(&self.ha);
+        let no_switchover = |why: &str| -> RuntimeError {
+            PgError::Setup(format!("instance {id}: no switchover: {why}")).into()
+        };
+        let scope = scopes
+            .get_mut(id.as_str())
+            .ok_or_else(|| no_switchover("no HA members"))?;
+        let old = scope
+            .leader()
+            .ok_or_else(|| no_switchover("no leader"))?
+            .name
+            .clone();
+        let new = scope
+            .members
+            .iter()
+            .find(|m| m.name != old && candidate.map_or(true, |c| m.name == c))
+            .ok_or_else(|| no_switchover("no candidate"))?
+            .name
+            .clone();
+        let timeline = scope.leader().and_then(|l| l.timeline).map(|t| t + 1);
+        for m in &mut scope.members {
+            if m.name == new {
+                (m.role, m.state, m.lag_bytes) = (HaRole::Leader, "running".into(), None);
+            } else if m.name == old {
+                (m.role, m.state, m.lag_bytes) = (HaRole::SyncStandby, "streaming".into(), Some(0));
+            }
+            m.timeline = timeline;
+        }
+        Ok(new)
+    }
+}
