@@ -58,6 +58,8 @@ pub enum Call {
     Promote,
     /// A restore drill (issue 18): passes unless `fail_next(Call::Drill, …)`.
     Drill,
+    /// A running drill asked to stop (issue 18 point 4): recorded, nothing else.
+    CancelDrill,
 }
 
 /// Where every fake cluster's WAL is (`wal_position`) and every standby replayed to.
