@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 pub enum DrillResult {
     /// Restored, promoted, and every check passed.
     Passed,
+    /// Stopped half-way to give way to a user's clone or follower restore on the same machine
+    /// (issue 18 point 4): proves nothing either way, and is not a failure.
+    Cancelled,
     /// A check failed, or the restore itself did; `failure` says which.
     #[serde(other)]
     Failed,
@@ -23,6 +26,7 @@ impl DrillResult {
     pub fn as_str(self) -> &'static str {
         match self {
             DrillResult::Passed => "passed",
+            DrillResult::Cancelled => "cancelled",
             DrillResult::Failed => "failed",
         }
     }
@@ -90,6 +94,13 @@ pub struct DrillBody {
     /// Live instances' catalogs are compared with the drill's.
     pub live: bool,
     pub started: DateTime<Utc>,
+}
+
+/// `DELETE /v1/clusters/{id}/drill` on an agent: whether a drill of the instance was running
+/// there and was asked to stop.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct DrillCancelled {
+    pub cancelled: bool,
 }
 
 #[cfg(test)]

@@ -71,6 +71,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/clusters/{id}/trash", web::delete().to(evict_trash))
         .route("/v1/trash", web::get().to(list_trash))
         .route("/v1/clusters/{id}/drill", web::post().to(drill))
+        .route("/v1/clusters/{id}/drill", web::delete().to(cancel_drill))
         .default_service(web::to(|| async {
             AgentError::new(StatusCode::NOT_FOUND, "no such agent API path", true).error_response()
         }));
@@ -462,6 +463,14 @@ async fn drill(
     let report = state.runtime.drill(&id, &spec).await?;
     tracing::info!(instance = %id, result = report.result.as_str(), secs = report.duration_secs, "restore drill done");
     ok(&report)
+}
+
+/// Stops the running drill of the instance here, if any (issue 18 point 4); idempotent.
+async fn cancel_drill(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
+    let id = instance(&state, &req)?;
+    let cancelled = state.runtime.cancel_drill(&id).await?;
+    tracing::info!(instance = %id, cancelled, "restore drill cancellation asked");
+    ok(&wayback_api::drills::DrillCancelled { cancelled })
 }
 
 async fn start_restore(

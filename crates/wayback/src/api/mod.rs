@@ -223,13 +223,16 @@ async fn gather(
             .as_ref()
             .and_then(view::kept_copy_view);
     }
-    // Restore drills (issue 18), newest first; a report that does not read is left out.
+    // Restore drills (issue 18), newest first; a report that does not read is left out, and so
+    // is a drill cancelled for a user's restore (it proves nothing; older clients would read
+    // its result as `failed`).
     view.drills = state
         .store
         .drills_of(&record.id, DRILLS_SHOWN)
         .await
         .map_err(internal("read an instance's drills"))?
         .into_iter()
+        .filter(|d| d.result != "cancelled")
         .filter_map(|d| serde_json::from_str(d.report.as_deref()?).ok())
         .collect();
     Ok(Some(view))

@@ -366,6 +366,7 @@ impl ArchiveMaintenance {
                         jobs = pruned.jobs,
                         operations = pruned.operations,
                         bindings = pruned.bindings,
+                        drills = pruned.drills,
                         "state database pruned"
                     ),
                     Ok(_) => {}

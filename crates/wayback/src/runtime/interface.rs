@@ -238,6 +238,13 @@ pub trait ClusterRuntime: Send + Sync {
         ))))
     }
 
+    /// Asks a running drill of `id` to stop at once (issue 18 point 4: a user's restore goes
+    /// first); its `drill` call then returns a `cancelled` report, its server stopped and its
+    /// scratch copy deleted. Whether a drill of `id` was running; asking twice is harmless.
+    async fn cancel_drill(&self, _id: &InstanceId) -> Result<bool, RuntimeError> {
+        Ok(false)
+    }
+
     /// On a leader: grants one follower its `REPLICATION LOGIN` role (password reset when it
     /// exists), its physical slot (made if missing) and a `pg_hba.conf` replication line for its
     /// address alone; reloads.

@@ -16,6 +16,7 @@ mod archive;
 mod backup;
 mod clone;
 mod drill;
+mod drill_cancel;
 mod drill_checks;
 mod follow;
 mod fork;
@@ -80,6 +81,7 @@ pub struct LocalRuntime {
     template: OnceCell<()>,
     locks: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>,
     restores: restore::Restores,
+    running_drills: drill_cancel::RunningDrills,
     tls: Option<ClusterTls>,
 }
 
@@ -96,6 +98,7 @@ impl LocalRuntime {
             template: OnceCell::new(),
             locks: Mutex::new(HashMap::new()),
             restores: restore::Restores::default(),
+            running_drills: drill_cancel::RunningDrills::default(),
             tls: None,
         }
     }

@@ -416,6 +416,18 @@ impl ClusterRuntime for RemoteRuntime {
             .await
     }
 
+    /// `DELETE /v1/clusters/{id}/drill`: the agent stops its drill of `id`; the `POST` that
+    /// runs it then answers a `cancelled` report.
+    async fn cancel_drill(&self, id: &InstanceId) -> Result<bool, RuntimeError> {
+        let path = format!("/v1/clusters/{id}/drill");
+        let answer: wayback_api::drills::DrillCancelled = self
+            .agent_of(id)
+            .await?
+            .call(Method::DELETE, &path, NONE, None)
+            .await?;
+        Ok(answer.cancelled)
+    }
+
     async fn start_restore(
         &self,
         id: &InstanceId,

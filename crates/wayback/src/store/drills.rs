@@ -1,5 +1,9 @@
 //! Restore drills (issue 18) as the broker ran them: one row per drill job (migration 0011),
 //! `running` until the drill ends, then `passed` or `failed` with its whole report as JSON.
+//! A drill cancelled to give way to a user's restore keeps its row as `cancelled` under a job id
+//! of its own (`<job>:cancelled:<ms>`), so that the job's next attempt starts a fresh row; a
+//! cancelled drill proves nothing and fails nothing: the schedule, the metrics and the API's
+//! "verified" look past it.
 //!
 //! The rows are the schedule's memory (which instance was drilled last, and whether it
 //! passed), the per-machine limit's count, and the source of the API's, the CLI's and the
@@ -25,7 +29,7 @@ pub struct DrillRecord {
     /// Unix milliseconds.
     pub started_at: i64,
     pub finished_at: Option<i64>,
-    /// `running`, `passed` or `failed`.
+    /// `running`, `passed`, `failed` or `cancelled`.
     pub result: String,
     /// The drill's report (`wayback_api::drills::DrillReport`) as JSON text, once finished.
     pub report: Option<String>,
@@ -132,6 +136,50 @@ impl Store {
         Ok(())
     }
 
+    /// Records that a running drill was cancelled (issue 18 point 4): its row is kept as
+    /// `cancelled`, moved aside to its own key so the job's next attempt begins a new one.
+    pub async fn cancel_drill(
+        &self,
+        job_id: &str,
+        finished_at: i64,
+        report_json: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE drills SET job_id = $1, result = 'cancelled', finished_at = $2, report = $3 \
+             WHERE job_id = $4 AND result = 'running'",
+        )
+        .bind(format!("{job_id}:cancelled:{finished_at}"))
+        .bind(finished_at)
+        .bind(report_json)
+        .bind(job_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes drill rows that ended before `cutoff` (Unix ms) beyond each instance's newest
+    /// `keep`, and rows left `running` before `cutoff` by a job no longer pending (a drill
+    /// whose job failed or was cancelled outright); how many it deleted. One statement.
+    pub async fn prune_drills(&self, cutoff: i64, keep: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "DELETE FROM drills WHERE started_at < $1 \
+             AND ((finished_at IS NOT NULL AND finished_at < $1 \
+                   AND (SELECT count(*) FROM drills n \
+                        WHERE n.instance_id = drills.instance_id \
+                        AND (n.started_at > drills.started_at \
+                             OR (n.started_at = drills.started_at \
+                                 AND n.job_id > drills.job_id))) >= $2) \
+                  OR (finished_at IS NULL AND NOT EXISTS \
+                      (SELECT 1 FROM jobs j WHERE j.id = drills.job_id \
+                       AND j.state = 'pending')))",
+        )
+        .bind(cutoff)
+        .bind(keep)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     /// Records a finished drill read back from the archive (`wayback reindex`) unless one of
     /// the instance's drills started at the same moment is recorded; whether it was added.
     pub async fn record_archived_drill(
@@ -199,10 +247,11 @@ impl Store {
         rows.iter().map(DrillRecord::from_row).collect()
     }
 
-    /// Every instance's newest finished drill.
+    /// Every instance's newest finished drill (a cancelled one is not).
     pub async fn last_drills(&self) -> Result<HashMap<InstanceId, DrillRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT * FROM drills WHERE finished_at IS NOT NULL ORDER BY started_at, job_id",
+            "SELECT * FROM drills WHERE finished_at IS NOT NULL AND result <> 'cancelled' \
+             ORDER BY started_at, job_id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -219,7 +268,8 @@ impl Store {
     pub async fn drill_stats(&self) -> Result<Vec<(InstanceId, DrillStats)>, StoreError> {
         let mut stats: HashMap<InstanceId, DrillStats> = HashMap::new();
         let rows = sqlx::query(
-            "SELECT * FROM drills WHERE finished_at IS NOT NULL ORDER BY started_at, job_id",
+            "SELECT * FROM drills WHERE finished_at IS NOT NULL AND result <> 'cancelled' \
+             ORDER BY started_at, job_id",
         )
         .fetch_all(&self.pool)
         .await?;

@@ -30,11 +30,13 @@ pub struct Pruned {
     pub jobs: u64,
     pub operations: u64,
     pub bindings: u64,
+    /// Restore drills' rows ([`Store::prune_drills`]).
+    pub drills: u64,
 }
 
 impl Pruned {
     pub fn total(&self) -> u64 {
-        self.jobs + self.operations + self.bindings
+        self.jobs + self.operations + self.bindings + self.drills
     }
 }
 
@@ -105,6 +107,7 @@ impl Store {
             jobs,
             operations: instance_ops + binding_ops,
             bindings,
+            drills: 0,
         })
     }
 

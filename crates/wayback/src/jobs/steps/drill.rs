@@ -7,7 +7,16 @@
 //! the limit waits, holding no slot), none starts while a user's clone or follower restore is
 //! pending on the same machine, and none starts when its scratch copy would leave the machine's
 //! data file system below the trash floors (`trash.min_free_bytes`, `trash.min_free_share`):
-//! it is postponed with a log line. A drill that runs already is not interrupted.
+//! it is postponed with a log line.
+//!
+//! A drill that runs already gives way too: while it runs the step looks about once a second
+//! for a user's clone or follower restore pending on its machine, and when one appears asks the
+//! runtime to cancel the drill ([`crate::runtime::ClusterRuntime::cancel_drill`]; on an agent,
+//! `DELETE /v1/clusters/{id}/drill`). The drill stops at once, its server stopped and its
+//! scratch copy deleted; its row is kept as `cancelled` (no error line, no base backup, no
+//! failure counted, nothing written into the archive) and the job waits and tries again, the
+//! checks above holding it back until the user's restore is done. A broker killed mid-cancel
+//! leaves the copy to the start-up clean-up, and the job's next attempt begins the row afresh.
 //!
 //! A failed drill is loud: an error line naming the instance, the backup and the first failing
 //! check; a fresh base backup is enqueued for a live instance (a damaged backup must not stay
@@ -39,6 +48,9 @@ pub fn drill_job(instance: &InstanceId, reason: &str) -> NewJob {
 
 /// How long a drill that must give way waits before it looks again.
 const GIVE_WAY: Duration = Duration::from_secs(30);
+
+/// How often a running drill looks for a user's restore it must give way to.
+const YIELD_POLL: Duration = Duration::from_secs(1);
 
 /// The archive object of a drill's report: `<prefix>/drills/<started, UTC>.json`.
 pub fn report_key(prefix: &InstancePrefix, started: chrono::DateTime<Utc>) -> String {
@@ -84,6 +96,9 @@ pub async fn drill_step(ctx: &AppContext, job: &Job) -> StepResult {
         return Ok(Outcome::Wait(GIVE_WAY));
     }
     let report = run(ctx, job, &instance, live, &machine).await?;
+    if report.result == DrillResult::Cancelled {
+        return Ok(Outcome::Wait(GIVE_WAY));
+    }
     tracing::info!(instance = %instance.id, "{}", summary(&report));
     Ok(Outcome::Next)
 }
@@ -161,7 +176,8 @@ async fn run(
     // A task of its own: a step dropped when its lease is lost must not drop the drill
     // half-way (its server running in the scratch copy); it runs on to its clean-up.
     let (runtime, id) = (ctx.runtime.clone(), instance.id.clone());
-    let ran = tokio::spawn(async move { runtime.drill(&id, &spec).await })
+    let task = tokio::spawn(async move { runtime.drill(&id, &spec).await });
+    let ran = give_way_while(ctx, &instance.id, machine, task)
         .await
         .map_err(|e| StepError::Transient(anyhow::anyhow!("the drill task ended: {e}")))?;
     let report = match ran {
@@ -169,8 +185,52 @@ async fn run(
         Err(e) if !e.is_permanent() => return Err(e.into()),
         Err(e) => could_not_run(&instance.id, started, e.to_string()),
     };
+    if report.result == DrillResult::Cancelled {
+        let json = serde_json::to_string(&report).map_err(|e| StepError::Permanent {
+            user_message: "internal error".into(),
+            source: e.into(),
+        })?;
+        ctx.store.cancel_drill(&job.id, now_millis(), &json).await?;
+        tracing::info!(instance = %instance.id, machine, secs = report.duration_secs, "restore drill cancelled: a user's restore on this machine goes first; it runs again later");
+        return Ok(report);
+    }
     record(ctx, job, instance, &prefix, &report).await?;
     Ok(report)
+}
+
+/// Waits for the drill `task`, asking the runtime to cancel it as soon as a user's clone or
+/// follower restore is pending on its machine (asked again each poll until the runtime says
+/// a drill was running: the drill may not have registered yet, or an agent not answered).
+async fn give_way_while<T>(
+    ctx: &AppContext,
+    id: &InstanceId,
+    machine: &str,
+    mut task: tokio::task::JoinHandle<T>,
+) -> Result<T, tokio::task::JoinError> {
+    let mut asked = false;
+    loop {
+        tokio::select! {
+            joined = &mut task => return joined,
+            () = tokio::time::sleep(YIELD_POLL) => {}
+        }
+        if asked {
+            continue;
+        }
+        match ctx.store.user_restores_pending_on(machine).await {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(instance = %id, error = %e, "cannot look for users' restores beside a running drill");
+                continue;
+            }
+        }
+        match ctx.runtime.cancel_drill(id).await {
+            Ok(was_running) => asked = was_running,
+            Err(e) => {
+                tracing::warn!(instance = %id, machine, error = %e, "cannot cancel the restore drill; trying again")
+            }
+        }
+    }
 }
 
 /// The report of a drill the runtime refused to run.

@@ -17,7 +17,12 @@
 //! as soon as they appear, by a watcher that looks every 200 ms; downloading and unpacking the
 //! base backup run in this process at its own priority.
 //!
-//! The copy is always deleted: after the checks, after a failure, and at start-up for a copy a
+//! A running drill gives way to a user's restore: [`LocalRuntime::cancel_drill`]
+//! (`super::drill_cancel`) fires its token, the engine's future or the checks' are dropped
+//! where they are (download and unpack, recovery, checks), and the drill ends with a
+//! `cancelled` report once its copy is gone.
+//!
+//! The copy is always deleted: after the checks, after a failure, after a cancel, and at start-up for a copy a
 //! killed broker or agent left behind ([`LocalRuntime::clear_drills`]: its server and every
 //! process still working in it are stopped first). A running drill holds an exclusive `flock`
 //! on `<scratch>.lock`, so that another process on the machine (`wayback drill` beside the
@@ -28,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
+use tokio_util::sync::CancellationToken;
 use wayback_api::drills::{DrillFailure, DrillReport, DrillResult};
 
 use super::restore::stop_everything_in;
@@ -175,6 +181,8 @@ impl LocalRuntime {
                 spec.started
             )))
         })?;
+        let registered = self.running_drills.register(id);
+        let cancel = registered.token.clone();
         // A copy of this very drill left by a killed run: from nothing.
         remove_scratch(&tools, &scratch.root, self.timeout()).await;
         let live_before = match spec.live {
@@ -200,15 +208,18 @@ impl LocalRuntime {
         // On a blocking thread of its own, with owned values: the engine's future is not
         // `Send` for every lifetime of a borrow (the compiler limit `run_engine` works around).
         let handle = tokio::runtime::Handle::current();
-        let (scratch2, tools2, id2, spec2, report2) = (
+        let (scratch2, tools2, id2, spec2, report2, cancel2) = (
             scratch.clone(),
             tools.clone(),
             id.clone(),
             spec.clone(),
             report.clone(),
+            cancel.clone(),
         );
         let task = tokio::task::spawn_blocking(move || {
-            handle.block_on(drill_in(scratch2, tools2, archive, id2, spec2, report2))
+            handle.block_on(drill_in(
+                scratch2, tools2, archive, id2, spec2, report2, cancel2,
+            ))
         });
         let outcome = match task.await {
             Ok((r, outcome)) => {
@@ -222,23 +233,51 @@ impl LocalRuntime {
         };
         let outcome = match outcome {
             Ok(copy) => {
-                let checked = drill_checks::run(&copy, &mut report).await;
-                if checked.is_ok() && spec.live {
-                    let after = self.live_catalog(id).await;
-                    drill_checks::compare_catalogs(&copy, live_before, after, &mut report).await
-                } else {
-                    checked
+                let checks = async {
+                    let checked = drill_checks::run(&copy, &mut report).await;
+                    if checked.is_ok() && spec.live {
+                        let after = self.live_catalog(id).await;
+                        drill_checks::compare_catalogs(&copy, live_before, after, &mut report).await
+                    } else {
+                        checked
+                    }
+                };
+                // Cancelled: the checks' futures are dropped (their clients and `pg_amcheck`
+                // with them); the server goes with the scratch copy below.
+                tokio::select! {
+                    checked = checks => checked,
+                    () = cancel.cancelled() => Err(cancelled()),
                 }
             }
             Err(failure) => Err(failure),
         };
         watcher.abort();
         remove_scratch(&tools, &scratch.root, self.timeout()).await;
+        if cancel.is_cancelled() {
+            // An unpacker dropped half-way may still have been writing its last part while
+            // the copy was removed: remove what it left, if anything.
+            for _ in 0..20 {
+                if !scratch.root.exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                remove_scratch(&tools, &scratch.root, self.timeout()).await;
+            }
+        }
+        drop(registered);
         drop(lock);
         let _ = std::fs::remove_file(scratch.lock_file());
         report.duration_secs = clock.elapsed().as_secs_f64();
         match outcome {
             Ok(()) => report.result = DrillResult::Passed,
+            Err(_) if cancel.is_cancelled() => {
+                report.result = DrillResult::Cancelled;
+                report.failure = None;
+                report.checks.push(
+                    "cancelled: a user's clone or follower restore on this machine goes first"
+                        .into(),
+                );
+            }
             Err(failure) => {
                 report.result = DrillResult::Failed;
                 report.failure = Some(failure);
@@ -270,9 +309,18 @@ async fn drill_in(
     id: InstanceId,
     spec: DrillSpec,
     mut report: DrillReport,
+    cancel: CancellationToken,
 ) -> (DrillReport, Result<drill_checks::Copy, DrillFailure>) {
-    let outcome = restore_copy(&scratch, &tools, &archive, &id, &spec, &mut report).await;
+    let outcome = restore_copy(&scratch, &tools, &archive, &id, &spec, &mut report, &cancel).await;
     (report, outcome)
+}
+
+/// What a cancelled drill's engine answers (the report says `cancelled`, not this).
+fn cancelled() -> DrillFailure {
+    DrillFailure {
+        check: "drill".into(),
+        detail: "cancelled".into(),
+    }
 }
 
 async fn restore_copy(
@@ -282,6 +330,7 @@ async fn restore_copy(
     id: &InstanceId,
     spec: &DrillSpec,
     report: &mut DrillReport,
+    cancel: &CancellationToken,
 ) -> Result<drill_checks::Copy, DrillFailure> {
     let failed = |check: &str, detail: String| DrillFailure {
         check: check.into(),
@@ -332,12 +381,23 @@ async fn restore_copy(
     };
     tracing::info!(instance = %id, source = spec.source.as_str(), dir = %scratch.root.display(), "restore drill: restoring");
     let handle = tokio::runtime::Handle::current();
-    let restored = tokio::task::spawn_blocking(move || handle.block_on(engine::restore(&request)))
-        .await
-        .map_err(|e| failed("drill", format!("the restore task ended: {e}")))?;
+    let cancel2 = cancel.clone();
+    // Cancelled: the engine's future is dropped where it runs — its downloads aborted, its
+    // unpacker left to stop at the closed channel, its server stopped with the scratch copy.
+    let restored = tokio::task::spawn_blocking(move || {
+        handle.block_on(async {
+            tokio::select! {
+                r = engine::restore(&request) => Some(r),
+                () = cancel2.cancelled() => None,
+            }
+        })
+    })
+    .await
+    .map_err(|e| failed("drill", format!("the restore task ended: {e}")))?;
     let restored = match restored {
-        Ok(r) => r,
-        Err(e) => return Err(restore_failure(&e, &scratch.dirs)),
+        None => return Err(cancelled()),
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return Err(restore_failure(&e, &scratch.dirs)),
     };
     report.backup_id = Some(restored.backup_id.clone());
     report.timeline = Some(restored.timeline);

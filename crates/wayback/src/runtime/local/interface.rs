@@ -27,6 +27,9 @@ impl ClusterRuntime for LocalRuntime {
     ) -> Result<crate::runtime::DrillReport, RuntimeError> {
         LocalRuntime::drill(self, id, spec).await
     }
+    async fn cancel_drill(&self, id: &InstanceId) -> Result<bool, RuntimeError> {
+        LocalRuntime::cancel_drill(self, id).await
+    }
     async fn prepare(&self) -> Result<(), RuntimeError> {
         LocalRuntime::prepare(self).await
     }

@@ -1,5 +1,5 @@
-//! A drill's life beside everything else: deleted and reaped instances, a killed drill, a
-//! user's clone-from meanwhile, an agent.
+//! A drill's life beside everything else: deleted and reaped instances, a killed drill, an
+//! agent (a user's clone-from meanwhile: `give_way`).
 
 use super::*;
 use crate::common::archive_wait::wait_for_backup;
@@ -88,71 +88,6 @@ async fn a_drill_killed_half_way_leaves_nothing_after_a_restart() {
     }
     let runtime = wayback::runtime::LocalRuntime::new(app.data_dir.clone(), pg);
     runtime.prepare().await.unwrap();
-    assert_no_scratch(&app);
-}
-
-#[tokio::test]
-async fn a_users_clone_from_starts_while_a_drill_runs_on_the_same_machine() {
-    let Some((app, store)) = s3_app("dc").await else {
-        return;
-    };
-    let id = app.provision_ready("busy").await;
-    wait_for_backup(&store, &id).await;
-    fill(&app, &id, &store).await;
-    let iid = InstanceId::parse(id.clone()).unwrap();
-    let job = wayback::jobs::drill_job(&iid, "manual");
-    assert!(app.store.enqueue_drill(&job).await.unwrap());
-    let (worker, job_id) = (app.worker.clone(), job.id.clone());
-    let drill = tokio::spawn(async move {
-        worker
-            .run_job(&job_id, Duration::from_secs(600))
-            .await
-            .unwrap()
-    });
-    // The drill's server runs in its scratch copy.
-    let drills = app.data_dir.join("drills");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !std::fs::read_dir(&drills).is_ok_and(|d| {
-        d.flatten()
-            .any(|e| e.path().join("pgdata/postmaster.pid").is_file())
-    }) {
-        assert!(Instant::now() < deadline, "no drill server within 120 s");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-
-    let clone = new_id();
-    let r = app
-        .put_instance(
-            &clone,
-            &clone_body(
-                "busy-copy",
-                SPACE,
-                serde_json::json!({"clone-from": "busy"}),
-            ),
-        )
-        .await;
-    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
-    let op: serde_json::Value = r.json().await.unwrap();
-    let op = op["operation"].as_str().unwrap().to_string();
-    // The clone's job is taken up and moves on while the drill still runs: user restores
-    // never wait behind a drill.
-    loop {
-        let step = app.store.get_job(&op).await.unwrap().unwrap().step;
-        let drilling = app.store.drills_of(&iid, 1).await.unwrap()[0].result == "running";
-        if step != "allocate_port" {
-            assert!(
-                drilling,
-                "the drill ended before the clone moved on (step {step})"
-            );
-            break;
-        }
-        assert!(drilling, "the drill ended before the clone started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(drill.await.unwrap().state, "done");
-    let (status, body) = app.poll_instance(&clone, Some(&op)).await;
-    assert_eq!(status, reqwest::StatusCode::OK);
-    assert_eq!(body["state"], "succeeded", "{body}");
     assert_no_scratch(&app);
 }
 

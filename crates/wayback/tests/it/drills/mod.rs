@@ -5,13 +5,16 @@
 //! enqueues a fresh base backup; an index page zeroed in a base backup part, the part sealed and
 //! checksummed again, fails it naming the index), `life` (a deleted instance within retention is
 //! drilled, a reaped one is not; a `wayback drill` killed mid-drill leaves nothing once the
-//! runtime starts again; a user's clone-from on the same machine starts while a drill runs; a
-//! drill runs on the agent holding the instance) and `cost` (a measurement, not run by
-//! default). Every drill leaves no scratch copy or process behind. Helpers here.
+//! runtime starts again; a drill runs on the agent holding the instance), `give_way` (a user's
+//! clone-from on the same machine cancels a running drill, here and on an agent; the drill runs
+//! again afterwards), `retention` (state retention prunes old drill rows) and `cost` (a
+//! measurement, not run by default). Every drill leaves no scratch copy or process behind. Helpers here.
 
 mod checks;
 mod cost;
+mod give_way;
 mod life;
+mod retention;
 
 use crate::common;
 use crate::common::archive_wait::archive_now;

@@ -225,6 +225,11 @@ impl ClusterRuntime for FakeRuntime {
         })
     }
 
+    async fn cancel_drill(&self, id: &InstanceId) -> Result<bool, RuntimeError> {
+        self.enter(Call::CancelDrill, Some(id)).await?;
+        Ok(false)
+    }
+
     async fn drill(
         &self,
         id: &InstanceId,

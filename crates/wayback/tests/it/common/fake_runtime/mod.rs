@@ -62,6 +62,8 @@ pub enum Call {
     HaStartMember,
     HaStatus,
     HaSwitchover,
+    /// A running drill asked to stop (issue 18 point 4): recorded, nothing else.
+    CancelDrill,
 }
 
 /// Where every fake cluster's WAL is (`wal_position`) and every standby replayed to.
