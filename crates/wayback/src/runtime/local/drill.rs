@@ -2,8 +2,9 @@
 //! engine (`archive::restore`) into a scratch copy, checked ([`super::drill_checks`]), and
 //! deleted — on the broker's machine, or on the agent holding the instance, the same code.
 //!
-//! The scratch copy is `<data_dir>/drills/<instance>-<started>/` (data directory, socket
-//! directory, server log, the private archive target file `wal-fetch` reads, a passfile). It is
+//! The scratch copy is `<data_dir>/drills/<instance's first 8 hex digits>-<started>/` (data
+//! directory, socket directory, server log, the private archive target file `wal-fetch` reads,
+//! a passfile). It is
 //! unreachable by anything else: `listen_addresses = ''` (no TCP listener at all, only the unix
 //! socket in its own 0700 directory), no archiving (rule 4: a drill writes nothing into any
 //! prefix), and a superuser password of its own, random, known only to the drill. It is
@@ -60,7 +61,12 @@ struct Scratch {
 
 impl Scratch {
     fn new(drills: &Path, id: &InstanceId, started: chrono::DateTime<Utc>) -> Self {
-        let root = drills.join(format!("{id}-{}", started.timestamp()));
+        // Short on purpose: the socket's path must fit a unix socket's 107 bytes wherever a
+        // cluster's own socket fits (`<data_dir>/clusters/<instance>/run/`), so the name takes
+        // the instance's first 8 hex digits, not all 36 characters; two drills of one machine
+        // that share those and the second are kept apart by the scratch's lock.
+        let short: String = id.to_string().chars().take(8).collect();
+        let root = drills.join(format!("{short}-{}", started.timestamp()));
         let dirs = ClusterDirs {
             pgdata: root.join("pgdata"),
             socket_dir: root.join("run"),
