@@ -101,6 +101,10 @@ pub fn test_settings(data_dir: &Path, password: &str) -> Settings {
     s.wal.archive_timeout_secs = 2;
     s.jobs.poll_interval_ms = 100;
     s.supervisor.interval_secs = 1;
+    // No free-space floor for the copies kept at delete time (nor for drills' scratch room):
+    // a test must not depend on how full the machine's disk is. Tests of eviction set their own.
+    s.trash.min_free_bytes = 0;
+    s.trash.min_free_share = 0.0;
     s.log.level = std::env::var("WAYBACK_TEST_LOG").unwrap_or_else(|_| "warn".into());
     s
 }

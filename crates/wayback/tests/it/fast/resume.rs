@@ -100,12 +100,26 @@ async fn a_job_queued_by_an_older_broker_is_resumed_and_an_unreadable_one_fails(
             .contains("cannot read this operation's job record"),
         "{body}"
     );
-    let job = app
+    // The worker fails the operation first and the job last (`Worker::refuse`): the job's
+    // record may still be pending for a moment after the operation reads failed.
+    let mut job = app
         .store
         .get_job("update-unreadable")
         .await
         .unwrap()
         .unwrap();
+    for _ in 0..200 {
+        if job.state == JOB_FAILED {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        job = app
+            .store
+            .get_job("update-unreadable")
+            .await
+            .unwrap()
+            .unwrap();
+    }
     assert_eq!(job.state, JOB_FAILED);
     assert!(
         job.last_error
