@@ -15,6 +15,7 @@ mod deprovision;
 mod fetch;
 mod follow;
 mod followers;
+mod ha;
 mod instances;
 mod update;
 

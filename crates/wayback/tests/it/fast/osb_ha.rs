@@ -1,0 +1,89 @@
+//! HA plans' refusals (issue 15): a provision of plan `ha-small` the deployment cannot serve is
+//! a 422 naming what to do, before the 202, and changes nothing; so is a plan change between a
+//! single-member plan and an HA plan.
+
+use crate::common;
+
+use common::osb_client::*;
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+async fn refused(app: &TestApp, parameters: Value) -> String {
+    let id = new_id();
+    let mut body = provision_body(HA_SMALL, "orders");
+    body["parameters"] = parameters;
+    let r = app.put_instance(&id, &body).await;
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    let text = body["description"].as_str().unwrap_or_default().to_string();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{text}");
+    assert!(
+        app.store.get_instance(&iid(&id)).await.unwrap().is_none(),
+        "nothing was created: {text}"
+    );
+    text
+}
+
+#[tokio::test]
+async fn ha_plans_without_a_coordinator_are_refused_naming_the_setting() {
+    let app = spawn_fast_app().await;
+    let text = refused(&app, json!({})).await;
+    assert!(
+        text.contains("ha.dcs_endpoints") && text.contains("WAYBACK_HA_DCS_ENDPOINTS"),
+        "{text}"
+    );
+    assert!(text.contains("2 members, sync commits"), "{text}");
+    assert_store_empty(&app, "no coordinator").await;
+}
+
+#[tokio::test]
+async fn ha_plans_are_refused_when_the_agents_do_not_run_ha_members() {
+    let app = spawn_fast_app_with(|s| {
+        s.ha.dcs_endpoints = vec!["127.0.0.1:2379".into()];
+        s.agents.urls = wayback::config::parse_agent_list("a1=https://127.0.0.1:1").unwrap();
+        s.agents.password = Some("agents-pw".to_string().into());
+    })
+    .await;
+    let text = refused(&app, json!({})).await;
+    assert!(text.contains("agents do not run HA members"), "{text}");
+    assert_store_empty(&app, "agents without HA").await;
+}
+
+#[tokio::test]
+async fn ha_plans_are_never_followers_or_clones_and_are_not_provisioned_yet() {
+    let app = spawn_fast_app_with(|s| s.ha.dcs_endpoints = vec!["127.0.0.1:2379".into()]).await;
+    let text = refused(&app, json!({ "follow": "production" })).await;
+    assert!(text.contains("cannot follow another instance"), "{text}");
+    let text = refused(&app, json!({ "clone-from": "production" })).await;
+    assert!(text.contains("clone into a plan without HA"), "{text}");
+    // Until the HA provisioning job exists, an HA plan is refused rather than provisioned as a
+    // single member.
+    let text = refused(&app, json!({})).await;
+    assert!(text.contains("does not provision HA plans yet"), "{text}");
+    assert_store_empty(&app, "HA refusals").await;
+}
+
+#[tokio::test]
+async fn a_plan_change_between_single_and_ha_is_refused() {
+    let app = spawn_fast_app_with(|s| s.ha.dcs_endpoints = vec!["127.0.0.1:2379".into()]).await;
+    let o = Osb::new(&app);
+    let id = app.provision_ready("production").await;
+    let ops_before = app.store.operation_counts().await.unwrap();
+    let body = json!({
+        "service_id": SERVICE_ID,
+        "plan_id": HA_SMALL,
+        "previous_values": { "plan_id": SMALL, "service_id": SERVICE_ID },
+    });
+    let r = o.patch(&id, &body, true).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let answer: Value = r.json().await.unwrap();
+    let text = answer["description"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("changes the number of members") && text.contains("clone-from"),
+        "{text}"
+    );
+    assert_eq!(app.store.operation_counts().await.unwrap(), ops_before);
+    let record = app.store.get_instance(&iid(&id)).await.unwrap().unwrap();
+    assert_eq!(record.plan_id, SMALL);
+}
