@@ -2,10 +2,12 @@
 //! for, before the 202, each with a 422 naming what to do. The coordinator must be configured
 //! (`ha.dcs_endpoints`); agents must answer the runtime's HA calls ([`AGENTS_RUN_HA`]); an HA
 //! instance is never a follower or a clone; a plan change between single and HA is not offered
-//! yet. Imports `catalog` and `context` only.
+//! yet. An HA instance's binding credentials name every member ([`Broker::ha_credentials`]).
+//! Imports `catalog`, `context` and `store` only.
 
-use super::{Broker, BrokerError};
+use super::{Broker, BrokerError, Credentials};
 use crate::catalog::Plan;
+use crate::store::{BindingRecord, InstanceRecord};
 
 /// Whether agents (the remote runtime) run HA members. False until the agents answer
 /// `ha_start_member` / `ha_status` / `ha_switchover`: with agents configured, HA plans are
@@ -77,5 +79,52 @@ impl Broker {
              and move the app to it.",
             from.name, to.name, to.name
         )))
+    }
+
+    /// The credentials of a binding of an HA instance (two members or more recorded), else
+    /// `None`: `uri`/`jdbcUrl` with every member, `host`/`port` of the member Patroni shows as
+    /// leader now (the first member when it cannot be asked), a read-only binding preferring a
+    /// standby.
+    pub(super) async fn ha_credentials(
+        &self,
+        instance: &InstanceRecord,
+        binding: &BindingRecord,
+    ) -> Result<Option<Credentials>, BrokerError> {
+        let members = self.ctx.store.ha_members(&instance.id).await?;
+        if members.len() < 2 {
+            return Ok(None);
+        }
+        let leader = match self.ctx.runtime.ha_status(&instance.id).await {
+            Ok(status) => status.leader().map(|l| l.name.clone()),
+            Err(e) => {
+                tracing::warn!(instance = %instance.id, error = %e, "cannot ask Patroni for the leader; host/port name the first member");
+                None
+            }
+        };
+        let primary = leader
+            .and_then(|name| members.iter().position(|m| m.member == name))
+            .unwrap_or(0);
+        let addresses: Vec<(String, u16)> = members
+            .iter()
+            .map(|m| {
+                let host = m
+                    .agent_host
+                    .clone()
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| self.advertise_host.clone());
+                (host, m.port)
+            })
+            .collect();
+        let mut credentials = Credentials::for_members(
+            &addresses,
+            primary,
+            &instance.database_name,
+            &binding.role_name,
+            &binding.password,
+            &self.client_tls,
+            binding.read_only,
+        );
+        credentials.read_only = binding.read_only.then_some(true);
+        Ok(Some(credentials))
     }
 }

@@ -87,3 +87,110 @@ async fn a_plan_change_between_single_and_ha_is_refused() {
     let record = app.store.get_instance(&iid(&id)).await.unwrap().unwrap();
     assert_eq!(record.plan_id, SMALL);
 }
+
+/// A binding PUT with `parameters`, synchronous; the credentials.
+async fn bind_with(app: &TestApp, instance: &str, parameters: Value) -> Value {
+    let mut body = bind_body();
+    body["parameters"] = parameters;
+    let r = app
+        .osb(reqwest::Method::PUT, &bnd(instance, &new_id()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body: Value = r.json().await.unwrap();
+    body["credentials"].clone()
+}
+
+/// The credentials of an instance with two HA members recorded (the provisioning job that
+/// records them is the next step; here the rows are written directly): `uri` and `jdbcUrl`
+/// name both, `host`/`port` the member Patroni shows as leader (the first member while
+/// Patroni cannot be asked), a read-only binding prefers the standby.
+#[tokio::test]
+async fn an_ha_instances_credentials_name_every_member() {
+    use wayback::runtime::{ClusterRuntime, ClusterSpec, Durability, HaMemberSpec, HaSeed};
+    use wayback::store::HaMemberRecord;
+    let app = spawn_fast_app().await;
+    let id = app.provision_ready("orders").await;
+    let record = app.store.get_instance(&iid(&id)).await.unwrap().unwrap();
+    let first_port = record.port.unwrap();
+    let member = |name: &str, host: Option<&str>, port: u16, rest_port: u16| HaMemberRecord {
+        instance_id: iid(&id),
+        member: name.into(),
+        agent: String::new(),
+        agent_host: host.map(String::from),
+        port,
+        rest_port,
+        created_at: 0,
+    };
+    app.store
+        .ensure_ha_member(&member("m1", None, first_port, 45998))
+        .await
+        .unwrap();
+    app.store
+        .ensure_ha_member(&member("m2", Some("10.1.2.3"), 45999, 45997))
+        .await
+        .unwrap();
+
+    // Patroni cannot be asked (no scope yet): host/port are the first member's.
+    let c = bind_with(&app, &id, json!({})).await;
+    let uri = c["uri"].as_str().unwrap();
+    assert!(
+        uri.contains(&format!(":{first_port},10.1.2.3:45999/"))
+            && uri.ends_with("?target_session_attrs=read-write&sslmode=verify-full"),
+        "{uri}"
+    );
+    assert!(
+        c["jdbcUrl"]
+            .as_str()
+            .unwrap()
+            .contains("&targetServerType=primary&"),
+        "{c}"
+    );
+    assert_eq!(c["port"], first_port, "{c}");
+    assert_eq!(c["hosts"].as_array().unwrap().len(), 2, "{c}");
+
+    // m2 leads: host/port name it; a read-only binding prefers the standby.
+    let spec = HaMemberSpec {
+        cluster: ClusterSpec {
+            instance: iid(&id),
+            port: 45999,
+            settings: Default::default(),
+            require_tls: false,
+        },
+        member: "m2".into(),
+        seed: HaSeed::FromLeader,
+        dcs: vec![],
+        rest_port: 45997,
+        advertise_host: "10.1.2.3".into(),
+        durability: Durability::Sync,
+        replication_role: "wb_repl".into(),
+        replication_password: "r".to_string().into(),
+        superuser_password: "s".to_string().into(),
+        peer_addresses: vec![],
+        archive: None,
+    };
+    app.fake().ha_start_member(&spec).await.unwrap();
+    let c = bind_with(&app, &id, json!({})).await;
+    assert_eq!(
+        (c["host"].as_str(), c["port"].as_u64()),
+        (Some("10.1.2.3"), Some(45999))
+    );
+    let r = bind_with(&app, &id, json!({"read_only": true})).await;
+    assert!(
+        r["uri"]
+            .as_str()
+            .unwrap()
+            .contains("?target_session_attrs=prefer-standby&"),
+        "{r}"
+    );
+    assert!(
+        r["jdbcUrl"]
+            .as_str()
+            .unwrap()
+            .contains("&targetServerType=preferSecondary&"),
+        "{r}"
+    );
+    assert_eq!(r["read_only"], true, "{r}");
+}
