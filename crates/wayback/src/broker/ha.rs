@@ -5,9 +5,35 @@
 //! yet. An HA instance's binding credentials name every member ([`Broker::ha_credentials`]).
 //! Imports `catalog`, `context` and `store` only.
 
+use serde::Serialize;
+
 use super::{Broker, BrokerError, Credentials};
 use crate::catalog::Plan;
 use crate::store::{BindingRecord, InstanceRecord};
+
+/// An HA instance's members as the OSB fetch shows them (`"ha"`).
+#[derive(Debug, Clone, Serialize)]
+pub struct HaView {
+    pub members: Vec<HaMemberView>,
+    /// "both members share one machine" when they do (a lab without agents), and why roles
+    /// are missing when Patroni could not be asked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// One member: its machine and port as recorded, its role, state, lag and timeline as Patroni
+/// shows them now (absent when Patroni could not be asked or does not list it).
+#[derive(Debug, Clone, Serialize)]
+pub struct HaMemberView {
+    pub name: String,
+    /// The agent's name, or "broker" for the broker's own machine.
+    pub machine: String,
+    pub port: u16,
+    pub role: Option<String>,
+    pub state: Option<String>,
+    pub lag_bytes: Option<u64>,
+    pub timeline: Option<u32>,
+}
 
 /// Whether agents (the remote runtime) run HA members. False until the agents answer
 /// `ha_start_member` / `ha_status` / `ha_switchover`: with agents configured, HA plans are
@@ -126,5 +152,60 @@ impl Broker {
         );
         credentials.read_only = binding.read_only.then_some(true);
         Ok(Some(credentials))
+    }
+
+    /// The members of an HA instance (two or more recorded) with Patroni's view of each;
+    /// None for a single-member instance.
+    pub(super) async fn ha_view(
+        &self,
+        instance: &InstanceRecord,
+    ) -> Result<Option<HaView>, BrokerError> {
+        let members = self.ctx.store.ha_members(&instance.id).await?;
+        if members.len() < 2 {
+            return Ok(None);
+        }
+        let mut notes = Vec::new();
+        let status = match self.ctx.runtime.ha_status(&instance.id).await {
+            Ok(status) => Some(status),
+            Err(e) => {
+                notes.push(format!(
+                    "Patroni could not be asked for the members' roles: {e}"
+                ));
+                None
+            }
+        };
+        if members.iter().all(|m| m.agent == members[0].agent) {
+            notes.push(
+                "both members share one machine: a failure of that machine stops both".into(),
+            );
+        }
+        let members = members
+            .into_iter()
+            .map(|m| {
+                let seen = status.as_ref().and_then(|s| s.member(&m.member)).cloned();
+                HaMemberView {
+                    machine: if m.agent.is_empty() {
+                        "broker".into()
+                    } else {
+                        m.agent.clone()
+                    },
+                    port: m.port,
+                    // Patroni's word: the role's tag (`leader`, `sync_standby`, `replica`), or
+                    // the name an unknown role carries (the broker names no runtime type).
+                    role: seen.as_ref().and_then(|s| {
+                        let v = serde_json::to_value(&s.role).ok()?;
+                        v.get("name")
+                            .or(v.get("role"))
+                            .and_then(|r| r.as_str())
+                            .map(String::from)
+                    }),
+                    state: seen.as_ref().map(|s| s.state.clone()),
+                    lag_bytes: seen.as_ref().and_then(|s| s.lag_bytes),
+                    timeline: seen.as_ref().and_then(|s| s.timeline),
+                    name: m.member,
+                }
+            })
+            .collect();
+        Ok(Some(HaView { members, notes }))
     }
 }

@@ -89,6 +89,8 @@ pub struct InstanceView {
     /// A follower's leader and lag, or a leader's followers (`broker::followers`); None for
     /// an instance that is neither.
     pub replication: Option<super::followers::Replication>,
+    /// An HA instance's members (`broker::ha`); None for a single-member instance.
+    pub ha: Option<super::ha::HaView>,
 }
 
 /// What last_operation returns.

@@ -194,3 +194,98 @@ async fn an_ha_instances_credentials_name_every_member() {
     );
     assert_eq!(r["read_only"], true, "{r}");
 }
+
+/// The OSB fetch of an instance with two HA members recorded shows each with Patroni's view,
+/// and says that both share one machine.
+#[tokio::test]
+async fn the_fetch_shows_each_member_and_a_shared_machine() {
+    use wayback::runtime::{ClusterRuntime, ClusterSpec, Durability, HaMemberSpec, HaSeed};
+    use wayback::store::HaMemberRecord;
+    let app = spawn_fast_app().await;
+    let id = app.provision_ready("orders").await;
+    let port = app
+        .store
+        .get_instance(&iid(&id))
+        .await
+        .unwrap()
+        .unwrap()
+        .port
+        .unwrap();
+    for (name, p, rest) in [("m1", port, 45990), ("m2", 45991, 45992)] {
+        app.store
+            .ensure_ha_member(&HaMemberRecord {
+                instance_id: iid(&id),
+                member: name.into(),
+                agent: String::new(),
+                agent_host: None,
+                port: p,
+                rest_port: rest,
+                created_at: 0,
+            })
+            .await
+            .unwrap();
+    }
+    let fetch = || async {
+        let r = app
+            .osb(reqwest::Method::GET, &format!("/v2/service_instances/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json::<Value>().await.unwrap()
+    };
+    // Patroni cannot be asked yet: members without roles, and a note saying why.
+    let body = fetch().await;
+    let ha = &body["ha"];
+    assert_eq!(ha["members"][0]["name"], "m1", "{body}");
+    assert_eq!(ha["members"][1]["machine"], "broker", "{body}");
+    assert!(ha["members"][0]["role"].is_null(), "{body}");
+    let notes = ha["notes"].to_string();
+    assert!(
+        notes.contains("both members share one machine") && notes.contains("could not be asked"),
+        "{body}"
+    );
+    for (member, p, seed) in [
+        ("m1", port, HaSeed::Adopt),
+        ("m2", 45991, HaSeed::FromLeader),
+    ] {
+        let spec = HaMemberSpec {
+            cluster: ClusterSpec {
+                instance: iid(&id),
+                port: p,
+                settings: Default::default(),
+                require_tls: false,
+            },
+            member: member.into(),
+            seed,
+            dcs: vec![],
+            rest_port: 1,
+            advertise_host: "127.0.0.1".into(),
+            durability: Durability::Sync,
+            replication_role: "wb_repl".into(),
+            replication_password: "r".to_string().into(),
+            superuser_password: "s".to_string().into(),
+            peer_addresses: vec![],
+            archive: None,
+        };
+        app.fake().ha_start_member(&spec).await.unwrap();
+    }
+    let body = fetch().await;
+    let m = &body["ha"]["members"];
+    assert_eq!(
+        (m[0]["role"].as_str(), m[1]["role"].as_str()),
+        (Some("leader"), Some("sync_standby")),
+        "{body}"
+    );
+    assert_eq!(
+        (m[1]["state"].as_str(), m[1]["lag_bytes"].as_u64()),
+        (Some("streaming"), Some(0))
+    );
+    assert_eq!(m[0]["timeline"], 2, "{body}");
+    assert!(
+        !body["ha"]["notes"]
+            .to_string()
+            .contains("could not be asked"),
+        "{body}"
+    );
+}
