@@ -67,6 +67,9 @@ impl Broker {
         instance: &crate::store::InstanceRecord,
         binding: &BindingRecord,
     ) -> Result<Credentials, BrokerError> {
+        if let Some(ha) = self.ha_credentials(instance, binding).await? {
+            return Ok(ha);
+        }
         let (host, port) = self.address(instance)?;
         let mut credentials = Credentials::new(
             host,

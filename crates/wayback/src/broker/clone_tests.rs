@@ -91,6 +91,7 @@ fn floors_compare_with_plan_or_postgres_defaults() {
         archive: Default::default(),
         require_tls: false,
         undo_keep_hours: 24,
+        ha: None,
     };
     let floors = SettingFloors {
         max_connections: 200,

@@ -70,6 +70,11 @@ pub struct Credentials {
     /// password (roles replicate) and the same `sslmode`; absent without followers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replica_uris: Option<Vec<String>>,
+    /// An HA instance's members, `host:port` each; absent for a single-member instance. `uri`
+    /// and `jdbcUrl` name them all, and `host`/`port` are the member that was primary when the
+    /// credentials were read (they do not follow a failover: use `uri`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -95,25 +100,13 @@ impl Credentials {
     ) -> Self {
         // Role names and passwords are generated from [a-z0-9] / [A-Za-z0-9]: nothing to escape.
         let pw = password.expose_secret();
-        let host_part = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host.to_string()
-        };
+        let host_part = host_port(host, port);
         let sslmode = tls.sslmode();
-        let mut jdbc_tls = format!("ssl=true&sslmode={sslmode}");
-        if tls.verify_full {
-            jdbc_tls.push_str(&format!(
-                "&sslfactory={JDBC_SSL_FACTORY}&sslfactoryarg={}",
-                percent_encode(&tls.ca_certificate)
-            ));
-        }
+        let jdbc_tls = jdbc_tls(tls);
         Self {
-            uri: format!(
-                "postgres://{username}:{pw}@{host_part}:{port}/{database}?sslmode={sslmode}"
-            ),
+            uri: format!("postgres://{username}:{pw}@{host_part}/{database}?sslmode={sslmode}"),
             jdbc_url: format!(
-                "jdbc:postgresql://{host_part}:{port}/{database}?user={username}&password={pw}&{jdbc_tls}"
+                "jdbc:postgresql://{host_part}/{database}?user={username}&password={pw}&{jdbc_tls}"
             ),
             host: host.to_string(),
             port,
@@ -126,8 +119,70 @@ impl Credentials {
             sslrootcert: tls.ca_certificate.clone(),
             read_only: None,
             replica_uris: None,
+            hosts: None,
         }
     }
+
+    /// An HA instance's credentials: `uri` and `jdbcUrl` name every member (`members`, in
+    /// order) and let the driver find the primary (`target_session_attrs=read-write`,
+    /// `targetServerType=primary`) or, for a read-only binding, prefer a standby
+    /// (`prefer-standby`, `preferSecondary`); `host`/`port` are `members[primary]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_members(
+        members: &[(String, u16)],
+        primary: usize,
+        database: &str,
+        username: &str,
+        password: &SecretString,
+        tls: &ClientTls,
+        read_only: bool,
+    ) -> Self {
+        let (host, port) = members
+            .get(primary)
+            .or(members.first())
+            .map(|(h, p)| (h.as_str(), *p))
+            .unwrap_or(("", 0));
+        let mut c = Self::new(host, port, database, username, password, tls);
+        let list: Vec<String> = members.iter().map(|(h, p)| host_port(h, *p)).collect();
+        let joined = list.join(",");
+        let pw = password.expose_secret();
+        let sslmode = tls.sslmode();
+        let (libpq, jdbc) = if read_only {
+            ("prefer-standby", "preferSecondary")
+        } else {
+            ("read-write", "primary")
+        };
+        c.uri = format!(
+            "postgres://{username}:{pw}@{joined}/{database}?target_session_attrs={libpq}&sslmode={sslmode}"
+        );
+        c.jdbc_url = format!(
+            "jdbc:postgresql://{joined}/{database}?user={username}&password={pw}&targetServerType={jdbc}&{}",
+            jdbc_tls(tls)
+        );
+        c.hosts = Some(list);
+        c
+    }
+}
+
+/// `host:port`, an IPv6 address in brackets.
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The TLS parameters of a `jdbcUrl`.
+fn jdbc_tls(tls: &ClientTls) -> String {
+    let mut jdbc_tls = format!("ssl=true&sslmode={}", tls.sslmode());
+    if tls.verify_full {
+        jdbc_tls.push_str(&format!(
+            "&sslfactory={JDBC_SSL_FACTORY}&sslfactoryarg={}",
+            percent_encode(&tls.ca_certificate)
+        ));
+    }
+    jdbc_tls
 }
 
 /// Every byte but RFC 3986's unreserved ones as `%XX`: pgjdbc URL-decodes parameter values,
@@ -221,6 +276,48 @@ mod tests {
             (c.sslmode.as_str(), c.ca_certificate.as_str()),
             ("require", CA)
         );
+    }
+
+    #[test]
+    fn ha_credentials_name_every_member_and_find_the_primary_or_a_standby() {
+        let pw = SecretString::from("Secret123".to_string());
+        let members = [("10.0.0.5".to_string(), 40001), ("::1".to_string(), 40002)];
+        let c = Credentials::for_members(&members, 1, "app", "u", &pw, &tls(false), false);
+        assert_eq!(
+            c.uri,
+            "postgres://u:Secret123@10.0.0.5:40001,[::1]:40002/app\
+             ?target_session_attrs=read-write&sslmode=require"
+        );
+        assert_eq!(
+            c.jdbc_url,
+            "jdbc:postgresql://10.0.0.5:40001,[::1]:40002/app?user=u&password=Secret123\
+             &targetServerType=primary&ssl=true&sslmode=require"
+        );
+        assert_eq!((c.host.as_str(), c.port), ("::1", 40002));
+        assert_eq!(
+            c.hosts.as_deref(),
+            Some(&["10.0.0.5:40001".to_string(), "[::1]:40002".to_string()][..])
+        );
+        let r = Credentials::for_members(&members, 0, "app", "u", &pw, &tls(true), true);
+        assert!(
+            r.uri
+                .contains("?target_session_attrs=prefer-standby&sslmode=verify-full"),
+            "{}",
+            r.uri
+        );
+        assert!(
+            r.jdbc_url.contains(
+                "&targetServerType=preferSecondary&ssl=true&sslmode=verify-full&sslfactory="
+            ),
+            "{}",
+            r.jdbc_url
+        );
+        assert_eq!((r.host.as_str(), r.port), ("10.0.0.5", 40001));
+        let single = Credentials::new("10.0.0.5", 1, "app", "u", &pw, &tls(false));
+        assert!(serde_json::to_value(&single)
+            .unwrap()
+            .get("hosts")
+            .is_none());
     }
 
     #[test]

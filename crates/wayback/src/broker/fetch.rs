@@ -11,12 +11,14 @@ impl Broker {
         match existing {
             Some(i) if matches!(i.state, InstanceState::Ready) => {
                 let replication = self.replication(&i).await?;
+                let ha = self.ha_view(&i).await?;
                 Ok(InstanceView {
                     dashboard_url: self.dashboard_url(&i.id),
                     service_id: i.service_id,
                     plan_id: i.plan_id,
                     parameters: i.parameters,
                     replication,
+                    ha,
                 })
             }
             Some(i) if i.state == InstanceState::Updating => Err(BrokerError::Concurrency(

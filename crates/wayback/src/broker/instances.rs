@@ -89,6 +89,8 @@ pub struct InstanceView {
     /// A follower's leader and lag, or a leader's followers (`broker::followers`); None for
     /// an instance that is neither.
     pub replication: Option<super::followers::Replication>,
+    /// An HA instance's members (`broker::ha`); None for a single-member instance.
+    pub ha: Option<super::ha::HaView>,
 }
 
 /// What last_operation returns.
@@ -194,6 +196,7 @@ impl Broker {
                 .provision_again(&req, &parameters, existing, dashboard_url)
                 .await;
         }
+        self.check_ha_provision(plan, clone.is_some(), follow.is_some())?;
         let leader = match &follow {
             Some(from) => Some(
                 self.check_follow(&req.instance_id, &req.space_guid, plan, from)

@@ -15,6 +15,7 @@ mod deprovision;
 mod fetch;
 mod follow;
 mod followers;
+mod ha;
 mod instances;
 mod update;
 
@@ -28,6 +29,7 @@ use crate::store::{Store, StoreError};
 pub use bindings::{BindRequest, BindingView, Bound, Unbound};
 pub use credentials::{new_password, ClientTls, Credentials};
 pub use followers::{FollowerMetric, Replication};
+pub use ha::{HaMemberView, HaView};
 pub use instances::{
     Deprovisioned, InstanceView, LastOperation, ProvisionRequest, Provisioned, UpdateRequest,
     Updated,

@@ -91,6 +91,13 @@ impl Broker {
             return Err(BrokerError::AsyncRequired);
         }
         if plan_change {
+            if let Some(from) = self
+                .ctx
+                .catalog
+                .plan(&existing.service_id, &existing.plan_id)
+            {
+                Self::check_ha_plan_change(from, plan)?;
+            }
             self.check_plan_change(&existing, plan).await?;
         }
         if !plan_change && !unfollow {

@@ -130,6 +130,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     env_var!("WAYBACK_TRASH_MIN_FREE_BYTES", "trash.min_free_bytes", "2147483648", "Bytes that must stay free on the data file system: below this, the copies of deleted instances kept for a fast undo (each plan's `metadata.wayback.undo.keep_hours`) are removed, oldest first. Their archives are never touched.", |s, v| s.trash.min_free_bytes = parse(v)?),
     env_var!("WAYBACK_TRASH_MIN_FREE_SHARE", "trash.min_free_share", "0.1", "Share of the data file system (0 to 1) that must stay free, as `trash.min_free_bytes`; whichever floor is higher wins.", |s, v| s.trash.min_free_share = parse(v)?),
     env_var!("WAYBACK_DRILLS_MAX_CONCURRENT_PER_MACHINE", "drills.max_concurrent_per_machine", "1", "Restore drills (a real restore of an instance's archive into a scratch copy, checked and deleted; see \"Proving restores\") running at once on one machine: the broker's own, or each agent. 0 turns drills off.", |s, v| s.drills.max_concurrent_per_machine = parse(v)?),
+    env_var!("WAYBACK_HA_DCS_ENDPOINTS", "ha.dcs_endpoints", "none", "etcd client endpoints (`host:port`, comma-separated) that Patroni keeps the leader lock of each HA instance in (see \"High availability\"). Empty: HA plans (`metadata.wayback.ha`) are refused.", |s, v| s.ha.dcs_endpoints = v.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from).collect()),
 ];
 
 impl Settings {

@@ -77,6 +77,8 @@ pub struct Settings {
     pub trash: TrashSettings,
     /// Restore drills: how many at once per machine.
     pub drills: DrillSettings,
+    /// High availability: the coordinator (etcd) of HA plans' instances.
+    pub ha: HaSettings,
 }
 
 impl Default for Settings {
@@ -107,6 +109,7 @@ impl Default for Settings {
             tls: TlsSettings::default(),
             trash: TrashSettings::default(),
             drills: DrillSettings::default(),
+            ha: HaSettings::default(),
         }
     }
 }

@@ -376,3 +376,53 @@ impl Default for DrillSettings {
         }
     }
 }
+
+/// High availability (issue 15): the coordinator Patroni keeps each HA instance's leader lock
+/// in. Empty: HA plans (`metadata.wayback.ha`) are refused with a message naming this setting.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HaSettings {
+    /// etcd client endpoints, `host:port` each (e.g. three etcd members).
+    pub dcs_endpoints: Vec<String>,
+}
+
+impl HaSettings {
+    /// Checks each endpoint is `host:port`; the problem, naming the endpoint.
+    pub fn check(&self) -> Result<(), String> {
+        for e in &self.dcs_endpoints {
+            let ok = e.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok {
+                return Err(format!("{e:?} is not host:port (an etcd client endpoint)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod ha_tests {
+    use super::HaSettings;
+
+    #[test]
+    fn dcs_endpoints_must_be_host_and_port() {
+        let with = |e: &[&str]| HaSettings {
+            dcs_endpoints: e.iter().map(|s| s.to_string()).collect(),
+        };
+        assert!(with(&[]).check().is_ok());
+        assert!(with(&["127.0.0.1:2379", "etcd-0.internal:2379"])
+            .check()
+            .is_ok());
+        for bad in [
+            "127.0.0.1",
+            ":2379",
+            "http://etcd:2379",
+            "etcd:0",
+            "etcd:99999",
+        ] {
+            let e = with(&[bad]).check().unwrap_err();
+            assert!(e.contains(bad) && e.contains("host:port"), "{e}");
+        }
+    }
+}

@@ -26,6 +26,9 @@ impl Settings {
         if self.postgres.os_user.is_empty() {
             return invalid("postgres.os_user", "must not be empty");
         }
+        if let Err(m) = self.ha.check() {
+            return invalid("ha.dcs_endpoints", &m);
+        }
         if !(0.0..=1.0).contains(&self.trash.min_free_share) {
             return invalid("trash.min_free_share", "must be between 0 and 1");
         }

@@ -319,13 +319,17 @@ impl Store {
             .collect()
     }
 
-    /// Ports held on one machine (`agent`; "" = the broker's own) by live or in-flight instances.
+    /// Ports held on one machine (`agent`; "" = the broker's own) by live or in-flight instances,
+    /// HA members' PostgreSQL and Patroni REST ports included (`ha`).
     pub async fn used_ports(&self, agent: &str) -> Result<Vec<u16>, StoreError> {
-        let rows: Vec<(i64,)> =
-            sqlx::query_as("SELECT port FROM instances WHERE port IS NOT NULL AND agent = $1")
-                .bind(agent)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT port FROM instances WHERE port IS NOT NULL AND agent = $1 \
+             UNION SELECT port FROM ha_members WHERE agent = $1 \
+             UNION SELECT rest_port FROM ha_members WHERE agent = $1",
+        )
+        .bind(agent)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows
             .into_iter()
             .filter_map(|(p,)| u16::try_from(p).ok())

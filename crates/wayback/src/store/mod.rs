@@ -13,6 +13,7 @@ mod backups;
 mod bindings;
 mod drills;
 mod followers;
+mod ha;
 mod instances;
 mod jobs;
 mod kept_copies;
@@ -35,6 +36,7 @@ use sqlx::{AnyPool, ConnectOptions};
 pub use audit::{AuditEvent, AuditKind};
 pub use backups::BackupRecord;
 pub use drills::{DrillCandidate, DrillRecord, DrillStats};
+pub use ha::HaMemberRecord;
 pub use instances::SpaceName;
 pub use jobs::{JOB_DONE, JOB_FAILED, JOB_PENDING};
 pub use kept_copies::KeptCopyRecord;
@@ -156,6 +158,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed("drills"),
             MigrationType::Simple,
             Cow::Borrowed(include_str!("../../migrations/0011_drills.sql")),
+            false,
+        ),
+        Migration::new(
+            12,
+            Cow::Borrowed("ha members"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0012_ha_members.sql")),
             false,
         ),
     ];

@@ -445,6 +445,47 @@ async fn suite(store: Store) {
             .read_only
     );
     kept_copies(&store).await;
+    ha_members(&store).await;
+}
+
+/// Issue 15: HA members (migration 0012): placement agreed once, ports held on their machine.
+async fn ha_members(store: &Store) {
+    use wayback::store::HaMemberRecord;
+    let id = InstanceId::parse("i-ha").unwrap();
+    let member = |name: &str, port: u16, rest_port: u16| HaMemberRecord {
+        instance_id: id.clone(),
+        member: name.into(),
+        agent: "agent-ha".into(),
+        agent_host: Some("10.0.0.9".into()),
+        port,
+        rest_port,
+        created_at: 0,
+    };
+    assert!(store.ha_members(&id).await.unwrap().is_empty());
+    let first = store
+        .ensure_ha_member(&member("m1", 6001, 6101))
+        .await
+        .unwrap();
+    assert!(first.created_at > 0);
+    // A second run of the step keeps the first placement.
+    let again = store
+        .ensure_ha_member(&member("m1", 6002, 6102))
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    // Another member on a port held on that machine conflicts.
+    let taken = store.ensure_ha_member(&member("m2", 6001, 6102)).await;
+    assert!(matches!(taken, Err(StoreError::Conflict(_))), "{taken:?}");
+    let second = store
+        .ensure_ha_member(&member("m2", 6002, 6102))
+        .await
+        .unwrap();
+    assert_eq!(store.ha_members(&id).await.unwrap(), [first, second]);
+    let mut used = store.used_ports("agent-ha").await.unwrap();
+    used.sort_unstable();
+    assert_eq!(used, [6001, 6002, 6101, 6102]);
+    assert_eq!(store.delete_ha_members(&id).await.unwrap(), 2);
+    assert!(store.used_ports("agent-ha").await.unwrap().is_empty());
 }
 
 /// Issue 16: which machine keeps whose copy (migration 0010), and how a clone was restored.

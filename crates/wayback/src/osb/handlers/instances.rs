@@ -184,6 +184,12 @@ pub async fn fetch(
             body.extend(extra);
         }
     }
+    // An HA instance's members (Wayback's own key).
+    if let Some(ha) = view.ha {
+        if let (Some(body), Ok(ha)) = (body.as_object_mut(), serde_json::to_value(ha)) {
+            body.insert("ha".into(), ha);
+        }
+    }
     Ok(HttpResponse::Ok().json(body))
 }
 

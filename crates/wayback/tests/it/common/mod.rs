@@ -33,6 +33,8 @@ use fake_runtime::FakeRuntime;
 pub const SERVICE_ID: &str = "5f6b3c1e-8a43-4f0e-9d7c-6a1b2c3d4e5f";
 pub const SMALL: &str = "0d2e9a44-1c3b-4b55-8f6e-2a7d9c0b1e01";
 pub const MEDIUM: &str = "0d2e9a44-1c3b-4b55-8f6e-2a7d9c0b1e02";
+/// The built-in catalog's HA plan (`ha-small`, issue 15).
+pub const HA_SMALL: &str = "0d2e9a44-1c3b-4b55-8f6e-2a7d9c0b1e11";
 pub const ORG: &str = "c0ffee00-0000-4000-8000-000000000001";
 pub const SPACE: &str = "5ace0000-0000-4000-8000-000000000002";
 pub const USER: &str = "broker-admin";

@@ -25,6 +25,7 @@ mod osb_checkers;
 pub mod osb_concurrent;
 mod osb_follow;
 mod osb_followers;
+mod osb_ha;
 mod osb_lifecycle;
 mod resume;
 mod runtime_errors;

@@ -6,7 +6,12 @@
 //! `postgresql.conf` and stop it from starting. Wayback's own per-plan policy sits under
 //! `metadata.wayback`: the archive policy (`archive`) and `require_tls` (TCP connections must
 //! use TLS, as with the `tls.require` setting) and `undo.keep_hours` (how long a deleted
-//! instance's data directory is kept for a fast undo). Must not import anything but `domain`.
+//! instance's data directory is kept for a fast undo), and `ha` (a primary with a standby under
+//! Patroni, [`ha`]). Must not import anything but `domain`.
+
+mod ha;
+
+pub use ha::{HaDurability, HaPolicy, HA_MEMBERS};
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -15,7 +20,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// The catalog compiled into the binary (the repository's `catalog.json`).
-pub const BUILTIN_CATALOG: &str = include_str!("../../../catalog.json");
+pub const BUILTIN_CATALOG: &str = include_str!("../../../../catalog.json");
 
 /// PostgreSQL settings a plan may set. The broker manages connection, WAL and archive settings
 /// itself; these are the tuning knobs.
@@ -88,6 +93,9 @@ pub struct Plan {
     /// Hours a deleted instance's data directory is kept for a fast undo
     /// (`metadata.wayback.undo.keep_hours`; 0: removed at once).
     pub undo_keep_hours: u64,
+    /// The plan's instances have a standby under Patroni (`metadata.wayback.ha`); `None`: one
+    /// member.
+    pub ha: Option<HaPolicy>,
 }
 
 /// A plan's archive policy, from `metadata.wayback.archive`; every field is optional.
@@ -316,6 +324,8 @@ impl Catalog {
                     .map_err(|m| invalid(format!("{where_}: {m}")))?;
                 let undo_keep_hours = plan_undo_keep_hours(p.metadata.as_ref())
                     .map_err(|m| invalid(format!("{where_}: {m}")))?;
+                let ha = ha::plan_ha(p.metadata.as_ref())
+                    .map_err(|m| invalid(format!("{where_}: {m}")))?;
                 plans.push(Plan {
                     id: p.id,
                     name: p.name,
@@ -323,6 +333,7 @@ impl Catalog {
                     archive,
                     require_tls,
                     undo_keep_hours,
+                    ha,
                     maintenance_version: p.maintenance_info.map(|m| m.version),
                 });
             }
@@ -538,6 +549,69 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("metadata.wayback.undo"), "{e}");
+        }
+    }
+
+    #[test]
+    fn ha_is_read_from_the_plans_wayback_metadata() {
+        let c = Catalog::load(None).unwrap();
+        let plans = &c.services()[0].plans;
+        let ha = plans
+            .iter()
+            .find(|p| p.name == "ha-small")
+            .expect("ha-small");
+        assert_eq!(
+            ha.ha,
+            Some(HaPolicy {
+                members: 2,
+                durability: HaDurability::Sync
+            })
+        );
+        assert!(plans
+            .iter()
+            .filter(|p| p.name != "ha-small")
+            .all(|p| p.ha.is_none()));
+        let c = with(|d| {
+            d["services"][0]["plans"][0]["metadata"]["wayback"]["ha"] =
+                serde_json::json!({"members": 2, "durability": "async"})
+        })
+        .unwrap();
+        assert_eq!(
+            c.services()[0].plans[0].ha.unwrap().durability,
+            HaDurability::Async
+        );
+        for (bad, expect) in [
+            (
+                serde_json::json!({"members": 3, "durability": "sync"}),
+                "members must be 2",
+            ),
+            (
+                serde_json::json!({"members": 2, "durability": "quorum"}),
+                "durability must be",
+            ),
+            (serde_json::json!({"members": 2}), "durability is missing"),
+            (
+                serde_json::json!({"durability": "sync"}),
+                "members is missing",
+            ),
+            (
+                serde_json::json!({"members": "2", "durability": "sync"}),
+                "metadata.wayback.ha",
+            ),
+            (
+                serde_json::json!({"members": 2, "durability": "sync", "x": 1}),
+                "unknown field",
+            ),
+            (serde_json::json!(true), "must be an object"),
+        ] {
+            let e = with(|d| d["services"][0]["plans"][0]["metadata"]["wayback"]["ha"] = bad)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("metadata.wayback.ha") && e.contains(expect),
+                "{e}"
+            );
+            assert!(e.contains("plan \"small\""), "{e}");
         }
     }
 

@@ -1,0 +1,211 @@
+//! HA plans' rules (issue 15): which requests an HA plan (`metadata.wayback.ha`) is refused
+//! for, before the 202, each with a 422 naming what to do. The coordinator must be configured
+//! (`ha.dcs_endpoints`); agents must answer the runtime's HA calls ([`AGENTS_RUN_HA`]); an HA
+//! instance is never a follower or a clone; a plan change between single and HA is not offered
+//! yet. An HA instance's binding credentials name every member ([`Broker::ha_credentials`]).
+//! Imports `catalog`, `context` and `store` only.
+
+use serde::Serialize;
+
+use super::{Broker, BrokerError, Credentials};
+use crate::catalog::Plan;
+use crate::store::{BindingRecord, InstanceRecord};
+
+/// An HA instance's members as the OSB fetch shows them (`"ha"`).
+#[derive(Debug, Clone, Serialize)]
+pub struct HaView {
+    pub members: Vec<HaMemberView>,
+    /// "both members share one machine" when they do (a lab without agents), and why roles
+    /// are missing when Patroni could not be asked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// One member: its machine and port as recorded, its role, state, lag and timeline as Patroni
+/// shows them now (absent when Patroni could not be asked or does not list it).
+#[derive(Debug, Clone, Serialize)]
+pub struct HaMemberView {
+    pub name: String,
+    /// The agent's name, or "broker" for the broker's own machine.
+    pub machine: String,
+    pub port: u16,
+    pub role: Option<String>,
+    pub state: Option<String>,
+    pub lag_bytes: Option<u64>,
+    pub timeline: Option<u32>,
+}
+
+/// Whether agents (the remote runtime) run HA members. False until the agents answer
+/// `ha_start_member` / `ha_status` / `ha_switchover`: with agents configured, HA plans are
+/// refused. Flip it when they do.
+pub(crate) const AGENTS_RUN_HA: bool = false;
+
+/// Whether the broker provisions HA plans. False until the HA provisioning job exists: an HA
+/// plan is refused rather than provisioned as a single member.
+pub(crate) const HA_PROVISIONING: bool = false;
+
+impl Broker {
+    /// Refuses a provision of an HA plan the deployment cannot serve. `clone`/`follow`: the
+    /// request asked for one.
+    pub(super) fn check_ha_provision(
+        &self,
+        plan: &Plan,
+        clone: bool,
+        follow: bool,
+    ) -> Result<(), BrokerError> {
+        let Some(ha) = plan.ha else {
+            return Ok(());
+        };
+        let name = &plan.name;
+        if follow {
+            return Err(BrokerError::Unprocessable(format!(
+                "Plan {name:?} is highly available and cannot follow another instance: a \
+                 follower has one member. Choose a plan without HA for the follower."
+            )));
+        }
+        if clone {
+            return Err(BrokerError::Unprocessable(format!(
+                "Plan {name:?} is highly available, and a clone cannot be made into an HA plan \
+                 yet: clone into a plan without HA."
+            )));
+        }
+        if self.ctx.settings.ha.dcs_endpoints.is_empty() {
+            return Err(BrokerError::Unprocessable(format!(
+                "Plan {name:?} is highly available ({} members, {} commits), and this broker \
+                 has no coordinator for it: the operator sets ha.dcs_endpoints \
+                 (WAYBACK_HA_DCS_ENDPOINTS) to the etcd cluster's client endpoints. Choose a \
+                 plan without HA meanwhile.",
+                ha.members,
+                ha.durability.as_str()
+            )));
+        }
+        if !self.ctx.settings.agents.urls.is_empty() && !AGENTS_RUN_HA {
+            return Err(BrokerError::Unprocessable(format!(
+                "Plan {name:?} is highly available, and this broker's agents do not run HA \
+                 members yet. Choose a plan without HA."
+            )));
+        }
+        if !HA_PROVISIONING {
+            return Err(BrokerError::Unprocessable(format!(
+                "Plan {name:?} is highly available, and this broker does not provision HA \
+                 plans yet. Choose a plan without HA."
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a plan change between a single-member plan and an HA plan (not offered yet).
+    pub(super) fn check_ha_plan_change(from: &Plan, to: &Plan) -> Result<(), BrokerError> {
+        if from.ha == to.ha {
+            return Ok(());
+        }
+        Err(BrokerError::Unprocessable(format!(
+            "A plan change from {:?} to {:?} changes the number of members, which is not \
+             offered yet: create a new instance of plan {:?} with -c '{{\"clone-from\":\"NAME\"}}' \
+             and move the app to it.",
+            from.name, to.name, to.name
+        )))
+    }
+
+    /// The credentials of a binding of an HA instance (two members or more recorded), else
+    /// `None`: `uri`/`jdbcUrl` with every member, `host`/`port` of the member Patroni shows as
+    /// leader now (the first member when it cannot be asked), a read-only binding preferring a
+    /// standby.
+    pub(super) async fn ha_credentials(
+        &self,
+        instance: &InstanceRecord,
+        binding: &BindingRecord,
+    ) -> Result<Option<Credentials>, BrokerError> {
+        let members = self.ctx.store.ha_members(&instance.id).await?;
+        if members.len() < 2 {
+            return Ok(None);
+        }
+        let leader = match self.ctx.runtime.ha_status(&instance.id).await {
+            Ok(status) => status.leader().map(|l| l.name.clone()),
+            Err(e) => {
+                tracing::warn!(instance = %instance.id, error = %e, "cannot ask Patroni for the leader; host/port name the first member");
+                None
+            }
+        };
+        let primary = leader
+            .and_then(|name| members.iter().position(|m| m.member == name))
+            .unwrap_or(0);
+        let addresses: Vec<(String, u16)> = members
+            .iter()
+            .map(|m| {
+                let host = m
+                    .agent_host
+                    .clone()
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| self.advertise_host.clone());
+                (host, m.port)
+            })
+            .collect();
+        let mut credentials = Credentials::for_members(
+            &addresses,
+            primary,
+            &instance.database_name,
+            &binding.role_name,
+            &binding.password,
+            &self.client_tls,
+            binding.read_only,
+        );
+        credentials.read_only = binding.read_only.then_some(true);
+        Ok(Some(credentials))
+    }
+
+    /// The members of an HA instance (two or more recorded) with Patroni's view of each;
+    /// None for a single-member instance.
+    pub(super) async fn ha_view(
+        &self,
+        instance: &InstanceRecord,
+    ) -> Result<Option<HaView>, BrokerError> {
+        let members = self.ctx.store.ha_members(&instance.id).await?;
+        if members.len() < 2 {
+            return Ok(None);
+        }
+        let mut notes = Vec::new();
+        let status = match self.ctx.runtime.ha_status(&instance.id).await {
+            Ok(status) => Some(status),
+            Err(e) => {
+                notes.push(format!(
+                    "Patroni could not be asked for the members' roles: {e}"
+                ));
+                None
+            }
+        };
+        if members.iter().all(|m| m.agent == members[0].agent) {
+            notes.push(
+                "both members share one machine: a failure of that machine stops both".into(),
+            );
+        }
+        let members = members
+            .into_iter()
+            .map(|m| {
+                let seen = status.as_ref().and_then(|s| s.member(&m.member)).cloned();
+                HaMemberView {
+                    machine: if m.agent.is_empty() {
+                        "broker".into()
+                    } else {
+                        m.agent.clone()
+                    },
+                    port: m.port,
+                    // Patroni's word: the role's tag (`leader`, `sync_standby`, `replica`), or
+                    // the name an unknown role carries (the broker names no runtime type).
+                    role: seen.as_ref().and_then(|s| {
+                        let v = serde_json::to_value(&s.role).ok()?;
+                        v.get("name")
+                            .or(v.get("role"))
+                            .and_then(|r| r.as_str())
+                            .map(String::from)
+                    }),
+                    state: seen.as_ref().map(|s| s.state.clone()),
+                    lag_bytes: seen.as_ref().and_then(|s| s.lag_bytes),
+                    timeline: seen.as_ref().and_then(|s| s.timeline),
+                    name: m.member,
+                }
+            })
+            .collect();
+        Ok(Some(HaView { members, notes }))
+    }
+}
