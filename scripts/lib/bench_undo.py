@@ -225,7 +225,7 @@ def scale_rows(r: dict) -> list[tuple[str, ...]]:
 
 # Each progress text of a clone (the part after "… as of …: "), in the report's words; the
 # first match wins, anything else is shown as the broker wrote it (cut at 40 characters).
-PHASES = [("queued", "queued"), ("copy kept at delete time", "kept copy onto a new timeline"),
+PHASES = [("queued", "queued"), ("copy kept at delete time", "kept copy taken and readied"),
           ("choosing a base backup", "choosing a backup"),
           ("restoring base backup", "download + unpack"), ("replaying WAL", "WAL replay"),
           ("promoting", "promotion"), ("restarting with the plan", "restart, plan settings"),
