@@ -142,7 +142,7 @@ fn step_text(step: Step) -> &'static str {
         Step::CloneRestart => "Cloning: restarting with the plan's settings and its own archive",
         Step::CloneRotate => "Cloning: rotating every password copied from the source",
         Step::CloneFirstArchive => {
-            "Cloning: archiving the clone's first WAL on its new timeline, so that it can be undone"
+            "Cloning: archiving the clone's first WAL into its own archive, so that it can be undone"
         }
         Step::ApplySettings => "Updating: applying the new plan's PostgreSQL settings",
         Step::WaitExclusive => {
@@ -153,7 +153,9 @@ fn step_text(step: Step) -> &'static str {
         }
         Step::FinalWal => "Deleting: closing connections and archiving the last WAL, so that no commit is lost",
         Step::WriteInstanceDoc => "Deleting: recording the instance's history in its archive (instance.json)",
-        Step::Destroy => "Deleting: stopping PostgreSQL and removing its data directory",
+        Step::Destroy => {
+            "Deleting: stopping PostgreSQL and keeping its data directory for a fast undo (or removing it)"
+        }
         Step::CreateRole => "Binding: creating a login role with a new password",
         Step::DropRole => "Unbinding: ending the role's sessions and dropping it",
         Step::TakeBackup => "Taking a base backup",
