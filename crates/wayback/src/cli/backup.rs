@@ -9,20 +9,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 
 use crate::archive::layout::InstancePrefix;
 use crate::archive::manifest::BackupManifest;
-use crate::catalog::Catalog;
 use crate::config::Settings;
-use crate::context::AppContext;
 use crate::domain::{InstanceId, InstanceState, SpaceGuid};
 use crate::jobs::Worker;
-use crate::runtime::{ArchiveAccess, ArchiveCommand};
-use crate::storage::ObjectStore;
 
 /// The command line of `wayback backup`.
 #[derive(Debug, Clone, clap::Args)]
@@ -122,35 +117,8 @@ pub async fn run(settings: Settings, instance: &str) -> anyhow::Result<BackupOut
             record.state.as_str()
         );
     }
-    let mut settings = settings;
-    settings.archive = crate::config::resolve::archive(&settings, &data_dir);
-    let archive = ObjectStore::open(&settings.archive).context("open the archive")?;
-    let wayback_bin = crate::config::resolve::wayback_executable(&settings)?;
-    let shared = Arc::new(settings.clone());
-    let runtime = crate::open::runtime(
-        &settings,
-        &data_dir,
-        &store,
-        ArchiveAccess {
-            store: archive.clone(),
-            settings: shared.clone(),
-            wayback_bin: wayback_bin.clone(),
-            keyring: Some(Arc::new(crate::open::keyring(&settings, &data_dir)?)),
-        },
-    )?;
-    let ctx = Arc::new(AppContext {
-        store: store.clone(),
-        runtime,
-        catalog: Arc::new(Catalog::load(settings.catalog.as_deref())?),
-        archive_command: ArchiveCommand {
-            wayback_bin,
-            archive_timeout_secs: settings.wal.archive_timeout_secs,
-        },
-        metrics: Default::default(),
-        archive: archive.clone(),
-        archive_health: Default::default(),
-        settings: shared,
-    });
+    let ctx = super::job_context(settings, &data_dir, &store)?;
+    let (settings, archive) = (ctx.settings.clone(), ctx.archive.clone());
     let job = crate::jobs::backup_job(&id, "manual");
     let job_id = if store.enqueue_backup(&job).await? {
         job.id

@@ -10,18 +10,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::catalog::Catalog;
 use crate::config::Settings;
-use crate::context::AppContext;
 use crate::domain::InstanceId;
 use crate::jobs::Worker;
-use crate::runtime::{ArchiveAccess, ArchiveCommand, DrillReport};
-use crate::storage::ObjectStore;
+use crate::runtime::DrillReport;
 
 /// The command line of `wayback drill`.
 #[derive(Debug, Clone, clap::Args)]
@@ -111,35 +107,7 @@ pub async fn run(settings: Settings, instance: &str) -> anyhow::Result<DrillRepo
     if store.get_instance(&id).await?.is_none() {
         bail!("no instance {id} is known to this broker (state database {database_url})");
     }
-    let mut settings = settings;
-    settings.archive = crate::config::resolve::archive(&settings, &data_dir);
-    let archive = ObjectStore::open(&settings.archive).context("open the archive")?;
-    let wayback_bin = crate::config::resolve::wayback_executable(&settings)?;
-    let shared = Arc::new(settings.clone());
-    let runtime = crate::open::runtime(
-        &settings,
-        &data_dir,
-        &store,
-        ArchiveAccess {
-            store: archive.clone(),
-            settings: shared.clone(),
-            wayback_bin: wayback_bin.clone(),
-            keyring: Some(Arc::new(crate::open::keyring(&settings, &data_dir)?)),
-        },
-    )?;
-    let ctx = Arc::new(AppContext {
-        store: store.clone(),
-        runtime,
-        catalog: Arc::new(Catalog::load(settings.catalog.as_deref())?),
-        archive_command: ArchiveCommand {
-            wayback_bin,
-            archive_timeout_secs: settings.wal.archive_timeout_secs,
-        },
-        metrics: Default::default(),
-        archive,
-        archive_health: Default::default(),
-        settings: shared,
-    });
+    let ctx = super::job_context(settings, &data_dir, &store)?;
     let job = crate::jobs::drill_job(&id, "manual");
     let job_id = if store.enqueue_drill(&job).await? {
         job.id

@@ -91,6 +91,46 @@ struct BrokerState {
     database_url: String,
 }
 
+/// The context a one-shot command (`wayback backup`, `wayback drill`) runs its job in, built as
+/// `serve` builds it: the archive the settings name (resolved against `data_dir`), the runtime
+/// with its keyring, the catalog, and the settings as resolved.
+fn job_context(
+    mut settings: Settings,
+    data_dir: &std::path::Path,
+    store: &Store,
+) -> anyhow::Result<std::sync::Arc<crate::context::AppContext>> {
+    use std::sync::Arc;
+    settings.archive = crate::config::resolve::archive(&settings, data_dir);
+    let archive =
+        crate::storage::ObjectStore::open(&settings.archive).context("open the archive")?;
+    let wayback_bin = crate::config::resolve::wayback_executable(&settings)?;
+    let shared = Arc::new(settings.clone());
+    let runtime = crate::open::runtime(
+        &settings,
+        data_dir,
+        store,
+        crate::runtime::ArchiveAccess {
+            store: archive.clone(),
+            settings: shared.clone(),
+            wayback_bin: wayback_bin.clone(),
+            keyring: Some(Arc::new(crate::open::keyring(&settings, data_dir)?)),
+        },
+    )?;
+    Ok(Arc::new(crate::context::AppContext {
+        store: store.clone(),
+        runtime,
+        catalog: Arc::new(crate::catalog::Catalog::load(settings.catalog.as_deref())?),
+        archive_command: crate::runtime::ArchiveCommand {
+            wayback_bin,
+            archive_timeout_secs: settings.wal.archive_timeout_secs,
+        },
+        metrics: Default::default(),
+        archive,
+        archive_health: Default::default(),
+        settings: shared,
+    }))
+}
+
 /// Opens the state database of the broker whose (existing) data directory the settings name;
 /// `command` says who needs it in the error when the directory is not there.
 async fn open_broker_state(settings: &Settings, command: &str) -> anyhow::Result<BrokerState> {
