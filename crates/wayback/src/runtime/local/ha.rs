@@ -193,25 +193,14 @@ impl LocalRuntime {
         id: &InstanceId,
         spec: &HaMemberSpec,
     ) -> Result<(), RuntimeError> {
-        let role = sql::quote_ident("replication role", &spec.replication_role).map_err(rt)?;
-        let verifier = scram::verifier(&spec.replication_password).map_err(rt)?;
         let opts = self.admin_options(id).await?;
         let mut conn = sql::connect(&opts, ADMIN_DATABASE).await.map_err(rt)?;
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-                .bind(&spec.replication_role)
-                .fetch_one(&mut conn)
-                .await
-                .map_err(|e| rt(sql::sql_err("look up the replication role")(e)))?;
-        let verb = if exists { "ALTER" } else { "CREATE" };
-        let text = format!(
-            "{verb} ROLE {role} WITH REPLICATION LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE \
-             PASSWORD {}",
-            quote_literal(&verifier)
-        );
-        sql::exec(&mut conn, &text, "create the HA replication role")
-            .await
-            .map_err(rt)
+        super::replication::upsert_replication_role(
+            &mut conn,
+            &spec.replication_role,
+            &spec.replication_password,
+        )
+        .await
     }
 
     /// `wayback.conf`, the archive include beside it, `patroni.yml` and `member.json`.

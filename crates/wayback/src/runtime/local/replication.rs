@@ -132,25 +132,9 @@ impl LocalRuntime {
         grant: &ReplicationGrant,
     ) -> Result<(), RuntimeError> {
         let _guard = self.lock(id).await;
-        let role = sql::quote_ident("replication role", &grant.role).map_err(rt)?;
-        let verifier = scram::verifier(&grant.password).map_err(rt)?;
         let opts = self.admin_options(id).await?;
         let mut conn = sql::connect(&opts, ADMIN_DATABASE).await.map_err(rt)?;
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-                .bind(&grant.role)
-                .fetch_one(&mut conn)
-                .await
-                .map_err(|e| rt(sql::sql_err("look up the replication role")(e)))?;
-        let verb = if exists { "ALTER" } else { "CREATE" };
-        let text = format!(
-            "{verb} ROLE {role} WITH REPLICATION LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE \
-             PASSWORD {}",
-            quote_literal(&verifier)
-        );
-        sql::exec(&mut conn, &text, "create the replication role")
-            .await
-            .map_err(rt)?;
+        upsert_replication_role(&mut conn, &grant.role, &grant.password).await?;
         // A slot invalidated past `max_slot_wal_keep_size` (`lost`) can never stream again:
         // it is replaced by a new one, which reserves WAL from now on.
         sqlx::query(
@@ -400,4 +384,31 @@ impl LocalRuntime {
         sql::reload(&opts).await.map_err(rt)?;
         Ok(timeline)
     }
+}
+
+/// Makes the REPLICATION LOGIN role `name` (no other privilege), or resets its password: only
+/// its SCRAM verifier reaches the server. A follower's grant and an HA pair's replication role
+/// both go through here.
+pub(super) async fn upsert_replication_role(
+    conn: &mut sqlx::PgConnection,
+    name: &str,
+    password: &secrecy::SecretString,
+) -> Result<(), RuntimeError> {
+    let role = sql::quote_ident("replication role", name).map_err(rt)?;
+    let verifier = scram::verifier(password).map_err(rt)?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(name)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| rt(sql::sql_err("look up the replication role")(e)))?;
+    let verb = if exists { "ALTER" } else { "CREATE" };
+    let text = format!(
+        "{verb} ROLE {role} WITH REPLICATION LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE \
+         PASSWORD {}",
+        quote_literal(&verifier)
+    );
+    sql::exec(conn, &text, "create the replication role")
+        .await
+        .map_err(rt)
 }
