@@ -33,7 +33,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
-from bench_md import render_text, write_generated_block  # noqa: E402  (scripts/lib/bench_md.py)
+from bench_md import append, read_results, render_text, write_generated_block  # noqa: E402  (scripts/lib/bench_md.py)
 from bench_osb import Failed, osb, psql, timed_provision  # noqa: E402  (scripts/lib/bench_osb.py)
 
 SECTION = "## Followers: time to a ready follower, replication lag"
@@ -44,21 +44,6 @@ FIRST_QUERY = "SELECT count(*) FROM pgbench_branches"
 
 def say(msg: str) -> None:
     print(f"bench-follow: {msg}", file=sys.stderr, flush=True)
-
-
-def append(path: str, pairs: list[tuple[str, object]]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        for k, v in pairs:
-            f.write(f"{k}={v}\n")
-
-
-def read_results(path: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in open(path, encoding="utf-8"):
-        if "=" in line:
-            k, v = line.rstrip("\n").split("=", 1)
-            out[k] = v
-    return out
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -1,9 +1,26 @@
-"""What the benchmark reports share: the text table and BENCHMARKS.md's generated blocks.
-Standard library only."""
+"""What the benchmark reports share: the `key=value` results files, the text table and
+BENCHMARKS.md's generated blocks. Standard library only."""
 
 from __future__ import annotations
 
 import os
+
+
+def append(path: str, pairs: list[tuple[str, object]]) -> None:
+    """Adds `key=value` lines to a results file."""
+    with open(path, "a", encoding="utf-8") as f:
+        for k, v in pairs:
+            f.write(f"{k}={v}\n")
+
+
+def read_results(path: str) -> dict[str, str]:
+    """A results file's `key=value` lines (the last value of a key wins)."""
+    out: dict[str, str] = {}
+    for line in open(path, encoding="utf-8"):
+        if "=" in line:
+            k, v = line.rstrip("\n").split("=", 1)
+            out[k] = v
+    return out
 
 
 def write_generated_block(path: str, section: str, begin: str, end: str, block: str) -> None:

@@ -34,7 +34,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
-from bench_md import render_text, write_generated_block  # noqa: E402  (scripts/lib/bench_md.py)
+from bench_md import append, read_results, render_text, write_generated_block  # noqa: E402  (scripts/lib/bench_md.py)
 from bench_osb import Failed, deprovision, osb, psql, timed_provision  # noqa: E402
 
 SECTION = "## Undo: the kept copy, the archive, a live fork"
@@ -51,21 +51,6 @@ GOAL_FORK_VS_ARCHIVE = 0.5
 
 def say(msg: str) -> None:
     print(f"bench-undo: {msg}", file=sys.stderr, flush=True)
-
-
-def append(path: str, pairs: list[tuple[str, object]]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        for k, v in pairs:
-            f.write(f"{k}={v}\n")
-
-
-def read_results(path: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in open(path, encoding="utf-8"):
-        if "=" in line:
-            k, v = line.rstrip("\n").split("=", 1)
-            out[k] = v
-    return out
 
 
 def path_of(description: str) -> str:
