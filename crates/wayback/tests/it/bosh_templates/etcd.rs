@@ -3,8 +3,9 @@
 //! gives the broker and the agents `ha.dcs_endpoints`, and its absence none; three members
 //! rendered for 127.0.0.1, .2 and .3 form a real etcd cluster that serves the endpoints the
 //! rendered broker config names, and a member's post-start waits for it only while the rest of
-//! the cluster runs; the sample manifest parses, and every property and link it
-//! gives a job of this release is declared in that job's spec.
+//! the cluster runs; the sample manifest parses, and every property and link it gives a job of
+//! this release is declared in that job's spec; the etcd package's build installs etcd 3.4
+//! (Debian's binaries standing in for the release tarball's) and refuses another version.
 
 use super::{
     assert_failed, render, render_fixture, render_with_cases, rendered_files, rendered_toml, repo,
@@ -478,4 +479,83 @@ fn the_sample_manifest_has_three_etcd_members_and_only_declared_properties() {
     assert_eq!(report["problems"], serde_json::json!([]), "{report}");
     assert_eq!(report["instances"]["etcd"], 3, "{report}");
     assert_eq!(report["instances"]["wayback-agent"], 2, "{report}");
+}
+
+/// Runs `packages/etcd/packaging` as a compile VM would: in a directory holding the blob as
+/// `etcd/etcd-linux-amd64.tar.gz` (one top-level directory with `etcd` and `etcdctl`).
+fn run_etcd_packaging(etcd: &Path, etcdctl: &Path) -> (std::process::Output, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let top = dir.path().join("src/etcd-v3.4.x-linux-amd64");
+    std::fs::create_dir_all(&top).unwrap();
+    std::fs::copy(etcd, top.join("etcd")).unwrap();
+    std::fs::copy(etcdctl, top.join("etcdctl")).unwrap();
+    let compile = dir.path().join("compile");
+    std::fs::create_dir_all(compile.join("etcd")).unwrap();
+    let tar = Command::new("tar")
+        .arg("-czf")
+        .arg(compile.join("etcd/etcd-linux-amd64.tar.gz"))
+        .arg("-C")
+        .arg(dir.path().join("src"))
+        .arg("etcd-v3.4.x-linux-amd64")
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    std::fs::create_dir_all(dir.path().join("install")).unwrap();
+    let mut packaging = Command::new("bash");
+    packaging
+        .arg(repo().join("bosh-release/packages/etcd/packaging"))
+        .current_dir(&compile)
+        .env("BOSH_INSTALL_TARGET", dir.path().join("install"))
+        .stdin(Stdio::null());
+    // As on a compile VM, SIGPIPE kills: the test harness ignores it, and an ignored signal
+    // stays ignored across exec (and a shell cannot reset it), which would hide a pipeline
+    // that breaks the build there.
+    // SAFETY: between fork and exec only signal(2), which is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut packaging, || {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+            .map(|_| ())
+            .map_err(std::io::Error::from)
+        });
+    }
+    (packaging.output().unwrap(), dir)
+}
+
+#[test]
+fn the_etcd_package_installs_etcd_3_4_and_refuses_another_version() {
+    let (Some(etcd), Some(etcdctl)) = (
+        common::etcd::find_binary("etcd"),
+        common::etcd::find_binary("etcdctl"),
+    ) else {
+        common::require("etcd and etcdctl (bash scripts/setup)", false);
+        return;
+    };
+    // Debian's etcd 3.4 stands in for the official tarball's binaries.
+    let (output, dir) = run_etcd_packaging(&etcd, &etcdctl);
+    assert!(
+        output.status.success(),
+        "packaging failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for tool in ["etcd", "etcdctl"] {
+        let installed = dir.path().join("install/bin").join(tool);
+        let version = Command::new(&installed).arg("version").output();
+        assert!(installed.is_file() && version.is_ok(), "{tool} installed");
+    }
+
+    let fake = tempfile::tempdir().unwrap();
+    let newer = fake.path().join("etcd");
+    std::fs::write(
+        &newer,
+        "#!/bin/sh\necho 'etcd Version: 3.5.9'\necho 'Git SHA: fixture'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&newer, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (refused, _dir) = run_etcd_packaging(&newer, &newer);
+    assert!(!refused.status.success(), "etcd 3.5 is refused");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("expected etcd 3.4"), "{stderr}");
 }
