@@ -233,7 +233,10 @@ async fn a_rendered_etcd_cluster_forms_and_serves_the_brokers_endpoints() {
         return;
     };
     // One port pair for the group, as in BOSH; each member on an address of its own.
-    let (client, peer) = (common::free_port(), common::free_port());
+    let client = common::free_port();
+    let peer = std::iter::repeat_with(common::free_port)
+        .find(|p| *p != client)
+        .unwrap();
     let live = format!(
         "- name: live-0
   job: etcd
