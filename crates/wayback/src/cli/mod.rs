@@ -12,6 +12,7 @@ pub mod reindex;
 pub mod rekey;
 pub mod restore;
 pub mod smoke;
+pub mod switchover;
 
 use std::path::PathBuf;
 
