@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod backup;
 pub mod drain;
+mod drain_ha;
 pub mod drill;
 pub mod prune;
 pub mod register;
