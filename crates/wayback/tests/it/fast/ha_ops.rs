@@ -257,3 +257,33 @@ async fn the_metrics_show_each_members_role_lag_and_the_failovers() {
     }
     assert!(!text.contains("orders"), "no instance name in a label");
 }
+
+/// `wayback switchover` (the endpoint's command-line twin) refuses the same way, before it
+/// opens a runtime: exit 1 with the reason.
+#[tokio::test]
+async fn the_switchover_command_refuses_an_instance_that_is_not_ha() {
+    let app = spawn_fast_app().await;
+    let single = app.provision_ready("single").await;
+    let run = |instance: String| {
+        let data_dir = app.data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_wayback"))
+                .args(["switchover", &instance])
+                .env("WAYBACK_DATA_DIR", &data_dir)
+                .env("WAYBACK_LOG", "warn")
+                .output()
+                .expect("run wayback switchover")
+        })
+    };
+    let out = run(single.clone()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("instance {single} is not highly available")),
+        "{stderr}"
+    );
+    let out = run(new_id()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no instance"), "{stderr}");
+}
