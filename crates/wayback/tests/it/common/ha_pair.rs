@@ -248,8 +248,8 @@ pub fn uri(ports: &[u16], attrs: &str) -> String {
     )
 }
 
-/// A write load: one INSERT after another, each over a new connection to the multi-host URI;
-/// every acknowledged row is kept with the time its attempt started.
+/// A write load: one INSERT after another, each over a new connection to the multi-host URI and
+/// each with a new value; every acknowledged row is kept with the time its attempt started.
 pub struct Writer {
     acked: Arc<Mutex<Vec<(i64, Instant)>>>,
     stop: Arc<AtomicBool>,
@@ -265,9 +265,12 @@ impl Writer {
             let mut n = first;
             while !s.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                if psql(&uri, &format!("INSERT INTO ha_rows VALUES ({n})")).is_ok() {
-                    a.lock().unwrap().push((n, started));
-                    n += 1;
+                // A value is never tried twice: an attempt whose answer a switchover cut off
+                // may have committed, and trying it again would hit the primary key for good.
+                let value = n;
+                n += 1;
+                if psql(&uri, &format!("INSERT INTO ha_rows VALUES ({value})")).is_ok() {
+                    a.lock().unwrap().push((value, started));
                 } else {
                     std::thread::sleep(Duration::from_millis(100));
                 }
