@@ -98,6 +98,9 @@ enum Command {
     /// Ask every agent of agents.urls for its capacity and print it beside the instances the
     /// state database placed there; exits 1 when an agent does not answer.
     Agents(wayback::cli::agents::AgentsArgs),
+    /// Hand the lead of an HA instance to a healthy standby (Patroni's switchover) and return
+    /// once the other member leads.
+    Switchover(wayback::cli::switchover::SwitchoverArgs),
 }
 
 fn main() -> ExitCode {
@@ -121,6 +124,7 @@ fn main() -> ExitCode {
         Command::Drain(args) => wayback::cli::drain::main(settings, args),
         Command::Agent => wayback::agent::main(settings),
         Command::Agents(args) => wayback::cli::agents::main(settings, args),
+        Command::Switchover(args) => wayback::cli::switchover::main(settings, args),
         Command::ConfigReference => {
             print!("{}", Settings::reference_markdown());
             ExitCode::SUCCESS

@@ -286,7 +286,9 @@ impl LocalRuntime {
     /// The members of `id`'s scope, from this member's Patroni.
     pub async fn ha_status(&self, id: &InstanceId) -> Result<HaStatus, RuntimeError> {
         let record = self.patroni_files(id).load_record()?;
-        patroni::cluster(&record.rest).await
+        let mut status = patroni::cluster(&record.rest).await?;
+        status.history = super::ha_history::history(id, &record.rest).await;
+        Ok(status)
     }
 
     /// Moves the leader of `id`'s scope to `candidate` (or to the member Patroni picks) and
