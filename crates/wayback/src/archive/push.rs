@@ -6,13 +6,16 @@
 //! file's SHA-256. When PostgreSQL then asks for such a segment, the marker (checked against the
 //! file's current content) answers at once. A segment is acknowledged only after its upload
 //! returned: nothing is reported archived that is not.
+//!
+//! With `--fence` (HA members) every segment first passes the timeline fence (`fence.rs`): WAL
+//! of a timeline past the point where a later, archived timeline began is refused.
 
 use std::path::{Path, PathBuf};
 
 use super::frame::{self, FrameHeader, HEADER_LEN};
 use super::layout::{WalFileKind, WalFileName};
 use super::target::ArchiveTarget;
-use super::{walscan, ArchiveError};
+use super::{fence, walscan, ArchiveError};
 use crate::storage::ObjectStore;
 
 /// How a push ended.
@@ -38,15 +41,20 @@ pub async fn push(
     let raw = tokio::fs::read(file)
         .await
         .map_err(|e| ArchiveError::io(format!("read {}", file.display()), e))?;
-    push_bytes(target, store, &name, raw).await
+    push_bytes(target, store, &name, raw, false).await
 }
 
+/// `fenced`: refuse WAL past where a later archived timeline began (`fence.rs`).
 async fn push_bytes(
     target: &ArchiveTarget,
     store: &ObjectStore,
     name: &WalFileName,
     raw: Vec<u8>,
+    fenced: bool,
 ) -> Result<Pushed, ArchiveError> {
+    if fenced {
+        fence::check(target, store, name, &raw).await?;
+    }
     let key = key(target, name);
     let segment_like = matches!(name.kind(), WalFileKind::Segment | WalFileKind::Partial);
     let (sysid, commits) = if segment_like {
@@ -184,8 +192,8 @@ fn ready_after(wal_file: &Path, current: &str, limit: usize) -> Vec<PathBuf> {
     names.into_iter().map(|n| dir.join(n)).collect()
 }
 
-/// The `wal-push` command: exit status for PostgreSQL.
-pub fn wal_push_main(target_path: &Path, wal_file: &Path) -> u8 {
+/// The `wal-push` command: exit status for PostgreSQL. `fenced`: `--fence` (see the module docs).
+pub fn wal_push_main(target_path: &Path, wal_file: &Path, fenced: bool) -> u8 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -196,7 +204,7 @@ pub fn wal_push_main(target_path: &Path, wal_file: &Path) -> u8 {
             return 1;
         }
     };
-    match runtime.block_on(push_main(target_path, wal_file)) {
+    match runtime.block_on(push_main(target_path, wal_file, fenced)) {
         Ok(outcome) => {
             tracing::debug!(file = %wal_file.display(), ?outcome, "archived");
             0
@@ -208,7 +216,11 @@ pub fn wal_push_main(target_path: &Path, wal_file: &Path) -> u8 {
     }
 }
 
-async fn push_main(target_path: &Path, wal_file: &Path) -> Result<Pushed, ArchiveError> {
+async fn push_main(
+    target_path: &Path,
+    wal_file: &Path,
+    fenced: bool,
+) -> Result<Pushed, ArchiveError> {
     let target = ArchiveTarget::load(target_path)?;
     let store = target.open_store()?;
     let name = file_name(wal_file)?;
@@ -237,7 +249,7 @@ async fn push_main(target_path: &Path, wal_file: &Path) -> Result<Pushed, Archiv
                 .await
                 .map_err(|e| ArchiveError::io(format!("read {}", path.display()), e))?;
             let digest = hex::encode(frame::sha256(&bytes));
-            push_bytes(target, store, &n, bytes).await?;
+            push_bytes(target, store, &n, bytes, fenced).await?;
             let _ = tokio::fs::create_dir_all(markers).await;
             tokio::fs::write(markers.join(n.as_str()), digest)
                 .await
@@ -245,7 +257,7 @@ async fn push_main(target_path: &Path, wal_file: &Path) -> Result<Pushed, Archiv
         }
     });
     let (current, ahead_results) = tokio::join!(
-        push_bytes(&target, &store, &name, raw),
+        push_bytes(&target, &store, &name, raw, fenced),
         futures::future::join_all(pushes)
     );
     for (path, r) in ahead.iter().zip(ahead_results) {
