@@ -33,6 +33,7 @@ mod fast;
 mod follow_engine;
 mod followers;
 mod ha_engine;
+mod ha_timelines;
 mod lifecycle;
 mod osb_pg;
 mod pg_driver;
