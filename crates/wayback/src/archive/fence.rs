@@ -17,12 +17,19 @@
 //!   old timeline's last segment, cut at the switch point, as `.partial`: that one passes.
 //!
 //! A refusal is `ArchiveError::Refused`: `wal-push` exits 1, PostgreSQL keeps the segment and
-//! retries, nothing is archived. Left open: an old primary that archives in the moment between
+//! retries, nothing is archived — while the server is still on that timeline (the old primary,
+//! running on). A server that has left it (its `pg_control` checkpoint is on a later timeline:
+//! rewound or re-seeded and promoted again) can never need that WAL, and PostgreSQL's archiver
+//! retries its oldest ready file for ever, blocking every later one: such a leftover is
+//! acknowledged without being archived ([`Verdict::Left`], a warning in the log), the one
+//! exception to rule 1, for WAL that must never be archived. Left open: an old primary that archives in the moment between
 //! the promotion and the new primary's `.history` reaching the archive is not fenced (the fence
 //! knows a new timeline only from the archive); restores do not read such segments (the restore
 //! window skips WAL of a timeline past where a later timeline began, `window.rs`).
 //!
 //! Must not import `osb`, `broker`, `store` or `jobs`.
+
+use std::path::Path;
 
 use super::frame;
 use super::keydoc::ArchiveKey;
@@ -137,22 +144,54 @@ pub async fn archived_switch_point(
     Ok(switch_point(&history, timeline))
 }
 
+/// The timeline of the latest checkpoint in a `pg_control` image (`checkPointCopy.
+/// ThisTimeLineID`, at byte 48 in PostgreSQL 15's layout); None when the image's CRC does not
+/// check.
+pub fn checkpoint_timeline(pg_control: &[u8]) -> Option<u32> {
+    crate::pg::control::find_crc_offset(pg_control)?;
+    Some(u32::from_ne_bytes(pg_control.get(48..52)?.try_into().ok()?))
+}
+
+/// What the fence says of one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not fenced: archive it.
+    Pass,
+    /// Fenced, and the server has left its timeline for `server_timeline`: acknowledge it
+    /// without archiving (see the module docs).
+    Left { server_timeline: u32 },
+}
+
 /// Refuses `name` (content `raw`) when a later timeline's archived history says its timeline
-/// ended before the WAL it holds.
+/// ended before the WAL it holds; `pgdata` is the data directory of the server asking (its
+/// `pg_control` is read only then).
 pub async fn check(
     target: &ArchiveTarget,
     store: &ObjectStore,
     name: &WalFileName,
     raw: &[u8],
-) -> Result<(), ArchiveError> {
+    pgdata: &Path,
+) -> Result<Verdict, ArchiveError> {
     if !matches!(name.kind(), WalFileKind::Segment | WalFileKind::Partial) {
-        return Ok(());
+        return Ok(Verdict::Pass);
     }
     let timeline = name.timeline();
     let Some(switch) = archived_switch_point(target, store, timeline).await? else {
-        return Ok(());
+        return Ok(Verdict::Pass);
     };
     if refuses(name, segment_size(raw), switch) {
+        let server_timeline = std::fs::read(pgdata.join("global/pg_control"))
+            .ok()
+            .and_then(|c| checkpoint_timeline(&c));
+        if let Some(server_timeline) = server_timeline.filter(|t| *t > timeline) {
+            tracing::warn!(
+                file = name.as_str(),
+                server_timeline,
+                switch = %format_lsn(switch),
+                "FENCED leftover of a timeline this server has left: acknowledged, never archived"
+            );
+            return Ok(Verdict::Left { server_timeline });
+        }
         return Err(ArchiveError::Refused(format!(
             "FENCED: {} holds WAL of timeline {timeline} past {}, where timeline {} began \
              ({:08X}.history is archived): this server is no longer the primary, and its WAL \
@@ -163,7 +202,7 @@ pub async fn check(
             timeline + 1
         )));
     }
-    Ok(())
+    Ok(Verdict::Pass)
 }
 
 #[cfg(test)]
@@ -278,26 +317,57 @@ mod tests {
         let mut seg = vec![0u8; SEG as usize];
         seg[2..4].copy_from_slice(&0x0002u16.to_le_bytes());
         seg[32..36].copy_from_slice(&(SEG as u32).to_le_bytes());
+        let pgdata = dir.path().join("pgdata");
         let late = n("000000010000000000000006");
-        check(&target, &store, &late, &seg)
-            .await
-            .expect("no later timeline: not fenced");
+        let check = |name: WalFileName| {
+            let (target, store, seg, pgdata) = (&target, &store, &seg, &pgdata);
+            async move { check(target, store, &name, seg, pgdata).await }
+        };
+        assert_eq!(
+            check(late.clone()).await.unwrap(),
+            Verdict::Pass,
+            "no later timeline: not fenced"
+        );
         let history =
             frame::encode(b"1\t0/5000028\tno recovery target specified\n", 0, None, 1).unwrap();
         store
             .put("spaces/s1/instances/i1/wal/00000002.history", history)
             .await
             .unwrap();
-        let err = check(&target, &store, &late, &seg).await.unwrap_err();
+        let err = check(late.clone()).await.unwrap_err();
         assert!(
             matches!(&err, ArchiveError::Refused(m) if m.contains("FENCED") && m.contains("0/5000028")),
             "{err}"
         );
-        check(&target, &store, &n("000000010000000000000004"), &seg)
-            .await
-            .expect("before the switch point");
-        check(&target, &store, &n("000000020000000000000006"), &seg)
-            .await
-            .expect("the new timeline");
+        for passes in ["000000010000000000000004", "000000020000000000000006"] {
+            assert_eq!(check(n(passes)).await.unwrap(), Verdict::Pass, "{passes}");
+        }
+        // The server still on timeline 1 (the old primary) is refused; once its checkpoint is
+        // on a later timeline, the leftover is acknowledged without being archived.
+        std::fs::create_dir_all(pgdata.join("global")).unwrap();
+        std::fs::write(pgdata.join("global/pg_control"), control(1)).unwrap();
+        assert!(check(late.clone()).await.is_err());
+        std::fs::write(pgdata.join("global/pg_control"), control(3)).unwrap();
+        assert_eq!(
+            check(late).await.unwrap(),
+            Verdict::Left { server_timeline: 3 }
+        );
+    }
+
+    /// A pg_control image whose latest checkpoint is on `timeline`, with its CRC.
+    fn control(timeline: u32) -> Vec<u8> {
+        let mut bytes = vec![0u8; 8192];
+        bytes[48..52].copy_from_slice(&timeline.to_ne_bytes());
+        let crc = crc32c::crc32c(&bytes[..288]);
+        bytes[288..292].copy_from_slice(&crc.to_ne_bytes());
+        bytes
+    }
+
+    #[test]
+    fn reads_the_checkpoint_timeline_of_pg_control() {
+        assert_eq!(checkpoint_timeline(&control(2)), Some(2));
+        let mut broken = control(2);
+        broken[48] = 9;
+        assert_eq!(checkpoint_timeline(&broken), None, "CRC no longer checks");
     }
 }

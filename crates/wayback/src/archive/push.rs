@@ -25,6 +25,9 @@ pub enum Pushed {
     Stored,
     /// The archive already holds identical content (a re-push after a lost answer).
     AlreadyArchived,
+    /// Fenced WAL of a timeline this server has left (`fence.rs`): acknowledged, never
+    /// archived. Only with `--fence`.
+    Fenced,
 }
 
 fn key(target: &ArchiveTarget, name: &WalFileName) -> String {
@@ -41,19 +44,23 @@ pub async fn push(
     let raw = tokio::fs::read(file)
         .await
         .map_err(|e| ArchiveError::io(format!("read {}", file.display()), e))?;
-    push_bytes(target, store, &name, raw, false).await
+    push_bytes(target, store, &name, raw, None).await
 }
 
-/// `fenced`: refuse WAL past where a later archived timeline began (`fence.rs`).
+/// `fence`: the data directory of the server asking, when WAL past where a later archived
+/// timeline began is refused (`fence.rs`).
 async fn push_bytes(
     target: &ArchiveTarget,
     store: &ObjectStore,
     name: &WalFileName,
     raw: Vec<u8>,
-    fenced: bool,
+    fence: Option<&Path>,
 ) -> Result<Pushed, ArchiveError> {
-    if fenced {
-        fence::check(target, store, name, &raw).await?;
+    if let Some(pgdata) = fence {
+        if let fence::Verdict::Left { .. } = fence::check(target, store, name, &raw, pgdata).await?
+        {
+            return Ok(Pushed::Fenced);
+        }
     }
     let key = key(target, name);
     let segment_like = matches!(name.kind(), WalFileKind::Segment | WalFileKind::Partial);
@@ -224,6 +231,12 @@ async fn push_main(
     let target = ArchiveTarget::load(target_path)?;
     let store = target.open_store()?;
     let name = file_name(wal_file)?;
+    // %p is `pg_wal/<name>`, relative to the data directory PostgreSQL runs the command in.
+    let pgdata = wal_file
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."));
+    let fence = fenced.then_some(pgdata);
     let markers = marker_dir(target_path);
     let raw = tokio::fs::read(wal_file)
         .await
@@ -249,7 +262,10 @@ async fn push_main(
                 .await
                 .map_err(|e| ArchiveError::io(format!("read {}", path.display()), e))?;
             let digest = hex::encode(frame::sha256(&bytes));
-            push_bytes(target, store, &n, bytes, fenced).await?;
+            if push_bytes(target, store, &n, bytes, fence).await? == Pushed::Fenced {
+                // No marker: nothing was stored; PostgreSQL asks for it in turn.
+                return Ok(());
+            }
             let _ = tokio::fs::create_dir_all(markers).await;
             tokio::fs::write(markers.join(n.as_str()), digest)
                 .await
@@ -257,7 +273,7 @@ async fn push_main(
         }
     });
     let (current, ahead_results) = tokio::join!(
-        push_bytes(&target, &store, &name, raw, fenced),
+        push_bytes(&target, &store, &name, raw, fence),
         futures::future::join_all(pushes)
     );
     for (path, r) in ahead.iter().zip(ahead_results) {

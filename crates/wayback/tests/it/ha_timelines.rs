@@ -5,10 +5,11 @@
 //! and, once promoted, archives to P too, fenced likewise. After the promotion the old primary
 //! keeps running and writing: its segment holding WAL past the switch point is refused (its
 //! archiver reports the failure, its log says FENCED, P never gets it), while the new
-//! timeline's `.history`, the old timeline's `.partial` and the new segments arrive. Then the
-//! runtime restores P as a clone does: "latest" holds every row the new primary committed and
-//! none of the old primary's after the failover; a point in time before the failover holds the
-//! rows of that time.
+//! timeline's `.history`, the old timeline's `.partial` and the new segments arrive; the same
+//! segment beside a `pg_control` on timeline 2 (a server that left timeline 1) is acknowledged
+//! without being archived. Then the runtime restores P as a clone does: "latest" holds every
+//! row the new primary committed and none of the old primary's after the failover; a point in
+//! time before the failover holds the rows of that time.
 //!
 //! Run: `bash scripts/test ha_timelines::`.
 
@@ -312,6 +313,38 @@ async fn after_a_failover_the_old_primary_is_fenced_and_restores_follow_the_new_
         log.contains("FENCED") && log.contains(&refused),
         "the old primary's log says why"
     );
+
+    // A server that has left timeline 1 (its checkpoint is on 2) acknowledges such a leftover
+    // without archiving it; one still on 1 is refused. The real binary, on the real segment,
+    // beside each server's real pg_control.
+    exec(&mut new_admin, "CHECKPOINT").await;
+    for (control_of, timeline, code) in [(&leader_dir, 1, 1), (&standby_dir, 2, 0)] {
+        let control = std::fs::read(control_of.join("pgdata/global/pg_control")).unwrap();
+        assert_eq!(fence::checkpoint_timeline(&control), Some(timeline));
+        let pgdata = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(pgdata.path().join("pg_wal")).unwrap();
+        std::fs::create_dir_all(pgdata.path().join("global")).unwrap();
+        std::fs::write(pgdata.path().join("global/pg_control"), control).unwrap();
+        std::fs::copy(
+            leader_dir.join("pgdata/pg_wal").join(&refused),
+            pgdata.path().join("pg_wal").join(&refused),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wayback"))
+            .args(["wal-push", "--fence", "--target"])
+            .arg(&shared)
+            .arg(format!("pg_wal/{refused}"))
+            .current_dir(pgdata.path())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "a server on timeline {timeline}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("FENCED"));
+    }
 
     // The new primary writes on its timeline, which reaches P.
     let mut new = connect(&at_port(&uri, standby_port)).await.unwrap();
