@@ -7,8 +7,8 @@
 //! The new primary's first archived file is its timeline history (PostgreSQL's archiver takes
 //! `.history` files before any segment), whose last line names the switch point: where timeline
 //! N ended and N+1 began. So `wal-push --fence` for a segment of timeline N reads
-//! `(N+1).history` from the instance's own prefix (one GET per call, a 404 while there was no
-//! failover) and refuses:
+//! `(N+1).history` from the instance's own prefix (one GET per segment, pushed-ahead ones too;
+//! a 404 while there was no failover) and refuses:
 //!
 //! - a full segment holding any WAL past the switch point (its end is after it): only a server
 //!   that went on writing timeline N after the new one began can have made it. The segment that
