@@ -44,6 +44,10 @@ enum Command {
         /// The instance's archive target file.
         #[arg(long)]
         target: PathBuf,
+        /// Refuse WAL of a timeline past where a later archived timeline began (HA members:
+        /// an old primary after a failover).
+        #[arg(long)]
+        fence: bool,
         /// %p: the WAL file to archive.
         path: PathBuf,
     },
@@ -147,9 +151,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::WalPush { target, path } => {
+        Command::WalPush {
+            target,
+            fence,
+            path,
+        } => {
             wayback::telemetry::init_for_postgres();
-            ExitCode::from(wayback::archive::wal_push_main(&target, &path))
+            ExitCode::from(wayback::archive::wal_push_main(&target, &path, fence))
         }
         Command::WalPrefetch { target } => {
             ExitCode::from(wayback::archive::wal_prefetch_main(&target))

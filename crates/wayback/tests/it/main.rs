@@ -34,6 +34,7 @@ mod follow_engine;
 mod followers;
 mod ha_engine;
 mod ha_ops;
+mod ha_timelines;
 mod lifecycle;
 mod osb_pg;
 mod pg_driver;

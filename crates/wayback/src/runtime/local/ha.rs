@@ -230,7 +230,7 @@ impl LocalRuntime {
                 if spec.seed == HaSeed::Adopt {
                     target.system_identifier = self.system_identifier(id)?;
                 }
-                self.write_archive_target(id, target, command, owner)
+                self.write_archive_target(id, target, command, owner, true)
                     .await?
             }
             None => "# Archiving is off.\n".to_string(),
