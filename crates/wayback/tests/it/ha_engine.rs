@@ -32,10 +32,10 @@ use wayback::runtime::{
 };
 use wayback::storage::ObjectStore;
 
-const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
-const SUPERUSER_PASSWORD: &str = "ha-engine-superuser-pw";
+pub(crate) const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
+pub(crate) const SUPERUSER_PASSWORD: &str = "ha-engine-superuser-pw";
 /// Long enough for a failover (ttl 20 s) and a rejoin on a busy machine.
-const ENGINE_WAIT: Duration = Duration::from_secs(180);
+pub(crate) const ENGINE_WAIT: Duration = Duration::from_secs(180);
 
 /// One "machine": a runtime over its own data directory, with the shared archive.
 struct Machine {
@@ -93,7 +93,7 @@ impl Machine {
 
 /// Kills what the members run if the test ends early: Patroni first (it would start its server
 /// again), then the servers.
-struct Cleanup(Vec<(PathBuf, InstanceId)>);
+pub(crate) struct Cleanup(pub(crate) Vec<(PathBuf, InstanceId)>);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
@@ -115,7 +115,7 @@ impl Drop for Cleanup {
 }
 
 /// The pids of a postmaster and of its children.
-fn server_processes(pgdata: &Path) -> Vec<i32> {
+pub(crate) fn server_processes(pgdata: &Path) -> Vec<i32> {
     let Some(pm) = wayback::pg::ctl::live_postmaster(pgdata).unwrap() else {
         return Vec::new();
     };
@@ -138,7 +138,7 @@ fn server_processes(pgdata: &Path) -> Vec<i32> {
 }
 
 /// `psql` against `uri` with the shared superuser password; Ok(stdout) when it succeeded.
-fn psql(uri: &str, sql: &str) -> Result<String, String> {
+pub(crate) fn psql(uri: &str, sql: &str) -> Result<String, String> {
     let out = std::process::Command::new(PSQL)
         .args([
             "-X",
@@ -163,7 +163,7 @@ fn psql(uri: &str, sql: &str) -> Result<String, String> {
     }
 }
 
-fn uri(ports: &[u16], attrs: &str) -> String {
+pub(crate) fn uri(ports: &[u16], attrs: &str) -> String {
     let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     format!(
         "postgresql://{}@{}/app?{attrs}",
@@ -174,14 +174,14 @@ fn uri(ports: &[u16], attrs: &str) -> String {
 
 /// A write load: one INSERT after another, each over a new connection to the multi-host URI;
 /// every acknowledged row is kept with the time its attempt started.
-struct Writer {
+pub(crate) struct Writer {
     acked: Arc<Mutex<Vec<(i64, Instant)>>>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Writer {
-    fn start(uri: String, first: i64) -> Self {
+    pub(crate) fn start(uri: String, first: i64) -> Self {
         let acked = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (a, s) = (acked.clone(), stop.clone());
@@ -209,7 +209,7 @@ impl Writer {
             .count()
     }
 
-    async fn wait_acked_since(&self, t: Instant, n: usize, what: &str) {
+    pub(crate) async fn wait_acked_since(&self, t: Instant, n: usize, what: &str) {
         let deadline = Instant::now() + ENGINE_WAIT;
         while self.acked_since(t) < n {
             assert!(Instant::now() < deadline, "{what}: no write acknowledged");
@@ -217,7 +217,7 @@ impl Writer {
         }
     }
 
-    async fn finish(mut self) -> Vec<i64> {
+    pub(crate) async fn finish(mut self) -> Vec<i64> {
         self.stop.store(true, Ordering::Relaxed);
         (&mut self.task).await.unwrap();
         let rows = self.acked.lock().unwrap().iter().map(|(n, _)| *n).collect();
@@ -255,7 +255,7 @@ async fn wait_status(
     }
 }
 
-fn streams_in_sync(s: &HaStatus, leader: &str, standby: &str, timeline: u32) -> bool {
+pub(crate) fn streams_in_sync(s: &HaStatus, leader: &str, standby: &str, timeline: u32) -> bool {
     s.leader()
         .is_some_and(|l| l.name == leader && l.timeline == Some(timeline))
         && s.member(standby).is_some_and(|m| {
@@ -267,13 +267,13 @@ fn streams_in_sync(s: &HaStatus, leader: &str, standby: &str, timeline: u32) -> 
 }
 
 /// The timeline the primary at `uri` writes on.
-fn timeline(uri: &str) -> u32 {
+pub(crate) fn timeline(uri: &str) -> u32 {
     let file = psql(uri, "SELECT pg_walfile_name(pg_current_wal_lsn())").unwrap();
     u32::from_str_radix(&file[..8], 16).unwrap()
 }
 
 /// Polls until `uri` takes writes.
-async fn wait_writable(uri: &str) {
+pub(crate) async fn wait_writable(uri: &str) {
     let deadline = Instant::now() + ENGINE_WAIT;
     loop {
         match psql(uri, "SELECT 1") {
@@ -284,7 +284,7 @@ async fn wait_writable(uri: &str) {
     }
 }
 
-fn rows_on(port: u16) -> Vec<i64> {
+pub(crate) fn rows_on(port: u16) -> Vec<i64> {
     psql(
         &uri(&[port], "connect_timeout=2"),
         "SELECT n FROM ha_rows ORDER BY n",
@@ -351,6 +351,7 @@ async fn a_patroni_pair_fails_over_rejoins_switches_over_and_rides_out_an_etcd_o
         superuser_password: SecretString::from(SUPERUSER_PASSWORD),
         peer_addresses: vec!["127.0.0.1".into()],
         archive: Some((target, command.clone())),
+        machine: None,
     };
     let spec_a = member(&a, "m1", HaSeed::Adopt, target.clone());
     a.rt().ha_start_member(&spec_a).await.unwrap();
