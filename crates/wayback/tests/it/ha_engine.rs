@@ -365,6 +365,20 @@ async fn a_patroni_pair_fails_over_rejoins_switches_over_and_rides_out_an_etcd_o
         std::os::unix::fs::PermissionsExt::mode(&conf.permissions()) & 0o777,
         0o600
     );
+    let auth = std::fs::metadata(a.cluster_dir(&id).join("patroni/rest-auth")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&auth.permissions()) & 0o777,
+        0o600
+    );
+    // Patroni's REST API refuses a switchover without the scope's password (the runtime's
+    // own switchover below sends it).
+    let refused = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/switchover", a.rest_port))
+        .json(&serde_json::json!({ "leader": "m1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
     let both = uri(&[a.pg_port, b.pg_port], "target_session_attrs=read-write");
     // Patroni names its leader as soon as it holds the key; the promotion follows.
     wait_writable(&both).await;

@@ -9,8 +9,10 @@
 //! data directory, which Patroni seeds with `pg_basebackup` from the leader. Either way the
 //! runtime writes, in `<cluster>/patroni/`: Wayback's own `postgresql.conf` for this member
 //! (`wayback.conf`, Patroni's `custom_conf`, with its own ports, sockets and the archive
-//! include `wayback-archive.conf` beside it), `patroni.yml` (0600: it holds the passwords) and
-//! `member.json` (how to find the member again). See `pg::patroni` for why the base file is
+//! include `wayback-archive.conf` beside it), `patroni.yml` (0600: it holds the passwords),
+//! `rest-auth` (0600: the REST API's password, which the runtime's switchover sends) and
+//! `member.json` (how to find the member again). Patroni's REST API listens on the member's
+//! advertised address only. See `pg::patroni` for why the base file is
 //! outside the data directory.
 //!
 //! A cluster with `patroni.yml` is an HA member for every lifecycle call: `start` starts
@@ -27,7 +29,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::ha_patroni::{self as patroni, MemberRecord, PatroniFiles};
 use super::{fsutil, io, rt, LocalRuntime};
 use crate::domain::InstanceId;
-use crate::pg::patroni::{render_patroni_config, Login, PatroniInput};
+use crate::pg::patroni::{render_patroni_config, rest_password, Login, PatroniInput, REST_USER};
 use crate::pg::sql::{self, quote_literal, ADMIN_DATABASE};
 use crate::pg::{conf, ctl, scram, PgError, Tools, SUPERUSER};
 use crate::runtime::ha::{Durability, HaMemberSpec, HaSeed, HaStatus};
@@ -243,11 +245,13 @@ impl LocalRuntime {
             rest: rest.clone(),
             dcs: spec.dcs.clone(),
         };
+        let rest_pw = rest_password(id.as_str(), &spec.superuser_password);
         let config = render_patroni_config(&PatroniInput {
             scope: id.as_str(),
             name: &spec.member,
             etcd_hosts: &spec.dcs,
-            rest_listen: &format!("{}:{}", self.settings.listen_address, spec.rest_port),
+            // Only the member's own address: the other members and the runtime call it there.
+            rest_listen: &rest,
             rest_connect: &rest,
             pg_listen: &format!("{}:{}", self.settings.listen_address, spec.cluster.port),
             pg_connect: &pg_connect,
@@ -265,12 +269,17 @@ impl LocalRuntime {
                 username: &spec.replication_role,
                 password: &spec.replication_password,
             },
+            rest: Login {
+                username: REST_USER,
+                password: &rest_pw,
+            },
             plan_settings: &spec.cluster.settings,
         })
         .map_err(rt)?;
         let record = serde_json::to_vec_pretty(&record).expect("a record serialises");
-        let writes: [(std::path::PathBuf, &[u8]); 4] = [
+        let writes: [(std::path::PathBuf, &[u8]); 5] = [
             (files.base_conf(), base.as_bytes()),
+            (files.rest_auth(), rest_pw.expose_secret().as_bytes()),
             (files.dir.join(conf::ARCHIVE_INCLUDE), archive.as_bytes()),
             (files.record(), &record),
             // Last: its presence makes the cluster an HA member.
@@ -303,7 +312,8 @@ impl LocalRuntime {
             .ok_or_else(|| rt(PgError::Setup(format!("instance {id} has no leader now"))))?
             .name
             .clone();
-        patroni::switchover(&record.rest, &leader, candidate).await?;
+        let auth = self.patroni_files(id).rest_auth_password();
+        patroni::switchover(&record.rest, auth.as_ref(), &leader, candidate).await?;
         // Patroni answers once the old leader stepped down; the new one may take a loop to
         // hold the key.
         let deadline = std::time::Instant::now() + SWITCHOVER_SETTLE;
