@@ -14,11 +14,9 @@ use crate::agents::Fleet;
 use crate::common::etcd::{ha_binaries_available, Etcd};
 use crate::common::*;
 use crate::ha_engine::{
-    psql, rows_on, server_processes, streams_in_sync, timeline, uri, wait_writable, Cleanup,
-    Writer, ENGINE_WAIT, SUPERUSER_PASSWORD,
+    crash_member, member_logs, psql, rows_on, streams_in_sync, timeline, uri, wait_writable,
+    Cleanup, Writer, ENGINE_WAIT, SUPERUSER_PASSWORD,
 };
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use secrecy::SecretString;
 use wayback::archive::ArchiveTarget;
 use wayback::config::{AgentEndpoint, AgentsSettings};
@@ -176,17 +174,15 @@ async fn ha_members_on_two_agents_fail_over_rejoin_and_switch_over() {
     assert_eq!(rows_on(pg_b).len(), 100, "the standby has the rows");
 
     eprintln!("ha_agents: the kill on agent A");
+    let dir_a = a.data_dir.join("clusters").join(id.as_str());
+    let dir_b = b.data_dir.join("clusters").join(id.as_str());
+    let logs = || member_logs("agent a", &dir_a) + &member_logs("agent b", &dir_b);
     let writer = Writer::start(both.clone(), 1000);
     let begun = Instant::now();
-    writer.wait_acked_since(begun, 20, "before the kill").await;
-    let pgdata_a = a.data_dir.join("clusters").join(id.as_str()).join("pgdata");
-    let mut victims = vec![patroni_pid(&a.data_dir, &id)];
-    victims.extend(server_processes(&pgdata_a));
-    for sig in [Signal::SIGSTOP, Signal::SIGKILL] {
-        for pid in &victims {
-            let _ = kill(Pid::from_raw(*pid), sig);
-        }
-    }
+    writer
+        .wait_acked_since(begun, 20, "before the kill", logs)
+        .await;
+    crash_member(patroni_pid(&a.data_dir, &id), &dir_a.join("pgdata"));
     let killed = Instant::now();
     // Agent A's member no longer answers: the status comes through agent B.
     wait_status(rt, &id, "m2 takes over", |s| {
@@ -195,17 +191,18 @@ async fn ha_members_on_two_agents_fail_over_rejoin_and_switch_over() {
     })
     .await;
     writer
-        .wait_acked_since(killed, 5, "writes on the new primary")
+        .wait_acked_since(killed, 5, "writes on the new primary", logs)
         .await;
     assert_eq!(timeline(&both), tl + 1, "the new primary's timeline");
-    let acked = writer.finish().await;
+    let log = writer.finish().await;
     let present = rows_on(pg_b);
-    let missing: Vec<&i64> = acked.iter().filter(|n| !present.contains(n)).collect();
+    log.report_in_doubt("ha_agents: the failover", &present);
+    let missing = log.missing(&present);
     assert!(
         missing.is_empty(),
         "sync mode lost {} of {} acknowledged rows: {missing:?}",
         missing.len(),
-        acked.len()
+        log.acked.len()
     );
 
     eprintln!("ha_agents: the rejoin on agent A");
