@@ -33,6 +33,7 @@ mod fast;
 mod follow_engine;
 mod followers;
 mod ha_agents;
+mod ha_async;
 mod ha_engine;
 mod lifecycle;
 mod osb_pg;

@@ -9,7 +9,9 @@
 //! data directory, which Patroni seeds with `pg_basebackup` from the leader. Either way the
 //! runtime writes, in `<cluster>/patroni/`: Wayback's own `postgresql.conf` for this member
 //! (`wayback.conf`, Patroni's `custom_conf`, with its own ports, sockets and the archive
-//! include `wayback-archive.conf` beside it), `patroni.yml` (0600: it holds the passwords),
+//! include `wayback-archive.conf` beside it: `archive_command`, and `restore_command` =
+//! `wal-fetch` from the instance's own prefix, so a lagging standby and Patroni's `pg_rewind
+//! --restore-target-wal` read the archive), `patroni.yml` (0600: it holds the passwords),
 //! `rest-auth` (0600: the REST API's password, which the runtime's switchover sends) and
 //! `member.json` (how to find the member again). Patroni's REST API listens on the member's
 //! advertised address only. See `pg::patroni` for why the base file is
@@ -26,6 +28,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use secrecy::{ExposeSecret, SecretString};
 
+use super::archive::shell_word;
 use super::ha_patroni::{self as patroni, MemberRecord, PatroniFiles};
 use super::{fsutil, io, rt, LocalRuntime};
 use crate::domain::InstanceId;
@@ -232,8 +235,10 @@ impl LocalRuntime {
                 if spec.seed == HaSeed::Adopt {
                     target.system_identifier = self.system_identifier(id)?;
                 }
-                self.write_archive_target(id, target, command, owner)
-                    .await?
+                let conf = self
+                    .write_archive_target(id, target, command, owner)
+                    .await?;
+                conf + &self.ha_restore_command(id, command)?
             }
             None => "# Archiving is off.\n".to_string(),
         };
@@ -290,6 +295,25 @@ impl LocalRuntime {
                 .map_err(io(format!("write {}", path.display())))?;
         }
         Ok(())
+    }
+
+    /// The `restore_command` of a member: Wayback's `wal-fetch` from the instance's own
+    /// archive prefix, as an archive standby restore runs it. A lagging standby whose leader
+    /// recycled the WAL it needs reads it from there, and Patroni's `pg_rewind` gets
+    /// `--restore-target-wal` (PostgreSQL 15 reads the command from the configuration).
+    fn ha_restore_command(
+        &self,
+        id: &InstanceId,
+        command: &crate::runtime::ArchiveCommand,
+    ) -> Result<String, RuntimeError> {
+        let target_file = self.layout.cluster(id).join("archive.json");
+        let fetch = format!(
+            "{} wal-fetch --target {} %f %p",
+            shell_word(&command.wayback_bin.display().to_string()),
+            shell_word(&target_file.display().to_string())
+        );
+        let value = conf::quote_value("restore_command", &fetch).map_err(rt)?;
+        Ok(format!("restore_command = {value}\n"))
     }
 
     /// The members of `id`'s scope, from this member's Patroni.
