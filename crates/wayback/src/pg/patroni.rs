@@ -18,6 +18,12 @@
 //!   `synchronous_mode` for the `sync` durability. They go to the DCS at the scope's first start
 //!   (`bootstrap.dcs`), with the plan's settings that Patroni passes on PostgreSQL's command line
 //!   (its cluster-wide ones, e.g. `max_connections`), which would otherwise override the base.
+//! - **A failed rewind re-seeds the member** (`remove_data_directory_on_rewind_failure`):
+//!   Patroni empties the data directory and seeds it again from the leader with
+//!   `pg_basebackup`. The data directory's parent (the cluster directory) is root's, so Patroni
+//!   cannot remove the directory itself, only what is in it: its `rmtree` empties it, the final
+//!   `rmdir` and the fallback rename fail (logged), and the empty directory, still the cluster
+//!   user's 0700, is what `pg_basebackup` fills next (as for a member seeded from the leader).
 //! - **Secrets** (the superuser's and the replication role's passwords) are only in this file,
 //!   which the runtime writes 0600 for the cluster user, and in Patroni's own passfile beside it.
 //! - **The REST API asks for a password** on its unsafe endpoints (`restapi.authentication`:
@@ -159,6 +165,8 @@ pub fn render_patroni_config(input: &PatroniInput<'_>) -> Result<SecretString, P
             "unix_socket_directories": path_str("socket", input.socket_dir)?,
         },
         "basebackup": [{ "checkpoint": "fast" }],
+        // A member whose rewind failed is seeded again from the leader, never left down.
+        "remove_data_directory_on_rewind_failure": true,
     });
     let config = json!({
         "scope": input.scope,
@@ -249,6 +257,7 @@ mod tests {
         // pg_hba.conf stays Wayback's: Patroni writes it only when given a list.
         assert!(pg.get("pg_hba").is_none() && v["bootstrap"].get("pg_hba").is_none());
         assert_eq!(pg["authentication"]["rewind"]["username"], "wayback_admin");
+        assert_eq!(pg["remove_data_directory_on_rewind_failure"], true);
         assert_eq!(pg["database"], "template1");
         assert_eq!(
             pg["authentication"]["replication"]["password"],

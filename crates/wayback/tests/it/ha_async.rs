@@ -6,7 +6,9 @@
 //! of the primary under a write load: the standby leads by itself and takes writes; the
 //! acknowledged rows `async` mode lost are counted and printed (not asserted: the engine bounds
 //! them by `maximum_lag_on_failover`); the old primary, started again, rejoins by `pg_rewind`
-//! and ends with the new primary's rows.
+//! and ends with the new primary's rows. Last, a member whose rewind fails (it diverged, and
+//! `pg_rewind` cannot write its data directory) is emptied and seeded again from the leader by
+//! Patroni (`remove_data_directory_on_rewind_failure`), not left down.
 //!
 //! Run: `bash scripts/test ha_async::` (needs `patroni` and `etcd`: `bash scripts/setup`).
 
@@ -213,6 +215,50 @@ async fn an_async_pair_reads_the_archive_fails_over_and_counts_what_it_lost() {
         rows_on(b.pg_port),
         "the rejoined member has the new primary's rows"
     );
+
+    eprintln!("ha_async: a rewind that fails re-seeds the member");
+    // m1 stops; m2 takes rows m1 never gets, and crashes; m1, started again, leads on the next
+    // timeline: m2 has diverged and must be rewound. m2's pg_hba.conf becomes root's (readable,
+    // not writable by the cluster user): pg_rewind, which copies it from the leader, fails.
+    a.rt().stop(&id).await.unwrap();
+    psql(
+        &uri(&[b.pg_port], "connect_timeout=2"),
+        "INSERT INTO ha_rows SELECT generate_series(3000000, 3000009)",
+    )
+    .unwrap();
+    crash_member(
+        b.patroni_pid(&id).expect("patroni runs on b"),
+        &b.cluster_dir(&id).join("pgdata"),
+    );
+    a.rt().start(&id).await.unwrap();
+    wait_status(&a, &id, "m1 leads again", |s| {
+        s.leader()
+            .is_some_and(|l| l.name == "m1" && l.timeline == Some(tl + 2))
+    })
+    .await;
+    wait_writable(&only_a).await;
+    let hba = b.cluster_dir(&id).join("pgdata/pg_hba.conf");
+    std::os::unix::fs::chown(&hba, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&hba, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    b.rt().start(&id).await.unwrap();
+    wait_status(&a, &id, "m2 re-seeded", |s| {
+        streams_async(s, "m1", "m2", tl + 2)
+    })
+    .await;
+    let log_b = b.patroni_log(&id);
+    assert!(
+        log_b.contains("Failed to rewind")
+            && log_b.contains("remove_data_directory_on_rewind_failure"),
+        "m2 was not re-seeded after a failed rewind:\n{}",
+        tail(&log_b, 40)
+    );
+    let rows_b = rows_on(b.pg_port);
+    assert_eq!(
+        rows_b,
+        rows_on(a.pg_port),
+        "the re-seeded member has the leader's rows"
+    );
+    assert!(!rows_b.contains(&3_000_000), "m2's diverged rows are gone");
 
     b.rt().destroy(&id).await.unwrap();
     a.rt().destroy(&id).await.unwrap();
