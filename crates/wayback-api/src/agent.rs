@@ -67,6 +67,10 @@ pub struct Capacity {
     /// The host binding credentials name for clusters on this agent.
     pub advertise_host: String,
     pub version: String,
+    /// The agent runs HA members (issue 15: `PUT /v1/clusters/{id}/ha` and the calls beside
+    /// it); absent (an older agent): false.
+    #[serde(default)]
+    pub ha: bool,
 }
 
 /// `PUT /v1/clusters/{id}` and `POST /v1/clusters/{id}/settings`.
@@ -490,4 +494,41 @@ mod tests {
         };
         assert_eq!(busy.http_status(), 409);
     }
+}
+
+/// `PUT /v1/clusters/{id}/ha`: make (or start again) this machine's member of an HA instance
+/// under Patroni. The passwords travel as the follower calls' do (in the body, over the agent's
+/// TLS); the archive target is built from the agent's own settings for `archive.prefix`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HaMemberBody {
+    pub cluster: ClusterBody,
+    pub member: String,
+    /// `adopt` or `from_leader`.
+    pub seed: String,
+    pub dcs: Vec<String>,
+    pub rest_port: u16,
+    pub advertise_host: String,
+    /// `async` or `sync`.
+    pub durability: String,
+    pub replication_role: String,
+    pub replication_password: String,
+    pub superuser_password: String,
+    pub peer_addresses: Vec<String>,
+    pub archive: Option<ArchiveBody>,
+    /// The instance's system identifier, for a seeded member's archive target (an adopted
+    /// member's is read from its data directory).
+    #[serde(default)]
+    pub system_identifier: u64,
+}
+
+/// `POST /v1/clusters/{id}/ha/switchover`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HaSwitchoverBody {
+    pub candidate: Option<String>,
+}
+
+/// The answer of `POST /v1/clusters/{id}/ha/switchover`: the member that leads now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaSwitchoverAnswer {
+    pub leader: String,
 }

@@ -72,6 +72,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/trash", web::get().to(list_trash))
         .route("/v1/clusters/{id}/drill", web::post().to(drill))
         .route("/v1/clusters/{id}/drill", web::delete().to(cancel_drill))
+        .configure(super::ha::configure)
         .default_service(web::to(|| async {
             AgentError::new(StatusCode::NOT_FOUND, "no such agent API path", true).error_response()
         }));
@@ -85,7 +86,7 @@ pub struct AgentError {
 }
 
 impl AgentError {
-    fn new(status: StatusCode, message: impl Into<String>, permanent: bool) -> Self {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>, permanent: bool) -> Self {
         Self {
             status,
             body: WireError {
@@ -127,9 +128,9 @@ impl From<RuntimeError> for AgentError {
     }
 }
 
-type Reply = Result<HttpResponse, AgentError>;
+pub(super) type Reply = Result<HttpResponse, AgentError>;
 
-fn ok<T: serde::Serialize>(value: &T) -> Reply {
+pub(super) fn ok<T: serde::Serialize>(value: &T) -> Reply {
     Ok(HttpResponse::Ok().json(value))
 }
 
@@ -150,7 +151,7 @@ fn authorized(state: &AgentState, req: &HttpRequest) -> Result<(), AgentError> {
     }
 }
 
-fn instance(state: &AgentState, req: &HttpRequest) -> Result<InstanceId, AgentError> {
+pub(super) fn instance(state: &AgentState, req: &HttpRequest) -> Result<InstanceId, AgentError> {
     authorized(state, req)?;
     let raw = req.match_info().get("id").unwrap_or_default();
     InstanceId::parse(raw).map_err(|e| {
@@ -163,7 +164,7 @@ fn instance(state: &AgentState, req: &HttpRequest) -> Result<InstanceId, AgentEr
 }
 
 /// The instance's prefix from a body, checked to be that instance's.
-fn own_prefix(
+pub(super) fn own_prefix(
     prefix: &str,
     id: &InstanceId,
 ) -> Result<(crate::domain::SpaceGuid, InstancePrefix), AgentError> {
@@ -204,6 +205,7 @@ async fn capacity(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
         disk_available_bytes,
         advertise_host: s.advertise_host(),
         version: env!("CARGO_PKG_VERSION").into(),
+        ha: true,
     })
 }
 
@@ -237,7 +239,7 @@ async fn status(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
     ok(&wire::StatusBody { status })
 }
 
-fn spec(id: InstanceId, body: wire::ClusterBody) -> ClusterSpec {
+pub(super) fn spec(id: InstanceId, body: wire::ClusterBody) -> ClusterSpec {
     ClusterSpec {
         instance: id,
         port: body.port,

@@ -11,6 +11,7 @@
 //! agent can restore any instance's archive. Restores run in the background and are polled;
 //! an agent restarted during one starts it again from nothing when the broker asks.
 
+mod ha;
 mod handlers;
 
 use std::path::PathBuf;

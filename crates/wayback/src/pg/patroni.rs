@@ -18,8 +18,20 @@
 //!   `synchronous_mode` for the `sync` durability. They go to the DCS at the scope's first start
 //!   (`bootstrap.dcs`), with the plan's settings that Patroni passes on PostgreSQL's command line
 //!   (its cluster-wide ones, e.g. `max_connections`), which would otherwise override the base.
+//! - **A failed rewind re-seeds the member** (`remove_data_directory_on_rewind_failure`):
+//!   Patroni empties the data directory and seeds it again from the leader with
+//!   `pg_basebackup`. The data directory's parent (the cluster directory) is root's, so Patroni
+//!   cannot remove the directory itself, only what is in it: its `rmtree` empties it, the final
+//!   `rmdir` and the fallback rename fail (logged), and the empty directory, still the cluster
+//!   user's 0700, is what `pg_basebackup` fills next (as for a member seeded from the leader).
 //! - **Secrets** (the superuser's and the replication role's passwords) are only in this file,
 //!   which the runtime writes 0600 for the cluster user, and in Patroni's own passfile beside it.
+//! - **The REST API asks for a password** on its unsafe endpoints (`restapi.authentication`:
+//!   switchover, failover, restart, reinitialize, config, failsafe). Patroni sends its own
+//!   credentials when it calls another member (`POST /failsafe`), so every member of a scope has
+//!   the same one: [`rest_password`] derives it from the instance's shared superuser password
+//!   and the scope (one-way, so the REST password gives nothing of the superuser's away, and no
+//!   new secret has to travel to the members).
 //!
 //! Imports only `pg` siblings.
 
@@ -28,6 +40,7 @@ use std::path::Path;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use super::PgError;
 
@@ -38,6 +51,21 @@ pub const RETRY_TIMEOUT_SECS: u32 = 5;
 
 /// Patroni's key prefix in etcd: every Wayback instance is a scope under it.
 pub const NAMESPACE: &str = "/wayback/";
+
+/// The user of a member's REST API (its password: [`rest_password`]).
+pub const REST_USER: &str = "wayback";
+
+/// The REST API password of every member of `scope`: SHA-256 over a label, the scope and the
+/// instance's superuser password (which all its members share), in hex.
+pub fn rest_password(scope: &str, superuser_password: &SecretString) -> SecretString {
+    let mut h = Sha256::new();
+    h.update(b"wayback patroni restapi\0");
+    h.update(scope.as_bytes());
+    h.update(b"\0");
+    h.update(superuser_password.expose_secret().as_bytes());
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    SecretString::from(hex)
+}
 
 /// Settings Patroni passes on PostgreSQL's command line and keeps the same on every member (from
 /// the DCS): a plan's value must go there, not only into the base file.
@@ -88,6 +116,8 @@ pub struct PatroniInput<'a> {
     pub superuser: Login<'a>,
     /// The role standbys stream with.
     pub replication: Login<'a>,
+    /// What the REST API's unsafe endpoints ask for (the same on every member of the scope).
+    pub rest: Login<'a>,
     /// The plan's settings (to find the cluster-wide ones).
     pub plan_settings: &'a BTreeMap<String, String>,
 }
@@ -135,6 +165,8 @@ pub fn render_patroni_config(input: &PatroniInput<'_>) -> Result<SecretString, P
             "unix_socket_directories": path_str("socket", input.socket_dir)?,
         },
         "basebackup": [{ "checkpoint": "fast" }],
+        // A member whose rewind failed is seeded again from the leader, never left down.
+        "remove_data_directory_on_rewind_failure": true,
     });
     let config = json!({
         "scope": input.scope,
@@ -143,6 +175,7 @@ pub fn render_patroni_config(input: &PatroniInput<'_>) -> Result<SecretString, P
         "restapi": {
             "listen": input.rest_listen,
             "connect_address": input.rest_connect,
+            "authentication": login(&input.rest),
         },
         "etcd3": { "hosts": input.etcd_hosts },
         "bootstrap": {
@@ -173,6 +206,7 @@ mod tests {
     fn render(synchronous: bool, settings: &BTreeMap<String, String>) -> Value {
         let su = SecretString::from("su-secret");
         let repl = SecretString::from("repl-secret");
+        let rest = rest_password("inst-1", &su);
         let hosts = vec!["127.0.0.1:2379".to_string(), "10.0.0.2:2379".to_string()];
         let input = PatroniInput {
             scope: "inst-1",
@@ -195,6 +229,10 @@ mod tests {
             replication: Login {
                 username: "wb_ha_repl",
                 password: &repl,
+            },
+            rest: Login {
+                username: REST_USER,
+                password: &rest,
             },
             plan_settings: settings,
         };
@@ -219,17 +257,46 @@ mod tests {
         // pg_hba.conf stays Wayback's: Patroni writes it only when given a list.
         assert!(pg.get("pg_hba").is_none() && v["bootstrap"].get("pg_hba").is_none());
         assert_eq!(pg["authentication"]["rewind"]["username"], "wayback_admin");
+        assert_eq!(pg["remove_data_directory_on_rewind_failure"], true);
         assert_eq!(pg["database"], "template1");
         assert_eq!(
             pg["authentication"]["replication"]["password"],
             "repl-secret"
         );
         assert_eq!(v["etcd3"]["hosts"][1], "10.0.0.2:2379");
+        // The REST API's unsafe endpoints ask for the scope's password.
+        let auth = &v["restapi"]["authentication"];
+        assert_eq!(auth["username"], REST_USER);
+        assert_eq!(
+            auth["password"],
+            rest_password("inst-1", &SecretString::from("su-secret")).expose_secret()
+        );
         // A standby is seeded by Patroni's own basebackup from the leader.
         assert!(pg.get("create_replica_methods").is_none());
         assert_eq!(
             render(false, &BTreeMap::new())["bootstrap"]["dcs"]["synchronous_mode"],
             false
+        );
+    }
+
+    #[test]
+    fn the_rest_password_is_the_scopes_and_hides_the_superusers() {
+        let su = SecretString::from("su-secret");
+        let a = rest_password("inst-1", &su);
+        assert_eq!(
+            a.expose_secret(),
+            rest_password("inst-1", &su).expose_secret()
+        );
+        assert_eq!(a.expose_secret().len(), 64);
+        assert!(!a.expose_secret().contains("su-secret"));
+        assert_ne!(
+            a.expose_secret(),
+            rest_password("inst-2", &su).expose_secret()
+        );
+        let other = SecretString::from("other");
+        assert_ne!(
+            a.expose_secret(),
+            rest_password("inst-1", &other).expose_secret()
         );
     }
 
@@ -272,6 +339,10 @@ mod tests {
             },
             replication: Login {
                 username: "r",
+                password: &repl,
+            },
+            rest: Login {
+                username: "u",
                 password: &repl,
             },
             plan_settings: &settings,

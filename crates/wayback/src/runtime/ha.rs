@@ -56,6 +56,10 @@ pub struct HaMemberSpec {
     /// Where the member archives when it is the leader (its `system_identifier` is the
     /// instance's; an adopted primary's is read from its data directory).
     pub archive: Option<(ArchiveTarget, ArchiveCommand)>,
+    /// The agent that runs this member (the remote runtime's: both members share the instance's
+    /// id, so the instance's own placement names only one of them). None: where the instance is
+    /// placed; the local runtime ignores it.
+    pub machine: Option<String>,
 }
 
 /// A member's role as Patroni names it.

@@ -284,6 +284,13 @@ pub trait ClusterRuntime: Send + Sync {
     /// ordinary ones.
     async fn promote(&self, follower: &InstanceId) -> Result<u32, RuntimeError>;
 
+    /// HA members (issue 15): whether this runtime runs them — the local runtime does; the
+    /// remote one when every agent that answers says so (`Capacity::ha`) and at least one
+    /// answers. The broker refuses HA plans where it does not.
+    async fn supports_ha(&self) -> bool {
+        false
+    }
+
     /// HA members (issue 15): makes (or starts again) this machine's member of an HA instance
     /// and starts its Patroni ([`super::ha::HaMemberSpec`]). Runtimes without the engine refuse.
     async fn ha_start_member(&self, spec: &super::ha::HaMemberSpec) -> Result<(), RuntimeError> {
@@ -435,6 +442,7 @@ mod tests {
             disk_available_bytes: 1,
             advertise_host: "10.0.0.1".into(),
             version: "0".into(),
+            ha: false,
         }
     }
 

@@ -161,6 +161,7 @@ mod tests {
             disk_available_bytes: 50 << 30,
             advertise_host: format!("10.0.0.{instances}{max}"),
             version: "0".into(),
+            ha: false,
         })
     }
 

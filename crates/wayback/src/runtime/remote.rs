@@ -11,6 +11,7 @@
 //! `broker`, `store` or `jobs`.
 
 mod client;
+mod ha;
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -555,6 +556,26 @@ impl ClusterRuntime for RemoteRuntime {
             .on_cluster(follower, Method::POST, "/promote", NONE)
             .await?;
         Ok(answer.timeline)
+    }
+
+    async fn supports_ha(&self) -> bool {
+        self.remote_supports_ha().await
+    }
+
+    async fn ha_start_member(&self, spec: &super::HaMemberSpec) -> Result<(), RuntimeError> {
+        self.remote_ha_start_member(spec).await
+    }
+
+    async fn ha_status(&self, id: &InstanceId) -> Result<super::HaStatus, RuntimeError> {
+        self.remote_ha_status(id).await
+    }
+
+    async fn ha_switchover(
+        &self,
+        id: &InstanceId,
+        candidate: Option<&str>,
+    ) -> Result<String, RuntimeError> {
+        self.remote_ha_switchover(id, candidate).await
     }
 }
 

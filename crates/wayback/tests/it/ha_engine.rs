@@ -32,21 +32,21 @@ use wayback::runtime::{
 };
 use wayback::storage::ObjectStore;
 
-const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
-const SUPERUSER_PASSWORD: &str = "ha-engine-superuser-pw";
+pub(crate) const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
+pub(crate) const SUPERUSER_PASSWORD: &str = "ha-engine-superuser-pw";
 /// Long enough for a failover (ttl 20 s) and a rejoin on a busy machine.
-const ENGINE_WAIT: Duration = Duration::from_secs(180);
+pub(crate) const ENGINE_WAIT: Duration = Duration::from_secs(180);
 
 /// One "machine": a runtime over its own data directory, with the shared archive.
-struct Machine {
-    runtime: LocalRuntime,
-    data_dir: PathBuf,
-    pg_port: u16,
-    rest_port: u16,
+pub(crate) struct Machine {
+    pub(crate) runtime: LocalRuntime,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) pg_port: u16,
+    pub(crate) rest_port: u16,
 }
 
 impl Machine {
-    fn new(root: &Path, name: &str, s3: &S3Server) -> Self {
+    pub(crate) fn new(root: &Path, name: &str, s3: &S3Server) -> Self {
         let data_dir = root.join(name);
         let mut settings = test_settings(&data_dir, "unused");
         settings.archive = s3.settings("ha");
@@ -69,15 +69,15 @@ impl Machine {
     }
 
     /// The runtime as the broker holds it: the calls under test go through the trait.
-    fn rt(&self) -> &dyn ClusterRuntime {
+    pub(crate) fn rt(&self) -> &dyn ClusterRuntime {
         &self.runtime
     }
 
-    fn cluster_dir(&self, id: &InstanceId) -> PathBuf {
+    pub(crate) fn cluster_dir(&self, id: &InstanceId) -> PathBuf {
         self.data_dir.join("clusters").join(id.as_str())
     }
 
-    fn patroni_pid(&self, id: &InstanceId) -> Option<i32> {
+    pub(crate) fn patroni_pid(&self, id: &InstanceId) -> Option<i32> {
         std::fs::read_to_string(self.cluster_dir(id).join("patroni/patroni.pid"))
             .ok()?
             .trim()
@@ -85,7 +85,7 @@ impl Machine {
             .ok()
     }
 
-    fn patroni_log(&self, id: &InstanceId) -> String {
+    pub(crate) fn patroni_log(&self, id: &InstanceId) -> String {
         std::fs::read_to_string(self.cluster_dir(id).join("patroni/patroni.log"))
             .unwrap_or_default()
     }
@@ -93,7 +93,7 @@ impl Machine {
 
 /// Kills what the members run if the test ends early: Patroni first (it would start its server
 /// again), then the servers.
-struct Cleanup(Vec<(PathBuf, InstanceId)>);
+pub(crate) struct Cleanup(pub(crate) Vec<(PathBuf, InstanceId)>);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
@@ -115,7 +115,7 @@ impl Drop for Cleanup {
 }
 
 /// The pids of a postmaster and of its children.
-fn server_processes(pgdata: &Path) -> Vec<i32> {
+pub(crate) fn server_processes(pgdata: &Path) -> Vec<i32> {
     let Some(pm) = wayback::pg::ctl::live_postmaster(pgdata).unwrap() else {
         return Vec::new();
     };
@@ -138,7 +138,7 @@ fn server_processes(pgdata: &Path) -> Vec<i32> {
 }
 
 /// `psql` against `uri` with the shared superuser password; Ok(stdout) when it succeeded.
-fn psql(uri: &str, sql: &str) -> Result<String, String> {
+pub(crate) fn psql(uri: &str, sql: &str) -> Result<String, String> {
     let out = std::process::Command::new(PSQL)
         .args([
             "-X",
@@ -163,7 +163,7 @@ fn psql(uri: &str, sql: &str) -> Result<String, String> {
     }
 }
 
-fn uri(ports: &[u16], attrs: &str) -> String {
+pub(crate) fn uri(ports: &[u16], attrs: &str) -> String {
     let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     format!(
         "postgresql://{}@{}/app?{attrs}",
@@ -173,55 +173,111 @@ fn uri(ports: &[u16], attrs: &str) -> String {
 }
 
 /// A write load: one INSERT after another, each over a new connection to the multi-host URI;
-/// every acknowledged row is kept with the time its attempt started.
-struct Writer {
-    acked: Arc<Mutex<Vec<(i64, Instant)>>>,
+/// every acknowledged row is kept with the time its attempt started. Every attempt takes a new
+/// value: an attempt that failed is *in doubt* (the kill may have come after its commit reached
+/// the standby and before its answer reached the client), so retrying its value could run into
+/// the primary key forever.
+pub(crate) struct Writer {
+    state: Arc<Mutex<WriterState>>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
+#[derive(Default)]
+struct WriterState {
+    acked: Vec<(i64, Instant)>,
+    in_doubt: Vec<(i64, String)>,
+}
+
+/// What a write load did: the rows acknowledged, and the attempts that failed with their errors
+/// (each may or may not have committed).
+pub(crate) struct WriteLog {
+    pub(crate) acked: Vec<i64>,
+    pub(crate) in_doubt: Vec<(i64, String)>,
+}
+
+impl WriteLog {
+    /// The acknowledged rows missing from `present`.
+    pub(crate) fn missing<'a>(&'a self, present: &[i64]) -> Vec<&'a i64> {
+        self.acked.iter().filter(|n| !present.contains(n)).collect()
+    }
+
+    /// Prints how many failed attempts did commit after all (unacknowledged, yet present).
+    pub(crate) fn report_in_doubt(&self, what: &str, present: &[i64]) {
+        let committed: Vec<&(i64, String)> = self
+            .in_doubt
+            .iter()
+            .filter(|(n, _)| present.contains(n))
+            .collect();
+        eprintln!(
+            "{what}: {} acknowledged rows, {} failed attempts, of which committed anyway: {committed:?}",
+            self.acked.len(),
+            self.in_doubt.len()
+        );
+    }
+}
+
 impl Writer {
-    fn start(uri: String, first: i64) -> Self {
-        let acked = Arc::new(Mutex::new(Vec::new()));
+    pub(crate) fn start(uri: String, first: i64) -> Self {
+        let state = Arc::new(Mutex::new(WriterState::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (a, s) = (acked.clone(), stop.clone());
+        let (shared, s) = (state.clone(), stop.clone());
         let task = tokio::task::spawn_blocking(move || {
             let mut n = first;
             while !s.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                if psql(&uri, &format!("INSERT INTO ha_rows VALUES ({n})")).is_ok() {
-                    a.lock().unwrap().push((n, started));
-                    n += 1;
-                } else {
+                let result = psql(&uri, &format!("INSERT INTO ha_rows VALUES ({n})"));
+                let failed = result.is_err();
+                let mut st = shared.lock().unwrap();
+                match result {
+                    Ok(_) => st.acked.push((n, started)),
+                    Err(e) => st.in_doubt.push((n, e)),
+                }
+                drop(st);
+                n += 1;
+                if failed {
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
         });
-        Self { acked, stop, task }
+        Self { state, stop, task }
     }
 
     fn acked_since(&self, t: Instant) -> usize {
-        self.acked
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, s)| *s >= t)
-            .count()
+        let st = self.state.lock().unwrap();
+        st.acked.iter().filter(|(_, s)| *s >= t).count()
     }
 
-    async fn wait_acked_since(&self, t: Instant, n: usize, what: &str) {
+    /// Waits until `n` writes that began after `t` were acknowledged; on a timeout the panic
+    /// shows the last error and `logs()` (the members' logs).
+    pub(crate) async fn wait_acked_since(
+        &self,
+        t: Instant,
+        n: usize,
+        what: &str,
+        logs: impl Fn() -> String,
+    ) {
         let deadline = Instant::now() + ENGINE_WAIT;
         while self.acked_since(t) < n {
-            assert!(Instant::now() < deadline, "{what}: no write acknowledged");
+            if Instant::now() >= deadline {
+                let last = self.state.lock().unwrap().in_doubt.last().cloned();
+                panic!(
+                    "{what}: no write acknowledged; the last failed attempt: {last:?}\n{}",
+                    logs()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    async fn finish(mut self) -> Vec<i64> {
+    pub(crate) async fn finish(mut self) -> WriteLog {
         self.stop.store(true, Ordering::Relaxed);
         (&mut self.task).await.unwrap();
-        let rows = self.acked.lock().unwrap().iter().map(|(n, _)| *n).collect();
-        rows
+        let st = self.state.lock().unwrap();
+        WriteLog {
+            acked: st.acked.iter().map(|(n, _)| *n).collect(),
+            in_doubt: st.in_doubt.clone(),
+        }
     }
 }
 
@@ -232,8 +288,50 @@ impl Drop for Writer {
     }
 }
 
+/// `kill -9` of a member's Patroni and PostgreSQL, as a machine's crash would: everything is
+/// stopped first (a stopped postmaster forks no backend the list would miss), then killed.
+pub(crate) fn crash_member(patroni_pid: i32, pgdata: &Path) {
+    let _ = kill(Pid::from_raw(patroni_pid), Signal::SIGSTOP);
+    let postmaster = wayback::pg::ctl::live_postmaster(pgdata).unwrap();
+    if let Some(pm) = &postmaster {
+        let _ = kill(Pid::from_raw(pm.pid), Signal::SIGSTOP);
+    }
+    let mut victims = vec![patroni_pid];
+    victims.extend(server_processes(pgdata));
+    for sig in [Signal::SIGSTOP, Signal::SIGKILL] {
+        for pid in &victims {
+            let _ = kill(Pid::from_raw(*pid), sig);
+        }
+    }
+}
+
+/// A member's PostgreSQL log: what `pg_ctl` wrote, then the logging collector's files.
+pub(crate) fn server_log(cluster_dir: &Path) -> String {
+    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let mut text = read(cluster_dir.join("postgres.log"));
+    if let Ok(entries) = std::fs::read_dir(cluster_dir.join("log")) {
+        let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        files.sort();
+        for f in files {
+            text.push_str(&read(f));
+        }
+    }
+    text
+}
+
+/// The last lines of a member's Patroni and PostgreSQL logs, for a failure's message.
+pub(crate) fn member_logs(label: &str, cluster_dir: &Path) -> String {
+    let patroni =
+        std::fs::read_to_string(cluster_dir.join("patroni/patroni.log")).unwrap_or_default();
+    format!(
+        "--- {label}: patroni log\n{}\n--- {label}: postgresql log\n{}\n",
+        crate::common::etcd::tail(&patroni, 40),
+        crate::common::etcd::tail(&server_log(cluster_dir), 40)
+    )
+}
+
 /// Polls `machine`'s view of the scope until `done` holds.
-async fn wait_status(
+pub(crate) async fn wait_status(
     machine: &Machine,
     id: &InstanceId,
     what: &str,
@@ -255,7 +353,7 @@ async fn wait_status(
     }
 }
 
-fn streams_in_sync(s: &HaStatus, leader: &str, standby: &str, timeline: u32) -> bool {
+pub(crate) fn streams_in_sync(s: &HaStatus, leader: &str, standby: &str, timeline: u32) -> bool {
     s.leader()
         .is_some_and(|l| l.name == leader && l.timeline == Some(timeline))
         && s.member(standby).is_some_and(|m| {
@@ -267,13 +365,13 @@ fn streams_in_sync(s: &HaStatus, leader: &str, standby: &str, timeline: u32) -> 
 }
 
 /// The timeline the primary at `uri` writes on.
-fn timeline(uri: &str) -> u32 {
+pub(crate) fn timeline(uri: &str) -> u32 {
     let file = psql(uri, "SELECT pg_walfile_name(pg_current_wal_lsn())").unwrap();
     u32::from_str_radix(&file[..8], 16).unwrap()
 }
 
 /// Polls until `uri` takes writes.
-async fn wait_writable(uri: &str) {
+pub(crate) async fn wait_writable(uri: &str) {
     let deadline = Instant::now() + ENGINE_WAIT;
     loop {
         match psql(uri, "SELECT 1") {
@@ -284,7 +382,7 @@ async fn wait_writable(uri: &str) {
     }
 }
 
-fn rows_on(port: u16) -> Vec<i64> {
+pub(crate) fn rows_on(port: u16) -> Vec<i64> {
     psql(
         &uri(&[port], "connect_timeout=2"),
         "SELECT n FROM ha_rows ORDER BY n",
@@ -351,6 +449,7 @@ async fn a_patroni_pair_fails_over_rejoins_switches_over_and_rides_out_an_etcd_o
         superuser_password: SecretString::from(SUPERUSER_PASSWORD),
         peer_addresses: vec!["127.0.0.1".into()],
         archive: Some((target, command.clone())),
+        machine: None,
     };
     let spec_a = member(&a, "m1", HaSeed::Adopt, target.clone());
     a.rt().ha_start_member(&spec_a).await.unwrap();
@@ -364,6 +463,20 @@ async fn a_patroni_pair_fails_over_rejoins_switches_over_and_rides_out_an_etcd_o
         std::os::unix::fs::PermissionsExt::mode(&conf.permissions()) & 0o777,
         0o600
     );
+    let auth = std::fs::metadata(a.cluster_dir(&id).join("patroni/rest-auth")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&auth.permissions()) & 0o777,
+        0o600
+    );
+    // Patroni's REST API refuses a switchover without the scope's password (the runtime's
+    // own switchover below sends it).
+    let refused = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/switchover", a.rest_port))
+        .json(&serde_json::json!({ "leader": "m1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
     let both = uri(&[a.pg_port, b.pg_port], "target_session_attrs=read-write");
     // Patroni names its leader as soon as it holds the key; the promotion follows.
     wait_writable(&both).await;
@@ -388,15 +501,14 @@ async fn a_patroni_pair_fails_over_rejoins_switches_over_and_rides_out_an_etcd_o
     // kill -9 of the primary's Patroni and PostgreSQL, under a write load.
     let writer = Writer::start(both.clone(), 1000);
     let begun = Instant::now();
-    writer.wait_acked_since(begun, 20, "before the kill").await;
-    let pgdata_a = a.cluster_dir(&id).join("pgdata");
-    let mut victims = vec![a.patroni_pid(&id).expect("patroni runs on a")];
-    victims.extend(server_processes(&pgdata_a));
-    for sig in [Signal::SIGSTOP, Signal::SIGKILL] {
-        for pid in &victims {
-            let _ = kill(Pid::from_raw(*pid), sig);
-        }
-    }
+    let logs = || member_logs("a", &a.cluster_dir(&id)) + &member_logs("b", &b.cluster_dir(&id));
+    writer
+        .wait_acked_since(begun, 20, "before the kill", logs)
+        .await;
+    crash_member(
+        a.patroni_pid(&id).expect("patroni runs on a"),
+        &a.cluster_dir(&id).join("pgdata"),
+    );
     let killed = Instant::now();
     wait_status(&b, &id, "m2 takes over", |s| {
         s.leader()
@@ -404,17 +516,18 @@ async fn a_patroni_pair_fails_over_rejoins_switches_over_and_rides_out_an_etcd_o
     })
     .await;
     writer
-        .wait_acked_since(killed, 5, "writes on the new primary")
+        .wait_acked_since(killed, 5, "writes on the new primary", logs)
         .await;
     assert_eq!(timeline(&both), tl + 1, "the new primary's timeline");
-    let acked = writer.finish().await;
+    let log = writer.finish().await;
     let present = rows_on(b.pg_port);
-    let missing: Vec<&i64> = acked.iter().filter(|n| !present.contains(n)).collect();
+    log.report_in_doubt("ha_engine: the failover", &present);
+    let missing = log.missing(&present);
     assert!(
         missing.is_empty(),
         "sync mode lost {} of {} acknowledged rows: {missing:?}",
         missing.len(),
-        acked.len()
+        log.acked.len()
     );
 
     eprintln!("ha_engine: the history file");

@@ -32,6 +32,8 @@ mod drills;
 mod fast;
 mod follow_engine;
 mod followers;
+mod ha_agents;
+mod ha_async;
 mod ha_engine;
 mod ha_ops;
 mod ha_timelines;

@@ -258,7 +258,7 @@ pub(super) fn prepare_local_archive(
 }
 
 /// Quotes a path for the shell PostgreSQL runs archive_command with.
-fn shell_word(s: &str) -> String {
+pub(super) fn shell_word(s: &str) -> String {
     if s.bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,".contains(&b))
     {

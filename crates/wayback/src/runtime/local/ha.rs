@@ -9,8 +9,12 @@
 //! data directory, which Patroni seeds with `pg_basebackup` from the leader. Either way the
 //! runtime writes, in `<cluster>/patroni/`: Wayback's own `postgresql.conf` for this member
 //! (`wayback.conf`, Patroni's `custom_conf`, with its own ports, sockets and the archive
-//! include `wayback-archive.conf` beside it), `patroni.yml` (0600: it holds the passwords) and
-//! `member.json` (how to find the member again). See `pg::patroni` for why the base file is
+//! include `wayback-archive.conf` beside it: `archive_command`, and `restore_command` =
+//! `wal-fetch` from the instance's own prefix, so a lagging standby and Patroni's `pg_rewind
+//! --restore-target-wal` read the archive), `patroni.yml` (0600: it holds the passwords),
+//! `rest-auth` (0600: the REST API's password, which the runtime's switchover sends) and
+//! `member.json` (how to find the member again). Patroni's REST API listens on the member's
+//! advertised address only. See `pg::patroni` for why the base file is
 //! outside the data directory.
 //!
 //! A cluster with `patroni.yml` is an HA member for every lifecycle call: `start` starts
@@ -24,10 +28,11 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use secrecy::{ExposeSecret, SecretString};
 
+use super::archive::shell_word;
 use super::ha_patroni::{self as patroni, MemberRecord, PatroniFiles};
 use super::{fsutil, io, rt, LocalRuntime};
 use crate::domain::InstanceId;
-use crate::pg::patroni::{render_patroni_config, Login, PatroniInput};
+use crate::pg::patroni::{render_patroni_config, rest_password, Login, PatroniInput, REST_USER};
 use crate::pg::sql::{self, quote_literal, ADMIN_DATABASE};
 use crate::pg::{conf, ctl, scram, PgError, Tools, SUPERUSER};
 use crate::runtime::ha::{Durability, HaMemberSpec, HaSeed, HaStatus};
@@ -230,8 +235,10 @@ impl LocalRuntime {
                 if spec.seed == HaSeed::Adopt {
                     target.system_identifier = self.system_identifier(id)?;
                 }
-                self.write_archive_target(id, target, command, owner, true)
-                    .await?
+                let conf = self
+                    .write_archive_target(id, target, command, owner, true)
+                    .await?;
+                conf + &self.ha_restore_command(id, command)?
             }
             None => "# Archiving is off.\n".to_string(),
         };
@@ -243,11 +250,13 @@ impl LocalRuntime {
             rest: rest.clone(),
             dcs: spec.dcs.clone(),
         };
+        let rest_pw = rest_password(id.as_str(), &spec.superuser_password);
         let config = render_patroni_config(&PatroniInput {
             scope: id.as_str(),
             name: &spec.member,
             etcd_hosts: &spec.dcs,
-            rest_listen: &format!("{}:{}", self.settings.listen_address, spec.rest_port),
+            // Only the member's own address: the other members and the runtime call it there.
+            rest_listen: &rest,
             rest_connect: &rest,
             pg_listen: &format!("{}:{}", self.settings.listen_address, spec.cluster.port),
             pg_connect: &pg_connect,
@@ -265,12 +274,17 @@ impl LocalRuntime {
                 username: &spec.replication_role,
                 password: &spec.replication_password,
             },
+            rest: Login {
+                username: REST_USER,
+                password: &rest_pw,
+            },
             plan_settings: &spec.cluster.settings,
         })
         .map_err(rt)?;
         let record = serde_json::to_vec_pretty(&record).expect("a record serialises");
-        let writes: [(std::path::PathBuf, &[u8]); 4] = [
+        let writes: [(std::path::PathBuf, &[u8]); 5] = [
             (files.base_conf(), base.as_bytes()),
+            (files.rest_auth(), rest_pw.expose_secret().as_bytes()),
             (files.dir.join(conf::ARCHIVE_INCLUDE), archive.as_bytes()),
             (files.record(), &record),
             // Last: its presence makes the cluster an HA member.
@@ -281,6 +295,25 @@ impl LocalRuntime {
                 .map_err(io(format!("write {}", path.display())))?;
         }
         Ok(())
+    }
+
+    /// The `restore_command` of a member: Wayback's `wal-fetch` from the instance's own
+    /// archive prefix, as an archive standby restore runs it. A lagging standby whose leader
+    /// recycled the WAL it needs reads it from there, and Patroni's `pg_rewind` gets
+    /// `--restore-target-wal` (PostgreSQL 15 reads the command from the configuration).
+    fn ha_restore_command(
+        &self,
+        id: &InstanceId,
+        command: &crate::runtime::ArchiveCommand,
+    ) -> Result<String, RuntimeError> {
+        let target_file = self.layout.cluster(id).join("archive.json");
+        let fetch = format!(
+            "{} wal-fetch --target {} %f %p",
+            shell_word(&command.wayback_bin.display().to_string()),
+            shell_word(&target_file.display().to_string())
+        );
+        let value = conf::quote_value("restore_command", &fetch).map_err(rt)?;
+        Ok(format!("restore_command = {value}\n"))
     }
 
     /// The members of `id`'s scope, from this member's Patroni.
@@ -305,7 +338,8 @@ impl LocalRuntime {
             .ok_or_else(|| rt(PgError::Setup(format!("instance {id} has no leader now"))))?
             .name
             .clone();
-        patroni::switchover(&record.rest, &leader, candidate).await?;
+        let auth = self.patroni_files(id).rest_auth_password();
+        patroni::switchover(&record.rest, auth.as_ref(), &leader, candidate).await?;
         // Patroni answers once the old leader stepped down; the new one may take a loop to
         // hold the key.
         let deadline = std::time::Instant::now() + SWITCHOVER_SETTLE;

@@ -16,10 +16,12 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::{io, rt};
-use crate::pg::{fsutil, patroni::NAMESPACE, PgError, Tools};
+use crate::pg::patroni::{NAMESPACE, REST_USER};
+use crate::pg::{fsutil, PgError, Tools};
 use crate::runtime::ha::{parse_cluster, HaStatus};
 use crate::runtime::RuntimeError;
 
@@ -67,6 +69,16 @@ impl PatroniFiles {
     }
     pub fn pgpass(&self) -> PathBuf {
         self.dir.join("pgpass")
+    }
+    /// The REST API's password (`pg::patroni::rest_password`), 0600.
+    pub fn rest_auth(&self) -> PathBuf {
+        self.dir.join("rest-auth")
+    }
+
+    /// The REST API's password; None for a member made before the API asked for one.
+    pub fn rest_auth_password(&self) -> Option<SecretString> {
+        let text = std::fs::read_to_string(self.rest_auth()).ok()?;
+        Some(SecretString::from(text.trim().to_string()))
     }
 
     pub fn load_record(&self) -> Result<MemberRecord, RuntimeError> {
@@ -232,9 +244,10 @@ pub(super) async fn cluster(rest: &str) -> Result<HaStatus, RuntimeError> {
 }
 
 /// A switchover from `leader` (to `candidate`, or to the member Patroni picks), asked of the
-/// member at `rest`; Patroni answers once it is done.
+/// member at `rest` with the scope's REST password; Patroni answers once it is done.
 pub(super) async fn switchover(
     rest: &str,
+    auth: Option<&SecretString>,
     leader: &str,
     candidate: Option<&str>,
 ) -> Result<(), RuntimeError> {
@@ -243,13 +256,14 @@ pub(super) async fn switchover(
         body["candidate"] = c.into();
     }
     let what = format!("switchover through patroni at {rest}");
-    let answer = http()?
+    let mut req = http()?
         .post(format!("http://{rest}/switchover"))
         .timeout(SWITCHOVER_TIMEOUT)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| unreachable(&what, e))?;
+        .json(&body);
+    if let Some(pw) = auth {
+        req = req.basic_auth(REST_USER, Some(pw.expose_secret()));
+    }
+    let answer = req.send().await.map_err(|e| unreachable(&what, e))?;
     let status = answer.status();
     let text = answer.text().await.unwrap_or_default();
     if !status.is_success() {

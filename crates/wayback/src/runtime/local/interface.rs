@@ -187,6 +187,9 @@ impl ClusterRuntime for LocalRuntime {
     async fn promote(&self, follower: &InstanceId) -> Result<u32, RuntimeError> {
         LocalRuntime::promote(self, follower).await
     }
+    async fn supports_ha(&self) -> bool {
+        true
+    }
     async fn ha_start_member(
         &self,
         spec: &crate::runtime::HaMemberSpec,

@@ -172,6 +172,7 @@ impl Pair {
                     archive_timeout_secs: 2,
                 },
             )),
+            machine: None,
         }
     }
 

@@ -58,6 +58,7 @@ async fn ha_instance(app: &TestApp, name: &str) -> String {
             superuser_password: "s".to_string().into(),
             peer_addresses: vec![],
             archive: None,
+            machine: None,
         };
         app.fake().ha_start_member(&spec).await.unwrap();
     }

@@ -170,6 +170,7 @@ async fn an_ha_instances_credentials_name_every_member() {
         superuser_password: "s".to_string().into(),
         peer_addresses: vec![],
         archive: None,
+        machine: None,
     };
     app.fake().ha_start_member(&spec).await.unwrap();
     let c = bind_with(&app, &id, json!({})).await;
@@ -267,6 +268,7 @@ async fn the_fetch_shows_each_member_and_a_shared_machine() {
             superuser_password: "s".to_string().into(),
             peer_addresses: vec![],
             archive: None,
+            machine: None,
         };
         app.fake().ha_start_member(&spec).await.unwrap();
     }

@@ -366,6 +366,10 @@ impl ClusterRuntime for FakeRuntime {
         })
     }
 
+    async fn supports_ha(&self) -> bool {
+        true
+    }
+
     async fn ha_start_member(
         &self,
         spec: &wayback::runtime::HaMemberSpec,
