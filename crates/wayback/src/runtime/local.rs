@@ -25,6 +25,7 @@ mod ha_patroni;
 mod interface;
 mod layout;
 mod lifecycle;
+mod quiet;
 mod replication;
 mod restore;
 mod stats;
@@ -83,6 +84,8 @@ pub struct LocalRuntime {
     restores: restore::Restores,
     running_drills: drill_cancel::RunningDrills,
     tls: Option<ClusterTls>,
+    /// Answers kept for quiet clusters, so that watching them opens no session (issue 17).
+    quiet: quiet::Quiet,
 }
 
 impl LocalRuntime {
@@ -100,6 +103,7 @@ impl LocalRuntime {
             restores: restore::Restores::default(),
             running_drills: drill_cancel::RunningDrills::default(),
             tls: None,
+            quiet: quiet::Quiet::default(),
         }
     }
 
