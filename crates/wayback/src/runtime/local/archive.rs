@@ -206,8 +206,8 @@ impl LocalRuntime {
 
     /// Completes the current WAL segment so the archiver takes it (PostgreSQL does nothing when
     /// no WAL was written since the last switch). Returns the LSN after the switch. When the
-    /// files say nothing was written since the last switch, its LSN is the answer and no session
-    /// is opened ([`super::quiet`]): the switch would write nothing and return the same.
+    /// files say nothing was written since the last switch, the LSN that switch returned is the
+    /// answer and no session is opened ([`super::quiet`]): a switch now would write nothing.
     pub async fn switch_wal(&self, id: &InstanceId) -> Result<String, RuntimeError> {
         let before = self.quiet_mark(id);
         if let Some(lsn) = before.and_then(|m| self.quiet.switched(id, &m)) {
