@@ -12,13 +12,23 @@
 //! It tends the copies of deleted instances kept for undo ([`crate::jobs::kept::tend`]) on
 //! every pass: reconciled with their records, evicted when expired or when the disk is short.
 //!
-//! And it keeps base backups recent: at most once a minute per ready instance it asks whether
+//! And it keeps base backups recent: once a minute it reads every ready instance's newest
+//! backup and pending backup job from the state database in one look, and asks of each whether
 //! one is due by the plan's schedule ([`crate::jobs::backup_due`]: none yet, the newest older
 //! than `base_backup_every_hours`, or, no sooner than `base_backup_min_minutes` after it, more
 //! WAL records written since its start than `base_backup_wal_share` of the databases' size and
 //! than one segment) and enqueues a `backup` job unless one is already pending. WAL is counted
 //! in bytes of records, never as an LSN distance: the switches above pad segments to their end,
 //! and by LSN an idle instance's every backup made the next one due.
+//!
+//! Watching an idle instance must cost no more than its idle cluster costs by itself: broker
+//! and cluster together at most 2x the cluster alone (issue 17 point 0; `bash
+//! scripts/bench-idle` measures it: 1.5x at 200 instances): a pass reads the ready instances in one
+//! query of the state database (and their backups in one look a minute), however many there
+//! are, and a quiet instance costs it a few file reads — its status comes from
+//! `postmaster.pid`, and the runtime answers the archiver, switch and WAL-position questions
+//! from `pg_wal/` while nothing was written there (`runtime::local::quiet`); only an instance
+//! that writes is asked over a session.
 //!
 //! A follower (issue 14) archives nothing and takes no base backups: none of the above is done
 //! to it. A follower whose postmaster died is started again like any instance; one that does
@@ -43,6 +53,8 @@ pub struct Supervisor {
     archive_interval: Duration,
     /// When each ready instance last had each periodic action; forgotten when it leaves `ready`.
     timers: Mutex<HashMap<crate::domain::InstanceId, Timers>>,
+    /// When the base backup schedule was last looked at.
+    backups_looked: Mutex<Option<Instant>>,
 }
 
 /// The periodic actions the supervisor takes per instance.
@@ -50,13 +62,13 @@ pub struct Supervisor {
 enum Action {
     SwitchWal,
     ReadStats,
-    CheckBackup,
 }
 
 #[derive(Default)]
-struct Timers([Option<Instant>; 3]);
+struct Timers([Option<Instant>; 2]);
 
-/// How often one instance's base backup schedule is looked at.
+/// How often the base backup schedule is looked at: every ready instance in the same pass, from
+/// one look at the state database ([`crate::store::Store::backup_overview`]).
 const BACKUP_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// How often each instance's archiver statistics are read for the metrics.
@@ -73,6 +85,7 @@ impl Supervisor {
             interval,
             archive_interval,
             timers: Mutex::new(HashMap::new()),
+            backups_looked: Mutex::new(None),
         }
     }
 
@@ -90,11 +103,39 @@ impl Supervisor {
         }
     }
 
-    /// Enqueues a base backup of `instance` if its plan's schedule says one is due.
-    async fn schedule_backup(&self, instance: &crate::store::InstanceRecord) -> anyhow::Result<()> {
-        if !self.due(&instance.id, Action::CheckBackup, BACKUP_CHECK_EVERY) {
-            return Ok(());
+    /// The state database's view of every instance's backups, when the schedule is due for a
+    /// look in this pass (once a [`BACKUP_CHECK_EVERY`]); None otherwise, or when the store
+    /// cannot answer (logged; the next pass looks again).
+    async fn backup_look(&self) -> Option<crate::store::BackupOverview> {
+        {
+            let mut looked = self
+                .backups_looked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if looked.is_some_and(|t| t.elapsed() < BACKUP_CHECK_EVERY) {
+                return None;
+            }
+            *looked = Some(Instant::now());
         }
+        match self.ctx.store.backup_overview().await {
+            Ok(overview) => Some(overview),
+            Err(e) => {
+                *self
+                    .backups_looked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
+                tracing::warn!(error = %e, "cannot read the backup schedule's state");
+                None
+            }
+        }
+    }
+
+    /// Enqueues a base backup of `instance` if its plan's schedule says one is due.
+    async fn schedule_backup(
+        &self,
+        instance: &crate::store::InstanceRecord,
+        backups: &crate::store::BackupOverview,
+    ) -> anyhow::Result<()> {
         let Some(plan) = self
             .ctx
             .catalog
@@ -102,23 +143,16 @@ impl Supervisor {
         else {
             return Ok(());
         };
-        if self
-            .ctx
-            .store
-            .pending_backup_job(&instance.id)
-            .await?
-            .is_some()
-        {
+        if backups.pending.contains(instance.id.as_str()) {
             return Ok(());
         }
-        let newest = self.ctx.store.latest_backup(&instance.id).await?;
-        let position = match &newest {
+        let newest = backups.newest.get(&instance.id);
+        let position = match newest {
             Some(_) => Some(self.ctx.runtime.wal_position(&instance.id).await?),
             None => None,
         };
         let now = crate::store::now_millis();
-        if let Some(reason) = crate::jobs::backup_due(&plan.archive, newest.as_ref(), now, position)
-        {
+        if let Some(reason) = crate::jobs::backup_due(&plan.archive, newest, now, position) {
             let job = crate::jobs::backup_job(&instance.id, reason);
             if self.ctx.store.enqueue_backup(&job).await? {
                 tracing::info!(instance = %instance.id, reason, "base backup due; enqueued");
@@ -216,6 +250,7 @@ impl Supervisor {
             self.ctx.metrics.agents_observed(capacities);
         }
         let down = survey.down();
+        let backups = self.backup_look().await;
         let (mut waiting, mut unplaced) = (0, 0);
         for instance in ready {
             match survey.reach(instance.agent.as_deref()) {
@@ -230,44 +265,8 @@ impl Supervisor {
                     continue;
                 }
             }
-            match self.ctx.runtime.status(&instance.id).await {
-                Ok(ClusterStatus::Running) if instance.leader_id.is_some() => {
-                    self.check_follower(&instance).await;
-                }
-                Ok(ClusterStatus::Running) => {
-                    self.observe_archiver(&instance.id).await;
-                    if self.due(
-                        &instance.id,
-                        Action::SwitchWal,
-                        self.archive_interval_of(&instance),
-                    ) {
-                        if let Err(e) = self.ctx.runtime.switch_wal(&instance.id).await {
-                            tracing::warn!(instance = %instance.id, error = %e, "cannot complete the WAL segment for archiving");
-                        }
-                    }
-                    if let Err(e) = self.schedule_backup(&instance).await {
-                        tracing::warn!(instance = %instance.id, error = format!("{e:#}"), "cannot check the base backup schedule");
-                    }
-                }
-                Ok(ClusterStatus::Stopped) => {
-                    tracing::warn!(instance = %instance.id, "cluster is down; starting it");
-                    match self.ctx.runtime.start(&instance.id).await {
-                        Ok(()) => {
-                            started += 1;
-                            self.ctx.metrics.cluster_restarted();
-                            tracing::info!(instance = %instance.id, "cluster started again");
-                        }
-                        Err(e) => {
-                            tracing::error!(instance = %instance.id, error = %e, "cannot start cluster")
-                        }
-                    }
-                }
-                Ok(ClusterStatus::Absent) => {
-                    tracing::error!(instance = %instance.id, "cluster data directory is missing; restore the instance from its archive")
-                }
-                Err(e) => {
-                    tracing::warn!(instance = %instance.id, error = %e, "cannot check cluster")
-                }
+            if self.check_one(&instance, backups.as_ref()).await {
+                started += 1;
             }
         }
         if !down.is_empty() {
@@ -277,6 +276,66 @@ impl Supervisor {
             tracing::warn!(instances = unplaced, "ready instances run on no agent (made before agents were configured); bring each over with clone-from");
         }
         Ok(started)
+    }
+
+    /// One ready instance on a reachable machine: a running cluster is watched (archiver, WAL
+    /// switch, backup schedule when `backups` is given), a stopped one started. True when it
+    /// was started.
+    ///
+    /// Everything here costs nothing for a quiet instance beyond reading a few files: status
+    /// comes from `postmaster.pid`, and the runtime answers the archiver, switch and position
+    /// questions from `pg_wal/` while nothing was written (`runtime::local::quiet`).
+    async fn check_one(
+        &self,
+        instance: &crate::store::InstanceRecord,
+        backups: Option<&crate::store::BackupOverview>,
+    ) -> bool {
+        match self.ctx.runtime.status(&instance.id).await {
+            Ok(ClusterStatus::Running) if instance.leader_id.is_some() => {
+                self.check_follower(instance).await;
+            }
+            Ok(ClusterStatus::Running) => {
+                self.observe_archiver(&instance.id).await;
+                if self.due(
+                    &instance.id,
+                    Action::SwitchWal,
+                    self.archive_interval_of(instance),
+                ) {
+                    if let Err(e) = self.ctx.runtime.switch_wal(&instance.id).await {
+                        tracing::warn!(instance = %instance.id, error = %e, "cannot complete the WAL segment for archiving");
+                    }
+                }
+                if let Some(backups) = backups {
+                    if let Err(e) = self.schedule_backup(instance, backups).await {
+                        tracing::warn!(instance = %instance.id, error = format!("{e:#}"), "cannot check the base backup schedule");
+                    }
+                }
+            }
+            Ok(ClusterStatus::Stopped) => return self.restart(instance).await,
+            Ok(ClusterStatus::Absent) => {
+                tracing::error!(instance = %instance.id, "cluster data directory is missing; restore the instance from its archive")
+            }
+            Err(e) => {
+                tracing::warn!(instance = %instance.id, error = %e, "cannot check cluster")
+            }
+        }
+        false
+    }
+
+    /// Starts the stopped cluster of a ready instance. True when it runs again.
+    async fn restart(&self, instance: &crate::store::InstanceRecord) -> bool {
+        tracing::warn!(instance = %instance.id, "cluster is down; starting it");
+        match self.ctx.runtime.start(&instance.id).await {
+            Ok(()) => {
+                self.ctx.metrics.cluster_restarted();
+                tracing::info!(instance = %instance.id, "cluster started again");
+                true
+            }
+            Err(e) => {
+                tracing::error!(instance = %instance.id, error = %e, "cannot start cluster");
+                false
+            }
+        }
     }
 
     /// Checks at once, then every interval, until `shutdown`.

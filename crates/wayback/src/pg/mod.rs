@@ -25,6 +25,7 @@ pub mod readonly;
 pub mod scram;
 pub mod server_log;
 pub mod sql;
+pub mod wal_records;
 
 use std::path::PathBuf;
 

@@ -26,6 +26,7 @@ mod ha_patroni;
 mod interface;
 mod layout;
 mod lifecycle;
+mod quiet;
 mod replication;
 mod restore;
 mod stats;
@@ -84,6 +85,8 @@ pub struct LocalRuntime {
     restores: restore::Restores,
     running_drills: drill_cancel::RunningDrills,
     tls: Option<ClusterTls>,
+    /// Answers kept for quiet clusters, so that watching them opens no session (issue 17).
+    quiet: quiet::Quiet,
 }
 
 impl LocalRuntime {
@@ -101,6 +104,7 @@ impl LocalRuntime {
             restores: restore::Restores::default(),
             running_drills: drill_cancel::RunningDrills::default(),
             tls: None,
+            quiet: quiet::Quiet::default(),
         }
     }
 

@@ -34,7 +34,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, ConnectOptions};
 
 pub use audit::{AuditEvent, AuditKind};
-pub use backups::BackupRecord;
+pub use backups::{BackupOverview, BackupRecord};
 pub use drills::{DrillCandidate, DrillRecord, DrillStats};
 pub use ha::HaMemberRecord;
 pub use instances::SpaceName;

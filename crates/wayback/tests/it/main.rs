@@ -54,5 +54,6 @@ mod state_retention;
 mod storage_contract;
 mod storage_outage;
 mod store;
+mod supervisor_idle;
 mod undo_trash;
 mod wayback_api;

@@ -209,12 +209,43 @@ impl LocalRuntime {
     }
 
     /// Completes the current WAL segment so the archiver takes it (PostgreSQL does nothing when
-    /// no WAL was written since the last switch). Returns the LSN after the switch.
+    /// no WAL was written since the last switch). Returns the LSN after the switch. When the
+    /// files say nothing was written since the last switch, the LSN that switch returned is the
+    /// answer and no session is opened ([`super::quiet`]): a switch now would write nothing.
     pub async fn switch_wal(&self, id: &InstanceId) -> Result<String, RuntimeError> {
+        let before = self.quiet_mark(id);
+        if let Some(lsn) = before.and_then(|m| self.quiet.switched(id, &m)) {
+            return Ok(lsn);
+        }
+        let last = self.quiet.last_switch(id);
+        let lsn = self.switch_wal_now(id, last.as_deref()).await;
+        match &lsn {
+            Ok(l) => self.quiet.keep_switched(id, before, l),
+            Err(_) => self.quiet.drop_answer(id, super::quiet::Answer::Switched),
+        }
+        lsn
+    }
+
+    /// Switches unless all that was written since the last switch (at `last`) is PostgreSQL's
+    /// housekeeping ([`crate::pg::wal_records`]: switching for it kept idle clusters in a
+    /// switch → standby snapshot → switch loop); then `last` is the answer.
+    async fn switch_wal_now(
+        &self,
+        id: &InstanceId,
+        last: Option<&str>,
+    ) -> Result<String, RuntimeError> {
         let options = self.admin_options(id).await?;
         let mut conn = crate::pg::sql::connect(&options, "template1")
             .await
             .map_err(rt)?;
+        if let Some(last) = last {
+            let sql = "SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text";
+            let end = fetch_strings(&mut conn, sql, "read the WAL position").await?;
+            // Only flushed WAL is in the file; anything still in memory is switched for.
+            if end[0] == end[1] && self.housekeeping_since(id, last, &end[1]) {
+                return Ok(last.to_string());
+            }
+        }
         let row = fetch_strings(&mut conn, "SELECT pg_switch_wal()::text", "switch WAL").await?;
         Ok(row[0].clone())
     }

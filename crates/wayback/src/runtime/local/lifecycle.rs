@@ -118,7 +118,12 @@ impl LocalRuntime {
         };
         self.prune_server_log(&dirs);
         let socket_dir = pm.socket_dir.unwrap_or(dirs.socket_dir.clone());
-        match ctl::is_ready(tools, &socket_dir, port).await.map_err(rt)? {
+        // The postmaster writes `ready` (`standby` on a hot standby) into postmaster.pid once
+        // it accepts connections, and `stopping` or `starting` when it no longer does: a live
+        // postmaster saying so needs no pg_isready (a process and a session per check; issue 17
+        // point 0). Anything else is asked as before.
+        let says_ready = matches!(pm.status.as_deref(), Some("ready" | "standby"));
+        match says_ready || ctl::is_ready(tools, &socket_dir, port).await.map_err(rt)? {
             true => {
                 self.renew_certificate(tools.run_as.owner(), id, pm.pid);
                 Ok(ClusterStatus::Running)
@@ -131,6 +136,7 @@ impl LocalRuntime {
     pub async fn destroy(&self, id: &InstanceId) -> Result<(), RuntimeError> {
         self.destroy_files(id).await?;
         self.forget_restore(id);
+        self.quiet.forget(id);
         Ok(())
     }
 

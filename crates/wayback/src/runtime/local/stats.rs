@@ -1,10 +1,13 @@
 //! What the archiver of a running cluster reports, for the broker's metrics: how far archiving
 //! is behind (segments waiting in `archive_status/*.ready` and the age of the oldest), when it
-//! last succeeded, and how often `wal-push` failed. One short superuser session per call.
+//! last succeeded, and how often `wal-push` failed. One short superuser session per call,
+//! unless nothing changed in `pg_wal/` since the last one and no segment waits: then the last
+//! answer stands ([`super::quiet`]).
 //! Must not import `osb`, `broker`, `store` or `jobs`.
 
 use sqlx::{ConnectOptions, Connection, Row};
 
+use super::quiet::Answer;
 use super::{rt, LocalRuntime};
 use crate::domain::InstanceId;
 use crate::pg::PgError;
@@ -24,6 +27,19 @@ SELECT a.archived_count, \
 
 impl LocalRuntime {
     pub async fn archiver_stats(&self, id: &InstanceId) -> Result<ArchiverStats, RuntimeError> {
+        let before = self.quiet_mark(id);
+        if let Some(stats) = before.and_then(|m| self.quiet.archiver(id, &m)) {
+            return Ok(stats);
+        }
+        let stats = self.read_archiver_stats(id).await;
+        match &stats {
+            Ok(s) => self.quiet.keep_archiver(id, before, s),
+            Err(_) => self.quiet.drop_answer(id, Answer::Archiver),
+        }
+        stats
+    }
+
+    async fn read_archiver_stats(&self, id: &InstanceId) -> Result<ArchiverStats, RuntimeError> {
         let opts = self.admin_options(id).await?;
         let sql_err = |source| {
             rt(PgError::Sql {
