@@ -89,6 +89,41 @@ id_type!(
     InstanceId,
     "instance id"
 );
+/// Separates an instance id from an HA member's name in the member's cluster key. It never
+/// occurs in an id (see [`validate`]), so a member's key cannot be another instance's id, and it
+/// needs no escaping in a path or a URL.
+pub const MEMBER_SEPARATOR: char = '~';
+
+impl InstanceId {
+    /// The key one member of an HA instance (issue 15) keeps its cluster under on a machine
+    /// (`<id>~<member>`: its directory, lock, pidfile and superuser password), so that one
+    /// machine can hold several members of one instance. A single-member instance's key is its
+    /// id, as it always was. `member` is letters, digits, `-` and `_`.
+    pub fn member_key(&self, member: &str) -> InstanceId {
+        debug_assert!(
+            !member.is_empty()
+                && member
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')),
+            "member name {member:?}"
+        );
+        Self(format!("{}{MEMBER_SEPARATOR}{member}", self.0))
+    }
+
+    /// The instance a cluster key belongs to: the id itself, or an HA member's instance.
+    pub fn instance(&self) -> InstanceId {
+        match self.0.split_once(MEMBER_SEPARATOR) {
+            Some((id, _)) => Self(id.to_string()),
+            None => self.clone(),
+        }
+    }
+
+    /// The member name of an HA member's cluster key; None for an instance's own id.
+    pub fn member(&self) -> Option<&str> {
+        self.0.split_once(MEMBER_SEPARATOR).map(|(_, m)| m)
+    }
+}
+
 id_type!(
     /// A service binding id chosen by the platform.
     BindingId,
@@ -143,6 +178,19 @@ mod tests {
         let long = "x".repeat(65);
         let e = InstanceId::parse(long).unwrap_err();
         assert!(e.to_string().contains("at most 64"), "{e}");
+    }
+
+    #[test]
+    fn a_members_key_is_never_an_instance_id_and_names_its_instance() {
+        let id = InstanceId::parse("3f2a9c1e-0000-4000-8000-000000000001").unwrap();
+        let key = id.member_key("m2");
+        assert_eq!(key.as_str(), "3f2a9c1e-0000-4000-8000-000000000001~m2");
+        assert!(
+            InstanceId::parse(key.as_str()).is_err(),
+            "a key is no instance id"
+        );
+        assert_eq!((key.instance(), key.member()), (id.clone(), Some("m2")));
+        assert_eq!((id.instance(), id.member()), (id.clone(), None));
     }
 
     #[test]
