@@ -26,6 +26,15 @@
 //! and streams again by itself); and a leader's slot missing for a ready follower (a leader
 //! restored, say), or lost past `max_slot_wal_keep_size`, is granted again
 //! (`jobs::ensure_grant`, idempotent).
+//!
+//! An HA instance (issue 15) is tended member by member (`supervisor_ha.rs`): Patroni restarts
+//! its own PostgreSQL, so the supervisor never starts a member's server itself; a member whose
+//! Patroni is gone gets its Patroni started again (which adopts its data directory and rejoins).
+//! The WAL switch, the archiver's statistics and the backup schedule act on the member that
+//! leads now.
+
+#[path = "supervisor_ha.rs"]
+mod ha;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -90,8 +99,13 @@ impl Supervisor {
         }
     }
 
-    /// Enqueues a base backup of `instance` if its plan's schedule says one is due.
-    async fn schedule_backup(&self, instance: &crate::store::InstanceRecord) -> anyhow::Result<()> {
+    /// Enqueues a base backup of `instance` if its plan's schedule says one is due; `cluster`
+    /// is the cluster that takes its writes (its id, or an HA instance's leader's key).
+    async fn schedule_backup(
+        &self,
+        instance: &crate::store::InstanceRecord,
+        cluster: &crate::domain::InstanceId,
+    ) -> anyhow::Result<()> {
         if !self.due(&instance.id, Action::CheckBackup, BACKUP_CHECK_EVERY) {
             return Ok(());
         }
@@ -113,7 +127,7 @@ impl Supervisor {
         }
         let newest = self.ctx.store.latest_backup(&instance.id).await?;
         let position = match &newest {
-            Some(_) => Some(self.ctx.runtime.wal_position(&instance.id).await?),
+            Some(_) => Some(self.ctx.runtime.wal_position(cluster).await?),
             None => None,
         };
         let now = crate::store::now_millis();
@@ -230,6 +244,11 @@ impl Supervisor {
                     continue;
                 }
             }
+            // An HA instance's members are Patroni's to run (`ha`).
+            if let Some(n) = self.check_ha(&instance).await {
+                started += n;
+                continue;
+            }
             match self.ctx.runtime.status(&instance.id).await {
                 Ok(ClusterStatus::Running) if instance.leader_id.is_some() => {
                     self.check_follower(&instance).await;
@@ -245,7 +264,7 @@ impl Supervisor {
                             tracing::warn!(instance = %instance.id, error = %e, "cannot complete the WAL segment for archiving");
                         }
                     }
-                    if let Err(e) = self.schedule_backup(&instance).await {
+                    if let Err(e) = self.schedule_backup(&instance, &instance.id).await {
                         tracing::warn!(instance = %instance.id, error = format!("{e:#}"), "cannot check the base backup schedule");
                     }
                 }

@@ -183,4 +183,37 @@ impl Store {
                 message: "the instance is gone".into(),
             })
     }
+
+    /// An HA instance's system identifier, once its first base backup recorded it.
+    pub async fn ha_system_identifier(&self, id: &InstanceId) -> Result<Option<u64>, StoreError> {
+        let row = sqlx::query("SELECT system_identifier FROM instances WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(text) = row
+            .map(|r| r.try_get::<Option<String>, _>("system_identifier"))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(None);
+        };
+        text.parse().map(Some).map_err(|_| StoreError::Corrupt {
+            id: id.to_string(),
+            message: format!("instances.system_identifier {text:?} is not a number"),
+        })
+    }
+
+    /// Records an HA instance's system identifier.
+    pub async fn set_ha_system_identifier(
+        &self,
+        id: &InstanceId,
+        system_identifier: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE instances SET system_identifier = $1 WHERE id = $2")
+            .bind(system_identifier.to_string())
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
 }

@@ -32,6 +32,7 @@ mod drills;
 mod fast;
 mod follow_engine;
 mod followers;
+mod ha_broker;
 mod ha_engine;
 mod lifecycle;
 mod osb_pg;

@@ -1,0 +1,81 @@
+//! The supervisor's care of an HA instance (issue 15): each member's Patroni kept running, and
+//! the periodic work on the member that leads now. Patroni starts, stops and promotes
+//! PostgreSQL; the runtime's `status` of a member says `stopped` while its Patroni does not run,
+//! and its `start` starts Patroni (never `pg_ctl`), which takes its existing data directory
+//! over again and rejoins the scope (by `pg_rewind` when it was the old leader).
+
+use super::{Action, Supervisor};
+use crate::runtime::ClusterStatus;
+use crate::store::InstanceRecord;
+
+impl Supervisor {
+    /// Tends `instance` if it has HA members and returns how many members' Patroni it started;
+    /// None for a single-member instance (the caller tends it as usual).
+    pub(super) async fn check_ha(&self, instance: &InstanceRecord) -> Option<usize> {
+        let members = match self.ctx.store.ha_members(&instance.id).await {
+            Ok(m) if m.is_empty() => return None,
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(instance = %instance.id, error = %e, "cannot read the HA members");
+                return Some(0);
+            }
+        };
+        let mut started = 0;
+        for member in &members {
+            let key = instance.id.member_key(&member.member);
+            match self.ctx.runtime.status(&key).await {
+                Ok(ClusterStatus::Running) => {}
+                Ok(ClusterStatus::Stopped) => {
+                    tracing::warn!(instance = %instance.id, member = %member.member, "the member's Patroni is gone; starting it");
+                    match self.ctx.runtime.start(&key).await {
+                        Ok(()) => {
+                            started += 1;
+                            self.ctx.metrics.cluster_restarted();
+                            tracing::info!(instance = %instance.id, member = %member.member, "the member's Patroni runs again");
+                        }
+                        Err(e) => {
+                            tracing::error!(instance = %instance.id, member = %member.member, error = %e, "cannot start the member's Patroni")
+                        }
+                    }
+                }
+                Ok(ClusterStatus::Absent) => {
+                    tracing::error!(instance = %instance.id, member = %member.member, "the member's data directory is missing")
+                }
+                Err(e) => {
+                    tracing::warn!(instance = %instance.id, member = %member.member, error = %e, "cannot check the member")
+                }
+            }
+        }
+        let leader = match crate::jobs::ha::cluster_key(&self.ctx, &instance.id).await {
+            Ok(key) => key,
+            Err(e) => {
+                tracing::debug!(instance = %instance.id, error = %e, "no HA leader to act on now");
+                return Some(started);
+            }
+        };
+        if self.due(&instance.id, Action::ReadStats, super::STATS_EVERY) {
+            match self.ctx.runtime.archiver_stats(&leader).await {
+                Ok(stats) => self
+                    .ctx
+                    .metrics
+                    .archiver_observed(instance.id.as_str(), stats),
+                Err(e) => {
+                    tracing::debug!(instance = %instance.id, error = %e, "cannot read the leader's archiver statistics")
+                }
+            }
+        }
+        if self.due(
+            &instance.id,
+            Action::SwitchWal,
+            self.archive_interval_of(instance),
+        ) {
+            if let Err(e) = self.ctx.runtime.switch_wal(&leader).await {
+                tracing::warn!(instance = %instance.id, error = %e, "cannot complete the leader's WAL segment for archiving");
+            }
+        }
+        if let Err(e) = self.schedule_backup(instance, &leader).await {
+            tracing::warn!(instance = %instance.id, error = format!("{e:#}"), "cannot check the base backup schedule");
+        }
+        Some(started)
+    }
+}
