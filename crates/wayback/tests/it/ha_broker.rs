@@ -4,7 +4,8 @@
 //! Patroni and PostgreSQL, under a write load through the SAME credentials: writes succeed
 //! again by themselves and no acknowledged row is missing; the killed member's Patroni is
 //! started again by the supervisor and the member rejoins the scope; the delete leaves no
-//! Patroni process, no member directory and no key of the scope in etcd.
+//! Patroni process, no member directory and no key of the scope in etcd; and the deleted
+//! instance is undone from its archive by name into a plan without HA, with every row.
 //!
 //! Run: `bash scripts/test ha_broker::` (needs `patroni` and `etcd`: `bash scripts/setup`).
 
@@ -19,7 +20,7 @@ use crate::common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{json, Value};
 use wayback::domain::InstanceId;
 
 const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
@@ -267,6 +268,17 @@ async fn an_ha_instance_fails_over_by_itself_loses_no_acknowledged_row_and_is_de
         .wait_acked_since(killed, 10, "writes after the kill")
         .await;
     let acked = writer.finish().await;
+    let r = app
+        .osb(reqwest::Method::GET, &format!("/v2/service_instances/{id}"))
+        .send()
+        .await
+        .unwrap();
+    let view: Value = r.json().await.unwrap();
+    eprintln!(
+        "ha_broker: writes again {:.1} s after the kill; members: {}",
+        killed.elapsed().as_secs_f64(),
+        view["ha"]["members"]
+    );
     let present: Vec<i64> = psql(&uri, "SELECT n FROM ha_rows ORDER BY n")
         .unwrap()
         .lines()
@@ -316,4 +328,16 @@ async fn an_ha_instance_fails_over_by_itself_loses_no_acknowledged_row_and_is_de
     );
     assert_eq!(etcd.count_prefix(&format!("/wayback/{id}/")).await, 0);
     assert!(app.store.ha_members(&iid(&id)).await.unwrap().is_empty());
+
+    eprintln!("ha_broker: undo from the archive into a plan without HA");
+    let (undo, _) = app
+        .clone_ready("orders-undo", json!({ "clone-from": "orders" }))
+        .await;
+    let c = app.bind_sync(&undo, &new_id()).await;
+    let mut conn = connect(c["uri"].as_str().unwrap()).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ha_rows")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows as usize, present.len(), "the undo has every row");
 }

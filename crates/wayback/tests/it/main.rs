@@ -33,6 +33,7 @@ mod fast;
 mod follow_engine;
 mod followers;
 mod ha_broker;
+mod ha_broker_crash;
 mod ha_engine;
 mod lifecycle;
 mod osb_pg;
