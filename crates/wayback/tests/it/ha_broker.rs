@@ -1,9 +1,12 @@
 //! An HA plan through OSB on real PostgreSQL, a real etcd and real Patroni (issue 15), with the
 //! broker's local runtime holding both members ("for labs"): `ha-small` (sync) is provisioned,
-//! bound, and written to through the binding's multi-host `uri`; `kill -9` of the primary's
-//! Patroni and PostgreSQL, under a write load through the SAME credentials: writes succeed
-//! again by themselves and no acknowledged row is missing; the killed member's Patroni is
-//! started again by the supervisor and the member rejoins the scope; the delete leaves no
+//! bound, and written to through the binding's multi-host `uri`; under a write load through the
+//! SAME credentials: `kill -9` of the primary's Patroni and PostgreSQL — writes succeed again
+//! by themselves (the supervisor starts its Patroni again at once, and within the leader key's
+//! ttl it keeps the lead), then the leader hangs (SIGSTOP) until Patroni promotes the sync
+//! standby and is then killed — writes succeed again on the new leader, and the old one's
+//! Patroni, started again by the supervisor, rejoins as the sync standby; no acknowledged row
+//! is missing; the delete leaves no
 //! Patroni process, no member directory and no key of the scope in etcd; and the deleted
 //! instance is undone from its archive by name into a plan without HA, with every row.
 //!
@@ -30,7 +33,9 @@ const WAIT: Duration = Duration::from_secs(300);
 
 /// `psql` against `uri`; Ok(stdout) when it succeeded.
 fn psql(uri: &str, sql: &str) -> Result<String, String> {
-    let out = std::process::Command::new(PSQL)
+    // Bounded: a connection to a server that hangs (SIGSTOP) would wait for ever.
+    let out = std::process::Command::new("timeout")
+        .args(["10", PSQL])
         .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", uri])
         .args(["-c", sql])
         .env("PGCONNECT_TIMEOUT", "2")
@@ -65,7 +70,7 @@ fn patroni_runs(pid: i32) -> bool {
 
 /// The pids of a postmaster and of its children.
 fn server_processes(pgdata: &Path) -> Vec<i32> {
-    let Some(pm) = wayback::pg::ctl::live_postmaster(pgdata).unwrap() else {
+    let Ok(Some(pm)) = wayback::pg::ctl::live_postmaster(pgdata) else {
         return Vec::new();
     };
     let mut pids = vec![pm.pid];
@@ -94,6 +99,12 @@ impl Drop for Cleanup {
         for dir in &self.0 {
             if let Some(pid) = patroni_pid(dir) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            // A server left hanging (SIGSTOP) takes no signal but SIGKILL.
+            if dir.join("pgdata").is_dir() {
+                for pid in server_processes(&dir.join("pgdata")) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
             }
         }
     }
@@ -200,6 +211,23 @@ async fn wait_members(app: &TestApp, id: &str, what: &str, done: impl Fn(&Value)
     }
 }
 
+/// Both members run, one leading and the other its sync standby.
+fn whole(m: &Value) -> bool {
+    matches!(
+        (role_of(m, "m1"), role_of(m, "m2")),
+        (Some("leader"), Some("sync_standby")) | (Some("sync_standby"), Some("leader"))
+    )
+}
+
+async fn fetch(app: &TestApp, id: &str) -> Value {
+    let r = app
+        .osb(reqwest::Method::GET, &format!("/v2/service_instances/{id}"))
+        .send()
+        .await
+        .unwrap();
+    r.json().await.unwrap()
+}
+
 fn role_of<'a>(members: &'a Value, name: &str) -> Option<&'a str> {
     members
         .as_array()?
@@ -267,18 +295,56 @@ async fn an_ha_instance_fails_over_by_itself_loses_no_acknowledged_row_and_is_de
     writer
         .wait_acked_since(killed, 10, "writes after the kill")
         .await;
-    let acked = writer.finish().await;
-    let r = app
-        .osb(reqwest::Method::GET, &format!("/v2/service_instances/{id}"))
-        .send()
-        .await
-        .unwrap();
-    let view: Value = r.json().await.unwrap();
+    let view = fetch(&app, &id).await;
     eprintln!(
         "ha_broker: writes again {:.1} s after the kill; members: {}",
         killed.elapsed().as_secs_f64(),
         view["ha"]["members"]
     );
+    // The killed member's Patroni is started again by the supervisor, and the pair is whole
+    // again (m1 may have kept the lead: its Patroni came back within the leader key's ttl).
+    wait_members(&app, &id, "both members back, one leading", whole).await;
+    assert!(
+        patroni_pid(&dirs[0]).is_some_and(|p| !victims.contains(&p)),
+        "m1 runs a new Patroni"
+    );
+
+    eprintln!("ha_broker: the leader hangs (SIGSTOP) until Patroni fails over, then kill -9");
+    let view = fetch(&app, &id).await;
+    let members = &view["ha"]["members"];
+    let (old, new) = if role_of(members, "m1") == Some("leader") {
+        ("m1", "m2")
+    } else {
+        ("m2", "m1")
+    };
+    let dir = &dirs[usize::from(old == "m2")];
+    let mut hung = vec![patroni_pid(dir).expect("the leader's Patroni runs")];
+    hung.extend(server_processes(&dir.join("pgdata")));
+    for pid in &hung {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGSTOP);
+    }
+    let stopped = Instant::now();
+    wait_members(&app, &id, "the other member leads", |m| {
+        role_of(m, new) == Some("leader")
+    })
+    .await;
+    writer
+        .wait_acked_since(stopped, 10, "writes on the new leader")
+        .await;
+    eprintln!(
+        "ha_broker: {new} leads and takes writes {:.1} s after the hang",
+        stopped.elapsed().as_secs_f64()
+    );
+    for pid in &hung {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    // The supervisor starts the old leader's Patroni again; it rejoins (by pg_rewind).
+    wait_members(&app, &id, "the old leader rejoins", |m| {
+        role_of(m, new) == Some("leader") && role_of(m, old) == Some("sync_standby")
+    })
+    .await;
+
+    let acked = writer.finish().await;
     let present: Vec<i64> = psql(&uri, "SELECT n FROM ha_rows ORDER BY n")
         .unwrap()
         .lines()
@@ -292,22 +358,9 @@ async fn an_ha_instance_fails_over_by_itself_loses_no_acknowledged_row_and_is_de
         acked.len()
     );
     eprintln!(
-        "ha_broker: {} rows acknowledged, all present; waiting for the rejoin",
-        acked.len()
-    );
-
-    // The killed member's Patroni is started again by the supervisor, and it rejoins.
-    wait_members(&app, &id, "both members back, one leading", |m| {
-        let (r1, r2) = (role_of(m, "m1"), role_of(m, "m2"));
-        matches!(
-            (r1, r2),
-            (Some("leader"), Some("sync_standby")) | (Some("sync_standby"), Some("leader"))
-        )
-    })
-    .await;
-    assert!(
-        patroni_pid(&dirs[0]).is_some_and(|p| !victims.contains(&p)),
-        "m1 runs a new Patroni"
+        "ha_broker: {} rows acknowledged, all present; members: {}",
+        acked.len(),
+        fetch(&app, &id).await["ha"]["members"]
     );
 
     eprintln!("ha_broker: delete");

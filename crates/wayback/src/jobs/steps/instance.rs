@@ -182,6 +182,14 @@ pub async fn deprovision_step(ctx: &AppContext, job: &Job) -> StepResult {
         {
             Ok(Outcome::Next)
         }
+        // An HA instance without a base backup never got past its provision's
+        // `ha_first_backup`, so it never served an app: nothing to keep.
+        Step::FinalBackup
+            if !ctx.store.ha_members(&instance.id).await?.is_empty()
+                && ctx.store.latest_backup(&instance.id).await?.is_none() =>
+        {
+            Ok(Outcome::Next)
+        }
         Step::FinalBackup => {
             // Deleted before its first base backup (the provision's backup job was still
             // queued and has just been superseded): WAL alone cannot be restored, so take one

@@ -241,3 +241,24 @@ async fn the_supervisor_starts_a_members_patroni_again_and_never_the_instance_id
         "nothing is started under the instance's own id"
     );
 }
+
+#[tokio::test]
+async fn a_delete_during_an_ha_provision_stops_it_and_removes_every_member() {
+    let app = ha_app().await;
+    let gate = app.fake().hold(Call::HaStartMember);
+    let id = new_id();
+    let r = app
+        .put_instance(&id, &provision_body(HA_SMALL, "orders"))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    gate.reached().await;
+    let r = app.delete_instance(&id).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let op: Value = r.json().await.unwrap();
+    gate.release();
+    let (status, body) = app.poll_instance(&id, op["operation"].as_str()).await;
+    assert_delete_finished(status, &body);
+    assert!(!app.fake().exists(&key(&id, "m1")) && !app.fake().exists(&key(&id, "m2")));
+    assert!(app.fake().ha_scope(&id).is_none());
+    assert!(app.store.ha_members(&iid(&id)).await.unwrap().is_empty());
+}
