@@ -27,6 +27,8 @@ mod audit;
 mod followers;
 pub use audit::{AuditEvent, AuditEventKind, AuditTrail, CloneOrigin};
 pub use followers::{FollowerOf, FollowerState, FollowerSummary, InstanceRef};
+mod ha;
+pub use ha::{Failover, Ha, HaMember, Switchover, SwitchoverRequest};
 
 /// `GET /wayback/v1/spaces/{space_guid}/instances`: a space's instances, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +77,9 @@ pub struct Instance {
     /// ran. The first says whether the archive is verified: `result` `passed`, and when.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drills: Vec<crate::drills::DrillReport>,
+    /// An HA instance's members and failovers (issue 15); absent for a single-member instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<Ha>,
 }
 
 /// The copy of a deleted instance kept at delete time: an undo to its latest point takes it

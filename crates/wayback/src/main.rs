@@ -44,6 +44,10 @@ enum Command {
         /// The instance's archive target file.
         #[arg(long)]
         target: PathBuf,
+        /// Refuse WAL of a timeline past where a later archived timeline began (HA members:
+        /// an old primary after a failover).
+        #[arg(long)]
+        fence: bool,
         /// %p: the WAL file to archive.
         path: PathBuf,
     },
@@ -98,6 +102,9 @@ enum Command {
     /// Ask every agent of agents.urls for its capacity and print it beside the instances the
     /// state database placed there; exits 1 when an agent does not answer.
     Agents(wayback::cli::agents::AgentsArgs),
+    /// Hand the lead of an HA instance to a healthy standby (Patroni's switchover) and return
+    /// once the other member leads.
+    Switchover(wayback::cli::switchover::SwitchoverArgs),
 }
 
 fn main() -> ExitCode {
@@ -121,6 +128,7 @@ fn main() -> ExitCode {
         Command::Drain(args) => wayback::cli::drain::main(settings, args),
         Command::Agent => wayback::agent::main(settings),
         Command::Agents(args) => wayback::cli::agents::main(settings, args),
+        Command::Switchover(args) => wayback::cli::switchover::main(settings, args),
         Command::ConfigReference => {
             print!("{}", Settings::reference_markdown());
             ExitCode::SUCCESS
@@ -143,9 +151,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::WalPush { target, path } => {
+        Command::WalPush {
+            target,
+            fence,
+            path,
+        } => {
             wayback::telemetry::init_for_postgres();
-            ExitCode::from(wayback::archive::wal_push_main(&target, &path))
+            ExitCode::from(wayback::archive::wal_push_main(&target, &path, fence))
         }
         Command::WalPrefetch { target } => {
             ExitCode::from(wayback::archive::wal_prefetch_main(&target))

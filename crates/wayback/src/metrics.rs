@@ -3,7 +3,8 @@
 //! Counts that must survive restarts and agree across brokers sharing a database (instances
 //! by state, operations by kind and outcome) are read from the store at scrape time; durations
 //! and restarts observed by this process are kept in memory. Followers' lag is measured at scrape time
-//! by the caller and rendered by [`render_followers`]. Nothing here may carry a secret,
+//! by the caller and rendered by [`render_followers`], HA members' roles, lag and failovers by
+//! [`render_ha`]. Nothing here may carry a secret,
 //! and no label names an instance by its user-given name: instances are labelled by id only
 //! (`GET /metrics` may be open, `metrics.auth`).
 
@@ -13,6 +14,8 @@ use std::sync::{Arc, Mutex};
 
 mod followers;
 pub use followers::{render_followers, FollowerRow};
+mod ha;
+pub use ha::{render_ha, HaMemberRow, HaRow};
 
 /// Upper bounds (seconds) of the operation duration histogram.
 const BUCKETS: &[f64] = &[0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0];

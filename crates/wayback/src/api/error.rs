@@ -58,6 +58,39 @@ impl ApiError {
         )
     }
 
+    /// 409: the operator's request cannot be done in the instance's present state (a
+    /// switchover of an instance that is not HA, or without a healthy standby).
+    pub fn conflict(description: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            ErrorCode::Other("Conflict".into()),
+            description,
+        )
+    }
+
+    /// 403: a user's token where only the operator may act.
+    pub fn operator_only(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, description)
+    }
+
+    /// 400: a body that does not read.
+    pub fn bad_request(description: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::Other("BadRequest".into()),
+            description,
+        )
+    }
+
+    /// 500 with what failed, for the operator's own requests (never a user's).
+    pub fn operator_failure(description: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::InternalError,
+            description,
+        )
+    }
+
     fn new(status: StatusCode, code: ErrorCode, description: impl Into<String>) -> Self {
         Self {
             status,

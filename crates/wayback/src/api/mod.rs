@@ -6,7 +6,8 @@
 //! Every handler authenticates first ([`auth`]: 401/503), then checks the space (403, or 404
 //! for an instance, so that an instance id says nothing about a foreign space), and only then
 //! reads the store, the archive (restore windows, [`crate::archive::window`]) and the running
-//! clusters (archiver statistics). Nothing here changes anything.
+//! clusters (archiver statistics). Nothing here changes anything, but for the operator's
+//! switchover of an HA instance ([`ha`]: `POST /wayback/v1/instances/{id}/switchover`).
 //!
 //! The documents are `wayback_api::v1` types, shared with `cf-wayback`, which reads them;
 //! [`view`] fills them in.
@@ -18,6 +19,7 @@ mod audit;
 pub mod auth;
 pub mod error;
 mod followers;
+mod ha;
 pub mod jwt;
 pub mod view;
 
@@ -62,6 +64,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(
                 "/instances/{instance_id}/audit",
                 web::get().to(audit::get_audit),
+            )
+            // The operator's one call that changes something (issue 15): `api/ha.rs`.
+            .route(
+                "/instances/{instance_id}/switchover",
+                web::post().to(ha::switchover),
             ),
     );
 }
@@ -213,6 +220,7 @@ async fn gather(
     let mut view = view::render(&record, &names, &observed, &state.catalog);
     if view::is_live(record.state) {
         followers::attach(state, &record, &mut view).await?;
+        ha::attach(state, &record, &mut view).await?;
     }
     if record.state == InstanceState::Deleted {
         view.kept_copy = state

@@ -128,6 +128,7 @@ pub fn render(
         followers: Vec::new(),
         kept_copy: None,
         drills: Vec::new(),
+        ha: None,
     }
 }
 

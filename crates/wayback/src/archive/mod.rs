@@ -10,12 +10,16 @@
 //! 8. WAL carries its cluster's system identifier; a file of another cluster is refused on
 //!    push and on fetch.
 //!
+//! And the fence (`fence.rs`): with `wal-push --fence` (HA members), WAL of a timeline past the
+//! switch point an archived later timeline's history records is refused.
+//!
 //! Must not import `osb`, `broker`, `store` or `jobs`.
 
 pub mod backup;
 mod backup_tar;
 mod backup_upload;
 mod download;
+pub mod fence;
 mod fetch;
 pub mod frame;
 pub mod instance_doc;

@@ -6,13 +6,16 @@
 //! file's SHA-256. When PostgreSQL then asks for such a segment, the marker (checked against the
 //! file's current content) answers at once. A segment is acknowledged only after its upload
 //! returned: nothing is reported archived that is not.
+//!
+//! With `--fence` (HA members) every segment first passes the timeline fence (`fence.rs`): WAL
+//! of a timeline past the point where a later, archived timeline began is refused.
 
 use std::path::{Path, PathBuf};
 
 use super::frame::{self, FrameHeader, HEADER_LEN};
 use super::layout::{WalFileKind, WalFileName};
 use super::target::ArchiveTarget;
-use super::{walscan, ArchiveError};
+use super::{fence, walscan, ArchiveError};
 use crate::storage::ObjectStore;
 
 /// How a push ended.
@@ -22,6 +25,9 @@ pub enum Pushed {
     Stored,
     /// The archive already holds identical content (a re-push after a lost answer).
     AlreadyArchived,
+    /// Fenced WAL of a timeline this server has left (`fence.rs`): acknowledged, never
+    /// archived. Only with `--fence`.
+    Fenced,
 }
 
 fn key(target: &ArchiveTarget, name: &WalFileName) -> String {
@@ -38,15 +44,24 @@ pub async fn push(
     let raw = tokio::fs::read(file)
         .await
         .map_err(|e| ArchiveError::io(format!("read {}", file.display()), e))?;
-    push_bytes(target, store, &name, raw).await
+    push_bytes(target, store, &name, raw, None).await
 }
 
+/// `fence`: the data directory of the server asking, when WAL past where a later archived
+/// timeline began is refused (`fence.rs`).
 async fn push_bytes(
     target: &ArchiveTarget,
     store: &ObjectStore,
     name: &WalFileName,
     raw: Vec<u8>,
+    fence: Option<&Path>,
 ) -> Result<Pushed, ArchiveError> {
+    if let Some(pgdata) = fence {
+        if let fence::Verdict::Left { .. } = fence::check(target, store, name, &raw, pgdata).await?
+        {
+            return Ok(Pushed::Fenced);
+        }
+    }
     let key = key(target, name);
     let segment_like = matches!(name.kind(), WalFileKind::Segment | WalFileKind::Partial);
     let (sysid, commits) = if segment_like {
@@ -184,8 +199,8 @@ fn ready_after(wal_file: &Path, current: &str, limit: usize) -> Vec<PathBuf> {
     names.into_iter().map(|n| dir.join(n)).collect()
 }
 
-/// The `wal-push` command: exit status for PostgreSQL.
-pub fn wal_push_main(target_path: &Path, wal_file: &Path) -> u8 {
+/// The `wal-push` command: exit status for PostgreSQL. `fenced`: `--fence` (see the module docs).
+pub fn wal_push_main(target_path: &Path, wal_file: &Path, fenced: bool) -> u8 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -196,7 +211,7 @@ pub fn wal_push_main(target_path: &Path, wal_file: &Path) -> u8 {
             return 1;
         }
     };
-    match runtime.block_on(push_main(target_path, wal_file)) {
+    match runtime.block_on(push_main(target_path, wal_file, fenced)) {
         Ok(outcome) => {
             tracing::debug!(file = %wal_file.display(), ?outcome, "archived");
             0
@@ -208,10 +223,20 @@ pub fn wal_push_main(target_path: &Path, wal_file: &Path) -> u8 {
     }
 }
 
-async fn push_main(target_path: &Path, wal_file: &Path) -> Result<Pushed, ArchiveError> {
+async fn push_main(
+    target_path: &Path,
+    wal_file: &Path,
+    fenced: bool,
+) -> Result<Pushed, ArchiveError> {
     let target = ArchiveTarget::load(target_path)?;
     let store = target.open_store()?;
     let name = file_name(wal_file)?;
+    // %p is `pg_wal/<name>`, relative to the data directory PostgreSQL runs the command in.
+    let pgdata = wal_file
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."));
+    let fence = fenced.then_some(pgdata);
     let markers = marker_dir(target_path);
     let raw = tokio::fs::read(wal_file)
         .await
@@ -237,7 +262,10 @@ async fn push_main(target_path: &Path, wal_file: &Path) -> Result<Pushed, Archiv
                 .await
                 .map_err(|e| ArchiveError::io(format!("read {}", path.display()), e))?;
             let digest = hex::encode(frame::sha256(&bytes));
-            push_bytes(target, store, &n, bytes).await?;
+            if push_bytes(target, store, &n, bytes, fence).await? == Pushed::Fenced {
+                // No marker: nothing was stored; PostgreSQL asks for it in turn.
+                return Ok(());
+            }
             let _ = tokio::fs::create_dir_all(markers).await;
             tokio::fs::write(markers.join(n.as_str()), digest)
                 .await
@@ -245,7 +273,7 @@ async fn push_main(target_path: &Path, wal_file: &Path) -> Result<Pushed, Archiv
         }
     });
     let (current, ahead_results) = tokio::join!(
-        push_bytes(&target, &store, &name, raw),
+        push_bytes(&target, &store, &name, raw, fence),
         futures::future::join_all(pushes)
     );
     for (path, r) in ahead.iter().zip(ahead_results) {

@@ -124,11 +124,12 @@ pub struct RestoreWindow {
     pub backups: Vec<BackupManifest>,
     /// Manifests present but not understood: (backup id, why).
     pub unreadable_backups: Vec<(String, String)>,
-    /// The newest archived segment (by timeline, then position).
+    /// The newest archived segment (by timeline, then position) on the newest timeline's
+    /// history ([`on_newest_history`]).
     pub newest_segment: Option<String>,
     /// The segment holding the last archived commit.
     pub latest_commit_segment: Option<String>,
-    /// Archived segments (including `.partial`).
+    /// Archived segments (including `.partial`) on the newest timeline's history.
     pub segments: usize,
     /// Segment headers read to find `latest`.
     pub headers_read: usize,
@@ -167,6 +168,43 @@ pub fn segments_newest_first(
     segs
 }
 
+/// Drops from `segments` the WAL no restore following the newest timeline reads: a segment of
+/// timeline N at or after the first position of any later timeline (that timeline's file of
+/// the same position holds the shared history up to the switch point, and PostgreSQL reads it
+/// instead), and a full segment of timeline N at or after a `.partial` of N (the new primary's
+/// copy of N's last segment, cut at the switch point: the full one can only be an old
+/// primary's, written past it). What is left is one line of history: an old primary's WAL
+/// archived after a failover (before the fence knew of it) neither stretches the window's end
+/// nor counts as the newest segment a "latest" restore must reach. Positions are compared as
+/// (log, seg), so any segment size orders right.
+pub fn on_newest_history(segments: Vec<(WalFileName, String)>) -> Vec<(WalFileName, String)> {
+    use std::collections::BTreeMap;
+    let pos = |n: &WalFileName| n.segment_parts().map(|(t, l, s)| (t, (l, s)));
+    // Per timeline: its first position, and its lowest `.partial`.
+    let mut first: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
+    let mut partial: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
+    for (n, _) in &segments {
+        let Some((tli, p)) = pos(n) else { continue };
+        let e = first.entry(tli).or_insert(p);
+        *e = (*e).min(p);
+        if n.kind() == WalFileKind::Partial {
+            let e = partial.entry(tli).or_insert(p);
+            *e = (*e).min(p);
+        }
+    }
+    let later_start = |tli: u32| first.range(tli + 1..).map(|(_, p)| *p).min();
+    segments
+        .into_iter()
+        .filter(|(n, _)| {
+            let Some((tli, p)) = pos(n) else { return true };
+            let superseded = later_start(tli).is_some_and(|start| p >= start);
+            let past_cut =
+                n.kind() == WalFileKind::Segment && partial.get(&tli).is_some_and(|cut| p >= *cut);
+            !(superseded || past_cut)
+        })
+        .collect()
+}
+
 /// Unix microseconds (the frame header's unit) as a time.
 pub fn micros_to_time(us: i64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_micros(us)
@@ -185,7 +223,7 @@ pub async fn restore_window(
         .iter()
         .filter_map(|(id, m)| m.as_ref().err().map(|e| (id.clone(), e.clone())))
         .collect();
-    let segments = segments_newest_first(prefix, &listing);
+    let segments = on_newest_history(segments_newest_first(prefix, &listing));
     let mut window = RestoreWindow {
         earliest: backups.first().map(|b| b.stop_time),
         latest: None,
@@ -303,6 +341,93 @@ mod tests {
                 "000000010000000000000003",
             ]
         );
+    }
+
+    #[test]
+    fn only_the_newest_timelines_history_is_kept() {
+        let p = prefix();
+        let w = |n: &str| meta(&format!("spaces/s1/instances/i1/wal/{n}"));
+        // Timeline 1 ended inside segment 5; the old primary archived 5 and 6 of timeline 1
+        // before the fence knew (a failover), the new primary its .partial and timeline 2.
+        let listing = vec![
+            w("000000010000000000000004"),
+            w("000000010000000000000005"),
+            w("000000010000000000000005.partial"),
+            w("000000010000000000000006"),
+            w("00000002.history"),
+            w("000000020000000000000005"),
+            w("000000020000000000000006"),
+        ];
+        let names = |l: &[ObjectMeta]| -> Vec<String> {
+            on_newest_history(segments_newest_first(&p, l))
+                .into_iter()
+                .map(|(n, _)| n.as_str().to_string())
+                .collect()
+        };
+        assert_eq!(
+            names(&listing),
+            [
+                "000000020000000000000006",
+                "000000020000000000000005",
+                "000000010000000000000004",
+            ]
+        );
+        // Before timeline 2's first segment is archived, its .partial of timeline 1 marks the
+        // cut: the old primary's full 5 and 6 are off the history, the .partial is on it.
+        assert_eq!(
+            names(&listing[..5]),
+            [
+                "000000010000000000000005.partial",
+                "000000010000000000000004",
+            ]
+        );
+        // A single timeline, or none past a switch: nothing dropped.
+        assert_eq!(
+            names(&listing[..2]),
+            ["000000010000000000000005", "000000010000000000000004"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failover_neither_stretches_nor_ends_the_window_on_the_old_timeline() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::local(dir.path()).unwrap();
+        let p = prefix();
+        let seg = |n: &str| p.wal(&WalFileName::parse(n).unwrap());
+        let t0 = 1_767_225_600_000_000i64;
+        for (name, commits) in [
+            ("000000010000000000000004", Some((t0, t0 + 1_000))),
+            // The old primary's writes after the failover, archived before the fence knew.
+            (
+                "000000010000000000000005",
+                Some((t0 + 2_000, t0 + 9_000_000)),
+            ),
+            (
+                "000000010000000000000005.partial",
+                Some((t0 + 2_000, t0 + 3_000)),
+            ),
+            // The new primary: its first segment copies timeline 1's part, then nothing new.
+            ("000000020000000000000005", Some((t0 + 2_000, t0 + 3_000))),
+            ("000000020000000000000006", None),
+        ] {
+            let framed = frame::encode(&[0u8; 4096], 7, commits, 1).unwrap();
+            store.put(&seg(name), framed).await.unwrap();
+        }
+        let w = restore_window(&store, &p).await.unwrap();
+        assert_eq!(
+            w.latest,
+            micros_to_time(t0 + 3_000),
+            "not the old primary's"
+        );
+        assert_eq!(
+            w.latest_commit_segment.as_deref(),
+            Some("000000020000000000000005")
+        );
+        assert_eq!(
+            w.newest_segment.as_deref(),
+            Some("000000020000000000000006")
+        );
+        assert_eq!(w.segments, 3);
     }
 
     #[tokio::test]

@@ -21,6 +21,13 @@ pub struct HaView {
     /// are missing when Patroni could not be asked.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Changes of leader since the first leader (failovers and switchovers), from Patroni's
+    /// history (`broker/ha_ops.rs`); absent when Patroni could not be asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failovers: Option<u64>,
+    /// The newest change of leader; absent when none happened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failover: Option<super::ha_ops::FailoverView>,
 }
 
 /// One member: its machine and port as recorded, its role, state, lag and timeline as Patroni
@@ -171,6 +178,19 @@ impl Broker {
                 "both members share one machine: a failure of that machine stops both".into(),
             );
         }
+        let failovers = status.as_ref().map(|s| s.failovers());
+        let last_failover =
+            status
+                .as_ref()
+                .and_then(|s| s.last_failover())
+                .map(|f| super::ha_ops::FailoverView {
+                    at: f.at,
+                    reason: f.reason.clone(),
+                    from_timeline: f.from_timeline,
+                    to_timeline: f.to_timeline,
+                    lsn: f.lsn.clone(),
+                    new_leader: f.new_leader.clone(),
+                });
         let members = members
             .into_iter()
             .map(|m| {
@@ -198,6 +218,11 @@ impl Broker {
                 }
             })
             .collect();
-        Ok(Some(HaView { members, notes }))
+        Ok(Some(HaView {
+            members,
+            notes,
+            failovers,
+            last_failover,
+        }))
     }
 }

@@ -16,6 +16,7 @@ mod fetch;
 mod follow;
 mod followers;
 mod ha;
+mod ha_ops;
 mod instances;
 mod update;
 
@@ -30,6 +31,7 @@ pub use bindings::{BindRequest, BindingView, Bound, Unbound};
 pub use credentials::{new_password, ClientTls, Credentials};
 pub use followers::{FollowerMetric, Replication};
 pub use ha::{HaMemberView, HaView};
+pub use ha_ops::{FailoverView, HaMemberMetric, HaMetric};
 pub use instances::{
     Deprovisioned, InstanceView, LastOperation, ProvisionRequest, Provisioned, UpdateRequest,
     Updated,

@@ -8,6 +8,10 @@
 //! not reach the archive in time makes the command fail (exit 1), naming it, so that the
 //! operator's `bosh` run stops there instead of losing the last minute of commits with a disk.
 //!
+//! First, every HA member that leads on this machine hands the lead to a standby elsewhere
+//! (Patroni's switchover, `drain_ha.rs`), bounded by the same timeout; the report lists them
+//! under `switchovers`, and one that cannot hand over is reported without failing the drain.
+//!
 //! Which clusters: on a broker, the live instances of its state database. With `--agent` (a
 //! `wayback agent` VM, which has no state database), every cluster under `data_dir/clusters`,
 //! each archived under the prefix its own `archive.json` names; a cluster without one does not
@@ -69,6 +73,10 @@ pub struct DrainedInstance {
 pub struct DrainReport {
     pub ok: bool,
     pub instances: Vec<DrainedInstance>,
+    /// The HA members that led on this machine and what the drain did first (issue 15:
+    /// `drain_ha.rs`); absent when none led here. A failed one does not fail the drain.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub switchovers: Vec<super::drain_ha::DrainSwitchover>,
 }
 
 /// Runs the command: 0 when every running instance's WAL is archived, 1 otherwise, 2 when it
@@ -102,6 +110,16 @@ pub fn main(mut settings: Settings, args: DrainArgs) -> ExitCode {
         let text = serde_json::to_string_pretty(&report).expect("a report serializes");
         println!("{text}");
     } else {
+        for s in &report.switchovers {
+            eprintln!(
+                "{} {} member {}: {} ({:.1} s)",
+                if s.switched { "ok    " } else { "KEPT  " },
+                s.instance_id,
+                s.member,
+                s.detail,
+                s.secs
+            );
+        }
         for i in &report.instances {
             eprintln!(
                 "{} {}: {} ({:.1} s)",
@@ -208,6 +226,15 @@ async fn drain_all(
     let archive_settings = crate::config::resolve::archive(settings, &data_dir);
     let archive = ObjectStore::open(&archive_settings).context("open the archive")?;
     let runtime = Arc::new(LocalRuntime::new(data_dir, settings.postgres.clone()));
+    // HA members that lead here hand the lead over first; a standby here has no WAL to switch.
+    let handed = super::drain_ha::hand_over(&runtime, timeout).await;
+    let planned = planned.into_iter().map(|plan| match plan {
+        Plan::Switch { id, .. } if handed.standbys.contains(&id) => Plan::Skip {
+            id,
+            why: "an HA standby here: its leader, on another machine, archives".into(),
+        },
+        other => other,
+    });
     let instances: Vec<DrainedInstance> = futures::stream::iter(planned)
         .map(|plan| {
             let (runtime, archive) = (runtime.clone(), archive.clone());
@@ -233,6 +260,7 @@ async fn drain_all(
     Ok(DrainReport {
         ok: instances.iter().all(|i| i.archived),
         instances,
+        switchovers: handed.switchovers,
     })
 }
 

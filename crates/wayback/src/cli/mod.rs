@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod backup;
 pub mod drain;
+mod drain_ha;
 pub mod drill;
 pub mod prune;
 pub mod register;
@@ -12,6 +13,7 @@ pub mod reindex;
 pub mod rekey;
 pub mod restore;
 pub mod smoke;
+pub mod switchover;
 
 use std::path::PathBuf;
 

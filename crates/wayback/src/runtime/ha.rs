@@ -88,6 +88,10 @@ pub struct HaMember {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct HaStatus {
     pub members: Vec<HaMember>,
+    /// The scope's timeline switches, oldest first, from Patroni's `GET /history`
+    /// ([`super::ha_ops`]); empty when Patroni could not be asked for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<super::ha_ops::TimelineSwitch>,
 }
 
 impl HaStatus {
@@ -130,7 +134,10 @@ pub fn parse_cluster(body: &serde_json::Value) -> HaStatus {
             })
         })
         .collect();
-    HaStatus { members }
+    HaStatus {
+        members,
+        history: Vec::new(),
+    }
 }
 
 #[cfg(test)]

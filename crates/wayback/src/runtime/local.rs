@@ -21,6 +21,7 @@ mod drill_checks;
 mod follow;
 mod fork;
 mod ha;
+mod ha_history;
 mod ha_patroni;
 mod interface;
 mod layout;

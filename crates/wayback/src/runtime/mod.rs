@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod ha;
+pub mod ha_ops;
 pub mod interface;
 pub mod lag;
 mod local;
@@ -25,6 +26,9 @@ use crate::domain::InstanceId;
 pub use async_trait::async_trait;
 pub use error::RuntimeError;
 pub use ha::{Durability, HaMember, HaMemberSpec, HaRole, HaSeed, HaStatus};
+pub use ha_ops::{
+    parse_history, switch_over, SwitchoverError, SwitchoverPlan, SwitchoverRefusal, TimelineSwitch,
+};
 pub use interface::DrillSpec;
 pub use interface::{
     AgentSurvey, ClusterRuntime, MachineTrash, Reach, RestoreSpec, RoleAccess, Runtime,

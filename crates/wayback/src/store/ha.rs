@@ -216,4 +216,23 @@ impl Store {
             .await?;
         Ok(())
     }
+
+    /// The instances with two members or more recorded (the HA metrics' instances).
+    pub async fn ha_instance_ids(&self) -> Result<Vec<InstanceId>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT instance_id FROM ha_members GROUP BY instance_id HAVING COUNT(*) >= 2 \
+             ORDER BY instance_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("instance_id")?;
+                InstanceId::parse(id.clone()).map_err(|e| StoreError::Corrupt {
+                    id,
+                    message: format!("ha_members.instance_id: {e}"),
+                })
+            })
+            .collect()
+    }
 }

@@ -35,6 +35,8 @@ mod followers;
 mod ha_broker;
 mod ha_broker_crash;
 mod ha_engine;
+mod ha_ops;
+mod ha_timelines;
 mod lifecycle;
 mod osb_pg;
 mod pg_driver;

@@ -89,6 +89,29 @@ pub async fn metrics(state: State, req: HttpRequest) -> Result<HttpResponse, Osb
         }
         Err(e) => tracing::warn!(error = %e, "cannot list followers for the metrics"),
     }
+    // HA members' roles, lag and failovers, read from Patroni now (issue 15).
+    match state.broker.ha_metrics().await {
+        Ok(ha) => {
+            let rows: Vec<crate::metrics::HaRow> = ha
+                .iter()
+                .map(|h| crate::metrics::HaRow {
+                    instance: h.instance.as_str(),
+                    members: h
+                        .members
+                        .iter()
+                        .map(|m| crate::metrics::HaMemberRow {
+                            member: &m.member,
+                            role: &m.role,
+                            lag_bytes: m.lag_bytes,
+                        })
+                        .collect(),
+                    failovers: h.failovers,
+                })
+                .collect();
+            text.push_str(&crate::metrics::render_ha(&rows));
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot list HA instances for the metrics"),
+    }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(text))

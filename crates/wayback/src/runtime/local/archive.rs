@@ -34,7 +34,7 @@ impl LocalRuntime {
         let mut target = target.clone();
         target.system_identifier = self.system_identifier(id)?;
         let conf = self
-            .write_archive_target(id, target, command, owner)
+            .write_archive_target(id, target, command, owner, false)
             .await?;
         let conf_path = dirs.pgdata.join(crate::pg::conf::ARCHIVE_INCLUDE);
         fsutil::write_atomic(&conf_path, conf.as_bytes(), 0o600, owner)
@@ -45,13 +45,16 @@ impl LocalRuntime {
 
     /// Writes `<cluster>/archive.json` for `target` (whose system identifier the caller set),
     /// keeping the data key the cluster already archives with, and makes the directories
-    /// `wal-push` uses; returns the text of the archive include that runs it.
+    /// `wal-push` uses; returns the text of the archive include that runs it. `fence`: an HA
+    /// member's `wal-push --fence`, which refuses WAL of a timeline past where a later archived
+    /// timeline began (`archive/fence.rs`).
     pub(super) async fn write_archive_target(
         &self,
         id: &InstanceId,
         mut target: ArchiveTarget,
         command: &ArchiveCommand,
         owner: Option<fsutil::Owner>,
+        fence: bool,
     ) -> Result<String, RuntimeError> {
         let root = self.layout.cluster(id);
         let target_file = root.join("archive.json");
@@ -88,8 +91,9 @@ impl LocalRuntime {
              archive_command = {}\n\
              archive_timeout = '{}s'\n",
             quote(&format!(
-                "{} wal-push --target {} %p",
+                "{} wal-push {}--target {} %p",
                 shell_word(&bin),
+                if fence { "--fence " } else { "" },
                 shell_word(&target_path)
             )),
             command.archive_timeout_secs,

@@ -230,7 +230,7 @@ impl LocalRuntime {
                 if spec.seed == HaSeed::Adopt {
                     target.system_identifier = self.system_identifier(id)?;
                 }
-                self.write_archive_target(id, target, command, owner)
+                self.write_archive_target(id, target, command, owner, true)
                     .await?
             }
             None => "# Archiving is off.\n".to_string(),
@@ -318,7 +318,10 @@ impl LocalRuntime {
         let mut last = None;
         for record in self.member_records(id)? {
             match patroni::cluster(&record.rest).await {
-                Ok(status) => return Ok(status),
+                Ok(mut status) => {
+                    status.history = super::ha_history::history(id, &record.rest).await;
+                    return Ok(status);
+                }
                 Err(e) => last = Some(e),
             }
         }

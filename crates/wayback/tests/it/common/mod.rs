@@ -12,6 +12,7 @@ pub mod fake_cf;
 pub mod fake_runtime;
 pub mod followers;
 pub mod golden;
+pub mod ha_pair;
 pub mod osb_client;
 pub mod s3_server;
 pub mod wayback_client;

@@ -88,6 +88,23 @@ impl S3Server {
         }
     }
 
+    /// The environment that points a `wayback` command's archive at `s3://own-bucket/<prefix>`.
+    pub fn env(&self, prefix: &str) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "WAYBACK_ARCHIVE_URL",
+                format!("s3://{}/{prefix}", Self::BUCKET),
+            ),
+            (
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", Self::ACCESS.into()),
+            ("AWS_SECRET_ACCESS_KEY", Self::SECRET.into()),
+        ]
+    }
+
     /// The directory s3s-fs serves (buckets are its subdirectories).
     pub fn root(&self) -> &Path {
         self.root.path()

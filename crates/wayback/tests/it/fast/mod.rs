@@ -15,6 +15,7 @@
 
 mod architecture;
 mod cc_names;
+mod ha_ops;
 mod job_lanes;
 mod metrics_auth;
 mod osb_api;

@@ -11,14 +11,38 @@ use wayback::domain::InstanceId;
 use wayback::pg::PgError;
 use wayback::runtime::{
     ClusterStatus, Durability, HaMember, HaMemberSpec, HaRole, HaSeed, HaStatus, RuntimeError,
+    TimelineSwitch,
 };
 
 use super::{lock, FakeCluster, FakeRuntime};
+
+/// The history line of a promotion of `leader` that ended timeline `from`.
+fn switch(from: u32, leader: &str) -> TimelineSwitch {
+    TimelineSwitch {
+        from_timeline: from,
+        to_timeline: from + 1,
+        lsn: format!("0/{:X}", 0x300_0000 * from),
+        reason: "no recovery target specified".into(),
+        at: Some(chrono::Utc::now()),
+        new_leader: Some(leader.into()),
+    }
+}
 
 impl FakeRuntime {
     /// The scope of `id` as the fake keeps it.
     pub fn ha_scope(&self, id: &str) -> Option<HaStatus> {
         lock(&self.ha).get(id).cloned()
+    }
+
+    /// Sets what Patroni would say of `member`'s state (`stopped`: no healthy standby).
+    pub fn ha_set_member_state(&self, id: &str, member: &str, state: &str) {
+        let mut scopes = lock(&self.ha);
+        if let Some(m) = scopes
+            .get_mut(id)
+            .and_then(|s| s.members.iter_mut().find(|m| m.name == member))
+        {
+            m.state = state.into();
+        }
     }
 
     pub(super) fn fake_ha_start_member(&self, spec: &HaMemberSpec) -> Result<(), RuntimeError> {
@@ -47,6 +71,10 @@ impl FakeRuntime {
             HaRole::Replica
         };
         let leads = role == HaRole::Leader;
+        if leads {
+            // Patroni promotes the adopted directory: timeline 1 ends, the first leader's begins.
+            scope.history.push(switch(1, &spec.member));
+        }
         scope.members.push(HaMember {
             name: spec.member.clone(),
             role,
@@ -93,6 +121,9 @@ impl FakeRuntime {
             .name
             .clone();
         let timeline = scope.leader().and_then(|l| l.timeline).map(|t| t + 1);
+        if let Some(t) = timeline {
+            scope.history.push(switch(t - 1, &new));
+        }
         for m in &mut scope.members {
             if m.name == new {
                 (m.role, m.state, m.lag_bytes) = (HaRole::Leader, "running".into(), None);

@@ -4,7 +4,10 @@
 //! `bash -n`, and `wayback check-config` must accept every rendered `wayback.toml` (brokers with
 //! and without agents, agents, errands). The shim refuses properties a job's spec does not
 //! declare; the last tests prove that it does, and that the templates refuse what a deployment
-//! must not do (an agent without TLS, agents without a shared archive).
+//! must not do (an agent without TLS, agents without a shared archive). The etcd job (HA
+//! plans' coordinator) and the sample manifest have tests of their own in `etcd`.
+
+mod etcd;
 
 use crate::common;
 
@@ -160,8 +163,8 @@ fn every_template_renders_and_every_config_is_accepted() {
         }
     }
     // pre-start and drain for three brokers and two agents, the registrar twice, the
-    // deregistrar and the smoke tests.
-    assert_eq!(scripts, 14, "rendered scripts");
+    // deregistrar and the smoke tests, pre-start and post-start for three etcd members.
+    assert_eq!(scripts, 20, "rendered scripts");
     let expected = [
         "agent-full",
         "agent-minimal",
