@@ -52,6 +52,8 @@ pub struct Supervisor {
     archive_interval: Duration,
     /// When each ready instance last had each periodic action; forgotten when it leaves `ready`.
     timers: Mutex<HashMap<crate::domain::InstanceId, Timers>>,
+    /// HA members (by member key) whose Patroni was first seen gone at that time (`ha`).
+    ha_down_since: Mutex<HashMap<crate::domain::InstanceId, Instant>>,
 }
 
 /// The periodic actions the supervisor takes per instance.
@@ -82,6 +84,7 @@ impl Supervisor {
             interval,
             archive_interval,
             timers: Mutex::new(HashMap::new()),
+            ha_down_since: Mutex::new(HashMap::new()),
         }
     }
 

@@ -2,8 +2,8 @@
 //! broker's local runtime holding both members ("for labs"): `ha-small` (sync) is provisioned,
 //! bound, and written to through the binding's multi-host `uri`; under a write load through the
 //! SAME credentials: `kill -9` of the primary's Patroni and PostgreSQL — writes succeed again
-//! by themselves (the supervisor starts its Patroni again at once, and within the leader key's
-//! ttl it keeps the lead), then the leader hangs (SIGSTOP) until Patroni promotes the sync
+//! by themselves once Patroni promotes the sync standby, and the supervisor then starts the old
+//! leader's Patroni, which rejoins as the sync standby — then the leader hangs (SIGSTOP) until Patroni promotes the sync
 //! standby and is then killed — writes succeed again on the new leader, and the old one's
 //! Patroni, started again by the supervisor, rejoins as the sync standby; no acknowledged row
 //! is missing; the delete leaves no
@@ -290,8 +290,8 @@ async fn an_ha_instance_fails_over_by_itself_loses_no_acknowledged_row_and_is_de
         }
     }
     let killed = Instant::now();
-    // Through the same credentials, by themselves: Patroni promotes the sync standby (or the
-    // supervisor's restart of m1's Patroni brings it back first), libpq finds the writer.
+    // Through the same credentials, by themselves: Patroni promotes the sync standby, libpq
+    // finds the writer.
     writer
         .wait_acked_since(killed, 10, "writes after the kill")
         .await;
@@ -301,8 +301,8 @@ async fn an_ha_instance_fails_over_by_itself_loses_no_acknowledged_row_and_is_de
         killed.elapsed().as_secs_f64(),
         view["ha"]["members"]
     );
-    // The killed member's Patroni is started again by the supervisor, and the pair is whole
-    // again (m1 may have kept the lead: its Patroni came back within the leader key's ttl).
+    // The killed member's Patroni is started again by the supervisor once another member
+    // leads (or after its grace), and the pair is whole again.
     wait_members(&app, &id, "both members back, one leading", whole).await;
     assert!(
         patroni_pid(&dirs[0]).is_some_and(|p| !victims.contains(&p)),
