@@ -2,7 +2,9 @@
 //! for, before the 202, each with a 422 naming what to do. The coordinator must be configured
 //! (`ha.dcs_endpoints`); agents must answer the runtime's HA calls ([`AGENTS_RUN_HA`]); an HA
 //! instance is never a follower or a clone; a plan change between single and HA is not offered
-//! yet. An HA instance's binding credentials name every member ([`Broker::ha_credentials`]).
+//! yet. Anything else is provisioned by the HA job (`jobs::JobSpec::provision_ha`, the steps in
+//! `jobs/steps/ha.rs`). An HA instance's binding credentials name every member
+//! ([`Broker::ha_credentials`]).
 //! Imports `catalog`, `context` and `store` only.
 
 use serde::Serialize;
@@ -47,10 +49,6 @@ pub struct HaMemberView {
 /// refused. Flip it when they do.
 pub(crate) const AGENTS_RUN_HA: bool = false;
 
-/// Whether the broker provisions HA plans. False until the HA provisioning job exists: an HA
-/// plan is refused rather than provisioned as a single member.
-pub(crate) const HA_PROVISIONING: bool = false;
-
 impl Broker {
     /// Refuses a provision of an HA plan the deployment cannot serve. `clone`/`follow`: the
     /// request asked for one.
@@ -90,12 +88,6 @@ impl Broker {
             return Err(BrokerError::Unprocessable(format!(
                 "Plan {name:?} is highly available, and this broker's agents do not run HA \
                  members yet. Choose a plan without HA."
-            )));
-        }
-        if !HA_PROVISIONING {
-            return Err(BrokerError::Unprocessable(format!(
-                "Plan {name:?} is highly available, and this broker does not provision HA \
-                 plans yet. Choose a plan without HA."
             )));
         }
         Ok(())

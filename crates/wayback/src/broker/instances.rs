@@ -268,6 +268,8 @@ impl Broker {
         let audit = audit.operation(&operation);
         let spec = match leader {
             Some(l) => JobSpec::follow(l),
+            // An HA plan (never a clone or a follower: refused above): its own sequence.
+            None if plan.ha.is_some() => JobSpec::provision_ha(),
             None => JobSpec::provision(source),
         };
         let job = new_job(&operation, &req.instance_id, None, spec);

@@ -163,24 +163,54 @@ pub async fn run(settings: Settings, timeout: Duration) -> anyhow::Result<DrainR
     let live = store
         .instances_in_states(&[InstanceState::Ready, InstanceState::Updating])
         .await;
+    // An HA instance's members here are kept under their member keys (`<id>~<member>`): each
+    // is planned; the hand-over below skips those that are standbys.
+    let members = ha_member_keys(&store).await;
     store.close().await;
+    let members = members?;
     let planned = live?
         .into_iter()
-        .map(|record| match record.agent {
+        .flat_map(|record| match record.agent {
             // Its agent's own drain (`wayback drain --agent`) archives it when that VM stops.
-            Some(agent) => Plan::Skip {
+            Some(agent) => vec![Plan::Skip {
                 id: record.id,
                 why: format!("runs on agent {agent}: its drain archives it"),
-            },
-            None => Plan::Switch {
-                prefix: SpaceGuid::parse(record.space_guid.clone())
+            }],
+            None => {
+                let prefix = SpaceGuid::parse(record.space_guid.clone())
                     .map(|space| InstancePrefix::new(&space, &record.id))
-                    .map_err(|e| format!("space {:?}: {e}", record.space_guid)),
-                id: record.id,
-            },
+                    .map_err(|e| format!("space {:?}: {e}", record.space_guid));
+                let keys = members
+                    .get(&record.id)
+                    .cloned()
+                    .unwrap_or_else(|| vec![record.id.clone()]);
+                keys.into_iter()
+                    .map(|id| Plan::Switch {
+                        prefix: prefix.clone(),
+                        id,
+                    })
+                    .collect()
+            }
         })
         .collect();
     drain_all(&settings, data_dir, planned, timeout).await
+}
+
+/// The cluster keys of the HA instances' members on the broker's machine, by instance.
+async fn ha_member_keys(
+    store: &crate::store::Store,
+) -> anyhow::Result<std::collections::HashMap<InstanceId, Vec<InstanceId>>> {
+    let mut keys = std::collections::HashMap::new();
+    for id in store.ha_instance_ids().await? {
+        let members = store.ha_members(&id).await?;
+        let here: Vec<InstanceId> = members
+            .iter()
+            .filter(|m| m.agent.is_empty())
+            .map(|m| id.member_key(&m.member))
+            .collect();
+        keys.insert(id, here);
+    }
+    Ok(keys)
 }
 
 /// Switches and waits for every cluster of this agent's data directory, without a state

@@ -79,8 +79,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<RekeyReport> {
         Ok(_) => Some(store.reseal_replication_passwords().await),
         Err(_) => None,
     };
-    let rewrapped = match (&resealed, &replication) {
-        (Ok(_), Some(Ok(_))) => Some(rewrap_archive_keys(&settings, &data_dir, &store).await),
+    let ha_superuser = match &replication {
+        Some(Ok(_)) => Some(store.reseal_ha_superuser_passwords().await),
+        _ => None,
+    };
+    let rewrapped = match (&resealed, &replication, &ha_superuser) {
+        (Ok(_), Some(Ok(_)), Some(Ok(_))) => {
+            Some(rewrap_archive_keys(&settings, &data_dir, &store).await)
+        }
         _ => None,
     };
     store.close().await;
@@ -92,6 +98,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<RekeyReport> {
         steps.push(RekeyStep {
             secrets: "followers' replication passwords (state database)",
             resealed: replication?,
+        });
+    }
+    if let Some(ha_superuser) = ha_superuser {
+        steps.push(RekeyStep {
+            secrets: "HA instances' superuser passwords (state database)",
+            resealed: ha_superuser?,
         });
     }
     if let Some(rewrapped) = rewrapped {

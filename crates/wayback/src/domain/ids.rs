@@ -89,6 +89,64 @@ id_type!(
     InstanceId,
     "instance id"
 );
+/// Separates an instance id from an HA member's name in the member's cluster key. It never
+/// occurs in an id (see [`validate`]), so a member's key cannot be another instance's id, and it
+/// needs no escaping in a path or a URL.
+pub const MEMBER_SEPARATOR: char = '~';
+
+impl InstanceId {
+    /// The key one member of an HA instance (issue 15) keeps its cluster under on a machine
+    /// (`<id>~<member>`: its directory, lock, pidfile and superuser password), so that one
+    /// machine can hold several members of one instance. A single-member instance's key is its
+    /// id, as it always was. `member` is letters, digits, `-` and `_`.
+    pub fn member_key(&self, member: &str) -> InstanceId {
+        debug_assert!(
+            !member.is_empty()
+                && member
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')),
+            "member name {member:?}"
+        );
+        Self(format!("{}{MEMBER_SEPARATOR}{member}", self.0))
+    }
+
+    /// The instance a cluster key belongs to: the id itself, or an HA member's instance.
+    pub fn instance(&self) -> InstanceId {
+        match self.0.split_once(MEMBER_SEPARATOR) {
+            Some((id, _)) => Self(id.to_string()),
+            None => self.clone(),
+        }
+    }
+
+    /// A cluster key read back (a directory name): an instance id, or an HA member's
+    /// `<id>~<member>` with both parts checked as [`Self::member_key`] makes them.
+    pub fn parse_cluster_key(value: &str) -> Result<Self, IdError> {
+        match value.split_once(MEMBER_SEPARATOR) {
+            None => Self::parse(value),
+            Some((id, member)) => {
+                let id = Self::parse(id)?;
+                if member.is_empty()
+                    || !member
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+                {
+                    return Err(IdError {
+                        what: "member name",
+                        value: member.chars().take(80).collect(),
+                        reason: "use only letters, digits, '-' and '_'",
+                    });
+                }
+                Ok(id.member_key(member))
+            }
+        }
+    }
+
+    /// The member name of an HA member's cluster key; None for an instance's own id.
+    pub fn member(&self) -> Option<&str> {
+        self.0.split_once(MEMBER_SEPARATOR).map(|(_, m)| m)
+    }
+}
+
 id_type!(
     /// A service binding id chosen by the platform.
     BindingId,
@@ -117,6 +175,19 @@ id_type!(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_cluster_key_reads_back_as_an_id_or_a_member_key() {
+        let id = InstanceId::parse("abc-1").unwrap();
+        assert_eq!(InstanceId::parse_cluster_key("abc-1").unwrap(), id);
+        let key = InstanceId::parse_cluster_key("abc-1~m2").unwrap();
+        assert_eq!(key, id.member_key("m2"));
+        assert_eq!(key.instance(), id);
+        assert_eq!(key.member(), Some("m2"));
+        for bad in ["abc-1~", "~m1", "abc-1~m.1", "abc-1~m1~m2", ".x~m1"] {
+            assert!(InstanceId::parse_cluster_key(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]
@@ -143,6 +214,19 @@ mod tests {
         let long = "x".repeat(65);
         let e = InstanceId::parse(long).unwrap_err();
         assert!(e.to_string().contains("at most 64"), "{e}");
+    }
+
+    #[test]
+    fn a_members_key_is_never_an_instance_id_and_names_its_instance() {
+        let id = InstanceId::parse("3f2a9c1e-0000-4000-8000-000000000001").unwrap();
+        let key = id.member_key("m2");
+        assert_eq!(key.as_str(), "3f2a9c1e-0000-4000-8000-000000000001~m2");
+        assert!(
+            InstanceId::parse(key.as_str()).is_err(),
+            "a key is no instance id"
+        );
+        assert_eq!((key.instance(), key.member()), (id.clone(), Some("m2")));
+        assert_eq!((id.instance(), id.member()), (id.clone(), None));
     }
 
     #[test]

@@ -11,7 +11,9 @@ mod secret;
 mod state;
 
 pub use follower::{follower_slot, FollowerLag, FollowerState};
-pub use ids::{BindingId, IdError, InstanceId, OrgGuid, PlanId, ServiceId, SpaceGuid};
+pub use ids::{
+    BindingId, IdError, InstanceId, OrgGuid, PlanId, ServiceId, SpaceGuid, MEMBER_SEPARATOR,
+};
 pub use originator::Originator;
 pub use secret::new_password;
 pub use state::{BindingState, InstanceState, OperationKind, OperationState};

@@ -17,6 +17,7 @@
 
 mod clone_source;
 mod follow_source;
+pub mod ha;
 pub mod instance_doc;
 pub mod kept;
 mod lease;

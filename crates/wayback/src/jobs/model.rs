@@ -153,6 +153,12 @@ stored_names! {
         FollowRelease = "follow_release",
         // Restore drills (issue 18): see `steps::drill`.
         RunDrill = "run_drill",
+        // HA instances (issue 15): see `steps::ha`.
+        HaPlace = "ha_place",
+        HaAdopt = "ha_adopt",
+        HaFirstBackup = "ha_first_backup",
+        HaSeedStandby = "ha_seed_standby",
+        HaWaitStandby = "ha_wait_standby",
     }
 }
 
@@ -180,6 +186,25 @@ const CLONE: &[Step] = &[
     Step::Start,
     Step::CloneRotate,
     Step::CloneFirstArchive,
+];
+
+/// An HA plan's provision (issue 15): the primary member's port, then every member's machine
+/// and ports recorded (`ha_members`), the primary's cluster made as a provision makes one (under
+/// its member key), Patroni adopting it (it leads on the next timeline), a first base backup
+/// (the standby's archive target needs the cluster's system identifier, and undo needs a
+/// backup), the standby seeded by Patroni from the leader, and a wait until it streams (in
+/// `sync` mode as the sync standby).
+const HA_PROVISION: &[Step] = &[
+    Step::AllocatePort,
+    Step::HaPlace,
+    Step::CreateCluster,
+    Step::ConfigureArchive,
+    Step::Start,
+    Step::CreateDatabase,
+    Step::HaAdopt,
+    Step::HaFirstBackup,
+    Step::HaSeedStandby,
+    Step::HaWaitStandby,
 ];
 
 /// A plan change: the new plan's settings, applied (and a restart if one needs it).
@@ -262,6 +287,9 @@ pub struct ProvisionPayload {
     pub clone: Option<CloneSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follow: Option<FollowSource>,
+    /// An HA plan's provision (`"ha": true`); absent for every other.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ha: bool,
 }
 
 /// `{"requested_at": …, "plan_id": "…"}`: the plan to change to; `"unfollow": true` for a
@@ -301,6 +329,17 @@ impl JobSpec {
             requested_at: now_millis(),
             clone,
             follow: None,
+            ha: false,
+        })
+    }
+
+    /// An HA plan's provision (a primary and its standby under Patroni); requested now.
+    pub fn provision_ha() -> Self {
+        JobSpec::Provision(ProvisionPayload {
+            requested_at: now_millis(),
+            clone: None,
+            follow: None,
+            ha: true,
         })
     }
 
@@ -310,6 +349,7 @@ impl JobSpec {
             requested_at: now_millis(),
             clone: None,
             follow: Some(source),
+            ha: false,
         })
     }
 
@@ -395,6 +435,11 @@ impl JobSpec {
         }
     }
 
+    /// Whether this is an HA plan's provision.
+    pub fn is_ha(&self) -> bool {
+        matches!(self, JobSpec::Provision(p) if p.ha)
+    }
+
     /// Whether this is a follower's promotion (`unfollow`).
     pub fn is_unfollow(&self) -> bool {
         matches!(self, JobSpec::Update(u) if u.unfollow)
@@ -406,6 +451,7 @@ impl JobSpec {
             JobSpec::Provision(ProvisionPayload {
                 follow: Some(_), ..
             }) => FOLLOW,
+            JobSpec::Provision(ProvisionPayload { ha: true, .. }) => HA_PROVISION,
             JobSpec::Provision(ProvisionPayload { clone: None, .. }) => PROVISION,
             JobSpec::Provision(ProvisionPayload { clone: Some(_), .. }) => CLONE,
             JobSpec::Update(UpdatePayload { unfollow: true, .. }) => UNFOLLOW,

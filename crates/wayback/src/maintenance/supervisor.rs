@@ -36,6 +36,16 @@
 //! and streams again by itself); and a leader's slot missing for a ready follower (a leader
 //! restored, say), or lost past `max_slot_wal_keep_size`, is granted again
 //! (`jobs::ensure_grant`, idempotent).
+//!
+//! An HA instance (issue 15) is tended member by member (`supervisor_ha.rs`): Patroni restarts
+//! its own PostgreSQL, so the supervisor never starts a member's server itself; a member whose
+//! Patroni is gone gets its Patroni started again (which adopts its data directory and rejoins).
+//! The WAL switch, the archiver's statistics and the backup schedule act on the member that
+//! leads now. Which instances are HA is read once per pass (`Store::ha_instance_ids`); an HA
+//! instance costs a pass a Patroni REST call for its leader.
+
+#[path = "supervisor_ha.rs"]
+mod ha;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -55,6 +65,8 @@ pub struct Supervisor {
     timers: Mutex<HashMap<crate::domain::InstanceId, Timers>>,
     /// When the base backup schedule was last looked at.
     backups_looked: Mutex<Option<Instant>>,
+    /// HA members (by member key) whose Patroni was first seen gone at that time (`ha`).
+    ha_down_since: Mutex<HashMap<crate::domain::InstanceId, Instant>>,
 }
 
 /// The periodic actions the supervisor takes per instance.
@@ -86,6 +98,7 @@ impl Supervisor {
             archive_interval,
             timers: Mutex::new(HashMap::new()),
             backups_looked: Mutex::new(None),
+            ha_down_since: Mutex::new(HashMap::new()),
         }
     }
 
@@ -130,11 +143,13 @@ impl Supervisor {
         }
     }
 
-    /// Enqueues a base backup of `instance` if its plan's schedule says one is due.
+    /// Enqueues a base backup of `instance` if its plan's schedule says one is due; `cluster`
+    /// is the cluster that takes its writes (its id, or an HA instance's leader's key).
     async fn schedule_backup(
         &self,
         instance: &crate::store::InstanceRecord,
         backups: &crate::store::BackupOverview,
+        cluster: &crate::domain::InstanceId,
     ) -> anyhow::Result<()> {
         let Some(plan) = self
             .ctx
@@ -148,7 +163,7 @@ impl Supervisor {
         }
         let newest = backups.newest.get(&instance.id);
         let position = match newest {
-            Some(_) => Some(self.ctx.runtime.wal_position(&instance.id).await?),
+            Some(_) => Some(self.ctx.runtime.wal_position(cluster).await?),
             None => None,
         };
         let now = crate::store::now_millis();
@@ -251,6 +266,18 @@ impl Supervisor {
         }
         let down = survey.down();
         let backups = self.backup_look().await;
+        let ha: std::collections::HashSet<crate::domain::InstanceId> = match self
+            .ctx
+            .store
+            .ha_instance_ids()
+            .await
+        {
+            Ok(ids) => ids.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read which instances are HA; checking none this pass");
+                return Ok(started);
+            }
+        };
         let (mut waiting, mut unplaced) = (0, 0);
         for instance in ready {
             match survey.reach(instance.agent.as_deref()) {
@@ -264,6 +291,11 @@ impl Supervisor {
                     unplaced += 1;
                     continue;
                 }
+            }
+            // An HA instance's members are Patroni's to run (`ha`).
+            if ha.contains(&instance.id) {
+                started += self.check_ha(&instance, backups.as_ref()).await;
+                continue;
             }
             if self.check_one(&instance, backups.as_ref()).await {
                 started += 1;
@@ -306,7 +338,7 @@ impl Supervisor {
                     }
                 }
                 if let Some(backups) = backups {
-                    if let Err(e) = self.schedule_backup(instance, backups).await {
+                    if let Err(e) = self.schedule_backup(instance, backups, &instance.id).await {
                         tracing::warn!(instance = %instance.id, error = format!("{e:#}"), "cannot check the base backup schedule");
                     }
                 }

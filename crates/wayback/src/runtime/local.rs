@@ -149,7 +149,7 @@ impl LocalRuntime {
             .flatten()
             .flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .filter_map(|e| InstanceId::parse(e.file_name().to_string_lossy().as_ref()).ok())
+            .filter_map(|e| InstanceId::parse_cluster_key(&e.file_name().to_string_lossy()).ok())
             .collect();
         ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         ids

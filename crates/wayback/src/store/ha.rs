@@ -2,12 +2,20 @@
 //! plan has `metadata.wayback.ha` — its Patroni member name, machine, PostgreSQL port and
 //! Patroni REST port. The instance row keeps its first member's port and machine; the member
 //! rows are what the HA jobs, bindings and views read. Ports here count as held on their machine
-//! ([`Store::used_ports`]). Must not import `osb`, `broker`, `runtime` or `pg`.
+//! ([`Store::used_ports`]). The superuser password the members share (migration 0013) is
+//! sealed like a binding's (`secrets`: the key check and `wayback rekey` cover it).
+//! Must not import `osb`, `broker`, `runtime` or `pg`.
 
+use secrecy::SecretString;
 use sqlx::Row;
 
 use super::{conflict_on_unique, now_millis, Store, StoreError};
 use crate::domain::InstanceId;
+
+/// The associated data an HA instance's sealed superuser password is bound to.
+pub(super) fn ha_superuser_context_of(instance: &str) -> String {
+    format!("ha-superuser:{instance}")
+}
 
 /// One member of an HA instance, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +130,91 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
+    }
+
+    /// The superuser password an HA instance's members share, opened; None when none is
+    /// stored yet.
+    pub async fn ha_superuser_password(
+        &self,
+        id: &InstanceId,
+    ) -> Result<Option<SecretString>, StoreError> {
+        let row = sqlx::query("SELECT superuser_password FROM instances WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(sealed) = row
+            .map(|r| r.try_get::<Option<String>, _>("superuser_password"))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(None);
+        };
+        self.keyring()?
+            .open_secret(&sealed, &ha_superuser_context_of(id.as_str()))
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                id: id.to_string(),
+                message: format!("HA superuser password: {e}"),
+            })
+    }
+
+    /// Stores `password` sealed unless the instance has one already, and returns the one
+    /// stored: a step run twice (or twice at once) agrees on one password.
+    pub async fn ensure_ha_superuser_password(
+        &self,
+        id: &InstanceId,
+        password: &SecretString,
+    ) -> Result<SecretString, StoreError> {
+        let keyring = self.keyring()?;
+        let sealed = keyring.seal_secret(password, &ha_superuser_context_of(id.as_str()));
+        sqlx::query(
+            "UPDATE instances SET superuser_password = $1, superuser_password_key = $2 \
+             WHERE id = $3 AND superuser_password IS NULL",
+        )
+        .bind(&sealed)
+        .bind(keyring.current_id())
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        self.ha_superuser_password(id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt {
+                id: id.to_string(),
+                message: "the instance is gone".into(),
+            })
+    }
+
+    /// An HA instance's system identifier, once its first base backup recorded it.
+    pub async fn ha_system_identifier(&self, id: &InstanceId) -> Result<Option<u64>, StoreError> {
+        let row = sqlx::query("SELECT system_identifier FROM instances WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(text) = row
+            .map(|r| r.try_get::<Option<String>, _>("system_identifier"))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(None);
+        };
+        text.parse().map(Some).map_err(|_| StoreError::Corrupt {
+            id: id.to_string(),
+            message: format!("instances.system_identifier {text:?} is not a number"),
+        })
+    }
+
+    /// Records an HA instance's system identifier.
+    pub async fn set_ha_system_identifier(
+        &self,
+        id: &InstanceId,
+        system_identifier: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE instances SET system_identifier = $1 WHERE id = $2")
+            .bind(system_identifier.to_string())
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// The instances with two members or more recorded (the HA metrics' instances).

@@ -167,6 +167,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed(include_str!("../../migrations/0012_ha_members.sql")),
             false,
         ),
+        Migration::new(
+            13,
+            Cow::Borrowed("ha superuser password"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0013_ha_superuser.sql")),
+            false,
+        ),
     ];
     Migrator {
         migrations: Cow::Owned(migrations),

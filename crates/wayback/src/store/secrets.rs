@@ -5,7 +5,8 @@
 //! ([`Store::seal_clear_secrets`]): row by row, each update guarded by the marker, so a crash
 //! half-way leaves rows either clear-and-marked or sealed, and the next start finishes.
 //! [`Store::reseal_secrets`] is `wayback rekey`'s part here. Followers' replication passwords
-//! (`followers`) are sealed from the start: the key check and the re-seal cover them too. Must not import `osb`, `broker`,
+//! (`followers`) and HA instances' shared superuser passwords (`ha`) are sealed from the
+//! start: the key check and the re-seal cover them too. Must not import `osb`, `broker`,
 //! `runtime` or `pg`.
 
 use sqlx::Row;
@@ -37,7 +38,9 @@ impl Store {
         let rows = sqlx::query(
             "SELECT password_key FROM bindings WHERE password_key IS NOT NULL \
              UNION SELECT replication_password_key FROM instances \
-             WHERE replication_password_key IS NOT NULL ORDER BY 1",
+             WHERE replication_password_key IS NOT NULL \
+             UNION SELECT superuser_password_key FROM instances \
+             WHERE superuser_password_key IS NOT NULL ORDER BY 1",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -85,6 +88,11 @@ impl Store {
     /// [`Self::reseal_secrets`] for followers' replication passwords.
     pub async fn reseal_replication_passwords(&self) -> Result<usize, StoreError> {
         self.reseal(&SealedColumn::REPLICATION_PASSWORD).await
+    }
+
+    /// [`Self::reseal_secrets`] for HA instances' shared superuser passwords.
+    pub async fn reseal_ha_superuser_passwords(&self) -> Result<usize, StoreError> {
+        self.reseal(&SealedColumn::HA_SUPERUSER_PASSWORD).await
     }
 
     /// Re-seals one column's values that an older key sealed; returns how many. Each row is
@@ -156,5 +164,12 @@ impl SealedColumn {
         key: "replication_password_key",
         what: "replication password",
         context: super::followers::replication_password_context_of,
+    };
+    const HA_SUPERUSER_PASSWORD: SealedColumn = SealedColumn {
+        table: "instances",
+        value: "superuser_password",
+        key: "superuser_password_key",
+        what: "HA superuser password",
+        context: super::ha::ha_superuser_context_of,
     };
 }

@@ -34,6 +34,8 @@ mod follow_engine;
 mod followers;
 mod ha_agents;
 mod ha_async;
+mod ha_broker;
+mod ha_broker_crash;
 mod ha_engine;
 mod ha_ops;
 mod ha_timelines;

@@ -95,6 +95,22 @@ async fn suite(url: &str, raw: impl AsyncFn() -> Vec<String>) {
     old.ensure_replication_password(&follower, &repl)
         .await
         .unwrap();
+    // An HA instance's shared superuser password too (migration 0013; here on i-1's row).
+    let superuser = SecretString::from(format!("{MARKER}superuser"));
+    let stored = old
+        .ensure_ha_superuser_password(&follower, &superuser)
+        .await
+        .unwrap();
+    assert_eq!(stored.expose_secret(), superuser.expose_secret());
+    let again = old
+        .ensure_ha_superuser_password(&follower, &SecretString::from("another".to_string()))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.expose_secret(),
+        superuser.expose_secret(),
+        "made once"
+    );
     for value in raw().await {
         assert!(!value.contains(MARKER), "stored in clear: {value}");
         assert!(value.starts_with("wbenc:v1:old:"), "{value}");
@@ -115,6 +131,8 @@ async fn suite(url: &str, raw: impl AsyncFn() -> Vec<String>) {
         0,
         "idempotent"
     );
+    assert_eq!(both.reseal_ha_superuser_passwords().await.unwrap(), 1);
+    assert_eq!(both.reseal_ha_superuser_passwords().await.unwrap(), 0);
     let only_new = Store::connect(url)
         .await
         .unwrap()
@@ -127,6 +145,11 @@ async fn suite(url: &str, raw: impl AsyncFn() -> Vec<String>) {
         reopened.unwrap().expose_secret(),
         format!("{MARKER}repl"),
         "opens with the new key alone"
+    );
+    let reopened = only_new.ha_superuser_password(&follower).await.unwrap();
+    assert_eq!(
+        reopened.unwrap().expose_secret(),
+        format!("{MARKER}superuser")
     );
     let only_old = Store::connect(url)
         .await
@@ -160,10 +183,13 @@ async fn sqlite_files_hold_no_binding_password() {
 
 async fn store_passwords(url: &str) -> Vec<String> {
     let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
-    let rows = sqlx::query("SELECT password FROM bindings")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
+    let rows = sqlx::query(
+        "SELECT password FROM bindings UNION ALL SELECT superuser_password FROM instances \
+         WHERE superuser_password IS NOT NULL",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
     rows.iter()
         .map(|r| r.get::<String, _>("password"))
         .collect()

@@ -276,6 +276,9 @@ pub(super) fn write_recovery(
 
     let conf = String::from_utf8_lossy(&read(&pgdata.join("postgresql.conf"))?).into_owned();
     let floors = effective_floors(&conf, &plan.floors);
+    if let Some(own) = without_patroni_conf(&conf) {
+        write(&pgdata.join("postgresql.conf"), own.as_bytes(), owner)?;
+    }
     let text = render_conf(&conf_input(req, Some((plan.target, &floors)))?)?;
     write(&pgdata.join(ARCHIVE_INCLUDE), text.as_bytes(), owner)?;
     let (signal, other) = if req.standby.is_some() {
@@ -298,6 +301,26 @@ pub(super) fn write_recovery(
     );
     write(&pgdata.join("pg_ident.conf"), &ident, owner)?;
     Ok(files)
+}
+
+/// What Patroni writes at the top of the `postgresql.conf` it manages.
+const PATRONI_MARK: &str = "overwritten by Patroni";
+
+/// A base backup of an HA member (issue 15) holds the `postgresql.conf` Patroni wrote: it
+/// includes that member's own base file outside the data directory (another cluster's port,
+/// sockets and archiving, which a restore must never take, and which is gone once the member
+/// is) and names that member's `hba_file`, `ident_file` and `synchronous_standby_names`. For
+/// such a file, the one the restore uses instead: only `wayback-archive.conf` (the hot-standby
+/// floors were read from the original first). A clone's or follower's own configuration is
+/// written whole after the restore, as for any source. None: not Patroni's.
+pub(super) fn without_patroni_conf(conf: &str) -> Option<String> {
+    conf.contains(PATRONI_MARK).then(|| {
+        format!(
+            "# Written by Wayback's restore: the backup was an HA member's, whose configuration\n\
+             # Patroni wrote for that member's machine.\n\
+             include '{ARCHIVE_INCLUDE}'\n"
+        )
+    })
 }
 
 /// A local archive is written by wal-push as the cluster user: give it its prefix's directories.

@@ -114,25 +114,29 @@ pub async fn backup_step(ctx: &AppContext, job: &Job, reason: &str) -> StepResul
     Ok(Outcome::Next)
 }
 
-/// Takes a base backup of `instance` and records it (for the backup job, and for a deprovision
-/// that finds none).
+/// Takes a base backup of `instance` and records it (for the backup job, a deprovision that
+/// finds none, and an HA provision's first). An HA instance's backup is taken from the member
+/// that leads now (`jobs::ha::cluster_key`).
 pub async fn take_and_record(
     ctx: &AppContext,
     job_id: &str,
     instance: &InstanceRecord,
     reason: &str,
-) -> Result<(), StepError> {
+) -> Result<BackupReport, StepError> {
+    let key = crate::jobs::ha::cluster_key(ctx, &instance.id)
+        .await
+        .map_err(StepError::transient)?;
     // The WAL counter before the backup starts: the next backup is due for the WAL a restore
     // from this one would replay, which begins at its start. Best effort: without it only the
     // schedule applies until the next backup.
-    let wal_bytes_at_start = match ctx.runtime.wal_position(&instance.id).await {
+    let wal_bytes_at_start = match ctx.runtime.wal_position(&key).await {
         Ok(p) => p.wal_bytes.and_then(|w| i64::try_from(w).ok()),
         Err(e) => {
             tracing::debug!(instance = %instance.id, error = %e, "cannot read the WAL counter before a backup");
             None
         }
     };
-    let report = take(ctx, instance, reason).await?;
+    let report = take(ctx, instance, &key, reason).await?;
     let m = &report.manifest;
     ctx.store
         .record_backup(&BackupRecord {
@@ -171,7 +175,7 @@ pub async fn take_and_record(
         archive_wait_ms = report.timings.archive_wait_ms,
         "base backup taken"
     );
-    Ok(())
+    Ok(report)
 }
 
 /// The options the settings give.
@@ -179,18 +183,18 @@ pub fn options(ctx: &AppContext, reason: &str) -> BackupOptions {
     BackupOptions::from_settings(&ctx.settings, reason)
 }
 
+/// A base backup of the cluster kept under `key` (the instance's id, or an HA member's key)
+/// into the instance's prefix.
 async fn take(
     ctx: &AppContext,
     instance: &InstanceRecord,
+    key: &InstanceId,
     reason: &str,
 ) -> Result<BackupReport, StepError> {
     let space = SpaceGuid::parse(instance.space_guid.clone()).map_err(StepError::transient)?;
     let prefix = InstancePrefix::new(&space, &instance.id);
     let options = options(ctx, reason);
-    Ok(ctx
-        .runtime
-        .take_backup(&instance.id, &prefix, &options)
-        .await?)
+    Ok(ctx.runtime.take_backup(key, &prefix, &options).await?)
 }
 
 #[cfg(test)]

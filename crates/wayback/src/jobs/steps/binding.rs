@@ -9,6 +9,9 @@
 //! operation says the role works once the follower catches up. An unbind whose leader is gone
 //! has nothing left to drop and succeeds.
 //!
+//! An HA instance's roles are made and dropped on the member that leads now
+//! (`jobs::ha::cluster_key`); its standby gets them by replication.
+//!
 //! A leaf of `steps`: imports none of its siblings nor the dispatcher, and never `broker`.
 
 use std::time::{Duration, Instant};
@@ -69,9 +72,14 @@ pub async fn bind_step(ctx: &AppContext, job: &Job) -> StepResult {
                 } else {
                     RoleAccess::Owner
                 };
+                // An HA instance's roles are made on its leader; the standby gets them by
+                // replication (`jobs::ha`).
+                let cluster = crate::jobs::ha::cluster_key(ctx, &instance.id)
+                    .await
+                    .map_err(StepError::transient)?;
                 ctx.runtime
                     .create_login_role(
-                        &instance.id,
+                        &cluster,
                         &binding.role_name,
                         &binding.password,
                         &instance.owner_role,
@@ -167,8 +175,12 @@ pub async fn unbind_step(ctx: &AppContext, job: &Job) -> StepResult {
                     .filter(|l| l.state != InstanceState::Deleted),
             };
             if let Some(home) = home {
+                // An HA instance's roles are dropped on its leader (`jobs::ha`).
+                let cluster = crate::jobs::ha::cluster_key(ctx, &home.id)
+                    .await
+                    .map_err(StepError::transient)?;
                 ctx.runtime
-                    .drop_login_role(&home.id, &binding.role_name, &home.owner_role)
+                    .drop_login_role(&cluster, &binding.role_name, &home.owner_role)
                     .await?;
             }
             Ok(Outcome::Next)

@@ -174,7 +174,16 @@ pub async fn fork(ctx: &AppContext, job: &Job, src: &CloneSource) -> StepResult 
     if !record.state.is_live() {
         return Ok(Outcome::Next);
     }
-    match ctx.runtime.status(&src.id).await {
+    // An HA source's WAL is its leader's; with no leader now, what it archived is all there is.
+    let cluster = match crate::jobs::ha::cluster_key(ctx, &src.id).await {
+        Ok(key) => key,
+        Err(crate::jobs::ha::LeaderError::Store(e)) => return Err(e.into()),
+        Err(e) => {
+            tracing::warn!(source = %src.id, error = %e, "no leader of the HA source; cloning what its archive holds");
+            return Ok(Outcome::Next);
+        }
+    };
+    match ctx.runtime.status(&cluster).await {
         Ok(ClusterStatus::Running) => {}
         Ok(_) => return Ok(Outcome::Next),
         // The source's agent is gone (its VM lost, say): what it archived is all there is.
@@ -198,7 +207,7 @@ pub async fn fork(ctx: &AppContext, job: &Job, src: &CloneSource) -> StepResult 
         &format!("Cloning {src}: archiving the source's latest WAL (fork)"),
     )
     .await;
-    let (lsn, walfile) = ctx.runtime.switch_wal_segment(&src.id).await?;
+    let (lsn, walfile) = ctx.runtime.switch_wal_segment(&cluster).await?;
     let space = SpaceGuid::parse(record.space_guid.clone()).map_err(StepError::transient)?;
     let name =
         WalFileName::parse(&walfile).map_err(|e| StepError::transient(anyhow::anyhow!(e)))?;

@@ -16,16 +16,20 @@ pub async fn archive_final_wal(
     ctx: &AppContext,
     instance: &InstanceRecord,
 ) -> Result<(), StepError> {
-    match ctx.runtime.status(&instance.id).await? {
+    // An HA instance's last WAL is its leader's (`jobs::ha`).
+    let cluster = crate::jobs::ha::cluster_key_or_first(ctx, &instance.id)
+        .await
+        .map_err(StepError::transient)?;
+    match ctx.runtime.status(&cluster).await? {
         // A provision that failed before the cluster existed: nothing was ever committed.
         ClusterStatus::Absent => return Ok(()),
         // Down (crashed, or the machine restarted): start it so the archiver pushes what is left.
-        ClusterStatus::Stopped => ctx.runtime.start(&instance.id).await?,
+        ClusterStatus::Stopped => ctx.runtime.start(&cluster).await?,
         ClusterStatus::Running => {}
     }
     let Some((lsn, walfile)) = ctx
         .runtime
-        .seal_wal(&instance.id, &instance.database_name)
+        .seal_wal(&cluster, &instance.database_name)
         .await?
     else {
         tracing::info!(instance = %instance.id, "cluster never archived; nothing to seal");

@@ -1,8 +1,8 @@
 //! Provision, update and deprovision steps (the steps a provision shares with a clone-from
 //! provision included). Their order is in `jobs::model`.
 //!
-//! A leaf of `steps`: imports `backup` and `final_wal` of its siblings, never `clone` or the
-//! dispatcher (`steps` itself), and never `broker`.
+//! A leaf of `steps`: imports `backup` and `final_wal` of its siblings, never `clone`, `ha` or
+//! the dispatcher (`steps` itself), and never `broker`.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -27,7 +27,7 @@ pub async fn load(ctx: &AppContext, job: &Job) -> Result<InstanceRecord, StepErr
         })
 }
 
-fn spec(
+pub(super) fn spec(
     ctx: &AppContext,
     instance: &InstanceRecord,
     plan_id: &str,
@@ -67,18 +67,7 @@ pub async fn provision_step(ctx: &AppContext, step: Step, instance: &InstanceRec
             Ok(Outcome::Next)
         }
         Step::ConfigureArchive => {
-            let space = crate::domain::SpaceGuid::parse(instance.space_guid.clone())
-                .map_err(StepError::transient)?;
-            let target =
-                crate::archive::ArchiveTarget::for_instance(&ctx.settings, &space, &instance.id);
-            let mut command = ctx.archive_command.clone();
-            if let Some(secs) = ctx
-                .catalog
-                .plan(&instance.service_id, &instance.plan_id)
-                .and_then(|p| p.archive.archive_interval_secs)
-            {
-                command.archive_timeout_secs = secs;
-            }
+            let (target, command) = archive_of(ctx, instance)?;
             ctx.runtime
                 .configure_archive(&instance.id, &target, &command)
                 .await?;
@@ -99,6 +88,32 @@ pub async fn provision_step(ctx: &AppContext, step: Step, instance: &InstanceRec
         }
         other => Err(unknown_step(other)),
     }
+}
+
+/// The instance's archive target (its own prefix) and how its clusters run the archiver (the
+/// plan's archive interval).
+pub(super) fn archive_of(
+    ctx: &AppContext,
+    instance: &InstanceRecord,
+) -> Result<
+    (
+        crate::archive::ArchiveTarget,
+        crate::runtime::ArchiveCommand,
+    ),
+    StepError,
+> {
+    let space = crate::domain::SpaceGuid::parse(instance.space_guid.clone())
+        .map_err(StepError::transient)?;
+    let target = crate::archive::ArchiveTarget::for_instance(&ctx.settings, &space, &instance.id);
+    let mut command = ctx.archive_command.clone();
+    if let Some(secs) = ctx
+        .catalog
+        .plan(&instance.service_id, &instance.plan_id)
+        .and_then(|p| p.archive.archive_interval_secs)
+    {
+        command.archive_timeout_secs = secs;
+    }
+    Ok((target, command))
 }
 
 /// Someone outside Wayback took the instance's port (on an agent's machine the broker cannot
@@ -167,13 +182,29 @@ pub async fn deprovision_step(ctx: &AppContext, job: &Job) -> StepResult {
         {
             Ok(Outcome::Next)
         }
+        // An HA instance without a base backup never got past its provision's
+        // `ha_first_backup`, so it never served an app: nothing to keep.
+        Step::FinalBackup
+            if !ctx.store.ha_members(&instance.id).await?.is_empty()
+                && ctx.store.latest_backup(&instance.id).await?.is_none() =>
+        {
+            Ok(Outcome::Next)
+        }
         Step::FinalBackup => {
             // Deleted before its first base backup (the provision's backup job was still
             // queued and has just been superseded): WAL alone cannot be restored, so take one
             // now or nothing of it could be undone. Storage down: retried, then the delete
             // fails and the instance is kept, as for the final WAL.
             if ctx.store.latest_backup(&instance.id).await?.is_none()
-                && ctx.runtime.status(&instance.id).await? == crate::runtime::ClusterStatus::Running
+                && ctx
+                    .runtime
+                    .status(
+                        &crate::jobs::ha::cluster_key_or_first(ctx, &instance.id)
+                            .await
+                            .map_err(StepError::transient)?,
+                    )
+                    .await?
+                    == crate::runtime::ClusterStatus::Running
             {
                 super::backup::take_and_record(ctx, &job.id, &instance, "deprovision").await?;
             }
@@ -199,6 +230,14 @@ pub async fn deprovision_step(ctx: &AppContext, job: &Job) -> StepResult {
             )
             .await
             .map_err(StepError::transient)?;
+            Ok(Outcome::Next)
+        }
+        // An HA instance's members are destroyed, none kept in the trash: undo is from the
+        // archive (the final WAL above is in it).
+        Step::Destroy if !ctx.store.ha_members(&instance.id).await?.is_empty() => {
+            crate::jobs::ha::destroy_members(ctx, &instance.id)
+                .await
+                .map_err(StepError::transient)?;
             Ok(Outcome::Next)
         }
         Step::Destroy => {
@@ -234,6 +273,18 @@ pub async fn on_end(
                 ));
             }
         }
+        (JobSpec::Provision(p), true) if p.ha => {
+            // Its first base backup was a step of its own (`ha_first_backup`).
+            if !store
+                .set_instance_state_from(id, InstanceState::Provisioning, InstanceState::Ready)
+                .await?
+            {
+                return Ok(Some(
+                    "Provisioning was stopped because the instance is being deleted.".into(),
+                ));
+            }
+            sync_doc(ctx, id, "provisioned").await;
+        }
         (JobSpec::Provision(_), true) => {
             // The first base backup is a job of its own, so provisioning does not wait for it.
             let backup = super::backup::backup_job(id, "provision");
@@ -260,6 +311,10 @@ pub async fn on_end(
                     {
                         tracing::warn!(instance = %id, leader = %src.leader, error = %e, "cannot withdraw the failed follower's grant on its leader; its delete will");
                     }
+                }
+                // An HA provision's members (each under its member key), and their rows.
+                if let Err(e) = crate::jobs::ha::destroy_members(ctx, id).await {
+                    tracing::warn!(instance = %id, error = %e, "cannot remove the failed HA provision's members; the delete will");
                 }
                 match ctx.runtime.destroy(id).await {
                     // Its port is free for the next provision.
@@ -313,13 +368,17 @@ pub async fn on_end(
             sync_doc(ctx, id, "deleted").await;
         }
         (JobSpec::Deprovision(_), false) => {
-            // Still there (e.g. the final WAL could not be archived): keep serving it.
+            // Still there (e.g. the final WAL could not be archived): keep serving it (an HA
+            // instance: on its leader).
+            let cluster = crate::jobs::ha::cluster_key_or_first(ctx, id)
+                .await
+                .unwrap_or_else(|_| id.clone());
             if matches!(
-                ctx.runtime.status(id).await,
+                ctx.runtime.status(&cluster).await,
                 Ok(crate::runtime::ClusterStatus::Running)
             ) {
                 ctx.runtime
-                    .reopen_database(id, &instance.database_name)
+                    .reopen_database(&cluster, &instance.database_name)
                     .await?;
                 store.set_instance_state(id, InstanceState::Ready).await?;
             } else {
@@ -442,7 +501,7 @@ impl PlacementLedger for StoreLedger<'_> {
     }
 }
 
-fn port_is_free(address: &str, port: u16) -> bool {
+pub(super) fn port_is_free(address: &str, port: u16) -> bool {
     let host = match address {
         "*" | "" => "0.0.0.0",
         other => other,

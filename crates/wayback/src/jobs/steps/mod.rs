@@ -12,6 +12,7 @@ mod clone;
 pub mod drill;
 mod final_wal;
 pub mod follow;
+mod ha;
 mod instance;
 
 use super::model::{Job, JobKind, JobSpec, Step};
@@ -39,6 +40,12 @@ pub(crate) async fn run_step(ctx: &AppContext, job: &Job) -> StepResult {
                         instance::apply_plan(ctx, &instance, &instance.plan_id).await
                     }
                     step => instance::provision_step(ctx, step, &instance).await,
+                };
+            }
+            if provision.ha {
+                return match job.step {
+                    Step::AllocatePort => instance::provision_step(ctx, job.step, &instance).await,
+                    _ => ha::provision_step(ctx, job, &instance).await,
                 };
             }
             match (job.step, &provision.clone) {
@@ -170,6 +177,15 @@ fn step_text(step: Step) -> &'static str {
         Step::FollowRelease => {
             "Deleting: withdrawing the follower's replication slot and role on its leader"
         }
+        Step::HaPlace => "Provisioning (HA): choosing each member's machine and ports",
+        Step::HaAdopt => {
+            "Provisioning (HA): handing the primary to Patroni, which promotes it to lead"
+        }
+        Step::HaFirstBackup => "Provisioning (HA): taking the first base backup from the primary",
+        Step::HaSeedStandby => {
+            "Provisioning (HA): starting the standby, which Patroni copies from the primary"
+        }
+        Step::HaWaitStandby => "Provisioning (HA): waiting until the standby streams",
     }
 }
 

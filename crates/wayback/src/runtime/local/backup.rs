@@ -34,7 +34,8 @@ impl LocalRuntime {
             ))));
         };
         Ok(BackupSource {
-            instance_id: id.to_string(),
+            // An HA member's backup is its instance's.
+            instance_id: id.instance().to_string(),
             pg_basebackup: tools.bin.path("pg_basebackup"),
             socket_dir: dirs.socket_dir,
             port,

@@ -244,15 +244,17 @@ impl LocalRuntime {
         };
         let rest = format!("{}:{}", spec.advertise_host, spec.rest_port);
         let pg_connect = format!("{}:{}", spec.advertise_host, spec.cluster.port);
+        // The scope is the instance's id, also for a member kept under its own key.
+        let scope = id.instance();
         let record = MemberRecord {
-            scope: id.to_string(),
+            scope: scope.to_string(),
             name: spec.member.clone(),
             rest: rest.clone(),
             dcs: spec.dcs.clone(),
         };
-        let rest_pw = rest_password(id.as_str(), &spec.superuser_password);
+        let rest_pw = rest_password(scope.as_str(), &spec.superuser_password);
         let config = render_patroni_config(&PatroniInput {
-            scope: id.as_str(),
+            scope: scope.as_str(),
             name: &spec.member,
             etcd_hosts: &spec.dcs,
             // Only the member's own address: the other members and the runtime call it there.
@@ -316,12 +318,82 @@ impl LocalRuntime {
         Ok(format!("restore_command = {value}\n"))
     }
 
-    /// The members of `id`'s scope, from this member's Patroni.
+    /// The member records of `id` on this machine: its own (a member kept under the instance's
+    /// id, or the member key given), then those of the members kept under member keys
+    /// (`<id>~<member>`, several members of one instance on one machine).
+    fn member_records(&self, id: &InstanceId) -> Result<Vec<MemberRecord>, RuntimeError> {
+        let own = self.patroni_files(id).load_record();
+        let mut records: Vec<MemberRecord> = own.as_ref().ok().cloned().into_iter().collect();
+        let prefix = format!("{}{}", id.instance(), crate::domain::MEMBER_SEPARATOR);
+        let mut keys: Vec<String> = std::fs::read_dir(self.layout.clusters())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(String::from))
+            .filter(|name| name.starts_with(&prefix) && name != id.as_str())
+            .collect();
+        keys.sort();
+        for key in keys {
+            let files = PatroniFiles::new(&self.layout.clusters().join(key));
+            if let Ok(record) = files.load_record() {
+                records.push(record);
+            }
+        }
+        match (records.is_empty(), own) {
+            (true, Err(e)) => Err(e),
+            _ => Ok(records),
+        }
+    }
+
+    /// The members of `id`'s scope, from this machine's members' Patroni: the first that
+    /// answers (a member whose Patroni is down leaves the question to another).
     pub async fn ha_status(&self, id: &InstanceId) -> Result<HaStatus, RuntimeError> {
-        let record = self.patroni_files(id).load_record()?;
-        let mut status = patroni::cluster(&record.rest).await?;
-        status.history = super::ha_history::history(id, &record.rest).await;
-        Ok(status)
+        let mut last = None;
+        for record in self.member_records(id)? {
+            match patroni::cluster(&record.rest).await {
+                Ok(mut status) => {
+                    status.history = super::ha_history::history(id, &record.rest).await;
+                    return Ok(status);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("member_records returns at least one record or an error"))
+    }
+
+    /// The password of the REST API's unsafe endpoints of `id`'s scope (the same for every
+    /// member: derived from the scope and the shared superuser password), from the first member
+    /// on this machine that keeps it.
+    fn rest_auth(&self, id: &InstanceId) -> Option<SecretString> {
+        let prefix = format!("{}{}", id.instance(), crate::domain::MEMBER_SEPARATOR);
+        let mut dirs = vec![self.layout.cluster(id)];
+        let mut keyed: Vec<_> = std::fs::read_dir(self.layout.clusters())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(&prefix))
+            })
+            .map(|e| e.path())
+            .collect();
+        keyed.sort();
+        dirs.extend(keyed);
+        dirs.iter()
+            .find_map(|d| PatroniFiles::new(d).rest_auth_password())
+    }
+
+    /// The REST address of a Patroni of `id` on this machine that answers.
+    async fn answering_rest(&self, id: &InstanceId) -> Result<String, RuntimeError> {
+        let mut last = None;
+        for record in self.member_records(id)? {
+            match patroni::cluster(&record.rest).await {
+                Ok(_) => return Ok(record.rest),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("member_records returns at least one record or an error"))
     }
 
     /// Moves the leader of `id`'s scope to `candidate` (or to the member Patroni picks) and
@@ -331,20 +403,20 @@ impl LocalRuntime {
         id: &InstanceId,
         candidate: Option<&str>,
     ) -> Result<String, RuntimeError> {
-        let record = self.patroni_files(id).load_record()?;
-        let before = patroni::cluster(&record.rest).await?;
+        let rest = self.answering_rest(id).await?;
+        let before = patroni::cluster(&rest).await?;
         let leader = before
             .leader()
             .ok_or_else(|| rt(PgError::Setup(format!("instance {id} has no leader now"))))?
             .name
             .clone();
-        let auth = self.patroni_files(id).rest_auth_password();
-        patroni::switchover(&record.rest, auth.as_ref(), &leader, candidate).await?;
+        let auth = self.rest_auth(id);
+        patroni::switchover(&rest, auth.as_ref(), &leader, candidate).await?;
         // Patroni answers once the old leader stepped down; the new one may take a loop to
         // hold the key.
         let deadline = std::time::Instant::now() + SWITCHOVER_SETTLE;
         loop {
-            let after = patroni::cluster(&record.rest).await;
+            let after = patroni::cluster(&rest).await;
             if let Some(new) = after.as_ref().ok().and_then(|s| s.leader()) {
                 if new.name != leader {
                     return Ok(new.name.clone());

@@ -12,14 +12,18 @@
 //!     admin-password                       superuser password, 0600, the broker's user only
 //!     tls/                                 0700, the cluster user's: server.crt, server.key,
 //!                                          issued.json (0600), never inside pgdata
+//! <data_dir>/clusters/<instance>~<member>/ one member of an HA instance (issue 15), laid out as
+//!                                          above: a machine may hold several members of one
+//!                                          instance (`InstanceId::member_key`; `~` is never in
+//!                                          an id); a single-member instance keeps the path above
 //! <data_dir>/trash/                        0700: copies of deleted instances kept for undo
 //!     <instance>/                          0700, the cluster user's
 //!         pgdata/                          the data directory, shut down cleanly, moved here
 //!         kept.json                        what it holds (written after the move)
 //! ```
 //!
-//! Instance ids are validated (`[A-Za-z0-9._-]`, no leading dot), so they are safe as a path
-//! component. Must not import anything beyond `pg`, `domain`.
+//! Instance ids are validated (`[A-Za-z0-9._-]`, no leading dot), and member names are letters,
+//! digits, `-` and `_`, so a cluster key is safe as a path component. Must not import anything beyond `pg`, `domain`.
 
 use std::path::{Path, PathBuf};
 
@@ -142,6 +146,25 @@ mod tests {
         assert_eq!(
             l.password_file(&id),
             Path::new("/var/lib/wayback/clusters/6f1c2a/admin-password")
+        );
+    }
+
+    #[test]
+    fn an_ha_members_cluster_has_its_own_directory_beside_its_instances() {
+        let l = Layout::new("/var/lib/wayback".into());
+        let id = InstanceId::parse("6f1c2a").unwrap();
+        let key = id.member_key("m2");
+        assert_eq!(
+            l.dirs(&key).pgdata,
+            Path::new("/var/lib/wayback/clusters/6f1c2a~m2/pgdata")
+        );
+        assert_eq!(
+            l.password_file(&key),
+            Path::new("/var/lib/wayback/clusters/6f1c2a~m2/admin-password")
+        );
+        assert_eq!(
+            l.cluster(&id),
+            Path::new("/var/lib/wayback/clusters/6f1c2a")
         );
     }
 

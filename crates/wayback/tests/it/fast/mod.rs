@@ -27,6 +27,7 @@ pub mod osb_concurrent;
 mod osb_follow;
 mod osb_followers;
 mod osb_ha;
+mod osb_ha_provision;
 mod osb_lifecycle;
 mod resume;
 mod runtime_errors;

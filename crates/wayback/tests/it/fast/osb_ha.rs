@@ -1,6 +1,6 @@
 //! HA plans' refusals (issue 15): a provision of plan `ha-small` the deployment cannot serve is
 //! a 422 naming what to do, before the 202, and changes nothing; so is a plan change between a
-//! single-member plan and an HA plan.
+//! single-member plan and an HA plan. What is served is provisioned (`osb_ha_provision`).
 
 use crate::common;
 
@@ -51,16 +51,13 @@ async fn ha_plans_are_refused_when_the_agents_do_not_run_ha_members() {
 }
 
 #[tokio::test]
-async fn ha_plans_are_never_followers_or_clones_and_are_not_provisioned_yet() {
+async fn ha_plans_are_never_followers_or_clones() {
     let app = spawn_fast_app_with(|s| s.ha.dcs_endpoints = vec!["127.0.0.1:2379".into()]).await;
     let text = refused(&app, json!({ "follow": "production" })).await;
     assert!(text.contains("cannot follow another instance"), "{text}");
     let text = refused(&app, json!({ "clone-from": "production" })).await;
     assert!(text.contains("clone into a plan without HA"), "{text}");
-    // Until the HA provisioning job exists, an HA plan is refused rather than provisioned as a
-    // single member.
-    let text = refused(&app, json!({})).await;
-    assert!(text.contains("does not provision HA plans yet"), "{text}");
+    // Anything else is provisioned (`osb_ha_provision`).
     assert_store_empty(&app, "HA refusals").await;
 }
 
@@ -103,16 +100,25 @@ async fn bind_with(app: &TestApp, instance: &str, parameters: Value) -> Value {
     body["credentials"].clone()
 }
 
-/// The credentials of an instance with two HA members recorded (the provisioning job that
-/// records them is the next step; here the rows are written directly): `uri` and `jdbcUrl`
-/// name both, `host`/`port` the member Patroni shows as leader (the first member while
-/// Patroni cannot be asked), a read-only binding prefers the standby.
+/// The credentials of an instance with two HA members recorded (here the rows are written
+/// directly; `osb_ha_provision` provisions them): `uri` and `jdbcUrl` name both, `host`/`port`
+/// the member Patroni shows as leader (the first member while Patroni cannot be asked), a
+/// read-only binding prefers the standby. A binding's role is made on the leader, so the first
+/// binding is made before the rows exist and its credentials read back (`GET`) after.
 #[tokio::test]
 async fn an_ha_instances_credentials_name_every_member() {
     use wayback::runtime::{ClusterRuntime, ClusterSpec, Durability, HaMemberSpec, HaSeed};
     use wayback::store::HaMemberRecord;
     let app = spawn_fast_app().await;
     let id = app.provision_ready("orders").await;
+    let early = new_id();
+    let r = app
+        .osb(reqwest::Method::PUT, &bnd(&id, &early))
+        .json(&bind_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
     let record = app.store.get_instance(&iid(&id)).await.unwrap().unwrap();
     let first_port = record.port.unwrap();
     let member = |name: &str, host: Option<&str>, port: u16, rest_port: u16| HaMemberRecord {
@@ -134,7 +140,13 @@ async fn an_ha_instances_credentials_name_every_member() {
         .unwrap();
 
     // Patroni cannot be asked (no scope yet): host/port are the first member's.
-    let c = bind_with(&app, &id, json!({})).await;
+    let r = app
+        .osb(reqwest::Method::GET, &bnd(&id, &early))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let c = r.json::<Value>().await.unwrap()["credentials"].clone();
     let uri = c["uri"].as_str().unwrap();
     assert!(
         uri.contains(&format!(":{first_port},10.1.2.3:45999/"))
@@ -154,7 +166,7 @@ async fn an_ha_instances_credentials_name_every_member() {
     // m2 leads: host/port name it; a read-only binding prefers the standby.
     let spec = HaMemberSpec {
         cluster: ClusterSpec {
-            instance: iid(&id),
+            instance: iid(&id).member_key("m2"),
             port: 45999,
             settings: Default::default(),
             require_tls: false,

@@ -20,6 +20,9 @@ pub struct Site {
     pub port: u16,
     pub pg_base: u16,
     pub password: String,
+    /// More settings for every broker of the site, as environment variables (e.g. the HA
+    /// coordinator's `WAYBACK_HA_DCS_ENDPOINTS`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Site {
@@ -29,6 +32,7 @@ impl Site {
             port: free_port(),
             pg_base: 20000 + (rand::random::<u16>() % 400) * 100,
             password: format!("pw-{}", new_id()),
+            env: Vec::new(),
         }
     }
 
@@ -76,6 +80,7 @@ impl Site {
         if let Some(point) = kill_at {
             cmd.env(wayback::crash_point::ENV, point);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         Broker {
             child: cmd.spawn().expect("start wayback serve"),
         }

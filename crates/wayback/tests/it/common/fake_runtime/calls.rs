@@ -111,6 +111,7 @@ impl ClusterRuntime for FakeRuntime {
     async fn destroy(&self, id: &InstanceId) -> Result<(), RuntimeError> {
         self.enter(Call::Destroy, Some(id)).await?;
         lock(&self.clusters).remove(id.as_str());
+        self.fake_ha_leave(id);
         Ok(())
     }
 

@@ -2,7 +2,10 @@
 //! The first member leads (on timeline 2: Patroni promotes an adopted data directory), a later
 //! one is the sync standby in `sync` mode (else a replica), streaming with no lag; a switchover
 //! swaps the leader and starts the next timeline. The fake stands for every machine, so all
-//! members of a scope are here.
+//! members of a scope are here. A member kept under its member key (`<id>~<member>`) belongs
+//! to its instance's scope; a seeded member gets a running cluster under its key, and
+//! destroying a member's key removes the member from the scope (as the runtime removes it
+//! from etcd).
 
 use wayback::domain::InstanceId;
 use wayback::pg::PgError;
@@ -11,7 +14,7 @@ use wayback::runtime::{
     TimelineSwitch,
 };
 
-use super::{lock, FakeRuntime};
+use super::{lock, FakeCluster, FakeRuntime};
 
 /// The history line of a promotion of `leader` that ended timeline `from`.
 fn switch(from: u32, leader: &str) -> TimelineSwitch {
@@ -46,9 +49,15 @@ impl FakeRuntime {
         let id = &spec.cluster.instance;
         if spec.seed == HaSeed::Adopt {
             self.with(id, false, |c| c.status = ClusterStatus::Running)?;
+        } else if id.member().is_some() {
+            let mut clusters = lock(&self.clusters);
+            let cluster = clusters
+                .entry(id.to_string())
+                .or_insert_with(|| FakeCluster::new(ClusterStatus::Running, spec.cluster.port));
+            cluster.status = ClusterStatus::Running;
         }
         let mut scopes = lock(&self.ha);
-        let scope = scopes.entry(id.to_string()).or_default();
+        let scope = scopes.entry(id.instance().to_string()).or_default();
         if scope.member(&spec.member).is_some() {
             return Ok(());
         }
@@ -79,7 +88,7 @@ impl FakeRuntime {
     }
 
     pub(super) fn fake_ha_status(&self, id: &InstanceId) -> Result<HaStatus, RuntimeError> {
-        self.ha_scope(id.as_str()).ok_or_else(|| {
+        self.ha_scope(id.instance().as_str()).ok_or_else(|| {
             PgError::NoCluster {
                 instance: id.to_string(),
             }
@@ -97,7 +106,7 @@ impl FakeRuntime {
             PgError::Setup(format!("instance {id}: no switchover: {why}")).into()
         };
         let scope = scopes
-            .get_mut(id.as_str())
+            .get_mut(id.instance().as_str())
             .ok_or_else(|| no_switchover("no HA members"))?;
         let old = scope
             .leader()
@@ -124,5 +133,38 @@ impl FakeRuntime {
             m.timeline = timeline;
         }
         Ok(new)
+    }
+}
+
+impl FakeRuntime {
+    /// `destroy` of a member's key: the member leaves its scope (the scope goes with its last).
+    pub(super) fn fake_ha_leave(&self, id: &InstanceId) {
+        let Some(member) = id.member() else {
+            return;
+        };
+        let mut scopes = lock(&self.ha);
+        let scope_id = id.instance().to_string();
+        if let Some(scope) = scopes.get_mut(&scope_id) {
+            scope.members.retain(|m| m.name != member);
+            if scope.members.is_empty() {
+                scopes.remove(&scope_id);
+            }
+        }
+    }
+
+    /// Patroni's failover, as the fake shows it: `member` leads on the next timeline, and the
+    /// old leader is a replica (or gone, if `gone`).
+    pub fn ha_fail_over_to(&self, id: &str, member: &str) {
+        let mut scopes = lock(&self.ha);
+        let scope = scopes.get_mut(id).expect("an HA scope");
+        let timeline = scope.leader().and_then(|l| l.timeline).map(|t| t + 1);
+        for m in &mut scope.members {
+            if m.name == member {
+                (m.role, m.state, m.lag_bytes) = (HaRole::Leader, "running".into(), None);
+            } else {
+                (m.role, m.state, m.lag_bytes) = (HaRole::Replica, "streaming".into(), Some(0));
+            }
+            m.timeline = timeline;
+        }
     }
 }
