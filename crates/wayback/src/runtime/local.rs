@@ -22,6 +22,7 @@ mod follow;
 mod fork;
 mod ha;
 mod ha_patroni;
+mod ha_release;
 mod interface;
 mod layout;
 mod lifecycle;
