@@ -35,6 +35,7 @@ mod followers;
 mod ha_broker;
 mod ha_broker_crash;
 mod ha_engine;
+mod ha_update;
 mod lifecycle;
 mod osb_pg;
 mod pg_driver;
