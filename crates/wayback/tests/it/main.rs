@@ -36,6 +36,7 @@ mod ha_broker;
 mod ha_broker_crash;
 mod ha_engine;
 mod ha_update;
+mod ha_update_crash;
 mod lifecycle;
 mod osb_pg;
 mod pg_driver;
