@@ -250,3 +250,33 @@ async fn a_change_to_ha_is_refused_when_the_agents_do_not_run_ha_members() {
     let text = refused(&app, &id, HA_SMALL, SMALL).await;
     assert!(text.contains("agents do not run HA members"), "{text}");
 }
+
+#[tokio::test]
+async fn a_change_between_ha_plans_of_another_shape_is_refused() {
+    // A catalog whose `medium` plan is HA with `async` commits (`ha-small` is `sync`).
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc: Value = serde_json::from_str(wayback::catalog::BUILTIN_CATALOG).unwrap();
+    let plans = doc["services"][0]["plans"].as_array_mut().unwrap();
+    let medium = plans.iter_mut().find(|p| p["id"] == MEDIUM).unwrap();
+    medium["metadata"]["wayback"]["ha"] = json!({ "members": 2, "durability": "async" });
+    let catalog = dir.path().join("catalog-ha-async.json");
+    std::fs::write(&catalog, doc.to_string()).unwrap();
+    let app = spawn_fast_app_with(move |s| {
+        s.ha.dcs_endpoints = vec!["127.0.0.1:2379".into()];
+        s.catalog = Some(catalog);
+    })
+    .await;
+    let id = new_id();
+    let r = app
+        .put_instance(&id, &provision_body(HA_SMALL, "orders"))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let body: Value = r.json().await.unwrap();
+    let (_, done) = app.poll_instance(&id, body["operation"].as_str()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let text = refused(&app, &id, MEDIUM, HA_SMALL).await;
+    assert!(
+        text.contains("changes the HA shape") && text.contains("plan without HA"),
+        "{text}"
+    );
+}
