@@ -3,8 +3,9 @@
 //! labs"): `small` is provisioned and bound, a write load runs through that binding's
 //! credentials (single-host: the first member's port, which the instance keeps) and never tries
 //! a value twice; `cf update-service -p ha-small` hands the running cluster to Patroni as the
-//! first member and seeds a standby, which streams in sync; the change back to `small` leaves a
-//! plain single cluster (no Patroni process, one data directory under the instance's id, no key
+//! first member and seeds a standby, which streams in sync; after a switchover to the standby,
+//! the change back to `small` switches over to the first member again and leaves a plain single
+//! cluster (no Patroni process, one data directory under the instance's id, no key
 //! of the scope in etcd, no member recorded); and every acknowledged row is present. The test
 //! prints each change's longest write gap (the one restart of each) and asserts no timing.
 //!
@@ -38,6 +39,26 @@ async fn change_plan(app: &TestApp, id: &str, to: &str, from: &str) {
         (StatusCode::OK, Some("succeeded")),
         "{done}"
     );
+}
+
+/// Asks `leader`'s Patroni (its REST address in `member.json`) to hand the lead to `candidate`.
+async fn switch_over(app: &TestApp, id: &str, leader: &str, candidate: &str) {
+    let record = std::fs::read_to_string(member_dir(app, id, leader).join("patroni/member.json"))
+        .expect("the member's record");
+    let record: Value = serde_json::from_str(&record).unwrap();
+    let rest = record["rest"].as_str().unwrap();
+    let r = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("http://{rest}/switchover"))
+        .json(&json!({ "leader": leader, "candidate": candidate }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap_or_default();
+    assert!(status.is_success(), "switchover: {status} {text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,6 +123,16 @@ async fn a_plan_change_single_to_ha_and_back_under_writes_loses_nothing() {
         "{multi}"
     );
 
+    // The standby leads when the change back is asked: the job switches over to the first
+    // member (the instance's port) before it removes the standby. Meanwhile the first binding,
+    // which names m1 only, cannot write (m1 is a standby): that is why it should be re-bound.
+    eprintln!("ha_update: switchover to m2");
+    switch_over(&app, &id, "m1", "m2").await;
+    wait_members(&app, &id, "m2 leads, m1 streams in sync", |m| {
+        role_of(m, "m2") == Some("leader") && role_of(m, "m1") == Some("sync_standby")
+    })
+    .await;
+
     eprintln!("ha_update: ha-small -> small");
     let began = Instant::now();
     let pids: Vec<i32> = dirs.iter().filter_map(|d| patroni_pid(d)).collect();
@@ -111,7 +142,8 @@ async fn a_plan_change_single_to_ha_and_back_under_writes_loses_nothing() {
         .wait_acked_since(after, 10, "the existing binding after the change back")
         .await;
     eprintln!(
-        "ha_update: back to single in {:.1} s; longest write gap {:.1} s",
+        "ha_update: back to single (a switchover to m1, the release) in {:.1} s; longest write \
+         gap once m1 led again {:.1} s",
         (after - began).as_secs_f64(),
         writer.longest_gap_since(began).as_secs_f64()
     );
