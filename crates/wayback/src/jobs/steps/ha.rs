@@ -285,7 +285,29 @@ pub(super) async fn adopt(
                 .is_some_and(|l| l.name == name && l.state == "running")
         },
     )
-    .await
+    .await?;
+    // Patroni names the adopted member leader while it may still be promoting it (it starts an
+    // adopted directory in recovery): a base backup begun before the promotion ends is a
+    // standby's, which writes no backup history file, and `ha_first_backup` would wait for one.
+    let key = instance.id.member_key(&name);
+    let deadline = Instant::now() + LEADER_WAIT;
+    loop {
+        match ctx.runtime.standby_status(&key).await {
+            Ok(s) if !s.in_recovery => return Ok(Outcome::Next),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(instance = %instance.id, error = %e, "cannot ask the adopted primary whether it is promoted")
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(StepError::transient(anyhow::anyhow!(
+                "HA instance {}: the adopted primary is still in recovery after {} s",
+                instance.id,
+                LEADER_WAIT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// `ha_first_backup`: the instance's first base backup, from the leader; its system
