@@ -81,10 +81,13 @@ pub(crate) async fn run_step(ctx: &AppContext, job: &Job) -> StepResult {
                 step => instance::provision_step(ctx, step, &instance).await,
             }
         }
-        JobSpec::Update(update) if update.ha_change.is_some() => {
+        JobSpec::Update(super::model::UpdatePayload {
+            ha_change: Some(change),
+            plan_id,
+            ..
+        }) => {
             let instance = instance::load(ctx, job).await?;
-            let change = update.ha_change.expect("checked");
-            ha_update::update_step(ctx, job, &instance, &update.plan_id, change).await
+            ha_update::update_step(ctx, job, &instance, plan_id, *change).await
         }
         JobSpec::Update(update) => instance::update_step(ctx, job, &update.plan_id).await,
         JobSpec::Deprovision(_) if job.step == Step::FollowRelease => {
