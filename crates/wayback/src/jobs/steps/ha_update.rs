@@ -24,7 +24,8 @@
 //! plain configuration); `ha_forget` deletes the `ha_members` rows; then the plan's archiving
 //! and a start, as for any single cluster.
 //!
-//! The HA steps read the plan of the record they are given, so they are given the instance with
+//! `ha_adopt_single` and `ha_release` stop the server: each waits first for another job of the
+//! instance that runs now (a base backup) to end. The HA steps read the plan of the record they are given, so they are given the instance with
 //! the target plan. Each step is idempotent (a row, a member, a move already done is seen).
 //! A failed plan change ([`on_failure`]) leaves the instance serving: single → HA before the
 //! move forgets the placed members (the single cluster is untouched), after it the instance is
@@ -32,6 +33,8 @@
 //! as far as it went (a single cluster on the new plan).
 //!
 //! A leaf of `steps`: imports `ha` and `instance` of its siblings, never the dispatcher.
+
+use std::time::Duration;
 
 use super::ha;
 use super::instance::{archive_of, spec};
@@ -50,6 +53,12 @@ pub async fn update_step(
     plan_id: &str,
     change: HaChange,
 ) -> StepResult {
+    // The two steps that stop the server wait for another job of the instance running now (a
+    // base backup: the stop would cut it off, and it would fail once and be retried).
+    if matches!(job.step, Step::HaAdoptSingle | Step::HaRelease) && other_job_runs(ctx, job).await?
+    {
+        return Ok(Outcome::Wait(Duration::from_millis(200)));
+    }
     let mut target = instance.clone();
     target.plan_id = plan_id.to_string();
     let target = &target;
@@ -84,6 +93,17 @@ pub async fn update_step(
             source: anyhow::anyhow!("{other} is not a step of a plan change {change:?}"),
         }),
     }
+}
+
+/// Whether another job of `job`'s instance holds its lease now (runs).
+async fn other_job_runs(ctx: &AppContext, job: &Job) -> Result<bool, StepError> {
+    let now = crate::store::now_millis();
+    Ok(ctx
+        .store
+        .other_pending_jobs(&job.instance_id, &job.id)
+        .await?
+        .iter()
+        .any(|j| j.lease_until.is_some_and(|t| t > now)))
 }
 
 /// Whether the first member was released already: its member key holds nothing, and a cluster
