@@ -39,6 +39,7 @@ async fn start_member(
     let seed = match body.seed.as_str() {
         "adopt" => HaSeed::Adopt,
         "from_leader" => HaSeed::FromLeader,
+        "adopt_single" => HaSeed::AdoptSingle,
         other => return Err(bad(format!("unknown HA seed {other:?}"))),
     };
     let durability = match body.durability.as_str() {

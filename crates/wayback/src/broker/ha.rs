@@ -1,16 +1,18 @@
 //! HA plans' rules (issue 15): which requests an HA plan (`metadata.wayback.ha`) is refused
 //! for, before the 202, each with a 422 naming what to do. The coordinator must be configured
 //! (`ha.dcs_endpoints`); agents must answer the runtime's HA calls ([`AGENTS_RUN_HA`]); an HA
-//! instance is never a follower or a clone; a plan change between single and HA is not offered
-//! yet. Anything else is provisioned by the HA job (`jobs::JobSpec::provision_ha`, the steps in
+//! instance is never a follower or a clone. A plan change between single and HA adds or removes
+//! the standby (`jobs/steps/ha_update.rs`; [`Broker::check_ha_plan_change`] says which way, or
+//! why not). Anything else is provisioned by the HA job (`jobs::JobSpec::provision_ha`, the steps in
 //! `jobs/steps/ha.rs`). An HA instance's binding credentials name every member
 //! ([`Broker::ha_credentials`]).
-//! Imports `catalog`, `context` and `store` only.
+//! Imports `catalog`, `context`, `jobs` (the plan change's direction) and `store` only.
 
 use serde::Serialize;
 
 use super::{Broker, BrokerError, Credentials};
 use crate::catalog::Plan;
+use crate::jobs::HaChange;
 use crate::store::{BindingRecord, InstanceRecord};
 
 /// An HA instance's members as the OSB fetch shows them (`"ha"`).
@@ -93,17 +95,55 @@ impl Broker {
         Ok(())
     }
 
-    /// Refuses a plan change between a single-member plan and an HA plan (not offered yet).
-    pub(super) fn check_ha_plan_change(from: &Plan, to: &Plan) -> Result<(), BrokerError> {
-        if from.ha == to.ha {
-            return Ok(());
+    /// Which way a plan change from `from` to `to` crosses between single and HA (None: it does
+    /// not), or why it is refused: a change between two HA plans of another shape, an instance
+    /// with followers or one that is a follower, and to HA whatever an HA provision is refused
+    /// for (no coordinator, agents that do not run HA members).
+    pub(super) async fn check_ha_plan_change(
+        &self,
+        instance: &InstanceRecord,
+        from: &Plan,
+        to: &Plan,
+    ) -> Result<Option<HaChange>, BrokerError> {
+        let change = match (from.ha, to.ha) {
+            (None, None) => return Ok(None),
+            (Some(a), Some(b)) if a == b => return Ok(None),
+            (Some(a), Some(b)) => {
+                return Err(BrokerError::Unprocessable(format!(
+                    "A plan change from {:?} ({} members, {} commits) to {:?} ({} members, {} \
+                     commits) changes the HA shape, which is not offered yet: change to a plan \
+                     without HA first, then to {:?}.",
+                    from.name,
+                    a.members,
+                    a.durability.as_str(),
+                    to.name,
+                    b.members,
+                    b.durability.as_str(),
+                    to.name
+                )))
+            }
+            (None, Some(_)) => HaChange::AddStandby,
+            (Some(_), None) => HaChange::RemoveStandby,
+        };
+        if instance.leader_id.is_some() {
+            return Err(BrokerError::Unprocessable(format!(
+                "Service instance {} is a follower, which has one member: unfollow it first \
+                 (-c '{{\"unfollow\":true}}'), then change to plan {:?}.",
+                instance.id, to.name
+            )));
         }
-        Err(BrokerError::Unprocessable(format!(
-            "A plan change from {:?} to {:?} changes the number of members, which is not \
-             offered yet: create a new instance of plan {:?} with -c '{{\"clone-from\":\"NAME\"}}' \
-             and move the app to it.",
-            from.name, to.name, to.name
-        )))
+        if !self.ctx.store.followers_of(&instance.id).await?.is_empty() {
+            return Err(BrokerError::Unprocessable(format!(
+                "Service instance {} has followers, and a leader with followers cannot change \
+                 between single and HA plans yet (the followers' replication slots live on \
+                 one member): unfollow or delete its followers first.",
+                instance.id
+            )));
+        }
+        if change == HaChange::AddStandby {
+            self.check_ha_provision(to, false, false)?;
+        }
+        Ok(Some(change))
     }
 
     /// The credentials of a binding of an HA instance (two members or more recorded), else

@@ -90,13 +90,14 @@ impl Broker {
         if (plan_change || unfollow) && !req.accepts_incomplete {
             return Err(BrokerError::AsyncRequired);
         }
+        let mut ha_change = None;
         if plan_change {
             if let Some(from) = self
                 .ctx
                 .catalog
                 .plan(&existing.service_id, &existing.plan_id)
             {
-                Self::check_ha_plan_change(from, plan)?;
+                ha_change = self.check_ha_plan_change(&existing, from, plan).await?;
             }
             self.check_plan_change(&existing, plan).await?;
         }
@@ -124,10 +125,11 @@ impl Broker {
             updated_at: now,
             finished_at: None,
         };
-        let spec = if unfollow {
-            JobSpec::unfollow(target_plan.clone())
-        } else {
-            JobSpec::update(target_plan.clone())
+        let spec = match (unfollow, ha_change) {
+            (true, _) => JobSpec::unfollow(target_plan.clone()),
+            // Between single and HA: a standby added or removed (`jobs/steps/ha_update.rs`).
+            (false, Some(change)) => JobSpec::ha_update(target_plan.clone(), change),
+            (false, None) => JobSpec::update(target_plan.clone()),
         };
         let job = new_job(&operation, &existing.id, None, spec);
         if !self

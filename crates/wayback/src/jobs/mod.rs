@@ -30,8 +30,8 @@ use std::time::Duration;
 pub use clone_source::CloneSource;
 pub use follow_source::{replication_names, FollowSource};
 pub use model::{
-    new_job, BackupPayload, Job, JobKind, JobSpec, Lane, ProvisionPayload, Requested, Step,
-    UnreadableJob, UpdatePayload,
+    new_job, BackupPayload, HaChange, Job, JobKind, JobSpec, Lane, ProvisionPayload, Requested,
+    Step, UnreadableJob, UpdatePayload,
 };
 pub use steps::backup::{backup_due, backup_job, wal_written_since};
 pub use steps::drill::{

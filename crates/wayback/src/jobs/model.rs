@@ -159,6 +159,12 @@ stored_names! {
         HaFirstBackup = "ha_first_backup",
         HaSeedStandby = "ha_seed_standby",
         HaWaitStandby = "ha_wait_standby",
+        // Plan changes between single and HA (issue 15): see `steps::ha_update`.
+        HaAdoptSingle = "ha_adopt_single",
+        HaKeepFirst = "ha_keep_first",
+        HaDropStandby = "ha_drop_standby",
+        HaRelease = "ha_release",
+        HaForget = "ha_forget",
     }
 }
 
@@ -209,6 +215,29 @@ const HA_PROVISION: &[Step] = &[
 
 /// A plan change: the new plan's settings, applied (and a restart if one needs it).
 const UPDATE: &[Step] = &[Step::ApplySettings];
+
+/// A plan change from a single-member plan to an HA plan (issue 15): every member placed (the
+/// first keeps the instance's port), Patroni adopting the running cluster as the first member
+/// (moved under its member key: one restart), then as an HA provision's tail.
+const HA_ADD_STANDBY: &[Step] = &[
+    Step::HaPlace,
+    Step::HaAdoptSingle,
+    Step::HaFirstBackup,
+    Step::HaSeedStandby,
+    Step::HaWaitStandby,
+];
+
+/// A plan change from an HA plan to a single-member one: the first member made the leader (a
+/// switchover if it is not), the others destroyed, the first taken out of Patroni under the
+/// instance's own id, the members forgotten, its archiving for the single plan, its start.
+const HA_REMOVE_STANDBY: &[Step] = &[
+    Step::HaKeepFirst,
+    Step::HaDropStandby,
+    Step::HaRelease,
+    Step::HaForget,
+    Step::ConfigureArchive,
+    Step::Start,
+];
 
 /// A `follow` provision: a port (on another agent than the leader's when one has room), the
 /// follower's grant on its leader (replication role, slot, `pg_hba` line), the standby restore
@@ -300,6 +329,20 @@ pub struct UpdatePayload {
     pub plan_id: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unfollow: bool,
+    /// A plan change between a single-member plan and an HA plan (`"ha_change"`); absent for
+    /// every other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha_change: Option<HaChange>,
+}
+
+/// Which way a plan change crosses between single and HA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HaChange {
+    /// Single → HA: the running cluster becomes the first member, a standby is added.
+    AddStandby,
+    /// HA → single: the first member is kept as the single cluster, the others go.
+    RemoveStandby,
 }
 
 /// `{"requested_at": …, "reason": "…"}`: `provision`, `schedule`, `wal-volume` or `manual`.
@@ -358,6 +401,17 @@ impl JobSpec {
             requested_at: now_millis(),
             plan_id: plan_id.into(),
             unfollow: false,
+            ha_change: None,
+        })
+    }
+
+    /// A plan change between single and HA (`change` says which way).
+    pub fn ha_update(plan_id: impl Into<String>, change: HaChange) -> Self {
+        JobSpec::Update(UpdatePayload {
+            requested_at: now_millis(),
+            plan_id: plan_id.into(),
+            unfollow: false,
+            ha_change: Some(change),
         })
     }
 
@@ -367,6 +421,7 @@ impl JobSpec {
             requested_at: now_millis(),
             plan_id: plan_id.into(),
             unfollow: true,
+            ha_change: None,
         })
     }
 
@@ -455,6 +510,14 @@ impl JobSpec {
             JobSpec::Provision(ProvisionPayload { clone: None, .. }) => PROVISION,
             JobSpec::Provision(ProvisionPayload { clone: Some(_), .. }) => CLONE,
             JobSpec::Update(UpdatePayload { unfollow: true, .. }) => UNFOLLOW,
+            JobSpec::Update(UpdatePayload {
+                ha_change: Some(HaChange::AddStandby),
+                ..
+            }) => HA_ADD_STANDBY,
+            JobSpec::Update(UpdatePayload {
+                ha_change: Some(HaChange::RemoveStandby),
+                ..
+            }) => HA_REMOVE_STANDBY,
             JobSpec::Update(_) => UPDATE,
             JobSpec::Deprovision(_) => DEPROVISION,
             JobSpec::Bind(_) => BIND,

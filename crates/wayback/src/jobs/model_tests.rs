@@ -230,3 +230,34 @@ fn every_kind_runs_in_one_lane_and_only_backups_and_drills_in_the_background() {
     let in_some_lane: usize = Lane::ALL.iter().map(|l| l.kinds().len()).sum();
     assert_eq!(in_some_lane, JobKind::ALL.len());
 }
+
+#[test]
+fn a_plan_change_between_single_and_ha_keeps_its_direction_and_plain_updates_read_as_before() {
+    let up = Job::from_record(&row(
+        "update",
+        "ha_adopt_single",
+        r#"{"ha_change":"add_standby","plan_id":"ha","requested_at":1}"#,
+    ))
+    .unwrap();
+    assert_eq!(up.spec.steps()[0], Step::HaPlace);
+    assert!(matches!(&up.spec, JobSpec::Update(u) if u.ha_change == Some(HaChange::AddStandby)));
+    let down = JobSpec::ha_update("small", HaChange::RemoveStandby);
+    let job = new_job("op-1", &InstanceId::parse("i-1").unwrap(), None, down);
+    assert_eq!(job.payload["ha_change"], "remove_standby");
+    assert_eq!(job.first_step, "ha_keep_first");
+    // An update written before plan changes between single and HA has no "ha_change".
+    let plain = new_job(
+        "op-2",
+        &InstanceId::parse("i-1").unwrap(),
+        None,
+        JobSpec::update("p"),
+    );
+    assert!(plain.payload.get("ha_change").is_none());
+    let old = Job::from_record(&row(
+        "update",
+        "apply_settings",
+        r#"{"plan_id":"p","requested_at":1}"#,
+    ))
+    .unwrap();
+    assert_eq!(old.spec.steps(), [Step::ApplySettings]);
+}

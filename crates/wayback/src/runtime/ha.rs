@@ -20,6 +20,11 @@ pub enum HaSeed {
     Adopt,
     /// Patroni seeds it itself with `pg_basebackup` from the scope's leader.
     FromLeader,
+    /// Patroni adopts a single-member instance's running cluster (kept under the instance's own
+    /// id) as the scope's first member (a plan change to an HA plan): prepared like `Adopt`
+    /// while it still serves, then stopped, moved under the member's key and started by Patroni
+    /// — its data, port and archive prefix kept, one restart.
+    AdoptSingle,
 }
 
 /// `sync`: a commit returns only once the standby has it, and only that standby may be promoted

@@ -313,6 +313,20 @@ pub trait ClusterRuntime: Send + Sync {
         Err(no_ha_engine(id))
     }
 
+    /// HA members: takes `member` (an HA member's key, the scope's last member, leading) out of
+    /// Patroni and makes it the single-member cluster `single.instance` again (a plan change
+    /// from an HA plan): Patroni stops it cleanly, the scope leaves the DCS, the member's
+    /// directory moves to the instance's own key with Wayback's plain configuration for
+    /// `single` (its port, plan settings). Leaves it stopped; idempotent.
+    async fn ha_release_member(
+        &self,
+        member: &InstanceId,
+        single: &ClusterSpec,
+    ) -> Result<(), RuntimeError> {
+        let _ = single;
+        Err(no_ha_engine(member))
+    }
+
     /// How each of `leader`'s `followers` is doing ([`super::lag::observe`]): each call bounded
     /// by `timeout`, a side that does not answer giving state `unknown`, never an error.
     async fn follower_lags(

@@ -23,6 +23,7 @@ mod fork;
 mod ha;
 mod ha_history;
 mod ha_patroni;
+mod ha_release;
 mod interface;
 mod layout;
 mod lifecycle;

@@ -26,13 +26,13 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use wayback::domain::InstanceId;
 
-const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
+pub(crate) const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
 /// Long enough for a provision (adoption, a base backup, a seed), a failover (ttl 20 s) and a
 /// rejoin on a machine shared with other builds.
 const WAIT: Duration = Duration::from_secs(300);
 
 /// `psql` against `uri`; Ok(stdout) when it succeeded.
-fn psql(uri: &str, sql: &str) -> Result<String, String> {
+pub(crate) fn psql(uri: &str, sql: &str) -> Result<String, String> {
     // Bounded: a connection to a server that hangs (SIGSTOP) would wait for ever.
     let out = std::process::Command::new("timeout")
         .args(["10", PSQL])
@@ -48,13 +48,13 @@ fn psql(uri: &str, sql: &str) -> Result<String, String> {
     }
 }
 
-fn member_dir(app: &TestApp, id: &str, member: &str) -> PathBuf {
+pub(crate) fn member_dir(app: &TestApp, id: &str, member: &str) -> PathBuf {
     let key = InstanceId::parse(id).unwrap().member_key(member);
     app.data_dir.join("clusters").join(key.as_str())
 }
 
 /// The pid of a member's Patroni while it runs.
-fn patroni_pid(dir: &Path) -> Option<i32> {
+pub(crate) fn patroni_pid(dir: &Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(dir.join("patroni/patroni.pid"))
         .ok()?
         .trim()
@@ -92,7 +92,7 @@ fn server_processes(pgdata: &Path) -> Vec<i32> {
 
 /// Kills the members' Patroni if the test ends early (before the app's own drop stops the
 /// servers: Patroni would start them again).
-struct Cleanup(Vec<PathBuf>);
+pub(crate) struct Cleanup(pub(crate) Vec<PathBuf>);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
@@ -110,16 +110,16 @@ impl Drop for Cleanup {
     }
 }
 
-/// One INSERT after another, each over a new connection to `uri`; every acknowledged row is
-/// kept with the time its attempt started.
-struct Writer {
+/// One INSERT after another, each over a new connection to `uri` and each with a new value;
+/// every acknowledged row is kept with the time its attempt started.
+pub(crate) struct Writer {
     acked: Arc<Mutex<Vec<(i64, Instant)>>>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Writer {
-    fn start(uri: String) -> Self {
+    pub(crate) fn start(uri: String) -> Self {
         let acked = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (a, s) = (acked.clone(), stop.clone());
@@ -127,9 +127,13 @@ impl Writer {
             let mut n = 1;
             while !s.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                if psql(&uri, &format!("INSERT INTO ha_rows VALUES ({n})")).is_ok() {
-                    a.lock().unwrap().push((n, started));
-                    n += 1;
+                // A value is never tried twice: an attempt whose answer a restart or a
+                // switchover cut off may have committed, and trying it again would hit the
+                // primary key for good.
+                let value = n;
+                n += 1;
+                if psql(&uri, &format!("INSERT INTO ha_rows VALUES ({value})")).is_ok() {
+                    a.lock().unwrap().push((value, started));
                 } else {
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -138,7 +142,7 @@ impl Writer {
         Self { acked, stop, task }
     }
 
-    async fn wait_acked_since(&self, t: Instant, n: usize, what: &str) {
+    pub(crate) async fn wait_acked_since(&self, t: Instant, n: usize, what: &str) {
         let deadline = Instant::now() + WAIT;
         loop {
             let seen = self
@@ -156,7 +160,23 @@ impl Writer {
         }
     }
 
-    async fn finish(mut self) -> Vec<i64> {
+    /// The longest time between the starts of two acknowledged writes after `since`: what a
+    /// restart or a switchover cost the app.
+    pub(crate) fn longest_gap_since(&self, since: Instant) -> Duration {
+        let acked = self.acked.lock().unwrap();
+        let starts: Vec<Instant> = acked
+            .iter()
+            .map(|(_, s)| *s)
+            .filter(|s| *s >= since)
+            .collect();
+        starts
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default()
+    }
+
+    pub(crate) async fn finish(mut self) -> Vec<i64> {
         self.stop.store(true, Ordering::Relaxed);
         (&mut self.task).await.unwrap();
         let rows = self.acked.lock().unwrap().iter().map(|(n, _)| *n).collect();
@@ -171,7 +191,7 @@ impl Drop for Writer {
 }
 
 /// Polls last_operation of `operation` until it is terminal.
-async fn finished(app: &TestApp, id: &str, operation: &str) -> (StatusCode, Value) {
+pub(crate) async fn finished(app: &TestApp, id: &str, operation: &str) -> (StatusCode, Value) {
     let deadline = Instant::now() + WAIT;
     loop {
         let r = app
@@ -193,7 +213,12 @@ async fn finished(app: &TestApp, id: &str, operation: &str) -> (StatusCode, Valu
 }
 
 /// The OSB fetch's `ha` members, until `done` holds for them.
-async fn wait_members(app: &TestApp, id: &str, what: &str, done: impl Fn(&Value) -> bool) {
+pub(crate) async fn wait_members(
+    app: &TestApp,
+    id: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) {
     let deadline = Instant::now() + WAIT;
     loop {
         let r = app
@@ -228,7 +253,7 @@ async fn fetch(app: &TestApp, id: &str) -> Value {
     r.json().await.unwrap()
 }
 
-fn role_of<'a>(members: &'a Value, name: &str) -> Option<&'a str> {
+pub(crate) fn role_of<'a>(members: &'a Value, name: &str) -> Option<&'a str> {
     members
         .as_array()?
         .iter()

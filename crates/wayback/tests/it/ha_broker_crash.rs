@@ -35,9 +35,9 @@ killed_at! {
     ha_provision_at_wait_standby: "ha_wait_standby";
 }
 
-const WAIT: Duration = Duration::from_secs(300);
+pub(crate) const WAIT: Duration = Duration::from_secs(300);
 
-fn patroni_pid(dir: &std::path::Path) -> Option<i32> {
+pub(crate) fn patroni_pid(dir: &std::path::Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(dir.join("patroni/patroni.pid"))
         .ok()?
         .trim()
@@ -49,7 +49,7 @@ fn patroni_pid(dir: &std::path::Path) -> Option<i32> {
 }
 
 /// Kills the members' Patroni if the test ends early (they outlive every broker).
-struct Cleanup(Vec<PathBuf>);
+pub(crate) struct Cleanup(pub(crate) Vec<PathBuf>);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
@@ -76,7 +76,7 @@ impl Drop for Cleanup {
 }
 
 /// Polls last_operation until it is terminal (the client's own wait has a shorter deadline).
-async fn done(client: &Client, id: &str, op: Option<&str>) -> (StatusCode, Value) {
+pub(crate) async fn done(client: &Client, id: &str, op: Option<&str>) -> (StatusCode, Value) {
     let deadline = Instant::now() + WAIT;
     loop {
         let (status, body) = client.last_operation(id, op).await;

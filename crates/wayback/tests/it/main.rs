@@ -39,6 +39,8 @@ mod ha_broker_crash;
 mod ha_engine;
 mod ha_ops;
 mod ha_timelines;
+mod ha_update;
+mod ha_update_crash;
 mod lifecycle;
 mod osb_pg;
 mod pg_driver;

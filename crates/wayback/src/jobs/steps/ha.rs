@@ -51,7 +51,7 @@ pub async fn provision_step(ctx: &AppContext, job: &Job, instance: &InstanceReco
         Step::CreateCluster | Step::ConfigureArchive | Step::Start | Step::CreateDatabase => {
             primary_step(ctx, job.step, instance).await
         }
-        Step::HaAdopt => adopt(ctx, job, instance).await,
+        Step::HaAdopt => adopt(ctx, job, instance, HaSeed::Adopt).await,
         Step::HaFirstBackup => first_backup(ctx, job, instance).await,
         Step::HaSeedStandby => seed_standby(ctx, instance).await,
         Step::HaWaitStandby => wait_standby(ctx, job, instance).await,
@@ -63,7 +63,7 @@ pub async fn provision_step(ctx: &AppContext, job: &Job, instance: &InstanceReco
 }
 
 /// `ha_place`: each member's machine and ports, recorded.
-async fn place(ctx: &AppContext, instance: &InstanceRecord) -> StepResult {
+pub(super) async fn place(ctx: &AppContext, instance: &InstanceRecord) -> StepResult {
     let first_port = instance
         .port
         .ok_or_else(|| StepError::transient(anyhow::anyhow!("instance has no port yet")))?;
@@ -264,9 +264,15 @@ async fn member_spec(
     })
 }
 
-/// `ha_adopt`: Patroni takes the primary's cluster over; done once it leads.
-async fn adopt(ctx: &AppContext, job: &Job, instance: &InstanceRecord) -> StepResult {
-    let spec = member_spec(ctx, instance, 0, HaSeed::Adopt, None).await?;
+/// `ha_adopt`: Patroni takes the primary's cluster over; done once it leads. `seed` is
+/// `AdoptSingle` for a plan change's running single cluster (`ha_adopt_single`).
+pub(super) async fn adopt(
+    ctx: &AppContext,
+    job: &Job,
+    instance: &InstanceRecord,
+    seed: HaSeed,
+) -> StepResult {
+    let spec = member_spec(ctx, instance, 0, seed, None).await?;
     ctx.runtime.ha_start_member(&spec).await?;
     let name = spec.member.clone();
     wait_for(
@@ -280,12 +286,38 @@ async fn adopt(ctx: &AppContext, job: &Job, instance: &InstanceRecord) -> StepRe
                 .is_some_and(|l| l.name == name && l.state == "running")
         },
     )
-    .await
+    .await?;
+    // Patroni names the adopted member leader while it may still be promoting it (it starts an
+    // adopted directory in recovery): a base backup begun before the promotion ends is a
+    // standby's, which writes no backup history file, and `ha_first_backup` would wait for one.
+    let key = instance.id.member_key(&name);
+    let deadline = Instant::now() + LEADER_WAIT;
+    loop {
+        match ctx.runtime.standby_status(&key).await {
+            Ok(s) if !s.in_recovery => return Ok(Outcome::Next),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(instance = %instance.id, error = %e, "cannot ask the adopted primary whether it is promoted")
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(StepError::transient(anyhow::anyhow!(
+                "HA instance {}: the adopted primary is still in recovery after {} s",
+                instance.id,
+                LEADER_WAIT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// `ha_first_backup`: the instance's first base backup, from the leader; its system
 /// identifier recorded.
-async fn first_backup(ctx: &AppContext, job: &Job, instance: &InstanceRecord) -> StepResult {
+pub(super) async fn first_backup(
+    ctx: &AppContext,
+    job: &Job,
+    instance: &InstanceRecord,
+) -> StepResult {
     if ctx
         .store
         .ha_system_identifier(&instance.id)
@@ -302,7 +334,7 @@ async fn first_backup(ctx: &AppContext, job: &Job, instance: &InstanceRecord) ->
 }
 
 /// `ha_seed_standby`: the standby's Patroni starts and seeds it from the leader.
-async fn seed_standby(ctx: &AppContext, instance: &InstanceRecord) -> StepResult {
+pub(super) async fn seed_standby(ctx: &AppContext, instance: &InstanceRecord) -> StepResult {
     let system_identifier = ctx
         .store
         .ha_system_identifier(&instance.id)
@@ -325,7 +357,11 @@ async fn seed_standby(ctx: &AppContext, instance: &InstanceRecord) -> StepResult
 
 /// `ha_wait_standby`: done once Patroni shows the standby streaming (the sync standby in
 /// `sync` mode).
-async fn wait_standby(ctx: &AppContext, job: &Job, instance: &InstanceRecord) -> StepResult {
+pub(super) async fn wait_standby(
+    ctx: &AppContext,
+    job: &Job,
+    instance: &InstanceRecord,
+) -> StepResult {
     let standby = member(ctx, instance, 1).await?.member;
     let sync = ctx
         .catalog
@@ -367,7 +403,11 @@ async fn wait_for(
 ) -> StepResult {
     let deadline = Instant::now() + limit;
     if let Some(op) = &job.operation_id {
-        let text = format!("Provisioning (HA): waiting until {what}");
+        let verb = match job.spec {
+            crate::jobs::JobSpec::Update(_) => "Updating",
+            _ => "Provisioning",
+        };
+        let text = format!("{verb} (HA): waiting until {what}");
         if let Err(e) = ctx
             .store
             .update_operation(op, OperationState::InProgress, &text)

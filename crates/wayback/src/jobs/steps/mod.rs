@@ -13,6 +13,7 @@ pub mod drill;
 mod final_wal;
 pub mod follow;
 mod ha;
+mod ha_update;
 mod instance;
 
 use super::model::{Job, JobKind, JobSpec, Step};
@@ -80,6 +81,14 @@ pub(crate) async fn run_step(ctx: &AppContext, job: &Job) -> StepResult {
                 step => instance::provision_step(ctx, step, &instance).await,
             }
         }
+        JobSpec::Update(super::model::UpdatePayload {
+            ha_change: Some(change),
+            plan_id,
+            ..
+        }) => {
+            let instance = instance::load(ctx, job).await?;
+            ha_update::update_step(ctx, job, &instance, plan_id, *change).await
+        }
         JobSpec::Update(update) => instance::update_step(ctx, job, &update.plan_id).await,
         JobSpec::Deprovision(_) if job.step == Step::FollowRelease => {
             let instance = instance::load(ctx, job).await?;
@@ -114,6 +123,13 @@ pub(crate) fn describe(job: &Job) -> String {
         }
         Step::CloneFirstArchive if job.spec.is_unfollow() => {
             "Unfollowing: archiving the first WAL of its new timeline into its own archive"
+        }
+        // A plan change to HA runs an HA provision's tail: it says "Updating".
+        step if matches!(&job.spec, JobSpec::Update(u) if u.ha_change.is_some()) => {
+            match step_text(step).strip_prefix("Provisioning") {
+                Some(rest) => return format!("Updating{rest}"),
+                None => step_text(step),
+            }
         }
         step => step_text(step),
     };
@@ -186,6 +202,15 @@ fn step_text(step: Step) -> &'static str {
             "Provisioning (HA): starting the standby, which Patroni copies from the primary"
         }
         Step::HaWaitStandby => "Provisioning (HA): waiting until the standby streams",
+        Step::HaAdoptSingle => {
+            "Updating (HA): handing the running cluster to Patroni as the first member (one restart)"
+        }
+        Step::HaKeepFirst => "Updating: making the first member the leader (a switchover if needed)",
+        Step::HaDropStandby => "Updating: removing the standby",
+        Step::HaRelease => {
+            "Updating: taking the first member out of Patroni as a single cluster (one restart)"
+        }
+        Step::HaForget => "Updating: forgetting the removed members",
     }
 }
 
@@ -246,6 +271,12 @@ pub(crate) async fn on_end(
     succeeded: bool,
 ) -> anyhow::Result<Option<String>> {
     match job.kind() {
+        // A failed plan change between single and HA is left serving (`ha_update`).
+        JobKind::Update
+            if !succeeded && matches!(&job.spec, JobSpec::Update(u) if u.ha_change.is_some()) =>
+        {
+            ha_update::on_failure(ctx, job).await
+        }
         JobKind::Provision | JobKind::Update | JobKind::Deprovision => {
             instance::on_end(ctx, job, succeeded).await
         }

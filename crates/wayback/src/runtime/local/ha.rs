@@ -39,7 +39,7 @@ use crate::runtime::ha::{Durability, HaMemberSpec, HaSeed, HaStatus};
 use crate::runtime::RuntimeError;
 
 /// How long Patroni may take to stop its PostgreSQL and exit.
-const PATRONI_STOP: Duration = Duration::from_secs(60);
+pub(super) const PATRONI_STOP: Duration = Duration::from_secs(60);
 /// How long after Patroni accepted a switchover the new leader may take to appear.
 const SWITCHOVER_SETTLE: Duration = Duration::from_secs(60);
 
@@ -51,7 +51,7 @@ fn invalid(reason: String) -> RuntimeError {
 }
 
 impl LocalRuntime {
-    fn patroni_files(&self, id: &InstanceId) -> PatroniFiles {
+    pub(super) fn patroni_files(&self, id: &InstanceId) -> PatroniFiles {
         PatroniFiles::new(&self.layout.cluster(id))
     }
 
@@ -110,7 +110,10 @@ impl LocalRuntime {
                     .await
                     .map_err(rt)?;
             }
-            HaSeed::Adopt => self.existing(id).map(drop)?,
+            HaSeed::AdoptSingle if !files.config().is_file() => {
+                self.adopt_single(tools, id, spec).await?;
+            }
+            HaSeed::Adopt | HaSeed::AdoptSingle => self.existing(id).map(drop)?,
             HaSeed::FromLeader => {
                 self.prepare_empty_member(tools, id, &spec.superuser_password)?;
                 self.record_hba_entries(id, &entries)?;
@@ -121,6 +124,58 @@ impl LocalRuntime {
         self.write_member_files(tools, spec, &files).await?;
         patroni::spawn(tools, &files).await?;
         tracing::info!(instance = %id, member = %spec.member, seed = ?spec.seed, "patroni started for an HA member");
+        Ok(())
+    }
+
+    /// `AdoptSingle` before Patroni's files are written: while the single-member cluster (under
+    /// the instance's own id) still serves, its superuser gets the shared password, the
+    /// replication role is made and `pg_hba.conf` lets it in from the peers; then the server
+    /// stops (the one restart of the plan change begins) and its directory is renamed to the
+    /// member's key — an atomic rename, so a run again after a crash finds the cluster either
+    /// still under the id (and does it all again: each part is idempotent) or already moved
+    /// (and only Patroni is left to start).
+    async fn adopt_single(
+        &self,
+        tools: &Tools,
+        key: &InstanceId,
+        spec: &HaMemberSpec,
+    ) -> Result<(), RuntimeError> {
+        let single = key.instance();
+        if key == &single {
+            return Err(invalid(format!(
+                "adopting a single cluster needs a member key, not the instance id {key}"
+            )));
+        }
+        if self.layout.dirs(key).exists() {
+            return Ok(());
+        }
+        let _guard = self.lock(&single).await;
+        let dirs = self.existing(&single)?;
+        self.start_unlocked(tools, &single).await?;
+        self.share_superuser_password(&single, &spec.superuser_password)
+            .await?;
+        self.ensure_replication_role(&single, spec).await?;
+        let mut entries = self.hba_entries(&single)?;
+        for peer in &spec.peer_addresses {
+            let entry = (spec.replication_role.clone(), peer.clone());
+            if !entries.contains(&entry) {
+                entries.push(entry);
+            }
+        }
+        self.set_hba_entries(&single, &entries).await?;
+        ctl::stop(tools, &dirs.pgdata, ctl::StopMode::Fast, self.timeout())
+            .await
+            .map_err(rt)?;
+        let (from, to) = (self.layout.cluster(&single), self.layout.cluster(key));
+        std::fs::rename(&from, &to).map_err(io(format!(
+            "move {} to {}",
+            from.display(),
+            to.display()
+        )))?;
+        let clusters = self.layout.clusters();
+        fsutil::fsync_dir(&clusters).map_err(io(format!("fsync {}", clusters.display())))?;
+        self.forget_restore(&single);
+        tracing::info!(instance = %single, member = %spec.member, "single cluster moved under its member key for Patroni");
         Ok(())
     }
 
@@ -232,7 +287,7 @@ impl LocalRuntime {
         let archive = match &spec.archive {
             Some((target, command)) => {
                 let mut target = target.clone();
-                if spec.seed == HaSeed::Adopt {
+                if matches!(spec.seed, HaSeed::Adopt | HaSeed::AdoptSingle) {
                     target.system_identifier = self.system_identifier(id)?;
                 }
                 let conf = self

@@ -206,4 +206,11 @@ impl ClusterRuntime for LocalRuntime {
     ) -> Result<String, RuntimeError> {
         LocalRuntime::ha_switchover(self, id, candidate).await
     }
+    async fn ha_release_member(
+        &self,
+        member: &InstanceId,
+        single: &crate::runtime::ClusterSpec,
+    ) -> Result<(), RuntimeError> {
+        LocalRuntime::ha_release_member(self, member, single).await
+    }
 }

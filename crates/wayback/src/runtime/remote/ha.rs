@@ -62,6 +62,7 @@ impl RemoteRuntime {
             seed: match spec.seed {
                 HaSeed::Adopt => "adopt",
                 HaSeed::FromLeader => "from_leader",
+                HaSeed::AdoptSingle => "adopt_single",
             }
             .into(),
             dcs: spec.dcs.clone(),

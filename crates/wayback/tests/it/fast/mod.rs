@@ -28,6 +28,7 @@ mod osb_follow;
 mod osb_followers;
 mod osb_ha;
 mod osb_ha_provision;
+mod osb_ha_update;
 mod osb_lifecycle;
 mod resume;
 mod runtime_errors;

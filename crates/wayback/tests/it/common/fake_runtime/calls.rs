@@ -393,6 +393,15 @@ impl ClusterRuntime for FakeRuntime {
         self.enter(Call::HaSwitchover, Some(id)).await?;
         self.fake_ha_switchover(id, candidate)
     }
+
+    async fn ha_release_member(
+        &self,
+        member: &InstanceId,
+        single: &wayback::runtime::ClusterSpec,
+    ) -> Result<(), RuntimeError> {
+        self.enter(Call::HaReleaseMember, Some(member)).await?;
+        self.fake_ha_release_member(member, single)
+    }
 }
 
 /// A restore that succeeded.

@@ -47,7 +47,20 @@ impl FakeRuntime {
 
     pub(super) fn fake_ha_start_member(&self, spec: &HaMemberSpec) -> Result<(), RuntimeError> {
         let id = &spec.cluster.instance;
-        if spec.seed == HaSeed::Adopt {
+        if spec.seed == HaSeed::AdoptSingle {
+            // The single cluster under the instance's id moves under the member key (once).
+            let mut clusters = lock(&self.clusters);
+            if !clusters.contains_key(id.as_str()) {
+                let single = clusters.remove(id.instance().as_str()).ok_or_else(|| {
+                    RuntimeError::from(PgError::NoCluster {
+                        instance: id.instance().to_string(),
+                    })
+                })?;
+                clusters.insert(id.to_string(), single);
+            }
+            drop(clusters);
+            self.with(id, false, |c| c.status = ClusterStatus::Running)?;
+        } else if spec.seed == HaSeed::Adopt {
             self.with(id, false, |c| c.status = ClusterStatus::Running)?;
         } else if id.member().is_some() {
             let mut clusters = lock(&self.clusters);
@@ -166,5 +179,28 @@ impl FakeRuntime {
             }
             m.timeline = timeline;
         }
+    }
+}
+
+impl FakeRuntime {
+    /// `ha_release_member`: the member's cluster moves back to the instance's id, stopped,
+    /// with the single plan's port and settings, and the scope is gone (once: a call again
+    /// finds it moved).
+    pub(super) fn fake_ha_release_member(
+        &self,
+        member: &InstanceId,
+        single: &wayback::runtime::ClusterSpec,
+    ) -> Result<(), RuntimeError> {
+        let id = single.instance.to_string();
+        let mut clusters = lock(&self.clusters);
+        if let Some(mut cluster) = clusters.remove(member.as_str()) {
+            cluster.status = ClusterStatus::Stopped;
+            (cluster.port, cluster.settings) = (single.port, single.settings.clone());
+            clusters.insert(id.clone(), cluster);
+        } else if !clusters.contains_key(&id) {
+            return Err(PgError::NoCluster { instance: id }.into());
+        }
+        lock(&self.ha).remove(&id);
+        Ok(())
     }
 }

@@ -62,6 +62,8 @@ pub enum Call {
     HaStartMember,
     HaStatus,
     HaSwitchover,
+    /// An HA member made a single cluster again (a plan change from an HA plan).
+    HaReleaseMember,
     /// A running drill asked to stop (issue 18 point 4): recorded, nothing else.
     CancelDrill,
 }
