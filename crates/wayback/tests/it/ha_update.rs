@@ -41,24 +41,24 @@ async fn change_plan(app: &TestApp, id: &str, to: &str, from: &str) {
     );
 }
 
-/// Asks `leader`'s Patroni (its REST address in `member.json`) to hand the lead to `candidate`.
+/// Asks the broker's operator switchover (`POST /wayback/v1/instances/{id}/switchover`) to
+/// hand the lead of `id` to `candidate`; `leader` leads now.
 async fn switch_over(app: &TestApp, id: &str, leader: &str, candidate: &str) {
-    let record = std::fs::read_to_string(member_dir(app, id, leader).join("patroni/member.json"))
-        .expect("the member's record");
-    let record: Value = serde_json::from_str(&record).unwrap();
-    let rest = record["rest"].as_str().unwrap();
-    let r = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .post(format!("http://{rest}/switchover"))
-        .json(&json!({ "leader": leader, "candidate": candidate }))
+    let r = app
+        .osb(
+            reqwest::Method::POST,
+            &format!("/wayback/v1/instances/{id}/switchover"),
+        )
+        .json(&json!({ "to": candidate }))
         .send()
         .await
         .unwrap();
     let status = r.status();
     let text = r.text().await.unwrap_or_default();
-    assert!(status.is_success(), "switchover: {status} {text}");
+    assert!(
+        status.is_success(),
+        "switchover from {leader} to {candidate}: {status} {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
