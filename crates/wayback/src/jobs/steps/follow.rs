@@ -57,7 +57,11 @@ fn cluster_host(instance: &InstanceRecord) -> String {
 
 /// The follower's address as its leader sees its connections: the IP of its host.
 async fn follower_address(follower: &InstanceRecord) -> Result<String, StepError> {
-    let host = cluster_host(follower);
+    host_ip(cluster_host(follower)).await
+}
+
+/// The IP address `host` stands for: itself when it is one, else its first resolved address.
+pub(super) async fn host_ip(host: String) -> Result<String, StepError> {
     if host.parse::<std::net::IpAddr>().is_ok() {
         return Ok(host);
     }

@@ -184,17 +184,7 @@ async fn primary_step(ctx: &AppContext, step: Step, instance: &InstanceRecord) -
 /// The IP address a member's connections come from, as the other members see them: its
 /// machine's address, or loopback for a member on the broker's own machine.
 async fn member_address(member: &HaMemberRecord) -> Result<String, StepError> {
-    let host = member_host(member);
-    if host.parse::<std::net::IpAddr>().is_ok() {
-        return Ok(host);
-    }
-    let mut addrs = tokio::net::lookup_host((host.as_str(), 0))
-        .await
-        .map_err(|e| StepError::transient(anyhow::anyhow!("resolve {host}: {e}")))?;
-    addrs
-        .next()
-        .map(|a| a.ip().to_string())
-        .ok_or_else(|| StepError::transient(anyhow::anyhow!("{host} resolves to no address")))
+    super::follow::host_ip(member_host(member)).await
 }
 
 /// The host the other members (and Patroni's view) reach a member at.
