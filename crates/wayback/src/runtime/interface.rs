@@ -126,6 +126,9 @@ pub trait ClusterRuntime: Send + Sync {
     /// Stops the cluster (fast shutdown); a stopped or absent cluster is fine.
     async fn stop(&self, id: &InstanceId) -> Result<(), RuntimeError>;
 
+    /// `Running` when the cluster's server takes connections; for an HA member's key, when its
+    /// Patroni runs (Patroni restarts the server in a switchover or a rewind, and says in
+    /// [`Self::ha_status`] whether it takes connections).
     async fn status(&self, id: &InstanceId) -> Result<ClusterStatus, RuntimeError>;
 
     /// Stops the cluster and removes every file of it.

@@ -8,7 +8,8 @@
 //! Patroni, started again by the supervisor, rejoins as the sync standby; no acknowledged row
 //! is missing; the delete leaves no
 //! Patroni process, no member directory and no key of the scope in etcd; and the deleted
-//! instance is undone from its archive by name into a plan without HA, with every row.
+//! instance is undone from its archive by name into a plan without HA, with every row, and to a
+//! point in time before both failovers (on the first timeline), with the rows of that time.
 //!
 //! Run: `bash scripts/test ha_broker::` (needs `patroni` and `etcd`: `bash scripts/setup`).
 
@@ -301,6 +302,15 @@ async fn an_ha_instance_fails_over_by_itself_loses_no_acknowledged_row_and_is_de
     );
     assert!(uri.contains("target_session_attrs=read-write"), "{uri}");
     psql(&uri, "CREATE TABLE ha_rows (n bigint PRIMARY KEY)").unwrap();
+    // A point in time on the first timeline, for the undo before the failovers at the end.
+    psql(&uri, "CREATE TABLE marks (what text)").unwrap();
+    psql(&uri, "INSERT INTO marks VALUES ('before')").unwrap();
+    let before_failovers = psql(
+        &uri,
+        r#"SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#,
+    )
+    .unwrap();
+    psql(&uri, "INSERT INTO marks VALUES ('after')").unwrap();
 
     eprintln!("ha_broker: kill -9 of the primary's Patroni and PostgreSQL");
     let writer = Writer::start(uri.clone());
@@ -418,4 +428,24 @@ async fn an_ha_instance_fails_over_by_itself_loses_no_acknowledged_row_and_is_de
         .await
         .unwrap();
     assert_eq!(rows as usize, present.len(), "the undo has every row");
+
+    eprintln!("ha_broker: undo to a point in time before both failovers");
+    let (pitr, _) = app
+        .clone_ready(
+            "orders-pitr",
+            json!({ "clone-from": "orders", "point-in-time": before_failovers.trim() }),
+        )
+        .await;
+    let c = app.bind_sync(&pitr, &new_id()).await;
+    let mut conn = connect(c["uri"].as_str().unwrap()).await.unwrap();
+    let marks: Vec<String> = sqlx::query_scalar("SELECT what FROM marks ORDER BY 1")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(marks, ["before"], "the rows of {before_failovers}");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ha_rows")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "no row the writer began after that time");
 }

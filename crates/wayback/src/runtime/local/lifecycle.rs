@@ -102,19 +102,28 @@ impl LocalRuntime {
     pub async fn status(&self, id: &InstanceId) -> Result<ClusterStatus, RuntimeError> {
         let tools = self.tools().await?;
         let dirs = self.layout.dirs(id);
-        if self.is_ha_member(id) && (!dirs.exists() || !self.ha_running(id)) {
+        let ha = self.is_ha_member(id);
+        if ha && (!dirs.exists() || !self.ha_running(id)) {
             // A member Patroni is still seeding, or whose Patroni is down.
             return Ok(ClusterStatus::Stopped);
         }
         if !dirs.exists() {
             return Ok(ClusterStatus::Absent);
         }
+        // An HA member lives while its Patroni runs: Patroni stops, demotes, rewinds and starts
+        // its server (in a switchover the old leader's server restarts as a standby, its
+        // postmaster.pid briefly gone), and whether that server takes connections is Patroni's
+        // state (`ha_status`). Read as stopped, the supervisor would "start" a running Patroni.
+        let down = match ha {
+            true => ClusterStatus::Running,
+            false => ClusterStatus::Stopped,
+        };
         let Some(pm) = ctl::live_postmaster(&dirs.pgdata).map_err(rt)? else {
-            return Ok(ClusterStatus::Stopped);
+            return Ok(down);
         };
         let port = match pm.port {
             Some(p) => p,
-            None => return Ok(ClusterStatus::Stopped), // still initialising
+            None => return Ok(down), // still initialising
         };
         self.prune_server_log(&dirs);
         let socket_dir = pm.socket_dir.unwrap_or(dirs.socket_dir.clone());
@@ -128,7 +137,7 @@ impl LocalRuntime {
                 self.renew_certificate(tools.run_as.owner(), id, pm.pid);
                 Ok(ClusterStatus::Running)
             }
-            false => Ok(ClusterStatus::Stopped),
+            false => Ok(down),
         }
     }
 
