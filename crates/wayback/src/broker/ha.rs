@@ -1,11 +1,13 @@
 //! HA plans' rules (issue 15): which requests an HA plan (`metadata.wayback.ha`) is refused
 //! for, before the 202, each with a 422 naming what to do. The coordinator must be configured
-//! (`ha.dcs_endpoints`); agents must answer the runtime's HA calls ([`AGENTS_RUN_HA`]); an HA
+//! (`ha.dcs_endpoints`); with agents, as many as the plan has members must have room and run
+//! HA members (each member on its own agent); an HA
 //! instance is never a follower or a clone; a plan change between single and HA is not offered
 //! yet. Anything else is provisioned by the HA job (`jobs::JobSpec::provision_ha`, the steps in
 //! `jobs/steps/ha.rs`). An HA instance's binding credentials name every member
 //! ([`Broker::ha_credentials`]).
-//! Imports `catalog`, `context` and `store` only.
+//! Imports `catalog`, `context`, `jobs` (`jobs::ha`: agents with room for a member) and
+//! `store` only.
 
 use serde::Serialize;
 
@@ -44,15 +46,10 @@ pub struct HaMemberView {
     pub timeline: Option<u32>,
 }
 
-/// Whether agents (the remote runtime) run HA members. False until the agents answer
-/// `ha_start_member` / `ha_status` / `ha_switchover`: with agents configured, HA plans are
-/// refused. Flip it when they do.
-pub(crate) const AGENTS_RUN_HA: bool = false;
-
 impl Broker {
     /// Refuses a provision of an HA plan the deployment cannot serve. `clone`/`follow`: the
     /// request asked for one.
-    pub(super) fn check_ha_provision(
+    pub(super) async fn check_ha_provision(
         &self,
         plan: &Plan,
         clone: bool,
@@ -84,11 +81,17 @@ impl Broker {
                 ha.durability.as_str()
             )));
         }
-        if !self.ctx.settings.agents.urls.is_empty() && !AGENTS_RUN_HA {
-            return Err(BrokerError::Unprocessable(format!(
-                "Plan {name:?} is highly available, and this broker's agents do not run HA \
-                 members yet. Choose a plan without HA."
-            )));
+        // With agents, the members go to different ones (`jobs::ha::member_machine`).
+        if let Some(room) = crate::jobs::ha::agents_with_ha_room(&self.ctx).await? {
+            if room.len() < ha.members as usize {
+                return Err(BrokerError::Unprocessable(format!(
+                    "Plan {name:?} is highly available ({} members, each on its own database \
+                     VM), and {} of this broker's agents have room and run HA members: {}",
+                    ha.members,
+                    room.len(),
+                    crate::jobs::ha::NO_HA_ROOM
+                )));
+            }
         }
         Ok(())
     }
