@@ -29,10 +29,10 @@ use wayback::domain::InstanceId;
 const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
 /// Long enough for a provision (adoption, a base backup, a seed), a failover (ttl 20 s) and a
 /// rejoin on a machine shared with other builds.
-const WAIT: Duration = Duration::from_secs(300);
+pub(crate) const WAIT: Duration = Duration::from_secs(300);
 
 /// `psql` against `uri`; Ok(stdout) when it succeeded.
-fn psql(uri: &str, sql: &str) -> Result<String, String> {
+pub(crate) fn psql(uri: &str, sql: &str) -> Result<String, String> {
     // Bounded: a connection to a server that hangs (SIGSTOP) would wait for ever.
     let out = std::process::Command::new("timeout")
         .args(["10", PSQL])
@@ -54,7 +54,7 @@ fn member_dir(app: &TestApp, id: &str, member: &str) -> PathBuf {
 }
 
 /// The pid of a member's Patroni while it runs.
-fn patroni_pid(dir: &Path) -> Option<i32> {
+pub(crate) fn patroni_pid(dir: &Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(dir.join("patroni/patroni.pid"))
         .ok()?
         .trim()
@@ -63,13 +63,13 @@ fn patroni_pid(dir: &Path) -> Option<i32> {
     patroni_runs(pid).then_some(pid)
 }
 
-fn patroni_runs(pid: i32) -> bool {
+pub(crate) fn patroni_runs(pid: i32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .is_ok_and(|c| String::from_utf8_lossy(&c).contains("patroni"))
 }
 
 /// The pids of a postmaster and of its children.
-fn server_processes(pgdata: &Path) -> Vec<i32> {
+pub(crate) fn server_processes(pgdata: &Path) -> Vec<i32> {
     let Ok(Some(pm)) = wayback::pg::ctl::live_postmaster(pgdata) else {
         return Vec::new();
     };
@@ -92,7 +92,7 @@ fn server_processes(pgdata: &Path) -> Vec<i32> {
 
 /// Kills the members' Patroni if the test ends early (before the app's own drop stops the
 /// servers: Patroni would start them again).
-struct Cleanup(Vec<PathBuf>);
+pub(crate) struct Cleanup(pub(crate) Vec<PathBuf>);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
@@ -112,14 +112,14 @@ impl Drop for Cleanup {
 
 /// One INSERT after another, each over a new connection to `uri`; every acknowledged row is
 /// kept with the time its attempt started.
-struct Writer {
+pub(crate) struct Writer {
     acked: Arc<Mutex<Vec<(i64, Instant)>>>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Writer {
-    fn start(uri: String) -> Self {
+    pub(crate) fn start(uri: String) -> Self {
         let acked = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (a, s) = (acked.clone(), stop.clone());
@@ -138,7 +138,7 @@ impl Writer {
         Self { acked, stop, task }
     }
 
-    async fn wait_acked_since(&self, t: Instant, n: usize, what: &str) {
+    pub(crate) async fn wait_acked_since(&self, t: Instant, n: usize, what: &str) {
         let deadline = Instant::now() + WAIT;
         loop {
             let seen = self
@@ -156,7 +156,7 @@ impl Writer {
         }
     }
 
-    async fn finish(mut self) -> Vec<i64> {
+    pub(crate) async fn finish(mut self) -> Vec<i64> {
         self.stop.store(true, Ordering::Relaxed);
         (&mut self.task).await.unwrap();
         let rows = self.acked.lock().unwrap().iter().map(|(n, _)| *n).collect();
@@ -171,7 +171,7 @@ impl Drop for Writer {
 }
 
 /// Polls last_operation of `operation` until it is terminal.
-async fn finished(app: &TestApp, id: &str, operation: &str) -> (StatusCode, Value) {
+pub(crate) async fn finished(app: &TestApp, id: &str, operation: &str) -> (StatusCode, Value) {
     let deadline = Instant::now() + WAIT;
     loop {
         let r = app
@@ -193,7 +193,12 @@ async fn finished(app: &TestApp, id: &str, operation: &str) -> (StatusCode, Valu
 }
 
 /// The OSB fetch's `ha` members, until `done` holds for them.
-async fn wait_members(app: &TestApp, id: &str, what: &str, done: impl Fn(&Value) -> bool) {
+pub(crate) async fn wait_members(
+    app: &TestApp,
+    id: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) {
     let deadline = Instant::now() + WAIT;
     loop {
         let r = app
@@ -212,14 +217,14 @@ async fn wait_members(app: &TestApp, id: &str, what: &str, done: impl Fn(&Value)
 }
 
 /// Both members run, one leading and the other its sync standby.
-fn whole(m: &Value) -> bool {
+pub(crate) fn whole(m: &Value) -> bool {
     matches!(
         (role_of(m, "m1"), role_of(m, "m2")),
         (Some("leader"), Some("sync_standby")) | (Some("sync_standby"), Some("leader"))
     )
 }
 
-async fn fetch(app: &TestApp, id: &str) -> Value {
+pub(crate) async fn fetch(app: &TestApp, id: &str) -> Value {
     let r = app
         .osb(reqwest::Method::GET, &format!("/v2/service_instances/{id}"))
         .send()
@@ -228,7 +233,7 @@ async fn fetch(app: &TestApp, id: &str) -> Value {
     r.json().await.unwrap()
 }
 
-fn role_of<'a>(members: &'a Value, name: &str) -> Option<&'a str> {
+pub(crate) fn role_of<'a>(members: &'a Value, name: &str) -> Option<&'a str> {
     members
         .as_array()?
         .iter()
