@@ -20,8 +20,9 @@ use crate::common::osb_client::*;
 use crate::common::*;
 use crate::ha_broker::{
     fetch, finished, patroni_pid, patroni_runs, psql, role_of, server_processes, wait_members,
-    whole, Cleanup, Writer,
+    whole, Cleanup, Writer, WAIT,
 };
+use crate::ha_engine::member_logs;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use reqwest::StatusCode;
@@ -34,6 +35,56 @@ fn member_dir(fleet: &Fleet, agent: &str, id: &str, member: &str) -> PathBuf {
     let key = InstanceId::parse(id).unwrap().member_key(member);
     let agent = fleet.agents.iter().find(|a| a.name == agent).unwrap();
     agent.data_dir.join("clusters").join(key.as_str())
+}
+
+/// [`Writer::wait_acked_since`] for 10 writes after the kill, telling on failure what each
+/// member's Patroni, server and agent said (a failover that never takes writes is the
+/// failure to explain).
+async fn wait_writes(
+    fleet: &Fleet,
+    writer: &Writer,
+    since: Instant,
+    id: &str,
+    dirs: &[PathBuf],
+    uri: &str,
+) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let seen = writer
+            .acked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s)| *s >= since)
+            .count();
+        if seen >= 10 {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let mut report = format!(
+                "writes after the kill: none acknowledged in {WAIT:?}\nfetch: {}\npsql: {:?}\n",
+                fetch(&fleet.app, id).await["ha"],
+                psql(
+                    uri,
+                    "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names')"
+                ),
+            );
+            for (i, dir) in dirs.iter().enumerate() {
+                report.push_str(&member_logs(&format!("member {}", i + 1), dir));
+            }
+            for a in &fleet.agents {
+                let log =
+                    std::fs::read_to_string(a.data_dir.with_extension("log")).unwrap_or_default();
+                report.push_str(&format!(
+                    "--- {} log\n{}\n",
+                    a.name,
+                    crate::common::etcd::tail(&log, 60)
+                ));
+            }
+            panic!("{report}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,9 +180,7 @@ async fn ha_members_on_two_agents_through_osb_fail_over_rejoin_clone_and_delete(
         }
     }
     let killed = Instant::now();
-    writer
-        .wait_acked_since(killed, 10, "writes after the kill")
-        .await;
+    wait_writes(&fleet, &writer, killed, &id, &dirs, &uri).await;
     eprintln!(
         "ha_agents_osb: writes again {:.1} s after the kill; members: {}",
         killed.elapsed().as_secs_f64(),

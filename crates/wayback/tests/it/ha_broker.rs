@@ -113,7 +113,7 @@ impl Drop for Cleanup {
 /// One INSERT after another, each over a new connection to `uri`; every acknowledged row is
 /// kept with the time its attempt started.
 pub(crate) struct Writer {
-    acked: Arc<Mutex<Vec<(i64, Instant)>>>,
+    pub(crate) acked: Arc<Mutex<Vec<(i64, Instant)>>>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
