@@ -110,7 +110,7 @@ pub fn cluster_tls(settings: &Settings, data_dir: &Path) -> anyhow::Result<Clust
 }
 
 /// The runtime the settings ask for: agents when `agents.urls` lists any (instances not yet
-/// seen are looked up in `store`), else clusters on this machine under `data_dir`, backed up to
+/// seen are looked up in `store`; an HA member's key in its `ha_members` row), else clusters on this machine under `data_dir`, backed up to
 /// and restored from `archive`.
 pub fn runtime(
     settings: &Settings,
@@ -128,8 +128,17 @@ pub fn runtime(
     remote.set_resolver(Box::new(move |id| {
         let store = store.clone();
         Box::pin(async move {
-            match store.get_instance(&id).await {
-                Ok(record) => record.and_then(|r| r.agent),
+            // An HA member's key (`<id>~<member>`) lives on its `ha_members` row's agent,
+            // which knows the cluster by that same key.
+            let found = match id.member() {
+                Some(member) => store
+                    .ha_member(&id.instance(), member)
+                    .await
+                    .map(|row| row.map(|r| r.agent).filter(|a| !a.is_empty())),
+                None => store.get_instance(&id).await.map(|r| r.and_then(|r| r.agent)),
+            };
+            match found {
+                Ok(agent) => agent,
                 Err(e) => {
                     tracing::warn!(instance = %id, error = %e, "cannot look up the instance's agent");
                     None

@@ -50,7 +50,7 @@ async fn start_member(
     let archive = match &body.archive {
         Some(a) => {
             let (space, _) = own_prefix(&a.prefix, &id)?;
-            let mut target = ArchiveTarget::for_instance(&state.settings, &space, &id);
+            let mut target = ArchiveTarget::for_instance(&state.settings, &space, &id.instance());
             target.system_identifier = body.system_identifier;
             let command = ArchiveCommand {
                 wayback_bin: state.wayback_bin.clone(),

@@ -154,7 +154,9 @@ fn authorized(state: &AgentState, req: &HttpRequest) -> Result<(), AgentError> {
 pub(super) fn instance(state: &AgentState, req: &HttpRequest) -> Result<InstanceId, AgentError> {
     authorized(state, req)?;
     let raw = req.match_info().get("id").unwrap_or_default();
-    InstanceId::parse(raw).map_err(|e| {
+    // A cluster key: an instance's id, or an HA member's `<id>~<member>` (the broker's key for
+    // it, so that both sides name a member's cluster alike).
+    InstanceId::parse_cluster_key(raw).map_err(|e| {
         AgentError::new(
             StatusCode::BAD_REQUEST,
             format!("instance id {raw:?}: {e}"),
@@ -177,7 +179,7 @@ pub(super) fn own_prefix(
     };
     let parsed = InstancePrefix::parse(prefix).ok_or_else(bad)?;
     let (space, owner) = InstancePrefix::from_key(prefix).ok_or_else(bad)?;
-    if &owner != id {
+    if owner != id.instance() {
         return Err(bad());
     }
     Ok((space, parsed))
@@ -305,7 +307,7 @@ async fn configure_archive(
     let id = instance(&state, &req)?;
     let (space, _) = own_prefix(&body.prefix, &id)?;
     // The agent's own storage settings and credentials: none cross the wire.
-    let target = ArchiveTarget::for_instance(&state.settings, &space, &id);
+    let target = ArchiveTarget::for_instance(&state.settings, &space, &id.instance());
     let command = ArchiveCommand {
         wayback_bin: state.wayback_bin.clone(),
         archive_timeout_secs: body.archive_timeout_secs,

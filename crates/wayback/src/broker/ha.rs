@@ -1,12 +1,14 @@
 //! HA plans' rules (issue 15): which requests an HA plan (`metadata.wayback.ha`) is refused
 //! for, before the 202, each with a 422 naming what to do. The coordinator must be configured
-//! (`ha.dcs_endpoints`); agents must answer the runtime's HA calls ([`AGENTS_RUN_HA`]); an HA
-//! instance is never a follower or a clone. A plan change between single and HA adds or removes
-//! the standby (`jobs/steps/ha_update.rs`; [`Broker::check_ha_plan_change`] says which way, or
-//! why not). Anything else is provisioned by the HA job (`jobs::JobSpec::provision_ha`, the steps in
-//! `jobs/steps/ha.rs`). An HA instance's binding credentials name every member
-//! ([`Broker::ha_credentials`]).
-//! Imports `catalog`, `context`, `jobs` (the plan change's direction) and `store` only.
+//! (`ha.dcs_endpoints`); with agents, as many as the plan has members must have room and run
+//! HA members (each member on its own agent); an HA instance is never a follower or a clone. A
+//! plan change between single and HA adds or removes the standby on the broker's machine
+//! (`jobs/steps/ha_update.rs`; [`Broker::check_ha_plan_change`] says which way, or why not: with
+//! agents it is not offered yet). Anything else is provisioned by the HA job
+//! (`jobs::JobSpec::provision_ha`, the steps in `jobs/steps/ha.rs`). An HA instance's binding
+//! credentials name every member ([`Broker::ha_credentials`]).
+//! Imports `catalog`, `context`, `jobs` (the plan change's direction; `jobs::ha`: agents with
+//! room for a member) and `store` only.
 
 use serde::Serialize;
 
@@ -46,15 +48,10 @@ pub struct HaMemberView {
     pub timeline: Option<u32>,
 }
 
-/// Whether agents (the remote runtime) run HA members. False until the agents answer
-/// `ha_start_member` / `ha_status` / `ha_switchover`: with agents configured, HA plans are
-/// refused. Flip it when they do.
-pub(crate) const AGENTS_RUN_HA: bool = false;
-
 impl Broker {
     /// Refuses a provision of an HA plan the deployment cannot serve. `clone`/`follow`: the
     /// request asked for one.
-    pub(super) fn check_ha_provision(
+    pub(super) async fn check_ha_provision(
         &self,
         plan: &Plan,
         clone: bool,
@@ -86,11 +83,17 @@ impl Broker {
                 ha.durability.as_str()
             )));
         }
-        if !self.ctx.settings.agents.urls.is_empty() && !AGENTS_RUN_HA {
-            return Err(BrokerError::Unprocessable(format!(
-                "Plan {name:?} is highly available, and this broker's agents do not run HA \
-                 members yet. Choose a plan without HA."
-            )));
+        // With agents, the members go to different ones (`jobs::ha::member_machine`).
+        if let Some(room) = crate::jobs::ha::agents_with_ha_room(&self.ctx).await? {
+            if room.len() < ha.members as usize {
+                return Err(BrokerError::Unprocessable(format!(
+                    "Plan {name:?} is highly available ({} members, each on its own database \
+                     VM), and {} of this broker's agents have room and run HA members: {}",
+                    ha.members,
+                    room.len(),
+                    crate::jobs::ha::NO_HA_ROOM
+                )));
+            }
         }
         Ok(())
     }
@@ -98,7 +101,7 @@ impl Broker {
     /// Which way a plan change from `from` to `to` crosses between single and HA (None: it does
     /// not), or why it is refused: a change between two HA plans of another shape, an instance
     /// with followers or one that is a follower, and to HA whatever an HA provision is refused
-    /// for (no coordinator, agents that do not run HA members).
+    /// for (no coordinator); with agents, any (not offered there yet).
     pub(super) async fn check_ha_plan_change(
         &self,
         instance: &InstanceRecord,
@@ -140,8 +143,18 @@ impl Broker {
                 instance.id
             )));
         }
+        // On agents the standby would be seeded on, or released from, another VM: the agents
+        // do not make a single cluster a member (`HaSeed::AdoptSingle`) or release one yet.
+        if !self.ctx.settings.agents.urls.is_empty() {
+            return Err(BrokerError::Unprocessable(format!(
+                "A plan change from {:?} to {:?} adds or removes a member, which this broker \
+                 offers only without agents (database VMs) for now. Keep plan {:?}, or create \
+                 a new instance of plan {:?} and move the data with pg_dump and pg_restore.",
+                from.name, to.name, from.name, to.name
+            )));
+        }
         if change == HaChange::AddStandby {
-            self.check_ha_provision(to, false, false)?;
+            self.check_ha_provision(to, false, false).await?;
         }
         Ok(Some(change))
     }

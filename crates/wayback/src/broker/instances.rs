@@ -196,7 +196,8 @@ impl Broker {
                 .provision_again(&req, &parameters, existing, dashboard_url)
                 .await;
         }
-        self.check_ha_provision(plan, clone.is_some(), follow.is_some())?;
+        self.check_ha_provision(plan, clone.is_some(), follow.is_some())
+            .await?;
         let leader = match &follow {
             Some(from) => Some(
                 self.check_follow(&req.instance_id, &req.space_guid, plan, from)

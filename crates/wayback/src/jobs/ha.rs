@@ -6,8 +6,8 @@
 //! instance's key is its id, so every caller asks here without asking whether it is HA.
 //!
 //! The members' names and which machine each goes to are here too: [`member_machine`] is the
-//! one place a member is placed (the broker's own machine for now; the next step places the
-//! standby on another agent, as a follower avoids its leader's).
+//! one place a member is placed (with agents, the standby on another agent than the primary's;
+//! without, the broker's own machine).
 //!
 //! Imports `context`, `domain`, `runtime` and `store`; never `broker`, `steps` or `osb`.
 
@@ -41,15 +41,53 @@ pub enum LeaderError {
 }
 
 /// The machine a member goes to: (agent name, host bindings name), `("", None)` for the
-/// broker's own. The primary goes where the instance was placed (`allocate_port`); the standby
-/// goes to the same machine for now ("for labs": the instance's view says both members share
-/// it). With agents, this is where the standby is placed on another agent (placement's
-/// `avoid()` naming the primary's).
-pub fn member_machine(instance: &InstanceRecord, _index: usize) -> (String, Option<String>) {
-    (
-        instance.agent.clone().unwrap_or_default(),
-        instance.agent_host.clone().filter(|h| !h.is_empty()),
-    )
+/// broker's own. The primary goes where the instance was placed (`allocate_port`). Without
+/// agents the standby goes to the same machine ("for labs": the instance's view says both
+/// members share it); with agents it goes to another agent that runs HA members and has room
+/// (`runtime::choose_ha_member`, never an agent a member already holds), and none fitting
+/// fails the step ([`crate::runtime::NO_HA_ROOM`]; the broker refused such a provision
+/// before the 202 unless room went since).
+pub async fn member_machine(
+    ctx: &AppContext,
+    instance: &InstanceRecord,
+    index: usize,
+) -> Result<(String, Option<String>), crate::jobs::StepError> {
+    let primary = instance.agent.clone().unwrap_or_default();
+    let host = instance.agent_host.clone().filter(|h| !h.is_empty());
+    if index == 0 || primary.is_empty() {
+        return Ok((primary, host));
+    }
+    let survey = ctx.runtime.survey().await;
+    let Some(answers) = survey.capacities() else {
+        return Ok((primary, host));
+    };
+    let members = ctx.store.ha_members(&instance.id).await?;
+    let mut taken: Vec<&str> = members.iter().map(|m| m.agent.as_str()).collect();
+    taken.push(&primary);
+    let placed = ctx.store.instances_per_agent().await?;
+    let placement = crate::runtime::choose_ha_member(&answers, &placed, &taken)?;
+    Ok((
+        placement.agent,
+        Some(placement.host).filter(|h| !h.is_empty()),
+    ))
+}
+
+/// What the platform's user reads when an HA plan's members cannot each go to their own agent.
+pub use crate::runtime::NO_HA_ROOM;
+
+/// With agents (settings list any), the names of those that run HA members and have room for
+/// one (`runtime::ha_agents_with_room`: a runtime that surveys none has none); None without
+/// agents (members share the broker's machine). The broker refuses an HA provision before the
+/// 202 when fewer than the plan's members have room.
+pub async fn agents_with_ha_room(
+    ctx: &AppContext,
+) -> Result<Option<Vec<String>>, crate::store::StoreError> {
+    if ctx.settings.agents.urls.is_empty() {
+        return Ok(None);
+    }
+    let answers = ctx.runtime.survey().await.capacities().unwrap_or_default();
+    let placed = ctx.store.instances_per_agent().await?;
+    Ok(Some(crate::runtime::ha_agents_with_room(&answers, &placed)))
 }
 
 /// The recorded members of `instance` (none: a single-member instance).

@@ -36,6 +36,7 @@ pub use interface::{
 };
 pub use local::{ArchiveAccess, ClusterTls, LocalRuntime};
 pub use placement::{choose, choose_avoiding, Placement, PlacementLedger, NO_ROOM};
+pub use placement::{choose_ha_member, ha_agents_with_room, NO_HA_ROOM};
 pub use remote::{BackupAnswer, RemoteRuntime};
 pub use replication::{FollowSpec, ReplicationGrant};
 pub use wayback_api::agent::{

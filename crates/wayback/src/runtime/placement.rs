@@ -147,6 +147,51 @@ pub fn choose_avoiding(
     }
 }
 
+/// What the platform's user reads when an HA plan's members cannot go to different machines.
+pub const NO_HA_ROOM: &str = "fewer than two database VMs have room for another instance and \
+                              run HA members, and an HA instance's members need two; ask your \
+                              operator to add agents or raise agent.max_instances, or choose a \
+                              plan without HA";
+
+/// The agents (from a survey: None where it did not answer) that run HA members and have a
+/// free instance slot, counting `placed` as [`choose`] does.
+pub fn ha_agents_with_room(
+    answers: &[(String, Option<Capacity>)],
+    placed: &HashMap<String, usize>,
+) -> Vec<String> {
+    answers
+        .iter()
+        .filter_map(|(name, cap)| {
+            let cap = cap.as_ref().filter(|c| c.ha)?;
+            let held = (cap.instances as usize).max(placed.get(name).copied().unwrap_or(0));
+            (held < cap.max_instances as usize).then(|| name.clone())
+        })
+        .collect()
+}
+
+/// Where an HA instance's next member goes: an agent that runs HA members, has room and is
+/// none of `taken` (the agents of the members already placed: two members on one machine
+/// would fail together), the most room first as [`choose`]. None fits: [`NO_HA_ROOM`],
+/// permanent unless some agent did not answer.
+pub fn choose_ha_member(
+    answers: &[(String, Option<Capacity>)],
+    placed: &HashMap<String, usize>,
+    taken: &[&str],
+) -> Result<Placement, RuntimeError> {
+    let unreachable = answers.iter().any(|(_, cap)| cap.is_none());
+    let fit: Vec<(String, Result<Capacity, RuntimeError>)> = answers
+        .iter()
+        .filter(|(name, cap)| !taken.contains(&name.as_str()) && cap.as_ref().is_some_and(|c| c.ha))
+        .map(|(name, cap)| (name.clone(), Ok(cap.clone().expect("filtered"))))
+        .collect();
+    choose(&fit, placed).map_err(|e| RuntimeError::Agent {
+        agent: "*".into(),
+        user_message: (!unreachable).then(|| NO_HA_ROOM.to_string()),
+        message: format!("no other agent can take an HA member (taken: {taken:?}): {e}"),
+        permanent: !unreachable,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +307,38 @@ mod tests {
             choose_preferring(&list, &none, Some("z")).unwrap().agent,
             "b"
         );
+    }
+    fn survey(list: Vec<(&str, Option<Capacity>)>) -> Vec<(String, Option<Capacity>)> {
+        list.into_iter().map(|(n, c)| (n.to_string(), c)).collect()
+    }
+
+    fn ha_cap(instances: u32, max: u32) -> Option<Capacity> {
+        let mut c = cap(instances, max, 8).unwrap();
+        c.ha = true;
+        Some(c)
+    }
+
+    #[test]
+    fn an_ha_member_goes_to_another_agent_that_runs_ha_or_nowhere() {
+        let none = HashMap::new();
+        let no_ha = cap(0, 10, 8).ok();
+        let list = survey(vec![
+            ("a", ha_cap(0, 10)),
+            ("b", ha_cap(5, 10)),
+            ("c", no_ha),
+            ("d", ha_cap(10, 10)),
+        ]);
+        assert_eq!(choose_ha_member(&list, &none, &["a"]).unwrap().agent, "b");
+        assert_eq!(ha_agents_with_room(&list, &none), vec!["a", "b"]);
+        // Only the primary's agent has room: refused, never the same machine.
+        let e = choose_ha_member(&list, &none, &["a", "b"]).unwrap_err();
+        assert!(e.is_permanent(), "{e}");
+        assert_eq!(e.user_message().as_deref(), Some(NO_HA_ROOM));
+        // An agent that did not answer may come back: retry.
+        let list = survey(vec![("a", ha_cap(0, 10)), ("b", None)]);
+        assert!(!choose_ha_member(&list, &none, &["a"])
+            .unwrap_err()
+            .is_permanent());
+        assert_eq!(ha_agents_with_room(&list, &none), vec!["a"]);
     }
 }

@@ -30,7 +30,7 @@ use wayback::domain::InstanceId;
 pub(crate) const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
 /// Long enough for a provision (adoption, a base backup, a seed), a failover (ttl 20 s) and a
 /// rejoin on a machine shared with other builds.
-const WAIT: Duration = Duration::from_secs(300);
+pub(crate) const WAIT: Duration = Duration::from_secs(300);
 
 /// `psql` against `uri`; Ok(stdout) when it succeeded.
 pub(crate) fn psql(uri: &str, sql: &str) -> Result<String, String> {
@@ -64,13 +64,13 @@ pub(crate) fn patroni_pid(dir: &Path) -> Option<i32> {
     patroni_runs(pid).then_some(pid)
 }
 
-fn patroni_runs(pid: i32) -> bool {
+pub(crate) fn patroni_runs(pid: i32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .is_ok_and(|c| String::from_utf8_lossy(&c).contains("patroni"))
 }
 
 /// The pids of a postmaster and of its children.
-fn server_processes(pgdata: &Path) -> Vec<i32> {
+pub(crate) fn server_processes(pgdata: &Path) -> Vec<i32> {
     let Ok(Some(pm)) = wayback::pg::ctl::live_postmaster(pgdata) else {
         return Vec::new();
     };
@@ -114,7 +114,7 @@ impl Drop for Cleanup {
 /// One INSERT after another, each over a new connection to `uri` and each with a new value;
 /// every acknowledged row is kept with the time its attempt started.
 pub(crate) struct Writer {
-    acked: Arc<Mutex<Vec<(i64, Instant)>>>,
+    pub(crate) acked: Arc<Mutex<Vec<(i64, Instant)>>>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -238,14 +238,14 @@ pub(crate) async fn wait_members(
 }
 
 /// Both members run, one leading and the other its sync standby.
-fn whole(m: &Value) -> bool {
+pub(crate) fn whole(m: &Value) -> bool {
     matches!(
         (role_of(m, "m1"), role_of(m, "m2")),
         (Some("leader"), Some("sync_standby")) | (Some("sync_standby"), Some("leader"))
     )
 }
 
-async fn fetch(app: &TestApp, id: &str) -> Value {
+pub(crate) async fn fetch(app: &TestApp, id: &str) -> Value {
     let r = app
         .osb(reqwest::Method::GET, &format!("/v2/service_instances/{id}"))
         .send()

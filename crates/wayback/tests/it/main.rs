@@ -33,6 +33,7 @@ mod fast;
 mod follow_engine;
 mod followers;
 mod ha_agents;
+mod ha_agents_osb;
 mod ha_async;
 mod ha_broker;
 mod ha_broker_crash;

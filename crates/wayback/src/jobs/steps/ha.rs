@@ -71,15 +71,23 @@ pub(super) async fn place(ctx: &AppContext, instance: &InstanceRecord) -> StepRe
         if ctx.store.ha_member(&instance.id, name).await?.is_some() {
             continue;
         }
-        let (agent, agent_host) = member_machine(instance, index);
+        let (agent, agent_host) = member_machine(ctx, instance, index).await?;
+        // The instance's other members' ports are never reused, even on another agent (two
+        // agents may share a host, as in the tests).
+        let mut siblings = vec![first_port];
+        for m in ctx.store.ha_members(&instance.id).await? {
+            siblings.extend([m.port, m.rest_port]);
+        }
         // Another provision may take a port between the choice and the insert: choose again.
         let mut recorded = false;
         for _ in 0..20 {
             let port = match index {
                 0 => first_port,
-                _ => free_port(ctx, &agent, &[]).await?,
+                _ => free_port(ctx, &agent, &siblings).await?,
             };
-            let rest_port = free_port(ctx, &agent, &[port]).await?;
+            let mut taken = siblings.clone();
+            taken.push(port);
+            let rest_port = free_port(ctx, &agent, &taken).await?;
             let row = HaMemberRecord {
                 instance_id: instance.id.clone(),
                 member: name.to_string(),
