@@ -207,6 +207,16 @@ impl Broker {
                  -c '{{\"{FOLLOW}\":\"{its_name}\"}}'."
             )));
         }
+        // A follower streams from one cluster through a slot on it; an HA instance's primary
+        // changes at a failover, and its slot would not follow (yet).
+        if !self.ctx.store.ha_members(&leader.id).await?.is_empty() {
+            return Err(BrokerError::Unprocessable(format!(
+                "Service instance {who} is highly available, and a follower of an HA instance \
+                 is not offered yet. To read without loading its primary, bind it with \
+                 -c '{{\"read_only\":true}}': that binding reads from its standby. To get a \
+                 copy, create an instance with -c '{{\"{CLONE_FROM}\":\"{name}\"}}'."
+            )));
+        }
         // The leader's cluster must answer (its agent may be down): retry later, nothing made.
         if let Err(e) = self.ctx.runtime.status(&leader.id).await {
             if !e.is_permanent() {

@@ -262,3 +262,25 @@ async fn a_delete_during_an_ha_provision_stops_it_and_removes_every_member() {
     assert!(app.fake().ha_scope(&id).is_none());
     assert!(app.store.ha_members(&iid(&id)).await.unwrap().is_empty());
 }
+
+/// A follower of an HA instance is refused before the 202 (a slot on one member would not
+/// follow a failover), pointing at a read-only binding, which reads from the standby.
+#[tokio::test]
+async fn following_an_ha_instance_is_refused_and_names_the_read_only_binding() {
+    let app = ha_app().await;
+    let (_, done) = provision_ha(&app).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let id = new_id();
+    let mut body = provision_body(SMALL, "reports");
+    body["parameters"] = serde_json::json!({ "follow": "orders" });
+    let r = app.put_instance(&id, &body).await;
+    let status = r.status();
+    let answer: Value = r.json().await.unwrap();
+    let text = answer["description"].as_str().unwrap_or_default();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{text}");
+    assert!(
+        text.contains("highly available") && text.contains("read_only"),
+        "{text}"
+    );
+    assert!(app.store.get_instance(&iid(&id)).await.unwrap().is_none());
+}
