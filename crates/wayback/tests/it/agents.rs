@@ -52,6 +52,20 @@ impl AgentProc {
         self.child = Some(child);
     }
 
+    /// `wayback drain --agent --json` of this agent's data directory with its settings, run
+    /// as BOSH's drain would beside the running agent; (exit status success, report).
+    pub(crate) fn drain(&self) -> (bool, serde_json::Value) {
+        drain_report(
+            Command::new(env!("CARGO_BIN_EXE_wayback"))
+                .arg("--config")
+                .arg(&self.config)
+                .args(["drain", "--agent", "--json", "--timeout-secs", "150"])
+                .env_remove("WAYBACK_DATA_DIR")
+                .env("WAYBACK_LOG", "warn")
+                .stdin(Stdio::null()),
+        )
+    }
+
     /// SIGKILL: no shutdown of any kind (its clusters keep running, as on a lost process).
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

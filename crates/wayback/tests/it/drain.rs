@@ -34,22 +34,14 @@ fn drain_with_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> (bool, serde_json::Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wayback"))
-        .args(["drain", "--json"])
-        .args(extra)
-        .env("WAYBACK_DATA_DIR", &app.data_dir)
-        .env("WAYBACK_LOG", "warn")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run wayback drain");
-    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "drain printed no JSON ({e}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.success(), report)
+    drain_report(
+        Command::new(env!("CARGO_BIN_EXE_wayback"))
+            .args(["drain", "--json"])
+            .args(extra)
+            .env("WAYBACK_DATA_DIR", &app.data_dir)
+            .env("WAYBACK_LOG", "warn")
+            .envs(env.iter().copied()),
+    )
 }
 
 fn report_of<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {

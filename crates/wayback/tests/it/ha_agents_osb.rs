@@ -4,8 +4,9 @@
 //! both machines, and no "share one machine" note), bound, and written to under a steady load
 //! through the binding's multi-host `uri` (the writer never retries a value); `kill -9` of the
 //! primary's Patroni and PostgreSQL on its agent — writes through the same credentials succeed
-//! again, the supervisor starts the killed member's Patroni through its agent and it rejoins,
-//! and no acknowledged row is missing; the HA instance is cloned by name into `small` with every
+//! again, the supervisor starts the killed member's Patroni through its agent and it rejoins;
+//! `wayback drain --agent` of the leader's agent hands the lead to the other agent's member
+//! first (a switchover, writes go on); no acknowledged row is missing; the HA instance is cloned by name into `small` with every
 //! row; the delete leaves no Patroni, no member directory on either agent and no key of the
 //! scope in etcd.
 //!
@@ -19,12 +20,10 @@ use crate::common::etcd::{ha_binaries_available, Etcd};
 use crate::common::osb_client::*;
 use crate::common::*;
 use crate::ha_broker::{
-    fetch, finished, patroni_pid, patroni_runs, psql, role_of, server_processes, wait_members,
-    whole, Cleanup, Writer, WAIT,
+    assert_every_acked_row, delete_whole, fetch, finished, kill_member, patroni_pid, psql, role_of,
+    wait_members, whole, Cleanup, Writer, WAIT,
 };
 use crate::ha_engine::member_logs;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use wayback::domain::InstanceId;
@@ -172,13 +171,7 @@ async fn ha_members_on_two_agents_through_osb_fail_over_rejoin_clone_and_delete(
     writer
         .wait_acked_since(Instant::now(), 20, "before the kill")
         .await;
-    let mut victims = vec![patroni_pid(&dirs[0]).expect("m1's Patroni runs")];
-    victims.extend(server_processes(&dirs[0].join("pgdata")));
-    for sig in [Signal::SIGSTOP, Signal::SIGKILL] {
-        for pid in &victims {
-            let _ = kill(Pid::from_raw(*pid), sig);
-        }
-    }
+    let victims = kill_member(&dirs[0]);
     let killed = Instant::now();
     wait_writes(&fleet, &writer, killed, &id, &dirs, &uri).await;
     eprintln!(
@@ -193,19 +186,54 @@ async fn ha_members_on_two_agents_through_osb_fail_over_rejoin_clone_and_delete(
         "m1 runs a new Patroni on its agent"
     );
 
-    let acked = writer.finish().await;
-    let present: Vec<i64> = psql(&uri, "SELECT n FROM ha_rows ORDER BY n")
+    eprintln!("ha_agents_osb: drain of the leader's agent hands the lead over first");
+    let view = fetch(app, &id).await;
+    let leader = view["ha"]["members"]
+        .as_array()
         .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
-    let missing: Vec<&i64> = acked.iter().filter(|n| !present.contains(n)).collect();
-    assert!(
-        missing.is_empty(),
-        "sync mode lost {} of {} acknowledged rows: {missing:?}",
-        missing.len(),
-        acked.len()
+        .iter()
+        .find(|m| m["role"] == "leader")
+        .cloned()
+        .expect("a member leads");
+    let (old, new) = match leader["name"].as_str() {
+        Some("m1") => ("m1", "m2"),
+        _ => ("m2", "m1"),
+    };
+    let agent = fleet
+        .agents
+        .iter()
+        .find(|a| Some(a.name.as_str()) == leader["machine"].as_str())
+        .expect("the leader's agent");
+    let begun = Instant::now();
+    let (ok, report) = tokio::task::block_in_place(|| agent.drain());
+    let drained = Instant::now();
+    assert!(ok, "{report}");
+    let switched = &report["switchovers"];
+    assert_eq!(switched.as_array().map(Vec::len), Some(1), "{report}");
+    assert_eq!(
+        (
+            switched[0]["member"].as_str(),
+            switched[0]["to"].as_str(),
+            switched[0]["switched"].as_bool()
+        ),
+        (Some(old), Some(new), Some(true)),
+        "{report}"
     );
+    wait_members(app, &id, "the other agent's member leads", |m| {
+        role_of(m, new) == Some("leader") && role_of(m, old) == Some("sync_standby")
+    })
+    .await;
+    writer
+        .wait_acked_since(drained, 5, "writes after the drain")
+        .await;
+    eprintln!(
+        "ha_agents_osb: drained in {:.1} s; the longest pause between writes across it: {:.2} s",
+        (drained - begun).as_secs_f64(),
+        writer.longest_gap_since(begun).as_secs_f64()
+    );
+
+    let acked = writer.finish().await;
+    let present = assert_every_acked_row(&uri, &acked);
     eprintln!(
         "ha_agents_osb: {} rows acknowledged, all present",
         acked.len()
@@ -225,21 +253,5 @@ async fn ha_members_on_two_agents_through_osb_fail_over_rejoin_clone_and_delete(
     drop(conn);
 
     eprintln!("ha_agents_osb: delete");
-    let pids: Vec<i32> = dirs.iter().filter_map(|d| patroni_pid(d)).collect();
-    assert_eq!(pids.len(), 2, "both Patroni run before the delete");
-    let r = app.delete_instance(&id).await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let op: Value = r.json().await.unwrap();
-    let (status, done) = finished(app, &id, op["operation"].as_str().unwrap()).await;
-    assert_delete_finished(status, &done);
-    assert!(
-        pids.iter().all(|p| !patroni_runs(*p)),
-        "a Patroni still runs"
-    );
-    assert!(
-        dirs.iter().all(|d| !d.exists()),
-        "a member directory is left on an agent"
-    );
-    assert_eq!(etcd.count_prefix(&format!("/wayback/{id}/")).await, 0);
-    assert!(app.store.ha_members(&iid(&id)).await.unwrap().is_empty());
+    delete_whole(app, &etcd, &id, &dirs).await;
 }

@@ -91,6 +91,36 @@ pub(crate) fn server_processes(pgdata: &Path) -> Vec<i32> {
     pids
 }
 
+/// `kill -9` of a member's Patroni and every process of its server (all stopped first, so
+/// that none sees another go); the pids killed.
+pub(crate) fn kill_member(dir: &Path) -> Vec<i32> {
+    let mut victims = vec![patroni_pid(dir).expect("the member's Patroni runs")];
+    victims.extend(server_processes(&dir.join("pgdata")));
+    for sig in [Signal::SIGSTOP, Signal::SIGKILL] {
+        for pid in &victims {
+            let _ = kill(Pid::from_raw(*pid), sig);
+        }
+    }
+    victims
+}
+
+/// The rows of `ha_rows` read through `uri`, once every acknowledged one is seen among them.
+pub(crate) fn assert_every_acked_row(uri: &str, acked: &[i64]) -> Vec<i64> {
+    let present: Vec<i64> = psql(uri, "SELECT n FROM ha_rows ORDER BY n")
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let missing: Vec<&i64> = acked.iter().filter(|n| !present.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "lost {} of {} acknowledged rows: {missing:?}",
+        missing.len(),
+        acked.len()
+    );
+    present
+}
+
 /// Kills the members' Patroni if the test ends early (before the app's own drop stops the
 /// servers: Patroni would start them again).
 pub(crate) struct Cleanup(pub(crate) Vec<PathBuf>);
@@ -189,6 +219,28 @@ impl Drop for Writer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Deletes the HA instance `id` through OSB and checks it is gone whole: no Patroni of
+/// `dirs` runs, no member directory is left, no key of its scope in etcd, no member recorded.
+pub(crate) async fn delete_whole(app: &TestApp, etcd: &Etcd, id: &str, dirs: &[PathBuf]) {
+    let pids: Vec<i32> = dirs.iter().filter_map(|d| patroni_pid(d)).collect();
+    assert_eq!(pids.len(), 2, "both Patroni run before the delete");
+    let r = app.delete_instance(id).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let op: Value = r.json().await.unwrap();
+    let (status, done) = finished(app, id, op["operation"].as_str().unwrap()).await;
+    assert_delete_finished(status, &done);
+    assert!(
+        pids.iter().all(|p| !patroni_runs(*p)),
+        "a Patroni still runs"
+    );
+    assert!(
+        dirs.iter().all(|d| !d.exists()),
+        "a member directory is left"
+    );
+    assert_eq!(etcd.count_prefix(&format!("/wayback/{id}/")).await, 0);
+    assert!(app.store.ha_members(&iid(id)).await.unwrap().is_empty());
 }
 
 /// Polls last_operation of `operation` until it is terminal.
@@ -317,13 +369,7 @@ async fn an_ha_instance_fails_over_by_itself_loses_no_acknowledged_row_and_is_de
     writer
         .wait_acked_since(Instant::now(), 20, "before the kill")
         .await;
-    let mut victims = vec![patroni_pid(&dirs[0]).expect("m1's Patroni runs")];
-    victims.extend(server_processes(&dirs[0].join("pgdata")));
-    for sig in [Signal::SIGSTOP, Signal::SIGKILL] {
-        for pid in &victims {
-            let _ = kill(Pid::from_raw(*pid), sig);
-        }
-    }
+    let victims = kill_member(&dirs[0]);
     let killed = Instant::now();
     // Through the same credentials, by themselves: Patroni promotes the sync standby, libpq
     // finds the writer.
@@ -380,18 +426,7 @@ async fn an_ha_instance_fails_over_by_itself_loses_no_acknowledged_row_and_is_de
     .await;
 
     let acked = writer.finish().await;
-    let present: Vec<i64> = psql(&uri, "SELECT n FROM ha_rows ORDER BY n")
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
-    let missing: Vec<&i64> = acked.iter().filter(|n| !present.contains(n)).collect();
-    assert!(
-        missing.is_empty(),
-        "sync mode lost {} of {} acknowledged rows: {missing:?}",
-        missing.len(),
-        acked.len()
-    );
+    let present = assert_every_acked_row(&uri, &acked);
     eprintln!(
         "ha_broker: {} rows acknowledged, all present; members: {}",
         acked.len(),
@@ -399,23 +434,7 @@ async fn an_ha_instance_fails_over_by_itself_loses_no_acknowledged_row_and_is_de
     );
 
     eprintln!("ha_broker: delete");
-    let pids: Vec<i32> = dirs.iter().filter_map(|d| patroni_pid(d)).collect();
-    assert_eq!(pids.len(), 2, "both Patroni run before the delete");
-    let r = app.delete_instance(&id).await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let op: Value = r.json().await.unwrap();
-    let (status, done) = finished(&app, &id, op["operation"].as_str().unwrap()).await;
-    assert_delete_finished(status, &done);
-    assert!(
-        pids.iter().all(|p| !patroni_runs(*p)),
-        "a Patroni still runs"
-    );
-    assert!(
-        dirs.iter().all(|d| !d.exists()),
-        "a member directory is left"
-    );
-    assert_eq!(etcd.count_prefix(&format!("/wayback/{id}/")).await, 0);
-    assert!(app.store.ha_members(&iid(&id)).await.unwrap().is_empty());
+    delete_whole(&app, &etcd, &id, &dirs).await;
 
     eprintln!("ha_broker: undo from the archive into a plan without HA");
     let (undo, _) = app

@@ -19,21 +19,13 @@ use wayback::runtime::{switch_over, SwitchoverError, SwitchoverRefusal};
 
 /// `wayback drain --agent --json` of `machine`'s data directory, run as a BOSH drain would.
 fn drain_agent(pair: &Pair, machine: &Machine) -> (bool, serde_json::Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wayback"))
-        .args(["drain", "--agent", "--json", "--timeout-secs", "150"])
-        .env("WAYBACK_DATA_DIR", &machine.data_dir)
-        .env("WAYBACK_LOG", "warn")
-        .envs(pair.s3.env(ARCHIVE_PREFIX))
-        .output()
-        .expect("run wayback drain");
-    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "drain printed no JSON ({e}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.success(), report)
+    drain_report(
+        Command::new(env!("CARGO_BIN_EXE_wayback"))
+            .args(["drain", "--agent", "--json", "--timeout-secs", "150"])
+            .env("WAYBACK_DATA_DIR", &machine.data_dir)
+            .env("WAYBACK_LOG", "warn")
+            .envs(pair.s3.env(ARCHIVE_PREFIX)),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,8 @@ use crate::common::etcd::{ha_binaries_available, Etcd};
 use crate::common::osb_client::*;
 use crate::common::*;
 use crate::ha_broker::{
-    finished, member_dir, patroni_pid, psql, role_of, wait_members, Cleanup, Writer,
+    assert_every_acked_row, finished, member_dir, patroni_pid, psql, role_of, wait_members,
+    Cleanup, Writer,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -149,18 +150,7 @@ async fn a_plan_change_single_to_ha_and_back_under_writes_loses_nothing() {
     );
     let acked = writer.finish().await;
 
-    let present: Vec<i64> = psql(&uri, "SELECT n FROM ha_rows ORDER BY n")
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
-    let missing: Vec<&i64> = acked.iter().filter(|n| !present.contains(n)).collect();
-    assert!(
-        missing.is_empty(),
-        "lost {} of {} acknowledged rows: {missing:?}",
-        missing.len(),
-        acked.len()
-    );
+    assert_every_acked_row(&uri, &acked);
     eprintln!("ha_update: {} rows acknowledged, all present", acked.len());
 
     // A plain single cluster again.

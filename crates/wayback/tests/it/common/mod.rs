@@ -590,3 +590,16 @@ pub async fn connect(uri: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
     }
     sqlx::PgConnection::connect_with(&opts).await
 }
+
+/// Runs a `wayback drain … --json` command to its end; (whether it exited 0, its JSON report).
+pub fn drain_report(cmd: &mut std::process::Command) -> (bool, Value) {
+    let out = cmd.output().expect("run wayback drain");
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "drain printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), report)
+}
