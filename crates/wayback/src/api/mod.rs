@@ -203,7 +203,32 @@ async fn gather(
         if !view::is_live(record.state) {
             return None;
         }
-        match tokio::time::timeout(STATS_TIMEOUT, state.runtime.archiver_stats(&record.id)).await {
+        // An HA instance's archiver is its leader's (the member Patroni shows leading now).
+        let leader_stats = async {
+            let members = state
+                .store
+                .ha_members(&record.id)
+                .await
+                .map_err(|e| e.to_string())?;
+            let cluster = match members.is_empty() {
+                true => record.id.clone(),
+                false => {
+                    let status = state
+                        .runtime
+                        .ha_status(&record.id)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let leader = status.leader().ok_or("no member leads now")?;
+                    record.id.member_key(&leader.name)
+                }
+            };
+            state
+                .runtime
+                .archiver_stats(&cluster)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(STATS_TIMEOUT, leader_stats).await {
             Ok(Ok(stats)) => Some(stats),
             Ok(Err(e)) => {
                 tracing::info!(instance = %record.id, error = %e, "no archiver statistics");

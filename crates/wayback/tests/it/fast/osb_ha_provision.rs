@@ -127,6 +127,17 @@ async fn an_ha_plan_is_provisioned_with_a_primary_and_a_sync_standby() {
             .contains("both members share one machine"),
         "{body}"
     );
+
+    // The broker API's archive health is the leader's archiver's, read under its member key.
+    let doc = common::wayback_client::get(
+        &app,
+        &format!("/instances/{id}"),
+        common::wayback_client::operator(&app),
+    )
+    .await;
+    assert_eq!(doc.status, StatusCode::OK, "{}", doc.body);
+    assert_eq!(doc.body["archive"]["healthy"], true, "{}", doc.body);
+    assert!(app.fake().calls_for(&m1).contains(&Call::ArchiverStats));
 }
 
 #[tokio::test]
