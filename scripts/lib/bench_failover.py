@@ -69,7 +69,17 @@ class Wayback:
         self.sync = True
 
     def settings(self) -> str:
-        return f"plan {self.plan} (Wayback's Patroni settings: ttl 20, loop_wait 2, retry_timeout 5)"
+        """The plan, and the DCS timings a member's Patroni runs with (read from its
+        configuration, which Wayback renders as JSON) once a member exists."""
+        for conf in sorted(glob.glob(os.path.join(self.data_dir, "clusters", "*", "patroni",
+                                                  "patroni.yml"))):
+            try:
+                dcs = json.load(open(conf))["bootstrap"]["dcs"]
+                return (f"plan {self.plan} (Wayback's Patroni settings: ttl {dcs['ttl']}, "
+                        f"loop_wait {dcs['loop_wait']}, retry_timeout {dcs['retry_timeout']})")
+            except (OSError, ValueError, KeyError):
+                continue
+        return f"plan {self.plan}"
 
     # --- OSB -------------------------------------------------------------------------------
 
@@ -184,16 +194,19 @@ class Wayback:
         return len(members) >= 2 and roles == sorted(["leader"] + [want] * (len(members) - 1))
 
     def kill_pids(self, m: Member) -> list[int]:
-        """Patroni's process tree: Patroni, the postmaster it runs and the postmaster's
-        children."""
+        """The member's Patroni (its pid file beside its log) and its server's process tree.
+        Never walked up from the postmaster: Patroni starts the server through a short-lived
+        child, so the postmaster's parent is init (or a subreaper), never Patroni."""
+        pids = set()
         pid = procs.postmaster_pid(m.pgdata)
-        if not pid:
-            return []
+        if pid:
+            pids.update(procs.tree(pid))
         try:
-            ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            return procs.tree(pid)
-        return procs.tree(ppid) if procs.comm(ppid) != "wayback" else procs.tree(pid)
+            pids.add(int(open(os.path.join(os.path.dirname(m.log), "patroni.pid")).read().strip()))
+        except (OSError, ValueError):
+            pass
+        own = {os.getpid(), os.getppid()}
+        return sorted(p for p in pids if p > 1 and p not in own)
 
     def restart(self, m: Member) -> None:
         """Nothing: Wayback's supervisor starts the member's Patroni again by itself."""

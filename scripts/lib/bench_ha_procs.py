@@ -170,7 +170,9 @@ def pss_kib(pids) -> int:
 
 
 def kill9(pids) -> None:
-    """SIGSTOP all first so none of them reacts to another's death, then SIGKILL all."""
+    """SIGSTOP all first so none of them reacts to another's death, then SIGKILL all. Never
+    init, this driver or its parent, whatever a caller computed."""
+    pids = [p for p in pids if p > 1 and p not in (os.getpid(), os.getppid())]
     for sig in (signal.SIGSTOP, signal.SIGKILL):
         for pid in pids:
             try:
