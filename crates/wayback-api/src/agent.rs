@@ -503,7 +503,8 @@ mod tests {
 pub struct HaMemberBody {
     pub cluster: ClusterBody,
     pub member: String,
-    /// `adopt` or `from_leader`.
+    /// `adopt`, `from_leader`, or `adopt_single` (a running single cluster under the instance's
+    /// id, moved under the member key of the path).
     pub seed: String,
     pub dcs: Vec<String>,
     pub rest_port: u16,
@@ -531,4 +532,13 @@ pub struct HaSwitchoverBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HaSwitchoverAnswer {
     pub leader: String,
+}
+
+/// `POST /v1/clusters/{member key}/ha/release` (a plan change from an HA plan back to a
+/// single-member one): the member of the path, the scope's last, leaves Patroni and becomes the
+/// instance's single cluster `cluster` (port, plan settings) under the instance's own id,
+/// stopped. An agent older than this call answers 404.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HaReleaseBody {
+    pub cluster: ClusterBody,
 }

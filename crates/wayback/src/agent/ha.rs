@@ -1,7 +1,8 @@
 //! The agent's HA routes (issue 15): each the local runtime's call of the same name —
 //! `PUT /v1/clusters/{id}/ha` ([`LocalRuntime::ha_start_member`](crate::runtime::LocalRuntime)),
 //! `GET /v1/clusters/{id}/ha` (`ha_status`), `POST /v1/clusters/{id}/ha/switchover`
-//! (`ha_switchover`). A member's start, stop and destroy are the ordinary cluster routes: the
+//! (`ha_switchover`), `POST /v1/clusters/{member key}/ha/release` (`ha_release_member`: the
+//! member becomes the instance's single cluster again, a plan change back from HA). A member's start, stop and destroy are the ordinary cluster routes: the
 //! local runtime runs them through Patroni. The passwords arrive in the body as the follower
 //! calls' do; the archive target is built from this agent's own settings (no storage
 //! credential crosses the wire).
@@ -22,7 +23,8 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/v1/clusters/{id}/ha/switchover",
             web::post().to(switchover),
-        );
+        )
+        .route("/v1/clusters/{id}/ha/release", web::post().to(release));
 }
 
 fn bad(message: String) -> AgentError {
@@ -95,4 +97,22 @@ async fn switchover(
     let leader =
         ClusterRuntime::ha_switchover(&*state.runtime, &id, body.candidate.as_deref()).await?;
     ok(&wire::HaSwitchoverAnswer { leader })
+}
+
+/// The path's key is the member's (`<id>~<member>`); the body is the single cluster it becomes,
+/// under the instance's own id.
+async fn release(
+    state: web::Data<AgentState>,
+    req: HttpRequest,
+    body: web::Json<wire::HaReleaseBody>,
+) -> Reply {
+    let member = instance(&state, &req)?;
+    if member.member().is_none() {
+        return Err(bad(format!(
+            "{member} is an instance id; a release names an HA member's key (<id>~<member>)"
+        )));
+    }
+    let single = spec(member.instance(), body.into_inner().cluster);
+    ClusterRuntime::ha_release_member(&*state.runtime, &member, &single).await?;
+    ok(&())
 }

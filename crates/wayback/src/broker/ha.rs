@@ -2,9 +2,10 @@
 //! for, before the 202, each with a 422 naming what to do. The coordinator must be configured
 //! (`ha.dcs_endpoints`); with agents, as many as the plan has members must have room and run
 //! HA members (each member on its own agent); an HA instance is never a follower or a clone. A
-//! plan change between single and HA adds or removes the standby on the broker's machine
-//! (`jobs/steps/ha_update.rs`; [`Broker::check_ha_plan_change`] says which way, or why not: with
-//! agents it is not offered yet). Anything else is provisioned by the HA job
+//! plan change between single and HA adopts the running cluster as the first member and adds a
+//! standby, or removes the standby and releases the first member, on the broker's machine or on
+//! agents (`jobs/steps/ha_update.rs`; [`Broker::check_ha_plan_change`] says which way, or why
+//! not). Anything else is provisioned by the HA job
 //! (`jobs::JobSpec::provision_ha`, the steps in `jobs/steps/ha.rs`). An HA instance's binding
 //! credentials name every member ([`Broker::ha_credentials`]).
 //! Imports `catalog`, `context`, `jobs` (the plan change's direction; `jobs::ha`: agents with
@@ -101,7 +102,8 @@ impl Broker {
     /// Which way a plan change from `from` to `to` crosses between single and HA (None: it does
     /// not), or why it is refused: a change between two HA plans of another shape, an instance
     /// with followers or one that is a follower, and to HA whatever an HA provision is refused
-    /// for (no coordinator); with agents, any (not offered there yet).
+    /// for (no coordinator; with agents, fewer with room for a member than the plan has
+    /// members).
     pub(super) async fn check_ha_plan_change(
         &self,
         instance: &InstanceRecord,
@@ -141,16 +143,6 @@ impl Broker {
                  between single and HA plans yet (the followers' replication slots live on \
                  one member): unfollow or delete its followers first.",
                 instance.id
-            )));
-        }
-        // On agents the standby would be seeded on, or released from, another VM: the agents
-        // do not make a single cluster a member (`HaSeed::AdoptSingle`) or release one yet.
-        if !self.ctx.settings.agents.urls.is_empty() {
-            return Err(BrokerError::Unprocessable(format!(
-                "A plan change from {:?} to {:?} adds or removes a member, which this broker \
-                 offers only without agents (database VMs) for now. Keep plan {:?}, or create \
-                 a new instance of plan {:?} and move the data with pg_dump and pg_restore.",
-                from.name, to.name, from.name, to.name
             )));
         }
         if change == HaChange::AddStandby {

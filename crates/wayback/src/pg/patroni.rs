@@ -45,7 +45,9 @@ use sha2::{Digest, Sha256};
 use super::PgError;
 
 /// The DCS timings (docs/ha-engines.md, "The choice"): `loop_wait + 2 × retry_timeout ≤ ttl`.
-pub const TTL_SECS: u32 = 20;
+/// The ttl bounds a crash's RTO (the dead leader's key must expire): 20 s measured 20.2 s
+/// through OSB against the goal of 20 s, so 15 s, the margin that document named.
+pub const TTL_SECS: u32 = 15;
 pub const LOOP_WAIT_SECS: u32 = 2;
 pub const RETRY_TIMEOUT_SECS: u32 = 5;
 
@@ -246,7 +248,7 @@ mod tests {
         assert_eq!(v["scope"], "inst-1");
         assert_eq!(v["namespace"], NAMESPACE);
         let dcs = &v["bootstrap"]["dcs"];
-        assert_eq!(dcs["ttl"], 20);
+        assert_eq!(dcs["ttl"], 15);
         assert_eq!(dcs["loop_wait"], 2);
         assert_eq!(dcs["retry_timeout"], 5);
         assert_eq!(dcs["failsafe_mode"], true);

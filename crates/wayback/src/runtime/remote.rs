@@ -125,7 +125,11 @@ impl RemoteRuntime {
                     None => None,
                 };
                 let name = found.ok_or_else(|| RuntimeError::NotPlaced(id.to_string()))?;
-                self.assign(id, &name);
+                // An instance never moves; an HA member's key is placed again when a plan
+                // change to HA follows one back to single, so its row is asked each time.
+                if id.member().is_none() {
+                    self.assign(id, &name);
+                }
                 name
             }
         };
@@ -576,6 +580,14 @@ impl ClusterRuntime for RemoteRuntime {
         candidate: Option<&str>,
     ) -> Result<String, RuntimeError> {
         self.remote_ha_switchover(id, candidate).await
+    }
+
+    async fn ha_release_member(
+        &self,
+        member: &InstanceId,
+        single: &ClusterSpec,
+    ) -> Result<(), RuntimeError> {
+        self.remote_ha_release_member(member, single).await
     }
 }
 

@@ -24,7 +24,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 /// PATCHes `id` from plan `from` to `to` and waits until the operation succeeded.
-async fn change_plan(app: &TestApp, id: &str, to: &str, from: &str) {
+pub(crate) async fn change_plan(app: &TestApp, id: &str, to: &str, from: &str) {
     let body = json!({
         "service_id": SERVICE_ID,
         "plan_id": to,
@@ -44,7 +44,7 @@ async fn change_plan(app: &TestApp, id: &str, to: &str, from: &str) {
 
 /// Asks the broker's operator switchover (`POST /wayback/v1/instances/{id}/switchover`) to
 /// hand the lead of `id` to `candidate`; `leader` leads now.
-async fn switch_over(app: &TestApp, id: &str, leader: &str, candidate: &str) {
+pub(crate) async fn switch_over(app: &TestApp, id: &str, leader: &str, candidate: &str) {
     let r = app
         .osb(
             reqwest::Method::POST,

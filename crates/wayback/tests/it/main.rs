@@ -41,6 +41,7 @@ mod ha_engine;
 mod ha_ops;
 mod ha_timelines;
 mod ha_update;
+mod ha_update_agents;
 mod ha_update_crash;
 mod lifecycle;
 mod osb_pg;

@@ -35,6 +35,35 @@ impl AgentClient {
         body: Option<&B>,
         timeout: Option<Duration>,
     ) -> Result<T, RuntimeError> {
+        let (status, bytes) = self.exchange(&method, path, body, timeout).await?;
+        self.read(&method, path, status, &bytes)
+    }
+
+    /// [`Self::call`] of a route an older agent may not have: `None` when the agent answers
+    /// 404 (an agent answers 404 only for a path it does not serve; its errors are 409, 422
+    /// and 503), for the caller to say what to upgrade.
+    pub(super) async fn call_if_known<T: DeserializeOwned, B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> Result<Option<T>, RuntimeError> {
+        let (status, bytes) = self.exchange(&method, path, body, timeout).await?;
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        self.read(&method, path, status, &bytes).map(Some)
+    }
+
+    /// Sends the request; the answer's status and body (no answer: `Unreachable`).
+    async fn exchange<B: Serialize + ?Sized>(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> Result<(reqwest::StatusCode, bytes::Bytes), RuntimeError> {
         let url = format!("{}{path}", self.base);
         let mut req = self
             .http
@@ -55,8 +84,19 @@ impl AgentClient {
             agent: self.name.clone(),
             message: format!("{method} {path}: reading the answer: {}", error_chain(&e)),
         })?;
+        Ok((status, bytes))
+    }
+
+    /// An answer read into the runtime's terms: the value, or the agent's error.
+    fn read<T: DeserializeOwned>(
+        &self,
+        method: &Method,
+        path: &str,
+        status: reqwest::StatusCode,
+        bytes: &[u8],
+    ) -> Result<T, RuntimeError> {
         if status.is_success() {
-            return serde_json::from_slice(&bytes)
+            return serde_json::from_slice(bytes)
                 .map_err(|e| self.error(format!("{method} {path}: unexpected answer: {e}")));
         }
         if status == reqwest::StatusCode::UNAUTHORIZED {
@@ -64,11 +104,11 @@ impl AgentClient {
                 "the agent refused the broker's credentials; agents.username/password must match the agent's agent.username/password".into(),
             ));
         }
-        match serde_json::from_slice::<WireError>(&bytes) {
+        match serde_json::from_slice::<WireError>(bytes) {
             Ok(e) => Err(from_wire(&self.name, e)),
             Err(_) => Err(self.error(format!(
                 "{method} {path}: HTTP {status}: {}",
-                String::from_utf8_lossy(&bytes)
+                String::from_utf8_lossy(bytes)
                     .chars()
                     .take(300)
                     .collect::<String>()

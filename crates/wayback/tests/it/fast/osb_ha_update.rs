@@ -4,7 +4,8 @@
 //! switches over to the first member if it does not lead, destroys the standby, releases the
 //! first member as the instance's single cluster and forgets the members. Each step's runtime
 //! call failing once is retried (the steps are idempotent); a failure before the move leaves
-//! the single instance as it was; the refusals that stay are 422s before the 202.
+//! the single instance as it was; the refusals that stay are 422s before the 202 (with agents,
+//! only the one an HA provision has: too few agents with room).
 
 use crate::common;
 
@@ -238,8 +239,11 @@ async fn the_refusals_that_stay_are_422s_before_the_202() {
     );
 }
 
+/// With agents the change is served (`ha_update_agents` on two real agents) where an HA
+/// provision would be: here the fake runtime surveys no agent, so none has room for the
+/// standby, and the change to HA is refused as such a provision is — not for the agents.
 #[tokio::test]
-async fn a_change_to_ha_is_refused_with_agents() {
+async fn a_change_to_ha_with_agents_is_refused_only_without_room_for_the_standby() {
     let app = spawn_fast_app_with(|s| {
         s.ha.dcs_endpoints = vec!["127.0.0.1:2379".into()];
         s.agents.urls = wayback::config::parse_agent_list("a1=https://127.0.0.1:1").unwrap();
@@ -248,11 +252,12 @@ async fn a_change_to_ha_is_refused_with_agents() {
     .await;
     let id = app.provision_ready("orders").await;
     let text = refused(&app, &id, HA_SMALL, SMALL).await;
-    // The agents neither adopt a running cluster as a member nor release one yet.
     assert!(
-        text.contains("only without agents") && text.contains("pg_dump"),
+        text.contains("each on its own database VM")
+            && text.contains("0 of this broker's agents have room and run HA members"),
         "{text}"
     );
+    assert!(!text.contains("only without agents"), "{text}");
 }
 
 #[tokio::test]
