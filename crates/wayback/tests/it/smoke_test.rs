@@ -241,6 +241,9 @@ async fn an_ha_plan_walks_eleven_steps_with_its_members_and_a_switchover() {
             .unwrap()
             .to_string()
     };
+    for name in ["ha", "switchover", "verify"] {
+        eprintln!("smoke_test: {name}: {}", detail(name));
+    }
     let ha = detail("ha");
     assert!(
         ha.contains("2 members (sync)")

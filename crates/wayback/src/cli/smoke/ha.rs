@@ -112,6 +112,15 @@ pub(super) struct Members {
 
 impl Members {
     fn describe(&self, durability: &str) -> String {
+        let mut text = self.roles(durability);
+        for note in &self.notes {
+            text.push_str(&format!("; note: {note}"));
+        }
+        text
+    }
+
+    /// The members, each with its role and machine.
+    fn roles(&self, durability: &str) -> String {
         let mut parts: Vec<String> = self
             .all
             .iter()
@@ -128,15 +137,11 @@ impl Members {
             })
             .collect();
         parts.sort();
-        let mut text = format!(
+        format!(
             "{} members ({durability}): {}",
             self.all.len(),
             parts.join(", ")
-        );
-        for note in &self.notes {
-            text.push_str(&format!("; note: {note}"));
-        }
-        text
+        )
     }
 
     fn port_of(&self, name: &str) -> Option<u64> {
@@ -318,10 +323,10 @@ impl<'a> Walk<'a> {
         Ok((
             rows.clone(),
             format!(
-                "{from} → {to} through POST /wayback/v1/instances/{{id}}/switchover ({took:.1} s); \
-                 row {} written through the same uri on {on}; the fetch shows {}",
+                "{from} → {to} through the operator API ({took:.1} s); row {} written through \
+                 the same uri on {on}; the fetch shows {}",
                 rows.len(),
-                after.describe(&shape.durability)
+                after.roles(&shape.durability)
             ),
         ))
     }
