@@ -30,13 +30,14 @@
 //!
 //! The parts: this file holds the command line, `main`, the [`Target`], [`run`] and the
 //! [`Report`]; `walk` the `Walk` that takes the steps in order and cleans up after a
-//! failure; `steps` each step's OSB calls; `ha` the HA plan's steps and checks; `sql` what is
+//! failure; `steps` each step's OSB calls; `plan` the walked plan's HA shape and the clone's plan; `ha` the HA plan's steps and checks; `sql` what is
 //! written and read over a binding's uri; `pguri` a multi-host uri split per host; `osb` the
 //! small HTTP client that plays the Cloud Controller.
 
 mod ha;
 mod osb;
 mod pguri;
+mod plan;
 mod sql;
 mod steps;
 mod walk;

@@ -9,8 +9,8 @@ use anyhow::{anyhow, bail, Context};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::ha::{clone_plan, HaShape};
 use super::pguri::PgUri;
+use super::plan::{clone_plan, HaShape};
 use super::sql::{read_rows, AppLogin};
 use super::walk::{Ids, Walk};
 use crate::cli::encode;

@@ -11,8 +11,8 @@ use anyhow::{anyhow, bail};
 use reqwest::Method;
 use serde_json::json;
 
-use super::ha::HaShape;
 use super::osb::{path_only, Osb};
+use super::plan::HaShape;
 use super::sql::write;
 use super::{steps_of, StepReport, Target};
 
