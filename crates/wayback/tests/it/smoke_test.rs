@@ -178,7 +178,8 @@ async fn bad_arguments_exit_2() {
 /// An HA plan on real PostgreSQL, a real etcd and real Patroni (both members on the broker's
 /// machine): the walk takes eleven steps, `ha` and `switchover` among them, and passes; the
 /// clone goes into `small` (the broker clones only into plans without HA) with every row,
-/// the one written after the switchover included.
+/// the one written after the switchover included; no member directory, Patroni or member row
+/// is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ha_plan_walks_eleven_steps_with_its_members_and_a_switchover() {
     if !pg_available() || !common::etcd::ha_binaries_available() {
@@ -210,9 +211,16 @@ async fn an_ha_plan_walks_eleven_steps_with_its_members_and_a_switchover() {
                 .collect()
         })
         .unwrap_or_default();
+    let left = members.clone();
     let _cleanup = crate::ha_broker::Cleanup(members);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(left.is_empty(), "member directories left: {left:?}");
+    assert_eq!(
+        patroni_under(&app.data_dir),
+        0,
+        "a Patroni of the walk still runs"
+    );
     let report: Value = serde_json::from_str(&stdout).expect("one JSON document");
     assert_eq!(report["ok"], true, "{report:#}");
     let steps = report["steps"].as_array().unwrap();
@@ -241,6 +249,14 @@ async fn an_ha_plan_walks_eleven_steps_with_its_members_and_a_switchover() {
             .unwrap()
             .to_string()
     };
+    let took: Vec<String> = steps
+        .iter()
+        .map(|s| {
+            let secs = s["secs"].as_f64().unwrap_or_default();
+            format!("{} {secs:.1} s", s["name"].as_str().unwrap())
+        })
+        .collect();
+    eprintln!("smoke_test: {}", took.join(", "));
     for name in ["ha", "switchover", "verify"] {
         eprintln!("smoke_test: {name}: {}", detail(name));
     }
@@ -276,4 +292,18 @@ async fn an_ha_plan_walks_eleven_steps_with_its_members_and_a_switchover() {
             .is_empty(),
         "the HA instance's members are forgotten"
     );
+}
+
+/// How many Patroni processes run with a configuration under `dir`.
+fn patroni_under(dir: &std::path::Path) -> usize {
+    let dir = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.contains("patroni") && cmdline.contains(&dir)
+        })
+        .count()
 }

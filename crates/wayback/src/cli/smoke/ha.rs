@@ -236,7 +236,9 @@ impl<'a> Walk<'a> {
         let reply = answer.expect(&format!("POST {path}"), &[200])?;
         let took = t.elapsed().as_secs_f64();
         let from = reply["from"].as_str().unwrap_or(&before.leader).to_string();
+        let t = Instant::now();
         let (rows, port) = write_one_more(login, rows, marker).await?;
+        let wrote = t.elapsed().as_secs_f64();
         let (from_port, to_port) = (before.port_of(&from), before.port_of(&to));
         let on = if from_port != to_port && Some(port as u64) == from_port {
             bail!("after the switchover the row went to port {port}, the old leader {from}'s");
@@ -245,12 +247,14 @@ impl<'a> Walk<'a> {
         } else {
             format!("port {port}")
         };
+        let t = Instant::now();
         let after = self.ha_members(shape, Some(&to)).await?;
+        let whole = t.elapsed().as_secs_f64();
         Ok((
             rows.clone(),
             format!(
                 "{from} → {to} through the operator API ({took:.1} s); row {} written through \
-                 the same uri on {on}; the fetch shows {}",
+                 the same uri on {on} ({wrote:.1} s); the fetch shows {} ({whole:.1} s later)",
                 rows.len(),
                 after.roles(&shape.durability)
             ),
