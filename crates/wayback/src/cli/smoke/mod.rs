@@ -1,8 +1,11 @@
-//! `wayback smoke-test [--broker-url URL] [--plan small] [--space-guid G] [--org-guid G]
-//! [--timeout-secs 600] [--json] [--keep-on-failure]`: plays the Cloud Controller against a
+//! `wayback smoke-test [--broker-url URL] [--plan small] [--clone-plan PLAN] [--space-guid G]
+//! [--org-guid G] [--timeout-secs 600] [--json] [--keep-on-failure]`: plays the Cloud Controller against a
 //! running broker over OSB and walks one instance's whole life, undo included:
 //!
-//! 1. `catalog`: `GET /v2/catalog`, find the plan (and its service) by name;
+//! 1. `catalog`: `GET /v2/catalog`, find the plan (and its service) by name, whether it is HA
+//!    (`metadata.wayback.ha`), and the plan the clone goes into (`--clone-plan`; else the same
+//!    plan, or for an HA plan the service's first plan without HA: the broker clones only
+//!    into those);
 //! 2. `provision`: a fresh instance `wayback-smoke-<8 hex>`, polled until it succeeds;
 //! 3. `bind`: credentials for it (polled and fetched when the broker answers 202);
 //! 4. `write`: a table and a few rows holding a random marker, read back, over the binding's uri;
@@ -14,6 +17,10 @@
 //! 9. `cleanup`: unbind and deprovision the clone; after a failure, whatever the walk created
 //!    (unless `--keep-on-failure`, which leaves it for inspection).
 //!
+//! An HA plan walks eleven steps: `ha` after `bind` (the fetch shows every member, one leader,
+//! the rest standbys; the binding names them all) and `switchover` after `write` (the operator
+//! API hands the lead over; a row goes through the same uri to the new leader); see `ha`.
+//!
 //! Exit codes as for the other commands: 0 passed, 1 a step failed (named, with the broker's
 //! answer), 2 the settings do not say how to reach the broker. The binding's password is never
 //! printed: credentials are shown without it, and every detail is scrubbed of it.
@@ -22,11 +29,15 @@
 //! (sqlx); it must not import the broker's internals, so it tests what a platform sees.
 //!
 //! The parts: this file holds the command line, `main`, the [`Target`], [`run`] and the
-//! [`Report`]; `walk` the `Walk` that takes the nine steps in order and cleans up after a
-//! failure; `steps` each step's OSB calls; `sql` what is written and read over a binding's uri;
-//! `osb` the small HTTP client that plays the Cloud Controller.
+//! [`Report`]; `walk` the `Walk` that takes the steps in order and cleans up after a
+//! failure; `steps` each step's OSB calls; `plan` the walked plan's HA shape and the clone's plan; `ha` the HA plan's steps and checks; `sql` what is
+//! written and read over a binding's uri; `pguri` a multi-host uri split per host; `osb` the
+//! small HTTP client that plays the Cloud Controller.
 
+mod ha;
 mod osb;
+mod pguri;
+mod plan;
 mod sql;
 mod steps;
 mod walk;
@@ -43,8 +54,14 @@ use crate::config::Settings;
 use osb::Osb;
 use walk::{Made, Walk};
 
-/// The number of steps of a full walk.
-const STEPS: usize = 9;
+/// The number of steps of a full walk: 9, and 11 for an HA plan (`ha`, `switchover`).
+fn steps_of(ha: bool) -> usize {
+    if ha {
+        11
+    } else {
+        9
+    }
+}
 /// Rows the write step inserts.
 const ROWS: i32 = 3;
 
@@ -57,6 +74,10 @@ pub struct SmokeTestArgs {
     /// The plan to provision (by name, as in the catalog).
     #[arg(long, default_value = "small")]
     pub plan: String,
+    /// The plan the clone step provisions into. Default: the same plan; for an HA plan the
+    /// service's first plan without HA (the broker clones only into those).
+    #[arg(long, value_name = "PLAN")]
+    pub clone_plan: Option<String>,
     /// The space GUID the instances are created in. Default: a random one.
     #[arg(long, value_name = "GUID")]
     pub space_guid: Option<String>,
@@ -84,6 +105,9 @@ pub struct Report {
     pub steps: Vec<StepReport>,
     pub instance_id: Option<String>,
     pub clone_id: Option<String>,
+    /// Whether the plan was HA (11 steps); not in the JSON, whose steps say so.
+    #[serde(skip)]
+    pub ha: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -118,13 +142,14 @@ pub fn main(mut settings: Settings, args: SmokeTestArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Some((n, failed)) = report.steps.iter().enumerate().find(|(_, s)| !s.ok) {
+        let total = steps_of(report.ha);
         let n = if failed.name == "cleanup" {
-            STEPS
+            total
         } else {
             n + 1
         };
         eprintln!(
-            "wayback: smoke-test: step {n}/{STEPS} ({}) failed: {}",
+            "wayback: smoke-test: step {n}/{total} ({}) failed: {}",
             failed.name, failed.detail
         );
     }
@@ -137,6 +162,7 @@ pub struct Target {
     pub username: String,
     pub password: SecretString,
     pub plan: String,
+    pub clone_plan: Option<String>,
     pub org_guid: String,
     pub space_guid: String,
     pub timeout: Duration,
@@ -178,6 +204,7 @@ impl Target {
             username: settings.broker.username.clone(),
             password,
             plan: args.plan.clone(),
+            clone_plan: args.clone_plan.clone().filter(|p| !p.trim().is_empty()),
             org_guid: guid(&args.org_guid, "--org-guid")?,
             space_guid: guid(&args.space_guid, "--space-guid")?,
             timeout: Duration::from_secs(args.timeout_secs),
@@ -202,6 +229,7 @@ pub async fn run(target: &Target, print: &dyn Fn(&str)) -> Report {
                     }],
                     instance_id: None,
                     clone_id: None,
+                    ha: false,
                 }
             }
         },
@@ -211,6 +239,7 @@ pub async fn run(target: &Target, print: &dyn Fn(&str)) -> Report {
         made: Made::default(),
         secrets: Vec::new(),
         deadline: Instant::now() + target.timeout,
+        ha: false,
     };
     let walked = walk.walk().await;
     if walked.is_err() {
@@ -229,14 +258,22 @@ pub async fn run(target: &Target, print: &dyn Fn(&str)) -> Report {
     let ok = walk.steps.iter().all(|s| s.ok) && walked.is_ok();
     if ok {
         let total: f64 = walk.steps.iter().map(|s| s.secs).sum();
-        print(&format!(
-            "smoke test passed: provisioned, bound, wrote, deprovisioned, cloned back and verified {ROWS} rows ({total:.1} s)"
-        ));
+        if walk.ha {
+            print(&format!(
+                "smoke test passed: provisioned an HA instance, checked its members and the binding's addresses, wrote, switched over and wrote through the same uri, deprovisioned, cloned back and verified {} rows ({total:.1} s)",
+                ROWS + 1
+            ));
+        } else {
+            print(&format!(
+                "smoke test passed: provisioned, bound, wrote, deprovisioned, cloned back and verified {ROWS} rows ({total:.1} s)"
+            ));
+        }
     }
     Report {
         ok,
         steps: walk.steps,
         instance_id: walk.made.instance.as_ref().map(|i| i.id.clone()),
         clone_id: walk.made.clone.as_ref().map(|i| i.id.clone()),
+        ha: walk.ha,
     }
 }

@@ -1,5 +1,6 @@
 //! The broker over OSB, as the Cloud Controller calls it: `Osb` sends one authenticated call
-//! with the API version header, again on transport errors and 502/503/504; `Answer` is the
+//! with the API version header, again on transport errors and 502/503/504 (`call_once`: never
+//! again, for the operator's switchover of an HA instance); `Answer` is the
 //! broker's answer read whole, and says what went wrong in the broker's own words. Must not
 //! import the broker's internals: it speaks HTTP only.
 
@@ -129,6 +130,31 @@ impl Osb {
             }
             tokio::time::sleep(self.backoff.delay(attempt - 1)).await;
         }
+    }
+}
+
+impl Osb {
+    /// One call, never repeated (for a POST that is not idempotent), bounded by `timeout`.
+    pub(super) async fn call_once(
+        &self,
+        method: Method,
+        path: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> anyhow::Result<Answer> {
+        let what = format!("{method} {}", path_only(path));
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .basic_auth(&self.username, Some(self.password.expose_secret()))
+            .timeout(timeout)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| anyhow!("{what}: {}", e.without_url()))?;
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap_or_default();
+        Ok(Answer { status, body })
     }
 }
 

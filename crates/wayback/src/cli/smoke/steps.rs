@@ -9,6 +9,8 @@ use anyhow::{anyhow, bail, Context};
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use super::pguri::PgUri;
+use super::plan::{clone_plan, HaShape};
 use super::sql::{read_rows, AppLogin};
 use super::walk::{Ids, Walk};
 use crate::cli::encode;
@@ -24,17 +26,37 @@ impl<'a> Walk<'a> {
                 let plan_name = plan["name"].as_str().unwrap_or_default();
                 names.push(plan_name.to_string());
                 if plan_name == self.target.plan {
+                    let ha = HaShape::of_plan(plan)?;
+                    let (clone_into, clone_plan_id) = clone_plan(
+                        service,
+                        plan,
+                        ha.as_ref(),
+                        self.target.clone_plan.as_deref(),
+                    )?;
+                    let mut detail = format!(
+                        "service {} ({}), plan {} ({})",
+                        service["name"].as_str().unwrap_or("?"),
+                        text(&service["id"])?,
+                        plan_name,
+                        text(&plan["id"])?,
+                    );
+                    if let Some(ha) = &ha {
+                        detail.push_str(&format!(
+                            ", highly available: {} members, {} commits",
+                            ha.members, ha.durability
+                        ));
+                    }
+                    if clone_into != plan_name {
+                        detail.push_str(&format!(
+                            "; the clone goes into plan {clone_into} ({clone_plan_id})"
+                        ));
+                    }
                     let ids = Ids {
                         service_id: text(&service["id"])?,
                         plan_id: text(&plan["id"])?,
+                        clone_plan_id,
+                        ha,
                     };
-                    let detail = format!(
-                        "service {} ({}), plan {} ({})",
-                        service["name"].as_str().unwrap_or("?"),
-                        ids.service_id,
-                        plan_name,
-                        ids.plan_id
-                    );
                     return Ok((ids, detail));
                 }
             }
@@ -59,8 +81,9 @@ impl<'a> Walk<'a> {
         })
     }
 
-    fn ids_query(ids: &Ids) -> String {
-        format!("service_id={}&plan_id={}", ids.service_id, ids.plan_id)
+    /// `service_id=…&plan_id=…` of the instance (`clone`: of the clone).
+    fn ids_query(ids: &Ids, clone: bool) -> String {
+        format!("service_id={}&plan_id={}", ids.service_id, ids.plan(clone))
     }
 
     /// PUTs an instance (a clone with `parameters`) and polls it until it succeeded. A clone's
@@ -72,14 +95,14 @@ impl<'a> Walk<'a> {
         name: &str,
         parameters: Option<Value>,
     ) -> anyhow::Result<((), String)> {
+        let cloning = parameters.is_some();
         let mut body = json!({
             "service_id": ids.service_id,
-            "plan_id": ids.plan_id,
+            "plan_id": ids.plan(cloning),
             "organization_guid": self.target.org_guid,
             "space_guid": self.target.space_guid,
             "context": self.context(name),
         });
-        let cloning = parameters.is_some();
         if let Some(p) = parameters {
             body["parameters"] = p;
         }
@@ -108,7 +131,7 @@ impl<'a> Walk<'a> {
         if answer.status == 202 {
             let poll = format!(
                 "/v2/service_instances/{id}/last_operation?{}{}",
-                Self::ids_query(ids),
+                Self::ids_query(ids, cloning),
                 operation_query(&reply)
             );
             self.poll(&poll, false).await?;
@@ -134,7 +157,7 @@ impl<'a> Walk<'a> {
         let path = format!("/v2/service_instances/{instance}/service_bindings/{binding}");
         let body = json!({
             "service_id": ids.service_id,
-            "plan_id": ids.plan_id,
+            "plan_id": ids.plan(clone),
             "app_guid": app,
             "bind_resource": {"app_guid": app},
             "context": self.context(""),
@@ -152,13 +175,13 @@ impl<'a> Walk<'a> {
         if answer.status == 202 {
             let poll = format!(
                 "{path}/last_operation?{}{}",
-                Self::ids_query(ids),
+                Self::ids_query(ids, clone),
                 operation_query(&reply)
             );
             self.poll(&poll, false).await?;
         }
         if reply["credentials"]["uri"].as_str().is_none() {
-            let get = format!("{path}?{}", Self::ids_query(ids));
+            let get = format!("{path}?{}", Self::ids_query(ids, clone));
             let answer = self.osb.call(Method::GET, &get, None).await?;
             reply = answer.expect(&format!("GET {path}"), &[200])?;
         }
@@ -170,23 +193,17 @@ impl<'a> Walk<'a> {
             .as_str()
             .ok_or_else(|| anyhow!("the binding {binding} has no credentials.uri"))?
             .to_string();
-        let url = reqwest::Url::parse(&uri).context("the binding's uri")?;
-        if !url.password().unwrap_or_default().is_empty() {
-            self.secrets
-                .push(url.password().unwrap_or_default().to_string());
+        let parsed = PgUri::parse(&uri).context("the binding's uri")?;
+        if let Some(p) = parsed.password()?.filter(|p| !p.is_empty()) {
+            self.secrets.push(p);
         }
         let ca_certificate = creds["ca_certificate"].as_str().map(str::to_string);
-        let sslmode = url
-            .query_pairs()
-            .find(|(k, _)| k == "sslmode")
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_else(|| "prefer".into());
+        let sslmode = parsed.param("sslmode")?.unwrap_or_else(|| "prefer".into());
         let detail = format!(
-            "binding {binding}: user {} at {}:{}{} (sslmode {sslmode}{})",
-            url.username(),
-            url.host_str().unwrap_or("?"),
-            url.port().unwrap_or(5432),
-            url.path(),
+            "binding {binding}: user {} at {}{} (sslmode {sslmode}{})",
+            parsed.username()?,
+            parsed.hosts.join(","),
+            parsed.path(),
             if ca_certificate.is_some() {
                 ", the credentials' CA"
             } else {
@@ -197,6 +214,7 @@ impl<'a> Walk<'a> {
             AppLogin {
                 uri,
                 ca_certificate,
+                credentials: creds.clone(),
             },
             detail,
         ))
@@ -208,7 +226,7 @@ impl<'a> Walk<'a> {
             return Ok(((), "no binding".into()));
         };
         let path = format!("/v2/service_instances/{instance}/service_bindings/{binding}");
-        self.delete_and_wait(&path, ids).await?;
+        self.delete_and_wait(&path, ids, clone).await?;
         self.made_mut(clone).binding = None;
         Ok(((), format!("binding {binding} deleted")))
     }
@@ -216,8 +234,13 @@ impl<'a> Walk<'a> {
     /// DELETE an instance or binding as the platform does, and follow the operation until it
     /// is gone: its last_operation `succeeded` (or 410 Gone from an older broker). Returns how
     /// the broker said so.
-    async fn delete_and_wait(&mut self, path: &str, ids: &Ids) -> anyhow::Result<String> {
-        let q = Self::ids_query(ids);
+    async fn delete_and_wait(
+        &mut self,
+        path: &str,
+        ids: &Ids,
+        clone: bool,
+    ) -> anyhow::Result<String> {
+        let q = Self::ids_query(ids, clone);
         let answer = self
             .osb
             .call(
@@ -242,7 +265,7 @@ impl<'a> Walk<'a> {
     ) -> anyhow::Result<((), String)> {
         let instance = self.instance(clone)?;
         let path = format!("/v2/service_instances/{instance}");
-        let how = self.delete_and_wait(&path, ids).await?;
+        let how = self.delete_and_wait(&path, ids, clone).await?;
         self.made_mut(clone).gone = true;
         Ok(((), format!("instance {instance} deleted ({how})")))
     }

@@ -1,4 +1,5 @@
-//! The `Walk`: the nine steps of a smoke test taken in order, each timed, printed and
+//! The `Walk`: the nine steps of a smoke test taken in order (eleven for an HA plan: `ha` after
+//! `bind`, `switchover` after `write`, in `ha`), each timed, printed and
 //! recorded as a [`StepReport`], with every secret seen scrubbed from the details; the
 //! `last_operation` poll that follows a 202 until the walk's deadline; and, after a failure,
 //! the clean-up of whatever the walk created (`Made`). The steps' OSB calls are in `steps`.
@@ -11,8 +12,9 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::osb::{path_only, Osb};
+use super::plan::HaShape;
 use super::sql::write;
-use super::{StepReport, Target, STEPS};
+use super::{steps_of, StepReport, Target};
 
 /// An instance the walk created, and its binding while it has one.
 #[derive(Debug, Clone)]
@@ -62,12 +64,29 @@ pub(super) struct Walk<'a> {
     /// Passwords seen in credentials: scrubbed from every detail.
     pub(super) secrets: Vec<String>,
     pub(super) deadline: Instant,
+    /// Whether the walked plan is HA (known after the catalog step): the walk has 11 steps.
+    pub(super) ha: bool,
 }
 
 /// What the catalog step found.
 pub(super) struct Ids {
     pub(super) service_id: String,
     pub(super) plan_id: String,
+    /// The plan the clone step provisions into (`ha::clone_plan`).
+    pub(super) clone_plan_id: String,
+    /// The walked plan's `metadata.wayback.ha`, when it has one.
+    pub(super) ha: Option<HaShape>,
+}
+
+impl Ids {
+    /// The plan of the instance (`clone`: of the clone).
+    pub(super) fn plan(&self, clone: bool) -> &str {
+        if clone {
+            &self.clone_plan_id
+        } else {
+            &self.plan_id
+        }
+    }
 }
 
 impl<'a> Walk<'a> {
@@ -78,8 +97,9 @@ impl<'a> Walk<'a> {
         start: Instant,
         result: anyhow::Result<(T, String)>,
     ) -> anyhow::Result<T> {
+        let total = steps_of(self.ha);
         let n = if name == "cleanup" {
-            STEPS
+            total
         } else {
             self.steps.len() + 1
         };
@@ -90,7 +110,7 @@ impl<'a> Walk<'a> {
         };
         let verdict = if ok { "ok" } else { "FAILED" };
         (self.print)(&format!(
-            "[{n}/{STEPS}] {name} … {verdict} ({secs:.1} s): {detail}"
+            "[{n}/{total}] {name} … {verdict} ({secs:.1} s): {detail}"
         ));
         self.steps.push(StepReport {
             name,
@@ -113,6 +133,7 @@ impl<'a> Walk<'a> {
         let t = Instant::now();
         let r = self.catalog().await;
         let ids = self.record("catalog", t, r)?;
+        self.ha = ids.ha.is_some();
         let hex = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("wayback-smoke-{}", &hex[..8]);
         let marker = uuid::Uuid::new_v4().simple().to_string();
@@ -131,9 +152,26 @@ impl<'a> Walk<'a> {
         let r = self.bind(&ids, false).await;
         let login = self.record("bind", t, r)?;
 
+        let members = match &ids.ha {
+            Some(shape) => {
+                let t = Instant::now();
+                let r = self.ha_step(shape, &login).await;
+                Some(self.record("ha", t, r)?)
+            }
+            None => None,
+        };
+
         let t = Instant::now();
         let r = write(&login, &marker).await;
-        let rows = self.record("write", t, r)?;
+        let mut rows = self.record("write", t, r)?;
+
+        if let (Some(shape), Some(members)) = (&ids.ha, &members) {
+            let t = Instant::now();
+            let r = self
+                .switchover(shape, members, &login, &rows, &marker)
+                .await;
+            rows = self.record("switchover", t, r)?;
+        }
 
         let t = Instant::now();
         let r = self.unbind(&ids, false).await;

@@ -10,7 +10,8 @@
 //! concurrent requests (`osb_concurrent`); read-only and followers' bindings and followers' lag in
 //! the views and metrics (`osb_followers`); instance names from the Cloud Controller (`cc_names`) and the `/wayback/v1` authentication and space rules (`wayback_api`), against
 //! wiremock; jobs an older broker queued (`resume`); what a provision does with the runtime's
-//! errors (`runtime_errors`); the worker's leases and its two lanes (`job_lanes`); and the
+//! errors (`runtime_errors`); `wayback smoke-test` of an HA plan as far as the fake runtime
+//! takes it (`smoke_ha`); the worker's leases and its two lanes (`job_lanes`); and the
 //! layering of the source (`architecture`).
 
 mod architecture;
@@ -32,4 +33,5 @@ mod osb_ha_update;
 mod osb_lifecycle;
 mod resume;
 mod runtime_errors;
+mod smoke_ha;
 mod wayback_api;
