@@ -20,8 +20,8 @@ use crate::runtime::ClusterStatus;
 use crate::store::InstanceRecord;
 
 /// How long a gone leader's Patroni is left down for the others to fail over: twice
-/// Patroni's leader `ttl` (`pg::patroni::TTL_SECS`).
-const FAILOVER_GRACE: Duration = Duration::from_secs(2 * crate::pg::patroni::TTL_SECS as u64);
+/// Patroni's leader `ttl` ([`crate::runtime::ha::LEADER_TTL`]).
+const FAILOVER_GRACE: Duration = crate::runtime::ha::LEADER_TTL.saturating_mul(2);
 
 impl Supervisor {
     /// Whether the gone member `name` (its Patroni not running) is to be left down for now:

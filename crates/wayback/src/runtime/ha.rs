@@ -12,6 +12,11 @@ use serde::{Deserialize, Serialize};
 use super::{ArchiveCommand, ClusterSpec};
 use crate::archive::ArchiveTarget;
 
+/// How long a member's leader key lives in the coordinator without being renewed (Patroni's
+/// `ttl`, `pg::patroni::TTL_SECS`): a crashed leader is replaced about this long after it died.
+pub const LEADER_TTL: std::time::Duration =
+    std::time::Duration::from_secs(crate::pg::patroni::TTL_SECS as u64);
+
 /// How a member's data directory comes to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HaSeed {
