@@ -21,7 +21,7 @@ use crate::common::osb_client::*;
 use crate::common::*;
 use crate::ha_broker::{
     assert_every_acked_row, delete_whole, fetch, finished, kill_member, patroni_pid, psql, role_of,
-    wait_members, whole, Cleanup, Writer, WAIT,
+    uri_with_ca, wait_members, whole, Cleanup, Writer, WAIT,
 };
 use crate::ha_engine::member_logs;
 use reqwest::StatusCode;
@@ -158,12 +158,7 @@ async fn ha_members_on_two_agents_through_osb_fail_over_rejoin_clone_and_delete(
     eprintln!("ha_agents_osb: bind and write");
     let credentials = app.bind_sync(&id, &new_id()).await;
     let ca = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(ca.path(), credentials["ca_certificate"].as_str().unwrap()).unwrap();
-    let uri = format!(
-        "{}&sslrootcert={}",
-        credentials["uri"].as_str().unwrap(),
-        ca.path().display()
-    );
+    let uri = uri_with_ca(&credentials, &ca);
     psql(&uri, "CREATE TABLE ha_rows (n bigint PRIMARY KEY)").unwrap();
 
     eprintln!("ha_agents_osb: kill -9 of the primary's Patroni and PostgreSQL on its agent");

@@ -91,6 +91,14 @@ pub(crate) fn server_processes(pgdata: &Path) -> Vec<i32> {
     pids
 }
 
+/// A binding's `uri` with the CA file (kept alive by the caller) as `sslrootcert`.
+pub(crate) fn uri_with_ca(credentials: &Value, ca: &tempfile::NamedTempFile) -> String {
+    std::fs::write(ca.path(), credentials["ca_certificate"].as_str().unwrap()).unwrap();
+    let uri = credentials["uri"].as_str().unwrap();
+    let sep = if uri.contains('?') { "&" } else { "?" };
+    format!("{uri}{sep}sslrootcert={}", ca.path().display())
+}
+
 /// `kill -9` of a member's Patroni and every process of its server (all stopped first, so
 /// that none sees another go); the pids killed.
 pub(crate) fn kill_member(dir: &Path) -> Vec<i32> {
@@ -346,12 +354,7 @@ async fn an_ha_instance_fails_over_by_itself_loses_no_acknowledged_row_and_is_de
     eprintln!("ha_broker: bind and write");
     let credentials = app.bind_sync(&id, &new_id()).await;
     let ca = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(ca.path(), credentials["ca_certificate"].as_str().unwrap()).unwrap();
-    let uri = format!(
-        "{}&sslrootcert={}",
-        credentials["uri"].as_str().unwrap(),
-        ca.path().display()
-    );
+    let uri = uri_with_ca(&credentials, &ca);
     assert!(uri.contains("target_session_attrs=read-write"), "{uri}");
     psql(&uri, "CREATE TABLE ha_rows (n bigint PRIMARY KEY)").unwrap();
     // A point in time on the first timeline, for the undo before the failovers at the end.

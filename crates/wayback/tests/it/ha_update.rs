@@ -17,8 +17,8 @@ use crate::common::etcd::{ha_binaries_available, Etcd};
 use crate::common::osb_client::*;
 use crate::common::*;
 use crate::ha_broker::{
-    assert_every_acked_row, finished, member_dir, patroni_pid, psql, role_of, wait_members,
-    Cleanup, Writer,
+    assert_every_acked_row, finished, member_dir, patroni_pid, psql, role_of, uri_with_ca,
+    wait_members, Cleanup, Writer,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -77,17 +77,7 @@ async fn a_plan_change_single_to_ha_and_back_under_writes_loses_nothing() {
     eprintln!("ha_update: bind and write");
     let credentials = app.bind_sync(&id, &new_id()).await;
     let ca = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(ca.path(), credentials["ca_certificate"].as_str().unwrap()).unwrap();
-    let uri = format!(
-        "{}{}sslrootcert={}",
-        credentials["uri"].as_str().unwrap(),
-        if credentials["uri"].as_str().unwrap().contains('?') {
-            "&"
-        } else {
-            "?"
-        },
-        ca.path().display()
-    );
+    let uri = uri_with_ca(&credentials, &ca);
     psql(&uri, "CREATE TABLE ha_rows (n bigint PRIMARY KEY)").unwrap();
     let writer = Writer::start(uri.clone());
     writer

@@ -21,25 +21,16 @@ use crate::common::etcd::{ha_binaries_available, Etcd};
 use crate::common::osb_client::*;
 use crate::common::*;
 use crate::ha_broker::{
-    assert_every_acked_row, fetch, patroni_pid, patroni_runs, psql, role_of, wait_members, Cleanup,
-    Writer,
+    assert_every_acked_row, fetch, patroni_pid, patroni_runs, psql, role_of, uri_with_ca,
+    wait_members, Cleanup, Writer,
 };
 use crate::ha_update::{change_plan, switch_over};
-use serde_json::Value;
 use wayback::domain::InstanceId;
 
 /// The cluster directory `key` names on `agent` (an instance id, or a member key).
 fn dir_on(fleet: &Fleet, agent: &str, key: &str) -> PathBuf {
     let agent = fleet.agents.iter().find(|a| a.name == agent).unwrap();
     agent.data_dir.join("clusters").join(key)
-}
-
-/// A binding's `uri` with the CA file (kept alive by the caller) as `sslrootcert`.
-fn uri_with_ca(credentials: &Value, ca: &tempfile::NamedTempFile) -> String {
-    std::fs::write(ca.path(), credentials["ca_certificate"].as_str().unwrap()).unwrap();
-    let uri = credentials["uri"].as_str().unwrap();
-    let sep = if uri.contains('?') { "&" } else { "?" };
-    format!("{uri}{sep}sslrootcert={}", ca.path().display())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
