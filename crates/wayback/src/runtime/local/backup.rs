@@ -105,4 +105,45 @@ impl LocalRuntime {
         let source = self.backup_source(id).await?;
         Ok(crate::archive::take_backup(&source, store, prefix, options).await?)
     }
+
+    /// Takes a base backup of the standby `standby` (an HA member) into `prefix`; `leader`'s
+    /// WAL segment is completed here once the stream is done. A leader that does not run on
+    /// this machine cannot be switched from here: its own `archive_timeout` completes the
+    /// segment then (logged).
+    pub async fn take_standby_backup(
+        &self,
+        standby: &InstanceId,
+        leader: &InstanceId,
+        prefix: &crate::archive::layout::InstancePrefix,
+        options: &crate::archive::BackupOptions,
+    ) -> Result<crate::archive::BackupReport, RuntimeError> {
+        let store = &self.archive_access()?.store;
+        let source = self.backup_source(standby).await?;
+        let leader = LocalLeader {
+            runtime: self,
+            leader,
+        };
+        Ok(crate::archive::take_standby_backup(&source, store, prefix, options, &leader).await?)
+    }
+}
+
+/// A leader on this machine, whose WAL segment a standby's backup completes — always with
+/// `pg_switch_wal()` itself, never [`LocalRuntime::switch_wal`], which skips a segment holding
+/// only housekeeping records: a standby's backup may end just after such a record (a standby
+/// moves its recovery point to the last record it replayed), and neither that switch nor
+/// PostgreSQL's `archive_timeout` would ever complete the segment.
+struct LocalLeader<'a> {
+    runtime: &'a LocalRuntime,
+    leader: &'a InstanceId,
+}
+
+#[async_trait::async_trait]
+impl crate::archive::LeaderWal for LocalLeader<'_> {
+    async fn switch_wal(&self) -> Result<(), String> {
+        self.runtime
+            .switch_wal_segment(self.leader)
+            .await
+            .map(drop)
+            .map_err(|e| format!("switch the WAL of {}: {e}", self.leader))
+    }
 }
