@@ -446,7 +446,7 @@ async fn backup(
     let options = BackupOptions::from_settings(&state.settings, &body.reason);
     let report = match &body.leader {
         Some(leader) => {
-            let leader = InstanceId::parse(leader)
+            let leader = InstanceId::parse_cluster_key(leader)
                 .ok()
                 .filter(|l| l.instance() == id.instance())
                 .ok_or_else(|| {

@@ -108,8 +108,8 @@ impl LocalRuntime {
 
     /// Takes a base backup of the standby `standby` (an HA member) into `prefix`; `leader`'s
     /// WAL segment is completed here once the stream is done. A leader that does not run on
-    /// this machine cannot be switched from here: its own `archive_timeout` completes the
-    /// segment then (logged).
+    /// this machine (an agent's standby whose leader is on another agent) is switched by the
+    /// broker meanwhile (`runtime::remote::backup`).
     pub async fn take_standby_backup(
         &self,
         standby: &InstanceId,
@@ -122,6 +122,7 @@ impl LocalRuntime {
         let leader = LocalLeader {
             runtime: self,
             leader,
+            here: self.layout.cluster(leader).is_dir(),
         };
         Ok(crate::archive::take_standby_backup(&source, store, prefix, options, &leader).await?)
     }
@@ -135,11 +136,17 @@ impl LocalRuntime {
 struct LocalLeader<'a> {
     runtime: &'a LocalRuntime,
     leader: &'a InstanceId,
+    /// The leader's cluster is on this machine.
+    here: bool,
 }
 
 #[async_trait::async_trait]
 impl crate::archive::LeaderWal for LocalLeader<'_> {
     async fn switch_wal(&self) -> Result<(), String> {
+        if !self.here {
+            tracing::debug!(leader = %self.leader, "the leader runs on another machine; the broker completes its WAL segment");
+            return Ok(());
+        }
         self.runtime
             .switch_wal_segment(self.leader)
             .await
