@@ -38,7 +38,7 @@ fn now_on(uri: &str) -> DateTime<Utc> {
 }
 
 /// The text of `backup_label` in a backup's tar.
-fn label_of(tar: &[u8]) -> String {
+pub(crate) fn label_of(tar: &[u8]) -> String {
     use std::io::Read;
     let mut archive = tar::Archive::new(tar);
     for entry in archive.entries().unwrap() {
@@ -50,6 +50,30 @@ fn label_of(tar: &[u8]) -> String {
         }
     }
     panic!("no backup_label in the backup's tar");
+}
+
+/// Enqueues a backup job for `id` and returns the manifest of the next backup recorded.
+pub(crate) async fn next_backup(app: &TestApp, store: &ObjectStore, id: &str) -> BackupManifest {
+    let iid = InstanceId::parse(id).unwrap();
+    let before = app.store.latest_backup(&iid).await.unwrap();
+    let before = before.map(|b| b.backup_id);
+    // A backup job already pending (the one a provision enqueues) takes it as well.
+    app.store
+        .enqueue_backup(&backup_job(&iid, "manual"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let record = loop {
+        if let Some(b) = app.store.latest_backup(&iid).await.unwrap() {
+            if Some(&b.backup_id) != before.as_ref() {
+                break b;
+            }
+        }
+        assert!(Instant::now() < deadline, "no new backup of {id}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let key = prefix_of(id).base_manifest(&record.backup_id);
+    BackupManifest::from_json(&store.get(&key).await.unwrap().unwrap()).unwrap()
 }
 
 /// Switches the leader's WAL (as the broker's runtime does: the binding's role may not) and
@@ -106,25 +130,7 @@ async fn an_ha_instances_backup_comes_from_its_standby_and_restores_every_row() 
     psql(&uri, "INSERT INTO ha_rows SELECT generate_series(1, 100)").unwrap();
 
     eprintln!("ha_standby_backup: a backup while m2 streams in sync");
-    let before = app.store.latest_backup(&iid).await.unwrap();
-    let before = before.map(|b| b.backup_id);
-    // A backup job already pending (the one a provision enqueues) takes it as well.
-    app.store
-        .enqueue_backup(&backup_job(&iid, "manual"))
-        .await
-        .unwrap();
-    let deadline = Instant::now() + WAIT;
-    let record = loop {
-        if let Some(b) = app.store.latest_backup(&iid).await.unwrap() {
-            if Some(&b.backup_id) != before.as_ref() {
-                break b;
-            }
-        }
-        assert!(Instant::now() < deadline, "no new backup of {id}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    let key = prefix_of(&id).base_manifest(&record.backup_id);
-    let manifest = BackupManifest::from_json(&store.get(&key).await.unwrap().unwrap()).unwrap();
+    let manifest = next_backup(&app, &store, &id).await;
     let tar = verify(&store, &id, &manifest, &app.data_dir).await;
     let label = label_of(&tar);
     assert!(
