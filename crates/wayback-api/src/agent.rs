@@ -71,6 +71,11 @@ pub struct Capacity {
     /// it); absent (an older agent): false.
     #[serde(default)]
     pub ha: bool,
+    /// The agent takes a base backup from an HA standby (`BackupBody::leader`, issue 15 point
+    /// 4); absent (an older agent, which would wait for a standby's backup history file that
+    /// never comes): false, and the broker takes it from the leader.
+    #[serde(default)]
+    pub standby_backup: bool,
 }
 
 /// `PUT /v1/clusters/{id}` and `POST /v1/clusters/{id}/settings`.
@@ -179,6 +184,10 @@ pub struct ArchiverStats {
 pub struct BackupBody {
     pub prefix: String,
     pub reason: String,
+    /// The cluster is an HA standby streaming from this member key's cluster, which completes
+    /// its WAL segment once the stream is done (issue 15 point 4); absent: a primary's backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 /// `POST /v1/clusters/{id}/restore` starts (or joins) a clone's restore on the agent.
@@ -454,6 +463,34 @@ mod tests {
             serde_json::to_value(&read_only).unwrap(),
             json!({"owner_role": "o", "password": "p", "read_only": true, "database": "app"})
         );
+    }
+
+    /// A standby's backup names its leader; a primary's body is an older broker's, and an older
+    /// agent's capacity says it takes no standby backups.
+    #[test]
+    fn backup_bodies_and_capacities_of_every_version_read() {
+        let old: BackupBody =
+            serde_json::from_value(json!({"prefix": "p", "reason": "schedule"})).unwrap();
+        assert!(old.leader.is_none());
+        assert_eq!(
+            serde_json::to_value(&old).unwrap(),
+            json!({"prefix": "p", "reason": "schedule"})
+        );
+        let standby = BackupBody {
+            leader: Some("i1~m1".into()),
+            ..old
+        };
+        assert_eq!(
+            serde_json::to_value(&standby).unwrap(),
+            json!({"prefix": "p", "reason": "schedule", "leader": "i1~m1"})
+        );
+        let older_agent: Capacity = serde_json::from_value(json!({
+            "instances": 1, "max_instances": 2, "memory_total_bytes": 3,
+            "memory_available_bytes": 4, "disk_total_bytes": 5, "disk_available_bytes": 6,
+            "advertise_host": "10.0.0.1", "version": "1", "ha": true
+        }))
+        .unwrap();
+        assert!(older_agent.ha && !older_agent.standby_backup);
     }
 
     #[test]

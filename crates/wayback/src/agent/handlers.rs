@@ -208,6 +208,7 @@ async fn capacity(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
         advertise_host: s.advertise_host(),
         version: env!("CARGO_PKG_VERSION").into(),
         ha: true,
+        standby_backup: true,
     })
 }
 
@@ -443,7 +444,25 @@ async fn backup(
     let id = instance(&state, &req)?;
     let (_, prefix) = own_prefix(&body.prefix, &id)?;
     let options = BackupOptions::from_settings(&state.settings, &body.reason);
-    let report = state.runtime.take_backup(&id, &prefix, &options).await?;
+    let report = match &body.leader {
+        Some(leader) => {
+            let leader = InstanceId::parse_cluster_key(leader)
+                .ok()
+                .filter(|l| l.instance() == id.instance())
+                .ok_or_else(|| {
+                    AgentError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("leader {leader:?} is not a member of instance {id}"),
+                        true,
+                    )
+                })?;
+            state
+                .runtime
+                .take_standby_backup(&id, &leader, &prefix, &options)
+                .await?
+        }
+        None => state.runtime.take_backup(&id, &prefix, &options).await?,
+    };
     tracing::info!(instance = %id, backup = %report.manifest.backup_id, reason = %body.reason, "base backup taken");
     ok(&BackupAnswer {
         manifest: report.manifest,

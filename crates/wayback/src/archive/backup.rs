@@ -1,8 +1,9 @@
 //! Taking a base backup: `pg_basebackup` streams one tar to our stdin-less pipe, we cut it into
 //! parts that compress and upload while the next part is read (see [`backup_upload`]), learn the
 //! start from the `backup_label` inside the stream, the end from the backup history file
-//! PostgreSQL archives, and write `manifest.json` last — only once the segment holding the end is
-//! in the archive (docs/architecture.md §7 rule 7). Nothing is staged on disk; memory holds a few parts.
+//! PostgreSQL archives (or, from an HA standby, from the standby itself: [`backup_end`]), and
+//! write `manifest.json` last — only once the segment holding the end is in the archive
+//! (docs/architecture.md §7 rule 7). Nothing is staged on disk; memory holds a few parts.
 //!
 //! A failed backup removes what it uploaded (best effort: retention removes manifest-less
 //! backups anyway), so the archive never holds a backup that looks usable and is not.
@@ -12,6 +13,7 @@
 //! `broker`, `store` or `jobs`: the runtime hands us a [`BackupSource`].
 //!
 //! [`backup_upload`]: super::backup_upload
+//! [`backup_end`]: super::backup_end
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -21,13 +23,14 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::io::AsyncReadExt;
 
+use super::backup_end::{self, wal_key, LeaderWal};
 use super::backup_tar::{self, TarScanner};
 use super::backup_upload::PartUploader;
-use super::layout::{format_lsn, segment_for_lsn, InstancePrefix, WalFileName};
+use super::layout::{format_lsn, segment_for_lsn, InstancePrefix};
 use super::manifest::{
     backup_id, BackupManifest, BackupPart, SettingFloors, FORMAT, FORMAT_ENCRYPTED,
 };
-use super::{frame, ArchiveError};
+use super::ArchiveError;
 use crate::storage::ObjectStore;
 
 /// What it takes to reach a running cluster as its superuser (given by the runtime).
@@ -111,6 +114,8 @@ struct ServerFacts {
     system_identifier: u64,
     segment_size: u64,
     archive_mode: String,
+    /// A standby: its backup's end is read from it, and its leader completes the segment.
+    in_recovery: bool,
     floors: SettingFloors,
 }
 
@@ -121,6 +126,30 @@ pub async fn take_backup(
     store: &ObjectStore,
     prefix: &InstancePrefix,
     options: &BackupOptions,
+) -> Result<BackupReport, ArchiveError> {
+    take(source, store, prefix, options, None).await
+}
+
+/// [`take_backup`] from an HA standby (`source`), whose `leader` completes its WAL segment
+/// once the stream is done, so that the backup's end reaches the archive (issue 15 point 4).
+/// The manifest and parts are a primary's backup's: the restore code reads both alike. Should
+/// the standby have been promoted before the backup began, it is a primary's backup.
+pub async fn take_standby_backup(
+    source: &BackupSource,
+    store: &ObjectStore,
+    prefix: &InstancePrefix,
+    options: &BackupOptions,
+    leader: &dyn LeaderWal,
+) -> Result<BackupReport, ArchiveError> {
+    take(source, store, prefix, options, Some(leader)).await
+}
+
+async fn take(
+    source: &BackupSource,
+    store: &ObjectStore,
+    prefix: &InstancePrefix,
+    options: &BackupOptions,
+    leader: Option<&dyn LeaderWal>,
 ) -> Result<BackupReport, ArchiveError> {
     let started = Instant::now();
     let start_time = Utc::now();
@@ -137,17 +166,12 @@ pub async fn take_backup(
         cipher.clone(),
         options.uploads_in_flight,
     );
-    match run(
-        source,
-        store,
-        prefix,
-        options,
-        &id,
+    let how = How {
+        id: &id,
         start_time,
-        &mut uploader,
-    )
-    .await
-    {
+        leader,
+    };
+    match run(source, store, prefix, options, how, &mut uploader).await {
         Ok(mut report) => {
             report.timings.total_ms = started.elapsed().as_millis() as u64;
             Ok(report)
@@ -197,15 +221,27 @@ pub async fn remove_backup(store: &ObjectStore, prefix: &InstancePrefix, id: &st
     }
 }
 
+/// One backup's name, start, and (from a standby) its leader.
+#[derive(Clone, Copy)]
+struct How<'a> {
+    id: &'a str,
+    start_time: DateTime<Utc>,
+    leader: Option<&'a dyn LeaderWal>,
+}
+
 async fn run(
     source: &BackupSource,
     store: &ObjectStore,
     prefix: &InstancePrefix,
     options: &BackupOptions,
-    id: &str,
-    start_time: DateTime<Utc>,
+    how: How<'_>,
     uploader: &mut PartUploader,
 ) -> Result<BackupReport, ArchiveError> {
+    let How {
+        id,
+        start_time,
+        leader,
+    } = how;
     let facts = server_facts(source).await?;
     if facts.system_identifier != source.system_identifier {
         return Err(ArchiveError::Refused(format!(
@@ -219,6 +255,14 @@ async fn run(
             "archive_mode is {:?}: without archiving no base backup is usable (rule 7)",
             facts.archive_mode
         )));
+    }
+    if facts.in_recovery && leader.is_none() {
+        return Err(ArchiveError::Io(
+            "the server is a standby (in recovery): its backup's end segment is archived only \
+             once its leader completes it, and no leader was named; take the backup from the \
+             leader"
+                .into(),
+        ));
     }
     let streamed = Instant::now();
     let (scanner, raw_bytes) = tokio::time::timeout(
@@ -254,24 +298,36 @@ async fn run(
     }
     let waited = Instant::now();
     let cipher = source.data_key.as_ref().map(|k| k.cipher());
-    let history = await_history(
-        store,
-        prefix,
-        &label,
-        facts.segment_size,
-        options,
-        cipher.as_ref(),
-    )
-    .await?;
+    let end = if label.from_standby {
+        let server =
+            crate::pg::sql::admin_options(&source.socket_dir, source.port, &source.password);
+        backup_end::standby_end(&source.instance_id, &server, &label, leader).await?
+    } else {
+        backup_end::primary_end(
+            store,
+            prefix,
+            &label,
+            facts.segment_size,
+            options.archive_wait,
+            cipher.as_ref(),
+        )
+        .await?
+    };
     // The last segment recovery needs holds the byte before stop_lsn (PostgreSQL's
     // XLByteToPrevSeg): when the end record finishes exactly on a boundary, that is the
     // segment before the one `stop_lsn` points into.
     let stop_wal = segment_for_lsn(
         label.timeline,
-        history.stop_lsn.saturating_sub(1),
+        end.stop_lsn.saturating_sub(1),
         facts.segment_size,
     );
-    await_object(store, &wal_key(prefix, &stop_wal)?, options, "end segment").await?;
+    backup_end::await_object(
+        store,
+        &wal_key(prefix, &stop_wal)?,
+        options.archive_wait,
+        "end segment",
+    )
+    .await?;
     let archive_wait_ms = waited.elapsed().as_millis() as u64;
     let manifest = BackupManifest {
         format: if cipher.is_some() {
@@ -285,13 +341,11 @@ async fn run(
         pg_version: facts.pg_version,
         timeline: label.timeline,
         start_lsn: format_lsn(label.start_lsn),
-        stop_lsn: format_lsn(history.stop_lsn),
+        stop_lsn: format_lsn(end.stop_lsn),
         start_wal: label.start_wal.clone(),
         stop_wal,
         start_time: label.start_time.unwrap_or(start_time),
-        // STOP TIME has one-second precision; rounding up keeps "restorable from" from ever
-        // lying before the real end, where a recovery target would fail.
-        stop_time: history.stop_time + chrono::Duration::seconds(1),
+        stop_time: end.stop_time,
         floors: facts.floors,
         raw_bytes,
         stored_bytes: parts.iter().map(|p: &BackupPart| p.stored_bytes).sum(),
@@ -309,10 +363,6 @@ async fn run(
             total_ms: 0,
         },
     })
-}
-
-fn wal_key(prefix: &InstancePrefix, name: &str) -> Result<String, ArchiveError> {
-    Ok(prefix.wal(&WalFileName::parse(name).map_err(ArchiveError::Io)?))
 }
 
 /// Runs pg_basebackup and feeds its stdout to the uploader, part by part. Returns the scanner
@@ -455,73 +505,6 @@ async fn end_server_side(source: &BackupSource, application_name: &str) {
     }
 }
 
-/// Waits for the backup history file and reads the backup's end from it.
-async fn await_history(
-    store: &ObjectStore,
-    prefix: &InstancePrefix,
-    label: &backup_tar::Label,
-    segment_size: u64,
-    options: &BackupOptions,
-    cipher: Option<&crate::crypto::archive_cipher::ArchiveCipher>,
-) -> Result<backup_tar::History, ArchiveError> {
-    let name = backup_tar::history_file_name(&label.start_wal, label.start_lsn, segment_size);
-    let key = wal_key(prefix, &name)?;
-    await_object(store, &key, options, "backup history file").await?;
-    let bytes = store
-        .get(&key)
-        .await?
-        .ok_or_else(|| ArchiveError::Io(format!("{key} vanished from the archive")))?;
-    let sealing = cipher.map(|cipher| frame::Sealing {
-        cipher,
-        name: &name,
-    });
-    let (_, raw) = frame::decode_with(&bytes, sealing).map_err(|e| ArchiveError::Corrupt {
-        key: key.clone(),
-        detail: e.to_string(),
-    })?;
-    let history = backup_tar::parse_history(&raw).map_err(ArchiveError::Io)?;
-    if history.start_lsn != label.start_lsn || history.stop_timeline != label.timeline {
-        return Err(ArchiveError::Io(format!(
-            "{key} does not describe this backup (start {} on timeline {}, expected {} on {})",
-            format_lsn(history.start_lsn),
-            history.stop_timeline,
-            format_lsn(label.start_lsn),
-            label.timeline
-        )));
-    }
-    Ok(history)
-}
-
-/// Polls until `key` is in the store, up to `options.archive_wait`.
-async fn await_object(
-    store: &ObjectStore,
-    key: &str,
-    options: &BackupOptions,
-    what: &str,
-) -> Result<(), ArchiveError> {
-    let deadline = Instant::now() + options.archive_wait;
-    let mut last_error = None;
-    loop {
-        match store.head(key).await {
-            Ok(Some(_)) => return Ok(()),
-            Ok(None) => {}
-            Err(e) if e.is_permanent() => return Err(e.into()),
-            Err(e) => last_error = Some(e.to_string()),
-        }
-        if Instant::now() >= deadline {
-            return Err(ArchiveError::Io(format!(
-                "the {what} {} did not reach the archive within {} s (wal.final_archive_timeout_secs){}; \
-                 the backup would not be restorable without it — check that archiving works \
-                 (pg_stat_archiver, the cluster's log) and that the archive storage is reachable",
-                store.location(key),
-                options.archive_wait.as_secs(),
-                last_error.map(|e| format!("; last error: {e}")).unwrap_or_default()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn server_facts(source: &BackupSource) -> Result<ServerFacts, ArchiveError> {
     use sqlx::Row;
     let options = crate::pg::sql::admin_options(&source.socket_dir, source.port, &source.password);
@@ -533,7 +516,7 @@ async fn server_facts(source: &BackupSource) -> Result<ServerFacts, ArchiveError
         "SELECT current_setting('server_version_num')::int4, \
          (SELECT system_identifier::text FROM pg_control_system()), \
          (SELECT setting::int8 FROM pg_settings WHERE name = 'wal_segment_size'), \
-         current_setting('archive_mode')",
+         current_setting('archive_mode'), pg_is_in_recovery()",
     )
     .fetch_one(&mut conn)
     .await
@@ -569,6 +552,7 @@ async fn server_facts(source: &BackupSource) -> Result<ServerFacts, ArchiveError
             .map_err(|_| ArchiveError::Io(format!("unreadable system identifier {sysid:?}")))?,
         segment_size: row.try_get::<i64, _>(2).map_err(sql_err)?.max(1) as u64,
         archive_mode: row.try_get(3).map_err(sql_err)?,
+        in_recovery: row.try_get(4).map_err(sql_err)?,
         floors,
     })
 }

@@ -138,6 +138,9 @@ pub struct Label {
     pub start_wal: String,
     pub timeline: u32,
     pub start_time: Option<DateTime<Utc>>,
+    /// `BACKUP FROM: standby`: taken from a server in recovery, which writes no backup history
+    /// file; its end comes from the server itself (`backup_end`).
+    pub from_standby: bool,
 }
 
 fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
@@ -177,6 +180,7 @@ pub fn parse_label(bytes: &[u8]) -> Result<Label, String> {
         start_wal,
         timeline,
         start_time: field(text, "START TIME").and_then(pg_time),
+        from_standby: field(text, "BACKUP FROM") == Some("standby"),
     })
 }
 
@@ -265,6 +269,9 @@ mod tests {
         assert_eq!(l.start_wal, "000000010000000000000002");
         assert_eq!(l.timeline, 1);
         assert_eq!(l.start_time, Some("2026-11-21T18:04:42Z".parse().unwrap()));
+        assert!(!l.from_standby);
+        let standby = LABEL_TEXT.replace("FROM: primary", "FROM: standby");
+        assert!(parse_label(standby.as_bytes()).unwrap().from_standby);
         assert!(parse_label(b"LABEL: x\n").is_err());
     }
 

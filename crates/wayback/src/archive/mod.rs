@@ -16,6 +16,7 @@
 //! Must not import `osb`, `broker`, `store` or `jobs`.
 
 pub mod backup;
+mod backup_end;
 mod backup_tar;
 mod backup_upload;
 mod download;
@@ -34,7 +35,10 @@ pub mod target;
 pub mod walscan;
 pub mod window;
 
-pub use backup::{take_backup, BackupOptions, BackupReport, BackupSource, BackupTimings};
+pub use backup::{
+    take_backup, take_standby_backup, BackupOptions, BackupReport, BackupSource, BackupTimings,
+};
+pub use backup_end::LeaderWal;
 pub use fetch::{fetch, wal_fetch_main, Fetched};
 pub use prefetch::wal_prefetch_main;
 pub use push::{push, wal_push_main, Pushed};

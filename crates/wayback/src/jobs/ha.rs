@@ -3,7 +3,9 @@
 //! instance's database" — a base backup, a WAL switch, the final WAL of a delete, a binding's
 //! role — acts on the member Patroni shows as leader now ([`cluster_key`]), and what acts on
 //! every member — a delete, the supervisor's care — goes over [`members`]. A single-member
-//! instance's key is its id, so every caller asks here without asking whether it is HA.
+//! instance's key is its id, so every caller asks here without asking whether it is HA. A base
+//! backup is taken from a healthy standby when there is one ([`backup_members`], issue 15
+//! point 4), so that the leader's I/O is spared; the leader then only completes its WAL segment.
 //!
 //! The members' names and which machine each goes to are here too: [`member_machine`] is the
 //! one place a member is placed (with agents, the standby on another agent than the primary's;
@@ -13,7 +15,7 @@
 
 use crate::context::AppContext;
 use crate::domain::InstanceId;
-use crate::runtime::RuntimeError;
+use crate::runtime::{HaMember, HaRole, HaStatus, RuntimeError};
 use crate::store::{HaMemberRecord, InstanceRecord};
 
 /// The members of an HA plan's instance, in the order they are made: the first is adopted
@@ -123,6 +125,59 @@ pub async fn cluster_key(
     }
 }
 
+/// A standby further behind its leader than this is not backed up from: its backup would start
+/// at an older restartpoint and end later, and it may still be catching up after a failover.
+pub const STANDBY_BACKUP_MAX_LAG_BYTES: u64 = 16 << 20;
+
+/// The member a base backup is taken from instead of the leader, if any: a standby (the sync
+/// standby first, then the least behind) that streams on the leader's timeline with at most
+/// [`STANDBY_BACKUP_MAX_LAG_BYTES`] of lag. A standby on an older timeline (still catching up
+/// after a failover), or whose lag or timeline Patroni does not know, is not chosen.
+pub fn backup_standby(status: &HaStatus) -> Option<&HaMember> {
+    let leader = status.leader().filter(|l| l.state == "running")?;
+    let timeline = leader.timeline?;
+    status
+        .members
+        .iter()
+        .filter(|m| matches!(m.role, HaRole::SyncStandby | HaRole::Replica))
+        .filter(|m| matches!(m.state.as_str(), "streaming" | "running"))
+        .filter(|m| m.timeline == Some(timeline))
+        .filter(|m| {
+            m.lag_bytes
+                .is_some_and(|l| l <= STANDBY_BACKUP_MAX_LAG_BYTES)
+        })
+        .min_by_key(|m| (m.role != HaRole::SyncStandby, m.lag_bytes))
+}
+
+/// Where `instance`'s next base backup comes from: (the key of the cluster that leads, the
+/// key of the standby to take it from). A single-member instance: (its id, None); an HA
+/// instance without a healthy standby: (the leader's key, None).
+pub async fn backup_members(
+    ctx: &AppContext,
+    instance: &InstanceId,
+) -> Result<(InstanceId, Option<InstanceId>), LeaderError> {
+    if ctx.store.ha_members(instance).await?.is_empty() {
+        return Ok((instance.clone(), None));
+    }
+    let status =
+        ctx.runtime
+            .ha_status(instance)
+            .await
+            .map_err(|source| LeaderError::Unreachable {
+                id: instance.clone(),
+                source,
+            })?;
+    match status.leader() {
+        Some(leader) if leader.state == "running" => Ok((
+            instance.member_key(&leader.name),
+            backup_standby(&status).map(|s| instance.member_key(&s.name)),
+        )),
+        _ => Err(LeaderError::NoLeader {
+            id: instance.clone(),
+        }),
+    }
+}
+
 /// [`cluster_key`], or, when Patroni names no leader now, the first member's key (a delete of
 /// an HA instance whose Patroni are down starts that member again to archive what is left).
 pub async fn cluster_key_or_first(
@@ -157,4 +212,78 @@ pub async fn destroy_members(ctx: &AppContext, instance: &InstanceId) -> anyhow:
         tracing::info!(instance = %instance, members = members.len(), "HA members destroyed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, role: HaRole, state: &str, timeline: u32, lag: Option<u64>) -> HaMember {
+        HaMember {
+            name: name.into(),
+            role,
+            state: state.into(),
+            timeline: Some(timeline),
+            lag_bytes: lag,
+            host: "127.0.0.1".into(),
+            port: 5432,
+        }
+    }
+
+    fn status(members: Vec<HaMember>) -> HaStatus {
+        HaStatus {
+            members,
+            history: Vec::new(),
+        }
+    }
+
+    fn chosen(s: &HaStatus) -> Option<&str> {
+        backup_standby(s).map(|m| m.name.as_str())
+    }
+
+    #[test]
+    fn a_streaming_standby_on_the_leaders_timeline_is_chosen() {
+        let leader = member("m1", HaRole::Leader, "running", 3, None);
+        let sync = member("m2", HaRole::SyncStandby, "streaming", 3, Some(0));
+        assert_eq!(
+            chosen(&status(vec![leader.clone(), sync.clone()])),
+            Some("m2")
+        );
+        // Patroni 3.0.2 says `running` of a standby too; the sync standby is preferred.
+        let running = member("m2", HaRole::SyncStandby, "running", 3, Some(4096));
+        let replica = member("m3", HaRole::Replica, "streaming", 3, Some(0));
+        assert_eq!(
+            chosen(&status(vec![leader.clone(), replica.clone(), running])),
+            Some("m2")
+        );
+        assert_eq!(chosen(&status(vec![leader, replica])), Some("m3"));
+    }
+
+    #[test]
+    fn the_leader_backs_up_itself_without_a_healthy_standby() {
+        let leader = member("m1", HaRole::Leader, "running", 3, None);
+        for standby in [
+            // Still catching up after a failover: an older timeline.
+            member("m2", HaRole::SyncStandby, "streaming", 2, Some(0)),
+            member("m2", HaRole::SyncStandby, "streaming", 3, Some(64 << 20)),
+            member("m2", HaRole::SyncStandby, "streaming", 3, None),
+            member("m2", HaRole::Replica, "starting", 3, Some(0)),
+            member("m2", HaRole::Replica, "stopped", 3, Some(0)),
+            member(
+                "m2",
+                HaRole::Other("standby_leader".into()),
+                "streaming",
+                3,
+                Some(0),
+            ),
+        ] {
+            let s = status(vec![leader.clone(), standby.clone()]);
+            assert_eq!(chosen(&s), None, "{standby:?}");
+        }
+        assert_eq!(chosen(&status(vec![leader])), None);
+        // No running leader: nothing to switch the end segment, no standby backup.
+        let starting = member("m1", HaRole::Leader, "starting", 3, None);
+        let sync = member("m2", HaRole::SyncStandby, "streaming", 3, Some(0));
+        assert_eq!(chosen(&status(vec![starting, sync])), None);
+    }
 }

@@ -201,6 +201,21 @@ pub trait ClusterRuntime: Send + Sync {
         options: &BackupOptions,
     ) -> Result<BackupReport, RuntimeError>;
 
+    /// [`Self::take_backup`] from `standby`, an HA member streaming from `leader` (issue 15
+    /// point 4: the leader's I/O is spared): the standby streams the backup, and the leader
+    /// completes its WAL segment so that the backup's end reaches the archive. A runtime that
+    /// cannot (this default) takes it from `leader`.
+    async fn take_standby_backup(
+        &self,
+        standby: &InstanceId,
+        leader: &InstanceId,
+        prefix: &InstancePrefix,
+        options: &BackupOptions,
+    ) -> Result<BackupReport, RuntimeError> {
+        let _ = standby;
+        self.take_backup(leader, prefix, options).await
+    }
+
     /// Starts a clone's restore into the instance's cluster in the background — or joins the
     /// one that runs or succeeded; one that failed is started again.
     async fn start_restore(
@@ -460,6 +475,7 @@ mod tests {
             advertise_host: "10.0.0.1".into(),
             version: "0".into(),
             ha: false,
+            standby_backup: false,
         }
     }
 

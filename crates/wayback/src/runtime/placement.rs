@@ -207,6 +207,7 @@ mod tests {
             advertise_host: format!("10.0.0.{instances}{max}"),
             version: "0".into(),
             ha: false,
+            standby_backup: false,
         })
     }
 

@@ -10,6 +10,7 @@
 //! naming it. The agent's own errors carry whether retrying helps. Must not import `osb`,
 //! `broker`, `store` or `jobs`.
 
+mod backup;
 mod client;
 mod ha;
 
@@ -385,21 +386,18 @@ impl ClusterRuntime for RemoteRuntime {
         prefix: &InstancePrefix,
         options: &BackupOptions,
     ) -> Result<BackupReport, RuntimeError> {
-        let body = wire::BackupBody {
-            prefix: prefix.as_str().to_string(),
-            reason: options.reason.clone(),
-        };
-        let timeout = options.stream_timeout + options.archive_wait + Duration::from_secs(60);
-        let path = format!("/v1/clusters/{id}/backup");
-        let answer: BackupAnswer = self
-            .agent_of(id)
-            .await?
-            .call(Method::POST, &path, Some(&body), Some(timeout))
-            .await?;
-        Ok(BackupReport {
-            manifest: answer.manifest,
-            timings: answer.timings,
-        })
+        self.remote_backup(id, None, prefix, options).await
+    }
+
+    async fn take_standby_backup(
+        &self,
+        standby: &InstanceId,
+        leader: &InstanceId,
+        prefix: &InstancePrefix,
+        options: &BackupOptions,
+    ) -> Result<BackupReport, RuntimeError> {
+        self.remote_standby_backup(standby, leader, prefix, options)
+            .await
     }
 
     /// The agent holding the instance restores, checks and deletes the scratch copy itself;

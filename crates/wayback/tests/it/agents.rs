@@ -314,6 +314,16 @@ impl Fleet {
         wayback::crypto::Keyring::new(vec![("fleet".into(), key)], None).unwrap()
     }
 
+    /// The data key of instance `id`'s archive (None: in clear), as the broker unwraps it.
+    pub(crate) async fn data_key(&self, id: &str) -> Option<wayback::archive::keydoc::ArchiveKey> {
+        let ring = self.keyring();
+        let prefix = crate::common::archive_wait::prefix_of(id);
+        wayback::archive::keydoc::data_key(&self.store(), Some(&ring), prefix.as_str())
+            .await
+            .unwrap()
+            .map(wayback::archive::keydoc::ArchiveKey)
+    }
+
     fn agent(&self, name: &str) -> &AgentProc {
         self.agents.iter().find(|a| a.name == name).unwrap()
     }

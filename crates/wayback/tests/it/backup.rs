@@ -58,9 +58,24 @@ async fn wait_for_manifests(store: &ObjectStore, id: &str, n: usize) -> Vec<Back
 /// Checks every part against the manifest (stored size and CRC32, raw size and SHA-256 — keyed
 /// when the parts are encrypted, then opened with the instance's data key), that the end
 /// segment is archived, and returns the whole tar.
-async fn verify(store: &ObjectStore, id: &str, m: &BackupManifest, data_dir: &Path) -> Vec<u8> {
+pub(crate) async fn verify(
+    store: &ObjectStore,
+    id: &str,
+    m: &BackupManifest,
+    data_dir: &Path,
+) -> Vec<u8> {
+    let data_key = archive_keys::data_key(store, data_dir, prefix(id).as_str()).await;
+    verify_with(store, id, m, data_key).await
+}
+
+/// [`verify`] with the instance's data key given (None: in clear).
+pub(crate) async fn verify_with(
+    store: &ObjectStore,
+    id: &str,
+    m: &BackupManifest,
+    data_key: Option<wayback::archive::keydoc::ArchiveKey>,
+) -> Vec<u8> {
     let p = prefix(id);
-    let data_key = archive_keys::data_key(store, data_dir, p.as_str()).await;
     assert_eq!(
         m.parts_encrypted(),
         data_key.is_some(),

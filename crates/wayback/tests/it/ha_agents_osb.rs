@@ -1,7 +1,8 @@
 //! An HA plan through OSB with two `wayback agent`s on 127.0.0.1 (issue 15 point 2: "a primary
 //! and a standby on different agents"), real PostgreSQL, a real etcd and real Patroni:
 //! `ha-small` (sync) is provisioned with its members on different agents (the fetch's "ha" names
-//! both machines, and no "share one machine" note), bound, and written to under a steady load
+//! both machines, and no "share one machine" note), bound, backed up from the standby on the
+//! other agent (its archived label says `BACKUP FROM: standby`), and written to under a steady load
 //! through the binding's multi-host `uri` (the writer never retries a value); `kill -9` of the
 //! primary's Patroni and PostgreSQL on its agent — writes through the same credentials succeed
 //! again, the supervisor starts the killed member's Patroni through its agent and it rejoins;
@@ -16,6 +17,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::agents::Fleet;
+use crate::backup::verify_with;
 use crate::common::etcd::{ha_binaries_available, Etcd};
 use crate::common::osb_client::*;
 use crate::common::*;
@@ -24,6 +26,7 @@ use crate::ha_broker::{
     uri_with_ca, wait_members, whole, Cleanup, Writer, WAIT,
 };
 use crate::ha_engine::member_logs;
+use crate::ha_standby_backup::{label_of, next_backup};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use wayback::domain::InstanceId;
@@ -160,6 +163,18 @@ async fn ha_members_on_two_agents_through_osb_fail_over_rejoin_clone_and_delete(
     let ca = tempfile::NamedTempFile::new().unwrap();
     let uri = uri_with_ca(&credentials, &ca);
     psql(&uri, "CREATE TABLE ha_rows (n bigint PRIMARY KEY)").unwrap();
+
+    eprintln!("ha_agents_osb: a base backup from the standby on the other agent");
+    // The standby's agent streams it; the broker completes the leader's segment through the
+    // leader's agent (issue 15 point 4).
+    let store = fleet.store();
+    let manifest = next_backup(app, &store, &id).await;
+    let tar = verify_with(&store, &id, &manifest, fleet.data_key(&id).await).await;
+    let label = label_of(&tar);
+    assert!(
+        label.contains("BACKUP FROM: standby"),
+        "the backup is the standby's: {label}"
+    );
 
     eprintln!("ha_agents_osb: kill -9 of the primary's Patroni and PostgreSQL on its agent");
     let writer = Writer::start(uri.clone());

@@ -39,6 +39,7 @@ mod ha_broker;
 mod ha_broker_crash;
 mod ha_engine;
 mod ha_ops;
+mod ha_standby_backup;
 mod ha_timelines;
 mod ha_update;
 mod ha_update_agents;

@@ -115,20 +115,22 @@ pub async fn backup_step(ctx: &AppContext, job: &Job, reason: &str) -> StepResul
 }
 
 /// Takes a base backup of `instance` and records it (for the backup job, a deprovision that
-/// finds none, and an HA provision's first). An HA instance's backup is taken from the member
-/// that leads now (`jobs::ha::cluster_key`).
+/// finds none, and an HA provision's first). An HA instance's backup is taken from a healthy
+/// standby when there is one, else from the member that leads now
+/// (`jobs::ha::backup_members`); a standby's backup that fails is taken from the leader at once.
 pub async fn take_and_record(
     ctx: &AppContext,
     job_id: &str,
     instance: &InstanceRecord,
     reason: &str,
 ) -> Result<BackupReport, StepError> {
-    let key = crate::jobs::ha::cluster_key(ctx, &instance.id)
+    let (key, standby) = crate::jobs::ha::backup_members(ctx, &instance.id)
         .await
         .map_err(StepError::transient)?;
-    // The WAL counter before the backup starts: the next backup is due for the WAL a restore
-    // from this one would replay, which begins at its start. Best effort: without it only the
-    // schedule applies until the next backup.
+    // The WAL counter before the backup starts (the leader's: a standby writes no WAL of its
+    // own): the next backup is due for the WAL a restore from this one would replay, which
+    // begins at its start. Best effort: without it only the schedule applies until the next
+    // backup.
     let wal_bytes_at_start = match ctx.runtime.wal_position(&key).await {
         Ok(p) => p.wal_bytes.and_then(|w| i64::try_from(w).ok()),
         Err(e) => {
@@ -136,7 +138,30 @@ pub async fn take_and_record(
             None
         }
     };
-    let report = take(ctx, instance, &key, reason).await?;
+    let space = SpaceGuid::parse(instance.space_guid.clone()).map_err(StepError::transient)?;
+    let prefix = InstancePrefix::new(&space, &instance.id);
+    let options = options(ctx, reason);
+    let from_standby = match &standby {
+        Some(standby) => match ctx
+            .runtime
+            .take_standby_backup(standby, &key, &prefix, &options)
+            .await
+        {
+            Ok(report) => Some((report, standby)),
+            Err(e) => {
+                tracing::warn!(instance = %instance.id, standby = %standby, error = %e, "a base backup from the standby failed; taking it from the leader");
+                None
+            }
+        },
+        None => None,
+    };
+    let (report, from) = match from_standby {
+        Some(taken) => taken,
+        None => (
+            ctx.runtime.take_backup(&key, &prefix, &options).await?,
+            &key,
+        ),
+    };
     let m = &report.manifest;
     ctx.store
         .record_backup(&BackupRecord {
@@ -170,6 +195,7 @@ pub async fn take_and_record(
         stored_bytes = m.stored_bytes,
         parts = m.parts.len(),
         stop_lsn = %m.stop_lsn,
+        from = %from,
         total_ms = report.timings.total_ms,
         stream_ms = report.timings.stream_ms,
         archive_wait_ms = report.timings.archive_wait_ms,
@@ -181,20 +207,6 @@ pub async fn take_and_record(
 /// The options the settings give.
 pub fn options(ctx: &AppContext, reason: &str) -> BackupOptions {
     BackupOptions::from_settings(&ctx.settings, reason)
-}
-
-/// A base backup of the cluster kept under `key` (the instance's id, or an HA member's key)
-/// into the instance's prefix.
-async fn take(
-    ctx: &AppContext,
-    instance: &InstanceRecord,
-    key: &InstanceId,
-    reason: &str,
-) -> Result<BackupReport, StepError> {
-    let space = SpaceGuid::parse(instance.space_guid.clone()).map_err(StepError::transient)?;
-    let prefix = InstancePrefix::new(&space, &instance.id);
-    let options = options(ctx, reason);
-    Ok(ctx.runtime.take_backup(key, &prefix, &options).await?)
 }
 
 #[cfg(test)]

@@ -105,4 +105,52 @@ impl LocalRuntime {
         let source = self.backup_source(id).await?;
         Ok(crate::archive::take_backup(&source, store, prefix, options).await?)
     }
+
+    /// Takes a base backup of the standby `standby` (an HA member) into `prefix`; `leader`'s
+    /// WAL segment is completed here once the stream is done. A leader that does not run on
+    /// this machine (an agent's standby whose leader is on another agent) is switched by the
+    /// broker meanwhile (`runtime::remote::backup`).
+    pub async fn take_standby_backup(
+        &self,
+        standby: &InstanceId,
+        leader: &InstanceId,
+        prefix: &crate::archive::layout::InstancePrefix,
+        options: &crate::archive::BackupOptions,
+    ) -> Result<crate::archive::BackupReport, RuntimeError> {
+        let store = &self.archive_access()?.store;
+        let source = self.backup_source(standby).await?;
+        let leader = LocalLeader {
+            runtime: self,
+            leader,
+            here: self.layout.cluster(leader).is_dir(),
+        };
+        Ok(crate::archive::take_standby_backup(&source, store, prefix, options, &leader).await?)
+    }
+}
+
+/// A leader on this machine, whose WAL segment a standby's backup completes — always with
+/// `pg_switch_wal()` itself, never [`LocalRuntime::switch_wal`], which skips a segment holding
+/// only housekeeping records: a standby's backup may end just after such a record (a standby
+/// moves its recovery point to the last record it replayed), and neither that switch nor
+/// PostgreSQL's `archive_timeout` would ever complete the segment.
+struct LocalLeader<'a> {
+    runtime: &'a LocalRuntime,
+    leader: &'a InstanceId,
+    /// The leader's cluster is on this machine.
+    here: bool,
+}
+
+#[async_trait::async_trait]
+impl crate::archive::LeaderWal for LocalLeader<'_> {
+    async fn switch_wal(&self) -> Result<(), String> {
+        if !self.here {
+            tracing::debug!(leader = %self.leader, "the leader runs on another machine; the broker completes its WAL segment");
+            return Ok(());
+        }
+        self.runtime
+            .switch_wal_segment(self.leader)
+            .await
+            .map(drop)
+            .map_err(|e| format!("switch the WAL of {}: {e}", self.leader))
+    }
 }

@@ -128,6 +128,15 @@ impl ClusterRuntime for LocalRuntime {
     ) -> Result<BackupReport, RuntimeError> {
         LocalRuntime::take_backup(self, id, prefix, options).await
     }
+    async fn take_standby_backup(
+        &self,
+        standby: &InstanceId,
+        leader: &InstanceId,
+        prefix: &InstancePrefix,
+        options: &BackupOptions,
+    ) -> Result<BackupReport, RuntimeError> {
+        LocalRuntime::take_standby_backup(self, standby, leader, prefix, options).await
+    }
     async fn start_restore(
         &self,
         id: &InstanceId,
