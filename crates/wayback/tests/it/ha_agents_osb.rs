@@ -22,13 +22,12 @@ use crate::common::etcd::{ha_binaries_available, Etcd};
 use crate::common::osb_client::*;
 use crate::common::*;
 use crate::ha_broker::{
-    assert_every_acked_row, delete_whole, fetch, finished, kill_member, patroni_pid, psql, role_of,
-    uri_with_ca, wait_members, whole, Cleanup, Writer, WAIT,
+    assert_every_acked_row, delete_whole, fetch, kill_member, patroni_pid, provision_ha_succeeded,
+    psql, role_of, uri_with_ca, wait_members, whole, Cleanup, Writer, WAIT,
 };
 use crate::ha_engine::member_logs;
 use crate::ha_standby_backup::{label_of, next_backup};
-use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::json;
 use wayback::domain::InstanceId;
 
 /// A member's cluster directory on the agent that holds it (the agent keeps it under the
@@ -109,17 +108,7 @@ async fn ha_members_on_two_agents_through_osb_fail_over_rejoin_clone_and_delete(
     let _cleanup = Cleanup(all_dirs);
 
     eprintln!("ha_agents_osb: provision");
-    let r = app
-        .put_instance(&id, &provision_body(HA_SMALL, "orders"))
-        .await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let op: Value = r.json().await.unwrap();
-    let (status, done) = finished(app, &id, op["operation"].as_str().unwrap()).await;
-    assert_eq!(
-        (status, done["state"].as_str()),
-        (StatusCode::OK, Some("succeeded")),
-        "{done}"
-    );
+    provision_ha_succeeded(app, &id, "orders").await;
     let rows = app.store.ha_members(&iid(&id)).await.unwrap();
     assert_eq!(rows.len(), 2);
     assert_ne!(rows[0].agent, rows[1].agent, "members on different agents");

@@ -251,6 +251,19 @@ pub(crate) async fn delete_whole(app: &TestApp, etcd: &Etcd, id: &str, dirs: &[P
     assert!(app.store.ha_members(&iid(id)).await.unwrap().is_empty());
 }
 
+/// PUTs an `ha-small` provision of `id` named `name` and waits until it succeeded.
+pub(crate) async fn provision_ha_succeeded(app: &TestApp, id: &str, name: &str) {
+    let r = app.put_instance(id, &provision_body(HA_SMALL, name)).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let op: Value = r.json().await.unwrap();
+    let (status, done) = finished(app, id, op["operation"].as_str().unwrap()).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (StatusCode::OK, Some("succeeded")),
+        "{done}"
+    );
+}
+
 /// Polls last_operation of `operation` until it is terminal.
 pub(crate) async fn finished(app: &TestApp, id: &str, operation: &str) -> (StatusCode, Value) {
     let deadline = Instant::now() + WAIT;
@@ -335,17 +348,7 @@ async fn an_ha_instance_fails_over_by_itself_loses_no_acknowledged_row_and_is_de
     let _cleanup = Cleanup(dirs.clone());
 
     eprintln!("ha_broker: provision");
-    let r = app
-        .put_instance(&id, &provision_body(HA_SMALL, "orders"))
-        .await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let op: Value = r.json().await.unwrap();
-    let (status, done) = finished(&app, &id, op["operation"].as_str().unwrap()).await;
-    assert_eq!(
-        (status, done["state"].as_str()),
-        (StatusCode::OK, Some("succeeded")),
-        "{done}"
-    );
+    provision_ha_succeeded(&app, &id, "orders").await;
     wait_members(&app, &id, "m1 leads, m2 in sync", |m| {
         role_of(m, "m1") == Some("leader") && role_of(m, "m2") == Some("sync_standby")
     })

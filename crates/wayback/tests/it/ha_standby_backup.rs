@@ -11,14 +11,15 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::backup::{runtime_for, verify};
 use crate::common::archive_wait::prefix_of;
 use crate::common::etcd::{ha_binaries_available, Etcd};
 use crate::common::*;
-use crate::ha_broker::{finished, member_dir, psql, role_of, wait_members, Cleanup};
+use crate::ha_broker::{
+    member_dir, provision_ha_succeeded, psql, role_of, uri_with_ca, wait_members, Cleanup,
+};
 use wayback::archive::manifest::BackupManifest;
 use wayback::domain::InstanceId;
 use wayback::jobs::backup_job;
@@ -103,29 +104,14 @@ async fn an_ha_instances_backup_comes_from_its_standby_and_restores_every_row() 
         member_dir(&app, &id, "m2"),
     ]);
 
-    let r = app
-        .put_instance(&id, &provision_body(HA_SMALL, "ledger"))
-        .await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let op: Value = r.json().await.unwrap();
-    let (status, done) = finished(&app, &id, op["operation"].as_str().unwrap()).await;
-    assert_eq!(
-        (status, done["state"].as_str()),
-        (StatusCode::OK, Some("succeeded")),
-        "{done}"
-    );
+    provision_ha_succeeded(&app, &id, "ledger").await;
     wait_members(&app, &id, "m1 leads, m2 in sync", |m| {
         role_of(m, "m1") == Some("leader") && role_of(m, "m2") == Some("sync_standby")
     })
     .await;
     let credentials = app.bind_sync(&id, &new_id()).await;
     let ca = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(ca.path(), credentials["ca_certificate"].as_str().unwrap()).unwrap();
-    let uri = format!(
-        "{}&sslrootcert={}",
-        credentials["uri"].as_str().unwrap(),
-        ca.path().display()
-    );
+    let uri = uri_with_ca(&credentials, &ca);
     psql(&uri, "CREATE TABLE ha_rows (n bigint PRIMARY KEY)").unwrap();
     psql(&uri, "INSERT INTO ha_rows SELECT generate_series(1, 100)").unwrap();
 
