@@ -132,6 +132,21 @@ pub enum ClusterStatus {
     Stopped,
     /// A live postmaster that answers `pg_isready`.
     Running,
+    /// Stopped because it was idle (issue 17): no postmaster, its port held by the runtime's
+    /// wake listener, which starts it on a client's first packet. Not to be started by a
+    /// supervisor (a stopped-when-idle cluster stays stopped until a client or the broker
+    /// needs it). An older agent never says it.
+    Parked,
+}
+
+/// `GET /v1/clusters/{id}/sessions`: who is connected to a running cluster right now, read
+/// without a session (issue 17's idle clock).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sessions {
+    /// Client backends, the broker's and agent's own admin sessions excluded.
+    pub clients: u32,
+    /// Walsenders (followers, HA standbys, `pg_basebackup`).
+    pub replication: u32,
 }
 
 /// `GET /v1/clusters/{id}`.

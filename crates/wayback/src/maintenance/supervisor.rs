@@ -344,6 +344,9 @@ impl Supervisor {
                 }
             }
             Ok(ClusterStatus::Stopped) => return self.restart(instance).await,
+            // Stopped when idle: its port is held and a client's connection starts it; the
+            // supervisor never wakes it (issue 17).
+            Ok(ClusterStatus::Parked) => {}
             Ok(ClusterStatus::Absent) => {
                 tracing::error!(instance = %instance.id, "cluster data directory is missing; restore the instance from its archive")
             }

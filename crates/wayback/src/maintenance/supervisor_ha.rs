@@ -99,6 +99,8 @@ impl Supervisor {
                         }
                     }
                 }
+                // HA members never stop when idle; nothing to do for one that says so.
+                Ok(ClusterStatus::Parked) => {}
                 Ok(ClusterStatus::Absent) => {
                     tracing::error!(instance = %instance.id, member = %member.member, "the member's data directory is missing")
                 }

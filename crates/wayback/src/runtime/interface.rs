@@ -120,8 +120,31 @@ pub trait ClusterRuntime: Send + Sync {
         command: &ArchiveCommand,
     ) -> Result<(), RuntimeError>;
 
-    /// Starts the cluster and waits until it accepts connections.
+    /// Starts the cluster and waits until it accepts connections. A parked cluster
+    /// ([`ClusterStatus::Parked`]) is unparked: its port released by the wake listener, then
+    /// started, and no longer parked once it runs.
     async fn start(&self, id: &InstanceId) -> Result<(), RuntimeError>;
+
+    /// Stops an idle running cluster so that a client's connection starts it again (issue
+    /// 17): switches WAL and waits until that segment is archived (the restore window ends at
+    /// its last commit), stops it cleanly, marks it parked (a mark that outlives restarts of
+    /// the broker and of agents) and holds its port with the wake listener. A parked cluster
+    /// is fine (held again if its listener is gone). Refused (permanent) for an HA member.
+    async fn park(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        Err(unsupported(id, "stop clusters when idle"))
+    }
+
+    /// The client and replication sessions of a running cluster, read without opening one.
+    async fn sessions(&self, id: &InstanceId) -> Result<super::Sessions, RuntimeError> {
+        Err(unsupported(id, "count a cluster's sessions"))
+    }
+
+    /// Wakes of parked clusters as they happen, for the broker's state and metrics; None from
+    /// a runtime that reports none (an agent's wakes are seen by the supervisor as a parked
+    /// cluster found running).
+    fn subscribe_wakes(&self) -> Option<tokio::sync::broadcast::Receiver<super::WakeEvent>> {
+        None
+    }
 
     /// Stops the cluster (fast shutdown); a stopped or absent cluster is fine.
     async fn stop(&self, id: &InstanceId) -> Result<(), RuntimeError>;
@@ -387,6 +410,12 @@ pub trait ClusterRuntime: Send + Sync {
 }
 
 /// The answer of a runtime that runs no HA members (yet: agents are the next step).
+fn unsupported(id: &InstanceId, what: &str) -> RuntimeError {
+    RuntimeError::Pg(crate::pg::PgError::Setup(format!(
+        "instance {id}: this runtime cannot {what}"
+    )))
+}
+
 fn no_ha_engine(id: &InstanceId) -> RuntimeError {
     RuntimeError::Pg(crate::pg::PgError::Setup(format!(
         "instance {id}: this runtime does not run HA members"

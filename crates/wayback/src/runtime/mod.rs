@@ -41,7 +41,7 @@ pub use remote::{BackupAnswer, RemoteRuntime};
 pub use replication::{FollowSpec, ReplicationGrant};
 pub use wayback_api::agent::{
     ArchiverStats, Capacity, ClusterStatus, ReplicationStatus, RestorePhase, RestoreState,
-    RestoreStatus, StandbyStatus,
+    RestoreStatus, Sessions, StandbyStatus,
 };
 pub use wayback_api::drills::{DrillFailure, DrillReport, DrillResult};
 
@@ -77,6 +77,18 @@ pub struct WalPosition {
     /// segment switch leaves. A counter: it goes back to 0 after a crash or a reset. None from
     /// an agent older than this field.
     pub wal_bytes: Option<u64>,
+}
+
+/// A stopped-when-idle cluster woken by a client's connection (issue 17), or a wake that
+/// failed; sent by a runtime that holds ports itself ([`ClusterRuntime::subscribe_wakes`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WakeEvent {
+    /// The cluster's key (an instance id).
+    pub instance: InstanceId,
+    /// From the first packet of the client that woke it to the server accepting connections.
+    pub seconds: f64,
+    /// None when it started; else why it could not (the clients were told the same).
+    pub error: Option<String>,
 }
 
 /// Result of applying new settings to a running cluster.
