@@ -2,7 +2,9 @@
 //! PostgreSQL 15: a login role's connection is a client, the superuser's (the broker's own) is
 //! not, a walsender (`pg_receivewal` as the superuser, as a base backup would connect) is
 //! replication, closed sessions leave the count, the count holds with `update_process_title =
-//! off`, and a stopped cluster says it is not running instead of answering zero.
+//! off`, and a stopped cluster says it is not running instead of answering zero. On a real
+//! `wayback agent` (the agents tests' fleet), the same count through `RemoteRuntime`, and the
+//! agent's capacity says it stops clusters when idle.
 //!
 //! Run: `bash scripts/test sessions::`.
 
@@ -16,9 +18,12 @@ use pg_support::{free_port, pg_available, TestRuntime, BIN_DIR};
 use secrecy::SecretString;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
+use wayback::config::{AgentEndpoint, AgentsSettings};
 use wayback::domain::InstanceId;
 use wayback::pg::PgError;
-use wayback::runtime::{ClusterSpec, RoleAccess, RuntimeError, Sessions};
+use wayback::runtime::{
+    ClusterRuntime, ClusterSpec, RemoteRuntime, RoleAccess, RuntimeError, Sessions,
+};
 
 fn spec(id: &InstanceId, port: u16, settings: &[(&str, &str)]) -> ClusterSpec {
     ClusterSpec {
@@ -47,9 +52,13 @@ async fn login(port: u16) -> PgConnection {
 
 /// Polls the count until it is `want` (backends leave a moment after their client closes).
 async fn wait_for(t: &TestRuntime, id: &InstanceId, want: Sessions, what: &str) {
+    wait_on(t.runtime.as_ref(), id, want, what).await
+}
+
+async fn wait_on(rt: &dyn ClusterRuntime, id: &InstanceId, want: Sessions, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let got = t.runtime.sessions(id).await.unwrap();
+        let got = rt.sessions(id).await.unwrap();
         if got == want {
             return;
         }
@@ -198,4 +207,67 @@ async fn clients_and_replication_are_counted_and_the_admin_is_not() {
     rt.destroy(&id).await.unwrap();
     let e = rt.sessions(&id).await.unwrap_err();
     assert!(e.is_permanent(), "no cluster at all: {e:?}");
+}
+
+/// A remote runtime over the fleet's one agent, holding every instance there.
+fn remote(fleet: &crate::agents::Fleet) -> RemoteRuntime {
+    let agent = &fleet.agents[0];
+    let remote = RemoteRuntime::new(&AgentsSettings {
+        urls: vec![AgentEndpoint {
+            name: agent.name.clone(),
+            url: agent.url(),
+        }],
+        username: "broker".into(),
+        password: Some(fleet.password.clone().into()),
+        ca_cert: Some(fleet.ca.clone()),
+        ..AgentsSettings::default()
+    })
+    .unwrap();
+    let name = agent.name.clone();
+    remote.set_resolver(Box::new(move |_| {
+        let name = name.clone();
+        Box::pin(async move { Some(name) })
+    }));
+    remote
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_counts_the_sessions_of_its_clusters() {
+    if !pg_available() {
+        return;
+    }
+    let fleet = crate::agents::Fleet::start(1, |_| {}).await;
+    let remote = remote(&fleet);
+    let rt: &dyn ClusterRuntime = &remote;
+    let capacities = remote.capacities().await;
+    let (name, capacity) = &capacities[0];
+    assert!(
+        capacity.as_ref().is_ok_and(|c| c.idle_stop),
+        "agent {name} says it stops idle clusters: {capacity:?}"
+    );
+
+    let id = InstanceId::parse(crate::common::new_id()).unwrap();
+    let port = free_port();
+    rt.create_cluster(&spec(&id, port, &[])).await.unwrap();
+    let e = rt.sessions(&id).await.unwrap_err();
+    assert!(
+        !e.is_permanent() && e.to_string().contains("not running"),
+        "a stopped cluster on an agent: {e}"
+    );
+    rt.start(&id).await.unwrap();
+    rt.ensure_database(&id, "app", "app_owner").await.unwrap();
+    let password = SecretString::from("Sessions-Passw0rd");
+    rt.create_login_role(&id, "app_user", &password, "app_owner", &RoleAccess::Owner)
+        .await
+        .unwrap();
+    wait_on(rt, &id, Sessions::default(), "no session on the agent").await;
+    let app = login(port).await;
+    let one = Sessions {
+        clients: 1,
+        replication: 0,
+    };
+    wait_on(rt, &id, one, "a login session on the agent").await;
+    app.close().await.unwrap();
+    wait_on(rt, &id, Sessions::default(), "closed, on the agent").await;
+    rt.destroy(&id).await.unwrap();
 }
