@@ -76,6 +76,13 @@ pub struct Capacity {
     /// never comes): false, and the broker takes it from the leader.
     #[serde(default)]
     pub standby_backup: bool,
+    /// The agent counts its clusters' sessions and stops idle ones (issue 17: `GET
+    /// /v1/clusters/{id}/sessions`, `POST /v1/clusters/{id}/park`, and its clusters may be
+    /// `Parked`). Absent (an older agent, which answers 404 to both routes): false, and the
+    /// broker never asks it to park a cluster (its remote runtime turns that 404 into a
+    /// permanent error saying to upgrade the agent).
+    #[serde(default)]
+    pub idle_stop: bool,
 }
 
 /// `PUT /v1/clusters/{id}` and `POST /v1/clusters/{id}/settings`.
@@ -505,7 +512,7 @@ mod tests {
             "advertise_host": "10.0.0.1", "version": "1", "ha": true
         }))
         .unwrap();
-        assert!(older_agent.ha && !older_agent.standby_backup);
+        assert!(older_agent.ha && !older_agent.standby_backup && !older_agent.idle_stop);
     }
 
     #[test]

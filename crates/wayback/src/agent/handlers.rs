@@ -17,8 +17,8 @@ use crate::domain::InstanceId;
 use crate::runtime::error::to_wire;
 use crate::runtime::RoleAccess;
 use crate::runtime::{
-    ArchiveCommand, BackupAnswer, ClusterSpec, FollowSpec, ReplicationGrant, RestoreSpec,
-    RuntimeError,
+    ArchiveCommand, BackupAnswer, ClusterRuntime, ClusterSpec, FollowSpec, ReplicationGrant,
+    RestoreSpec, RuntimeError,
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -49,6 +49,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/clusters/{id}/promote", web::post().to(promote))
         .route("/v1/clusters/{id}/start", web::post().to(start))
         .route("/v1/clusters/{id}/stop", web::post().to(stop))
+        .route("/v1/clusters/{id}/park", web::post().to(park))
+        .route("/v1/clusters/{id}/sessions", web::get().to(sessions))
         .route("/v1/clusters/{id}/seal", web::post().to(seal))
         .route("/v1/clusters/{id}/reopen", web::post().to(reopen))
         .route("/v1/clusters/{id}/switch-wal", web::post().to(switch_wal))
@@ -209,6 +211,7 @@ async fn capacity(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
         version: env!("CARGO_PKG_VERSION").into(),
         ha: true,
         standby_backup: true,
+        idle_stop: true,
     })
 }
 
@@ -330,6 +333,20 @@ async fn stop(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
     let id = instance(&state, &req)?;
     state.runtime.stop(&id).await?;
     ok(&())
+}
+
+/// Issue 17: stops an idle cluster and holds its port with the wake listener (the trait's
+/// call, which the local runtime implements).
+async fn park(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
+    let id = instance(&state, &req)?;
+    ClusterRuntime::park(state.runtime.as_ref(), &id).await?;
+    ok(&())
+}
+
+/// Issue 17: the cluster's client and replication sessions, counted from `/proc`.
+async fn sessions(state: web::Data<AgentState>, req: HttpRequest) -> Reply {
+    let id = instance(&state, &req)?;
+    ok(&state.runtime.sessions(&id).await?)
 }
 
 async fn seal(

@@ -24,6 +24,7 @@ pub mod process;
 pub mod readonly;
 pub mod scram;
 pub mod server_log;
+pub mod sessions;
 pub mod sql;
 pub mod wal_records;
 

@@ -505,6 +505,7 @@ mod tests {
             version: "0".into(),
             ha: false,
             standby_backup: false,
+            idle_stop: false,
         }
     }
 

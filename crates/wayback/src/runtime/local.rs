@@ -30,6 +30,7 @@ mod lifecycle;
 mod quiet;
 mod replication;
 mod restore;
+mod sessions;
 mod stats;
 mod tls;
 mod trash;

@@ -208,6 +208,7 @@ mod tests {
             version: "0".into(),
             ha: false,
             standby_backup: false,
+            idle_stop: false,
         })
     }
 

@@ -13,6 +13,7 @@
 mod backup;
 mod client;
 mod ha;
+mod idle;
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -253,6 +254,14 @@ impl ClusterRuntime for RemoteRuntime {
 
     async fn stop(&self, id: &InstanceId) -> Result<(), RuntimeError> {
         self.on_cluster(id, Method::POST, "/stop", NONE).await
+    }
+
+    async fn park(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        self.remote_park(id).await
+    }
+
+    async fn sessions(&self, id: &InstanceId) -> Result<super::Sessions, RuntimeError> {
+        self.remote_sessions(id).await
     }
 
     async fn status(&self, id: &InstanceId) -> Result<ClusterStatus, RuntimeError> {

@@ -56,6 +56,7 @@ mod restore;
 mod retention;
 mod secrets;
 mod server_log;
+mod sessions;
 mod smoke_test;
 mod state_retention;
 mod storage_contract;

@@ -60,6 +60,9 @@ impl ClusterRuntime for LocalRuntime {
     async fn stop(&self, id: &InstanceId) -> Result<(), RuntimeError> {
         LocalRuntime::stop(self, id).await
     }
+    async fn sessions(&self, id: &InstanceId) -> Result<crate::runtime::Sessions, RuntimeError> {
+        LocalRuntime::sessions(self, id).await
+    }
     async fn status(&self, id: &InstanceId) -> Result<ClusterStatus, RuntimeError> {
         LocalRuntime::status(self, id).await
     }
