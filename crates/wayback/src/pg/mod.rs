@@ -26,6 +26,7 @@ pub mod scram;
 pub mod server_log;
 pub mod sql;
 pub mod wal_records;
+pub mod wire;
 
 use std::path::PathBuf;
 
