@@ -103,6 +103,11 @@ async fn parked(name: &str, archive: bool, limits: Option<WakeLimits>) -> Option
         );
         t.runtime = t.local.clone();
     }
+    Some(park_new(t, name, archive).await)
+}
+
+/// [`parked`] in the runtime `t`.
+async fn park_new(t: TestRuntime, name: &str, archive: bool) -> Parked {
     t.local.prepare().await.unwrap();
     let port = free_port();
     let s = spec(name, port);
@@ -141,7 +146,7 @@ async fn parked(name: &str, archive: bool, limits: Option<WakeLimits>) -> Option
         ClusterStatus::Parked
     );
     assert!(!postmaster_runs(&p));
-    Some(p)
+    p
 }
 
 /// The SQLSTATE and message of a refused login.
@@ -220,6 +225,49 @@ async fn wake_a_parked_cluster_serves_every_row_and_ten_clients_at_once() {
     rt.destroy(&p.id).await.unwrap();
     assert_eq!(rt.status(&p.id).await.unwrap(), ClusterStatus::Absent);
     std::net::TcpListener::bind(("127.0.0.1", p.port)).expect("destroy released the port");
+}
+
+#[tokio::test]
+async fn tls_goes_through_the_splice_to_the_woken_server() {
+    if !pg_available() {
+        return;
+    }
+    let settings = wayback::config::PostgresSettings {
+        // A wildcard: the hold binds every address, the splice reaches the server on loopback.
+        listen_address: "0.0.0.0".into(),
+        ..pg_support::settings(true)
+    };
+    let t = TestRuntime::with_tls(settings, "127.0.0.1");
+    let p = park_new(t, "wake-tls", false).await;
+    let ca = p.t.data_dir().join("tls/ca.crt");
+    // tokio's Command: a blocking psql would stop this runtime's only thread, the listener's.
+    let out = tokio::process::Command::new(std::path::Path::new(pg_support::BIN_DIR).join("psql"))
+        .args(["-X", "-q", "-A", "-t", "-c", "SET ROLE NONE", "-c"])
+        .arg("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .env_clear()
+        .env("HOME", "/nonexistent")
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", p.port.to_string())
+        .env("PGUSER", USER)
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGDATABASE", "app")
+        .env("PGSSLMODE", "verify-full")
+        .env("PGSSLROOTCERT", &ca)
+        .env("PGCONNECT_TIMEOUT", "30")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t");
+    assert_eq!(
+        p.t.local.status(&p.id).await.unwrap(),
+        ClusterStatus::Running
+    );
 }
 
 #[tokio::test]
