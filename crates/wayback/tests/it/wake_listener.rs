@@ -109,12 +109,24 @@ async fn parked(name: &str, archive: bool, limits: Option<WakeLimits>) -> Option
 /// [`parked`] in the runtime `t`.
 async fn park_new(t: TestRuntime, name: &str, archive: bool) -> Parked {
     t.local.prepare().await.unwrap();
+    let (id, port) = park_one(&t, name, archive).await;
+    let p = Parked { t, id, port };
+    assert_eq!(
+        p.t.local.status(&p.id).await.unwrap(),
+        ClusterStatus::Parked
+    );
+    assert!(!postmaster_runs(&p));
+    p
+}
+
+/// One more parked cluster in the prepared runtime `t`: its id and port.
+async fn park_one(t: &TestRuntime, name: &str, archive: bool) -> (InstanceId, u16) {
     let port = free_port();
     let s = spec(name, port);
     let id = s.instance.clone();
     t.local.create_cluster(&s).await.unwrap();
     if archive {
-        archive_with_cp(&t, &id);
+        archive_with_cp(t, &id);
     }
     t.local.start(&id).await.unwrap();
     t.local
@@ -140,13 +152,7 @@ async fn park_new(t: TestRuntime, name: &str, archive: bool) -> Parked {
     .unwrap();
     c.close().await.unwrap();
     t.local.park(&id).await.unwrap();
-    let p = Parked { t, id, port };
-    assert_eq!(
-        p.t.local.status(&p.id).await.unwrap(),
-        ClusterStatus::Parked
-    );
-    assert!(!postmaster_runs(&p));
-    p
+    (id, port)
 }
 
 /// The SQLSTATE and message of a refused login.
@@ -352,6 +358,35 @@ async fn the_fourth_client_start_within_a_minute_is_refused() {
     // The broker's own start is not limited.
     rt.start(&p.id).await.unwrap();
     assert_eq!(rows(p.port).await.unwrap(), ROWS);
+}
+
+#[tokio::test]
+async fn first_connections_to_several_clusters_queue_for_the_machines_starts() {
+    // One start at a time on this machine: three clusters' first clients wait their turn.
+    let limits = WakeLimits {
+        concurrent_starts: 1,
+        ..WakeLimits::default()
+    };
+    let Some(p) = parked("wake-queue-1", false, Some(limits)).await else {
+        return;
+    };
+    let mut ports = vec![p.port];
+    let mut ids = vec![p.id.clone()];
+    for name in ["wake-queue-2", "wake-queue-3"] {
+        let (id, port) = park_one(&p.t, name, false).await;
+        ids.push(id);
+        ports.push(port);
+    }
+    let clients: Vec<_> = ports
+        .iter()
+        .flat_map(|port| (0..3).map(move |_| tokio::spawn(rows(*port))))
+        .collect();
+    for c in clients {
+        assert_eq!(c.await.unwrap().expect("served after its turn"), ROWS);
+    }
+    for id in &ids {
+        assert_eq!(p.t.local.status(id).await.unwrap(), ClusterStatus::Running);
+    }
 }
 
 #[tokio::test]

@@ -27,7 +27,9 @@
 //! 5. **Then the server is PostgreSQL's**: the marker is removed only after a successful start;
 //!    every waiting client is connected to the server over TCP (so `pg_hba.conf`'s `host` and
 //!    `hostssl` lines and TLS apply as to a direct client — from the loopback address), its
-//!    first packet written, and the bytes spliced both ways.
+//!    first packet written, and the bytes spliced both ways. Only those first sessions pass
+//!    through this process, for their life (a restart of the broker or agent ends them; their
+//!    clients reconnect, straight to the server); every later connection is the server's own.
 //! 6. **A failed start keeps the cluster parked**: the port is held again, and every waiting
 //!    client gets a PostgreSQL `ErrorResponse` (FATAL, SQLSTATE 57P03) that says so, without
 //!    paths; the reason is logged at warn. A client whose first packet asked for TLS is told
