@@ -277,6 +277,20 @@ async fn tls_goes_through_the_splice_to_the_woken_server() {
 }
 
 #[tokio::test]
+async fn trashing_a_parked_cluster_keeps_its_data_and_releases_its_port() {
+    let Some(p) = parked("wake-trash", false, None).await else {
+        return;
+    };
+    let kept = p.t.local.trash_cluster(&p.id).await.unwrap();
+    assert!(kept.is_some(), "a cleanly stopped cluster is kept for undo");
+    assert_eq!(
+        p.t.local.status(&p.id).await.unwrap(),
+        ClusterStatus::Absent
+    );
+    std::net::TcpListener::bind(("127.0.0.1", p.port)).expect("trash released the port");
+}
+
+#[tokio::test]
 async fn a_silent_or_cancelling_client_wakes_nothing() {
     let Some(p) = parked("wake-silent", false, None).await else {
         return;
