@@ -27,6 +27,7 @@ pub mod server_log;
 pub mod sessions;
 pub mod sql;
 pub mod wal_records;
+pub mod wire;
 
 use std::path::PathBuf;
 

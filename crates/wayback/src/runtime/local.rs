@@ -34,6 +34,9 @@ mod sessions;
 mod stats;
 mod tls;
 mod trash;
+mod wake;
+
+pub use wake::WakeLimits;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -83,12 +86,15 @@ pub struct LocalRuntime {
     archive: Option<ArchiveAccess>,
     tools: OnceCell<Tools>,
     template: OnceCell<()>,
-    locks: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Shared with the wake listener's holds, which start parked clusters.
+    locks: Arc<Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>>,
     restores: restore::Restores,
     running_drills: drill_cancel::RunningDrills,
     tls: Option<ClusterTls>,
     /// Answers kept for quiet clusters, so that watching them opens no session (issue 17).
     quiet: quiet::Quiet,
+    /// The ports of parked clusters, held until a client connects (issue 17).
+    wake: wake::Wake,
 }
 
 impl LocalRuntime {
@@ -102,12 +108,19 @@ impl LocalRuntime {
             archive: None,
             tools: OnceCell::new(),
             template: OnceCell::new(),
-            locks: Mutex::new(HashMap::new()),
+            locks: Arc::new(Mutex::new(HashMap::new())),
             restores: restore::Restores::default(),
             running_drills: drill_cancel::RunningDrills::default(),
             tls: None,
             quiet: quiet::Quiet::default(),
+            wake: wake::Wake::default(),
         }
+    }
+
+    /// Other limits for the wake listener than the defaults (tests).
+    pub fn with_wake_limits(mut self, limits: WakeLimits) -> Self {
+        self.wake = wake::Wake::new(limits);
+        self
     }
 
     /// The archive this runtime takes base backups into and restores clones from.
@@ -271,6 +284,8 @@ impl LocalRuntime {
         }
         // Restore drills' scratch copies a killed broker or agent left behind (issue 18).
         self.clear_drills().await?;
+        // Parked clusters' ports are held again (issue 17); problems are logged.
+        self.hold_parked().await;
         Ok(())
     }
 

@@ -34,7 +34,7 @@ pub use interface::{
     AgentSurvey, ClusterRuntime, MachineTrash, Reach, RestoreSpec, RoleAccess, Runtime,
     TrashedSource,
 };
-pub use local::{ArchiveAccess, ClusterTls, LocalRuntime};
+pub use local::{ArchiveAccess, ClusterTls, LocalRuntime, WakeLimits};
 pub use placement::{choose, choose_avoiding, Placement, PlacementLedger, NO_ROOM};
 pub use placement::{choose_ha_member, ha_agents_with_room, NO_HA_ROOM};
 pub use remote::{BackupAnswer, RemoteRuntime};

@@ -64,4 +64,5 @@ mod storage_outage;
 mod store;
 mod supervisor_idle;
 mod undo_trash;
+mod wake_listener;
 mod wayback_api;

@@ -57,6 +57,14 @@ impl ClusterRuntime for LocalRuntime {
     async fn start(&self, id: &InstanceId) -> Result<(), RuntimeError> {
         LocalRuntime::start(self, id).await
     }
+    async fn park(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        LocalRuntime::park(self, id).await
+    }
+    fn subscribe_wakes(
+        &self,
+    ) -> Option<tokio::sync::broadcast::Receiver<crate::runtime::WakeEvent>> {
+        Some(self.subscribe_wakes())
+    }
     async fn stop(&self, id: &InstanceId) -> Result<(), RuntimeError> {
         LocalRuntime::stop(self, id).await
     }

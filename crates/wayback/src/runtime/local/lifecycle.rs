@@ -38,6 +38,17 @@ impl LocalRuntime {
         tools: &Tools,
         id: &InstanceId,
     ) -> Result<(), RuntimeError> {
+        self.start_unlocked_with(tools, id, async {}).await
+    }
+
+    /// [`Self::start_unlocked`] that runs `before_spawn` right before `pg_ctl` spawns the
+    /// postmaster (the wake listener closes a parked cluster's port there, as late as it can).
+    pub(super) async fn start_unlocked_with(
+        &self,
+        tools: &Tools,
+        id: &InstanceId,
+        before_spawn: impl std::future::Future<Output = ()>,
+    ) -> Result<(), RuntimeError> {
         if self.is_ha_member(id) {
             return self.ha_start(tools, id).await;
         }
@@ -55,6 +66,7 @@ impl LocalRuntime {
             .await
             .map_err(rt)?;
         let port = self.configured_port(&dirs)?;
+        before_spawn.await;
         ctl::start(tools, &dirs, port, self.timeout())
             .await
             .map_err(rt)
@@ -78,10 +90,19 @@ impl LocalRuntime {
         Ok(())
     }
 
+    /// Starts the cluster; a parked one through its hold, so that clients waiting for it are
+    /// served by the same start (a parked cluster whose port is not held is started here).
     pub async fn start(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        if let Some(started) = self.start_held(id).await {
+            return started;
+        }
         let _guard = self.lock(id).await;
         let tools = self.tools().await?;
-        self.start_unlocked(tools, id).await
+        self.start_unlocked(tools, id).await?;
+        if self.is_parked(id) {
+            self.unmark(id)?;
+        }
+        Ok(())
     }
 
     pub async fn stop(&self, id: &InstanceId) -> Result<(), RuntimeError> {
@@ -119,6 +140,9 @@ impl LocalRuntime {
             false => ClusterStatus::Stopped,
         };
         let Some(pm) = ctl::live_postmaster(&dirs.pgdata).map_err(rt)? else {
+            if !ha && self.is_parked(id) {
+                return Ok(ClusterStatus::Parked);
+            }
             return Ok(down);
         };
         let port = match pm.port {
@@ -141,8 +165,10 @@ impl LocalRuntime {
         }
     }
 
-    /// Stops the cluster and removes every file of it, and forgets its restore.
+    /// Stops the cluster and removes every file of it, and forgets its restore; a parked
+    /// cluster's port is released first.
     pub async fn destroy(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        self.release_hold(id).await;
         self.destroy_files(id).await?;
         self.forget_restore(id);
         self.quiet.forget(id);
