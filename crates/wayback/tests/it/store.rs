@@ -39,6 +39,7 @@ pub(crate) fn instance(id: &str) -> InstanceRecord {
         agent: None,
         agent_host: None,
         leader_id: None,
+        stopped_at: None,
     }
 }
 
