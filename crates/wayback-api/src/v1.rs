@@ -80,6 +80,10 @@ pub struct Instance {
     /// An HA instance's members and failovers (issue 15); absent for a single-member instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<Ha>,
+    /// When its cluster was stopped because it was idle (issue 17); absent while it runs. A
+    /// stopped instance is still `live`: its next connection starts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<DateTime<Utc>>,
 }
 
 /// The copy of a deleted instance kept at delete time: an undo to its latest point takes it

@@ -20,6 +20,9 @@ pub use ha::{render_ha, HaMemberRow, HaRow};
 /// Upper bounds (seconds) of the operation duration histogram.
 const BUCKETS: &[f64] = &[0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
 
+/// Upper bounds (seconds) of `wayback_wake_seconds`: a wake is a PostgreSQL start (~0.1 s).
+const WAKE_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
+
 #[derive(Default)]
 struct Histogram {
     counts: Vec<u64>,
@@ -48,6 +51,9 @@ struct Inner {
     /// Per instance: restore drills (issue 18), from the store every maintenance pass and
     /// from each drill as it ends.
     drills: BTreeMap<String, DrillFigures>,
+    /// Wakes of clusters stopped when idle (issue 17) this process saw, and those that failed.
+    wakes: Histogram,
+    wake_failures: u64,
 }
 
 /// One instance's restore drills in numbers.
@@ -62,10 +68,14 @@ pub struct DrillFigures {
 
 impl Histogram {
     fn observe(&mut self, seconds: f64) {
+        self.observe_in(BUCKETS, seconds)
+    }
+
+    fn observe_in(&mut self, bounds: &[f64], seconds: f64) {
         if self.counts.is_empty() {
-            self.counts = vec![0; BUCKETS.len()];
+            self.counts = vec![0; bounds.len()];
         }
-        for (i, bound) in BUCKETS.iter().enumerate() {
+        for (i, bound) in bounds.iter().enumerate() {
             if seconds <= *bound {
                 self.counts[i] += 1;
             }
@@ -75,12 +85,30 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
-        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+        self.render_in(BUCKETS, out, name, labels)
+    }
+
+    /// Renders with `bounds` (those it was observed with); `labels` may be empty.
+    fn render_in(&self, bounds: &[f64], out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let counts = self.counts.iter().copied().chain(std::iter::repeat(0));
+        for (bound, count) in bounds.iter().zip(counts) {
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
         }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let braces = |l: &str| {
+            if l.is_empty() {
+                String::new()
+            } else {
+                format!("{{{l}}}")
+            }
+        };
+        let _ = writeln!(out, "{name}_sum{} {}", braces(labels), self.sum);
+        let _ = writeln!(out, "{name}_count{} {}", braces(labels), self.count);
     }
 }
 
@@ -167,6 +195,17 @@ impl Metrics {
         }
     }
 
+    /// A cluster stopped when idle was woken by a connection in `seconds` (issue 17).
+    pub fn wake_observed(&self, seconds: f64) {
+        let mut inner = self.0.lock().expect("metrics lock");
+        inner.wakes.observe_in(WAKE_BUCKETS, seconds);
+    }
+
+    /// A connection could not wake a cluster stopped when idle.
+    pub fn wake_failed(&self) {
+        self.0.lock().expect("metrics lock").wake_failures += 1;
+    }
+
     pub fn cluster_restarted(&self) {
         self.0.lock().expect("metrics lock").cluster_restarts += 1;
     }
@@ -243,12 +282,35 @@ impl Metrics {
             "wayback_instances_name_unknown {}",
             inner.names_unknown
         );
+        render_wakes(&mut out, &inner);
         render_archive(&mut out, &inner);
         render_agents(&mut out, &inner);
         render_trash(&mut out, &inner);
         render_drills(&mut out, &inner);
         out
     }
+}
+
+/// Wakes of clusters stopped when idle (issue 17) that this broker saw.
+fn render_wakes(out: &mut String, inner: &Inner) {
+    let _ = writeln!(out, "# HELP wayback_wake_seconds Time from a client's first packet to a cluster stopped when idle accepting connections, for the wakes this broker saw (an agent's wakes are not timed here).");
+    let _ = writeln!(out, "# TYPE wayback_wake_seconds histogram");
+    inner
+        .wakes
+        .render_in(WAKE_BUCKETS, out, "wayback_wake_seconds", "");
+    let _ = writeln!(out, "# HELP wayback_wake_failures_total Connections that could not start a cluster stopped when idle (the client was told why).");
+    let _ = writeln!(out, "# TYPE wayback_wake_failures_total counter");
+    let _ = writeln!(out, "wayback_wake_failures_total {}", inner.wake_failures);
+}
+
+/// `wayback_instances_stopped`: live instances stopped when idle, as the state database
+/// records them (read at scrape time like the instance counts).
+pub fn render_stopped(stopped: i64) -> String {
+    format!(
+        "# HELP wayback_instances_stopped Live instances stopped because they were idle (a connection starts them).\n\
+         # TYPE wayback_instances_stopped gauge\n\
+         wayback_instances_stopped {stopped}\n"
+    )
 }
 
 /// Restore drills per instance (issue 18), once any ran.

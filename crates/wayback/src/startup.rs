@@ -19,7 +19,7 @@ use crate::catalog::Catalog;
 use crate::config::{resolve, MetricsAuth, Settings};
 use crate::context::AppContext;
 use crate::jobs::Worker;
-use crate::maintenance::{ArchiveMaintenance, NameResolver, Supervisor};
+use crate::maintenance::{ArchiveMaintenance, NameResolver, Supervisor, WakeWatch};
 use crate::metrics::Metrics;
 use crate::open;
 use crate::osb::{self, AppState, BasicAuth};
@@ -33,6 +33,8 @@ pub struct Application {
     handle: ServerHandle,
     worker: Worker,
     supervisor: Supervisor,
+    /// Wakes of clusters stopped when idle, when the runtime reports them (issue 17).
+    wakes: Option<WakeWatch>,
     maintenance: ArchiveMaintenance,
     names: NameResolver,
     watch: ArchiveWatch,
@@ -155,6 +157,11 @@ impl Application {
             client_tls,
         );
         let supervisor = Supervisor::new(ctx.clone());
+        // Subscribed before anything can wake a cluster (the runtime is prepared, nothing
+        // serves yet), so that no wake goes unrecorded.
+        let wakes = runtime
+            .subscribe_wakes()
+            .map(|rx| WakeWatch::new(store.clone(), metrics.clone(), rx));
         let api = web::Data::new(crate::api::ApiState {
             store: store.clone(),
             catalog: api_parts.0,
@@ -192,6 +199,7 @@ impl Application {
             handle,
             worker,
             supervisor,
+            wakes,
             maintenance,
             names,
             watch,
@@ -231,6 +239,7 @@ impl Application {
             handle,
             worker,
             supervisor,
+            wakes,
             maintenance,
             names,
             watch,
@@ -243,6 +252,14 @@ impl Application {
         let maintain = tokio::spawn(maintenance.run_until_stopped(shutdown.clone()));
         let name = tokio::spawn(names.run_until_stopped(shutdown.clone()));
         let watching = tokio::spawn(watch.run_until_stopped(shutdown.clone()));
+        let woken = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                if let Some(wakes) = wakes {
+                    wakes.run_until_stopped(shutdown).await;
+                }
+            }
+        });
         let stopper = {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -252,7 +269,7 @@ impl Application {
         };
         let served = server.await;
         shutdown.cancel();
-        let _ = tokio::join!(jobs, supervise, maintain, name, watching, stopper);
+        let _ = tokio::join!(jobs, supervise, maintain, name, watching, woken, stopper);
         store.close().await;
         tracing::info!("wayback broker stopped");
         served.context("HTTP server")

@@ -4,6 +4,9 @@
 //! to whole seconds here, rounded inward for the restore window, so that each end is itself a
 //! valid `point-in-time`.
 //!
+//! An instance stopped when idle (issue 17) is `live` with `stopped_at`: its archive holds
+//! every commit, and its next connection starts it.
+//!
 //! Imports `store`, `archive`, `runtime`, `catalog` and `domain`; no HTTP types.
 
 use chrono::{DateTime, Timelike, Utc};
@@ -123,12 +126,13 @@ pub fn render(
         },
         last_base_backup: backups.last().map(|b| b.time),
         base_backups: backups,
-        archive: archive_view(record.state, observed, latest),
+        archive: archive_view(record.state, observed, latest, record.stopped_at.is_some()),
         follower: None,
         followers: Vec::new(),
         kept_copy: None,
         drills: Vec::new(),
         ha: None,
+        stopped_at: record.stopped_at.and_then(millis),
     }
 }
 
@@ -142,10 +146,13 @@ pub fn kept_copy_view(r: &crate::store::KeptCopyRecord) -> Option<v1::KeptCopy> 
     })
 }
 
+/// `stopped`: the cluster was stopped when idle (it answers no statistics, and needs none: it
+/// archived every commit before it stopped).
 fn archive_view(
     state: InstanceState,
     observed: &Observed,
     latest: Option<DateTime<Utc>>,
+    stopped: bool,
 ) -> v1::Archive {
     let ended = |healthy: bool, detail: Option<&str>| v1::Archive {
         healthy,
@@ -177,6 +184,12 @@ fn archive_view(
         };
     }
     let Some(stats) = &observed.stats else {
+        if stopped {
+            return ended(
+                true,
+                Some("Stopped when idle: every commit was archived before it stopped; its next connection starts it."),
+            );
+        }
         return v1::Archive {
             healthy: false,
             detail: Some(

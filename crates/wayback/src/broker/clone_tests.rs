@@ -92,6 +92,7 @@ fn floors_compare_with_plan_or_postgres_defaults() {
         require_tls: false,
         undo_keep_hours: 24,
         ha: None,
+        idle_stop_after_secs: None,
     };
     let floors = SettingFloors {
         max_connections: 200,

@@ -19,6 +19,7 @@ impl Broker {
                     parameters: i.parameters,
                     replication,
                     ha,
+                    stopped_at: i.stopped_at,
                 })
             }
             Some(i) if i.state == InstanceState::Updating => Err(BrokerError::Concurrency(

@@ -91,6 +91,8 @@ pub struct InstanceView {
     pub replication: Option<super::followers::Replication>,
     /// An HA instance's members (`broker::ha`); None for a single-member instance.
     pub ha: Option<super::ha::HaView>,
+    /// When its cluster was stopped for being idle (Unix ms; issue 17); None while it runs.
+    pub stopped_at: Option<i64>,
 }
 
 /// What last_operation returns.
@@ -236,6 +238,7 @@ impl Broker {
             agent: None,
             agent_host: None,
             leader_id: leader.as_ref().map(|l| l.leader.clone()),
+            stopped_at: None,
         };
         let op = OperationRecord {
             id: operation.clone(),

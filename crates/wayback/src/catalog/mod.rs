@@ -7,11 +7,14 @@
 //! `metadata.wayback`: the archive policy (`archive`) and `require_tls` (TCP connections must
 //! use TLS, as with the `tls.require` setting) and `undo.keep_hours` (how long a deleted
 //! instance's data directory is kept for a fast undo), and `ha` (a primary with a standby under
-//! Patroni, [`ha`]). Must not import anything but `domain`.
+//! Patroni, [`ha`]), and `idle.stop_after_secs` (stop an idle instance, start it on the first
+//! connection: [`idle`]). Must not import anything but `domain`.
 
 mod ha;
+mod idle;
 
 pub use ha::{HaDurability, HaPolicy, HA_MEMBERS};
+pub use idle::MAX_STOP_AFTER_SECS;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -96,6 +99,10 @@ pub struct Plan {
     /// The plan's instances have a standby under Patroni (`metadata.wayback.ha`); `None`: one
     /// member.
     pub ha: Option<HaPolicy>,
+    /// Seconds without a client or replication session after which an instance is stopped,
+    /// to be started by the next connection (`metadata.wayback.idle.stop_after_secs`); `None`:
+    /// never. Never set on an HA plan.
+    pub idle_stop_after_secs: Option<u64>,
 }
 
 /// A plan's archive policy, from `metadata.wayback.archive`; every field is optional.
@@ -326,6 +333,9 @@ impl Catalog {
                     .map_err(|m| invalid(format!("{where_}: {m}")))?;
                 let ha = ha::plan_ha(p.metadata.as_ref())
                     .map_err(|m| invalid(format!("{where_}: {m}")))?;
+                let idle_stop_after_secs = idle::plan_idle_stop(p.metadata.as_ref())
+                    .and_then(|idle| idle::check_not_ha(idle, ha.is_some()).map(|()| idle))
+                    .map_err(|m| invalid(format!("{where_}: {m}")))?;
                 plans.push(Plan {
                     id: p.id,
                     name: p.name,
@@ -334,6 +344,7 @@ impl Catalog {
                     require_tls,
                     undo_keep_hours,
                     ha,
+                    idle_stop_after_secs,
                     maintenance_version: p.maintenance_info.map(|m| m.version),
                 });
             }
@@ -613,6 +624,45 @@ mod tests {
             );
             assert!(e.contains("plan \"small\""), "{e}");
         }
+    }
+
+    #[test]
+    fn idle_stop_is_read_from_the_plans_wayback_metadata() {
+        let c = Catalog::load(None).unwrap();
+        let plans = &c.services()[0].plans;
+        let dev = plans.iter().find(|p| p.name == "dev").expect("dev");
+        assert_eq!(dev.idle_stop_after_secs, Some(300));
+        assert!(plans
+            .iter()
+            .filter(|p| p.name != "dev")
+            .all(|p| p.idle_stop_after_secs.is_none()));
+        let c = with(|d| {
+            d["services"][0]["plans"][0]["metadata"]["wayback"]["idle"] =
+                serde_json::json!({"stop_after_secs": 60})
+        })
+        .unwrap();
+        assert_eq!(c.services()[0].plans[0].idle_stop_after_secs, Some(60));
+        let e = with(|d| {
+            d["services"][0]["plans"][0]["metadata"]["wayback"]["idle"] =
+                serde_json::json!({"stop_after_secs": 0})
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("plan \"small\"") && e.contains("stop_after_secs"),
+            "{e}"
+        );
+        let ha = plans.iter().position(|p| p.name == "ha-small").unwrap();
+        let e = with(|d| {
+            d["services"][0]["plans"][ha]["metadata"]["wayback"]["idle"] =
+                serde_json::json!({"stop_after_secs": 300})
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("plan \"ha-small\"") && e.contains("cannot be set on an HA plan"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@
 mod clone_source;
 mod follow_source;
 pub mod ha;
+pub mod idle;
 pub mod instance_doc;
 pub mod kept;
 mod lease;

@@ -74,6 +74,9 @@ stored_names! {
         Backup = "backup",
         /// A restore drill (issue 18; no OSB operation; see `steps::drill`).
         Drill = "drill",
+        /// An idle instance's cluster stopped, to be started by its next connection (issue 17;
+        /// no OSB operation; see `steps::idle_stop`).
+        IdleStop = "idle_stop",
     }
 }
 
@@ -85,7 +88,7 @@ pub enum Lane {
     /// What a platform's user asked for and is waiting on: provision (clone included), update,
     /// deprovision, bind, unbind.
     User,
-    /// What the broker does on its own: base backups and restore drills.
+    /// What the broker does on its own: base backups, restore drills and idle stops.
     Background,
 }
 
@@ -118,7 +121,7 @@ impl JobKind {
             | JobKind::Deprovision
             | JobKind::Bind
             | JobKind::Unbind => Lane::User,
-            JobKind::Backup | JobKind::Drill => Lane::Background,
+            JobKind::Backup | JobKind::Drill | JobKind::IdleStop => Lane::Background,
         }
     }
 }
@@ -165,6 +168,8 @@ stored_names! {
         HaDropStandby = "ha_drop_standby",
         HaRelease = "ha_release",
         HaForget = "ha_forget",
+        // Idle stop (issue 17): see `steps::idle_stop`.
+        IdleStop = "idle_stop",
     }
 }
 
@@ -288,6 +293,8 @@ const UNBIND: &[Step] = &[Step::DropRole];
 const BACKUP: &[Step] = &[Step::TakeBackup];
 /// A restore drill: the archive restored into a scratch copy, checked, recorded, deleted.
 const DRILL: &[Step] = &[Step::RunDrill];
+/// An idle stop: the conditions checked again, the cluster parked, `stopped_at` recorded.
+const IDLE_STOP: &[Step] = &[Step::IdleStop];
 
 /// What a job is asked to do: its kind, and the payload of that kind.
 #[derive(Debug, Clone, PartialEq)]
@@ -299,6 +306,7 @@ pub enum JobSpec {
     Unbind(Requested),
     Backup(BackupPayload),
     Drill(DrillPayload),
+    IdleStop(Requested),
 }
 
 /// A payload with nothing but when the job was asked for: `{"requested_at": <Unix ms>}`.
@@ -451,8 +459,14 @@ impl JobSpec {
             reason: reason.into(),
         })
     }
+    /// An idle stop; requested now.
+    pub fn idle_stop() -> Self {
+        JobSpec::IdleStop(Requested::now())
+    }
+
     pub fn kind(&self) -> JobKind {
         match self {
+            JobSpec::IdleStop(_) => JobKind::IdleStop,
             JobSpec::Drill(_) => JobKind::Drill,
             JobSpec::Provision(_) => JobKind::Provision,
             JobSpec::Update(_) => JobKind::Update,
@@ -468,7 +482,10 @@ impl JobSpec {
         match self {
             JobSpec::Provision(p) => p.requested_at,
             JobSpec::Update(p) => p.requested_at,
-            JobSpec::Deprovision(p) | JobSpec::Bind(p) | JobSpec::Unbind(p) => p.requested_at,
+            JobSpec::Deprovision(p)
+            | JobSpec::Bind(p)
+            | JobSpec::Unbind(p)
+            | JobSpec::IdleStop(p) => p.requested_at,
             JobSpec::Backup(p) => p.requested_at,
             JobSpec::Drill(p) => p.requested_at,
         }
@@ -524,6 +541,7 @@ impl JobSpec {
             JobSpec::Unbind(_) => UNBIND,
             JobSpec::Backup(_) => BACKUP,
             JobSpec::Drill(_) => DRILL,
+            JobSpec::IdleStop(_) => IDLE_STOP,
         }
     }
 
@@ -550,9 +568,10 @@ impl JobSpec {
         let value = match self {
             JobSpec::Provision(p) => serde_json::to_value(p),
             JobSpec::Update(p) => serde_json::to_value(p),
-            JobSpec::Deprovision(p) | JobSpec::Bind(p) | JobSpec::Unbind(p) => {
-                serde_json::to_value(p)
-            }
+            JobSpec::Deprovision(p)
+            | JobSpec::Bind(p)
+            | JobSpec::Unbind(p)
+            | JobSpec::IdleStop(p) => serde_json::to_value(p),
             JobSpec::Backup(p) => serde_json::to_value(p),
             JobSpec::Drill(p) => serde_json::to_value(p),
         };
@@ -569,6 +588,7 @@ impl JobSpec {
             JobKind::Unbind => JobSpec::Unbind(Requested::deserialize(payload)?),
             JobKind::Backup => JobSpec::Backup(BackupPayload::deserialize(payload)?),
             JobKind::Drill => JobSpec::Drill(DrillPayload::deserialize(payload)?),
+            JobKind::IdleStop => JobSpec::IdleStop(Requested::deserialize(payload)?),
         })
     }
 }

@@ -221,14 +221,27 @@ fn stored_names_are_the_serde_names() {
 }
 
 #[test]
-fn every_kind_runs_in_one_lane_and_only_backups_and_drills_in_the_background() {
-    assert_eq!(Lane::Background.kinds(), ["backup", "drill"]);
+fn every_kind_runs_in_one_lane_and_only_backups_drills_and_idle_stops_in_the_background() {
+    assert_eq!(Lane::Background.kinds(), ["backup", "drill", "idle_stop"]);
     assert_eq!(
         Lane::User.kinds(),
         ["provision", "update", "deprovision", "bind", "unbind"]
     );
     let in_some_lane: usize = Lane::ALL.iter().map(|l| l.kinds().len()).sum();
     assert_eq!(in_some_lane, JobKind::ALL.len());
+}
+
+#[test]
+fn an_idle_stop_reads_back_from_its_row() {
+    let row_ =
+        JobSpec::idle_stop().to_row("j-1".into(), &InstanceId::parse("i-1").unwrap(), None, None);
+    assert_eq!(
+        (row_.kind.as_str(), row_.first_step.as_str()),
+        ("idle_stop", "idle_stop")
+    );
+    let job = Job::from_record(&row("idle_stop", "idle_stop", r#"{"requested_at":1}"#)).unwrap();
+    assert_eq!(job.kind(), JobKind::IdleStop);
+    assert_eq!(job.next_step(), None);
 }
 
 #[test]

@@ -128,6 +128,7 @@ mod tests {
             agent: None,
             agent_host: None,
             leader_id: None,
+            stopped_at: None,
         };
         DrillCandidate {
             last: last.map(|(started_at, result)| DrillRecord {

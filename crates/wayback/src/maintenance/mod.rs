@@ -9,6 +9,8 @@
 //!   and superseded operations go after `state.retention_days`, backup rows with their backups.
 //! - [`NameResolver`] (`names`): asks the Cloud Controller for names the platform did not send,
 //!   and reconciles live instances' names.
+//! - [`WakeWatch`] (`wakes`): wakes of clusters stopped when idle, as the runtime reports them
+//!   (issue 17): the instance's `stopped_at` cleared, the wake timed in the metrics.
 //! - [`drills`]: when restore drills run (enqueued from the supervisor's pass; issue 18).
 //! - [`reindex`]: rebuilds the index of instances and names from the archive alone
 //!   (`wayback reindex`).
@@ -23,8 +25,10 @@ pub mod reindex;
 mod retention;
 mod state_retention;
 mod supervisor;
+mod wakes;
 
 pub use names::{NameResolver, ResolvePass, SOURCE_CLOUD_CONTROLLER};
 pub use retention::{ArchiveMaintenance, InstanceReport, PassReport};
 pub use state_retention::prune_state;
 pub use supervisor::Supervisor;
+pub use wakes::WakeWatch;

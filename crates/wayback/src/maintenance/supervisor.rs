@@ -37,6 +37,11 @@
 //! restored, say), or lost past `max_slot_wal_keep_size`, is granted again
 //! (`jobs::ensure_grant`, idempotent).
 //!
+//! An instance whose plan stops when idle (issue 17) has an idle clock (`supervisor_idle.rs`):
+//! no client or replication session for the plan's `idle.stop_after_secs` enqueues an
+//! `idle_stop` job; a parked cluster is never started by the supervisor, and gets no WAL
+//! switch, statistics or base backup.
+//!
 //! An HA instance (issue 15) is tended member by member (`supervisor_ha.rs`): Patroni restarts
 //! its own PostgreSQL, so the supervisor never starts a member's server itself; a member whose
 //! Patroni is gone gets its Patroni started again (which adopts its data directory and rejoins).
@@ -46,6 +51,8 @@
 
 #[path = "supervisor_ha.rs"]
 mod ha;
+#[path = "supervisor_idle.rs"]
+mod idle;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -67,6 +74,8 @@ pub struct Supervisor {
     backups_looked: Mutex<Option<Instant>>,
     /// HA members (by member key) whose Patroni was first seen gone at that time (`ha`).
     ha_down_since: Mutex<HashMap<crate::domain::InstanceId, Instant>>,
+    /// Idle clocks of the running instances whose plans stop when idle (`idle`).
+    idle: Mutex<HashMap<crate::domain::InstanceId, idle::IdleClock>>,
 }
 
 /// The periodic actions the supervisor takes per instance.
@@ -99,6 +108,7 @@ impl Supervisor {
             timers: Mutex::new(HashMap::new()),
             backups_looked: Mutex::new(None),
             ha_down_since: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::new()),
         }
     }
 
@@ -258,6 +268,13 @@ impl Supervisor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|id, _| live.contains(id.as_str()));
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| live.contains(id.as_str()));
+        // Leaders of ready followers never stop when idle (`idle`).
+        let leaders: std::collections::HashSet<crate::domain::InstanceId> =
+            ready.iter().filter_map(|i| i.leader_id.clone()).collect();
         // With agents: ask each for its capacity once (metrics), and do not wait on the
         // instances of one that does not answer (each would wait for its own timeout).
         let survey = self.ctx.runtime.survey().await;
@@ -297,7 +314,7 @@ impl Supervisor {
                 started += self.check_ha(&instance, backups.as_ref()).await;
                 continue;
             }
-            if self.check_one(&instance, backups.as_ref()).await {
+            if self.check_one(&instance, backups.as_ref(), &leaders).await {
                 started += 1;
             }
         }
@@ -321,6 +338,7 @@ impl Supervisor {
         &self,
         instance: &crate::store::InstanceRecord,
         backups: Option<&crate::store::BackupOverview>,
+        leaders: &std::collections::HashSet<crate::domain::InstanceId>,
     ) -> bool {
         match self.ctx.runtime.status(&instance.id).await {
             Ok(ClusterStatus::Running) if instance.leader_id.is_some() => {
@@ -342,11 +360,12 @@ impl Supervisor {
                         tracing::warn!(instance = %instance.id, error = format!("{e:#}"), "cannot check the base backup schedule");
                     }
                 }
+                self.tend_idle_running(instance, leaders).await;
             }
             Ok(ClusterStatus::Stopped) => return self.restart(instance).await,
             // Stopped when idle: its port is held and a client's connection starts it; the
-            // supervisor never wakes it (issue 17).
-            Ok(ClusterStatus::Parked) => {}
+            // supervisor never wakes it (issue 17), nor takes its backups: it writes no WAL.
+            Ok(ClusterStatus::Parked) => self.tend_idle_parked(instance).await,
             Ok(ClusterStatus::Absent) => {
                 tracing::error!(instance = %instance.id, "cluster data directory is missing; restore the instance from its archive")
             }

@@ -14,6 +14,7 @@ mod bindings;
 mod drills;
 mod followers;
 mod ha;
+mod idle;
 mod instances;
 mod jobs;
 mod kept_copies;
@@ -172,6 +173,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed("ha superuser password"),
             MigrationType::Simple,
             Cow::Borrowed(include_str!("../../migrations/0013_ha_superuser.sql")),
+            false,
+        ),
+        Migration::new(
+            14,
+            Cow::Borrowed("stopped at"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0014_stopped_at.sql")),
             false,
         ),
     ];

@@ -32,6 +32,9 @@ pub struct InstanceRecord {
     pub agent_host: Option<String>,
     /// The leader a follower streams from (None: not a follower).
     pub leader_id: Option<InstanceId>,
+    /// When its cluster was stopped because it was idle (Unix ms; issue 17); None while it
+    /// runs.
+    pub stopped_at: Option<i64>,
 }
 
 /// One name an instance had, from `recorded_at` on.
@@ -170,6 +173,7 @@ impl InstanceRecord {
                 .try_get::<Option<String>, _>("leader_id")?
                 .map(|leader| instance_id(&id, leader))
                 .transpose()?,
+            stopped_at: row.try_get("stopped_at")?,
             id: instance_id(&id, id.clone())?,
         })
     }

@@ -59,6 +59,7 @@ fn instance(i: &str) -> InstanceRecord {
         agent: None,
         agent_host: None,
         leader_id: None,
+        stopped_at: None,
     }
 }
 

@@ -39,6 +39,7 @@ pub(crate) fn instance(id: &str) -> InstanceRecord {
         agent: None,
         agent_host: None,
         leader_id: None,
+        stopped_at: None,
     }
 }
 
@@ -446,6 +447,44 @@ async fn suite(store: Store) {
     );
     kept_copies(&store).await;
     ha_members(&store).await;
+    idle_stops(&store).await;
+}
+
+/// Issue 17: `stopped_at` (migration 0014) and at most one idle stop, never beside another job.
+async fn idle_stops(store: &Store) {
+    let i1 = InstanceId::parse("i-1").unwrap();
+    let stopped = |store: &Store| {
+        let store = store.clone();
+        let i1 = i1.clone();
+        async move { store.get_instance(&i1).await.unwrap().unwrap().stopped_at }
+    };
+    assert_eq!(stopped(store).await, None);
+    store.set_stopped_at(&i1, 1_000).await.unwrap();
+    store.set_stopped_at(&i1, 2_000).await.unwrap();
+    assert_eq!(stopped(store).await, Some(1_000), "the first stop is kept");
+    assert!(store.clear_stopped_at(&i1).await.unwrap());
+    assert!(!store.clear_stopped_at(&i1).await.unwrap());
+    assert_eq!(stopped(store).await, None);
+    assert!(store.stopped_count().await.unwrap() >= 0);
+
+    let idle = InstanceId::parse("i-idle").unwrap();
+    let first = wayback::jobs::idle::idle_stop_job(&idle);
+    assert!(store.enqueue_idle_stop(&first).await.unwrap());
+    let second = wayback::jobs::idle::idle_stop_job(&idle);
+    assert!(
+        !store.enqueue_idle_stop(&second).await.unwrap(),
+        "one pending"
+    );
+    store.finish_job(&first.id, JOB_DONE, None).await.unwrap();
+    assert!(store.enqueue_idle_stop(&second).await.unwrap());
+    store.finish_job(&second.id, JOB_DONE, None).await.unwrap();
+    // Never beside another job of the instance.
+    let backup = wayback::jobs::backup_job(&idle, "manual");
+    assert!(store.enqueue_backup(&backup).await.unwrap());
+    let third = wayback::jobs::idle::idle_stop_job(&idle);
+    assert!(!store.enqueue_idle_stop(&third).await.unwrap());
+    store.finish_job(&backup.id, JOB_DONE, None).await.unwrap();
+    assert!(store.enqueue_idle_stop(&third).await.unwrap());
 }
 
 /// Issue 15: HA members (migration 0012): placement agreed once, ports held on their machine.

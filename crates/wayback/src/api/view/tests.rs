@@ -42,25 +42,35 @@ fn archive_health_follows_failures_and_lag() {
         ready_segments: 2,
         ..ArchiverStats::default()
     };
-    let v = archive_view(InstanceState::Ready, &observed(ok.clone()), None);
+    let v = archive_view(InstanceState::Ready, &observed(ok.clone()), None, false);
     assert!(v.healthy && v.detail.is_none());
     let failing = ArchiverStats {
         last_failed_at: Some(101.0),
         ..ok.clone()
     };
-    assert!(!archive_view(InstanceState::Ready, &observed(failing), None).healthy);
+    assert!(!archive_view(InstanceState::Ready, &observed(failing), None, false).healthy);
     let lagging = ArchiverStats {
         ready_segments: 3,
         ..ok
     };
-    let v = archive_view(InstanceState::Ready, &observed(lagging), None);
+    let v = archive_view(InstanceState::Ready, &observed(lagging), None, false);
     assert_eq!((v.healthy, v.lag_segments), (false, 3));
     let deleted = archive_view(
         InstanceState::Deleted,
         &observed(ArchiverStats::default()),
         None,
+        false,
     );
     assert!(deleted.healthy);
+    // Stopped when idle: no statistics, and none needed (it archived every commit first).
+    let quiet = Observed {
+        stats: None,
+        ..observed(ArchiverStats::default())
+    };
+    assert!(!archive_view(InstanceState::Ready, &quiet, None, false).healthy);
+    let stopped = archive_view(InstanceState::Ready, &quiet, None, true);
+    assert!(stopped.healthy, "{stopped:?}");
+    assert!(stopped.detail.unwrap().contains("Stopped when idle"));
 }
 
 // ---- the wire, byte for byte: `tests/fixtures/api/instances.json` ----
@@ -100,6 +110,7 @@ fn record(id: &str, state: InstanceState, plan_id: &str, created: &str) -> Insta
         agent: None,
         agent_host: None,
         leader_id: None,
+        stopped_at: None,
     }
 }
 

@@ -12,6 +12,9 @@
 //! An HA instance's roles are made and dropped on the member that leads now
 //! (`jobs::ha::cluster_key`); its standby gets them by replication.
 //!
+//! An instance stopped when idle (issue 17) is started first (`jobs::idle::unpark`); it stops
+//! again after its plan's idle time. A follower's leader never stops (it has a follower).
+//!
 //! A leaf of `steps`: imports none of its siblings nor the dispatcher, and never `broker`.
 
 use std::time::{Duration, Instant};
@@ -77,6 +80,8 @@ pub async fn bind_step(ctx: &AppContext, job: &Job) -> StepResult {
                 let cluster = crate::jobs::ha::cluster_key(ctx, &instance.id)
                     .await
                     .map_err(StepError::transient)?;
+                // Stopped when idle: started for the role (it stops again once idle).
+                crate::jobs::idle::unpark(ctx, &instance, &cluster).await?;
                 ctx.runtime
                     .create_login_role(
                         &cluster,
@@ -179,6 +184,7 @@ pub async fn unbind_step(ctx: &AppContext, job: &Job) -> StepResult {
                 let cluster = crate::jobs::ha::cluster_key(ctx, &home.id)
                     .await
                     .map_err(StepError::transient)?;
+                crate::jobs::idle::unpark(ctx, &home, &cluster).await?;
                 ctx.runtime
                     .drop_login_role(&cluster, &binding.role_name, &home.owner_role)
                     .await?;

@@ -183,6 +183,12 @@ pub async fn fork(ctx: &AppContext, job: &Job, src: &CloneSource) -> StepResult 
             return Ok(Outcome::Next);
         }
     };
+    // A source stopped when idle has archived every commit, but the live fork copies from its
+    // running server (faster than the archive): start it (it stops again once idle).
+    if let Err(e) = crate::jobs::idle::unpark(ctx, &record, &cluster).await {
+        tracing::warn!(source = %src.id, error = %e, "cannot start the source stopped when idle; cloning what its archive holds");
+        return Ok(Outcome::Next);
+    }
     match ctx.runtime.status(&cluster).await {
         Ok(ClusterStatus::Running) => {}
         Ok(_) => return Ok(Outcome::Next),

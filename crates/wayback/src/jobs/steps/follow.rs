@@ -142,6 +142,8 @@ pub async fn grant_step(
 ) -> StepResult {
     let leader = leader_of(ctx, &src.leader).await?;
     let grant = grant(ctx, instance).await?;
+    // A leader stopped when idle is started: once it has a follower it never stops again.
+    crate::jobs::idle::unpark(ctx, &leader, &leader.id).await?;
     ctx.runtime.prepare_replication(&leader.id, &grant).await?;
     tracing::info!(follower = %instance.id, leader = %leader.id, role = %grant.role, address = %grant.follower_address, "replication granted on the leader");
     Ok(Outcome::Next)

@@ -387,7 +387,14 @@ pub async fn on_end(
             // The write_instance_doc step may have recorded it as deleted already.
             sync_doc(ctx, id, "deletion failed").await;
         }
-        (JobSpec::Bind(_) | JobSpec::Unbind(_) | JobSpec::Backup(_) | JobSpec::Drill(_), _) => {}
+        (
+            JobSpec::Bind(_)
+            | JobSpec::Unbind(_)
+            | JobSpec::Backup(_)
+            | JobSpec::Drill(_)
+            | JobSpec::IdleStop(_),
+            _,
+        ) => {}
     }
     Ok(None)
 }

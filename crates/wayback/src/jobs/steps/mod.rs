@@ -14,6 +14,7 @@ mod final_wal;
 pub mod follow;
 mod ha;
 mod ha_update;
+mod idle_stop;
 mod instance;
 
 use super::model::{Job, JobKind, JobSpec, Step};
@@ -99,6 +100,7 @@ pub(crate) async fn run_step(ctx: &AppContext, job: &Job) -> StepResult {
         JobSpec::Unbind(_) => binding::unbind_step(ctx, job).await,
         JobSpec::Backup(backup) => backup::backup_step(ctx, job, &backup.reason).await,
         JobSpec::Drill(_) => drill::drill_step(ctx, job).await,
+        JobSpec::IdleStop(_) => idle_stop::idle_stop_step(ctx, job).await,
     }
 }
 
@@ -211,6 +213,9 @@ fn step_text(step: Step) -> &'static str {
             "Updating: taking the first member out of Patroni as a single cluster (one restart)"
         }
         Step::HaForget => "Updating: forgetting the removed members",
+        Step::IdleStop => {
+            "Stopping the idle instance (archiving its last WAL first); its next connection starts it"
+        }
     }
 }
 
@@ -259,6 +264,7 @@ fn success_text(kind: JobKind) -> &'static str {
         }
         JobKind::Backup => "The base backup is in the archive.",
         JobKind::Drill => "The restore drill ran.",
+        JobKind::IdleStop => "The idle stop ran.",
     }
 }
 
@@ -281,7 +287,7 @@ pub(crate) async fn on_end(
             instance::on_end(ctx, job, succeeded).await
         }
         JobKind::Bind | JobKind::Unbind => binding::on_end(ctx, job, succeeded).await,
-        JobKind::Backup | JobKind::Drill => Ok(None),
+        JobKind::Backup | JobKind::Drill | JobKind::IdleStop => Ok(None),
     }
 }
 

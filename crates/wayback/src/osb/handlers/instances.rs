@@ -190,7 +190,21 @@ pub async fn fetch(
             body.insert("ha".into(), ha);
         }
     }
+    // Stopped when idle (issue 17): where OSB lets a broker describe an instance's state.
+    if let Some(attributes) = view.stopped_at.and_then(stopped_attributes) {
+        body["metadata"] = json!({ "attributes": attributes });
+    }
     Ok(HttpResponse::Ok().json(body))
+}
+
+/// `metadata.attributes` of an instance stopped when idle since `stopped_at` (Unix ms).
+fn stopped_attributes(stopped_at: i64) -> Option<serde_json::Value> {
+    let at = chrono::DateTime::from_timestamp_millis(stopped_at)?;
+    Some(json!({
+        "state": "stopped",
+        "stopped_at": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "wakes_on": "the next connection to its port",
+    }))
 }
 
 pub async fn last_operation(

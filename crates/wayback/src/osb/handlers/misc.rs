@@ -74,6 +74,10 @@ pub async fn metrics(state: State, req: HttpRequest) -> Result<HttpResponse, Osb
         (Err(e), _) | (_, Err(e)) => return Err(crate::broker::BrokerError::from(e).into()),
     };
     let mut text = state.metrics.render(&instances, &operations);
+    match store.stopped_count().await {
+        Ok(n) => text.push_str(&crate::metrics::render_stopped(n)),
+        Err(e) => tracing::warn!(error = %e, "cannot count the instances stopped when idle"),
+    }
     // Followers' lag, measured now (each cluster asked with a short timeout).
     match state.broker.follower_metrics().await {
         Ok(followers) => {

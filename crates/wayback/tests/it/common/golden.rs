@@ -12,10 +12,10 @@ use std::path::PathBuf;
 use reqwest::StatusCode;
 use serde_json::{json, Map, Value};
 
-use super::{TestApp, HA_SMALL, MEDIUM, ORG, SERVICE_ID, SMALL, SPACE};
+use super::{TestApp, DEV, HA_SMALL, MEDIUM, ORG, SERVICE_ID, SMALL, SPACE};
 
 /// Catalog and CF ids are stable: goldens show them as they are.
-const STABLE_IDS: [&str; 6] = [SERVICE_ID, SMALL, MEDIUM, HA_SMALL, ORG, SPACE];
+const STABLE_IDS: [&str; 7] = [SERVICE_ID, SMALL, MEDIUM, HA_SMALL, DEV, ORG, SPACE];
 
 /// `text` with every byte but RFC 3986's unreserved ones as `%XX`, as `jdbcUrl` carries the CA.
 fn percent_encoded(text: &str) -> String {

@@ -36,6 +36,8 @@ pub const SMALL: &str = "0d2e9a44-1c3b-4b55-8f6e-2a7d9c0b1e01";
 pub const MEDIUM: &str = "0d2e9a44-1c3b-4b55-8f6e-2a7d9c0b1e02";
 /// The built-in catalog's HA plan (`ha-small`, issue 15).
 pub const HA_SMALL: &str = "0d2e9a44-1c3b-4b55-8f6e-2a7d9c0b1e11";
+/// The built-in catalog's plan that stops when idle (`dev`, issue 17).
+pub const DEV: &str = "0d2e9a44-1c3b-4b55-8f6e-2a7d9c0b1e21";
 pub const ORG: &str = "c0ffee00-0000-4000-8000-000000000001";
 pub const SPACE: &str = "5ace0000-0000-4000-8000-000000000002";
 pub const USER: &str = "broker-admin";

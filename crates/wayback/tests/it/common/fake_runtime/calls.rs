@@ -95,6 +95,46 @@ impl ClusterRuntime for FakeRuntime {
         self.with(id, false, |c| c.status = ClusterStatus::Running)
     }
 
+    async fn park(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        self.enter(Call::Park, Some(id)).await?;
+        if id.member().is_some() {
+            return Err(wayback::pg::PgError::Setup(format!(
+                "instance {id} is an HA member: it never stops when idle"
+            ))
+            .into());
+        }
+        let status = self.with(id, false, |c| c.status)?;
+        match status {
+            ClusterStatus::Running | ClusterStatus::Parked => {
+                self.with(id, false, |c| c.status = ClusterStatus::Parked)
+            }
+            _ => Err(wayback::pg::PgError::NotRunning {
+                instance: id.to_string(),
+            }
+            .into()),
+        }
+    }
+
+    async fn sessions(&self, id: &InstanceId) -> Result<wayback::runtime::Sessions, RuntimeError> {
+        self.enter(Call::Sessions, Some(id)).await?;
+        self.with(id, true, |_| ())?;
+        Ok(lock(&self.sessions)
+            .get(id.as_str())
+            .copied()
+            .unwrap_or_default())
+    }
+
+    fn subscribe_wakes(
+        &self,
+    ) -> Option<tokio::sync::broadcast::Receiver<wayback::runtime::WakeEvent>> {
+        let mut wakes = lock(&self.wakes);
+        Some(
+            wakes
+                .get_or_insert_with(|| tokio::sync::broadcast::channel(64).0)
+                .subscribe(),
+        )
+    }
+
     async fn stop(&self, id: &InstanceId) -> Result<(), RuntimeError> {
         self.enter(Call::Stop, Some(id)).await?;
         let _ = self.with(id, false, |c| c.status = ClusterStatus::Stopped);

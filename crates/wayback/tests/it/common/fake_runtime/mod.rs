@@ -66,6 +66,11 @@ pub enum Call {
     HaReleaseMember,
     /// A running drill asked to stop (issue 18 point 4): recorded, nothing else.
     CancelDrill,
+    /// An idle cluster stopped, its port held (issue 17): `Parked` until a start or a
+    /// [`FakeRuntime::wake`].
+    Park,
+    /// Its sessions counted: none unless a test set some ([`FakeRuntime::set_sessions`]).
+    Sessions,
 }
 
 /// Where every fake cluster's WAL is (`wal_position`) and every standby replayed to.
@@ -144,6 +149,10 @@ pub struct FakeRuntime {
     failures: Mutex<HashMap<Call, VecDeque<RuntimeError>>>,
     /// HA scopes by instance id (`ha.rs`).
     ha: Mutex<HashMap<String, wayback::runtime::HaStatus>>,
+    /// Sessions by instance id, as a test set them (none otherwise).
+    sessions: Mutex<HashMap<String, wayback::runtime::Sessions>>,
+    /// Wakes of parked clusters, for the broker's subscription ([`FakeRuntime::wake`]).
+    wakes: Mutex<Option<tokio::sync::broadcast::Sender<wayback::runtime::WakeEvent>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -192,6 +201,39 @@ impl FakeRuntime {
 
     pub fn exists(&self, id: &str) -> bool {
         self.cluster(id).is_some()
+    }
+
+    /// The client and replication sessions `id`'s cluster reports from now on.
+    pub fn set_sessions(&self, id: &str, clients: u32, replication: u32) {
+        lock(&self.sessions).insert(
+            id.to_string(),
+            wayback::runtime::Sessions {
+                clients,
+                replication,
+            },
+        );
+    }
+
+    /// A client's connection wakes the parked cluster of `id` (as the wake listener would):
+    /// it runs again, and the broker hears of it through `subscribe_wakes`.
+    pub fn wake(&self, id: &str) {
+        {
+            let mut clusters = lock(&self.clusters);
+            let cluster = clusters.get_mut(id).expect("a cluster to wake");
+            assert_eq!(
+                cluster.status,
+                ClusterStatus::Parked,
+                "only a parked cluster wakes"
+            );
+            cluster.status = ClusterStatus::Running;
+        }
+        if let Some(tx) = lock(&self.wakes).as_ref() {
+            let _ = tx.send(wayback::runtime::WakeEvent {
+                instance: InstanceId::parse(id.to_string()).expect("an instance id"),
+                seconds: 0.07,
+                error: None,
+            });
+        }
     }
 
     /// Makes the (running) cluster of `id` a follower's standby, as `start_follow` would.
