@@ -41,6 +41,19 @@ impl LocalRuntime {
         if running {
             let started = Instant::now();
             self.archive_last_segment(id, &dirs).await?;
+            // A client may have come while the segment was archived (a second or so); a fast
+            // stop would end its session. Counted last thing before the stop: the window left
+            // is the stop's own milliseconds.
+            let now = self.sessions(id).await?;
+            if now.clients > 0 || now.replication > 0 {
+                return Err(rt(PgError::Io {
+                    context: format!("instance {id} is not idle any more: not stopped"),
+                    source: std::io::Error::other(format!(
+                        "{} client and {} replication sessions came while its WAL was archived",
+                        now.clients, now.replication
+                    )),
+                }));
+            }
             ctl::stop(tools, &dirs.pgdata, StopMode::Fast, self.timeout())
                 .await
                 .map_err(rt)?;
