@@ -6,7 +6,7 @@
         Refuses to start (exit 1, says why and what to do) when DIR's filesystem cannot hold N
         `dev` instances: a data directory without WAL (about 31 MiB), up to the plan's
         min_wal_size of recycled WAL segments, and 8 MiB of archive each.
-    bench_idle_wake.py wait-stopped STATE_DB IDS [--timeout 3600]
+    bench_idle_wake.py wait-stopped STATE_DB IDS [--timeout 3600] [--results R]
         Waits until every instance of IDS has `instances.stopped_at` set.
     bench_idle_wake.py memory --clusters DIR [--broker PID] --results R --prefix P
         Sums the PSS (/proc/<pid>/smaps_rollup) of the broker's process tree and of every
@@ -187,6 +187,8 @@ def wait_stopped(args: argparse.Namespace) -> int:
         done = len(stopped(args.db, ids))
         if done == len(ids):
             say(f"all {done} instances stopped ({time.monotonic() - t0:.0f} s)")
+            if args.results:
+                bench_md.append(args.results, [("all_stopped_s", f"{time.monotonic() - t0:.0f}")])
             return 0
         if time.monotonic() - t0 >= args.timeout:
             say(f"only {done}/{len(ids)} instances stopped after {args.timeout:g} s")
@@ -429,6 +431,7 @@ def main() -> int:
     a.add_argument("db")
     a.add_argument("ids")
     a.add_argument("--timeout", type=float, default=3600)
+    a.add_argument("--results", help="append all_stopped_s (seconds from the call) here")
     a = sub.add_parser("memory")
     a.add_argument("--clusters", required=True)
     a.add_argument("--broker", type=int)

@@ -57,6 +57,8 @@ def rows(r: dict[str, str]) -> list[list[str]]:
            [f"provisioning {n} `dev` instances ({r.get('provision_concurrency', '?')} at a time,"
             f" the first {r.get('bound', '?')} bound too)",
             "?" if prov is None else f"{prov:.0f} s ({prov / n:.2f} s per instance)", ""],
+           [f"all {n} stopped, from the end of provisioning (idle stop after "
+            f"{r.get('dev_stop_after_secs', '?')} s)", f"{r.get('all_stopped_s', '?')} s", ""],
            ["disk per instance: cluster / archive",
             f"{r.get('disk_cluster_mib', '?')} / {r.get('disk_archive_mib', '?')} MiB", ""],
            [f"cold start, connect -> first `select 1` (psql), p50 / p95, {wakes} wakes"
