@@ -6,8 +6,9 @@
         Refuses to start (exit 1, says why and what to do) when DIR's filesystem cannot hold N
         `dev` instances: a data directory without WAL (about 31 MiB), up to the plan's
         min_wal_size of recycled WAL segments, and 8 MiB of archive each.
-    bench_idle_wake.py wait-stopped STATE_DB IDS [--timeout 3600] [--results R]
-        Waits until every instance of IDS has `instances.stopped_at` set.
+    bench_idle_wake.py wait-stopped STATE_DB IDS [--timeout 3600] [--first-within S] [--results R]
+        Waits until every instance of IDS has `instances.stopped_at` set (gives up early when
+        none has after S seconds).
     bench_idle_wake.py memory --clusters DIR [--broker PID] --results R --prefix P
         Sums the PSS (/proc/<pid>/smaps_rollup) of the broker's process tree and of every
         running postmaster under DIR with all its children; appends P_broker_pss_kib,
@@ -192,6 +193,11 @@ def wait_stopped(args: argparse.Namespace) -> int:
             return 0
         if time.monotonic() - t0 >= args.timeout:
             say(f"only {done}/{len(ids)} instances stopped after {args.timeout:g} s")
+            return 1
+        if done == 0 and args.first_within and time.monotonic() - t0 >= args.first_within:
+            say(f"no instance stopped within {args.first_within:g} s: does this broker stop idle "
+                "instances (a warning 'cannot count the cluster's sessions' in its log says it "
+                "cannot)?")
             return 1
         if time.monotonic() - last >= 30:
             say(f"{done}/{len(ids)} stopped ({time.monotonic() - t0:.0f} s)")
@@ -432,6 +438,8 @@ def main() -> int:
     a.add_argument("ids")
     a.add_argument("--timeout", type=float, default=3600)
     a.add_argument("--results", help="append all_stopped_s (seconds from the call) here")
+    a.add_argument("--first-within", type=float,
+                   help="give up when not one instance has stopped after this many seconds")
     a = sub.add_parser("memory")
     a.add_argument("--clusters", required=True)
     a.add_argument("--broker", type=int)
