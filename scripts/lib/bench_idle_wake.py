@@ -4,8 +4,8 @@
         Copies catalog.json with plan `dev`'s metadata.wayback.idle.stop_after_secs set to S.
     bench_idle_wake.py preflight --catalog C --dir DIR --count N
         Refuses to start (exit 1, says why and what to do) when DIR's filesystem cannot hold N
-        `dev` instances: a data directory without WAL (about 31 MiB), up to the plan's
-        min_wal_size of recycled WAL segments, and 8 MiB of archive each.
+        `dev` instances: a data directory without WAL (about 31 MiB), three WAL segments (the
+        plan's min_wal_size when smaller) and 8 MiB of archive each.
     bench_idle_wake.py wait-stopped STATE_DB IDS [--timeout 3600] [--first-within S] [--results R]
         Waits until every instance of IDS has `instances.stopped_at` set (gives up early when
         none has after S seconds).
@@ -108,9 +108,11 @@ def preflight(args: argparse.Namespace) -> int:
     with open(args.catalog, encoding="utf-8") as f:
         settings = dev_plan(json.load(f)).get("metadata", {}).get("postgresql", {}).get(
             "settings", {})
-    # pg_wal holds up to min_wal_size: PostgreSQL recycles old segments rather than removing
-    # them while the directory is below it, and every stop adds a segment (the WAL switch).
-    wal = max(16.0, size_mib(str(settings.get("min_wal_size", "80MB"))))
+    # PostgreSQL recycles old segments rather than removing them while pg_wal is below
+    # min_wal_size, and every stop switches a segment: after a provision, its first backup and
+    # one stop a cluster holds three (74 MiB per cluster measured at 20 instances); a wake and
+    # stop more adds one, up to min_wal_size.
+    wal = min(48.0, max(16.0, size_mib(str(settings.get("min_wal_size", "80MB")))))
     template = os.path.join(args.dir, "template")
     if os.path.isdir(template):
         data = (dir_bytes(template) - dir_bytes(os.path.join(template, "pg_wal"))) / MIB
@@ -122,13 +124,12 @@ def preflight(args: argparse.Namespace) -> int:
     st = os.statvfs(args.dir)
     have = st.f_bavail * st.f_frsize / 1024 ** 3
     say(f"disk: {args.count} dev instances need up to {need:.0f} GiB ({each:.0f} MiB each: "
-        f"{data:.0f} data directory, {wal:.0f} WAL (min_wal_size), 8 archive; plus 2 GiB); "
+        f"{data:.0f} data directory, {wal:.0f} WAL, 8 archive; plus 2 GiB); "
         f"{have:.0f} GiB free under {args.dir}")
     if need > have:
         say(f"error: not enough disk for {args.count} dev instances; about "
             f"{max(0, int((have - 2) * 1024 / each))} fit: pass a smaller --dev-instances, set "
-            f"TMPDIR to a larger filesystem, or give plan dev a smaller min_wal_size (32MB: "
-            f"two segments)")
+            f"TMPDIR to a larger filesystem")
         return 1
     return 0
 
