@@ -1,8 +1,12 @@
 """What watching idle instances costs (issue 17 point 0), for scripts/bench-idle.
 
-    bench_idle.py provision --count N --concurrency C --out IDS
-        Provisions N instances of plan `small` through the broker (WAYBACK_BROKER_URL, _USERNAME,
+    bench_idle.py provision --count N --concurrency C --out IDS [--plan small] [--catalog C]
+                            [--bind K --creds FILE]
+        Provisions N instances of the plan through the broker (WAYBACK_BROKER_URL, _USERNAME,
         _PASSWORD), C at a time, polling each until `succeeded`; writes their ids, one a line.
+        --results R appends provision_s. With --bind, the first K are bound as they are
+        provisioned and their credentials written to FILE (mode 0600, one JSON object a line,
+        in provisioning order).
     bench_idle.py wait-backups STATE_DB IDS [--timeout 1800]
         Waits until every instance of IDS has a base backup and no unfinished backup job.
     bench_idle.py cpu --clusters DIR [--broker PID] --seconds S --results R --prefix P
@@ -11,8 +15,9 @@
         appends P_clusters_cpu_s, P_broker_cpu_s, P_postmasters, P_seconds to R.
     bench_idle.py report RUN RESULTS [--write BENCHMARKS_MD]
         The table: CPU per idle instance with the broker watching and without it (the floor),
-        and their ratio; optionally rewrites the generated block of BENCHMARKS_MD's "Idle
-        instances" section.
+        and their ratio; then idle stop and wake (bench_idle_wake_report.py) when RESULTS has
+        that phase. --write rewrites the generated block of each phase's section of
+        BENCHMARKS_MD ("Idle instances", "Idle stop and wake").
 
 CPU is read from /proc/<pid>/stat: utime + stime + cutime + cstime of each process of a tree,
 at the start and at the end. A child that exits in between is counted in its parent's c-times
@@ -23,6 +28,7 @@ wal-push), so short-lived processes are not missed. Standard library only.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sqlite3
 import sys
@@ -34,6 +40,8 @@ sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
+import bench_idle_wake  # noqa: E402
+import bench_idle_wake_report  # noqa: E402
 import bench_md  # noqa: E402
 import osb  # noqa: E402  (scripts/osb.py)
 
@@ -47,7 +55,8 @@ END = "<!-- bench-idle:end -->"
 # --- provisioning ---------------------------------------------------------------------------
 
 def provision(args: argparse.Namespace) -> int:
-    service_id, plan_id = osb.catalog_ids(os.path.join(REPO, "catalog.json"), args.plan)
+    catalog = args.catalog or os.path.join(REPO, "catalog.json")
+    service_id, plan_id = osb.catalog_ids(catalog, args.plan)
     ids = {"service_id": service_id, "plan_id": plan_id}
     client = osb.Client.from_env()
     org, space = str(uuid.uuid4()), str(uuid.uuid4())
@@ -65,8 +74,13 @@ def provision(args: argparse.Namespace) -> int:
         osb.poll_last_operation(client, f"{path}/last_operation",
                                 dict(ids, **({"operation": op} if op else {})),
                                 interval=0.2, timeout=900)
+        if n < args.bind:
+            creds[n] = bench_idle_wake.bind(client, ids, instance_id, context)
         return instance_id
 
+    if args.bind and not args.creds:
+        raise SystemExit("bench_idle.py provision: --bind wants --creds FILE")
+    creds: dict[int, dict] = {}
     made = []
     t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
@@ -77,6 +91,12 @@ def provision(args: argparse.Namespace) -> int:
                       f"({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("".join(f"{i}\n" for i in made))
+    if args.results:
+        bench_md.append(args.results, [("provision_s", f"{time.monotonic() - t0:.1f}")])
+    if args.bind:
+        fd = os.open(args.creds, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("".join(json.dumps(creds[n]) + "\n" for n in sorted(creds)))
     return 0
 
 
@@ -183,6 +203,14 @@ def cpu(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     run = bench_md.read_results(args.run)
     r = bench_md.read_results(args.results)
+    if "watched_clusters_cpu_s" in r:
+        report_supervision(args, run, r)
+    if "dev_instances" in r:
+        bench_idle_wake_report.report(run, r, args.write)
+    return 0
+
+
+def report_supervision(args: argparse.Namespace, run: dict[str, str], r: dict[str, str]) -> None:
     n = int(r["instances"])
     watched = float(r["watched_clusters_cpu_s"]) + float(r["watched_broker_cpu_s"])
     floor = float(r["floor_clusters_cpu_s"])
@@ -218,7 +246,6 @@ def report(args: argparse.Namespace) -> int:
             "", *md, "", f"**Watched / floor: {ratio:.1f}x** (goal: at most 2x); {archived}."])
         bench_md.write_generated_block(args.write, SECTION, BEGIN, END, block)
         print(f"wrote the generated block of {SECTION!r} in {args.write}")
-    return 0
 
 
 def main() -> int:
@@ -228,6 +255,10 @@ def main() -> int:
     a.add_argument("--count", type=int, required=True)
     a.add_argument("--concurrency", type=int, default=4)
     a.add_argument("--plan", default="small")
+    a.add_argument("--catalog", help="the catalog the broker serves (default: catalog.json)")
+    a.add_argument("--bind", type=int, default=0, help="bind the first K instances")
+    a.add_argument("--creds", help="where --bind writes the credentials (mode 0600)")
+    a.add_argument("--results", help="append provision_s (seconds for all of them) here")
     a.add_argument("--out", required=True)
     a = sub.add_parser("wait-backups")
     a.add_argument("db")
