@@ -480,3 +480,54 @@ async fn on_an_agent_it_stops_stays_parked_across_a_restart_and_wakes() {
     let new = fleet.app.bind_sync(&id, &new_id()).await;
     assert_eq!(notes(uri_of(&new)).await.unwrap(), (ROWS, SUM));
 }
+
+#[tokio::test]
+async fn a_plan_change_to_a_plan_that_never_stops_starts_a_stopped_instance() {
+    if !pg_available() {
+        return;
+    }
+    let (app, _dir) = spawn_idle_app().await;
+    let id = provision_dev(&app, "promoted").await;
+    let cluster = app.cluster_dir(&id);
+    let creds = app.bind_sync(&id, &new_id()).await;
+    write_notes(&uri_of(&creds)).await;
+    wait_stopped(&app, &id, &cluster).await;
+
+    let mut change = common::osb_client::plan_change(SMALL);
+    change["previous_values"]["plan_id"] = DEV.into();
+    let r = app
+        .osb(
+            Method::PATCH,
+            &format!("/v2/service_instances/{id}?accepts_incomplete=true"),
+        )
+        .json(&change)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let op: Value = r.json().await.unwrap();
+    let (status, body) = app.poll_instance(&id, op["operation"].as_str()).await;
+    assert_eq!(body["state"], "succeeded", "{status}: {body}");
+
+    // Running on its new plan, shown running, and it stays up past the old plan's idle time.
+    assert!(
+        postmaster_runs(&cluster),
+        "still stopped after the plan change"
+    );
+    let shown = fetch(&app, &id).await;
+    assert_eq!(
+        (shown["plan_id"].as_str(), shown.get("metadata")),
+        (Some(SMALL), None),
+        "{shown}"
+    );
+    assert_eq!(stopped_at(&app, &id).await, None);
+    let until = Instant::now() + Duration::from_secs(STOP_AFTER_SECS + 3);
+    while Instant::now() < until {
+        assert!(
+            postmaster_runs(&cluster),
+            "stopped on a plan that never stops"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(notes(uri_of(&creds)).await.unwrap(), (ROWS, SUM));
+}

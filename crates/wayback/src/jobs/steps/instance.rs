@@ -128,7 +128,20 @@ pub async fn port_taken(ctx: &AppContext, instance: &InstanceRecord, port: u16) 
 pub async fn update_step(ctx: &AppContext, job: &Job, plan_id: &str) -> StepResult {
     let instance = load(ctx, job).await?;
     match job.step {
-        Step::ApplySettings => apply_plan(ctx, &instance, plan_id).await,
+        Step::ApplySettings => {
+            let applied = apply_plan(ctx, &instance, plan_id).await?;
+            // A plan that never stops when idle keeps its instances running: one stopped when
+            // idle (issue 17) is started now, with the new settings, rather than left stopped
+            // until a client's connection, which the supervisor would never stop again.
+            let stops = ctx
+                .catalog
+                .plan(&instance.service_id, plan_id)
+                .is_some_and(|p| p.idle_stop_after_secs.is_some());
+            if !stops {
+                crate::jobs::idle::unpark(ctx, &instance, &instance.id).await?;
+            }
+            Ok(applied)
+        }
         other => Err(unknown_step(other)),
     }
 }
