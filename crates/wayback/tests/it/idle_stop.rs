@@ -6,7 +6,9 @@
 //!   passes and a silent connection, and a login with its binding's credentials wakes it and
 //!   sees every row; once stopped again, eight first connections at once are all served; the
 //!   wakes are timed (`wayback_wake_seconds`) and `stopped_at` is cleared;
-//! - bind, unbind, `clone-from` and deprovision of a stopped instance;
+//! - bind, unbind, `clone-from` and deprovision of a stopped instance; a plan change to a plan
+//!   that never stops starts it; a backup job starts it, and `wayback backup` (another
+//!   process) says why it does not;
 //! - a broker restart (a separate process) keeps it stopped with its port held; a start that
 //!   fails answers the client SQLSTATE 57P03 and it stays stopped; a login then wakes it;
 //! - on an agent: it stops when idle, stays parked and held across the agent's restart, a
@@ -530,4 +532,50 @@ async fn a_plan_change_to_a_plan_that_never_stops_starts_a_stopped_instance() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(notes(uri_of(&creds)).await.unwrap(), (ROWS, SUM));
+}
+
+#[tokio::test]
+async fn a_backup_of_a_stopped_instance_starts_it_and_the_cli_says_why_not() {
+    if !pg_available() {
+        return;
+    }
+    let (app, _dir) = spawn_idle_app().await;
+    let id = provision_dev(&app, "archived").await;
+    let cluster = app.cluster_dir(&id);
+    let creds = app.bind_sync(&id, &new_id()).await;
+    write_notes(&uri_of(&creds)).await;
+    wait_stopped(&app, &id, &cluster).await;
+
+    // A backup job the broker runs (a failed drill enqueues one) starts it, and it stops again.
+    let job = wayback::jobs::backup_job(&iid(&id), "manual");
+    let job_id = job.id.clone();
+    assert!(app.store.enqueue_backup(&job).await.unwrap());
+    eventually("the backup job ends", 120, || async {
+        let j = app.store.get_job(&job_id).await.unwrap().unwrap();
+        j.state != wayback::store::JOB_PENDING
+    })
+    .await;
+    let j = app.store.get_job(&job_id).await.unwrap().unwrap();
+    assert_eq!(j.state, wayback::store::JOB_DONE, "{j:?}");
+    assert!(app.store.backup_of_job(&job_id).await.unwrap().is_some());
+    wait_stopped(&app, &id, &cluster).await;
+
+    // `wayback backup` (another process, which cannot start it through the broker's hold)
+    // says why not and what to do; the instance stays stopped.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wayback"))
+        .args(["backup", &id])
+        .env("WAYBACK_DATA_DIR", &app.data_dir)
+        .env("WAYBACK_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is stopped when idle") && stderr.contains("wake it first"),
+        "{stderr}"
+    );
+    assert!(!postmaster_runs(&cluster));
+    assert!(shown_stopped(&fetch(&app, &id).await));
 }

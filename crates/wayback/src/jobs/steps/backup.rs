@@ -110,6 +110,9 @@ pub async fn backup_step(ctx: &AppContext, job: &Job, reason: &str) -> StepResul
             source: anyhow::anyhow!("{} is not a step of this job", job.step),
         });
     }
+    // Stopped when idle (issue 17): started for the backup, as a bind starts it; it stops
+    // again once idle.
+    crate::jobs::idle::unpark(ctx, &instance, &instance.id).await?;
     take_and_record(ctx, &job.id, &instance, reason).await?;
     Ok(Outcome::Next)
 }
