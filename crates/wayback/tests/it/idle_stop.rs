@@ -7,8 +7,9 @@
 //!   sees every row; once stopped again, eight first connections at once are all served; the
 //!   wakes are timed (`wayback_wake_seconds`) and `stopped_at` is cleared;
 //! - bind, unbind, `clone-from` and deprovision of a stopped instance; a plan change to a plan
-//!   that never stops starts it; a backup job starts it, and `wayback backup` (another
-//!   process) says why it does not;
+//!   that never stops starts it, and one to `ha-small` hands it to Patroni (real etcd and
+//!   Patroni); a backup job starts it, and `wayback backup` (another process) says why it does
+//!   not;
 //! - a broker restart (a separate process) keeps it stopped with its port held; a start that
 //!   fails answers the client SQLSTATE 57P03 and it stays stopped; a login then wakes it;
 //! - on an agent: it stops when idle, stays parked and held across the agent's restart, a
@@ -578,4 +579,48 @@ async fn a_backup_of_a_stopped_instance_starts_it_and_the_cli_says_why_not() {
     );
     assert!(!postmaster_runs(&cluster));
     assert!(shown_stopped(&fetch(&app, &id).await));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_change_to_ha_takes_a_stopped_instance_over() {
+    use crate::common::etcd::{ha_binaries_available, Etcd};
+    use crate::ha_broker::{member_dir, psql, role_of, uri_with_ca, wait_members, Cleanup};
+    if !pg_available() || !ha_binaries_available() {
+        return;
+    }
+    let etcd = Etcd::start().await;
+    let dir = test_root();
+    let catalog = idle_catalog(dir.path());
+    let dcs = etcd.endpoint();
+    let app = spawn_app_with(move |s| {
+        s.catalog = Some(catalog);
+        s.ha.dcs_endpoints = vec![dcs];
+    })
+    .await;
+    let id = provision_dev(&app, "grown-up").await;
+    let _cleanup = Cleanup(vec![
+        member_dir(&app, &id, "m1"),
+        member_dir(&app, &id, "m2"),
+    ]);
+    let cluster = app.cluster_dir(&id);
+    let creds = app.bind_sync(&id, &new_id()).await;
+    write_notes(&uri_of(&creds)).await;
+    wait_stopped(&app, &id, &cluster).await;
+
+    crate::ha_update::change_plan(&app, &id, HA_SMALL, DEV).await;
+    wait_members(&app, &id, "m1 leads, m2 streams in sync", |m| {
+        role_of(m, "m1") == Some("leader") && role_of(m, "m2") == Some("sync_standby")
+    })
+    .await;
+    assert_eq!(stopped_at(&app, &id).await, None);
+    assert!(fetch(&app, &id).await.get("metadata").is_none());
+    // Every row, through the first binding (m1 leads) and a new one naming every member.
+    assert_eq!(notes(uri_of(&creds)).await.unwrap(), (ROWS, SUM));
+    let multi = app.bind_sync(&id, &new_id()).await;
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    let seen = psql(
+        &uri_with_ca(&multi, &ca),
+        "SELECT count(*) || ' ' || sum(n) FROM notes",
+    );
+    assert_eq!(seen.unwrap(), format!("{ROWS} {SUM}"));
 }
