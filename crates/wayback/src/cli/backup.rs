@@ -117,6 +117,17 @@ pub async fn run(settings: Settings, instance: &str) -> anyhow::Result<BackupOut
             record.state.as_str()
         );
     }
+    if let Some(at) = record.stopped_at {
+        // Its port is held by the broker's wake listener, which this process cannot start it
+        // through (issue 17); the broker's own backup jobs start it.
+        let since = chrono::DateTime::from_timestamp_millis(at)
+            .map_or_else(|| format!("{at} ms"), |t| t.to_rfc3339());
+        bail!(
+            "instance {id} is stopped when idle (since {since}): it has written nothing since, \
+             and its archive holds every commit it made. To back it up anyway, wake it first \
+             (connect to it, or bind to it) and run wayback backup again before it is idle again"
+        );
+    }
     let ctx = super::job_context(settings, &data_dir, &store)?;
     let (settings, archive) = (ctx.settings.clone(), ctx.archive.clone());
     let job = crate::jobs::backup_job(&id, "manual");

@@ -44,6 +44,7 @@ mod ha_timelines;
 mod ha_update;
 mod ha_update_agents;
 mod ha_update_crash;
+mod idle_stop;
 mod lifecycle;
 mod osb_pg;
 mod pg_driver;

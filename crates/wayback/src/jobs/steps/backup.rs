@@ -110,9 +110,9 @@ pub async fn backup_step(ctx: &AppContext, job: &Job, reason: &str) -> StepResul
             source: anyhow::anyhow!("{} is not a step of this job", job.step),
         });
     }
-    // Stopped when idle (issue 17): the supervisor schedules none then, but an operator's
-    // `wayback backup`, or one queued just before the stop, is taken as asked: the cluster is
-    // started for it and stops again once idle.
+    // Stopped when idle (issue 17): the supervisor schedules none then, but one queued just
+    // before the stop, or the one a failed restore drill asks for, is taken: the cluster is
+    // started for it, as a bind starts it, and stops again once idle.
     crate::jobs::idle::unpark(ctx, &instance, &instance.id).await?;
     take_and_record(ctx, &job.id, &instance, reason).await?;
     Ok(Outcome::Next)

@@ -65,6 +65,9 @@ pub async fn update_step(
     match (change, job.step) {
         (HaChange::AddStandby, Step::HaPlace) => ha::place(ctx, target).await,
         (HaChange::AddStandby, Step::HaAdoptSingle) => {
+            // Stopped when idle (issue 17): Patroni takes over a running cluster, and an HA
+            // instance never stops.
+            crate::jobs::idle::unpark(ctx, instance, &instance.id).await?;
             ha::adopt(ctx, job, target, HaSeed::AdoptSingle).await
         }
         (HaChange::AddStandby, Step::HaFirstBackup) => ha::first_backup(ctx, job, target).await,

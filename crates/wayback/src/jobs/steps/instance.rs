@@ -136,8 +136,9 @@ pub async fn update_step(ctx: &AppContext, job: &Job, plan_id: &str) -> StepResu
 /// `apply_settings`: `plan_id`'s settings written and applied to the running cluster, by a
 /// reload, or a restart when one of them needs it (a stopped cluster reads them at its start).
 ///
-/// A cluster stopped when idle (issue 17) is started first: the new plan may not stop when
-/// idle, and its settings are checked by the start rather than at the next client's wake.
+/// A cluster stopped when idle (issue 17) is started first: the new plan may never stop (one
+/// left stopped would run from a client's wake on, and the supervisor would never stop it
+/// again), and its settings are checked by the start rather than at the next client's wake.
 pub async fn apply_plan(ctx: &AppContext, instance: &InstanceRecord, plan_id: &str) -> StepResult {
     let spec = spec(ctx, instance, plan_id)?;
     crate::jobs::idle::unpark(ctx, instance, &instance.id).await?;
