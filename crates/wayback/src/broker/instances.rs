@@ -239,6 +239,8 @@ impl Broker {
             agent_host: None,
             leader_id: leader.as_ref().map(|l| l.leader.clone()),
             stopped_at: None,
+            wake_error: None,
+            wake_error_at: None,
         };
         let op = OperationRecord {
             id: operation.clone(),
