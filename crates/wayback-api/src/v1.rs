@@ -84,6 +84,18 @@ pub struct Instance {
     /// stopped instance is still `live`: its next connection starts it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_at: Option<DateTime<Utc>>,
+    /// Why the last client's connection could not wake it (issue 17); absent when none failed
+    /// since it last started. The instance stays stopped; the next connection tries again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_error: Option<WakeError>,
+}
+
+/// A wake of a stopped instance that failed: the reason its clients were told, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WakeError {
+    /// One short sentence (e.g. "its port is taken by another program").
+    pub reason: String,
+    pub at: DateTime<Utc>,
 }
 
 /// The copy of a deleted instance kept at delete time: an undo to its latest point takes it

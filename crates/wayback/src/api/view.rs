@@ -5,7 +5,8 @@
 //! valid `point-in-time`.
 //!
 //! An instance stopped when idle (issue 17) is `live` with `stopped_at`: its archive holds
-//! every commit, and its next connection starts it.
+//! every commit, and its next connection starts it. A wake that failed shows as `wake_error`
+//! until a start works.
 //!
 //! Imports `store`, `archive`, `runtime`, `catalog` and `domain`; no HTTP types.
 
@@ -133,6 +134,11 @@ pub fn render(
         drills: Vec::new(),
         ha: None,
         stopped_at: record.stopped_at.and_then(millis),
+        wake_error: record
+            .wake_error
+            .clone()
+            .zip(record.wake_error_at.and_then(millis))
+            .map(|(reason, at)| v1::WakeError { reason, at }),
     }
 }
 

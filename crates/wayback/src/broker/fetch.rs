@@ -20,6 +20,7 @@ impl Broker {
                     replication,
                     ha,
                     stopped_at: i.stopped_at,
+                    wake_error: i.wake_error.zip(i.wake_error_at),
                 })
             }
             Some(i) if i.state == InstanceState::Updating => Err(BrokerError::Concurrency(

@@ -93,6 +93,8 @@ pub struct InstanceView {
     pub ha: Option<super::ha::HaView>,
     /// When its cluster was stopped for being idle (Unix ms; issue 17); None while it runs.
     pub stopped_at: Option<i64>,
+    /// Why a client's connection could not wake it, and when (Unix ms); None once it started.
+    pub wake_error: Option<(String, i64)>,
 }
 
 /// What last_operation returns.
@@ -239,6 +241,8 @@ impl Broker {
             agent_host: None,
             leader_id: leader.as_ref().map(|l| l.leader.clone()),
             stopped_at: None,
+            wake_error: None,
+            wake_error_at: None,
         };
         let op = OperationRecord {
             id: operation.clone(),

@@ -3,9 +3,10 @@
 //! need a cluster running (a bind's role, a follower's grant on its leader, a live fork).
 //!
 //! A parked cluster is started by the runtime's `start`, which takes its port back from the
-//! wake listener; the instance's `stopped_at` is cleared at once, and the supervisor's idle
-//! clock counts from the pass that sees it running, so it stops again after its plan's
-//! `stop_after_secs`. Imports `store`, `runtime` and `catalog`; never `steps` or `broker`.
+//! wake listener; the instance's `stopped_at` (and a failed wake's `wake_error`) is cleared at
+//! once, and the supervisor's idle clock counts from the pass that sees it running, so it
+//! stops again after its plan's `stop_after_secs`. Imports `store`, `runtime` and `catalog`;
+//! never `steps` or `broker`.
 
 use crate::context::AppContext;
 use crate::domain::{InstanceId, InstanceState};
@@ -55,7 +56,7 @@ pub async fn unpark(
         .catalog
         .plan(&instance.service_id, &instance.plan_id)
         .is_some_and(|p| p.idle_stop_after_secs.is_some());
-    if !idle_plan && instance.stopped_at.is_none() {
+    if !idle_plan && instance.stopped_at.is_none() && instance.wake_error.is_none() {
         return Ok(false);
     }
     if ctx.runtime.status(cluster).await? != ClusterStatus::Parked {

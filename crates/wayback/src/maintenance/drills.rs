@@ -129,6 +129,8 @@ mod tests {
             agent_host: None,
             leader_id: None,
             stopped_at: None,
+            wake_error: None,
+            wake_error_at: None,
         };
         DrillCandidate {
             last: last.map(|(started_at, result)| DrillRecord {

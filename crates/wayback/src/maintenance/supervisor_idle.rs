@@ -13,7 +13,8 @@
 //!
 //! A parked cluster is left alone (never started to be watched); its `stopped_at` is recorded
 //! if the job could not (a broker killed between the park and the record). A running cluster
-//! still recorded as stopped was woken by a client: the record is cleared and its clock starts.
+//! still recorded as stopped (or with a failed wake recorded) was woken by a client: the record
+//! is cleared and its clock starts.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -57,7 +58,7 @@ impl Supervisor {
         leaders: &HashSet<InstanceId>,
     ) {
         let id = &instance.id;
-        if instance.stopped_at.is_some() {
+        if instance.stopped_at.is_some() || instance.wake_error.is_some() {
             // Woken by a client's connection (an agent's wakes are seen this way).
             match self.ctx.store.clear_stopped_at(id).await {
                 Ok(_) => tracing::info!(instance = %id, "stopped-when-idle instance runs again"),

@@ -1,9 +1,11 @@
 //! Idle stop (issue 17): when each instance was stopped for being idle (`instances.stopped_at`,
-//! migration 0014), and the one-idle-stop-job rule.
+//! migration 0014), why its last wake failed (`wake_error`, `wake_error_at`, migration 0015),
+//! and the one-idle-stop-job rule.
 //!
 //! The runtime's parked mark is the truth about whether a cluster runs; `stopped_at` is what
 //! the broker shows (OSB fetch, its API, the `wayback_instances_stopped` gauge) and is set by
-//! the `idle_stop` job and the supervisor, cleared on a wake.
+//! the `idle_stop` job and the supervisor, cleared on a wake. A failed wake leaves the instance
+//! stopped and records why; the next start that works forgets both at once.
 
 use super::jobs::insert_job;
 use super::{NewJob, Store, StoreError};
@@ -21,15 +23,34 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets that `id` was stopped (it runs again); true when it was recorded as stopped.
+    /// Forgets that `id` was stopped (it runs again), and why a wake of it failed if one did;
+    /// true when either was recorded.
     pub async fn clear_stopped_at(&self, id: &InstanceId) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE instances SET stopped_at = NULL WHERE id = $1 AND stopped_at IS NOT NULL",
+            "UPDATE instances SET stopped_at = NULL, wake_error = NULL, wake_error_at = NULL \
+             WHERE id = $1 AND (stopped_at IS NOT NULL OR wake_error IS NOT NULL)",
         )
         .bind(id.as_str())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Records that a client's connection could not wake `id` at `at` (Unix ms), and why
+    /// (`reason`: what the clients were told, never a path); replaces an earlier failure.
+    pub async fn set_wake_error(
+        &self,
+        id: &InstanceId,
+        reason: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE instances SET wake_error = $1, wake_error_at = $2 WHERE id = $3")
+            .bind(reason)
+            .bind(at)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Live instances recorded as stopped for being idle (the `wayback_instances_stopped`

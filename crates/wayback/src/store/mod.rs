@@ -182,6 +182,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed(include_str!("../../migrations/0014_stopped_at.sql")),
             false,
         ),
+        Migration::new(
+            15,
+            Cow::Borrowed("wake error"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0015_wake_error.sql")),
+            false,
+        ),
     ];
     Migrator {
         migrations: Cow::Owned(migrations),

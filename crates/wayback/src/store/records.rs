@@ -35,6 +35,10 @@ pub struct InstanceRecord {
     /// When its cluster was stopped because it was idle (Unix ms; issue 17); None while it
     /// runs.
     pub stopped_at: Option<i64>,
+    /// Why a client's connection could not wake it, and when (Unix ms); None once a start
+    /// worked (issue 17).
+    pub wake_error: Option<String>,
+    pub wake_error_at: Option<i64>,
 }
 
 /// One name an instance had, from `recorded_at` on.
@@ -174,6 +178,8 @@ impl InstanceRecord {
                 .map(|leader| instance_id(&id, leader))
                 .transpose()?,
             stopped_at: row.try_get("stopped_at")?,
+            wake_error: row.try_get("wake_error")?,
+            wake_error_at: row.try_get("wake_error_at")?,
             id: instance_id(&id, id.clone())?,
         })
     }

@@ -60,6 +60,8 @@ fn instance(i: &str) -> InstanceRecord {
         agent_host: None,
         leader_id: None,
         stopped_at: None,
+        wake_error: None,
+        wake_error_at: None,
     }
 }
 

@@ -40,6 +40,8 @@ pub(crate) fn instance(id: &str) -> InstanceRecord {
         agent_host: None,
         leader_id: None,
         stopped_at: None,
+        wake_error: None,
+        wake_error_at: None,
     }
 }
 
@@ -450,7 +452,8 @@ async fn suite(store: Store) {
     idle_stops(&store).await;
 }
 
-/// Issue 17: `stopped_at` (migration 0014) and at most one idle stop, never beside another job.
+/// Issue 17: `stopped_at` (migration 0014), a failed wake's reason (0015), and at most one idle
+/// stop, never beside another job.
 async fn idle_stops(store: &Store) {
     let i1 = InstanceId::parse("i-1").unwrap();
     let stopped = |store: &Store| {
@@ -466,6 +469,44 @@ async fn idle_stops(store: &Store) {
     assert!(!store.clear_stopped_at(&i1).await.unwrap());
     assert_eq!(stopped(store).await, None);
     assert!(store.stopped_count().await.unwrap() >= 0);
+
+    // Migration 0015: a failed wake is recorded beside the stop, the latest one wins, and a
+    // start that works forgets both.
+    let wake_error = |store: &Store| {
+        let store = store.clone();
+        let i1 = i1.clone();
+        async move {
+            let r = store.get_instance(&i1).await.unwrap().unwrap();
+            (r.stopped_at, r.wake_error, r.wake_error_at)
+        }
+    };
+    store.set_stopped_at(&i1, 3_000).await.unwrap();
+    store
+        .set_wake_error(&i1, "it did not become ready in time", 4_000)
+        .await
+        .unwrap();
+    store
+        .set_wake_error(&i1, "its port is taken by another program", 5_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        wake_error(store).await,
+        (
+            Some(3_000),
+            Some("its port is taken by another program".into()),
+            Some(5_000)
+        )
+    );
+    assert!(store.clear_stopped_at(&i1).await.unwrap());
+    assert_eq!(wake_error(store).await, (None, None, None));
+    // A failure recorded without a stop (the stop not yet recorded) is cleared all the same.
+    store
+        .set_wake_error(&i1, "it no longer exists", 6_000)
+        .await
+        .unwrap();
+    assert!(store.clear_stopped_at(&i1).await.unwrap());
+    assert_eq!(wake_error(store).await, (None, None, None));
+    assert!(!store.clear_stopped_at(&i1).await.unwrap());
 
     let idle = InstanceId::parse("i-idle").unwrap();
     let first = wayback::jobs::idle::idle_stop_job(&idle);

@@ -111,6 +111,8 @@ fn record(id: &str, state: InstanceState, plan_id: &str, created: &str) -> Insta
         agent_host: None,
         leader_id: None,
         stopped_at: None,
+        wake_error: None,
+        wake_error_at: None,
     }
 }
 

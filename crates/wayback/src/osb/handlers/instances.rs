@@ -191,20 +191,35 @@ pub async fn fetch(
         }
     }
     // Stopped when idle (issue 17): where OSB lets a broker describe an instance's state.
-    if let Some(attributes) = view.stopped_at.and_then(stopped_attributes) {
+    if let Some(attributes) = view
+        .stopped_at
+        .and_then(|at| stopped_attributes(at, view.wake_error))
+    {
         body["metadata"] = json!({ "attributes": attributes });
     }
     Ok(HttpResponse::Ok().json(body))
 }
 
-/// `metadata.attributes` of an instance stopped when idle since `stopped_at` (Unix ms).
-fn stopped_attributes(stopped_at: i64) -> Option<serde_json::Value> {
-    let at = chrono::DateTime::from_timestamp_millis(stopped_at)?;
-    Some(json!({
+/// `metadata.attributes` of an instance stopped when idle since `stopped_at` (Unix ms), with
+/// why its last wake failed and when, if one did.
+fn stopped_attributes(
+    stopped_at: i64,
+    wake_error: Option<(String, i64)>,
+) -> Option<serde_json::Value> {
+    let rfc3339 = |ms| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    };
+    let mut attributes = json!({
         "state": "stopped",
-        "stopped_at": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "stopped_at": rfc3339(stopped_at)?,
         "wakes_on": "the next connection to its port",
-    }))
+    });
+    if let Some((reason, at)) = wake_error {
+        attributes["wake_error"] = reason.into();
+        attributes["wake_error_at"] = rfc3339(at).into();
+    }
+    Some(attributes)
 }
 
 pub async fn last_operation(

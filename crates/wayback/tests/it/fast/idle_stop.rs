@@ -6,6 +6,9 @@
 //!   (`metadata.attributes`), `/wayback/v1/instances/:id` (`stopped_at`) and `GET /metrics`
 //!   (`wayback_instances_stopped`) show it; a client's wake clears it and is timed
 //!   (`wayback_wake_seconds`);
+//! - a wake that fails leaves it stopped and says why in the OSB fetch
+//!   (`metadata.attributes.wake_error`) and the broker API (`wake_error`); a later wake that
+//!   works clears it;
 //! - a session keeps it running over many passes;
 //! - a leader with a follower, and the follower, never stop; an `idle_stop` job for the leader
 //!   finds the follower and stops nothing;
@@ -162,6 +165,49 @@ async fn an_idle_dev_instance_is_stopped_shown_stopped_and_woken() {
     assert!(text.contains("\nwayback_instances_stopped 0\n"), "{text}");
     assert!(text.contains("\nwayback_wake_seconds_count 1\n"), "{text}");
     assert!(text.contains("\nwayback_wake_failures_total 0\n"), "{text}");
+}
+
+#[tokio::test]
+async fn a_failed_wake_is_shown_until_a_wake_works() {
+    let (app, _dir) = spawn_idle_app().await;
+    let id = new_id();
+    provision_dev(&app, &id, "broken").await;
+    wait_parked(&app, &id).await;
+    assert!(fetch(&app, &id).await["metadata"]["attributes"]
+        .get("wake_error")
+        .is_none());
+
+    let reason = "its port is taken by another program";
+    app.fake().fail_wake(&id, reason);
+    eventually("the failed wake is recorded", || async {
+        let body = fetch(&app, &id).await;
+        body["metadata"]["attributes"]["wake_error"] == reason
+    })
+    .await;
+    let body = fetch(&app, &id).await;
+    let attributes = &body["metadata"]["attributes"];
+    assert_eq!(attributes["state"], "stopped", "{body}");
+    assert!(attributes["wake_error_at"].is_string(), "{body}");
+    let view = api::get(&app, &format!("/instances/{id}"), api::operator(&app)).await;
+    assert_eq!(view.status, StatusCode::OK, "{}", view.body);
+    assert_eq!(view.body["wake_error"]["reason"], reason, "{}", view.body);
+    assert!(view.body["wake_error"]["at"].is_string(), "{}", view.body);
+    assert!(view.body["stopped_at"].is_string(), "{}", view.body);
+    let text = metrics(&app).await;
+    assert!(text.contains("\nwayback_wake_failures_total 1\n"), "{text}");
+    assert_eq!(status(&app, &id), Some(ClusterStatus::Parked));
+
+    // The next connection wakes it: running, and the failure forgotten.
+    app.fake().set_sessions(&id, 1, 0);
+    app.fake().wake(&id);
+    eventually("the wake clears stopped_at and the failure", || async {
+        fetch(&app, &id).await.get("metadata").is_none()
+    })
+    .await;
+    let view = api::get(&app, &format!("/instances/{id}"), api::operator(&app)).await;
+    assert!(view.body.get("wake_error").is_none(), "{}", view.body);
+    let record = app.store.get_instance(&iid(&id)).await.unwrap().unwrap();
+    assert_eq!((record.wake_error, record.wake_error_at), (None, None));
 }
 
 #[tokio::test]

@@ -214,6 +214,25 @@ impl FakeRuntime {
         );
     }
 
+    /// A client's connection could not wake the parked cluster of `id` for `reason` (as the
+    /// wake listener reports a failed start): it stays parked, and the broker hears of it
+    /// through `subscribe_wakes`.
+    pub fn fail_wake(&self, id: &str, reason: &str) {
+        let status = self.cluster(id).expect("a cluster to wake").status;
+        assert_eq!(status, ClusterStatus::Parked, "only a parked cluster wakes");
+        self.send_wake(id, Some(reason.to_string()));
+    }
+
+    fn send_wake(&self, id: &str, error: Option<String>) {
+        if let Some(tx) = lock(&self.wakes).as_ref() {
+            let _ = tx.send(wayback::runtime::WakeEvent {
+                instance: InstanceId::parse(id.to_string()).expect("an instance id"),
+                seconds: 0.07,
+                error,
+            });
+        }
+    }
+
     /// A client's connection wakes the parked cluster of `id` (as the wake listener would):
     /// it runs again, and the broker hears of it through `subscribe_wakes`.
     pub fn wake(&self, id: &str) {
@@ -227,13 +246,7 @@ impl FakeRuntime {
             );
             cluster.status = ClusterStatus::Running;
         }
-        if let Some(tx) = lock(&self.wakes).as_ref() {
-            let _ = tx.send(wayback::runtime::WakeEvent {
-                instance: InstanceId::parse(id.to_string()).expect("an instance id"),
-                seconds: 0.07,
-                error: None,
-            });
-        }
+        self.send_wake(id, None);
     }
 
     /// Makes the (running) cluster of `id` a follower's standby, as `start_follow` would.
