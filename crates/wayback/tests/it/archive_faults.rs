@@ -25,17 +25,6 @@ async fn archiver(conn: &mut sqlx::PgConnection) -> (i64, i64, i64, Option<Strin
     (row.get(0), row.get(1), row.get(2), row.get(3))
 }
 
-async fn metrics(app: &TestApp) -> String {
-    app.client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// The value of `name{instance="id"}` in a scrape.
 fn gauge(scrape: &str, name: &str, id: &str) -> Option<f64> {
     let prefix = format!("{name}{{instance=\"{id}\"}} ");
@@ -96,7 +85,7 @@ async fn storage_down_during_wal_push_loses_nothing_once_it_returns() {
     // The broker's metrics say archiving is behind and failing.
     let deadline = Instant::now() + Duration::from_secs(45);
     loop {
-        let scrape = metrics(&app).await;
+        let scrape = app.metrics().await;
         let lag = gauge(&scrape, "wayback_archive_lag_segments", &id).unwrap_or(0.0);
         let failures = gauge(&scrape, "wayback_archive_push_failures_total", &id).unwrap_or(0.0);
         if lag >= 2.0 && failures > 0.0 {
@@ -171,7 +160,7 @@ async fn storage_down_during_wal_push_loses_nothing_once_it_returns() {
     // Once caught up, the metrics say so.
     let deadline = Instant::now() + Duration::from_secs(45);
     loop {
-        let lag = gauge(&metrics(&app).await, "wayback_archive_lag_segments", &id);
+        let lag = gauge(&app.metrics().await, "wayback_archive_lag_segments", &id);
         if lag == Some(0.0) {
             break;
         }

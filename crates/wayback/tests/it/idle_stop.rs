@@ -120,16 +120,6 @@ fn shown_stopped(fetched: &Value) -> bool {
     fetched["metadata"]["attributes"]["state"] == "stopped"
 }
 
-async fn fetch(app: &TestApp, id: &str) -> Value {
-    let r = app
-        .osb(Method::GET, &format!("/v2/service_instances/{id}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    r.json().await.unwrap()
-}
-
 async fn stopped_at(app: &TestApp, id: &str) -> Option<i64> {
     let record = app.store.get_instance(&iid(id)).await.unwrap();
     record.expect("the instance's record").stopped_at
@@ -149,25 +139,12 @@ async fn metric(address: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }
 
-/// Polls `check` every 100 ms until it holds, for at most `secs`.
-async fn eventually<F, Fut>(what: &str, secs: u64, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Waits until `id` is stopped: recorded, shown by the OSB fetch, and no postmaster in
 /// `cluster_dir` (its first base backup and [`STOP_AFTER_SECS`] without a session come first).
 async fn wait_stopped(app: &TestApp, id: &str, cluster_dir: &Path) {
     eventually(&format!("{id} stops when idle"), 180, || async {
         stopped_at(app, id).await.is_some()
-            && shown_stopped(&fetch(app, id).await)
+            && shown_stopped(&app.fetch_instance(id).await)
             && !postmaster_runs(cluster_dir)
     })
     .await;
@@ -176,7 +153,8 @@ async fn wait_stopped(app: &TestApp, id: &str, cluster_dir: &Path) {
 /// Waits until a wake of `id` is recorded: `stopped_at` cleared and the fetch without it.
 async fn wait_running(app: &TestApp, id: &str) {
     eventually(&format!("the wake of {id} is recorded"), 60, || async {
-        stopped_at(app, id).await.is_none() && fetch(app, id).await.get("metadata").is_none()
+        stopped_at(app, id).await.is_none()
+            && app.fetch_instance(id).await.get("metadata").is_none()
     })
     .await;
 }
@@ -272,7 +250,7 @@ async fn an_idle_instance_stops_archived_stays_stopped_and_a_login_wakes_it() {
     // A silent connection is closed and wakes nothing.
     silent_client_is_closed(port).await;
     assert!(!postmaster_runs(&cluster), "a silent connection woke it");
-    assert!(shown_stopped(&fetch(&app, &id).await));
+    assert!(shown_stopped(&app.fetch_instance(&id).await));
 
     // A login with the binding's credentials wakes it and sees every row.
     let timed = metric(&app.address, "wayback_wake_seconds_count").await;
@@ -471,7 +449,7 @@ async fn on_an_agent_it_stops_stays_parked_across_a_restart_and_wakes() {
     agent.start();
     wait_port_held(port).await;
     assert!(!postmaster_runs(&cluster), "started by the agent's restart");
-    assert!(shown_stopped(&fetch(&fleet.app, &id).await));
+    assert!(shown_stopped(&fleet.app.fetch_instance(&id).await));
 
     // A login wakes it through the agent's hold and sees every row; the broker sees it run.
     assert_eq!(notes(uri).await.unwrap(), (ROWS, SUM));
@@ -517,7 +495,7 @@ async fn a_plan_change_to_a_plan_that_never_stops_starts_a_stopped_instance() {
         postmaster_runs(&cluster),
         "still stopped after the plan change"
     );
-    let shown = fetch(&app, &id).await;
+    let shown = app.fetch_instance(&id).await;
     assert_eq!(
         (shown["plan_id"].as_str(), shown.get("metadata")),
         (Some(SMALL), None),
@@ -578,7 +556,7 @@ async fn a_backup_of_a_stopped_instance_starts_it_and_the_cli_says_why_not() {
         "{stderr}"
     );
     assert!(!postmaster_runs(&cluster));
-    assert!(shown_stopped(&fetch(&app, &id).await));
+    assert!(shown_stopped(&app.fetch_instance(&id).await));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -613,7 +591,7 @@ async fn a_plan_change_to_ha_takes_a_stopped_instance_over() {
     })
     .await;
     assert_eq!(stopped_at(&app, &id).await, None);
-    assert!(fetch(&app, &id).await.get("metadata").is_none());
+    assert!(app.fetch_instance(&id).await.get("metadata").is_none());
     // Every row, through the first binding (m1 leads) and a new one naming every member.
     assert_eq!(notes(uri_of(&creds)).await.unwrap(), (ROWS, SUM));
     let multi = app.bind_sync(&id, &new_id()).await;

@@ -265,7 +265,46 @@ pub async fn exec(conn: &mut sqlx::PgConnection, sql: &str) {
     sqlx::raw_sql(sql).execute(conn).await.unwrap();
 }
 
+/// Polls `check` every 50 ms until it holds; fails the test after `secs` seconds with `what`.
+pub async fn eventually<F, Fut>(what: &str, secs: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {secs} s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 impl TestApp {
+    /// The Prometheus text of `GET /metrics` (no metrics auth in the test settings).
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The OSB fetch of instance `id` (`GET /v2/service_instances/:id`), which must be 200.
+    pub async fn fetch_instance(&self, id: &str) -> Value {
+        let r = self
+            .osb(Method::GET, &format!("/v2/service_instances/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
     /// An authenticated OSB request with the API version header.
     pub fn osb(&self, method: Method, path: &str) -> RequestBuilder {
         self.client

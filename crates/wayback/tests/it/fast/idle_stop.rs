@@ -14,30 +14,15 @@
 //!   finds the follower and stops nothing;
 //! - a bind on a parked instance starts it, makes the role, and it shows running.
 
-use std::time::{Duration, Instant};
-
 use crate::common;
 
 use common::fake_runtime::Call;
 use common::followers::set_leader;
 use common::wayback_client as api;
 use common::*;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::Value;
 use wayback::runtime::ClusterStatus;
-
-/// Polls `check` until it holds, for at most 30 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "not within 30 s: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// A fast app whose `dev` plan stops instances after 1 s without a session.
 async fn spawn_idle_app() -> (TestApp, tempfile::TempDir) {
@@ -77,34 +62,13 @@ fn count(app: &TestApp, id: &str, call: Call) -> usize {
         .count()
 }
 
-async fn fetch(app: &TestApp, id: &str) -> Value {
-    let r = app
-        .osb(Method::GET, &format!("/v2/service_instances/{id}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    r.json().await.unwrap()
-}
-
-async fn metrics(app: &TestApp) -> String {
-    app.client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// Waits until `id`'s cluster is parked and recorded as stopped.
 async fn wait_parked(app: &TestApp, id: &str) {
-    eventually("the idle instance is parked", || async {
+    eventually("the idle instance is parked", 30, || async {
         status(app, id) == Some(ClusterStatus::Parked)
     })
     .await;
-    eventually("its stop is recorded", || async {
+    eventually("its stop is recorded", 30, || async {
         let record = app.store.get_instance(&iid(id)).await.unwrap();
         record.is_some_and(|r| r.stopped_at.is_some())
     })
@@ -114,7 +78,7 @@ async fn wait_parked(app: &TestApp, id: &str) {
 /// Waits for `n` more supervisor passes over `id` (each asks for its status).
 async fn passes(app: &TestApp, id: &str, n: usize) {
     let seen = count(app, id, Call::Status);
-    eventually("supervisor passes", || async {
+    eventually("supervisor passes", 30, || async {
         count(app, id, Call::Status) >= seen + n
     })
     .await;
@@ -132,7 +96,7 @@ async fn an_idle_dev_instance_is_stopped_shown_stopped_and_woken() {
     );
     assert_eq!(count(&app, &id, Call::Park), 1, "parked once");
 
-    let body = fetch(&app, &id).await;
+    let body = app.fetch_instance(&id).await;
     let attributes = &body["metadata"]["attributes"];
     assert_eq!(attributes["state"], "stopped", "{body}");
     assert!(attributes["stopped_at"].is_string(), "{body}");
@@ -140,7 +104,7 @@ async fn an_idle_dev_instance_is_stopped_shown_stopped_and_woken() {
     assert_eq!(view.status, StatusCode::OK, "{}", view.body);
     assert_eq!(view.body["state"], "live", "{}", view.body);
     assert!(view.body["stopped_at"].is_string(), "{}", view.body);
-    let text = metrics(&app).await;
+    let text = app.metrics().await;
     assert!(text.contains("\nwayback_instances_stopped 1\n"), "{text}");
 
     // Stays parked over passes: the supervisor never starts it.
@@ -155,13 +119,13 @@ async fn an_idle_dev_instance_is_stopped_shown_stopped_and_woken() {
     // A client's connection wakes it: shown running at once, the wake timed.
     app.fake().set_sessions(&id, 1, 0);
     app.fake().wake(&id);
-    eventually("the wake clears stopped_at", || async {
-        fetch(&app, &id).await.get("metadata").is_none()
+    eventually("the wake clears stopped_at", 30, || async {
+        app.fetch_instance(&id).await.get("metadata").is_none()
     })
     .await;
     let view = api::get(&app, &format!("/instances/{id}"), api::operator(&app)).await;
     assert!(view.body.get("stopped_at").is_none(), "{}", view.body);
-    let text = metrics(&app).await;
+    let text = app.metrics().await;
     assert!(text.contains("\nwayback_instances_stopped 0\n"), "{text}");
     assert!(text.contains("\nwayback_wake_seconds_count 1\n"), "{text}");
     assert!(text.contains("\nwayback_wake_failures_total 0\n"), "{text}");
@@ -173,18 +137,18 @@ async fn a_failed_wake_is_shown_until_a_wake_works() {
     let id = new_id();
     provision_dev(&app, &id, "broken").await;
     wait_parked(&app, &id).await;
-    assert!(fetch(&app, &id).await["metadata"]["attributes"]
+    assert!(app.fetch_instance(&id).await["metadata"]["attributes"]
         .get("wake_error")
         .is_none());
 
     let reason = "its port is taken by another program";
     app.fake().fail_wake(&id, reason);
-    eventually("the failed wake is recorded", || async {
-        let body = fetch(&app, &id).await;
+    eventually("the failed wake is recorded", 30, || async {
+        let body = app.fetch_instance(&id).await;
         body["metadata"]["attributes"]["wake_error"] == reason
     })
     .await;
-    let body = fetch(&app, &id).await;
+    let body = app.fetch_instance(&id).await;
     let attributes = &body["metadata"]["attributes"];
     assert_eq!(attributes["state"], "stopped", "{body}");
     assert!(attributes["wake_error_at"].is_string(), "{body}");
@@ -193,15 +157,15 @@ async fn a_failed_wake_is_shown_until_a_wake_works() {
     assert_eq!(view.body["wake_error"]["reason"], reason, "{}", view.body);
     assert!(view.body["wake_error"]["at"].is_string(), "{}", view.body);
     assert!(view.body["stopped_at"].is_string(), "{}", view.body);
-    let text = metrics(&app).await;
+    let text = app.metrics().await;
     assert!(text.contains("\nwayback_wake_failures_total 1\n"), "{text}");
     assert_eq!(status(&app, &id), Some(ClusterStatus::Parked));
 
     // The next connection wakes it: running, and the failure forgotten.
     app.fake().set_sessions(&id, 1, 0);
     app.fake().wake(&id);
-    eventually("the wake clears stopped_at and the failure", || async {
-        fetch(&app, &id).await.get("metadata").is_none()
+    eventually("the wake clears stopped_at and the failure", 30, || async {
+        app.fetch_instance(&id).await.get("metadata").is_none()
     })
     .await;
     let view = api::get(&app, &format!("/instances/{id}"), api::operator(&app)).await;
@@ -217,9 +181,11 @@ async fn a_session_keeps_it_running_and_its_end_starts_the_clock() {
     app.fake().set_sessions(&id, 1, 0);
     provision_dev(&app, &id, "busy").await;
     let asked = count(&app, &id, Call::Sessions);
-    eventually("the clock asks for sessions on several passes", || async {
-        count(&app, &id, Call::Sessions) >= asked + 3
-    })
+    eventually(
+        "the clock asks for sessions on several passes",
+        30,
+        || async { count(&app, &id, Call::Sessions) >= asked + 3 },
+    )
     .await;
     assert_eq!(
         count(&app, &id, Call::Park),
@@ -266,7 +232,7 @@ async fn a_leader_with_a_follower_and_the_follower_never_stop() {
     let job = wayback::jobs::idle::idle_stop_job(&iid(&leader));
     let job_id = job.id.clone();
     assert!(app.store.enqueue_idle_stop(&job).await.unwrap());
-    eventually("the idle stop job ends", || async {
+    eventually("the idle stop job ends", 30, || async {
         let j = app.store.get_job(&job_id).await.unwrap().unwrap();
         j.state != wayback::store::JOB_PENDING
     })
@@ -294,7 +260,7 @@ async fn an_idle_stop_is_not_enqueued_while_another_job_of_the_instance_waits() 
         "never beside another job of the instance"
     );
     gate.release();
-    eventually("the backup ends", || async {
+    eventually("the backup ends", 30, || async {
         app.store
             .pending_backup_job(&instance)
             .await
@@ -329,7 +295,7 @@ async fn a_bind_on_a_parked_instance_starts_it_and_makes_the_role() {
     let cluster = app.fake().cluster(&id).unwrap();
     assert_eq!(cluster.status, ClusterStatus::Running);
     assert_eq!(cluster.roles.len(), 1, "{cluster:?}");
-    assert!(fetch(&app, &id).await.get("metadata").is_none());
+    assert!(app.fetch_instance(&id).await.get("metadata").is_none());
     let record = app.store.get_instance(&iid(&id)).await.unwrap();
     assert_eq!(record.unwrap().stopped_at, None);
 }
