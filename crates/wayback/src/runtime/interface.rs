@@ -146,6 +146,35 @@ pub trait ClusterRuntime: Send + Sync {
         None
     }
 
+    /// What a running instance has been doing (issue 19): its ring of 1 s samples and 15 s
+    /// facts, kept by the sampler where the cluster runs, from `since` on (all of the last
+    /// hour when None). A stopped, parked or absent cluster answers `sampling: false` and
+    /// whatever the ring still holds; reading never starts or wakes a cluster.
+    async fn activity(
+        &self,
+        id: &InstanceId,
+        _since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<wayback_api::activity::Activity, RuntimeError> {
+        Err(unsupported(id, "sample a cluster's activity"))
+    }
+
+    /// The newest sample, 15 s facts and cumulative lock-wait counters of every instance this
+    /// runtime samples (on a remote runtime, of every agent that answered), for `/metrics`.
+    /// Never fails: an agent that does not answer (or predates sampling) adds nothing.
+    async fn activity_summaries(&self) -> Vec<wayback_api::activity::ActivitySummary> {
+        Vec::new()
+    }
+
+    /// Reads now, with one read-only session, what `kind` asks about a running cluster.
+    /// Refused (not woken) for a stopped or parked cluster.
+    async fn inspect(
+        &self,
+        id: &InstanceId,
+        _kind: super::InspectKind,
+    ) -> Result<super::Inspection, RuntimeError> {
+        Err(unsupported(id, "inspect a cluster"))
+    }
+
     /// Stops the cluster (fast shutdown); a stopped or absent cluster is fine.
     async fn stop(&self, id: &InstanceId) -> Result<(), RuntimeError>;
 

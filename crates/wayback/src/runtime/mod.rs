@@ -45,6 +45,27 @@ pub use wayback_api::agent::{
 };
 pub use wayback_api::drills::{DrillFailure, DrillReport, DrillResult};
 
+/// What [`ClusterRuntime::inspect`] reads (issue 19).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InspectKind {
+    /// The current blocking tree.
+    Locks,
+    /// `pg_stat_statements`' top statements by total time.
+    Outliers,
+    /// Everything the diagnose checks judge (includes the blocking tree).
+    Diagnose,
+}
+
+/// The answer of [`ClusterRuntime::inspect`], one variant per [`InspectKind`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Inspection {
+    Locks(wayback_api::activity::Locks),
+    Outliers(wayback_api::activity::Outliers),
+    Diagnose(Box<wayback_api::activity::DiagnoseFacts>),
+}
+
 /// What a cluster should look like.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
