@@ -43,6 +43,9 @@ pub const SCOPE: &str = "openid cloud_controller_service_permissions.read";
 pub const AUDIENCE: &str = "cloud_controller_service_permissions";
 /// How long a started sign-in may take to come back.
 pub const LOGIN_TTL: Duration = Duration::from_secs(10 * 60);
+/// Sign-ins waiting at once, all brokers together: anyone may start one (the page is public), so
+/// the rows an anonymous flood can make are bounded; beyond it new sign-ins wait (503).
+pub const MAX_PENDING: i64 = 10_000;
 /// The cookie that binds a started sign-in to the browser that started it.
 pub const STATE_COOKIE: &str = "wayback_dashboard_login";
 /// The path of the callback (the registered redirect URI's).
@@ -93,6 +96,17 @@ impl Sso {
         let verifier = SecretString::from(random_token());
         let challenge = B64.encode(Sha256::digest(verifier.expose_secret().as_bytes()));
         let now = crate::store::now_millis();
+        let pending = self
+            .store
+            .dashboard_login_count()
+            .await
+            .map_err(|e| LoginError::Unavailable(format!("count dashboard sign-ins: {e}")))?;
+        if pending >= MAX_PENDING {
+            return Err(LoginError::Unavailable(format!(
+                "{pending} dashboard sign-ins are waiting for their callback (at most \
+                 {MAX_PENDING} in 10 minutes): refusing new ones until they expire"
+            )));
+        }
         self.store
             .insert_dashboard_login(
                 &state_hash(&state),
