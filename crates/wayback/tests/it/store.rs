@@ -450,6 +450,67 @@ async fn suite(store: Store) {
     kept_copies(&store).await;
     ha_members(&store).await;
     idle_stops(&store).await;
+    dashboard_logins(&store).await;
+}
+
+/// Issue 19: a dashboard sign-in is taken once (of two racing callbacks exactly one gets it),
+/// an expired one is refused and gone, old ones are pruned, and the verifier is sealed and bound
+/// to its row (another keyring cannot open it).
+async fn dashboard_logins(store: &Store) {
+    use secrecy::{ExposeSecret, SecretString};
+    let id = InstanceId::parse("i-dash").unwrap();
+    let verifier = SecretString::from("v".repeat(43));
+    let now = now_millis();
+    store
+        .insert_dashboard_login("h1", &id, &verifier, now, now - 600_000)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .insert_dashboard_login("h1", &id, &verifier, now, now - 600_000)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let (a, b) = tokio::join!(
+        store.take_dashboard_login("h1", now - 600_000),
+        store.take_dashboard_login("h1", now - 600_000)
+    );
+    let taken: Vec<_> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
+    assert_eq!(taken.len(), 1, "exactly one callback takes a sign-in");
+    assert_eq!(taken[0].instance_id, id);
+    assert_eq!(taken[0].verifier.expose_secret(), verifier.expose_secret());
+    assert!(store.take_dashboard_login("h1", 0).await.unwrap().is_none());
+
+    // Expired at its callback: refused, and gone.
+    store
+        .insert_dashboard_login("h2", &id, &verifier, now - 700_000, now - 800_000)
+        .await
+        .unwrap();
+    assert!(store
+        .take_dashboard_login("h2", now - 600_000)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store.take_dashboard_login("h2", 0).await.unwrap().is_none());
+
+    // Pruned when the next sign-in starts.
+    store
+        .insert_dashboard_login("h3", &id, &verifier, now - 700_000, 0)
+        .await
+        .unwrap();
+    store
+        .insert_dashboard_login("h4", &id, &verifier, now, now - 600_000)
+        .await
+        .unwrap();
+    assert_eq!(store.dashboard_login_count().await.unwrap(), 1);
+
+    // Another keyring (another deployment's keys) cannot open the verifier.
+    let stranger = keyed(store.clone());
+    assert!(matches!(
+        stranger.take_dashboard_login("h4", 0).await,
+        Err(StoreError::Secret(_))
+    ));
+    assert_eq!(store.prune_dashboard_logins(i64::MAX).await.unwrap(), 0);
 }
 
 /// Issue 17: `stopped_at` (migration 0014), a failed wake's reason (0015), and at most one idle
