@@ -25,6 +25,8 @@ pub mod context;
 pub mod crash_point;
 /// The operator's key family: sealed secrets and wrapped data keys.
 pub mod crypto;
+/// The instance dashboard behind `dashboard_url`: Cloud Foundry single sign-on, the page, its JSON.
+pub mod dashboard;
 /// Newtypes and states shared by every layer; imports nothing else from the crate.
 pub mod domain;
 /// Durable asynchronous operations: claim → run step → record; resumes after a restart.

@@ -179,12 +179,15 @@ impl Application {
             metrics_auth: metrics_auth(&settings, &password)?,
             max_body_bytes: settings.http.max_body_bytes,
         });
+        let dashboard = web::Data::new(crate::dashboard::DashboardState {});
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .app_data(api.clone())
+                .app_data(dashboard.clone())
                 .wrap(actix_web::middleware::from_fn(osb::request_context))
                 .configure(crate::api::configure)
+                .configure(crate::dashboard::configure)
                 .configure(osb::configure)
         })
         .listen(listener)?

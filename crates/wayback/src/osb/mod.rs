@@ -53,11 +53,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(not_allowed("GET")),
     )
     .service(
-        web::resource("/dashboard/instances/{instance_id}")
-            .route(web::get().to(misc::dashboard))
-            .default_service(not_allowed("GET")),
-    )
-    .service(
         web::scope("/v2")
             .wrap(actix_web::middleware::from_fn(middleware::osb_guard))
             .service(

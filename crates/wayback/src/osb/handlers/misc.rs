@@ -1,10 +1,7 @@
-//! Catalog, health, metrics, the instance dashboard page, the JSON 404 and the JSON 405.
+//! Catalog, health, metrics, the JSON 404 and the JSON 405.
 //!
 //! `GET /metrics` asks for basic auth when `metrics.auth` says so (the same constant-time
-//! [`crate::osb::BasicAuth`] as `/v2`). The dashboard page reads nothing: `dashboard_url` stays in
-//! the OSB answers because `cf-wayback` finds the broker through it, but the page behind it says
-//! the same for every id, so an instance GUID tells its holder nothing (not even whether it
-//! exists) until the dashboard issue gives the page an authenticated view.
+//! [`crate::osb::BasicAuth`] as `/v2`). The page behind `dashboard_url` is the dashboard module's (`src/dashboard/`).
 
 use actix_web::http::header::{HeaderValue, ALLOW};
 use actix_web::http::StatusCode;
@@ -12,7 +9,6 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde_json::json;
 
 use super::State;
-use crate::domain::InstanceId;
 use crate::osb::OsbError;
 
 pub async fn catalog(state: State) -> HttpResponse {
@@ -119,27 +115,6 @@ pub async fn metrics(state: State, req: HttpRequest) -> Result<HttpResponse, Osb
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(text))
-}
-
-/// The page behind `dashboard_url`: the same text for every well-formed id, read from nothing,
-/// so that holding an instance GUID tells nothing about the instance.
-pub async fn dashboard(path: web::Path<String>) -> Result<HttpResponse, OsbError> {
-    if InstanceId::parse(path.into_inner()).is_err() {
-        return Err(OsbError::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "No such instance.",
-        ));
-    }
-    let body = "<!doctype html><meta charset=utf-8><title>Wayback PostgreSQL</title>\
-         <h1>Wayback PostgreSQL</h1>\
-         <p>See your instance with <code>cf service NAME</code> and what it can be restored to \
-         with <code>cf backups</code> (the cf-wayback plugin).</p>\
-         <p>Bind it to an app with <code>cf bind-service</code>. Deleted by mistake? \
-         <code>cf create-service … -c '{\"clone-from\":\"NAME\"}'</code> brings it back.</p>";
-    Ok(HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(body))
 }
 
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, OsbError> {

@@ -83,6 +83,13 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "dashboard",
+        &[
+            "api", "archive", "catalog", "cc", "config", "crypto", "domain", "runtime", "storage",
+            "store",
+        ],
+    ),
+    (
         "agent",
         &[
             "archive",
@@ -125,6 +132,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
             "cc",
             "config",
             "context",
+            "dashboard",
             "jobs",
             "maintenance",
             "metrics",
