@@ -7,8 +7,9 @@
 //! dashboard's CSP (`script-src 'self'; style-src 'self'`) holds without exceptions; the script
 //! finds the instance id in the `data-instance` attribute of `<body>`.
 //!
-//! Imports `domain` only.
+//! Imports `domain` only (and the dashboard's `escape`).
 
+use super::escape;
 use crate::domain::InstanceId;
 
 /// Bumped with the assets' content, so that a cached old script never meets a new document.
@@ -139,22 +140,6 @@ pub fn asset(name: &str) -> Option<(&'static str, &'static [u8])> {
     }
 }
 
-/// The HTML text of `s` (an instance id is a UUID, but the shell escapes it all the same).
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,13 +189,5 @@ mod tests {
             let name = part.split(['"', '?']).next().unwrap();
             assert!(asset(name).is_some(), "{name}");
         }
-    }
-
-    #[test]
-    fn text_is_escaped() {
-        assert_eq!(
-            escape(r#"<a href="x">&'"#),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
-        );
     }
 }

@@ -76,7 +76,8 @@
     if (s < 1) return s.toFixed(1) + " s";
     if (s < 120) return Math.round(s) + " s";
     if (s < 7200) return Math.round(s / 60) + " min";
-    return (s / 3600).toFixed(1) + " h";
+    if (s < 172800) return (s / 3600).toFixed(1) + " h";
+    return Math.floor(s / 86400) + " days " + Math.round((s % 86400) / 3600) + " h";
   }
   function bytes(n) {
     if (n === null || n === undefined) return "–";
@@ -340,6 +341,8 @@
       el("b", { text: i.restore_window.to_now ? "now" : local(w.to, true) }), " (" + duration(span) + ", " + (i.base_backups || []).length + " base backups)."];
   }
 
+  var MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+  function day(d) { return MONTHS[d.getMonth()] + " " + d.getDate(); }
   function timeTicks(t0, t1, n) {
     var steps = [60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400, 7 * 86400, 14 * 86400, 30 * 86400];
     var span = t1 - t0, step = steps[steps.length - 1];
@@ -347,7 +350,7 @@
     var off = new Date().getTimezoneOffset() * 60, out = [];
     for (var t = Math.ceil((t0 - off) / step) * step + off; t <= t1; t += step) {
       var d = new Date(t * 1000);
-      var label = step >= 86400 ? (d.getMonth() + 1) + "/" + d.getDate() : (d.getHours() === 0 && d.getMinutes() === 0 ? (d.getMonth() + 1) + "/" + d.getDate() : local(t));
+      var label = step >= 86400 || (d.getHours() === 0 && d.getMinutes() === 0) ? day(d) : local(t);
       out.push({ t: t, label: label });
     }
     return out;
@@ -589,7 +592,7 @@
 
   function hover(box, f, s, start, end, text) {
     var tip = el("div", { "class": "tip", hidden: true });
-    var cursor = sv("line", { "class": "ch-cursor", y1: f.T, y2: f.H - f.B, x1: -10, x2: -10 });
+    var cursor = sv("line", { "class": "ch-cursor", y1: f.T, y2: f.H - f.B, x1: 0, x2: 0, visibility: "hidden" });
     f.svg.appendChild(cursor);
     var show = function (ev) {
       if (!s.t.length) return;
@@ -599,7 +602,7 @@
       var k = nearest(s.t, t);
       if (k < 0 || Math.abs(s.t[k] - t) > 30) { tip.hidden = true; return; }
       var cx = f.x(s.t[k]);
-      cursor.setAttribute("x1", cx); cursor.setAttribute("x2", cx);
+      cursor.setAttribute("x1", cx); cursor.setAttribute("x2", cx); cursor.setAttribute("visibility", "visible");
       tip.textContent = text(k);
       tip.hidden = false;
       var left = cx * rect.width / f.W;
@@ -608,7 +611,7 @@
     };
     f.svg.addEventListener("pointermove", show);
     f.svg.addEventListener("pointerdown", show);
-    f.svg.addEventListener("pointerleave", function () { tip.hidden = true; cursor.setAttribute("x1", -10); cursor.setAttribute("x2", -10); });
+    f.svg.addEventListener("pointerleave", function () { tip.hidden = true; cursor.setAttribute("visibility", "hidden"); });
     clear(box);
     box.appendChild(f.svg);
     box.appendChild(tip);
