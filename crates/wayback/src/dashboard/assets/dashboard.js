@@ -77,7 +77,7 @@
     if (s < 120) return Math.round(s) + " s";
     if (s < 7200) return Math.round(s / 60) + " min";
     if (s < 172800) return (s / 3600).toFixed(1) + " h";
-    return Math.floor(s / 86400) + " days " + Math.round((s % 86400) / 3600) + " h";
+    return Math.floor(s / 86400) + " days " + Math.floor((s % 86400) / 3600) + " h";
   }
   function bytes(n) {
     if (n === null || n === undefined) return "–";
@@ -181,12 +181,14 @@
     $("name").textContent = name;
     renderFacts(d);
     var lines = [];
-    if (d.status.detail) lines.push(d.status.label + ": " + d.status.detail);
+    if (d.status.detail) lines.push(d.status.label + ". " + d.status.detail);
     if (i.wake_error) lines.push("The last start failed (" + local(secs(i.wake_error.at), true) + "): " + i.wake_error.reason);
     if (i.kept_copy) lines.push("A copy of its data is kept until " + local(secs(i.kept_copy.expires_at), true) + ": a restore from it is fast.");
     notice(d.status.state === "deleted" || d.status.state === "failed" || i.wake_error ? "bad" : d.status.state === "stopped" ? "warn" : "", lines);
-    if (stopped()) refreshText("paused", "Stopped when idle · the page does not wake it · updated " + local(nowSecs()));
-    else refreshText("live", "Live · updated " + local(nowSecs()) + ":" + pad(new Date().getSeconds()));
+    var clock = local(nowSecs()) + ":" + pad(new Date().getSeconds());
+    if (stopped()) refreshText("paused", "Stopped when idle · not woken by this page · updated " + clock);
+    else if (!live()) refreshText("live", d.status.label + " · updated " + clock);
+    else refreshText("live", "Live · updated " + clock);
     renderTimeline();
     renderArchive(d);
     renderReplicas(d);
@@ -546,7 +548,7 @@
 
   function stacked(box, s, start, end, totals) {
     var pts = buckets(s, start, end, box.clientWidth || 300, function (k) { return totals[k]; }, false);
-    var maxY = niceMax(Math.max.apply(null, [1].concat(totals)));
+    var maxY = niceMax(Math.max.apply(null, [2].concat(totals)));
     var f = frame(box, start, end, maxY, function (v) { return String(Math.round(v)); }, pts.length);
     if (!pts.length) emptyNote(f, st.doc.activity && st.doc.activity.sampling ? "Waiting for the first samples…" : "No samples");
     runs(pts, 5 * Math.max(1, (end - start) / 300)).forEach(function (run) {
@@ -572,7 +574,7 @@
 
   function line(box, s, key, start, end, cls, fmt, integer) {
     var pts = buckets(s, start, end, box.clientWidth || 300, function (k) { return s[key][k] || 0; }, true);
-    var maxY = niceMax(Math.max.apply(null, [integer ? 1 : 1].concat(s[key])));
+    var maxY = niceMax(Math.max.apply(null, [integer ? 2 : 1].concat(s[key])));
     var f = frame(box, start, end, maxY, integer ? function (v) { return String(Math.round(v)); } : duration, pts.length);
     if (!pts.length) emptyNote(f, "No samples");
     runs(pts, 5 * Math.max(1, (end - start) / 300)).forEach(function (run) {
@@ -654,9 +656,8 @@
     if (c.note) box.appendChild(el("li", null, [el("span", { "class": "badge", text: "N/A" }), el("span", { "class": "sub", text: c.note })]));
     (c.checks || []).forEach(function (k) {
       var v = typeof k.verdict === "string" ? k.verdict : "SKIPPED";
-      var words = { GREEN: "OK", YELLOW: "WARN", RED: "BAD", SKIPPED: "SKIPPED" };
       box.appendChild(el("li", { "data-verdict": v }, [
-        el("span", { "class": "badge " + v, text: words[v] || v, title: v }),
+        el("span", { "class": "badge " + v, text: v }),
         el("span", { "class": "check-title", text: k.title || k.name }),
         el("span", { "class": "check-sum", text: k.summary }),
         k.advice && v !== "GREEN" ? el("span", { "class": "check-advice", text: k.advice }) : null
