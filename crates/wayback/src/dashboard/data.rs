@@ -72,12 +72,12 @@ pub async fn document(api: &ApiState, id: &InstanceId, q: &DataQuery) -> Result<
         .map_err(internal("read a space's names"))?;
 
     let cluster = if asks_cluster(&record, &view) {
-        Some(ask_cluster(api, id, q).await)
+        Some(ask_cluster(api, &cluster_key(id, &view), q).await)
     } else {
         None
     };
     let diagnose = match q.since {
-        None => Some(diagnosis(api, &record).await),
+        None => Some(diagnosis(api, &record, &view).await),
         Some(_) => None,
     };
     Ok(assemble(Parts {
@@ -95,6 +95,19 @@ pub async fn document(api: &ApiState, id: &InstanceId, q: &DataQuery) -> Result<
 /// woken by a page view) and not being created or deleted.
 fn asks_cluster(record: &InstanceRecord, view: &v1::Instance) -> bool {
     view.state == v1::State::Live && record.stopped_at.is_none()
+}
+
+/// The cluster that serves the instance: its own, or an HA instance's leading member (as the
+/// view, read just now, says).
+pub fn cluster_key(id: &InstanceId, view: &v1::Instance) -> InstanceId {
+    view.ha
+        .as_ref()
+        .and_then(|ha| {
+            ha.members
+                .iter()
+                .find(|m| m.role.as_deref() == Some("leader"))
+        })
+        .map_or_else(|| id.clone(), |leader| id.member_key(&leader.name))
 }
 
 /// What the cluster said, each part with why it is missing.
@@ -169,7 +182,7 @@ pub struct Diagnose {
 
 /// DIAGNOSE CALL SITE (issue 19 point 2): the branch `diagnose` builds `api/diagnose.rs`; when
 /// it is merged, this asks it for the instance's checks (it never wakes a stopped instance).
-async fn diagnosis(_api: &ApiState, _record: &InstanceRecord) -> Diagnose {
+async fn diagnosis(_api: &ApiState, _record: &InstanceRecord, _view: &v1::Instance) -> Diagnose {
     Diagnose {
         checks: Vec::new(),
         note: Some("The health checks are not available on this broker yet.".into()),

@@ -332,3 +332,14 @@ fn a_cluster_that_does_not_answer_leaves_notes_and_the_rest_shows() {
     assert_eq!(doc["events"][0]["kind"], "provision");
     assert_eq!(doc["instance"]["base_backups"][0]["backup_id"], "b1");
 }
+
+#[test]
+fn an_ha_instance_is_asked_through_its_leading_member() {
+    let id = InstanceId::parse(ID).unwrap();
+    assert_eq!(cluster_key(&id, &view(json!({}))), id);
+    let ha = view(json!({"ha": {"members": [
+        {"name": "m0", "port": 5000, "role": "replica"},
+        {"name": "m1", "port": 5001, "role": "leader"}
+    ]}}));
+    assert_eq!(cluster_key(&id, &ha), id.member_key("m1"));
+}
