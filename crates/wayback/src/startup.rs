@@ -62,7 +62,6 @@ impl Application {
     async fn assemble(settings: Settings, runtime: Option<Runtime>) -> anyhow::Result<Application> {
         settings.validate()?;
         let data_dir = resolve::data_dir(&settings)?;
-        let catalog = Arc::new(Catalog::load(settings.catalog.as_deref())?);
         let password = resolve::broker_password(&settings, &data_dir)?;
         let (store, _) = open::state_store(&settings, &data_dir).await?;
         let metrics = Metrics::default();
@@ -74,6 +73,12 @@ impl Application {
             .external_url
             .clone()
             .unwrap_or_else(|| format!("http://{}:{port}", settings.listen.ip()));
+        // The catalog advertises the dashboard's UAA client (redirect URI under external_url).
+        let catalog = Arc::new(
+            Catalog::load(settings.catalog.as_deref())?.with_dashboard_client(
+                crate::dashboard::catalog_client(&settings.dashboard, &external_url),
+            ),
+        );
         let mut settings = settings;
         settings.archive = resolve::archive(&settings, &data_dir);
         // Object storage that is down does not stop the broker (README "When object storage
@@ -143,6 +148,15 @@ impl Application {
             .context("set up the Cloud Controller client")?
             .map(Arc::new);
         let api_parts = (catalog.clone(), ctx.archive.clone(), cc.clone());
+        let dashboard = web::Data::new(
+            crate::dashboard::DashboardState::new(
+                &settings.dashboard,
+                &external_url,
+                cc.clone(),
+                &store,
+            )
+            .map_err(|e| anyhow::anyhow!("set up the dashboard's sign-in: {e}"))?,
+        );
         let names = NameResolver::new(
             ctx.clone(),
             cc,
@@ -179,7 +193,6 @@ impl Application {
             metrics_auth: metrics_auth(&settings, &password)?,
             max_body_bytes: settings.http.max_body_bytes,
         });
-        let dashboard = web::Data::new(crate::dashboard::DashboardState {});
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())

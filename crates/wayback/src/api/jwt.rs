@@ -38,6 +38,11 @@ pub struct TokenClaims {
     pub jti: Option<String>,
     #[serde(default)]
     pub user_name: Option<String>,
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// The client the token was issued to (UAA's `cid`).
+    #[serde(default)]
+    pub cid: Option<String>,
 }
 
 #[derive(Default)]
@@ -51,13 +56,24 @@ struct KeyCache {
 pub struct TokenVerifier {
     cc: Arc<CloudController>,
     cache: Mutex<KeyCache>,
+    /// The resource a token must name in `aud`.
+    audience: &'static str,
 }
 
 impl TokenVerifier {
+    /// A verifier of tokens for the Cloud Controller (`cloud_controller` in `aud`).
     pub fn new(cc: Arc<CloudController>) -> Self {
+        Self::for_audience(cc, AUDIENCE)
+    }
+
+    /// A verifier of tokens that must name `audience` in `aud` (the UAA puts there the
+    /// resources of the token's scopes: `cloud_controller_service_permissions` for the
+    /// dashboard's `cloud_controller_service_permissions.read`).
+    pub fn for_audience(cc: Arc<CloudController>, audience: &'static str) -> Self {
         Self {
             cc,
             cache: Mutex::new(KeyCache::default()),
+            audience,
         }
     }
 
@@ -68,11 +84,11 @@ impl TokenVerifier {
         let mut validation = Validation::new(Algorithm::RS256);
         validation.leeway = LEEWAY_SECS;
         validation.set_issuer(&[&issuer]);
-        validation.set_audience(&[AUDIENCE]);
+        validation.set_audience(&[self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         jsonwebtoken::decode::<TokenClaims>(token, &key, &validation)
             .map(|data| data.claims)
-            .map_err(|e| ApiError::unauthorized(describe(e.kind(), &issuer)))
+            .map_err(|e| ApiError::unauthorized(describe(e.kind(), &issuer, self.audience)))
     }
 
     /// The key `kid` and the issuer tokens must name; fetches the keys on first use and again
@@ -162,7 +178,7 @@ fn raw_alg(token: &str) -> Option<String> {
     value["alg"].as_str().map(String::from)
 }
 
-fn describe(kind: &ErrorKind, issuer: &str) -> String {
+fn describe(kind: &ErrorKind, issuer: &str, audience: &str) -> String {
     match kind {
         ErrorKind::ExpiredSignature => {
             "The token has expired: log in again (cf login) and retry.".into()
@@ -172,7 +188,7 @@ fn describe(kind: &ErrorKind, issuer: &str) -> String {
              log in to the Cloud Foundry API this broker serves."
         ),
         ErrorKind::InvalidAudience => format!(
-            "The token is not meant for the Cloud Controller (its audience lacks {AUDIENCE}): \
+            "The token is not meant for the Cloud Controller (its audience lacks {audience}): \
              use the access token the cf CLI holds (cf oauth-token)."
         ),
         ErrorKind::InvalidSignature | ErrorKind::InvalidRsaKey(_) => {

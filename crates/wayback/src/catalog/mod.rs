@@ -69,9 +69,22 @@ pub enum CatalogError {
 /// A validated catalog.
 #[derive(Debug, Clone)]
 pub struct Catalog {
-    /// The document as served at `GET /v2/catalog`.
+    /// The document as loaded; served at `GET /v2/catalog` with the dashboard client
+    /// ([`Catalog::served_document`]).
     document: Value,
     services: Vec<Service>,
+    /// Advertised as every service's `dashboard_client` when the dashboard's sign-in is set up.
+    dashboard_client: Option<DashboardClient>,
+}
+
+/// The UAA client of the dashboard's single sign-on, as OSB v2.17 `dashboard_client`: the Cloud
+/// Controller creates a UAA client with this id, secret and redirect URI when the broker is
+/// registered. `Debug` does not show the secret.
+#[derive(Debug, Clone)]
+pub struct DashboardClient {
+    pub id: String,
+    pub secret: secrecy::SecretString,
+    pub redirect_uri: String,
 }
 
 #[derive(Debug, Clone)]
@@ -354,12 +367,46 @@ impl Catalog {
                 plans,
             });
         }
-        Ok(Catalog { document, services })
+        Ok(Catalog {
+            document,
+            services,
+            dashboard_client: None,
+        })
     }
 
-    /// The catalog document, as served.
+    /// This catalog advertising `client` (None: no dashboard client).
+    pub fn with_dashboard_client(mut self, client: Option<DashboardClient>) -> Catalog {
+        self.dashboard_client = client;
+        self
+    }
+
+    /// The catalog document as loaded (without a dashboard client).
     pub fn document(&self) -> &Value {
         &self.document
+    }
+
+    /// The document `GET /v2/catalog` serves: every service's `dashboard_client` is the one
+    /// the settings give, or absent without one (a client written into the catalog file is
+    /// not served: the broker can only finish sign-ins of a client whose secret it knows).
+    pub fn served_document(&self) -> Value {
+        use secrecy::ExposeSecret;
+        let mut document = self.document.clone();
+        if let Some(services) = document.get_mut("services").and_then(Value::as_array_mut) {
+            for service in services.iter_mut().filter_map(Value::as_object_mut) {
+                service.remove("dashboard_client");
+                if let Some(client) = &self.dashboard_client {
+                    service.insert(
+                        "dashboard_client".into(),
+                        serde_json::json!({
+                            "id": client.id,
+                            "secret": client.secret.expose_secret(),
+                            "redirect_uri": client.redirect_uri,
+                        }),
+                    );
+                }
+            }
+        }
+        document
     }
 
     pub fn services(&self) -> &[Service] {
@@ -421,6 +468,31 @@ fn plan_settings(metadata: Option<&Value>) -> Result<BTreeMap<String, String>, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dashboard_client_is_served_only_when_given_and_never_in_debug() {
+        let plain = Catalog::load(None).unwrap();
+        let served = plain.served_document();
+        assert!(served["services"][0].get("dashboard_client").is_none());
+        let with = plain.with_dashboard_client(Some(DashboardClient {
+            id: "wayback-dashboard".into(),
+            secret: "s3cret-value".to_string().into(),
+            redirect_uri: "https://broker.example.org/dashboard/callback".into(),
+        }));
+        let served = with.served_document();
+        assert_eq!(
+            served["services"][0]["dashboard_client"],
+            serde_json::json!({
+                "id": "wayback-dashboard",
+                "secret": "s3cret-value",
+                "redirect_uri": "https://broker.example.org/dashboard/callback",
+            })
+        );
+        assert!(with.document()["services"][0]
+            .get("dashboard_client")
+            .is_none());
+        assert!(!format!("{with:?}").contains("s3cret-value"));
+    }
 
     #[test]
     fn builtin_catalog_is_valid_and_has_two_plans_with_settings() {

@@ -13,6 +13,7 @@
 //! what to do with a name is the caller's business (`maintenance::names`).
 
 pub mod backoff;
+mod sso;
 mod uaa;
 mod user;
 
@@ -26,6 +27,7 @@ use tokio::sync::{Mutex, OnceCell};
 use crate::config::CcSettings;
 use crate::domain::InstanceId;
 use backoff::Backoff;
+pub use sso::{InstancePermissions, SsoClient};
 pub use user::UaaKey;
 
 /// One answer of the Cloud Controller to [`CloudController::call`], read whole.
@@ -149,6 +151,8 @@ pub struct CloudController {
     http: reqwest::Client,
     api_url: String,
     uaa_url: OnceCell<String>,
+    /// Where browsers sign in (the root's `login` link); see `sso`.
+    login_url: OnceCell<String>,
     client_id: String,
     client_secret: SecretString,
     token: Mutex<Option<uaa::Token>>,
@@ -197,6 +201,7 @@ impl CloudController {
             http,
             api_url: api_url.trim_end_matches('/').to_string(),
             uaa_url,
+            login_url: OnceCell::new(),
             client_id: settings.client_id.clone(),
             client_secret: secret,
             token: Mutex::new(None),

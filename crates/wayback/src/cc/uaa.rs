@@ -31,16 +31,16 @@ struct Root {
 }
 
 #[derive(Deserialize)]
-struct RootLinks {
+pub(super) struct RootLinks {
     #[serde(default)]
-    uaa: Option<Link>,
+    pub(super) uaa: Option<Link>,
     #[serde(default)]
-    login: Option<Link>,
+    pub(super) login: Option<Link>,
 }
 
 #[derive(Deserialize)]
-struct Link {
-    href: String,
+pub(super) struct Link {
+    pub(super) href: String,
 }
 
 /// How long before its expiry a token is renewed: a tenth of its life, at most a minute, so a
@@ -56,12 +56,10 @@ impl CloudController {
         const WHAT: &str = "find the UAA from the Cloud Controller root (GET /)";
         self.uaa_url
             .get_or_try_init(|| async {
-                let url = format!("{}/", self.api_url);
-                let root: Root = self.get_json(WHAT, &url, None).await?;
-                let href = root
-                    .links
+                let links = self.root_links().await?;
+                let href = links
                     .uaa
-                    .or(root.links.login)
+                    .or(links.login)
                     .map(|l| l.href)
                     .ok_or_else(|| CcError::Decode {
                         what: WHAT,
@@ -72,6 +70,14 @@ impl CloudController {
             })
             .await
             .map(String::as_str)
+    }
+
+    /// The links of the CC root document `GET /`.
+    pub(super) async fn root_links(&self) -> Result<RootLinks, CcError> {
+        const WHAT: &str = "read the Cloud Controller root (GET /)";
+        let url = format!("{}/", self.api_url);
+        let root: Root = self.get_json(WHAT, &url, None).await?;
+        Ok(root.links)
     }
 
     /// The UAA's base URL (configured, or found from the CC root), without a trailing `/`.

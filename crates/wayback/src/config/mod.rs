@@ -3,7 +3,7 @@
 //! Every setting has one environment variable, listed in [`ENV_VARS`] together with its TOML key,
 //! default and meaning; `wayback config-reference` prints that table, and the README's
 //! configuration reference is generated from it, so the docs cannot drift from the code.
-//! Secrets (`broker.password`, `database_url`, `cc.client_secret`, `encryption.keys`) are [`SecretString`]s: they
+//! Secrets (`broker.password`, `database_url`, `cc.client_secret`, `dashboard.client_secret`, `encryption.keys`) are [`SecretString`]s: they
 //! never reach `Debug` output or logs. [`resolve`] turns the settings into what every command
 //! needs from them (data directory, state database, archive, binary, broker password), once.
 //!
@@ -79,6 +79,8 @@ pub struct Settings {
     pub drills: DrillSettings,
     /// High availability: the coordinator (etcd) of HA plans' instances.
     pub ha: HaSettings,
+    /// The dashboard's single sign-on client.
+    pub dashboard: DashboardSettings,
 }
 
 impl Default for Settings {
@@ -110,6 +112,7 @@ impl Default for Settings {
             trash: TrashSettings::default(),
             drills: DrillSettings::default(),
             ha: HaSettings::default(),
+            dashboard: DashboardSettings::default(),
         }
     }
 }

@@ -426,3 +426,34 @@ mod ha_tests {
         }
     }
 }
+
+/// The dashboard's single sign-on (issue 19): the UAA client the catalog advertises as the
+/// service's `dashboard_client` (the Cloud Controller creates it at broker registration, with
+/// the redirect URI `<external_url>/dashboard/callback`). Off while `client_id` is empty: no
+/// `dashboard_client` is advertised and the dashboard says sign-in is not configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardSettings {
+    /// The UAA client id (unique on the platform, e.g. `wayback-dashboard`).
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    /// How long a dashboard session lasts after sign-in (minutes; then sign in again).
+    pub session_minutes: u64,
+}
+
+impl Default for DashboardSettings {
+    fn default() -> Self {
+        Self {
+            client_id: String::new(),
+            client_secret: None,
+            session_minutes: 30,
+        }
+    }
+}
+
+impl DashboardSettings {
+    /// True when single sign-on is configured.
+    pub fn enabled(&self) -> bool {
+        !self.client_id.is_empty()
+    }
+}

@@ -26,6 +26,34 @@ impl Settings {
         if self.postgres.os_user.is_empty() {
             return invalid("postgres.os_user", "must not be empty");
         }
+        if self.dashboard.enabled() {
+            if self.dashboard.client_secret.is_none() {
+                return invalid(
+                    "dashboard.client_secret",
+                    "is required when dashboard.client_id is set",
+                );
+            }
+            if self.cc.api_url.is_none() {
+                return invalid(
+                    "dashboard.client_id",
+                    "needs cc.api_url (the dashboard's sign-in asks the Cloud Controller and its UAA)",
+                );
+            }
+            if !self
+                .dashboard
+                .client_id
+                .bytes()
+                .all(|b| b.is_ascii_graphic())
+            {
+                return invalid(
+                    "dashboard.client_id",
+                    "must be printable ASCII without spaces",
+                );
+            }
+        }
+        if !(1..=720).contains(&self.dashboard.session_minutes) {
+            return invalid("dashboard.session_minutes", "must be between 1 and 720");
+        }
         if let Err(m) = self.ha.check() {
             return invalid("ha.dcs_endpoints", &m);
         }

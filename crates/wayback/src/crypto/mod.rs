@@ -26,10 +26,14 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
+use ring::{hkdf, hmac};
 use secrecy::{ExposeSecret, SecretBox, SecretString};
 
 /// The prefix of every sealed value, with the format's version.
 pub const SEALED_PREFIX: &str = "wbenc:v1:";
+
+/// The HKDF salt of every key derived from an operator key ([`Keyring::mac_key`]).
+const DERIVATION_SALT: &[u8] = b"wayback keyring derivation v1";
 
 /// A key-family failure. Messages name key ids, never key material.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +126,9 @@ impl fmt::Debug for DataKey {
 /// Configured keys by id, one current.
 pub struct Keyring {
     keys: BTreeMap<String, LessSafeKey>,
+    /// Per key, the HKDF-SHA256 pseudo-random key that [`Keyring::mac_key`] expands: a MAC
+    /// key is never the AEAD key itself, and each purpose gets its own.
+    derivation: BTreeMap<String, hkdf::Prk>,
     current: String,
     rng: SystemRandom,
 }
@@ -163,10 +170,13 @@ impl Keyring {
         current: Option<&str>,
     ) -> Result<Keyring, CryptoError> {
         let mut map = BTreeMap::new();
+        let mut derivation = BTreeMap::new();
+        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, DERIVATION_SALT);
         for (id, bytes) in keys {
             if !valid_key_id(&id) {
                 return Err(CryptoError::BadKeyId(id));
             }
+            derivation.insert(id.clone(), salt.extract(bytes.expose_secret()));
             let unbound = UnboundKey::new(&AES_256_GCM, bytes.expose_secret()).map_err(|_| {
                 CryptoError::BadKey {
                     id: id.clone(),
@@ -184,6 +194,7 @@ impl Keyring {
         };
         Ok(Keyring {
             keys: map,
+            derivation,
             current,
             rng: SystemRandom::new(),
         })
@@ -259,6 +270,27 @@ impl Keyring {
     /// True when `sealed` was sealed by a key other than the current one (rekey re-seals it).
     pub fn is_stale(&self, sealed: &str) -> bool {
         sealed_key_id(sealed) != Some(self.current.as_str())
+    }
+
+    /// An HMAC-SHA256 key for `purpose` (e.g. `"dashboard-session"`), derived with HKDF from
+    /// configured key `id`; `None` when no such key is configured. The same keys give the same
+    /// MAC key on every broker and after every restart; another purpose gives another key.
+    pub fn mac_key(&self, id: &str, purpose: &str) -> Option<hmac::Key> {
+        let info = [purpose.as_bytes()];
+        let okm = self
+            .derivation
+            .get(id)?
+            .expand(&info, hmac::HMAC_SHA256)
+            .ok()?;
+        Some(hmac::Key::from(okm))
+    }
+
+    /// [`Keyring::mac_key`] of the current key, with its id (to name in what it signs).
+    pub fn current_mac_key(&self, purpose: &str) -> (&str, hmac::Key) {
+        let key = self
+            .mac_key(&self.current, purpose)
+            .expect("the current key is configured");
+        (&self.current, key)
     }
 
     /// Wraps a data key under the current key, bound to `context` (e.g. the instance id).

@@ -141,3 +141,33 @@ fn a_generated_key_file_is_made_once_with_mode_0600_and_reused() {
     let empty = tempfile::tempdir().unwrap();
     assert!(keyfile::keyring(&none, None, empty.path(), keyfile::WhenNoKey::Existing).is_err());
 }
+
+#[test]
+fn mac_keys_are_stable_per_key_and_purpose_and_differ_otherwise() {
+    let (ring, encoded) = ring_of(&["k1", "k2"], Some("k2"));
+    let tag = |key: ring::hmac::Key| ring::hmac::sign(&key, b"payload").as_ref().to_vec();
+    // Another keyring built from the same key material (another broker, or after a restart).
+    let again = Keyring::new(
+        vec![
+            ("k1".into(), decode_key("k1", &encoded[0]).unwrap()),
+            ("k2".into(), decode_key("k2", &encoded[1]).unwrap()),
+        ],
+        Some("k2"),
+    )
+    .unwrap();
+    let (id, current) = ring.current_mac_key("session");
+    assert_eq!(id, "k2");
+    let first = tag(current);
+    assert_eq!(first, tag(again.mac_key("k2", "session").unwrap()));
+    assert_ne!(
+        first,
+        tag(ring.mac_key("k1", "session").unwrap()),
+        "another key"
+    );
+    assert_ne!(
+        first,
+        tag(ring.mac_key("k2", "other").unwrap()),
+        "another purpose"
+    );
+    assert!(ring.mac_key("k3", "session").is_none());
+}

@@ -11,6 +11,7 @@ mod archive_docs;
 mod audit;
 mod backups;
 mod bindings;
+mod dashboard_logins;
 mod drills;
 mod followers;
 mod ha;
@@ -36,6 +37,7 @@ use sqlx::{AnyPool, ConnectOptions};
 
 pub use audit::{AuditEvent, AuditKind};
 pub use backups::{BackupOverview, BackupRecord};
+pub use dashboard_logins::PendingLogin;
 pub use drills::{DrillCandidate, DrillRecord, DrillStats};
 pub use ha::HaMemberRecord;
 pub use instances::SpaceName;
@@ -189,6 +191,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed(include_str!("../../migrations/0015_wake_error.sql")),
             false,
         ),
+        Migration::new(
+            16,
+            Cow::Borrowed("dashboard logins"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0016_dashboard_logins.sql")),
+            false,
+        ),
     ];
     Migrator {
         migrations: Cow::Owned(migrations),
@@ -280,6 +289,12 @@ impl Store {
     pub fn with_keyring(mut self, keyring: Arc<crate::crypto::Keyring>) -> Store {
         self.keyring = Some(keyring);
         self
+    }
+
+    /// The keyring this store seals with, for what must be bound to the same keys (the
+    /// dashboard's session cookies).
+    pub fn keyring_handle(&self) -> Option<Arc<crate::crypto::Keyring>> {
+        self.keyring.clone()
     }
 
     pub async fn close(&self) {

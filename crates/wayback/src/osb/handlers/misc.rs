@@ -12,7 +12,7 @@ use super::State;
 use crate::osb::OsbError;
 
 pub async fn catalog(state: State) -> HttpResponse {
-    HttpResponse::Ok().json(state.broker.catalog().document())
+    HttpResponse::Ok().json(state.broker.catalog().served_document())
 }
 
 /// Liveness and readiness: 200 when the state database answers.

@@ -225,7 +225,6 @@ async fn unserved_methods_are_405_with_an_osb_body() {
         ("PUT binding last_operation", Method::PUT, format!("{b}/last_operation"), "GET"),
         ("POST health", Method::POST, "/health".into(), "GET"),
         ("DELETE metrics", Method::DELETE, "/metrics".into(), "GET"),
-        ("PUT dashboard", Method::PUT, format!("/dashboard/instances/{}", new_id()), "GET"),
     ];
     for (case, method, path, allow) in cases {
         let request = app.osb(method.clone(), &path).json(&json!({}));
