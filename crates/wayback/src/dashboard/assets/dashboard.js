@@ -263,9 +263,17 @@
       b = Math.min(b, W - R);
       var g = sv("g", { "class": "tl-name-g" }, [title(n.name + " from " + local(n.t, true))]);
       g.appendChild(sv("rect", { "class": "tl-name", x: a, y: 6, width: Math.max(2, b - a - 2), height: 22, rx: 5 }));
-      var clip = "clip-name-" + k;
-      g.appendChild(sv("clipPath", { id: clip }, sv("rect", { x: a, y: 6, width: Math.max(0, b - a - 8), height: 22 })));
-      g.appendChild(sv("text", { "class": "tl-name-text", x: a + 7, y: 21, "clip-path": "url(#" + clip + ")", text: n.name }));
+      var room = n.name.length * 7 + 14;
+      if (b - a >= room || k + 1 < names.length) {
+        var clip = "clip-name-" + k;
+        g.appendChild(sv("clipPath", { id: clip }, sv("rect", { x: a, y: 6, width: Math.max(0, b - a - 8), height: 22 })));
+        g.appendChild(sv("text", { "class": "tl-name-text", x: a + 7, y: 21, "clip-path": "url(#" + clip + ")", text: n.name }));
+      } else if (a - L >= room) {
+        // The newest name of a young instance: its span is narrow, so it is named to its left.
+        g.appendChild(sv("text", { "class": "tl-name-text", x: a - 5, y: 21, "text-anchor": "end", text: n.name }));
+      } else {
+        g.appendChild(sv("text", { "class": "tl-name-text", x: b + 5, y: 21, text: n.name }));
+      }
       svg.appendChild(g);
     });
 
