@@ -465,7 +465,10 @@ async fn the_last_hour_charts_the_blocking_tree_and_the_top_queries_in_a_real_br
     load_page(&mut browser, &app, &id, &cookie, "last-hour", |_, d| {
         assert_eq!(d["name"], "orders", "{d}");
         assert!(
-            d["activity"].as_str().unwrap().starts_with("Sampled every second"),
+            d["activity"]
+                .as_str()
+                .unwrap()
+                .starts_with("Sampled every second"),
             "{d}"
         );
         // One point per bucket of the plot's width, at least one per two pixels of it.
