@@ -476,8 +476,8 @@
       return el("th", { scope: "col", "class": numeric ? "num" : null, text: h });
     }))));
     t.appendChild(el("tbody", null, rows.map(function (r) {
-      return el("tr", null, r.map(function (c) {
-        if (c && c.num !== undefined) return el("td", { "class": "num", text: c.num });
+      return el("tr", null, r.map(function (c, k) {
+        if (c && c.num !== undefined) return el("td", { "class": "num", "data-label": heads[k], text: c.num });
         if (c && c.nodeType) return el("td", { "class": "q" }, c);
         return el("td", { text: c });
       }));
