@@ -535,13 +535,15 @@
     return out;
   }
 
-  function frame(box, start, end, maxY, fmt, points) {
+  function frame(box, start, end, maxY, fmt, points, integer) {
     var W = Math.max(240, box.clientWidth), H = 160, L = 40, R = 6, T = 8, B = 22;
     var svg = sv("svg", { viewBox: "0 0 " + W + " " + H, width: W, height: H, role: "img", "data-points": points });
     var x = function (t) { return L + (t - start) / (end - start) * (W - L - R); };
     var y = function (v) { return T + (1 - v / maxY) * (H - T - B); };
     [0, 0.5, 1].forEach(function (f) {
       svg.appendChild(sv("line", { "class": "ch-grid", x1: L, x2: W - R, y1: y(maxY * f), y2: y(maxY * f) }));
+      // A count's half-way line is labelled only when it is a whole number.
+      if (f === 0.5 && integer && maxY % 2) return;
       svg.appendChild(sv("text", { x: L - 6, y: y(maxY * f) + 4, "text-anchor": "end", text: fmt(maxY * f) }));
     });
     [60, 45, 30, 15, 0].forEach(function (m) {
@@ -557,7 +559,7 @@
   function stacked(box, s, start, end, totals) {
     var pts = buckets(s, start, end, box.clientWidth || 300, function (k) { return totals[k]; }, false);
     var maxY = niceMax(Math.max.apply(null, [2].concat(totals)));
-    var f = frame(box, start, end, maxY, function (v) { return String(Math.round(v)); }, pts.length);
+    var f = frame(box, start, end, maxY, function (v) { return String(Math.round(v)); }, pts.length, true);
     if (!pts.length) emptyNote(f, st.doc.activity && st.doc.activity.sampling ? "Waiting for the first samples…" : "No samples");
     runs(pts, 5 * Math.max(1, (end - start) / 300)).forEach(function (run) {
       var below = run.map(function () { return 0; });
@@ -583,7 +585,7 @@
   function line(box, s, key, start, end, cls, fmt, integer) {
     var pts = buckets(s, start, end, box.clientWidth || 300, function (k) { return s[key][k] || 0; }, true);
     var maxY = niceMax(Math.max.apply(null, [integer ? 2 : 1].concat(s[key])));
-    var f = frame(box, start, end, maxY, integer ? function (v) { return String(Math.round(v)); } : duration, pts.length);
+    var f = frame(box, start, end, maxY, integer ? function (v) { return String(Math.round(v)); } : duration, pts.length, integer);
     if (!pts.length) emptyNote(f, "No samples");
     runs(pts, 5 * Math.max(1, (end - start) / 300)).forEach(function (run) {
       var dPath = "";
