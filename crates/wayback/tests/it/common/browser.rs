@@ -9,7 +9,7 @@
 //!
 //! Debian's `chromium` (`scripts/setup --with-browser`); as root it runs with `--no-sandbox`.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -93,8 +93,8 @@ impl Browser {
         drop((commands_read, replies_write));
         Browser {
             child,
-            to_browser: pipe::Sender::from_owned_fd(OwnedFd::from(commands_write)).unwrap(),
-            from_browser: pipe::Receiver::from_owned_fd(OwnedFd::from(replies_read)).unwrap(),
+            to_browser: pipe::Sender::from_owned_fd(commands_write).unwrap(),
+            from_browser: pipe::Receiver::from_owned_fd(replies_read).unwrap(),
             buffer: Vec::new(),
             next_id: 0,
             events: Vec::new(),
