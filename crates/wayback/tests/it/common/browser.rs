@@ -136,7 +136,8 @@ impl Browser {
                 let msg: Vec<u8> = self.buffer.drain(..=end).collect();
                 return serde_json::from_slice(&msg[..end]).unwrap();
             }
-            let mut chunk = [0u8; 65536];
+            // On the heap: an array here would sit in every future that awaits a call.
+            let mut chunk = vec![0u8; 65536];
             let n = self.from_browser.read(&mut chunk).await.unwrap();
             assert!(n > 0, "the browser closed its protocol pipe");
             self.buffer.extend_from_slice(&chunk[..n]);
