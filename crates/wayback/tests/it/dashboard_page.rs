@@ -35,12 +35,10 @@ fn browser_available() -> Option<PathBuf> {
     require("chromium (scripts/setup --with-browser)", program.is_some()).then(|| program.unwrap())
 }
 
-/// Where screenshots go: the test run's root when `scripts/test` drives, else `target/`.
+/// Where screenshots go: `target/tmp/dashboard-screenshots/` (it outlives the run, unlike the
+/// run's root, which `scripts/test` removes), one PNG per page and viewport.
 fn artifacts() -> PathBuf {
-    let dir = std::env::var_os("WAYBACK_TEST_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")))
-        .join("dashboard-screenshots");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
