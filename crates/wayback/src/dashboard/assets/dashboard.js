@@ -86,6 +86,7 @@
     return (i === 0 ? n : n.toFixed(n < 10 ? 1 : 0)) + " " + u[i];
   }
   function ms(x) { return x < 1000 ? x.toFixed(x < 10 ? 2 : 0) + " ms" : (x / 1000).toFixed(1) + " s"; }
+  function plural(n, word) { return n + " " + word + (n === 1 ? "" : "s"); }
   function emptySeries() {
     return { t: [], active: [], idle: [], idle_in_transaction: [], idle_in_transaction_aborted: [],
       other: [], lock_waiters: [], longest_transaction_secs: [], longest_idle_in_transaction_secs: [] };
@@ -187,7 +188,7 @@
     notice(d.status.state === "deleted" || d.status.state === "failed" || i.wake_error ? "bad" : d.status.state === "stopped" ? "warn" : "", lines);
     var clock = local(nowSecs()) + ":" + pad(new Date().getSeconds());
     if (stopped()) refreshText("paused", "Stopped when idle · not woken by this page · updated " + clock);
-    else if (!live()) refreshText("live", d.status.label + " · updated " + clock);
+    else if (!live()) refreshText("", d.status.label + " · updated " + clock);
     else refreshText("live", "Live · updated " + clock);
     renderTimeline();
     renderArchive(d);
@@ -240,7 +241,8 @@
     items.forEach(function (x) { start = Math.min(start, x.t); end = Math.max(end, x.t); });
     if (w) start = Math.min(start, w.from);
     if (st.range && end - st.range > start) start = end - st.range;
-    var pad0 = Math.max(60, (end - start) * 0.03);
+    // A young instance's history may last seconds: the picture spans it, not a fixed minute.
+    var pad0 = Math.max(3, (end - start) * 0.04);
     var t0 = start - pad0, t1 = end + (live() ? pad0 * 0.4 : pad0);
 
     var W = Math.max(300, box.clientWidth), H = 150, L = 8, R = 8;
@@ -348,19 +350,19 @@
     if (!w) return ["Nothing can be restored yet: the first base backup is not complete."];
     var span = w.to - w.from;
     return ["Restorable to any second from ", el("b", { text: local(w.from, true) }), " to ",
-      el("b", { text: i.restore_window.to_now ? "now" : local(w.to, true) }), " (" + duration(span) + ", " + (i.base_backups || []).length + " base backups)."];
+      el("b", { text: i.restore_window.to_now ? "now" : local(w.to, true) }), " (" + duration(span) + ", " + plural((i.base_backups || []).length, "base backup") + ")."];
   }
 
   var MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
   function day(d) { return MONTHS[d.getMonth()] + " " + d.getDate(); }
   function timeTicks(t0, t1, n) {
-    var steps = [60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400, 7 * 86400, 14 * 86400, 30 * 86400];
+    var steps = [1, 2, 5, 10, 15, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400, 7 * 86400, 14 * 86400, 30 * 86400];
     var span = t1 - t0, step = steps[steps.length - 1];
     for (var k = 0; k < steps.length; k++) if (span / steps[k] <= n) { step = steps[k]; break; }
     var off = new Date().getTimezoneOffset() * 60, out = [];
     for (var t = Math.ceil((t0 - off) / step) * step + off; t <= t1; t += step) {
       var d = new Date(t * 1000);
-      var label = step >= 86400 || (d.getHours() === 0 && d.getMinutes() === 0) ? day(d) : local(t);
+      var label = step >= 86400 || (step >= 60 && d.getHours() === 0 && d.getMinutes() === 0) ? day(d) : step < 60 ? local(t) + ":" + pad(d.getSeconds()) : local(t);
       out.push({ t: t, label: label });
     }
     return out;
@@ -463,7 +465,9 @@
         return [f.name || f.id, f.state.replace(/_/g, " "), { num: bytes(f.lag_bytes) + (f.lag_seconds !== null && f.lag_seconds !== undefined ? " · " + duration(f.lag_seconds) : "") }];
       }), "Followers"));
     }
-    if (!box.firstChild) {
+    if (!box.firstChild && !live()) {
+      box.appendChild(el("p", { "class": "empty", text: "None: only a live instance has followers." }));
+    } else if (!box.firstChild) {
       box.appendChild(el("p", { "class": "empty" }, ["No followers or HA members. A read-only follower: ",
         el("code", { text: "cf create-service " + cfArg(i.service_name || "SERVICE") + " " + cfArg(i.plan_name || "PLAN") + " " + cfArg((i.name || "db") + "-ro") + " -c '{\"follow\":\"" + (i.name || i.instance_id) + "\"}'" })]));
     }
