@@ -15,7 +15,7 @@
 //! Imports `store`, `archive`, `storage`, `runtime`, `catalog`, `cc`, `domain`, `osb::BasicAuth` and
 //! `wayback_api::v1`; never `broker` or `jobs`.
 
-mod audit;
+pub(crate) mod audit;
 pub mod auth;
 pub mod error;
 mod followers;
@@ -173,7 +173,7 @@ async fn visible_instance(
 
 /// The view of `record` (None if it never had the name `name`): its names from the store,
 /// its window from the archive, a live cluster's archiver statistics.
-async fn gather(
+pub(crate) async fn gather(
     state: &ApiState,
     record: InstanceRecord,
     name: Option<&str>,

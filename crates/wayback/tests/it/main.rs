@@ -26,6 +26,7 @@ mod cluster_tls;
 mod concurrent_load;
 mod concurrent_pg;
 mod crash_steps;
+mod dashboard_page;
 mod dashboard_sso;
 mod docs;
 mod drain;

@@ -7,6 +7,7 @@
 
 pub mod archive_keys;
 pub mod archive_wait;
+pub mod browser;
 pub mod dashboard;
 pub mod etcd;
 pub mod fake_cf;

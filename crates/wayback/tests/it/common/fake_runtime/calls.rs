@@ -124,6 +124,43 @@ impl ClusterRuntime for FakeRuntime {
             .unwrap_or_default())
     }
 
+    async fn activity(
+        &self,
+        id: &InstanceId,
+        since: Option<chrono::DateTime<Utc>>,
+    ) -> Result<wayback_api::activity::Activity, RuntimeError> {
+        let Some((mut activity, _)) = lock(&self.activity).get(id.as_str()).cloned() else {
+            return Err(wayback::pg::PgError::Setup(format!(
+                "instance {id}: this runtime cannot sample a cluster's activity"
+            ))
+            .into());
+        };
+        if let Some(since) = since {
+            activity.samples.retain(|s| s.at > since);
+            activity.stats.retain(|s| s.at > since);
+        }
+        Ok(activity)
+    }
+
+    async fn inspect(
+        &self,
+        id: &InstanceId,
+        kind: wayback::runtime::InspectKind,
+    ) -> Result<wayback::runtime::Inspection, RuntimeError> {
+        let locks = lock(&self.activity)
+            .get(id.as_str())
+            .map(|(_, l)| l.clone());
+        match (kind, locks) {
+            (wayback::runtime::InspectKind::Locks, Some(locks)) => {
+                Ok(wayback::runtime::Inspection::Locks(locks))
+            }
+            _ => Err(wayback::pg::PgError::Setup(format!(
+                "instance {id}: this runtime cannot inspect a cluster"
+            ))
+            .into()),
+        }
+    }
+
     fn subscribe_wakes(
         &self,
     ) -> Option<tokio::sync::broadcast::Receiver<wayback::runtime::WakeEvent>> {

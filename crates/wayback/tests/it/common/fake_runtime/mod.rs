@@ -151,6 +151,17 @@ pub struct FakeRuntime {
     ha: Mutex<HashMap<String, wayback::runtime::HaStatus>>,
     /// Sessions by instance id, as a test set them (none otherwise).
     sessions: Mutex<HashMap<String, wayback::runtime::Sessions>>,
+    /// What the sampler and an inspection say of an instance, as a test set them
+    /// ([`FakeRuntime::set_activity`]); none otherwise (the runtime cannot sample).
+    activity: Mutex<
+        HashMap<
+            String,
+            (
+                wayback_api::activity::Activity,
+                wayback_api::activity::Locks,
+            ),
+        >,
+    >,
     /// Wakes of parked clusters, for the broker's subscription ([`FakeRuntime::wake`]).
     wakes: Mutex<Option<tokio::sync::broadcast::Sender<wayback::runtime::WakeEvent>>>,
 }
@@ -201,6 +212,17 @@ impl FakeRuntime {
 
     pub fn exists(&self, id: &str) -> bool {
         self.cluster(id).is_some()
+    }
+
+    /// The samples (the last hour) and blocking tree `id`'s cluster reports from now on. A
+    /// read with `since` gets the samples after it.
+    pub fn set_activity(
+        &self,
+        id: &str,
+        activity: wayback_api::activity::Activity,
+        locks: wayback_api::activity::Locks,
+    ) {
+        lock(&self.activity).insert(id.to_string(), (activity, locks));
     }
 
     /// The client and replication sessions `id`'s cluster reports from now on.
