@@ -17,6 +17,7 @@
 
 mod audit;
 pub mod auth;
+pub mod diagnose;
 pub mod error;
 mod followers;
 mod ha;
@@ -53,6 +54,8 @@ pub struct ApiState {
     pub archive: ObjectStore,
     pub runtime: Runtime,
     pub auth: Authenticator,
+    /// `cf db-diagnose`'s operator threshold (`diagnose.long_transaction_secs`).
+    pub diagnose: diagnose::Thresholds,
 }
 
 /// Registers `/wayback/v1`.
@@ -64,6 +67,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(
                 "/instances/{instance_id}/audit",
                 web::get().to(audit::get_audit),
+            )
+            .route(
+                "/instances/{instance_id}/diagnose",
+                web::get().to(diagnose::get_diagnose),
+            )
+            .route(
+                "/instances/{instance_id}/locks",
+                web::get().to(diagnose::get_locks),
+            )
+            .route(
+                "/instances/{instance_id}/outliers",
+                web::get().to(diagnose::get_outliers),
+            )
+            .route(
+                "/instances/{instance_id}/activity",
+                web::get().to(diagnose::get_activity),
             )
             // The operator's one call that changes something (issue 15): `api/ha.rs`.
             .route(

@@ -79,6 +79,8 @@ pub struct Settings {
     pub drills: DrillSettings,
     /// High availability: the coordinator (etcd) of HA plans' instances.
     pub ha: HaSettings,
+    /// `cf db-diagnose`'s one adjustable threshold.
+    pub diagnose: DiagnoseSettings,
 }
 
 impl Default for Settings {
@@ -110,6 +112,7 @@ impl Default for Settings {
             trash: TrashSettings::default(),
             drills: DrillSettings::default(),
             ha: HaSettings::default(),
+            diagnose: DiagnoseSettings::default(),
         }
     }
 }
