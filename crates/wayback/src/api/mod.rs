@@ -1,6 +1,7 @@
 //! Wayback's own read-only API, `/wayback/v1` (contract: `docs/wayback-api.md`): which
 //! instances of a space, live and deleted, can be restored and to when, and who did what to
-//! an instance ([`audit`]). The `cf-wayback` CLI reads it before it asks the Cloud Controller
+//! an instance ([`audit`]), and what its database is doing ([`diagnose`]: `cf db-diagnose`,
+//! `db-locks`, `db-outliers`, the dashboard's activity). The `cf-wayback` CLI reads it before it asks the Cloud Controller
 //! for a `clone-from` instance.
 //!
 //! Every handler authenticates first ([`auth`]: 401/503), then checks the space (403, or 404

@@ -33,9 +33,9 @@ use super::{PgError, SUPERUSER};
 
 /// Top statements shown by `cf db-outliers`.
 pub const OUTLIERS_KEPT: i64 = 10;
-/// Where a cluster-wide session goes: `postgres` (where the plans create
-/// `pg_stat_statements`), else the admin database every cluster has.
-const CLUSTER_DATABASES: [&str; 2] = ["postgres", super::sql::ADMIN_DATABASE];
+/// Where a cluster-wide session goes: the admin database every cluster has, where the
+/// sampler creates `pg_stat_statements` (a template copy has no `postgres` database).
+const CLUSTER_DATABASE: &str = super::sql::ADMIN_DATABASE;
 
 /// The current blocking tree.
 pub async fn locks(opts: &PgConnectOptions) -> Result<Locks, PgError> {
@@ -105,15 +105,7 @@ pub async fn diagnose_facts(opts: &PgConnectOptions) -> Result<DiagnoseFacts, Pg
 
 /// A read-only session in the cluster-wide database.
 async fn open_cluster(opts: &PgConnectOptions) -> Result<PgConnection, PgError> {
-    let [preferred, admin] = CLUSTER_DATABASES;
-    match open_read_only(opts, preferred).await {
-        // 3D000: no such database (a template copy has no `postgres`).
-        Err(PgError::Sql {
-            source: sqlx::Error::Database(e),
-            ..
-        }) if e.code().as_deref() == Some("3D000") => open_read_only(opts, admin).await,
-        other => other,
-    }
+    open_read_only(opts, CLUSTER_DATABASE).await
 }
 
 /// The client backends' filter: no walsender, no background worker, no broker session, not us.

@@ -34,9 +34,11 @@ pub(super) async fn open_read_only(
     database: &str,
 ) -> Result<PgConnection, PgError> {
     let mut conn = connect(opts, database).await?;
+    // Our own statements stay out of `pg_stat_statements` (a placeholder setting when the
+    // library is not loaded, which is harmless).
     let set = format!(
         "SET default_transaction_read_only = on; SET statement_timeout = {}; \
-         SET lock_timeout = {}",
+         SET lock_timeout = {}; SET pg_stat_statements.track = 'none'",
         STATEMENT_TIMEOUT.as_millis(),
         LOCK_TIMEOUT.as_millis()
     );

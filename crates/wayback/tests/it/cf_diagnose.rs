@@ -356,3 +356,119 @@ async fn a_stopped_instance_is_diagnosed_without_being_woken() {
     // Nothing of that woke it.
     assert!(stopped().await, "the diagnosis woke the instance");
 }
+
+#[tokio::test]
+async fn outliers_and_a_waiters_statement_are_normalised_text_without_parameters() {
+    if !pg_available() {
+        return;
+    }
+    let fake = FakeCf::start().await;
+    fake.allow_space(SPACE).await;
+    let cc = fake.cc_settings();
+    let app = spawn_app_with(|s| s.cc = cc).await;
+    let id = app.provision_ready("orders").await;
+    let cli = Cli::new(fake, &app.address).await;
+    let (status, o) = cli.api(&format!("/instances/{id}/outliers")).await;
+    assert_eq!(
+        (status, &o["available"]),
+        (StatusCode::OK, &json!(false)),
+        "{o}"
+    );
+    // Preload pg_stat_statements as the sampler's branch makes every cluster do (the plans'
+    // settings do not take the library): set, then a fast shutdown that the supervisor
+    // (every second here) answers with a start.
+    let mut admin = app.admin(&id).await;
+    exec(
+        &mut admin,
+        "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'",
+    )
+    .await;
+    drop(admin);
+    let cluster = app.cluster_dir(&id);
+    let old = postmaster_pid(&cluster).expect("a running postmaster");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    eventually("the supervisor restarts the cluster", 120, || async {
+        // The eighth line of postmaster.pid says `ready` once it accepts connections.
+        let ready = std::fs::read_to_string(cluster.join("pgdata/postmaster.pid"))
+            .is_ok_and(|t| t.lines().nth(7).is_some_and(|l| l.trim() == "ready"));
+        postmaster_pid(&cluster).is_some_and(|p| p != old) && ready
+    })
+    .await;
+    let mut admin = app.admin(&id).await;
+    exec(
+        &mut admin,
+        "CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
+    )
+    .await;
+
+    let creds = app.bind_sync(&id, &new_id()).await;
+    let uri = creds["uri"].as_str().unwrap();
+    let mut a = connect(uri).await.unwrap();
+    exec(
+        &mut a,
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance int); \
+         INSERT INTO accounts VALUES (1, 0)",
+    )
+    .await;
+    // Literal values that must never show: each statement finished once, so that it is in
+    // pg_stat_statements when it waits below.
+    exec(
+        &mut a,
+        "SELECT count(*) FROM accounts WHERE balance = 987654321",
+    )
+    .await;
+    exec(
+        &mut a,
+        "UPDATE accounts SET balance = 123456789 WHERE id = 1",
+    )
+    .await;
+    let mut b = connect(uri).await.unwrap();
+    let pid_b = pid(&mut b).await;
+    exec(
+        &mut a,
+        "BEGIN; UPDATE accounts SET balance = 1 WHERE id = 1",
+    )
+    .await;
+    let blocked = tokio::spawn(async move {
+        sqlx::query("UPDATE accounts SET balance = 555555555 WHERE id = 1")
+            .execute(&mut b)
+            .await
+            .map(|_| b)
+    });
+    eventually("the waiter shows with its statement", 60, || async {
+        let (_, l) = cli.api(&format!("/instances/{id}/locks")).await;
+        l["roots"][0]["blocking"][0]["pid"] == pid_b
+            && l["roots"][0]["blocking"][0]["query"].is_string()
+    })
+    .await;
+    let (_, locks) = cli.api(&format!("/instances/{id}/locks")).await;
+    let waiter = &locks["roots"][0]["blocking"][0];
+    assert_eq!(
+        waiter["query"], "UPDATE accounts SET balance = $1 WHERE id = $2",
+        "{locks}"
+    );
+    assert_eq!(waiter["waiting_for"]["query"], waiter["query"], "{locks}");
+    exec(&mut a, "COMMIT").await;
+    blocked.await.unwrap().expect("B finishes once A commits");
+
+    let (code, out, err) = cli.run(&["db-outliers", "orders"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("SELECT count(*) FROM accounts WHERE balance = $1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("UPDATE accounts SET balance = $1 WHERE id = $2"),
+        "{out}"
+    );
+    let (_, o) = cli.api(&format!("/instances/{id}/outliers")).await;
+    assert_eq!(o["available"], true, "{o}");
+    let text = o.to_string() + &out + &locks.to_string();
+    for literal in ["987654321", "123456789", "555555555"] {
+        assert!(!text.contains(literal), "{literal} leaked:\n{text}");
+    }
+}
