@@ -154,6 +154,15 @@ async fn execute(session: &Session, command: &CliCommand) -> Result<i32, CliErro
         CliCommand::Undo(args) => super::undo::run(session, args).await?,
         CliCommand::Audit(args) => super::audit::run(session, args).await?,
         CliCommand::Followers(args) => super::followers::run(session, args).await?,
+        CliCommand::DbDiagnose(args) => {
+            super::diagnose::run(session, args, super::diagnose::Inspect::Diagnose).await?
+        }
+        CliCommand::DbLocks(args) => {
+            super::diagnose::run(session, args, super::diagnose::Inspect::Locks).await?
+        }
+        CliCommand::DbOutliers(args) => {
+            super::diagnose::run(session, args, super::diagnose::Inspect::Outliers).await?
+        }
     }
     Ok(exit::OK)
 }

@@ -154,6 +154,54 @@ impl BrokerApi<'_> {
 }
 
 impl BrokerApi<'_> {
+    /// `GET /wayback/v1/instances/{id}/{document}` (`diagnose`, `locks`, `outliers`): the
+    /// document as it came (for `--json`) and typed.
+    pub async fn instance_document<T: serde::de::DeserializeOwned>(
+        &self,
+        instance_id: &str,
+        document: &str,
+        space_name: &str,
+    ) -> Result<(Value, T), CliError> {
+        let url = format!(
+            "{}/wayback/v1/instances/{instance_id}/{document}",
+            self.base
+        );
+        let resp = get_with_retry(self.http, &url, &[], self.token)
+            .await
+            .map_err(|e| {
+                CliError::transport(
+                    &format!("the Wayback broker at {} cannot be reached", self.base),
+                    &e,
+                )
+            })?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if status == reqwest::StatusCode::NOT_FOUND
+            && serde_json::from_str::<v1::ErrorBody>(&text).is_err()
+        {
+            return Err(CliError::Failed(format!(
+                "the broker at {} does not serve /wayback/v1/instances/{{id}}/{document}: it \
+                 is older than `cf db-{document}`; ask the operator to upgrade it",
+                self.base
+            )));
+        }
+        if !status.is_success() {
+            return Err(broker_error(status, &text, space_name));
+        }
+        let raw: Value = serde_json::from_str(&text).map_err(|_| {
+            CliError::Failed(format!(
+                "the broker at {} answered a {document} document that is not JSON",
+                self.base
+            ))
+        })?;
+        let doc = T::deserialize(&raw).map_err(|e| {
+            CliError::Failed(format!(
+                "a {document} document this cf-wayback cannot read ({e})"
+            ))
+        })?;
+        Ok((raw, doc))
+    }
+
     /// `GET /wayback/v1/instances/{id}/audit`: the document as it came (for `--json`) and typed.
     pub async fn audit(
         &self,

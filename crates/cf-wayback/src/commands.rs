@@ -39,6 +39,18 @@ not ask in time); lag is what the follower has not replayed yet. --json prints
 {\"instance_id\", \"name\", \"follower\": {...} or null, \"followers\": [...]} with the broker's
 objects as they are (fields are only ever added).";
 
+const DIAGNOSE_ABOUT: &str =
+    "Check an instance's database: connections, long transactions, locks, bloat, backups, …";
+const LOCKS_ABOUT: &str = "Show the sessions that block others now, as a tree";
+const OUTLIERS_ABOUT: &str = "Show the statements that took the most time (pg_stat_statements)";
+
+const INSPECT_AFTER: &str = "\
+NAME is the newest instance that has or had the name. Each check is GREEN, YELLOW, RED or
+SKIPPED (not judged, with why: an instance stopped when idle is not woken to be checked) with
+its numbers and what to do. Statements are shown as PostgreSQL normalises them ($1 for every
+value), never with their parameters. --json prints the broker's document as it is (fields are
+only ever added).";
+
 const UNDO_AFTER: &str = "\
 Creates NEW_NAME (default NAME-restored) through the Cloud Controller, as
 `cf create-service SERVICE PLAN NEW_NAME -c '{\"clone-from\": NAME, \"point-in-time\": TIME}'`,
@@ -114,6 +126,17 @@ pub struct FollowersArgs {
     pub broker: BrokerArg,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct InspectArgs {
+    /// The instance; the newest one of that name
+    pub name: String,
+    /// Print the broker's JSON document instead of the text
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub broker: BrokerArg,
+}
+
 #[derive(Debug, Clone, Subcommand)]
 pub enum CliCommand {
     #[command(about = BACKUPS_ABOUT, after_help = format!("{BACKUPS_AFTER}\n\n{EXIT_CODES_HELP}"))]
@@ -124,6 +147,12 @@ pub enum CliCommand {
     Audit(AuditArgs),
     #[command(about = FOLLOWERS_ABOUT, after_help = format!("{FOLLOWERS_AFTER}\n\n{EXIT_CODES_HELP}"))]
     Followers(FollowersArgs),
+    #[command(about = DIAGNOSE_ABOUT, after_help = format!("{INSPECT_AFTER}\n\n{EXIT_CODES_HELP}"))]
+    DbDiagnose(InspectArgs),
+    #[command(about = LOCKS_ABOUT, after_help = format!("{INSPECT_AFTER}\n\n{EXIT_CODES_HELP}"))]
+    DbLocks(InspectArgs),
+    #[command(about = OUTLIERS_ABOUT, after_help = format!("{INSPECT_AFTER}\n\n{EXIT_CODES_HELP}"))]
+    DbOutliers(InspectArgs),
 }
 
 /// PostgreSQL with undo: see and restore what Wayback can bring back.
@@ -212,6 +241,21 @@ pub fn plugin_metadata() -> PluginMetadata {
                 FOLLOWERS_ABOUT,
                 "cf followers NAME [--json] [--broker-url URL]",
             ),
+            command(
+                "db-diagnose",
+                DIAGNOSE_ABOUT,
+                "cf db-diagnose NAME [--json] [--broker-url URL]",
+            ),
+            command(
+                "db-locks",
+                LOCKS_ABOUT,
+                "cf db-locks NAME [--json] [--broker-url URL]",
+            ),
+            command(
+                "db-outliers",
+                OUTLIERS_ABOUT,
+                "cf db-outliers NAME [--json] [--broker-url URL]",
+            ),
         ],
         ..PluginMetadata::default()
     }
@@ -287,7 +331,21 @@ mod tests {
         let md = plugin_metadata();
         assert_eq!(md.name, "wayback");
         let names: Vec<_> = md.commands.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["backups", "undo", "audit", "followers"]);
+        assert_eq!(
+            names,
+            [
+                "backups",
+                "undo",
+                "audit",
+                "followers",
+                "db-diagnose",
+                "db-locks",
+                "db-outliers"
+            ]
+        );
+        for c in &md.commands[4..] {
+            assert!(c.usage_details.options.contains_key("json"), "{}", c.name);
+        }
         let followers = &md.commands[3].usage_details.options;
         assert!(followers.contains_key("json"), "{followers:?}");
         let undo = &md.commands[1].usage_details.options;

@@ -1,7 +1,8 @@
 //! `cf-wayback`: Wayback's command line for app developers, `backups` (what can be restored
 //! in the targeted space, live and deleted instances), `undo` (restore one into a new
-//! instance, through the Cloud Controller), `audit` (who did what to an instance) and `followers`
-//! (a leader's followers or a follower's leader, with state and lag). One binary runs two ways:
+//! instance, through the Cloud Controller), `audit` (who did what to an instance), `followers`
+//! (a leader's followers or a follower's leader, with state and lag) and `db-diagnose`,
+//! `db-locks`, `db-outliers` (what the database is doing). One binary runs two ways:
 //!
 //! - as a **cf CLI plugin** (`cf install-plugin`, then `cf backups`, `cf undo`): cf starts it
 //!   with a port ([`plugin`]) and answers its questions — token, API endpoint, space — over
@@ -15,7 +16,7 @@
 //!
 //! - [`app`]: choose the mode, build the session, run the command, map the outcome to an exit
 //!   code; [`commands`]: the command line (clap) and the plugin metadata;
-//! - [`backups`], [`undo`], [`audit`], [`followers`]: the commands; [`output`]: the table and the `--json`
+//! - [`backups`], [`undo`], [`audit`], [`followers`], [`diagnose`]: the commands; [`output`]: the table and the `--json`
 //!   document of `backups`; [`drills`]: its "verified" column and `--drills`;
 //! - [`session`]: who and where; [`discovery`]: finding the broker's URL (flag, remembered,
 //!   or a dashboard URL);
@@ -38,6 +39,7 @@ pub mod cc_client;
 pub mod cfconfig;
 pub mod cli_error;
 pub mod commands;
+pub mod diagnose;
 pub mod discovery;
 pub mod drills;
 pub mod followers;

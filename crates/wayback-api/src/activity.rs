@@ -230,18 +230,25 @@ pub struct DiagnoseFacts {
     pub connections: u32,
     pub max_connections: u32,
     pub sessions: SessionStates,
-    /// Queries running longer than a minute: `(pid, seconds, normalised text)`.
+    /// The longest-running active queries, oldest first (at most 20, whatever their age: the
+    /// checks apply the thresholds): `(pid, seconds, normalised text)`.
     pub long_queries: Vec<SessionFact>,
-    /// Transactions open longer than a minute.
+    /// The oldest open transactions, oldest first (at most 20).
     pub long_transactions: Vec<SessionFact>,
-    /// Sessions idle in transaction longer than a minute.
+    /// The sessions idle in transaction the longest, oldest first (at most 20).
     pub idle_in_transaction: Vec<SessionFact>,
     pub locks: Locks,
     pub unused_indexes: Vec<IndexFact>,
     pub invalid_indexes: Vec<IndexFact>,
     pub bloat: Vec<BloatFact>,
+    /// Heap blocks of user tables found in shared buffers, over all reads (None before any).
     pub cache_hit_ratio: Option<f64>,
+    /// Index blocks of user indexes found in shared buffers, over all reads.
     pub index_hit_ratio: Option<f64>,
+    /// Heap blocks read (hit or not) behind `cache_hit_ratio`: too few say nothing.
+    pub cache_blocks: i64,
+    /// Index blocks read (hit or not) behind `index_hit_ratio`.
+    pub index_blocks: i64,
     pub sequences: Vec<SequenceFact>,
     pub wraparound_age: i64,
     pub autovacuum_freeze_max_age: i64,

@@ -185,6 +185,9 @@ impl Application {
                 BasicAuth::new(&settings.broker.username, &password),
                 api_parts.2,
             ),
+            diagnose: crate::api::diagnose::Thresholds {
+                long_transaction_secs: settings.diagnose.long_transaction_secs as f64,
+            },
         });
         let state = web::Data::new(AppState {
             broker,

@@ -75,6 +75,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/clusters/{id}/drill", web::post().to(drill))
         .route("/v1/clusters/{id}/drill", web::delete().to(cancel_drill))
         .configure(super::ha::configure)
+        .configure(super::inspect::configure)
         .default_service(web::to(|| async {
             AgentError::new(StatusCode::NOT_FOUND, "no such agent API path", true).error_response()
         }));

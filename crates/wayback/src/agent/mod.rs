@@ -13,6 +13,7 @@
 
 mod ha;
 mod handlers;
+mod inspect;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! Wayback's own read-only API, `/wayback/v1` (contract: `docs/wayback-api.md`): which
 //! instances of a space, live and deleted, can be restored and to when, and who did what to
-//! an instance ([`audit`]). The `cf-wayback` CLI reads it before it asks the Cloud Controller
+//! an instance ([`audit`]), and what its database is doing ([`diagnose`]: `cf db-diagnose`,
+//! `db-locks`, `db-outliers`, the dashboard's activity). The `cf-wayback` CLI reads it before it asks the Cloud Controller
 //! for a `clone-from` instance.
 //!
 //! Every handler authenticates first ([`auth`]: 401/503), then checks the space (403, or 404
@@ -17,6 +18,7 @@
 
 pub(crate) mod audit;
 pub mod auth;
+pub mod diagnose;
 pub mod error;
 mod followers;
 mod ha;
@@ -53,6 +55,8 @@ pub struct ApiState {
     pub archive: ObjectStore,
     pub runtime: Runtime,
     pub auth: Authenticator,
+    /// `cf db-diagnose`'s operator threshold (`diagnose.long_transaction_secs`).
+    pub diagnose: diagnose::Thresholds,
 }
 
 /// Registers `/wayback/v1`.
@@ -64,6 +68,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(
                 "/instances/{instance_id}/audit",
                 web::get().to(audit::get_audit),
+            )
+            .route(
+                "/instances/{instance_id}/diagnose",
+                web::get().to(diagnose::get_diagnose),
+            )
+            .route(
+                "/instances/{instance_id}/locks",
+                web::get().to(diagnose::get_locks),
+            )
+            .route(
+                "/instances/{instance_id}/outliers",
+                web::get().to(diagnose::get_outliers),
+            )
+            .route(
+                "/instances/{instance_id}/activity",
+                web::get().to(diagnose::get_activity),
             )
             // The operator's one call that changes something (issue 15): `api/ha.rs`.
             .route(

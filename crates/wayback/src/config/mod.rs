@@ -81,6 +81,8 @@ pub struct Settings {
     pub ha: HaSettings,
     /// The dashboard's single sign-on client.
     pub dashboard: DashboardSettings,
+    /// `cf db-diagnose`'s one adjustable threshold.
+    pub diagnose: DiagnoseSettings,
 }
 
 impl Default for Settings {
@@ -113,6 +115,7 @@ impl Default for Settings {
             drills: DrillSettings::default(),
             ha: HaSettings::default(),
             dashboard: DashboardSettings::default(),
+            diagnose: DiagnoseSettings::default(),
         }
     }
 }

@@ -377,6 +377,24 @@ impl Default for DrillSettings {
     }
 }
 
+/// `cf db-diagnose` (issue 19): every threshold is a fixed constant of `api::diagnose`
+/// but this one, which an operator whose apps hold transactions open on purpose may raise (and
+/// the tests lower, so that a test need not wait a minute).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiagnoseSettings {
+    /// A transaction open (or idle in transaction) this long is YELLOW; ten times this, RED.
+    pub long_transaction_secs: u64,
+}
+
+impl Default for DiagnoseSettings {
+    fn default() -> Self {
+        Self {
+            long_transaction_secs: 60,
+        }
+    }
+}
+
 /// High availability (issue 15): the coordinator Patroni keeps each HA instance's leader lock
 /// in. Empty: HA plans (`metadata.wayback.ha`) are refused with a message naming this setting.
 #[derive(Debug, Clone, Default, Deserialize)]

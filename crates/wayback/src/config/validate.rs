@@ -57,6 +57,12 @@ impl Settings {
         if let Err(m) = self.ha.check() {
             return invalid("ha.dcs_endpoints", &m);
         }
+        if !(1..=86_400).contains(&self.diagnose.long_transaction_secs) {
+            return invalid(
+                "diagnose.long_transaction_secs",
+                "must be between 1 and 86400",
+            );
+        }
         if !(0.0..=1.0).contains(&self.trash.min_free_share) {
             return invalid("trash.min_free_share", "must be between 0 and 1");
         }

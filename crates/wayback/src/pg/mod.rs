@@ -18,6 +18,8 @@ pub mod control;
 pub mod ctl;
 pub mod fsutil;
 pub mod initdb;
+pub mod inspect;
+mod inspect_db;
 pub mod patroni;
 pub mod pidfile;
 pub mod process;

@@ -24,6 +24,7 @@ mod ha;
 mod ha_history;
 mod ha_patroni;
 mod ha_release;
+mod inspect;
 mod interface;
 mod layout;
 mod lifecycle;

@@ -14,6 +14,7 @@ mod backup;
 mod client;
 mod ha;
 mod idle;
+mod inspect;
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -262,6 +263,14 @@ impl ClusterRuntime for RemoteRuntime {
 
     async fn sessions(&self, id: &InstanceId) -> Result<super::Sessions, RuntimeError> {
         self.remote_sessions(id).await
+    }
+
+    async fn inspect(
+        &self,
+        id: &InstanceId,
+        kind: super::InspectKind,
+    ) -> Result<super::Inspection, RuntimeError> {
+        self.remote_inspect(id, kind).await
     }
 
     async fn status(&self, id: &InstanceId) -> Result<ClusterStatus, RuntimeError> {

@@ -19,6 +19,7 @@ mod backup;
 mod backup_schedule;
 mod binding_tls;
 mod bosh_templates;
+mod cf_diagnose;
 mod cf_wayback;
 mod clone;
 mod clone_audit;

@@ -68,6 +68,13 @@ impl ClusterRuntime for LocalRuntime {
     async fn stop(&self, id: &InstanceId) -> Result<(), RuntimeError> {
         LocalRuntime::stop(self, id).await
     }
+    async fn inspect(
+        &self,
+        id: &InstanceId,
+        kind: crate::runtime::InspectKind,
+    ) -> Result<crate::runtime::Inspection, RuntimeError> {
+        LocalRuntime::inspect(self, id, kind).await
+    }
     async fn sessions(&self, id: &InstanceId) -> Result<crate::runtime::Sessions, RuntimeError> {
         LocalRuntime::sessions(self, id).await
     }

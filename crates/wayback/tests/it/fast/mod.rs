@@ -16,6 +16,7 @@
 
 mod architecture;
 mod cc_names;
+mod diagnose;
 mod ha_ops;
 mod idle_stop;
 mod job_lanes;
