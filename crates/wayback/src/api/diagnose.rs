@@ -43,9 +43,20 @@ pub(super) async fn get_diagnose(
     let view = gather(&state, record.clone(), None)
         .await?
         .ok_or_else(ApiError::instance_not_found)?;
-    let facts = match refusal(&record) {
+    Ok(HttpResponse::Ok().json(diagnose_instance(&state, &record, &view).await))
+}
+
+/// The checks of an instance whose view is already gathered, for the API and the dashboard
+/// (`dashboard/data.rs`): the cluster is read only when it runs (never woken), and what cannot
+/// be read is SKIPPED.
+pub(crate) async fn diagnose_instance(
+    state: &ApiState,
+    record: &InstanceRecord,
+    view: &v1::Instance,
+) -> Diagnosis {
+    let facts = match refusal(record) {
         Some(why) => Err(why),
-        None => match inspect(&state, &record, InspectKind::Diagnose).await {
+        None => match inspect(state, record, InspectKind::Diagnose).await {
             Ok(Inspection::Diagnose(f)) => Ok(*f),
             Ok(_) | Err(_) => Err(UNREAD.to_string()),
         },
@@ -57,8 +68,7 @@ pub(super) async fn get_diagnose(
             base_backup_every_hours: p.archive.base_backup_every_hours,
             drill_every_days: p.archive.drill_every_days,
         });
-    let d = diagnosis(&view, facts, state.diagnose, schedule, Utc::now());
-    Ok(HttpResponse::Ok().json(d))
+    diagnosis(view, facts, state.diagnose, schedule, Utc::now())
 }
 
 /// `GET /wayback/v1/instances/{instance_id}/locks`

@@ -180,12 +180,13 @@ pub struct Diagnose {
     pub note: Option<String>,
 }
 
-/// DIAGNOSE CALL SITE (issue 19 point 2): the branch `diagnose` builds `api/diagnose.rs`; when
-/// it is merged, this asks it for the instance's checks (it never wakes a stopped instance).
-async fn diagnosis(_api: &ApiState, _record: &InstanceRecord, _view: &v1::Instance) -> Diagnose {
+/// The instance's diagnose checks, as `cf db-diagnose` shows them (`api::diagnose`; a
+/// stopped instance's cluster checks are SKIPPED, never woken).
+async fn diagnosis(api: &ApiState, record: &InstanceRecord, view: &v1::Instance) -> Diagnose {
+    let d = crate::api::diagnose::diagnose_instance(api, record, view).await;
     Diagnose {
-        checks: Vec::new(),
-        note: Some("The health checks are not available on this broker yet.".into()),
+        checks: d.checks,
+        note: None,
     }
 }
 
