@@ -10,6 +10,7 @@
 //! naming it. The agent's own errors carry whether retrying helps. Must not import `osb`,
 //! `broker`, `store` or `jobs`.
 
+mod activity;
 mod backup;
 mod client;
 mod ha;
@@ -49,6 +50,8 @@ pub struct RemoteRuntime {
     placements: RwLock<HashMap<InstanceId, String>>,
     placing: tokio::sync::Mutex<()>,
     resolver: std::sync::OnceLock<Resolver>,
+    /// Agents already said (once) to predate activity sampling.
+    told_no_activity: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl RemoteRuntime {
@@ -88,6 +91,7 @@ impl RemoteRuntime {
             placements: RwLock::new(HashMap::new()),
             placing: tokio::sync::Mutex::new(()),
             resolver: std::sync::OnceLock::new(),
+            told_no_activity: std::sync::Mutex::default(),
         })
     }
 
@@ -262,6 +266,18 @@ impl ClusterRuntime for RemoteRuntime {
 
     async fn sessions(&self, id: &InstanceId) -> Result<super::Sessions, RuntimeError> {
         self.remote_sessions(id).await
+    }
+
+    async fn activity(
+        &self,
+        id: &InstanceId,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<wayback_api::activity::Activity, RuntimeError> {
+        self.remote_activity(id, since).await
+    }
+
+    async fn activity_summaries(&self) -> Vec<wayback_api::activity::ActivitySummary> {
+        self.remote_activity_summaries().await
     }
 
     async fn status(&self, id: &InstanceId) -> Result<ClusterStatus, RuntimeError> {
