@@ -59,9 +59,9 @@ SELECT
                                WHERE state LIKE 'idle in transaction%'))::float8,
   (SELECT coalesce(json_agg(json_build_object(
       'pid', w.pid, 'blocked_by', pg_blocking_pids(w.pid), 'lock_type', w.locktype,
-      'mode', w.mode, 'relation', w.relation, 'database', w.datname, 'user', w.usename,
+      'mode', w.mode, 'relation', w.relation::int8, 'database', w.datname, 'user', w.usename,
       'waiting_secs', coalesce(extract(epoch FROM now() - w.waitstart)::float8, 0),
-      'held', (SELECT array_agg(g.relation ORDER BY g.locktype = 'tuple' DESC, g.relation)
+      'held', (SELECT array_agg(g.relation::int8 ORDER BY g.locktype = 'tuple' DESC, g.relation)
                  FROM pg_locks g
                 WHERE g.pid = w.pid AND g.granted AND g.relation IS NOT NULL),
       'query', NULL::text) ORDER BY w.pid), '[]') FROM w)::text;

@@ -13,7 +13,9 @@
 //!    ungranted lock and the relations it holds — as JSON text, parsed here.
 //! 3. **Never a parameter**: statement text comes only from `pg_stat_statements` (its
 //!    normalised text, `$1` for every constant) by `query_id`; `pg_stat_activity.query` is
-//!    never read. Utility statements are not tracked (`pg_stat_statements.track_utility = off`
+//!    never read. `pg_stat_statements` has a statement once it finished once, so a waiter
+//!    whose statement never finished before shows no text (nor one whose session reports no
+//!    `query_id`, as PostgreSQL 15 may for the extended protocol). Utility statements are not tracked (`pg_stat_statements.track_utility = off`
 //!    in [`super::conf`]'s defaults): PostgreSQL 15 keeps their text verbatim, and an
 //!    `ALTER ROLE … PASSWORD '…'` must not show.
 //! 4. **Our own sessions are not clients**: sessions of the superuser are left out of every
@@ -144,9 +146,9 @@ SELECT \
                                WHERE state LIKE 'idle in transaction%'))::float8, \
   (SELECT coalesce(json_agg(json_build_object( \
       'pid', w.pid, 'blocked_by', pg_blocking_pids(w.pid), 'lock_type', w.locktype, \
-      'mode', w.mode, 'relation', w.relation, 'database', w.datname, 'user', w.usename, \
+      'mode', w.mode, 'relation', w.relation::int8, 'database', w.datname, 'user', w.usename, \
       'waiting_secs', coalesce(extract(epoch FROM now() - w.waitstart)::float8, 0), \
-      'held', (SELECT array_agg(g.relation ORDER BY g.locktype = 'tuple' DESC, g.relation) \
+      'held', (SELECT array_agg(g.relation::int8 ORDER BY g.locktype = 'tuple' DESC, g.relation) \
                  FROM pg_locks g \
                 WHERE g.pid = w.pid AND g.granted AND g.relation IS NOT NULL), \
       'query', QUERY_TEXT) ORDER BY w.pid), '[]') FROM w)::text";
