@@ -147,7 +147,7 @@ async fn a_row_lock_wait_is_seen_in_the_ring_and_the_metrics_until_released() {
         let waiters = metric_of(&text, "wayback_lock_waiters", &id, "name=\"orders\"");
         let seconds = metric_of(&text, "wayback_lock_wait_seconds_total", &id, &counter);
         match (waiters, seconds) {
-            (Some((labels, n)), Some((_, s))) if n == 1.0 => {
+            (Some((labels, 1.0)), Some((_, s))) => {
                 assert!(labels.contains(&format!("space=\"{SPACE}\"")), "{labels}");
                 assert!(labels.contains("plan=\"small\""), "{labels}");
                 *first.lock().unwrap() = Some(s);
