@@ -17,7 +17,9 @@
 //!    [`STATS_REFRESH`] (an idle cluster's counters do not move, and a connect costs more
 //!    than a title read).
 //! 5. **Bounded**: a ring holds an hour; an instance destroyed or gone from this machine loses
-//!    its ring; a failing cluster is logged once until it works again.
+//!    its ring; a cluster the sampler cannot reach (a follower or HA member whose admin login
+//!    differs, a broken one) is logged once until it works again and asked again only every
+//!    [`RETRY_AFTER`], its sessions counted from titles meanwhile.
 //!
 //! Must not import `osb`, `broker`, `store` or `jobs`.
 
@@ -55,6 +57,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const CONCURRENCY: usize = 16;
 /// Relation names are asked again after this long (a table may be renamed).
 const NAMES_TTL: Duration = Duration::from_secs(60);
+/// After a failed look (no session could be opened, a statement failed), SQL waits this long:
+/// a cluster the sampler cannot reach costs a connect attempt now and then, not every second.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
 
 type Rings = Arc<Mutex<HashMap<InstanceId, Ring>>>;
 
@@ -161,6 +166,8 @@ struct Slot {
     clients_since_stats: bool,
     /// The last failure was logged; cleared when a look works again.
     failing: bool,
+    /// No SQL before this (after a failure).
+    retry_at: Option<Instant>,
 }
 
 struct Session {
@@ -283,7 +290,8 @@ async fn look(view: &LocalRuntime, id: &InstanceId, slot: &mut Slot) -> Look {
             s.last_client = now;
         }
     }
-    if !census.busy && !stats_due {
+    let held_off = slot.retry_at.is_some_and(|t| now < t);
+    if held_off || (!census.busy && !stats_due) {
         if slot
             .session
             .as_ref()
@@ -304,6 +312,7 @@ async fn look(view: &LocalRuntime, id: &InstanceId, slot: &mut Slot) -> Look {
                 tracing::info!(instance = %id, "activity sampling works again");
                 slot.failing = false;
             }
+            slot.retry_at = None;
             if stats.is_some() {
                 slot.last_stats = Some(now);
                 slot.clients_since_stats = false;
@@ -321,13 +330,15 @@ async fn look(view: &LocalRuntime, id: &InstanceId, slot: &mut Slot) -> Look {
                     .ok()
                     .flatten()
                     .is_some();
-            if still_running && !slot.failing {
-                tracing::warn!(instance = %id, error = %e, "cannot sample the cluster's activity; its sessions are counted from process titles until it works");
-                slot.failing = true;
+            if still_running {
+                if !slot.failing {
+                    tracing::warn!(instance = %id, error = %e, "cannot sample the cluster's activity; its sessions are counted from process titles until it works");
+                    slot.failing = true;
+                }
+                // Not asked again at once: a cluster the sampler cannot reach costs a connect
+                // attempt every RETRY_AFTER, not every tick.
+                slot.retry_at = Some(now + RETRY_AFTER);
             }
-            // The facts are not asked again at once: a broken cluster costs a connect per
-            // refresh, not per tick.
-            slot.last_stats = Some(now);
             Look::Seen {
                 sample: from_titles,
                 stats: None,
