@@ -4,14 +4,19 @@
 //! by state, operations by kind and outcome) are read from the store at scrape time; durations
 //! and restarts observed by this process are kept in memory. Followers' lag is measured at scrape time
 //! by the caller and rendered by [`render_followers`], HA members' roles, lag and failovers by
-//! [`render_ha`]. Nothing here may carry a secret,
-//! and no label names an instance by its user-given name: instances are labelled by id only
-//! (`GET /metrics` may be open, `metrics.auth`).
+//! [`render_ha`], what running instances are doing (sessions, lock waits, database
+//! statistics; issue 19) by [`render_activity`]. Nothing here may carry a secret. Instances
+//! are labelled by id, except the activity metrics, which also carry the instance's name,
+//! space and plan (`{instance, name, space, plan}`, as dashboards group by them): `GET
+//! /metrics` may be open (`metrics.auth`), so an operator who does not want tenants' instance
+//! names readable sets `metrics.auth` to `broker` or `own`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 
+mod activity;
+pub use activity::{render_activity, ActivityRow};
 mod followers;
 pub use followers::{render_followers, FollowerRow};
 mod ha;

@@ -120,7 +120,8 @@ pub fn runtime(
 ) -> anyhow::Result<Runtime> {
     if settings.agents.urls.is_empty() {
         let local = LocalRuntime::new(data_dir.to_path_buf(), settings.postgres.clone())
-            .with_tls(cluster_tls(settings, data_dir)?);
+            .with_tls(cluster_tls(settings, data_dir)?)
+            .with_sampling(settings.metrics.sampling);
         return Ok(Arc::new(local.with_archive(archive)));
     }
     let remote = crate::runtime::RemoteRuntime::new(&settings.agents)?;

@@ -51,6 +51,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/clusters/{id}/stop", web::post().to(stop))
         .route("/v1/clusters/{id}/park", web::post().to(park))
         .route("/v1/clusters/{id}/sessions", web::get().to(sessions))
+        .route(
+            "/v1/clusters/{id}/activity",
+            web::get().to(super::activity::cluster_activity),
+        )
+        .route("/v1/activity", web::get().to(super::activity::summaries))
         .route("/v1/clusters/{id}/seal", web::post().to(seal))
         .route("/v1/clusters/{id}/reopen", web::post().to(reopen))
         .route("/v1/clusters/{id}/switch-wal", web::post().to(switch_wal))
@@ -138,7 +143,7 @@ pub(super) fn ok<T: serde::Serialize>(value: &T) -> Reply {
 }
 
 /// Basic auth (constant time), then the instance id of the path.
-fn authorized(state: &AgentState, req: &HttpRequest) -> Result<(), AgentError> {
+pub(super) fn authorized(state: &AgentState, req: &HttpRequest) -> Result<(), AgentError> {
     let header = req
         .headers()
         .get("Authorization")

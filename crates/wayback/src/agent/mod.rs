@@ -11,6 +11,7 @@
 //! agent can restore any instance's archive. Restores run in the background and are polled;
 //! an agent restarted during one starts it again from nothing when the broker asks.
 
+mod activity;
 mod ha;
 mod handlers;
 mod inspect;
@@ -64,7 +65,8 @@ impl Agent {
         }
         let data_dir = resolve::data_dir(&settings)?;
         let runtime = LocalRuntime::new(data_dir.clone(), settings.postgres.clone())
-            .with_tls(crate::open::cluster_tls(&settings, &data_dir)?);
+            .with_tls(crate::open::cluster_tls(&settings, &data_dir)?)
+            .with_sampling(settings.metrics.sampling);
         runtime
             .prepare()
             .await

@@ -7,6 +7,7 @@
 //! Imports `context`, `store`, `catalog`, `jobs` (its executor), `archive` (clone checks read
 //! the restore window), `storage` and `domain`; never `osb`, `pg`, `runtime`, `maintenance`.
 
+mod activity;
 mod audit;
 mod bindings;
 pub(crate) mod clone;
@@ -27,6 +28,7 @@ use crate::context::AppContext;
 use crate::jobs::Worker;
 use crate::store::{Store, StoreError};
 
+pub use activity::ActivityMetric;
 pub use bindings::{BindRequest, BindingView, Bound, Unbound};
 pub use credentials::{new_password, ClientTls, Credentials};
 pub use followers::{FollowerMetric, Replication};

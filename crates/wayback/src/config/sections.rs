@@ -313,6 +313,8 @@ pub struct MetricsSettings {
     pub username: String,
     /// Basic-auth password when `auth = "own"` (required then).
     pub password: Option<SecretString>,
+    /// Sample running clusters' sessions and lock waits every second (issue 19).
+    pub sampling: bool,
 }
 
 impl Default for MetricsSettings {
@@ -321,6 +323,7 @@ impl Default for MetricsSettings {
             auth: MetricsAuth::None,
             username: "metrics".into(),
             password: None,
+            sampling: true,
         }
     }
 }

@@ -75,6 +75,14 @@ const DEFAULTS: &[(&str, &str)] = &[
     // A follower's slot keeps WAL on its leader; a dead follower must not fill the leader's
     // disk. Past this, the slot is invalidated and the follower falls back to the archive.
     ("max_slot_wal_keep_size", "1024MB"),
+    // Statement statistics for the sampler's top statements and lock waiters' text (issue 19,
+    // `pg::activity`): normalised text only. Utility statements are not tracked because
+    // PostgreSQL 15 keeps their text verbatim (an `ALTER ROLE … PASSWORD '…'`). A plan may
+    // turn the library off by setting `shared_preload_libraries`; the rest then does nothing.
+    ("shared_preload_libraries", "pg_stat_statements"),
+    ("compute_query_id", "auto"),
+    ("pg_stat_statements.track", "top"),
+    ("pg_stat_statements.track_utility", "off"),
 ];
 
 /// What the managed tier needs to know.

@@ -12,6 +12,7 @@
 //! the server only as SCRAM verifiers (see [`scram`]), and never appear in a command line, an
 //! error or a log line.
 
+pub mod activity;
 pub mod binaries;
 pub mod conf;
 pub mod control;

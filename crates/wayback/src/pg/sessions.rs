@@ -107,14 +107,51 @@ pub fn count<'a>(titles: impl IntoIterator<Item = &'a str>, exclude: &[&str]) ->
     n
 }
 
+/// What a client backend's title says it is doing: the words after its host (`idle`,
+/// `idle in transaction`, `SELECT`, `UPDATE waiting`, …); empty with `update_process_title =
+/// off`. None for anything that is not a client backend.
+pub fn client_activity(title: &str) -> Option<(&str, &str)> {
+    let Title::Client { user } = classify(title) else {
+        return None;
+    };
+    // The host is the first word (from the third on) that reads as one (rule 1).
+    let rest = title.trim().strip_prefix("postgres: ")?;
+    let mut seen = 0;
+    let mut offset = 0;
+    for word in rest.split_whitespace() {
+        let at = rest[offset..].find(word)? + offset;
+        offset = at + word.len();
+        seen += 1;
+        let first_is_cluster = seen == 1 && word.len() > 1 && word.ends_with(':');
+        if first_is_cluster {
+            seen = 0;
+            continue;
+        }
+        if seen >= 3 && is_host(word) {
+            return Some((user, rest[offset..].trim()));
+        }
+    }
+    None
+}
+
 /// The sessions of the cluster in `pgdata`; None when no postmaster runs there.
 pub fn sessions(pgdata: &Path, exclude: &[&str]) -> Result<Option<SessionCount>, PgError> {
+    let Some(titles) = titles(pgdata)? else {
+        return Ok(None);
+    };
+    Ok(Some(count(titles.iter().map(String::as_str), exclude)))
+}
+
+/// The titles of every server process of the cluster in `pgdata`; None when no postmaster
+/// runs there.
+pub fn titles(pgdata: &Path) -> Result<Option<Vec<String>>, PgError> {
     let Some(pm) = live_postmaster(pgdata)? else {
         return Ok(None);
     };
     // A child that exits between the listing and the read of its title is simply gone.
-    let titles: Vec<String> = children(pm.pid).into_iter().filter_map(title_of).collect();
-    Ok(Some(count(titles.iter().map(String::as_str), exclude)))
+    Ok(Some(
+        children(pm.pid).into_iter().filter_map(title_of).collect(),
+    ))
 }
 
 /// A process title: the command line up to its first NUL (PostgreSQL pads the rest with NULs).
@@ -241,6 +278,35 @@ mod tests {
         ];
         for (title, want) in cases {
             assert_eq!(classify(title), want, "{title:?}");
+        }
+    }
+
+    #[test]
+    fn a_clients_activity_is_what_follows_its_host() {
+        let cases = [
+            (
+                "postgres: i-1: app_user app [local] idle",
+                Some(("app_user", "idle")),
+            ),
+            (
+                "postgres: i-1: u app 127.0.0.1(5) idle in transaction (aborted)",
+                Some(("u", "idle in transaction (aborted)")),
+            ),
+            (
+                "postgres: u app ::1(40000) UPDATE waiting",
+                Some(("u", "UPDATE waiting")),
+            ),
+            ("postgres: i-1: u app 10.0.0.7(4242)", Some(("u", ""))),
+            // The cluster name and a database named like the user do not confuse the search.
+            ("postgres: u: u u [local] SELECT", Some(("u", "SELECT"))),
+            ("postgres: i-1: checkpointer ", None),
+            (
+                "postgres: i-1: walsender wb 10.0.0.2(5000) streaming 0/3",
+                None,
+            ),
+        ];
+        for (title, want) in cases {
+            assert_eq!(client_activity(title), want, "{title:?}");
         }
     }
 

@@ -11,6 +11,7 @@
 //! takes them is given one ([`LocalRuntime::with_archive`]) — the broker's own, or the agent's.
 //! Must not import `osb`, `broker`, `store` or `jobs`.
 
+mod activity;
 mod admin;
 mod archive;
 mod backup;
@@ -96,6 +97,8 @@ pub struct LocalRuntime {
     quiet: quiet::Quiet,
     /// The ports of parked clusters, held until a client connects (issue 17).
     wake: wake::Wake,
+    /// What running clusters are doing, sampled every second (issue 19).
+    activity: activity::Sampler,
 }
 
 impl LocalRuntime {
@@ -115,6 +118,7 @@ impl LocalRuntime {
             tls: None,
             quiet: quiet::Quiet::default(),
             wake: wake::Wake::default(),
+            activity: activity::Sampler::new(false),
         }
     }
 
@@ -287,6 +291,8 @@ impl LocalRuntime {
         self.clear_drills().await?;
         // Parked clusters' ports are held again (issue 17); problems are logged.
         self.hold_parked().await;
+        // What running clusters do, every second (issue 19).
+        self.start_sampler();
         Ok(())
     }
 

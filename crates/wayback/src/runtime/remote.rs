@@ -10,6 +10,7 @@
 //! naming it. The agent's own errors carry whether retrying helps. Must not import `osb`,
 //! `broker`, `store` or `jobs`.
 
+mod activity;
 mod backup;
 mod client;
 mod ha;
@@ -50,6 +51,8 @@ pub struct RemoteRuntime {
     placements: RwLock<HashMap<InstanceId, String>>,
     placing: tokio::sync::Mutex<()>,
     resolver: std::sync::OnceLock<Resolver>,
+    /// Agents already said (once) to predate activity sampling.
+    told_no_activity: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl RemoteRuntime {
@@ -89,6 +92,7 @@ impl RemoteRuntime {
             placements: RwLock::new(HashMap::new()),
             placing: tokio::sync::Mutex::new(()),
             resolver: std::sync::OnceLock::new(),
+            told_no_activity: std::sync::Mutex::default(),
         })
     }
 
@@ -271,6 +275,18 @@ impl ClusterRuntime for RemoteRuntime {
         kind: super::InspectKind,
     ) -> Result<super::Inspection, RuntimeError> {
         self.remote_inspect(id, kind).await
+    }
+
+    async fn activity(
+        &self,
+        id: &InstanceId,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<wayback_api::activity::Activity, RuntimeError> {
+        self.remote_activity(id, since).await
+    }
+
+    async fn activity_summaries(&self) -> Vec<wayback_api::activity::ActivitySummary> {
+        self.remote_activity_summaries().await
     }
 
     async fn status(&self, id: &InstanceId) -> Result<ClusterStatus, RuntimeError> {

@@ -128,6 +128,32 @@ impl Store {
         Ok(rows)
     }
 
+    /// What `/metrics` labels each instance not deleted with (issue 19): its newest name (as
+    /// the broker recorded it, so a rename relabels), space and plan. One query for all.
+    pub async fn metric_labels(&self) -> Result<Vec<super::MetricLabels>, StoreError> {
+        let rows: Vec<(String, Option<String>, String, String, String)> = sqlx::query_as(
+            "SELECT i.id, \
+             (SELECT n.name FROM instance_names n WHERE n.instance_id = i.id \
+               ORDER BY n.seq DESC LIMIT 1), \
+             i.space_guid, i.service_id, i.plan_id \
+             FROM instances i WHERE i.deleted_at IS NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, name, space_guid, service_id, plan_id)| super::MetricLabels {
+                    id,
+                    name,
+                    space_guid,
+                    service_id,
+                    plan_id,
+                },
+            )
+            .collect())
+    }
+
     /// Moves an instance from one of `from` to `to` and starts an operation with its job, in
     /// one transaction. Returns false (and changes nothing) when the instance was not in `from`:
     /// another request got there first.

@@ -44,7 +44,9 @@ pub use instances::SpaceName;
 pub use jobs::{JOB_DONE, JOB_FAILED, JOB_PENDING};
 pub use kept_copies::KeptCopyRecord;
 pub use prune::{Pruned, RowCounts};
-pub use records::{BindingRecord, InstanceRecord, JobRecord, NameRecord, NewJob, OperationRecord};
+pub use records::{
+    BindingRecord, InstanceRecord, JobRecord, MetricLabels, NameRecord, NewJob, OperationRecord,
+};
 pub use reindex::{merge_names, IndexedInstance, MergeOutcome};
 
 /// A store failure. `Conflict` is the one callers act on (a row with that id exists already).

@@ -249,3 +249,14 @@ impl JobRecord {
         })
     }
 }
+
+/// An instance's labels in `/metrics` (issue 19).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricLabels {
+    pub id: String,
+    /// The newest recorded name; None while unknown.
+    pub name: Option<String>,
+    pub space_guid: String,
+    pub service_id: String,
+    pub plan_id: String,
+}

@@ -41,7 +41,7 @@ const ROWS: i64 = 500;
 const SUM: i64 = ROWS * (ROWS + 1) / 2;
 
 /// The built-in catalog with the `dev` plan stopping after [`STOP_AFTER_SECS`], in `dir`.
-fn idle_catalog(dir: &Path) -> PathBuf {
+pub(crate) fn idle_catalog(dir: &Path) -> PathBuf {
     let mut doc: Value = serde_json::from_str(wayback::catalog::BUILTIN_CATALOG).unwrap();
     let plans = doc["services"][0]["plans"].as_array_mut().unwrap();
     let dev = plans.iter_mut().find(|p| p["id"] == DEV).expect("dev plan");
@@ -59,7 +59,7 @@ async fn spawn_idle_app() -> (TestApp, tempfile::TempDir) {
 }
 
 /// Provisions a `dev` instance named `name` and waits until it is ready; its id.
-async fn provision_dev(app: &TestApp, name: &str) -> String {
+pub(crate) async fn provision_dev(app: &TestApp, name: &str) -> String {
     let id = new_id();
     let r = app.put_instance(&id, &provision_body(DEV, name)).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
@@ -109,7 +109,7 @@ async fn notes(uri: String) -> Result<(i64, i64), sqlx::Error> {
         .await
 }
 
-fn postmaster_runs(cluster_dir: &Path) -> bool {
+pub(crate) fn postmaster_runs(cluster_dir: &Path) -> bool {
     wayback::pg::ctl::live_postmaster(&cluster_dir.join("pgdata"))
         .unwrap()
         .is_some()
@@ -141,7 +141,7 @@ async fn metric(address: &str, name: &str) -> f64 {
 
 /// Waits until `id` is stopped: recorded, shown by the OSB fetch, and no postmaster in
 /// `cluster_dir` (its first base backup and [`STOP_AFTER_SECS`] without a session come first).
-async fn wait_stopped(app: &TestApp, id: &str, cluster_dir: &Path) {
+pub(crate) async fn wait_stopped(app: &TestApp, id: &str, cluster_dir: &Path) {
     eventually(&format!("{id} stops when idle"), 180, || async {
         stopped_at(app, id).await.is_some()
             && shown_stopped(&app.fetch_instance(id).await)

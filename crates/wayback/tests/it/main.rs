@@ -58,6 +58,7 @@ mod reindex;
 mod restart;
 mod restore;
 mod retention;
+mod sampling;
 mod secrets;
 mod server_log;
 mod sessions;

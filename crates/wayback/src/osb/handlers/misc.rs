@@ -112,6 +112,22 @@ pub async fn metrics(state: State, req: HttpRequest) -> Result<HttpResponse, Osb
         }
         Err(e) => tracing::warn!(error = %e, "cannot list HA instances for the metrics"),
     }
+    // What running instances are doing (issue 19): the sampler's figures, one call per agent.
+    match state.broker.activity_metrics().await {
+        Ok(activity) => {
+            let rows: Vec<crate::metrics::ActivityRow> = activity
+                .iter()
+                .map(|a| crate::metrics::ActivityRow {
+                    summary: &a.summary,
+                    name: a.name.as_deref(),
+                    space: &a.space,
+                    plan: &a.plan,
+                })
+                .collect();
+            text.push_str(&crate::metrics::render_activity(&rows));
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the instances' activity for the metrics"),
+    }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(text))

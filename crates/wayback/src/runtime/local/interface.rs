@@ -78,6 +78,16 @@ impl ClusterRuntime for LocalRuntime {
     async fn sessions(&self, id: &InstanceId) -> Result<crate::runtime::Sessions, RuntimeError> {
         LocalRuntime::sessions(self, id).await
     }
+    async fn activity(
+        &self,
+        id: &InstanceId,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<wayback_api::activity::Activity, RuntimeError> {
+        Ok(LocalRuntime::activity(self, id, since))
+    }
+    async fn activity_summaries(&self) -> Vec<wayback_api::activity::ActivitySummary> {
+        LocalRuntime::activity_summaries(self)
+    }
     async fn status(&self, id: &InstanceId) -> Result<ClusterStatus, RuntimeError> {
         LocalRuntime::status(self, id).await
     }

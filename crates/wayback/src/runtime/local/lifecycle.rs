@@ -172,6 +172,7 @@ impl LocalRuntime {
         self.destroy_files(id).await?;
         self.forget_restore(id);
         self.quiet.forget(id);
+        self.activity.forget(id);
         Ok(())
     }
 

@@ -236,7 +236,7 @@ impl LocalRuntime {
 
     /// A runtime that shares this one's per-instance locks and tools, for hold tasks (which
     /// outlive the call that made them and cannot borrow this runtime).
-    fn waker(&self) -> LocalRuntime {
+    pub(in crate::runtime::local) fn waker(&self) -> LocalRuntime {
         let mut waker = LocalRuntime::new(self.layout.root().to_path_buf(), self.settings.clone());
         waker.locks = self.locks.clone();
         waker.tls = self.tls.clone();
