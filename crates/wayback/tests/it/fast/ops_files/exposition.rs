@@ -1,8 +1,9 @@
 //! The broker's `/metrics` as its own code renders it, with every family present: one
 //! observation of each kind fed to `wayback::metrics` (the way the supervisor, the worker and
 //! the scrape handler feed it), then each family's type and label names read back from the
-//! text. The dashboard and the alerts are checked against this, not against a list kept by
-//! hand.
+//! text; `queries` adds what a test app's own `GET /metrics` says (families rendered there
+//! that this file does not feed: their type, and their labels when they have samples). The
+//! dashboard and the alerts are checked against this, not against a list kept by hand.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,6 +16,8 @@ use wayback_api::agent::{ArchiverStats, Capacity};
 pub struct Family {
     pub kind: String,
     pub labels: BTreeSet<String>,
+    /// Whether any sample was seen (if not, its labels are unknown, not none).
+    pub sampled: bool,
 }
 
 /// The text of a scrape where every family has at least one sample.
@@ -107,6 +110,7 @@ pub fn families(text: &str) -> BTreeMap<String, Family> {
                 Family {
                     kind: kind.to_string(),
                     labels: BTreeSet::new(),
+                    sampled: false,
                 },
             );
         }
@@ -122,6 +126,7 @@ pub fn families(text: &str) -> BTreeMap<String, Family> {
         let family = families
             .get_mut(family)
             .unwrap_or_else(|| panic!("sample {name} has no # TYPE line"));
+        family.sampled = true;
         if let Some(labels) = line[name_end..].strip_prefix('{') {
             let labels = &labels[..labels.rfind('}').expect("closing brace")];
             for pair in labels.split("\",") {
@@ -133,6 +138,22 @@ pub fn families(text: &str) -> BTreeMap<String, Family> {
         }
     }
     families
+}
+
+/// `more`'s families added to `families` (labels joined).
+pub fn merge(families: &mut BTreeMap<String, Family>, more: BTreeMap<String, Family>) {
+    for (name, family) in more {
+        match families.get_mut(&name) {
+            Some(known) => {
+                assert_eq!(known.kind, family.kind, "{name} has two types");
+                known.labels.extend(family.labels);
+                known.sampled |= family.sampled;
+            }
+            None => {
+                families.insert(name, family);
+            }
+        }
+    }
 }
 
 /// The metric a sample name of the query belongs to (`x_bucket` of histogram `x` is `x`).
