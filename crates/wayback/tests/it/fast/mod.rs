@@ -11,7 +11,8 @@
 //! the views and metrics (`osb_followers`); instance names from the Cloud Controller (`cc_names`) and the `/wayback/v1` authentication and space rules (`wayback_api`), against
 //! wiremock; jobs an older broker queued (`resume`); what a provision does with the runtime's
 //! errors (`runtime_errors`); `wayback smoke-test` of an HA plan as far as the fake runtime
-//! takes it (`smoke_ha`); idle stop's clock, job and views (`idle_stop`); the worker's leases and its two lanes (`job_lanes`); and the
+//! takes it (`smoke_ha`); idle stop's clock, job and views (`idle_stop`); the worker's leases and its two lanes (`job_lanes`); the
+//! operators' Grafana dashboard and alert rules against the metrics (`ops_files`); and the
 //! layering of the source (`architecture`).
 
 mod architecture;
@@ -21,6 +22,7 @@ mod ha_ops;
 mod idle_stop;
 mod job_lanes;
 mod metrics_auth;
+mod ops_files;
 mod osb_api;
 pub mod osb_audit;
 mod osb_bad_input;
