@@ -8,7 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use wayback::domain::{FollowerLag, FollowerState, InstanceId};
-use wayback::metrics::{self, DrillFigures, FollowerRow, HaMemberRow, HaRow, Metrics};
+use wayback::metrics::{self, ActivityRow, DrillFigures, FollowerRow, HaMemberRow, HaRow, Metrics};
+use wayback_api::activity::{ActivitySummary, DatabaseStats, LockWaitTotal, Sample};
 use wayback_api::agent::{ArchiverStats, Capacity};
 
 /// One metric family: its `# TYPE` and the label names its samples carry.
@@ -85,6 +86,26 @@ pub fn render_everything() -> String {
         instance: id,
         leader: id,
         lag: &lag,
+    }]));
+    // What running instances are doing (issue 19): one sampled instance with a lock wait.
+    let activity = ActivitySummary {
+        instance_id: id.into(),
+        latest: Some(Sample::default()),
+        stats: Some(DatabaseStats {
+            cache_hit_ratio: Some(0.99),
+            ..DatabaseStats::default()
+        }),
+        lock_wait_seconds: vec![LockWaitTotal {
+            lock_type: "transactionid".into(),
+            mode: "ShareLock".into(),
+            seconds: 1.0,
+        }],
+    };
+    text.push_str(&metrics::render_activity(&[ActivityRow {
+        summary: &activity,
+        name: Some("orders"),
+        space: "space-guid",
+        plan: "small",
     }]));
     text.push_str(&metrics::render_ha(&[HaRow {
         instance: id,
