@@ -387,8 +387,16 @@ mod tests {
             .unwrap();
         let pid = shell.id() as i32;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // A child is seen between its fork and its exec with the shell's title: wait for both
+        // to be `sleep`.
+        let execed = |seen: &[i32]| {
+            seen.len() == 2
+                && seen
+                    .iter()
+                    .all(|p| title_of(*p).as_deref() == Some("sleep"))
+        };
         let mut seen = children(pid);
-        while seen.len() < 2 && std::time::Instant::now() < deadline {
+        while !execed(&seen) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(20));
             seen = children(pid);
         }
