@@ -75,7 +75,7 @@ async fn load_page(
             .wait_for(
                 &page,
                 "(() => { const r = document.getElementById('refresh'); \
-                 return !!r && /live|paused/.test(r.className) && !!document.querySelector('#timeline svg') \
+                 return !!r && /updated/.test(r.textContent) && !!document.querySelector('#timeline svg') \
                  && !!document.querySelector('#chart-xact svg'); })()",
                 &format!("{label} at {viewport}: the page is drawn"),
             )

@@ -282,7 +282,9 @@
     // Restorable window
     if (w) {
       var a = Math.max(x(w.from), L), b = Math.min(x(w.to), W - R);
-      if (b > a) {
+      // A window of one second (a backup, then the delete) is still one: at least 3 px wide.
+      if (b >= a) {
+        if (b - a < 3) { a = Math.max(L, Math.min(a, W - R - 3)); b = a + 3; }
         svg.appendChild(sv("rect", { "class": "tl-window", x: a, y: 40, width: b - a, height: 34, rx: 4, "data-from": w.from, "data-to": w.to },
           [title("Restorable from " + local(w.from, true) + " to " + (i.restore_window.to_now ? "now" : local(w.to, true)))]));
       }
