@@ -154,6 +154,78 @@ pub fn titles(pgdata: &Path) -> Result<Option<Vec<String>>, PgError> {
     ))
 }
 
+/// What [`titles_cached`] remembers of one cluster between two looks, so that a look at an
+/// idle cluster costs a few reads of `/proc` instead of one per server process: the postmaster
+/// checked (and when), and the children whose title said they are the server's own
+/// (checkpointer, walwriter, …: they never become sessions).
+#[derive(Debug, Default)]
+pub struct TitleCache {
+    postmaster: Option<(i32, std::time::Instant)>,
+    server: std::collections::HashSet<i32>,
+}
+
+/// The full postmaster check (its working directory is the data directory) again after this
+/// long, in case a crashed postmaster's pid was reused.
+const RECHECK_POSTMASTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// [`titles`] for a caller that looks at the same cluster again and again (the activity
+/// sampler, every second): the titles of the children that may be sessions. A child whose
+/// title once named a server process (rule 1: `postgres: ` and not a client or walsender) is
+/// not read again while it lives; a backend still waiting for its startup packet carries the
+/// postmaster's command line, not `postgres: …`, and is always read again. The postmaster is
+/// checked in full on the first look, when `postmaster.pid` names another pid, and every 30 s;
+/// in between, the pid being alive is enough.
+pub fn titles_cached(
+    pgdata: &Path,
+    cache: &mut TitleCache,
+) -> Result<Option<Vec<String>>, PgError> {
+    let path = pgdata.join("postmaster.pid");
+    let pid = match std::fs::read_to_string(&path) {
+        Ok(text) => super::pidfile::parse_postmaster_pid(&text).map(|pm| pm.pid),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(PgError::io(format!("read {}", path.display()))(e)),
+    };
+    let Some(pid) = pid else {
+        *cache = TitleCache::default();
+        return Ok(None);
+    };
+    let fresh = cache.postmaster.is_some_and(|(known, at)| {
+        known == pid
+            && at.elapsed() < RECHECK_POSTMASTER
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    });
+    if !fresh {
+        if !live_postmaster(pgdata)?.is_some_and(|pm| pm.pid == pid) {
+            *cache = TitleCache::default();
+            return Ok(None);
+        }
+        if cache.postmaster.map(|(known, _)| known) != Some(pid) {
+            cache.server.clear();
+        }
+        cache.postmaster = Some((pid, std::time::Instant::now()));
+    }
+    Ok(Some(session_titles(&children(pid), &mut cache.server)))
+}
+
+/// The titles of `kids` that may be sessions; `server` (the children known to be the server's
+/// own) is kept to the living and grows by each newly seen one.
+fn session_titles(kids: &[i32], server: &mut std::collections::HashSet<i32>) -> Vec<String> {
+    server.retain(|p| kids.contains(p));
+    let mut out = Vec::new();
+    for &kid in kids {
+        if server.contains(&kid) {
+            continue;
+        }
+        let Some(title) = title_of(kid) else { continue };
+        if title.starts_with("postgres: ") && classify(&title) == Title::Server {
+            server.insert(kid);
+        } else {
+            out.push(title);
+        }
+    }
+    out
+}
+
 /// A process title: the command line up to its first NUL (PostgreSQL pads the rest with NULs).
 fn title_of(pid: i32) -> Option<String> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
@@ -376,6 +448,52 @@ mod tests {
     }
 
     /// A shell's two children, through the kernel's list; and the scan of `/proc` agrees.
+    #[test]
+    fn server_children_are_read_once_and_sessions_every_time() {
+        use std::os::unix::process::CommandExt;
+        // A checkpointer-like child and a client-like one, by their argv[0].
+        let mut shell = std::process::Command::new("bash")
+            .args([
+                "-c",
+                "(exec -a 'postgres: checkpointer' sleep 30) & \
+                 (exec -a 'postgres: app db [local] idle' sleep 30) & wait",
+            ])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = shell.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let ready = |kids: &[i32]| {
+            kids.len() == 2
+                && kids
+                    .iter()
+                    .all(|p| title_of(*p).is_some_and(|t| t.starts_with("postgres: ")))
+        };
+        let mut kids = children(pid);
+        while !ready(&kids) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            kids = children(pid);
+        }
+        let mut server = std::collections::HashSet::new();
+        let first = session_titles(&kids, &mut server);
+        let second = session_titles(&kids, &mut server);
+        let known = server.len();
+        let gone = session_titles(&[], &mut server);
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = shell.kill();
+        let _ = shell.wait();
+        assert_eq!(first, vec!["postgres: app db [local] idle".to_string()]);
+        assert_eq!(second, first);
+        assert_eq!(known, 1, "the checkpointer is remembered");
+        assert!(
+            gone.is_empty() && server.is_empty(),
+            "a child gone is forgotten"
+        );
+    }
+
     #[test]
     fn children_are_found() {
         use std::os::unix::process::CommandExt;

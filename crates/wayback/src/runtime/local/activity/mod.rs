@@ -168,6 +168,8 @@ struct Slot {
     failing: bool,
     /// No SQL before this (after a failure).
     retry_at: Option<Instant>,
+    /// The postmaster and the server's own processes, known from earlier looks.
+    titles: sessions::TitleCache,
 }
 
 struct Session {
@@ -262,9 +264,12 @@ async fn look(view: &LocalRuntime, id: &InstanceId, slot: &mut Slot) -> Look {
     let titles = if !dirs.exists() || marker::is_parked(&cluster) {
         None
     } else {
-        sessions::titles(&dirs.pgdata).ok().flatten()
+        sessions::titles_cached(&dirs.pgdata, &mut slot.titles)
+            .ok()
+            .flatten()
     };
     let Some(titles) = titles else {
+        slot.titles = sessions::TitleCache::default();
         slot.session = None;
         return Look::NotRunning;
     };
