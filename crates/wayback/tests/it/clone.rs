@@ -407,6 +407,9 @@ async fn a_live_fork_copies_the_running_server_and_a_point_in_time_uses_the_arch
     let (app, store) = app_on_s3().await;
     let src = app.provision_ready("forked").await;
     wait_for_backup(&store, &src).await;
+    // The restore window starts at the first backup's time rounded up to the second: the
+    // commits the point in time lies between must come after it, not in the same second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let old = app.bind_sync(&src, &new_id()).await;
     let old_uri = old["uri"].as_str().unwrap();
     let mut writer = connect(old_uri).await.unwrap();
