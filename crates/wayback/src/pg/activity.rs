@@ -86,10 +86,14 @@ pub fn census<'a>(titles: impl IntoIterator<Item = &'a str>, exclude: &[&str]) -
 }
 
 /// Prepares the sampler's fresh session: no statement or lock waits longer than a sample,
-/// none of its own statements in `pg_stat_statements`, and the extension created in this
-/// (the admin) database when the library is loaded. Returns whether statement text can be
-/// read: false on a cluster started before its configuration loaded the library (until its
-/// next restart), or on a standby where the extension was never created.
+/// none of its own statements in `pg_stat_statements`. A cluster gets the extension with its
+/// admin database ([`sql::ADMIN_EXTENSIONS`](super::sql::ADMIN_EXTENSIONS)), so on every cluster
+/// made since, the `CREATE … IF NOT EXISTS` here writes nothing; only a cluster made before the
+/// extension was part of the template gets it here, once, when the library is loaded (a commit
+/// of the sampler's, which then ends that cluster's restore window until the user's next).
+/// Returns whether statement text can be read: false on a cluster started before its
+/// configuration loaded the library (until its next restart), or on a standby where the
+/// extension was never created.
 pub async fn prepare_session(conn: &mut PgConnection) -> Result<bool, PgError> {
     exec(
         conn,

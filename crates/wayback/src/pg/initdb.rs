@@ -32,8 +32,9 @@ use super::fsutil::{self, Owner};
 use super::{control, ctl, scram, sql, PgError, Tools, SUPERUSER};
 
 /// Changes whenever what a template holds changes, so that an older template on disk is not
-/// reused. 2: with the app database, without `postgres`.
-pub const TEMPLATE_REVISION: u32 = 2;
+/// reused. 2: with the app database, without `postgres`. 3: with `pg_stat_statements` in the
+/// admin database.
+pub const TEMPLATE_REVISION: u32 = 3;
 
 const INITDB_TIMEOUT: Duration = Duration::from_secs(300);
 const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -174,7 +175,8 @@ pub async fn set_superuser_password(
 }
 
 /// Gives the freshly initialised `pgdata` the app database and its owner role
-/// ([`sql::app_database_sql`]) and drops the `postgres` database, which nothing uses (admin
+/// ([`sql::app_database_sql`]), the admin database its `pg_stat_statements`
+/// ([`sql::ADMIN_EXTENSIONS`]), and drops the `postgres` database, which nothing uses (admin
 /// sessions use `template1`): every copy then starts with its database made, and copies no more
 /// files than before. Two runs, because `ALTER SCHEMA public` must happen inside the new database.
 async fn prepare_app_database(
@@ -185,6 +187,7 @@ async fn prepare_app_database(
     let sql = sql::app_database_sql(app.name, app.owner)?;
     let mut shared = vec![sql.create_role, sql.create_database];
     shared.extend(sql.shared);
+    shared.extend(sql::ADMIN_EXTENSIONS.iter().map(|s| s.to_string()));
     shared.push("DROP DATABASE postgres".into());
     let what = format!("make the app database in {}", pgdata.display());
     single_user(tools, pgdata, sql::ADMIN_DATABASE, &shared, what.clone()).await?;

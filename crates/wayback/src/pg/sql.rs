@@ -131,6 +131,14 @@ pub(crate) async fn role_exists(conn: &mut PgConnection, role: &str) -> Result<b
         .map_err(sql_err(format!("look up role {role:?}")))
 }
 
+/// What the admin database holds beyond initdb's: `pg_stat_statements`, which the sampler reads
+/// ([`activity`](super::activity)). Made with the cluster (in the template, or by
+/// [`ensure_database`] on a cluster made without one), never by the sampler on a new cluster: a
+/// `CREATE EXTENSION` is a commit, and a commit the user did not make would move the end of the
+/// restore window past their last one. Creating the objects needs the library file, not its
+/// preloading.
+pub const ADMIN_EXTENSIONS: &[&str] = &["CREATE EXTENSION IF NOT EXISTS pg_stat_statements"];
+
 /// The statements that make `database` and its NOLOGIN `owner` role: `shared` run in another
 /// database of the cluster (roles and databases are cluster-wide), `local` inside `database`.
 /// The template is made with them ([`initdb::build_template`](super::initdb::build_template)),
@@ -191,7 +199,8 @@ async fn app_database_ready(
 
 /// Makes `database` and its NOLOGIN `owner` role as [`app_database_sql`] says, or finds them
 /// made. A template copy already has them, so the common case is one connection and one query,
-/// with no DDL and so no WAL; anything missing or different is (re)done, idempotently.
+/// with no DDL and so no WAL; anything missing or different is (re)done, idempotently, along
+/// with the admin database's [`ADMIN_EXTENSIONS`] (a cluster made without the template).
 pub async fn ensure_database(
     opts: &PgConnectOptions,
     database: &str,
@@ -225,6 +234,14 @@ pub async fn ensure_database(
         .map_err(sql_err(format!("look up database {database:?}")))?;
     if exists.is_none() {
         exec_create(&mut conn, &sql.create_database, "create database").await?;
+    }
+    for statement in ADMIN_EXTENSIONS {
+        exec(
+            &mut conn,
+            statement,
+            "create the admin database's extensions",
+        )
+        .await?;
     }
     for statement in &sql.shared {
         exec(

@@ -543,6 +543,45 @@ async fn plain_initdb_works_and_bad_plans_are_refused() {
     );
 }
 
+/// The admin database holds `pg_stat_statements` from the cluster's making (the template has it;
+/// a cluster made without one gets it from `ensure_database`), so the sampler never has to create
+/// it: its commit would end the restore window after the user's last one. No sampler runs here.
+#[tokio::test]
+async fn the_admin_database_has_pg_stat_statements_from_the_start() {
+    if !pg_available() {
+        return;
+    }
+    async fn has_statements(t: &TestRuntime, id: &InstanceId) -> bool {
+        let mut c = admin(t, id, "template1").await;
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements')",
+        )
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+    }
+    for use_template in [true, false] {
+        let t = TestRuntime::new(use_template);
+        t.runtime.prepare().await.unwrap();
+        let s = spec("statements-1", free_port(), &[]);
+        t.runtime.create_cluster(&s).await.unwrap();
+        t.runtime.start(&s.instance).await.unwrap();
+        assert_eq!(
+            has_statements(&t, &s.instance).await,
+            use_template,
+            "use_template={use_template}: before ensure_database"
+        );
+        t.runtime
+            .ensure_database(&s.instance, "appdb", "app_owner")
+            .await
+            .unwrap();
+        assert!(
+            has_statements(&t, &s.instance).await,
+            "use_template={use_template}: after ensure_database"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_missing_os_user_is_a_permanent_error_naming_it() {
     if !pg_available() || !nix::unistd::Uid::effective().is_root() {
