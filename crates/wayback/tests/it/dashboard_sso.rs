@@ -5,7 +5,6 @@
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use reqwest::{header, StatusCode};
 use serde_json::Value;
@@ -451,6 +450,7 @@ async fn the_client_secret_tokens_and_codes_never_reach_the_log() {
     // app's own telemetry::init leaves it in place. Checked below (the log must not be empty).
     tracing_subscriber::fmt()
         .with_env_filter("trace")
+        .with_ansi(false)
         .with_writer(move || writer.clone())
         .try_init()
         .expect("this test's process has no subscriber yet (run it with nextest)");
@@ -472,13 +472,22 @@ async fn the_client_secret_tokens_and_codes_never_reach_the_log() {
     // A failed exchange too (the code is used up now): its error is logged.
     let r = callback(&b, &url, &[&state]).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    tokio::time::sleep(Duration::from_millis(200)).await; // let the last lines be written
-
+    // No wait needed: the request span's last line ("request done") is written before the
+    // response leaves the broker, so the whole of both callbacks is in the capture already.
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(
         log.contains("dashboard sign-in"),
         "the capture works: {} bytes",
         log.len()
+    );
+    assert!(
+        log.lines().any(|l| l.contains("/callback")
+            && l.contains("request done")
+            && l.contains("status=400")),
+        "the failed exchange's request is captured to its end: {:?}",
+        log.lines()
+            .filter(|l| l.contains("request done"))
+            .collect::<Vec<_>>()
     );
     let q: std::collections::HashMap<_, _> = reqwest::Url::parse(&url)
         .unwrap()
