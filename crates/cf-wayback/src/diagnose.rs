@@ -132,16 +132,7 @@ fn tree(nodes: &[LockNode], depth: usize, out: &mut String) {
             n.database.as_deref().unwrap_or("?")
         );
         let what = match &n.waiting_for {
-            Some(w) => format!(
-                "waits {:.0} s for {} ({}){}",
-                w.waiting_secs,
-                w.mode,
-                w.lock_type,
-                w.relation
-                    .as_deref()
-                    .map(|r| format!(" on {r}"))
-                    .unwrap_or_default()
-            ),
+            Some(w) => w.to_string(),
             None => format!(
                 "{}, transaction open {}",
                 n.state.as_deref().unwrap_or("?"),

@@ -86,6 +86,22 @@ pub struct LockWait {
     pub query: Option<String>,
 }
 
+/// `waits 3 s for ShareLock (transactionid) on public.accounts`: the one way a wait is written,
+/// by `cf db-locks` and by the broker's diagnose check alike.
+impl std::fmt::Display for LockWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "waits {:.0} s for {} ({})",
+            self.waiting_secs, self.mode, self.lock_type
+        )?;
+        match &self.relation {
+            Some(r) => write!(f, " on {r}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// One second of an instance.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

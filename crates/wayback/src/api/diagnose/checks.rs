@@ -201,16 +201,7 @@ pub fn tree_lines(nodes: &[LockNode], depth: usize, out: &mut Vec<String>) {
     for n in nodes {
         let pad = "  ".repeat(depth);
         let what = match &n.waiting_for {
-            Some(w) => format!(
-                "waits {:.0} s for {} {}{}",
-                w.waiting_secs,
-                w.mode,
-                w.lock_type,
-                w.relation
-                    .as_deref()
-                    .map(|r| format!(" on {r}"))
-                    .unwrap_or_default()
-            ),
+            Some(w) => w.to_string(),
             None => format!(
                 "blocks {} ({})",
                 n.blocking.len(),

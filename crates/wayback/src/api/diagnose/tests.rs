@@ -176,7 +176,7 @@ fn a_wait_is_yellow_from_a_second_and_red_from_a_minute_with_the_tree() {
         c.details,
         [
             "pid 1 (?@?) blocks 1 (idle in transaction): (statement text not available)",
-            "  pid 2 (?@?) waits 3 s for ShareLock transactionid on public.t: (statement text not available)",
+            "  pid 2 (?@?) waits 3 s for ShareLock (transactionid) on public.t: (statement text not available)",
         ]
     );
 }
