@@ -630,3 +630,45 @@ pub struct BackupAnswer {
     pub manifest: crate::archive::manifest::BackupManifest,
     pub timings: crate::archive::BackupTimings,
 }
+
+/// An agent that answers 404 to `route` (`GET /v1/clusters/{id}/sessions`) is a version from
+/// before the route came (`feature`): nothing was asked of its cluster, and retrying does not
+/// help until the agent is upgraded, so the error is permanent and says so.
+fn older_agent(
+    agent: &str,
+    id: &InstanceId,
+    what: &str,
+    route: &str,
+    feature: &str,
+) -> RuntimeError {
+    RuntimeError::Agent {
+        agent: agent.to_string(),
+        message: format!(
+            "cannot {what} for instance {id}: the agent does not serve {route} (an older \
+             wayback agent, without {feature}); upgrade it to the broker's version"
+        ),
+        permanent: true,
+        user_message: None,
+    }
+}
+
+/// A runtime with one agent, `name`, at `server`, which every instance resolves to (for the
+/// wire tests of each route).
+#[cfg(test)]
+fn one_agent_runtime(server: &wiremock::MockServer, name: &str) -> RemoteRuntime {
+    let settings = AgentsSettings {
+        urls: vec![AgentEndpoint {
+            name: name.into(),
+            url: server.uri(),
+        }],
+        password: Some("pw".to_string().into()),
+        ..AgentsSettings::default()
+    };
+    let rt = RemoteRuntime::new(&settings).unwrap();
+    let name = name.to_string();
+    rt.set_resolver(Box::new(move |_| {
+        let name = name.clone();
+        Box::pin(async move { Some(name) })
+    }));
+    rt
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use reqwest::Method;
 use wayback_api::activity::{Activity, ActivitySummary};
 
-use super::RemoteRuntime;
+use super::{older_agent, RemoteRuntime};
 use crate::domain::InstanceId;
 use crate::runtime::RuntimeError;
 
@@ -33,14 +33,14 @@ impl RemoteRuntime {
         agent
             .call_if_known(Method::GET, &path, None::<&()>, None)
             .await?
-            .ok_or_else(|| RuntimeError::Agent {
-                agent: agent.name.clone(),
-                message: format!(
-                    "cannot read the activity of instance {id}: the agent does not serve GET \
-                     /v1/clusters/{{id}}/activity (it predates sampling); upgrade it"
-                ),
-                permanent: true,
-                user_message: None,
+            .ok_or_else(|| {
+                older_agent(
+                    &agent.name,
+                    id,
+                    "read the activity",
+                    "GET /v1/clusters/{id}/activity",
+                    "activity sampling",
+                )
             })
     }
 

@@ -209,24 +209,13 @@ fn older_agent(agent: &str, member: &InstanceId) -> RuntimeError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AgentEndpoint, AgentsSettings};
     use crate::runtime::ClusterRuntime;
     use wiremock::matchers::{method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     /// A runtime with one agent, `old`, at `server`, holding every key.
     fn runtime(server: &MockServer) -> RemoteRuntime {
-        let settings = AgentsSettings {
-            urls: vec![AgentEndpoint {
-                name: "old".into(),
-                url: server.uri(),
-            }],
-            password: Some("pw".to_string().into()),
-            ..AgentsSettings::default()
-        };
-        let rt = RemoteRuntime::new(&settings).unwrap();
-        rt.set_resolver(Box::new(|_| Box::pin(async { Some("old".to_string()) })));
-        rt
+        super::super::one_agent_runtime(server, "old")
     }
 
     fn single(id: &InstanceId) -> ClusterSpec {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 
-use super::RemoteRuntime;
+use super::{older_agent, RemoteRuntime};
 use crate::domain::InstanceId;
 use crate::runtime::{RuntimeError, Sessions};
 
@@ -27,7 +27,15 @@ impl RemoteRuntime {
         agent
             .call_if_known(Method::GET, &path, None::<&()>, None)
             .await?
-            .ok_or_else(|| older_agent(&agent.name, id, "count its sessions", "GET", "sessions"))
+            .ok_or_else(|| {
+                older_agent(
+                    &agent.name,
+                    id,
+                    "count its sessions",
+                    "GET /v1/clusters/{id}/sessions",
+                    IDLE,
+                )
+            })
     }
 
     pub(super) async fn remote_park(&self, id: &InstanceId) -> Result<(), RuntimeError> {
@@ -36,54 +44,32 @@ impl RemoteRuntime {
         agent
             .call_if_known::<(), _>(Method::POST, &path, None::<&()>, Some(PARK_TIMEOUT))
             .await?
-            .ok_or_else(|| older_agent(&agent.name, id, "stop it when idle", "POST", "park"))
+            .ok_or_else(|| {
+                older_agent(
+                    &agent.name,
+                    id,
+                    "stop it when idle",
+                    "POST /v1/clusters/{id}/park",
+                    IDLE,
+                )
+            })
     }
 }
 
-/// An agent without the idle-stop routes (a version before them): nothing was asked of its
-/// cluster, and retrying does not help until the agent is upgraded.
-fn older_agent(
-    agent: &str,
-    id: &InstanceId,
-    what: &str,
-    method: &str,
-    route: &str,
-) -> RuntimeError {
-    RuntimeError::Agent {
-        agent: agent.to_string(),
-        message: format!(
-            "cannot {what} for instance {id}: the agent does not serve {method} \
-             /v1/clusters/{{id}}/{route} (an older wayback agent, without idle stop); upgrade \
-             it to the broker's version"
-        ),
-        permanent: true,
-        user_message: None,
-    }
-}
+/// What an agent without the routes lacks.
+const IDLE: &str = "idle stop";
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AgentEndpoint, AgentsSettings};
     use crate::runtime::ClusterRuntime;
     use wiremock::matchers::{method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     const ID: &str = "0a1b2c3d-0000-4000-8000-000000000017";
 
-    /// A runtime with one agent at `server`, holding every key.
     fn runtime(server: &MockServer) -> RemoteRuntime {
-        let settings = AgentsSettings {
-            urls: vec![AgentEndpoint {
-                name: "a".into(),
-                url: server.uri(),
-            }],
-            password: Some("pw".to_string().into()),
-            ..AgentsSettings::default()
-        };
-        let rt = RemoteRuntime::new(&settings).unwrap();
-        rt.set_resolver(Box::new(|_| Box::pin(async { Some("a".to_string()) })));
-        rt
+        super::super::one_agent_runtime(server, "a")
     }
 
     /// An agent older than idle stop answers 404 (with the agent's own body, or none) to both

@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde::Serialize;
 
-use super::RemoteRuntime;
+use super::{older_agent, RemoteRuntime};
 use crate::domain::InstanceId;
 use crate::runtime::{InspectKind, Inspection, RuntimeError};
 
@@ -35,15 +35,14 @@ impl RemoteRuntime {
         agent
             .call_if_known(Method::POST, &path, Some(&body), Some(INSPECT_TIMEOUT))
             .await?
-            .ok_or_else(|| RuntimeError::Agent {
-                agent: agent.name.clone(),
-                message: format!(
-                    "cannot inspect instance {id}: the agent does not serve POST \
-                     /v1/clusters/{{id}}/inspect (an older wayback agent, without diagnose); \
-                     upgrade it to the broker's version"
-                ),
-                permanent: true,
-                user_message: None,
+            .ok_or_else(|| {
+                older_agent(
+                    &agent.name,
+                    id,
+                    "inspect the cluster",
+                    "POST /v1/clusters/{id}/inspect",
+                    "diagnose",
+                )
             })
     }
 }
@@ -51,7 +50,6 @@ impl RemoteRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AgentEndpoint, AgentsSettings};
     use crate::runtime::ClusterRuntime;
     use wiremock::matchers::{body_json, method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -59,17 +57,7 @@ mod tests {
     const ID: &str = "0a1b2c3d-0000-4000-8000-000000000019";
 
     fn runtime(server: &MockServer) -> RemoteRuntime {
-        let settings = AgentsSettings {
-            urls: vec![AgentEndpoint {
-                name: "a".into(),
-                url: server.uri(),
-            }],
-            password: Some("pw".to_string().into()),
-            ..AgentsSettings::default()
-        };
-        let rt = RemoteRuntime::new(&settings).unwrap();
-        rt.set_resolver(Box::new(|_| Box::pin(async { Some("a".to_string()) })));
-        rt
+        super::super::one_agent_runtime(server, "a")
     }
 
     #[tokio::test]
