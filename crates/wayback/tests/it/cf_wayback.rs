@@ -595,6 +595,9 @@ async fn as_a_plugin_under_the_harness_it_installs_lists_and_undoes_with_wait() 
     for usage in [
         "Usage:cf backups [NAME]",
         "Usage:cf undo NAME [NEW_NAME]",
+        "Usage:cf db-diagnose NAME",
+        "Usage:cf db-locks NAME",
+        "Usage:cf db-outliers NAME",
         "broker-url:",
         "wait:Follow",
     ] {
@@ -613,6 +616,28 @@ async fn as_a_plugin_under_the_harness_it_installs_lists_and_undoes_with_wait() 
     assert!(
         rows.iter().any(|r| r[0] == "orders" && r[2] == "live"),
         "{stdout}"
+    );
+
+    // cf db-diagnose, db-locks and db-outliers: through the CC's discovery to the broker's
+    // inspection of the live cluster.
+    let (code, stdout, stderr) = output(serve(&["db-diagnose", "orders"])).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("Blocking queries: No session waits for a lock."),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = output(serve(&["db-locks", "orders"])).await;
+    assert_eq!(
+        (code, stdout.as_str()),
+        (0, "No session waits for a lock.\n"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = output(serve(&["db-outliers", "orders", "--json"])).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let outliers: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        outliers["available"] == true && outliers["statements"].is_array(),
+        "{outliers}"
     );
 
     // cf undo production --wait: through the CC to the broker's real clone, followed to the end.
