@@ -6,7 +6,7 @@
 //!   instances (table and `--json`), finding the broker from a dashboard URL, and shows an
 //!   instance's audit trail (`audit`) and its followers (`followers`);
 //! - as a plugin under the cf plugin harness (`tests/fixtures/cf-plugin-harness`): metadata
-//!   install, `backups`, and `undo --wait`, where the fake CC's `POST /v3/service_instances`
+//!   install, `backups`, `db-diagnose`, `db-locks`, `db-outliers --json`, and `undo --wait`, where the fake CC's `POST /v3/service_instances`
 //!   is forwarded to the broker as the real OSB provision with `clone-from`, and the fake
 //!   CC's `last_operation` is the broker's own, so the progress lines are the broker's.
 
