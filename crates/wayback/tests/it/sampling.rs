@@ -9,7 +9,8 @@
 //! - a statement run with a literal shows in the top statements as `$1`, and the literal is
 //!   nowhere in the activity's JSON;
 //! - a parked (idle-stopped) instance is not woken by the sampler while another is sampled;
-//! - through an agent, `/metrics` shows the agent's instance.
+//! - through an agent, `/metrics` shows the agent's instance, and its blocking tree and
+//!   diagnose facts are read on the agent's cluster.
 //!
 //! Run: `bash scripts/test sampling::`.
 
@@ -22,6 +23,7 @@ use crate::idle_stop::{idle_catalog, postmaster_runs, provision_dev, wait_stoppe
 use common::osb_client::iid;
 use common::*;
 use serde_json::Value;
+use wayback::runtime::{InspectKind, Inspection};
 use wayback_api::activity::{Activity, LockWait};
 
 /// The ring of `id` as the broker's runtime holds it.
@@ -272,8 +274,11 @@ async fn a_parked_instance_is_not_woken_by_the_sampler() {
     assert!(metric_of(&text, "wayback_lock_waiters", &awake, "name=\"awake\"").is_some());
 }
 
+/// Through an agent: the instance's figures in the broker's `/metrics`, its ring, and the
+/// inspections `cf db-locks` and `cf db-diagnose` ask for (`POST /v1/clusters/{id}/inspect`),
+/// read on the agent's cluster while one session blocks another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_agents_instance_shows_in_the_brokers_metrics() {
+async fn an_agents_instance_shows_in_the_brokers_metrics_and_is_inspected_through_it() {
     if !pg_available() {
         return;
     }
@@ -301,4 +306,81 @@ async fn an_agents_instance_shows_in_the_brokers_metrics() {
     .unwrap();
     assert_eq!(ring["sampling"], true, "{ring}");
     assert!(!ring["samples"].as_array().unwrap().is_empty(), "{ring}");
+
+    // A lock wait on the agent's cluster, inspected through the agent.
+    let creds = fleet.app.bind_sync(&id, &new_id()).await;
+    let uri = creds["uri"].as_str().expect("credentials.uri").to_string();
+    let mut holder = connect(&uri).await.unwrap();
+    let mut waiter = connect(&uri).await.unwrap();
+    exec(&mut holder, "CREATE TABLE t (n int)").await;
+    let (holder_pid, waiter_pid) = (
+        backend_pid(&mut holder).await,
+        backend_pid(&mut waiter).await,
+    );
+    exec(&mut holder, "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE").await;
+    // On its own thread: sqlx's executor future is not `Send` across tokio::spawn here.
+    let (done_tx, waiting) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let done = rt.block_on(async {
+            sqlx::raw_sql("SELECT count(*) FROM t")
+                .execute(&mut waiter)
+                .await
+                .map(drop)
+        });
+        let _ = done_tx.send(done);
+    });
+    let runtime = &fleet.app.worker.context().runtime;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let locks = loop {
+        let Inspection::Locks(l) = runtime
+            .inspect(&iid(&id), InspectKind::Locks)
+            .await
+            .unwrap()
+        else {
+            panic!("a locks inspection answers locks")
+        };
+        if l.roots
+            .iter()
+            .any(|r| r.pid == holder_pid && r.blocking.iter().any(|b| b.pid == waiter_pid))
+        {
+            break l;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent's blocking tree never showed the wait: {l:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let root = &locks.roots[0];
+    let wait = root.blocking[0]
+        .waiting_for
+        .as_ref()
+        .expect("the waiter waits");
+    assert_eq!(
+        (wait.mode.as_str(), wait.relation.as_deref()),
+        ("AccessShareLock", Some("public.t")),
+        "{wait:?}"
+    );
+    let Inspection::Diagnose(facts) = runtime
+        .inspect(&iid(&id), InspectKind::Diagnose)
+        .await
+        .unwrap()
+    else {
+        panic!("a diagnose inspection answers facts")
+    };
+    assert!(
+        facts.locks.roots.iter().any(|r| r.pid == holder_pid),
+        "{:?}",
+        facts.locks
+    );
+    assert!(
+        facts.max_connections > 0 && facts.connections >= 2,
+        "{facts:?}"
+    );
+    exec(&mut holder, "COMMIT").await;
+    waiting.await.unwrap().unwrap();
 }
