@@ -2,12 +2,15 @@
 //! older keys can then be removed from `encryption.keys`.
 //!
 //! Each kind of secret is one step, run in order, and the report lists what each re-sealed:
-//! the state database's binding passwords, then the archive's per-instance data keys (every
-//! `spaces/*/instances/*/key.json` is rewrapped under the current key; the archive's data is
-//! not rewritten, the data keys stay the same). Every step is idempotent, so a rekey that
-//! stopped half-way is run again. Reads the same settings
+//! the state database's binding passwords, followers' replication passwords, HA instances'
+//! superuser passwords and the PKCE verifiers of dashboard sign-ins not yet finished, then the
+//! archive's per-instance data keys (every `spaces/*/instances/*/key.json` is rewrapped under
+//! the current key; the archive's data is not rewritten, the data keys stay the same). Every
+//! step is idempotent, so a rekey that stopped half-way is run again. Reads the same settings
 //! as `serve`; the keys that sealed the old values must still be configured beside the new
 //! current one (else opening the state database refuses, naming the missing key ids).
+//! Dashboard sessions are signed, not sealed: a session signed with a removed key is refused
+//! and its user signs in again.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -83,8 +86,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<RekeyReport> {
         Some(Ok(_)) => Some(store.reseal_ha_superuser_passwords().await),
         _ => None,
     };
-    let rewrapped = match (&resealed, &replication, &ha_superuser) {
-        (Ok(_), Some(Ok(_)), Some(Ok(_))) => {
+    let logins = match &ha_superuser {
+        Some(Ok(_)) => Some(store.reseal_dashboard_logins().await),
+        _ => None,
+    };
+    let rewrapped = match (&resealed, &replication, &ha_superuser, &logins) {
+        (Ok(_), Some(Ok(_)), Some(Ok(_)), Some(Ok(_))) => {
             Some(rewrap_archive_keys(&settings, &data_dir, &store).await)
         }
         _ => None,
@@ -104,6 +111,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<RekeyReport> {
         steps.push(RekeyStep {
             secrets: "HA instances' superuser passwords (state database)",
             resealed: ha_superuser?,
+        });
+    }
+    if let Some(logins) = logins {
+        steps.push(RekeyStep {
+            secrets: "pending dashboard sign-ins (state database)",
+            resealed: logins?,
         });
     }
     if let Some(rewrapped) = rewrapped {

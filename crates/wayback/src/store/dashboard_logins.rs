@@ -102,6 +102,48 @@ impl Store {
         Ok(done.rows_affected())
     }
 
+    /// Re-seals under the current key the verifiers of sign-ins an older key sealed
+    /// (`wayback rekey`), so that a sign-in started before a rekey still finishes after the old
+    /// key is removed; returns how many. Each row is updated only if it still holds the value
+    /// read (a callback that took it meanwhile wins). One that no configured key opens could
+    /// never finish: it is deleted (its user signs in again). These rows live minutes, so the
+    /// start-up check for missing keys leaves them out.
+    pub async fn reseal_dashboard_logins(&self) -> Result<usize, StoreError> {
+        let keyring = self.keyring()?;
+        let rows = sqlx::query("SELECT state_hash, verifier FROM dashboard_logins")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut resealed = 0;
+        for row in rows {
+            let state_hash: String = row.try_get("state_hash")?;
+            let old: String = row.try_get("verifier")?;
+            if !keyring.is_stale(&old) {
+                continue;
+            }
+            let context = verifier_context(&state_hash);
+            let Ok(clear) = keyring.open(&old, &context) else {
+                tracing::info!("a pending dashboard sign-in no configured key opens is dropped");
+                sqlx::query("DELETE FROM dashboard_logins WHERE state_hash = $1 AND verifier = $2")
+                    .bind(&state_hash)
+                    .bind(&old)
+                    .execute(&self.pool)
+                    .await?;
+                continue;
+            };
+            let sealed = keyring.seal(&clear, &context);
+            let done = sqlx::query(
+                "UPDATE dashboard_logins SET verifier = $1 WHERE state_hash = $2 AND verifier = $3",
+            )
+            .bind(&sealed)
+            .bind(&state_hash)
+            .bind(&old)
+            .execute(&self.pool)
+            .await?;
+            resealed += done.rows_affected() as usize;
+        }
+        Ok(resealed)
+    }
+
     /// Sign-ins waiting for their callback (for tests and diagnostics).
     pub async fn dashboard_login_count(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM dashboard_logins")

@@ -305,6 +305,14 @@ async fn rekey_then_read_with_only_the_new_key() {
         .await
         .unwrap();
     insert_instance_and_binding(&store).await;
+    // A dashboard sign-in started before the rekey, to finish after it.
+    let login_instance = wayback::domain::InstanceId::parse("i-1").unwrap();
+    let verifier = secrecy::SecretString::from("pkce-verifier-of-a-pending-sign-in");
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    store
+        .insert_dashboard_login("state-digest", &login_instance, &verifier, now_ms, 0)
+        .await
+        .unwrap();
     store.close().await;
 
     let list = |ids: &[&str]| {
@@ -331,6 +339,10 @@ async fn rekey_then_read_with_only_the_new_key() {
         stdout.contains("binding passwords (state database): 1 re-sealed"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("pending dashboard sign-ins (state database): 1 re-sealed"),
+        "{stdout}"
+    );
     assert!(stdout.contains("sealed with key new"), "{stdout}");
 
     settings.encryption.keys = all.into_iter().filter(|(id, _)| id == "new").collect();
@@ -338,6 +350,16 @@ async fn rekey_then_read_with_only_the_new_key() {
         .await
         .unwrap();
     assert_eq!(password(&store, "b-1").await, format!("{MARKER}b-1"));
+    let login = store
+        .take_dashboard_login("state-digest", 0)
+        .await
+        .unwrap()
+        .expect("the pending sign-in is still there");
+    assert_eq!(
+        login.verifier.expose_secret(),
+        verifier.expose_secret(),
+        "it opens with the new key alone"
+    );
 }
 
 /// Under a permissive umask (000) every file the broker keeps its state and keys in is 0600
