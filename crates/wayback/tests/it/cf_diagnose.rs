@@ -10,6 +10,8 @@
 //!   and idle in transaction. The broker's `diagnose.long_transaction_secs` is 1 s here, so
 //!   the test waits a second, not a minute; the judging at the defaults is unit-tested;
 //! - a bad name is a clear error (exit 1), not a table;
+//! - the bloat estimate: a table and its index packed are GREEN; with nine rows in ten deleted
+//!   and vacuumed away, each shows about ten times its packed size;
 //! - an instance stopped when idle is diagnosed without being woken: its cluster's checks are
 //!   SKIPPED, `locks` is a 409, and its postmaster stays down.
 //!
@@ -487,5 +489,75 @@ async fn outliers_and_a_waiters_statement_are_normalised_text_without_parameters
     let text = o.to_string() + &out + &locks.to_string();
     for literal in ["987654321", "123456789", "555555555"] {
         assert!(!text.contains(literal), "{literal} leaked:\n{text}");
+    }
+}
+
+/// The bloat estimate (a relation's size beside its rows packed, from the planner's
+/// statistics) on real relations: a table and its index just built and analysed are not
+/// bloated; once deletes and a VACUUM have emptied nine rows in ten, space that VACUUM freed
+/// but did not give back, both are, by about the ten-fold each should be.
+#[tokio::test]
+async fn bloat_is_estimated_for_tables_and_indexes_from_their_statistics() {
+    if !pg_available() {
+        return;
+    }
+    let fake = FakeCf::start().await;
+    fake.allow_space(SPACE).await;
+    let cc = fake.cc_settings();
+    let app = spawn_app_with(|s| s.cc = cc).await;
+    let id = app.provision_ready("orders").await;
+    let cli = Cli::new(fake, &app.address).await;
+    let creds = app.bind_sync(&id, &new_id()).await;
+    let mut c = connect(creds["uri"].as_str().unwrap()).await.unwrap();
+    exec(
+        &mut c,
+        "CREATE TABLE events (n int); \
+         INSERT INTO events SELECT generate_series(1, 800000); \
+         CREATE INDEX events_n ON events (n); ANALYZE events",
+    )
+    .await;
+    let bloat = |d: &Value| -> Value {
+        d["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == "bloat")
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let (status, d) = cli.api(&format!("/instances/{id}/diagnose")).await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    assert_eq!(bloat(&d)["verdict"], "GREEN", "packed: {}", bloat(&d));
+
+    exec(&mut c, "DELETE FROM events WHERE n % 10 <> 0").await;
+    exec(&mut c, "VACUUM ANALYZE events").await;
+    let (_, d) = cli.api(&format!("/instances/{id}/diagnose")).await;
+    let check = bloat(&d);
+    assert_eq!(check["verdict"], "YELLOW", "{check}");
+    let details: Vec<&str> = check["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d.as_str())
+        .collect();
+    let ratio_of = |prefix: &str| -> f64 {
+        let line = details
+            .iter()
+            .find(|l| l.contains(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in {details:?}"));
+        let after = line.split_once(prefix).unwrap().1.trim_start();
+        after.split('×').next().unwrap().trim().parse().unwrap()
+    };
+    for (what, ratio) in [
+        ("table public.events", ratio_of("table public.events ")),
+        (
+            "index public.events_n",
+            ratio_of("index public.events_n on public.events "),
+        ),
+    ] {
+        assert!(
+            (7.0..=13.0).contains(&ratio),
+            "{what}: {ratio} in {details:?}"
+        );
     }
 }

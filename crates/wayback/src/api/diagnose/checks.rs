@@ -330,11 +330,11 @@ fn bloat(f: &DiagnoseFacts) -> Check {
     let waste: i64 = f.bloat.iter().map(|b| b.waste_bytes).sum();
     let summary = match bad.len() {
         0 => format!(
-            "No table is bloated; dead rows take about {} in all.",
+            "No table or index is bloated; a rewrite would give back about {} in all.",
             size(waste)
         ),
         n => format!(
-            "{n} table(s) bloated by dead rows, about {} wasted.",
+            "{n} table(s) or index(es) bloated, about {} wasted.",
             size(waste)
         ),
     };
@@ -344,8 +344,9 @@ fn bloat(f: &DiagnoseFacts) -> Check {
         .take(DETAILS_SHOWN)
         .map(|b| {
             format!(
-                "{}: {} {:.1}× its live size, about {} wasted",
+                "{}: {} {} {:.1}× its packed size, about {} wasted",
                 b.database,
+                b.kind,
                 b.name,
                 b.ratio,
                 size(b.waste_bytes)
@@ -354,8 +355,9 @@ fn bloat(f: &DiagnoseFacts) -> Check {
         .collect();
     advise(
         c,
-        "Run VACUUM (ANALYZE) on the tables named; if they stay bloated, look for long \
-         transactions, which keep VACUUM from removing dead rows.",
+        "Run VACUUM (ANALYZE) on the tables named (it makes freed space reusable; VACUUM FULL \
+         or pg_repack gives it back) and REINDEX INDEX CONCURRENTLY the indexes named; if bloat \
+         returns, look for long transactions, which keep VACUUM from removing dead rows.",
     )
 }
 
