@@ -191,11 +191,17 @@ def report(args: argparse.Namespace) -> int:
         """Share of one core, per 100 instances."""
         return f"{100 * cpu_s / seconds * 100 / n:.2f} %"
 
+    def baseline(mode: str, part: str) -> float:
+        """The mean of the baselines taken before and after the sampled phases."""
+        first = f(f"{mode}_off_{part}_cpu_s")
+        second = f"{mode}_off2_{part}_cpu_s"
+        return (first + f(second)) / 2 if second in r else first
+
     rows = []
     for mode in ("idle", "busy"):
-        on, off = f"{mode}_on", f"{mode}_off"
-        broker = f(f"{on}_broker_cpu_s") - f(f"{off}_broker_cpu_s")
-        clusters = f(f"{on}_clusters_cpu_s") - f(f"{off}_clusters_cpu_s")
+        on = f"{mode}_on"
+        broker = f(f"{on}_broker_cpu_s") - baseline(mode, "broker")
+        clusters = f(f"{on}_clusters_cpu_s") - baseline(mode, "clusters")
         rows.append((f"sampler, clients {mode}", broker, clusters, broker + clusters))
     poll_client = f("poll_off_poller_cpu_s")
     poll_clusters = f("poll_off_clusters_cpu_s") - f("busy_off_clusters_cpu_s")
@@ -208,9 +214,14 @@ def report(args: argparse.Namespace) -> int:
     for name, client, clusters, total in rows:
         print(f"{name:34} {client:13.2f} {clusters:15.2f} {total:8.2f} "
               f"{share(total, secs):>24}")
-    print(f"baseline (sampling off): broker {f('idle_off_broker_cpu_s'):.2f} CPU-s idle, "
-          f"{f('busy_off_broker_cpu_s'):.2f} busy; clusters {f('idle_off_clusters_cpu_s'):.2f} "
-          f"idle, {f('busy_off_clusters_cpu_s'):.2f} busy")
+    for suffix, when in (("off", "before"), ("off2", "after")):
+        if f"idle_{suffix}_broker_cpu_s" not in r:
+            continue
+        print(f"baseline (sampling off, {when}): broker "
+              f"{f(f'idle_{suffix}_broker_cpu_s'):.2f} CPU-s idle, "
+              f"{f(f'busy_{suffix}_broker_cpu_s'):.2f} busy; clusters "
+              f"{f(f'idle_{suffix}_clusters_cpu_s'):.2f} idle, "
+              f"{f(f'busy_{suffix}_clusters_cpu_s'):.2f} busy")
     if "scrape_p50_ms" in r:
         print(f"/metrics scrape with {r['scrape_instances']} sampled instances: "
               f"p50 {r['scrape_p50_ms']} ms, max {r['scrape_max_ms']} ms "

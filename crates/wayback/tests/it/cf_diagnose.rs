@@ -385,44 +385,17 @@ async fn outliers_and_a_waiters_statement_are_normalised_text_without_parameters
         .fetch_one(&mut admin)
         .await
         .unwrap();
-    if !loaded.contains("pg_stat_statements") {
-        // Without the library: outliers say it is not available.
-        let (status, o) = cli.api(&format!("/instances/{id}/outliers")).await;
-        assert_eq!(
-            (status, &o["available"]),
-            (StatusCode::OK, &json!(false)),
-            "{o}"
-        );
-        // Preload it as the sampler's branch makes every cluster do (the plans' settings do
-        // not take the library): set, then a fast shutdown that the supervisor (every second
-        // here) answers with a start.
-        exec(
-            &mut admin,
-            "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'",
-        )
-        .await;
-        drop(admin);
-        let cluster = app.cluster_dir(&id);
-        let old = postmaster_pid(&cluster).expect("a running postmaster");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(old),
-            nix::sys::signal::Signal::SIGINT,
-        )
-        .unwrap();
-        eventually("the supervisor restarts the cluster", 120, || async {
-            // The eighth line of postmaster.pid says `ready` once it accepts connections.
-            let ready = std::fs::read_to_string(cluster.join("pgdata/postmaster.pid"))
-                .is_ok_and(|t| t.lines().nth(7).is_some_and(|l| l.trim() == "ready"));
-            postmaster_pid(&cluster).is_some_and(|p| p != old) && ready
-        })
-        .await;
-    }
-    let mut admin = app.admin(&id).await;
-    exec(
-        &mut admin,
-        "CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
+    // Every cluster loads the library and has the extension in its admin database from the
+    // start: nothing here creates it.
+    assert!(loaded.contains("pg_stat_statements"), "{loaded}");
+    let made: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements')",
     )
-    .await;
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(made, "pg_stat_statements is made with the cluster");
+    drop(admin);
 
     let creds = app.bind_sync(&id, &new_id()).await;
     let uri = creds["uri"].as_str().unwrap();
