@@ -9,8 +9,16 @@
         one persistent psql session per instance fed the sampler's 1 s statement every second.
         After a 5 s settle, CPU-seconds over S seconds of the broker (its tree, postmasters
         excluded), of every cluster (postmasters with their backends) and of the poller (this
-        process and its psql children); appends P_broker_cpu_s, P_clusters_cpu_s,
-        P_poller_cpu_s, P_seconds, P_instances.
+        process and its psql children), and of two kinds of the clusters' backends, told by
+        their process titles: the sampler's session (the superuser in template1 over the unix
+        socket) and the benchmark's clients (over TCP); appends P_broker_cpu_s,
+        P_clusters_cpu_s, P_poller_cpu_s, P_sampler_backends_cpu_s, P_client_backends_cpu_s,
+        P_seconds, P_instances.
+    bench_sampling.py quiet --clusters DIR --broker PID --results R [--window 30] [--limit 900]
+        Waits until the machine's part under test has stopped settling: CPU-seconds of the
+        broker's tree and every cluster over successive --window second windows, until three
+        in a row are each no more than 15 % below the one before (at most --limit seconds);
+        appends quiet_after_s and quiet_window_cpu_s (the last window, per second).
     bench_sampling.py scrape --url URL --count N --results R
         Times N `GET /metrics` one after another; appends scrape_p50_ms, scrape_max_ms,
         scrape_instances (instances with a wayback_max_connections sample), scrape_bytes.
@@ -93,6 +101,33 @@ def psql(path: str, c: dict) -> subprocess.Popen:
         text=True, env=env)
 
 
+def backend_ticks(procs: dict[int, tuple[int, int]], pms: set[int], marker: str) -> dict[int, int]:
+    """pid -> CPU ticks of the clusters' backends whose process title holds `marker`."""
+    out = {}
+    for pid, (ppid, ticks) in procs.items():
+        if ppid not in pms:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in title:
+            out[pid] = ticks
+    return out
+
+
+def backends_cpu(before: dict[int, int], after: dict[int, int]) -> int:
+    """Ticks the backends spent between two looks (one born in between: all of its own)."""
+    return sum(t - before.get(pid, 0) for pid, t in after.items())
+
+
+# Process titles: the sampler's session is the superuser's in the admin database over the unix
+# socket; the benchmark's own clients (holders and pollers) come over TCP.
+SAMPLER_TITLE = "wayback_admin template1 [local]"
+CLIENT_TITLE = " 127.0.0.1("
+
+
 def phase(args: argparse.Namespace) -> int:
     creds = bench_idle_wake.read_creds(args.creds)
     holders, pollers = [], []
@@ -110,6 +145,8 @@ def phase(args: argparse.Namespace) -> int:
         pms = bench_idle.postmasters(args.clusters)
         me = {os.getpid()}
         before = bench_idle.processes()
+        sampler_before = backend_ticks(before, pms, SAMPLER_TITLE)
+        clients_before = backend_ticks(before, pms, CLIENT_TITLE)
         t0 = time.monotonic()
         next_poll = t0
         while time.monotonic() - t0 < args.seconds:
@@ -121,6 +158,8 @@ def phase(args: argparse.Namespace) -> int:
             time.sleep(max(0.0, next_poll - time.monotonic()))
         after = bench_idle.processes()
         seconds = time.monotonic() - t0
+        sampler_sql = backends_cpu(sampler_before, backend_ticks(after, pms, SAMPLER_TITLE))
+        clients_sql = backends_cpu(clients_before, backend_ticks(after, pms, CLIENT_TITLE))
         broker = {args.broker}
         brk = bench_idle.tree_ticks(after, broker, pms) - bench_idle.tree_ticks(before, broker, pms)
         clusters = bench_idle.tree_ticks(after, pms, set()) - bench_idle.tree_ticks(before, pms, set())
@@ -145,12 +184,46 @@ def phase(args: argparse.Namespace) -> int:
         (f"{args.prefix}_broker_cpu_s", f"{brk / TICK:.2f}"),
         (f"{args.prefix}_clusters_cpu_s", f"{clusters / TICK:.2f}"),
         (f"{args.prefix}_poller_cpu_s", f"{poller / TICK:.2f}"),
+        (f"{args.prefix}_sampler_backends_cpu_s", f"{sampler_sql / TICK:.2f}"),
+        (f"{args.prefix}_client_backends_cpu_s", f"{clients_sql / TICK:.2f}"),
         (f"{args.prefix}_seconds", f"{seconds:.1f}"),
         (f"{args.prefix}_instances", len(creds)),
     ])
     print(f"bench-sampling: {args.prefix}: broker {brk / TICK:.2f} CPU-s, clusters "
-          f"{clusters / TICK:.2f} CPU-s, poller {poller / TICK:.2f} CPU-s over {seconds:.0f} s",
-          file=sys.stderr)
+          f"{clusters / TICK:.2f} CPU-s (the sampler's backends {sampler_sql / TICK:.2f}, the "
+          f"clients' {clients_sql / TICK:.2f}), poller {poller / TICK:.2f} CPU-s over "
+          f"{seconds:.0f} s", file=sys.stderr)
+    return 0
+
+
+def quiet(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    pms = bench_idle.postmasters(args.clusters)
+    broker = {args.broker}
+
+    def ticks() -> int:
+        procs = bench_idle.processes()
+        return (bench_idle.tree_ticks(procs, broker, pms)
+                + bench_idle.tree_ticks(procs, pms, set()))
+
+    windows: list[float] = []
+    while True:
+        start = ticks()
+        time.sleep(args.window)
+        cpu = (ticks() - start) / TICK
+        windows.append(cpu)
+        waited = time.monotonic() - t0
+        print(f"bench-sampling: settling: {cpu / args.window:.3f} CPU-s/s over the last "
+              f"{args.window:.0f} s ({waited:.0f} s in)", file=sys.stderr)
+        # Flat: the last three windows each no more than 15 % below the one before.
+        last = windows[-4:]
+        flat = len(last) == 4 and all(b >= 0.85 * a for a, b in zip(last, last[1:]))
+        if flat or waited >= args.limit:
+            break
+    bench_md.append(args.results, [
+        ("quiet_after_s", f"{waited:.0f}"),
+        ("quiet_window_cpu_s", f"{cpu / args.window:.3f}"),
+    ])
     return 0
 
 
@@ -197,31 +270,35 @@ def report(args: argparse.Namespace) -> int:
         second = f"{mode}_off2_{part}_cpu_s"
         return (first + f(second)) / 2 if second in r else first
 
+    # The clusters' side is what the measured sessions' own backends spent: the clusters as a
+    # whole swing by several CPU-seconds a minute with their timed checkpoints (every 5 min,
+    # all at about the same time here), far more than one statement a second costs.
     rows = []
     for mode in ("idle", "busy"):
         on = f"{mode}_on"
         broker = f(f"{on}_broker_cpu_s") - baseline(mode, "broker")
-        clusters = f(f"{on}_clusters_cpu_s") - baseline(mode, "clusters")
-        rows.append((f"sampler, clients {mode}", broker, clusters, broker + clusters))
+        sql = f(f"{on}_sampler_backends_cpu_s") - baseline(mode, "sampler_backends")
+        rows.append((f"sampler, clients {mode}", broker, sql, broker + sql))
     poll_client = f("poll_off_poller_cpu_s")
-    poll_clusters = f("poll_off_clusters_cpu_s") - f("busy_off_clusters_cpu_s")
-    rows.append(("naive poller (psql, same SQL)", poll_client, poll_clusters,
-                 poll_client + poll_clusters))
+    poll_sql = f("poll_off_client_backends_cpu_s") - f("busy_off_client_backends_cpu_s")
+    rows.append(("naive poller (psql, same SQL)", poll_client, poll_sql, poll_client + poll_sql))
     print(f"Sampling cost, {n} running instances ({r.get('plan', '?')}), {secs:.0f} s each, "
           f"build {r.get('build', '?')}:")
-    print(f"{'':34} {'client CPU-s':>13} {'clusters CPU-s':>15} {'total':>8} "
+    if "quiet_after_s" in r:
+        print(f"(measured once broker and clusters had settled: {r['quiet_after_s']} s after "
+              f"the first base backups, at {r['quiet_window_cpu_s']} CPU-s/s)")
+    print(f"{'':34} {'client CPU-s':>13} {'its SQL CPU-s':>14} {'total':>8} "
           f"{'% of a core / 100 inst.':>24}")
-    for name, client, clusters, total in rows:
-        print(f"{name:34} {client:13.2f} {clusters:15.2f} {total:8.2f} "
-              f"{share(total, secs):>24}")
+    for name, client, sql, total in rows:
+        print(f"{name:34} {client:13.2f} {sql:14.2f} {total:8.2f} {share(total, secs):>24}")
     for suffix, when in (("off", "before"), ("off2", "after")):
         if f"idle_{suffix}_broker_cpu_s" not in r:
             continue
         print(f"baseline (sampling off, {when}): broker "
               f"{f(f'idle_{suffix}_broker_cpu_s'):.2f} CPU-s idle, "
-              f"{f(f'busy_{suffix}_broker_cpu_s'):.2f} busy; clusters "
-              f"{f(f'idle_{suffix}_clusters_cpu_s'):.2f} idle, "
-              f"{f(f'busy_{suffix}_clusters_cpu_s'):.2f} busy")
+              f"{f(f'busy_{suffix}_broker_cpu_s'):.2f} busy")
+    print("the clusters as a whole (CPU-s, every process), by phase: " + ", ".join(
+        f"{k[:-len('_clusters_cpu_s')]} {r[k]}" for k in r if k.endswith("_clusters_cpu_s")))
     if "scrape_p50_ms" in r:
         print(f"/metrics scrape with {r['scrape_instances']} sampled instances: "
               f"p50 {r['scrape_p50_ms']} ms, max {r['scrape_max_ms']} ms "
@@ -244,6 +321,12 @@ def main() -> int:
     a.add_argument("--seconds", type=float, required=True)
     a.add_argument("--results", required=True)
     a.add_argument("--prefix", required=True)
+    a = sub.add_parser("quiet")
+    a.add_argument("--clusters", required=True)
+    a.add_argument("--broker", type=int, required=True)
+    a.add_argument("--results", required=True)
+    a.add_argument("--window", type=float, default=30.0)
+    a.add_argument("--limit", type=float, default=900.0)
     a = sub.add_parser("scrape")
     a.add_argument("--url", required=True)
     a.add_argument("--count", type=int, default=20)
@@ -251,7 +334,8 @@ def main() -> int:
     a = sub.add_parser("report")
     a.add_argument("results")
     args = p.parse_args()
-    return {"catalog": catalog, "phase": phase, "scrape": scrape, "report": report}[args.cmd](args)
+    return {"catalog": catalog, "phase": phase, "quiet": quiet, "scrape": scrape,
+            "report": report}[args.cmd](args)
 
 
 if __name__ == "__main__":
