@@ -152,14 +152,34 @@ fn golden(name: &str, text: &str) {
     assert_eq!(text, want, "golden {} differs:\n{text}", path.display());
 }
 
-fn verdict_of(d: &Value, check: &str) -> String {
+/// The check named `check` of a diagnosis (null when absent).
+fn check_of(d: &Value, check: &str) -> Value {
     d["checks"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|c| c["name"] == check)
-        .map(|c| c["verdict"].as_str().unwrap_or_default().to_string())
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn verdict_of(d: &Value, check: &str) -> String {
+    check_of(d, check)["verdict"]
+        .as_str()
         .unwrap_or_default()
+        .to_string()
+}
+
+/// A broker whose Cloud Controller stand-in allows the tests' space, an instance `orders`
+/// provisioned on it, and the CLI signed in to both.
+async fn app_with_orders() -> (TestApp, String, Cli) {
+    let fake = FakeCf::start().await;
+    fake.allow_space(SPACE).await;
+    let cc = fake.cc_settings();
+    let app = spawn_app_with(|s| s.cc = cc).await;
+    let id = app.provision_ready("orders").await;
+    let cli = Cli::new(fake, &app.address).await;
+    (app, id, cli)
 }
 
 async fn pid(c: &mut sqlx::PgConnection) -> i32 {
@@ -374,12 +394,7 @@ async fn outliers_and_a_waiters_statement_are_normalised_text_without_parameters
     if !pg_available() {
         return;
     }
-    let fake = FakeCf::start().await;
-    fake.allow_space(SPACE).await;
-    let cc = fake.cc_settings();
-    let app = spawn_app_with(|s| s.cc = cc).await;
-    let id = app.provision_ready("orders").await;
-    let cli = Cli::new(fake, &app.address).await;
+    let (app, id, cli) = app_with_orders().await;
     let mut admin = app.admin(&id).await;
     let loaded: String = sqlx::query_scalar("SELECT current_setting('shared_preload_libraries')")
         .fetch_one(&mut admin)
@@ -474,12 +489,7 @@ async fn bloat_is_estimated_for_tables_and_indexes_from_their_statistics() {
     if !pg_available() {
         return;
     }
-    let fake = FakeCf::start().await;
-    fake.allow_space(SPACE).await;
-    let cc = fake.cc_settings();
-    let app = spawn_app_with(|s| s.cc = cc).await;
-    let id = app.provision_ready("orders").await;
-    let cli = Cli::new(fake, &app.address).await;
+    let (app, id, cli) = app_with_orders().await;
     let creds = app.bind_sync(&id, &new_id()).await;
     let mut c = connect(creds["uri"].as_str().unwrap()).await.unwrap();
     exec(
@@ -489,15 +499,7 @@ async fn bloat_is_estimated_for_tables_and_indexes_from_their_statistics() {
          CREATE INDEX events_n ON events (n); ANALYZE events",
     )
     .await;
-    let bloat = |d: &Value| -> Value {
-        d["checks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["name"] == "bloat")
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
+    let bloat = |d: &Value| check_of(d, "bloat");
     let (status, d) = cli.api(&format!("/instances/{id}/diagnose")).await;
     assert_eq!(status, StatusCode::OK, "{d}");
     assert_eq!(bloat(&d)["verdict"], "GREEN", "packed: {}", bloat(&d));

@@ -66,6 +66,30 @@ async fn backend_pid(c: &mut sqlx::PgConnection) -> i32 {
         .unwrap()
 }
 
+/// Runs `sql` on `conn` over the simple query protocol on a thread of its own (sqlx's executor
+/// future is not `Send` across `tokio::spawn` here), so the test goes on while it waits for a
+/// lock; the receiver gets the rows it affected.
+fn on_own_thread(
+    mut conn: sqlx::PgConnection,
+    sql: &'static str,
+) -> tokio::sync::oneshot::Receiver<Result<u64, sqlx::Error>> {
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let rows = rt.block_on(async {
+            sqlx::raw_sql(sql)
+                .execute(&mut conn)
+                .await
+                .map(|r| r.rows_affected())
+        });
+        let _ = done_tx.send(rows);
+    });
+    done
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_row_lock_wait_is_seen_in_the_ring_and_the_metrics_until_released() {
     if !pg_available() {
@@ -105,20 +129,7 @@ async fn a_row_lock_wait_is_seen_in_the_ring_and_the_metrics_until_released() {
     // once: the same update runs first. Over the simple query protocol, as PostgreSQL 15 may
     // report no `query_id` for a statement of the extended protocol (then no text is shown;
     // the wait itself is seen either way).
-    let (done_tx, update) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let rows = rt.block_on(async {
-            sqlx::raw_sql("UPDATE accounts SET v = v + 1 WHERE id = 1")
-                .execute(&mut waiter)
-                .await
-                .map(|r| r.rows_affected())
-        });
-        let _ = done_tx.send(rows);
-    });
+    let update = on_own_thread(waiter, "UPDATE accounts SET v = v + 1 WHERE id = 1");
 
     // The ring: the waiter, who blocks it, the table, and the statement's normalised text.
     eventually("the wait is sampled", 60, || async {
@@ -318,21 +329,7 @@ async fn an_agents_instance_shows_in_the_brokers_metrics_and_is_inspected_throug
         backend_pid(&mut waiter).await,
     );
     exec(&mut holder, "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE").await;
-    // On its own thread: sqlx's executor future is not `Send` across tokio::spawn here.
-    let (done_tx, waiting) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let done = rt.block_on(async {
-            sqlx::raw_sql("SELECT count(*) FROM t")
-                .execute(&mut waiter)
-                .await
-                .map(drop)
-        });
-        let _ = done_tx.send(done);
-    });
+    let waiting = on_own_thread(waiter, "SELECT count(*) FROM t");
     let runtime = &fleet.app.worker.context().runtime;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let locks = loop {
