@@ -6,7 +6,7 @@
 //! candidates), malformed times and times outside the restore window.
 
 use crate::common;
-use crate::common::archive_wait::{archive_now, prefix_of, wait_for_backup};
+use crate::common::archive_wait::{archive_now, wait_for_backup};
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,6 @@ use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use wayback::archive::layout::InstancePrefix;
-use wayback::archive::window::restore_window;
 use wayback::domain::{InstanceId, SpaceGuid};
 use wayback::storage::ObjectStore;
 
@@ -407,18 +406,8 @@ async fn a_live_fork_copies_the_running_server_and_a_point_in_time_uses_the_arch
     }
     let (app, store) = app_on_s3().await;
     let src = app.provision_ready("forked").await;
+    // (It also waits until the window's start, rounded up to the second, has passed.)
     wait_for_backup(&store, &src).await;
-    // The restore window starts at the first backup's time rounded up to the second: the
-    // commits the point in time lies between must come after it, not in the same second.
-    let earliest = restore_window(&store, &prefix_of(&src))
-        .await
-        .unwrap()
-        .earliest
-        .expect("a complete backup");
-    let start = DateTime::from_timestamp(earliest.timestamp() + 1, 0).unwrap();
-    while Utc::now() <= start {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let old = app.bind_sync(&src, &new_id()).await;
     let old_uri = old["uri"].as_str().unwrap();
     let mut writer = connect(old_uri).await.unwrap();

@@ -244,18 +244,21 @@ async fn template_copies_have_their_own_identity() {
         spec("copy-a", free_port(), &[]),
         spec("copy-b", free_port(), &[]),
     );
-    // A template of an earlier revision is not used, and goes.
-    let old = t.data_dir().join("template/pg15/pgdata");
-    std::fs::create_dir_all(&old).unwrap();
-    std::fs::write(old.join("PG_VERSION"), "15\n").unwrap();
+    // Templates of earlier revisions are not used, and go.
+    for old in ["template/pg15/pgdata", "template/pg15-r2/pgdata"] {
+        let old = t.data_dir().join(old);
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("PG_VERSION"), "15\n").unwrap();
+    }
     // Concurrent creates: the template is made once.
     let (ra, rb) = tokio::join!(t.runtime.create_cluster(&a), t.runtime.create_cluster(&b));
     ra.unwrap();
     rb.unwrap();
     assert!(!t.data_dir().join("template/pg15").exists());
+    assert!(!t.data_dir().join("template/pg15-r2").exists());
     let template = std::fs::read(
         t.data_dir()
-            .join("template/pg15-r2/pgdata/global/pg_control"),
+            .join("template/pg15-r3/pgdata/global/pg_control"),
     )
     .unwrap();
     let template_id = u64::from_ne_bytes(template[..8].try_into().unwrap());

@@ -1,7 +1,7 @@
 //! Where the local runtime keeps things under `data_dir` — pure path arithmetic, no I/O.
 //!
 //! ```text
-//! <data_dir>/template/pg15-r2/pgdata      the template data directory (made once per revision)
+//! <data_dir>/template/pg15-r3/pgdata      the template data directory (made once per revision)
 //! <data_dir>/clusters/<instance>/          root-owned 0711 when the broker is root
 //!     pgdata/                              0700, the cluster user's
 //!     pgdata.partial/                      a data directory being made; renamed to pgdata
@@ -137,11 +137,14 @@ mod tests {
         assert_eq!(d.log_dir, Path::new("/var/lib/wayback/clusters/6f1c2a/log"));
         assert_eq!(
             l.template_pgdata(),
-            Path::new("/var/lib/wayback/template/pg15-r2/pgdata")
+            Path::new("/var/lib/wayback/template/pg15-r3/pgdata")
         );
         assert_eq!(
             l.obsolete_templates(),
-            [Path::new("/var/lib/wayback/template/pg15")]
+            [
+                Path::new("/var/lib/wayback/template/pg15"),
+                Path::new("/var/lib/wayback/template/pg15-r2")
+            ]
         );
         assert_eq!(
             l.password_file(&id),

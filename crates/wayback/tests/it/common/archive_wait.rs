@@ -20,17 +20,23 @@ pub fn prefix_of(id: &str) -> InstancePrefix {
 }
 
 /// Waits until the instance has a complete base backup (the broker takes one after a
-/// provision or clone), so that it can be cloned.
+/// provision or clone), so that it can be cloned, and until the clock has passed the start of
+/// its restore window: the backup's end rounded up to the whole second (a backup label's stop
+/// time has whole seconds), so that a point in time taken from now on is inside the window.
 pub async fn wait_for_backup(store: &ObjectStore, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
-    while restore_window(store, &prefix_of(id))
-        .await
-        .unwrap()
-        .backups
-        .is_empty()
-    {
+    let earliest = loop {
+        let window = restore_window(store, &prefix_of(id)).await.unwrap();
+        match window.earliest {
+            Some(earliest) if !window.backups.is_empty() => break earliest,
+            _ => {}
+        }
         assert!(Instant::now() < deadline, "no base backup of {id} in 120 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let start = chrono::DateTime::from_timestamp(earliest.timestamp() + 1, 0).unwrap();
+    while chrono::Utc::now() <= start {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
