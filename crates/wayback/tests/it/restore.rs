@@ -4,7 +4,7 @@
 //! and aborts — never promotes — when the archive cannot be read during replay.
 
 use crate::common;
-use crate::common::archive_wait::{archive_now, prefix_of};
+use crate::common::archive_wait::{archive_now, past_the_backups_second, prefix_of};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -402,6 +402,7 @@ async fn point_in_time_restores_only_what_was_committed_before() {
     };
     exec(&mut admin, "CREATE TABLE events (what text)").await;
     let manifest = src.backup().await;
+    past_the_backups_second().await;
     exec(&mut admin, "INSERT INTO events VALUES ('T1')").await;
     // Read after T1 committed and before T2 begins: T1 ≤ target < T2 on the server's clock.
     let target = now(&mut admin).await;

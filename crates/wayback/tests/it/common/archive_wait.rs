@@ -34,8 +34,18 @@ pub async fn wait_for_backup(store: &ObjectStore, id: &str) {
         assert!(Instant::now() < deadline, "no base backup of {id} in 120 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let start = chrono::DateTime::from_timestamp(earliest.timestamp() + 1, 0).unwrap();
-    while chrono::Utc::now() <= start {
+    past(chrono::DateTime::from_timestamp(earliest.timestamp() + 1, 0).unwrap()).await;
+}
+
+/// Waits until the clock is past the next whole second: called after a backup finished, a
+/// point in time read from then on is past that backup's restorable start (its end rounded up
+/// to the second).
+pub async fn past_the_backups_second() {
+    past(chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() + 1, 0).unwrap()).await;
+}
+
+async fn past(t: chrono::DateTime<chrono::Utc>) {
+    while chrono::Utc::now() <= t {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
